@@ -1,0 +1,143 @@
+//! PostgreSQL errors, classified in one place and explained for humans.
+//!
+//! Every error says what failed (`context`), why (`reason`, the server's own words where there
+//! are some) and what to do (`fix`), and carries a class that decides retry.
+
+use ferry_core::{ErrorClass, Fault};
+use tokio_postgres::error::SqlState;
+
+use crate::endpoint::Endpoint;
+
+/// A PostgreSQL operation failed.
+#[derive(Debug, thiserror::Error)]
+#[error("{context}: {reason}{}", fix.as_ref().map(|f| format!(" (fix: {f})")).unwrap_or_default())]
+pub struct PgError {
+    /// What Ferry was doing.
+    pub context: String,
+    /// Why it failed.
+    pub reason: String,
+    /// What the operator should do, when we know.
+    pub fix: Option<String>,
+    /// Retry or stop.
+    pub class: ErrorClass,
+    /// The SQLSTATE, when the server sent one.
+    pub code: Option<String>,
+}
+
+impl Fault for PgError {
+    fn class(&self) -> ErrorClass {
+        self.class
+    }
+}
+
+impl PgError {
+    /// A configuration problem found by Ferry itself.
+    pub fn config(
+        context: impl Into<String>,
+        reason: impl Into<String>,
+        fix: impl Into<String>,
+    ) -> Self {
+        Self {
+            context: context.into(),
+            reason: reason.into(),
+            fix: Some(fix.into()),
+            class: ErrorClass::Definite,
+            code: None,
+        }
+    }
+
+    /// Wraps a driver error raised while doing `context`.
+    pub fn query(context: impl Into<String>, e: tokio_postgres::Error) -> Self {
+        let (reason, fix, class, code) = classify(&e);
+        Self {
+            context: context.into(),
+            reason,
+            fix,
+            class,
+            code,
+        }
+    }
+
+    /// Wraps an error raised while connecting to `ep`, with the fixes operators need most.
+    pub fn from_connect(e: tokio_postgres::Error, ep: &Endpoint) -> Self {
+        let context = format!(
+            "cannot connect to {} as user {:?}",
+            ep.describe(),
+            ep.user()
+        );
+        let mut err = Self::query(context, e);
+        if err.code.is_none() && err.fix.is_none() {
+            err.fix = Some(format!(
+                "check that PostgreSQL is running at {} and reachable from this machine (host, port, firewall, listen_addresses)",
+                ep.host()
+            ));
+            err.class = ErrorClass::Transient;
+        }
+        err
+    }
+
+    /// Adds or replaces the fix.
+    pub fn with_fix(mut self, fix: impl Into<String>) -> Self {
+        self.fix = Some(fix.into());
+        self
+    }
+
+    /// Whether the server reported this SQLSTATE.
+    pub fn is(&self, state: &SqlState) -> bool {
+        self.code.as_deref() == Some(state.code())
+    }
+}
+
+type Classified = (String, Option<String>, ErrorClass, Option<String>);
+
+fn classify(e: &tokio_postgres::Error) -> Classified {
+    let Some(db) = e.as_db_error() else {
+        // No server error: I/O, protocol, closed connection. Say it plainly; retry may help.
+        let mut reason = e.to_string();
+        let mut src = std::error::Error::source(e);
+        while let Some(s) = src {
+            let t = s.to_string();
+            if !reason.contains(&t) {
+                reason = format!("{reason}: {t}");
+            }
+            src = s.source();
+        }
+        return (reason, None, ErrorClass::Transient, None);
+    };
+    let mut reason = db.message().to_string();
+    if let Some(d) = db.detail() {
+        reason = format!("{reason} ({d})");
+    }
+    let code = db.code().clone();
+    let fix: Option<String> = match &code {
+        c if *c == SqlState::INVALID_PASSWORD => Some(
+            "check the user and password (in the URL, FERRY_SOURCE_PASSWORD/FERRY_TARGET_PASSWORD, or --source-password-file/--target-password-file)".into(),
+        ),
+        c if *c == SqlState::INVALID_AUTHORIZATION_SPECIFICATION => Some(
+            "the server refused this login: check the user name and the server's pg_hba.conf for this host, user and database".into(),
+        ),
+        c if *c == SqlState::INVALID_CATALOG_NAME => {
+            Some("check the database name in the URL, or create the database first".into())
+        }
+        c if *c == SqlState::TOO_MANY_CONNECTIONS => Some(
+            "the server is out of connection slots: lower --jobs or raise max_connections".into(),
+        ),
+        c if *c == SqlState::INSUFFICIENT_PRIVILEGE => db.hint().map(str::to_string).or_else(|| {
+            Some("grant the missing privilege to Ferry's user, or run as an owner or superuser".into())
+        }),
+        _ => db.hint().map(str::to_string),
+    };
+    let class = match code.code().get(..2) {
+        // Connection exceptions, insufficient resources, operator intervention (shutdown,
+        // restart), and transaction rollbacks (serialization failure, deadlock) are transient.
+        Some("08") | Some("53") | Some("57") | Some("40") | Some("58") => {
+            if code == SqlState::TOO_MANY_CONNECTIONS {
+                ErrorClass::Definite
+            } else {
+                ErrorClass::Transient
+            }
+        }
+        _ => ErrorClass::Definite,
+    };
+    (reason, fix, class, Some(code.code().to_string()))
+}

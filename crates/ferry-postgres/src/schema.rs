@@ -1,0 +1,22 @@
+//! Moving the schema: what exists before the data (pre-data) and what is built after it.
+//!
+//! Pre-data (schemas, types, domains, tables, sequences, functions, defaults, identity and
+//! generated columns, partitions) comes from `pg_dump --section=pre-data` run inside the
+//! migration's exported snapshot: pg_dump is the one tool that renders every PostgreSQL object
+//! faithfully, and using it keeps Ferry from re-implementing catalog-to-DDL for every type of
+//! object. Post-data is split:
+//!
+//! * indexes, primary/unique/exclusion constraints and foreign keys are planned by Ferry from the
+//!   catalog ([`post_data`]) so they can be built in parallel after the data, primary keys as
+//!   unique indexes first then attached with `ADD CONSTRAINT ... USING INDEX`, foreign keys added
+//!   `NOT VALID` then validated;
+//! * everything else (triggers, rules, policies, statistics, comments on indexes, materialized
+//!   view refreshes) is restored from pg_dump's post-data archive after those, in one transaction.
+
+mod build;
+mod dump;
+mod post_data;
+
+pub use build::{run_steps, StepOutcome};
+pub use dump::{dump_pre_data, dump_remaining_post_data, strip_restrict, PgTools, SchemaError};
+pub use post_data::{plan_post_data, PostDataPlan, Step, StepKind};

@@ -1,0 +1,108 @@
+//! Running post-data steps on the target, several at a time.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::Mutex;
+
+use super::post_data::Step;
+use crate::endpoint::Endpoint;
+use crate::error::PgError;
+
+/// What happened to one step.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StepOutcome {
+    /// The step.
+    pub step: Step,
+    /// False when the object already existed (a resumed run).
+    pub ran: bool,
+    /// Wall time.
+    pub seconds: f64,
+}
+
+/// Runs `steps` on up to `jobs` target connections, largest first as given. Each step's
+/// statements run in one transaction; a step whose `done_check` is true is skipped. Stops at
+/// the first failure and returns it. `maintenance_work_mem` is raised per connection (the
+/// index builds are the only thing running).
+pub async fn run_steps(
+    target: &Endpoint,
+    steps: Vec<Step>,
+    jobs: usize,
+    maintenance_work_mem: &str,
+) -> Result<Vec<StepOutcome>, PgError> {
+    if steps.is_empty() {
+        return Ok(Vec::new());
+    }
+    let n = jobs.max(1).min(steps.len());
+    let queue = Arc::new(Mutex::new(
+        steps.into_iter().collect::<std::collections::VecDeque<_>>(),
+    ));
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let queue = queue.clone();
+        let target = target.clone();
+        let mwm = maintenance_work_mem.to_string();
+        set.spawn(async move {
+            let client = target.connect(&format!("build-{i}")).await?;
+            client
+                .batch_execute(&format!(
+                    "SET maintenance_work_mem = '{}'; SET lock_timeout = 0; SET statement_timeout = 0; SET synchronous_commit = off",
+                    mwm.replace('\'', "")
+                ))
+                .await
+                .map_err(|e| PgError::query("preparing an index build connection", e))?;
+            let mut done = Vec::new();
+            loop {
+                let Some(step) = queue.lock().await.pop_front() else { break };
+                let started = Instant::now();
+                let exists: bool = client
+                    .query_one(&step.done_check, &[])
+                    .await
+                    .map_err(|e| PgError::query(format!("checking whether {} exists on the target", step.name), e))?
+                    .get(0);
+                if !exists {
+                    let mut script = String::from("BEGIN;\n");
+                    for s in &step.sql {
+                        script.push_str(s);
+                        script.push_str(";\n");
+                    }
+                    script.push_str("COMMIT;");
+                    if let Err(e) = client.batch_execute(&script).await {
+                        let _ = client.batch_execute("ROLLBACK").await;
+                        return Err(PgError::query(
+                            format!("building {:?} {} on {} (statement: {})", step.kind, step.name, step.table, step.sql.join("; ")),
+                            e,
+                        ));
+                    }
+                    tracing::debug!(table = %step.table, object = %step.name, kind = ?step.kind, seconds = started.elapsed().as_secs_f64(), "built");
+                }
+                done.push(StepOutcome {
+                    step,
+                    ran: !exists,
+                    seconds: started.elapsed().as_secs_f64(),
+                });
+            }
+            Ok::<_, PgError>(done)
+        });
+    }
+    let mut all = Vec::new();
+    while let Some(res) = set.join_next().await {
+        match res {
+            Ok(Ok(mut v)) => all.append(&mut v),
+            Ok(Err(e)) => {
+                set.abort_all();
+                return Err(e);
+            }
+            Err(e) => {
+                set.abort_all();
+                return Err(PgError::config(
+                    "post-data build",
+                    format!("a build task failed: {e}"),
+                    "see the log",
+                ));
+            }
+        }
+    }
+    let _ = Duration::ZERO;
+    Ok(all)
+}

@@ -1,0 +1,94 @@
+//! What Ferry creates on the source for change capture: one publication and one slot.
+//!
+//! The publication must exist before the slot: pgoutput looks publications up in the catalog as
+//! of each change's position, so a publication created after the slot's consistent point would
+//! be missing for the changes in between.
+
+use ferry_core::ident::{quote_ident, quote_literal};
+use ferry_core::TableName;
+use tokio_postgres::Client;
+
+use crate::error::PgError;
+
+/// Creates the publication if it does not exist: `FOR ALL TABLES` when `all_tables` (superuser,
+/// no filter: new tables are published automatically), else for the listed tables.
+pub async fn ensure_publication(
+    c: &Client,
+    name: &str,
+    all_tables: bool,
+    tables: &[TableName],
+) -> Result<bool, PgError> {
+    let exists: bool = c
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)",
+            &[&name],
+        )
+        .await
+        .map_err(|e| PgError::query("looking for Ferry's publication on the source", e))?
+        .get(0);
+    if exists {
+        return Ok(false);
+    }
+    let target = if all_tables || tables.is_empty() {
+        "FOR ALL TABLES".to_string()
+    } else {
+        format!(
+            "FOR TABLE {}",
+            tables
+                .iter()
+                .map(|t| t.quoted())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    };
+    c.batch_execute(&format!(
+        "CREATE PUBLICATION {} {target}",
+        quote_ident(name)
+    ))
+    .await
+    .map_err(|e| PgError::query(format!("creating publication {name} on the source"), e))?;
+    Ok(true)
+}
+
+/// Whether a slot exists, and whether something is connected to it.
+pub async fn slot_status(c: &Client, name: &str) -> Result<Option<bool>, PgError> {
+    c.query_opt(
+        "SELECT active FROM pg_replication_slots WHERE slot_name = $1",
+        &[&name],
+    )
+    .await
+    .map(|r| r.map(|r| r.get(0)))
+    .map_err(|e| PgError::query("looking for Ferry's replication slot on the source", e))
+}
+
+/// Drops a slot if it exists and nothing uses it.
+pub async fn drop_slot(c: &Client, name: &str) -> Result<(), PgError> {
+    c.execute(
+        "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1 AND NOT active",
+        &[&name],
+    )
+    .await
+    .map(|_| ())
+    .map_err(|e| PgError::query(format!("dropping replication slot {name} on the source"), e))
+}
+
+/// Drops the publication if it exists.
+pub async fn drop_publication(c: &Client, name: &str) -> Result<(), PgError> {
+    c.batch_execute(&format!("DROP PUBLICATION IF EXISTS {}", quote_ident(name)))
+        .await
+        .map_err(|e| PgError::query(format!("dropping publication {name} on the source"), e))
+}
+
+/// WAL the slot holds back on the source, in bytes.
+pub async fn retained_wal_bytes(c: &Client, name: &str) -> Result<Option<i64>, PgError> {
+    c.query_opt(
+        &format!(
+            "SELECT (pg_current_wal_lsn() - restart_lsn)::int8 FROM pg_replication_slots WHERE slot_name = {}",
+            quote_literal(name)
+        ),
+        &[],
+    )
+    .await
+    .map(|r| r.and_then(|r| r.get(0)))
+    .map_err(|e| PgError::query("measuring WAL retained by Ferry's slot", e))
+}

@@ -1,0 +1,343 @@
+//! Ferry's state schema on the target: migrations, per-table progress, and an event log.
+//!
+//! State lives on the target, beside the data it describes, so that a table's progress is
+//! committed in the same transaction as its rows: after a crash, state and data always agree.
+
+use ferry_core::ident::quote_ident;
+use ferry_core::{Lsn, Phase, TableName, TableState};
+use tokio_postgres::{Client, GenericClient};
+
+use crate::error::PgError;
+
+/// Handle on the state schema (default `ferry`).
+#[derive(Debug, Clone)]
+pub struct StateStore {
+    schema: String,
+    q: String,
+}
+
+/// A migration's durable record.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct MigrationRecord {
+    /// Migration id.
+    pub id: String,
+    /// Current phase.
+    pub phase: Phase,
+    /// Replication slot on the source.
+    pub slot_name: String,
+    /// Publication on the source.
+    pub publication_name: String,
+    /// The slot's consistent point, once the slot exists.
+    pub consistent_lsn: Option<Lsn>,
+    /// Whether the target's tables, types and sequences (pre-data) exist.
+    pub schema_done: bool,
+    /// Whether pg_restore's share of post-data (triggers, rules, policies...) is restored.
+    pub post_data_done: bool,
+}
+
+/// One table's durable progress.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TableRecord {
+    /// Table.
+    pub name: TableName,
+    /// State.
+    pub state: TableState,
+    /// Changes committed on the source before this LSN are in the copied rows.
+    pub snapshot_lsn: Option<Lsn>,
+    /// Rows committed on the target.
+    pub rows_copied: i64,
+    /// COPY bytes committed on the target.
+    pub bytes_copied: i64,
+}
+
+impl StateStore {
+    /// A store in `schema`.
+    pub fn new(schema: &str) -> Self {
+        Self {
+            schema: schema.to_string(),
+            q: quote_ident(schema),
+        }
+    }
+
+    /// The schema's name.
+    pub fn schema(&self) -> &str {
+        &self.schema
+    }
+
+    /// Creates the schema and its tables if missing.
+    pub async fn ensure(&self, c: &Client) -> Result<(), PgError> {
+        let s = &self.q;
+        c.batch_execute(&format!(
+            r#"
+CREATE SCHEMA IF NOT EXISTS {s};
+CREATE TABLE IF NOT EXISTS {s}.migrations (
+    id               text PRIMARY KEY,
+    source           text NOT NULL,
+    slot_name        text NOT NULL,
+    publication_name text NOT NULL,
+    consistent_lsn   pg_lsn,
+    phase            text NOT NULL,
+    schema_done      boolean NOT NULL DEFAULT false,
+    post_data_done   boolean NOT NULL DEFAULT false,
+    created_at       timestamptz NOT NULL DEFAULT now(),
+    updated_at       timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE IF NOT EXISTS {s}.tables (
+    migration_id  text NOT NULL REFERENCES {s}.migrations (id) ON DELETE CASCADE,
+    schema_name   text NOT NULL,
+    table_name    text NOT NULL,
+    state         text NOT NULL,
+    snapshot_lsn  pg_lsn,
+    ranges_total  integer NOT NULL DEFAULT 1,
+    ranges_done   integer NOT NULL DEFAULT 0,
+    rows_estimate bigint,
+    rows_copied   bigint NOT NULL DEFAULT 0,
+    bytes_copied  bigint NOT NULL DEFAULT 0,
+    started_at    timestamptz,
+    finished_at   timestamptz,
+    PRIMARY KEY (migration_id, schema_name, table_name)
+);
+CREATE TABLE IF NOT EXISTS {s}.events (
+    id           bigserial PRIMARY KEY,
+    migration_id text NOT NULL REFERENCES {s}.migrations (id) ON DELETE CASCADE,
+    at           timestamptz NOT NULL DEFAULT clock_timestamp(),
+    phase        text NOT NULL,
+    kind         text NOT NULL,
+    message      text NOT NULL
+);
+COMMENT ON SCHEMA {s} IS 'Ferry migration state: do not edit while a migration runs';
+"#
+        ))
+        .await
+        .map_err(|e| {
+            PgError::query(
+                format!("creating Ferry's state schema {s} on the target"),
+                e,
+            )
+        })
+    }
+
+    /// Whether the state schema exists.
+    pub async fn exists(&self, c: &Client) -> Result<bool, PgError> {
+        c.query_one(
+            "SELECT to_regclass(format('%I.migrations', $1::text)) IS NOT NULL",
+            &[&self.schema],
+        )
+        .await
+        .map(|r| r.get(0))
+        .map_err(|e| PgError::query("reading Ferry's state on the target", e))
+    }
+
+    /// Loads a migration, if recorded.
+    pub async fn load(&self, c: &Client, id: &str) -> Result<Option<MigrationRecord>, PgError> {
+        if !self.exists(c).await? {
+            return Ok(None);
+        }
+        let row = c
+            .query_opt(
+                &format!("SELECT id, phase, slot_name, publication_name, consistent_lsn::text, schema_done, post_data_done FROM {}.migrations WHERE id = $1", self.q),
+                &[&id],
+            )
+            .await
+            .map_err(|e| PgError::query("reading Ferry's migration record", e))?;
+        Ok(row.map(|r| MigrationRecord {
+            id: r.get(0),
+            phase: r.get::<_, String>(1).parse().unwrap_or(Phase::Assess),
+            slot_name: r.get(2),
+            publication_name: r.get(3),
+            consistent_lsn: r.get::<_, Option<String>>(4).and_then(|s| s.parse().ok()),
+            schema_done: r.get(5),
+            post_data_done: r.get(6),
+        }))
+    }
+
+    /// Records a new migration in phase `assess`.
+    pub async fn create(
+        &self,
+        c: &Client,
+        id: &str,
+        source: &str,
+        slot: &str,
+        publication: &str,
+    ) -> Result<(), PgError> {
+        c.execute(
+            &format!("INSERT INTO {}.migrations (id, source, slot_name, publication_name, phase) VALUES ($1, $2, $3, $4, 'assess')", self.q),
+            &[&id, &source, &slot, &publication],
+        )
+        .await
+        .map_err(|e| PgError::query("recording the migration", e))?;
+        self.event(
+            c,
+            id,
+            Phase::Assess,
+            "created",
+            &format!("migration created from {source}"),
+        )
+        .await
+    }
+
+    /// Moves to `phase`, logging the transition with its reason.
+    pub async fn set_phase(
+        &self,
+        c: &impl GenericClient,
+        id: &str,
+        phase: Phase,
+        reason: &str,
+    ) -> Result<(), PgError> {
+        c.execute(
+            &format!(
+                "UPDATE {}.migrations SET phase = $2, updated_at = now() WHERE id = $1",
+                self.q
+            ),
+            &[&id, &phase.as_str()],
+        )
+        .await
+        .map_err(|e| PgError::query("recording the phase", e))?;
+        self.event(c, id, phase, "phase", reason).await
+    }
+
+    /// Appends to the event log.
+    pub async fn event(
+        &self,
+        c: &impl GenericClient,
+        id: &str,
+        phase: Phase,
+        kind: &str,
+        message: &str,
+    ) -> Result<(), PgError> {
+        c.execute(
+            &format!("INSERT INTO {}.events (migration_id, phase, kind, message) VALUES ($1, $2, $3, $4)", self.q),
+            &[&id, &phase.as_str(), &kind, &message],
+        )
+        .await
+        .map(|_| ())
+        .map_err(|e| PgError::query("writing Ferry's event log", e))
+    }
+
+    /// Records the slot's consistent point.
+    pub async fn set_consistent_lsn(
+        &self,
+        c: &Client,
+        id: &str,
+        lsn: Option<Lsn>,
+    ) -> Result<(), PgError> {
+        let text = lsn.map(|l| l.to_string());
+        c.execute(
+            &format!("UPDATE {}.migrations SET consistent_lsn = $2::text::pg_lsn, updated_at = now() WHERE id = $1", self.q),
+            &[&id, &text],
+        )
+        .await
+        .map(|_| ())
+        .map_err(|e| PgError::query("recording the slot position", e))
+    }
+
+    /// SQL that marks pg_restore's share of post-data as restored; run inside its transaction.
+    pub fn post_data_done_sql(&self, id: &str) -> String {
+        format!(
+            "UPDATE {}.migrations SET post_data_done = true, updated_at = now() WHERE id = {}",
+            self.q,
+            ferry_core::ident::quote_literal(id)
+        )
+    }
+
+    /// SQL that marks the pre-data schema as created; run inside the transaction that creates it.
+    pub fn schema_done_sql(&self, id: &str) -> String {
+        format!(
+            "UPDATE {}.migrations SET schema_done = true, updated_at = now() WHERE id = {}",
+            self.q,
+            ferry_core::ident::quote_literal(id)
+        )
+    }
+
+    /// Records planned tables (new ones as pending; existing records are kept).
+    pub async fn plan_tables(
+        &self,
+        c: &Client,
+        id: &str,
+        tables: &[(TableName, i64)],
+    ) -> Result<(), PgError> {
+        let stmt = c
+            .prepare(&format!(
+                "INSERT INTO {}.tables (migration_id, schema_name, table_name, state, rows_estimate) VALUES ($1, $2, $3, 'pending', $4)
+                 ON CONFLICT (migration_id, schema_name, table_name) DO UPDATE SET rows_estimate = EXCLUDED.rows_estimate",
+                self.q
+            ))
+            .await
+            .map_err(|e| PgError::query("recording the table plan", e))?;
+        for (t, est) in tables {
+            c.execute(&stmt, &[&id, &t.schema, &t.name, est])
+                .await
+                .map_err(|e| PgError::query("recording the table plan", e))?;
+        }
+        Ok(())
+    }
+
+    /// Loads every table record of a migration.
+    pub async fn tables(&self, c: &Client, id: &str) -> Result<Vec<TableRecord>, PgError> {
+        let rows = c
+            .query(
+                &format!("SELECT schema_name, table_name, state, snapshot_lsn::text, rows_copied, bytes_copied FROM {}.tables WHERE migration_id = $1 ORDER BY 1, 2", self.q),
+                &[&id],
+            )
+            .await
+            .map_err(|e| PgError::query("reading table progress", e))?;
+        Ok(rows
+            .into_iter()
+            .map(|r| TableRecord {
+                name: TableName::new(r.get::<_, String>(0), r.get::<_, String>(1)),
+                state: r.get::<_, String>(2).parse().unwrap_or(TableState::Pending),
+                snapshot_lsn: r.get::<_, Option<String>>(3).and_then(|s| s.parse().ok()),
+                rows_copied: r.get(4),
+                bytes_copied: r.get(5),
+            })
+            .collect())
+    }
+
+    /// Marks a table as being copied from the snapshot at `lsn` in `ranges` ranges.
+    pub async fn start_table(
+        &self,
+        c: &impl GenericClient,
+        id: &str,
+        t: &TableName,
+        lsn: Lsn,
+        ranges: i32,
+    ) -> Result<(), PgError> {
+        c.execute(
+            &format!(
+                "UPDATE {}.tables SET state = 'copying', snapshot_lsn = $4::text::pg_lsn, ranges_total = $5, ranges_done = 0,
+                        rows_copied = 0, bytes_copied = 0, started_at = now(), finished_at = NULL
+                 WHERE migration_id = $1 AND schema_name = $2 AND table_name = $3",
+                self.q
+            ),
+            &[&id, &t.schema, &t.name, &lsn.to_string(), &ranges],
+        )
+        .await
+        .map(|_| ())
+        .map_err(|e| PgError::query(format!("recording the start of {t}"), e))
+    }
+
+    /// Counts a committed range; the table becomes `copied` with its last range. Run inside the
+    /// transaction that committed the range's rows.
+    pub async fn finish_range(
+        &self,
+        c: &impl GenericClient,
+        id: &str,
+        t: &TableName,
+        rows: i64,
+        bytes: i64,
+    ) -> Result<(), PgError> {
+        c.execute(
+            &format!(
+                "UPDATE {}.tables SET ranges_done = ranges_done + 1, rows_copied = rows_copied + $4, bytes_copied = bytes_copied + $5,
+                        state = CASE WHEN ranges_done + 1 >= ranges_total THEN 'copied' ELSE state END,
+                        finished_at = CASE WHEN ranges_done + 1 >= ranges_total THEN now() END
+                 WHERE migration_id = $1 AND schema_name = $2 AND table_name = $3",
+                self.q
+            ),
+            &[&id, &t.schema, &t.name, &rows, &bytes],
+        )
+        .await
+        .map(|_| ())
+        .map_err(|e| PgError::query(format!("recording progress of {t}"), e))
+    }
+}

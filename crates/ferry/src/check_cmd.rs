@@ -1,0 +1,164 @@
+//! Rendering `ferry check` for humans.
+
+use ferry_postgres::preflight::{Report, Severity};
+
+/// Formats bytes as kB/MB/GB.
+pub fn human_bytes(b: i64) -> String {
+    let b = b as f64;
+    match b {
+        b if b >= 1e9 => format!("{:.1} GB", b / 1e9),
+        b if b >= 1e6 => format!("{:.1} MB", b / 1e6),
+        b if b >= 1e3 => format!("{:.1} kB", b / 1e3),
+        b => format!("{b} B"),
+    }
+}
+
+/// Formats a count with thousands separators.
+pub fn human_count(n: i64) -> String {
+    if n < 0 {
+        return "?".into();
+    }
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The report as text.
+pub fn render(r: &Report) -> String {
+    let mut o = String::new();
+    let host = |i: &Option<ferry_postgres::introspect::ServerInfo>| {
+        i.as_ref()
+            .map(|i| {
+                format!(
+                    "PostgreSQL {} as {} on database {}",
+                    i.version, i.user, i.database
+                )
+            })
+            .unwrap_or_else(|| "not reachable".into())
+    };
+    o.push_str(&format!(
+        "Source: {}\nTarget: {}\n\nChecks:\n",
+        host(&r.source),
+        host(&r.target)
+    ));
+    for f in &r.findings {
+        let tag = match f.severity {
+            Severity::Blocker => "BLOCKER",
+            Severity::Warning => "WARNING",
+            Severity::Info => "info   ",
+            Severity::Ok => "ok     ",
+        };
+        o.push_str(&format!(
+            "  [{tag}] {:<6} {:<22} {}\n",
+            f.side, f.check, f.message
+        ));
+        if let Some(fix) = &f.fix {
+            o.push_str(&format!("  {:>40}fix: {fix}\n", ""));
+        }
+    }
+    if let Some(p) = &r.plan {
+        o.push_str(&format!(
+            "\nPlan{}:\n",
+            if p.resuming {
+                " (resuming an earlier run)"
+            } else {
+                ""
+            }
+        ));
+        o.push_str("  On the source, Ferry creates:\n");
+        for s in &p.source_objects {
+            o.push_str(&format!("    - {s}\n"));
+        }
+        o.push_str("  On the target, before the data:\n");
+        for s in &p.target_objects {
+            o.push_str(&format!("    - {s}\n"));
+        }
+        o.push_str(&format!("  Tables ({}):\n", p.tables.len()));
+        o.push_str(&format!(
+            "    {:<44} {:>14} {:>10} {:>7}  {}\n",
+            "table", "est. rows", "size", "ranges", "replica identity"
+        ));
+        let (mut rows, mut bytes) = (0i64, 0i64);
+        for t in &p.tables {
+            let kind = match t.kind {
+                ferry_postgres::introspect::TableKind::Ordinary => "",
+                ferry_postgres::introspect::TableKind::Partitioned => {
+                    " (partitioned: leaves copied)"
+                }
+                ferry_postgres::introspect::TableKind::Foreign => " (foreign: not copied)",
+                ferry_postgres::introspect::TableKind::MaterializedView => {
+                    " (materialized view: refreshed)"
+                }
+            };
+            o.push_str(&format!(
+                "    {:<44} {:>14} {:>10} {:>7}  {:?}{kind}\n",
+                t.name.to_string(),
+                human_count(t.estimated_rows),
+                human_bytes(t.bytes),
+                t.ranges,
+                t.replica_identity
+            ));
+            rows += t.estimated_rows.max(0);
+            bytes += t.bytes;
+        }
+        o.push_str(&format!(
+            "    {:<44} {:>14} {:>10}\n",
+            "total",
+            human_count(rows),
+            human_bytes(bytes)
+        ));
+        o.push_str("  Deferred until after the data, built in parallel:\n");
+        for (what, n) in &p.deferred {
+            if *n > 0 {
+                o.push_str(&format!("    - {n} {what}\n"));
+            } else {
+                o.push_str(&format!("    - {what}\n"));
+            }
+        }
+        o.push_str(&format!(
+            "    - {} sequence values, set from the snapshot\n",
+            p.sequences
+        ));
+        for s in &p.skipped {
+            o.push_str(&format!("  Not created: {s}\n"));
+        }
+    }
+    let blockers = r
+        .findings
+        .iter()
+        .filter(|f| f.severity == Severity::Blocker)
+        .count();
+    let warnings = r
+        .findings
+        .iter()
+        .filter(|f| f.severity == Severity::Warning)
+        .count();
+    o.push_str(&format!(
+        "\nResult: {}\n",
+        if blockers > 0 {
+            format!("{blockers} blocker(s), {warnings} warning(s): the migration cannot start until the blockers are fixed")
+        } else {
+            format!("ready ({warnings} warning(s))")
+        }
+    ));
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_for_humans() {
+        assert_eq!(human_count(1234567), "1,234,567");
+        assert_eq!(human_count(12), "12");
+        assert_eq!(human_count(-1), "?");
+        assert_eq!(human_bytes(1_500_000), "1.5 MB");
+    }
+}

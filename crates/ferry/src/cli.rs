@@ -1,0 +1,177 @@
+//! Command-line interface.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Ferry moves a live PostgreSQL database to a new home with zero downtime.
+#[derive(Debug, Parser)]
+#[command(name = "ferry", version, about, long_about = None)]
+pub struct Cli {
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Human, global = true)]
+    pub log_format: LogFormat,
+    /// More detail in logs (-v debug, -vv trace). RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check prerequisites on source and target and print the migration plan (exit 1 if anything blocks).
+    Check(CheckArgs),
+    /// Create the schema and copy every table from one consistent snapshot; resumable.
+    Migrate(MigrateArgs),
+    /// Start two throwaway PostgreSQL clusters, fill one with sample data, and migrate it.
+    Demo(DemoArgs),
+}
+
+/// Where the data comes from and goes to, and which tables move.
+#[derive(Debug, Clone, Args)]
+pub struct Endpoints {
+    /// Source URL: postgres://user[:password]@host[:port]/database[?sslmode=...]
+    #[arg(long, env = "FERRY_SOURCE_URL", hide_env_values = true)]
+    pub source: String,
+    /// Target URL, same form as --source.
+    #[arg(long, env = "FERRY_TARGET_URL", hide_env_values = true)]
+    pub target: String,
+    /// File holding the source password (first line); FERRY_SOURCE_PASSWORD also works.
+    #[arg(long)]
+    pub source_password_file: Option<PathBuf>,
+    /// File holding the target password (first line); FERRY_TARGET_PASSWORD also works.
+    #[arg(long)]
+    pub target_password_file: Option<PathBuf>,
+    /// Only move tables matching schema.table patterns (* and ? wildcards); repeatable.
+    #[arg(long = "include", value_name = "PATTERN")]
+    pub include: Vec<String>,
+    /// Leave out tables matching these patterns; repeatable.
+    #[arg(long = "exclude", value_name = "PATTERN")]
+    pub exclude: Vec<String>,
+    /// Parallel copy and index-build connections (default: number of CPUs).
+    #[arg(long, short = 'j')]
+    pub jobs: Option<usize>,
+    /// Name of this migration (default: derived from the target). Names the slot and publication.
+    #[arg(long)]
+    pub migration_id: Option<String>,
+    /// Schema on the target that holds Ferry's state.
+    #[arg(long, default_value = "ferry")]
+    pub state_schema: String,
+    /// Directory holding pg_dump and pg_restore (default: newest /usr/lib/postgresql/N/bin, then PATH).
+    #[arg(long)]
+    pub pg_bin_dir: Option<PathBuf>,
+    /// Drop and recreate target tables that already exist (data in them is lost).
+    #[arg(long)]
+    pub overwrite: bool,
+    /// Tables larger than this are copied as several page ranges in parallel (e.g. 64MB, 1GB; 0: never split).
+    #[arg(long, default_value = "64MB", value_parser = parse_size)]
+    pub split_size: i64,
+}
+
+/// `ferry check`.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Endpoints and table selection.
+    #[command(flatten)]
+    pub endpoints: Endpoints,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Where `migrate` stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StopAfter {
+    /// After the schema, the data, indexes, constraints and sequences.
+    FullLoad,
+}
+
+/// `ferry migrate`.
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    /// Endpoints and table selection.
+    #[command(flatten)]
+    pub endpoints: Endpoints,
+    /// Stop after this phase (change data capture is not part of this release yet, so the full
+    /// load is where migrate ends today either way).
+    #[arg(long, value_enum)]
+    pub stop_after: Option<StopAfter>,
+    /// Write the final summary as JSON to this file.
+    #[arg(long)]
+    pub summary_json: Option<PathBuf>,
+    /// maintenance_work_mem for index builds on the target.
+    #[arg(long, default_value = "512MB")]
+    pub maintenance_work_mem: String,
+    /// Skip ANALYZE of the copied tables on the target.
+    #[arg(long)]
+    pub no_analyze: bool,
+}
+
+/// `ferry demo`.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Rows in the largest sample table.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub rows: i64,
+    /// Directory of the PostgreSQL server binaries (initdb, pg_ctl).
+    #[arg(long, env = "FERRY_PG_BIN")]
+    pub pg_bin: Option<PathBuf>,
+    /// Keep the clusters running and their directory at the end (prints how to reach them).
+    #[arg(long)]
+    pub keep: bool,
+    /// Parallel jobs.
+    #[arg(long, short = 'j')]
+    pub jobs: Option<usize>,
+}
+
+/// Parses sizes such as `64MB`, `1GB`, `512kB`, `1048576`.
+pub fn parse_size(s: &str) -> Result<i64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: i64 = num.parse().map_err(|_| {
+        format!("invalid size {s:?}: expected a number with an optional unit (kB, MB, GB)")
+    })?;
+    let mult = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1 << 10,
+        "m" | "mb" => 1 << 20,
+        "g" | "gb" => 1 << 30,
+        "t" | "tb" => 1 << 40,
+        _ => return Err(format!("invalid size unit in {s:?}: use kB, MB, GB or TB")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("size {s:?} is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("64MB").unwrap(), 64 << 20);
+        assert_eq!(parse_size("1gb").unwrap(), 1 << 30);
+        assert_eq!(parse_size("0").unwrap(), 0);
+        assert!(parse_size("12XB").is_err());
+        assert!(parse_size("MB").is_err());
+    }
+
+    #[test]
+    fn cli_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

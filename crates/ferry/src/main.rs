@@ -1,0 +1,132 @@
+//! The `ferry` binary: command line, wiring, output. Protocols live in the library crates.
+
+mod check_cmd;
+mod cli;
+mod cluster;
+mod demo;
+mod exit;
+mod migrate;
+mod progress;
+mod settings;
+
+use clap::Parser;
+use cli::{Cli, Command, LogFormat};
+use tracing_subscriber::EnvFilter;
+
+fn init_logging(format: LogFormat, verbose: u8) {
+    let default = match verbose {
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        EnvFilter::new(format!(
+            "warn,ferry={default},ferry_postgres={default},ferry_core={default}"
+        ))
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<i32> {
+    match cli.command {
+        Command::Check(args) => {
+            let req = settings::resolve(&args.endpoints)?;
+            let report = ferry_postgres::preflight::check(&req).await;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", check_cmd::render(&report));
+            }
+            Ok(if report.blocked() {
+                exit::FOUND_PROBLEM
+            } else {
+                exit::OK
+            })
+        }
+        Command::Migrate(args) => {
+            let req = settings::resolve(&args.endpoints)?;
+            let opts = migrate::MigrateOptions {
+                maintenance_work_mem: args.maintenance_work_mem.clone(),
+                analyze: !args.no_analyze,
+                quiet_check: true,
+            };
+            let summary = tokio::select! {
+                s = migrate::run(&req, &opts) => s?,
+                _ = shutdown_signal() => {
+                    eprintln!("ferry: stopped by signal; committed work is kept, rerun the same command to resume");
+                    return Ok(exit::RUNTIME);
+                }
+            };
+            print!("{}", migrate::render(&summary));
+            if let Some(path) = &args.summary_json {
+                std::fs::write(path, serde_json::to_vec_pretty(&summary)?).map_err(|e| {
+                    anyhow::anyhow!("cannot write the summary to {}: {e}", path.display())
+                })?;
+            }
+            if args.stop_after.is_none() {
+                tracing::info!("change data capture is not part of this release yet: migrate ends after the full load");
+            }
+            Ok(exit::OK)
+        }
+        Command::Demo(args) => {
+            demo::run(args).await?;
+            Ok(exit::OK)
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+fn main() {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() {
+                exit::USAGE
+            } else {
+                exit::OK
+            };
+            let _ = e.print();
+            std::process::exit(code);
+        }
+    };
+    init_logging(cli.log_format, cli.verbose);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("ferry: cannot start the async runtime: {e}");
+            std::process::exit(exit::RUNTIME);
+        }
+    };
+    let code = runtime.block_on(async {
+        match run(cli).await {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("ferry: error: {}", exit::render(&e));
+                exit::code_for(&e)
+            }
+        }
+    });
+    // Spawned connection tasks may still be winding down; do not wait for them.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(200));
+    std::process::exit(code);
+}

@@ -1,0 +1,542 @@
+//! `ferry migrate`: the orchestrator of the schema and full-load phases.
+//!
+//! ```text
+//! check ─> publication ─> slot + exported snapshot ─> pre-data (pg_dump) ─> copy (N workers)
+//!       ─> indexes/keys (parallel) ─> attach ─> foreign keys ─> validate ─> rest of post-data
+//!       ─> sequences ─> ANALYZE
+//! ```
+//! Resume: every step is recorded on the target or checked against the target's catalog, so
+//! rerunning the same command after a crash (kill -9 included) continues where it stopped. A
+//! table interrupted mid-copy is truncated and copied again from a new snapshot taken with a
+//! temporary slot; its `snapshot_lsn` records that snapshot's position so that change capture
+//! skips, for that table, changes the new snapshot already contains. See docs/full-load.md.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use ferry_core::{Lsn, Phase, TableState};
+use ferry_postgres::introspect::{self, SourceTable, TableKind};
+use ferry_postgres::preflight::{self, CheckRequest};
+use ferry_postgres::replication::ReplicationConnection;
+use ferry_postgres::schema::{self, PgTools, Step};
+use ferry_postgres::snapshot::{self, CopyJob, TableProgress};
+use ferry_postgres::state::StateStore;
+use ferry_postgres::{sequences, slot};
+use serde::Serialize;
+
+use crate::exit::Blocked;
+use crate::progress::LoadProgress;
+
+/// Options beyond the check request.
+#[derive(Debug, Clone)]
+pub struct MigrateOptions {
+    /// maintenance_work_mem for index builds.
+    pub maintenance_work_mem: String,
+    /// Run ANALYZE after the load.
+    pub analyze: bool,
+    /// Print the check report even when nothing blocks.
+    pub quiet_check: bool,
+}
+
+/// One table in the summary.
+#[derive(Debug, Clone, Serialize)]
+pub struct TableSummary {
+    /// Table name.
+    pub table: String,
+    /// Rows on the target.
+    pub rows: i64,
+    /// COPY bytes moved.
+    pub bytes: i64,
+    /// Seconds from its first range starting to its last finishing (0 when copied earlier).
+    pub seconds: f64,
+    /// Whether this run copied it (false: an earlier run did).
+    pub copied_now: bool,
+}
+
+/// What migrate did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    /// Migration id.
+    pub migration_id: String,
+    /// Replication slot left on the source for change capture.
+    pub slot: String,
+    /// The slot's consistent point.
+    pub consistent_lsn: String,
+    /// Tables.
+    pub tables: Vec<TableSummary>,
+    /// Rows copied by this run.
+    pub rows: i64,
+    /// Bytes copied by this run.
+    pub bytes: i64,
+    /// Seconds creating the schema.
+    pub schema_seconds: f64,
+    /// Seconds copying data.
+    pub data_seconds: f64,
+    /// Seconds building indexes, constraints, the rest of post-data, sequences, ANALYZE.
+    pub post_seconds: f64,
+    /// Whole run.
+    pub total_seconds: f64,
+    /// Post-data objects built by this run.
+    pub objects_built: usize,
+    /// Sequences set.
+    pub sequences: usize,
+    /// Whether this run resumed an earlier one.
+    pub resumed: bool,
+}
+
+/// Runs schema and full load; returns the summary.
+pub async fn run(req: &CheckRequest, opts: &MigrateOptions) -> anyhow::Result<Summary> {
+    let started = Instant::now();
+    let report = preflight::check(req).await;
+    if report.blocked() || !opts.quiet_check {
+        eprintln!("{}", crate::check_cmd::render(&report));
+    }
+    if report.blocked() {
+        return Err(Blocked.into());
+    }
+    let source_info = report.source.clone().context("source not read")?;
+    let tools = PgTools::find(source_info.major(), req.pg_bin_dir.as_deref()).await?;
+    let store = StateStore::new(&req.state_schema);
+    let id = req.migration_id.clone();
+
+    let target = req.target.connect("control").await?;
+    let source = req.source.connect("control").await?;
+    store.ensure(&target).await?;
+    let mut rec = match store.load(&target, &id).await? {
+        Some(r) => r,
+        None => {
+            store
+                .create(
+                    &target,
+                    &id,
+                    req.source.redacted(),
+                    &req.slot,
+                    &req.publication,
+                )
+                .await?;
+            store
+                .load(&target, &id)
+                .await?
+                .context("migration record vanished")?
+        }
+    };
+    let resumed = rec.consistent_lsn.is_some();
+
+    // Tables in scope.
+    let all = introspect::list_tables(
+        &source,
+        &ferry_core::TableFilter::default(),
+        Some(&req.state_schema),
+    )
+    .await?;
+    let tables: Vec<SourceTable> = all
+        .iter()
+        .filter(|t| req.filter.matches(t.filter_name()))
+        .cloned()
+        .collect();
+    let excluded: Vec<ferry_core::TableName> = all
+        .iter()
+        .filter(|t| !req.filter.matches(t.filter_name()))
+        .map(|t| t.name.clone())
+        .collect();
+    let copyable: Vec<&SourceTable> = tables.iter().filter(|t| t.holds_rows()).collect();
+
+    // The slot and its snapshot; on resume, a temporary slot gives a fresh snapshot.
+    let mut repl = None;
+    let (snapshot_name, snapshot_lsn): (Option<String>, Lsn) = match rec.consistent_lsn {
+        None => {
+            if slot::slot_status(&source, &req.slot).await?.is_some() {
+                tracing::warn!(slot = %req.slot, "dropping a replication slot left by an attempt that never recorded it");
+                slot::drop_slot(&source, &req.slot).await?;
+            }
+            let all_tables = source_info.superuser && req.filter.is_everything();
+            let published: Vec<_> = tables
+                .iter()
+                .filter(|t| {
+                    t.kind != TableKind::Foreign
+                        && !t.unlogged
+                        && t.kind != TableKind::MaterializedView
+                })
+                .map(|t| t.name.clone())
+                .collect();
+            if slot::ensure_publication(&source, &req.publication, all_tables, &published).await? {
+                tracing::info!(publication = %req.publication, "created publication on the source");
+            }
+            let mut r = ReplicationConnection::connect(&req.source).await?;
+            let created = r.create_slot_with_snapshot(&req.slot, false).await?;
+            tracing::info!(slot = %created.name, consistent_point = %created.consistent_point, snapshot = %created.snapshot, "created replication slot with exported snapshot");
+            store
+                .set_consistent_lsn(&target, &id, Some(created.consistent_point))
+                .await?;
+            store
+                .set_phase(
+                    &target,
+                    &id,
+                    Phase::Schema,
+                    &format!(
+                        "slot {} created at {}",
+                        created.name, created.consistent_point
+                    ),
+                )
+                .await?;
+            rec.consistent_lsn = Some(created.consistent_point);
+            repl = Some(r);
+            (Some(created.snapshot), created.consistent_point)
+        }
+        Some(lsn) => {
+            if slot::slot_status(&source, &rec.slot_name).await?.is_none() {
+                anyhow::bail!(
+                    "the replication slot {} of migration {id} is gone from the source, so changes since {lsn} cannot be streamed; \
+                     drop the target's tables and the {} schema (or use another target database) and start over",
+                    rec.slot_name,
+                    req.state_schema
+                );
+            }
+            let records = store.tables(&target, &id).await?;
+            let pending = copyable.iter().any(|t| {
+                records
+                    .iter()
+                    .find(|r| r.name == t.name)
+                    .is_none_or(|r| r.state != TableState::Copied)
+            });
+            if pending || !rec.schema_done {
+                let mut r = ReplicationConnection::connect(&req.source).await?;
+                let temp = format!("{}_resume_{}", req.slot, std::process::id());
+                let created = r.create_slot_with_snapshot(&temp, true).await?;
+                tracing::info!(consistent_point = %created.consistent_point, "resuming: took a new snapshot for the tables not yet copied");
+                store
+                    .event(
+                        &target,
+                        &id,
+                        rec.phase,
+                        "resume",
+                        &format!(
+                            "resumed; unfinished tables are copied again from a snapshot at {}",
+                            created.consistent_point
+                        ),
+                    )
+                    .await?;
+                repl = Some(r);
+                (Some(created.snapshot), created.consistent_point)
+            } else {
+                (None, lsn)
+            }
+        }
+    };
+
+    // Pre-data.
+    let t_schema = Instant::now();
+    if !rec.schema_done {
+        let snap = snapshot_name.as_deref();
+        let sql =
+            schema::dump_pre_data(&tools, &req.source, snap, &excluded, req.overwrite).await?;
+        let ddl = req.target.connect("schema").await?;
+        let script = format!("BEGIN;\n{sql}\n;\n{};\nCOMMIT;", store.schema_done_sql(&id));
+        if let Err(e) = ddl.batch_execute(&script).await {
+            let err = ferry_postgres::PgError::query("creating the schema on the target", e);
+            anyhow::bail!(
+                "{err}\nhint: if objects of the source already exist on the target, drop them, use an empty target database, or pass --overwrite"
+            );
+        }
+        store
+            .set_phase(&target, &id, Phase::FullLoad, "schema created")
+            .await?;
+        tracing::info!(
+            seconds = t_schema.elapsed().as_secs_f64(),
+            "schema created on the target"
+        );
+    }
+    let schema_seconds = t_schema.elapsed().as_secs_f64();
+
+    // Everything read inside the snapshot: post-data plan, the rest of post-data, sequences.
+    let reader = req.source.connect("catalog").await?;
+    if let Some(s) = &snapshot_name {
+        reader
+            .batch_execute(&format!(
+                "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT '{s}'"
+            ))
+            .await
+            .map_err(|e| {
+                ferry_postgres::PgError::query("importing the snapshot for catalog reads", e)
+            })?;
+    }
+    let oids: Vec<u32> = tables
+        .iter()
+        .filter(|t| matches!(t.kind, TableKind::Ordinary | TableKind::Partitioned))
+        .map(|t| t.oid)
+        .collect();
+    let plan = schema::plan_post_data(&reader, &oids).await?;
+    for s in &plan.skipped {
+        tracing::warn!("not created: {s}");
+    }
+    let workdir = std::env::temp_dir().join(format!("ferry-{id}-{}", std::process::id()));
+    std::fs::create_dir_all(&workdir)
+        .with_context(|| format!("creating work directory {}", workdir.display()))?;
+    let rest_sql = if rec.post_data_done {
+        None
+    } else {
+        Some(
+            schema::dump_remaining_post_data(
+                &tools,
+                &req.source,
+                snapshot_name.as_deref(),
+                &excluded,
+                &plan.handled,
+                &workdir,
+            )
+            .await?,
+        )
+    };
+    let _ = std::fs::remove_dir_all(&workdir);
+    let seqs = sequences::read(&reader, Some(&req.state_schema)).await?;
+
+    // The copy.
+    let t_data = Instant::now();
+    let estimates: Vec<_> = copyable
+        .iter()
+        .map(|t| (t.name.clone(), t.estimated_rows))
+        .collect();
+    store.plan_tables(&target, &id, &estimates).await?;
+    let records = store.tables(&target, &id).await?;
+    let done = |t: &SourceTable| {
+        records
+            .iter()
+            .any(|r| r.name == t.name && r.state == TableState::Copied)
+    };
+    let to_copy: Vec<&SourceTable> = copyable.iter().copied().filter(|t| !done(t)).collect();
+    let progress: Arc<Vec<TableProgress>> =
+        Arc::new(to_copy.iter().map(|_| TableProgress::default()).collect());
+    if !to_copy.is_empty() {
+        let snap = snapshot_name.clone().context("no snapshot for the copy")?;
+        let input: Vec<_> = to_copy
+            .iter()
+            .map(|t| (t.name.clone(), t.columns.clone(), t.heap_bytes))
+            .collect();
+        let items = snapshot::plan_items(&input, req.split_bytes, source_info.major() >= 14);
+        for (i, t) in to_copy.iter().enumerate() {
+            let ranges = items.iter().filter(|it| it.table_index == i).count() as i32;
+            if ranges > 1 {
+                // Ranges load concurrently, so no single transaction can truncate for FREEZE:
+                // clear leftovers of an interrupted run once, up front.
+                target
+                    .batch_execute(&format!("TRUNCATE ONLY {}", t.name.quoted()))
+                    .await
+                    .map_err(|e| {
+                        ferry_postgres::PgError::query(
+                            format!("truncating {} before its ranges load", t.name),
+                            e,
+                        )
+                    })?;
+            }
+            store
+                .start_table(&target, &id, &t.name, snapshot_lsn, ranges)
+                .await?;
+        }
+        tracing::info!(tables = to_copy.len(), items = items.len(), jobs = req.jobs, snapshot_lsn = %snapshot_lsn, "copying");
+        let bar = LoadProgress::start(
+            to_copy
+                .iter()
+                .map(|t| {
+                    (
+                        t.name.to_string(),
+                        t.heap_bytes.max(0) as u64,
+                        t.estimated_rows,
+                    )
+                })
+                .collect(),
+            progress.clone(),
+        );
+        let job = CopyJob {
+            source: req.source.clone(),
+            target: req.target.clone(),
+            snapshot: snap,
+            jobs: req.jobs,
+            store: store.clone(),
+            migration_id: id.clone(),
+            started: t_data,
+        };
+        let result = snapshot::copy_items(job, items, progress.clone()).await;
+        bar.finish();
+        result?;
+    }
+    let data_seconds = t_data.elapsed().as_secs_f64();
+    let _ = reader.batch_execute("COMMIT").await;
+    if let Some(r) = repl.take() {
+        r.close().await;
+    }
+    store
+        .set_phase(&target, &id, Phase::PostLoad, "all table data copied")
+        .await?;
+
+    // Post-data.
+    let t_post = Instant::now();
+    let mut built = 0;
+    let mwm = &opts.maintenance_work_mem;
+    let groups: [(&str, Vec<Step>, usize); 5] = [
+        ("indexes on partitioned tables", plan.instant.clone(), 1),
+        ("indexes and keys", plan.parallel.clone(), req.jobs),
+        ("partition index attachments", plan.attach.clone(), 1),
+        ("foreign keys", plan.foreign_keys.clone(), 1),
+        ("foreign key validation", plan.validate.clone(), req.jobs),
+    ];
+    for (label, steps, jobs) in groups {
+        if steps.is_empty() {
+            continue;
+        }
+        let t = Instant::now();
+        let n = steps.len();
+        let outcomes = schema::run_steps(&req.target, steps, jobs, mwm).await?;
+        built += outcomes.iter().filter(|o| o.ran).count();
+        tracing::info!(
+            seconds = t.elapsed().as_secs_f64(),
+            count = n,
+            "built {label}"
+        );
+    }
+    if let Some(sql) = rest_sql {
+        let ddl = req.target.connect("post-data").await?;
+        let script = format!(
+            "BEGIN;\n{sql}\n;\n{};\nCOMMIT;",
+            store.post_data_done_sql(&id)
+        );
+        ddl.batch_execute(&script).await.map_err(|e| {
+            ferry_postgres::PgError::query(
+                "restoring triggers, rules, policies and other post-data objects on the target",
+                e,
+            )
+        })?;
+    }
+    let nseq = sequences::apply(&target, &seqs).await?;
+    if opts.analyze && !to_copy.is_empty() {
+        let steps: Vec<Step> = to_copy
+            .iter()
+            .map(|t| Step {
+                table: t.name.clone(),
+                name: "analyze".into(),
+                kind: schema::StepKind::Index,
+                sql: vec![format!("ANALYZE {}", t.name.quoted())],
+                done_check: "SELECT false".into(),
+            })
+            .collect();
+        schema::run_steps(&req.target, steps, req.jobs, mwm).await?;
+    }
+    let post_seconds = t_post.elapsed().as_secs_f64();
+    store
+        .event(
+            &target,
+            &id,
+            Phase::PostLoad,
+            "full_load_complete",
+            &format!("full load complete: {built} objects built, {nseq} sequences set"),
+        )
+        .await?;
+
+    // Summary.
+    let records = store.tables(&target, &id).await?;
+    let mut summary_tables = Vec::new();
+    for r in &records {
+        let idx = to_copy.iter().position(|t| t.name == r.name);
+        let seconds = idx
+            .map(|i| {
+                let p = &progress[i];
+                let (s, f) = (
+                    p.started_ms.load(std::sync::atomic::Ordering::Relaxed),
+                    p.finished_ms.load(std::sync::atomic::Ordering::Relaxed),
+                );
+                if f >= s && s > 0 {
+                    (f - s) as f64 / 1000.0
+                } else {
+                    0.0
+                }
+            })
+            .unwrap_or(0.0);
+        summary_tables.push(TableSummary {
+            table: r.name.to_string(),
+            rows: r.rows_copied,
+            bytes: r.bytes_copied,
+            seconds,
+            copied_now: idx.is_some(),
+        });
+    }
+    summary_tables.sort_by_key(|t| std::cmp::Reverse(t.bytes));
+    let (rows, bytes) = summary_tables
+        .iter()
+        .filter(|t| t.copied_now)
+        .fold((0, 0), |(r, b), t| (r + t.rows, b + t.bytes));
+    Ok(Summary {
+        migration_id: id,
+        slot: req.slot.clone(),
+        consistent_lsn: rec
+            .consistent_lsn
+            .map(|l| l.to_string())
+            .unwrap_or_default(),
+        tables: summary_tables,
+        rows,
+        bytes,
+        schema_seconds,
+        data_seconds,
+        post_seconds,
+        total_seconds: started.elapsed().as_secs_f64(),
+        objects_built: built,
+        sequences: nseq,
+        resumed,
+    })
+}
+
+/// The summary as a table for humans.
+pub fn render(s: &Summary) -> String {
+    use crate::check_cmd::{human_bytes, human_count};
+    let mut o = String::new();
+    o.push_str(&format!(
+        "\nFull load of migration {}{}:\n",
+        s.migration_id,
+        if s.resumed { " (resumed)" } else { "" }
+    ));
+    o.push_str(&format!(
+        "  {:<44} {:>12} {:>10} {:>8} {:>12}\n",
+        "table", "rows", "bytes", "seconds", "rows/s"
+    ));
+    for t in &s.tables {
+        let rate = if t.seconds > 0.0 {
+            human_count((t.rows as f64 / t.seconds) as i64)
+        } else {
+            "-".into()
+        };
+        let secs = if t.copied_now {
+            format!("{:.2}", t.seconds)
+        } else {
+            "earlier".into()
+        };
+        o.push_str(&format!(
+            "  {:<44} {:>12} {:>10} {:>8} {:>12}\n",
+            t.table,
+            human_count(t.rows),
+            human_bytes(t.bytes),
+            secs,
+            rate
+        ));
+    }
+    let rate = if s.data_seconds > 0.0 {
+        human_count((s.rows as f64 / s.data_seconds) as i64)
+    } else {
+        "-".into()
+    };
+    o.push_str(&format!(
+        "  {:<44} {:>12} {:>10} {:>8.2} {:>12}\n",
+        "total (this run)",
+        human_count(s.rows),
+        human_bytes(s.bytes),
+        s.data_seconds,
+        rate
+    ));
+    o.push_str(&format!(
+        "  schema {:.2}s, data {:.2}s, indexes/constraints/sequences {:.2}s ({} objects, {} sequences), whole run {:.2}s\n",
+        s.schema_seconds, s.data_seconds, s.post_seconds, s.objects_built, s.sequences, s.total_seconds
+    ));
+    o.push_str(&format!(
+        "  Replication slot {} on the source holds changes since {} for change data capture.\n  It retains WAL until consumed: if you abandon this migration, drop it (SELECT pg_drop_replication_slot('{}')) and the publication of the same name.\n",
+        s.slot, s.consistent_lsn, s.slot
+    ));
+    o
+}

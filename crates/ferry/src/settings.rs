@@ -1,0 +1,112 @@
+//! Turning command-line arguments into resolved settings: passwords read, ids derived.
+
+use anyhow::Context;
+use ferry_core::{Secret, TableFilter};
+use ferry_postgres::preflight::CheckRequest;
+use ferry_postgres::Endpoint;
+
+use crate::cli::Endpoints;
+use crate::exit::UsageError;
+
+/// Reads a password from `--*-password-file` or the named environment variable.
+fn password(file: Option<&std::path::Path>, env: &str) -> anyhow::Result<Option<Secret>> {
+    if let Some(f) = file {
+        let text = std::fs::read_to_string(f)
+            .with_context(|| format!("cannot read password file {}", f.display()))?;
+        return Ok(Some(Secret::new(
+            text.lines().next().unwrap_or_default().to_string(),
+        )));
+    }
+    Ok(std::env::var(env).ok().map(Secret::new))
+}
+
+/// A migration id usable in slot names: lowercase letters, digits, underscores, at most 40 chars.
+fn sanitize(id: &str) -> String {
+    let mut s: String = id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    s.truncate(40);
+    s
+}
+
+/// FNV-1a, to derive a stable id from the target's address.
+fn fnv(s: &str) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in s.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    h
+}
+
+/// Resolves endpoints and derived names into a check request.
+pub fn resolve(e: &Endpoints) -> anyhow::Result<CheckRequest> {
+    let source = Endpoint::parse(
+        &e.source,
+        password(e.source_password_file.as_deref(), "FERRY_SOURCE_PASSWORD")?,
+    )
+    .map_err(|err| UsageError(format!("--source: {err}")))?;
+    let target = Endpoint::parse(
+        &e.target,
+        password(e.target_password_file.as_deref(), "FERRY_TARGET_PASSWORD")?,
+    )
+    .map_err(|err| UsageError(format!("--target: {err}")))?;
+    let filter =
+        TableFilter::new(&e.include, &e.exclude).map_err(|err| UsageError(err.to_string()))?;
+    let id = match &e.migration_id {
+        Some(id) => {
+            let s = sanitize(id);
+            if s.is_empty() {
+                return Err(
+                    UsageError("--migration-id must contain letters or digits".into()).into(),
+                );
+            }
+            s
+        }
+        None => format!(
+            "{}_{:08x}",
+            sanitize(target.dbname()),
+            fnv(&target.describe())
+        ),
+    };
+    let jobs = e.jobs.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+    });
+    if jobs == 0 || jobs > 64 {
+        return Err(UsageError("--jobs must be between 1 and 64".into()).into());
+    }
+    Ok(CheckRequest {
+        source,
+        target,
+        filter,
+        jobs,
+        slot: format!("ferry_{id}"),
+        publication: format!("ferry_{id}"),
+        migration_id: id,
+        state_schema: e.state_schema.clone(),
+        overwrite: e.overwrite,
+        pg_bin_dir: e.pg_bin_dir.clone(),
+        split_bytes: e.split_size,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_slot_safe() {
+        assert_eq!(sanitize("My-Migration 2"), "my_migration_2");
+        assert_eq!(sanitize(&"x".repeat(100)).len(), 40);
+        assert_ne!(fnv("a:1/db"), fnv("b:1/db"));
+    }
+}

@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Throwaway PostgreSQL clusters for Ferry's tests, demo scripts and benchmarks.
+#
+#   scripts/pg.sh start NAME PORT [-c setting=value ...]   initdb (if new) and start a cluster
+#   scripts/pg.sh stop NAME                                  stop it (fast shutdown)
+#   scripts/pg.sh destroy NAME                               stop it and remove its directory
+#   scripts/pg.sh url NAME                                   print its superuser URL
+#
+# Clusters live under $FERRY_CLUSTER_DIR (default: <repo>/.ferry-test/clusters), listen on
+# 127.0.0.1 only, and require SCRAM passwords over TCP (so tests exercise real authentication).
+# The superuser is "postgres" with password $FERRY_PG_PASSWORD (default "ferry-test-pw").
+# PostgreSQL refuses to run as root, so as root the cluster runs as the "postgres" system user.
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+PG_BIN=${FERRY_PG_BIN:-/usr/lib/postgresql/15/bin}
+CLUSTER_DIR=${FERRY_CLUSTER_DIR:-$here/.ferry-test/clusters}
+PASSWORD=${FERRY_PG_PASSWORD:-ferry-test-pw}
+
+as_owner() {
+  if [ "$(id -u)" = 0 ]; then
+    runuser -u postgres -- "$@"
+  else
+    "$@"
+  fi
+}
+
+cmd=${1:?usage: pg.sh start|stop|destroy|url NAME [PORT]}
+name=${2:?cluster name required}
+dir=$CLUSTER_DIR/$name
+
+case "$cmd" in
+start)
+  port=${3:?port required}
+  shift 3
+  mkdir -p "$CLUSTER_DIR"
+  if [ "$(id -u)" = 0 ]; then chown postgres: "$CLUSTER_DIR"; fi
+  if [ ! -f "$dir/PG_VERSION" ]; then
+    pwfile=$(mktemp)
+    printf '%s\n' "$PASSWORD" >"$pwfile"
+    chmod 644 "$pwfile"
+    as_owner "$PG_BIN/initdb" -D "$dir" -U postgres --pwfile="$pwfile" -A scram-sha-256 \
+      --auth-local=trust -E UTF8 --locale=C.UTF-8 >"$CLUSTER_DIR/$name.initdb.log" 2>&1 \
+      || { rm -f "$pwfile"; cat "$CLUSTER_DIR/$name.initdb.log" >&2; exit 1; }
+    rm -f "$pwfile"
+    # Replication connections over TCP with passwords, like a production server.
+    as_owner sh -c "cat >> '$dir/pg_hba.conf'" <<HBA
+host replication all 127.0.0.1/32 scram-sha-256
+HBA
+  fi
+  opts="-c listen_addresses=127.0.0.1 -c port=$port -c unix_socket_directories=$dir"
+  opts="$opts -c max_connections=200 -c max_replication_slots=20 -c max_wal_senders=20"
+  opts="$opts -c shared_buffers=256MB -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+  for o in "$@"; do opts="$opts $o"; done
+  as_owner "$PG_BIN/pg_ctl" -D "$dir" -l "$CLUSTER_DIR/$name.log" -o "$opts" -w -t 60 start >/dev/null \
+    || { tail -20 "$CLUSTER_DIR/$name.log" >&2; exit 1; }
+  echo "$port" >"$CLUSTER_DIR/$name.port"
+  ;;
+stop)
+  if [ -f "$dir/postmaster.pid" ]; then
+    as_owner "$PG_BIN/pg_ctl" -D "$dir" -m fast -w -t 60 stop >/dev/null || true
+  fi
+  ;;
+destroy)
+  "$0" stop "$name"
+  rm -rf "$dir" "$CLUSTER_DIR/$name".*
+  ;;
+url)
+  port=$(cat "$CLUSTER_DIR/$name.port")
+  echo "postgres://postgres:$PASSWORD@127.0.0.1:$port/postgres"
+  ;;
+*)
+  echo "unknown command $cmd" >&2
+  exit 2
+  ;;
+esac
