@@ -33,11 +33,7 @@ pub struct TableFilter {
 impl TableFilter {
     /// Builds a filter from `--include` and `--exclude` patterns.
     pub fn new<S: AsRef<str>>(include: &[S], exclude: &[S]) -> Result<Self, FilterError> {
-        let parse = |ps: &[S]| {
-            ps.iter()
-                .map(|p| parse(p.as_ref()))
-                .collect::<Result<Vec<_>, _>>()
-        };
+        let parse = |ps: &[S]| ps.iter().map(|p| parse(p.as_ref())).collect::<Result<Vec<_>, _>>();
         Ok(Self {
             include: parse(include)?,
             exclude: parse(exclude)?,
@@ -46,9 +42,7 @@ impl TableFilter {
 
     /// Whether the table is moved.
     pub fn matches(&self, t: &TableName) -> bool {
-        let hit = |p: &Pattern| {
-            p.schema.as_deref().is_none_or(|s| glob(s, &t.schema)) && glob(&p.table, &t.name)
-        };
+        let hit = |p: &Pattern| p.schema.as_deref().is_none_or(|s| glob(s, &t.schema)) && glob(&p.table, &t.name);
         (self.include.is_empty() || self.include.iter().any(hit)) && !self.exclude.iter().any(hit)
     }
 
@@ -67,9 +61,7 @@ fn parse(p: &str) -> Result<Pattern, FilterError> {
         return Err(err("empty pattern"));
     }
     match p.split_once('.') {
-        Some((s, t)) if s.is_empty() || t.is_empty() => Err(err(
-            "schema and table must both be non-empty in schema.table",
-        )),
+        Some((s, t)) if s.is_empty() || t.is_empty() => Err(err("schema and table must both be non-empty in schema.table")),
         Some((_, t)) if t.contains('.') => Err(err("too many dots: use schema.table")),
         Some((s, t)) => Ok(Pattern {
             schema: Some(s.to_string()),

@@ -6,9 +6,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 /// A PostgreSQL WAL position (log sequence number), printed as PostgreSQL does: `16/B374D848`.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
 pub struct Lsn(pub u64);
 
 impl fmt::Display for Lsn {
@@ -59,8 +57,7 @@ impl FromStr for SourcePosition {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.strip_prefix("pg:") {
             Some(rest) => Ok(SourcePosition::Postgres(
-                rest.parse()
-                    .map_err(|_| ParsePositionError(s.to_string()))?,
+                rest.parse().map_err(|_| ParsePositionError(s.to_string()))?,
             )),
             None => Err(ParsePositionError(s.to_string())),
         }

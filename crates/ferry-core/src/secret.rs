@@ -58,10 +58,7 @@ pub fn redact_url(url: &str) -> String {
     let mut search_from = 0;
     while let Some(pos) = out[search_from..].to_ascii_lowercase().find("password=") {
         let start = search_from + pos + "password=".len();
-        let end = out[start..]
-            .find(['&', ' ', '#'])
-            .map(|e| start + e)
-            .unwrap_or(out.len());
+        let end = out[start..].find(['&', ' ', '#']).map(|e| start + e).unwrap_or(out.len());
         out.replace_range(start..end, "****");
         search_from = start + 4;
     }
@@ -91,13 +88,7 @@ mod tests {
             redact_url("postgres://h/db?user=a&password=zz&x=1"),
             "postgres://h/db?user=a&password=****&x=1"
         );
-        assert_eq!(
-            redact_url("host=h password=zz user=u"),
-            "host=h password=**** user=u"
-        );
-        assert_eq!(
-            redact_url("mysql://root:pw@127.0.0.1/x"),
-            "mysql://root:****@127.0.0.1/x"
-        );
+        assert_eq!(redact_url("host=h password=zz user=u"), "host=h password=**** user=u");
+        assert_eq!(redact_url("mysql://root:pw@127.0.0.1/x"), "mysql://root:****@127.0.0.1/x");
     }
 }

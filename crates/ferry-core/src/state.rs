@@ -138,10 +138,7 @@ mod tests {
     fn names_round_trip() {
         for p in Phase::ALL {
             assert_eq!(p.as_str().parse::<Phase>().unwrap(), p);
-            assert_eq!(
-                serde_json::to_string(&p).unwrap(),
-                format!("\"{}\"", p.as_str())
-            );
+            assert_eq!(serde_json::to_string(&p).unwrap(), format!("\"{}\"", p.as_str()));
         }
         for s in [TableState::Pending, TableState::Copying, TableState::Copied] {
             assert_eq!(s.as_str().parse::<TableState>().unwrap(), s);

@@ -99,12 +99,7 @@ impl RowCounter {
                     if &self.scratch[..11] != SIGNATURE {
                         return Err(self.err("bad signature (not binary COPY data)"));
                     }
-                    let ext = u32::from_be_bytes([
-                        self.scratch[15],
-                        self.scratch[16],
-                        self.scratch[17],
-                        self.scratch[18],
-                    ]);
+                    let ext = u32::from_be_bytes([self.scratch[15], self.scratch[16], self.scratch[17], self.scratch[18]]);
                     self.state = State::Skip(u64::from(ext), After::Header);
                     if ext == 0 {
                         self.state = State::FieldCount;
@@ -128,12 +123,7 @@ impl RowCounter {
                     if !self.gather(&mut data, 4) {
                         continue;
                     }
-                    match i32::from_be_bytes([
-                        self.scratch[0],
-                        self.scratch[1],
-                        self.scratch[2],
-                        self.scratch[3],
-                    ]) {
+                    match i32::from_be_bytes([self.scratch[0], self.scratch[1], self.scratch[2], self.scratch[3]]) {
                         -1 => self.end_field(),
                         n if n >= 0 => {
                             self.state = State::Skip(n as u64, After::Field);
@@ -183,10 +173,7 @@ impl RowCounter {
     }
 
     fn err(&self, why: &'static str) -> CopyFormatError {
-        CopyFormatError {
-            offset: self.offset,
-            why,
-        }
+        CopyFormatError { offset: self.offset, why }
     }
 }
 

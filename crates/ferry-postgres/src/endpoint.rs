@@ -24,9 +24,7 @@ pub struct Endpoint {
 
 impl std::fmt::Debug for Endpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Endpoint")
-            .field("url", &self.redacted)
-            .finish()
+        f.debug_struct("Endpoint").field("url", &self.redacted).finish()
     }
 }
 
@@ -50,9 +48,7 @@ impl Endpoint {
             why,
         };
         let trimmed = url.trim();
-        if trimmed.contains("://")
-            && !(trimmed.starts_with("postgres://") || trimmed.starts_with("postgresql://"))
-        {
+        if trimmed.contains("://") && !(trimmed.starts_with("postgres://") || trimmed.starts_with("postgresql://")) {
             return Err(err("the scheme must be postgres:// or postgresql://".into()));
         }
         // The parser's own message may quote the offending text, which can hold the password.
@@ -67,11 +63,7 @@ impl Endpoint {
             let user = config.get_user().unwrap_or_default().to_string();
             config.dbname(&user);
         }
-        let password = password.or_else(|| {
-            config
-                .get_password()
-                .map(|p| Secret::new(String::from_utf8_lossy(p).into_owned()))
-        });
+        let password = password.or_else(|| config.get_password().map(|p| Secret::new(String::from_utf8_lossy(p).into_owned())));
         if let Some(p) = &password {
             config.password(p.expose());
         }
@@ -135,18 +127,12 @@ impl Endpoint {
 
     /// Whether the user asked for TLS (`sslmode=require` or stricter is unsupported for now).
     pub fn requires_tls(&self) -> bool {
-        matches!(
-            self.config.get_ssl_mode(),
-            tokio_postgres::config::SslMode::Require
-        )
+        matches!(self.config.get_ssl_mode(), tokio_postgres::config::SslMode::Require)
     }
 
     /// The configured connect timeout.
     pub fn connect_timeout(&self) -> Duration {
-        self.config
-            .get_connect_timeout()
-            .copied()
-            .unwrap_or(Duration::from_secs(10))
+        self.config.get_connect_timeout().copied().unwrap_or(Duration::from_secs(10))
     }
 
     /// Opens a regular SQL connection; the connection's I/O runs on a spawned task. `role`
@@ -160,15 +146,9 @@ impl Endpoint {
             ));
         }
         let mut config = self.config.clone();
-        let app = self
-            .config
-            .get_application_name()
-            .unwrap_or(APPLICATION_NAME);
+        let app = self.config.get_application_name().unwrap_or(APPLICATION_NAME);
         config.application_name(format!("{app} {role}"));
-        let (client, connection) = config
-            .connect(NoTls)
-            .await
-            .map_err(|e| PgError::from_connect(e, self))?;
+        let (client, connection) = config.connect(NoTls).await.map_err(|e| PgError::from_connect(e, self))?;
         let what = self.describe();
         tokio::spawn(async move {
             if let Err(e) = connection.await {

@@ -32,11 +32,7 @@ impl Fault for PgError {
 
 impl PgError {
     /// A configuration problem found by Ferry itself.
-    pub fn config(
-        context: impl Into<String>,
-        reason: impl Into<String>,
-        fix: impl Into<String>,
-    ) -> Self {
+    pub fn config(context: impl Into<String>, reason: impl Into<String>, fix: impl Into<String>) -> Self {
         Self {
             context: context.into(),
             reason: reason.into(),
@@ -60,11 +56,7 @@ impl PgError {
 
     /// Wraps an error raised while connecting to `ep`, with the fixes operators need most.
     pub fn from_connect(e: tokio_postgres::Error, ep: &Endpoint) -> Self {
-        let context = format!(
-            "cannot connect to {} as user {:?}",
-            ep.describe(),
-            ep.user()
-        );
+        let context = format!("cannot connect to {} as user {:?}", ep.describe(), ep.user());
         let mut err = Self::query(context, e);
         if err.code.is_none() && err.fix.is_none() {
             err.fix = Some(format!(

@@ -76,11 +76,7 @@ impl SourceTable {
 
 /// Lists the user tables of the connected database that `filter` selects (partition leaves
 /// follow their root), skipping system schemas, extension members and `skip_schema`.
-pub async fn list_tables(
-    client: &Client,
-    filter: &TableFilter,
-    skip_schema: Option<&str>,
-) -> Result<Vec<SourceTable>, PgError> {
+pub async fn list_tables(client: &Client, filter: &TableFilter, skip_schema: Option<&str>) -> Result<Vec<SourceTable>, PgError> {
     let rows = client
         .query(
             r#"
@@ -127,10 +123,7 @@ ORDER BY n.nspname, c.relname"#,
             "d" if has_pk => ReplicaIdentity::PrimaryKey,
             _ => ReplicaIdentity::Nothing,
         };
-        let partition_root = match (
-            r.get::<_, Option<String>>(11),
-            r.get::<_, Option<String>>(12),
-        ) {
+        let partition_root = match (r.get::<_, Option<String>>(11), r.get::<_, Option<String>>(12)) {
             (Some(s), Some(n)) => Some(TableName::new(s, n)),
             _ => None,
         };

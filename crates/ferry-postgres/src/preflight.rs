@@ -123,23 +123,14 @@ pub struct Report {
 impl Report {
     /// Whether anything blocks the migration.
     pub fn blocked(&self) -> bool {
-        self.findings
-            .iter()
-            .any(|f| f.severity == Severity::Blocker)
+        self.findings.iter().any(|f| f.severity == Severity::Blocker)
     }
 }
 
 struct Findings(Vec<Finding>);
 
 impl Findings {
-    fn add(
-        &mut self,
-        severity: Severity,
-        side: &'static str,
-        check: &'static str,
-        message: impl Into<String>,
-        fix: Option<String>,
-    ) {
+    fn add(&mut self, severity: Severity, side: &'static str, check: &'static str, message: impl Into<String>, fix: Option<String>) {
         self.0.push(Finding {
             severity,
             side,
@@ -220,11 +211,7 @@ pub async fn check(req: &CheckRequest) -> Report {
     report
 }
 
-async fn target_checks(
-    req: &CheckRequest,
-    t: &Client,
-    f: &mut Findings,
-) -> Result<(ServerInfo, bool), PgError> {
+async fn target_checks(req: &CheckRequest, t: &Client, f: &mut Findings) -> Result<(ServerInfo, bool), PgError> {
     let info = introspect::server_info(t).await?;
     let store = StateStore::new(&req.state_schema);
     let resuming = store.load(t, &req.migration_id).await?.is_some();
@@ -241,10 +228,7 @@ async fn target_checks(
         );
     }
     let can_create: bool = t
-        .query_one(
-            "SELECT has_database_privilege(current_user, current_database(), 'CREATE')",
-            &[],
-        )
+        .query_one("SELECT has_database_privilege(current_user, current_database(), 'CREATE')", &[])
         .await
         .map_err(|e| PgError::query("checking privileges on the target", e))?
         .get(0);
@@ -253,10 +237,7 @@ async fn target_checks(
             Severity::Ok,
             "target",
             "privileges",
-            format!(
-                "user {} may create schemas in database {}",
-                info.user, info.database
-            ),
+            format!("user {} may create schemas in database {}", info.user, info.database),
             None,
         );
     } else {
@@ -264,14 +245,8 @@ async fn target_checks(
             Severity::Blocker,
             "target",
             "privileges",
-            format!(
-                "user {} may not create schemas in database {}",
-                info.user, info.database
-            ),
-            Some(format!(
-                "GRANT CREATE ON DATABASE {} TO {}",
-                info.database, info.user
-            )),
+            format!("user {} may not create schemas in database {}", info.user, info.database),
+            Some(format!("GRANT CREATE ON DATABASE {} TO {}", info.database, info.user)),
         );
     }
     let wal_level = introspect::setting(t, "wal_level").await?;
@@ -294,33 +269,24 @@ async fn source_checks(
             Severity::Blocker,
             "source",
             "version",
-            format!(
-                "source runs PostgreSQL {}; logical replication needs 10 or newer",
-                info.version
-            ),
+            format!("source runs PostgreSQL {}; logical replication needs 10 or newer", info.version),
             Some("upgrade the source to PostgreSQL 10+ first".into()),
         );
     } else {
-        f.add(
-            Severity::Ok,
-            "source",
-            "version",
-            format!("PostgreSQL {}", info.version),
-            None,
-        );
+        f.add(Severity::Ok, "source", "version", format!("PostgreSQL {}", info.version), None);
     }
 
     let wal_level = introspect::setting(s, "wal_level").await?;
     if wal_level == "logical" {
+        f.add(Severity::Ok, "source", "wal_level", "wal_level is logical", None);
+    } else {
         f.add(
-            Severity::Ok,
+            Severity::Blocker,
             "source",
             "wal_level",
-            "wal_level is logical",
-            None,
+            format!("wal_level is {wal_level} on source; change data capture needs logical"),
+            Some("set wal_level=logical (ALTER SYSTEM SET wal_level = logical) and restart PostgreSQL".into()),
         );
-    } else {
-        f.add(Severity::Blocker, "source", "wal_level", format!("wal_level is {wal_level} on source; change data capture needs logical"), Some("set wal_level=logical (ALTER SYSTEM SET wal_level = logical) and restart PostgreSQL".into()));
     }
 
     let role_ok = info.superuser || info.replication;
@@ -332,11 +298,7 @@ async fn source_checks(
             format!(
                 "user {} has {}",
                 info.user,
-                if info.superuser {
-                    "superuser"
-                } else {
-                    "REPLICATION"
-                }
+                if info.superuser { "superuser" } else { "REPLICATION" }
             ),
             None,
         );
@@ -347,10 +309,7 @@ async fn source_checks(
                         Severity::Ok,
                         "source",
                         "replication_connection",
-                        format!(
-                            "replication connection works (system {}, WAL at {})",
-                            id.system_id, id.xlogpos
-                        ),
+                        format!("replication connection works (system {}, WAL at {})", id.system_id, id.xlogpos),
                         None,
                     ),
                     Err(e) => f.error("source", "replication_connection", &e),
@@ -360,7 +319,16 @@ async fn source_checks(
             Err(e) => f.error("source", "replication_connection", &e),
         }
     } else {
-        f.add(Severity::Blocker, "source", "replication_role", format!("user {} has neither the REPLICATION attribute nor superuser; Ferry cannot create a replication slot", info.user), Some(format!("run as a superuser: ALTER ROLE {} REPLICATION", info.user)));
+        f.add(
+            Severity::Blocker,
+            "source",
+            "replication_role",
+            format!(
+                "user {} has neither the REPLICATION attribute nor superuser; Ferry cannot create a replication slot",
+                info.user
+            ),
+            Some(format!("run as a superuser: ALTER ROLE {} REPLICATION", info.user)),
+        );
     }
 
     let r = s
@@ -379,8 +347,7 @@ async fn source_checks(
         )
         .await
         .map_err(|e| PgError::query("reading replication settings on the source", e))?;
-    let (max_slots, used_slots, max_senders, used_senders): (i32, i32, i32, i32) =
-        (r.get(0), r.get(1), r.get(2), r.get(3));
+    let (max_slots, used_slots, max_senders, used_senders): (i32, i32, i32, i32) = (r.get(0), r.get(1), r.get(2), r.get(3));
     let slot_exists: bool = r.get(8);
     let need_slots = if slot_exists { 1 } else { 2 }; // our slot, plus a temporary one on resume
     if max_slots - used_slots >= need_slots {
@@ -398,9 +365,7 @@ async fn source_checks(
             Severity::Blocker,
             "source",
             "replication_slots",
-            format!(
-                "all {max_slots} replication slots are in use (max_replication_slots={max_slots})"
-            ),
+            format!("all {max_slots} replication slots are in use (max_replication_slots={max_slots})"),
             Some(format!(
                 "raise max_replication_slots to at least {} and restart, or drop an unused slot",
                 used_slots + 2
@@ -421,10 +386,7 @@ async fn source_checks(
             "source",
             "wal_senders",
             format!("all {max_senders} WAL senders are busy (max_wal_senders={max_senders})"),
-            Some(format!(
-                "raise max_wal_senders to at least {} and restart",
-                used_senders + 1
-            )),
+            Some(format!("raise max_wal_senders to at least {} and restart", used_senders + 1)),
         );
     }
     let (max_conn, used_conn): (i32, i32) = (r.get(4), r.get(5));
@@ -450,7 +412,13 @@ async fn source_checks(
     }
     let lobs: i64 = r.get(7);
     if lobs > 0 {
-        f.add(Severity::Warning, "source", "large_objects", format!("{lobs} large objects (pg_largeobject) exist; Ferry does not copy large objects"), Some("move them separately (pg_dump --large-objects-only), or store them in bytea columns".into()));
+        f.add(
+            Severity::Warning,
+            "source",
+            "large_objects",
+            format!("{lobs} large objects (pg_largeobject) exist; Ferry does not copy large objects"),
+            Some("move them separately (pg_dump --large-objects-only), or store them in bytea columns".into()),
+        );
     }
     if slot_exists && !resuming {
         f.add(Severity::Info, "source", "slot", format!("replication slot {} exists from an earlier attempt that never recorded state on the target; `ferry migrate` drops and recreates it", req.slot), None);
@@ -474,11 +442,7 @@ async fn source_checks(
             Severity::Ok,
             "tools",
             "pg_dump",
-            format!(
-                "{} (PostgreSQL {}) renders the schema",
-                t.pg_dump.display(),
-                t.major
-            ),
+            format!("{} (PostgreSQL {}) renders the schema", t.pg_dump.display(), t.major),
             None,
         ),
         Err(e) => f.add(
@@ -492,11 +456,7 @@ async fn source_checks(
 
     // Tables.
     let all = introspect::list_tables(s, &TableFilter::default(), Some(&req.state_schema)).await?;
-    let tables: Vec<SourceTable> = all
-        .iter()
-        .filter(|t| req.filter.matches(t.filter_name()))
-        .cloned()
-        .collect();
+    let tables: Vec<SourceTable> = all.iter().filter(|t| req.filter.matches(t.filter_name())).cloned().collect();
     if tables.is_empty() {
         f.add(
             Severity::Blocker,
@@ -511,23 +471,27 @@ async fn source_checks(
     for t in &tables {
         match (t.kind, t.replica_identity) {
             (TableKind::Ordinary, ReplicaIdentity::Nothing) => no_identity.push(t.name.to_string()),
-            (TableKind::Ordinary, ReplicaIdentity::Full) if !t.has_primary_key => {
-                full_identity.push(t.name.to_string())
-            }
+            (TableKind::Ordinary, ReplicaIdentity::Full) if !t.has_primary_key => full_identity.push(t.name.to_string()),
             _ => {}
         }
         if t.unlogged {
-            f.add(Severity::Warning, "source", "unlogged", format!("{} is UNLOGGED: its rows are copied, but its changes are not in the WAL, so they cannot be streamed", t.name), Some(format!("ALTER TABLE {} SET LOGGED, or exclude it", t.name.quoted())));
+            f.add(
+                Severity::Warning,
+                "source",
+                "unlogged",
+                format!(
+                    "{} is UNLOGGED: its rows are copied, but its changes are not in the WAL, so they cannot be streamed",
+                    t.name
+                ),
+                Some(format!("ALTER TABLE {} SET LOGGED, or exclude it", t.name.quoted())),
+            );
         }
         if t.kind == TableKind::Foreign {
             f.add(
                 Severity::Warning,
                 "source",
                 "foreign_table",
-                format!(
-                    "{} is a foreign table: its definition is recreated, its data is not copied",
-                    t.name
-                ),
+                format!("{} is a foreign table: its definition is recreated, its data is not copied", t.name),
                 None,
             );
         }
@@ -576,24 +540,34 @@ async fn source_checks(
             .map(|r| r.get(0))
             .collect();
         if !not_owner.is_empty() {
-            f.add(Severity::Blocker, "source", "publication", format!("user {} does not own {}; only owners (or superusers) may add tables to Ferry's publication", info.user, not_owner.join(", ")), Some("run Ferry as the tables' owner or a superuser".into()));
+            f.add(
+                Severity::Blocker,
+                "source",
+                "publication",
+                format!(
+                    "user {} does not own {}; only owners (or superusers) may add tables to Ferry's publication",
+                    info.user,
+                    not_owner.join(", ")
+                ),
+                Some("run Ferry as the tables' owner or a superuser".into()),
+            );
         }
     }
 
     // Extensions the target must offer.
     if let Some(t) = target {
         let exts: Vec<String> = s
-            .query(
-                "SELECT extname::text FROM pg_extension WHERE extname <> 'plpgsql' ORDER BY 1",
-                &[],
-            )
+            .query("SELECT extname::text FROM pg_extension WHERE extname <> 'plpgsql' ORDER BY 1", &[])
             .await
             .map_err(|e| PgError::query("listing extensions on the source", e))?
             .into_iter()
             .map(|r| r.get(0))
             .collect();
         let missing: Vec<String> = t
-            .query("SELECT e FROM unnest($1::text[]) e WHERE NOT EXISTS (SELECT 1 FROM pg_available_extensions a WHERE a.name = e)", &[&exts])
+            .query(
+                "SELECT e FROM unnest($1::text[]) e WHERE NOT EXISTS (SELECT 1 FROM pg_available_extensions a WHERE a.name = e)",
+                &[&exts],
+            )
             .await
             .map_err(|e| PgError::query("listing extensions available on the target", e))?
             .into_iter()
@@ -604,10 +578,7 @@ async fn source_checks(
                 Severity::Blocker,
                 "target",
                 "extensions",
-                format!(
-                    "the source uses extension(s) the target does not offer: {}",
-                    missing.join(", ")
-                ),
+                format!("the source uses extension(s) the target does not offer: {}", missing.join(", ")),
                 Some("install them on the target server (packages), then rerun".into()),
             );
         }
@@ -656,24 +627,31 @@ async fn source_checks(
         (StepKind::Unique, "unique constraints"),
         (StepKind::Exclusion, "exclusion constraints"),
         (StepKind::Index, "indexes"),
-        (
-            StepKind::ForeignKey,
-            "foreign keys (added NOT VALID, then validated)",
-        ),
+        (StepKind::ForeignKey, "foreign keys (added NOT VALID, then validated)"),
     ] {
         if let Some(n) = counts.get(&kind) {
             deferred.push((label.to_string(), *n));
         }
     }
     deferred.push((
-        "other post-data objects (triggers, rules, policies, statistics) restored by pg_restore"
-            .into(),
+        "other post-data objects (triggers, rules, policies, statistics) restored by pg_restore".into(),
         0,
     ));
     let plan = Plan {
         tables: planned,
         source_objects: vec![
-            format!("publication {} ({})", req.publication, if all_tables_pub { "FOR ALL TABLES".to_string() } else { format!("FOR TABLE, {} tables", tables.iter().filter(|t| t.kind != TableKind::Foreign).count()) }),
+            format!(
+                "publication {} ({})",
+                req.publication,
+                if all_tables_pub {
+                    "FOR ALL TABLES".to_string()
+                } else {
+                    format!(
+                        "FOR TABLE, {} tables",
+                        tables.iter().filter(|t| t.kind != TableKind::Foreign).count()
+                    )
+                }
+            ),
             format!("logical replication slot {} (pgoutput), kept until the migration ends", req.slot),
         ],
         target_objects: vec![
@@ -698,18 +676,10 @@ async fn source_checks(
 }
 
 /// Target tables that already exist under a name the migration would create.
-async fn conflicts(
-    req: &CheckRequest,
-    t: &Client,
-    tables: &[SourceTable],
-    f: &mut Findings,
-) -> Result<(), PgError> {
+async fn conflicts(req: &CheckRequest, t: &Client, tables: &[SourceTable], f: &mut Findings) -> Result<(), PgError> {
     let names: Vec<String> = tables.iter().map(|t| t.name.quoted()).collect();
     let existing: Vec<String> = t
-        .query(
-            "SELECT n FROM unnest($1::text[]) n WHERE to_regclass(n) IS NOT NULL",
-            &[&names],
-        )
+        .query("SELECT n FROM unnest($1::text[]) n WHERE to_regclass(n) IS NOT NULL", &[&names])
         .await
         .map_err(|e| PgError::query("looking for existing tables on the target", e))?
         .into_iter()
@@ -729,11 +699,7 @@ async fn conflicts(
             empty.push(n);
         }
     }
-    let severity = if req.overwrite {
-        Severity::Warning
-    } else {
-        Severity::Blocker
-    };
+    let severity = if req.overwrite { Severity::Warning } else { Severity::Blocker };
     if !non_empty.is_empty() {
         let msg = if req.overwrite {
             format!(
@@ -741,9 +707,19 @@ async fn conflicts(
                 non_empty.join(", ")
             )
         } else {
-            format!("target table(s) {} already hold rows; Ferry refuses to overwrite a non-empty target table", non_empty.join(", "))
+            format!(
+                "target table(s) {} already hold rows; Ferry refuses to overwrite a non-empty target table",
+                non_empty.join(", ")
+            )
         };
-        f.add(severity, "target", "non_empty_target", msg, (!req.overwrite).then(|| "empty or drop them, use another target database, or pass --overwrite to drop and recreate them".into()));
+        f.add(
+            severity,
+            "target",
+            "non_empty_target",
+            msg,
+            (!req.overwrite)
+                .then(|| "empty or drop them, use another target database, or pass --overwrite to drop and recreate them".into()),
+        );
     }
     if !empty.is_empty() {
         f.add(
@@ -754,8 +730,7 @@ async fn conflicts(
                 "target table(s) {} already exist (empty); Ferry creates the schema itself",
                 empty.join(", ")
             ),
-            (!req.overwrite)
-                .then(|| "drop them, or pass --overwrite to drop and recreate them".into()),
+            (!req.overwrite).then(|| "drop them, or pass --overwrite to drop and recreate them".into()),
         );
     }
     if non_empty.is_empty() && empty.is_empty() {
@@ -763,10 +738,7 @@ async fn conflicts(
             Severity::Ok,
             "target",
             "non_empty_target",
-            format!(
-                "none of the {} tables exists on the target yet",
-                tables.len()
-            ),
+            format!("none of the {} tables exists on the target yet", tables.len()),
             None,
         );
     }

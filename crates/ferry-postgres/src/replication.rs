@@ -31,9 +31,7 @@ pub struct ReplicationConnection {
 
 impl std::fmt::Debug for ReplicationConnection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ReplicationConnection")
-            .field("server", &self.server)
-            .finish()
+        f.debug_struct("ReplicationConnection").field("server", &self.server).finish()
     }
 }
 
@@ -67,12 +65,7 @@ impl ReplicationConnection {
     /// Connects with `replication=database` and authenticates.
     pub async fn connect(ep: &Endpoint) -> Result<Self, PgError> {
         let server = ep.describe();
-        let context = || {
-            format!(
-                "cannot open a replication connection to {server} as user {:?}",
-                ep.user()
-            )
-        };
+        let context = || format!("cannot open a replication connection to {server} as user {:?}", ep.user());
         let io_err = |e: std::io::Error| PgError {
             context: context(),
             reason: e.to_string(),
@@ -90,20 +83,13 @@ impl ReplicationConnection {
                     s.set_nodelay(true)?;
                     Box::new(s)
                 }
-                HostAddr::Unix(dir, p) => Box::new(
-                    tokio::net::UnixStream::connect(dir.join(format!(".s.PGSQL.{p}"))).await?,
-                ),
+                HostAddr::Unix(dir, p) => Box::new(tokio::net::UnixStream::connect(dir.join(format!(".s.PGSQL.{p}"))).await?),
             };
             Ok::<_, std::io::Error>(io)
         };
         let io = tokio::time::timeout(ep.connect_timeout(), connect)
             .await
-            .map_err(|_| {
-                io_err(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "connection timed out",
-                ))
-            })?
+            .map_err(|_| io_err(std::io::Error::new(std::io::ErrorKind::TimedOut, "connection timed out")))?
             .map_err(io_err)?;
         let mut conn = Self {
             io,
@@ -137,15 +123,13 @@ impl ReplicationConnection {
 
     async fn authenticate(&mut self, ep: &Endpoint) -> Result<(), PgError> {
         let password = || {
-            ep.password()
-                .map(|p| p.expose().as_bytes().to_vec())
-                .ok_or_else(|| {
-                    PgError::config(
-                        "authentication",
-                        "the server asks for a password and none was given",
-                        "put it in the URL, FERRY_SOURCE_PASSWORD, or --source-password-file",
-                    )
-                })
+            ep.password().map(|p| p.expose().as_bytes().to_vec()).ok_or_else(|| {
+                PgError::config(
+                    "authentication",
+                    "the server asks for a password and none was given",
+                    "put it in the URL, FERRY_SOURCE_PASSWORD, or --source-password-file",
+                )
+            })
         };
         let mut scram: Option<ScramSha256> = None;
         loop {
@@ -166,7 +150,11 @@ impl ReplicationConnection {
                         found |= m == SCRAM_SHA_256;
                     }
                     if !found {
-                        return Err(PgError::config(ctx, "the server offers no SASL mechanism Ferry supports", "enable scram-sha-256 or md5 for this user in pg_hba.conf"));
+                        return Err(PgError::config(
+                            ctx,
+                            "the server offers no SASL mechanism Ferry supports",
+                            "enable scram-sha-256 or md5 for this user in pg_hba.conf",
+                        ));
                     }
                     let s = ScramSha256::new(&password()?, ChannelBinding::unsupported());
                     frontend::sasl_initial_response(SCRAM_SHA_256, s.message(), &mut self.write).map_err(|e| proto(ctx, e))?;
@@ -183,7 +171,13 @@ impl ReplicationConnection {
                     continue;
                 }
                 backend::Message::ErrorResponse(b) => return Err(db_error(ctx.into(), &b)),
-                _ => return Err(PgError::config(ctx, "the server asks for an authentication method Ferry does not support (GSS, SSPI, Kerberos)", "use scram-sha-256, md5 or password authentication for Ferry's user")),
+                _ => {
+                    return Err(PgError::config(
+                        ctx,
+                        "the server asks for an authentication method Ferry does not support (GSS, SSPI, Kerberos)",
+                        "use scram-sha-256, md5 or password authentication for Ferry's user",
+                    ))
+                }
             }
             self.flush().await.map_err(|e| proto(ctx, e))?;
         }
@@ -222,9 +216,7 @@ impl ReplicationConnection {
     /// `IDENTIFY_SYSTEM`: proves the replication connection works and says where WAL stands.
     pub async fn identify_system(&mut self) -> Result<SystemIdentity, PgError> {
         let rows = self.simple_query("IDENTIFY_SYSTEM").await?;
-        let row = rows
-            .first()
-            .ok_or_else(|| proto("IDENTIFY_SYSTEM", "no row returned"))?;
+        let row = rows.first().ok_or_else(|| proto("IDENTIFY_SYSTEM", "no row returned"))?;
         let get = |i: usize| row.get(i).cloned().flatten().unwrap_or_default();
         Ok(SystemIdentity {
             system_id: get(0),
@@ -235,26 +227,18 @@ impl ReplicationConnection {
 
     /// Creates a logical slot using pgoutput and exports its snapshot. A temporary slot is
     /// dropped by the server when this connection closes.
-    pub async fn create_slot_with_snapshot(
-        &mut self,
-        name: &str,
-        temporary: bool,
-    ) -> Result<CreatedSlot, PgError> {
+    pub async fn create_slot_with_snapshot(&mut self, name: &str, temporary: bool) -> Result<CreatedSlot, PgError> {
         let sql = format!(
             "CREATE_REPLICATION_SLOT {} {}LOGICAL pgoutput EXPORT_SNAPSHOT",
             ferry_core::ident::quote_ident(name),
             if temporary { "TEMPORARY " } else { "" }
         );
         let rows = self.simple_query(&sql).await?;
-        let row = rows
-            .first()
-            .ok_or_else(|| proto("CREATE_REPLICATION_SLOT", "no row returned"))?;
+        let row = rows.first().ok_or_else(|| proto("CREATE_REPLICATION_SLOT", "no row returned"))?;
         let get = |i: usize| row.get(i).cloned().flatten().unwrap_or_default();
         Ok(CreatedSlot {
             name: get(0),
-            consistent_point: get(1)
-                .parse()
-                .map_err(|e| proto("CREATE_REPLICATION_SLOT", e))?,
+            consistent_point: get(1).parse().map_err(|e| proto("CREATE_REPLICATION_SLOT", e))?,
             snapshot: get(2),
         })
     }
@@ -284,17 +268,13 @@ impl ReplicationConnection {
                     return Err(proto(format!("reading from {}", self.server), e));
                 }
             }
-            let n = self
-                .io
-                .read_buf(&mut self.read)
-                .await
-                .map_err(|e| PgError {
-                    context: format!("reading from {}", self.server),
-                    reason: e.to_string(),
-                    fix: None,
-                    class: ErrorClass::Transient,
-                    code: None,
-                })?;
+            let n = self.io.read_buf(&mut self.read).await.map_err(|e| PgError {
+                context: format!("reading from {}", self.server),
+                reason: e.to_string(),
+                fix: None,
+                class: ErrorClass::Transient,
+                code: None,
+            })?;
             if n == 0 {
                 return Err(PgError {
                     context: format!("reading from {}", self.server),

@@ -20,10 +20,7 @@ pub struct SequenceValue {
 }
 
 /// Reads every user sequence of the source (skipping `skip_schema`).
-pub async fn read(
-    c: &impl GenericClient,
-    skip_schema: Option<&str>,
-) -> Result<Vec<SequenceValue>, PgError> {
+pub async fn read(c: &impl GenericClient, skip_schema: Option<&str>) -> Result<Vec<SequenceValue>, PgError> {
     let rows = c
         .query(
             "SELECT n.nspname::text, c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -41,10 +38,7 @@ pub async fn read(
             continue;
         }
         let v = c
-            .query_one(
-                &format!("SELECT last_value, is_called FROM {}", name.quoted()),
-                &[],
-            )
+            .query_one(&format!("SELECT last_value, is_called FROM {}", name.quoted()), &[])
             .await
             .map_err(|e| PgError::query(format!("reading sequence {name}"), e))?;
         out.push(SequenceValue {
@@ -62,18 +56,11 @@ pub async fn apply(c: &Client, values: &[SequenceValue]) -> Result<usize, PgErro
     for v in values {
         let q = v.name.quoted();
         let err = |e| PgError::query(format!("setting sequence {} on the target", v.name), e);
-        let exists: bool = c
-            .query_one("SELECT to_regclass($1) IS NOT NULL", &[&q])
-            .await
-            .map_err(err)?
-            .get(0);
+        let exists: bool = c.query_one("SELECT to_regclass($1) IS NOT NULL", &[&q]).await.map_err(err)?.get(0);
         if exists {
-            c.execute(
-                "SELECT setval($1::text::regclass, $2, $3)",
-                &[&q, &v.last_value, &v.is_called],
-            )
-            .await
-            .map_err(err)?;
+            c.execute("SELECT setval($1::text::regclass, $2, $3)", &[&q, &v.last_value, &v.is_called])
+                .await
+                .map_err(err)?;
             n += 1;
         }
     }

@@ -12,17 +12,9 @@ use crate::error::PgError;
 
 /// Creates the publication if it does not exist: `FOR ALL TABLES` when `all_tables` (superuser,
 /// no filter: new tables are published automatically), else for the listed tables.
-pub async fn ensure_publication(
-    c: &Client,
-    name: &str,
-    all_tables: bool,
-    tables: &[TableName],
-) -> Result<bool, PgError> {
+pub async fn ensure_publication(c: &Client, name: &str, all_tables: bool, tables: &[TableName]) -> Result<bool, PgError> {
     let exists: bool = c
-        .query_one(
-            "SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)",
-            &[&name],
-        )
+        .query_one("SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)", &[&name])
         .await
         .map_err(|e| PgError::query("looking for Ferry's publication on the source", e))?
         .get(0);
@@ -32,33 +24,20 @@ pub async fn ensure_publication(
     let target = if all_tables || tables.is_empty() {
         "FOR ALL TABLES".to_string()
     } else {
-        format!(
-            "FOR TABLE {}",
-            tables
-                .iter()
-                .map(|t| t.quoted())
-                .collect::<Vec<_>>()
-                .join(", ")
-        )
+        format!("FOR TABLE {}", tables.iter().map(|t| t.quoted()).collect::<Vec<_>>().join(", "))
     };
-    c.batch_execute(&format!(
-        "CREATE PUBLICATION {} {target}",
-        quote_ident(name)
-    ))
-    .await
-    .map_err(|e| PgError::query(format!("creating publication {name} on the source"), e))?;
+    c.batch_execute(&format!("CREATE PUBLICATION {} {target}", quote_ident(name)))
+        .await
+        .map_err(|e| PgError::query(format!("creating publication {name} on the source"), e))?;
     Ok(true)
 }
 
 /// Whether a slot exists, and whether something is connected to it.
 pub async fn slot_status(c: &Client, name: &str) -> Result<Option<bool>, PgError> {
-    c.query_opt(
-        "SELECT active FROM pg_replication_slots WHERE slot_name = $1",
-        &[&name],
-    )
-    .await
-    .map(|r| r.map(|r| r.get(0)))
-    .map_err(|e| PgError::query("looking for Ferry's replication slot on the source", e))
+    c.query_opt("SELECT active FROM pg_replication_slots WHERE slot_name = $1", &[&name])
+        .await
+        .map(|r| r.map(|r| r.get(0)))
+        .map_err(|e| PgError::query("looking for Ferry's replication slot on the source", e))
 }
 
 /// Drops a slot if it exists and nothing uses it.

@@ -68,11 +68,7 @@ pub struct TableProgress {
 
 /// Splits tables into copy items. Tables over `split_bytes` are cut into page ranges of about
 /// `split_bytes` each (at least two), when the source supports TID range scans (PostgreSQL 14+).
-pub fn plan_items(
-    tables: &[(TableName, Vec<String>, i64)],
-    split_bytes: i64,
-    tid_range_scans: bool,
-) -> Vec<CopyItem> {
+pub fn plan_items(tables: &[(TableName, Vec<String>, i64)], split_bytes: i64, tid_range_scans: bool) -> Vec<CopyItem> {
     const PAGE: i64 = 8192;
     let mut items = Vec::new();
     for (i, (t, cols, bytes)) in tables.iter().enumerate() {
@@ -95,11 +91,7 @@ pub fn plan_items(
         let per = (pages + n - 1) / n;
         for k in 0..n {
             let start = (k * per) as u32;
-            let end = if k == n - 1 {
-                None
-            } else {
-                Some(((k + 1) * per) as u32)
-            };
+            let end = if k == n - 1 { None } else { Some(((k + 1) * per) as u32) };
             items.push(CopyItem {
                 table_index: i,
                 table: t.clone(),
@@ -110,20 +102,13 @@ pub fn plan_items(
         }
     }
     // Largest first keeps the tail short; ranges of one table stay in order.
-    items.sort_by(|a, b| {
-        b.bytes
-            .cmp(&a.bytes)
-            .then(a.table_index.cmp(&b.table_index))
-    });
+    items.sort_by(|a, b| b.bytes.cmp(&a.bytes).then(a.table_index.cmp(&b.table_index)));
     items
 }
 
 /// The column list `("a", "b")`.
 fn column_list(cols: &[String]) -> String {
-    cols.iter()
-        .map(|c| quote_ident(c))
-        .collect::<Vec<_>>()
-        .join(", ")
+    cols.iter().map(|c| quote_ident(c)).collect::<Vec<_>>().join(", ")
 }
 
 /// What a worker needs to know.
@@ -147,11 +132,7 @@ pub struct CopyJob {
 
 /// Copies every item with `job.jobs` workers. Returns at the first failure (the failed item's
 /// transaction is rolled back; committed items stay committed and recorded).
-pub async fn copy_items(
-    job: CopyJob,
-    items: Vec<CopyItem>,
-    progress: Arc<Vec<TableProgress>>,
-) -> Result<(), PgError> {
+pub async fn copy_items(job: CopyJob, items: Vec<CopyItem>, progress: Arc<Vec<TableProgress>>) -> Result<(), PgError> {
     let queue = Arc::new(Mutex::new(VecDeque::from(items)));
     let mut set = tokio::task::JoinSet::new();
     let workers = job.jobs.max(1);
@@ -163,11 +144,7 @@ pub async fn copy_items(
     while let Some(res) = set.join_next().await {
         let outcome = match res {
             Ok(r) => r,
-            Err(e) => Err(PgError::config(
-                "full load",
-                format!("a copy worker failed: {e}"),
-                "see the log",
-            )),
+            Err(e) => Err(PgError::config("full load", format!("a copy worker failed: {e}"), "see the log")),
         };
         if let Err(e) = outcome {
             set.abort_all();
@@ -177,12 +154,7 @@ pub async fn copy_items(
     Ok(())
 }
 
-async fn worker(
-    w: usize,
-    job: &CopyJob,
-    queue: &Mutex<VecDeque<CopyItem>>,
-    progress: &[TableProgress],
-) -> Result<(), PgError> {
+async fn worker(w: usize, job: &CopyJob, queue: &Mutex<VecDeque<CopyItem>>, progress: &[TableProgress]) -> Result<(), PgError> {
     if queue.lock().await.is_empty() {
         return Ok(());
     }
@@ -199,11 +171,9 @@ async fn worker(
     let tgt = job.target.connect(&format!("load-{w}")).await?;
     // The progress record commits with the rows, so an asynchronous commit lost in a target
     // crash loses both together and the item is simply copied again.
-    tgt.batch_execute(
-        "SET synchronous_commit = off; SET statement_timeout = 0; SET lock_timeout = 0",
-    )
-    .await
-    .map_err(|e| PgError::query("preparing a target connection", e))?;
+    tgt.batch_execute("SET synchronous_commit = off; SET statement_timeout = 0; SET lock_timeout = 0")
+        .await
+        .map_err(|e| PgError::query("preparing a target connection", e))?;
     loop {
         let Some(item) = queue.lock().await.pop_front() else {
             break;
@@ -212,26 +182,16 @@ async fn worker(
         let _enter = span.enter();
         let p = &progress[item.table_index];
         let now = job.started.elapsed().as_millis() as u64 + 1;
-        let _ = p
-            .started_ms
-            .compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed);
+        let _ = p.started_ms.compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed);
         copy_one(job, &src, &tgt, &item, p).await?;
-        p.finished_ms.fetch_max(
-            job.started.elapsed().as_millis() as u64 + 1,
-            Ordering::Relaxed,
-        );
+        p.finished_ms
+            .fetch_max(job.started.elapsed().as_millis() as u64 + 1, Ordering::Relaxed);
     }
     let _ = src.batch_execute("COMMIT").await;
     Ok(())
 }
 
-async fn copy_one(
-    job: &CopyJob,
-    src: &Client,
-    tgt: &Client,
-    item: &CopyItem,
-    progress: &TableProgress,
-) -> Result<(), PgError> {
+async fn copy_one(job: &CopyJob, src: &Client, tgt: &Client, item: &CopyItem, progress: &TableProgress) -> Result<(), PgError> {
     let t = &item.table;
     let cols = column_list(&item.columns);
     let qt = t.quoted();
@@ -242,10 +202,7 @@ async fn copy_one(
             format!("BEGIN; TRUNCATE ONLY {qt}"),
         ),
         Some(r) => {
-            let upper = r
-                .end
-                .map(|e| format!(" AND ctid < '({e},0)'::tid"))
-                .unwrap_or_default();
+            let upper = r.end.map(|e| format!(" AND ctid < '({e},0)'::tid")).unwrap_or_default();
             (
                 format!(
                     "COPY (SELECT {cols} FROM ONLY {qt} WHERE ctid >= '({},0)'::tid{upper}) TO STDOUT (FORMAT binary)",
@@ -260,11 +217,7 @@ async fn copy_one(
         format!(
             "{what} {t}{}",
             item.range
-                .map(|r| format!(
-                    " (pages {}..{})",
-                    r.start,
-                    r.end.map(|e| e.to_string()).unwrap_or_default()
-                ))
+                .map(|r| format!(" (pages {}..{})", r.start, r.end.map(|e| e.to_string()).unwrap_or_default()))
                 .unwrap_or_default()
         )
     };
@@ -299,9 +252,7 @@ async fn copy_one(
             if batch.len() >= 64 * 1024 {
                 let rows = counter.rows();
                 progress.rows.fetch_add(rows - last_rows, Ordering::Relaxed);
-                progress
-                    .bytes
-                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                progress.bytes.fetch_add(batch.len() as u64, Ordering::Relaxed);
                 last_rows = rows;
                 sink.feed(batch.split().freeze())
                     .await
@@ -316,9 +267,7 @@ async fn copy_one(
             )
         })?;
         progress.rows.fetch_add(rows - last_rows, Ordering::Relaxed);
-        progress
-            .bytes
-            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        progress.bytes.fetch_add(batch.len() as u64, Ordering::Relaxed);
         if !batch.is_empty() {
             sink.feed(batch.split().freeze())
                 .await
@@ -337,13 +286,7 @@ async fn copy_one(
             ));
         }
         job.store
-            .finish_range(
-                tgt,
-                &job.migration_id,
-                t,
-                rows as i64,
-                counter.bytes() as i64,
-            )
+            .finish_range(tgt, &job.migration_id, t, rows as i64, counter.bytes() as i64)
             .await?;
         tgt.batch_execute("COMMIT")
             .await
@@ -369,11 +312,7 @@ mod tests {
             (t("big"), vec!["a".to_string()], 8192 * 1000),
         ];
         let items = plan_items(&tables, 8192 * 300, true);
-        let ranges: Vec<_> = items
-            .iter()
-            .filter(|i| i.table.name == "big")
-            .map(|i| i.range.unwrap())
-            .collect();
+        let ranges: Vec<_> = items.iter().filter(|i| i.table.name == "big").map(|i| i.range.unwrap()).collect();
         assert_eq!(ranges.len(), 4);
         let mut sorted = ranges.clone();
         sorted.sort_by_key(|r| r.start);
@@ -383,12 +322,7 @@ mod tests {
         }
         assert_eq!(sorted.last().unwrap().end, None, "last range is open-ended");
         assert_eq!(items.last().unwrap().table.name, "small");
-        assert!(items
-            .iter()
-            .find(|i| i.table.name == "small")
-            .unwrap()
-            .range
-            .is_none());
+        assert!(items.iter().find(|i| i.table.name == "small").unwrap().range.is_none());
         // Without TID range scans nothing is split.
         assert_eq!(plan_items(&tables, 8192 * 300, false).len(), 2);
     }

@@ -109,23 +109,15 @@ COMMENT ON SCHEMA {s} IS 'Ferry migration state: do not edit while a migration r
 "#
         ))
         .await
-        .map_err(|e| {
-            PgError::query(
-                format!("creating Ferry's state schema {s} on the target"),
-                e,
-            )
-        })
+        .map_err(|e| PgError::query(format!("creating Ferry's state schema {s} on the target"), e))
     }
 
     /// Whether the state schema exists.
     pub async fn exists(&self, c: &Client) -> Result<bool, PgError> {
-        c.query_one(
-            "SELECT to_regclass(format('%I.migrations', $1::text)) IS NOT NULL",
-            &[&self.schema],
-        )
-        .await
-        .map(|r| r.get(0))
-        .map_err(|e| PgError::query("reading Ferry's state on the target", e))
+        c.query_one("SELECT to_regclass(format('%I.migrations', $1::text)) IS NOT NULL", &[&self.schema])
+            .await
+            .map(|r| r.get(0))
+            .map_err(|e| PgError::query("reading Ferry's state on the target", e))
     }
 
     /// Loads a migration, if recorded.
@@ -152,43 +144,24 @@ COMMENT ON SCHEMA {s} IS 'Ferry migration state: do not edit while a migration r
     }
 
     /// Records a new migration in phase `assess`.
-    pub async fn create(
-        &self,
-        c: &Client,
-        id: &str,
-        source: &str,
-        slot: &str,
-        publication: &str,
-    ) -> Result<(), PgError> {
+    pub async fn create(&self, c: &Client, id: &str, source: &str, slot: &str, publication: &str) -> Result<(), PgError> {
         c.execute(
-            &format!("INSERT INTO {}.migrations (id, source, slot_name, publication_name, phase) VALUES ($1, $2, $3, $4, 'assess')", self.q),
+            &format!(
+                "INSERT INTO {}.migrations (id, source, slot_name, publication_name, phase) VALUES ($1, $2, $3, $4, 'assess')",
+                self.q
+            ),
             &[&id, &source, &slot, &publication],
         )
         .await
         .map_err(|e| PgError::query("recording the migration", e))?;
-        self.event(
-            c,
-            id,
-            Phase::Assess,
-            "created",
-            &format!("migration created from {source}"),
-        )
-        .await
+        self.event(c, id, Phase::Assess, "created", &format!("migration created from {source}"))
+            .await
     }
 
     /// Moves to `phase`, logging the transition with its reason.
-    pub async fn set_phase(
-        &self,
-        c: &impl GenericClient,
-        id: &str,
-        phase: Phase,
-        reason: &str,
-    ) -> Result<(), PgError> {
+    pub async fn set_phase(&self, c: &impl GenericClient, id: &str, phase: Phase, reason: &str) -> Result<(), PgError> {
         c.execute(
-            &format!(
-                "UPDATE {}.migrations SET phase = $2, updated_at = now() WHERE id = $1",
-                self.q
-            ),
+            &format!("UPDATE {}.migrations SET phase = $2, updated_at = now() WHERE id = $1", self.q),
             &[&id, &phase.as_str()],
         )
         .await
@@ -197,16 +170,12 @@ COMMENT ON SCHEMA {s} IS 'Ferry migration state: do not edit while a migration r
     }
 
     /// Appends to the event log.
-    pub async fn event(
-        &self,
-        c: &impl GenericClient,
-        id: &str,
-        phase: Phase,
-        kind: &str,
-        message: &str,
-    ) -> Result<(), PgError> {
+    pub async fn event(&self, c: &impl GenericClient, id: &str, phase: Phase, kind: &str, message: &str) -> Result<(), PgError> {
         c.execute(
-            &format!("INSERT INTO {}.events (migration_id, phase, kind, message) VALUES ($1, $2, $3, $4)", self.q),
+            &format!(
+                "INSERT INTO {}.events (migration_id, phase, kind, message) VALUES ($1, $2, $3, $4)",
+                self.q
+            ),
             &[&id, &phase.as_str(), &kind, &message],
         )
         .await
@@ -215,15 +184,13 @@ COMMENT ON SCHEMA {s} IS 'Ferry migration state: do not edit while a migration r
     }
 
     /// Records the slot's consistent point.
-    pub async fn set_consistent_lsn(
-        &self,
-        c: &Client,
-        id: &str,
-        lsn: Option<Lsn>,
-    ) -> Result<(), PgError> {
+    pub async fn set_consistent_lsn(&self, c: &Client, id: &str, lsn: Option<Lsn>) -> Result<(), PgError> {
         let text = lsn.map(|l| l.to_string());
         c.execute(
-            &format!("UPDATE {}.migrations SET consistent_lsn = $2::text::pg_lsn, updated_at = now() WHERE id = $1", self.q),
+            &format!(
+                "UPDATE {}.migrations SET consistent_lsn = $2::text::pg_lsn, updated_at = now() WHERE id = $1",
+                self.q
+            ),
             &[&id, &text],
         )
         .await
@@ -250,12 +217,7 @@ COMMENT ON SCHEMA {s} IS 'Ferry migration state: do not edit while a migration r
     }
 
     /// Records planned tables (new ones as pending; existing records are kept).
-    pub async fn plan_tables(
-        &self,
-        c: &Client,
-        id: &str,
-        tables: &[(TableName, i64)],
-    ) -> Result<(), PgError> {
+    pub async fn plan_tables(&self, c: &Client, id: &str, tables: &[(TableName, i64)]) -> Result<(), PgError> {
         let stmt = c
             .prepare(&format!(
                 "INSERT INTO {}.tables (migration_id, schema_name, table_name, state, rows_estimate) VALUES ($1, $2, $3, 'pending', $4)
@@ -294,14 +256,7 @@ COMMENT ON SCHEMA {s} IS 'Ferry migration state: do not edit while a migration r
     }
 
     /// Marks a table as being copied from the snapshot at `lsn` in `ranges` ranges.
-    pub async fn start_table(
-        &self,
-        c: &impl GenericClient,
-        id: &str,
-        t: &TableName,
-        lsn: Lsn,
-        ranges: i32,
-    ) -> Result<(), PgError> {
+    pub async fn start_table(&self, c: &impl GenericClient, id: &str, t: &TableName, lsn: Lsn, ranges: i32) -> Result<(), PgError> {
         c.execute(
             &format!(
                 "UPDATE {}.tables SET state = 'copying', snapshot_lsn = $4::text::pg_lsn, ranges_total = $5, ranges_done = 0,
@@ -318,14 +273,7 @@ COMMENT ON SCHEMA {s} IS 'Ferry migration state: do not edit while a migration r
 
     /// Counts a committed range; the table becomes `copied` with its last range. Run inside the
     /// transaction that committed the range's rows.
-    pub async fn finish_range(
-        &self,
-        c: &impl GenericClient,
-        id: &str,
-        t: &TableName,
-        rows: i64,
-        bytes: i64,
-    ) -> Result<(), PgError> {
+    pub async fn finish_range(&self, c: &impl GenericClient, id: &str, t: &TableName, rows: i64, bytes: i64) -> Result<(), PgError> {
         c.execute(
             &format!(
                 "UPDATE {}.tables SET ranges_done = ranges_done + 1, rows_copied = rows_copied + $4, bytes_copied = bytes_copied + $5,

@@ -34,19 +34,10 @@ pub fn render(r: &Report) -> String {
     let mut o = String::new();
     let host = |i: &Option<ferry_postgres::introspect::ServerInfo>| {
         i.as_ref()
-            .map(|i| {
-                format!(
-                    "PostgreSQL {} as {} on database {}",
-                    i.version, i.user, i.database
-                )
-            })
+            .map(|i| format!("PostgreSQL {} as {} on database {}", i.version, i.user, i.database))
             .unwrap_or_else(|| "not reachable".into())
     };
-    o.push_str(&format!(
-        "Source: {}\nTarget: {}\n\nChecks:\n",
-        host(&r.source),
-        host(&r.target)
-    ));
+    o.push_str(&format!("Source: {}\nTarget: {}\n\nChecks:\n", host(&r.source), host(&r.target)));
     for f in &r.findings {
         let tag = match f.severity {
             Severity::Blocker => "BLOCKER",
@@ -54,23 +45,13 @@ pub fn render(r: &Report) -> String {
             Severity::Info => "info   ",
             Severity::Ok => "ok     ",
         };
-        o.push_str(&format!(
-            "  [{tag}] {:<6} {:<22} {}\n",
-            f.side, f.check, f.message
-        ));
+        o.push_str(&format!("  [{tag}] {:<6} {:<22} {}\n", f.side, f.check, f.message));
         if let Some(fix) = &f.fix {
             o.push_str(&format!("  {:>40}fix: {fix}\n", ""));
         }
     }
     if let Some(p) = &r.plan {
-        o.push_str(&format!(
-            "\nPlan{}:\n",
-            if p.resuming {
-                " (resuming an earlier run)"
-            } else {
-                ""
-            }
-        ));
+        o.push_str(&format!("\nPlan{}:\n", if p.resuming { " (resuming an earlier run)" } else { "" }));
         o.push_str("  On the source, Ferry creates:\n");
         for s in &p.source_objects {
             o.push_str(&format!("    - {s}\n"));
@@ -88,13 +69,9 @@ pub fn render(r: &Report) -> String {
         for t in &p.tables {
             let kind = match t.kind {
                 ferry_postgres::introspect::TableKind::Ordinary => "",
-                ferry_postgres::introspect::TableKind::Partitioned => {
-                    " (partitioned: leaves copied)"
-                }
+                ferry_postgres::introspect::TableKind::Partitioned => " (partitioned: leaves copied)",
                 ferry_postgres::introspect::TableKind::Foreign => " (foreign: not copied)",
-                ferry_postgres::introspect::TableKind::MaterializedView => {
-                    " (materialized view: refreshed)"
-                }
+                ferry_postgres::introspect::TableKind::MaterializedView => " (materialized view: refreshed)",
             };
             o.push_str(&format!(
                 "    {:<44} {:>14} {:>10} {:>7}  {:?}{kind}\n",
@@ -121,24 +98,13 @@ pub fn render(r: &Report) -> String {
                 o.push_str(&format!("    - {what}\n"));
             }
         }
-        o.push_str(&format!(
-            "    - {} sequence values, set from the snapshot\n",
-            p.sequences
-        ));
+        o.push_str(&format!("    - {} sequence values, set from the snapshot\n", p.sequences));
         for s in &p.skipped {
             o.push_str(&format!("  Not created: {s}\n"));
         }
     }
-    let blockers = r
-        .findings
-        .iter()
-        .filter(|f| f.severity == Severity::Blocker)
-        .count();
-    let warnings = r
-        .findings
-        .iter()
-        .filter(|f| f.severity == Severity::Warning)
-        .count();
+    let blockers = r.findings.iter().filter(|f| f.severity == Severity::Blocker).count();
+    let warnings = r.findings.iter().filter(|f| f.severity == Severity::Warning).count();
     o.push_str(&format!(
         "\nResult: {}\n",
         if blockers > 0 {

@@ -141,9 +141,9 @@ pub fn parse_size(s: &str) -> Result<i64, String> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: i64 = num.parse().map_err(|_| {
-        format!("invalid size {s:?}: expected a number with an optional unit (kB, MB, GB)")
-    })?;
+    let n: i64 = num
+        .parse()
+        .map_err(|_| format!("invalid size {s:?}: expected a number with an optional unit (kB, MB, GB)"))?;
     let mult = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kb" => 1 << 10,
@@ -152,8 +152,7 @@ pub fn parse_size(s: &str) -> Result<i64, String> {
         "t" | "tb" => 1 << 40,
         _ => return Err(format!("invalid size unit in {s:?}: use kB, MB, GB or TB")),
     };
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("size {s:?} is too large"))
+    n.checked_mul(mult).ok_or_else(|| format!("size {s:?} is too large"))
 }
 
 #[cfg(test)]

@@ -72,13 +72,7 @@ pub fn free_port() -> anyhow::Result<u16> {
 
 impl Cluster {
     /// initdb and start a cluster in `dir` with superuser `postgres` / `password`.
-    pub fn start(
-        bin: &Path,
-        dir: &Path,
-        owner: Option<(u32, u32)>,
-        password: &str,
-        settings: &[&str],
-    ) -> anyhow::Result<Self> {
+    pub fn start(bin: &Path, dir: &Path, owner: Option<(u32, u32)>, password: &str, settings: &[&str]) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let pwfile = dir.join("pwfile");
         std::fs::write(&pwfile, format!("{password}\n"))?;
@@ -157,24 +151,14 @@ impl Cluster {
 
     /// URL of a database on this cluster.
     pub fn url(&self, password: &str, db: &str) -> String {
-        format!(
-            "postgres://postgres:{password}@127.0.0.1:{}/{db}",
-            self.port
-        )
+        format!("postgres://postgres:{password}@127.0.0.1:{}/{db}", self.port)
     }
 
     /// Stops the server; returns an error naming what could not be cleaned up.
     pub fn stop(&self) -> anyhow::Result<()> {
         self.run(
             "pg_ctl",
-            &[
-                "-D",
-                &self.dir.join("data").to_string_lossy(),
-                "-m",
-                "fast",
-                "-w",
-                "stop",
-            ],
+            &["-D", &self.dir.join("data").to_string_lossy(), "-m", "fast", "-w", "stop"],
         )
     }
 }

@@ -29,20 +29,14 @@ impl Drop for Clusters {
         let mut problems = Vec::new();
         for c in &self.list {
             if let Err(e) = c.stop() {
-                problems.push(format!(
-                    "could not stop the cluster in {}: {e:#}",
-                    c.dir.display()
-                ));
+                problems.push(format!("could not stop the cluster in {}: {e:#}", c.dir.display()));
             }
         }
         if let Err(e) = std::fs::remove_dir_all(&self.dir) {
             problems.push(format!("could not remove {}: {e}", self.dir.display()));
         }
         if problems.is_empty() {
-            eprintln!(
-                "Cleaned up: both clusters stopped, {} removed.",
-                self.dir.display()
-            );
+            eprintln!("Cleaned up: both clusters stopped, {} removed.", self.dir.display());
         } else {
             for p in problems {
                 eprintln!("Cleanup problem: {p}");
@@ -55,15 +49,12 @@ impl Drop for Clusters {
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let bin = cluster::find_bin(args.pg_bin.as_deref())?;
     let owner = cluster::owner()?;
-    let dir = std::env::temp_dir().join(format!("ferry-demo-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("ferry-demo-clusters-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     if let Some((u, g)) = owner {
         std::os::unix::fs::chown(&dir, Some(u), Some(g))?;
     }
-    let password = format!(
-        "demo-{:x}",
-        std::process::id() as u64 * 2_654_435_761 % 0xFFFF_FFFF
-    );
+    let password = format!("demo-{:x}", std::process::id() as u64 * 2_654_435_761 % 0xFFFF_FFFF);
     eprintln!(
         "Starting two throwaway PostgreSQL clusters from {} in {} ...",
         bin.display(),
@@ -74,30 +65,15 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         dir: dir.clone(),
         keep: args.keep,
     };
-    let logical = [
-        "wal_level=logical",
-        "max_replication_slots=10",
-        "max_wal_senders=10",
-    ];
-    clusters.list.push(Cluster::start(
-        &bin,
-        &dir.join("source"),
-        owner,
-        &password,
-        &logical,
-    )?);
-    clusters.list.push(Cluster::start(
-        &bin,
-        &dir.join("target"),
-        owner,
-        &password,
-        &logical,
-    )?);
+    let logical = ["wal_level=logical", "max_replication_slots=10", "max_wal_senders=10"];
+    clusters
+        .list
+        .push(Cluster::start(&bin, &dir.join("source"), owner, &password, &logical)?);
+    clusters
+        .list
+        .push(Cluster::start(&bin, &dir.join("target"), owner, &password, &logical)?);
     let (src, tgt) = (&clusters.list[0], &clusters.list[1]);
-    eprintln!(
-        "  source on 127.0.0.1:{}, target on 127.0.0.1:{}",
-        src.port, tgt.port
-    );
+    eprintln!("  source on 127.0.0.1:{}, target on 127.0.0.1:{}", src.port, tgt.port);
 
     for (c, what) in [(src, "source"), (tgt, "target")] {
         let client = ferry_postgres::Endpoint::parse(&c.url(&password, "postgres"), None)?
@@ -109,7 +85,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             .with_context(|| format!("creating database shop on the {what}"))?;
     }
     let t = Instant::now();
-    eprintln!("Filling the source with the sample shop ({} order lines, every common type, a partitioned table, a 1.3 MB TOASTed value) ...", args.rows);
+    eprintln!(
+        "Filling the source with the sample shop ({} order lines, every common type, a partitioned table, a 1.3 MB TOASTed value) ...",
+        args.rows
+    );
     let source = ferry_postgres::Endpoint::parse(&src.url(&password, "shop"), None)?
         .connect("demo")
         .await?;
@@ -176,8 +155,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         let q = format!("SELECT count(*), md5(string_agg(x::text, E'\\n' ORDER BY x::text COLLATE \"C\")) FROM {t} x");
         let a = source.query_one(&q, &[]).await?;
         let b = target.query_one(&q, &[]).await?;
-        let same = a.get::<_, i64>(0) == b.get::<_, i64>(0)
-            && a.get::<_, Option<String>>(1) == b.get::<_, Option<String>>(1);
+        let same = a.get::<_, i64>(0) == b.get::<_, i64>(0) && a.get::<_, Option<String>>(1) == b.get::<_, Option<String>>(1);
         all_same &= same;
         println!(
             "  {:<14} {:>10} rows  {}",
@@ -187,7 +165,12 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         );
     }
     if args.keep {
-        println!("\nKept running: source {} and target {} (password in the URLs); stop with pg_ctl -D {}/{{source,target}}/data stop", src.url("****", "shop"), tgt.url("****", "shop"), dir.display());
+        println!(
+            "\nKept running: source {} and target {} (password in the URLs); stop with pg_ctl -D {}/{{source,target}}/data stop",
+            src.url("****", "shop"),
+            tgt.url("****", "shop"),
+            dir.display()
+        );
         println!("Password: {password}");
     }
     drop(source);

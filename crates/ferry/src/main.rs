@@ -19,11 +19,8 @@ fn init_logging(format: LogFormat, verbose: u8) {
         1 => "debug",
         _ => "trace",
     };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        EnvFilter::new(format!(
-            "warn,ferry={default},ferry_postgres={default},ferry_core={default}"
-        ))
-    });
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(format!("warn,ferry={default},ferry_postgres={default},ferry_core={default}")));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -44,11 +41,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             } else {
                 print!("{}", check_cmd::render(&report));
             }
-            Ok(if report.blocked() {
-                exit::FOUND_PROBLEM
-            } else {
-                exit::OK
-            })
+            Ok(if report.blocked() { exit::FOUND_PROBLEM } else { exit::OK })
         }
         Command::Migrate(args) => {
             let req = settings::resolve(&args.endpoints)?;
@@ -66,9 +59,8 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             };
             print!("{}", migrate::render(&summary));
             if let Some(path) = &args.summary_json {
-                std::fs::write(path, serde_json::to_vec_pretty(&summary)?).map_err(|e| {
-                    anyhow::anyhow!("cannot write the summary to {}: {e}", path.display())
-                })?;
+                std::fs::write(path, serde_json::to_vec_pretty(&summary)?)
+                    .map_err(|e| anyhow::anyhow!("cannot write the summary to {}: {e}", path.display()))?;
             }
             if args.stop_after.is_none() {
                 tracing::info!("change data capture is not part of this release yet: migrate ends after the full load");
@@ -97,20 +89,13 @@ fn main() {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
-            let code = if e.use_stderr() {
-                exit::USAGE
-            } else {
-                exit::OK
-            };
+            let code = if e.use_stderr() { exit::USAGE } else { exit::OK };
             let _ = e.print();
             std::process::exit(code);
         }
     };
     init_logging(cli.log_format, cli.verbose);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("ferry: cannot start the async runtime: {e}");

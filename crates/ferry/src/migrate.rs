@@ -107,34 +107,16 @@ pub async fn run(req: &CheckRequest, opts: &MigrateOptions) -> anyhow::Result<Su
         Some(r) => r,
         None => {
             store
-                .create(
-                    &target,
-                    &id,
-                    req.source.redacted(),
-                    &req.slot,
-                    &req.publication,
-                )
+                .create(&target, &id, req.source.redacted(), &req.slot, &req.publication)
                 .await?;
-            store
-                .load(&target, &id)
-                .await?
-                .context("migration record vanished")?
+            store.load(&target, &id).await?.context("migration record vanished")?
         }
     };
     let resumed = rec.consistent_lsn.is_some();
 
     // Tables in scope.
-    let all = introspect::list_tables(
-        &source,
-        &ferry_core::TableFilter::default(),
-        Some(&req.state_schema),
-    )
-    .await?;
-    let tables: Vec<SourceTable> = all
-        .iter()
-        .filter(|t| req.filter.matches(t.filter_name()))
-        .cloned()
-        .collect();
+    let all = introspect::list_tables(&source, &ferry_core::TableFilter::default(), Some(&req.state_schema)).await?;
+    let tables: Vec<SourceTable> = all.iter().filter(|t| req.filter.matches(t.filter_name())).cloned().collect();
     let excluded: Vec<ferry_core::TableName> = all
         .iter()
         .filter(|t| !req.filter.matches(t.filter_name()))
@@ -153,11 +135,7 @@ pub async fn run(req: &CheckRequest, opts: &MigrateOptions) -> anyhow::Result<Su
             let all_tables = source_info.superuser && req.filter.is_everything();
             let published: Vec<_> = tables
                 .iter()
-                .filter(|t| {
-                    t.kind != TableKind::Foreign
-                        && !t.unlogged
-                        && t.kind != TableKind::MaterializedView
-                })
+                .filter(|t| t.kind != TableKind::Foreign && !t.unlogged && t.kind != TableKind::MaterializedView)
                 .map(|t| t.name.clone())
                 .collect();
             if slot::ensure_publication(&source, &req.publication, all_tables, &published).await? {
@@ -166,18 +144,13 @@ pub async fn run(req: &CheckRequest, opts: &MigrateOptions) -> anyhow::Result<Su
             let mut r = ReplicationConnection::connect(&req.source).await?;
             let created = r.create_slot_with_snapshot(&req.slot, false).await?;
             tracing::info!(slot = %created.name, consistent_point = %created.consistent_point, snapshot = %created.snapshot, "created replication slot with exported snapshot");
-            store
-                .set_consistent_lsn(&target, &id, Some(created.consistent_point))
-                .await?;
+            store.set_consistent_lsn(&target, &id, Some(created.consistent_point)).await?;
             store
                 .set_phase(
                     &target,
                     &id,
                     Phase::Schema,
-                    &format!(
-                        "slot {} created at {}",
-                        created.name, created.consistent_point
-                    ),
+                    &format!("slot {} created at {}", created.name, created.consistent_point),
                 )
                 .await?;
             rec.consistent_lsn = Some(created.consistent_point);
@@ -229,8 +202,7 @@ pub async fn run(req: &CheckRequest, opts: &MigrateOptions) -> anyhow::Result<Su
     let t_schema = Instant::now();
     if !rec.schema_done {
         let snap = snapshot_name.as_deref();
-        let sql =
-            schema::dump_pre_data(&tools, &req.source, snap, &excluded, req.overwrite).await?;
+        let sql = schema::dump_pre_data(&tools, &req.source, snap, &excluded, req.overwrite).await?;
         let ddl = req.target.connect("schema").await?;
         let script = format!("BEGIN;\n{sql}\n;\n{};\nCOMMIT;", store.schema_done_sql(&id));
         if let Err(e) = ddl.batch_execute(&script).await {
@@ -239,13 +211,8 @@ pub async fn run(req: &CheckRequest, opts: &MigrateOptions) -> anyhow::Result<Su
                 "{err}\nhint: if objects of the source already exist on the target, drop them, use an empty target database, or pass --overwrite"
             );
         }
-        store
-            .set_phase(&target, &id, Phase::FullLoad, "schema created")
-            .await?;
-        tracing::info!(
-            seconds = t_schema.elapsed().as_secs_f64(),
-            "schema created on the target"
-        );
+        store.set_phase(&target, &id, Phase::FullLoad, "schema created").await?;
+        tracing::info!(seconds = t_schema.elapsed().as_secs_f64(), "schema created on the target");
     }
     let schema_seconds = t_schema.elapsed().as_secs_f64();
 
@@ -257,9 +224,7 @@ pub async fn run(req: &CheckRequest, opts: &MigrateOptions) -> anyhow::Result<Su
                 "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT '{s}'"
             ))
             .await
-            .map_err(|e| {
-                ferry_postgres::PgError::query("importing the snapshot for catalog reads", e)
-            })?;
+            .map_err(|e| ferry_postgres::PgError::query("importing the snapshot for catalog reads", e))?;
     }
     let oids: Vec<u32> = tables
         .iter()
@@ -270,49 +235,27 @@ pub async fn run(req: &CheckRequest, opts: &MigrateOptions) -> anyhow::Result<Su
     for s in &plan.skipped {
         tracing::warn!("not created: {s}");
     }
-    let workdir = std::env::temp_dir().join(format!("ferry-{id}-{}", std::process::id()));
-    std::fs::create_dir_all(&workdir)
-        .with_context(|| format!("creating work directory {}", workdir.display()))?;
+    let workdir = std::env::temp_dir().join(format!("ferry-work-{id}-{}", std::process::id()));
+    std::fs::create_dir_all(&workdir).with_context(|| format!("creating work directory {}", workdir.display()))?;
     let rest_sql = if rec.post_data_done {
         None
     } else {
-        Some(
-            schema::dump_remaining_post_data(
-                &tools,
-                &req.source,
-                snapshot_name.as_deref(),
-                &excluded,
-                &plan.handled,
-                &workdir,
-            )
-            .await?,
-        )
+        Some(schema::dump_remaining_post_data(&tools, &req.source, snapshot_name.as_deref(), &excluded, &plan.handled, &workdir).await?)
     };
     let _ = std::fs::remove_dir_all(&workdir);
     let seqs = sequences::read(&reader, Some(&req.state_schema)).await?;
 
     // The copy.
     let t_data = Instant::now();
-    let estimates: Vec<_> = copyable
-        .iter()
-        .map(|t| (t.name.clone(), t.estimated_rows))
-        .collect();
+    let estimates: Vec<_> = copyable.iter().map(|t| (t.name.clone(), t.estimated_rows)).collect();
     store.plan_tables(&target, &id, &estimates).await?;
     let records = store.tables(&target, &id).await?;
-    let done = |t: &SourceTable| {
-        records
-            .iter()
-            .any(|r| r.name == t.name && r.state == TableState::Copied)
-    };
+    let done = |t: &SourceTable| records.iter().any(|r| r.name == t.name && r.state == TableState::Copied);
     let to_copy: Vec<&SourceTable> = copyable.iter().copied().filter(|t| !done(t)).collect();
-    let progress: Arc<Vec<TableProgress>> =
-        Arc::new(to_copy.iter().map(|_| TableProgress::default()).collect());
+    let progress: Arc<Vec<TableProgress>> = Arc::new(to_copy.iter().map(|_| TableProgress::default()).collect());
     if !to_copy.is_empty() {
         let snap = snapshot_name.clone().context("no snapshot for the copy")?;
-        let input: Vec<_> = to_copy
-            .iter()
-            .map(|t| (t.name.clone(), t.columns.clone(), t.heap_bytes))
-            .collect();
+        let input: Vec<_> = to_copy.iter().map(|t| (t.name.clone(), t.columns.clone(), t.heap_bytes)).collect();
         let items = snapshot::plan_items(&input, req.split_bytes, source_info.major() >= 14);
         for (i, t) in to_copy.iter().enumerate() {
             let ranges = items.iter().filter(|it| it.table_index == i).count() as i32;
@@ -322,28 +265,15 @@ pub async fn run(req: &CheckRequest, opts: &MigrateOptions) -> anyhow::Result<Su
                 target
                     .batch_execute(&format!("TRUNCATE ONLY {}", t.name.quoted()))
                     .await
-                    .map_err(|e| {
-                        ferry_postgres::PgError::query(
-                            format!("truncating {} before its ranges load", t.name),
-                            e,
-                        )
-                    })?;
+                    .map_err(|e| ferry_postgres::PgError::query(format!("truncating {} before its ranges load", t.name), e))?;
             }
-            store
-                .start_table(&target, &id, &t.name, snapshot_lsn, ranges)
-                .await?;
+            store.start_table(&target, &id, &t.name, snapshot_lsn, ranges).await?;
         }
         tracing::info!(tables = to_copy.len(), items = items.len(), jobs = req.jobs, snapshot_lsn = %snapshot_lsn, "copying");
         let bar = LoadProgress::start(
             to_copy
                 .iter()
-                .map(|t| {
-                    (
-                        t.name.to_string(),
-                        t.heap_bytes.max(0) as u64,
-                        t.estimated_rows,
-                    )
-                })
+                .map(|t| (t.name.to_string(), t.heap_bytes.max(0) as u64, t.estimated_rows))
                 .collect(),
             progress.clone(),
         );
@@ -365,9 +295,7 @@ pub async fn run(req: &CheckRequest, opts: &MigrateOptions) -> anyhow::Result<Su
     if let Some(r) = repl.take() {
         r.close().await;
     }
-    store
-        .set_phase(&target, &id, Phase::PostLoad, "all table data copied")
-        .await?;
+    store.set_phase(&target, &id, Phase::PostLoad, "all table data copied").await?;
 
     // Post-data.
     let t_post = Instant::now();
@@ -388,23 +316,13 @@ pub async fn run(req: &CheckRequest, opts: &MigrateOptions) -> anyhow::Result<Su
         let n = steps.len();
         let outcomes = schema::run_steps(&req.target, steps, jobs, mwm).await?;
         built += outcomes.iter().filter(|o| o.ran).count();
-        tracing::info!(
-            seconds = t.elapsed().as_secs_f64(),
-            count = n,
-            "built {label}"
-        );
+        tracing::info!(seconds = t.elapsed().as_secs_f64(), count = n, "built {label}");
     }
     if let Some(sql) = rest_sql {
         let ddl = req.target.connect("post-data").await?;
-        let script = format!(
-            "BEGIN;\n{sql}\n;\n{};\nCOMMIT;",
-            store.post_data_done_sql(&id)
-        );
+        let script = format!("BEGIN;\n{sql}\n;\n{};\nCOMMIT;", store.post_data_done_sql(&id));
         ddl.batch_execute(&script).await.map_err(|e| {
-            ferry_postgres::PgError::query(
-                "restoring triggers, rules, policies and other post-data objects on the target",
-                e,
-            )
+            ferry_postgres::PgError::query("restoring triggers, rules, policies and other post-data objects on the target", e)
         })?;
     }
     let nseq = sequences::apply(&target, &seqs).await?;
@@ -467,10 +385,7 @@ pub async fn run(req: &CheckRequest, opts: &MigrateOptions) -> anyhow::Result<Su
     Ok(Summary {
         migration_id: id,
         slot: req.slot.clone(),
-        consistent_lsn: rec
-            .consistent_lsn
-            .map(|l| l.to_string())
-            .unwrap_or_default(),
+        consistent_lsn: rec.consistent_lsn.map(|l| l.to_string()).unwrap_or_default(),
         tables: summary_tables,
         rows,
         bytes,

@@ -26,11 +26,9 @@ impl LoadProgress {
             ProgressBar::hidden()
         };
         bar.set_style(
-            ProgressStyle::with_template(
-                "{spinner} copying [{elapsed_precise}] [{bar:30}] {percent:>3}% {msg}",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
+            ProgressStyle::with_template("{spinner} copying [{elapsed_precise}] [{bar:30}] {percent:>3}% {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
         );
         let b = bar.clone();
         let task = tokio::spawn(async move {
@@ -38,22 +36,15 @@ impl LoadProgress {
             let mut last_log = started;
             loop {
                 tokio::time::sleep(Duration::from_millis(250)).await;
-                let rows: u64 = progress
-                    .iter()
-                    .map(|p| p.rows.load(Ordering::Relaxed))
-                    .sum();
-                let bytes: u64 = progress
-                    .iter()
-                    .map(|p| p.bytes.load(Ordering::Relaxed))
-                    .sum();
+                let rows: u64 = progress.iter().map(|p| p.rows.load(Ordering::Relaxed)).sum();
+                let bytes: u64 = progress.iter().map(|p| p.bytes.load(Ordering::Relaxed)).sum();
                 let secs = started.elapsed().as_secs_f64().max(0.001);
                 let active: Vec<&str> = tables
                     .iter()
                     .zip(progress.iter())
                     .filter(|(_, p)| {
                         p.started_ms.load(Ordering::Relaxed) > 0
-                            && p.finished_ms.load(Ordering::Relaxed)
-                                < p.started_ms.load(Ordering::Relaxed)
+                            && p.finished_ms.load(Ordering::Relaxed) < p.started_ms.load(Ordering::Relaxed)
                     })
                     .map(|(t, _)| t.0.as_str())
                     .take(3)

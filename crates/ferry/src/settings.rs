@@ -11,11 +11,8 @@ use crate::exit::UsageError;
 /// Reads a password from `--*-password-file` or the named environment variable.
 fn password(file: Option<&std::path::Path>, env: &str) -> anyhow::Result<Option<Secret>> {
     if let Some(f) = file {
-        let text = std::fs::read_to_string(f)
-            .with_context(|| format!("cannot read password file {}", f.display()))?;
-        return Ok(Some(Secret::new(
-            text.lines().next().unwrap_or_default().to_string(),
-        )));
+        let text = std::fs::read_to_string(f).with_context(|| format!("cannot read password file {}", f.display()))?;
+        return Ok(Some(Secret::new(text.lines().next().unwrap_or_default().to_string())));
     }
     Ok(std::env::var(env).ok().map(Secret::new))
 }
@@ -24,13 +21,7 @@ fn password(file: Option<&std::path::Path>, env: &str) -> anyhow::Result<Option<
 fn sanitize(id: &str) -> String {
     let mut s: String = id
         .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_lowercase()
-            } else {
-                '_'
-            }
-        })
+        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
         .collect();
     s.truncate(40);
     s
@@ -48,39 +39,24 @@ fn fnv(s: &str) -> u32 {
 
 /// Resolves endpoints and derived names into a check request.
 pub fn resolve(e: &Endpoints) -> anyhow::Result<CheckRequest> {
-    let source = Endpoint::parse(
-        &e.source,
-        password(e.source_password_file.as_deref(), "FERRY_SOURCE_PASSWORD")?,
-    )
-    .map_err(|err| UsageError(format!("--source: {err}")))?;
-    let target = Endpoint::parse(
-        &e.target,
-        password(e.target_password_file.as_deref(), "FERRY_TARGET_PASSWORD")?,
-    )
-    .map_err(|err| UsageError(format!("--target: {err}")))?;
-    let filter =
-        TableFilter::new(&e.include, &e.exclude).map_err(|err| UsageError(err.to_string()))?;
+    let source = Endpoint::parse(&e.source, password(e.source_password_file.as_deref(), "FERRY_SOURCE_PASSWORD")?)
+        .map_err(|err| UsageError(format!("--source: {err}")))?;
+    let target = Endpoint::parse(&e.target, password(e.target_password_file.as_deref(), "FERRY_TARGET_PASSWORD")?)
+        .map_err(|err| UsageError(format!("--target: {err}")))?;
+    let filter = TableFilter::new(&e.include, &e.exclude).map_err(|err| UsageError(err.to_string()))?;
     let id = match &e.migration_id {
         Some(id) => {
             let s = sanitize(id);
             if s.is_empty() {
-                return Err(
-                    UsageError("--migration-id must contain letters or digits".into()).into(),
-                );
+                return Err(UsageError("--migration-id must contain letters or digits".into()).into());
             }
             s
         }
-        None => format!(
-            "{}_{:08x}",
-            sanitize(target.dbname()),
-            fnv(&target.describe())
-        ),
+        None => format!("{}_{:08x}", sanitize(target.dbname()), fnv(&target.describe())),
     };
-    let jobs = e.jobs.unwrap_or_else(|| {
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(2)
-    });
+    let jobs = e
+        .jobs
+        .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2));
     if jobs == 0 || jobs > 64 {
         return Err(UsageError("--jobs must be between 1 and 64".into()).into());
     }

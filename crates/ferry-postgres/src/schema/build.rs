@@ -20,23 +20,16 @@ pub struct StepOutcome {
     pub seconds: f64,
 }
 
-/// Runs `steps` on up to `jobs` target connections, largest first as given. Each step's
-/// statements run in one transaction; a step whose `done_check` is true is skipped. Stops at
+/// Runs `steps` on up to `jobs` target connections, in the order given. A step whose
+/// `done_check` is true is skipped; otherwise its statements run one after the other. Stops at
 /// the first failure and returns it. `maintenance_work_mem` is raised per connection (the
 /// index builds are the only thing running).
-pub async fn run_steps(
-    target: &Endpoint,
-    steps: Vec<Step>,
-    jobs: usize,
-    maintenance_work_mem: &str,
-) -> Result<Vec<StepOutcome>, PgError> {
+pub async fn run_steps(target: &Endpoint, steps: Vec<Step>, jobs: usize, maintenance_work_mem: &str) -> Result<Vec<StepOutcome>, PgError> {
     if steps.is_empty() {
         return Ok(Vec::new());
     }
     let n = jobs.max(1).min(steps.len());
-    let queue = Arc::new(Mutex::new(
-        steps.into_iter().collect::<std::collections::VecDeque<_>>(),
-    ));
+    let queue = Arc::new(Mutex::new(steps.into_iter().collect::<std::collections::VecDeque<_>>()));
     let mut set = tokio::task::JoinSet::new();
     for i in 0..n {
         let queue = queue.clone();
@@ -61,18 +54,10 @@ pub async fn run_steps(
                     .map_err(|e| PgError::query(format!("checking whether {} exists on the target", step.name), e))?
                     .get(0);
                 if !exists {
-                    let mut script = String::from("BEGIN;\n");
-                    for s in &step.sql {
-                        script.push_str(s);
-                        script.push_str(";\n");
-                    }
-                    script.push_str("COMMIT;");
-                    if let Err(e) = client.batch_execute(&script).await {
-                        let _ = client.batch_execute("ROLLBACK").await;
-                        return Err(PgError::query(
-                            format!("building {:?} {} on {} (statement: {})", step.kind, step.name, step.table, step.sql.join("; ")),
-                            e,
-                        ));
+                    for sql in &step.sql {
+                        if let Err(e) = client.batch_execute(sql).await {
+                            return Err(PgError::query(format!("building {:?} {} on {} (statement: {sql})", step.kind, step.name, step.table), e));
+                        }
                     }
                     tracing::debug!(table = %step.table, object = %step.name, kind = ?step.kind, seconds = started.elapsed().as_secs_f64(), "built");
                 }

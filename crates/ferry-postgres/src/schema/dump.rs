@@ -61,13 +61,7 @@ impl PgTools {
             if let Ok(entries) = std::fs::read_dir("/usr/lib/postgresql") {
                 let mut versions: Vec<(i32, PathBuf)> = entries
                     .filter_map(|e| e.ok())
-                    .filter_map(|e| {
-                        e.file_name()
-                            .to_str()?
-                            .parse::<i32>()
-                            .ok()
-                            .map(|v| (v, e.path().join("bin")))
-                    })
+                    .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok().map(|v| (v, e.path().join("bin"))))
                     .collect();
                 versions.sort_by_key(|v| std::cmp::Reverse(v.0));
                 candidates.extend(versions.into_iter().map(|(_, p)| p));
@@ -76,11 +70,7 @@ impl PgTools {
                 candidates.extend(std::env::split_paths(&path));
             }
         }
-        let looked = candidates
-            .iter()
-            .map(|p| p.display().to_string())
-            .collect::<Vec<_>>()
-            .join(", ");
+        let looked = candidates.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ");
         for dir in candidates {
             let pg_dump = dir.join("pg_dump");
             let pg_restore = dir.join("pg_restore");
@@ -124,10 +114,7 @@ impl PgTools {
         c.env("PGUSER", ep.user())
             .env("PGDATABASE", ep.dbname())
             .env("PGAPPNAME", "ferry pg_dump")
-            .env(
-                "PGCONNECT_TIMEOUT",
-                ep.connect_timeout().as_secs().max(1).to_string(),
-            )
+            .env("PGCONNECT_TIMEOUT", ep.connect_timeout().as_secs().max(1).to_string())
             .env_remove("PGSERVICE")
             .env_remove("PGOPTIONS");
         match ep.password() {
@@ -216,12 +203,10 @@ pub async fn dump_remaining_post_data(
     cmd.env_remove("PGDATABASE").arg("--list").arg(&archive);
     let toc = String::from_utf8_lossy(&run(cmd, "pg_restore --list").await?).into_owned();
     let kept = filter_toc(&toc, handled);
-    tokio::fs::write(&list, kept)
-        .await
-        .map_err(|source| SchemaError::Spawn {
-            tool: format!("writing {}", list.display()),
-            source,
-        })?;
+    tokio::fs::write(&list, kept).await.map_err(|source| SchemaError::Spawn {
+        tool: format!("writing {}", list.display()),
+        source,
+    })?;
 
     let mut cmd = tools.command(&tools.pg_restore, ep);
     cmd.env_remove("PGDATABASE")
@@ -243,19 +228,14 @@ fn filter_toc(toc: &str, handled: &HashSet<u32>) -> String {
         if trimmed.starts_with(';') || trimmed.is_empty() {
             continue;
         }
-        let rest = trimmed
-            .split_once(';')
-            .map(|(_, r)| r.trim_start())
-            .unwrap_or("");
+        let rest = trimmed.split_once(';').map(|(_, r)| r.trim_start()).unwrap_or("");
         let mut words = rest.split_whitespace();
         let _catalog = words.next();
         let oid: Option<u32> = words.next().and_then(|o| o.parse().ok());
         let kind: Vec<&str> = words.take(2).collect();
         let skip = match (kind.first().copied(), kind.get(1).copied()) {
             (Some("INDEX"), Some("ATTACH")) => true,
-            (Some("INDEX"), _) | (Some("CONSTRAINT"), _) => {
-                oid.is_some_and(|o| handled.contains(&o))
-            }
+            (Some("INDEX"), _) | (Some("CONSTRAINT"), _) => oid.is_some_and(|o| handled.contains(&o)),
             (Some("FK"), Some("CONSTRAINT")) => oid.is_some_and(|o| handled.contains(&o)),
             _ => false,
         };
@@ -291,7 +271,10 @@ mod tests {
 3266; 2606 16450 FK CONSTRAINT public orders orders_fk postgres\n";
         let handled: HashSet<u32> = [16420, 16430, 16450].into_iter().collect();
         let kept = filter_toc(toc, &handled);
-        assert_eq!(kept, "3263; 1259 16431 INDEX public idx_mv postgres\n3265; 2620 16440 TRIGGER public t trg postgres\n");
+        assert_eq!(
+            kept,
+            "3263; 1259 16431 INDEX public idx_mv postgres\n3265; 2620 16440 TRIGGER public t trg postgres\n"
+        );
     }
 
     #[test]

@@ -48,7 +48,9 @@ pub struct Step {
     pub name: String,
     /// What it is.
     pub kind: StepKind,
-    /// Statements, run in one transaction.
+    /// Statements, each committed on its own, in order: an index build holds a lock that a
+    /// later `ADD CONSTRAINT ... USING INDEX` would upgrade, and two such upgrades on one
+    /// table deadlock. Every statement is safe to repeat after the ones before it committed.
     pub sql: Vec<String>,
     /// A query returning one boolean: true when the step is already done on the target.
     pub done_check: String,
@@ -83,23 +85,32 @@ impl PostDataPlan {
     /// Counts per kind, for plans shown to humans.
     pub fn counts(&self) -> HashMap<StepKind, usize> {
         let mut m = HashMap::new();
-        for s in self
-            .instant
-            .iter()
-            .chain(&self.parallel)
-            .chain(&self.foreign_keys)
-        {
+        for s in self.instant.iter().chain(&self.parallel).chain(&self.foreign_keys) {
             *m.entry(s.kind).or_insert(0) += 1;
         }
         m
     }
 }
 
-fn index_exists(schema: &str, name: &str) -> String {
+/// True when the index exists (and, when asked, is the replica identity / clustered index).
+fn index_done(schema: &str, name: &str, replident: bool, clustered: bool) -> String {
     format!(
-        "SELECT to_regclass({}) IS NOT NULL",
-        quote_literal(&format!("{}.{}", quote_ident(schema), quote_ident(name)))
+        "SELECT EXISTS (SELECT 1 FROM pg_index WHERE indexrelid = to_regclass({}){}{})",
+        quote_literal(&format!("{}.{}", quote_ident(schema), quote_ident(name))),
+        if replident { " AND indisreplident" } else { "" },
+        if clustered { " AND indisclustered" } else { "" }
     )
+}
+
+/// `CREATE [UNIQUE] INDEX name ...` as `CREATE [UNIQUE] INDEX IF NOT EXISTS name ...`, so a
+/// step interrupted after its index committed can finish on rerun.
+fn if_not_exists(indexdef: &str) -> String {
+    for prefix in ["CREATE UNIQUE INDEX ", "CREATE INDEX "] {
+        if let Some(rest) = indexdef.strip_prefix(prefix) {
+            return format!("{prefix}IF NOT EXISTS {rest}");
+        }
+    }
+    indexdef.to_string()
 }
 
 fn constraint_exists(t: &TableName, name: &str, validated: bool) -> String {
@@ -113,10 +124,7 @@ fn constraint_exists(t: &TableName, name: &str, validated: bool) -> String {
 
 /// Plans the post-data build for the tables with the given source OIDs (tables holding rows and
 /// partitioned parents). Run inside the migration's snapshot.
-pub async fn plan_post_data(
-    c: &impl GenericClient,
-    table_oids: &[u32],
-) -> Result<PostDataPlan, PgError> {
+pub async fn plan_post_data(c: &impl GenericClient, table_oids: &[u32]) -> Result<PostDataPlan, PgError> {
     let err = |e| PgError::query("planning indexes and constraints", e);
     let mut plan = PostDataPlan::default();
     let oids: Vec<u32> = table_oids.to_vec();
@@ -142,23 +150,20 @@ pub async fn plan_post_data(
         let oid: u32 = r.get(0);
         let table = TableName::new(r.get::<_, String>(1), r.get::<_, String>(2));
         let name: String = r.get(3);
-        let mut sql = vec![r.get::<_, String>(4)];
-        if r.get::<_, bool>(6) {
+        let (replident, clustered): (bool, bool) = (r.get(6), r.get(7));
+        let mut sql = vec![if_not_exists(&r.get::<_, String>(4))];
+        if replident {
             sql.push(format!(
                 "ALTER TABLE ONLY {} REPLICA IDENTITY USING INDEX {}",
                 table.quoted(),
                 quote_ident(&name)
             ));
         }
-        if r.get::<_, bool>(7) {
-            sql.push(format!(
-                "ALTER TABLE ONLY {} CLUSTER ON {}",
-                table.quoted(),
-                quote_ident(&name)
-            ));
+        if clustered {
+            sql.push(format!("ALTER TABLE ONLY {} CLUSTER ON {}", table.quoted(), quote_ident(&name)));
         }
         let step = Step {
-            done_check: index_exists(&table.schema, &name),
+            done_check: index_done(&table.schema, &name, replident, clustered),
             table,
             name,
             kind: StepKind::Index,
@@ -216,11 +221,7 @@ pub async fn plan_post_data(
                 "ALTER TABLE ONLY {} ADD CONSTRAINT {} {} USING INDEX {}",
                 table.quoted(),
                 quote_ident(&name),
-                if kind == StepKind::PrimaryKey {
-                    "PRIMARY KEY"
-                } else {
-                    "UNIQUE"
-                },
+                if kind == StepKind::PrimaryKey { "PRIMARY KEY" } else { "UNIQUE" },
                 quote_ident(&index_name)
             );
             if r.get::<_, bool>(9) {
@@ -230,7 +231,7 @@ pub async fn plan_post_data(
                     " DEFERRABLE"
                 });
             }
-            vec![r.get::<_, String>(6), add]
+            vec![if_not_exists(&r.get::<_, String>(6)), add]
         };
         let index_name: Option<String> = r.get(8);
         if let Some(ix) = &index_name {
@@ -242,15 +243,20 @@ pub async fn plan_post_data(
                 ));
             }
             if r.get::<_, bool>(12) {
-                sql.push(format!(
-                    "ALTER TABLE ONLY {} CLUSTER ON {}",
-                    table.quoted(),
-                    quote_ident(ix)
-                ));
+                sql.push(format!("ALTER TABLE ONLY {} CLUSTER ON {}", table.quoted(), quote_ident(ix)));
             }
         }
+        let (replident, clustered): (bool, bool) = (r.get(11), r.get(12));
+        let done_check = match (&index_name, replident || clustered) {
+            (Some(ix), true) => format!(
+                "SELECT ({}) AND ({})",
+                constraint_exists(&table, &name, false).trim_start_matches("SELECT "),
+                index_done(&table.schema, ix, replident, clustered).trim_start_matches("SELECT ")
+            ),
+            _ => constraint_exists(&table, &name, false),
+        };
         let step = Step {
-            done_check: constraint_exists(&table, &name, false),
+            done_check,
             table,
             name,
             kind,
@@ -283,16 +289,8 @@ pub async fn plan_post_data(
         .await
         .map_err(err)?;
     for r in rows {
-        let parent = format!(
-            "{}.{}",
-            quote_ident(&r.get::<_, String>(0)),
-            quote_ident(&r.get::<_, String>(1))
-        );
-        let child = format!(
-            "{}.{}",
-            quote_ident(&r.get::<_, String>(2)),
-            quote_ident(&r.get::<_, String>(3))
-        );
+        let parent = format!("{}.{}", quote_ident(&r.get::<_, String>(0)), quote_ident(&r.get::<_, String>(1)));
+        let child = format!("{}.{}", quote_ident(&r.get::<_, String>(2)), quote_ident(&r.get::<_, String>(3)));
         plan.attach.push(Step {
             table: TableName::new(r.get::<_, String>(0), r.get::<_, String>(4)),
             name: r.get(3),
@@ -343,10 +341,7 @@ pub async fn plan_post_data(
         if partitioned {
             plan.foreign_keys.push(Step {
                 done_check: constraint_exists(&table, &name, false),
-                sql: vec![format!(
-                    "ALTER TABLE {q} ADD CONSTRAINT {} {def}",
-                    quote_ident(&name)
-                )],
+                sql: vec![format!("ALTER TABLE {q} ADD CONSTRAINT {} {def}", quote_ident(&name))],
                 table,
                 name,
                 kind: StepKind::ForeignKey,
@@ -367,10 +362,7 @@ pub async fn plan_post_data(
         if validated {
             plan.validate.push(Step {
                 done_check: constraint_exists(&table, &name, true),
-                sql: vec![format!(
-                    "ALTER TABLE ONLY {q} VALIDATE CONSTRAINT {}",
-                    quote_ident(&name)
-                )],
+                sql: vec![format!("ALTER TABLE ONLY {q} VALIDATE CONSTRAINT {}", quote_ident(&name))],
                 table,
                 name,
                 kind: StepKind::Validate,

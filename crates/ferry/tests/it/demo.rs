@@ -1,0 +1,15 @@
+//! `ferry demo` runs the whole story on its own throwaway clusters.
+
+use crate::harness::ferry;
+
+#[test]
+fn heavy_demo_runs_end_to_end_and_cleans_up() {
+    let run = ferry(&["demo", "--rows", "20000"]);
+    assert_eq!(run.code, 0, "{}", run.all());
+    assert!(run.stdout.contains("Full load of migration demo"), "{}", run.stdout);
+    assert!(!run.stdout.contains("DIFFERENT"), "{}", run.stdout);
+    assert_eq!(run.stdout.matches("identical").count(), 9, "{}", run.stdout);
+    assert!(run.stderr.contains("Cleaned up"), "{}", run.stderr);
+    // The generated password never appears except masked.
+    assert!(run.all().contains("postgres:****@"), "{}", run.all());
+}

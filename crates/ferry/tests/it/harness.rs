@@ -1,0 +1,236 @@
+//! Shared test helpers: the test servers, per-test databases, running the binary, and an
+//! independent comparison of source and target that does not use any Ferry code.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use tokio_postgres::{Client, NoTls};
+
+/// The servers scripts/test.sh started.
+pub struct Env {
+    /// Superuser URL of the source cluster (database postgres).
+    pub source: String,
+    /// Superuser URL of the target cluster.
+    pub target: String,
+    /// Superuser URL of a cluster with wal_level=replica.
+    pub replica: String,
+    /// PostgreSQL binaries (pgbench).
+    pub pg_bin: PathBuf,
+}
+
+fn var(name: &str) -> String {
+    std::env::var(name)
+        .unwrap_or_else(|_| panic!("{name} is not set: run the suite with scripts/test.sh, which installs and starts the test servers"))
+}
+
+/// Reads the test environment; panics with instructions when it is missing.
+pub fn env() -> Env {
+    Env {
+        source: var("FERRY_TEST_SOURCE"),
+        target: var("FERRY_TEST_TARGET"),
+        replica: var("FERRY_TEST_REPLICA"),
+        pg_bin: PathBuf::from(std::env::var("FERRY_PG_BIN").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".into())),
+    }
+}
+
+/// The same server URL with another database.
+pub fn with_db(url: &str, db: &str) -> String {
+    let base = url.rsplit_once('/').map(|(b, _)| b).unwrap_or(url);
+    format!("{base}/{db}")
+}
+
+/// Connects with tokio-postgres.
+pub async fn connect(url: &str) -> Client {
+    let (client, conn) = tokio_postgres::connect(url, NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("connect {url}: {e}"));
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    client
+}
+
+/// A pair of fresh databases (same name) on the source and target clusters.
+pub struct Dbs {
+    /// Database name.
+    pub name: String,
+    /// Source URL.
+    pub source: String,
+    /// Target URL.
+    pub target: String,
+    env: Env,
+}
+
+impl Dbs {
+    /// Creates `<prefix>_<pid>_<n>` on both clusters.
+    pub async fn create(prefix: &str) -> Self {
+        let env = env();
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        let name = format!("{prefix}_{}_{}", std::process::id(), nanos % 100_000);
+        for url in [&env.source, &env.target] {
+            connect(url).await.batch_execute(&format!("CREATE DATABASE {name}")).await.unwrap();
+        }
+        Self {
+            source: with_db(&env.source, &name),
+            target: with_db(&env.target, &name),
+            name,
+            env,
+        }
+    }
+
+    /// Drops both databases and the source's slots for them.
+    pub async fn drop(self) {
+        let s = connect(&self.env.source).await;
+        s.execute(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = $1 AND NOT active",
+            &[&self.name],
+        )
+        .await
+        .unwrap();
+        for c in [s, connect(&self.env.target).await] {
+            c.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name))
+                .await
+                .unwrap();
+        }
+    }
+}
+
+/// A finished run of the ferry binary.
+#[derive(Debug)]
+pub struct Run {
+    /// Exit code.
+    pub code: i32,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+}
+
+impl Run {
+    /// Both outputs.
+    pub fn all(&self) -> String {
+        format!("{}\n{}", self.stdout, self.stderr)
+    }
+}
+
+impl From<Output> for Run {
+    fn from(o: Output) -> Self {
+        Run {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+/// The ferry command, with a clean environment for its own variables.
+pub fn ferry_cmd(args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_ferry"));
+    c.args(args)
+        .env_remove("FERRY_SOURCE_URL")
+        .env_remove("FERRY_TARGET_URL")
+        .env_remove("FERRY_SOURCE_PASSWORD")
+        .env_remove("FERRY_TARGET_PASSWORD")
+        .env("NO_COLOR", "1");
+    c
+}
+
+/// Runs ferry to completion.
+pub fn ferry(args: &[&str]) -> Run {
+    ferry_cmd(args).output().expect("run ferry").into()
+}
+
+/// Loads Ferry's sample shop (every common type) with `rows` order lines.
+pub async fn load_sample(url: &str, rows: i64) {
+    let sql = include_str!("../../sql/sample.sql").replace("{{ROWS}}", &rows.to_string());
+    connect(url).await.batch_execute(&sql).await.expect("load sample schema");
+}
+
+/// `pgbench -i -s scale` into the database, with pgbench_history given a replica identity.
+pub async fn pgbench_init(url: &str, scale: u32) {
+    let out = Command::new(env().pg_bin.join("pgbench"))
+        .args(["-i", "-q", "-s", &scale.to_string(), url])
+        .output()
+        .expect("run pgbench");
+    assert!(out.status.success(), "pgbench -i failed: {}", String::from_utf8_lossy(&out.stderr));
+    connect(url)
+        .await
+        .batch_execute("ALTER TABLE pgbench_history REPLICA IDENTITY FULL")
+        .await
+        .unwrap();
+}
+
+async fn copy_text(c: &Client, sql: &str) -> Vec<u8> {
+    let stream = c.copy_out(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    futures_util::pin_mut!(stream);
+    let mut out = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        out.extend_from_slice(&chunk.unwrap());
+    }
+    out
+}
+
+async fn lines(c: &Client, sql: &str) -> Vec<String> {
+    c.query(sql, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .iter()
+        .map(|r| r.get::<_, String>(0))
+        .collect()
+}
+
+/// Independent proof that the target equals the source: every table's rows as text COPY,
+/// ordered by the whole row, byte for byte; and the same indexes, constraints (with their
+/// validity), triggers and sequence values. Returns the number of tables compared.
+pub async fn assert_identical(source: &str, target: &str) -> usize {
+    let s = connect(source).await;
+    let t = connect(target).await;
+    let tables = lines(
+        &s,
+        "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'ferry') AND n.nspname NOT LIKE 'pg_toast%'
+         ORDER BY 1",
+    )
+    .await;
+    assert!(!tables.is_empty());
+    for table in &tables {
+        let sql = format!("COPY (SELECT * FROM {table} x ORDER BY x::text COLLATE \"C\") TO STDOUT");
+        let (a, b) = (copy_text(&s, &sql).await, copy_text(&t, &sql).await);
+        assert!(a == b, "table {table} differs: source {} bytes, target {} bytes", a.len(), b.len());
+    }
+    let catalog = [
+        // Indexes (validity included).
+        "SELECT format('%s %s %s', indrelid::regclass, pg_get_indexdef(indexrelid), indisvalid) FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid
+         JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', 'ferry') AND n.nspname NOT LIKE 'pg_toast%' ORDER BY 1",
+        // Constraints, including foreign keys and whether they are validated.
+        "SELECT format('%s %s %s %s', conrelid::regclass, conname, pg_get_constraintdef(oid), convalidated) FROM pg_constraint
+         WHERE connamespace NOT IN ('pg_catalog'::regnamespace, 'information_schema'::regnamespace) AND conrelid <> 0
+           AND connamespace::regnamespace::text <> 'ferry' ORDER BY 1",
+        // Triggers.
+        "SELECT format('%s %s', tgrelid::regclass, pg_get_triggerdef(oid)) FROM pg_trigger WHERE NOT tgisinternal ORDER BY 1",
+        // Sequence values.
+        "SELECT format('%s.%s %s', schemaname, sequencename, last_value) FROM pg_sequences WHERE schemaname <> 'ferry' ORDER BY 1",
+    ];
+    for q in catalog {
+        assert_eq!(lines(&s, q).await, lines(&t, q).await, "catalog differs for: {q}");
+    }
+    tables.len()
+}
+
+/// Waits until `cond` holds, polling; panics after `timeout`.
+pub async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while !cond().await {
+        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

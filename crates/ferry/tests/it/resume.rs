@@ -1,0 +1,138 @@
+//! kill -9 at any moment, rerun the same command: the result is identical to an uninterrupted run.
+
+use std::time::Duration;
+
+use crate::harness::{assert_identical, connect, ferry, ferry_cmd, load_sample, pgbench_init, wait_for, Dbs, Run};
+
+#[tokio::test]
+async fn heavy_kill_9_during_the_copy_then_resume() {
+    let dbs = Dbs::create("kill_copy").await;
+    pgbench_init(&dbs.source, 10).await;
+    load_sample(&dbs.source, 5_000).await;
+    let args = [
+        "migrate",
+        "--source",
+        &dbs.source,
+        "--target",
+        &dbs.target,
+        "--jobs",
+        "2",
+        "--split-size",
+        "4MB",
+        "--stop-after",
+        "full-load",
+    ];
+    let mut child = ferry_cmd(&args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+
+    // Kill once some ranges of pgbench_accounts are committed but not all.
+    let tgt_url = dbs.target.clone();
+    wait_for("some ranges of pgbench_accounts to commit", Duration::from_secs(120), || {
+        let url = tgt_url.clone();
+        async move {
+            let c = connect(&url).await;
+            c.query_opt(
+                "SELECT 1 FROM ferry.tables WHERE table_name = 'pgbench_accounts' AND ranges_done >= 2",
+                &[],
+            )
+            .await
+            .map(|r| r.is_some())
+            .unwrap_or(false)
+        }
+    })
+    .await;
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+
+    let tgt = connect(&dbs.target).await;
+    let (state, done, total): (String, i32, i32) = {
+        let r = tgt
+            .query_one(
+                "SELECT state, ranges_done, ranges_total FROM ferry.tables WHERE table_name = 'pgbench_accounts'",
+                &[],
+            )
+            .await
+            .unwrap();
+        (r.get(0), r.get(1), r.get(2))
+    };
+    assert_eq!(state, "copying", "the kill came too late to test anything ({done}/{total} ranges)");
+    assert!(done < total);
+    let partial: i64 = tgt.query_one("SELECT count(*) FROM pgbench_accounts", &[]).await.unwrap().get(0);
+    assert!(partial > 0 && partial < 1_000_000, "partial = {partial}");
+
+    // Rerun the same command: it resumes and finishes.
+    let run: Run = ferry_cmd(&args).output().unwrap().into();
+    assert_eq!(run.code, 0, "{}", run.all());
+    assert!(run.stdout.contains("(resumed)"), "{}", run.stdout);
+    assert_identical(&dbs.source, &dbs.target).await;
+
+    // The resumed table records the new snapshot's position; exactly one slot remains.
+    let src = connect(&dbs.source).await;
+    let slots: Vec<String> = src
+        .query(
+            "SELECT slot_name::text FROM pg_replication_slots WHERE database = current_database()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(slots.len(), 1, "{slots:?}");
+    let (consistent, resumed): (String, String) = {
+        let r = tgt
+            .query_one(
+                "SELECT m.consistent_lsn::text, t.snapshot_lsn::text FROM ferry.migrations m JOIN ferry.tables t ON t.migration_id = m.id
+                 WHERE t.table_name = 'pgbench_accounts'",
+                &[],
+            )
+            .await
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_ne!(consistent, resumed, "a table copied again must record its new snapshot position");
+    dbs.drop().await;
+}
+
+#[tokio::test]
+async fn heavy_kill_9_during_index_builds_then_resume() {
+    let dbs = Dbs::create("kill_post").await;
+    pgbench_init(&dbs.source, 10).await;
+    let args = [
+        "migrate",
+        "--source",
+        &dbs.source,
+        "--target",
+        &dbs.target,
+        "--jobs",
+        "2",
+        "--stop-after",
+        "full-load",
+    ];
+    let mut child = ferry_cmd(&args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let tgt_url = dbs.target.clone();
+    wait_for("the post-load phase", Duration::from_secs(120), || {
+        let url = tgt_url.clone();
+        async move {
+            let c = connect(&url).await;
+            c.query_opt("SELECT 1 FROM ferry.migrations WHERE phase = 'post_load'", &[])
+                .await
+                .map(|r| r.is_some())
+                .unwrap_or(false)
+        }
+    })
+    .await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let run = ferry(&args);
+    assert_eq!(run.code, 0, "{}", run.all());
+    assert_identical(&dbs.source, &dbs.target).await;
+    dbs.drop().await;
+}

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Ferry's whole test suite, from a fresh machine:
+#   1. installs what is missing (PostgreSQL 15 server and client, MariaDB for the MySQL issue),
+#   2. starts throwaway clusters on Ferry's own loopback ports,
+#   3. checks formatting and lints, runs every test with cargo nextest (cargo test if absent),
+#   4. stops what it started, whatever happened.
+#
+# Clusters (under .ferry-test/clusters, recreated on every run):
+#   ferry-src      127.0.0.1:55432  wal_level=logical   source of most tests
+#   ferry-tgt      127.0.0.1:55433  wal_level=logical   target of most tests
+#   ferry-replica  127.0.0.1:55434  wal_level=replica   for the "wal_level is wrong" test
+# Tests find them through FERRY_TEST_SOURCE / FERRY_TEST_TARGET / FERRY_TEST_REPLICA and create
+# their own uniquely named databases; they never use a server someone else started.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export FERRY_PG_BIN=${FERRY_PG_BIN:-/usr/lib/postgresql/15/bin}
+
+say() { printf '\n== %s\n' "$*"; }
+
+# --- 1. packages -----------------------------------------------------------------------
+need=()
+[ -x "$FERRY_PG_BIN/initdb" ] || need+=(postgresql-15 postgresql-client-15)
+[ -x "$FERRY_PG_BIN/pgbench" ] || need+=(postgresql-15)
+command -v mariadbd >/dev/null 2>&1 || [ -x /usr/sbin/mariadbd ] || need+=(mariadb-server)
+if [ ${#need[@]} -gt 0 ]; then
+  say "installing ${need[*]}"
+  sudo=""
+  [ "$(id -u)" = 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  # Debian starts a default cluster on install; Ferry's tests never use it.
+  if command -v pg_lsclusters >/dev/null 2>&1; then
+    $sudo pg_ctlcluster 15 main stop 2>/dev/null || true
+  fi
+fi
+
+# --- 2. servers ------------------------------------------------------------------------
+clusters=(ferry-src ferry-tgt ferry-replica)
+cleanup() {
+  for c in "${clusters[@]}"; do scripts/pg.sh stop "$c" || true; done
+}
+trap cleanup EXIT
+say "starting PostgreSQL clusters"
+for c in "${clusters[@]}"; do scripts/pg.sh destroy "$c" >/dev/null 2>&1 || true; done
+scripts/pg.sh start ferry-src 55432 -c wal_level=logical
+scripts/pg.sh start ferry-tgt 55433 -c wal_level=logical
+scripts/pg.sh start ferry-replica 55434 -c wal_level=replica
+export FERRY_TEST_SOURCE=$(scripts/pg.sh url ferry-src)
+export FERRY_TEST_TARGET=$(scripts/pg.sh url ferry-tgt)
+export FERRY_TEST_REPLICA=$(scripts/pg.sh url ferry-replica)
+export PATH="$FERRY_PG_BIN:$PATH"
+
+# --- 3. checks and tests ---------------------------------------------------------------
+say "cargo fmt --check"
+cargo fmt --all -- --check
+say "cargo clippy -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+say "tests"
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --locked --profile ci "$@"
+else
+  cargo test --workspace --locked "$@"
+fi
