@@ -11,7 +11,7 @@
 #   SCALE=50          pgbench scale of the source (100,000 pgbench_accounts rows per unit)
 #   REPEAT=1          run each method N times, report the best (min) times
 #   BENCH_ONLY=a,b    only run these methods (ids: copy-pipe-1 copy-pipe-2 pg_dump
-#                     pgcopydb pgcopydb-split ferry)
+#                     pgcopydb pgcopydb-split ferry ferry-nosplit)
 #   BENCH_KEEP=1      leave the bench-src/bench-tgt clusters running at the end
 #   BENCH_TIMEOUT=3600  seconds before one method run is abandoned as FAILED
 #   BENCH_WORKDIR=... scratch space for dumps (default: a fresh directory under /tmp)
@@ -39,9 +39,9 @@ TGT_CLUSTER=bench-tgt TGT_PORT=55533
 TABLES=(pgbench_accounts pgbench_branches pgbench_tellers pgbench_history)
 
 # Method registry: id -> "jobs|label". Order here is the order of the table.
-ALL_METHODS=(copy-pipe-1 copy-pipe-2 pg_dump pgcopydb pgcopydb-split ferry)
+ALL_METHODS=(copy-pipe-1 copy-pipe-2 pg_dump pgcopydb pgcopydb-split ferry ferry-nosplit)
 declare -A METHOD_JOBS=(
-  [copy-pipe-1]=1 [copy-pipe-2]=2 [pg_dump]=2 [pgcopydb]=2 [pgcopydb-split]=2 [ferry]=2
+  [copy-pipe-1]=1 [copy-pipe-2]=2 [pg_dump]=2 [pgcopydb]=2 [pgcopydb-split]=2 [ferry]=2 [ferry-nosplit]=2
 )
 declare -A METHOD_LABEL=(
   [copy-pipe-1]="copy-pipe-1"
@@ -50,6 +50,7 @@ declare -A METHOD_LABEL=(
   [pgcopydb]="pgcopydb clone"
   [pgcopydb-split]="pgcopydb clone --split"
   [ferry]="ferry"
+  [ferry-nosplit]="ferry --split-size 0"
 )
 
 log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
@@ -158,13 +159,16 @@ method_pgcopydb-split() { pgcopydb_clone --split-tables-larger-than "${PGCOPYDB_
 # total_seconds only goes to the JSON.
 method_ferry() {
   "$FERRY_BIN" migrate --source "$SRC" --target "$TGT" --jobs 2 --stop-after full-load \
-    --summary-json "$WORK/ferry-summary.json"
+    --summary-json "$WORK/ferry-summary.json" "$@"
   local data total
   data=$(jq -er '.data_seconds | numbers' "$WORK/ferry-summary.json")
   total=$(jq -er '.total_seconds | numbers' "$WORK/ferry-summary.json")
   record data_s "$data"
   record ferry_total_s "$total"
 }
+# Ferry without page-range splitting: every table in one transaction with COPY FREEZE. On this
+# 2-core box, where one pipe already keeps both servers busy, that is the faster choice.
+method_ferry-nosplit() { method_ferry --split-size 0; }
 
 # ---------------------------------------------------------------------------------------
 # Harness.
@@ -469,9 +473,9 @@ main() {
 
   local n
   for m in "${SELECTED[@]}"; do
-    if [ "$m" = ferry ] && [ ! -x "$FERRY_BIN" ]; then
-      log "ferry: $FERRY_BIN not built, skipping"
-      export B_STATUS_ferry="not built"
+    if [[ "$m" == ferry* ]] && [ ! -x "$FERRY_BIN" ]; then
+      log "$m: $FERRY_BIN not built, skipping"
+      export "B_STATUS_${m//-/_}=not built"
       continue
     fi
     for ((n = 1; n <= REPEAT; n++)); do run_once "$m" "$n"; done

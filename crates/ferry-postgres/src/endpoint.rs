@@ -155,6 +155,10 @@ impl Endpoint {
                 tracing::debug!(server = %what, error = %e, "connection closed with error");
             }
         });
+        // If Ferry dies (kill -9 included), the server aborts this session's running statement
+        // within a second instead of finishing it as an orphan that a rerun would collide with.
+        // PostgreSQL 14+; older servers lack the setting, which is harmless.
+        let _ = client.batch_execute("SET client_connection_check_interval = 1000").await;
         Ok(client)
     }
 }

@@ -129,6 +129,17 @@ pub async fn run(req: &CheckRequest, opts: &MigrateOptions) -> anyhow::Result<Su
     let (snapshot_name, snapshot_lsn): (Option<String>, Lsn) = match rec.consistent_lsn {
         None => {
             if slot::slot_status(&source, &req.slot).await?.is_some() {
+                // A killed predecessor's WAL sender may take a moment to notice and let go.
+                let deadline = Instant::now() + std::time::Duration::from_secs(15);
+                while slot::slot_status(&source, &req.slot).await? == Some(true) {
+                    if Instant::now() > deadline {
+                        anyhow::bail!(
+                            "replication slot {} is in use by another process; is another `ferry migrate` running for this migration?",
+                            req.slot
+                        );
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
                 tracing::warn!(slot = %req.slot, "dropping a replication slot left by an attempt that never recorded it");
                 slot::drop_slot(&source, &req.slot).await?;
             }

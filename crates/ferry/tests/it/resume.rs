@@ -136,3 +136,55 @@ async fn heavy_kill_9_during_index_builds_then_resume() {
     assert_identical(&dbs.source, &dbs.target).await;
     dbs.drop().await;
 }
+
+#[tokio::test]
+async fn heavy_kill_9_at_many_moments_then_resume() {
+    let dbs = Dbs::create("kill_many").await;
+    pgbench_init(&dbs.source, 5).await;
+    load_sample(&dbs.source, 20_000).await;
+    let args = [
+        "migrate",
+        "--source",
+        &dbs.source,
+        "--target",
+        &dbs.target,
+        "--jobs",
+        "2",
+        "--split-size",
+        "8MB",
+        "--stop-after",
+        "full-load",
+    ];
+    // Kill after growing delays until one run gets to finish on its own: every phase, from
+    // slot creation to the last sequence, gets hit somewhere along the way.
+    let mut kills = 0;
+    let mut delay_ms = 60;
+    loop {
+        let mut child = ferry_cmd(&args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+        if child.try_wait().unwrap().is_some() {
+            let out = child.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "a run failed on its own: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            break;
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        kills += 1;
+        delay_ms = delay_ms * 5 / 4 + 30;
+        assert!(kills < 40, "never finished");
+    }
+    eprintln!("killed {kills} times, last delay {delay_ms} ms");
+    assert!(kills >= 6, "only {kills} kills: the test did not interrupt enough");
+    let run = ferry(&args);
+    assert_eq!(run.code, 0, "{}", run.all());
+    assert_identical(&dbs.source, &dbs.target).await;
+    dbs.drop().await;
+}
