@@ -27,10 +27,19 @@ if [ ${#need[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" = 0 ] || sudo="sudo"
   $sudo apt-get update -qq
+  # Debian's packages start their services on install (PostgreSQL's default cluster on 5432,
+  # MariaDB on 3306); Ferry starts its own servers on its own ports, so forbid that.
+  made_policy=""
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' | $sudo tee /usr/sbin/policy-rc.d >/dev/null
+    $sudo chmod +x /usr/sbin/policy-rc.d
+    made_policy=1
+    trap '$sudo rm -f /usr/sbin/policy-rc.d' EXIT
+  fi
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-  # Debian starts a default cluster on install; Ferry's tests never use it.
-  if command -v pg_lsclusters >/dev/null 2>&1; then
-    $sudo pg_ctlcluster 15 main stop 2>/dev/null || true
+  if [ -n "$made_policy" ]; then
+    $sudo rm -f /usr/sbin/policy-rc.d
+    trap - EXIT
   fi
 fi
 

@@ -160,7 +160,8 @@ async fn worker(w: usize, job: &CopyJob, queue: &Mutex<VecDeque<CopyItem>>, prog
     }
     let src = job.source.connect(&format!("copy-{w}")).await?;
     src.batch_execute(&format!(
-        "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT '{}'",
+        "SET statement_timeout = 0; SET idle_in_transaction_session_timeout = 0;
+         BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT '{}'",
         job.snapshot.replace('\'', "")
     ))
     .await

@@ -81,8 +81,10 @@ pub fn render(r: &Report) -> String {
                 t.ranges,
                 t.replica_identity
             ));
-            rows += t.estimated_rows.max(0);
-            bytes += t.bytes;
+            if t.kind == ferry_postgres::introspect::TableKind::Ordinary {
+                rows += t.estimated_rows.max(0);
+                bytes += t.bytes;
+            }
         }
         o.push_str(&format!(
             "    {:<44} {:>14} {:>10}\n",
