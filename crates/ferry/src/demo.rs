@@ -113,8 +113,15 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         split_size: 32 << 20,
     };
     let req = crate::settings::resolve(&endpoints)?;
-    eprintln!(
+    println!(
         "\n$ ferry check --source {} --target {}",
+        req.source.redacted(),
+        req.target.redacted()
+    );
+    let report = ferry_postgres::preflight::check(&req).await;
+    print!("{}", crate::check_cmd::render(&report));
+    println!(
+        "\n$ ferry migrate --source {} --target {}",
         req.source.redacted(),
         req.target.redacted()
     );
@@ -123,15 +130,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         &MigrateOptions {
             maintenance_work_mem: "256MB".into(),
             analyze: true,
-            quiet_check: false,
+            quiet_check: true,
         },
     )
     .await?;
-    eprintln!(
-        "$ ferry migrate --source {} --target {}",
-        req.source.redacted(),
-        req.target.redacted()
-    );
     println!("{}", migrate::render(&summary));
 
     // An independent look: row counts and a hash of every row, both sides.
