@@ -22,26 +22,7 @@ need=()
 [ -x "$FERRY_PG_BIN/initdb" ] || need+=(postgresql-15 postgresql-client-15)
 [ -x "$FERRY_PG_BIN/pgbench" ] || need+=(postgresql-15)
 command -v mariadbd >/dev/null 2>&1 || [ -x /usr/sbin/mariadbd ] || need+=(mariadb-server)
-if [ ${#need[@]} -gt 0 ]; then
-  say "installing ${need[*]}"
-  sudo=""
-  [ "$(id -u)" = 0 ] || sudo="sudo"
-  $sudo apt-get update -qq
-  # Debian's packages start their services on install (PostgreSQL's default cluster on 5432,
-  # MariaDB on 3306); Ferry starts its own servers on its own ports, so forbid that.
-  made_policy=""
-  if [ ! -e /usr/sbin/policy-rc.d ]; then
-    printf '#!/bin/sh\nexit 101\n' | $sudo tee /usr/sbin/policy-rc.d >/dev/null
-    $sudo chmod +x /usr/sbin/policy-rc.d
-    made_policy=1
-    trap '$sudo rm -f /usr/sbin/policy-rc.d' EXIT
-  fi
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-  if [ -n "$made_policy" ]; then
-    $sudo rm -f /usr/sbin/policy-rc.d
-    trap - EXIT
-  fi
-fi
+scripts/install.sh "${need[@]}"
 
 # --- 2. servers ------------------------------------------------------------------------
 clusters=(ferry-src ferry-tgt ferry-replica)

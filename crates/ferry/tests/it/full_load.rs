@@ -124,16 +124,11 @@ async fn include_and_exclude_select_tables() {
         run.all()
     );
     let tgt = connect(&dbs.target).await;
-    let names: Vec<String> = tgt
-        .query(
-            "SELECT relname::text FROM pg_class WHERE relnamespace = 'public'::regnamespace AND relkind = 'r' ORDER BY 1",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let names = crate::harness::lines(
+        &tgt,
+        "SELECT relname::text FROM pg_class WHERE relnamespace = 'public'::regnamespace AND relkind = 'r' ORDER BY 1",
+    )
+    .await;
     assert_eq!(names, ["customers", "order_items", "products"]);
     let n: i64 = tgt.query_one("SELECT count(*) FROM order_items", &[]).await.unwrap().get(0);
     assert_eq!(n, 200);
@@ -170,12 +165,7 @@ async fn check_prints_a_plan_and_json() {
         .unwrap()
         .get(0);
     assert_eq!(slots, 0);
-    let state: bool = connect(&dbs.target)
-        .await
-        .query_one("SELECT to_regnamespace('ferry') IS NOT NULL", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let state = crate::harness::has_state_schema(&dbs.target).await;
     assert!(!state);
     dbs.drop().await;
 }

@@ -175,13 +175,33 @@ async fn copy_text(c: &Client, sql: &str) -> Vec<u8> {
     out
 }
 
-async fn lines(c: &Client, sql: &str) -> Vec<String> {
+/// The first column of every row, as text.
+pub async fn lines(c: &Client, sql: &str) -> Vec<String> {
     c.query(sql, &[])
         .await
         .unwrap_or_else(|e| panic!("{sql}: {e}"))
         .iter()
         .map(|r| r.get::<_, String>(0))
         .collect()
+}
+
+/// Whether Ferry's state schema exists in the database.
+pub async fn has_state_schema(url: &str) -> bool {
+    connect(url)
+        .await
+        .query_one("SELECT to_regnamespace('ferry') IS NOT NULL", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// Replication slots of the database.
+pub async fn slots(url: &str) -> Vec<String> {
+    lines(
+        &connect(url).await,
+        "SELECT slot_name::text FROM pg_replication_slots WHERE database = current_database()",
+    )
+    .await
 }
 
 /// Independent proof that the target equals the source: every table's rows as text COPY,

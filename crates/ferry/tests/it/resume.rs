@@ -71,16 +71,7 @@ async fn heavy_kill_9_during_the_copy_then_resume() {
 
     // The resumed table records the new snapshot's position; exactly one slot remains.
     let src = connect(&dbs.source).await;
-    let slots: Vec<String> = src
-        .query(
-            "SELECT slot_name::text FROM pg_replication_slots WHERE database = current_database()",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let slots = crate::harness::slots(&dbs.source).await;
     assert_eq!(slots.len(), 1, "{slots:?}");
     let (consistent, resumed): (String, String) = {
         let r = tgt
