@@ -70,7 +70,6 @@ async fn heavy_kill_9_during_the_copy_then_resume() {
     assert_identical(&dbs.source, &dbs.target).await;
 
     // The resumed table records the new snapshot's position; exactly one slot remains.
-    let src = connect(&dbs.source).await;
     let slots = crate::harness::slots(&dbs.source).await;
     assert_eq!(slots.len(), 1, "{slots:?}");
     let (consistent, resumed): (String, String) = {
