@@ -4,10 +4,13 @@
 //! Protocol codecs ([`copy_binary`]) take bytes and return values, with no I/O, so they can be
 //! tested and fuzzed on their own.
 
+pub mod apply;
+pub mod cdc;
 pub mod copy_binary;
 pub mod endpoint;
 pub mod error;
 pub mod introspect;
+pub mod pgoutput;
 pub mod preflight;
 pub mod replication;
 pub mod schema;
@@ -15,6 +18,7 @@ pub mod sequences;
 pub mod slot;
 pub mod snapshot;
 pub mod state;
+pub mod stream;
 
 pub use endpoint::Endpoint;
 pub use error::PgError;

@@ -18,8 +18,12 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use crate::endpoint::{Endpoint, HostAddr, APPLICATION_NAME};
 use crate::error::PgError;
 
-trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+/// Any byte stream to a server (TCP or Unix socket).
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// The boxed stream a replication connection runs on.
+pub type BoxedIo = Box<dyn Io>;
 
 /// An open replication connection.
 pub struct ReplicationConnection {
@@ -241,6 +245,11 @@ impl ReplicationConnection {
             consistent_point: get(1).parse().map_err(|e| proto("CREATE_REPLICATION_SLOT", e))?,
             snapshot: get(2),
         })
+    }
+
+    /// Hands over the stream, any bytes already read, and the server's description.
+    pub(crate) fn into_parts(self) -> (BoxedIo, BytesMut, String) {
+        (self.io, self.read, self.server)
     }
 
     /// Closes the connection politely.

@@ -105,6 +105,29 @@ CREATE TABLE IF NOT EXISTS {s}.events (
     kind         text NOT NULL,
     message      text NOT NULL
 );
+ALTER TABLE {s}.migrations
+    ADD COLUMN IF NOT EXISTS applied_lsn      pg_lsn,
+    ADD COLUMN IF NOT EXISTS applied_txns     bigint NOT NULL DEFAULT 0,
+    ADD COLUMN IF NOT EXISTS events_insert    bigint NOT NULL DEFAULT 0,
+    ADD COLUMN IF NOT EXISTS events_update    bigint NOT NULL DEFAULT 0,
+    ADD COLUMN IF NOT EXISTS events_delete    bigint NOT NULL DEFAULT 0,
+    ADD COLUMN IF NOT EXISTS events_truncate  bigint NOT NULL DEFAULT 0,
+    ADD COLUMN IF NOT EXISTS last_commit_time timestamptz,
+    ADD COLUMN IF NOT EXISTS applied_at       timestamptz;
+CREATE TABLE IF NOT EXISTS {s}.dead_letters (
+    id           bigserial PRIMARY KEY,
+    migration_id text NOT NULL REFERENCES {s}.migrations (id) ON DELETE CASCADE,
+    at           timestamptz NOT NULL DEFAULT clock_timestamp(),
+    commit_lsn   pg_lsn NOT NULL,
+    change_index integer NOT NULL,
+    table_name   text NOT NULL,
+    operation    text NOT NULL,
+    key          text,
+    payload      text,
+    error        text NOT NULL,
+    skipped      boolean NOT NULL DEFAULT false,
+    UNIQUE (migration_id, commit_lsn, change_index)
+);
 COMMENT ON SCHEMA {s} IS 'Ferry migration state: do not edit while a migration runs';
 "#
         ))
@@ -196,6 +219,11 @@ COMMENT ON SCHEMA {s} IS 'Ferry migration state: do not edit while a migration r
         .await
         .map(|_| ())
         .map_err(|e| PgError::query("recording the slot position", e))
+    }
+
+    /// The quoted schema name, for SQL.
+    pub fn quoted(&self) -> &str {
+        &self.q
     }
 
     /// SQL that marks pg_restore's share of post-data as restored; run inside its transaction.

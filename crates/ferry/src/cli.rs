@@ -33,7 +33,7 @@ pub enum LogFormat {
 pub enum Command {
     /// Check prerequisites on source and target and print the migration plan (exit 1 if anything blocks).
     Check(CheckArgs),
-    /// Create the schema and copy every table from one consistent snapshot; resumable.
+    /// Create the schema, copy every table from one consistent snapshot, then stream changes until stopped; resumable.
     Migrate(MigrateArgs),
     /// Start two throwaway PostgreSQL clusters, fill one with sample data, and migrate it.
     Demo(DemoArgs),
@@ -104,10 +104,15 @@ pub struct MigrateArgs {
     /// Endpoints and table selection.
     #[command(flatten)]
     pub endpoints: Endpoints,
-    /// Stop after this phase (change data capture is not part of this release yet, so the full
-    /// load is where migrate ends today either way).
+    /// Stop after this phase instead of streaming changes until stopped (SIGTERM/SIGINT).
     #[arg(long, value_enum)]
     pub stop_after: Option<StopAfter>,
+    /// Record changes the target rejects in the dead_letters table and go on, instead of stopping.
+    #[arg(long)]
+    pub skip_dead_letters: bool,
+    /// Most row changes in one target transaction (source transactions are never split).
+    #[arg(long, default_value_t = 5000)]
+    pub max_batch: usize,
     /// Write the final summary as JSON to this file.
     #[arg(long)]
     pub summary_json: Option<PathBuf>,

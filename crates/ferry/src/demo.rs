@@ -128,12 +128,15 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let summary = migrate::run(
         &req,
         &MigrateOptions {
+            skip_dead_letters: false,
+            max_batch: 5000,
             maintenance_work_mem: "256MB".into(),
             analyze: true,
             quiet_check: true,
         },
     )
-    .await?;
+    .await?
+    .context("the demo's migration was already past its full load")?;
     println!("{}", migrate::render(&summary));
 
     // An independent look: row counts and a hash of every row, both sides.

@@ -46,24 +46,40 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Migrate(args) => {
             let req = settings::resolve(&args.endpoints)?;
             let opts = migrate::MigrateOptions {
+                skip_dead_letters: args.skip_dead_letters,
+                max_batch: args.max_batch,
                 maintenance_work_mem: args.maintenance_work_mem.clone(),
                 analyze: !args.no_analyze,
                 quiet_check: true,
             };
+            let (stop_tx, stop) = tokio::sync::watch::channel(false);
+            tokio::spawn(async move {
+                shutdown_signal().await;
+                tracing::info!("stop requested: finishing at the next checkpoint");
+                let _ = stop_tx.send(true);
+                // A second signal means now.
+                shutdown_signal().await;
+                eprintln!("ferry: stopped immediately; committed work is kept, rerun the same command to resume");
+                std::process::exit(exit::RUNTIME);
+            });
+            let mut waiter = stop.clone();
             let summary = tokio::select! {
                 s = migrate::run(&req, &opts) => s?,
-                _ = shutdown_signal() => {
-                    eprintln!("ferry: stopped by signal; committed work is kept, rerun the same command to resume");
+                _ = waiter.wait_for(|v| *v) => {
+                    // The full load's units commit atomically: what committed is kept.
+                    eprintln!("ferry: stopped during the full load; committed work is kept, rerun the same command to resume");
                     return Ok(exit::RUNTIME);
                 }
             };
-            print!("{}", migrate::render(&summary));
-            if let Some(path) = &args.summary_json {
-                std::fs::write(path, serde_json::to_vec_pretty(&summary)?)
-                    .map_err(|e| anyhow::anyhow!("cannot write the summary to {}: {e}", path.display()))?;
+            if let Some(summary) = &summary {
+                print!("{}", migrate::render(summary));
+                if let Some(path) = &args.summary_json {
+                    std::fs::write(path, serde_json::to_vec_pretty(summary)?)
+                        .map_err(|e| anyhow::anyhow!("cannot write the summary to {}: {e}", path.display()))?;
+                }
             }
-            if args.stop_after.is_none() {
-                tracing::info!("change data capture is not part of this release yet: migrate ends after the full load");
+            if args.stop_after.is_none() && !*stop.borrow() {
+                migrate::cdc(&req, &opts, stop).await?;
             }
             Ok(exit::OK)
         }

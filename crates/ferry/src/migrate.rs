@@ -31,6 +31,10 @@ use crate::progress::LoadProgress;
 /// Options beyond the check request.
 #[derive(Debug, Clone)]
 pub struct MigrateOptions {
+    /// Record rejected changes and continue instead of stopping.
+    pub skip_dead_letters: bool,
+    /// Most changes in one target transaction.
+    pub max_batch: usize,
     /// maintenance_work_mem for index builds.
     pub maintenance_work_mem: String,
     /// Run ANALYZE after the load.
@@ -86,7 +90,7 @@ pub struct Summary {
 }
 
 /// Runs schema and full load; returns the summary.
-pub async fn run(req: &CheckRequest, opts: &MigrateOptions) -> anyhow::Result<Summary> {
+pub async fn run(req: &CheckRequest, opts: &MigrateOptions) -> anyhow::Result<Option<Summary>> {
     let started = Instant::now();
     let report = preflight::check(req).await;
     if report.blocked() || !opts.quiet_check {
@@ -113,6 +117,9 @@ pub async fn run(req: &CheckRequest, opts: &MigrateOptions) -> anyhow::Result<Su
         }
     };
     let resumed = rec.consistent_lsn.is_some();
+    if matches!(rec.phase, Phase::Cdc) {
+        return Ok(None);
+    }
 
     // Tables in scope.
     let all = introspect::list_tables(&source, &ferry_core::TableFilter::default(), Some(&req.state_schema)).await?;
@@ -393,7 +400,7 @@ pub async fn run(req: &CheckRequest, opts: &MigrateOptions) -> anyhow::Result<Su
         .iter()
         .filter(|t| t.copied_now)
         .fold((0, 0), |(r, b), t| (r + t.rows, b + t.bytes));
-    Ok(Summary {
+    Ok(Some(Summary {
         migration_id: id,
         slot: req.slot.clone(),
         consistent_lsn: rec.consistent_lsn.map(|l| l.to_string()).unwrap_or_default(),
@@ -407,7 +414,81 @@ pub async fn run(req: &CheckRequest, opts: &MigrateOptions) -> anyhow::Result<Su
         objects_built: built,
         sequences: nseq,
         resumed,
-    })
+    }))
+}
+
+/// Streams changes after the full load until `stop` (SIGTERM/SIGINT): returns at a checkpoint.
+pub async fn cdc(req: &CheckRequest, opts: &MigrateOptions, stop: tokio::sync::watch::Receiver<bool>) -> anyhow::Result<()> {
+    use ferry_postgres::cdc::{self, CdcOptions, CdcProgress};
+    use std::sync::atomic::Ordering;
+    let store = StateStore::new(&req.state_schema);
+    let target = req.target.connect("control").await?;
+    let source = req.source.connect("control").await?;
+    let info = introspect::server_info(&source).await?;
+    let tools = PgTools::find(info.major(), req.pg_bin_dir.as_deref()).await?;
+    let rec = store
+        .load(&target, &req.migration_id)
+        .await?
+        .context("the migration is not recorded on the target")?;
+    if rec.phase != Phase::Cdc {
+        store
+            .set_phase(
+                &target,
+                &req.migration_id,
+                Phase::Cdc,
+                "full load complete; streaming changes from the slot",
+            )
+            .await?;
+    }
+    let progress = std::sync::Arc::new(CdcProgress::default());
+    let p = progress.clone();
+    let logger = tokio::spawn(async move {
+        let (mut last_txns, mut last_changes) = (0u64, 0u64);
+        loop {
+            tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+            let applied = p.applied_lsn.load(Ordering::Relaxed);
+            let end = p.server_wal_end.load(Ordering::Relaxed);
+            let (txns, changes) = (p.txns.load(Ordering::Relaxed), p.changes.load(Ordering::Relaxed));
+            tracing::info!(
+                applied_lsn = %Lsn(applied),
+                lag_bytes = end.saturating_sub(applied),
+                txns_per_s = (txns - last_txns) / 10,
+                changes_per_s = (changes - last_changes) / 10,
+                "change capture"
+            );
+            (last_txns, last_changes) = (txns, changes);
+        }
+    });
+    let opts = CdcOptions {
+        ctx: ferry_postgres::apply::ApplyContext {
+            source: req.source.clone(),
+            target: req.target.clone(),
+            store: store.clone(),
+            migration_id: req.migration_id.clone(),
+            filter: req.filter.clone(),
+            tools,
+        },
+        slot: rec.slot_name.clone(),
+        publication: rec.publication_name.clone(),
+        max_batch: opts.max_batch,
+        max_delay: std::time::Duration::from_millis(500),
+        skip_dead_letters: opts.skip_dead_letters,
+    };
+    let result = cdc::run(opts, stop, progress.clone()).await;
+    logger.abort();
+    result?;
+    let applied = Lsn(progress.applied_lsn.load(Ordering::Relaxed));
+    store
+        .event(
+            &target,
+            &req.migration_id,
+            Phase::Cdc,
+            "stopped",
+            &format!("stopped at a checkpoint: applied up to {applied}"),
+        )
+        .await?;
+    eprintln!("ferry: stopped at a checkpoint (changes applied up to {applied}); run the same command to resume");
+    Ok(())
 }
 
 /// The summary as a table for humans.

@@ -179,6 +179,16 @@ pub async fn dump_pre_data(
     Ok(strip_restrict(&String::from_utf8_lossy(&out)))
 }
 
+/// One table's full definition (table, sequences it owns, indexes, constraints, triggers) as
+/// SQL, from the source's current catalog: for tables created on the source mid-stream.
+pub async fn dump_table(tools: &PgTools, ep: &Endpoint, table: &TableName) -> Result<String, SchemaError> {
+    let mut cmd = tools.command(&tools.pg_dump, ep);
+    common_args(&mut cmd, None, &[]);
+    cmd.arg(format!("--table={}", table.quoted()));
+    let out = run(cmd, "pg_dump (new table)").await?;
+    Ok(strip_restrict(&String::from_utf8_lossy(&out)))
+}
+
 /// The post-data DDL that Ferry does not build itself, as SQL text: pg_dump's post-data archive
 /// minus the INDEX, CONSTRAINT and FK CONSTRAINT entries whose catalog OIDs are in `handled`,
 /// and minus every INDEX ATTACH entry (Ferry attaches partition indexes itself).

@@ -172,7 +172,16 @@ async fn non_empty_target_table() {
     let kept: i32 = tgt.query_one("SELECT id FROM public.products", &[]).await.unwrap().get(0);
     assert_eq!(kept, 42, "the target's data must be untouched");
     // Told to, Ferry replaces it.
-    let run = ferry(&["migrate", "--source", &dbs.source, "--target", &dbs.target, "--overwrite"]);
+    let run = ferry(&[
+        "migrate",
+        "--source",
+        &dbs.source,
+        "--target",
+        &dbs.target,
+        "--overwrite",
+        "--stop-after",
+        "full-load",
+    ]);
     assert_eq!(run.code, 0, "{}", run.all());
     crate::harness::assert_identical(&dbs.source, &dbs.target).await;
     dbs.drop().await;

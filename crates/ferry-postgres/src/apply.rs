@@ -1,0 +1,527 @@
+//! The change applier: pgoutput messages in, target transactions out, exactly once.
+//!
+//! Contract:
+//! - Changes apply in source commit order. Several source transactions may share one target
+//!   transaction (a batch); a source transaction is never split across two.
+//! - Each batch commits `ferry.migrations.applied_lsn` (the last source commit's end LSN) in the
+//!   same target transaction as its changes. After any crash, streaming restarts from the
+//!   committed `applied_lsn`, and any transaction at or before it is skipped: exactly once.
+//! - A table copied from a later snapshot (a resumed full load) ignores changes that committed
+//!   before its `snapshot_lsn`: they are in its rows already.
+//! - Rows are matched by replica identity: the key, or under REPLICA IDENTITY FULL the whole old
+//!   row (one row, by ctid, so duplicate rows stay duplicates). An update or delete that finds
+//!   no row, and any change the target rejects, is a dead letter: recorded, never silent.
+//! - An unchanged TOASTed column is left out of the UPDATE, so the target keeps its value.
+//! - Triggers and foreign-key checks do not fire (`session_replication_role = replica`), as in
+//!   PostgreSQL's own apply: the source already ran them.
+//!
+//! Statements are prepared once per relation and shape, take every value as text and cast it to
+//! the column's type (the text forms pgoutput sends are the types' input forms), and are sent
+//! pipelined, up to 30 at a time, in order.
+
+mod relation;
+mod sql;
+
+use std::collections::{HashMap, HashSet};
+use std::time::Instant;
+
+use ferry_core::ident::quote_literal;
+use ferry_core::{ErrorClass, Lsn, TableFilter, TableName};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, Statement};
+
+use crate::endpoint::Endpoint;
+use crate::error::PgError;
+use crate::pgoutput::{Message, Value};
+use crate::schema::PgTools;
+use crate::state::StateStore;
+
+pub use relation::Rel;
+
+/// Where the applier stands and what it may do.
+#[derive(Debug, Clone)]
+pub struct ApplyContext {
+    /// Source (catalog look-ups, new tables).
+    pub source: Endpoint,
+    /// Target.
+    pub target: Endpoint,
+    /// State store.
+    pub store: StateStore,
+    /// Migration id.
+    pub migration_id: String,
+    /// Which tables belong to the migration (new tables are created when they match).
+    pub filter: TableFilter,
+    /// pg_dump, for tables created on the source mid-stream.
+    pub tools: PgTools,
+}
+
+/// A change the target rejected (or that found no row), described for `ferry.dead_letters`.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    /// Source commit LSN of its transaction.
+    pub commit_lsn: Lsn,
+    /// Position of the change within its transaction (1-based).
+    pub change_index: u32,
+    /// Table.
+    pub table: TableName,
+    /// insert, update, delete, truncate.
+    pub operation: &'static str,
+    /// Key values.
+    pub key: String,
+    /// Column values (long values shortened).
+    pub payload: String,
+    /// Why it failed.
+    pub error: String,
+}
+
+/// Why applying stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// A database or protocol failure; its class says whether to retry.
+    #[error(transparent)]
+    Db(#[from] PgError),
+    /// The target rejected a change.
+    #[error("the target rejected a change to {} ({}, commit {}, change {}): {}", .0.table, .0.operation, .0.commit_lsn, .0.change_index, .0.error)]
+    Rejected(Box<DeadLetter>),
+}
+
+struct Pending {
+    stmt: Statement,
+    params: Vec<Option<String>>,
+    /// 0 rows affected is an error for updates and deletes.
+    must_hit: bool,
+    letter: DeadLetter,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Txn {
+    commit_lsn: Lsn,
+    changes: u32,
+    skip: bool,
+}
+
+/// Counts of applied work, for status and metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Source transactions.
+    pub txns: u64,
+    /// Inserts.
+    pub inserts: u64,
+    /// Updates.
+    pub updates: u64,
+    /// Deletes.
+    pub deletes: u64,
+    /// Truncates.
+    pub truncates: u64,
+}
+
+/// Applies a pgoutput stream to the target.
+pub struct Applier {
+    ctx: ApplyContext,
+    tgt: Client,
+    src: Client,
+    rels: HashMap<u32, Rel>,
+    stmts: HashMap<String, Statement>,
+    snapshots: HashMap<TableName, Lsn>,
+    durable: Lsn,
+    batch_open: bool,
+    batch_started: Instant,
+    batch_end: Lsn,
+    batch_commit_time: i64,
+    batch_changes: usize,
+    batch_counts: Counts,
+    totals: Counts,
+    pending: Vec<Pending>,
+    txn: Option<Txn>,
+    skip: HashSet<(Lsn, u32)>,
+}
+
+impl std::fmt::Debug for Applier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Applier").field("durable", &self.durable).finish()
+    }
+}
+
+const PIPELINE: usize = 30;
+const PG_EPOCH_UNIX_SECS: f64 = 946_684_800.0;
+
+impl Applier {
+    /// Connects, reads the durable position and per-table snapshot positions, and prepares the
+    /// target session. `skip` lists dead letters (commit LSN, change index) to step over.
+    pub async fn new(ctx: ApplyContext, skip: HashSet<(Lsn, u32)>) -> Result<Self, PgError> {
+        let src = ctx.source.connect("cdc-catalog").await?;
+        let tgt = ctx.target.connect("apply").await?;
+        // Values arrive in the source's text forms: read them in the same time zone and styles.
+        let r = src
+            .query_one(
+                "SELECT current_setting('TimeZone'), current_setting('DateStyle'), current_setting('IntervalStyle')",
+                &[],
+            )
+            .await
+            .map_err(|e| PgError::query("reading the source's date and time settings", e))?;
+        let (tz, ds, is): (String, String, String) = (r.get(0), r.get(1), r.get(2));
+        src.batch_execute("SET search_path = ''")
+            .await
+            .map_err(|e| PgError::query("preparing the catalog connection", e))?;
+        tgt.batch_execute(&format!(
+            "SET TimeZone = {}; SET DateStyle = {}; SET IntervalStyle = {}; SET search_path = ''; SET statement_timeout = 0",
+            quote_literal(&tz),
+            quote_literal(&ds),
+            quote_literal(&is)
+        ))
+        .await
+        .map_err(|e| PgError::query("preparing the apply session on the target", e))?;
+        tgt.batch_execute("SET session_replication_role = replica").await.map_err(|e| {
+            PgError::query("disabling triggers for the apply session (session_replication_role = replica)", e)
+                .with_fix("connect to the target as a superuser (or a role allowed to set session_replication_role)")
+        })?;
+        let q = ctx.store.quoted().to_string();
+        let row = tgt
+            .query_one(
+                &format!("SELECT COALESCE(applied_lsn, consistent_lsn)::text FROM {q}.migrations WHERE id = $1"),
+                &[&ctx.migration_id],
+            )
+            .await
+            .map_err(|e| PgError::query("reading the applied position", e))?;
+        let durable: Lsn = row
+            .get::<_, Option<String>>(0)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| PgError::config("change capture", "the migration has no slot position", "run the full load first"))?;
+        let mut snapshots = HashMap::new();
+        for r in tgt
+            .query(
+                &format!("SELECT schema_name, table_name, snapshot_lsn::text FROM {q}.tables WHERE migration_id = $1"),
+                &[&ctx.migration_id],
+            )
+            .await
+            .map_err(|e| PgError::query("reading per-table snapshot positions", e))?
+        {
+            let lsn = r.get::<_, Option<String>>(2).and_then(|s| s.parse().ok()).unwrap_or_default();
+            snapshots.insert(TableName::new(r.get::<_, String>(0), r.get::<_, String>(1)), lsn);
+        }
+        Ok(Self {
+            ctx,
+            tgt,
+            src,
+            rels: HashMap::new(),
+            stmts: HashMap::new(),
+            snapshots,
+            durable,
+            batch_open: false,
+            batch_started: Instant::now(),
+            batch_end: durable,
+            batch_commit_time: 0,
+            batch_changes: 0,
+            batch_counts: Counts::default(),
+            totals: Counts::default(),
+            pending: Vec::new(),
+            txn: None,
+            skip,
+        })
+    }
+
+    /// The position durably applied on the target.
+    pub fn durable(&self) -> Lsn {
+        self.durable
+    }
+
+    /// Work applied by this applier since it started.
+    pub fn totals(&self) -> Counts {
+        self.totals
+    }
+
+    /// True between source transactions.
+    pub fn at_boundary(&self) -> bool {
+        self.txn.is_none()
+    }
+
+    /// True when a target transaction holds uncommitted work.
+    pub fn batch_open(&self) -> bool {
+        self.batch_open
+    }
+
+    /// Changes in the open batch.
+    pub fn batch_len(&self) -> usize {
+        self.batch_changes
+    }
+
+    /// When the open batch started.
+    pub fn batch_age(&self) -> std::time::Duration {
+        self.batch_started.elapsed()
+    }
+
+    async fn begin_batch(&mut self) -> Result<(), PgError> {
+        if !self.batch_open {
+            self.tgt
+                .batch_execute("BEGIN")
+                .await
+                .map_err(|e| PgError::query("starting an apply transaction", e))?;
+            self.batch_open = true;
+            self.batch_started = Instant::now();
+            self.batch_changes = 0;
+            self.batch_counts = Counts::default();
+        }
+        Ok(())
+    }
+
+    /// Applies one message.
+    pub async fn handle(&mut self, msg: Message) -> Result<(), ApplyError> {
+        match msg {
+            Message::Begin { final_lsn, .. } => {
+                // Anything that committed before the durable position is on the target already.
+                let skip = final_lsn < self.durable;
+                self.txn = Some(Txn {
+                    commit_lsn: final_lsn,
+                    changes: 0,
+                    skip,
+                });
+                if !skip {
+                    self.begin_batch().await?;
+                }
+            }
+            Message::Commit { end_lsn, commit_time, .. } => {
+                let txn = self.txn.take();
+                if txn.is_some_and(|t| !t.skip) {
+                    self.batch_end = end_lsn;
+                    self.batch_commit_time = commit_time;
+                    self.batch_counts.txns += 1;
+                }
+            }
+            Message::Relation(r) => self.relation(r).await?,
+            Message::Insert { relation, new } => {
+                if let Some((rel, txn)) = self.target_of(relation)? {
+                    let p = relation::insert(self, &rel, txn, new).await?;
+                    self.push(p, |c| c.inserts += 1).await?;
+                }
+            }
+            Message::Update { relation, old, new, .. } => {
+                if let Some((rel, txn)) = self.target_of(relation)? {
+                    let p = relation::update(self, &rel, txn, old, new).await?;
+                    self.push(p, |c| c.updates += 1).await?;
+                }
+            }
+            Message::Delete { relation, old, .. } => {
+                if let Some((rel, txn)) = self.target_of(relation)? {
+                    let p = relation::delete(self, &rel, txn, old).await?;
+                    self.push(p, |c| c.deletes += 1).await?;
+                }
+            }
+            Message::Truncate {
+                cascade,
+                restart_identity,
+                relations,
+            } => self.truncate(cascade, restart_identity, &relations).await?,
+            Message::Origin { .. } | Message::Type { .. } | Message::LogicalMessage { .. } => {}
+        }
+        Ok(())
+    }
+
+    /// The relation and transaction a row change applies to, or None when it is skipped (an
+    /// already-applied transaction, a table outside the migration, a change its table's
+    /// snapshot already holds, or a dead letter being stepped over).
+    fn target_of(&mut self, relation: u32) -> Result<Option<(Rel, Txn)>, PgError> {
+        let Some(txn) = self.txn.as_mut() else {
+            return Err(PgError::config(
+                "change capture",
+                "a row change arrived outside a transaction",
+                "report this as a bug",
+            ));
+        };
+        if txn.skip {
+            return Ok(None);
+        }
+        txn.changes += 1;
+        let txn = *txn;
+        let rel = self.rels.get(&relation).cloned().ok_or_else(|| {
+            PgError::config(
+                "change capture",
+                format!("a change arrived for relation {relation} before its description"),
+                "report this as a bug",
+            )
+        })?;
+        if !rel.in_scope || txn.commit_lsn < rel.snapshot_lsn || self.skip.contains(&(txn.commit_lsn, txn.changes)) {
+            return Ok(None);
+        }
+        Ok(Some((rel, txn)))
+    }
+
+    async fn push(&mut self, p: Pending, count: impl FnOnce(&mut Counts)) -> Result<(), ApplyError> {
+        count(&mut self.batch_counts);
+        self.batch_changes += 1;
+        self.pending.push(p);
+        if self.pending.len() >= PIPELINE {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Sends the queued statements, pipelined in order, and checks each result.
+    async fn flush(&mut self) -> Result<(), ApplyError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let pending = std::mem::take(&mut self.pending);
+        let tgt = &self.tgt;
+        let results = {
+            let futs = pending.iter().map(|p| async move {
+                let refs: Vec<&(dyn ToSql + Sync)> = p.params.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
+                tgt.execute(&p.stmt, &refs).await
+            });
+            // join_all polls up to 30 futures in order, so the requests leave in order.
+            futures_util::future::join_all(futs).await
+        };
+        for (p, r) in pending.into_iter().zip(results) {
+            match r {
+                Ok(0) if p.must_hit => {
+                    let mut letter = p.letter;
+                    letter.error = format!("the row to {} was not found on the target", letter.operation);
+                    return Err(ApplyError::Rejected(Box::new(letter)));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    let err = PgError::query("applying a change", e);
+                    if err.class == ErrorClass::Transient || err.code.is_none() {
+                        return Err(err.into());
+                    }
+                    let mut letter = p.letter;
+                    letter.error = format!("{} (SQLSTATE {})", err.reason, err.code.unwrap_or_default());
+                    return Err(ApplyError::Rejected(Box::new(letter)));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn truncate(&mut self, cascade: bool, restart: bool, relations: &[u32]) -> Result<(), ApplyError> {
+        let mut names = Vec::new();
+        for id in relations {
+            if let Some((rel, _)) = self.target_of(*id)? {
+                names.push(rel.table.quoted());
+            }
+        }
+        if names.is_empty() {
+            return Ok(());
+        }
+        self.flush().await?;
+        let sql = format!(
+            "TRUNCATE ONLY {}{}{}",
+            names.join(", "),
+            if restart { " RESTART IDENTITY" } else { "" },
+            if cascade { " CASCADE" } else { "" }
+        );
+        self.tgt
+            .batch_execute(&sql)
+            .await
+            .map_err(|e| PgError::query(format!("applying {sql}"), e))?;
+        self.batch_counts.truncates += 1;
+        self.batch_changes += 1;
+        Ok(())
+    }
+
+    /// Commits the open batch with its position. Call only at a transaction boundary.
+    pub async fn commit(&mut self) -> Result<Lsn, ApplyError> {
+        if !self.batch_open {
+            return Ok(self.durable);
+        }
+        self.flush().await?;
+        let q = self.ctx.store.quoted().to_string();
+        let c = self.batch_counts;
+        let commit_time = self.batch_commit_time as f64 / 1e6 + PG_EPOCH_UNIX_SECS;
+        self.tgt
+            .execute(
+                &format!(
+                    "UPDATE {q}.migrations SET applied_lsn = $2::text::pg_lsn, applied_txns = applied_txns + $3,
+                        events_insert = events_insert + $4, events_update = events_update + $5,
+                        events_delete = events_delete + $6, events_truncate = events_truncate + $7,
+                        last_commit_time = CASE WHEN $8::float8 > {PG_EPOCH_UNIX_SECS} THEN to_timestamp($8::float8) ELSE last_commit_time END,
+                        applied_at = now(), updated_at = now()
+                     WHERE id = $1"
+                ),
+                &[
+                    &self.ctx.migration_id,
+                    &self.batch_end.to_string(),
+                    &(c.txns as i64),
+                    &(c.inserts as i64),
+                    &(c.updates as i64),
+                    &(c.deletes as i64),
+                    &(c.truncates as i64),
+                    &commit_time,
+                ],
+            )
+            .await
+            .map_err(|e| PgError::query("recording the applied position", e))?;
+        self.tgt
+            .batch_execute("COMMIT")
+            .await
+            .map_err(|e| PgError::query("committing applied changes", e))?;
+        self.batch_open = false;
+        self.durable = self.durable.max(self.batch_end);
+        self.totals.txns += c.txns;
+        self.totals.inserts += c.inserts;
+        self.totals.updates += c.updates;
+        self.totals.deletes += c.deletes;
+        self.totals.truncates += c.truncates;
+        Ok(self.durable)
+    }
+
+    /// Abandons the open batch (after an error, or when stopping inside a transaction).
+    pub async fn rollback(&mut self) {
+        self.pending.clear();
+        if self.batch_open {
+            let _ = self.tgt.batch_execute("ROLLBACK").await;
+            self.batch_open = false;
+        }
+        self.txn = None;
+    }
+
+    /// Records a dead letter in its own transaction (idempotent across replays).
+    pub async fn record_dead_letter(&self, d: &DeadLetter, skipped: bool) -> Result<(), PgError> {
+        let q = self.ctx.store.quoted();
+        self.tgt
+            .execute(
+                &format!(
+                    "INSERT INTO {q}.dead_letters (migration_id, commit_lsn, change_index, table_name, operation, key, payload, error, skipped)
+                     VALUES ($1, $2::text::pg_lsn, $3, $4, $5, $6, $7, $8, $9)
+                     ON CONFLICT (migration_id, commit_lsn, change_index) DO UPDATE SET skipped = EXCLUDED.skipped, error = EXCLUDED.error"
+                ),
+                &[
+                    &self.ctx.migration_id,
+                    &d.commit_lsn.to_string(),
+                    &(d.change_index as i32),
+                    &d.table.to_string(),
+                    &d.operation,
+                    &d.key,
+                    &d.payload,
+                    &d.error,
+                    &skipped,
+                ],
+            )
+            .await
+            .map(|_| ())
+            .map_err(|e| PgError::query("recording a dead letter", e))
+    }
+}
+
+/// Text of a value for statements: None for NULL. Unchanged values never get here.
+fn text(v: &Value) -> Option<String> {
+    match v {
+        Value::Null | Value::Unchanged => None,
+        Value::Text(b) | Value::Binary(b) => Some(String::from_utf8_lossy(b).into_owned()),
+    }
+}
+
+/// Short description of values for dead letters: `col=value` with long values cut.
+fn describe(names: &[String], values: &[Option<String>]) -> String {
+    names
+        .iter()
+        .zip(values)
+        .map(|(n, v)| match v {
+            None => format!("{n}=NULL"),
+            Some(s) if s.chars().count() > 200 => {
+                format!("{n}={}...({} chars)", s.chars().take(200).collect::<String>(), s.chars().count())
+            }
+            Some(s) => format!("{n}={s}"),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}

@@ -1,0 +1,395 @@
+//! Relations: what a table looks like on both sides, schema changes seen in the stream, tables
+//! created mid-stream, and building the statements for one row change.
+
+use ferry_core::ident::quote_ident;
+use ferry_core::{ErrorClass, Lsn, TableName, TableState};
+use tokio_postgres::types::Type;
+use tokio_postgres::Statement;
+
+use super::{describe, sql, text, Applier, ApplyError, DeadLetter, Pending, Txn};
+use crate::error::PgError;
+use crate::pgoutput::{Relation, Value};
+
+/// A column as the applier uses it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelColumn {
+    /// Name.
+    pub name: String,
+    /// Type as SQL (`integer`, `numeric(10,2)`, `public.mood`).
+    pub type_sql: String,
+    /// Part of the replica identity key.
+    pub key: bool,
+    /// Compared as text under REPLICA IDENTITY FULL (no equality operator for the type).
+    pub text_compare: bool,
+}
+
+/// A relation of the stream, resolved against the target.
+#[derive(Debug, Clone)]
+pub struct Rel {
+    /// Source OID.
+    pub id: u32,
+    /// Table.
+    pub table: TableName,
+    /// Columns in stream order.
+    pub columns: Vec<RelColumn>,
+    /// REPLICA IDENTITY FULL: rows are found by all their columns.
+    pub full: bool,
+    /// Whether the table is part of the migration.
+    pub in_scope: bool,
+    /// Changes committed before this are in the table's copied rows.
+    pub snapshot_lsn: Lsn,
+}
+
+impl Rel {
+    /// Key columns, in order.
+    pub fn key_columns(&self) -> impl Iterator<Item = &RelColumn> {
+        self.columns.iter().filter(|c| c.key)
+    }
+}
+
+fn schema_error(table: &TableName, what: String) -> PgError {
+    PgError {
+        context: format!("schema change on the source table {table}"),
+        reason: what,
+        fix: Some(format!(
+            "Ferry applies additive changes (new columns, new tables) by itself; make the same change to {table} on the target by hand, then rerun ferry migrate"
+        )),
+        class: ErrorClass::Definite,
+        code: None,
+    }
+}
+
+impl Applier {
+    /// Resolves a relation message: scope, types, and any schema change since the last one.
+    pub(super) async fn relation(&mut self, r: Relation) -> Result<(), ApplyError> {
+        let table = TableName::new(r.namespace.clone(), r.name.clone());
+        let q = self.ctx.store.quoted().to_string();
+        let mut in_scope = self.snapshots.contains_key(&table);
+        if !in_scope && table.schema != self.ctx.store.schema() {
+            in_scope = self.new_table(&r, &table).await?;
+        }
+        if !in_scope {
+            self.rels.insert(
+                r.id,
+                Rel {
+                    id: r.id,
+                    table,
+                    columns: vec![],
+                    full: false,
+                    in_scope: false,
+                    snapshot_lsn: Lsn(0),
+                },
+            );
+            return Ok(());
+        }
+        let oids: Vec<u32> = r.columns.iter().map(|c| c.type_oid).collect();
+        let mods: Vec<i32> = r.columns.iter().map(|c| c.type_mod).collect();
+        let types: Vec<String> = self
+            .src
+            .query(
+                "SELECT format_type(t, m) FROM unnest($1::oid[], $2::int4[]) WITH ORDINALITY AS u(t, m, i) ORDER BY i",
+                &[&oids, &mods],
+            )
+            .await
+            .map_err(|e| PgError::query("reading column types on the source", e))?
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        let target_cols: Vec<(String, String)> = self
+            .tgt
+            .query(
+                "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a
+                 WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '' ORDER BY a.attnum",
+                &[&table.quoted()],
+            )
+            .await
+            .map_err(|e| PgError::query(format!("reading the columns of {table} on the target"), e))?
+            .iter()
+            .map(|row| (row.get(0), row.get(1)))
+            .collect();
+        if target_cols.is_empty() {
+            return Err(schema_error(&table, "the table does not exist on the target".into()).into());
+        }
+        // Columns the target lacks are additions; anything else that differs stops the stream.
+        let mut added = Vec::new();
+        for (c, ty) in r.columns.iter().zip(&types) {
+            match target_cols.iter().find(|(n, _)| n == &c.name) {
+                Some((_, tty)) if tty == ty => {}
+                Some((_, tty)) => {
+                    return Err(schema_error(&table, format!("column {} is {ty} on the source but {tty} on the target", c.name)).into());
+                }
+                None => added.push((c.name.clone(), ty.clone())),
+            }
+        }
+        for (n, _) in &target_cols {
+            if !r.columns.iter().any(|c| &c.name == n) {
+                return Err(schema_error(
+                    &table,
+                    format!("column {n} exists on the target but is no longer sent by the source (dropped or renamed there)"),
+                )
+                .into());
+            }
+        }
+        for (name, ty) in added {
+            let row = self
+                .src
+                .query_opt(
+                    "SELECT pg_get_expr(d.adbin, d.adrelid), a.attnotnull FROM pg_attribute a
+                     LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+                     WHERE a.attrelid = $1 AND a.attname = $2 AND NOT a.attisdropped",
+                    &[&r.id, &name],
+                )
+                .await
+                .map_err(|e| PgError::query("reading a new column's definition on the source", e))?;
+            let (default, not_null): (Option<String>, bool) = row.map(|row| (row.get(0), row.get(1))).unwrap_or((None, false));
+            let ddl = format!(
+                "ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} {ty}{}{}",
+                table.quoted(),
+                quote_ident(&name),
+                default.as_ref().map(|d| format!(" DEFAULT {d}")).unwrap_or_default(),
+                if not_null { " NOT NULL" } else { "" }
+            );
+            self.tgt
+                .batch_execute(&ddl)
+                .await
+                .map_err(|e| PgError::query(format!("adding column {name} to {table} on the target ({ddl})"), e))?;
+            let note = format!("column {name} {ty} added to {table} on the target, as on the source");
+            tracing::info!(table = %table, column = %name, "{note}");
+            self.tgt
+                .execute(
+                    &format!("INSERT INTO {q}.events (migration_id, phase, kind, message) VALUES ($1, 'cdc', 'schema_change', $2)"),
+                    &[&self.ctx.migration_id, &note],
+                )
+                .await
+                .map_err(|e| PgError::query("logging a schema change", e))?;
+        }
+        let full = r.replica_identity == b'f';
+        let columns = r
+            .columns
+            .iter()
+            .zip(types)
+            .map(|(c, ty)| {
+                let base = ty.trim_end_matches("[]");
+                RelColumn {
+                    name: c.name.clone(),
+                    text_compare: matches!(
+                        base,
+                        "json" | "xml" | "point" | "line" | "lseg" | "box" | "path" | "polygon" | "circle"
+                    ),
+                    type_sql: ty,
+                    key: c.key || full,
+                }
+            })
+            .collect();
+        let snapshot_lsn = self.snapshots.get(&table).copied().unwrap_or_default();
+        let prefix = format!("{}:", r.id);
+        self.stmts.retain(|k, _| !k.starts_with(&prefix));
+        self.rels.insert(
+            r.id,
+            Rel {
+                id: r.id,
+                table,
+                columns,
+                full,
+                in_scope: true,
+                snapshot_lsn,
+            },
+        );
+        Ok(())
+    }
+
+    /// A table the full load did not copy: created on the source after the snapshot. When the
+    /// migration's filter selects it (its partition root's name, for partitions), create it on
+    /// the target (pg_dump of its definition, indexes and constraints included) and stream it
+    /// from its first change: every row it has arrived after the slot's consistent point.
+    async fn new_table(&mut self, r: &Relation, table: &TableName) -> Result<bool, ApplyError> {
+        let root: Option<(String, String)> = self
+            .src
+            .query_opt(
+                "SELECT n.nspname::text, c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = pg_partition_root($1::oid)",
+                &[&r.id],
+            )
+            .await
+            .map_err(|e| PgError::query("looking up a new table on the source", e))?
+            .map(|row| (row.get(0), row.get(1)));
+        let filter_name = root.map(|(s, n)| TableName::new(s, n)).unwrap_or_else(|| table.clone());
+        if !self.ctx.filter.matches(&filter_name) {
+            return Ok(false);
+        }
+        let exists: bool = self
+            .tgt
+            .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table.quoted()])
+            .await
+            .map_err(|e| PgError::query("looking for a new table on the target", e))?
+            .get(0);
+        if !exists {
+            let ddl = crate::schema::dump_table(&self.ctx.tools, &self.ctx.source, table)
+                .await
+                .map_err(|e| {
+                    PgError::config(
+                        format!("creating the new source table {table} on the target"),
+                        e.to_string(),
+                        "create it on the target by hand, then rerun",
+                    )
+                })?;
+            let c = self.ctx.target.connect("ddl").await?;
+            c.batch_execute(&format!("BEGIN;\n{ddl}\n;COMMIT;"))
+                .await
+                .map_err(|e| PgError::query(format!("creating the new source table {table} on the target"), e))?;
+            tracing::info!(table = %table, "table created on the source mid-stream: created on the target, streaming its rows");
+        }
+        let q = self.ctx.store.quoted().to_string();
+        self.tgt
+            .execute(
+                &format!(
+                    "INSERT INTO {q}.tables (migration_id, schema_name, table_name, state, snapshot_lsn, rows_copied)
+                     VALUES ($1, $2, $3, $4, '0/0', 0) ON CONFLICT DO NOTHING"
+                ),
+                &[&self.ctx.migration_id, &table.schema, &table.name, &TableState::Copied.as_str()],
+            )
+            .await
+            .map_err(|e| PgError::query("recording a new table", e))?;
+        self.tgt
+            .execute(
+                &format!("INSERT INTO {q}.events (migration_id, phase, kind, message) VALUES ($1, 'cdc', 'schema_change', $2)"),
+                &[
+                    &self.ctx.migration_id,
+                    &format!("new table {table} created on the source; created on the target and streamed"),
+                ],
+            )
+            .await
+            .map_err(|e| PgError::query("logging a new table", e))?;
+        self.snapshots.insert(table.clone(), Lsn(0));
+        Ok(true)
+    }
+
+    async fn statement(&mut self, key: String, sql: impl FnOnce() -> String, params: usize) -> Result<Statement, PgError> {
+        if let Some(s) = self.stmts.get(&key) {
+            return Ok(s.clone());
+        }
+        let text = sql();
+        let stmt = self
+            .tgt
+            .prepare_typed(&text, &vec![Type::TEXT; params])
+            .await
+            .map_err(|e| PgError::query(format!("preparing {text}"), e))?;
+        self.stmts.insert(key, stmt.clone());
+        Ok(stmt)
+    }
+}
+
+fn shape_error(rel: &Rel, n: usize) -> ApplyError {
+    ApplyError::Db(PgError::config(
+        format!("applying a change to {}", rel.table),
+        format!("the change has {n} columns but the relation has {}", rel.columns.len()),
+        "report this as a bug",
+    ))
+}
+
+fn letter(rel: &Rel, txn: Txn, op: &'static str, key: String, payload: String) -> DeadLetter {
+    DeadLetter {
+        commit_lsn: txn.commit_lsn,
+        change_index: txn.changes,
+        table: rel.table.clone(),
+        operation: op,
+        key,
+        payload,
+        error: String::new(),
+    }
+}
+
+fn names(rel: &Rel) -> Vec<String> {
+    rel.columns.iter().map(|c| c.name.clone()).collect()
+}
+
+fn key_values(rel: &Rel, tuple: &[Value]) -> Vec<Option<String>> {
+    rel.columns.iter().zip(tuple).filter(|(c, _)| c.key).map(|(_, v)| text(v)).collect()
+}
+
+fn key_names(rel: &Rel) -> Vec<String> {
+    rel.key_columns().map(|c| c.name.clone()).collect()
+}
+
+pub(super) async fn insert(app: &mut Applier, rel: &Rel, txn: Txn, new: Vec<Value>) -> Result<Pending, ApplyError> {
+    if new.len() != rel.columns.len() {
+        return Err(shape_error(rel, new.len()));
+    }
+    let params: Vec<Option<String>> = new.iter().map(text).collect();
+    let stmt = app.statement(format!("{}:I", rel.id), || sql::insert(rel), params.len()).await?;
+    let key = describe(&key_names(rel), &key_values(rel, &new));
+    Ok(Pending {
+        stmt,
+        must_hit: false,
+        letter: letter(rel, txn, "insert", key, describe(&names(rel), &params)),
+        params,
+    })
+}
+
+pub(super) async fn update(
+    app: &mut Applier,
+    rel: &Rel,
+    txn: Txn,
+    old: Option<Vec<Value>>,
+    new: Vec<Value>,
+) -> Result<Pending, ApplyError> {
+    if new.len() != rel.columns.len() || old.as_ref().is_some_and(|o| o.len() != rel.columns.len()) {
+        return Err(shape_error(rel, new.len()));
+    }
+    if rel.full && old.is_none() {
+        return Err(ApplyError::Db(PgError::config(
+            format!("applying an update to {}", rel.table),
+            "REPLICA IDENTITY FULL but no old row was sent",
+            "report this as a bug",
+        )));
+    }
+    // Set only what may have changed: never an unchanged TOASTed value (the target keeps its
+    // own), never the key when the source says it did not change (identity columns GENERATED
+    // ALWAYS refuse any update), and under REPLICA IDENTITY FULL only columns that differ.
+    let mask: Vec<bool> = new
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let unchanged_toast = matches!(v, Value::Unchanged);
+            let same_key = rel.columns[i].key && !rel.full && old.is_none();
+            let same_value = rel.full && old.as_ref().is_some_and(|o| o[i] == *v);
+            !(unchanged_toast || same_key || same_value)
+        })
+        .collect();
+    let key_source = old.as_deref().unwrap_or(&new);
+    let keys = key_values(rel, key_source);
+    let mut params: Vec<Option<String>> = new.iter().zip(&mask).filter(|(_, m)| **m).map(|(v, _)| text(v)).collect();
+    let payload = describe(
+        &rel.columns
+            .iter()
+            .zip(&mask)
+            .filter(|(_, m)| **m)
+            .map(|(c, _)| c.name.clone())
+            .collect::<Vec<_>>(),
+        &params,
+    );
+    params.extend(keys.iter().cloned());
+    let mask_key: String = mask.iter().map(|m| if *m { '1' } else { '0' }).collect();
+    let stmt = app
+        .statement(format!("{}:U:{mask_key}", rel.id), || sql::update(rel, &mask), params.len())
+        .await?;
+    Ok(Pending {
+        stmt,
+        must_hit: true,
+        letter: letter(rel, txn, "update", describe(&key_names(rel), &keys), payload),
+        params,
+    })
+}
+
+pub(super) async fn delete(app: &mut Applier, rel: &Rel, txn: Txn, old: Vec<Value>) -> Result<Pending, ApplyError> {
+    if old.len() != rel.columns.len() {
+        return Err(shape_error(rel, old.len()));
+    }
+    let keys = key_values(rel, &old);
+    let stmt = app.statement(format!("{}:D", rel.id), || sql::delete(rel), keys.len()).await?;
+    Ok(Pending {
+        stmt,
+        must_hit: true,
+        letter: letter(rel, txn, "delete", describe(&key_names(rel), &keys), String::new()),
+        params: keys,
+    })
+}

@@ -1,0 +1,225 @@
+//! Change data capture: stream the slot, apply, confirm; reconnect and resume on failures.
+//!
+//! ```text
+//! slot ──START_REPLICATION──> reader task ──bounded channel──> decode ──> Applier ──> target
+//!   ^                                                                       │ commit batch
+//!   └────────────── standby status: flush = durably applied LSN <───────────┘ (+ applied_lsn)
+//! ```
+//! A batch commits at a transaction boundary when the stream has nothing more ready, or it holds
+//! `max_batch` changes, or it is older than `max_delay`. Transient failures (either server
+//! restarting, a cut connection) end the session; the next one starts again from the durable
+//! position after a backoff. A dead letter stops the stream (default) or, with
+//! `skip_dead_letters`, is recorded and stepped over.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ferry_core::{ErrorClass, Lsn};
+use tokio::sync::watch;
+
+use crate::apply::{Applier, ApplyContext, ApplyError};
+use crate::error::PgError;
+use crate::pgoutput;
+use crate::replication::ReplicationConnection;
+use crate::stream::StreamEvent;
+
+/// Settings for a CDC run.
+#[derive(Debug, Clone)]
+pub struct CdcOptions {
+    /// Applier context.
+    pub ctx: ApplyContext,
+    /// Slot.
+    pub slot: String,
+    /// Publication.
+    pub publication: String,
+    /// Most changes in one target transaction (a larger source transaction is never split).
+    pub max_batch: usize,
+    /// Longest a batch stays open before it commits at the next boundary.
+    pub max_delay: Duration,
+    /// Record dead letters and continue instead of stopping.
+    pub skip_dead_letters: bool,
+}
+
+/// Live CDC figures, for logs, status and metrics.
+#[derive(Debug, Default)]
+pub struct CdcProgress {
+    /// Durably applied LSN.
+    pub applied_lsn: AtomicU64,
+    /// Latest WAL end the server reported.
+    pub server_wal_end: AtomicU64,
+    /// Transactions applied by this process.
+    pub txns: AtomicU64,
+    /// Row changes applied by this process.
+    pub changes: AtomicU64,
+    /// Sessions started (1 + reconnects).
+    pub sessions: AtomicU64,
+}
+
+enum SessionEnd {
+    Stopped,
+    Failed(PgError),
+    DeadLetter(Box<crate::apply::DeadLetter>),
+}
+
+/// Runs CDC until `stop` turns true (returns Ok at a checkpoint) or a definite error.
+pub async fn run(opts: CdcOptions, mut stop: watch::Receiver<bool>, progress: Arc<CdcProgress>) -> Result<(), PgError> {
+    let mut skip: HashSet<(Lsn, u32)> = HashSet::new();
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        progress.sessions.fetch_add(1, Ordering::Relaxed);
+        let started = Instant::now();
+        match session(&opts, &skip, &mut stop, &progress).await {
+            SessionEnd::Stopped => return Ok(()),
+            SessionEnd::DeadLetter(d) => {
+                if opts.skip_dead_letters {
+                    tracing::error!(table = %d.table, operation = d.operation, commit_lsn = %d.commit_lsn, error = %d.error, "dead letter recorded and skipped");
+                    skip.insert((d.commit_lsn, d.change_index));
+                    continue;
+                }
+                return Err(PgError::config(
+                    format!("applying a change to {} ({}, key {}, source commit {})", d.table, d.operation, d.key, d.commit_lsn),
+                    d.error.clone(),
+                    "the change is recorded in the dead_letters table of Ferry's state schema; fix the cause on the target and rerun, or rerun with --skip-dead-letters to record such changes and go on",
+                ));
+            }
+            SessionEnd::Failed(e) if e.class == ErrorClass::Transient => {
+                if started.elapsed() > Duration::from_secs(30) {
+                    backoff = Duration::from_millis(250);
+                }
+                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "change capture interrupted; resuming from the last applied position");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = stop.changed() => return Ok(()),
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+            SessionEnd::Failed(e) => return Err(e),
+        }
+    }
+}
+
+async fn session(opts: &CdcOptions, skip: &HashSet<(Lsn, u32)>, stop: &mut watch::Receiver<bool>, progress: &CdcProgress) -> SessionEnd {
+    let mut applier = match Applier::new(opts.ctx.clone(), skip.clone()).await {
+        Ok(a) => a,
+        Err(e) => return SessionEnd::Failed(e),
+    };
+    let end = stream(opts, &mut applier, stop, progress).await;
+    match end {
+        Ok(()) => SessionEnd::Stopped,
+        Err(ApplyError::Rejected(d)) => {
+            applier.rollback().await;
+            let skipped = opts.skip_dead_letters;
+            if let Err(e) = applier.record_dead_letter(&d, skipped).await {
+                return SessionEnd::Failed(e);
+            }
+            SessionEnd::DeadLetter(d)
+        }
+        Err(ApplyError::Db(e)) => {
+            applier.rollback().await;
+            SessionEnd::Failed(e)
+        }
+    }
+}
+
+async fn stream(
+    opts: &CdcOptions,
+    applier: &mut Applier,
+    stop: &mut watch::Receiver<bool>,
+    progress: &CdcProgress,
+) -> Result<(), ApplyError> {
+    let start = applier.durable();
+    progress.applied_lsn.store(start.0, Ordering::Relaxed);
+    let conn = ReplicationConnection::connect(&opts.ctx.source).await?;
+    let (mut rx, mut feedback) = conn.start_logical(&opts.slot, start, &opts.publication, 512).await?;
+    tracing::info!(slot = %opts.slot, from = %start, "streaming changes");
+    let mut last_feedback = Instant::now();
+    let mut confirmed = start;
+    loop {
+        if *stop.borrow() {
+            return finish(applier, &mut feedback, progress).await;
+        }
+        let event = tokio::select! {
+            biased;
+            _ = stop.changed() => continue,
+            e = tokio::time::timeout(Duration::from_millis(100), rx.recv()) => e,
+        };
+        match event {
+            Err(_) => {
+                // Nothing arrived for a while: commit what is complete.
+                if applier.batch_open() && applier.at_boundary() {
+                    let lsn = applier.commit().await?;
+                    confirmed = confirm(&mut feedback, lsn, progress, applier).await?;
+                    last_feedback = Instant::now();
+                }
+            }
+            Ok(None) => return Err(PgError::config("replication stream", "the stream ended", "rerun").into()),
+            Ok(Some(Err(e))) => return Err(e.into()),
+            Ok(Some(Ok(StreamEvent::Data { wal_end, data, .. }))) => {
+                progress.server_wal_end.fetch_max(wal_end.0, Ordering::Relaxed);
+                let msg = pgoutput::decode(&data)
+                    .map_err(|e| PgError::config("decoding the change stream", e.to_string(), "report this as a bug"))?;
+                let is_row = matches!(
+                    msg,
+                    pgoutput::Message::Insert { .. } | pgoutput::Message::Update { .. } | pgoutput::Message::Delete { .. }
+                );
+                applier.handle(msg).await?;
+                if is_row {
+                    progress.changes.fetch_add(1, Ordering::Relaxed);
+                }
+                if applier.batch_open()
+                    && applier.at_boundary()
+                    && (rx.is_empty() || applier.batch_len() >= opts.max_batch || applier.batch_age() >= opts.max_delay)
+                {
+                    let lsn = applier.commit().await?;
+                    confirmed = confirm(&mut feedback, lsn, progress, applier).await?;
+                    last_feedback = Instant::now();
+                }
+            }
+            Ok(Some(Ok(StreamEvent::Keepalive { wal_end, reply }))) => {
+                progress.server_wal_end.fetch_max(wal_end.0, Ordering::Relaxed);
+                // Idle and caught up: everything before wal_end was sent and applied (or was not
+                // for us), so the slot may move on even if no change of ours comes along.
+                let idle = !applier.batch_open() && applier.at_boundary() && rx.is_empty();
+                let position = if idle { confirmed.max(wal_end) } else { confirmed };
+                if reply || position > confirmed || last_feedback.elapsed() > Duration::from_secs(10) {
+                    feedback.send(position, false).await?;
+                    confirmed = position;
+                    last_feedback = Instant::now();
+                }
+            }
+        }
+        if last_feedback.elapsed() > Duration::from_secs(10) {
+            feedback.send(confirmed, false).await?;
+            last_feedback = Instant::now();
+        }
+    }
+}
+
+async fn confirm(
+    feedback: &mut crate::stream::FeedbackSender,
+    lsn: Lsn,
+    progress: &CdcProgress,
+    applier: &Applier,
+) -> Result<Lsn, PgError> {
+    feedback.send(lsn, false).await?;
+    progress.applied_lsn.store(lsn.0, Ordering::Relaxed);
+    progress.txns.store(applier.totals().txns, Ordering::Relaxed);
+    Ok(lsn)
+}
+
+/// Stops at a checkpoint: commits a batch that ends at a boundary, else rolls back the partial
+/// source transaction (it is streamed again next time).
+async fn finish(applier: &mut Applier, feedback: &mut crate::stream::FeedbackSender, progress: &CdcProgress) -> Result<(), ApplyError> {
+    if applier.batch_open() && applier.at_boundary() {
+        applier.commit().await?;
+    } else {
+        applier.rollback().await;
+    }
+    let lsn = applier.durable();
+    let _ = feedback.send(lsn, false).await;
+    progress.applied_lsn.store(lsn.0, Ordering::Relaxed);
+    tracing::info!(applied_lsn = %lsn, "change capture stopped at a checkpoint");
+    Ok(())
+}

@@ -1,0 +1,225 @@
+//! Streaming logical replication: `START_REPLICATION ... LOGICAL` on a replication connection,
+//! XLogData and keepalives in, standby status updates out.
+//!
+//! The connection is split: a reader task turns CopyData frames into [`StreamEvent`]s on a
+//! bounded channel (backpressure: the server waits when the applier is behind), and a
+//! [`FeedbackSender`] writes status updates. Only positions whose changes are durably committed
+//! on the target are ever reported as flushed, so the server keeps every WAL byte Ferry might
+//! still need.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use ferry_core::{ErrorClass, Lsn};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::sync::mpsc;
+
+use crate::error::PgError;
+use crate::replication::{BoxedIo, ReplicationConnection};
+
+/// Microseconds between the Unix epoch and PostgreSQL's epoch (2000-01-01).
+const PG_EPOCH_OFFSET_US: i64 = 946_684_800_000_000;
+
+/// What arrives on the stream.
+#[derive(Debug)]
+pub enum StreamEvent {
+    /// A pgoutput message at `wal_start`.
+    Data {
+        /// Start of the WAL record this message comes from (0 for some messages).
+        wal_start: Lsn,
+        /// Server's WAL end when sent.
+        wal_end: Lsn,
+        /// The pgoutput payload.
+        data: Bytes,
+    },
+    /// The server is alive; `reply` asks for a status update now.
+    Keepalive {
+        /// Server's WAL end.
+        wal_end: Lsn,
+        /// Reply requested.
+        reply: bool,
+    },
+}
+
+/// Sends standby status updates.
+pub struct FeedbackSender {
+    io: WriteHalf<BoxedIo>,
+}
+
+impl std::fmt::Debug for FeedbackSender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FeedbackSender")
+    }
+}
+
+impl FeedbackSender {
+    /// Reports `flushed` as written, flushed and applied.
+    pub async fn send(&mut self, flushed: Lsn, reply: bool) -> Result<(), PgError> {
+        let now_us = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros() as i64)
+            .unwrap_or(0)
+            - PG_EPOCH_OFFSET_US;
+        let mut buf = BytesMut::with_capacity(40);
+        buf.put_u8(b'd');
+        buf.put_i32(4 + 1 + 8 * 4 + 1);
+        buf.put_u8(b'r');
+        buf.put_u64(flushed.0);
+        buf.put_u64(flushed.0);
+        buf.put_u64(flushed.0);
+        buf.put_i64(now_us);
+        buf.put_u8(u8::from(reply));
+        self.io
+            .write_all(&buf)
+            .await
+            .map_err(|e| io_error("sending replication feedback", e))?;
+        self.io.flush().await.map_err(|e| io_error("sending replication feedback", e))
+    }
+}
+
+fn io_error(ctx: &str, e: impl std::fmt::Display) -> PgError {
+    PgError {
+        context: ctx.to_string(),
+        reason: e.to_string(),
+        fix: None,
+        class: ErrorClass::Transient,
+        code: None,
+    }
+}
+
+/// Parses an ErrorResponse body into a PgError.
+fn error_body(context: &str, body: &[u8]) -> PgError {
+    let (mut message, mut code, mut detail) = (String::new(), None, None);
+    let mut rest = body;
+    while let Some((&t, tail)) = rest.split_first() {
+        if t == 0 {
+            break;
+        }
+        let end = tail.iter().position(|&b| b == 0).unwrap_or(tail.len());
+        let v = String::from_utf8_lossy(&tail[..end]).into_owned();
+        match t {
+            b'M' => message = v,
+            b'C' => code = Some(v),
+            b'D' => detail = Some(v),
+            _ => {}
+        }
+        rest = tail.get(end + 1..).unwrap_or(&[]);
+    }
+    let class = match code.as_deref().and_then(|c| c.get(..2)) {
+        Some("08") | Some("57") | Some("53") | Some("58") | Some("40") => ErrorClass::Transient,
+        // "replication slot is active for PID": another consumer holds it; it may be a dying one.
+        Some("55") => ErrorClass::Transient,
+        _ => ErrorClass::Definite,
+    };
+    PgError {
+        context: context.to_string(),
+        reason: match detail {
+            Some(d) => format!("{message} ({d})"),
+            None => message,
+        },
+        fix: None,
+        class,
+        code,
+    }
+}
+
+impl ReplicationConnection {
+    /// Starts streaming `slot` from `start` with pgoutput for `publication`; returns the event
+    /// channel (fed by a reader task) and the feedback sender.
+    pub async fn start_logical(
+        self,
+        slot: &str,
+        start: Lsn,
+        publication: &str,
+        buffer: usize,
+    ) -> Result<(mpsc::Receiver<Result<StreamEvent, PgError>>, FeedbackSender), PgError> {
+        let (io, mut read, server) = self.into_parts();
+        let (mut rd, mut wr) = tokio::io::split(io);
+        let pubs = format!("\"{}\"", publication.replace('"', "\"\""));
+        let sql = format!(
+            "START_REPLICATION SLOT {} LOGICAL {start} (proto_version '1', publication_names '{}')",
+            ferry_core::ident::quote_ident(slot),
+            pubs.replace('\'', "''")
+        );
+        let mut out = BytesMut::new();
+        postgres_protocol::message::frontend::query(&sql, &mut out).map_err(|e| io_error("START_REPLICATION", e))?;
+        wr.write_all(&out).await.map_err(|e| io_error("START_REPLICATION", e))?;
+        wr.flush().await.map_err(|e| io_error("START_REPLICATION", e))?;
+        let ctx = format!("starting replication from slot {slot} on {server}");
+        // Wait for CopyBothResponse, or an error.
+        loop {
+            let (tag, body) = read_frame(&mut rd, &mut read).await.map_err(|e| io_error(&ctx, e))?;
+            match tag {
+                b'W' => break,
+                b'E' => return Err(error_body(&ctx, &body)),
+                _ => continue,
+            }
+        }
+        let (tx, rx) = mpsc::channel(buffer.max(1));
+        tokio::spawn(async move {
+            let ctx = format!("replication stream from {server}");
+            loop {
+                let frame = read_frame(&mut rd, &mut read).await;
+                let event = match frame {
+                    Err(e) => Err(io_error(&ctx, e)),
+                    Ok((b'd', mut body)) => match body.first() {
+                        Some(b'w') if body.len() >= 25 => {
+                            body.advance(1);
+                            let wal_start = Lsn(body.get_u64());
+                            let wal_end = Lsn(body.get_u64());
+                            let _time = body.get_i64();
+                            Ok(StreamEvent::Data {
+                                wal_start,
+                                wal_end,
+                                data: body,
+                            })
+                        }
+                        Some(b'k') if body.len() >= 18 => {
+                            body.advance(1);
+                            let wal_end = Lsn(body.get_u64());
+                            let _time = body.get_i64();
+                            Ok(StreamEvent::Keepalive {
+                                wal_end,
+                                reply: body.get_u8() == 1,
+                            })
+                        }
+                        _ => Err(io_error(&ctx, "unexpected CopyData payload")),
+                    },
+                    Ok((b'E', body)) => Err(error_body(&ctx, &body)),
+                    Ok((b'c', _)) => Err(io_error(&ctx, "the server ended the stream (CopyDone)")),
+                    Ok(_) => continue,
+                };
+                let stop = event.is_err();
+                if tx.send(event).await.is_err() || stop {
+                    break;
+                }
+            }
+        });
+        Ok((rx, FeedbackSender { io: wr }))
+    }
+}
+
+/// Reads one backend message: tag and body.
+async fn read_frame(rd: &mut ReadHalf<BoxedIo>, buf: &mut BytesMut) -> std::io::Result<(u8, Bytes)> {
+    loop {
+        if buf.len() >= 5 {
+            let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+            if len < 4 {
+                return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "invalid message length"));
+            }
+            if buf.len() > len {
+                let tag = buf[0];
+                let mut frame = buf.split_to(len + 1);
+                frame.advance(5);
+                return Ok((tag, frame.freeze()));
+            }
+            buf.reserve(len + 1 - buf.len());
+        } else {
+            buf.reserve(8192);
+        }
+        if rd.read_buf(buf).await? == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the server closed the replication connection",
+            ));
+        }
+    }
+}
