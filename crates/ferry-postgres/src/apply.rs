@@ -90,7 +90,40 @@ struct Pending {
     params: Vec<Option<String>>,
     /// 0 rows affected is an error for updates and deletes.
     must_hit: bool,
-    letter: DeadLetter,
+    /// Who to blame if it fails; described only then (formatting every change is costly).
+    blame: Blame,
+}
+
+struct Blame {
+    rel: Rel,
+    txn: Txn,
+    operation: &'static str,
+    /// Index of the first key parameter in `params`, and whether keys follow (updates,
+    /// deletes) or are picked from the row (inserts).
+    keys_from: usize,
+    /// Columns whose values open `params` (the SET list of an update, every column of an insert).
+    names: Vec<String>,
+}
+
+impl Pending {
+    fn letter(&self, error: String) -> DeadLetter {
+        let b = &self.blame;
+        let key_names: Vec<String> = b.rel.key_columns().map(|c| c.name.clone()).collect();
+        let keys: Vec<Option<String>> = if b.operation == "insert" {
+            b.rel.columns.iter().zip(&self.params).filter(|(c, _)| c.key).map(|(_, v)| v.clone()).collect()
+        } else {
+            self.params[b.keys_from..].to_vec()
+        };
+        DeadLetter {
+            commit_lsn: b.txn.commit_lsn,
+            change_index: b.txn.changes,
+            table: b.rel.table.clone(),
+            operation: b.operation,
+            key: describe(&key_names, &keys),
+            payload: describe(&b.names, &self.params[..b.keys_from.min(self.params.len())]),
+            error,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -373,8 +406,7 @@ impl Applier {
         for (p, r) in pending.into_iter().zip(results) {
             match r {
                 Ok(0) if p.must_hit => {
-                    let mut letter = p.letter;
-                    letter.error = format!("the row to {} was not found on the target", letter.operation);
+                    let letter = p.letter(format!("the row to {} was not found on the target", p.blame.operation));
                     return Err(ApplyError::Rejected(Box::new(letter)));
                 }
                 Ok(_) => {}
@@ -383,8 +415,7 @@ impl Applier {
                     if err.class == ErrorClass::Transient || err.code.is_none() {
                         return Err(err.into());
                     }
-                    let mut letter = p.letter;
-                    letter.error = format!("{} (SQLSTATE {})", err.reason, err.code.unwrap_or_default());
+                    let letter = p.letter(format!("{} (SQLSTATE {})", err.reason, err.code.unwrap_or_default()));
                     return Err(ApplyError::Rejected(Box::new(letter)));
                 }
             }

@@ -6,7 +6,7 @@ use ferry_core::{ErrorClass, Lsn, TableName, TableState};
 use tokio_postgres::types::Type;
 use tokio_postgres::Statement;
 
-use super::{describe, sql, text, Applier, ApplyError, DeadLetter, Pending, Txn};
+use super::{sql, text, Applier, ApplyError, Blame, Pending, Txn};
 use crate::error::PgError;
 use crate::pgoutput::{Relation, Value};
 
@@ -232,8 +232,11 @@ impl Applier {
                         "create it on the target by hand, then rerun",
                     )
                 })?;
-            let c = self.ctx.target.connect("ddl").await?;
-            c.batch_execute(&format!("BEGIN;\n{ddl}\n;COMMIT;"))
+            // On the apply connection, inside the open batch: the same source transaction may
+            // hold locks (an ALTER of a table the new one references) that a second
+            // connection would wait for forever.
+            self.tgt
+                .batch_execute(&ddl)
                 .await
                 .map_err(|e| PgError::query(format!("creating the new source table {table} on the target"), e))?;
             tracing::info!(table = %table, "table created on the source mid-stream: created on the target, streaming its rows");
@@ -286,28 +289,12 @@ fn shape_error(rel: &Rel, n: usize) -> ApplyError {
     ))
 }
 
-fn letter(rel: &Rel, txn: Txn, op: &'static str, key: String, payload: String) -> DeadLetter {
-    DeadLetter {
-        commit_lsn: txn.commit_lsn,
-        change_index: txn.changes,
-        table: rel.table.clone(),
-        operation: op,
-        key,
-        payload,
-        error: String::new(),
-    }
-}
-
-fn names(rel: &Rel) -> Vec<String> {
-    rel.columns.iter().map(|c| c.name.clone()).collect()
+fn blame(rel: &Rel, txn: Txn, operation: &'static str, keys_from: usize, names: Vec<String>) -> Blame {
+    Blame { rel: rel.clone(), txn, operation, keys_from, names }
 }
 
 fn key_values(rel: &Rel, tuple: &[Value]) -> Vec<Option<String>> {
     rel.columns.iter().zip(tuple).filter(|(c, _)| c.key).map(|(_, v)| text(v)).collect()
-}
-
-fn key_names(rel: &Rel) -> Vec<String> {
-    rel.key_columns().map(|c| c.name.clone()).collect()
 }
 
 pub(super) async fn insert(app: &mut Applier, rel: &Rel, txn: Txn, new: Vec<Value>) -> Result<Pending, ApplyError> {
@@ -316,22 +303,11 @@ pub(super) async fn insert(app: &mut Applier, rel: &Rel, txn: Txn, new: Vec<Valu
     }
     let params: Vec<Option<String>> = new.iter().map(text).collect();
     let stmt = app.statement(format!("{}:I", rel.id), || sql::insert(rel), params.len()).await?;
-    let key = describe(&key_names(rel), &key_values(rel, &new));
-    Ok(Pending {
-        stmt,
-        must_hit: false,
-        letter: letter(rel, txn, "insert", key, describe(&names(rel), &params)),
-        params,
-    })
+    let names = rel.columns.iter().map(|c| c.name.clone()).collect();
+    Ok(Pending { stmt, must_hit: false, blame: blame(rel, txn, "insert", params.len(), names), params })
 }
 
-pub(super) async fn update(
-    app: &mut Applier,
-    rel: &Rel,
-    txn: Txn,
-    old: Option<Vec<Value>>,
-    new: Vec<Value>,
-) -> Result<Pending, ApplyError> {
+pub(super) async fn update(app: &mut Applier, rel: &Rel, txn: Txn, old: Option<Vec<Value>>, new: Vec<Value>) -> Result<Pending, ApplyError> {
     if new.len() != rel.columns.len() || old.as_ref().is_some_and(|o| o.len() != rel.columns.len()) {
         return Err(shape_error(rel, new.len()));
     }
@@ -355,29 +331,14 @@ pub(super) async fn update(
             !(unchanged_toast || same_key || same_value)
         })
         .collect();
-    let key_source = old.as_deref().unwrap_or(&new);
-    let keys = key_values(rel, key_source);
+    let keys = key_values(rel, old.as_deref().unwrap_or(&new));
     let mut params: Vec<Option<String>> = new.iter().zip(&mask).filter(|(_, m)| **m).map(|(v, _)| text(v)).collect();
-    let payload = describe(
-        &rel.columns
-            .iter()
-            .zip(&mask)
-            .filter(|(_, m)| **m)
-            .map(|(c, _)| c.name.clone())
-            .collect::<Vec<_>>(),
-        &params,
-    );
-    params.extend(keys.iter().cloned());
+    let keys_from = params.len();
+    params.extend(keys);
     let mask_key: String = mask.iter().map(|m| if *m { '1' } else { '0' }).collect();
-    let stmt = app
-        .statement(format!("{}:U:{mask_key}", rel.id), || sql::update(rel, &mask), params.len())
-        .await?;
-    Ok(Pending {
-        stmt,
-        must_hit: true,
-        letter: letter(rel, txn, "update", describe(&key_names(rel), &keys), payload),
-        params,
-    })
+    let stmt = app.statement(format!("{}:U:{mask_key}", rel.id), || sql::update(rel, &mask), params.len()).await?;
+    let names = rel.columns.iter().zip(&mask).filter(|(_, m)| **m).map(|(c, _)| c.name.clone()).collect();
+    Ok(Pending { stmt, must_hit: true, blame: blame(rel, txn, "update", keys_from, names), params })
 }
 
 pub(super) async fn delete(app: &mut Applier, rel: &Rel, txn: Txn, old: Vec<Value>) -> Result<Pending, ApplyError> {
@@ -386,10 +347,5 @@ pub(super) async fn delete(app: &mut Applier, rel: &Rel, txn: Txn, old: Vec<Valu
     }
     let keys = key_values(rel, &old);
     let stmt = app.statement(format!("{}:D", rel.id), || sql::delete(rel), keys.len()).await?;
-    Ok(Pending {
-        stmt,
-        must_hit: true,
-        letter: letter(rel, txn, "delete", describe(&key_names(rel), &keys), String::new()),
-        params: keys,
-    })
+    Ok(Pending { stmt, must_hit: true, blame: blame(rel, txn, "delete", 0, vec![]), params: keys })
 }

@@ -1,0 +1,207 @@
+//! Change data capture: every committed change arrives once, in order, with its transaction.
+
+use std::time::{Duration, Instant};
+
+use crate::harness::{
+    assert_identical_except_sequences, connect, create_marker, load_sample, pgbench_finish, pgbench_init, pgbench_invariant, pgbench_run,
+    sync_point, wait_for_cdc, Dbs, Migrator,
+};
+
+fn migrate_args(dbs: &Dbs) -> Vec<String> {
+    ["migrate", "--source", &dbs.source, "--target", &dbs.target, "--jobs", "2"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+}
+
+fn refs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+#[tokio::test]
+async fn heavy_pgbench_during_full_load_and_cdc_keeps_the_invariant_and_ends_identical() {
+    let dbs = Dbs::create("cdc_pgbench").await;
+    pgbench_init(&dbs.source, 5).await;
+    create_marker(&dbs.source).await;
+    let bench = pgbench_run(&dbs.source, 4, 25);
+    let args = migrate_args(&dbs);
+    let m = Migrator::spawn(&refs(&args));
+    wait_for_cdc(&dbs.target).await;
+    // Every target commit is at a source transaction boundary: the invariant holds in every
+    // snapshot of the target, however far behind it is.
+    let mut checks = 0;
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(8) {
+        assert!(
+            pgbench_invariant(&dbs.target).await,
+            "pgbench invariant broken on the target during CDC"
+        );
+        checks += 1;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(checks >= 10);
+    pgbench_finish(bench);
+    sync_point(&dbs.source, &dbs.target, 1).await;
+    assert!(pgbench_invariant(&dbs.target).await);
+    let run = m.terminate();
+    assert_eq!(run.code, 0, "{}", run.all());
+    assert!(run.stderr.contains("stopped at a checkpoint"), "{}", run.stderr);
+    assert_identical_except_sequences(&dbs.source, &dbs.target).await;
+    let t = connect(&dbs.target).await;
+    let (txns, updates): (i64, i64) = {
+        let r = t
+            .query_one("SELECT applied_txns, events_update FROM ferry.migrations", &[])
+            .await
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert!(txns > 1000 && updates > 3000, "applied {txns} transactions, {updates} updates");
+    dbs.drop().await;
+}
+
+#[tokio::test]
+async fn cdc_applies_every_type_toast_no_pk_truncate_and_additive_schema_changes() {
+    let dbs = Dbs::create("cdc_types").await;
+    load_sample(&dbs.source, 2_000).await;
+    create_marker(&dbs.source).await;
+    let args = migrate_args(&dbs);
+    let m = Migrator::spawn(&refs(&args));
+    wait_for_cdc(&dbs.target).await;
+    let s = connect(&dbs.source).await;
+    s.batch_execute(
+        r#"
+        -- Inserts of every type (copies of the edge-value rows, NULL row included).
+        INSERT INTO type_zoo (id, i2, i4, i8, num, num_p, f4, f8, t, c, vc, b, bo, d, tm, tmtz, ts, tstz, iv, u, j, jb, arr_i, arr_t, arr_2d, m, pos, ip, net, mac, big)
+        SELECT id + 100, i2, i4, i8, num, num_p, f4, f8, t, c, vc, b, bo, d, tm, tmtz, ts, tstz, iv, u, j, jb, arr_i, arr_t, arr_2d, m, pos, ip, net, mac, big FROM type_zoo;
+        -- Update every column of one row from another row.
+        UPDATE type_zoo z SET (i2, i4, i8, num, num_p, f4, f8, t, c, vc, b, bo, d, tm, tmtz, ts, tstz, iv, u, j, jb, arr_i, arr_t, arr_2d, m, pos, ip, net, mac)
+          = (SELECT i2, i4, i8, num, num_p, f4, f8, t, c, vc, b, bo, d, tm, tmtz, ts, tstz, iv, u, j, jb, arr_i, arr_t, arr_2d, m, pos, ip, net, mac FROM type_zoo WHERE id = 1)
+          WHERE z.id = 102;
+        UPDATE type_zoo SET t = NULL, b = '', arr_t = '{}' WHERE id = 101;
+        -- An update that leaves the 1.3 MB TOASTed value alone: it must survive on the target.
+        UPDATE type_zoo SET i2 = 7 WHERE id = 1;
+        DELETE FROM type_zoo WHERE id IN (2, 104);
+        -- No primary key, REPLICA IDENTITY FULL, duplicate rows: one of two duplicates changes.
+        INSERT INTO page_views VALUES ('/dup', '2025-01-01', 'a'), ('/dup', '2025-01-01', 'a'), ('/dup', '2025-01-01', 'a');
+        UPDATE page_views SET ua = 'b' WHERE ctid = (SELECT ctid FROM page_views WHERE path = '/dup' LIMIT 1);
+        DELETE FROM page_views WHERE ctid = (SELECT ctid FROM page_views WHERE path = '/dup' AND ua = 'a' LIMIT 1);
+        -- Truncate.
+        TRUNCATE "MixedCase";
+        INSERT INTO "MixedCase" VALUES (1, 'after truncate');
+        -- Additive schema changes: a new column with a default, and a new table.
+        ALTER TABLE customers ADD COLUMN vip boolean NOT NULL DEFAULT false;
+        UPDATE customers SET vip = true WHERE id <= 3;
+        CREATE TABLE loyalty (customer_id bigint PRIMARY KEY REFERENCES customers (id), points int NOT NULL);
+        INSERT INTO loyalty SELECT id, id * 10 FROM customers WHERE id <= 50;
+        UPDATE loyalty SET points = points + 1 WHERE customer_id = 1;
+        -- Partitions: rows land in leaves.
+        INSERT INTO events VALUES (1000000, '2026-03-01', 'new', '{"x": 1}');
+        UPDATE events SET kind = 'moved' WHERE id = 5;
+        -- Identity GENERATED ALWAYS keeps the source's values.
+        INSERT INTO customers (email, name) VALUES ('new@example.com', 'New');
+        "#,
+    )
+    .await
+    .unwrap();
+    sync_point(&dbs.source, &dbs.target, 1).await;
+    let run = m.terminate();
+    assert_eq!(run.code, 0, "{}", run.all());
+    assert!(
+        run.stderr.contains("column vip boolean added to public.customers"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("public.loyalty"), "{}", run.stderr);
+    assert_identical_except_sequences(&dbs.source, &dbs.target).await;
+    let t = connect(&dbs.target).await;
+    let big: i32 = t
+        .query_one("SELECT length(big) FROM type_zoo WHERE id = 1", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(big, 40_000 * 32, "the unchanged TOASTed value must keep its value");
+    let dups: i64 = t
+        .query_one("SELECT count(*) FROM page_views WHERE path = '/dup'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(dups, 2);
+    dbs.drop().await;
+}
+
+#[tokio::test]
+async fn heavy_kill_9_during_cdc_under_load_then_resume() {
+    let dbs = Dbs::create("cdc_kill").await;
+    pgbench_init(&dbs.source, 2).await;
+    create_marker(&dbs.source).await;
+    let args = migrate_args(&dbs);
+    let bench = pgbench_run(&dbs.source, 4, 20);
+    let mut m = Migrator::spawn(&refs(&args));
+    wait_for_cdc(&dbs.target).await;
+    for delay in [300, 900, 1700, 2600] {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+        m.kill9();
+        assert!(pgbench_invariant(&dbs.target).await, "invariant broken after kill -9");
+        m = Migrator::spawn(&refs(&args));
+    }
+    pgbench_finish(bench);
+    sync_point(&dbs.source, &dbs.target, 1).await;
+    let run = m.terminate();
+    assert_eq!(run.code, 0, "{}", run.all());
+    assert_identical_except_sequences(&dbs.source, &dbs.target).await;
+    dbs.drop().await;
+}
+
+#[tokio::test]
+async fn a_change_the_target_rejects_is_a_dead_letter() {
+    let dbs = Dbs::create("cdc_dead").await;
+    load_sample(&dbs.source, 100).await;
+    create_marker(&dbs.source).await;
+    let args = migrate_args(&dbs);
+    let m = Migrator::spawn(&refs(&args));
+    wait_for_cdc(&dbs.target).await;
+    // A rule the target has and the source does not.
+    connect(&dbs.target)
+        .await
+        .batch_execute("ALTER TABLE products ADD CONSTRAINT cheap CHECK (price < 10000)")
+        .await
+        .unwrap();
+    let s = connect(&dbs.source).await;
+    s.batch_execute("UPDATE products SET price = 20000 WHERE id = 1; UPDATE products SET price = 1 WHERE id = 2")
+        .await
+        .unwrap();
+    let run = m.wait();
+    assert_eq!(run.code, 3, "{}", run.all());
+    assert!(run.stderr.contains("public.products"), "{}", run.stderr);
+    assert!(run.stderr.contains("violates check constraint \"cheap\""), "{}", run.stderr);
+    assert!(run.stderr.contains("--skip-dead-letters"), "{}", run.stderr);
+    let t = connect(&dbs.target).await;
+    let (op, key): (String, String) = {
+        let r = t.query_one("SELECT operation, key FROM ferry.dead_letters", &[]).await.unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!((op.as_str(), key.as_str()), ("update", "id=1"));
+    // Nothing of that transaction was applied.
+    let p2: String = t
+        .query_one("SELECT price::text FROM products WHERE id = 2", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_ne!(p2, "1.00");
+    // Told to, Ferry records it and goes on.
+    let mut skip = args.clone();
+    skip.push("--skip-dead-letters".into());
+    let m = Migrator::spawn(&refs(&skip));
+    sync_point(&dbs.source, &dbs.target, 1).await;
+    let run = m.terminate();
+    assert_eq!(run.code, 0, "{}", run.all());
+    let p2: String = t
+        .query_one("SELECT price::text FROM products WHERE id = 2", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(p2, "1.00");
+    let skipped: bool = t.query_one("SELECT skipped FROM ferry.dead_letters", &[]).await.unwrap().get(0);
+    assert!(skipped);
+    dbs.drop().await;
+}
