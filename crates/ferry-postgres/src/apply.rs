@@ -110,7 +110,13 @@ impl Pending {
         let b = &self.blame;
         let key_names: Vec<String> = b.rel.key_columns().map(|c| c.name.clone()).collect();
         let keys: Vec<Option<String>> = if b.operation == "insert" {
-            b.rel.columns.iter().zip(&self.params).filter(|(c, _)| c.key).map(|(_, v)| v.clone()).collect()
+            b.rel
+                .columns
+                .iter()
+                .zip(&self.params)
+                .filter(|(c, _)| c.key)
+                .map(|(_, v)| v.clone())
+                .collect()
         } else {
             self.params[b.keys_from..].to_vec()
         };

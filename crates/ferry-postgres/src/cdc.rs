@@ -179,10 +179,18 @@ async fn stream(
             }
             Ok(Some(Ok(StreamEvent::Keepalive { wal_end, reply }))) => {
                 progress.server_wal_end.fetch_max(wal_end.0, Ordering::Relaxed);
-                // Idle and caught up: everything before wal_end was sent and applied (or was not
-                // for us), so the slot may move on even if no change of ours comes along.
-                let idle = !applier.batch_open() && applier.at_boundary() && rx.is_empty();
+                // The server has sent everything up to wal_end. Commit what is complete, and if
+                // no source transaction is open, nothing before wal_end is still ours to apply:
+                // confirm it, so the slot moves on even when no change of ours comes along
+                // (an idle database, a server shutting down and waiting for us).
+                if applier.batch_open() && applier.at_boundary() {
+                    let lsn = applier.commit().await?;
+                    confirmed = confirm(&mut feedback, lsn, progress, applier).await?;
+                    last_feedback = Instant::now();
+                }
+                let idle = !applier.batch_open() && applier.at_boundary();
                 let position = if idle { confirmed.max(wal_end) } else { confirmed };
+                tracing::trace!(%wal_end, reply, idle, %position, "keepalive");
                 if reply || position > confirmed || last_feedback.elapsed() > Duration::from_secs(10) {
                     feedback.send(position, false).await?;
                     confirmed = position;

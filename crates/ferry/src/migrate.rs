@@ -478,15 +478,17 @@ pub async fn cdc(req: &CheckRequest, opts: &MigrateOptions, stop: tokio::sync::w
     logger.abort();
     result?;
     let applied = Lsn(progress.applied_lsn.load(Ordering::Relaxed));
-    store
-        .event(
-            &target,
-            &req.migration_id,
-            Phase::Cdc,
-            "stopped",
-            &format!("stopped at a checkpoint: applied up to {applied}"),
-        )
-        .await?;
+    // The control connection may have died with a target restart long ago: log on a fresh one.
+    drop(target);
+    let note = format!("stopped at a checkpoint: applied up to {applied}");
+    match req.target.connect("control").await {
+        Ok(c) => {
+            if let Err(e) = store.event(&c, &req.migration_id, Phase::Cdc, "stopped", &note).await {
+                tracing::warn!(error = %e, "could not record the stop in the event log");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "could not record the stop in the event log"),
+    }
     eprintln!("ferry: stopped at a checkpoint (changes applied up to {applied}); run the same command to resume");
     Ok(())
 }

@@ -290,7 +290,13 @@ fn shape_error(rel: &Rel, n: usize) -> ApplyError {
 }
 
 fn blame(rel: &Rel, txn: Txn, operation: &'static str, keys_from: usize, names: Vec<String>) -> Blame {
-    Blame { rel: rel.clone(), txn, operation, keys_from, names }
+    Blame {
+        rel: rel.clone(),
+        txn,
+        operation,
+        keys_from,
+        names,
+    }
 }
 
 fn key_values(rel: &Rel, tuple: &[Value]) -> Vec<Option<String>> {
@@ -304,10 +310,21 @@ pub(super) async fn insert(app: &mut Applier, rel: &Rel, txn: Txn, new: Vec<Valu
     let params: Vec<Option<String>> = new.iter().map(text).collect();
     let stmt = app.statement(format!("{}:I", rel.id), || sql::insert(rel), params.len()).await?;
     let names = rel.columns.iter().map(|c| c.name.clone()).collect();
-    Ok(Pending { stmt, must_hit: false, blame: blame(rel, txn, "insert", params.len(), names), params })
+    Ok(Pending {
+        stmt,
+        must_hit: false,
+        blame: blame(rel, txn, "insert", params.len(), names),
+        params,
+    })
 }
 
-pub(super) async fn update(app: &mut Applier, rel: &Rel, txn: Txn, old: Option<Vec<Value>>, new: Vec<Value>) -> Result<Pending, ApplyError> {
+pub(super) async fn update(
+    app: &mut Applier,
+    rel: &Rel,
+    txn: Txn,
+    old: Option<Vec<Value>>,
+    new: Vec<Value>,
+) -> Result<Pending, ApplyError> {
     if new.len() != rel.columns.len() || old.as_ref().is_some_and(|o| o.len() != rel.columns.len()) {
         return Err(shape_error(rel, new.len()));
     }
@@ -336,9 +353,22 @@ pub(super) async fn update(app: &mut Applier, rel: &Rel, txn: Txn, old: Option<V
     let keys_from = params.len();
     params.extend(keys);
     let mask_key: String = mask.iter().map(|m| if *m { '1' } else { '0' }).collect();
-    let stmt = app.statement(format!("{}:U:{mask_key}", rel.id), || sql::update(rel, &mask), params.len()).await?;
-    let names = rel.columns.iter().zip(&mask).filter(|(_, m)| **m).map(|(c, _)| c.name.clone()).collect();
-    Ok(Pending { stmt, must_hit: true, blame: blame(rel, txn, "update", keys_from, names), params })
+    let stmt = app
+        .statement(format!("{}:U:{mask_key}", rel.id), || sql::update(rel, &mask), params.len())
+        .await?;
+    let names = rel
+        .columns
+        .iter()
+        .zip(&mask)
+        .filter(|(_, m)| **m)
+        .map(|(c, _)| c.name.clone())
+        .collect();
+    Ok(Pending {
+        stmt,
+        must_hit: true,
+        blame: blame(rel, txn, "update", keys_from, names),
+        params,
+    })
 }
 
 pub(super) async fn delete(app: &mut Applier, rel: &Rel, txn: Txn, old: Vec<Value>) -> Result<Pending, ApplyError> {
@@ -347,5 +377,10 @@ pub(super) async fn delete(app: &mut Applier, rel: &Rel, txn: Txn, old: Vec<Valu
     }
     let keys = key_values(rel, &old);
     let stmt = app.statement(format!("{}:D", rel.id), || sql::delete(rel), keys.len()).await?;
-    Ok(Pending { stmt, must_hit: true, blame: blame(rel, txn, "delete", 0, vec![]), params: keys })
+    Ok(Pending {
+        stmt,
+        must_hit: true,
+        blame: blame(rel, txn, "delete", 0, vec![]),
+        params: keys,
+    })
 }

@@ -3,8 +3,8 @@
 use std::time::{Duration, Instant};
 
 use crate::harness::{
-    assert_identical_except_sequences, connect, create_marker, load_sample, pgbench_finish, pgbench_init, pgbench_invariant, pgbench_run,
-    sync_point, wait_for_cdc, Dbs, Migrator,
+    assert_identical_except_sequences, connect, create_marker, load_sample, pgbench_finish, pgbench_init, pgbench_invariant,
+    pgbench_run_rate, sync_point, wait_for_cdc, Dbs, Migrator,
 };
 
 fn migrate_args(dbs: &Dbs) -> Vec<String> {
@@ -23,7 +23,7 @@ async fn heavy_pgbench_during_full_load_and_cdc_keeps_the_invariant_and_ends_ide
     let dbs = Dbs::create("cdc_pgbench").await;
     pgbench_init(&dbs.source, 5).await;
     create_marker(&dbs.source).await;
-    let bench = pgbench_run(&dbs.source, 4, 25);
+    let bench = pgbench_run_rate(&dbs.source, 4, 15, 600);
     let args = migrate_args(&dbs);
     let m = Migrator::spawn(&refs(&args));
     wait_for_cdc(&dbs.target).await;
@@ -135,7 +135,7 @@ async fn heavy_kill_9_during_cdc_under_load_then_resume() {
     pgbench_init(&dbs.source, 2).await;
     create_marker(&dbs.source).await;
     let args = migrate_args(&dbs);
-    let bench = pgbench_run(&dbs.source, 4, 20);
+    let bench = pgbench_run_rate(&dbs.source, 4, 12, 600);
     let mut m = Migrator::spawn(&refs(&args));
     wait_for_cdc(&dbs.target).await;
     for delay in [300, 900, 1700, 2600] {
@@ -203,5 +203,74 @@ async fn a_change_the_target_rejects_is_a_dead_letter() {
     assert_eq!(p2, "1.00");
     let skipped: bool = t.query_one("SELECT skipped FROM ferry.dead_letters", &[]).await.unwrap().get(0);
     assert!(skipped);
+    dbs.drop().await;
+}
+
+#[tokio::test]
+async fn heavy_cdc_survives_server_restarts_and_cut_connections() {
+    let pc = crate::harness::PrivateClusters::start("fault");
+    let (src, tgt) = (pc.url(0, "postgres"), pc.url(1, "postgres"));
+    connect(&src).await.batch_execute("CREATE DATABASE app").await.unwrap();
+    connect(&tgt).await.batch_execute("CREATE DATABASE app").await.unwrap();
+    let (src, tgt) = (pc.url(0, "app"), pc.url(1, "app"));
+    pgbench_init(&src, 1).await;
+    create_marker(&src).await;
+    let m = Migrator::spawn(&["migrate", "--source", &src, "--target", &tgt, "--jobs", "2"]);
+    wait_for_cdc(&tgt).await;
+    let burst = |secs| pgbench_finish(pgbench_run_rate(&src, 2, secs, 300));
+    burst(3);
+    // The source restarts: the replication connection and the catalog connection die.
+    pc.restart(0);
+    burst(3);
+    // The target restarts: the apply connection dies, maybe mid-batch.
+    pc.restart(1);
+    burst(3);
+    // Network cuts: the WAL sender's and the applier's connections are killed under load.
+    let bench = pgbench_run_rate(&src, 2, 6, 300);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    connect(&pc.url(0, "postgres"))
+        .await
+        .batch_execute("SELECT pg_terminate_backend(pid) FROM pg_stat_replication WHERE application_name = 'ferry replication'")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    connect(&pc.url(1, "postgres"))
+        .await
+        .batch_execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'ferry apply'")
+        .await
+        .unwrap();
+    pgbench_finish(bench);
+    sync_point(&src, &tgt, 1).await;
+    assert!(pgbench_invariant(&tgt).await);
+    let run = m.terminate();
+    assert_eq!(run.code, 0, "{}", run.all());
+    assert!(run.stderr.contains("change capture interrupted; resuming"), "{}", run.stderr);
+    assert_identical_except_sequences(&src, &tgt).await;
+}
+
+#[tokio::test]
+async fn heavy_one_transaction_updating_a_million_rows_keeps_memory_bounded() {
+    let dbs = Dbs::create("cdc_huge").await;
+    pgbench_init(&dbs.source, 10).await;
+    create_marker(&dbs.source).await;
+    let args = migrate_args(&dbs);
+    let m = Migrator::spawn(&refs(&args));
+    wait_for_cdc(&dbs.target).await;
+    let before = m.peak_rss_kb();
+    connect(&dbs.source)
+        .await
+        .batch_execute("UPDATE pgbench_accounts SET abalance = abalance + aid % 7")
+        .await
+        .unwrap();
+    sync_point(&dbs.source, &dbs.target, 1).await;
+    let peak = m.peak_rss_kb();
+    eprintln!("peak RSS before the 1M-row transaction {before} kB, after {peak} kB");
+    assert!(
+        peak > 0 && peak < 150 * 1024,
+        "peak RSS {peak} kB: memory must not grow with the transaction"
+    );
+    let run = m.terminate();
+    assert_eq!(run.code, 0, "{}", run.all());
+    assert_identical_except_sequences(&dbs.source, &dbs.target).await;
     dbs.drop().await;
 }

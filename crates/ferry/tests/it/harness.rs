@@ -297,11 +297,6 @@ impl Migrator {
             .unwrap_or(0)
     }
 
-    /// Whether it has exited.
-    pub fn exited(&mut self) -> bool {
-        self.child.try_wait().unwrap().is_some()
-    }
-
     /// SIGTERM, then wait (at most 60 s) and collect its output.
     pub fn terminate(self) -> Run {
         let _ = Command::new("kill").args(["-TERM", &self.pid().to_string()]).status();
@@ -389,10 +384,23 @@ pub async fn pgbench_invariant(url: &str) -> bool {
     .get(0)
 }
 
-/// Starts `pgbench -c clients -T seconds` (TPC-B) against the database.
-pub fn pgbench_run(url: &str, clients: u32, seconds: u32) -> std::process::Child {
+/// Starts `pgbench -c clients -T seconds` (TPC-B) against the database, limited to `rate` transactions per second (0: unlimited).
+pub fn pgbench_run_rate(url: &str, clients: u32, seconds: u32, rate: u32) -> std::process::Child {
+    let mut args = vec![
+        "-n".to_string(),
+        "-c".into(),
+        clients.to_string(),
+        "-j".into(),
+        "2".into(),
+        "-T".into(),
+        seconds.to_string(),
+    ];
+    if rate > 0 {
+        args.extend(["-R".to_string(), rate.to_string()]);
+    }
+    args.push(url.to_string());
     Command::new(env().pg_bin.join("pgbench"))
-        .args(["-n", "-c", &clients.to_string(), "-j", "2", "-T", &seconds.to_string(), url])
+        .args(&args)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -409,4 +417,60 @@ pub fn pgbench_finish(child: std::process::Child) -> String {
         "{text}"
     );
     text
+}
+
+/// A pair of clusters of the test's own, for faults that must not hit other tests (restarts).
+pub struct PrivateClusters {
+    /// Names (for scripts/pg.sh).
+    pub names: [String; 2],
+    /// Ports.
+    pub ports: [u16; 2],
+}
+
+fn pg_sh(args: &[&str]) {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/pg.sh");
+    let out = Command::new(&script).args(args).output().expect("run scripts/pg.sh");
+    assert!(out.status.success(), "pg.sh {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+impl PrivateClusters {
+    /// Starts two fresh logical-replication clusters on free ports.
+    pub fn start(prefix: &str) -> Self {
+        let free = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let names = [
+            format!("{prefix}-src-{}", std::process::id()),
+            format!("{prefix}-tgt-{}", std::process::id()),
+        ];
+        let ports = [free(), free()];
+        for (n, p) in names.iter().zip(ports) {
+            pg_sh(&["destroy", n]);
+            pg_sh(&["start", n, &p.to_string(), "-c", "wal_level=logical"]);
+        }
+        Self { names, ports }
+    }
+
+    /// URL of database `db` on cluster `i` (0 source, 1 target).
+    pub fn url(&self, i: usize, db: &str) -> String {
+        let e = env();
+        let base = with_db(&e.source, db);
+        // Same password and user as the shared clusters; another port.
+        let (head, rest) = base.split_once('@').unwrap();
+        let db_part = rest.split_once('/').unwrap().1;
+        format!("{head}@127.0.0.1:{}/{db_part}", self.ports[i])
+    }
+
+    /// Restarts cluster `i` (fast shutdown: every connection is cut).
+    pub fn restart(&self, i: usize) {
+        pg_sh(&["stop", &self.names[i]]);
+        pg_sh(&["start", &self.names[i], &self.ports[i].to_string(), "-c", "wal_level=logical"]);
+    }
+}
+
+impl Drop for PrivateClusters {
+    fn drop(&mut self) {
+        for n in &self.names {
+            let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/pg.sh");
+            let _ = Command::new(&script).args(["destroy", n]).output();
+        }
+    }
 }
