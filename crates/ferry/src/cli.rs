@@ -35,6 +35,10 @@ pub enum Command {
     Check(CheckArgs),
     /// Create the schema, copy every table from one consistent snapshot, then stream changes until stopped; resumable.
     Migrate(MigrateArgs),
+    /// Show a migration's phase, progress, lag, retained WAL and dead letters.
+    Status(StatusArgs),
+    /// Give up a migration: drop its replication slot and publication on the source.
+    Abandon(AbandonArgs),
     /// Start two throwaway PostgreSQL clusters, fill one with sample data, and migrate it.
     Demo(DemoArgs),
 }
@@ -122,6 +126,40 @@ pub struct MigrateArgs {
     /// Skip ANALYZE of the copied tables on the target.
     #[arg(long)]
     pub no_analyze: bool,
+}
+
+/// `ferry status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Target URL (where Ferry keeps its state).
+    #[arg(long, env = "FERRY_TARGET_URL", hide_env_values = true)]
+    pub target: String,
+    /// Source URL: adds lag in bytes and the WAL the slot retains.
+    #[arg(long, env = "FERRY_SOURCE_URL", hide_env_values = true)]
+    pub source: Option<String>,
+    /// Migration id (needed when several are recorded).
+    #[arg(long)]
+    pub migration_id: Option<String>,
+    /// Ferry's state schema on the target.
+    #[arg(long, default_value = "ferry")]
+    pub state_schema: String,
+    /// Warn when the slot retains more WAL than this.
+    #[arg(long, default_value = "10GB", value_parser = parse_size)]
+    pub wal_warn: i64,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `ferry abandon`.
+#[derive(Debug, Args)]
+pub struct AbandonArgs {
+    /// Endpoints (as given to migrate).
+    #[command(flatten)]
+    pub endpoints: Endpoints,
+    /// Really drop them (without it, abandon only says what it would drop).
+    #[arg(long)]
+    pub yes: bool,
 }
 
 /// `ferry demo`.

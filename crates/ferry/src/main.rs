@@ -8,6 +8,7 @@ mod exit;
 mod migrate;
 mod progress;
 mod settings;
+mod status;
 
 use clap::Parser;
 use cli::{Cli, Command, LogFormat};
@@ -81,6 +82,39 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             if args.stop_after.is_none() && !*stop.borrow() {
                 migrate::cdc(&req, &opts, stop).await?;
             }
+            Ok(exit::OK)
+        }
+        Command::Status(args) => {
+            let target = ferry_postgres::Endpoint::parse(
+                &args.target,
+                std::env::var("FERRY_TARGET_PASSWORD").ok().map(ferry_core::Secret::new),
+            )
+            .map_err(|e| exit::UsageError(format!("--target: {e}")))?;
+            let source = match &args.source {
+                Some(s) => Some(
+                    ferry_postgres::Endpoint::parse(s, std::env::var("FERRY_SOURCE_PASSWORD").ok().map(ferry_core::Secret::new))
+                        .map_err(|e| exit::UsageError(format!("--source: {e}")))?,
+                ),
+                None => None,
+            };
+            let st = status::read(
+                &target,
+                source.as_ref(),
+                args.migration_id.as_deref(),
+                &args.state_schema,
+                args.wal_warn,
+            )
+            .await?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&st)?);
+            } else {
+                print!("{}", status::render(&st));
+            }
+            Ok(exit::OK)
+        }
+        Command::Abandon(args) => {
+            let req = settings::resolve(&args.endpoints)?;
+            migrate::abandon(&req, args.yes).await?;
             Ok(exit::OK)
         }
         Command::Demo(args) => {

@@ -544,8 +544,47 @@ pub fn render(s: &Summary) -> String {
         s.schema_seconds, s.data_seconds, s.post_seconds, s.objects_built, s.sequences, s.total_seconds
     ));
     o.push_str(&format!(
-        "  Replication slot {} on the source holds changes since {} for change data capture.\n  It retains WAL until consumed: if you abandon this migration, drop it (SELECT pg_drop_replication_slot('{}')) and the publication of the same name.\n",
-        s.slot, s.consistent_lsn, s.slot
+        "  Replication slot {} on the source holds changes since {} for change data capture.\n  It retains WAL until consumed: if you abandon this migration, run `ferry abandon` with the same --source/--target.\n",
+        s.slot, s.consistent_lsn
     ));
     o
+}
+
+/// Drops the migration's slot and publication on the source (with `yes`), and records it.
+pub async fn abandon(req: &CheckRequest, yes: bool) -> anyhow::Result<()> {
+    let store = StateStore::new(&req.state_schema);
+    let target = req.target.connect("control").await?;
+    let rec = store.load(&target, &req.migration_id).await?;
+    let (slot_name, publication) = match &rec {
+        Some(r) => (r.slot_name.clone(), r.publication_name.clone()),
+        None => (req.slot.clone(), req.publication.clone()),
+    };
+    let source = req.source.connect("control").await?;
+    let state = slot::slot_status(&source, &slot_name).await?;
+    if state == Some(true) {
+        anyhow::bail!("slot {slot_name} is in use: stop `ferry migrate` first (SIGTERM), then abandon");
+    }
+    if !yes {
+        println!(
+            "Would drop on {}: replication slot {slot_name} ({}), publication {publication}. Rerun with --yes to drop them.",
+            req.source.describe(),
+            if state.is_some() { "exists" } else { "already gone" }
+        );
+        return Ok(());
+    }
+    slot::drop_slot(&source, &slot_name).await?;
+    slot::drop_publication(&source, &publication).await?;
+    if let Some(r) = rec {
+        store
+            .event(
+                &target,
+                &r.id,
+                r.phase,
+                "abandoned",
+                &format!("slot {slot_name} and publication {publication} dropped on the source"),
+            )
+            .await?;
+    }
+    println!("Dropped replication slot {slot_name} and publication {publication} on {}. The target's data and Ferry's state schema are left as they are.", req.source.describe());
+    Ok(())
 }

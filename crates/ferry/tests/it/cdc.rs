@@ -104,6 +104,17 @@ async fn cdc_applies_every_type_toast_no_pk_truncate_and_additive_schema_changes
     .await
     .unwrap();
     sync_point(&dbs.source, &dbs.target, 1).await;
+    // Status while streaming: phase, counts, a live slot and no meaningful lag.
+    let st = crate::harness::ferry(&["status", "--json", "--target", &dbs.target, "--source", &dbs.source]);
+    assert_eq!(st.code, 0, "{}", st.all());
+    let v: serde_json::Value = serde_json::from_str(&st.stdout).unwrap();
+    assert_eq!(v["phase"], "cdc");
+    assert_eq!(v["slot_active"], true);
+    assert!(
+        v["events_applied"]["insert"].as_i64().unwrap() >= 4 && v["events_applied"]["truncate"].as_i64().unwrap() == 1,
+        "{v}"
+    );
+    assert!(v["retained_wal_bytes"].as_i64().is_some());
     let run = m.terminate();
     assert_eq!(run.code, 0, "{}", run.all());
     assert!(
@@ -126,6 +137,15 @@ async fn cdc_applies_every_type_toast_no_pk_truncate_and_additive_schema_changes
         .unwrap()
         .get(0);
     assert_eq!(dups, 2);
+    // Abandoning drops what Ferry made on the source, and only when told.
+    let dry = crate::harness::ferry(&["abandon", "--source", &dbs.source, "--target", &dbs.target]);
+    assert!(dry.stdout.contains("Rerun with --yes"), "{}", dry.all());
+    assert_eq!(crate::harness::slots(&dbs.source).await.len(), 1);
+    let gone = crate::harness::ferry(&["abandon", "--yes", "--source", &dbs.source, "--target", &dbs.target]);
+    assert_eq!(gone.code, 0, "{}", gone.all());
+    assert!(crate::harness::slots(&dbs.source).await.is_empty());
+    let pubs: i64 = s.query_one("SELECT count(*) FROM pg_publication", &[]).await.unwrap().get(0);
+    assert_eq!(pubs, 0);
     dbs.drop().await;
 }
 
