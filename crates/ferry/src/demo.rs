@@ -125,24 +125,58 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         req.source.redacted(),
         req.target.redacted()
     );
-    let summary = migrate::run(
-        &req,
-        &MigrateOptions {
-            skip_dead_letters: false,
-            max_batch: 5000,
-            maintenance_work_mem: "256MB".into(),
-            analyze: true,
-            quiet_check: true,
-        },
-    )
-    .await?
-    .context("the demo's migration was already past its full load")?;
+    let opts = MigrateOptions {
+        skip_dead_letters: false,
+        max_batch: 5000,
+        maintenance_work_mem: "256MB".into(),
+        analyze: true,
+        quiet_check: true,
+    };
+    // The application keeps writing while Ferry copies and streams.
+    let writer_url = src.url(&password, "shop");
+    let (writer_stop_tx, writer_stop) = tokio::sync::watch::channel(false);
+    let writer = tokio::spawn(async move { app_writes(&writer_url, writer_stop).await });
+    println!("  (an application writes to the source meanwhile: new orders, updates, deletes, ~200 transactions/s)");
+    let summary = migrate::run(&req, &opts)
+        .await?
+        .context("the demo's migration was already past its full load")?;
     println!("{}", migrate::render(&summary));
 
-    // An independent look: row counts and a hash of every row, both sides.
+    println!("$ (change data capture: the target catches up with the writes made during and after the copy)");
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let cdc_req = req.clone();
+    let cdc_opts = opts.clone();
+    let cdc = tokio::spawn(async move { migrate::cdc(&cdc_req, &cdc_opts, stop).await });
     let target = ferry_postgres::Endpoint::parse(&tgt.url(&password, "shop"), None)?
         .connect("demo")
         .await?;
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let _ = writer_stop_tx.send(true);
+    let writes = writer.await.context("the demo's writer failed")??;
+    // The writer's last transaction leaves a marker; the target has caught up when it has it.
+    let started = Instant::now();
+    loop {
+        let r = target
+            .query_one("SELECT applied_txns, EXISTS (SELECT 1 FROM public.\"Audit Log\" WHERE \"Message\" = 'demo writer done') FROM ferry.migrations", &[])
+            .await?;
+        let (txns, done): (i64, bool) = (r.get(0), r.get(1));
+        println!(
+            "  t+{:>4.1}s  {txns:>6} source transactions applied",
+            started.elapsed().as_secs_f64()
+        );
+        if done {
+            break;
+        }
+        if started.elapsed() > std::time::Duration::from_secs(120) {
+            anyhow::bail!("the target did not catch up within 2 minutes");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    println!("  caught up: {writes} application transactions made during the copy and after it are on the target");
+    let _ = stop_tx.send(true);
+    cdc.await.context("change capture task failed")??;
+
+    // An independent look: row counts and a hash of every row, both sides.
     println!("Independent comparison (count and md5 of all rows, ordered):");
     let tables = [
         "order_items",
@@ -185,4 +219,32 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         anyhow::bail!("the target differs from the source");
     }
     Ok(())
+}
+
+/// A small application: new orders with their lines, customer updates, order deletions, each in
+/// its own transaction, until told to stop; ends with a marker row. Returns the transactions made.
+async fn app_writes(url: &str, mut stop: tokio::sync::watch::Receiver<bool>) -> anyhow::Result<u64> {
+    let c = ferry_postgres::Endpoint::parse(url, None)?.connect("demo-app").await?;
+    let mut n: u64 = 0;
+    while !*stop.borrow() {
+        let i = n as i64;
+        c.batch_execute(&format!(
+            "BEGIN;
+             WITH o AS (INSERT INTO orders (customer_id, placed_at, status) VALUES (1 + {i} % 50, now(), 'new') RETURNING id)
+             INSERT INTO order_items (order_id, line, product_id, qty, price) SELECT id, 1, 1 + {i} % 10, 1 + {i} % 3, 9.99 FROM o;
+             UPDATE customers SET mood = (ARRAY['sad','ok','happy']::mood[])[1 + {i} % 3] WHERE id = 1 + {i} % 40;
+             DELETE FROM order_items WHERE order_id = (SELECT min(id) FROM orders WHERE status = 'shipped' AND id % 97 = {} );
+             COMMIT;",
+            i % 97
+        ))
+        .await?;
+        n += 1;
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_millis(5)) => {}
+            _ = stop.changed() => {}
+        }
+    }
+    c.batch_execute("INSERT INTO \"Audit Log\" (\"Message\") VALUES ('demo writer done')")
+        .await?;
+    Ok(n + 1)
 }
