@@ -17,12 +17,13 @@
 //!
 //! Statements are prepared once per relation and shape, take every value as text and cast it to
 //! the column's type (the text forms pgoutput sends are the types' input forms), and are sent
-//! pipelined, up to 30 at a time, in order.
+//! pipelined, up to 200 at a time, in order.
 
 mod relation;
 mod sql;
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Instant;
 
 use ferry_core::ident::quote_literal;
@@ -95,14 +96,14 @@ struct Pending {
 }
 
 struct Blame {
-    rel: Rel,
+    rel: Arc<Rel>,
     txn: Txn,
     operation: &'static str,
     /// Index of the first key parameter in `params`, and whether keys follow (updates,
     /// deletes) or are picked from the row (inserts).
     keys_from: usize,
-    /// Columns whose values open `params` (the SET list of an update, every column of an insert).
-    names: Vec<String>,
+    /// Which columns' values open `params` (the SET list of an update; None: every column).
+    mask: Option<Vec<bool>>,
 }
 
 impl Pending {
@@ -126,7 +127,16 @@ impl Pending {
             table: b.rel.table.clone(),
             operation: b.operation,
             key: describe(&key_names, &keys),
-            payload: describe(&b.names, &self.params[..b.keys_from.min(self.params.len())]),
+            payload: describe(
+                &b.rel
+                    .columns
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| b.mask.as_ref().is_none_or(|m| m[*i]))
+                    .map(|(_, c)| c.name.clone())
+                    .collect::<Vec<_>>(),
+                &self.params[..b.keys_from.min(self.params.len())],
+            ),
             error,
         }
     }
@@ -159,7 +169,7 @@ pub struct Applier {
     ctx: ApplyContext,
     tgt: Client,
     src: Client,
-    rels: HashMap<u32, Rel>,
+    rels: HashMap<u32, Arc<Rel>>,
     stmts: HashMap<String, Statement>,
     snapshots: HashMap<TableName, Lsn>,
     durable: Lsn,
@@ -181,7 +191,9 @@ impl std::fmt::Debug for Applier {
     }
 }
 
-const PIPELINE: usize = 30;
+/// Statements in flight at once: deep enough that round trips stop mattering, small enough
+/// that memory stays trivially bounded.
+const PIPELINE: usize = 200;
 const PG_EPOCH_UNIX_SECS: f64 = 946_684_800.0;
 
 impl Applier {
@@ -358,7 +370,7 @@ impl Applier {
     /// The relation and transaction a row change applies to, or None when it is skipped (an
     /// already-applied transaction, a table outside the migration, a change its table's
     /// snapshot already holds, or a dead letter being stepped over).
-    fn target_of(&mut self, relation: u32) -> Result<Option<(Rel, Txn)>, PgError> {
+    fn target_of(&mut self, relation: u32) -> Result<Option<(Arc<Rel>, Txn)>, PgError> {
         let Some(txn) = self.txn.as_mut() else {
             return Err(PgError::config(
                 "change capture",
@@ -401,14 +413,38 @@ impl Applier {
         }
         let pending = std::mem::take(&mut self.pending);
         let tgt = &self.tgt;
-        let results = {
-            let futs = pending.iter().map(|p| async move {
-                let refs: Vec<&(dyn ToSql + Sync)> = p.params.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
-                tgt.execute(&p.stmt, &refs).await
-            });
-            // join_all polls up to 30 futures in order, so the requests leave in order.
-            futures_util::future::join_all(futs).await
-        };
+        type Exec<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<u64, tokio_postgres::Error>> + Send + 'a>>;
+        let mut futs: Vec<Option<Exec<'_>>> = pending
+            .iter()
+            .map(|p| {
+                let f: Exec<'_> = Box::pin(async move {
+                    let refs: Vec<&(dyn ToSql + Sync)> = p.params.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
+                    tgt.execute(&p.stmt, &refs).await
+                });
+                Some(f)
+            })
+            .collect();
+        let mut results: Vec<Option<Result<u64, tokio_postgres::Error>>> = futs.iter().map(|_| None).collect();
+        // A statement's request leaves on its future's first poll: poll every one once, in
+        // order, so they all go out pipelined and in order; then collect the answers.
+        std::future::poll_fn(|cx| {
+            for (i, slot) in futs.iter_mut().enumerate() {
+                if let Some(f) = slot {
+                    if let std::task::Poll::Ready(r) = f.as_mut().poll(cx) {
+                        results[i] = Some(r);
+                        *slot = None;
+                    }
+                }
+            }
+            std::task::Poll::Ready(())
+        })
+        .await;
+        for (i, slot) in futs.into_iter().enumerate() {
+            if let Some(f) = slot {
+                results[i] = Some(f.await);
+            }
+        }
+        let results: Vec<Result<u64, tokio_postgres::Error>> = results.into_iter().map(|r| r.expect("every statement was awaited")).collect();
         for (p, r) in pending.into_iter().zip(results) {
             match r {
                 Ok(0) if p.must_hit => {

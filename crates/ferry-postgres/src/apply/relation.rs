@@ -1,6 +1,8 @@
 //! Relations: what a table looks like on both sides, schema changes seen in the stream, tables
 //! created mid-stream, and building the statements for one row change.
 
+use std::sync::Arc;
+
 use ferry_core::ident::quote_ident;
 use ferry_core::{ErrorClass, Lsn, TableName, TableState};
 use tokio_postgres::types::Type;
@@ -71,14 +73,14 @@ impl Applier {
         if !in_scope {
             self.rels.insert(
                 r.id,
-                Rel {
+                Arc::new(Rel {
                     id: r.id,
                     table,
                     columns: vec![],
                     full: false,
                     in_scope: false,
                     snapshot_lsn: Lsn(0),
-                },
+                }),
             );
             return Ok(());
         }
@@ -186,14 +188,14 @@ impl Applier {
         self.stmts.retain(|k, _| !k.starts_with(&prefix));
         self.rels.insert(
             r.id,
-            Rel {
+            Arc::new(Rel {
                 id: r.id,
                 table,
                 columns,
                 full,
                 in_scope: true,
                 snapshot_lsn,
-            },
+            }),
         );
         Ok(())
     }
@@ -289,13 +291,13 @@ fn shape_error(rel: &Rel, n: usize) -> ApplyError {
     ))
 }
 
-fn blame(rel: &Rel, txn: Txn, operation: &'static str, keys_from: usize, names: Vec<String>) -> Blame {
+fn blame(rel: &Arc<Rel>, txn: Txn, operation: &'static str, keys_from: usize, mask: Option<Vec<bool>>) -> Blame {
     Blame {
-        rel: rel.clone(),
+        rel: Arc::clone(rel),
         txn,
         operation,
         keys_from,
-        names,
+        mask,
     }
 }
 
@@ -303,24 +305,23 @@ fn key_values(rel: &Rel, tuple: &[Value]) -> Vec<Option<String>> {
     rel.columns.iter().zip(tuple).filter(|(c, _)| c.key).map(|(_, v)| text(v)).collect()
 }
 
-pub(super) async fn insert(app: &mut Applier, rel: &Rel, txn: Txn, new: Vec<Value>) -> Result<Pending, ApplyError> {
+pub(super) async fn insert(app: &mut Applier, rel: &Arc<Rel>, txn: Txn, new: Vec<Value>) -> Result<Pending, ApplyError> {
     if new.len() != rel.columns.len() {
         return Err(shape_error(rel, new.len()));
     }
     let params: Vec<Option<String>> = new.iter().map(text).collect();
     let stmt = app.statement(format!("{}:I", rel.id), || sql::insert(rel), params.len()).await?;
-    let names = rel.columns.iter().map(|c| c.name.clone()).collect();
     Ok(Pending {
         stmt,
         must_hit: false,
-        blame: blame(rel, txn, "insert", params.len(), names),
+        blame: blame(rel, txn, "insert", params.len(), None),
         params,
     })
 }
 
 pub(super) async fn update(
     app: &mut Applier,
-    rel: &Rel,
+    rel: &Arc<Rel>,
     txn: Txn,
     old: Option<Vec<Value>>,
     new: Vec<Value>,
@@ -356,22 +357,15 @@ pub(super) async fn update(
     let stmt = app
         .statement(format!("{}:U:{mask_key}", rel.id), || sql::update(rel, &mask), params.len())
         .await?;
-    let names = rel
-        .columns
-        .iter()
-        .zip(&mask)
-        .filter(|(_, m)| **m)
-        .map(|(c, _)| c.name.clone())
-        .collect();
     Ok(Pending {
         stmt,
         must_hit: true,
-        blame: blame(rel, txn, "update", keys_from, names),
+        blame: blame(rel, txn, "update", keys_from, Some(mask)),
         params,
     })
 }
 
-pub(super) async fn delete(app: &mut Applier, rel: &Rel, txn: Txn, old: Vec<Value>) -> Result<Pending, ApplyError> {
+pub(super) async fn delete(app: &mut Applier, rel: &Arc<Rel>, txn: Txn, old: Vec<Value>) -> Result<Pending, ApplyError> {
     if old.len() != rel.columns.len() {
         return Err(shape_error(rel, old.len()));
     }
@@ -380,7 +374,7 @@ pub(super) async fn delete(app: &mut Applier, rel: &Rel, txn: Txn, old: Vec<Valu
     Ok(Pending {
         stmt,
         must_hit: true,
-        blame: blame(rel, txn, "delete", 0, vec![]),
+        blame: blame(rel, txn, "delete", 0, Some(vec![])),
         params: keys,
     })
 }
