@@ -19,6 +19,7 @@
 //! the column's type (the text forms pgoutput sends are the types' input forms), and are sent
 //! pipelined, up to 200 at a time, in order.
 
+mod compact;
 mod relation;
 mod sql;
 
@@ -84,6 +85,13 @@ pub enum ApplyError {
     /// The target rejected a change.
     #[error("the target rejected a change to {} ({}, commit {}, change {}): {}", .0.table, .0.operation, .0.commit_lsn, .0.change_index, .0.error)]
     Rejected(Box<DeadLetter>),
+    /// A set-based statement failed or missed rows: replay up to `until` row by row, which
+    /// names the change at fault.
+    #[error("set-based apply must be replayed row by row up to {until}")]
+    Reapply {
+        /// Commit LSN of the last transaction to replay row by row.
+        until: Lsn,
+    },
 }
 
 struct Pending {
@@ -183,6 +191,12 @@ pub struct Applier {
     pending: Vec<Pending>,
     txn: Option<Txn>,
     skip: HashSet<(Lsn, u32)>,
+    /// Buffered changes of the open batch, per relation (set-based apply).
+    buffered: HashMap<u32, compact::Buffered>,
+    buffered_changes: usize,
+    buffered_bytes: usize,
+    /// Transactions committed at or before this apply row by row (after a set-based failure).
+    ordered_until: Lsn,
 }
 
 impl std::fmt::Debug for Applier {
@@ -190,6 +204,11 @@ impl std::fmt::Debug for Applier {
         f.debug_struct("Applier").field("durable", &self.durable).finish()
     }
 }
+
+/// Buffered changes (all tables) before they are applied mid-batch.
+const BUFFER_CHANGES: usize = 20_000;
+/// Buffered value bytes before they are applied mid-batch.
+const BUFFER_BYTES: usize = 32 << 20;
 
 /// Statements in flight at once: deep enough that round trips stop mattering, small enough
 /// that memory stays trivially bounded.
@@ -199,7 +218,7 @@ const PG_EPOCH_UNIX_SECS: f64 = 946_684_800.0;
 impl Applier {
     /// Connects, reads the durable position and per-table snapshot positions, and prepares the
     /// target session. `skip` lists dead letters (commit LSN, change index) to step over.
-    pub async fn new(ctx: ApplyContext, skip: HashSet<(Lsn, u32)>) -> Result<Self, PgError> {
+    pub async fn new(ctx: ApplyContext, skip: HashSet<(Lsn, u32)>, ordered_until: Lsn) -> Result<Self, PgError> {
         let src = ctx.source.connect("cdc-catalog").await?;
         let tgt = ctx.target.connect("apply").await?;
         // Values arrive in the source's text forms: read them in the same time zone and styles.
@@ -268,6 +287,10 @@ impl Applier {
             pending: Vec::new(),
             txn: None,
             skip,
+            buffered: HashMap::new(),
+            buffered_changes: 0,
+            buffered_bytes: 0,
+            ordered_until,
         })
     }
 
@@ -338,23 +361,45 @@ impl Applier {
                     self.batch_counts.txns += 1;
                 }
             }
-            Message::Relation(r) => self.relation(r).await?,
+            Message::Relation(r) => {
+                // Buffered changes were decoded with the previous description.
+                self.flush_all().await?;
+                self.relation(r).await?
+            }
             Message::Insert { relation, new } => {
                 if let Some((rel, txn)) = self.target_of(relation)? {
-                    let p = relation::insert(self, &rel, txn, new).await?;
-                    self.push(p, |c| c.inserts += 1).await?;
+                    if self.set_based(&rel, txn) {
+                        self.buffer(rel, txn, compact::Change::Insert(new), |c| c.inserts += 1).await?;
+                    } else {
+                        let p = relation::insert(self, &rel, txn, new).await?;
+                        self.push(p, |c| c.inserts += 1).await?;
+                    }
                 }
             }
             Message::Update { relation, old, new, .. } => {
                 if let Some((rel, txn)) = self.target_of(relation)? {
-                    let p = relation::update(self, &rel, txn, old, new).await?;
-                    self.push(p, |c| c.updates += 1).await?;
+                    // An update that moves its key is applied on its own, after what came before.
+                    let moves_key = old.is_some();
+                    if self.set_based(&rel, txn) && !moves_key {
+                        self.buffer(rel, txn, compact::Change::Update(new), |c| c.updates += 1).await?;
+                    } else {
+                        self.flush_table(rel.id).await?;
+                        let p = relation::update(self, &rel, txn, old, new).await?;
+                        self.push(p, |c| c.updates += 1).await?;
+                        if rel.compactable {
+                            self.flush().await?;
+                        }
+                    }
                 }
             }
             Message::Delete { relation, old, .. } => {
                 if let Some((rel, txn)) = self.target_of(relation)? {
-                    let p = relation::delete(self, &rel, txn, old).await?;
-                    self.push(p, |c| c.deletes += 1).await?;
+                    if self.set_based(&rel, txn) {
+                        self.buffer(rel, txn, compact::Change::Delete(old), |c| c.deletes += 1).await?;
+                    } else {
+                        let p = relation::delete(self, &rel, txn, old).await?;
+                        self.push(p, |c| c.deletes += 1).await?;
+                    }
                 }
             }
             Message::Truncate {
@@ -394,6 +439,66 @@ impl Applier {
             return Ok(None);
         }
         Ok(Some((rel, txn)))
+    }
+
+    fn set_based(&self, rel: &Rel, txn: Txn) -> bool {
+        rel.compactable && txn.commit_lsn > self.ordered_until
+    }
+
+    async fn buffer(
+        &mut self,
+        rel: Arc<Rel>,
+        txn: Txn,
+        change: compact::Change,
+        count: impl FnOnce(&mut Counts),
+    ) -> Result<(), ApplyError> {
+        count(&mut self.batch_counts);
+        self.batch_changes += 1;
+        let bytes: usize = match &change {
+            compact::Change::Insert(v) | compact::Change::Update(v) | compact::Change::Delete(v) => v
+                .iter()
+                .map(|x| match x {
+                    Value::Text(b) | Value::Binary(b) => b.len() + 8,
+                    _ => 8,
+                })
+                .sum(),
+        };
+        self.buffered_bytes += bytes;
+        self.buffered_changes += 1;
+        let id = rel.id;
+        self.buffered
+            .entry(id)
+            .or_insert_with(|| compact::Buffered { rel, changes: Vec::new() })
+            .changes
+            .push((change, txn));
+        // Memory stays bounded whatever the transaction size: apply what is buffered so far.
+        if self.buffered_changes >= BUFFER_CHANGES || self.buffered_bytes >= BUFFER_BYTES {
+            self.flush_all().await?;
+        }
+        Ok(())
+    }
+
+    /// Applies one table's buffered changes.
+    async fn flush_table(&mut self, id: u32) -> Result<(), ApplyError> {
+        if let Some(b) = self.buffered.remove(&id) {
+            self.buffered_changes -= b.changes.len();
+            self.flush().await?;
+            self.apply_buffered(b).await?;
+        }
+        Ok(())
+    }
+
+    /// Applies everything queued: row-by-row statements first (they precede buffered ones of
+    /// the same table), then each table's buffered changes.
+    async fn flush_all(&mut self) -> Result<(), ApplyError> {
+        self.flush().await?;
+        let tables: Vec<compact::Buffered> = self.buffered.drain().map(|(_, b)| b).collect();
+        self.buffered_changes = 0;
+        self.buffered_bytes = 0;
+        for b in tables {
+            self.apply_buffered(b).await?;
+        }
+        Ok(())
     }
 
     async fn push(&mut self, p: Pending, count: impl FnOnce(&mut Counts)) -> Result<(), ApplyError> {
@@ -444,7 +549,8 @@ impl Applier {
                 results[i] = Some(f.await);
             }
         }
-        let results: Vec<Result<u64, tokio_postgres::Error>> = results.into_iter().map(|r| r.expect("every statement was awaited")).collect();
+        let results: Vec<Result<u64, tokio_postgres::Error>> =
+            results.into_iter().map(|r| r.expect("every statement was awaited")).collect();
         for (p, r) in pending.into_iter().zip(results) {
             match r {
                 Ok(0) if p.must_hit => {
@@ -475,7 +581,7 @@ impl Applier {
         if names.is_empty() {
             return Ok(());
         }
-        self.flush().await?;
+        self.flush_all().await?;
         let sql = format!(
             "TRUNCATE ONLY {}{}{}",
             names.join(", "),
@@ -496,7 +602,7 @@ impl Applier {
         if !self.batch_open {
             return Ok(self.durable);
         }
-        self.flush().await?;
+        self.flush_all().await?;
         let q = self.ctx.store.quoted().to_string();
         let c = self.batch_counts;
         let commit_time = self.batch_commit_time as f64 / 1e6 + PG_EPOCH_UNIX_SECS;
@@ -540,6 +646,9 @@ impl Applier {
     /// Abandons the open batch (after an error, or when stopping inside a transaction).
     pub async fn rollback(&mut self) {
         self.pending.clear();
+        self.buffered.clear();
+        self.buffered_changes = 0;
+        self.buffered_bytes = 0;
         if self.batch_open {
             let _ = self.tgt.batch_execute("ROLLBACK").await;
             self.batch_open = false;

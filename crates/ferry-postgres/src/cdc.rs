@@ -59,6 +59,7 @@ pub struct CdcProgress {
 
 enum SessionEnd {
     Stopped,
+    Reapply(Lsn),
     Failed(PgError),
     DeadLetter(Box<crate::apply::DeadLetter>),
 }
@@ -66,12 +67,20 @@ enum SessionEnd {
 /// Runs CDC until `stop` turns true (returns Ok at a checkpoint) or a definite error.
 pub async fn run(opts: CdcOptions, mut stop: watch::Receiver<bool>, progress: Arc<CdcProgress>) -> Result<(), PgError> {
     let mut skip: HashSet<(Lsn, u32)> = HashSet::new();
+    let mut ordered_until = Lsn(0);
     let mut backoff = Duration::from_millis(250);
     loop {
         progress.sessions.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
-        match session(&opts, &skip, &mut stop, &progress).await {
+        match session(&opts, &skip, ordered_until, &mut stop, &progress).await {
             SessionEnd::Stopped => return Ok(()),
+            SessionEnd::Reapply(until) => {
+                // Replay the failed batch row by row, from the durable position: the change at
+                // fault will be named (or, if it was a false alarm, simply applied).
+                ordered_until = ordered_until.max(until);
+                tracing::info!(until = %until, "replaying a batch row by row");
+                continue;
+            }
             SessionEnd::DeadLetter(d) => {
                 if opts.skip_dead_letters {
                     tracing::error!(table = %d.table, operation = d.operation, commit_lsn = %d.commit_lsn, error = %d.error, "dead letter recorded and skipped");
@@ -100,8 +109,14 @@ pub async fn run(opts: CdcOptions, mut stop: watch::Receiver<bool>, progress: Ar
     }
 }
 
-async fn session(opts: &CdcOptions, skip: &HashSet<(Lsn, u32)>, stop: &mut watch::Receiver<bool>, progress: &CdcProgress) -> SessionEnd {
-    let mut applier = match Applier::new(opts.ctx.clone(), skip.clone()).await {
+async fn session(
+    opts: &CdcOptions,
+    skip: &HashSet<(Lsn, u32)>,
+    ordered_until: Lsn,
+    stop: &mut watch::Receiver<bool>,
+    progress: &CdcProgress,
+) -> SessionEnd {
+    let mut applier = match Applier::new(opts.ctx.clone(), skip.clone(), ordered_until).await {
         Ok(a) => a,
         Err(e) => return SessionEnd::Failed(e),
     };
@@ -119,6 +134,10 @@ async fn session(opts: &CdcOptions, skip: &HashSet<(Lsn, u32)>, stop: &mut watch
         Err(ApplyError::Db(e)) => {
             applier.rollback().await;
             SessionEnd::Failed(e)
+        }
+        Err(ApplyError::Reapply { until }) => {
+            applier.rollback().await;
+            SessionEnd::Reapply(until)
         }
     }
 }

@@ -40,6 +40,9 @@ pub struct Rel {
     pub in_scope: bool,
     /// Changes committed before this are in the table's copied rows.
     pub snapshot_lsn: Lsn,
+    /// Changes to different keys commute (the key is the only unique constraint, rows are
+    /// found by key): the table may be applied set-based.
+    pub compactable: bool,
 }
 
 impl Rel {
@@ -80,6 +83,7 @@ impl Applier {
                     full: false,
                     in_scope: false,
                     snapshot_lsn: Lsn(0),
+                    compactable: false,
                 }),
             );
             return Ok(());
@@ -184,6 +188,24 @@ impl Applier {
             })
             .collect();
         let snapshot_lsn = self.snapshots.get(&table).copied().unwrap_or_default();
+        let mut key_names: Vec<String> = r.columns.iter().filter(|c| c.key).map(|c| c.name.clone()).collect();
+        key_names.sort();
+        let compactable = !full
+            && !key_names.is_empty()
+            && self
+                .tgt
+                .query_one(
+                    "SELECT NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = to_regclass($1) AND contype = 'x')
+                        AND NOT EXISTS (
+                            SELECT 1 FROM pg_index i WHERE i.indrelid = to_regclass($1) AND i.indisunique
+                              AND (0 = ANY (i.indkey) OR i.indpred IS NOT NULL
+                                   OR ARRAY(SELECT a.attname::text FROM pg_attribute a
+                                            WHERE a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey) ORDER BY 1) <> $2::text[]))",
+                    &[&table.quoted(), &key_names],
+                )
+                .await
+                .map_err(|e| PgError::query(format!("reading the unique constraints of {table} on the target"), e))?
+                .get::<_, bool>(0);
         let prefix = format!("{}:", r.id);
         self.stmts.retain(|k, _| !k.starts_with(&prefix));
         self.rels.insert(
@@ -195,6 +217,7 @@ impl Applier {
                 full,
                 in_scope: true,
                 snapshot_lsn,
+                compactable,
             }),
         );
         Ok(())
@@ -269,13 +292,23 @@ impl Applier {
     }
 
     async fn statement(&mut self, key: String, sql: impl FnOnce() -> String, params: usize) -> Result<Statement, PgError> {
+        self.statement_typed(key, sql, &vec![Type::TEXT; params]).await
+    }
+
+    /// A prepared statement from the cache, or prepared now with the given parameter types.
+    pub(super) async fn statement_typed(
+        &mut self,
+        key: String,
+        sql: impl FnOnce() -> String,
+        types: &[Type],
+    ) -> Result<Statement, PgError> {
         if let Some(s) = self.stmts.get(&key) {
             return Ok(s.clone());
         }
         let text = sql();
         let stmt = self
             .tgt
-            .prepare_typed(&text, &vec![Type::TEXT; params])
+            .prepare_typed(&text, types)
             .await
             .map_err(|e| PgError::query(format!("preparing {text}"), e))?;
         self.stmts.insert(key, stmt.clone());

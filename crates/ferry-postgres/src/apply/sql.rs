@@ -83,6 +83,79 @@ pub fn delete(rel: &Rel) -> String {
     format!("DELETE FROM {} WHERE {}", rel.table.quoted(), predicate(rel, 1))
 }
 
+/// `u.v1::type1, ...` for the columns of `unnest(...) AS u(v1, ...)`.
+fn unnest(n: usize) -> String {
+    let params: Vec<String> = (1..=n).map(|i| format!("${i}::text[]")).collect();
+    let names: Vec<String> = (1..=n).map(|i| format!("v{i}")).collect();
+    format!("unnest({}) AS u({})", params.join(", "), names.join(", "))
+}
+
+/// Set-based DELETE of many keys: one text[] per key column.
+pub fn set_delete(rel: &Rel) -> String {
+    let conds: Vec<String> = rel
+        .key_columns()
+        .enumerate()
+        .map(|(i, c)| format!("t.{} = u.v{}::{}", quote_ident(&c.name), i + 1, c.type_sql))
+        .collect();
+    format!(
+        "DELETE FROM {} AS t USING {} WHERE {}",
+        rel.table.quoted(),
+        unnest(conds.len()),
+        conds.join(" AND ")
+    )
+}
+
+/// Set-based UPDATE: one text[] per set column (in `mask` order), then one per key column.
+pub fn set_update(rel: &Rel, mask: &[bool]) -> String {
+    let set_cols: Vec<_> = rel.columns.iter().zip(mask).filter(|(_, m)| **m).map(|(c, _)| c).collect();
+    let sets: Vec<String> = set_cols
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("{} = u.v{}::{}", quote_ident(&c.name), i + 1, c.type_sql))
+        .collect();
+    let conds: Vec<String> = rel
+        .key_columns()
+        .enumerate()
+        .map(|(i, c)| format!("t.{} = u.v{}::{}", quote_ident(&c.name), set_cols.len() + i + 1, c.type_sql))
+        .collect();
+    if sets.is_empty() {
+        // Nothing known to set (only unchanged TOAST values): just prove the rows exist.
+        return format!(
+            "UPDATE {} AS t SET {} = t.{} FROM {} WHERE {}",
+            rel.table.quoted(),
+            quote_ident(&rel.key_columns().next().map(|c| c.name.clone()).unwrap_or_default()),
+            quote_ident(&rel.key_columns().next().map(|c| c.name.clone()).unwrap_or_default()),
+            unnest(conds.len()),
+            conds.join(" AND ")
+        );
+    }
+    format!(
+        "UPDATE {} AS t SET {} FROM {} WHERE {}",
+        rel.table.quoted(),
+        sets.join(", "),
+        unnest(sets.len() + conds.len()),
+        conds.join(" AND ")
+    )
+}
+
+/// Set-based INSERT: one text[] per column.
+pub fn set_insert(rel: &Rel) -> String {
+    let cols: Vec<String> = rel.columns.iter().map(|c| quote_ident(&c.name)).collect();
+    let vals: Vec<String> = rel
+        .columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("u.v{}::{}", i + 1, c.type_sql))
+        .collect();
+    format!(
+        "INSERT INTO {} ({}) OVERRIDING SYSTEM VALUE SELECT {} FROM {}",
+        rel.table.quoted(),
+        cols.join(", "),
+        vals.join(", "),
+        unnest(cols.len())
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::relation::RelColumn;
@@ -116,7 +189,25 @@ mod tests {
             full,
             in_scope: true,
             snapshot_lsn: Lsn(0),
+            compactable: true,
         }
+    }
+
+    #[test]
+    fn set_statements() {
+        let r = rel(false);
+        assert_eq!(
+            set_delete(&r),
+            r#"DELETE FROM "public"."My T" AS t USING unnest($1::text[]) AS u(v1) WHERE t."id" = u.v1::integer"#
+        );
+        assert_eq!(
+            set_update(&r, &[false, true, true]),
+            r#"UPDATE "public"."My T" AS t SET "doc" = u.v1::json, "n" = u.v2::numeric(10,2) FROM unnest($1::text[], $2::text[], $3::text[]) AS u(v1, v2, v3) WHERE t."id" = u.v3::integer"#
+        );
+        assert_eq!(
+            set_insert(&r),
+            r#"INSERT INTO "public"."My T" ("id", "doc", "n") OVERRIDING SYSTEM VALUE SELECT u.v1::integer, u.v2::json, u.v3::numeric(10,2) FROM unnest($1::text[], $2::text[], $3::text[]) AS u(v1, v2, v3)"#
+        );
     }
 
     #[test]

@@ -294,3 +294,58 @@ async fn heavy_one_transaction_updating_a_million_rows_keeps_memory_bounded() {
     assert_identical_except_sequences(&dbs.source, &dbs.target).await;
     dbs.drop().await;
 }
+
+#[tokio::test]
+async fn set_based_apply_merges_chains_exactly_and_names_a_failing_change() {
+    let dbs = Dbs::create("cdc_set").await;
+    load_sample(&dbs.source, 400).await;
+    create_marker(&dbs.source).await;
+    let s = connect(&dbs.source).await;
+    s.batch_execute("CREATE TABLE kv (k int PRIMARY KEY, v text, big text); INSERT INTO kv SELECT g, 'v' || g, repeat(md5(g::text), 4000) FROM generate_series(1, 20) g")
+        .await
+        .unwrap();
+    let args = migrate_args(&dbs);
+    let m = Migrator::spawn(&refs(&args));
+    wait_for_cdc(&dbs.target).await;
+    // Every chain shape inside one transaction (one batch): the target must end exactly as the source.
+    s.batch_execute(
+        "BEGIN;
+         INSERT INTO kv VALUES (100, 'a', 'x'); UPDATE kv SET v = 'b' WHERE k = 100; DELETE FROM kv WHERE k = 100;      -- I U D: nothing
+         INSERT INTO kv VALUES (101, 'a', 'x'); UPDATE kv SET v = 'b' WHERE k = 101;                                  -- I U: insert final
+         UPDATE kv SET v = 'u1' WHERE k = 1; UPDATE kv SET v = 'u2' WHERE k = 1;                                       -- U U: TOAST kept
+         DELETE FROM kv WHERE k = 2; INSERT INTO kv VALUES (2, 'again', 'y');                                          -- D I: row replaced
+         UPDATE kv SET v = 'gone' WHERE k = 3; DELETE FROM kv WHERE k = 3;                                              -- U D: deleted
+         DELETE FROM kv WHERE k = 4; INSERT INTO kv VALUES (4, 'back', 'z'); UPDATE kv SET v = 'back2' WHERE k = 4;    -- D I U
+         UPDATE kv SET big = big || '!' WHERE k = 5; UPDATE kv SET v = 'after big' WHERE k = 5;                        -- value then unchanged
+         UPDATE kv SET k = 200 WHERE k = 6; UPDATE kv SET v = 'moved' WHERE k = 200;                                    -- key change in order
+         UPDATE order_items SET qty = qty + 1 WHERE order_id <= 20;
+         DELETE FROM order_items WHERE order_id BETWEEN 21 AND 25;
+         COMMIT;",
+    )
+    .await
+    .unwrap();
+    sync_point(&dbs.source, &dbs.target, 1).await;
+    assert_identical_except_sequences(&dbs.source, &dbs.target).await;
+    // A change the target rejects inside a set-based batch is replayed row by row and named.
+    connect(&dbs.target)
+        .await
+        .batch_execute("ALTER TABLE kv ADD CONSTRAINT short_v CHECK (length(v) < 20)")
+        .await
+        .unwrap();
+    s.batch_execute(
+        "UPDATE kv SET v = 'fine' WHERE k = 7; UPDATE kv SET v = repeat('x', 30) WHERE k = 8; UPDATE kv SET v = 'fine too' WHERE k = 9",
+    )
+    .await
+    .unwrap();
+    let run = m.wait();
+    assert_eq!(run.code, 3, "{}", run.all());
+    assert!(run.stderr.contains("violates check constraint \"short_v\""), "{}", run.stderr);
+    let key: String = connect(&dbs.target)
+        .await
+        .query_one("SELECT key FROM ferry.dead_letters", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(key, "k=8");
+    dbs.drop().await;
+}

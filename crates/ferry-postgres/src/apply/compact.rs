@@ -1,0 +1,224 @@
+//! Set-based apply: a batch's changes to one table, reduced to their net effect per key and
+//! applied with one statement per kind (and per set of updated columns).
+//!
+//! Why it is exact: a batch is one target transaction, so only its final state is ever visible;
+//! with triggers and foreign-key checks off (`session_replication_role = replica`), tables are
+//! independent of each other, so each table's changes may be applied apart from the others as
+//! long as their own order is kept; and within a table, changes to different keys commute when
+//! the key is the only unique constraint. Tables that do not meet that (REPLICA IDENTITY FULL,
+//! other unique or exclusion constraints) are applied row by row in order; an update that
+//! changes its key is applied on its own, in order, after what came before it.
+//!
+//! Net effect per key, from the chain of its changes (`existed` = the chain did not start with
+//! an insert): ends deleted and existed -> DELETE; ends with a row and existed -> UPDATE of the
+//! columns whose values are known (an unchanged TOAST value not given earlier in the chain stays
+//! as it is); ends with a row and did not exist -> INSERT. Every DELETE and UPDATE must find its
+//! row: if a statement affects fewer rows than keys, or fails, the batch is replayed row by row
+//! so the exact change can be named (a dead letter).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tokio_postgres::types::{ToSql, Type};
+
+use super::relation::Rel;
+use super::{text, Applier, ApplyError, Txn};
+use crate::error::PgError;
+use crate::pgoutput::Value;
+
+/// One buffered row change.
+#[derive(Debug)]
+pub(super) enum Change {
+    Insert(Vec<Value>),
+    Update(Vec<Value>),
+    Delete(Vec<Value>),
+}
+
+/// A table's buffered changes.
+#[derive(Debug)]
+pub(super) struct Buffered {
+    pub rel: Arc<Rel>,
+    pub changes: Vec<(Change, Txn)>,
+}
+
+#[derive(Debug)]
+enum Cell {
+    Known(Option<String>),
+    Unchanged,
+}
+
+struct Net {
+    existed: bool,
+    row: Option<Vec<Cell>>,
+}
+
+type Key = Vec<Option<String>>;
+
+fn key_of(rel: &Rel, values: &[Value]) -> Key {
+    rel.columns
+        .iter()
+        .zip(values)
+        .filter(|(c, _)| c.key)
+        .map(|(_, v)| text(v))
+        .collect()
+}
+
+/// Why a set statement did not do what it had to.
+fn mismatch(rel: &Rel, what: &str, want: usize, got: u64, last: Txn) -> ApplyError {
+    tracing::debug!(table = %rel.table, what, want, got, "set-based apply found fewer rows than keys; replaying row by row");
+    ApplyError::Reapply { until: last.commit_lsn }
+}
+
+impl Applier {
+    /// Applies a table's buffered changes, set-based.
+    pub(super) async fn apply_buffered(&mut self, b: Buffered) -> Result<(), ApplyError> {
+        let rel = b.rel;
+        let Some(last) = b.changes.last().map(|(_, t)| *t) else {
+            return Ok(());
+        };
+        let mut order: Vec<Key> = Vec::new();
+        let mut nets: HashMap<Key, Net> = HashMap::new();
+        for (change, _) in b.changes {
+            let (key, existed_if_new) = match &change {
+                Change::Insert(new) => (key_of(&rel, new), false),
+                Change::Update(new) | Change::Delete(new) => (key_of(&rel, new), true),
+            };
+            let net = nets.entry(key.clone()).or_insert_with(|| {
+                order.push(key);
+                Net {
+                    existed: existed_if_new,
+                    row: None,
+                }
+            });
+            match change {
+                Change::Insert(new) => net.row = Some(new.iter().map(|v| Cell::Known(text(v))).collect()),
+                Change::Update(new) => {
+                    let prior = net.row.take();
+                    let merged = new
+                        .iter()
+                        .enumerate()
+                        .map(|(i, v)| match v {
+                            Value::Unchanged => match prior.as_ref().map(|p| &p[i]) {
+                                Some(Cell::Known(k)) => Cell::Known(k.clone()),
+                                _ => Cell::Unchanged,
+                            },
+                            v => Cell::Known(text(v)),
+                        })
+                        .collect();
+                    net.row = Some(merged);
+                }
+                Change::Delete(_) => net.row = None,
+            }
+        }
+        let ncols = rel.columns.len();
+        let nkeys = rel.key_columns().count();
+        let mut deletes: Vec<Vec<Option<String>>> = vec![Vec::new(); nkeys];
+        let mut inserts: Vec<Vec<Option<String>>> = vec![Vec::new(); ncols];
+        let mut updates: HashMap<Vec<bool>, Vec<Vec<Option<String>>>> = HashMap::new();
+        let (mut n_del, mut n_ins) = (0usize, 0usize);
+        for key in order {
+            let net = nets.remove(&key).expect("every key has its net effect");
+            match (net.existed, net.row) {
+                (true, None) => {
+                    for (i, k) in key.into_iter().enumerate() {
+                        deletes[i].push(k);
+                    }
+                    n_del += 1;
+                }
+                (false, None) => {}
+                (false, Some(row)) => {
+                    for (i, cell) in row.into_iter().enumerate() {
+                        inserts[i].push(match cell {
+                            Cell::Known(v) => v,
+                            Cell::Unchanged => None,
+                        });
+                    }
+                    n_ins += 1;
+                }
+                (true, Some(row)) => {
+                    // SET the known non-key columns; the key finds the row.
+                    let mask: Vec<bool> = row
+                        .iter()
+                        .zip(&rel.columns)
+                        .map(|(c, col)| matches!(c, Cell::Known(_)) && !col.key)
+                        .collect();
+                    let cols = updates
+                        .entry(mask.clone())
+                        .or_insert_with(|| vec![Vec::new(); mask.iter().filter(|m| **m).count() + nkeys]);
+                    let mut j = 0;
+                    for (cell, m) in row.into_iter().zip(&mask) {
+                        if *m {
+                            if let Cell::Known(v) = cell {
+                                cols[j].push(v);
+                            }
+                            j += 1;
+                        }
+                    }
+                    for k in key {
+                        cols[j].push(k);
+                        j += 1;
+                    }
+                }
+            }
+        }
+        let reapply = |e: ApplyError| match e {
+            ApplyError::Reapply { .. } => ApplyError::Reapply { until: last.commit_lsn },
+            e => e,
+        };
+        if n_del > 0 {
+            let sql = || super::sql::set_delete(&rel);
+            let got = self.run_set(&rel, "D", sql, &deletes).await.map_err(reapply)?;
+            if got != n_del as u64 {
+                return Err(mismatch(&rel, "delete", n_del, got, last));
+            }
+        }
+        for (mask, cols) in updates {
+            let n = cols.last().map(Vec::len).unwrap_or(0);
+            let tag = format!("U{}", mask.iter().map(|m| if *m { '1' } else { '0' }).collect::<String>());
+            let got = self
+                .run_set(&rel, &tag, || super::sql::set_update(&rel, &mask), &cols)
+                .await
+                .map_err(reapply)?;
+            if got != n as u64 {
+                return Err(mismatch(&rel, "update", n, got, last));
+            }
+        }
+        if n_ins > 0 {
+            let got = self
+                .run_set(&rel, "I", || super::sql::set_insert(&rel), &inserts)
+                .await
+                .map_err(reapply)?;
+            if got != n_ins as u64 {
+                return Err(mismatch(&rel, "insert", n_ins, got, last));
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs one set statement with one text[] per column; errors other than transient ones send
+    /// the batch back to be replayed row by row.
+    async fn run_set(
+        &mut self,
+        rel: &Rel,
+        tag: &str,
+        sql: impl FnOnce() -> String,
+        cols: &[Vec<Option<String>>],
+    ) -> Result<u64, ApplyError> {
+        let stmt = self
+            .statement_typed(format!("{}:S{tag}", rel.id), sql, &vec![Type::TEXT_ARRAY; cols.len()])
+            .await?;
+        let params: Vec<&(dyn ToSql + Sync)> = cols.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
+        match self.tgt.execute(&stmt, &params).await {
+            Ok(n) => Ok(n),
+            Err(e) => {
+                let err = PgError::query(format!("applying changes to {} set-based", rel.table), e);
+                if err.class == ferry_core::ErrorClass::Transient || err.code.is_none() {
+                    Err(err.into())
+                } else {
+                    tracing::debug!(table = %rel.table, error = %err, "set-based apply failed; replaying row by row");
+                    Err(ApplyError::Reapply { until: Default::default() })
+                }
+            }
+        }
+    }
+}
