@@ -355,8 +355,8 @@ ferry_failed() {
   record ferry.status FAILED
   record ferry.reason "$1"
   log "ferry: FAILED: $1"
-  strip_ansi <"$LOG_DIR/ferry-cdc.log" | grep -iE 'error|panic|warn' | tail -n 20 | redact | sed 's/^/    /' >&2 || true
-  tail -n 10 "$LOG_DIR/ferry-cdc.log" | redact | sed 's/^/    /' >&2 || true
+  log "ferry: last lines of $LOG_DIR/ferry-cdc.log:"
+  strip_ansi <"$LOG_DIR/ferry-cdc.log" | tail -n 20 | redact | sed 's/^/    /' >&2 || true
   stop_pid "${FERRY_PID:-}" 30
   FERRY_PID=
 }
@@ -580,6 +580,8 @@ meta = {
     "git_commit": env["B_GIT"] or None,
     "ferry_bin": env["B_FERRY_BIN"],
     "ferry_bin_mtime_utc": env["B_FERRY_MTIME"],
+    "loadavg_start": env["B_LOADAVG_START"],
+    "loadavg_end": env["B_LOADAVG_END"],
     "setup_ferry_fullload_s": num("setup_ferry_fullload_s"),
     "setup_native_copy_s": num("setup_native_copy_s"),
     "source_rows": {k.split(".", 2)[2]: int(v) for k, v in kv.items() if k.startswith("source.rows.")},
@@ -594,7 +596,8 @@ def fmt(v, spec):
 print(f"# {meta['date']}  nproc={meta['nproc']}  cpu={meta['cpu_model']}  PostgreSQL {meta['pg_version']}  "
       f"scale={meta['scale']}  duration={meta['duration_s']}s  pgbench -c {meta['pgbench_clients']} "
       f"-j {meta['pgbench_threads']}")
-print(f"# ferry {meta['ferry_bin']} (built {meta['ferry_bin_mtime_utc']}), repo at {meta['git_commit']}")
+print(f"# ferry {meta['ferry_bin']} (built {meta['ferry_bin_mtime_utc']}), repo at {meta['git_commit']}; "
+      f"load average {meta['loadavg_start']} at the start, {meta['loadavg_end']} at the end")
 head = ("side", "source tps", "lag p50 s", "lag p95 s", "lag p99 s", "lag max s", "lag max bytes",
         "drain s", "catch-up changes", "catch-up s", "changes/s", "identical")
 line = "{:<8} {:>10} {:>9} {:>9} {:>9} {:>9} {:>13} {:>7} {:>16} {:>10} {:>9} {:>9}"
@@ -602,7 +605,9 @@ print(line.format(*head))
 print(line.format(*("-" * len(h) if i else "-" * 8 for i, h in enumerate(head))))
 for r in results:
     l = r["steady_state_lag"] or {}
-    print(line.format(r["side"], fmt(r["source_tps"], ".0f"),
+    # A failed side's pgbench ran without anything replicating: not a comparable figure.
+    tps = fmt(r["source_tps"], ".0f") if r["status"] == "ok" else "FAILED"
+    print(line.format(r["side"], tps,
                       fmt(l.get("lag_p50_s"), ".2f"), fmt(l.get("lag_p95_s"), ".2f"),
                       fmt(l.get("lag_p99_s"), ".2f"), fmt(l.get("lag_max_s"), ".2f"),
                       fmt(l.get("lag_max_bytes"), ",d"), fmt(r["drain_s"], ".2f"),
@@ -611,7 +616,9 @@ for r in results:
 print()
 print("source tps: pgbench at full rate on the source while this side replicated (steady state).")
 print("lag: per-second samples of pg_stat_replication on the source during pgbench; replay_lag")
-print("     NULL (nothing outstanding) counts as 0; bytes = current WAL - replay_lsn.")
+print("     NULL (nothing outstanding) counts as 0; bytes = current WAL - replay_lsn. replay_lag")
+print("     only covers the time since the walsender decoded and sent the data: a consumer that falls")
+print("     behind throttles its walsender, so its bytes keep growing while replay_lag stays small.")
 print("drain s: from the end of pgbench until the slot confirmed the source's WAL position.")
 print("catch-up: the other side's pgbench run (4 changes per transaction) waiting in the slot;")
 print("     time from start (ferry process / ALTER SUBSCRIPTION ENABLE) until confirmed.")
@@ -648,6 +655,8 @@ main() {
   : >"$KV"
   FERRY_OK=1 FERRY_PID= SAMPLER_PID= POLL_PID=
 
+  # The benchmark needs the machine to itself; the load average shows whether it had it.
+  B_LOADAVG_START=$(cut -d' ' -f1-3 /proc/loadavg)
   trap cleanup EXIT
   ensure_cluster "$SRC_CLUSTER" "$SRC_PORT"
   ensure_cluster "$TGT_CLUSTER" "$TGT_PORT"
@@ -665,6 +674,8 @@ main() {
   phase_f
 
   export B_DATE B_TIMESTAMP=$stamp B_SCALE=$SCALE B_DURATION=$DURATION B_CLIENTS=$CLIENTS B_THREADS=$THREADS
+  export B_LOADAVG_START B_LOADAVG_END
+  B_LOADAVG_END=$(cut -d' ' -f1-3 /proc/loadavg)
   export B_NPROC B_CPU B_PG_VERSION B_GIT B_FERRY_BIN=${FERRY_BIN#"$REPO"/} B_FERRY_MTIME
   B_NPROC=$(nproc)
   B_DATE=$(date -u +%Y-%m-%dT%H:%M:%SZ)
