@@ -368,7 +368,7 @@ impl Applier {
             }
             Message::Insert { relation, new } => {
                 if let Some((rel, txn)) = self.target_of(relation)? {
-                    if self.set_based(&rel, txn) {
+                    if self.set_based(txn) {
                         self.buffer(rel, txn, compact::Change::Insert(new), |c| c.inserts += 1).await?;
                     } else {
                         let p = relation::insert(self, &rel, txn, new).await?;
@@ -380,8 +380,9 @@ impl Applier {
                 if let Some((rel, txn)) = self.target_of(relation)? {
                     // An update that moves its key is applied on its own, after what came before.
                     let moves_key = old.is_some();
-                    if self.set_based(&rel, txn) && !moves_key {
-                        self.buffer(rel, txn, compact::Change::Update(new), |c| c.updates += 1).await?;
+                    if self.set_based(txn) && !(rel.compactable && moves_key) {
+                        self.buffer(rel, txn, compact::Change::Update { old, new }, |c| c.updates += 1)
+                            .await?;
                     } else {
                         self.flush_table(rel.id).await?;
                         let p = relation::update(self, &rel, txn, old, new).await?;
@@ -394,7 +395,7 @@ impl Applier {
             }
             Message::Delete { relation, old, .. } => {
                 if let Some((rel, txn)) = self.target_of(relation)? {
-                    if self.set_based(&rel, txn) {
+                    if self.set_based(txn) {
                         self.buffer(rel, txn, compact::Change::Delete(old), |c| c.deletes += 1).await?;
                     } else {
                         let p = relation::delete(self, &rel, txn, old).await?;
@@ -441,8 +442,10 @@ impl Applier {
         Ok(Some((rel, txn)))
     }
 
-    fn set_based(&self, rel: &Rel, txn: Txn) -> bool {
-        rel.compactable && txn.commit_lsn > self.ordered_until
+    /// Whether a change is buffered for set-based apply (its table's net effect when the
+    /// table is compactable, runs of inserts in order otherwise), or applied row by row now.
+    fn set_based(&self, txn: Txn) -> bool {
+        txn.commit_lsn > self.ordered_until
     }
 
     async fn buffer(
@@ -455,7 +458,7 @@ impl Applier {
         count(&mut self.batch_counts);
         self.batch_changes += 1;
         let bytes: usize = match &change {
-            compact::Change::Insert(v) | compact::Change::Update(v) | compact::Change::Delete(v) => v
+            compact::Change::Insert(v) | compact::Change::Update { new: v, .. } | compact::Change::Delete(v) => v
                 .iter()
                 .map(|x| match x {
                     Value::Text(b) | Value::Binary(b) => b.len() + 8,
@@ -504,6 +507,11 @@ impl Applier {
     async fn push(&mut self, p: Pending, count: impl FnOnce(&mut Counts)) -> Result<(), ApplyError> {
         count(&mut self.batch_counts);
         self.batch_changes += 1;
+        self.queue(p).await
+    }
+
+    /// Queues a statement for the pipeline (already counted).
+    async fn queue(&mut self, p: Pending) -> Result<(), ApplyError> {
         self.pending.push(p);
         if self.pending.len() >= PIPELINE {
             self.flush().await?;

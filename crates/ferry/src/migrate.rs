@@ -451,7 +451,9 @@ pub async fn cdc(req: &CheckRequest, opts: &MigrateOptions, stop: tokio::sync::w
             let (txns, changes) = (p.txns.load(Ordering::Relaxed), p.changes.load(Ordering::Relaxed));
             tracing::info!(
                 applied_lsn = %Lsn(applied),
-                lag_bytes = end.saturating_sub(applied),
+                // Received from the WAL sender but not yet committed on the target; the lag behind
+                // the source itself is in `ferry status --source` (slot position vs current WAL).
+                unapplied_bytes = end.saturating_sub(applied),
                 txns_per_s = (txns - last_txns) / 10,
                 changes_per_s = (changes - last_changes) / 10,
                 "change capture"

@@ -6,8 +6,9 @@
 //! independent of each other, so each table's changes may be applied apart from the others as
 //! long as their own order is kept; and within a table, changes to different keys commute when
 //! the key is the only unique constraint. Tables that do not meet that (REPLICA IDENTITY FULL,
-//! other unique or exclusion constraints) are applied row by row in order; an update that
-//! changes its key is applied on its own, in order, after what came before it.
+//! other unique or exclusion constraints) are applied in order, row by row, except that a run of
+//! consecutive inserts becomes one multi-row INSERT; an update that changes its key is applied
+//! on its own, in order, after what came before it.
 //!
 //! Net effect per key, from the chain of its changes (`existed` = the chain did not start with
 //! an insert): ends deleted and existed -> DELETE; ends with a row and existed -> UPDATE of the
@@ -30,7 +31,11 @@ use crate::pgoutput::Value;
 #[derive(Debug)]
 pub(super) enum Change {
     Insert(Vec<Value>),
-    Update(Vec<Value>),
+    /// `old` is the old key (when it changed) or, under REPLICA IDENTITY FULL, the old row.
+    Update {
+        old: Option<Vec<Value>>,
+        new: Vec<Value>,
+    },
     Delete(Vec<Value>),
 }
 
@@ -70,8 +75,12 @@ fn mismatch(rel: &Rel, what: &str, want: usize, got: u64, last: Txn) -> ApplyErr
 }
 
 impl Applier {
-    /// Applies a table's buffered changes, set-based.
+    /// Applies a table's buffered changes: by net effect per key when the table is
+    /// compactable, else in order with runs of inserts merged into one statement.
     pub(super) async fn apply_buffered(&mut self, b: Buffered) -> Result<(), ApplyError> {
+        if !b.rel.compactable {
+            return self.apply_in_order(b).await;
+        }
         let rel = b.rel;
         let Some(last) = b.changes.last().map(|(_, t)| *t) else {
             return Ok(());
@@ -81,7 +90,7 @@ impl Applier {
         for (change, _) in b.changes {
             let (key, existed_if_new) = match &change {
                 Change::Insert(new) => (key_of(&rel, new), false),
-                Change::Update(new) | Change::Delete(new) => (key_of(&rel, new), true),
+                Change::Update { new, .. } | Change::Delete(new) => (key_of(&rel, new), true),
             };
             let net = nets.entry(key.clone()).or_insert_with(|| {
                 order.push(key);
@@ -92,7 +101,7 @@ impl Applier {
             });
             match change {
                 Change::Insert(new) => net.row = Some(new.iter().map(|v| Cell::Known(text(v))).collect()),
-                Change::Update(new) => {
+                Change::Update { new, .. } => {
                     let prior = net.row.take();
                     let merged = new
                         .iter()
@@ -192,6 +201,72 @@ impl Applier {
                 return Err(mismatch(&rel, "insert", n_ins, got, last));
             }
         }
+        Ok(())
+    }
+
+    /// A table whose changes do not commute (REPLICA IDENTITY FULL, other unique constraints):
+    /// every change in order, row by row, except that a run of consecutive inserts becomes one
+    /// multi-row INSERT (rows go in in the same order).
+    async fn apply_in_order(&mut self, b: Buffered) -> Result<(), ApplyError> {
+        let rel = b.rel;
+        let ncols = rel.columns.len();
+        let mut run: Vec<Vec<Option<String>>> = vec![Vec::new(); ncols];
+        let mut run_len = 0usize;
+        let mut run_last: Option<Txn> = None;
+        for (change, txn) in b.changes {
+            match change {
+                Change::Insert(new) => {
+                    if new.len() != ncols {
+                        return Err(super::relation::shape_error(&rel, new.len()));
+                    }
+                    for (i, v) in new.iter().enumerate() {
+                        run[i].push(text(v));
+                    }
+                    run_len += 1;
+                    run_last = Some(txn);
+                }
+                other => {
+                    self.insert_run(&rel, &mut run, &mut run_len, run_last).await?;
+                    let p = match other {
+                        Change::Update { old, new } => super::relation::update(self, &rel, txn, old, new).await?,
+                        Change::Delete(old) => super::relation::delete(self, &rel, txn, old).await?,
+                        Change::Insert(_) => unreachable!("inserts are handled above"),
+                    };
+                    self.queue(p).await?;
+                }
+            }
+        }
+        self.insert_run(&rel, &mut run, &mut run_len, run_last).await?;
+        self.flush().await
+    }
+
+    async fn insert_run(
+        &mut self,
+        rel: &Rel,
+        run: &mut [Vec<Option<String>>],
+        len: &mut usize,
+        last: Option<Txn>,
+    ) -> Result<(), ApplyError> {
+        if *len == 0 {
+            return Ok(());
+        }
+        // Row-by-row statements queued before this run go first.
+        self.flush().await?;
+        let until = last.map(|t| t.commit_lsn).unwrap_or_default();
+        let got = self
+            .run_set(rel, "I", || super::sql::set_insert(rel), run)
+            .await
+            .map_err(|e| match e {
+                ApplyError::Reapply { .. } => ApplyError::Reapply { until },
+                e => e,
+            })?;
+        if got != *len as u64 {
+            return Err(ApplyError::Reapply { until });
+        }
+        for c in run.iter_mut() {
+            c.clear();
+        }
+        *len = 0;
         Ok(())
     }
 

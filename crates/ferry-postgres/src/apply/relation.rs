@@ -316,7 +316,7 @@ impl Applier {
     }
 }
 
-fn shape_error(rel: &Rel, n: usize) -> ApplyError {
+pub(super) fn shape_error(rel: &Rel, n: usize) -> ApplyError {
     ApplyError::Db(PgError::config(
         format!("applying a change to {}", rel.table),
         format!("the change has {n} columns but the relation has {}", rel.columns.len()),
