@@ -206,7 +206,7 @@ impl std::fmt::Debug for Applier {
 }
 
 /// Buffered changes (all tables) before they are applied mid-batch.
-const BUFFER_CHANGES: usize = 20_000;
+const BUFFER_CHANGES: usize = 50_000;
 /// Buffered value bytes before they are applied mid-batch.
 const BUFFER_BYTES: usize = 32 << 20;
 

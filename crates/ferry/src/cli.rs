@@ -114,8 +114,10 @@ pub struct MigrateArgs {
     /// Record changes the target rejects in the dead_letters table and go on, instead of stopping.
     #[arg(long)]
     pub skip_dead_letters: bool,
-    /// Most row changes in one target transaction (source transactions are never split).
-    #[arg(long, default_value_t = 5000)]
+    /// Most row changes in one target transaction (source transactions are never split). Larger
+    /// batches merge more changes to the same rows when catching up; at steady state batches
+    /// commit as soon as the stream has nothing more ready.
+    #[arg(long, default_value_t = 20000)]
     pub max_batch: usize,
     /// Write the final summary as JSON to this file.
     #[arg(long)]
