@@ -473,7 +473,7 @@ pub async fn cdc(req: &CheckRequest, opts: &MigrateOptions, stop: tokio::sync::w
         slot: rec.slot_name.clone(),
         publication: rec.publication_name.clone(),
         max_batch: opts.max_batch,
-        max_delay: std::time::Duration::from_millis(500),
+        max_delay: std::time::Duration::from_millis(100),
         skip_dead_letters: opts.skip_dead_letters,
     };
     let result = cdc::run(opts, stop, progress.clone()).await;
