@@ -276,6 +276,28 @@ async fn source_checks(
         f.add(Severity::Ok, "source", "version", format!("PostgreSQL {}", info.version), None);
     }
 
+    // Change capture reads pgoutput's text values as UTF-8; another server encoding would
+    // corrupt every non-ASCII character on the way.
+    let encoding: String = s
+        .query_one(
+            "SELECT pg_encoding_to_char(encoding) FROM pg_database WHERE datname = current_database()",
+            &[],
+        )
+        .await
+        .map_err(|e| PgError::query("reading the source database's encoding", e))?
+        .get(0);
+    if encoding == "UTF8" {
+        f.add(Severity::Ok, "source", "encoding", "database encoding is UTF8", None);
+    } else {
+        f.add(
+            Severity::Blocker,
+            "source",
+            "encoding",
+            format!("the source database's encoding is {encoding}; Ferry's change capture handles UTF8 databases only"),
+            Some("migrate a UTF8 copy of the database, or wait for Ferry's support of other encodings".into()),
+        );
+    }
+
     let wal_level = introspect::setting(s, "wal_level").await?;
     if wal_level == "logical" {
         f.add(Severity::Ok, "source", "wal_level", "wal_level is logical", None);

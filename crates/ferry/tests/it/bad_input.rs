@@ -204,3 +204,32 @@ fn malformed_urls_are_usage_errors() {
     assert_eq!(run.code, 2, "{}", run.all());
     assert!(run.all().contains("--target"), "{}", run.all());
 }
+
+#[tokio::test]
+async fn non_utf8_source_database_is_refused() {
+    let e = env();
+    let dbs = Dbs::create("bad_enc").await;
+    let name = format!("{}_latin1", dbs.name);
+    connect(&e.source)
+        .await
+        .batch_execute(&format!(
+            "CREATE DATABASE {name} ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0"
+        ))
+        .await
+        .unwrap();
+    let src = with_db(&e.source, &name);
+    connect(&src)
+        .await
+        .batch_execute("CREATE TABLE t (id int PRIMARY KEY, v text)")
+        .await
+        .unwrap();
+    let run = ferry(&["check", "--source", &src, "--target", &dbs.target]);
+    assert_eq!(run.code, 1, "{}", run.all());
+    assert!(run.all().contains("encoding is LATIN1"), "{}", run.all());
+    connect(&e.source)
+        .await
+        .batch_execute(&format!("DROP DATABASE {name} WITH (FORCE)"))
+        .await
+        .unwrap();
+    dbs.drop().await;
+}
