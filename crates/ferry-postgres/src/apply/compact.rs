@@ -20,10 +20,12 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use tokio_postgres::types::{ToSql, Type};
+use bytes::{Bytes, BytesMut};
+use postgres_protocol::types::{array_to_sql, ArrayDimension};
+use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
 
 use super::relation::Rel;
-use super::{text, Applier, ApplyError, Txn};
+use super::{Applier, ApplyError, Txn};
 use crate::error::PgError;
 use crate::pgoutput::Value;
 
@@ -48,8 +50,49 @@ pub(super) struct Buffered {
 
 #[derive(Debug)]
 enum Cell {
-    Known(Option<String>),
+    Known(Option<Bytes>),
     Unchanged,
+}
+
+/// A value as pgoutput sent it (text form), without copying it.
+fn raw(v: &Value) -> Option<Bytes> {
+    match v {
+        Value::Text(b) | Value::Binary(b) => Some(b.clone()),
+        Value::Null | Value::Unchanged => None,
+    }
+}
+
+/// A `text[]` parameter written straight from pgoutput's bytes: no per-value allocation.
+#[derive(Debug)]
+struct TextArray<'a>(&'a [Option<Bytes>]);
+
+impl ToSql for TextArray<'_> {
+    fn to_sql(&self, _ty: &Type, out: &mut BytesMut) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        let dim = ArrayDimension {
+            len: i32::try_from(self.0.len())?,
+            lower_bound: 1,
+        };
+        array_to_sql(
+            Some(dim),
+            Type::TEXT.oid(),
+            self.0.iter(),
+            |e, buf| match e {
+                Some(b) => {
+                    buf.extend_from_slice(b);
+                    Ok(postgres_protocol::IsNull::No)
+                }
+                None => Ok(postgres_protocol::IsNull::Yes),
+            },
+            out,
+        )?;
+        Ok(IsNull::No)
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        *ty == Type::TEXT_ARRAY
+    }
+
+    to_sql_checked!();
 }
 
 struct Net {
@@ -57,15 +100,10 @@ struct Net {
     row: Option<Vec<Cell>>,
 }
 
-type Key = Vec<Option<String>>;
+type Key = Vec<Option<Bytes>>;
 
 fn key_of(rel: &Rel, values: &[Value]) -> Key {
-    rel.columns
-        .iter()
-        .zip(values)
-        .filter(|(c, _)| c.key)
-        .map(|(_, v)| text(v))
-        .collect()
+    rel.columns.iter().zip(values).filter(|(c, _)| c.key).map(|(_, v)| raw(v)).collect()
 }
 
 /// Why a set statement did not do what it had to.
@@ -100,7 +138,7 @@ impl Applier {
                 }
             });
             match change {
-                Change::Insert(new) => net.row = Some(new.iter().map(|v| Cell::Known(text(v))).collect()),
+                Change::Insert(new) => net.row = Some(new.iter().map(|v| Cell::Known(raw(v))).collect()),
                 Change::Update { new, .. } => {
                     let prior = net.row.take();
                     let merged = new
@@ -111,7 +149,7 @@ impl Applier {
                                 Some(Cell::Known(k)) => Cell::Known(k.clone()),
                                 _ => Cell::Unchanged,
                             },
-                            v => Cell::Known(text(v)),
+                            v => Cell::Known(raw(v)),
                         })
                         .collect();
                     net.row = Some(merged);
@@ -121,9 +159,9 @@ impl Applier {
         }
         let ncols = rel.columns.len();
         let nkeys = rel.key_columns().count();
-        let mut deletes: Vec<Vec<Option<String>>> = vec![Vec::new(); nkeys];
-        let mut inserts: Vec<Vec<Option<String>>> = vec![Vec::new(); ncols];
-        let mut updates: HashMap<Vec<bool>, Vec<Vec<Option<String>>>> = HashMap::new();
+        let mut deletes: Vec<Vec<Option<Bytes>>> = vec![Vec::new(); nkeys];
+        let mut inserts: Vec<Vec<Option<Bytes>>> = vec![Vec::new(); ncols];
+        let mut updates: HashMap<Vec<bool>, Vec<Vec<Option<Bytes>>>> = HashMap::new();
         let (mut n_del, mut n_ins) = (0usize, 0usize);
         for key in order {
             let net = nets.remove(&key).expect("every key has its net effect");
@@ -210,7 +248,7 @@ impl Applier {
     async fn apply_in_order(&mut self, b: Buffered) -> Result<(), ApplyError> {
         let rel = b.rel;
         let ncols = rel.columns.len();
-        let mut run: Vec<Vec<Option<String>>> = vec![Vec::new(); ncols];
+        let mut run: Vec<Vec<Option<Bytes>>> = vec![Vec::new(); ncols];
         let mut run_len = 0usize;
         let mut run_last: Option<Txn> = None;
         for (change, txn) in b.changes {
@@ -220,7 +258,7 @@ impl Applier {
                         return Err(super::relation::shape_error(&rel, new.len()));
                     }
                     for (i, v) in new.iter().enumerate() {
-                        run[i].push(text(v));
+                        run[i].push(raw(v));
                     }
                     run_len += 1;
                     run_last = Some(txn);
@@ -243,7 +281,7 @@ impl Applier {
     async fn insert_run(
         &mut self,
         rel: &Rel,
-        run: &mut [Vec<Option<String>>],
+        run: &mut [Vec<Option<Bytes>>],
         len: &mut usize,
         last: Option<Txn>,
     ) -> Result<(), ApplyError> {
@@ -277,12 +315,13 @@ impl Applier {
         rel: &Rel,
         tag: &str,
         sql: impl FnOnce() -> String,
-        cols: &[Vec<Option<String>>],
+        cols: &[Vec<Option<Bytes>>],
     ) -> Result<u64, ApplyError> {
         let stmt = self
             .statement_typed(format!("{}:S{tag}", rel.id), sql, &vec![Type::TEXT_ARRAY; cols.len()])
             .await?;
-        let params: Vec<&(dyn ToSql + Sync)> = cols.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
+        let arrays: Vec<TextArray<'_>> = cols.iter().map(|c| TextArray(c)).collect();
+        let params: Vec<&(dyn ToSql + Sync)> = arrays.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
         match self.tgt.execute(&stmt, &params).await {
             Ok(n) => Ok(n),
             Err(e) => {
