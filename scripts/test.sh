@@ -9,6 +9,7 @@
 #   ferry-src      127.0.0.1:55432  wal_level=logical   source of most tests
 #   ferry-tgt      127.0.0.1:55433  wal_level=logical   target of most tests
 #   ferry-replica  127.0.0.1:55434  wal_level=replica   for the "wal_level is wrong" test
+# (FERRY_TEST_PORT_BASE=N uses N, N+1, N+2 instead.)
 # Tests find them through FERRY_TEST_SOURCE / FERRY_TEST_TARGET / FERRY_TEST_REPLICA and create
 # their own uniquely named databases; they never use a server someone else started.
 set -euo pipefail
@@ -32,9 +33,18 @@ cleanup() {
 trap cleanup EXIT
 say "starting PostgreSQL clusters"
 for c in "${clusters[@]}"; do scripts/pg.sh destroy "$c" >/dev/null 2>&1 || true; done
-scripts/pg.sh start ferry-src 55432 -c wal_level=logical
-scripts/pg.sh start ferry-tgt 55433 -c wal_level=logical
-scripts/pg.sh start ferry-replica 55434 -c wal_level=replica
+# Another checkout's test run (or anything else) on these ports would make every test fail in
+# confusing ways: say so up front. FERRY_TEST_PORT_BASE moves all three.
+base=${FERRY_TEST_PORT_BASE:-55432}
+for port in "$base" $((base + 1)) $((base + 2)); do
+  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+    echo "port $port on 127.0.0.1 is already in use (another Ferry test run?): stop it, or set FERRY_TEST_PORT_BASE to another free range of 3 ports" >&2
+    exit 1
+  fi
+done
+scripts/pg.sh start ferry-src "$base" -c wal_level=logical
+scripts/pg.sh start ferry-tgt $((base + 1)) -c wal_level=logical
+scripts/pg.sh start ferry-replica $((base + 2)) -c wal_level=replica
 export FERRY_TEST_SOURCE=$(scripts/pg.sh url ferry-src)
 export FERRY_TEST_TARGET=$(scripts/pg.sh url ferry-tgt)
 export FERRY_TEST_REPLICA=$(scripts/pg.sh url ferry-replica)
