@@ -3,20 +3,9 @@
 use std::time::{Duration, Instant};
 
 use crate::harness::{
-    assert_identical_except_sequences, connect, create_marker, load_sample, pgbench_finish, pgbench_init, pgbench_invariant,
-    pgbench_run_rate, sync_point, wait_for_cdc, Dbs, Migrator,
+    assert_identical_except_sequences, connect, create_marker, load_sample, migrate_args, pgbench_finish, pgbench_init, pgbench_invariant,
+    pgbench_run_rate, refs, sync_point, wait_for_cdc, Dbs, Migrator,
 };
-
-fn migrate_args(dbs: &Dbs) -> Vec<String> {
-    ["migrate", "--source", &dbs.source, "--target", &dbs.target, "--jobs", "2"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
-}
-
-fn refs(v: &[String]) -> Vec<&str> {
-    v.iter().map(String::as_str).collect()
-}
 
 #[tokio::test]
 async fn heavy_pgbench_during_full_load_and_cdc_keeps_the_invariant_and_ends_identical() {
@@ -24,7 +13,7 @@ async fn heavy_pgbench_during_full_load_and_cdc_keeps_the_invariant_and_ends_ide
     pgbench_init(&dbs.source, 5).await;
     create_marker(&dbs.source).await;
     let bench = pgbench_run_rate(&dbs.source, 4, 15, 600);
-    let args = migrate_args(&dbs);
+    let args = migrate_args(&dbs, &[]);
     let m = Migrator::spawn(&refs(&args));
     wait_for_cdc(&dbs.target).await;
     // Every target commit is at a source transaction boundary: the invariant holds in every
@@ -64,7 +53,7 @@ async fn cdc_applies_every_type_toast_no_pk_truncate_and_additive_schema_changes
     let dbs = Dbs::create("cdc_types").await;
     load_sample(&dbs.source, 2_000).await;
     create_marker(&dbs.source).await;
-    let args = migrate_args(&dbs);
+    let args = migrate_args(&dbs, &[]);
     let m = Migrator::spawn(&refs(&args));
     wait_for_cdc(&dbs.target).await;
     let s = connect(&dbs.source).await;
@@ -154,7 +143,7 @@ async fn heavy_kill_9_during_cdc_under_load_then_resume() {
     let dbs = Dbs::create("cdc_kill").await;
     pgbench_init(&dbs.source, 2).await;
     create_marker(&dbs.source).await;
-    let args = migrate_args(&dbs);
+    let args = migrate_args(&dbs, &[]);
     let bench = pgbench_run_rate(&dbs.source, 4, 12, 600);
     let mut m = Migrator::spawn(&refs(&args));
     wait_for_cdc(&dbs.target).await;
@@ -177,7 +166,7 @@ async fn a_change_the_target_rejects_is_a_dead_letter() {
     let dbs = Dbs::create("cdc_dead").await;
     load_sample(&dbs.source, 100).await;
     create_marker(&dbs.source).await;
-    let args = migrate_args(&dbs);
+    let args = migrate_args(&dbs, &[]);
     let m = Migrator::spawn(&refs(&args));
     wait_for_cdc(&dbs.target).await;
     // A rule the target has and the source does not.
@@ -273,7 +262,7 @@ async fn heavy_one_transaction_updating_a_million_rows_keeps_memory_bounded() {
     let dbs = Dbs::create("cdc_huge").await;
     pgbench_init(&dbs.source, 10).await;
     create_marker(&dbs.source).await;
-    let args = migrate_args(&dbs);
+    let args = migrate_args(&dbs, &[]);
     let m = Migrator::spawn(&refs(&args));
     wait_for_cdc(&dbs.target).await;
     let before = m.peak_rss_kb();
@@ -304,7 +293,7 @@ async fn set_based_apply_merges_chains_exactly_and_names_a_failing_change() {
     s.batch_execute("CREATE TABLE kv (k int PRIMARY KEY, v text, big text); INSERT INTO kv SELECT g, 'v' || g, repeat(md5(g::text), 4000) FROM generate_series(1, 20) g")
         .await
         .unwrap();
-    let args = migrate_args(&dbs);
+    let args = migrate_args(&dbs, &[]);
     let m = Migrator::spawn(&refs(&args));
     wait_for_cdc(&dbs.target).await;
     // Every chain shape inside one transaction (one batch): the target must end exactly as the source.

@@ -1,6 +1,6 @@
 //! The full load moves every type, every kind of table, and every deferred object exactly.
 
-use crate::harness::{assert_identical, connect, ferry, load_sample, pgbench_init, Dbs};
+use crate::harness::{assert_identical, connect, ferry, load_sample, migrate_args, pgbench_init, refs, Dbs};
 
 #[tokio::test]
 async fn heavy_full_load_is_exact_for_every_type_and_table_kind() {
@@ -10,21 +10,17 @@ async fn heavy_full_load_is_exact_for_every_type_and_table_kind() {
 
     // Small split size so large tables are copied as several ranges in parallel.
     let summary = std::env::temp_dir().join(format!("{}.json", dbs.name));
-    let run = ferry(&[
-        "migrate",
-        "--source",
-        &dbs.source,
-        "--target",
-        &dbs.target,
-        "--jobs",
-        "2",
-        "--split-size",
-        "1MB",
-        "--stop-after",
-        "full-load",
-        "--summary-json",
-        summary.to_str().unwrap(),
-    ]);
+    let run = ferry(&refs(&migrate_args(
+        &dbs,
+        &[
+            "--split-size",
+            "1MB",
+            "--stop-after",
+            "full-load",
+            "--summary-json",
+            summary.to_str().unwrap(),
+        ],
+    )));
     assert_eq!(run.code, 0, "{}", run.all());
     let tables = assert_identical(&dbs.source, &dbs.target).await;
     assert!(tables >= 15, "compared only {tables} tables");

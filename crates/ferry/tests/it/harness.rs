@@ -297,6 +297,11 @@ impl Migrator {
             .unwrap_or(0)
     }
 
+    /// Whether it has exited by itself.
+    pub fn has_exited(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_some()
+    }
+
     /// SIGTERM, then wait (at most 60 s) and collect its output.
     pub fn terminate(self) -> Run {
         let _ = Command::new("kill").args(["-TERM", &self.pid().to_string()]).status();
@@ -353,21 +358,36 @@ pub async fn sync_point(source: &str, target: &str, n: i32) {
     .await;
 }
 
-/// Waits until the migration streams changes.
-pub async fn wait_for_cdc(target: &str) {
-    wait_for("the migration to reach change capture", Duration::from_secs(180), || async move {
-        match tokio_postgres::connect(target, NoTls).await {
+/// Waits until `sql` returns a row on `url` (a query that fails, say because Ferry's state
+/// schema does not exist yet, counts as no row).
+pub async fn wait_for_row(url: &str, what: &str, timeout: Duration, sql: &str) {
+    wait_for(what, timeout, || async move {
+        match tokio_postgres::connect(url, NoTls).await {
             Ok((c, conn)) => {
                 tokio::spawn(conn);
-                c.query_opt("SELECT 1 FROM ferry.migrations WHERE phase = 'cdc'", &[])
-                    .await
-                    .map(|r| r.is_some())
-                    .unwrap_or(false)
+                c.query_opt(sql, &[]).await.map(|r| r.is_some()).unwrap_or(false)
             }
             Err(_) => false,
         }
     })
     .await;
+}
+
+/// Waits until the migration streams changes.
+pub async fn wait_for_cdc(target: &str) {
+    let sql = "SELECT 1 FROM ferry.migrations WHERE phase = 'cdc'";
+    wait_for_row(target, "the migration to reach change capture", Duration::from_secs(180), sql).await;
+}
+
+/// `ferry migrate` arguments for the test's databases, with two jobs, plus `extra`.
+pub fn migrate_args(dbs: &Dbs, extra: &[&str]) -> Vec<String> {
+    let base = ["migrate", "--source", &dbs.source, "--target", &dbs.target, "--jobs", "2"];
+    base.iter().chain(extra).map(|s| s.to_string()).collect()
+}
+
+/// Borrowed view of owned arguments.
+pub fn refs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
 }
 
 /// pgbench's TPC-B invariant on a database, in one snapshot.

@@ -2,50 +2,25 @@
 
 use std::time::Duration;
 
-use crate::harness::{assert_identical, connect, ferry, ferry_cmd, load_sample, pgbench_init, wait_for, Dbs, Run};
+use crate::harness::{assert_identical, connect, ferry, load_sample, migrate_args, pgbench_init, refs, wait_for_row, Dbs, Migrator};
 
 #[tokio::test]
 async fn heavy_kill_9_during_the_copy_then_resume() {
     let dbs = Dbs::create("kill_copy").await;
     pgbench_init(&dbs.source, 10).await;
     load_sample(&dbs.source, 5_000).await;
-    let args = [
-        "migrate",
-        "--source",
-        &dbs.source,
-        "--target",
-        &dbs.target,
-        "--jobs",
-        "2",
-        "--split-size",
-        "4MB",
-        "--stop-after",
-        "full-load",
-    ];
-    let mut child = ferry_cmd(&args)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-
+    let args = migrate_args(&dbs, &["--split-size", "4MB", "--stop-after", "full-load"]);
+    let m = Migrator::spawn(&refs(&args));
     // Kill once some ranges of pgbench_accounts are committed but not all.
-    let tgt_url = dbs.target.clone();
-    wait_for("some ranges of pgbench_accounts to commit", Duration::from_secs(120), || {
-        let url = tgt_url.clone();
-        async move {
-            let c = connect(&url).await;
-            c.query_opt(
-                "SELECT 1 FROM ferry.tables WHERE table_name = 'pgbench_accounts' AND ranges_done >= 2",
-                &[],
-            )
-            .await
-            .map(|r| r.is_some())
-            .unwrap_or(false)
-        }
-    })
+    let sql = "SELECT 1 FROM ferry.tables WHERE table_name = 'pgbench_accounts' AND ranges_done >= 2";
+    wait_for_row(
+        &dbs.target,
+        "some ranges of pgbench_accounts to commit",
+        Duration::from_secs(120),
+        sql,
+    )
     .await;
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
+    m.kill9();
 
     let tgt = connect(&dbs.target).await;
     let (state, done, total): (String, i32, i32) = {
@@ -64,7 +39,7 @@ async fn heavy_kill_9_during_the_copy_then_resume() {
     assert!(partial > 0 && partial < 1_000_000, "partial = {partial}");
 
     // Rerun the same command: it resumes and finishes.
-    let run: Run = ferry_cmd(&args).output().unwrap().into();
+    let run = ferry(&refs(&args));
     assert_eq!(run.code, 0, "{}", run.all());
     assert!(run.stdout.contains("(resumed)"), "{}", run.stdout);
     assert_identical(&dbs.source, &dbs.target).await;
@@ -91,37 +66,12 @@ async fn heavy_kill_9_during_the_copy_then_resume() {
 async fn heavy_kill_9_during_index_builds_then_resume() {
     let dbs = Dbs::create("kill_post").await;
     pgbench_init(&dbs.source, 10).await;
-    let args = [
-        "migrate",
-        "--source",
-        &dbs.source,
-        "--target",
-        &dbs.target,
-        "--jobs",
-        "2",
-        "--stop-after",
-        "full-load",
-    ];
-    let mut child = ferry_cmd(&args)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let tgt_url = dbs.target.clone();
-    wait_for("the post-load phase", Duration::from_secs(120), || {
-        let url = tgt_url.clone();
-        async move {
-            let c = connect(&url).await;
-            c.query_opt("SELECT 1 FROM ferry.migrations WHERE phase = 'post_load'", &[])
-                .await
-                .map(|r| r.is_some())
-                .unwrap_or(false)
-        }
-    })
-    .await;
-    child.kill().unwrap();
-    child.wait().unwrap();
-    let run = ferry(&args);
+    let args = migrate_args(&dbs, &["--stop-after", "full-load"]);
+    let m = Migrator::spawn(&refs(&args));
+    let sql = "SELECT 1 FROM ferry.migrations WHERE phase = 'post_load'";
+    wait_for_row(&dbs.target, "the post-load phase", Duration::from_secs(120), sql).await;
+    m.kill9();
+    let run = ferry(&refs(&args));
     assert_eq!(run.code, 0, "{}", run.all());
     assert_identical(&dbs.source, &dbs.target).await;
     dbs.drop().await;
@@ -132,48 +82,27 @@ async fn heavy_kill_9_at_many_moments_then_resume() {
     let dbs = Dbs::create("kill_many").await;
     pgbench_init(&dbs.source, 5).await;
     load_sample(&dbs.source, 20_000).await;
-    let args = [
-        "migrate",
-        "--source",
-        &dbs.source,
-        "--target",
-        &dbs.target,
-        "--jobs",
-        "2",
-        "--split-size",
-        "8MB",
-        "--stop-after",
-        "full-load",
-    ];
+    let args = migrate_args(&dbs, &["--split-size", "8MB", "--stop-after", "full-load"]);
     // Kill after growing delays until one run gets to finish on its own: every phase, from
     // slot creation to the last sequence, gets hit somewhere along the way.
     let mut kills = 0;
     let mut delay_ms = 60;
     loop {
-        let mut child = ferry_cmd(&args)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut m = Migrator::spawn(&refs(&args));
         tokio::time::sleep(Duration::from_millis(delay_ms)).await;
-        if child.try_wait().unwrap().is_some() {
-            let out = child.wait_with_output().unwrap();
-            assert!(
-                out.status.success(),
-                "a run failed on its own: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+        if m.has_exited() {
+            let run = m.wait();
+            assert_eq!(run.code, 0, "a run failed on its own: {}", run.all());
             break;
         }
-        child.kill().unwrap();
-        child.wait().unwrap();
+        m.kill9();
         kills += 1;
         delay_ms = delay_ms * 5 / 4 + 30;
         assert!(kills < 40, "never finished");
     }
     eprintln!("killed {kills} times, last delay {delay_ms} ms");
     assert!(kills >= 6, "only {kills} kills: the test did not interrupt enough");
-    let run = ferry(&args);
+    let run = ferry(&refs(&args));
     assert_eq!(run.code, 0, "{}", run.all());
     assert_identical(&dbs.source, &dbs.target).await;
     dbs.drop().await;
