@@ -17,7 +17,9 @@
 //!
 //! Statements are prepared once per relation and shape, take every value as text and cast it to
 //! the column's type (the text forms pgoutput sends are the types' input forms), and are sent
-//! pipelined, up to 200 at a time, in order.
+//! pipelined, up to 200 at a time, in order. A batch's set statements, its position and its
+//! COMMIT go out together and are checked by a background task while the next batch is
+//! decoded; nothing of the next batch is sent before that outcome is known (`settle`).
 
 mod compact;
 mod relation;
@@ -172,16 +174,56 @@ pub struct Counts {
     pub truncates: u64,
 }
 
+/// A statement sent to the target, as a future for its answer (rows affected).
+type Op<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<u64, tokio_postgres::Error>> + Send + 'a>>;
+
+/// Sends every operation's request now, in order, and returns a future for their answers in
+/// the same order. A tokio-postgres request leaves on its future's first poll, so polling each
+/// once here puts them all on the connection, pipelined, before anything else is sent.
+fn send_in_order<'a>(ops: Vec<Op<'a>>) -> impl std::future::Future<Output = Vec<Result<u64, tokio_postgres::Error>>> + Send + 'a {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    let sent: Vec<Result<Result<u64, tokio_postgres::Error>, Op<'a>>> = ops
+        .into_iter()
+        .map(|mut op| match op.as_mut().poll(&mut cx) {
+            std::task::Poll::Ready(r) => Ok(r),
+            std::task::Poll::Pending => Err(op),
+        })
+        .collect();
+    async move {
+        let mut out = Vec::with_capacity(sent.len());
+        for s in sent {
+            out.push(match s {
+                Ok(r) => r,
+                Err(op) => op.await,
+            });
+        }
+        out
+    }
+}
+
+/// A batch whose statements are on their way: the next batch is decoded meanwhile.
+struct InFlight {
+    task: tokio::task::JoinHandle<Result<(), ApplyError>>,
+    end: Lsn,
+    counts: Counts,
+}
+
 /// Applies a pgoutput stream to the target.
 pub struct Applier {
     ctx: ApplyContext,
-    tgt: Client,
+    tgt: Arc<Client>,
     src: Client,
     rels: HashMap<u32, Arc<Rel>>,
     stmts: HashMap<String, Statement>,
     snapshots: HashMap<TableName, Lsn>,
     durable: Lsn,
     batch_open: bool,
+    /// BEGIN sent for the open batch (it is sent lazily, with the batch's first statement).
+    begun: bool,
+    /// The previous batch, committing in the background.
+    inflight: Option<InFlight>,
+    /// Statement that records the applied position.
+    state_stmt: Option<Statement>,
     batch_started: Instant,
     batch_end: Lsn,
     batch_commit_time: i64,
@@ -271,13 +313,16 @@ impl Applier {
         }
         Ok(Self {
             ctx,
-            tgt,
+            tgt: Arc::new(tgt),
             src,
             rels: HashMap::new(),
             stmts: HashMap::new(),
             snapshots,
             durable,
             batch_open: false,
+            begun: false,
+            inflight: None,
+            state_stmt: None,
             batch_started: Instant::now(),
             batch_end: durable,
             batch_commit_time: 0,
@@ -324,16 +369,54 @@ impl Applier {
         self.batch_started.elapsed()
     }
 
-    async fn begin_batch(&mut self) -> Result<(), PgError> {
+    fn begin_batch(&mut self) {
         if !self.batch_open {
+            self.batch_open = true;
+            self.begun = false;
+            self.batch_started = Instant::now();
+            self.batch_changes = 0;
+            self.batch_counts = Counts::default();
+        }
+    }
+
+    /// True while a committed batch's outcome is not known yet.
+    pub fn has_inflight(&self) -> bool {
+        self.inflight.is_some()
+    }
+
+    /// Waits for the batch committing in the background; returns the durable position.
+    /// Cancel-safe: dropped before the batch is done, it leaves it in flight.
+    pub async fn settle(&mut self) -> Result<Lsn, ApplyError> {
+        if let Some(f) = self.inflight.as_mut() {
+            let r = (&mut f.task).await;
+            let f = self.inflight.take().expect("checked above");
+            match r {
+                Ok(Ok(())) => {
+                    self.durable = self.durable.max(f.end);
+                    let c = f.counts;
+                    self.totals.txns += c.txns;
+                    self.totals.inserts += c.inserts;
+                    self.totals.updates += c.updates;
+                    self.totals.deletes += c.deletes;
+                    self.totals.truncates += c.truncates;
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(e) => return Err(PgError::config("committing applied changes", e.to_string(), "report this as a bug").into()),
+            }
+        }
+        Ok(self.durable)
+    }
+
+    /// Makes sure the open batch's transaction has started on the target, after the previous
+    /// batch settled: call before sending anything that belongs to the batch.
+    async fn ensure_begun(&mut self) -> Result<(), ApplyError> {
+        self.settle().await?;
+        if self.batch_open && !self.begun {
             self.tgt
                 .batch_execute("BEGIN")
                 .await
                 .map_err(|e| PgError::query("starting an apply transaction", e))?;
-            self.batch_open = true;
-            self.batch_started = Instant::now();
-            self.batch_changes = 0;
-            self.batch_counts = Counts::default();
+            self.begun = true;
         }
         Ok(())
     }
@@ -350,7 +433,7 @@ impl Applier {
                     skip,
                 });
                 if !skip {
-                    self.begin_batch().await?;
+                    self.begin_batch();
                 }
             }
             Message::Commit { end_lsn, commit_time, .. } => {
@@ -362,8 +445,10 @@ impl Applier {
                 }
             }
             Message::Relation(r) => {
-                // Buffered changes were decoded with the previous description.
+                // Buffered changes were decoded with the previous description. Schema changes
+                // the description brings run inside the batch, so its transaction starts now.
                 self.flush_all().await?;
+                self.ensure_begun().await?;
                 self.relation(r).await?
             }
             Message::Insert { relation, new } => {
@@ -524,41 +609,20 @@ impl Applier {
         if self.pending.is_empty() {
             return Ok(());
         }
+        self.ensure_begun().await?;
         let pending = std::mem::take(&mut self.pending);
         let tgt = &self.tgt;
-        type Exec<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<u64, tokio_postgres::Error>> + Send + 'a>>;
-        let mut futs: Vec<Option<Exec<'_>>> = pending
+        let ops: Vec<Op<'_>> = pending
             .iter()
             .map(|p| {
-                let f: Exec<'_> = Box::pin(async move {
+                let f: Op<'_> = Box::pin(async move {
                     let refs: Vec<&(dyn ToSql + Sync)> = p.params.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
                     tgt.execute(&p.stmt, &refs).await
                 });
-                Some(f)
+                f
             })
             .collect();
-        let mut results: Vec<Option<Result<u64, tokio_postgres::Error>>> = futs.iter().map(|_| None).collect();
-        // A statement's request leaves on its future's first poll: poll every one once, in
-        // order, so they all go out pipelined and in order; then collect the answers.
-        std::future::poll_fn(|cx| {
-            for (i, slot) in futs.iter_mut().enumerate() {
-                if let Some(f) = slot {
-                    if let std::task::Poll::Ready(r) = f.as_mut().poll(cx) {
-                        results[i] = Some(r);
-                        *slot = None;
-                    }
-                }
-            }
-            std::task::Poll::Ready(())
-        })
-        .await;
-        for (i, slot) in futs.into_iter().enumerate() {
-            if let Some(f) = slot {
-                results[i] = Some(f.await);
-            }
-        }
-        let results: Vec<Result<u64, tokio_postgres::Error>> =
-            results.into_iter().map(|r| r.expect("every statement was awaited")).collect();
+        let results = send_in_order(ops).await;
         for (p, r) in pending.into_iter().zip(results) {
             match r {
                 Ok(0) if p.must_hit => {
@@ -590,6 +654,7 @@ impl Applier {
             return Ok(());
         }
         self.flush_all().await?;
+        self.ensure_begun().await?;
         let sql = format!(
             "TRUNCATE ONLY {}{}{}",
             names.join(", "),
@@ -605,28 +670,75 @@ impl Applier {
         Ok(())
     }
 
-    /// Commits the open batch with its position. Call only at a transaction boundary.
-    pub async fn commit(&mut self) -> Result<Lsn, ApplyError> {
+    /// Commits the open batch with its position, in the background: the batch's set
+    /// statements, the position and COMMIT go out pipelined, and a task checks the answers
+    /// while the caller decodes the next batch. `settle` tells the outcome; nothing of the
+    /// next batch reaches the target before it is known. Call only at a transaction boundary.
+    pub async fn commit(&mut self) -> Result<(), ApplyError> {
         if !self.batch_open {
-            return Ok(self.durable);
+            return Ok(());
         }
-        self.flush_all().await?;
-        let q = self.ctx.store.quoted().to_string();
-        let c = self.batch_counts;
-        let commit_time = self.batch_commit_time as f64 / 1e6 + PG_EPOCH_UNIX_SECS;
-        self.tgt
-            .execute(
-                &format!(
+        // Row-by-row statements and tables applied in order go now; compactable tables'
+        // net effects go with the commit.
+        self.flush().await?;
+        let mut sets = Vec::new();
+        let tables: Vec<compact::Buffered> = self.buffered.drain().map(|(_, b)| b).collect();
+        self.buffered_changes = 0;
+        self.buffered_bytes = 0;
+        for b in tables {
+            if b.rel.compactable {
+                sets.extend(self.plan_set(b).await?);
+            } else {
+                self.apply_in_order(b).await?;
+            }
+        }
+        let state_stmt = match &self.state_stmt {
+            Some(s) => s.clone(),
+            None => {
+                let q = self.ctx.store.quoted().to_string();
+                let sql = format!(
                     "UPDATE {q}.migrations SET applied_lsn = $2::text::pg_lsn, applied_txns = applied_txns + $3,
                         events_insert = events_insert + $4, events_update = events_update + $5,
                         events_delete = events_delete + $6, events_truncate = events_truncate + $7,
                         last_commit_time = CASE WHEN $8::float8 > {PG_EPOCH_UNIX_SECS} THEN to_timestamp($8::float8) ELSE last_commit_time END,
                         applied_at = now(), updated_at = now()
                      WHERE id = $1"
-                ),
+                );
+                self.settle().await?;
+                let s = self
+                    .tgt
+                    .prepare(&sql)
+                    .await
+                    .map_err(|e| PgError::query("preparing the statement that records the applied position", e))?;
+                self.state_stmt = Some(s.clone());
+                s
+            }
+        };
+        // The previous batch must be known committed before this one starts.
+        self.settle().await?;
+        let c = self.batch_counts;
+        let commit_time = self.batch_commit_time as f64 / 1e6 + PG_EPOCH_UNIX_SECS;
+        let mut ops: Vec<Op<'static>> = Vec::new();
+        let mut checks: Vec<Result<compact::SetCheck, &'static str>> = Vec::new();
+        if !self.begun {
+            let t = Arc::clone(&self.tgt);
+            ops.push(Box::pin(async move { t.batch_execute("BEGIN").await.map(|_| 0) }));
+            checks.push(Err("starting an apply transaction"));
+        }
+        for set in sets {
+            let (op, check) = set.op(&self.tgt);
+            ops.push(op);
+            checks.push(Ok(check));
+        }
+        let t = Arc::clone(&self.tgt);
+        let id = self.ctx.migration_id.clone();
+        let end = self.batch_end.to_string();
+        ops.push(Box::pin(async move {
+            t.execute(
+                &state_stmt,
                 &[
-                    &self.ctx.migration_id,
-                    &self.batch_end.to_string(),
+                    &id,
+                    &end,
                     &(c.txns as i64),
                     &(c.inserts as i64),
                     &(c.updates as i64),
@@ -636,19 +748,41 @@ impl Applier {
                 ],
             )
             .await
-            .map_err(|e| PgError::query("recording the applied position", e))?;
-        self.tgt
-            .batch_execute("COMMIT")
-            .await
-            .map_err(|e| PgError::query("committing applied changes", e))?;
+        }));
+        checks.push(Err("recording the applied position"));
+        let answers = send_in_order(ops);
+        let t = Arc::clone(&self.tgt);
+        let task = tokio::spawn(async move {
+            let mut outcome = Ok(());
+            for (r, check) in answers.await.into_iter().zip(checks) {
+                let r = match check {
+                    Ok(set) => set.check(r),
+                    Err(what) => r.map(|_| ()).map_err(|e| PgError::query(what, e).into()),
+                };
+                if let Err(e) = r {
+                    outcome = Err(e);
+                    break;
+                }
+            }
+            match outcome {
+                Ok(()) => t
+                    .batch_execute("COMMIT")
+                    .await
+                    .map_err(|e| PgError::query("committing applied changes", e).into()),
+                Err(e) => {
+                    let _ = t.batch_execute("ROLLBACK").await;
+                    Err(e)
+                }
+            }
+        });
+        self.inflight = Some(InFlight {
+            task,
+            end: self.batch_end,
+            counts: c,
+        });
         self.batch_open = false;
-        self.durable = self.durable.max(self.batch_end);
-        self.totals.txns += c.txns;
-        self.totals.inserts += c.inserts;
-        self.totals.updates += c.updates;
-        self.totals.deletes += c.deletes;
-        self.totals.truncates += c.truncates;
-        Ok(self.durable)
+        self.begun = false;
+        Ok(())
     }
 
     /// Abandons the open batch (after an error, or when stopping inside a transaction).
@@ -657,10 +791,19 @@ impl Applier {
         self.buffered.clear();
         self.buffered_changes = 0;
         self.buffered_bytes = 0;
-        if self.batch_open {
-            let _ = self.tgt.batch_execute("ROLLBACK").await;
-            self.batch_open = false;
+        let mut sent = self.begun;
+        if let Some(f) = self.inflight.take() {
+            // Its outcome no longer matters: the next session reads the durable position
+            // from the target. Whatever it left open is rolled back below.
+            f.task.abort();
+            let _ = f.task.await;
+            sent = true;
         }
+        if sent {
+            let _ = self.tgt.batch_execute("ROLLBACK").await;
+        }
+        self.batch_open = false;
+        self.begun = false;
         self.txn = None;
     }
 

@@ -6,7 +6,8 @@
 //!   └────────────── standby status: flush = durably applied LSN <───────────┘ (+ applied_lsn)
 //! ```
 //! A batch commits at a transaction boundary when the stream has nothing more ready, or it holds
-//! `max_batch` changes, or it is older than `max_delay`. Transient failures (either server
+//! `max_batch` changes, or it is older than `max_delay`; it commits in the background while the
+//! next batch is decoded, and its position is confirmed once its COMMIT succeeded. Transient failures (either server
 //! restarting, a cut connection) end the session; the next one starts again from the durable
 //! position after a backoff. A dead letter stops the stream (default) or, with
 //! `skip_dead_letters`, is recorded and stepped over.
@@ -40,6 +41,9 @@ pub struct CdcOptions {
     pub max_delay: Duration,
     /// Record dead letters and continue instead of stopping.
     pub skip_dead_letters: bool,
+    /// While true, change capture stops at a checkpoint, closes the stream (the slot keeps the
+    /// changes) and waits.
+    pub pause: Option<watch::Receiver<bool>>,
 }
 
 /// Live CDC figures, for logs, status and metrics.
@@ -55,10 +59,13 @@ pub struct CdcProgress {
     pub changes: AtomicU64,
     /// Sessions started (1 + reconnects).
     pub sessions: AtomicU64,
+    /// Sessions that failed (and were retried or ended the run) and changes the target rejected.
+    pub errors: AtomicU64,
 }
 
 enum SessionEnd {
     Stopped,
+    Paused,
     Reapply(Lsn),
     Failed(PgError),
     DeadLetter(Box<crate::apply::DeadLetter>),
@@ -69,11 +76,26 @@ pub async fn run(opts: CdcOptions, mut stop: watch::Receiver<bool>, progress: Ar
     let mut skip: HashSet<(Lsn, u32)> = HashSet::new();
     let mut ordered_until = Lsn(0);
     let mut backoff = Duration::from_millis(250);
+    // Without a pause control, a receiver whose sender lives as long as this run (a dropped
+    // sender would make `changed()` return at once, forever).
+    let (_no_pause, never) = watch::channel(false);
+    let mut pause = opts.pause.clone().unwrap_or(never);
     loop {
+        if *pause.borrow() {
+            tracing::info!("change capture paused; the slot keeps the changes until it resumes");
+            loop {
+                tokio::select! {
+                    r = pause.changed() => if r.is_err() || !*pause.borrow() { break },
+                    _ = stop.changed() => return Ok(()),
+                }
+            }
+            tracing::info!("change capture resumed");
+        }
         progress.sessions.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
-        match session(&opts, &skip, ordered_until, &mut stop, &progress).await {
+        match session(&opts, &skip, ordered_until, &mut stop, &mut pause, &progress).await {
             SessionEnd::Stopped => return Ok(()),
+            SessionEnd::Paused => continue,
             SessionEnd::Reapply(until) => {
                 // Replay the failed batch row by row, from the durable position: the change at
                 // fault will be named (or, if it was a false alarm, simply applied).
@@ -82,6 +104,7 @@ pub async fn run(opts: CdcOptions, mut stop: watch::Receiver<bool>, progress: Ar
                 continue;
             }
             SessionEnd::DeadLetter(d) => {
+                progress.errors.fetch_add(1, Ordering::Relaxed);
                 if opts.skip_dead_letters {
                     tracing::error!(table = %d.table, operation = d.operation, commit_lsn = %d.commit_lsn, error = %d.error, "dead letter recorded and skipped");
                     skip.insert((d.commit_lsn, d.change_index));
@@ -94,6 +117,7 @@ pub async fn run(opts: CdcOptions, mut stop: watch::Receiver<bool>, progress: Ar
                 ));
             }
             SessionEnd::Failed(e) if e.class == ErrorClass::Transient => {
+                progress.errors.fetch_add(1, Ordering::Relaxed);
                 if started.elapsed() > Duration::from_secs(30) {
                     backoff = Duration::from_millis(250);
                 }
@@ -104,7 +128,10 @@ pub async fn run(opts: CdcOptions, mut stop: watch::Receiver<bool>, progress: Ar
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(10));
             }
-            SessionEnd::Failed(e) => return Err(e),
+            SessionEnd::Failed(e) => {
+                progress.errors.fetch_add(1, Ordering::Relaxed);
+                return Err(e);
+            }
         }
     }
 }
@@ -114,14 +141,16 @@ async fn session(
     skip: &HashSet<(Lsn, u32)>,
     ordered_until: Lsn,
     stop: &mut watch::Receiver<bool>,
+    pause: &mut watch::Receiver<bool>,
     progress: &CdcProgress,
 ) -> SessionEnd {
     let mut applier = match Applier::new(opts.ctx.clone(), skip.clone(), ordered_until).await {
         Ok(a) => a,
         Err(e) => return SessionEnd::Failed(e),
     };
-    let end = stream(opts, &mut applier, stop, progress).await;
+    let end = stream(opts, &mut applier, stop, pause, progress).await;
     match end {
+        Ok(()) if *pause.borrow() && !*stop.borrow() => SessionEnd::Paused,
         Ok(()) => SessionEnd::Stopped,
         Err(ApplyError::Rejected(d)) => {
             applier.rollback().await;
@@ -146,6 +175,7 @@ async fn stream(
     opts: &CdcOptions,
     applier: &mut Applier,
     stop: &mut watch::Receiver<bool>,
+    pause: &mut watch::Receiver<bool>,
     progress: &CdcProgress,
 ) -> Result<(), ApplyError> {
     let start = applier.durable();
@@ -156,21 +186,26 @@ async fn stream(
     let mut last_feedback = Instant::now();
     let mut confirmed = start;
     loop {
-        if *stop.borrow() {
+        if *stop.borrow() || *pause.borrow() {
             return finish(applier, &mut feedback, progress).await;
         }
         let event = tokio::select! {
             biased;
             _ = stop.changed() => continue,
+            _ = pause.changed() => continue,
+            // A batch committing in the background is done: confirm it to the source.
+            r = applier.settle(), if applier.has_inflight() => {
+                confirmed = confirm(&mut feedback, r?, progress, applier).await?;
+                last_feedback = Instant::now();
+                continue;
+            }
             e = tokio::time::timeout(Duration::from_millis(100), rx.recv()) => e,
         };
         match event {
             Err(_) => {
                 // Nothing arrived for a while: commit what is complete.
                 if applier.batch_open() && applier.at_boundary() {
-                    let lsn = applier.commit().await?;
-                    confirmed = confirm(&mut feedback, lsn, progress, applier).await?;
-                    last_feedback = Instant::now();
+                    applier.commit().await?;
                 }
             }
             Ok(None) => return Err(PgError::config("replication stream", "the stream ended", "rerun").into()),
@@ -191,9 +226,7 @@ async fn stream(
                     && applier.at_boundary()
                     && (rx.is_empty() || applier.batch_len() >= opts.max_batch || applier.batch_age() >= opts.max_delay)
                 {
-                    let lsn = applier.commit().await?;
-                    confirmed = confirm(&mut feedback, lsn, progress, applier).await?;
-                    last_feedback = Instant::now();
+                    applier.commit().await?;
                 }
             }
             Ok(Some(Ok(StreamEvent::Keepalive { wal_end, reply }))) => {
@@ -203,11 +236,10 @@ async fn stream(
                 // confirm it, so the slot moves on even when no change of ours comes along
                 // (an idle database, a server shutting down and waiting for us).
                 if applier.batch_open() && applier.at_boundary() {
-                    let lsn = applier.commit().await?;
-                    confirmed = confirm(&mut feedback, lsn, progress, applier).await?;
-                    last_feedback = Instant::now();
+                    applier.commit().await?;
                 }
-                let idle = !applier.batch_open() && applier.at_boundary();
+                // Only with nothing in flight: a batch committing in the background may still fail.
+                let idle = !applier.batch_open() && applier.at_boundary() && !applier.has_inflight();
                 let position = if idle { confirmed.max(wal_end) } else { confirmed };
                 tracing::trace!(%wal_end, reply, idle, %position, "keepalive");
                 if reply || position > confirmed || last_feedback.elapsed() > Duration::from_secs(10) {
@@ -241,7 +273,9 @@ async fn confirm(
 async fn finish(applier: &mut Applier, feedback: &mut crate::stream::FeedbackSender, progress: &CdcProgress) -> Result<(), ApplyError> {
     if applier.batch_open() && applier.at_boundary() {
         applier.commit().await?;
+        applier.settle().await?;
     } else {
+        applier.settle().await?;
         applier.rollback().await;
     }
     let lsn = applier.durable();

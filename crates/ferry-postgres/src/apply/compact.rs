@@ -24,8 +24,11 @@ use bytes::{Bytes, BytesMut};
 use postgres_protocol::types::{array_to_sql, ArrayDimension};
 use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
 
+use ferry_core::{Lsn, TableName};
+use tokio_postgres::{Client, Statement};
+
 use super::relation::Rel;
-use super::{Applier, ApplyError, Txn};
+use super::{Applier, ApplyError, Op, Txn};
 use crate::error::PgError;
 use crate::pgoutput::Value;
 
@@ -106,10 +109,68 @@ fn key_of(rel: &Rel, values: &[Value]) -> Key {
     rel.columns.iter().zip(values).filter(|(c, _)| c.key).map(|(_, v)| raw(v)).collect()
 }
 
-/// Why a set statement did not do what it had to.
-fn mismatch(rel: &Rel, what: &str, want: usize, got: u64, last: Txn) -> ApplyError {
-    tracing::debug!(table = %rel.table, what, want, got, "set-based apply found fewer rows than keys; replaying row by row");
-    ApplyError::Reapply { until: last.commit_lsn }
+/// One set statement (one `text[]` per column), ready to run.
+pub(super) struct SetOp {
+    stmt: Statement,
+    cols: Vec<Vec<Option<Bytes>>>,
+    /// Rows it must affect: every key must find its row, every row must go in.
+    want: u64,
+    what: &'static str,
+    table: TableName,
+    /// Commit LSN of the last transaction it covers: a failure replays up to there row by row.
+    until: Lsn,
+}
+
+impl SetOp {
+    /// The statement, as an operation for the pipeline that owns what it sends.
+    pub(super) fn op(self, client: &Arc<Client>) -> (Op<'static>, SetCheck) {
+        let c = Arc::clone(client);
+        let check = SetCheck {
+            want: self.want,
+            what: self.what,
+            table: self.table,
+            until: self.until,
+        };
+        let (stmt, cols) = (self.stmt, self.cols);
+        let op: Op<'static> = Box::pin(async move {
+            let arrays: Vec<TextArray<'_>> = cols.iter().map(|c| TextArray(c)).collect();
+            let params: Vec<&(dyn ToSql + Sync)> = arrays.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
+            c.execute(&stmt, &params).await
+        });
+        (op, check)
+    }
+}
+
+/// What a set statement's answer must be.
+pub(super) struct SetCheck {
+    want: u64,
+    what: &'static str,
+    table: TableName,
+    until: Lsn,
+}
+
+impl SetCheck {
+    /// Ok when the statement affected exactly the rows it had to. A rejected or short
+    /// statement sends the batch back to be replayed row by row, which names the change at
+    /// fault; transient failures end the session.
+    pub(super) fn check(&self, r: Result<u64, tokio_postgres::Error>) -> Result<(), ApplyError> {
+        match r {
+            Ok(n) if n == self.want => Ok(()),
+            Ok(n) => {
+                tracing::debug!(table = %self.table, what = self.what, want = self.want, got = n, "set-based apply found fewer rows than keys; replaying row by row");
+                Err(ApplyError::Reapply { until: self.until })
+            }
+            Err(e) => {
+                let err = PgError::query(format!("applying changes to {} set-based", self.table), e);
+                if err.class == ferry_core::ErrorClass::Transient || err.code.is_none() {
+                    Err(err.into())
+                } else {
+                    tracing::debug!(table = %self.table, error = %err, "set-based apply failed; replaying row by row");
+                    Err(ApplyError::Reapply { until: self.until })
+                }
+            }
+        }
+    }
 }
 
 impl Applier {
@@ -119,9 +180,18 @@ impl Applier {
         if !b.rel.compactable {
             return self.apply_in_order(b).await;
         }
+        for op in self.plan_set(b).await? {
+            self.run_set(op).await?;
+        }
+        Ok(())
+    }
+
+    /// A compactable table's buffered changes as set statements (deletes, updates, inserts),
+    /// prepared, not yet sent.
+    pub(super) async fn plan_set(&mut self, b: Buffered) -> Result<Vec<SetOp>, ApplyError> {
         let rel = b.rel;
         let Some(last) = b.changes.last().map(|(_, t)| *t) else {
-            return Ok(());
+            return Ok(Vec::new());
         };
         let mut order: Vec<Key> = Vec::new();
         let mut nets: HashMap<Key, Net> = HashMap::new();
@@ -208,44 +278,58 @@ impl Applier {
                 }
             }
         }
-        let reapply = |e: ApplyError| match e {
-            ApplyError::Reapply { .. } => ApplyError::Reapply { until: last.commit_lsn },
-            e => e,
-        };
+        let mut ops = Vec::new();
         if n_del > 0 {
-            let sql = || super::sql::set_delete(&rel);
-            let got = self.run_set(&rel, "D", sql, &deletes).await.map_err(reapply)?;
-            if got != n_del as u64 {
-                return Err(mismatch(&rel, "delete", n_del, got, last));
-            }
+            ops.push(
+                self.set_op(
+                    &rel,
+                    "D",
+                    || super::sql::set_delete(&rel),
+                    deletes,
+                    n_del,
+                    "delete",
+                    last.commit_lsn,
+                )
+                .await?,
+            );
         }
         for (mask, cols) in updates {
             let n = cols.last().map(Vec::len).unwrap_or(0);
             let tag = format!("U{}", mask.iter().map(|m| if *m { '1' } else { '0' }).collect::<String>());
-            let got = self
-                .run_set(&rel, &tag, || super::sql::set_update(&rel, &mask), &cols)
-                .await
-                .map_err(reapply)?;
-            if got != n as u64 {
-                return Err(mismatch(&rel, "update", n, got, last));
-            }
+            ops.push(
+                self.set_op(
+                    &rel,
+                    &tag,
+                    || super::sql::set_update(&rel, &mask),
+                    cols,
+                    n,
+                    "update",
+                    last.commit_lsn,
+                )
+                .await?,
+            );
         }
         if n_ins > 0 {
-            let got = self
-                .run_set(&rel, "I", || super::sql::set_insert(&rel), &inserts)
-                .await
-                .map_err(reapply)?;
-            if got != n_ins as u64 {
-                return Err(mismatch(&rel, "insert", n_ins, got, last));
-            }
+            ops.push(
+                self.set_op(
+                    &rel,
+                    "I",
+                    || super::sql::set_insert(&rel),
+                    inserts,
+                    n_ins,
+                    "insert",
+                    last.commit_lsn,
+                )
+                .await?,
+            );
         }
-        Ok(())
+        Ok(ops)
     }
 
     /// A table whose changes do not commute (REPLICA IDENTITY FULL, other unique constraints):
     /// every change in order, row by row, except that a run of consecutive inserts becomes one
     /// multi-row INSERT (rows go in in the same order).
-    async fn apply_in_order(&mut self, b: Buffered) -> Result<(), ApplyError> {
+    pub(super) async fn apply_in_order(&mut self, b: Buffered) -> Result<(), ApplyError> {
         let rel = b.rel;
         let ncols = rel.columns.len();
         let mut run: Vec<Vec<Option<Bytes>>> = vec![Vec::new(); ncols];
@@ -291,48 +375,44 @@ impl Applier {
         // Row-by-row statements queued before this run go first.
         self.flush().await?;
         let until = last.map(|t| t.commit_lsn).unwrap_or_default();
-        let got = self
-            .run_set(rel, "I", || super::sql::set_insert(rel), run)
-            .await
-            .map_err(|e| match e {
-                ApplyError::Reapply { .. } => ApplyError::Reapply { until },
-                e => e,
-            })?;
-        if got != *len as u64 {
-            return Err(ApplyError::Reapply { until });
-        }
-        for c in run.iter_mut() {
-            c.clear();
-        }
+        let cols = run.iter_mut().map(std::mem::take).collect();
+        let op = self
+            .set_op(rel, "I", || super::sql::set_insert(rel), cols, *len, "insert", until)
+            .await?;
+        self.run_set(op).await?;
         *len = 0;
         Ok(())
     }
 
-    /// Runs one set statement with one text[] per column; errors other than transient ones send
-    /// the batch back to be replayed row by row.
-    async fn run_set(
+    /// Prepares one set statement over the given columns.
+    #[allow(clippy::too_many_arguments)]
+    async fn set_op(
         &mut self,
         rel: &Rel,
         tag: &str,
         sql: impl FnOnce() -> String,
-        cols: &[Vec<Option<Bytes>>],
-    ) -> Result<u64, ApplyError> {
+        cols: Vec<Vec<Option<Bytes>>>,
+        want: usize,
+        what: &'static str,
+        until: Lsn,
+    ) -> Result<SetOp, ApplyError> {
         let stmt = self
             .statement_typed(format!("{}:S{tag}", rel.id), sql, &vec![Type::TEXT_ARRAY; cols.len()])
             .await?;
-        let arrays: Vec<TextArray<'_>> = cols.iter().map(|c| TextArray(c)).collect();
-        let params: Vec<&(dyn ToSql + Sync)> = arrays.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
-        match self.tgt.execute(&stmt, &params).await {
-            Ok(n) => Ok(n),
-            Err(e) => {
-                let err = PgError::query(format!("applying changes to {} set-based", rel.table), e);
-                if err.class == ferry_core::ErrorClass::Transient || err.code.is_none() {
-                    Err(err.into())
-                } else {
-                    tracing::debug!(table = %rel.table, error = %err, "set-based apply failed; replaying row by row");
-                    Err(ApplyError::Reapply { until: Default::default() })
-                }
-            }
-        }
+        Ok(SetOp {
+            stmt,
+            cols,
+            want: want as u64,
+            what,
+            table: rel.table.clone(),
+            until,
+        })
+    }
+
+    /// Runs one set statement now, inside the open batch.
+    async fn run_set(&mut self, op: SetOp) -> Result<(), ApplyError> {
+        self.ensure_begun().await?;
+        let (op, check) = op.op(&self.tgt);
+        check.check(op.await)
     }
 }

@@ -291,7 +291,7 @@ impl Applier {
         Ok(true)
     }
 
-    async fn statement(&mut self, key: String, sql: impl FnOnce() -> String, params: usize) -> Result<Statement, PgError> {
+    async fn statement(&mut self, key: String, sql: impl FnOnce() -> String, params: usize) -> Result<Statement, ApplyError> {
         self.statement_typed(key, sql, &vec![Type::TEXT; params]).await
     }
 
@@ -301,10 +301,13 @@ impl Applier {
         key: String,
         sql: impl FnOnce() -> String,
         types: &[Type],
-    ) -> Result<Statement, PgError> {
+    ) -> Result<Statement, ApplyError> {
         if let Some(s) = self.stmts.get(&key) {
             return Ok(s.clone());
         }
+        // Not while a batch commits in the background: if it failed, its transaction is
+        // aborted and would refuse the statement.
+        self.settle().await?;
         let text = sql();
         let stmt = self
             .tgt
