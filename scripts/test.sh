@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Ferry's whole test suite, from a fresh machine:
-#   1. installs what is missing (PostgreSQL 15 server and client, MariaDB for the MySQL issue),
+#   1. installs what is missing (PostgreSQL 15 server and client, MariaDB for the MySQL issue,
+#      Chromium for the dashboard test),
 #   2. starts throwaway clusters on Ferry's own loopback ports,
 #   3. checks formatting and lints, runs every test with cargo nextest (cargo test if absent),
 #   4. stops what it started, whatever happened.
@@ -23,6 +24,8 @@ need=()
 [ -x "$FERRY_PG_BIN/initdb" ] || need+=(postgresql-15 postgresql-client-15)
 [ -x "$FERRY_PG_BIN/pgbench" ] || need+=(postgresql-15)
 command -v mariadbd >/dev/null 2>&1 || [ -x /usr/sbin/mariadbd ] || need+=(mariadb-server)
+# The dashboard test renders the page in a real headless browser.
+command -v "${FERRY_CHROMIUM:-chromium}" >/dev/null 2>&1 || need+=(chromium)
 scripts/install.sh "${need[@]}"
 
 # --- 2. servers ------------------------------------------------------------------------

@@ -67,6 +67,73 @@ impl Phase {
     }
 }
 
+impl Phase {
+    /// The phases a migration may move to from this one (staying in the same phase, as a
+    /// restarted process does, is always allowed). The graph of `../shared/design.md` section 2,
+    /// with `post_load` after `full_load`:
+    ///
+    /// ```text
+    /// assess -> schema -> full_load -> post_load -> cdc <-> verify
+    /// cdc | verify -> cutover -> cut_over -> complete
+    ///                 cutover -> cdc                  (aborted: traffic stays on the source)
+    /// cut_over -> rollback -> rolled_back -> cdc      (forward replication resumes)
+    ///             rollback -> cut_over                (aborted: traffic stays on the target)
+    /// cdc | rolled_back -> complete                   (finished without cutover)
+    /// ```
+    pub fn next(self) -> &'static [Phase] {
+        use Phase::*;
+        match self {
+            Assess => &[Schema],
+            Schema => &[FullLoad],
+            FullLoad => &[PostLoad],
+            PostLoad => &[Cdc],
+            Cdc => &[Verify, Cutover, Complete],
+            Verify => &[Cdc, Cutover],
+            Cutover => &[CutOver, Cdc],
+            CutOver => &[Complete, Rollback],
+            Rollback => &[RolledBack, CutOver],
+            RolledBack => &[Cdc, Complete],
+            Complete => &[],
+        }
+    }
+
+    /// Whether moving from this phase to `to` is allowed.
+    pub fn can_go_to(self, to: Phase) -> bool {
+        self == to || self.next().contains(&to)
+    }
+
+    /// Checks a transition, with an error that says what is allowed instead.
+    pub fn check_transition(self, to: Phase) -> Result<(), IllegalTransition> {
+        if self.can_go_to(to) {
+            Ok(())
+        } else {
+            Err(IllegalTransition { from: self, to })
+        }
+    }
+}
+
+/// A phase change the state machine does not allow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("{}", describe_illegal(*.from, *.to))]
+pub struct IllegalTransition {
+    /// Current phase.
+    pub from: Phase,
+    /// Requested phase.
+    pub to: Phase,
+}
+
+fn describe_illegal(from: Phase, to: Phase) -> String {
+    let next = from.next();
+    if next.is_empty() {
+        format!("the migration is in phase {from}, which is final: it cannot move to {to}")
+    } else {
+        format!(
+            "the migration is in phase {from} and cannot move to {to}; from {from} it can only move to {}",
+            next.iter().map(|p| p.as_str()).collect::<Vec<_>>().join(", ")
+        )
+    }
+}
+
 impl fmt::Display for Phase {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -144,5 +211,53 @@ mod tests {
             assert_eq!(s.as_str().parse::<TableState>().unwrap(), s);
         }
         assert!("nope".parse::<Phase>().is_err());
+    }
+
+    #[test]
+    fn transitions_follow_the_design_graph() {
+        use Phase::*;
+        // The happy path, step by step.
+        let path = [
+            Assess, Schema, FullLoad, PostLoad, Cdc, Verify, Cdc, Cutover, CutOver, Rollback, RolledBack, Cdc, Complete,
+        ];
+        for w in path.windows(2) {
+            assert!(w[0].can_go_to(w[1]), "{} -> {}", w[0], w[1]);
+        }
+        // Restarting in any phase is allowed.
+        for p in Phase::ALL {
+            assert!(p.can_go_to(p));
+        }
+        // Skipping ahead, going back to the load, and leaving a final phase are not.
+        for (from, to) in [
+            (Assess, FullLoad),
+            (Schema, Cdc),
+            (Cdc, FullLoad),
+            (Cdc, CutOver),
+            (CutOver, Cdc),
+            (Complete, Cdc),
+            (FullLoad, Cutover),
+        ] {
+            let e = from.check_transition(to).unwrap_err();
+            assert_eq!((e.from, e.to), (from, to));
+            assert!(e.to_string().contains(from.as_str()) && e.to_string().contains(to.as_str()), "{e}");
+        }
+        assert!(CutOver
+            .check_transition(Cdc)
+            .unwrap_err()
+            .to_string()
+            .contains("complete, rollback"));
+        assert!(Complete.check_transition(Cdc).unwrap_err().to_string().contains("final"));
+        // Every phase is reachable from assess.
+        let mut seen = vec![Assess];
+        let mut i = 0;
+        while i < seen.len() {
+            for n in seen[i].next() {
+                if !seen.contains(n) {
+                    seen.push(*n);
+                }
+            }
+            i += 1;
+        }
+        assert_eq!(seen.len(), Phase::ALL.len());
     }
 }

@@ -128,6 +128,15 @@ CREATE TABLE IF NOT EXISTS {s}.dead_letters (
     skipped      boolean NOT NULL DEFAULT false,
     UNIQUE (migration_id, commit_lsn, change_index)
 );
+CREATE TABLE IF NOT EXISTS {s}.transitions (
+    id           bigserial PRIMARY KEY,
+    migration_id text NOT NULL REFERENCES {s}.migrations (id) ON DELETE CASCADE,
+    at           timestamptz NOT NULL DEFAULT clock_timestamp(),
+    from_phase   text,
+    to_phase     text NOT NULL,
+    actor        text NOT NULL,
+    reason       text NOT NULL
+);
 COMMENT ON SCHEMA {s} IS 'Ferry migration state: do not edit while a migration runs';
 "#
         ))
@@ -177,19 +186,68 @@ COMMENT ON SCHEMA {s} IS 'Ferry migration state: do not edit while a migration r
         )
         .await
         .map_err(|e| PgError::query("recording the migration", e))?;
+        c.execute(
+            &format!(
+                "INSERT INTO {}.transitions (migration_id, from_phase, to_phase, actor, reason) VALUES ($1, NULL, 'assess', 'ferry migrate', 'migration created')",
+                self.q
+            ),
+            &[&id],
+        )
+        .await
+        .map_err(|e| PgError::query("recording the phase transition", e))?;
         self.event(c, id, Phase::Assess, "created", &format!("migration created from {source}"))
             .await
     }
 
-    /// Moves to `phase`, logging the transition with its reason.
-    pub async fn set_phase(&self, c: &impl GenericClient, id: &str, phase: Phase, reason: &str) -> Result<(), PgError> {
+    /// Moves the migration to `to`, if the state machine allows it from where it stands
+    /// (`Phase::next`), recording who asked (`actor`: "ferry migrate", "api 10.0.0.5", ...)
+    /// and why in `transitions` and in the event log. Staying in the same phase (a restart)
+    /// is recorded too. Returns the phase it left. Compare-and-set: a concurrent change of
+    /// phase makes this fail rather than overwrite it.
+    pub async fn transition(&self, c: &impl GenericClient, id: &str, to: Phase, actor: &str, reason: &str) -> Result<Phase, PgError> {
+        let context = || format!("moving migration {id} to phase {to}");
+        let row = c
+            .query_opt(&format!("SELECT phase FROM {}.migrations WHERE id = $1", self.q), &[&id])
+            .await
+            .map_err(|e| PgError::query("reading the phase", e))?
+            .ok_or_else(|| PgError::config(context(), "the migration is not recorded on the target", "run ferry migrate first"))?;
+        let from: Phase = row
+            .get::<_, String>(0)
+            .parse()
+            .map_err(|e: ferry_core::state::UnknownState| PgError::config(context(), e.to_string(), "upgrade Ferry"))?;
+        from.check_transition(to)
+            .map_err(|e| PgError::config(context(), e.to_string(), "run the step the current phase allows first"))?;
+        let n = c
+            .execute(
+                &format!(
+                    "UPDATE {}.migrations SET phase = $3, updated_at = now() WHERE id = $1 AND phase = $2",
+                    self.q
+                ),
+                &[&id, &from.as_str(), &to.as_str()],
+            )
+            .await
+            .map_err(|e| PgError::query("recording the phase", e))?;
+        if n != 1 {
+            return Err(PgError::config(
+                context(),
+                "the phase changed while this change was being made",
+                "look at `ferry status` and retry if still wanted",
+            ));
+        }
         c.execute(
-            &format!("UPDATE {}.migrations SET phase = $2, updated_at = now() WHERE id = $1", self.q),
-            &[&id, &phase.as_str()],
+            &format!(
+                "INSERT INTO {}.transitions (migration_id, from_phase, to_phase, actor, reason) VALUES ($1, $2, $3, $4, $5)",
+                self.q
+            ),
+            &[&id, &from.as_str(), &to.as_str(), &actor, &reason],
         )
         .await
-        .map_err(|e| PgError::query("recording the phase", e))?;
-        self.event(c, id, phase, "phase", reason).await
+        .map_err(|e| PgError::query("recording the phase transition", e))?;
+        self.event(c, id, to, "phase", reason).await?;
+        if from != to {
+            tracing::info!(migration = id, from = %from, to = %to, actor, reason, "phase changed");
+        }
+        Ok(from)
     }
 
     /// Appends to the event log.

@@ -128,14 +128,47 @@ pub struct MigrateArgs {
     /// Skip ANALYZE of the copied tables on the target.
     #[arg(long)]
     pub no_analyze: bool,
+    /// Address of the HTTP API, /metrics and the dashboard (`off` to serve nothing; port 0
+    /// picks a free port, logged at start).
+    #[arg(long, env = "FERRY_LISTEN", default_value = "127.0.0.1:7117", value_parser = parse_listen)]
+    pub listen: Listen,
+    /// File holding the bearer token that control endpoints require (required when --listen
+    /// is not a loopback address). FERRY_API_TOKEN works too.
+    #[arg(long)]
+    pub api_token_file: Option<PathBuf>,
+    /// Warn (status, dashboard) when the slot retains more WAL than this.
+    #[arg(long, default_value = "10GB", value_parser = parse_size)]
+    pub wal_warn: i64,
+}
+
+/// Where `migrate` serves HTTP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listen {
+    /// Serve nothing.
+    Off,
+    /// Serve on this address.
+    At(std::net::SocketAddr),
+}
+
+fn parse_listen(s: &str) -> Result<Listen, String> {
+    if s.eq_ignore_ascii_case("off") || s.eq_ignore_ascii_case("none") {
+        return Ok(Listen::Off);
+    }
+    s.parse()
+        .map(Listen::At)
+        .map_err(|_| format!("{s:?} is not an address such as 127.0.0.1:7117, [::1]:7117, 0.0.0.0:7117 or off"))
 }
 
 /// `ferry status`.
 #[derive(Debug, Args)]
 pub struct StatusArgs {
-    /// Target URL (where Ferry keeps its state).
+    /// URL of a running `ferry migrate`'s API (the default, when --target is not given).
+    #[arg(long, default_value = "http://127.0.0.1:7117", conflicts_with = "target")]
+    pub api: String,
+    /// Target URL (where Ferry keeps its state): read the state from the database instead of
+    /// the API, for when `ferry migrate` is not running.
     #[arg(long, env = "FERRY_TARGET_URL", hide_env_values = true)]
-    pub target: String,
+    pub target: Option<String>,
     /// Source URL: adds lag in bytes and the WAL the slot retains.
     #[arg(long, env = "FERRY_SOURCE_URL", hide_env_values = true)]
     pub source: Option<String>,

@@ -131,6 +131,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         maintenance_work_mem: "256MB".into(),
         analyze: true,
         quiet_check: true,
+        live: None,
     };
     // The application keeps writing while Ferry copies and streams.
     let writer_url = src.url(&password, "shop");

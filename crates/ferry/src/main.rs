@@ -5,8 +5,11 @@ mod cli;
 mod cluster;
 mod demo;
 mod exit;
+mod live;
+mod metrics;
 mod migrate;
 mod progress;
+mod server;
 mod settings;
 mod status;
 
@@ -25,6 +28,7 @@ fn init_logging(format: LogFormat, verbose: u8) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false);
     match format {
         LogFormat::Human => builder.init(),
@@ -46,12 +50,38 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Migrate(args) => {
             let req = settings::resolve(&args.endpoints)?;
+            let live = match args.listen {
+                cli::Listen::Off => None,
+                cli::Listen::At(addr) => {
+                    let live = std::sync::Arc::new(live::Live::new());
+                    let api = server::Api {
+                        live: live.clone(),
+                        metrics: std::sync::Arc::new(metrics::Metrics::new()),
+                        token: api_token(args.api_token_file.as_deref())?.map(std::sync::Arc::new),
+                        target: req.target.clone(),
+                        store: ferry_postgres::state::StateStore::new(&req.state_schema),
+                        migration_id: req.migration_id.clone(),
+                    };
+                    server::serve(addr, api)
+                        .await
+                        .map_err(|e| exit::UsageError(format!("--listen: {e:#}")))?;
+                    tokio::spawn(live.clone().sample_forever(
+                        req.target.clone(),
+                        req.source.clone(),
+                        req.migration_id.clone(),
+                        req.state_schema.clone(),
+                        args.wal_warn,
+                    ));
+                    Some(live)
+                }
+            };
             let opts = migrate::MigrateOptions {
                 skip_dead_letters: args.skip_dead_letters,
                 max_batch: args.max_batch,
                 maintenance_work_mem: args.maintenance_work_mem.clone(),
                 analyze: !args.no_analyze,
                 quiet_check: true,
+                live,
             };
             let (stop_tx, stop) = tokio::sync::watch::channel(false);
             tokio::spawn(async move {
@@ -85,26 +115,29 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(exit::OK)
         }
         Command::Status(args) => {
-            let target = ferry_postgres::Endpoint::parse(
-                &args.target,
-                std::env::var("FERRY_TARGET_PASSWORD").ok().map(ferry_core::Secret::new),
-            )
-            .map_err(|e| exit::UsageError(format!("--target: {e}")))?;
-            let source = match &args.source {
-                Some(s) => Some(
-                    ferry_postgres::Endpoint::parse(s, std::env::var("FERRY_SOURCE_PASSWORD").ok().map(ferry_core::Secret::new))
-                        .map_err(|e| exit::UsageError(format!("--source: {e}")))?,
-                ),
-                None => None,
+            let st = match &args.target {
+                Some(url) => {
+                    let target =
+                        ferry_postgres::Endpoint::parse(url, std::env::var("FERRY_TARGET_PASSWORD").ok().map(ferry_core::Secret::new))
+                            .map_err(|e| exit::UsageError(format!("--target: {e}")))?;
+                    let source = match &args.source {
+                        Some(s) => Some(
+                            ferry_postgres::Endpoint::parse(s, std::env::var("FERRY_SOURCE_PASSWORD").ok().map(ferry_core::Secret::new))
+                                .map_err(|e| exit::UsageError(format!("--source: {e}")))?,
+                        ),
+                        None => None,
+                    };
+                    status::read(
+                        &target,
+                        source.as_ref(),
+                        args.migration_id.as_deref(),
+                        &args.state_schema,
+                        args.wal_warn,
+                    )
+                    .await?
+                }
+                None => status::fetch(&args.api).await?,
             };
-            let st = status::read(
-                &target,
-                source.as_ref(),
-                args.migration_id.as_deref(),
-                &args.state_schema,
-                args.wal_warn,
-            )
-            .await?;
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&st)?);
             } else {
@@ -121,6 +154,25 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             demo::run(args).await?;
             Ok(exit::OK)
         }
+    }
+}
+
+/// The API token: from --api-token-file, else FERRY_API_TOKEN, else none.
+fn api_token(file: Option<&std::path::Path>) -> anyhow::Result<Option<ferry_core::Secret>> {
+    let token = match file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| exit::UsageError(format!("--api-token-file: cannot read {}: {e}", path.display())))?;
+            Some(text.trim().to_string())
+        }
+        None => std::env::var("FERRY_API_TOKEN").ok(),
+    };
+    match token {
+        Some(t) if t.len() < 16 => {
+            Err(exit::UsageError("the API token is shorter than 16 characters; generate one with `openssl rand -hex 32`".into()).into())
+        }
+        Some(t) => Ok(Some(ferry_core::Secret::new(t))),
+        None => Ok(None),
     }
 }
 

@@ -41,6 +41,8 @@ pub struct MigrateOptions {
     pub analyze: bool,
     /// Print the check report even when nothing blocks.
     pub quiet_check: bool,
+    /// Live state for the HTTP API and metrics, when served.
+    pub live: Option<std::sync::Arc<crate::live::Live>>,
 }
 
 /// One table in the summary.
@@ -90,6 +92,9 @@ pub struct Summary {
 }
 
 /// Runs schema and full load; returns the summary.
+/// Who `ferry migrate` is in the transitions log.
+const ACTOR: &str = "ferry migrate";
+
 pub async fn run(req: &CheckRequest, opts: &MigrateOptions) -> anyhow::Result<Option<Summary>> {
     let started = Instant::now();
     let report = preflight::check(req).await;
@@ -108,7 +113,19 @@ pub async fn run(req: &CheckRequest, opts: &MigrateOptions) -> anyhow::Result<Op
     let source = req.source.connect("control").await?;
     store.ensure(&target).await?;
     let mut rec = match store.load(&target, &id).await? {
-        Some(r) => r,
+        Some(r) => {
+            // A restart is a transition too (to the same phase): the log shows every one.
+            store
+                .transition(
+                    &target,
+                    &id,
+                    r.phase,
+                    ACTOR,
+                    &format!("ferry migrate restarted in phase {}", r.phase),
+                )
+                .await?;
+            r
+        }
         None => {
             store
                 .create(&target, &id, req.source.redacted(), &req.slot, &req.publication)
@@ -164,10 +181,11 @@ pub async fn run(req: &CheckRequest, opts: &MigrateOptions) -> anyhow::Result<Op
             tracing::info!(slot = %created.name, consistent_point = %created.consistent_point, snapshot = %created.snapshot, "created replication slot with exported snapshot");
             store.set_consistent_lsn(&target, &id, Some(created.consistent_point)).await?;
             store
-                .set_phase(
+                .transition(
                     &target,
                     &id,
                     Phase::Schema,
+                    ACTOR,
                     &format!("slot {} created at {}", created.name, created.consistent_point),
                 )
                 .await?;
@@ -229,7 +247,7 @@ pub async fn run(req: &CheckRequest, opts: &MigrateOptions) -> anyhow::Result<Op
                 "{err}\nhint: if objects of the source already exist on the target, drop them, use an empty target database, or pass --overwrite"
             );
         }
-        store.set_phase(&target, &id, Phase::FullLoad, "schema created").await?;
+        store.transition(&target, &id, Phase::FullLoad, ACTOR, "schema created").await?;
         tracing::info!(seconds = t_schema.elapsed().as_secs_f64(), "schema created on the target");
     }
     let schema_seconds = t_schema.elapsed().as_secs_f64();
@@ -304,6 +322,9 @@ pub async fn run(req: &CheckRequest, opts: &MigrateOptions) -> anyhow::Result<Op
             migration_id: id.clone(),
             started: t_data,
         };
+        if let Some(live) = &opts.live {
+            live.set_load(to_copy.iter().map(|t| t.name.to_string()).collect(), progress.clone());
+        }
         let result = snapshot::copy_items(job, items, progress.clone()).await;
         bar.finish();
         result?;
@@ -313,7 +334,9 @@ pub async fn run(req: &CheckRequest, opts: &MigrateOptions) -> anyhow::Result<Op
     if let Some(r) = repl.take() {
         r.close().await;
     }
-    store.set_phase(&target, &id, Phase::PostLoad, "all table data copied").await?;
+    store
+        .transition(&target, &id, Phase::PostLoad, ACTOR, "all table data copied")
+        .await?;
 
     // Post-data.
     let t_post = Instant::now();
@@ -432,15 +455,19 @@ pub async fn cdc(req: &CheckRequest, opts: &MigrateOptions, stop: tokio::sync::w
         .context("the migration is not recorded on the target")?;
     if rec.phase != Phase::Cdc {
         store
-            .set_phase(
+            .transition(
                 &target,
                 &req.migration_id,
                 Phase::Cdc,
+                ACTOR,
                 "full load complete; streaming changes from the slot",
             )
             .await?;
     }
     let progress = std::sync::Arc::new(CdcProgress::default());
+    if let Some(live) = &opts.live {
+        live.set_cdc(progress.clone());
+    }
     let p = progress.clone();
     let logger = tokio::spawn(async move {
         let (mut last_txns, mut last_changes) = (0u64, 0u64);
@@ -475,6 +502,7 @@ pub async fn cdc(req: &CheckRequest, opts: &MigrateOptions, stop: tokio::sync::w
         max_batch: opts.max_batch,
         max_delay: std::time::Duration::from_millis(100),
         skip_dead_letters: opts.skip_dead_letters,
+        pause: opts.live.as_ref().map(|l| l.pause_receiver()),
     };
     let result = cdc::run(opts, stop, progress.clone()).await;
     logger.abort();

@@ -4,12 +4,14 @@
 use anyhow::Context;
 use ferry_core::ident::quote_ident;
 use ferry_postgres::Endpoint;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use tokio_postgres::Client;
 
 use crate::check_cmd::{human_bytes, human_count};
 
-/// Everything status shows.
-#[derive(Debug, Serialize)]
+/// Everything status shows. Served as JSON by `GET /api/status` (with the live fields filled)
+/// and printed by `ferry status`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Status {
     /// Migration id.
     pub migration_id: String,
@@ -39,10 +41,98 @@ pub struct Status {
     pub tables: Vec<TableStatus>,
     /// Warnings.
     pub warnings: Vec<String>,
+    /// Seconds since the migration entered its current phase.
+    #[serde(default)]
+    pub phase_seconds: Option<f64>,
+    /// Phase changes, oldest first (the last 100).
+    #[serde(default)]
+    pub transitions: Vec<Transition>,
+    /// The latest dead letters (up to 20), newest first.
+    #[serde(default)]
+    pub recent_dead_letters: Vec<DeadLetterRow>,
+    /// Figures only the running `ferry migrate` knows (absent when read from the database).
+    #[serde(default)]
+    pub live: Option<LiveFigures>,
+}
+
+/// One phase change.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Transition {
+    /// When (RFC 3339).
+    pub at: String,
+    /// Phase left (None for the first).
+    pub from: Option<String>,
+    /// Phase entered.
+    pub to: String,
+    /// Who asked.
+    pub actor: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// One dead letter.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeadLetterRow {
+    /// When recorded (RFC 3339).
+    pub at: String,
+    /// Source commit LSN.
+    pub commit_lsn: String,
+    /// Table.
+    pub table: String,
+    /// Operation.
+    pub operation: String,
+    /// Key.
+    pub key: Option<String>,
+    /// Error.
+    pub error: String,
+    /// Stepped over (`--skip-dead-letters`).
+    pub skipped: bool,
+}
+
+/// What the running process adds to the stored state.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct LiveFigures {
+    /// Seconds since `ferry migrate` started.
+    pub uptime_seconds: f64,
+    /// Change capture paused through the API.
+    pub paused: bool,
+    /// Rows copied per second (last 5 s).
+    pub rows_per_second: f64,
+    /// Bytes copied per second (last 5 s).
+    pub bytes_per_second: f64,
+    /// Row changes applied per second (last 5 s).
+    pub changes_per_second: f64,
+    /// Source transactions applied per second (last 5 s).
+    pub transactions_per_second: f64,
+    /// Apply sessions that failed and were retried, and rejected changes.
+    pub apply_errors: u64,
+    /// Last verification (none until `ferry verify` runs against this migration).
+    pub last_verification: Option<serde_json::Value>,
+    /// One sample per second, oldest first (the last 15 minutes).
+    pub history: Vec<Sample>,
+}
+
+/// One per-second sample, for charts.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub struct Sample {
+    /// Unix time, milliseconds.
+    pub t: u64,
+    /// Rows copied so far (all tables).
+    pub rows_copied: i64,
+    /// Bytes copied so far.
+    pub bytes_copied: i64,
+    /// Row changes applied so far.
+    pub changes_applied: i64,
+    /// Transactions applied so far.
+    pub transactions_applied: i64,
+    /// Lag in seconds, when known.
+    pub lag_seconds: Option<f64>,
+    /// Lag in bytes, when known.
+    pub lag_bytes: Option<i64>,
 }
 
 /// Row events applied.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct EventCounts {
     /// Inserts.
     pub insert: i64,
@@ -55,7 +145,7 @@ pub struct EventCounts {
 }
 
 /// One table.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TableStatus {
     /// Name.
     pub table: String,
@@ -65,11 +155,30 @@ pub struct TableStatus {
     pub rows_copied: i64,
     /// Estimated rows.
     pub rows_estimate: Option<i64>,
+    /// Bytes copied (COPY format).
+    #[serde(default)]
+    pub bytes_copied: i64,
 }
 
 /// Reads the status. `wal_warn` is the retained-WAL size past which status warns.
 pub async fn read(target: &Endpoint, source: Option<&Endpoint>, id: Option<&str>, schema: &str, wal_warn: i64) -> anyhow::Result<Status> {
     let t = target.connect("status").await?;
+    let s = match source {
+        Some(src) => Some(src.connect("status").await.context("reading the slot on the source")?),
+        None => None,
+    };
+    read_with(&t, s.as_ref(), &target.describe(), id, schema, wal_warn).await
+}
+
+/// Reads the status over open connections (`where_` names the target in errors).
+pub async fn read_with(
+    t: &Client,
+    source: Option<&Client>,
+    where_: &str,
+    id: Option<&str>,
+    schema: &str,
+    wal_warn: i64,
+) -> anyhow::Result<Status> {
     let q = quote_ident(schema);
     let exists: bool = t
         .query_one("SELECT to_regclass($1) IS NOT NULL", &[&format!("{q}.migrations")])
@@ -78,7 +187,7 @@ pub async fn read(target: &Endpoint, source: Option<&Endpoint>, id: Option<&str>
     if !exists {
         anyhow::bail!(
             "no Ferry migration on {}: schema {schema} has no migrations table (wrong target, or --state-schema?)",
-            target.describe()
+            where_
         );
     }
     let rows = t
@@ -94,7 +203,7 @@ pub async fn read(target: &Endpoint, source: Option<&Endpoint>, id: Option<&str>
         )
         .await?;
     let r = match rows.len() {
-        0 => anyhow::bail!("no migration {} recorded on {}", id.unwrap_or("at all"), target.describe()),
+        0 => anyhow::bail!("no migration {} recorded on {}", id.unwrap_or("at all"), where_),
         1 => &rows[0],
         _ if id.is_none() => anyhow::bail!(
             "{} migrations are recorded on the target; name one with --migration-id ({})",
@@ -125,20 +234,84 @@ pub async fn read(target: &Endpoint, source: Option<&Endpoint>, id: Option<&str>
         dead_letters: r.get(11),
         tables: Vec::new(),
         warnings: Vec::new(),
+        phase_seconds: None,
+        transitions: Vec::new(),
+        recent_dead_letters: Vec::new(),
+        live: None,
         migration_id: migration_id.clone(),
     };
     let since_commit: Option<f64> = r.get(10);
     for row in t
         .query(
-            &format!("SELECT format('%s.%s', schema_name, table_name), state, rows_copied, rows_estimate FROM {q}.tables WHERE migration_id = $1 ORDER BY rows_copied DESC, 1"),
+            &format!("SELECT format('%s.%s', schema_name, table_name), state, rows_copied, rows_estimate, bytes_copied FROM {q}.tables WHERE migration_id = $1 ORDER BY rows_estimate DESC NULLS LAST, 1"),
             &[&migration_id],
         )
         .await?
     {
-        status.tables.push(TableStatus { table: row.get(0), state: row.get(1), rows_copied: row.get(2), rows_estimate: row.get(3) });
+        status.tables.push(TableStatus {
+            table: row.get(0),
+            state: row.get(1),
+            rows_copied: row.get(2),
+            rows_estimate: row.get(3),
+            bytes_copied: row.get(4),
+        });
     }
-    if let Some(src) = source {
-        let s = src.connect("status").await.context("reading the slot on the source")?;
+    // Older state schemas (before transitions were recorded) have no such table.
+    let has_transitions: bool = t
+        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&format!("{q}.transitions")])
+        .await?
+        .get(0);
+    if has_transitions {
+        status.phase_seconds = t
+            .query_one(
+                &format!(
+                    "SELECT extract(epoch FROM now() - max(at))::float8 FROM {q}.transitions
+                     WHERE migration_id = $1 AND from_phase IS DISTINCT FROM to_phase"
+                ),
+                &[&migration_id],
+            )
+            .await?
+            .get(0);
+        for row in t
+            .query(
+                &format!(
+                    "SELECT * FROM (SELECT id, to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'), from_phase, to_phase, actor, reason
+                     FROM {q}.transitions WHERE migration_id = $1 ORDER BY id DESC LIMIT 100) x ORDER BY id"
+                ),
+                &[&migration_id],
+            )
+            .await?
+        {
+            status.transitions.push(Transition {
+                at: row.get(1),
+                from: row.get(2),
+                to: row.get(3),
+                actor: row.get(4),
+                reason: row.get(5),
+            });
+        }
+    }
+    for row in t
+        .query(
+            &format!(
+                "SELECT to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'), commit_lsn::text, table_name, operation, key, error, skipped
+                 FROM {q}.dead_letters WHERE migration_id = $1 ORDER BY id DESC LIMIT 20"
+            ),
+            &[&migration_id],
+        )
+        .await?
+    {
+        status.recent_dead_letters.push(DeadLetterRow {
+            at: row.get(0),
+            commit_lsn: row.get(1),
+            table: row.get(2),
+            operation: row.get(3),
+            key: row.get(4),
+            error: row.get(5),
+            skipped: row.get(6),
+        });
+    }
+    if let Some(s) = source {
         let row = s
             .query_opt(
                 "SELECT active, (pg_current_wal_lsn() - confirmed_flush_lsn)::int8, (pg_current_wal_lsn() - restart_lsn)::int8
@@ -214,6 +387,26 @@ pub fn render(s: &Status) -> String {
         (None, _) => o.push_str("  lag: pass --source to measure lag and retained WAL\n"),
     }
     o.push_str(&format!("  dead letters: {}\n", s.dead_letters));
+    if let Some(l) = &s.live {
+        o.push_str(&format!(
+            "  now: {:.0} rows/s copied, {:.0} changes/s and {:.0} transactions/s applied; {} apply errors{}\n",
+            l.rows_per_second,
+            l.changes_per_second,
+            l.transactions_per_second,
+            l.apply_errors,
+            if l.paused { "; change capture PAUSED" } else { "" }
+        ));
+    }
+    if let Some(t) = s.transitions.last() {
+        o.push_str(&format!(
+            "  last phase change: {} {} -> {} by {}: {}\n",
+            t.at,
+            t.from.as_deref().unwrap_or("-"),
+            t.to,
+            t.actor,
+            t.reason
+        ));
+    }
     let copied = s.tables.iter().filter(|t| t.state == "copied").count();
     o.push_str(&format!("  tables: {copied} of {} copied\n", s.tables.len()));
     for t in s.tables.iter().filter(|t| t.state != "copied") {
@@ -229,4 +422,42 @@ pub fn render(s: &Status) -> String {
         o.push_str(&format!("  WARNING: {w}\n"));
     }
     o
+}
+
+/// Reads the status from a running `ferry migrate`'s API (`GET /api/status`).
+pub async fn fetch(api: &str) -> anyhow::Result<Status> {
+    let (code, body) = http_get(api, "/api/status").await?;
+    if code != 200 {
+        let why = serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
+            .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
+        anyhow::bail!("the Ferry API at {api} answered {code}: {why}");
+    }
+    serde_json::from_slice(&body).with_context(|| format!("the Ferry API at {api} sent a status this ferry cannot read (another version?)"))
+}
+
+/// A minimal HTTP/1.1 GET with hyper: `base` is `http://host:port`.
+pub async fn http_get(base: &str, path: &str) -> anyhow::Result<(u16, Vec<u8>)> {
+    use http_body_util::{BodyExt, Empty};
+    let rest = base.strip_prefix("http://").with_context(|| {
+        format!("--api {base}: only http:// URLs are supported (https://: put a TLS proxy in front and use it from the same host)")
+    })?;
+    let authority = rest.trim_end_matches('/');
+    let help = || {
+        format!("cannot reach the Ferry API at {base}: is `ferry migrate` running with --listen {authority}? To read the state without it, pass --target URL")
+    };
+    let stream = tokio::net::TcpStream::connect(authority).await.with_context(help)?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+        .await
+        .with_context(help)?;
+    tokio::spawn(conn);
+    let req = hyper::Request::get(path)
+        .header(hyper::header::HOST, authority)
+        .body(Empty::<bytes::Bytes>::new())
+        .context("building the request")?;
+    let resp = sender.send_request(req).await.with_context(help)?;
+    let code = resp.status().as_u16();
+    let body = resp.into_body().collect().await.with_context(help)?.to_bytes().to_vec();
+    Ok((code, body))
 }

@@ -136,8 +136,79 @@ pub fn ferry_cmd(args: &[&str]) -> Command {
         .env_remove("FERRY_TARGET_URL")
         .env_remove("FERRY_SOURCE_PASSWORD")
         .env_remove("FERRY_TARGET_PASSWORD")
+        .env_remove("FERRY_API_TOKEN")
+        // Tests run in parallel: no HTTP API unless a test asks for one (--listen wins).
+        .env("FERRY_LISTEN", "off")
         .env("NO_COLOR", "1");
     c
+}
+
+/// A loopback address with a port free right now, for `--listen`.
+pub fn free_addr() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().to_string()
+}
+
+/// One HTTP/1.1 request to `http://{addr}{path}` (with a bearer token when given): status and body.
+pub async fn http(method: &str, addr: &str, path: &str, token: Option<&str>) -> (u16, String) {
+    use http_body_util::{BodyExt, Empty};
+    let stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let mut req = hyper::Request::builder().method(method).uri(path).header("host", addr);
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let resp = sender.send_request(req.body(Empty::<bytes::Bytes>::new()).unwrap()).await.unwrap();
+    let code = resp.status().as_u16();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (code, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// `GET /api/status` as JSON, once the API answers with a status.
+pub async fn api_status(addr: &str) -> serde_json::Value {
+    let start = Instant::now();
+    loop {
+        if let Ok(Ok((200, body))) = tokio::time::timeout(Duration::from_secs(5), async {
+            match tokio::net::TcpStream::connect(addr).await {
+                Ok(_) => Ok(http("GET", addr, "/api/status", None).await),
+                Err(e) => Err(e),
+            }
+        })
+        .await
+        {
+            return serde_json::from_str(&body).unwrap();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the API at {addr} gave no status within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Polls the status API until `pred` holds (at most `timeout`); returns that status.
+pub async fn api_wait(addr: &str, what: &str, timeout: Duration, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    let start = Instant::now();
+    loop {
+        let st = api_status(addr).await;
+        if pred(&st) {
+            return st;
+        }
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}; last status: {st}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The value of one sample line of a Prometheus exposition (`name{labels}` exactly as written).
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 /// Runs ferry to completion.

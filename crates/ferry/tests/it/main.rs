@@ -1,8 +1,10 @@
 //! Ferry's integration tests, against real PostgreSQL servers started by scripts/test.sh.
 
+mod api;
 mod bad_input;
 mod cdc;
 mod demo;
+mod deploy;
 mod full_load;
 mod harness;
 mod resume;

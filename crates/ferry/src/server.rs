@@ -1,0 +1,295 @@
+//! The HTTP side of `ferry migrate --listen`: status API, events, control endpoints, Prometheus
+//! metrics and the dashboard.
+//!
+//! ```text
+//! GET  /                 dashboard (one self-contained page)
+//! GET  /api/status       phase, tables, lag, rates, transitions, dead letters, history (JSON)
+//! GET  /api/events       the event log (?after=ID&limit=N)
+//! GET  /metrics          Prometheus / OpenMetrics text
+//! GET  /healthz          200 while the process runs
+//! POST /api/pause        stop change capture at a checkpoint (the slot keeps the changes)
+//! POST /api/resume       resume change capture
+//! POST /api/verify       (with the verification issue)
+//! POST /api/cutover      (with the cutover issue)
+//! POST /api/rollback     (with the cutover issue)
+//! ```
+//! Control endpoints (POST) require `Authorization: Bearer TOKEN` when a token is configured,
+//! and a token is required whenever the listener is not a loopback address: `serve` refuses to
+//! start otherwise. Reads are open, as Prometheus scrapes usually are; they hold no secrets.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use ferry_core::{Phase, Secret};
+use ferry_postgres::state::StateStore;
+use ferry_postgres::Endpoint;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::live::Live;
+use crate::metrics::Metrics;
+
+const DASHBOARD: &str = include_str!("dashboard.html");
+
+/// What the handlers share.
+#[derive(Clone, Debug)]
+pub struct Api {
+    /// Live state.
+    pub live: Arc<Live>,
+    /// Metric families.
+    pub metrics: Arc<Metrics>,
+    /// Bearer token for control endpoints.
+    pub token: Option<Arc<Secret>>,
+    /// Target (state schema).
+    pub target: Endpoint,
+    /// State schema.
+    pub store: StateStore,
+    /// Migration id.
+    pub migration_id: String,
+}
+
+/// Binds `addr` and serves until the process ends. Refuses a non-loopback address without a
+/// token, and says what to do when the address is taken.
+pub async fn serve(addr: SocketAddr, api: Api) -> anyhow::Result<SocketAddr> {
+    if !addr.ip().is_loopback() && api.token.is_none() {
+        anyhow::bail!(
+            "refusing to serve the control API on {addr} without a token: anyone who can reach it could pause or cut over the migration; \
+             pass --api-token-file FILE (or set FERRY_API_TOKEN), or listen on a loopback address such as 127.0.0.1:7117"
+        );
+    }
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        anyhow::anyhow!(
+            "cannot listen on {addr} for the HTTP API: {e}; if another `ferry migrate` runs on this machine, give this one another --listen address (port 0 picks a free one), or --listen off"
+        )
+    })?;
+    let local = listener.local_addr()?;
+    let app = Router::new()
+        .route("/", get(dashboard))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics))
+        .route("/api/status", get(status))
+        .route("/api/events", get(events))
+        .route("/api/pause", post(pause))
+        .route("/api/resume", post(resume))
+        .route("/api/verify", post(verify))
+        .route("/api/cutover", post(cutover))
+        .route("/api/rollback", post(rollback))
+        .with_state(api);
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await {
+            tracing::error!(error = %e, "the HTTP API stopped");
+        }
+    });
+    tracing::info!(url = %format!("http://{local}/"), "HTTP API, metrics and dashboard listening");
+    Ok(local)
+}
+
+/// A refusal: the HTTP status that fits, what went wrong and what to do, as JSON.
+#[derive(Debug)]
+struct ApiError {
+    code: StatusCode,
+    message: String,
+    fix: &'static str,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.code, Json(json!({ "error": self.message, "fix": self.fix }))).into_response()
+    }
+}
+
+fn error(code: StatusCode, message: impl Into<String>, fix: &'static str) -> ApiError {
+    ApiError {
+        code,
+        message: message.into(),
+        fix,
+    }
+}
+
+async fn dashboard() -> impl IntoResponse {
+    (
+        [
+            (header::CACHE_CONTROL, "no-store"),
+            (header::CONTENT_SECURITY_POLICY, "default-src 'self' 'unsafe-inline'"),
+        ],
+        Html(DASHBOARD),
+    )
+}
+
+async fn metrics(State(api): State<Api>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        api.metrics.render(&api.live),
+    )
+}
+
+async fn status(State(api): State<Api>) -> Response {
+    match api.live.status() {
+        Ok(st) => Json(st).into_response(),
+        Err(why) => error(StatusCode::SERVICE_UNAVAILABLE, why, "retry in a second; the migration is starting").into_response(),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct EventsQuery {
+    after: Option<i64>,
+    limit: Option<i64>,
+}
+
+async fn events(State(api): State<Api>, Query(q): Query<EventsQuery>) -> Response {
+    let read = async {
+        let c = api.target.connect("api").await?;
+        let rows = c
+            .query(
+                &format!(
+                    "SELECT id, to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'), phase, kind, message
+                     FROM {}.events WHERE migration_id = $1 AND id > $2 ORDER BY id LIMIT $3",
+                    api.store.quoted()
+                ),
+                &[&api.migration_id, &q.after.unwrap_or(0), &q.limit.unwrap_or(100).clamp(1, 1000)],
+            )
+            .await
+            .map_err(|e| ferry_postgres::PgError::query("reading the event log", e))?;
+        Ok::<_, ferry_postgres::PgError>(
+            rows.iter()
+                .map(|r| {
+                    json!({
+                        "id": r.get::<_, i64>(0), "at": r.get::<_, String>(1), "phase": r.get::<_, String>(2),
+                        "kind": r.get::<_, String>(3), "message": r.get::<_, String>(4),
+                    })
+                })
+                .collect::<Vec<_>>(),
+        )
+    };
+    match read.await {
+        Ok(events) => Json(json!({ "events": events })).into_response(),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string(), "check that the target is reachable").into_response(),
+    }
+}
+
+/// Who asked, for the event log.
+fn actor(peer: SocketAddr) -> String {
+    format!("api {}", peer.ip())
+}
+
+/// Checks the bearer token of a control request.
+fn authorize(api: &Api, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(token) = &api.token else {
+        return Ok(());
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if constant_time_eq(given.as_bytes(), token.expose().as_bytes()) {
+        Ok(())
+    } else {
+        Err(error(
+            StatusCode::UNAUTHORIZED,
+            "this control endpoint needs the migration's API token",
+            "send `Authorization: Bearer TOKEN` with the token given to ferry migrate (--api-token-file or FERRY_API_TOKEN)",
+        ))
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The current phase, from the latest sample.
+fn phase(api: &Api) -> Result<Phase, ApiError> {
+    let st = api
+        .live
+        .status()
+        .map_err(|why| error(StatusCode::SERVICE_UNAVAILABLE, why, "retry in a second"))?;
+    st.phase.parse().map_err(|_| {
+        error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("unknown phase {}", st.phase),
+            "upgrade Ferry",
+        )
+    })
+}
+
+async fn record(api: &Api, phase: Phase, kind: &str, message: &str) {
+    let r = async {
+        let c = api.target.connect("api").await?;
+        api.store.event(&c, &api.migration_id, phase, kind, message).await
+    };
+    if let Err(e) = r.await {
+        tracing::warn!(error = %e, "could not record {kind} in the event log");
+    }
+}
+
+async fn set_pause(api: Api, peer: SocketAddr, headers: HeaderMap, paused: bool) -> Response {
+    if let Err(r) = authorize(&api, &headers) {
+        return r.into_response();
+    }
+    let phase = match phase(&api) {
+        Ok(p) => p,
+        Err(r) => return r.into_response(),
+    };
+    if phase != Phase::Cdc {
+        return error(
+            StatusCode::CONFLICT,
+            format!("the migration is in phase {phase}; pause and resume apply to change capture (phase cdc)"),
+            "wait for the full load to finish",
+        )
+        .into_response();
+    }
+    let was = api.live.set_paused(paused);
+    let (kind, what) = if paused { ("paused", "paused") } else { ("resumed", "resumed") };
+    if was != paused {
+        let message = format!("change capture {what} by {}", actor(peer));
+        tracing::info!(actor = %actor(peer), "change capture {what} through the API");
+        record(&api, phase, kind, &message).await;
+    }
+    Json(json!({ "ok": true, "paused": paused, "changed": was != paused })).into_response()
+}
+
+async fn pause(State(api): State<Api>, ConnectInfo(peer): ConnectInfo<SocketAddr>, headers: HeaderMap) -> Response {
+    set_pause(api, peer, headers, true).await
+}
+
+async fn resume(State(api): State<Api>, ConnectInfo(peer): ConnectInfo<SocketAddr>, headers: HeaderMap) -> Response {
+    set_pause(api, peer, headers, false).await
+}
+
+/// A control step that moves the migration to `to`: refused with 409 when the state machine
+/// does not allow it from the current phase; the step itself arrives with its issue.
+async fn step(api: Api, headers: HeaderMap, to: Phase, what: &str) -> Response {
+    if let Err(r) = authorize(&api, &headers) {
+        return r.into_response();
+    }
+    let from = match phase(&api) {
+        Ok(p) => p,
+        Err(r) => return r.into_response(),
+    };
+    if let Err(e) = from.check_transition(to) {
+        return error(StatusCode::CONFLICT, e.to_string(), "run the step the current phase allows first").into_response();
+    }
+    error(
+        StatusCode::NOT_IMPLEMENTED,
+        format!("{what} is not part of this Ferry build yet"),
+        "see the README's status table for what each version can do",
+    )
+    .into_response()
+}
+
+async fn verify(State(api): State<Api>, headers: HeaderMap) -> Response {
+    step(api, headers, Phase::Verify, "verification through the API").await
+}
+
+async fn cutover(State(api): State<Api>, headers: HeaderMap) -> Response {
+    step(api, headers, Phase::Cutover, "cutover").await
+}
+
+async fn rollback(State(api): State<Api>, headers: HeaderMap) -> Response {
+    step(api, headers, Phase::Rollback, "rollback").await
+}
