@@ -364,7 +364,9 @@ async fn heavy_restart_in_every_phase() {
     let m = Migrator::spawn(&refs(&args));
     wait_for_row(&dbs.target, "the post-load phase", Duration::from_secs(120), &phase_is("post_load")).await;
     m.kill9();
-    let m = Migrator::spawn(&refs(&args));
+    // This run logs JSON: one object per line, phase changes with their fields.
+    let json_args = migrate_args(&dbs, &["--log-format", "json"]);
+    let m = Migrator::spawn(&refs(&json_args));
     wait_for_cdc(&dbs.target).await;
     connect(&dbs.source)
         .await
@@ -373,6 +375,24 @@ async fn heavy_restart_in_every_phase() {
         .unwrap();
     let run = m.terminate();
     assert_eq!(run.code, 0, "{}", run.stderr);
+    let logs: Vec<serde_json::Value> = run
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let change = logs
+        .iter()
+        .find(|l| l["fields"]["message"] == "phase changed")
+        .unwrap_or_else(|| panic!("no phase change logged: {}", run.stderr));
+    assert_eq!(
+        (change["fields"]["from"].as_str(), change["fields"]["to"].as_str()),
+        (Some("post_load"), Some("cdc")),
+        "{change}"
+    );
+    assert_eq!(change["fields"]["actor"], "ferry migrate");
+    assert!(logs.iter().any(|l| l["level"] == "INFO" && l["timestamp"].is_string()));
+    assert!(!run.stderr.contains("ferry-test-pw"), "password in the log");
     let m = Migrator::spawn(&refs(&args));
     connect(&dbs.source)
         .await
