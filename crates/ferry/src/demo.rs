@@ -125,13 +125,35 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         req.source.redacted(),
         req.target.redacted()
     );
+    // The API, metrics and dashboard, as `ferry migrate` serves them (port 7117, or a free one).
+    let live = std::sync::Arc::new(crate::live::Live::new());
+    let api = crate::server::Api {
+        live: live.clone(),
+        metrics: std::sync::Arc::new(crate::metrics::Metrics::new()),
+        token: None,
+        target: req.target.clone(),
+        store: ferry_postgres::state::StateStore::new(&req.state_schema),
+        migration_id: req.migration_id.clone(),
+    };
+    let api_addr = match crate::server::serve(([127, 0, 0, 1], 7117).into(), api.clone()).await {
+        Ok(a) => a,
+        Err(_) => crate::server::serve(([127, 0, 0, 1], 0).into(), api).await?,
+    };
+    tokio::spawn(live.clone().sample_forever(
+        req.target.clone(),
+        req.source.clone(),
+        req.migration_id.clone(),
+        req.state_schema.clone(),
+        10 << 30,
+    ));
+    println!("  (dashboard: http://{api_addr}/   metrics: http://{api_addr}/metrics)");
     let opts = MigrateOptions {
         skip_dead_letters: false,
         max_batch: 5000,
         maintenance_work_mem: "256MB".into(),
         analyze: true,
         quiet_check: true,
-        live: None,
+        live: Some(live),
     };
     // The application keeps writing while Ferry copies and streams.
     let writer_url = src.url(&password, "shop");
@@ -174,6 +196,13 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     }
     println!("  caught up: {writes} application transactions made during the copy and after it are on the target");
+    // Let the API's once-a-second sample see the last batch.
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    println!("\n$ ferry status --api http://{api_addr}");
+    match crate::status::fetch(&format!("http://{api_addr}")).await {
+        Ok(st) => print!("{}", crate::status::render(&st)),
+        Err(e) => println!("  (status unavailable: {e:#})"),
+    }
     let _ = stop_tx.send(true);
     cdc.await.context("change capture task failed")??;
 
