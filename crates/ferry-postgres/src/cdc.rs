@@ -26,6 +26,9 @@ use crate::pgoutput;
 use crate::replication::ReplicationConnection;
 use crate::stream::StreamEvent;
 
+/// Depth of the channel from the stream reader, in batches of up to `stream::BATCH` events.
+const CHANNEL_BATCHES: usize = 8;
+
 /// Settings for a CDC run.
 #[derive(Debug, Clone)]
 pub struct CdcOptions {
@@ -181,36 +184,55 @@ async fn stream(
     let start = applier.durable();
     progress.applied_lsn.store(start.0, Ordering::Relaxed);
     let conn = ReplicationConnection::connect(&opts.ctx.source).await?;
-    let (mut rx, mut feedback) = conn.start_logical(&opts.slot, start, &opts.publication, 512).await?;
+    let (mut rx, mut feedback) = conn.start_logical(&opts.slot, start, &opts.publication, CHANNEL_BATCHES).await?;
     tracing::info!(slot = %opts.slot, from = %start, "streaming changes");
     let mut last_feedback = Instant::now();
     let mut confirmed = start;
+    // Events of the batch being worked through: they are handled without waiting on anything
+    // else; stop, pause, finished commits and the clock are looked at between batches.
+    let mut queue = Vec::new().into_iter();
     loop {
-        if *stop.borrow() || *pause.borrow() {
-            return finish(applier, &mut feedback, progress).await;
-        }
-        let event = tokio::select! {
-            biased;
-            _ = stop.changed() => continue,
-            _ = pause.changed() => continue,
-            // A batch committing in the background is done: confirm it to the source.
-            r = applier.settle(), if applier.has_inflight() => {
-                confirmed = confirm(&mut feedback, r?, progress, applier).await?;
-                last_feedback = Instant::now();
-                continue;
+        let event = match queue.next() {
+            Some(e) => Some(e),
+            None => {
+                if *stop.borrow() || *pause.borrow() {
+                    return finish(applier, &mut feedback, progress).await;
+                }
+                if last_feedback.elapsed() > Duration::from_secs(10) {
+                    feedback.send(confirmed, false).await?;
+                    last_feedback = Instant::now();
+                }
+                tokio::select! {
+                    biased;
+                    _ = stop.changed() => continue,
+                    _ = pause.changed() => continue,
+                    // A batch committing in the background is done: confirm it to the source.
+                    r = applier.settle(), if applier.has_inflight() => {
+                        confirmed = confirm(&mut feedback, r?, progress, applier).await?;
+                        last_feedback = Instant::now();
+                        continue;
+                    }
+                    r = tokio::time::timeout(Duration::from_millis(100), rx.recv()) => match r {
+                        Ok(Some(batch)) => {
+                            queue = batch.into_iter();
+                            continue;
+                        }
+                        Ok(None) => return Err(PgError::config("replication stream", "the stream ended", "rerun").into()),
+                        // Nothing arrived for a while.
+                        Err(_) => None,
+                    },
+                }
             }
-            e = tokio::time::timeout(Duration::from_millis(100), rx.recv()) => e,
         };
         match event {
-            Err(_) => {
+            None => {
                 // Nothing arrived for a while: commit what is complete.
                 if applier.batch_open() && applier.at_boundary() {
                     applier.commit().await?;
                 }
             }
-            Ok(None) => return Err(PgError::config("replication stream", "the stream ended", "rerun").into()),
-            Ok(Some(Err(e))) => return Err(e.into()),
-            Ok(Some(Ok(StreamEvent::Data { wal_end, data, .. }))) => {
+            Some(Err(e)) => return Err(e.into()),
+            Some(Ok(StreamEvent::Data { wal_end, data, .. })) => {
                 progress.server_wal_end.fetch_max(wal_end.0, Ordering::Relaxed);
                 let msg = pgoutput::decode(&data)
                     .map_err(|e| PgError::config("decoding the change stream", e.to_string(), "report this as a bug"))?;
@@ -224,12 +246,14 @@ async fn stream(
                 }
                 if applier.batch_open()
                     && applier.at_boundary()
-                    && (rx.is_empty() || applier.batch_len() >= opts.max_batch || applier.batch_age() >= opts.max_delay)
+                    && ((queue.as_slice().is_empty() && rx.is_empty())
+                        || applier.batch_len() >= opts.max_batch
+                        || applier.batch_age() >= opts.max_delay)
                 {
                     applier.commit().await?;
                 }
             }
-            Ok(Some(Ok(StreamEvent::Keepalive { wal_end, reply }))) => {
+            Some(Ok(StreamEvent::Keepalive { wal_end, reply })) => {
                 progress.server_wal_end.fetch_max(wal_end.0, Ordering::Relaxed);
                 // The server has sent everything up to wal_end. Commit what is complete, and if
                 // no source transaction is open, nothing before wal_end is still ours to apply:
@@ -248,10 +272,6 @@ async fn stream(
                     last_feedback = Instant::now();
                 }
             }
-        }
-        if last_feedback.elapsed() > Duration::from_secs(10) {
-            feedback.send(confirmed, false).await?;
-            last_feedback = Instant::now();
         }
     }
 }

@@ -1,8 +1,9 @@
 //! Streaming logical replication: `START_REPLICATION ... LOGICAL` on a replication connection,
 //! XLogData and keepalives in, standby status updates out.
 //!
-//! The connection is split: a reader task turns CopyData frames into [`StreamEvent`]s on a
-//! bounded channel (backpressure: the server waits when the applier is behind), and a
+//! The connection is split: a reader task turns CopyData frames into [`StreamEvent`]s and sends
+//! them in batches (every complete frame of one socket read, up to [`BATCH`]) on a bounded
+//! channel (backpressure: the server waits when the applier is behind), and a
 //! [`FeedbackSender`] writes status updates. Only positions whose changes are durably committed
 //! on the target are ever reported as flushed, so the server keeps every WAL byte Ferry might
 //! still need.
@@ -14,6 +15,16 @@ use tokio::sync::mpsc;
 
 use crate::error::PgError;
 use crate::replication::{BoxedIo, ReplicationConnection};
+
+/// Most events in one batch on the channel. Handing events over one by one cost a thread
+/// wake-up each; a batch costs one per socket read.
+pub const BATCH: usize = 256;
+
+/// Bytes asked of the socket per read.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// A batch of stream events, in order; an error is always the last one.
+pub type EventBatch = Vec<Result<StreamEvent, PgError>>;
 
 /// Microseconds between the Unix epoch and PostgreSQL's epoch (2000-01-01).
 const PG_EPOCH_OFFSET_US: i64 = 946_684_800_000_000;
@@ -123,14 +134,15 @@ fn error_body(context: &str, body: &[u8]) -> PgError {
 
 impl ReplicationConnection {
     /// Starts streaming `slot` from `start` with pgoutput for `publication`; returns the event
-    /// channel (fed by a reader task) and the feedback sender.
+    /// channel (fed by a reader task, `batches` batches of at most [`BATCH`] events deep) and the
+    /// feedback sender.
     pub async fn start_logical(
         self,
         slot: &str,
         start: Lsn,
         publication: &str,
-        buffer: usize,
-    ) -> Result<(mpsc::Receiver<Result<StreamEvent, PgError>>, FeedbackSender), PgError> {
+        batches: usize,
+    ) -> Result<(mpsc::Receiver<EventBatch>, FeedbackSender), PgError> {
         let (io, mut read, server) = self.into_parts();
         let (mut rd, mut wr) = tokio::io::split(io);
         let pubs = format!("\"{}\"", publication.replace('"', "\"\""));
@@ -153,42 +165,39 @@ impl ReplicationConnection {
                 _ => continue,
             }
         }
-        let (tx, rx) = mpsc::channel(buffer.max(1));
+        let (tx, rx) = mpsc::channel(batches.max(1));
         tokio::spawn(async move {
             let ctx = format!("replication stream from {server}");
             loop {
-                let frame = read_frame(&mut rd, &mut read).await;
-                let event = match frame {
-                    Err(e) => Err(io_error(&ctx, e)),
-                    Ok((b'd', mut body)) => match body.first() {
-                        Some(b'w') if body.len() >= 25 => {
-                            body.advance(1);
-                            let wal_start = Lsn(body.get_u64());
-                            let wal_end = Lsn(body.get_u64());
-                            let _time = body.get_i64();
-                            Ok(StreamEvent::Data {
-                                wal_start,
-                                wal_end,
-                                data: body,
-                            })
+                // Wait for one frame, then take every complete frame already read.
+                let mut batch = EventBatch::with_capacity(16);
+                let mut frame = read_frame(&mut rd, &mut read).await;
+                let mut failed = false;
+                loop {
+                    match frame {
+                        Err(e) => {
+                            batch.push(Err(io_error(&ctx, e)));
+                            failed = true;
                         }
-                        Some(b'k') if body.len() >= 18 => {
-                            body.advance(1);
-                            let wal_end = Lsn(body.get_u64());
-                            let _time = body.get_i64();
-                            Ok(StreamEvent::Keepalive {
-                                wal_end,
-                                reply: body.get_u8() == 1,
-                            })
+                        Ok((tag, body)) => {
+                            if let Some(event) = event(&ctx, tag, body) {
+                                failed = event.is_err();
+                                batch.push(event);
+                            }
                         }
-                        _ => Err(io_error(&ctx, "unexpected CopyData payload")),
-                    },
-                    Ok((b'E', body)) => Err(error_body(&ctx, &body)),
-                    Ok((b'c', _)) => Err(io_error(&ctx, "the server ended the stream (CopyDone)")),
-                    Ok(_) => continue,
-                };
-                let stop = event.is_err();
-                if tx.send(event).await.is_err() || stop {
+                    }
+                    if failed || batch.len() >= BATCH {
+                        break;
+                    }
+                    match next_frame(&mut read) {
+                        Some(f) => frame = f,
+                        None => break,
+                    }
+                }
+                if batch.is_empty() {
+                    continue;
+                }
+                if tx.send(batch).await.is_err() || failed {
                     break;
                 }
             }
@@ -197,23 +206,67 @@ impl ReplicationConnection {
     }
 }
 
+/// One backend message as a stream event (None for messages to ignore).
+fn event(ctx: &str, tag: u8, mut body: Bytes) -> Option<Result<StreamEvent, PgError>> {
+    Some(match tag {
+        b'd' => match body.first() {
+            Some(b'w') if body.len() >= 25 => {
+                body.advance(1);
+                let wal_start = Lsn(body.get_u64());
+                let wal_end = Lsn(body.get_u64());
+                let _time = body.get_i64();
+                Ok(StreamEvent::Data {
+                    wal_start,
+                    wal_end,
+                    data: body,
+                })
+            }
+            Some(b'k') if body.len() >= 18 => {
+                body.advance(1);
+                let wal_end = Lsn(body.get_u64());
+                let _time = body.get_i64();
+                Ok(StreamEvent::Keepalive {
+                    wal_end,
+                    reply: body.get_u8() == 1,
+                })
+            }
+            _ => Err(io_error(ctx, "unexpected CopyData payload")),
+        },
+        b'E' => Err(error_body(ctx, &body)),
+        b'c' => Err(io_error(ctx, "the server ended the stream (CopyDone)")),
+        _ => return None,
+    })
+}
+
+/// A complete backend message already in `buf`, if there is one.
+fn next_frame(buf: &mut BytesMut) -> Option<std::io::Result<(u8, Bytes)>> {
+    if buf.len() < 5 {
+        return None;
+    }
+    let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+    if len < 4 {
+        return Some(Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "invalid message length")));
+    }
+    if buf.len() <= len {
+        return None;
+    }
+    let tag = buf[0];
+    let mut frame = buf.split_to(len + 1);
+    frame.advance(5);
+    Some(Ok((tag, frame.freeze())))
+}
+
 /// Reads one backend message: tag and body.
 async fn read_frame(rd: &mut ReadHalf<BoxedIo>, buf: &mut BytesMut) -> std::io::Result<(u8, Bytes)> {
     loop {
+        if let Some(frame) = next_frame(buf) {
+            return frame;
+        }
         if buf.len() >= 5 {
             let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
-            if len < 4 {
-                return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "invalid message length"));
-            }
-            if buf.len() > len {
-                let tag = buf[0];
-                let mut frame = buf.split_to(len + 1);
-                frame.advance(5);
-                return Ok((tag, frame.freeze()));
-            }
-            buf.reserve(len + 1 - buf.len());
+            buf.reserve((len + 1).saturating_sub(buf.len()).max(READ_CHUNK));
         } else {
-            buf.reserve(8192);
+            buf.reserve(READ_CHUNK);
         }
         if rd.read_buf(buf).await? == 0 {
             return Err(std::io::Error::new(

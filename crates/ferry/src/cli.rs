@@ -119,6 +119,10 @@ pub struct MigrateArgs {
     /// commit as soon as the stream has nothing more ready.
     #[arg(long, default_value_t = 20000)]
     pub max_batch: usize,
+    /// Longest a batch stays open before it commits at the next transaction boundary, in
+    /// milliseconds (a batch also commits as soon as the stream has nothing more ready).
+    #[arg(long, default_value_t = 100)]
+    pub max_delay_ms: u64,
     /// Write the final summary as JSON to this file.
     #[arg(long)]
     pub summary_json: Option<PathBuf>,

@@ -150,6 +150,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let opts = MigrateOptions {
         skip_dead_letters: false,
         max_batch: 5000,
+        max_delay_ms: 100,
         maintenance_work_mem: "256MB".into(),
         analyze: true,
         quiet_check: true,

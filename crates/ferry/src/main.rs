@@ -78,6 +78,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             let opts = migrate::MigrateOptions {
                 skip_dead_letters: args.skip_dead_letters,
                 max_batch: args.max_batch,
+                max_delay_ms: args.max_delay_ms,
                 maintenance_work_mem: args.maintenance_work_mem.clone(),
                 analyze: !args.no_analyze,
                 quiet_check: true,

@@ -35,6 +35,8 @@ pub struct MigrateOptions {
     pub skip_dead_letters: bool,
     /// Most changes in one target transaction.
     pub max_batch: usize,
+    /// Longest a batch stays open, in milliseconds.
+    pub max_delay_ms: u64,
     /// maintenance_work_mem for index builds.
     pub maintenance_work_mem: String,
     /// Run ANALYZE after the load.
@@ -500,7 +502,7 @@ pub async fn cdc(req: &CheckRequest, opts: &MigrateOptions, stop: tokio::sync::w
         slot: rec.slot_name.clone(),
         publication: rec.publication_name.clone(),
         max_batch: opts.max_batch,
-        max_delay: std::time::Duration::from_millis(100),
+        max_delay: std::time::Duration::from_millis(opts.max_delay_ms),
         skip_dead_letters: opts.skip_dead_letters,
         pause: opts.live.as_ref().map(|l| l.pause_receiver()),
     };
