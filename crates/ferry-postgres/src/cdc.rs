@@ -47,6 +47,80 @@ pub struct CdcOptions {
     /// While true, change capture stops at a checkpoint, closes the stream (the slot keeps the
     /// changes) and waits.
     pub pause: Option<watch::Receiver<bool>>,
+    /// Lets verification stop the applier at an exact source position.
+    pub hold: Option<Arc<Hold>>,
+}
+
+/// Stops the applier at an exact source position, for as long as a guard lives: every source
+/// transaction that commits before the position is applied and durable on the target, none at
+/// or after it is. Verification opens its target snapshot there (the source snapshot of a slot
+/// created at that position sees exactly the same transactions), and repair writes there.
+#[derive(Debug)]
+pub struct Hold {
+    request: watch::Sender<Option<Lsn>>,
+    held: watch::Sender<Option<Lsn>>,
+}
+
+impl Default for Hold {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Hold {
+    /// No hold requested.
+    pub fn new() -> Self {
+        Self {
+            request: watch::channel(None).0,
+            held: watch::channel(None).0,
+        }
+    }
+
+    /// Stops the applier at its next transaction boundary and waits (at most `timeout`) until
+    /// it holds there: nothing it applies from now on committed before a position taken after
+    /// this returns. Dropping the guard lets it go on.
+    pub async fn freeze(self: &Arc<Self>, timeout: Duration) -> Result<HoldGuard, PgError> {
+        let guard = HoldGuard { hold: self.clone() };
+        guard.move_to(Lsn(0), timeout).await?;
+        Ok(guard)
+    }
+
+    fn requested(&self) -> Option<Lsn> {
+        *self.request.borrow()
+    }
+}
+
+impl HoldGuard {
+    /// Lets the applier go on up to `at` (every transaction that commits before it) and waits
+    /// (at most `timeout`) until it holds there. `at` must not be behind the position it holds.
+    pub async fn move_to(&self, at: Lsn, timeout: Duration) -> Result<(), PgError> {
+        let mut held = self.hold.held.subscribe();
+        self.hold.request.send_replace(Some(at));
+        let reached = tokio::time::timeout(timeout, held.wait_for(|h| *h == Some(at)))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        if reached {
+            Ok(())
+        } else {
+            Err(PgError::config(
+                format!("stopping change capture at source position {at}"),
+                format!("change capture did not reach it within {} s", timeout.as_secs()),
+                "check that ferry migrate is streaming (ferry status) and that lag is low, then retry",
+            ))
+        }
+    }
+}
+
+/// Keeps the applier held; dropping it releases it.
+#[derive(Debug)]
+pub struct HoldGuard {
+    hold: Arc<Hold>,
+}
+
+impl Drop for HoldGuard {
+    fn drop(&mut self) {
+        self.hold.request.send_replace(None);
+    }
 }
 
 /// Live CDC figures, for logs, status and metrics.
@@ -202,6 +276,15 @@ async fn stream(
                     feedback.send(confirmed, false).await?;
                     last_feedback = Instant::now();
                 }
+                // A hold waits for a position the stream may never bring a transaction past (an
+                // idle source): ask the server for a keepalive, which tells how far it has sent.
+                if opts.hold.as_ref().is_some_and(|h| h.requested().is_some()) && applier.at_boundary() && rx.is_empty() {
+                    if applier.batch_open() {
+                        applier.commit().await?;
+                    }
+                    feedback.send(confirmed, true).await?;
+                    last_feedback = Instant::now();
+                }
                 tokio::select! {
                     biased;
                     _ = stop.changed() => continue,
@@ -236,6 +319,12 @@ async fn stream(
                 progress.server_wal_end.fetch_max(wal_end.0, Ordering::Relaxed);
                 let msg = pgoutput::decode(&data)
                     .map_err(|e| PgError::config("decoding the change stream", e.to_string(), "report this as a bug"))?;
+                if let (pgoutput::Message::Begin { final_lsn, .. }, Some(hold)) = (&msg, &opts.hold) {
+                    if hold.requested().is_some_and(|at| *final_lsn >= at) {
+                        confirmed = hold_here(applier, hold, &mut feedback, progress, stop, *final_lsn).await?;
+                        last_feedback = Instant::now();
+                    }
+                }
                 let is_row = matches!(
                     msg,
                     pgoutput::Message::Insert { .. } | pgoutput::Message::Update { .. } | pgoutput::Message::Delete { .. }
@@ -264,6 +353,15 @@ async fn stream(
                 }
                 // Only with nothing in flight: a batch committing in the background may still fail.
                 let idle = !applier.batch_open() && applier.at_boundary() && !applier.has_inflight();
+                if let Some(hold) = &opts.hold {
+                    // Everything before wal_end is sent: a hold at or before it is reached when
+                    // nothing is left to apply.
+                    if hold.requested().is_some_and(|at| wal_end >= at) && applier.at_boundary() {
+                        confirmed = hold_here(applier, hold, &mut feedback, progress, stop, wal_end).await?;
+                        last_feedback = Instant::now();
+                        continue;
+                    }
+                }
                 let position = if idle { confirmed.max(wal_end) } else { confirmed };
                 tracing::trace!(%wal_end, reply, idle, %position, "keepalive");
                 if reply || position > confirmed || last_feedback.elapsed() > Duration::from_secs(10) {
@@ -274,6 +372,42 @@ async fn stream(
             }
         }
     }
+}
+
+/// Commits what is open, waits until it is durable, reports the hold reached, and waits until
+/// it is released, moved past `next` (the commit position of the next transaction, or how far
+/// the server has sent when idle), or the run stops. Returns the confirmed position.
+async fn hold_here(
+    applier: &mut Applier,
+    hold: &Hold,
+    feedback: &mut crate::stream::FeedbackSender,
+    progress: &CdcProgress,
+    stop: &mut watch::Receiver<bool>,
+    next: Lsn,
+) -> Result<Lsn, ApplyError> {
+    if applier.batch_open() {
+        applier.commit().await?;
+    }
+    let lsn = applier.settle().await?;
+    let confirmed = confirm(feedback, lsn, progress, applier).await?;
+    let mut request = hold.request.subscribe();
+    loop {
+        let at = *request.borrow_and_update();
+        match at {
+            Some(at) if next >= at => {
+                tracing::debug!(%at, applied = %lsn, "change capture held");
+                hold.held.send_replace(Some(at));
+                tokio::select! {
+                    r = request.changed() => if r.is_err() { break },
+                    _ = stop.changed() => break,
+                }
+            }
+            // Released, or moved to a position the next transaction is before: go on.
+            _ => break,
+        }
+    }
+    hold.held.send_replace(None);
+    Ok(confirmed)
 }
 
 async fn confirm(

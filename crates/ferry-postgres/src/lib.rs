@@ -19,6 +19,7 @@ pub mod slot;
 pub mod snapshot;
 pub mod state;
 pub mod stream;
+pub mod verify;
 
 pub use endpoint::Endpoint;
 pub use error::PgError;

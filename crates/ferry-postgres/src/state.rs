@@ -137,6 +137,28 @@ CREATE TABLE IF NOT EXISTS {s}.transitions (
     actor        text NOT NULL,
     reason       text NOT NULL
 );
+CREATE TABLE IF NOT EXISTS {s}.verify_runs (
+    id            bigserial PRIMARY KEY,
+    migration_id  text NOT NULL REFERENCES {s}.migrations (id) ON DELETE CASCADE,
+    started_at    timestamptz NOT NULL DEFAULT clock_timestamp(),
+    finished_at   timestamptz,
+    actor         text NOT NULL,
+    source_lsn    pg_lsn,
+    status        text NOT NULL DEFAULT 'running',
+    tables        integer NOT NULL DEFAULT 0,
+    rows_compared bigint NOT NULL DEFAULT 0,
+    differences   bigint NOT NULL DEFAULT 0,
+    repaired      bigint,
+    error         text,
+    report        jsonb
+);
+CREATE TABLE IF NOT EXISTS {s}.verify_differences (
+    run_id     bigint NOT NULL REFERENCES {s}.verify_runs (id) ON DELETE CASCADE,
+    table_name text NOT NULL,
+    key        text NOT NULL,
+    kind       text NOT NULL,
+    columns    jsonb NOT NULL
+);
 COMMENT ON SCHEMA {s} IS 'Ferry migration state: do not edit while a migration runs';
 "#
         ))

@@ -37,6 +37,8 @@ pub enum Command {
     Migrate(MigrateArgs),
     /// Show a migration's phase, progress, lag, retained WAL and dead letters.
     Status(StatusArgs),
+    /// Prove the target equals the source, row by row; name every differing row and column.
+    Verify(VerifyArgs),
     /// Give up a migration: drop its replication slot and publication on the source.
     Abandon(AbandonArgs),
     /// Start two throwaway PostgreSQL clusters, fill one with sample data, and migrate it.
@@ -188,6 +190,51 @@ pub struct StatusArgs {
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `ferry verify`.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Verify through a running `ferry migrate` (at one consistent point while changes flow;
+    /// the run is stored with the migration): its --listen address as a URL.
+    #[arg(long, conflicts_with_all = ["source", "target"])]
+    pub api: Option<String>,
+    /// Source URL (standalone: both databases read as they are now).
+    #[arg(long, env = "FERRY_SOURCE_URL", hide_env_values = true, requires = "target")]
+    pub source: Option<String>,
+    /// Target URL.
+    #[arg(long, env = "FERRY_TARGET_URL", hide_env_values = true, requires = "source")]
+    pub target: Option<String>,
+    /// File holding the source password; FERRY_SOURCE_PASSWORD also works.
+    #[arg(long)]
+    pub source_password_file: Option<PathBuf>,
+    /// File holding the target password; FERRY_TARGET_PASSWORD also works.
+    #[arg(long)]
+    pub target_password_file: Option<PathBuf>,
+    /// Only tables matching schema.table patterns; repeatable.
+    #[arg(long = "include", value_name = "PATTERN")]
+    pub include: Vec<String>,
+    /// Leave out tables matching these patterns; repeatable.
+    #[arg(long = "exclude", value_name = "PATTERN")]
+    pub exclude: Vec<String>,
+    /// Parallel range readers (one connection per side each; default: CPUs).
+    #[arg(long, short = 'j')]
+    pub jobs: Option<usize>,
+    /// Ferry's state schema on the target (not compared).
+    #[arg(long, default_value = "ferry")]
+    pub state_schema: String,
+    /// Differences described per table (all are counted).
+    #[arg(long, default_value_t = 100)]
+    pub max_differences: usize,
+    /// Rewrite the differing rows on the target from the source, then verify again.
+    #[arg(long)]
+    pub repair: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// With --api: file holding the API token (FERRY_API_TOKEN works too).
+    #[arg(long)]
+    pub api_token_file: Option<PathBuf>,
 }
 
 /// `ferry abandon`.

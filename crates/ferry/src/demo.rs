@@ -134,6 +134,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         target: req.target.clone(),
         store: ferry_postgres::state::StateStore::new(&req.state_schema),
         migration_id: req.migration_id.clone(),
+        verify: None,
     };
     let api_addr = match crate::server::serve(([127, 0, 0, 1], 7117).into(), api.clone()).await {
         Ok(a) => a,

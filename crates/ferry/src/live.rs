@@ -40,6 +40,10 @@ pub struct Live {
     history: Mutex<VecDeque<Sample>>,
     /// Change capture paused through the API.
     pause: watch::Sender<bool>,
+    /// Stops the applier at a position for verification.
+    pub hold: Arc<ferry_postgres::cdc::Hold>,
+    /// The verification running now (run id, its counters).
+    pub verify_run: Mutex<Option<(i64, Arc<ferry_postgres::verify::Progress>)>>,
 }
 
 impl Default for Live {
@@ -59,6 +63,8 @@ impl Live {
             sample_error: RwLock::new(None),
             history: Mutex::new(VecDeque::with_capacity(HISTORY)),
             pause: watch::channel(false).0,
+            hold: Arc::new(ferry_postgres::cdc::Hold::new()),
+            verify_run: Mutex::new(None),
         }
     }
 
@@ -195,7 +201,12 @@ impl Live {
             changes_per_second: rate(|s| s.changes_applied),
             transactions_per_second: rate(|s| s.transactions_applied),
             apply_errors: self.apply_errors(),
-            last_verification: None,
+            verification_running: self
+                .verify_run
+                .lock()
+                .expect("lock")
+                .as_ref()
+                .map(|(id, p)| (*id, p.rows.load(Ordering::Relaxed), p.differences.load(Ordering::Relaxed))),
             history: h.iter().copied().collect(),
         });
         st

@@ -12,6 +12,7 @@ mod progress;
 mod server;
 mod settings;
 mod status;
+mod verify_cmd;
 
 use clap::Parser;
 use cli::{Cli, Command, LogFormat};
@@ -61,6 +62,17 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                         target: req.target.clone(),
                         store: ferry_postgres::state::StateStore::new(&req.state_schema),
                         migration_id: req.migration_id.clone(),
+                        verify: Some(std::sync::Arc::new(verify_cmd::VerifyCtx {
+                            source: req.source.clone(),
+                            target: req.target.clone(),
+                            filter: req.filter.clone(),
+                            state_schema: req.state_schema.clone(),
+                            options: ferry_postgres::verify::Options {
+                                jobs: req.jobs,
+                                ..Default::default()
+                            },
+                            hold: Some(live.hold.clone()),
+                        })),
                     };
                     server::serve(addr, api)
                         .await
@@ -146,6 +158,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             }
             Ok(exit::OK)
         }
+        Command::Verify(args) => verify_cmd::command(args).await,
         Command::Abandon(args) => {
             let req = settings::resolve(&args.endpoints)?;
             migrate::abandon(&req, args.yes).await?;
@@ -159,7 +172,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
 }
 
 /// The API token: from --api-token-file, else FERRY_API_TOKEN, else none.
-fn api_token(file: Option<&std::path::Path>) -> anyhow::Result<Option<ferry_core::Secret>> {
+pub(crate) fn api_token(file: Option<&std::path::Path>) -> anyhow::Result<Option<ferry_core::Secret>> {
     let token = match file {
         Some(path) => {
             let text = std::fs::read_to_string(path)

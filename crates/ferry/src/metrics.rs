@@ -234,6 +234,10 @@ impl Metrics {
         self.paused.set(i64::from(paused));
         self.uptime.set(st.live.as_ref().map(|l| l.uptime_seconds).unwrap_or(0.0));
         self.phase_seconds.set(st.phase_seconds.unwrap_or(0.0));
+        advance(&self.verify_rows, st.verify_rows_compared);
+        for (table, n) in &st.verify_differences {
+            advance(&self.verify_differences.get_or_create(&vec![("table", table.clone())]), *n);
+        }
     }
 }
 

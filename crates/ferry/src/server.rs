@@ -9,7 +9,9 @@
 //! GET  /healthz          200 while the process runs
 //! POST /api/pause        stop change capture at a checkpoint (the slot keeps the changes)
 //! POST /api/resume       resume change capture
-//! POST /api/verify       (with the verification issue)
+//! POST /api/verify       start a verification at one consistent point (?repair=true to fix
+//!                        what differs); 202 with the run id
+//! GET  /api/verify/ID    a run: status, progress while running, the report when done
 //! POST /api/cutover      (with the cutover issue)
 //! POST /api/rollback     (with the cutover issue)
 //! ```
@@ -51,6 +53,8 @@ pub struct Api {
     pub store: StateStore,
     /// Migration id.
     pub migration_id: String,
+    /// Verification against this migration (None: not offered).
+    pub verify: Option<Arc<crate::verify_cmd::VerifyCtx>>,
 }
 
 /// Binds `addr` and serves until the process ends. Refuses a non-loopback address without a
@@ -77,6 +81,7 @@ pub async fn serve(addr: SocketAddr, api: Api) -> anyhow::Result<SocketAddr> {
         .route("/api/pause", post(pause))
         .route("/api/resume", post(resume))
         .route("/api/verify", post(verify))
+        .route("/api/verify/{id}", get(verify_run))
         .route("/api/cutover", post(cutover))
         .route("/api/rollback", post(rollback))
         .with_state(api);
@@ -202,17 +207,20 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// The current phase, from the latest sample.
-fn phase(api: &Api) -> Result<Phase, ApiError> {
-    let st = api
-        .live
-        .status()
-        .map_err(|why| error(StatusCode::SERVICE_UNAVAILABLE, why, "retry in a second"))?;
-    st.phase.parse().map_err(|_| {
+/// The current phase, read from the state schema (not the sample, which may be a second old).
+async fn phase(api: &Api) -> Result<Phase, ApiError> {
+    let read =
+        async {
+            let c = api.target.connect("api").await?;
+            api.store.load(&c, &api.migration_id).await?.map(|r| r.phase).ok_or_else(|| {
+                ferry_postgres::PgError::config("reading the phase", "the migration is not recorded yet", "retry in a second")
+            })
+        };
+    read.await.map_err(|e| {
         error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("unknown phase {}", st.phase),
-            "upgrade Ferry",
+            StatusCode::SERVICE_UNAVAILABLE,
+            e.to_string(),
+            "retry in a second; the migration may be starting",
         )
     })
 }
@@ -231,7 +239,7 @@ async fn set_pause(api: Api, peer: SocketAddr, headers: HeaderMap, paused: bool)
     if let Err(r) = authorize(&api, &headers) {
         return r.into_response();
     }
-    let phase = match phase(&api) {
+    let phase = match phase(&api).await {
         Ok(p) => p,
         Err(r) => return r.into_response(),
     };
@@ -267,7 +275,7 @@ async fn step(api: Api, headers: HeaderMap, to: Phase, what: &str) -> Response {
     if let Err(r) = authorize(&api, &headers) {
         return r.into_response();
     }
-    let from = match phase(&api) {
+    let from = match phase(&api).await {
         Ok(p) => p,
         Err(r) => return r.into_response(),
     };
@@ -282,8 +290,141 @@ async fn step(api: Api, headers: HeaderMap, to: Phase, what: &str) -> Response {
     .into_response()
 }
 
-async fn verify(State(api): State<Api>, headers: HeaderMap) -> Response {
-    step(api, headers, Phase::Verify, "verification through the API").await
+#[derive(Debug, Deserialize)]
+struct VerifyQuery {
+    repair: Option<bool>,
+}
+
+async fn verify(
+    State(api): State<Api>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Query(q): Query<VerifyQuery>,
+) -> Response {
+    if let Err(r) = authorize(&api, &headers) {
+        return r.into_response();
+    }
+    let Some(ctx) = api.verify.clone() else {
+        return error(
+            StatusCode::NOT_IMPLEMENTED,
+            "this process does not offer verification",
+            "run ferry verify --source --target",
+        )
+        .into_response();
+    };
+    let from = match phase(&api).await {
+        Ok(p) => p,
+        Err(r) => return r.into_response(),
+    };
+    if let Err(e) = from.check_transition(Phase::Verify) {
+        return error(
+            StatusCode::CONFLICT,
+            e.to_string(),
+            "verification runs during change capture (phase cdc)",
+        )
+        .into_response();
+    }
+    if let Some((id, _)) = &*api.live.verify_run.lock().expect("lock") {
+        return error(
+            StatusCode::CONFLICT,
+            format!("verification run {id} is still running"),
+            "wait for it: GET /api/verify/ID",
+        )
+        .into_response();
+    }
+    let repair = q.repair.unwrap_or(false);
+    let who = actor(peer);
+    let started = async {
+        let c = api.target.connect("api").await?;
+        let run = crate::verify_cmd::start_run(&c, &api.store, &api.migration_id, &who).await?;
+        api.store
+            .transition(
+                &c,
+                &api.migration_id,
+                Phase::Verify,
+                &who,
+                &format!("verification run {run}{} requested", if repair { " with repair" } else { "" }),
+            )
+            .await?;
+        Ok::<_, ferry_postgres::PgError>(run)
+    };
+    let run = match started.await {
+        Ok(run) => run,
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string(), "check that the target is reachable").into_response(),
+    };
+    let progress = Arc::new(ferry_postgres::verify::Progress::default());
+    *api.live.verify_run.lock().expect("lock") = Some((run, progress.clone()));
+    let a = api.clone();
+    tokio::spawn(async move {
+        let outcome = crate::verify_cmd::verify_and_repair(&ctx, repair, progress).await;
+        match &outcome {
+            Ok((r, repaired)) => tracing::info!(
+                run,
+                rows = r.rows_compared,
+                differences = r.differences,
+                repaired,
+                "verification finished"
+            ),
+            Err(e) => tracing::error!(run, error = %e, "verification failed"),
+        }
+        let reason = match &outcome {
+            Ok((r, _)) if r.identical() => format!("verification run {run}: identical ({} rows)", r.rows_compared),
+            Ok((r, _)) => format!("verification run {run}: {} difference(s)", r.differences),
+            Err(e) => format!("verification run {run} failed: {e}"),
+        };
+        let stored = async {
+            let c = a.target.connect("api").await?;
+            crate::verify_cmd::finish_run(&c, &a.store, run, &outcome).await?;
+            a.store
+                .transition(&c, &a.migration_id, Phase::Cdc, "ferry migrate", &reason)
+                .await?;
+            Ok::<_, ferry_postgres::PgError>(())
+        };
+        if let Err(e) = stored.await {
+            tracing::error!(run, error = %e, "could not record the verification run");
+        }
+        *a.live.verify_run.lock().expect("lock") = None;
+    });
+    (StatusCode::ACCEPTED, Json(json!({ "run": run, "repair": repair }))).into_response()
+}
+
+async fn verify_run(State(api): State<Api>, axum::extract::Path(id): axum::extract::Path<i64>) -> Response {
+    let read = async {
+        let c = api.target.connect("api").await?;
+        c.query_opt(
+            &format!(
+                "SELECT jsonb_build_object('id', id, 'status', status, 'actor', actor, 'source_lsn', source_lsn::text,
+                    'rows_compared', rows_compared, 'differences', differences, 'repaired', repaired, 'error', error,
+                    'report', report)
+                 FROM {}.verify_runs WHERE id = $1 AND migration_id = $2",
+                api.store.quoted()
+            ),
+            &[&id, &api.migration_id],
+        )
+        .await
+        .map_err(|e| ferry_postgres::PgError::query("reading a verification run", e))
+    };
+    match read.await {
+        Ok(Some(row)) => {
+            let mut v: serde_json::Value = row.get(0);
+            if let Some((run, p)) = &*api.live.verify_run.lock().expect("lock") {
+                if *run == id {
+                    v["progress"] = json!({
+                        "rows": p.rows.load(std::sync::atomic::Ordering::Relaxed),
+                        "differences": p.differences.load(std::sync::atomic::Ordering::Relaxed),
+                    });
+                }
+            }
+            Json(v).into_response()
+        }
+        Ok(None) => error(
+            StatusCode::NOT_FOUND,
+            format!("no verification run {id} for this migration"),
+            "POST /api/verify starts one",
+        )
+        .into_response(),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string(), "check that the target is reachable").into_response(),
+    }
 }
 
 async fn cutover(State(api): State<Api>, headers: HeaderMap) -> Response {

@@ -50,6 +50,15 @@ pub struct Status {
     /// The latest dead letters (up to 20), newest first.
     #[serde(default)]
     pub recent_dead_letters: Vec<DeadLetterRow>,
+    /// The latest verification run of this migration, if any.
+    #[serde(default)]
+    pub last_verification: Option<serde_json::Value>,
+    /// Rows compared by all verification runs of this migration.
+    #[serde(default)]
+    pub verify_rows_compared: i64,
+    /// Differences found by all verification runs, per table.
+    #[serde(default)]
+    pub verify_differences: Vec<(String, i64)>,
     /// Figures only the running `ferry migrate` knows (absent when read from the database).
     #[serde(default)]
     pub live: Option<LiveFigures>,
@@ -106,8 +115,8 @@ pub struct LiveFigures {
     pub transactions_per_second: f64,
     /// Apply sessions that failed and were retried, and rejected changes.
     pub apply_errors: u64,
-    /// Last verification (none until `ferry verify` runs against this migration).
-    pub last_verification: Option<serde_json::Value>,
+    /// The verification running now: run id, rows read, differences so far.
+    pub verification_running: Option<(i64, u64, u64)>,
     /// One sample per second, oldest first (the last 15 minutes).
     pub history: Vec<Sample>,
 }
@@ -235,6 +244,9 @@ pub async fn read_with(
         tables: Vec::new(),
         warnings: Vec::new(),
         phase_seconds: None,
+        last_verification: None,
+        verify_rows_compared: 0,
+        verify_differences: Vec::new(),
         transitions: Vec::new(),
         recent_dead_letters: Vec::new(),
         live: None,
@@ -289,6 +301,45 @@ pub async fn read_with(
                 actor: row.get(4),
                 reason: row.get(5),
             });
+        }
+    }
+    let has_verify: bool = t
+        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&format!("{q}.verify_runs")])
+        .await?
+        .get(0);
+    if has_verify {
+        status.last_verification = t
+            .query_opt(
+                &format!(
+                    "SELECT jsonb_build_object('id', id, 'status', status, 'actor', actor,
+                        'started_at', to_char(started_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'),
+                        'finished_at', to_char(finished_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'),
+                        'source_lsn', source_lsn::text, 'tables', tables, 'rows_compared', rows_compared,
+                        'differences', differences, 'repaired', repaired, 'error', error)
+                     FROM {q}.verify_runs WHERE migration_id = $1 ORDER BY id DESC LIMIT 1"
+                ),
+                &[&migration_id],
+            )
+            .await?
+            .map(|r| r.get(0));
+        status.verify_rows_compared = t
+            .query_one(
+                &format!("SELECT COALESCE(sum(rows_compared), 0)::int8 FROM {q}.verify_runs WHERE migration_id = $1"),
+                &[&migration_id],
+            )
+            .await?
+            .get(0);
+        for row in t
+            .query(
+                &format!(
+                    "SELECT x->>'table', sum((x->>'differences')::int8)::int8 FROM {q}.verify_runs r, jsonb_array_elements(r.report->'tables') x
+                     WHERE r.migration_id = $1 GROUP BY 1 ORDER BY 1"
+                ),
+                &[&migration_id],
+            )
+            .await?
+        {
+            status.verify_differences.push((row.get(0), row.get(1)));
         }
     }
     for row in t
@@ -397,6 +448,19 @@ pub fn render(s: &Status) -> String {
             if l.paused { "; change capture PAUSED" } else { "" }
         ));
     }
+    if let Some(v) = &s.last_verification {
+        o.push_str(&format!(
+            "  last verification: run {} {} ({} rows compared, {} differences{})\n",
+            v["id"],
+            v["status"].as_str().unwrap_or("-"),
+            v["rows_compared"],
+            v["differences"],
+            v["source_lsn"]
+                .as_str()
+                .map(|l| format!(", at source position {l}"))
+                .unwrap_or_default()
+        ));
+    }
     if let Some(t) = s.transitions.last() {
         o.push_str(&format!(
             "  last phase change: {} {} -> {} by {}: {}\n",
@@ -439,6 +503,11 @@ pub async fn fetch(api: &str) -> anyhow::Result<Status> {
 
 /// A minimal HTTP/1.1 GET with hyper: `base` is `http://host:port`.
 pub async fn http_get(base: &str, path: &str) -> anyhow::Result<(u16, Vec<u8>)> {
+    http_request("GET", base, path, None).await
+}
+
+/// A minimal HTTP/1.1 request with hyper (bearer token when given).
+pub async fn http_request(method: &str, base: &str, path: &str, token: Option<&str>) -> anyhow::Result<(u16, Vec<u8>)> {
     use http_body_util::{BodyExt, Empty};
     let rest = base.strip_prefix("http://").with_context(|| {
         format!("--api {base}: only http:// URLs are supported (https://: put a TLS proxy in front and use it from the same host)")
@@ -452,10 +521,14 @@ pub async fn http_get(base: &str, path: &str) -> anyhow::Result<(u16, Vec<u8>)> 
         .await
         .with_context(help)?;
     tokio::spawn(conn);
-    let req = hyper::Request::get(path)
-        .header(hyper::header::HOST, authority)
-        .body(Empty::<bytes::Bytes>::new())
-        .context("building the request")?;
+    let mut req = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header(hyper::header::HOST, authority);
+    if let Some(t) = token {
+        req = req.header(hyper::header::AUTHORIZATION, format!("Bearer {t}"));
+    }
+    let req = req.body(Empty::<bytes::Bytes>::new()).context("building the request")?;
     let resp = sender.send_request(req).await.with_context(help)?;
     let code = resp.status().as_u16();
     let body = resp.into_body().collect().await.with_context(help)?.to_bytes().to_vec();

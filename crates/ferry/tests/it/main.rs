@@ -8,3 +8,4 @@ mod deploy;
 mod full_load;
 mod harness;
 mod resume;
+mod verify;
