@@ -136,6 +136,28 @@ pub async fn run(req: &CheckRequest, opts: &MigrateOptions) -> anyhow::Result<Op
         }
     };
     let resumed = rec.consistent_lsn.is_some();
+    if rec.phase == Phase::Verify {
+        // A verification was running when the process stopped: it is gone with the process.
+        target
+            .batch_execute(&format!(
+                "UPDATE {}.verify_runs SET status = 'interrupted', finished_at = clock_timestamp(),
+                    error = 'ferry migrate stopped during the verification' WHERE migration_id = {} AND status = 'running'",
+                store.quoted(),
+                ferry_core::ident::quote_literal(&id)
+            ))
+            .await
+            .map_err(|e| ferry_postgres::PgError::query("closing an interrupted verification run", e))?;
+        store
+            .transition(
+                &target,
+                &id,
+                Phase::Cdc,
+                ACTOR,
+                "a verification was interrupted by the restart; streaming changes",
+            )
+            .await?;
+        return Ok(None);
+    }
     if matches!(rec.phase, Phase::Cdc) {
         return Ok(None);
     }
@@ -250,7 +272,15 @@ pub async fn run(req: &CheckRequest, opts: &MigrateOptions) -> anyhow::Result<Op
             );
         }
         store.transition(&target, &id, Phase::FullLoad, ACTOR, "schema created").await?;
+        rec.phase = Phase::FullLoad;
         tracing::info!(seconds = t_schema.elapsed().as_secs_f64(), "schema created on the target");
+    }
+    if rec.phase == Phase::Schema {
+        // The schema committed, but the process stopped before it recorded the next phase.
+        store
+            .transition(&target, &id, Phase::FullLoad, ACTOR, "schema already created by an earlier run")
+            .await?;
+        rec.phase = Phase::FullLoad;
     }
     let schema_seconds = t_schema.elapsed().as_secs_f64();
 
@@ -336,9 +366,11 @@ pub async fn run(req: &CheckRequest, opts: &MigrateOptions) -> anyhow::Result<Op
     if let Some(r) = repl.take() {
         r.close().await;
     }
-    store
-        .transition(&target, &id, Phase::PostLoad, ACTOR, "all table data copied")
-        .await?;
+    if rec.phase != Phase::PostLoad {
+        store
+            .transition(&target, &id, Phase::PostLoad, ACTOR, "all table data copied")
+            .await?;
+    }
 
     // Post-data.
     let t_post = Instant::now();
@@ -505,6 +537,7 @@ pub async fn cdc(req: &CheckRequest, opts: &MigrateOptions, stop: tokio::sync::w
         max_delay: std::time::Duration::from_millis(opts.max_delay_ms),
         skip_dead_letters: opts.skip_dead_letters,
         pause: opts.live.as_ref().map(|l| l.pause_receiver()),
+        hold: opts.live.as_ref().map(|l| l.hold.clone()),
     };
     let result = cdc::run(opts, stop, progress.clone()).await;
     logger.abort();

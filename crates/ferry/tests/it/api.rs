@@ -41,10 +41,11 @@ async fn slow_fixture(dbs: &Dbs) {
 }
 
 fn table<'a>(st: &'a Value, name: &str) -> &'a Value {
-    st["tables"]
-        .as_array()
-        .and_then(|ts| ts.iter().find(|t| t["table"] == name))
-        .unwrap_or_else(|| panic!("{name} missing from status {st}"))
+    find_table(st, name).unwrap_or_else(|| panic!("{name} missing from status {st}"))
+}
+
+fn find_table<'a>(st: &'a Value, name: &str) -> Option<&'a Value> {
+    st["tables"].as_array().and_then(|ts| ts.iter().find(|t| t["table"] == name))
 }
 
 /// The dashboard, rendered by headless Chromium after its scripts ran: the DOM as text.
@@ -90,7 +91,7 @@ async fn heavy_api_metrics_and_dashboard_follow_a_migration() {
 
     // During the full load: phase, per-table state and rows in flight, in the API and metrics.
     let st = api_wait(&addr, "the slow table's copy to be under way", Duration::from_secs(60), |st| {
-        st["phase"] == "full_load" && table(st, "public.slow")["rows_copied"].as_i64().unwrap_or(0) > 0
+        st["phase"] == "full_load" && find_table(st, "public.slow").is_some_and(|t| t["rows_copied"].as_i64().unwrap_or(0) > 0)
     })
     .await;
     let slow = table(&st, "public.slow");

@@ -336,20 +336,46 @@ where
     }
 }
 
-/// A `ferry migrate` running in the background.
+/// A `ferry migrate` running in the background. Its output goes to files, not pipes (a pipe
+/// nobody reads fills up and blocks the process); if the test panics while it runs, the tail of
+/// its log is printed, so a timeout says what ferry was doing.
 pub struct Migrator {
     child: std::process::Child,
+    out: PathBuf,
+    err: PathBuf,
+}
+
+impl Drop for Migrator {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.err).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(60).collect();
+            eprintln!("--- last lines of ferry's log ({}):", self.err.display());
+            for l in tail.iter().rev() {
+                eprintln!("{l}");
+            }
+            let _ = self.child.kill();
+        }
+        let _ = std::fs::remove_file(&self.out);
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_file(&self.err);
+        }
+    }
 }
 
 impl Migrator {
     /// Starts `ferry` with `args`, output captured.
     pub fn spawn(args: &[&str]) -> Self {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let base = std::env::temp_dir().join(format!("ferry-it-{}-{n}", std::process::id()));
+        let (out, err) = (base.with_extension("out"), base.with_extension("err"));
         let child = ferry_cmd(args)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
+            .stdout(std::fs::File::create(&out).unwrap())
+            .stderr(std::fs::File::create(&err).unwrap())
             .spawn()
             .expect("start ferry");
-        Self { child }
+        Self { child, out, err }
     }
 
     /// Process id.
@@ -389,7 +415,12 @@ impl Migrator {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        self.child.wait_with_output().unwrap().into()
+        let status = self.child.wait().unwrap();
+        Run {
+            code: status.code().unwrap_or(-1),
+            stdout: std::fs::read_to_string(&self.out).unwrap_or_default(),
+            stderr: std::fs::read_to_string(&self.err).unwrap_or_default(),
+        }
     }
 
     /// SIGKILL.
