@@ -11,10 +11,14 @@
 #   read-both       every table read with binary COPY on both sides at once, one reader per side
 #                   (psql \copy ... TO /dev/null): the floor any row-exact comparison stands on
 #   db-range-md5    each server hashes its rows per 100,000-key range (md5 of the ordered row
-#                   texts), both sides at once: the "hash per range" approach, before any
-#                   row-level look at differing ranges
-#   ferry-j1        ferry verify --jobs 1 (one range reader: one connection per side)
-#   ferry-j2        ferry verify --jobs 2
+#                   texts, every hash sent back), both sides at once: the "hash per range"
+#                   approach alone, before any row-level look at differing ranges
+#   ferry-j1        ferry verify --jobs 1 (one range worker: one connection per side)
+#   ferry-j2        ferry verify --jobs 2 (the default: every row streamed and compared)
+#   ferry-hash-j2   ferry verify --jobs 2 --range-hash (each server hashes each key range of
+#                   100,000 rows; rows are streamed only for ranges whose hashes differ)
+#   ferry-diff-j2   ferry verify --jobs 2 after one value was changed in every 10th range of
+#                   100,000 keys of pgbench_accounts on the target
 #
 # Environment: SCALE=50, REPEAT=2, BENCH_KEEP=1 (leave the clusters running),
 # FERRY_BIN=target/release/ferry.
@@ -96,7 +100,7 @@ read_both() {
 }
 range_md5_sql() {
   cat <<'SQL'
-SELECT count(*) FROM (SELECT aid / 100000, md5(string_agg(t::text, E'\n' ORDER BY aid)) FROM pgbench_accounts t GROUP BY 1) x;
+SELECT aid / 100000, md5(string_agg(t::text, E'\n' ORDER BY aid)) FROM pgbench_accounts t GROUP BY 1;
 SELECT md5(string_agg(t::text, E'\n' ORDER BY tid)) FROM pgbench_tellers t;
 SELECT md5(string_agg(t::text, E'\n' ORDER BY bid)) FROM pgbench_branches t;
 SELECT md5(string_agg(t::text, E'\n' ORDER BY t::text COLLATE "C")) FROM pgbench_history t;
@@ -109,51 +113,68 @@ db_range_md5() {
   local b=$!
   wait "$a" "$b"
 }
-ferry_verify() { "$FERRY_BIN" verify --source "$SRC" --target "$TGT" --jobs "$1" --json >"$OUT/ferry-j$1.json"; }
+ferry_verify() { # jobs name [extra args]
+  local j=$1 name=$2
+  shift 2
+  "$FERRY_BIN" verify --source "$SRC" --target "$TGT" --jobs "$j" --json "$@" >"$OUT/$name.json" || [ "$name" = ferry-diff-j2 ]
+}
 
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 mkdir -p bench/out
 OUT=bench/out/verify-$STAMP.logs
 mkdir -p "$OUT"
 declare -A BEST
-for m in read-both db-range-md5 ferry-j1 ferry-j2; do
+METHODS=(read-both db-range-md5 ferry-j1 ferry-j2 ferry-hash-j2 ferry-diff-j2)
+for m in "${METHODS[@]}"; do
+  if [ "$m" = ferry-diff-j2 ]; then
+    # One changed value in every 10th range of 100,000 keys (1 in 1,000,000 rows).
+    q "$TGT" -c "UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid % 1000000 = 500000"
+  fi
   for r in $(seq 1 "$REPEAT"); do
     log "$m (run $r of $REPEAT)"
     t0=$(now)
     case $m in
       read-both) read_both ;;
       db-range-md5) db_range_md5 ;;
-      ferry-j1) ferry_verify 1 ;;
-      ferry-j2) ferry_verify 2 ;;
+      ferry-j1) ferry_verify 1 ferry-j1 ;;
+      ferry-j2) ferry_verify 2 ferry-j2 ;;
+      ferry-hash-j2) ferry_verify 2 ferry-hash-j2 --range-hash ;;
+      ferry-diff-j2) ferry_verify 2 ferry-diff-j2 ;;
     esac
     t1=$(now)
     s=$(elapsed "$t0" "$t1")
     if [ -z "${BEST[$m]:-}" ] || awk -v a="$s" -v b="${BEST[$m]}" 'BEGIN { exit !(a < b) }'; then BEST[$m]=$s; fi
   done
 done
-for j in 1 2; do
-  d=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['differences'])" "$OUT/ferry-j$j.json")
+for name in ferry-j1 ferry-j2 ferry-hash-j2; do
+  d=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['differences'])" "$OUT/$name.json")
   [ "$d" = 0 ] || {
-    log "FAILED: ferry verify -j$j reported $d differences on identical databases"
+    log "FAILED: $name reported $d differences on identical databases"
     exit 1
   }
 done
+want=$(q "$SRC" -c "SELECT count(*) FROM pgbench_accounts WHERE aid % 1000000 = 500000")
+d=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['differences'])" "$OUT/ferry-diff-j2.json")
+[ "$d" = "$want" ] || {
+  log "FAILED: ferry-diff-j2 reported $d differences, $want were planted"
+  exit 1
+}
 
 base=${BEST[read-both]}
 {
   printf '# %s  nproc=%s  %s  scale=%s  rows=%s  best of %s\n' "$STAMP" "$(nproc)" "$(postgres --version)" "$SCALE" "$ROWS" "$REPEAT"
   printf '%-14s %9s %12s %16s\n' method seconds "rows/s" "vs read-both"
   printf '%-14s %9s %12s %16s\n' -------------- --------- ------------ ----------------
-  for m in read-both db-range-md5 ferry-j1 ferry-j2; do
+  for m in "${METHODS[@]}"; do
     awk -v m="$m" -v s="${BEST[$m]}" -v n="$ROWS" -v b="$base" 'BEGIN { printf "%-14s %9.2f %12d %15.2fx\n", m, s, n / s, b / s }'
   done
   echo
   echo "rows/s: rows of the source (every table) per second; each method reads them on both sides."
   echo "vs read-both: speed relative to just reading both sides (1.00x = as fast as reading)."
 } | tee "bench/out/verify-$STAMP.txt"
-python3 - "$STAMP" "$ROWS" "${BEST[read-both]}" "${BEST[db-range-md5]}" "${BEST[ferry-j1]}" "${BEST[ferry-j2]}" >"bench/out/verify-$STAMP.json" <<'PY'
+python3 - "$STAMP" "$ROWS" "${BEST[read-both]}" "${BEST[db-range-md5]}" "${BEST[ferry-j1]}" "${BEST[ferry-j2]}" "${BEST[ferry-hash-j2]}" "${BEST[ferry-diff-j2]}" >"bench/out/verify-$STAMP.json" <<'PY'
 import json, sys
 stamp, rows, *secs = sys.argv[1:]
-names = ["read-both", "db-range-md5", "ferry-j1", "ferry-j2"]
+names = ["read-both", "db-range-md5", "ferry-j1", "ferry-j2", "ferry-hash-j2", "ferry-diff-j2"]
 print(json.dumps({"stamp": stamp, "rows": int(rows), "seconds": dict(zip(names, map(float, secs)))}, indent=2))
 PY

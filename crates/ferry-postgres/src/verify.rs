@@ -177,6 +177,10 @@ pub struct Options {
     pub max_details: usize,
     /// Rows per key range (integer keys).
     pub range_rows: i64,
+    /// Compare a hash of each range computed by each server first, and stream the rows of a
+    /// range only when its hashes differ. Slower when the servers' CPU is the limit (as on the
+    /// benchmark machine), faster when the network is (bench/RESULTS.md).
+    pub hash_ranges: bool,
 }
 
 impl Default for Options {
@@ -184,7 +188,8 @@ impl Default for Options {
         Self {
             jobs: 2,
             max_details: 100,
-            range_rows: 1_000_000,
+            range_rows: 250_000,
+            hash_ranges: false,
         }
     }
 }
@@ -357,86 +362,85 @@ fn select_sql(p: &TablePlan, r: Range) -> String {
     )
 }
 
-/// One row of a binary COPY stream: its bytes and where each field is.
+/// One row of a binary COPY stream: its bytes (field count, then length-prefixed fields).
 #[derive(Debug, Clone)]
 struct Row {
     data: Bytes,
-    /// (offset, length) per field; length -1 is NULL.
-    fields: Vec<(u32, i32)>,
 }
 
 impl Row {
+    /// Field `i` (None for NULL), found by walking the lengths (keys come first, and other
+    /// fields are only looked at in rows that differ).
     fn field(&self, i: usize) -> Option<&[u8]> {
-        let (off, len) = self.fields[i];
-        (len >= 0).then(|| &self.data[off as usize..off as usize + len as usize])
-    }
-}
-
-/// Where a binary COPY parse stands (no I/O: testable with any chunking).
-#[derive(Debug, Default)]
-struct RowReaderState {
-    header_done: bool,
-    finished: bool,
-}
-
-impl RowReaderState {
-    /// A complete row from the front of `buf`, if there is one (None also after the trailer).
-    fn parse(&mut self, buf: &mut BytesMut) -> Result<Option<Row>, &'static str> {
-        if !self.header_done {
-            if buf.len() < 19 {
-                return Ok(None);
-            }
-            if &buf[..11] != b"PGCOPY\n\xff\r\n\0" {
-                return Err("bad signature");
-            }
-            let ext = u32::from_be_bytes([buf[15], buf[16], buf[17], buf[18]]) as usize;
-            if buf.len() < 19 + ext {
-                return Ok(None);
-            }
-            buf.advance(19 + ext);
-            self.header_done = true;
-        }
-        if self.finished || buf.len() < 2 {
-            return Ok(None);
-        }
-        let n = i16::from_be_bytes([buf[0], buf[1]]);
-        if n == -1 {
-            buf.advance(2);
-            self.finished = true;
-            return Ok(None);
-        }
-        if n < 0 {
-            return Err("negative field count");
-        }
-        let mut fields = Vec::with_capacity(n as usize);
+        let d = &self.data[..];
         let mut pos = 2usize;
-        for _ in 0..n {
-            if buf.len() < pos + 4 {
-                return Ok(None);
-            }
-            let len = i32::from_be_bytes([buf[pos], buf[pos + 1], buf[pos + 2], buf[pos + 3]]);
-            pos += 4;
-            if len < -1 {
-                return Err("negative field length");
-            }
-            fields.push((pos as u32, len));
-            if len > 0 {
-                pos += len as usize;
-            }
+        for _ in 0..i {
+            let len = i32::from_be_bytes([d[pos], d[pos + 1], d[pos + 2], d[pos + 3]]);
+            pos += 4 + len.max(0) as usize;
         }
-        if buf.len() < pos {
-            return Ok(None);
-        }
-        let data = buf.split_to(pos).freeze();
-        Ok(Some(Row { data, fields }))
+        let len = i32::from_be_bytes([d[pos], d[pos + 1], d[pos + 2], d[pos + 3]]);
+        (len >= 0).then(|| &d[pos + 4..pos + 4 + len as usize])
     }
 }
 
-/// Parses rows out of a binary COPY stream as it arrives.
+/// What the front of a binary COPY buffer holds.
+#[derive(Debug, PartialEq, Eq)]
+enum Step {
+    /// Not enough bytes yet.
+    More,
+    /// The file header, this long.
+    Header(usize),
+    /// A row, this long.
+    Row(usize),
+    /// The trailer.
+    Trailer,
+}
+
+/// Looks at the front of `buf` (no I/O, no copy; never panics on bad input).
+fn step(buf: &[u8], header_done: bool) -> Result<Step, &'static str> {
+    if !header_done {
+        if buf.len() < 19 {
+            return Ok(Step::More);
+        }
+        if &buf[..11] != b"PGCOPY\n\xff\r\n\0" {
+            return Err("bad signature");
+        }
+        let ext = u32::from_be_bytes([buf[15], buf[16], buf[17], buf[18]]) as usize;
+        return Ok(if buf.len() < 19 + ext { Step::More } else { Step::Header(19 + ext) });
+    }
+    if buf.len() < 2 {
+        return Ok(Step::More);
+    }
+    let n = i16::from_be_bytes([buf[0], buf[1]]);
+    if n == -1 {
+        return Ok(Step::Trailer);
+    }
+    if n < 0 {
+        return Err("negative field count");
+    }
+    let mut pos = 2usize;
+    for _ in 0..n {
+        if buf.len() < pos + 4 {
+            return Ok(Step::More);
+        }
+        let len = i32::from_be_bytes([buf[pos], buf[pos + 1], buf[pos + 2], buf[pos + 3]]);
+        if len < -1 {
+            return Err("negative field length");
+        }
+        pos += 4 + len.max(0) as usize;
+    }
+    Ok(if buf.len() < pos { Step::More } else { Step::Row(pos) })
+}
+
+/// Parses rows out of a binary COPY stream as it arrives. PostgreSQL sends one row per
+/// CopyData message, so a row is usually a slice of its message (no copy); rows split across
+/// messages are put together in `carry`.
 struct RowReader {
     stream: std::pin::Pin<Box<tokio_postgres::CopyOutStream>>,
-    buf: BytesMut,
-    state: RowReaderState,
+    cur: Bytes,
+    carry: BytesMut,
+    header_done: bool,
+    finished: bool,
     what: String,
 }
 
@@ -448,8 +452,10 @@ impl RowReader {
             .map_err(|e| PgError::query(format!("reading {what}"), e))?;
         Ok(Self {
             stream: Box::pin(stream),
-            buf: BytesMut::new(),
-            state: RowReaderState::default(),
+            cur: Bytes::new(),
+            carry: BytesMut::new(),
+            header_done: false,
+            finished: false,
             what,
         })
     }
@@ -462,21 +468,72 @@ impl RowReader {
         )
     }
 
+    /// A row from what has arrived, if a whole one has.
+    fn take(&mut self) -> Result<Option<Row>, PgError> {
+        loop {
+            if self.finished {
+                return Ok(None);
+            }
+            let from_carry = !self.carry.is_empty();
+            let buf: &[u8] = if from_carry { &self.carry } else { &self.cur };
+            match step(buf, self.header_done).map_err(|why| self.malformed(why))? {
+                Step::More => {
+                    if !from_carry && !self.cur.is_empty() {
+                        self.carry.extend_from_slice(&self.cur);
+                        self.cur = Bytes::new();
+                    }
+                    return Ok(None);
+                }
+                Step::Header(n) => {
+                    self.header_done = true;
+                    if from_carry {
+                        self.carry.advance(n);
+                    } else {
+                        self.cur.advance(n);
+                    }
+                }
+                Step::Trailer => {
+                    self.finished = true;
+                    if from_carry {
+                        self.carry.advance(2);
+                    } else {
+                        self.cur.advance(2);
+                    }
+                }
+                Step::Row(n) => {
+                    let data = if from_carry {
+                        self.carry.split_to(n).freeze()
+                    } else if n == self.cur.len() {
+                        // The usual case: the message is exactly one row; hand it over whole.
+                        std::mem::take(&mut self.cur)
+                    } else {
+                        self.cur.split_to(n)
+                    };
+                    return Ok(Some(Row { data }));
+                }
+            }
+        }
+    }
+
     async fn next(&mut self) -> Result<Option<Row>, PgError> {
         loop {
-            match self.state.parse(&mut self.buf) {
-                Ok(Some(r)) => return Ok(Some(r)),
-                Ok(None) => {}
-                Err(why) => return Err(self.malformed(why)),
+            if let Some(r) = self.take()? {
+                return Ok(Some(r));
             }
-            if self.state.finished {
-                if !self.buf.is_empty() {
+            if self.finished {
+                if !self.carry.is_empty() || !self.cur.is_empty() {
                     return Err(self.malformed("data after the trailer"));
                 }
                 return Ok(None);
             }
             match self.stream.next().await {
-                Some(Ok(chunk)) => self.buf.extend_from_slice(&chunk),
+                Some(Ok(chunk)) => {
+                    if self.carry.is_empty() && self.cur.is_empty() {
+                        self.cur = chunk;
+                    } else {
+                        self.carry.extend_from_slice(&chunk);
+                    }
+                }
                 Some(Err(e)) => return Err(PgError::query(format!("reading {}", self.what), e)),
                 None => return Err(self.malformed("the stream ended before its trailer")),
             }
@@ -521,14 +578,35 @@ struct Found {
 }
 
 /// Compares one range: both sides streamed and merged.
+#[allow(clippy::too_many_arguments)]
 async fn compare_range(
     src: &Client,
     tgt: &Client,
     p: &TablePlan,
     r: Range,
     keep: usize,
+    hash_ranges: bool,
     progress: &Progress,
 ) -> Result<(TableReport, Vec<Found>), PgError> {
+    if hash_ranges {
+        let hash = hash_sql(p, r);
+        let (hs, ht) = tokio::try_join!(range_hash(src, &hash, p, "source"), range_hash(tgt, &hash, p, "target"))?;
+        if hs == ht {
+            let n = hs.0 as u64;
+            progress.rows.fetch_add(n, AtomicOrdering::Relaxed);
+            return Ok((
+                TableReport {
+                    table: p.name.to_string(),
+                    ranges: 1,
+                    source_rows: n,
+                    target_rows: n,
+                    rows_compared: n,
+                    ..Default::default()
+                },
+                Vec::new(),
+            ));
+        }
+    }
     let sql = select_sql(p, r);
     let (mut a, mut b) = tokio::try_join!(
         RowReader::open(src, &sql, format!("{} on the source", p.name)),
@@ -602,7 +680,8 @@ async fn compare_range(
                         &mut rep,
                     );
                 }
-                (x, y) = tokio::try_join!(a.next(), b.next())?;
+                x = a.next().await?;
+                y = b.next().await?;
             }
         }
         since_tick += 1;
@@ -613,6 +692,64 @@ async fn compare_range(
     }
     progress.rows.fetch_add(since_tick, AtomicOrdering::Relaxed);
     Ok((rep, found))
+}
+
+/// The SELECT that hashes a range on one server: its row count and an md5 over the md5 of each
+/// row's text form, in key order (per-row hashes keep the aggregate small whatever the rows'
+/// width). Text forms are pinned by the session settings of [`TEXT_FORMS`]; a range whose
+/// hashes differ is compared row by row in binary, so a difference of representation only
+/// costs time, never a false difference.
+fn hash_sql(p: &TablePlan, r: Range) -> String {
+    let cols: Vec<String> = p.columns.iter().map(|c| format!("t.{}", quote_ident(&c.name))).collect();
+    let key_text = |idx: &[usize]| -> String {
+        if idx.len() == 1 {
+            format!("{}::text", cols[idx[0]])
+        } else {
+            format!("ROW({})::text", idx.iter().map(|&i| cols[i].clone()).collect::<Vec<_>>().join(", "))
+        }
+    };
+    let order_by = match &p.order {
+        Order::IntKey(keys) => keys.iter().map(|&i| cols[i].clone()).collect::<Vec<_>>().join(", "),
+        Order::TextKey(keys) => format!("({}) COLLATE \"C\"", key_text(keys)),
+        Order::WholeRow => format!("(ROW({})::text) COLLATE \"C\"", cols.join(", ")),
+    };
+    format!(
+        "SELECT count(*), md5(string_agg(md5(ROW({})::text), '' ORDER BY {order_by})) FROM ONLY {} t{}",
+        cols.join(", "),
+        p.name.quoted(),
+        range_filter(p, r)
+    )
+}
+
+/// The WHERE clause of a key range (empty for a whole table).
+fn range_filter(p: &TablePlan, r: Range) -> String {
+    let mut filter = Vec::new();
+    if let Order::IntKey(keys) = &p.order {
+        let k = format!("t.{}", quote_ident(&p.columns[keys[0]].name));
+        if let Some(lo) = r.lo {
+            filter.push(format!("{k} >= {lo}"));
+        }
+        if let Some(hi) = r.hi {
+            filter.push(format!("{k} <= {hi}"));
+        }
+    }
+    if filter.is_empty() {
+        String::new()
+    } else {
+        format!(" WHERE {}", filter.join(" AND "))
+    }
+}
+
+/// Session settings that make text forms the same on both servers.
+const TEXT_FORMS: &str = "SET TimeZone = 'UTC'; SET DateStyle = 'ISO, MDY'; SET IntervalStyle = 'postgres'; \
+     SET extra_float_digits = 1; SET bytea_output = 'hex';";
+
+async fn range_hash(c: &Client, sql: &str, p: &TablePlan, side: &str) -> Result<(i64, Option<String>), PgError> {
+    let row = c
+        .query_one(sql, &[])
+        .await
+        .map_err(|e| PgError::query(format!("hashing {} on the {side}", p.name), e))?;
+    Ok((row.get(0), row.get(1)))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -727,7 +864,7 @@ async fn describe(src: &Client, tgt: &Client, p: &TablePlan, f: &Found) -> Resul
 pub async fn in_snapshot(ep: &Endpoint, role: &str, snapshot: &str) -> Result<Client, PgError> {
     let c = ep.connect(role).await?;
     c.batch_execute(&format!(
-        "SET statement_timeout = 0; SET search_path = ''; BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
+        "SET statement_timeout = 0; SET search_path = ''; {TEXT_FORMS} BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
         quote_literal(snapshot)
     ))
     .await
@@ -779,6 +916,7 @@ pub async fn run(
         let (queue, plans, progress) = (queue.clone(), plans_arc.clone(), progress.clone());
         let (source, target, snaps) = (source.clone(), target.clone(), snaps.clone());
         let keep = opts.max_details;
+        let hash_ranges = opts.hash_ranges;
         workers.push(tokio::spawn(async move {
             let role = format!("verify {w}");
             let (src, tgt) = tokio::try_join!(
@@ -791,7 +929,7 @@ pub async fn run(
                 let Some((i, r)) = next else { break };
                 let p = &plans[i];
                 let t0 = std::time::Instant::now();
-                let (mut rep, found) = compare_range(&src, &tgt, p, r, keep, &progress).await?;
+                let (mut rep, found) = compare_range(&src, &tgt, p, r, keep, hash_ranges, &progress).await?;
                 let mut details = Vec::new();
                 for f in &found {
                     details.push(describe(&src, &tgt, p, f).await?);
@@ -997,22 +1135,19 @@ fn split_key(key: &str, names: Vec<&str>) -> Vec<(String, String)> {
 mod tests {
     use super::*;
 
+    /// A row in binary COPY form.
     fn row(fields: &[Option<&[u8]>]) -> Row {
-        let mut data = Vec::new();
-        let mut f = Vec::new();
+        let mut data = (fields.len() as i16).to_be_bytes().to_vec();
         for v in fields {
             match v {
                 Some(b) => {
-                    f.push((data.len() as u32, b.len() as i32));
+                    data.extend_from_slice(&(b.len() as i32).to_be_bytes());
                     data.extend_from_slice(b);
                 }
-                None => f.push((0, -1)),
+                None => data.extend_from_slice(&(-1i32).to_be_bytes()),
             }
         }
-        Row {
-            data: Bytes::from(data),
-            fields: f,
-        }
+        Row { data: Bytes::from(data) }
     }
 
     #[test]
@@ -1059,20 +1194,39 @@ mod tests {
         }
         stream.extend_from_slice(&(-1i16).to_be_bytes());
         for split in 0..stream.len() {
-            let mut buf = BytesMut::new();
-            let mut rows = Vec::new();
-            let mut r = RowReaderState::default();
+            let (mut buf, mut header, mut rows, mut done) = (BytesMut::new(), false, Vec::new(), false);
             for part in [&stream[..split], &stream[split..]] {
                 buf.extend_from_slice(part);
-                while let Some(row) = r.parse(&mut buf).unwrap() {
-                    rows.push(row);
+                loop {
+                    match step(&buf, header).unwrap() {
+                        Step::More => break,
+                        Step::Header(n) => {
+                            header = true;
+                            buf.advance(n);
+                        }
+                        Step::Row(n) => rows.push(Row {
+                            data: buf.split_to(n).freeze(),
+                        }),
+                        Step::Trailer => {
+                            buf.advance(2);
+                            done = true;
+                            break;
+                        }
+                    }
                 }
             }
-            assert!(r.finished && buf.is_empty(), "split at {split}");
+            assert!(done && buf.is_empty(), "split at {split}");
             assert_eq!(rows.len(), 2);
             assert_eq!(int(rows[0].field(0)), Some(1));
             assert_eq!(rows[0].field(1), Some(&b"x"[..]));
             assert_eq!(rows[1].field(1), None);
         }
+        assert_eq!(step(b"NOTCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0", false), Err("bad signature"));
+        assert_eq!(
+            step(b"PGCOPY\n\xff\r\n\0\0\0\0\0\x7f\xff\xff\xff", false),
+            Ok(Step::More),
+            "a huge header extension waits"
+        );
+        assert!(step(&[0x00, 0x01, 0xff, 0xff, 0xff, 0xf0], true).is_err(), "negative length");
     }
 }

@@ -229,6 +229,11 @@ pub struct VerifyArgs {
     /// Rewrite the differing rows on the target from the source, then verify again.
     #[arg(long)]
     pub repair: bool,
+    /// Have each server hash each key range of 100,000 rows first, and stream rows only for
+    /// ranges whose hashes differ: less network traffic, more server CPU. By default every row
+    /// is streamed, which is faster when the network is not the limit.
+    #[arg(long)]
+    pub range_hash: bool,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,

@@ -395,7 +395,8 @@ async fn standalone(args: &crate::cli::VerifyArgs) -> anyhow::Result<Report> {
         options: Options {
             jobs: req.jobs,
             max_details: args.max_differences,
-            ..Default::default()
+            hash_ranges: args.range_hash,
+            range_rows: if args.range_hash { 100_000 } else { 250_000 },
         },
         hold: None,
     };
