@@ -127,6 +127,14 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     );
     // The API, metrics and dashboard, as `ferry migrate` serves them (port 7117, or a free one).
     let live = std::sync::Arc::new(crate::live::Live::new());
+    let verify_ctx = std::sync::Arc::new(crate::verify_cmd::VerifyCtx {
+        source: req.source.clone(),
+        target: req.target.clone(),
+        filter: req.filter.clone(),
+        state_schema: req.state_schema.clone(),
+        options: ferry_postgres::verify::Options::default(),
+        hold: Some(live.hold.clone()),
+    });
     let api = crate::server::Api {
         live: live.clone(),
         metrics: std::sync::Arc::new(crate::metrics::Metrics::new()),
@@ -134,7 +142,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         target: req.target.clone(),
         store: ferry_postgres::state::StateStore::new(&req.state_schema),
         migration_id: req.migration_id.clone(),
-        verify: None,
+        verify: Some(verify_ctx.clone()),
     };
     let api_addr = match crate::server::serve(([127, 0, 0, 1], 7117).into(), api.clone()).await {
         Ok(a) => a,
@@ -175,7 +183,18 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let target = ferry_postgres::Endpoint::parse(&tgt.url(&password, "shop"), None)?
         .connect("demo")
         .await?;
-    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    // Verification while the application keeps writing: one consistent source position, the
+    // applier held only while the target snapshot opens.
+    println!("\n$ ferry verify --api http://{api_addr}   (while the application writes)");
+    let (report, _) = crate::verify_cmd::verify_once(&verify_ctx, std::sync::Arc::new(ferry_postgres::verify::Progress::default()))
+        .await
+        .context("verifying during change capture")?;
+    print!("{}", crate::verify_cmd::render(&report));
+    if !report.identical() {
+        anyhow::bail!("verification found differences during change capture");
+    }
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     let _ = writer_stop_tx.send(true);
     let writes = writer.await.context("the demo's writer failed")??;
     // The writer's last transaction leaves a marker; the target has caught up when it has it.

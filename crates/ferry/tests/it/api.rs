@@ -49,7 +49,7 @@ fn find_table<'a>(st: &'a Value, name: &str) -> Option<&'a Value> {
 }
 
 /// The dashboard, rendered by headless Chromium after its scripts ran: the DOM as text.
-fn dashboard_dom(addr: &str) -> String {
+pub(crate) fn dashboard_dom(addr: &str) -> String {
     let chromium = std::env::var("FERRY_CHROMIUM").unwrap_or_else(|_| "chromium".into());
     let out = std::process::Command::new(&chromium)
         .args([
@@ -68,7 +68,7 @@ fn dashboard_dom(addr: &str) -> String {
 }
 
 /// The text of the element with this id in a dumped DOM.
-fn by_id<'a>(dom: &'a str, id: &str) -> &'a str {
+pub(crate) fn by_id<'a>(dom: &'a str, id: &str) -> &'a str {
     let at = dom
         .find(&format!("id=\"{id}\""))
         .unwrap_or_else(|| panic!("no #{id} in the dashboard"));

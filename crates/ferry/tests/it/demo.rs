@@ -9,6 +9,9 @@ fn heavy_demo_runs_end_to_end_and_cleans_up() {
     assert!(run.stdout.contains("Full load of migration demo"), "{}", run.stdout);
     assert!(!run.stdout.contains("DIFFERENT"), "{}", run.stdout);
     assert_eq!(run.stdout.matches("identical").count(), 9, "{}", run.stdout);
+    // A verification at one consistent point while the demo application writes.
+    assert!(run.stdout.contains("Verification at source position"), "{}", run.stdout);
+    assert!(run.stdout.contains("Result: the target equals the source."), "{}", run.stdout);
     assert!(run.stderr.contains("Cleaned up"), "{}", run.stderr);
     // The generated password never appears except masked.
     assert!(run.all().contains("postgres:****@"), "{}", run.all());

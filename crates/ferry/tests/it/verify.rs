@@ -234,6 +234,10 @@ async fn heavy_verify_through_the_api_while_pgbench_writes() {
     })
     .await;
     assert!(st["last_verification"]["source_lsn"].is_string(), "{st}");
+    // The dashboard, in a real browser, shows the last run.
+    let dom = crate::api::dashboard_dom(&addr);
+    assert!(crate::api::by_id(&dom, "verify-status").contains("run "), "{dom}");
+    assert!(dom.contains("<b>identical</b>"), "{dom}");
     let (_, text) = http("GET", &addr, "/metrics", None).await;
     assert!(metric(&text, "ferry_verify_rows_compared_total").unwrap() > 1_000_000.0, "{text}");
     assert_eq!(
