@@ -8,7 +8,7 @@
 //! other sessions import the snapshot: the snapshot lives exactly as long as the next command
 //! is not sent. [`ReplicationConnection`] is therefore kept by the full load until it ends.
 
-use bytes::BytesMut;
+use bytes::{Buf, Bytes, BytesMut};
 use fallible_iterator::FallibleIterator;
 use ferry_core::{ErrorClass, Lsn};
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256};
@@ -68,6 +68,16 @@ pub type TextRows = Vec<Vec<Option<String>>>;
 impl ReplicationConnection {
     /// Connects with `replication=database` and authenticates.
     pub async fn connect(ep: &Endpoint) -> Result<Self, PgError> {
+        Self::open(ep, true, "replication").await
+    }
+
+    /// A plain (non-replication) session over the same protocol code: for streaming COPY
+    /// output straight off the socket, without a driver's per-message machinery.
+    pub async fn connect_plain(ep: &Endpoint, role: &str) -> Result<Self, PgError> {
+        Self::open(ep, false, role).await
+    }
+
+    async fn open(ep: &Endpoint, replication: bool, role: &str) -> Result<Self, PgError> {
         let server = ep.describe();
         let context = || format!("cannot open a replication connection to {server} as user {:?}", ep.user());
         let io_err = |e: std::io::Error| PgError {
@@ -101,13 +111,11 @@ impl ReplicationConnection {
             write: BytesMut::with_capacity(1024),
             server: server.clone(),
         };
-        let app = format!("{APPLICATION_NAME} replication");
-        let params = [
-            ("user", ep.user()),
-            ("database", ep.dbname()),
-            ("replication", "database"),
-            ("application_name", app.as_str()),
-        ];
+        let app = format!("{APPLICATION_NAME} {role}");
+        let mut params = vec![("user", ep.user()), ("database", ep.dbname()), ("application_name", app.as_str())];
+        if replication {
+            params.push(("replication", "database"));
+        }
         frontend::startup_message(params.iter().copied(), &mut conn.write).map_err(io_err)?;
         conn.flush().await.map_err(io_err)?;
         conn.authenticate(ep).await.map_err(|mut e| {
@@ -245,6 +253,80 @@ impl ReplicationConnection {
             consistent_point: get(1).parse().map_err(|e| proto("CREATE_REPLICATION_SLOT", e))?,
             snapshot: get(2),
         })
+    }
+
+    /// Starts `COPY ... TO STDOUT`: sends the query and waits for CopyOutResponse.
+    pub async fn copy_out_start(&mut self, sql: &str) -> Result<(), PgError> {
+        let server = self.server.clone();
+        let ctx = || format!("{} on {}", first_words(sql), server);
+        frontend::query(sql, &mut self.write).map_err(|e| proto(ctx(), e))?;
+        self.flush().await.map_err(|e| proto(ctx(), e))?;
+        loop {
+            match self.next().await? {
+                backend::Message::CopyOutResponse(_) => return Ok(()),
+                backend::Message::ErrorResponse(b) => {
+                    let err = db_error(ctx(), &b);
+                    // Drain to ReadyForQuery so the connection stays usable.
+                    loop {
+                        if let backend::Message::ReadyForQuery(_) = self.next().await? {
+                            break;
+                        }
+                    }
+                    return Err(err);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// The next CopyData payload of a COPY started by [`Self::copy_out_start`], or None once
+    /// the COPY is complete (and the connection ready for the next query). Frames are cut
+    /// straight out of a 64 kB read buffer.
+    pub async fn copy_out_next(&mut self) -> Result<Option<Bytes>, PgError> {
+        loop {
+            if self.read.len() >= 5 {
+                let len = u32::from_be_bytes([self.read[1], self.read[2], self.read[3], self.read[4]]) as usize;
+                if len < 4 {
+                    return Err(proto(format!("COPY from {}", self.server), "invalid message length"));
+                }
+                if self.read.len() > len {
+                    let tag = self.read[0];
+                    if tag == b'd' {
+                        let mut frame = self.read.split_to(len + 1);
+                        frame.advance(5);
+                        return Ok(Some(frame.freeze()));
+                    }
+                    // Anything else: let the general reader handle it.
+                    match self.next().await? {
+                        backend::Message::CopyDone | backend::Message::CommandComplete(_) => continue,
+                        backend::Message::ReadyForQuery(_) => return Ok(None),
+                        backend::Message::ErrorResponse(b) => {
+                            let err = db_error(format!("COPY from {}", self.server), &b);
+                            loop {
+                                if let backend::Message::ReadyForQuery(_) = self.next().await? {
+                                    break;
+                                }
+                            }
+                            return Err(err);
+                        }
+                        _ => continue,
+                    }
+                }
+                self.read.reserve((len + 1).saturating_sub(self.read.len()).max(64 * 1024));
+            } else {
+                self.read.reserve(64 * 1024);
+            }
+            let n = self.io.read_buf(&mut self.read).await.map_err(|e| PgError {
+                context: format!("COPY from {}", self.server),
+                reason: e.to_string(),
+                fix: None,
+                class: ErrorClass::Transient,
+                code: None,
+            })?;
+            if n == 0 {
+                return Err(proto(format!("COPY from {}", self.server), "the server closed the connection"));
+            }
+        }
     }
 
     /// Hands over the stream, any bytes already read, and the server's description.

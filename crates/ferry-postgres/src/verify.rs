@@ -29,6 +29,7 @@ use tokio_postgres::Client;
 
 use crate::endpoint::Endpoint;
 use crate::error::PgError;
+use crate::replication::ReplicationConnection;
 
 /// One column compared.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -433,10 +434,12 @@ fn step(buf: &[u8], header_done: bool) -> Result<Step, &'static str> {
 }
 
 /// Parses rows out of a binary COPY stream as it arrives. PostgreSQL sends one row per
-/// CopyData message, so a row is usually a slice of its message (no copy); rows split across
-/// messages are put together in `carry`.
-struct RowReader {
-    stream: std::pin::Pin<Box<tokio_postgres::CopyOutStream>>,
+/// CopyData message, so a row is usually its message itself (no copy); rows split across
+/// messages are put together in `carry`. The COPY runs on a plain protocol connection of
+/// Ferry's own ([`ReplicationConnection::connect_plain`]): messages are cut straight out of its
+/// read buffer, without a driver's per-message parsing, channel and task wake-ups.
+struct RowReader<'a> {
+    conn: &'a mut ReplicationConnection,
     cur: Bytes,
     carry: BytesMut,
     header_done: bool,
@@ -444,14 +447,16 @@ struct RowReader {
     what: String,
 }
 
-impl RowReader {
-    async fn open(c: &Client, sql: &str, what: String) -> Result<Self, PgError> {
-        let stream = c
-            .copy_out(&format!("COPY ({sql}) TO STDOUT (FORMAT binary)"))
+impl<'a> RowReader<'a> {
+    async fn open(conn: &'a mut ReplicationConnection, sql: &str, what: String) -> Result<Self, PgError> {
+        conn.copy_out_start(&format!("COPY ({sql}) TO STDOUT (FORMAT binary)"))
             .await
-            .map_err(|e| PgError::query(format!("reading {what}"), e))?;
+            .map_err(|mut e| {
+                e.context = format!("reading {what}");
+                e
+            })?;
         Ok(Self {
-            stream: Box::pin(stream),
+            conn,
             cur: Bytes::new(),
             carry: BytesMut::new(),
             header_done: false,
@@ -524,17 +529,20 @@ impl RowReader {
                 if !self.carry.is_empty() || !self.cur.is_empty() {
                     return Err(self.malformed("data after the trailer"));
                 }
+                // Read the COPY to its end, so the connection is ready for the next one.
+                if self.conn.copy_out_next().await?.is_some() {
+                    return Err(self.malformed("data after the trailer"));
+                }
                 return Ok(None);
             }
-            match self.stream.next().await {
-                Some(Ok(chunk)) => {
+            match self.conn.copy_out_next().await? {
+                Some(chunk) => {
                     if self.carry.is_empty() && self.cur.is_empty() {
                         self.cur = chunk;
                     } else {
                         self.carry.extend_from_slice(&chunk);
                     }
                 }
-                Some(Err(e)) => return Err(PgError::query(format!("reading {}", self.what), e)),
                 None => return Err(self.malformed("the stream ended before its trailer")),
             }
         }
@@ -582,6 +590,8 @@ struct Found {
 async fn compare_range(
     src: &Client,
     tgt: &Client,
+    src_raw: &mut ReplicationConnection,
+    tgt_raw: &mut ReplicationConnection,
     p: &TablePlan,
     r: Range,
     keep: usize,
@@ -609,8 +619,8 @@ async fn compare_range(
     }
     let sql = select_sql(p, r);
     let (mut a, mut b) = tokio::try_join!(
-        RowReader::open(src, &sql, format!("{} on the source", p.name)),
-        RowReader::open(tgt, &sql, format!("{} on the target", p.name)),
+        RowReader::open(src_raw, &sql, format!("{} on the source", p.name)),
+        RowReader::open(tgt_raw, &sql, format!("{} on the target", p.name)),
     )?;
     let offset = usize::from(!matches!(p.order, Order::IntKey(_)));
     let mut rep = TableReport {
@@ -872,6 +882,22 @@ pub async fn in_snapshot(ep: &Endpoint, role: &str, snapshot: &str) -> Result<Cl
     Ok(c)
 }
 
+/// A plain protocol session (for streaming COPY) in a REPEATABLE READ transaction that imports
+/// `snapshot`, with the same settings as [`in_snapshot`].
+async fn raw_in_snapshot(ep: &Endpoint, role: &str, snapshot: &str) -> Result<ReplicationConnection, PgError> {
+    let mut c = ReplicationConnection::connect_plain(ep, &format!("{role} stream")).await?;
+    c.simple_query(&format!(
+        "SET statement_timeout = 0; SET search_path = ''; {TEXT_FORMS} BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
+        quote_literal(snapshot)
+    ))
+    .await
+    .map_err(|mut e| {
+        e.context = format!("opening the verification snapshot on {}", ep.describe());
+        e
+    })?;
+    Ok(c)
+}
+
 /// Exports a snapshot from a new REPEATABLE READ transaction; the client must stay open (and
 /// idle in that transaction) while others import it.
 pub async fn export_snapshot(ep: &Endpoint, role: &str) -> Result<(Client, String), PgError> {
@@ -919,9 +945,11 @@ pub async fn run(
         let hash_ranges = opts.hash_ranges;
         workers.push(tokio::spawn(async move {
             let role = format!("verify {w}");
-            let (src, tgt) = tokio::try_join!(
+            let (src, tgt, mut src_raw, mut tgt_raw) = tokio::try_join!(
                 in_snapshot(&source, &role, &snaps.source),
-                in_snapshot(&target, &role, &snaps.target)
+                in_snapshot(&target, &role, &snaps.target),
+                raw_in_snapshot(&source, &role, &snaps.source),
+                raw_in_snapshot(&target, &role, &snaps.target),
             )?;
             let mut out: Vec<(usize, TableReport, Vec<Difference>)> = Vec::new();
             loop {
@@ -929,7 +957,7 @@ pub async fn run(
                 let Some((i, r)) = next else { break };
                 let p = &plans[i];
                 let t0 = std::time::Instant::now();
-                let (mut rep, found) = compare_range(&src, &tgt, p, r, keep, hash_ranges, &progress).await?;
+                let (mut rep, found) = compare_range(&src, &tgt, &mut src_raw, &mut tgt_raw, p, r, keep, hash_ranges, &progress).await?;
                 let mut details = Vec::new();
                 for f in &found {
                     details.push(describe(&src, &tgt, p, f).await?);
