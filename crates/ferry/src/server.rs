@@ -324,6 +324,14 @@ async fn verify(
         )
         .into_response();
     }
+    if api.live.paused() {
+        return error(
+            StatusCode::CONFLICT,
+            "change capture is paused: a verification needs the applier to reach its consistent point",
+            "POST /api/resume first",
+        )
+        .into_response();
+    }
     if let Some((id, _)) = &*api.live.verify_run.lock().expect("lock") {
         return error(
             StatusCode::CONFLICT,

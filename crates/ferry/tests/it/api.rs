@@ -224,6 +224,9 @@ async fn heavy_api_metrics_and_dashboard_follow_a_migration() {
     );
     let (_, text) = http("GET", &addr, "/metrics", None).await;
     assert_eq!(metric(&text, "ferry_cdc_paused"), Some(1.0));
+    let (code, body) = http("POST", &addr, "/api/verify", Some(token)).await;
+    assert_eq!(code, 409, "no verification while paused: {body}");
+    assert!(body.contains("paused"), "{body}");
     let (code, body) = http("POST", &addr, "/api/resume", Some(token)).await;
     assert_eq!(code, 200, "{body}");
     wait_for_row(
