@@ -57,7 +57,7 @@ async fn snapshots(ctx: &VerifyCtx) -> Result<Held, PgError> {
             // applier must not have gone past it by then. Everything it applied before the
             // freeze committed before the slot's creation began, hence before P.
             let guard = hold.freeze(Duration::from_secs(120)).await?;
-            let slot = repl.create_slot_with_snapshot(&name, true).await?;
+            let slot = consistent_slot(&ctx.source, &mut repl, &name).await?;
             guard.move_to(slot.consistent_point, Duration::from_secs(120)).await?;
             let exported = verify::export_snapshot(&ctx.target, "verify").await;
             drop(guard);
@@ -89,6 +89,53 @@ async fn snapshots(ctx: &VerifyCtx) -> Result<Held, PgError> {
                 repl: None,
                 _target: target,
             })
+        }
+    }
+}
+
+/// How long the applier may stay frozen while the source builds the snapshot.
+const SLOT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Creates the temporary slot whose snapshot and position the run uses. Building it waits for
+/// every transaction running on the source to end, and the applier is frozen meanwhile: past
+/// [`SLOT_TIMEOUT`] the attempt is given up (the connection closes, so the server drops it)
+/// and the error names the oldest open transaction.
+async fn consistent_slot(
+    source: &Endpoint,
+    repl: &mut ReplicationConnection,
+    name: &str,
+) -> Result<ferry_postgres::replication::CreatedSlot, PgError> {
+    match tokio::time::timeout(SLOT_TIMEOUT, repl.create_slot_with_snapshot(name, true)).await {
+        Ok(r) => r,
+        Err(_) => {
+            let oldest = async {
+                let c = source.connect("verify").await.ok()?;
+                let r = c
+                    .query_opt(
+                        "SELECT pid, usename::text, date_trunc('second', now() - xact_start)::text, left(query, 80) FROM pg_stat_activity
+                         WHERE backend_xid IS NOT NULL AND pid <> pg_backend_pid() ORDER BY xact_start LIMIT 1",
+                        &[],
+                    )
+                    .await
+                    .ok()??;
+                Some(format!(
+                    "the oldest is pid {} of user {}, open for {}: {}",
+                    r.get::<_, i32>(0),
+                    r.get::<_, Option<String>>(1).unwrap_or_default(),
+                    r.get::<_, Option<String>>(2).unwrap_or_default(),
+                    r.get::<_, Option<String>>(3).unwrap_or_default()
+                ))
+            }
+            .await;
+            Err(PgError::config(
+                "taking a consistent snapshot of the source for verification",
+                format!(
+                    "a transaction open on the source kept the snapshot from being built for {} s{}",
+                    SLOT_TIMEOUT.as_secs(),
+                    oldest.map(|o| format!(" ({o})")).unwrap_or_default()
+                ),
+                "retry when long transactions on the source have ended; change capture went on meanwhile",
+            ))
         }
     }
 }
@@ -127,7 +174,7 @@ pub async fn repair_once(ctx: &VerifyCtx, plans: &[TablePlan], report: &Report) 
             let mut repl = ReplicationConnection::connect(&ctx.source).await?;
             let name = format!("ferry_repair_{}_{}", std::process::id(), rand_suffix());
             let guard = hold.freeze(Duration::from_secs(120)).await?;
-            let slot = repl.create_slot_with_snapshot(&name, true).await?;
+            let slot = consistent_slot(&ctx.source, &mut repl, &name).await?;
             guard.move_to(slot.consistent_point, Duration::from_secs(120)).await?;
             let r = verify::repair(&ctx.source, &ctx.target, &slot.snapshot, plans, &diffs).await;
             drop(guard);

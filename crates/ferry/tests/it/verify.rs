@@ -271,3 +271,47 @@ async fn heavy_verify_through_the_api_while_pgbench_writes() {
     assert_identical(&dbs.source, &dbs.target).await;
     dbs.drop().await;
 }
+
+/// A transaction left open on the source keeps a consistent snapshot from being built: the
+/// verification gives up after 30 s naming it, and change capture goes on.
+#[tokio::test]
+async fn heavy_verify_gives_up_on_a_long_source_transaction_and_names_it() {
+    let dbs = Dbs::create("verify_longtx").await;
+    connect(&dbs.source)
+        .await
+        .batch_execute("CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'a');")
+        .await
+        .unwrap();
+    let addr = free_addr();
+    let m = Migrator::spawn(&refs(&migrate_args(&dbs, &["--listen", &addr])));
+    wait_for_cdc(&dbs.target).await;
+    let long = connect(&dbs.source).await;
+    long.batch_execute("BEGIN; INSERT INTO t VALUES (2, 'left open')").await.unwrap();
+    let pid: i32 = long.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
+    let run = ferry(&["verify", "--api", &format!("http://{addr}")]);
+    assert_eq!(run.code, 3, "{}", run.all());
+    assert!(
+        run.stderr.contains("a transaction open on the source") && run.stderr.contains(&format!("pid {pid}")),
+        "{}",
+        run.stderr
+    );
+    // Change capture went on.
+    connect(&dbs.source)
+        .await
+        .execute("INSERT INTO t VALUES (3, 'after')", &[])
+        .await
+        .unwrap();
+    wait_for_row(
+        &dbs.target,
+        "a change after the failed verification",
+        Duration::from_secs(30),
+        "SELECT 1 FROM t WHERE id = 3",
+    )
+    .await;
+    long.batch_execute("ROLLBACK").await.unwrap();
+    let (code, report, stderr) = verify_json(&["verify", "--api", &format!("http://{addr}"), "--json"]);
+    assert_eq!(code, 0, "{report}\n{stderr}");
+    let run = m.terminate();
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    dbs.drop().await;
+}
