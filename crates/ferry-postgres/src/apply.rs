@@ -248,9 +248,9 @@ impl std::fmt::Debug for Applier {
 }
 
 /// Buffered changes (all tables) before they are applied mid-batch.
-const BUFFER_CHANGES: usize = 50_000;
+const BUFFER_CHANGES: usize = 20_000;
 /// Buffered value bytes before they are applied mid-batch.
-const BUFFER_BYTES: usize = 32 << 20;
+const BUFFER_BYTES: usize = 16 << 20;
 
 /// Statements in flight at once: deep enough that round trips stop mattering, small enough
 /// that memory stays trivially bounded.
