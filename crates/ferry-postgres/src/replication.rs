@@ -266,12 +266,7 @@ impl ReplicationConnection {
                 backend::Message::CopyOutResponse(_) => return Ok(()),
                 backend::Message::ErrorResponse(b) => {
                     let err = db_error(ctx(), &b);
-                    // Drain to ReadyForQuery so the connection stays usable.
-                    loop {
-                        if let backend::Message::ReadyForQuery(_) = self.next().await? {
-                            break;
-                        }
-                    }
+                    self.drain_to_ready().await?;
                     return Err(err);
                 }
                 _ => {}
@@ -302,11 +297,7 @@ impl ReplicationConnection {
                         backend::Message::ReadyForQuery(_) => return Ok(None),
                         backend::Message::ErrorResponse(b) => {
                             let err = db_error(format!("COPY from {}", self.server), &b);
-                            loop {
-                                if let backend::Message::ReadyForQuery(_) = self.next().await? {
-                                    break;
-                                }
-                            }
+                            self.drain_to_ready().await?;
                             return Err(err);
                         }
                         _ => continue,
@@ -325,6 +316,15 @@ impl ReplicationConnection {
             })?;
             if n == 0 {
                 return Err(proto(format!("COPY from {}", self.server), "the server closed the connection"));
+            }
+        }
+    }
+
+    /// Reads up to ReadyForQuery after an error, so the connection stays usable.
+    async fn drain_to_ready(&mut self) -> Result<(), PgError> {
+        loop {
+            if let backend::Message::ReadyForQuery(_) = self.next().await? {
+                return Ok(());
             }
         }
     }

@@ -152,8 +152,9 @@ async fn events(State(api): State<Api>, Query(q): Query<EventsQuery>) -> Respons
         let rows = c
             .query(
                 &format!(
-                    "SELECT id, to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'), phase, kind, message
+                    "SELECT id, {}, phase, kind, message
                      FROM {}.events WHERE migration_id = $1 AND id > $2 ORDER BY id LIMIT $3",
+                    crate::status::iso_sql("at"),
                     api.store.quoted()
                 ),
                 &[&api.migration_id, &q.after.unwrap_or(0), &q.limit.unwrap_or(100).clamp(1, 1000)],

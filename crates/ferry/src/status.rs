@@ -169,6 +169,11 @@ pub struct TableStatus {
     pub bytes_copied: i64,
 }
 
+/// SQL rendering a timestamptz column as RFC 3339 in UTC (milliseconds), for JSON.
+pub fn iso_sql(col: &str) -> String {
+    format!("to_char({col} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')")
+}
+
 /// Reads the status. `wal_warn` is the retained-WAL size past which status warns.
 pub async fn read(target: &Endpoint, source: Option<&Endpoint>, id: Option<&str>, schema: &str, wal_warn: i64) -> anyhow::Result<Status> {
     let t = target.connect("status").await?;
@@ -287,8 +292,9 @@ pub async fn read_with(
         for row in t
             .query(
                 &format!(
-                    "SELECT * FROM (SELECT id, to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'), from_phase, to_phase, actor, reason
-                     FROM {q}.transitions WHERE migration_id = $1 ORDER BY id DESC LIMIT 100) x ORDER BY id"
+                    "SELECT * FROM (SELECT id, {}, from_phase, to_phase, actor, reason
+                     FROM {q}.transitions WHERE migration_id = $1 ORDER BY id DESC LIMIT 100) x ORDER BY id",
+                    iso_sql("at")
                 ),
                 &[&migration_id],
             )
@@ -312,11 +318,12 @@ pub async fn read_with(
             .query_opt(
                 &format!(
                     "SELECT jsonb_build_object('id', id, 'status', status, 'actor', actor,
-                        'started_at', to_char(started_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'),
-                        'finished_at', to_char(finished_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'),
+                        'started_at', {}, 'finished_at', {},
                         'source_lsn', source_lsn::text, 'tables', tables, 'rows_compared', rows_compared,
                         'differences', differences, 'repaired', repaired, 'error', error)
-                     FROM {q}.verify_runs WHERE migration_id = $1 ORDER BY id DESC LIMIT 1"
+                     FROM {q}.verify_runs WHERE migration_id = $1 ORDER BY id DESC LIMIT 1",
+                    iso_sql("started_at"),
+                    iso_sql("finished_at")
                 ),
                 &[&migration_id],
             )
@@ -345,8 +352,9 @@ pub async fn read_with(
     for row in t
         .query(
             &format!(
-                "SELECT to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'), commit_lsn::text, table_name, operation, key, error, skipped
-                 FROM {q}.dead_letters WHERE migration_id = $1 ORDER BY id DESC LIMIT 20"
+                "SELECT {}, commit_lsn::text, table_name, operation, key, error, skipped
+                 FROM {q}.dead_letters WHERE migration_id = $1 ORDER BY id DESC LIMIT 20",
+                iso_sql("at")
             ),
             &[&migration_id],
         )
