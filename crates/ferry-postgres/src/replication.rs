@@ -307,17 +307,31 @@ impl ReplicationConnection {
             } else {
                 self.read.reserve(64 * 1024);
             }
-            let n = self.io.read_buf(&mut self.read).await.map_err(|e| PgError {
-                context: format!("COPY from {}", self.server),
-                reason: e.to_string(),
-                fix: None,
+            self.fill("COPY from").await?;
+        }
+    }
+
+    /// Reads more bytes from the server into the read buffer; a closed connection is an error
+    /// (transient: the server may have restarted).
+    async fn fill(&mut self, what: &str) -> Result<(), PgError> {
+        let context = || format!("{what} {}", self.server);
+        let n = self.io.read_buf(&mut self.read).await.map_err(|e| PgError {
+            context: context(),
+            reason: e.to_string(),
+            fix: None,
+            class: ErrorClass::Transient,
+            code: None,
+        })?;
+        if n == 0 {
+            return Err(PgError {
+                context: context(),
+                reason: "the server closed the connection".into(),
+                fix: Some("see the server log; the server may have restarted".into()),
                 class: ErrorClass::Transient,
                 code: None,
-            })?;
-            if n == 0 {
-                return Err(proto(format!("COPY from {}", self.server), "the server closed the connection"));
-            }
+            });
         }
+        Ok(())
     }
 
     /// Reads up to ReadyForQuery after an error, so the connection stays usable.
@@ -359,22 +373,7 @@ impl ReplicationConnection {
                     return Err(proto(format!("reading from {}", self.server), e));
                 }
             }
-            let n = self.io.read_buf(&mut self.read).await.map_err(|e| PgError {
-                context: format!("reading from {}", self.server),
-                reason: e.to_string(),
-                fix: None,
-                class: ErrorClass::Transient,
-                code: None,
-            })?;
-            if n == 0 {
-                return Err(PgError {
-                    context: format!("reading from {}", self.server),
-                    reason: "the server closed the replication connection".into(),
-                    fix: Some("see the server log; the server may have restarted".into()),
-                    class: ErrorClass::Transient,
-                    code: None,
-                });
-            }
+            self.fill("reading from").await?;
             if self.read.capacity() - self.read.len() < 1024 {
                 self.read.reserve(8192);
             }

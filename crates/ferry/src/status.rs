@@ -273,12 +273,16 @@ pub async fn read_with(
             bytes_copied: row.get(4),
         });
     }
-    // Older state schemas (before transitions were recorded) have no such table.
-    let has_transitions: bool = t
-        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&format!("{q}.transitions")])
-        .await?
-        .get(0);
-    if has_transitions {
+    // Older state schemas (before transitions and verification were recorded) lack the tables.
+    let exists = |table: &str| {
+        let name = format!("{q}.{table}");
+        async move {
+            t.query_one("SELECT to_regclass($1) IS NOT NULL", &[&name])
+                .await
+                .map(|r| r.get::<_, bool>(0))
+        }
+    };
+    if exists("transitions").await? {
         status.phase_seconds = t
             .query_one(
                 &format!(
@@ -309,11 +313,7 @@ pub async fn read_with(
             });
         }
     }
-    let has_verify: bool = t
-        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&format!("{q}.verify_runs")])
-        .await?
-        .get(0);
-    if has_verify {
+    if exists("verify_runs").await? {
         status.last_verification = t
             .query_opt(
                 &format!(
