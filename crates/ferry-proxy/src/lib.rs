@@ -1,0 +1,149 @@
+//! Ferry's PostgreSQL wire-protocol proxy: it forwards client sessions to one upstream server,
+//! can hold new requests at transaction boundaries, and switches every session to another server
+//! without a client seeing an error.
+//!
+//! # How a session flows
+//! A client connects and authenticates against the proxy's own users (SCRAM-SHA-256, no TLS
+//! yet: SSLRequest/GSSENCRequest are answered 'N'). The proxy then opens a server connection as
+//! the login that the current [`Upstream`] maps the user to, passing the client's startup
+//! parameters (application_name, options, DateStyle, client_encoding, ...), forwards the
+//! server's ParameterStatus messages and sends its own BackendKeyData, so that a CancelRequest
+//! comes to the proxy, which forwards it to whichever server the session is on at that moment.
+//!
+//! Forwarding copies bytes: message headers are scanned, and only Query, Parse and Close from
+//! the client and ReadyForQuery, CommandComplete, ParseComplete, CloseComplete and ErrorResponse
+//! from the server are looked into, to track:
+//! * the transaction status of the last ReadyForQuery ('I', 'T', 'E');
+//! * requests in flight: Query, Sync and FunctionCall sent minus ReadyForQuery received (COPY
+//!   data belongs to the request in flight);
+//! * "unsynced": an extended-protocol message (Parse, Bind, Describe, Execute, Close, Flush) was
+//!   sent since the last Sync.
+//!
+//! A session is at a **safe point** when the status is 'I', nothing is in flight and it is not
+//! unsynced. [`Proxy::hold`] stops sessions at their next safe point: the first message of the
+//! next request is kept in the proxy's buffer until the [`Hold`] is released. New connections
+//! authenticate and then wait before connecting to a server.
+//!
+//! # What a switch carries over
+//! [`Hold::switch`] opens, for every session, a connection to the new server with the same
+//! startup parameters, and replays, in the order they ran:
+//! * simple-protocol `SET` / `RESET` statements (not `SET LOCAL`, not `SET TRANSACTION`) that
+//!   completed without error, inside a transaction only once it committed; `RESET ALL` and
+//!   `DISCARD ALL` clear them;
+//! * named prepared statements, from Parse messages (kept raw) and SQL `PREPARE`, minus those
+//!   closed by Close, `DEALLOCATE` or `DISCARD ALL`.
+//!
+//! Only when every session's replay succeeded do all sessions adopt their new connection and
+//! Terminate the old one; otherwise all stay where they were.
+//!
+//! # What is NOT carried over
+//! These belong to the old server session and are lost at a switch; the client sees the error
+//! the new server gives on next use:
+//! * temporary tables (`relation "..." does not exist`, 42P01);
+//! * `LISTEN` registrations: notifications silently stop arriving (no error);
+//! * session-level advisory locks: silently not held any more (no error), so another session can
+//!   take them;
+//! * cursors `WITH HOLD` (`cursor "..." does not exist`, 34000) and unnamed statements/portals;
+//! * `SET` sent through the extended protocol (Parse/Bind/Execute of a SET statement), `SET`
+//!   inside a multi-statement query string, and `SET` undone by `ROLLBACK TO SAVEPOINT`: the
+//!   setting silently falls back to its default on the new server;
+//! * `DEALLOCATE` sent through the extended protocol: the statement comes back on the new server;
+//! * sequences' `currval`/`lastval` (`currval of sequence "..." is not yet defined`, 55000), and
+//!   the ParameterStatus values the client got at connection time (server_version etc.) are not
+//!   re-sent.
+//!
+//! # Limits
+//! No TLS on either side yet; client passwords are not SASLprep-normalised (ASCII passwords are
+//! unaffected); the replication protocol is refused.
+
+mod codec;
+mod error;
+mod hold;
+mod proxy;
+mod replay;
+mod scram;
+mod session;
+mod upstream;
+
+pub use error::{BusySession, HoldError, ProxyError, SwitchError};
+pub use hold::{Hold, ReleaseReport, SwitchReport};
+pub use proxy::{Proxy, ProxyStats};
+pub use upstream::ConnectError;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+
+/// Where sessions go: one PostgreSQL server and database, and how each proxy user logs in there.
+#[derive(Clone, Debug)]
+pub struct Upstream {
+    /// "source" / "target": used in logs and errors.
+    pub name: String,
+    /// Hostname, IP address, or a Unix socket directory if it starts with '/'.
+    pub host: String,
+    pub port: u16,
+    pub dbname: String,
+    /// Proxy user name -> login on this server.
+    pub logins: HashMap<String, Login>,
+}
+
+/// A login on a server. `Debug` does not print the password.
+#[derive(Clone)]
+pub struct Login {
+    pub user: String,
+    pub password: Option<String>,
+}
+
+impl fmt::Debug for Login {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Login")
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+/// What the proxy listens on and whom it lets in.
+#[derive(Clone, Debug)]
+pub struct ProxyConfig {
+    /// Address to listen on; port 0 picks a free port (see [`Proxy::local_addr`]).
+    pub listen: SocketAddr,
+    /// Clients authenticate with SCRAM-SHA-256 against these.
+    pub users: Vec<ProxyUser>,
+    /// The database name clients must ask for; others are refused with SQLSTATE 3D000.
+    pub dbname: String,
+}
+
+/// A user clients log in to the proxy as. `Debug` does not print the password.
+#[derive(Clone)]
+pub struct ProxyUser {
+    pub name: String,
+    pub password: String,
+}
+
+impl fmt::Debug for ProxyUser {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProxyUser")
+            .field("name", &self.name)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_redacts_passwords() {
+        let l = Login {
+            user: "u".into(),
+            password: Some("hunter2".into()),
+        };
+        let p = ProxyUser {
+            name: "app".into(),
+            password: "hunter2".into(),
+        };
+        assert!(!format!("{l:?}{p:?}").contains("hunter2"));
+    }
+}

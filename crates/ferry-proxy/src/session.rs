@@ -1,0 +1,384 @@
+//! One client session: startup and authentication, then forwarding in both directions while
+//! tracking the protocol state that decides where the session may be held or switched.
+
+mod startup;
+mod tracker;
+
+use startup::{setup, write_error};
+use tracker::Tracker;
+
+use crate::codec::{Scanner, Severity};
+use crate::proxy::{lock, Command, SessionHandle, Shared};
+use crate::upstream::{reserve, Backend, Stream};
+use bytes::{Buf, BytesMut};
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::Ordering::*;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+pub(crate) async fn run(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr) {
+    let _ = tcp.set_nodelay(true);
+    let client = Stream::Tcp(tcp);
+    let mut shutdown = shared.shutdown_tx.subscribe();
+    let forwarder = tokio::select! {
+        r = setup(shared.clone(), client, peer) => r,
+        _ = shutdown.wait_for(|s| *s) => return,
+    };
+    match forwarder {
+        Ok(Some(f)) => f.run().await,
+        Ok(None) => {}
+        Err(e) => tracing::debug!(%peer, error = %e, "session ended during startup"),
+    }
+}
+
+/// Why forwarding stopped.
+/// What woke the session up.
+#[derive(Debug)]
+enum Event {
+    ClientRead(io::Result<usize>),
+    BackendRead(io::Result<usize>),
+    BackendWrote(io::Result<usize>),
+    ClientWrote(io::Result<usize>),
+    Command(Option<Command>),
+    Released,
+}
+
+#[derive(Debug)]
+enum End {
+    Client(Option<io::Error>),
+    ClientProtocol(io::Error),
+    Terminated,
+    Backend(Option<io::Error>),
+    Shutdown,
+}
+
+struct Forwarder {
+    shared: Arc<Shared>,
+    h: Arc<SessionHandle>,
+    client: Stream,
+    backend: Backend,
+    /// Client bytes; the first `c_out` are scanned and due to the server.
+    cbuf: BytesMut,
+    c_out: usize,
+    cscan: Scanner,
+    /// Server bytes; the first `b_out` are scanned and due to the client.
+    bbuf: BytesMut,
+    b_out: usize,
+    bscan: Scanner,
+    commands: mpsc::UnboundedReceiver<Command>,
+    t: Tracker,
+    /// Last safe-point state published to `h.safe`.
+    safe: bool,
+    pending_client: BytesMut,
+}
+
+fn would_block(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::WouldBlock
+}
+
+impl Forwarder {
+    async fn run(mut self) {
+        let id = self.h.id;
+        let end = if self.pending_client.is_empty() {
+            self.forward().await
+        } else {
+            let pending = std::mem::take(&mut self.pending_client);
+            self.cbuf.extend_from_slice(&pending);
+            match self.on_client_data().await {
+                Some(end) => end,
+                None => self.forward().await,
+            }
+        };
+        self.shared.unregister(id);
+        match end {
+            End::Terminated => tracing::debug!(session = id, "client terminated the session"),
+            End::Client(e) => {
+                tracing::debug!(session = id, error = ?e, "client closed the connection");
+                self.backend.terminate().await;
+            }
+            End::ClientProtocol(e) => {
+                tracing::debug!(session = id, error = %e, "protocol error from the client");
+                write_error(
+                    &self.client,
+                    Severity::Fatal,
+                    "08P01",
+                    &format!("invalid frontend message: {e}"),
+                    None,
+                )
+                .await;
+                self.backend.terminate().await;
+            }
+            End::Shutdown => {
+                write_error(
+                    &self.client,
+                    Severity::Fatal,
+                    "57P01",
+                    "terminating connection because the Ferry proxy is shutting down",
+                    None,
+                )
+                .await;
+                self.backend.terminate().await;
+            }
+            End::Backend(e) => {
+                tracing::debug!(session = id, error = ?e, upstream = %self.backend.upstream, "server closed the connection");
+                let pending = self.bbuf.split_to(self.b_out);
+                let _ = tokio::time::timeout(Duration::from_secs(1), self.client.write_all(&pending)).await;
+                let msg = format!("server closed the connection unexpectedly (upstream {})", self.backend.upstream);
+                write_error(&self.client, Severity::Fatal, "08006", &msg, None).await;
+            }
+        }
+    }
+
+    async fn forward(&mut self) -> End {
+        loop {
+            let event = std::future::poll_fn(|cx| self.poll_event(cx, true)).await;
+            let end = match event {
+                Event::ClientRead(Ok(0)) => Some(End::Client(None)),
+                Event::ClientRead(Ok(_)) => self.on_client_data().await,
+                Event::ClientRead(Err(e)) => Some(End::Client(Some(e))),
+                other => self.on_event(other),
+            };
+            if let Some(end) = end {
+                return end;
+            }
+        }
+    }
+
+    /// Polls everything the session waits for, in one task: commands, reads from both sides
+    /// (only when the previous batch has been passed on, which is the flow control) and the
+    /// rest of partial writes. AsyncRead is used rather than try_read because tokio then
+    /// clears the readiness after a short read, saving an EAGAIN read per batch.
+    fn poll_event(&mut self, cx: &mut Context<'_>, read_client: bool) -> Poll<Event> {
+        if let Poll::Ready(cmd) = self.commands.poll_recv(cx) {
+            return Poll::Ready(Event::Command(cmd));
+        }
+        if read_client && self.c_out == 0 {
+            reserve(&mut self.cbuf);
+            if let Poll::Ready(r) = std::pin::pin!(self.client.read_buf(&mut self.cbuf)).poll(cx) {
+                return Poll::Ready(Event::ClientRead(r));
+            }
+        }
+        if self.b_out == 0 {
+            reserve(&mut self.bbuf);
+            if let Poll::Ready(r) = std::pin::pin!(self.backend.stream.read_buf(&mut self.bbuf)).poll(cx) {
+                return Poll::Ready(Event::BackendRead(r));
+            }
+        }
+        if self.c_out > 0 {
+            if let Poll::Ready(r) = Pin::new(&mut self.backend.stream).poll_write(cx, &self.cbuf[..self.c_out]) {
+                return Poll::Ready(Event::BackendWrote(r));
+            }
+        }
+        if self.b_out > 0 {
+            if let Poll::Ready(r) = Pin::new(&mut self.client).poll_write(cx, &self.bbuf[..self.b_out]) {
+                return Poll::Ready(Event::ClientWrote(r));
+            }
+        }
+        Poll::Pending
+    }
+
+    /// Handles every event but a client read.
+    fn on_event(&mut self, event: Event) -> Option<End> {
+        match event {
+            Event::ClientRead(_) | Event::Released => None,
+            Event::BackendRead(Ok(0)) => Some(End::Backend(None)),
+            Event::BackendRead(Ok(_)) => self.on_backend_data(),
+            Event::BackendRead(Err(e)) => Some(End::Backend(Some(e))),
+            Event::BackendWrote(Ok(n)) => {
+                self.cbuf.advance(n);
+                self.c_out -= n;
+                None
+            }
+            Event::BackendWrote(Err(e)) => Some(End::Backend(Some(e))),
+            Event::ClientWrote(Ok(n)) => {
+                self.bbuf.advance(n);
+                self.b_out -= n;
+                None
+            }
+            Event::ClientWrote(Err(e)) => Some(End::Client(Some(e))),
+            Event::Command(cmd) => self.on_command(cmd),
+        }
+    }
+
+    async fn on_client_data(&mut self) -> Option<End> {
+        if self.safe && self.cbuf.first() != Some(&b'X') {
+            // Leaving the safe point. Publish first, then look at the hold flag: `hold()` sets
+            // the flag first, then looks at the sessions, so one of the two sees the other.
+            self.h.busy_since.store(self.shared.now_nanos(), Relaxed);
+            self.h.safe.store(false, SeqCst);
+            while self.shared.holding.load(SeqCst) {
+                self.h.safe.store(true, SeqCst);
+                self.shared.notify_safe();
+                if let Some(end) = self.held_wait().await {
+                    return Some(end);
+                }
+                self.h.busy_since.store(self.shared.now_nanos(), Relaxed);
+                self.h.safe.store(false, SeqCst);
+            }
+            self.safe = false;
+        }
+        let t = &mut self.t;
+        let scanned = self.cscan.scan(
+            &self.cbuf,
+            |tag| matches!(tag, b'Q' | b'P' | b'C'),
+            |f| {
+                t.on_client(f);
+                Ok(())
+            },
+        );
+        match scanned {
+            Ok(n) => self.c_out = n,
+            Err(e) => return Some(End::ClientProtocol(e)),
+        }
+        self.publish();
+        if self.t.terminate {
+            let _ = self.backend.stream.write_all(&self.cbuf[..self.c_out]).await;
+            return Some(End::Terminated);
+        }
+        if let Err(e) = self.flush_backend() {
+            return Some(End::Backend(Some(e)));
+        }
+        None
+    }
+
+    fn on_backend_data(&mut self) -> Option<End> {
+        let t = &mut self.t;
+        let h = &self.h;
+        let scanned = self.bscan.scan(
+            &self.bbuf,
+            |tag| matches!(tag, b'Z' | b'C'),
+            |f| {
+                t.on_backend(f, h);
+                Ok(())
+            },
+        );
+        match scanned {
+            Ok(n) => self.b_out = n,
+            Err(e) => return Some(End::Backend(Some(e))),
+        }
+        self.publish();
+        if let Err(e) = self.flush_client() {
+            return Some(End::Client(Some(e)));
+        }
+        None
+    }
+
+    fn flush_backend(&mut self) -> io::Result<()> {
+        while self.c_out > 0 {
+            match self.backend.stream.try_write(&self.cbuf[..self.c_out]) {
+                Ok(n) => {
+                    self.cbuf.advance(n);
+                    self.c_out -= n;
+                }
+                Err(e) if would_block(&e) => break,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    fn flush_client(&mut self) -> io::Result<()> {
+        while self.b_out > 0 {
+            match self.client.try_write(&self.bbuf[..self.b_out]) {
+                Ok(n) => {
+                    self.bbuf.advance(n);
+                    self.b_out -= n;
+                }
+                Err(e) if would_block(&e) => break,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Publishes the protocol state for the controller; notifies a hold when the session
+    /// reaches its safe point.
+    fn publish(&mut self) {
+        let t = &self.t;
+        let h = &self.h;
+        h.tx_status.store(t.tx, Relaxed);
+        h.in_flight.store(t.in_flight, Relaxed);
+        h.unsynced.store(t.unsynced, Relaxed);
+        let safe = t.tx == b'I' && t.in_flight == 0 && !t.unsynced;
+        if safe != self.safe {
+            self.safe = safe;
+            if !safe {
+                h.busy_since.store(self.shared.now_nanos(), Relaxed);
+            }
+            h.safe.store(safe, SeqCst);
+            if safe {
+                self.shared.notify_safe();
+            }
+        }
+    }
+
+    /// Waits while the hold is in place, still serving commands (a switch) and server messages.
+    async fn held_wait(&mut self) -> Option<End> {
+        self.shared.begin_wait();
+        tracing::debug!(session = self.h.id, "request held");
+        let mut release = self.shared.release_rx();
+        let end = 'held: loop {
+            if !self.shared.holding.load(SeqCst) {
+                break None;
+            }
+            // One `changed()` future for the whole wait: dropping it would drop its wake-up.
+            let mut changed = std::pin::pin!(release.changed());
+            loop {
+                let event = std::future::poll_fn(|cx| {
+                    if changed.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Event::Released);
+                    }
+                    self.poll_event(cx, false)
+                })
+                .await;
+                if matches!(event, Event::Released) {
+                    continue 'held;
+                }
+                if let Some(end) = self.on_event(event) {
+                    break 'held Some(end);
+                }
+            }
+        };
+        self.shared.end_wait();
+        end
+    }
+
+    fn on_command(&mut self, cmd: Option<Command>) -> Option<End> {
+        match cmd {
+            Some(Command::Adopt(backend, ack)) => {
+                self.adopt(backend);
+                let _ = ack.send(());
+                None
+            }
+            Some(Command::Shutdown) | None => Some(End::Shutdown),
+        }
+    }
+
+    /// Continues on `new`, dropping the old server connection. Called only at a safe point.
+    fn adopt(&mut self, new: Backend) {
+        if !self.safe || self.c_out > 0 {
+            tracing::warn!(session = self.h.id, "switching a session that is not at a safe point");
+        }
+        // A partial asynchronous message from the old server cannot be completed: drop it.
+        self.bbuf.truncate(self.b_out);
+        self.bscan = Scanner::default();
+        let old = std::mem::replace(&mut self.backend, new);
+        *lock(&self.h.cancel_key) = self.backend.key.clone();
+        self.h.backend_pid.store(self.backend.key.process_id, SeqCst);
+        tracing::debug!(
+            session = self.h.id,
+            from = %old.upstream,
+            to = %self.backend.upstream,
+            backend_pid = self.backend.key.process_id,
+            "session switched"
+        );
+        tokio::spawn(old.terminate());
+    }
+}

@@ -1,0 +1,441 @@
+//! Server connections: connect, authenticate as the mapped login, replay session state, cancel.
+
+use crate::codec;
+use crate::replay::{Entry, ReplayLog};
+use crate::Upstream;
+use bytes::{Bytes, BytesMut};
+use fallible_iterator::FallibleIterator;
+use postgres_protocol::authentication::{md5_hash, sasl};
+use postgres_protocol::message::backend::{ErrorResponseBody, Message};
+use postgres_protocol::message::frontend;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpStream, UnixStream};
+
+/// A connection to a server: TCP, or a Unix socket when the host is a directory.
+#[derive(Debug)]
+pub enum Stream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Stream {
+    pub async fn readable(&self) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.readable().await,
+            Stream::Unix(s) => s.readable().await,
+        }
+    }
+
+    pub async fn writable(&self) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.writable().await,
+            Stream::Unix(s) => s.writable().await,
+        }
+    }
+
+    pub fn try_read_buf(&self, buf: &mut BytesMut) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.try_read_buf(buf),
+            Stream::Unix(s) => s.try_read_buf(buf),
+        }
+    }
+
+    pub fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.try_write(buf),
+            Stream::Unix(s) => s.try_write(buf),
+        }
+    }
+
+    /// Reads at least one byte (0 = end of stream).
+    pub async fn read_some(&self, buf: &mut BytesMut) -> io::Result<usize> {
+        loop {
+            reserve(buf);
+            match self.try_read_buf(buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.readable().await?,
+                other => return other,
+            }
+        }
+    }
+
+    pub async fn write_all(&self, mut buf: &[u8]) -> io::Result<()> {
+        while !buf.is_empty() {
+            match self.try_write(buf) {
+                Ok(n) => buf = &buf[n..],
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.writable().await?,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    async fn connect(host: &str, port: u16) -> io::Result<Stream> {
+        if host.starts_with('/') {
+            Ok(Stream::Unix(UnixStream::connect(format!("{host}/.s.PGSQL.{port}")).await?))
+        } else {
+            let s = TcpStream::connect((host, port)).await?;
+            s.set_nodelay(true)?;
+            Ok(Stream::Tcp(s))
+        }
+    }
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Unix(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Unix(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Unix(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Keeps at least 8 KiB free for the next read, growing in 16 KiB steps.
+pub fn reserve(buf: &mut BytesMut) {
+    if buf.capacity() - buf.len() < 8192 {
+        buf.reserve(16 * 1024);
+    }
+}
+
+/// Why a server connection could not be made ready.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("upstream {upstream} has no login for proxy user {user:?}: add one to Upstream::logins")]
+    NoLogin { upstream: String, user: String },
+    #[error("cannot reach upstream {upstream} at {addr}: {source}")]
+    Io { upstream: String, addr: String, source: io::Error },
+    #[error("upstream {upstream} refused the connection: {severity} {code}: {message}")]
+    Server {
+        upstream: String,
+        severity: String,
+        code: String,
+        message: String,
+    },
+    #[error("upstream {upstream} asks for a password for {user:?} but the login has none: set Login::password")]
+    NoPassword { upstream: String, user: String },
+    #[error("upstream {upstream} asks for an authentication method the proxy does not support ({method}): use scram-sha-256, md5 or password in pg_hba.conf")]
+    Unsupported { upstream: String, method: &'static str },
+    #[error("protocol error talking to upstream {upstream}: {detail}")]
+    Protocol { upstream: String, detail: String },
+    #[error("replaying session state on upstream {upstream} failed at `{statement}`: {code}: {message}")]
+    Replay {
+        upstream: String,
+        statement: String,
+        code: String,
+        message: String,
+    },
+}
+
+/// Where and how to cancel a server's current query.
+#[derive(Debug, Clone)]
+pub struct CancelKey {
+    pub host: String,
+    pub port: u16,
+    pub process_id: i32,
+    pub secret_key: i32,
+}
+
+/// A server connection that is authenticated and ready for a query.
+#[derive(Debug)]
+pub struct Backend {
+    pub stream: Stream,
+    pub key: CancelKey,
+    pub upstream: String,
+    /// The server's ParameterStatus messages, raw, as received during startup.
+    pub parameter_status: Bytes,
+}
+
+impl Backend {
+    /// Sends Terminate and drops the connection.
+    pub async fn terminate(self) {
+        let mut buf = BytesMut::new();
+        frontend::terminate(&mut buf);
+        let _ = self.stream.write_all(&buf).await;
+    }
+}
+
+pub(crate) struct ErrorFields {
+    pub severity: String,
+    pub code: String,
+    pub message: String,
+}
+
+pub(crate) fn error_fields(body: &ErrorResponseBody) -> ErrorFields {
+    let mut e = ErrorFields {
+        severity: String::new(),
+        code: String::new(),
+        message: String::new(),
+    };
+    let mut it = body.fields();
+    while let Ok(Some(f)) = it.next() {
+        match f.type_() {
+            b'S' => e.severity = String::from_utf8_lossy(f.value_bytes()).into_owned(),
+            b'C' => e.code = String::from_utf8_lossy(f.value_bytes()).into_owned(),
+            b'M' => e.message = String::from_utf8_lossy(f.value_bytes()).into_owned(),
+            _ => {}
+        }
+    }
+    e
+}
+
+/// Reads the next whole message; returns it parsed and raw (type byte and length included).
+async fn next_message(stream: &Stream, buf: &mut BytesMut, upstream: &str) -> Result<(Message, Bytes), ConnectError> {
+    let proto = |detail: String| ConnectError::Protocol {
+        upstream: upstream.to_owned(),
+        detail,
+    };
+    loop {
+        if buf.len() >= 5 {
+            let len = i32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]);
+            if len < 4 {
+                return Err(proto(format!("invalid message length {len}")));
+            }
+            let total = 1 + len as usize;
+            if buf.len() >= total {
+                let raw = buf.split_to(total).freeze();
+                let mut copy = BytesMut::from(&raw[..]);
+                let msg = Message::parse(&mut copy)
+                    .map_err(|e| proto(e.to_string()))?
+                    .ok_or_else(|| proto("truncated message".into()))?;
+                return Ok((msg, raw));
+            }
+        }
+        let n = stream.read_some(buf).await.map_err(|e| proto(format!("read failed: {e}")))?;
+        if n == 0 {
+            return Err(proto("the server closed the connection".into()));
+        }
+    }
+}
+
+/// Opens a connection to `upstream` for proxy user `user`, with the client's startup parameters
+/// (`user` and `database` are replaced by the login's), and authenticates.
+pub async fn connect(upstream: &Upstream, user: &str, params: &[(String, String)]) -> Result<Backend, ConnectError> {
+    let name = upstream.name.clone();
+    let login = upstream.logins.get(user).ok_or_else(|| ConnectError::NoLogin {
+        upstream: name.clone(),
+        user: user.to_owned(),
+    })?;
+    let addr = format!("{}:{}", upstream.host, upstream.port);
+    let stream = Stream::connect(&upstream.host, upstream.port)
+        .await
+        .map_err(|source| ConnectError::Io {
+            upstream: name.clone(),
+            addr: addr.clone(),
+            source,
+        })?;
+    let io_err = |source: io::Error| ConnectError::Io {
+        upstream: name.clone(),
+        addr: addr.clone(),
+        source,
+    };
+    let proto = |detail: &str| ConnectError::Protocol {
+        upstream: name.clone(),
+        detail: detail.to_owned(),
+    };
+
+    let mut out = BytesMut::new();
+    let mut startup: Vec<(&str, &str)> = vec![("user", &login.user), ("database", &upstream.dbname)];
+    startup.extend(
+        params
+            .iter()
+            .filter(|(k, _)| k != "user" && k != "database" && !k.starts_with("_pq_."))
+            .map(|(k, v)| (k.as_str(), v.as_str())),
+    );
+    frontend::startup_message(startup, &mut out).map_err(io_err)?;
+    stream.write_all(&out).await.map_err(io_err)?;
+
+    let password = || {
+        login.password.as_deref().ok_or_else(|| ConnectError::NoPassword {
+            upstream: name.clone(),
+            user: login.user.clone(),
+        })
+    };
+    let mut buf = BytesMut::with_capacity(16 * 1024);
+    let mut scram: Option<sasl::ScramSha256> = None;
+    let mut parameter_status = BytesMut::new();
+    let mut key = None;
+    loop {
+        out.clear();
+        let (msg, raw) = next_message(&stream, &mut buf, &name).await?;
+        match msg {
+            Message::AuthenticationOk => {}
+            Message::AuthenticationCleartextPassword => {
+                frontend::password_message(password()?.as_bytes(), &mut out).map_err(io_err)?;
+            }
+            Message::AuthenticationMd5Password(body) => {
+                let hash = md5_hash(login.user.as_bytes(), password()?.as_bytes(), body.salt());
+                frontend::password_message(hash.as_bytes(), &mut out).map_err(io_err)?;
+            }
+            Message::AuthenticationSasl(body) => {
+                let mut mechanisms = body.mechanisms();
+                let mut found = false;
+                while let Some(m) = mechanisms.next().map_err(|e| proto(&e.to_string()))? {
+                    found |= m == "SCRAM-SHA-256";
+                }
+                if !found {
+                    return Err(ConnectError::Unsupported {
+                        upstream: name.clone(),
+                        method: "SASL without SCRAM-SHA-256",
+                    });
+                }
+                let s = sasl::ScramSha256::new(password()?.as_bytes(), sasl::ChannelBinding::unsupported());
+                frontend::sasl_initial_response("SCRAM-SHA-256", s.message(), &mut out).map_err(io_err)?;
+                scram = Some(s);
+            }
+            Message::AuthenticationSaslContinue(body) => {
+                let s = scram.as_mut().ok_or_else(|| proto("unexpected SASL continue"))?;
+                s.update(body.data()).map_err(|e| proto(&format!("SCRAM: {e}")))?;
+                frontend::sasl_response(s.message(), &mut out).map_err(io_err)?;
+            }
+            Message::AuthenticationSaslFinal(body) => {
+                let s = scram.as_mut().ok_or_else(|| proto("unexpected SASL final"))?;
+                s.finish(body.data()).map_err(|e| proto(&format!("SCRAM server signature: {e}")))?;
+            }
+            Message::AuthenticationGss | Message::AuthenticationGssContinue(_) | Message::AuthenticationSspi => {
+                return Err(ConnectError::Unsupported {
+                    upstream: name.clone(),
+                    method: "GSSAPI/SSPI",
+                })
+            }
+            Message::AuthenticationKerberosV5 | Message::AuthenticationScmCredential => {
+                return Err(ConnectError::Unsupported {
+                    upstream: name.clone(),
+                    method: "Kerberos/SCM",
+                })
+            }
+            Message::ParameterStatus(_) => parameter_status.extend_from_slice(&raw),
+            Message::BackendKeyData(k) => key = Some((k.process_id(), k.secret_key())),
+            Message::NoticeResponse(_) => {}
+            Message::ErrorResponse(body) => {
+                let e = error_fields(&body);
+                return Err(ConnectError::Server {
+                    upstream: name.clone(),
+                    severity: e.severity,
+                    code: e.code,
+                    message: e.message,
+                });
+            }
+            Message::ReadyForQuery(_) => {
+                let (process_id, secret_key) = key.ok_or_else(|| proto("no BackendKeyData before ReadyForQuery"))?;
+                return Ok(Backend {
+                    stream,
+                    key: CancelKey {
+                        host: upstream.host.clone(),
+                        port: upstream.port,
+                        process_id,
+                        secret_key,
+                    },
+                    upstream: name,
+                    parameter_status: parameter_status.freeze(),
+                });
+            }
+            _ => return Err(proto("unexpected message during startup")),
+        }
+        if !out.is_empty() {
+            stream.write_all(&out).await.map_err(io_err)?;
+        }
+    }
+}
+
+/// Redoes a session's recorded state on a fresh connection: SET/PREPARE statements as simple
+/// queries, named Parse messages followed by a Sync, all pipelined, then reads every
+/// ReadyForQuery. Any error fails the replay.
+pub async fn replay(backend: &Backend, log: &ReplayLog) -> Result<(), ConnectError> {
+    if log.is_empty() {
+        return Ok(());
+    }
+    let name = &backend.upstream;
+    let mut out = BytesMut::new();
+    // What each expected ReadyForQuery closes, to name the statement that failed.
+    let mut steps: Vec<String> = Vec::new();
+    let mut open_parse: Option<String> = None;
+    for e in log.entries() {
+        match e {
+            Entry::Set { sql, .. } | Entry::Prepare { sql, .. } => {
+                if let Some(p) = open_parse.take() {
+                    frontend::sync(&mut out);
+                    steps.push(p);
+                }
+                frontend::query(sql, &mut out).map_err(|e| ConnectError::Protocol {
+                    upstream: name.clone(),
+                    detail: e.to_string(),
+                })?;
+                steps.push(sql.clone());
+            }
+            Entry::Parse { name: stmt, raw } => {
+                out.extend_from_slice(raw);
+                open_parse = Some(format!("prepared statement {stmt:?}"));
+            }
+        }
+    }
+    if let Some(p) = open_parse.take() {
+        frontend::sync(&mut out);
+        steps.push(p);
+    }
+    backend.stream.write_all(&out).await.map_err(|e| ConnectError::Protocol {
+        upstream: name.clone(),
+        detail: format!("write failed: {e}"),
+    })?;
+    let mut buf = BytesMut::with_capacity(8192);
+    let mut failed: Option<ErrorFields> = None;
+    let mut step = 0;
+    while step < steps.len() {
+        match next_message(&backend.stream, &mut buf, name).await?.0 {
+            Message::ErrorResponse(body) if failed.is_none() => failed = Some(error_fields(&body)),
+            Message::ReadyForQuery(_) => {
+                if let Some(e) = failed.take() {
+                    return Err(ConnectError::Replay {
+                        upstream: name.clone(),
+                        statement: steps[step].clone(),
+                        code: e.code,
+                        message: e.message,
+                    });
+                }
+                step += 1;
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Sends a CancelRequest for `key` to its server.
+pub async fn cancel(key: &CancelKey) -> io::Result<()> {
+    let stream = Stream::connect(&key.host, key.port).await?;
+    let mut buf = BytesMut::new();
+    frontend::cancel_request(key.process_id, key.secret_key, &mut buf);
+    stream.write_all(&buf).await?;
+    // The server closes the connection when it has handled the request.
+    let mut sink = BytesMut::new();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), stream.read_some(&mut sink)).await;
+    Ok(())
+}
+
+/// Sends the client an ErrorResponse (used for errors the proxy itself raises).
+pub fn error_frame(severity: codec::Severity, code: &str, message: &str, hint: Option<&str>) -> BytesMut {
+    let mut b = BytesMut::new();
+    codec::error_response(&mut b, severity, code, message, hint);
+    b
+}
