@@ -1,6 +1,12 @@
-//! Server side of SCRAM-SHA-256 (RFC 5802 / RFC 7677) as PostgreSQL speaks it, without channel
-//! binding. The proxy keeps only the salt, StoredKey and ServerKey of each user, computed once at
-//! start, never the salted password.
+//! SCRAM-SHA-256 (RFC 5802 / RFC 7677) as PostgreSQL speaks it, without channel binding.
+//!
+//! Server side (clients logging in to the proxy): the proxy keeps only the salt, StoredKey and
+//! ServerKey of each user, computed once at start, never the salted password.
+//!
+//! Client side (the proxy logging in to an upstream): the salted password (PBKDF2, 4096 HMACs) is
+//! computed once per upstream user and salt and then cached, so that a switch opening hundreds
+//! of connections at once spends no CPU on key stretching; the server still proves it knows the
+//! password on every connection (its signature is checked).
 //!
 //! Passwords are used as UTF-8 bytes without SASLprep: identical for ASCII passwords, which is
 //! what PostgreSQL clients send after their own normalisation.
@@ -194,6 +200,121 @@ impl ServerExchange {
     }
 }
 
+/// One client-side exchange: `ClientExchange::new` gives the client-first message,
+/// `server_first` the client-final one, `server_final` checks the server's signature.
+pub struct ClientExchange {
+    password: Vec<u8>,
+    nonce: String,
+    /// (AuthMessage, ServerKey) once the server-first message is in.
+    pending: Option<(String, [u8; 32])>,
+}
+
+impl std::fmt::Debug for ClientExchange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClientExchange(..)")
+    }
+}
+
+/// Salted passwords by (SHA-256 of the password, salt, iterations): bounded, process-wide.
+type SaltCache = std::collections::HashMap<([u8; 32], Vec<u8>, u32), [u8; 32]>;
+static SALTED: std::sync::Mutex<Option<SaltCache>> = std::sync::Mutex::new(None);
+const SALT_CACHE_MAX: usize = 256;
+
+fn salted_password(password: &[u8], salt: &[u8], iterations: u32) -> [u8; 32] {
+    let key = (sha256(password), salt.to_vec(), iterations);
+    if let Some(hit) = SALTED.lock().unwrap_or_else(|e| e.into_inner()).as_ref().and_then(|c| c.get(&key)) {
+        return *hit;
+    }
+    let salted = hi(password, salt, iterations);
+    let mut cache = SALTED.lock().unwrap_or_else(|e| e.into_inner());
+    let cache = cache.get_or_insert_with(Default::default);
+    if cache.len() >= SALT_CACHE_MAX {
+        cache.clear();
+    }
+    cache.insert(key, salted);
+    salted
+}
+
+impl ClientExchange {
+    /// Starts an exchange; returns it and the client-first message. PostgreSQL takes the user
+    /// from the startup packet, so the SCRAM user name is empty.
+    pub fn new(password: &[u8]) -> (ClientExchange, Vec<u8>) {
+        let mut rng = rand::rng();
+        let nonce: String = (0..24)
+            .map(|_| {
+                let c = rand::RngExt::random_range(&mut rng, 0x21u8..0x7f);
+                if c == b',' {
+                    '~'
+                } else {
+                    c as char
+                }
+            })
+            .collect();
+        let first = format!("n,,n=,r={nonce}").into_bytes();
+        let x = ClientExchange {
+            password: password.to_vec(),
+            nonce,
+            pending: None,
+        };
+        (x, first)
+    }
+
+    /// Takes the server-first message (`r=...,s=...,i=...`); returns the client-final message.
+    pub fn server_first(&mut self, msg: &[u8]) -> Result<Vec<u8>, ScramError> {
+        let msg = std::str::from_utf8(msg).map_err(|_| ScramError::Malformed("not UTF-8"))?;
+        let mut attrs = msg.split(',');
+        let nonce = attrs
+            .next()
+            .and_then(|a| a.strip_prefix("r="))
+            .ok_or(ScramError::Malformed("no nonce"))?;
+        if !nonce.starts_with(&self.nonce) || nonce.len() == self.nonce.len() {
+            return Err(ScramError::Malformed("the server's nonce does not extend ours"));
+        }
+        let salt = attrs
+            .next()
+            .and_then(|a| a.strip_prefix("s="))
+            .and_then(|s| B64.decode(s).ok())
+            .ok_or(ScramError::Malformed("no salt"))?;
+        let iterations: u32 = attrs
+            .next()
+            .and_then(|a| a.strip_prefix("i="))
+            .and_then(|i| i.parse().ok())
+            .filter(|i| *i > 0)
+            .ok_or(ScramError::Malformed("no iteration count"))?;
+        let salted = salted_password(&self.password, &salt, iterations);
+        let client_key = hmac(&salted, &[b"Client Key"]);
+        let stored_key = sha256(&client_key);
+        let without_proof = format!("c=biws,r={nonce}");
+        let auth_message = format!("n=,r={},{msg},{without_proof}", self.nonce);
+        let signature = hmac(&stored_key, &[auth_message.as_bytes()]);
+        let mut proof = client_key;
+        for (p, s) in proof.iter_mut().zip(signature.iter()) {
+            *p ^= s;
+        }
+        self.pending = Some((auth_message, hmac(&salted, &[b"Server Key"])));
+        Ok(format!("{without_proof},p={}", B64.encode(proof)).into_bytes())
+    }
+
+    /// Checks the server-final message: the server's signature proves it knows the password.
+    pub fn server_final(&mut self, msg: &[u8]) -> Result<(), ScramError> {
+        let (auth_message, server_key) = self.pending.take().ok_or(ScramError::Malformed("unexpected message"))?;
+        let msg = std::str::from_utf8(msg).map_err(|_| ScramError::Malformed("not UTF-8"))?;
+        if msg.starts_with("e=") {
+            return Err(ScramError::Mismatch);
+        }
+        let sig = msg
+            .strip_prefix("v=")
+            .and_then(|v| B64.decode(v).ok())
+            .ok_or(ScramError::Malformed("no server signature"))?;
+        let expected = hmac(&server_key, &[auth_message.as_bytes()]);
+        let diff = expected.iter().zip(sig.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b));
+        if sig.len() != 32 || diff != 0 {
+            return Err(ScramError::Mismatch);
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -207,6 +328,35 @@ mod tests {
         let server_final = server.client_final(client.message())?;
         client.finish(&server_final).expect("client accepts the server signature");
         Ok(())
+    }
+
+    /// Our client against our server, twice (the second from the salted-password cache), and
+    /// against a wrong password.
+    #[test]
+    fn client_exchange_logs_in_and_checks_the_server() {
+        let verifier = Verifier::new("s3cret");
+        for _ in 0..2 {
+            let mut server = ServerExchange::new(verifier.clone());
+            let (mut client, first) = ClientExchange::new(b"s3cret");
+            let server_first = server.client_first(&first).unwrap();
+            let fin = client.server_first(&server_first).unwrap();
+            let server_final = server.client_final(&fin).unwrap();
+            client.server_final(&server_final).unwrap();
+        }
+        let mut server = ServerExchange::new(verifier.clone());
+        let (mut client, first) = ClientExchange::new(b"guess");
+        let server_first = server.client_first(&first).unwrap();
+        let fin = client.server_first(&server_first).unwrap();
+        assert_eq!(server.client_final(&fin), Err(ScramError::Mismatch));
+        // A server that does not know the password cannot fake its signature.
+        let mut server = ServerExchange::new(verifier);
+        let (mut client, first) = ClientExchange::new(b"s3cret");
+        let server_first = server.client_first(&first).unwrap();
+        client.server_first(&server_first).unwrap();
+        assert_eq!(
+            client.server_final(b"v=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="),
+            Err(ScramError::Mismatch)
+        );
     }
 
     #[test]

@@ -5,7 +5,7 @@ use crate::replay::{Entry, ReplayLog};
 use crate::Upstream;
 use bytes::{Bytes, BytesMut};
 use fallible_iterator::FallibleIterator;
-use postgres_protocol::authentication::{md5_hash, sasl};
+use postgres_protocol::authentication::md5_hash;
 use postgres_protocol::message::backend::{ErrorResponseBody, Message};
 use postgres_protocol::message::frontend;
 use std::io;
@@ -273,7 +273,7 @@ pub async fn connect(upstream: &Upstream, user: &str, params: &[(String, String)
         })
     };
     let mut buf = BytesMut::with_capacity(16 * 1024);
-    let mut scram: Option<sasl::ScramSha256> = None;
+    let mut scram: Option<crate::scram::ClientExchange> = None;
     let mut parameter_status = BytesMut::new();
     let mut key = None;
     loop {
@@ -300,18 +300,19 @@ pub async fn connect(upstream: &Upstream, user: &str, params: &[(String, String)
                         method: "SASL without SCRAM-SHA-256",
                     });
                 }
-                let s = sasl::ScramSha256::new(password()?.as_bytes(), sasl::ChannelBinding::unsupported());
-                frontend::sasl_initial_response("SCRAM-SHA-256", s.message(), &mut out).map_err(io_err)?;
+                let (s, first) = crate::scram::ClientExchange::new(password()?.as_bytes());
+                frontend::sasl_initial_response("SCRAM-SHA-256", &first, &mut out).map_err(io_err)?;
                 scram = Some(s);
             }
             Message::AuthenticationSaslContinue(body) => {
                 let s = scram.as_mut().ok_or_else(|| proto("unexpected SASL continue"))?;
-                s.update(body.data()).map_err(|e| proto(&format!("SCRAM: {e}")))?;
-                frontend::sasl_response(s.message(), &mut out).map_err(io_err)?;
+                let fin = s.server_first(body.data()).map_err(|e| proto(&format!("SCRAM: {e}")))?;
+                frontend::sasl_response(&fin, &mut out).map_err(io_err)?;
             }
             Message::AuthenticationSaslFinal(body) => {
                 let s = scram.as_mut().ok_or_else(|| proto("unexpected SASL final"))?;
-                s.finish(body.data()).map_err(|e| proto(&format!("SCRAM server signature: {e}")))?;
+                s.server_final(body.data())
+                    .map_err(|e| proto(&format!("SCRAM server signature: {e}")))?;
             }
             Message::AuthenticationGss | Message::AuthenticationGssContinue(_) | Message::AuthenticationSspi => {
                 return Err(ConnectError::Unsupported {
