@@ -57,6 +57,29 @@ pub struct ApplyContext {
     pub filter: TableFilter,
     /// pg_dump, for tables created on the source mid-stream.
     pub tools: PgTools,
+    /// Which way changes flow, and where the applied position is kept.
+    pub direction: Direction,
+}
+
+/// Which way changes flow. Both directions mark what they write with their own replication
+/// origin and skip transactions that carry the other direction's origin: a change Ferry
+/// applied is never streamed back to where it came from (loop prevention).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Direction {
+    /// Source to target (before cutover, and again after a rollback). The applied position is
+    /// `applied_lsn` in the state schema, committed in the same target transaction.
+    Forward,
+    /// Target back to the source after cutover (`ctx.source` is then the migration's target
+    /// and `ctx.target` its source). The applied position is the progress of the reverse
+    /// replication origin on the source, set in the same source transaction
+    /// (`pg_replication_origin_xact_setup`), as PostgreSQL's own apply worker does: nothing of
+    /// Ferry is written to the source but the changes themselves.
+    Reverse,
+}
+
+/// Replication origin names of a migration: (forward, reverse).
+pub fn origin_names(migration_id: &str) -> (String, String) {
+    (format!("ferry_fwd_{migration_id}"), format!("ferry_rev_{migration_id}"))
 }
 
 /// A change the target rejected (or that found no row), described for `ferry.dead_letters`.
@@ -157,6 +180,8 @@ struct Txn {
     commit_lsn: Lsn,
     changes: u32,
     skip: bool,
+    /// Written by Ferry's other direction: skipped, but its position counts as applied.
+    foreign: bool,
 }
 
 /// Counts of applied work, for status and metrics.
@@ -239,6 +264,8 @@ pub struct Applier {
     buffered_bytes: usize,
     /// Transactions committed at or before this apply row by row (after a set-based failure).
     ordered_until: Lsn,
+    /// Transactions from this origin are the other direction's own writes.
+    skip_origin: String,
 }
 
 impl std::fmt::Debug for Applier {
@@ -287,30 +314,55 @@ impl Applier {
             PgError::query("disabling triggers for the apply session (session_replication_role = replica)", e)
                 .with_fix("connect to the target as a superuser (or a role allowed to set session_replication_role)")
         })?;
-        let q = ctx.store.quoted().to_string();
-        let row = tgt
-            .query_one(
-                &format!("SELECT COALESCE(applied_lsn, consistent_lsn)::text FROM {q}.migrations WHERE id = $1"),
-                &[&ctx.migration_id],
+        let (forward_origin, reverse_origin) = origin_names(&ctx.migration_id);
+        let (own_origin, skip_origin) = match ctx.direction {
+            Direction::Forward => (forward_origin, reverse_origin),
+            Direction::Reverse => (reverse_origin, forward_origin),
+        };
+        // Mark everything this session writes with its origin (loop prevention), and write even
+        // where Ferry made the database read-only for everyone else (the source after cutover).
+        tgt.batch_execute(&format!(
+            "SET default_transaction_read_only = off;
+             SELECT pg_replication_origin_create({o}) WHERE NOT EXISTS (SELECT FROM pg_replication_origin WHERE roname = {o});
+             SELECT pg_replication_origin_session_setup({o})",
+            o = quote_literal(&own_origin)
+        ))
+        .await
+        .map_err(|e| {
+            PgError::query(format!("marking the apply session with replication origin {own_origin}"), e).with_fix(
+                "connect as a superuser (or GRANT EXECUTE on pg_replication_origin_create and pg_replication_origin_session_setup); \
+                 if another Ferry process is applying, stop it; \"could not find free replication state\" means every origin slot is taken: \
+                 each replication origin in use takes one of max_replication_slots on this server, so raise it (and restart) or drop \
+                 origins nothing uses any more (SELECT roname FROM pg_replication_origin; pg_replication_origin_drop(name))",
             )
-            .await
-            .map_err(|e| PgError::query("reading the applied position", e))?;
-        let durable: Lsn = row
-            .get::<_, Option<String>>(0)
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| PgError::config("change capture", "the migration has no slot position", "run the full load first"))?;
-        let mut snapshots = HashMap::new();
-        for r in tgt
-            .query(
-                &format!("SELECT schema_name, table_name, snapshot_lsn::text FROM {q}.tables WHERE migration_id = $1"),
-                &[&ctx.migration_id],
-            )
-            .await
-            .map_err(|e| PgError::query("reading per-table snapshot positions", e))?
-        {
-            let lsn = r.get::<_, Option<String>>(2).and_then(|s| s.parse().ok()).unwrap_or_default();
-            snapshots.insert(TableName::new(r.get::<_, String>(0), r.get::<_, String>(1)), lsn);
-        }
+        })?;
+        let (durable, snapshots) = match ctx.direction {
+            Direction::Forward => Self::forward_position(&ctx, &tgt).await?,
+            // Streaming from 0/0 starts at the slot's confirmed position. The migration's tables
+            // (listed in the state schema, on the stream's side here) take every change.
+            Direction::Reverse => {
+                let row = tgt
+                    .query_one(
+                        "SELECT COALESCE(pg_replication_origin_progress($1, true), '0/0')::text",
+                        &[&own_origin],
+                    )
+                    .await
+                    .map_err(|e| PgError::query("reading the reverse replication position", e))?;
+                let q = ctx.store.quoted().to_string();
+                let tables = src
+                    .query(
+                        &format!("SELECT schema_name, table_name FROM {q}.tables WHERE migration_id = $1"),
+                        &[&ctx.migration_id],
+                    )
+                    .await
+                    .map_err(|e| PgError::query("reading the migration's tables", e))?;
+                let snapshots = tables
+                    .iter()
+                    .map(|r| (TableName::new(r.get::<_, String>(0), r.get::<_, String>(1)), Lsn(0)))
+                    .collect();
+                (row.get::<_, String>(0).parse().unwrap_or_default(), snapshots)
+            }
+        };
         Ok(Self {
             ctx,
             tgt: Arc::new(tgt),
@@ -336,7 +388,37 @@ impl Applier {
             buffered_changes: 0,
             buffered_bytes: 0,
             ordered_until,
+            skip_origin,
         })
+    }
+
+    /// The durable position and per-table snapshot positions of a forward apply.
+    async fn forward_position(ctx: &ApplyContext, tgt: &Client) -> Result<(Lsn, HashMap<TableName, Lsn>), PgError> {
+        let q = ctx.store.quoted().to_string();
+        let row = tgt
+            .query_one(
+                &format!("SELECT COALESCE(applied_lsn, consistent_lsn)::text FROM {q}.migrations WHERE id = $1"),
+                &[&ctx.migration_id],
+            )
+            .await
+            .map_err(|e| PgError::query("reading the applied position", e))?;
+        let durable: Lsn = row
+            .get::<_, Option<String>>(0)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| PgError::config("change capture", "the migration has no slot position", "run the full load first"))?;
+        let mut snapshots = HashMap::new();
+        for r in tgt
+            .query(
+                &format!("SELECT schema_name, table_name, snapshot_lsn::text FROM {q}.tables WHERE migration_id = $1"),
+                &[&ctx.migration_id],
+            )
+            .await
+            .map_err(|e| PgError::query("reading per-table snapshot positions", e))?
+        {
+            let lsn = r.get::<_, Option<String>>(2).and_then(|s| s.parse().ok()).unwrap_or_default();
+            snapshots.insert(TableName::new(r.get::<_, String>(0), r.get::<_, String>(1)), lsn);
+        }
+        Ok((durable, snapshots))
     }
 
     /// The position durably applied on the target.
@@ -431,6 +513,7 @@ impl Applier {
                     commit_lsn: final_lsn,
                     changes: 0,
                     skip,
+                    foreign: false,
                 });
                 if !skip {
                     self.begin_batch();
@@ -438,10 +521,12 @@ impl Applier {
             }
             Message::Commit { end_lsn, commit_time, .. } => {
                 let txn = self.txn.take();
-                if txn.is_some_and(|t| !t.skip) {
+                if let Some(t) = txn.filter(|t| !t.skip || t.foreign) {
                     self.batch_end = end_lsn;
                     self.batch_commit_time = commit_time;
-                    self.batch_counts.txns += 1;
+                    if !t.foreign {
+                        self.batch_counts.txns += 1;
+                    }
                 }
             }
             Message::Relation(r) => {
@@ -493,7 +578,18 @@ impl Applier {
                 restart_identity,
                 relations,
             } => self.truncate(cascade, restart_identity, &relations).await?,
-            Message::Origin { .. } | Message::Type { .. } | Message::LogicalMessage { .. } => {}
+            Message::Origin { name, .. } => {
+                // Sent right after BEGIN for a transaction replayed from elsewhere.
+                if name == self.skip_origin {
+                    if let Some(t) = self.txn.as_mut() {
+                        if !t.skip {
+                            t.skip = true;
+                            t.foreign = true;
+                        }
+                    }
+                }
+            }
+            Message::Type { .. } | Message::LogicalMessage { .. } => {}
         }
         Ok(())
     }
@@ -694,6 +790,16 @@ impl Applier {
         }
         let state_stmt = match &self.state_stmt {
             Some(s) => s.clone(),
+            None if self.ctx.direction == Direction::Reverse => {
+                self.settle().await?;
+                let s = self
+                    .tgt
+                    .prepare("SELECT pg_replication_origin_xact_setup($1::text::pg_lsn, to_timestamp($2::float8))")
+                    .await
+                    .map_err(|e| PgError::query("preparing the statement that records the applied position", e))?;
+                self.state_stmt = Some(s.clone());
+                s
+            }
             None => {
                 let q = self.ctx.store.quoted().to_string();
                 let sql = format!(
@@ -733,7 +839,11 @@ impl Applier {
         let t = Arc::clone(&self.tgt);
         let id = self.ctx.migration_id.clone();
         let end = self.batch_end.to_string();
+        let reverse = self.ctx.direction == Direction::Reverse;
         ops.push(Box::pin(async move {
+            if reverse {
+                return t.execute(&state_stmt, &[&end, &commit_time]).await;
+            }
             t.execute(
                 &state_stmt,
                 &[
@@ -810,28 +920,32 @@ impl Applier {
     /// Records a dead letter in its own transaction (idempotent across replays).
     pub async fn record_dead_letter(&self, d: &DeadLetter, skipped: bool) -> Result<(), PgError> {
         let q = self.ctx.store.quoted();
-        self.tgt
-            .execute(
-                &format!(
-                    "INSERT INTO {q}.dead_letters (migration_id, commit_lsn, change_index, table_name, operation, key, payload, error, skipped)
+        // The state schema lives on the migration's target: the stream's side in reverse.
+        let c = match self.ctx.direction {
+            Direction::Forward => &*self.tgt,
+            Direction::Reverse => &self.src,
+        };
+        c.execute(
+            &format!(
+                "INSERT INTO {q}.dead_letters (migration_id, commit_lsn, change_index, table_name, operation, key, payload, error, skipped)
                      VALUES ($1, $2::text::pg_lsn, $3, $4, $5, $6, $7, $8, $9)
                      ON CONFLICT (migration_id, commit_lsn, change_index) DO UPDATE SET skipped = EXCLUDED.skipped, error = EXCLUDED.error"
-                ),
-                &[
-                    &self.ctx.migration_id,
-                    &d.commit_lsn.to_string(),
-                    &(d.change_index as i32),
-                    &d.table.to_string(),
-                    &d.operation,
-                    &d.key,
-                    &d.payload,
-                    &d.error,
-                    &skipped,
-                ],
-            )
-            .await
-            .map(|_| ())
-            .map_err(|e| PgError::query("recording a dead letter", e))
+            ),
+            &[
+                &self.ctx.migration_id,
+                &d.commit_lsn.to_string(),
+                &(d.change_index as i32),
+                &d.table.to_string(),
+                &d.operation,
+                &d.key,
+                &d.payload,
+                &d.error,
+                &skipped,
+            ],
+        )
+        .await
+        .map(|_| ())
+        .map_err(|e| PgError::query("recording a dead letter", e))
     }
 }
 

@@ -85,6 +85,15 @@ impl Hold {
         Ok(guard)
     }
 
+    /// Lets the applier go on up to `at` (every transaction that commits before it), waits (at
+    /// most `timeout`) until it holds there, and keeps it there while the guard lives. Cutover
+    /// and rollback use it for the final position of the side writes stopped on.
+    pub async fn stop_at(self: &Arc<Self>, at: Lsn, timeout: Duration) -> Result<HoldGuard, PgError> {
+        let guard = HoldGuard { hold: self.clone() };
+        guard.move_to(at, timeout).await?;
+        Ok(guard)
+    }
+
     fn requested(&self) -> Option<Lsn> {
         *self.request.borrow()
     }
@@ -104,7 +113,7 @@ impl HoldGuard {
         } else {
             Err(PgError::config(
                 format!("stopping change capture at source position {at}"),
-                format!("change capture did not reach it within {} s", timeout.as_secs()),
+                format!("change capture did not reach it within {} ms", timeout.as_millis()),
                 "check that ferry migrate is streaming (ferry status) and that lag is low, then retry",
             ))
         }

@@ -675,9 +675,20 @@ async fn source_checks(
                 }
             ),
             format!("logical replication slot {} (pgoutput), kept until the migration ends", req.slot),
+            format!(
+                "at cutover only: ALTER DATABASE ... SET default_transaction_read_only = on (reset by rollback), \
+                 a logical message marking the final position, and replication origin ferry_rev_{} for the \
+                 reverse stream's writes (ferry abandon drops it)",
+                req.migration_id
+            ),
         ],
         target_objects: vec![
             format!("schema {} (Ferry's state: migrations, tables, events)", req.state_schema),
+            format!(
+                "replication origin ferry_fwd_{} marking the applier's writes; at cutover, publication {}_rev and slot {}_rev \
+                 for reverse replication (ferry abandon drops them)",
+                req.migration_id, req.publication, req.slot
+            ),
             "schemas, types, domains, tables, sequences, functions and views from pg_dump --section=pre-data".into(),
         ],
         deferred,

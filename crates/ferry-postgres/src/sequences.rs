@@ -66,3 +66,61 @@ pub async fn apply(c: &Client, values: &[SequenceValue]) -> Result<usize, PgErro
     }
     Ok(n)
 }
+
+/// One sequence moved forward by [`sync`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SequenceSync {
+    /// The sequence.
+    pub name: TableName,
+    /// Its last value where writes stopped.
+    pub from: i64,
+    /// Its last value where writes go next, after the sync.
+    pub to: i64,
+}
+
+/// At a switch of writes from `from` to `to` (cutover, rollback): every sequence that exists
+/// on both sides and has handed out values on `from` is set on `to` so that it can never hand
+/// out a value `from` already did: never moved backwards (an ascending sequence keeps the
+/// greater value, a descending one the smaller). One query on each side, whatever the number
+/// of sequences. `to` must allow writes in this session.
+pub async fn sync(from: &Client, to: &Client) -> Result<Vec<SequenceSync>, PgError> {
+    let rows = from
+        .query(
+            "SELECT schemaname::text, sequencename::text, last_value FROM pg_sequences
+             WHERE last_value IS NOT NULL AND schemaname NOT IN ('pg_catalog', 'information_schema')
+             ORDER BY 1, 2",
+            &[],
+        )
+        .await
+        .map_err(|e| PgError::query("reading sequence values where writes stopped", e))?;
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (mut schemas, mut names, mut values) = (Vec::new(), Vec::new(), Vec::new());
+    for r in &rows {
+        schemas.push(r.get::<_, String>(0));
+        names.push(r.get::<_, String>(1));
+        values.push(r.get::<_, i64>(2));
+    }
+    let set = to
+        .query(
+            "SELECT s.schemaname::text, s.sequencename::text, v.last,
+                    setval(format('%I.%I', s.schemaname, s.sequencename)::regclass,
+                           CASE WHEN s.increment_by > 0 THEN GREATEST(v.last, s.last_value) ELSE LEAST(v.last, s.last_value) END,
+                           true)
+             FROM unnest($1::text[], $2::text[], $3::int8[]) AS v(schema_name, seq_name, last)
+             JOIN pg_sequences s ON s.schemaname = v.schema_name AND s.sequencename = v.seq_name
+             ORDER BY 1, 2",
+            &[&schemas, &names, &values],
+        )
+        .await
+        .map_err(|e| PgError::query("setting sequences where writes go next", e))?;
+    Ok(set
+        .iter()
+        .map(|r| SequenceSync {
+            name: TableName::new(r.get::<_, String>(0), r.get::<_, String>(1)),
+            from: r.get(2),
+            to: r.get(3),
+        })
+        .collect())
+}

@@ -228,6 +228,10 @@ impl Applier {
     /// the target (pg_dump of its definition, indexes and constraints included) and stream it
     /// from its first change: every row it has arrived after the slot's consistent point.
     async fn new_table(&mut self, r: &Relation, table: &TableName) -> Result<bool, ApplyError> {
+        // Reverse replication carries the migration's tables only: the source has them all.
+        if self.ctx.direction == super::Direction::Reverse {
+            return Ok(false);
+        }
         let root: Option<(String, String)> = self
             .src
             .query_opt(
