@@ -49,7 +49,7 @@ host replication all 127.0.0.1/32 scram-sha-256
 HBA
   fi
   opts="-c listen_addresses=127.0.0.1 -c port=$port -c unix_socket_directories=$dir"
-  opts="$opts -c max_connections=200 -c max_replication_slots=20 -c max_wal_senders=20"
+  opts="$opts -c max_connections=200 -c max_replication_slots=40 -c max_wal_senders=20"
   opts="$opts -c shared_buffers=256MB -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
   for o in "$@"; do opts="$opts $o"; done
   as_owner "$PG_BIN/pg_ctl" -D "$dir" -l "$CLUSTER_DIR/$name.log" -o "$opts" -w -t 60 start >/dev/null \

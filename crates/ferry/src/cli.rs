@@ -34,11 +34,15 @@ pub enum Command {
     /// Check prerequisites on source and target and print the migration plan (exit 1 if anything blocks).
     Check(CheckArgs),
     /// Create the schema, copy every table from one consistent snapshot, then stream changes until stopped; resumable.
-    Migrate(MigrateArgs),
+    Migrate(Box<MigrateArgs>),
     /// Show a migration's phase, progress, lag, retained WAL and dead letters.
     Status(StatusArgs),
     /// Prove the target equals the source, row by row; name every differing row and column.
     Verify(VerifyArgs),
+    /// Switch the application to the target with a pause of well under a second (through the proxy).
+    Cutover(SwitchArgs),
+    /// Switch the application back to the source; nothing written on the target meanwhile is lost.
+    Rollback(SwitchArgs),
     /// Give up a migration: drop its replication slot and publication on the source.
     Abandon(AbandonArgs),
     /// Start two throwaway PostgreSQL clusters, fill one with sample data, and migrate it.
@@ -145,6 +149,88 @@ pub struct MigrateArgs {
     /// Warn (status, dashboard) when the slot retains more WAL than this.
     #[arg(long, default_value = "10GB", value_parser = parse_size)]
     pub wal_warn: i64,
+    /// Run a PostgreSQL wire-protocol proxy here (port 0 picks one, logged at start): the
+    /// application connects to it instead of the source, and `ferry cutover` moves its sessions
+    /// to the target without failing a transaction.
+    #[arg(long, env = "FERRY_PROXY_LISTEN")]
+    pub proxy_listen: Option<std::net::SocketAddr>,
+    /// Users the proxy accepts (SCRAM-SHA-256), one `user:password` per line; the same
+    /// credentials log in to source and target. Default: the source URL's user and password
+    /// (logging in to the target with the target URL's).
+    #[arg(long)]
+    pub proxy_users_file: Option<PathBuf>,
+    /// POST a JSON document to this http:// URL after every cutover and rollback (for
+    /// applications that switch their own connection strings).
+    #[arg(long)]
+    pub webhook: Option<String>,
+    /// After cutover, roll back by itself when reverse replication lags more than this
+    /// (for example 30s). Off by default.
+    #[arg(long, value_parser = parse_duration)]
+    pub auto_rollback_lag: Option<std::time::Duration>,
+    /// After cutover, roll back by itself when reverse replication reports this many apply
+    /// errors (failed sessions or rejected changes). Off by default.
+    #[arg(long)]
+    pub auto_rollback_apply_errors: Option<u64>,
+}
+
+/// `ferry cutover` and `ferry rollback`.
+#[derive(Debug, Args)]
+pub struct SwitchArgs {
+    /// URL of the running `ferry migrate`'s API.
+    #[arg(long, default_value = "http://127.0.0.1:7117")]
+    pub api: String,
+    /// Longest the application may be held (for example 500ms or 2s); any step running past
+    /// it aborts the switch and traffic stays where it was.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub max_pause: std::time::Duration,
+    /// Refuse to start when replication lag is above this.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub max_lag: std::time::Duration,
+    /// Proceed although sessions are connected to the old side directly (not through the
+    /// proxy); they are listed in the report.
+    #[arg(long)]
+    pub allow_direct_sessions: bool,
+    /// No proxy: stop writes on the old side (default_transaction_read_only, then terminate
+    /// sessions still connected after --grace), reach the final position, sync sequences and
+    /// signal the switch (API state, webhook); the application switches its connection strings.
+    #[arg(long)]
+    pub no_proxy: bool,
+    /// With --no-proxy: how long sessions may finish before they are terminated.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub grace: std::time::Duration,
+    /// Cut over without a clean last verification (not recommended).
+    #[arg(long)]
+    pub skip_verify_check: bool,
+    /// File holding the API's bearer token; FERRY_API_TOKEN works too.
+    #[arg(long)]
+    pub api_token_file: Option<PathBuf>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Parses 500ms, 2s, 1.5s, 1m (a bare number is seconds).
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let t = s.trim();
+    let (num, unit) = match t.find(|c: char| c.is_ascii_alphabetic()) {
+        Some(i) => (&t[..i], &t[i..]),
+        None => (t, "s"),
+    };
+    let n: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration such as 500ms, 2s or 1m"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" | "min" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use ms, s, m or h)")),
+    };
+    if !(0.0..=86_400.0 * 30.0).contains(&secs) {
+        return Err(format!("{s:?} is out of range"));
+    }
+    Ok(std::time::Duration::from_secs_f64(secs))
 }
 
 /// Where `migrate` serves HTTP.

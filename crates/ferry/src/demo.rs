@@ -135,6 +135,24 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         options: ferry_postgres::verify::Options::default(),
         hold: Some(live.hold.clone()),
     });
+    // The application connects to Ferry's proxy (port 6432, or a free one), not to the source.
+    let (proxy_config, source_up, target_up) = crate::cutover::proxy_config(&req, ([127, 0, 0, 1], 6432).into(), None)?;
+    let proxy = match ferry_proxy::Proxy::start(proxy_config.clone(), source_up.clone()).await {
+        Ok(p) => p,
+        Err(_) => {
+            let mut any = proxy_config;
+            any.listen = ([127, 0, 0, 1], 0).into();
+            ferry_proxy::Proxy::start(any, source_up.clone()).await?
+        }
+    };
+    let proxy_addr = proxy.local_addr();
+    live.set_proxy(proxy);
+    let board = std::sync::Arc::new(crate::cutover::Switchboard::new(
+        req.clone(),
+        live.clone(),
+        Some((source_up, target_up)),
+        None,
+    ));
     let api = crate::server::Api {
         live: live.clone(),
         metrics: std::sync::Arc::new(crate::metrics::Metrics::new()),
@@ -143,6 +161,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         store: ferry_postgres::state::StateStore::new(&req.state_schema),
         migration_id: req.migration_id.clone(),
         verify: Some(verify_ctx.clone()),
+        switchboard: Some(board.clone()),
     };
     let api_addr = match crate::server::serve(([127, 0, 0, 1], 7117).into(), api.clone()).await {
         Ok(a) => a,
@@ -155,7 +174,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         req.state_schema.clone(),
         10 << 30,
     ));
-    println!("  (dashboard: http://{api_addr}/   metrics: http://{api_addr}/metrics)");
+    println!("  (dashboard: http://{api_addr}/   metrics: http://{api_addr}/metrics   proxy: postgres://{proxy_addr}/shop)");
     let opts = MigrateOptions {
         skip_dead_letters: false,
         max_batch: 5000,
@@ -165,11 +184,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         quiet_check: true,
         live: Some(live),
     };
-    // The application keeps writing while Ferry copies and streams.
-    let writer_url = src.url(&password, "shop");
+    // The application keeps writing, through the proxy, while Ferry copies and streams.
+    let writer_url = format!("postgres://postgres:{password}@{proxy_addr}/shop");
     let (writer_stop_tx, writer_stop) = tokio::sync::watch::channel(false);
     let writer = tokio::spawn(async move { app_writes(&writer_url, writer_stop).await });
-    println!("  (an application writes to the source meanwhile: new orders, updates, deletes, ~200 transactions/s)");
+    println!("  (an application writes through the proxy meanwhile: new orders, updates, deletes, ~200 transactions/s)");
     let summary = migrate::run(&req, &opts)
         .await?
         .context("the demo's migration was already past its full load")?;
@@ -187,36 +206,71 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     // Verification while the application keeps writing: one consistent source position, the
     // applier held only while the target snapshot opens.
     println!("\n$ ferry verify --api http://{api_addr}   (while the application writes)");
-    let (report, _) = crate::verify_cmd::verify_once(&verify_ctx, std::sync::Arc::new(ferry_postgres::verify::Progress::default()))
+    let store = ferry_postgres::state::StateStore::new(&req.state_schema);
+    let run = crate::verify_cmd::start_run(&target, &store, &req.migration_id, "ferry demo").await?;
+    let outcome = crate::verify_cmd::verify_once(&verify_ctx, std::sync::Arc::new(ferry_postgres::verify::Progress::default()))
         .await
-        .context("verifying during change capture")?;
+        .map(|(r, _)| (r, 0));
+    // Recorded like an API run: cutover checks that the last verification was clean.
+    crate::verify_cmd::finish_run(&target, &store, run, &outcome).await?;
+    let (report, _) = outcome.context("verifying during change capture")?;
     print!("{}", crate::verify_cmd::render(&report));
     if !report.identical() {
         anyhow::bail!("verification found differences during change capture");
     }
     tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let applied_before = target
+        .query_one("SELECT applied_txns FROM ferry.migrations", &[])
+        .await?
+        .get::<_, i64>(0);
+    println!("  {applied_before} source transactions applied on the target so far");
+
+    // Cutover while the application writes: its transactions wait (they do not fail) for the
+    // fraction of a second the switch takes, then go on against the target.
+    println!("\n$ ferry cutover --api http://{api_addr} --max-pause 2s   (while the application writes)");
+    let report = board
+        .cutover(&crate::cutover::SwitchOptions {
+            max_pause: std::time::Duration::from_secs(2),
+            max_lag: std::time::Duration::from_secs(10),
+            allow_direct_sessions: false,
+            no_proxy: false,
+            grace: std::time::Duration::from_secs(10),
+            skip_verify_check: false,
+            actor: "ferry demo".into(),
+        })
+        .await;
+    print!("{}", crate::cutover::render(&serde_json::to_value(&report)?));
+    if report.outcome != "done" {
+        anyhow::bail!("the cutover did not happen: {}", report.reason.unwrap_or_default());
+    }
+    // The application writes on the target for a moment; reverse replication keeps the source
+    // current so that a rollback would lose nothing.
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
     let _ = writer_stop_tx.send(true);
     let writes = writer.await.context("the demo's writer failed")??;
-    // The writer's last transaction leaves a marker; the target has caught up when it has it.
+    // The writer's last transaction (on the target now) leaves a marker; the source has caught
+    // up when it has it.
     let started = Instant::now();
     loop {
-        let r = target
-            .query_one("SELECT applied_txns, EXISTS (SELECT 1 FROM public.\"Audit Log\" WHERE \"Message\" = 'demo writer done') FROM ferry.migrations", &[])
-            .await?;
-        let (txns, done): (i64, bool) = (r.get(0), r.get(1));
-        println!(
-            "  t+{:>4.1}s  {txns:>6} source transactions applied",
-            started.elapsed().as_secs_f64()
-        );
+        let done: bool = source
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM public.\"Audit Log\" WHERE \"Message\" = 'demo writer done')",
+                &[],
+            )
+            .await?
+            .get(0);
         if done {
             break;
         }
-        if started.elapsed() > std::time::Duration::from_secs(120) {
-            anyhow::bail!("the target did not catch up within 2 minutes");
+        if started.elapsed() > std::time::Duration::from_secs(60) {
+            anyhow::bail!("reverse replication did not bring the last write to the source within a minute");
         }
-        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
-    println!("  caught up: {writes} application transactions made during the copy and after it are on the target");
+    println!(
+        "  {writes} application transactions, not one failed; those made after the cutover went to the target and are on the source too ({:.1} s later)",
+        started.elapsed().as_secs_f64()
+    );
     // Let the API's once-a-second sample see the last batch.
     tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
     println!("\n$ ferry status --api http://{api_addr}");

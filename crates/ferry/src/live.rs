@@ -44,6 +44,22 @@ pub struct Live {
     pub hold: Arc<ferry_postgres::cdc::Hold>,
     /// The verification running now (run id, its counters).
     pub verify_run: Mutex<Option<(i64, Arc<ferry_postgres::verify::Progress>)>>,
+    /// Stops the reverse applier (target to source, after cutover) at a position.
+    pub reverse_hold: Arc<ferry_postgres::cdc::Hold>,
+    /// Reverse change capture in progress.
+    reverse: RwLock<Option<Arc<CdcProgress>>>,
+    /// Target WAL positions sampled once a second while reverse capture runs, for its lag.
+    reverse_wal: Mutex<VecDeque<(Instant, u64)>>,
+    /// Source WAL positions sampled once a second, for the forward stream's lag.
+    forward_wal: Mutex<VecDeque<(Instant, u64)>>,
+    /// Bumped when change capture must turn around (after a cutover or a rollback).
+    redirect: watch::Sender<u64>,
+    /// An applier kept at the final position of the last switch until capture turns around.
+    kept: Mutex<Option<ferry_postgres::cdc::HoldGuard>>,
+    /// The last cutover or rollback report.
+    last_switch: Mutex<Option<serde_json::Value>>,
+    /// The wire-protocol proxy, when one runs.
+    proxy: RwLock<Option<ferry_proxy::Proxy>>,
 }
 
 impl Default for Live {
@@ -65,7 +81,82 @@ impl Live {
             pause: watch::channel(false).0,
             hold: Arc::new(ferry_postgres::cdc::Hold::new()),
             verify_run: Mutex::new(None),
+            reverse_hold: Arc::new(ferry_postgres::cdc::Hold::new()),
+            reverse: RwLock::new(None),
+            reverse_wal: Mutex::new(VecDeque::new()),
+            forward_wal: Mutex::new(VecDeque::new()),
+            redirect: watch::channel(0).0,
+            kept: Mutex::new(None),
+            last_switch: Mutex::new(None),
+            proxy: RwLock::new(None),
         }
+    }
+
+    /// Reverse change capture started (Some) or ended (None).
+    pub fn set_reverse(&self, progress: Option<Arc<CdcProgress>>) {
+        self.reverse_wal.lock().expect("lock").clear();
+        *self.reverse.write().expect("lock") = progress;
+    }
+
+    /// Reverse capture's counters, while it runs.
+    pub fn reverse(&self) -> Option<Arc<CdcProgress>> {
+        self.reverse.read().expect("lock").clone()
+    }
+
+    /// The proxy runs.
+    pub fn set_proxy(&self, proxy: ferry_proxy::Proxy) {
+        *self.proxy.write().expect("lock") = Some(proxy);
+    }
+
+    /// The proxy, when one runs.
+    pub fn proxy(&self) -> Option<ferry_proxy::Proxy> {
+        self.proxy.read().expect("lock").clone()
+    }
+
+    /// Tells change capture to turn around (it re-reads the phase).
+    pub fn redirect(&self) {
+        self.redirect.send_modify(|g| *g += 1);
+    }
+
+    /// Fires when change capture must turn around.
+    pub fn redirect_receiver(&self) -> watch::Receiver<u64> {
+        self.redirect.subscribe()
+    }
+
+    /// Keeps an applier held until [`Live::release_kept`].
+    pub fn keep_held(&self, guard: ferry_postgres::cdc::HoldGuard) {
+        *self.kept.lock().expect("lock") = Some(guard);
+    }
+
+    /// Lets a kept applier go (its stream has stopped by then).
+    pub fn release_kept(&self) {
+        self.kept.lock().expect("lock").take();
+    }
+
+    /// Records the last switch's report.
+    pub fn set_last_switch(&self, report: serde_json::Value) {
+        *self.last_switch.lock().expect("lock") = Some(report);
+    }
+
+    /// The last switch's report.
+    pub fn last_switch(&self) -> Option<serde_json::Value> {
+        self.last_switch.lock().expect("lock").clone()
+    }
+
+    /// Reverse replication figures from a target WAL position sampled now: (applied LSN,
+    /// unapplied bytes, lag seconds = age of the oldest sampled target position not applied).
+    fn reverse_figures(&self, target_wal: Option<u64>) -> Option<status::ReverseFigures> {
+        let r = self.reverse()?;
+        let applied = r.applied_lsn.load(Ordering::Relaxed);
+        let (unapplied, lag) = wal_age(&mut self.reverse_wal.lock().expect("lock"), target_wal, applied);
+        Some(status::ReverseFigures {
+            applied_lsn: ferry_core::Lsn(applied).to_string(),
+            unapplied_bytes: unapplied,
+            lag_seconds: Some(lag),
+            transactions: r.txns.load(Ordering::Relaxed),
+            changes: r.changes.load(Ordering::Relaxed),
+            errors: r.errors.load(Ordering::Relaxed),
+        })
     }
 
     /// The full load started copying these tables.
@@ -104,10 +195,33 @@ impl Live {
         *self.pause.borrow()
     }
 
+    fn proxy_figures(&self) -> Option<status::ProxyFigures> {
+        self.proxy().map(|p| {
+            let s = p.stats();
+            status::ProxyFigures {
+                listen: p.local_addr().to_string(),
+                upstream: s.upstream.clone(),
+                sessions: s.sessions,
+                busy_sessions: s.busy,
+                held_requests: s.held,
+                switches: s.switches,
+            }
+        })
+    }
+
     /// The latest status, or why there is none yet.
     pub fn status(&self) -> Result<Status, String> {
         match &*self.latest.read().expect("lock") {
-            Some(s) => Ok(s.clone()),
+            Some(s) => {
+                // What this process knows first-hand is fresh, not a second old.
+                let mut s = s.clone();
+                if let Some(live) = s.live.as_mut() {
+                    live.paused = self.paused();
+                    live.proxy = self.proxy_figures();
+                    live.last_switch = self.last_switch();
+                }
+                Ok(s)
+            }
             None => Err(self
                 .sample_error
                 .read()
@@ -136,7 +250,38 @@ impl Live {
             let (t, s) = conns.as_ref().expect("connected above");
             match status::read_with(t, Some(s), &target.describe(), Some(&id), &schema, wal_warn).await {
                 Ok(st) => {
-                    let st = self.overlay(st);
+                    let target_wal = if self.reverse().is_some() {
+                        t.query_one("SELECT (pg_current_wal_lsn() - '0/0')::int8", &[])
+                            .await
+                            .ok()
+                            .map(|r| r.get::<_, i64>(0) as u64)
+                    } else {
+                        None
+                    };
+                    // Forward lag: the age of the oldest source WAL position (sampled once a
+                    // second) the slot has not confirmed. Not the age of the last applied
+                    // commit: a quiet database on a busy cluster always has some WAL pending
+                    // (other databases'), yet nothing of its own to apply.
+                    let forward = s
+                        .query_opt(
+                            "SELECT (pg_current_wal_lsn() - '0/0')::int8, (confirmed_flush_lsn - '0/0')::int8
+                             FROM pg_replication_slots WHERE slot_name = $1",
+                            &[&st.slot],
+                        )
+                        .await
+                        .ok()
+                        .flatten()
+                        .and_then(|r| Some((r.get::<_, Option<i64>>(0)? as u64, r.get::<_, Option<i64>>(1)? as u64)));
+                    let mut st = self.overlay(st);
+                    if let Some((current, confirmed)) = forward {
+                        let (_, lag) = wal_age(&mut self.forward_wal.lock().expect("lock"), Some(current), confirmed);
+                        if st.lag_seconds.is_some() {
+                            st.lag_seconds = Some(lag);
+                        }
+                    }
+                    if let Some(l) = st.live.as_mut() {
+                        l.reverse = self.reverse_figures(target_wal);
+                    }
                     *self.latest.write().expect("lock") = Some(st);
                     *self.sample_error.write().expect("lock") = None;
                 }
@@ -208,7 +353,34 @@ impl Live {
                 .as_ref()
                 .map(|(id, p)| (*id, p.rows.load(Ordering::Relaxed), p.differences.load(Ordering::Relaxed))),
             history: h.iter().copied().collect(),
+            reverse: None,
+            proxy: self.proxy_figures(),
+            last_switch: self.last_switch(),
         });
         st
     }
+}
+
+/// Unapplied bytes and lag seconds of a stream from WAL positions of its origin server sampled
+/// once a second (`sampled` is pushed first when given): the lag is the age of the oldest
+/// sample not yet applied, 0 when all are.
+fn wal_age(w: &mut VecDeque<(Instant, u64)>, sampled: Option<u64>, applied: u64) -> (Option<i64>, f64) {
+    let now = Instant::now();
+    if let Some(lsn) = sampled {
+        w.push_back((now, lsn));
+    }
+    // Positions applied are of no further use, except the newest (the reference when idle).
+    while w.len() > 1 && w[1].1 <= applied {
+        w.pop_front();
+    }
+    // Bounded, keeping the oldest unapplied sample (the one the lag is measured from).
+    while w.len() > HISTORY {
+        w.remove(1);
+    }
+    let lag = w
+        .iter()
+        .find(|(_, l)| *l > applied)
+        .map(|(t, _)| now.duration_since(*t).as_secs_f64())
+        .unwrap_or(0.0);
+    (w.back().map(|(_, l)| l.saturating_sub(applied) as i64), lag)
 }

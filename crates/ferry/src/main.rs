@@ -3,6 +3,7 @@
 mod check_cmd;
 mod cli;
 mod cluster;
+mod cutover;
 mod demo;
 mod exit;
 mod live;
@@ -73,7 +74,40 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                             },
                             hold: Some(live.hold.clone()),
                         })),
+                        switchboard: None,
                     };
+                    let mut api = api;
+                    let upstreams = match args.proxy_listen {
+                        Some(listen) => {
+                            let (config, source, target) = cutover::proxy_config(&req, listen, args.proxy_users_file.as_deref())?;
+                            // After a cutover (restart included) the application belongs on the target.
+                            let on_target = initial_phase(&req)
+                                .await
+                                .is_some_and(|p| matches!(p, ferry_core::Phase::CutOver | ferry_core::Phase::Rollback));
+                            let first = if on_target { target.clone() } else { source.clone() };
+                            let proxy = ferry_proxy::Proxy::start(config, first)
+                                .await
+                                .map_err(|e| exit::UsageError(format!("--proxy-listen {listen}: {e}")))?;
+                            tracing::info!(listen = %proxy.local_addr(), upstream = if on_target { "target" } else { "source" }, "proxy listening");
+                            live.set_proxy(proxy);
+                            Some((source, target))
+                        }
+                        None => None,
+                    };
+                    let board = std::sync::Arc::new(cutover::Switchboard::new(
+                        req.clone(),
+                        live.clone(),
+                        upstreams,
+                        args.webhook.clone(),
+                    ));
+                    tokio::spawn(cutover::auto_rollback(
+                        board.clone(),
+                        cutover::AutoRollback {
+                            lag: args.auto_rollback_lag,
+                            apply_errors: args.auto_rollback_apply_errors,
+                        },
+                    ));
+                    api.switchboard = Some(board);
                     server::serve(addr, api)
                         .await
                         .map_err(|e| exit::UsageError(format!("--listen: {e:#}")))?;
@@ -87,6 +121,9 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                     Some(live)
                 }
             };
+            if args.proxy_listen.is_some() && live.is_none() {
+                return Err(exit::UsageError("--proxy-listen needs the API (--listen): ferry cutover talks to it".into()).into());
+            }
             let opts = migrate::MigrateOptions {
                 skip_dead_letters: args.skip_dead_letters,
                 max_batch: args.max_batch,
@@ -127,6 +164,8 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             }
             Ok(exit::OK)
         }
+        Command::Cutover(args) => switch_cmd(&args, false).await,
+        Command::Rollback(args) => switch_cmd(&args, true).await,
         Command::Status(args) => {
             let st = match &args.target {
                 Some(url) => {
@@ -169,6 +208,45 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(exit::OK)
         }
     }
+}
+
+/// The phase recorded on the target, when the migration is recorded already.
+async fn initial_phase(req: &ferry_postgres::preflight::CheckRequest) -> Option<ferry_core::Phase> {
+    let c = req.target.connect("control").await.ok()?;
+    let store = ferry_postgres::state::StateStore::new(&req.state_schema);
+    if !store.exists(&c).await.ok()? {
+        return None;
+    }
+    store.load(&c, &req.migration_id).await.ok()?.map(|r| r.phase)
+}
+
+/// `ferry cutover` / `ferry rollback`: asks the running `ferry migrate` and prints its report.
+async fn switch_cmd(args: &cli::SwitchArgs, rollback: bool) -> anyhow::Result<i32> {
+    let token = api_token(args.api_token_file.as_deref())?;
+    let path = format!(
+        "/api/{}?max_pause_ms={}&max_lag_ms={}&allow_direct_sessions={}&no_proxy={}&grace_ms={}&skip_verify_check={}",
+        if rollback { "rollback" } else { "cutover" },
+        args.max_pause.as_millis(),
+        args.max_lag.as_millis(),
+        args.allow_direct_sessions,
+        args.no_proxy,
+        args.grace.as_millis(),
+        args.skip_verify_check
+    );
+    let (code, body) = status::http_request("POST", &args.api, &path, token.as_ref().map(|t| t.expose())).await?;
+    let v: serde_json::Value =
+        serde_json::from_slice(&body).unwrap_or_else(|_| serde_json::json!({ "error": String::from_utf8_lossy(&body) }));
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        print!("{}", cutover::render(&v));
+    }
+    Ok(match (code, v["outcome"].as_str()) {
+        (200, Some("done")) => exit::OK,
+        (409, _) => exit::FOUND_PROBLEM,
+        (401, _) | (403, _) => exit::USAGE,
+        _ => exit::RUNTIME,
+    })
 }
 
 /// The API token: from --api-token-file, else FERRY_API_TOKEN, else none.

@@ -31,6 +31,8 @@ pub struct Metrics {
     events: Family<Labels, Counter>,
     transactions: Counter,
     lag_seconds: Gauge<f64, AtomicU64>,
+    cutover_pause: Gauge<f64, AtomicU64>,
+    reverse_lag: Gauge<f64, AtomicU64>,
     lag_bytes: Gauge,
     retained_wal: Gauge,
     slot_active: Gauge,
@@ -65,6 +67,8 @@ impl Metrics {
             events: Family::default(),
             transactions: Counter::default(),
             lag_seconds: Gauge::default(),
+            cutover_pause: Gauge::default(),
+            reverse_lag: Gauge::default(),
             lag_bytes: Gauge::default(),
             retained_wal: Gauge::default(),
             slot_active: Gauge::default(),
@@ -127,6 +131,16 @@ impl Metrics {
             "ferry_replication_lag_seconds",
             "Age of the last applied source commit while changes are pending (0 when caught up)",
             m.lag_seconds.clone(),
+        );
+        registry.register(
+            "ferry_cutover_pause_seconds",
+            "How long the application was held by the last cutover or rollback that completed",
+            m.cutover_pause.clone(),
+        );
+        registry.register(
+            "ferry_reverse_replication_lag_seconds",
+            "After cutover: age of the oldest target write not yet applied on the source (0 when caught up or not cut over)",
+            m.reverse_lag.clone(),
         );
         registry.register(
             "ferry_replication_lag_bytes",
@@ -226,6 +240,18 @@ impl Metrics {
         }
         advance(&self.transactions, st.transactions_applied);
         self.lag_seconds.set(st.lag_seconds.unwrap_or(0.0));
+        if let Some(live) = &st.live {
+            if let Some(p) = live
+                .last_switch
+                .as_ref()
+                .filter(|r| r["outcome"] == "done")
+                .and_then(|r| r["pause_ms"].as_f64())
+            {
+                self.cutover_pause.set(p / 1000.0);
+            }
+            self.reverse_lag
+                .set(live.reverse.as_ref().and_then(|r| r.lag_seconds).unwrap_or(0.0));
+        }
         self.lag_bytes.set(st.lag_bytes.unwrap_or(0).max(0));
         self.retained_wal.set(st.retained_wal_bytes.unwrap_or(0).max(0));
         self.slot_active.set(i64::from(st.slot_active == Some(true)));

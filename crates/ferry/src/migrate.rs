@@ -158,7 +158,12 @@ pub async fn run(req: &CheckRequest, opts: &MigrateOptions) -> anyhow::Result<Op
             .await?;
         return Ok(None);
     }
-    if matches!(rec.phase, Phase::Cdc) {
+    // Change capture (either way) picks up from here; an interrupted cutover or rollback is
+    // settled by `cdc` (cutover::recover).
+    if matches!(
+        rec.phase,
+        Phase::Cdc | Phase::Cutover | Phase::CutOver | Phase::Rollback | Phase::RolledBack
+    ) {
         return Ok(None);
     }
 
@@ -475,7 +480,109 @@ pub async fn run(req: &CheckRequest, opts: &MigrateOptions) -> anyhow::Result<Op
 }
 
 /// Streams changes after the full load until `stop` (SIGTERM/SIGINT): returns at a checkpoint.
+/// Before cutover (and after a rollback) changes flow from the source to the target; after a
+/// cutover from the target back to the source. A switch tells the running stream to stop at
+/// the final position (`Live::redirect`) and the loop starts the other direction.
 pub async fn cdc(req: &CheckRequest, opts: &MigrateOptions, stop: tokio::sync::watch::Receiver<bool>) -> anyhow::Result<()> {
+    let store = StateStore::new(&req.state_schema);
+    loop {
+        let target = req.target.connect("control").await?;
+        let rec = store
+            .load(&target, &req.migration_id)
+            .await?
+            .context("the migration is not recorded on the target")?;
+        drop(target);
+        let phase = crate::cutover::recover(req, &store, rec.phase, ACTOR).await?;
+        if phase == Phase::Complete {
+            return Ok(());
+        }
+        // This run ends when the process stops or change capture must turn around.
+        let (run_tx, run_stop) = tokio::sync::watch::channel(false);
+        let mut outer = stop.clone();
+        let mut redirect = opts.live.as_ref().map(|l| l.redirect_receiver());
+        let relay = tokio::spawn(async move {
+            match redirect.as_mut() {
+                Some(r) => tokio::select! {
+                    _ = outer.wait_for(|v| *v) => {}
+                    _ = r.changed() => {}
+                },
+                None => {
+                    let _ = outer.wait_for(|v| *v).await;
+                }
+            }
+            let _ = run_tx.send(true);
+        });
+        let result = if phase == Phase::CutOver {
+            reverse(req, opts, run_stop).await
+        } else {
+            forward(req, opts, run_stop, phase).await
+        };
+        relay.abort();
+        if let Some(l) = &opts.live {
+            l.release_kept();
+        }
+        let applied = result?;
+        if *stop.borrow() {
+            let note = format!("stopped at a checkpoint: applied up to {applied}");
+            match req.target.connect("control").await {
+                Ok(c) => {
+                    if let Err(e) = store.event(&c, &req.migration_id, phase, "stopped", &note).await {
+                        tracing::warn!(error = %e, "could not record the stop in the event log");
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "could not record the stop in the event log"),
+            }
+            eprintln!("ferry: stopped at a checkpoint (changes applied up to {applied}); run the same command to resume");
+            return Ok(());
+        }
+        tracing::info!("change capture turns around");
+    }
+}
+
+/// Reverse replication after a cutover: target to source, until `stop`. Returns the applied
+/// target position.
+async fn reverse(req: &CheckRequest, opts: &MigrateOptions, stop: tokio::sync::watch::Receiver<bool>) -> anyhow::Result<Lsn> {
+    use ferry_postgres::cdc::{self, CdcOptions, CdcProgress};
+    use std::sync::atomic::Ordering;
+    let store = StateStore::new(&req.state_schema);
+    let target = req.target.connect("control").await?;
+    let info = introspect::server_info(&target).await?;
+    let tools = PgTools::find(info.major(), req.pg_bin_dir.as_deref()).await?;
+    drop(target);
+    let (slot, publication) = crate::cutover::reverse_names(&req.slot, &req.publication);
+    let progress = std::sync::Arc::new(CdcProgress::default());
+    if let Some(live) = &opts.live {
+        live.set_reverse(Some(progress.clone()));
+    }
+    tracing::info!(%slot, "reverse replication: target to source");
+    let copts = CdcOptions {
+        ctx: ferry_postgres::apply::ApplyContext {
+            source: req.target.clone(),
+            target: req.source.clone(),
+            store,
+            migration_id: req.migration_id.clone(),
+            filter: req.filter.clone(),
+            tools,
+            direction: ferry_postgres::apply::Direction::Reverse,
+        },
+        slot,
+        publication,
+        max_batch: opts.max_batch,
+        max_delay: std::time::Duration::from_millis(opts.max_delay_ms),
+        skip_dead_letters: false,
+        pause: None,
+        hold: opts.live.as_ref().map(|l| l.reverse_hold.clone()),
+    };
+    let result = cdc::run(copts, stop, progress.clone()).await;
+    if let Some(live) = &opts.live {
+        live.set_reverse(None);
+    }
+    result?;
+    Ok(Lsn(progress.applied_lsn.load(Ordering::Relaxed)))
+}
+
+/// Forward change capture, source to target, until `stop`. Returns the applied source position.
+async fn forward(req: &CheckRequest, opts: &MigrateOptions, stop: tokio::sync::watch::Receiver<bool>, phase: Phase) -> anyhow::Result<Lsn> {
     use ferry_postgres::cdc::{self, CdcOptions, CdcProgress};
     use std::sync::atomic::Ordering;
     let store = StateStore::new(&req.state_schema);
@@ -487,7 +594,7 @@ pub async fn cdc(req: &CheckRequest, opts: &MigrateOptions, stop: tokio::sync::w
         .load(&target, &req.migration_id)
         .await?
         .context("the migration is not recorded on the target")?;
-    if rec.phase != Phase::Cdc {
+    if phase != Phase::Cdc {
         store
             .transition(
                 &target,
@@ -530,6 +637,7 @@ pub async fn cdc(req: &CheckRequest, opts: &MigrateOptions, stop: tokio::sync::w
             migration_id: req.migration_id.clone(),
             filter: req.filter.clone(),
             tools,
+            direction: ferry_postgres::apply::Direction::Forward,
         },
         slot: rec.slot_name.clone(),
         publication: rec.publication_name.clone(),
@@ -542,23 +650,9 @@ pub async fn cdc(req: &CheckRequest, opts: &MigrateOptions, stop: tokio::sync::w
     let result = cdc::run(opts, stop, progress.clone()).await;
     logger.abort();
     result?;
-    let applied = Lsn(progress.applied_lsn.load(Ordering::Relaxed));
-    // The control connection may have died with a target restart long ago: log on a fresh one.
-    drop(target);
-    let note = format!("stopped at a checkpoint: applied up to {applied}");
-    match req.target.connect("control").await {
-        Ok(c) => {
-            if let Err(e) = store.event(&c, &req.migration_id, Phase::Cdc, "stopped", &note).await {
-                tracing::warn!(error = %e, "could not record the stop in the event log");
-            }
-        }
-        Err(e) => tracing::warn!(error = %e, "could not record the stop in the event log"),
-    }
-    eprintln!("ferry: stopped at a checkpoint (changes applied up to {applied}); run the same command to resume");
-    Ok(())
+    Ok(Lsn(progress.applied_lsn.load(Ordering::Relaxed)))
 }
 
-/// The summary as a table for humans.
 pub fn render(s: &Summary) -> String {
     use crate::check_cmd::{human_bytes, human_count};
     let mut o = String::new();
@@ -625,20 +719,51 @@ pub async fn abandon(req: &CheckRequest, yes: bool) -> anyhow::Result<()> {
         None => (req.slot.clone(), req.publication.clone()),
     };
     let source = req.source.connect("control").await?;
+    let read_only: String = source
+        .query_one("SHOW default_transaction_read_only", &[])
+        .await
+        .map_err(|e| ferry_postgres::PgError::query("reading default_transaction_read_only on the source", e))?
+        .get(0);
+    // After a cutover the source is read-only by default; dropping what Ferry made is allowed.
+    source
+        .batch_execute("SET default_transaction_read_only = off")
+        .await
+        .map_err(|e| ferry_postgres::PgError::query("preparing a session on the source", e))?;
     let state = slot::slot_status(&source, &slot_name).await?;
-    if state == Some(true) {
-        anyhow::bail!("slot {slot_name} is in use: stop `ferry migrate` first (SIGTERM), then abandon");
+    let (rev_slot, _) = crate::cutover::reverse_names(&slot_name, &publication);
+    let rev_state = slot::slot_status(&target, &rev_slot).await?;
+    if state == Some(true) || rev_state == Some(true) {
+        anyhow::bail!("slot {slot_name} (or {rev_slot} on the target) is in use: stop `ferry migrate` first (SIGTERM), then abandon");
     }
     if !yes {
         println!(
-            "Would drop on {}: replication slot {slot_name} ({}), publication {publication}. Rerun with --yes to drop them.",
+            "Would drop on {}: replication slot {slot_name} ({}), publication {publication}; and on the target: reverse slot {rev_slot} ({}) and its publication, and Ferry's replication origins on both. Rerun with --yes to drop them.",
             req.source.describe(),
-            if state.is_some() { "exists" } else { "already gone" }
+            if state.is_some() { "exists" } else { "already gone" },
+            if rev_state.is_some() { "exists" } else { "none" }
         );
         return Ok(());
     }
     slot::drop_slot(&source, &slot_name).await?;
     slot::drop_publication(&source, &publication).await?;
+    // What a cutover left: the reverse stream's slot and publication on the target, and the
+    // replication origins both appliers mark their writes with.
+    crate::cutover::drop_reverse(req, &req.target).await?;
+    let (fwd, rev) = ferry_postgres::apply::origin_names(&req.migration_id);
+    for (c, origin, side) in [(&target, &fwd, "target"), (&source, &rev, "source")] {
+        c.execute(
+            "SELECT pg_replication_origin_drop(roname) FROM pg_replication_origin WHERE roname = $1",
+            &[origin],
+        )
+        .await
+        .map_err(|e| ferry_postgres::PgError::query(format!("dropping replication origin {origin} on the {side}"), e))?;
+    }
+    if read_only == "on" {
+        println!(
+            "Note: the source database is read-only for new sessions (set by the cutover); \
+             ALTER DATABASE ... RESET default_transaction_read_only makes it writable again."
+        );
+    }
     if let Some(r) = rec {
         store
             .event(
@@ -650,6 +775,9 @@ pub async fn abandon(req: &CheckRequest, yes: bool) -> anyhow::Result<()> {
             )
             .await?;
     }
-    println!("Dropped replication slot {slot_name} and publication {publication} on {}. The target's data and Ferry's state schema are left as they are.", req.source.describe());
+    println!(
+        "Dropped replication slot {slot_name} and publication {publication} on {}, and any reverse slot, publication and replication origins Ferry made. The target's data and Ferry's state schema are left as they are.",
+        req.source.describe()
+    );
     Ok(())
 }

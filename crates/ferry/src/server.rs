@@ -12,8 +12,8 @@
 //! POST /api/verify       start a verification at one consistent point (?repair=true to fix
 //!                        what differs); 202 with the run id
 //! GET  /api/verify/ID    a run: status, progress while running, the report when done
-//! POST /api/cutover      (with the cutover issue)
-//! POST /api/rollback     (with the cutover issue)
+//! POST /api/cutover      ?max_pause_ms&max_lag_ms&allow_direct_sessions&no_proxy&grace_ms&skip_verify_check
+//! POST /api/rollback     same options; both answer with the switch's report
 //! ```
 //! Control endpoints (POST) require `Authorization: Bearer TOKEN` when a token is configured,
 //! and a token is required whenever the listener is not a loopback address: `serve` refuses to
@@ -55,6 +55,8 @@ pub struct Api {
     pub migration_id: String,
     /// Verification against this migration (None: not offered).
     pub verify: Option<Arc<crate::verify_cmd::VerifyCtx>>,
+    /// Cutover and rollback (None: not offered).
+    pub switchboard: Option<Arc<crate::cutover::Switchboard>>,
 }
 
 /// Binds `addr` and serves until the process ends. Refuses a non-loopback address without a
@@ -270,27 +272,6 @@ async fn resume(State(api): State<Api>, ConnectInfo(peer): ConnectInfo<SocketAdd
     set_pause(api, peer, headers, false).await
 }
 
-/// A control step that moves the migration to `to`: refused with 409 when the state machine
-/// does not allow it from the current phase; the step itself arrives with its issue.
-async fn step(api: Api, headers: HeaderMap, to: Phase, what: &str) -> Response {
-    if let Err(r) = authorize(&api, &headers) {
-        return r.into_response();
-    }
-    let from = match phase(&api).await {
-        Ok(p) => p,
-        Err(r) => return r.into_response(),
-    };
-    if let Err(e) = from.check_transition(to) {
-        return error(StatusCode::CONFLICT, e.to_string(), "run the step the current phase allows first").into_response();
-    }
-    error(
-        StatusCode::NOT_IMPLEMENTED,
-        format!("{what} is not part of this Ferry build yet"),
-        "see the README's status table for what each version can do",
-    )
-    .into_response()
-}
-
 #[derive(Debug, Deserialize)]
 struct VerifyQuery {
     repair: Option<bool>,
@@ -418,6 +399,9 @@ async fn verify_run(State(api): State<Api>, axum::extract::Path(id): axum::extra
             let mut v: serde_json::Value = row.get(0);
             if let Some((run, p)) = &*api.live.verify_run.lock().expect("lock") {
                 if *run == id {
+                    // Still running until its result is stored and the phase is back to cdc
+                    // (a client that waits for the end may cut over right after).
+                    v["status"] = json!("running");
                     v["progress"] = json!({
                         "rows": p.rows.load(std::sync::atomic::Ordering::Relaxed),
                         "differences": p.differences.load(std::sync::atomic::Ordering::Relaxed),
@@ -436,10 +420,83 @@ async fn verify_run(State(api): State<Api>, axum::extract::Path(id): axum::extra
     }
 }
 
-async fn cutover(State(api): State<Api>, headers: HeaderMap) -> Response {
-    step(api, headers, Phase::Cutover, "cutover").await
+/// Options of POST /api/cutover and /api/rollback (durations in milliseconds).
+#[derive(Debug, Deserialize)]
+struct SwitchQuery {
+    max_pause_ms: Option<u64>,
+    max_lag_ms: Option<u64>,
+    allow_direct_sessions: Option<bool>,
+    no_proxy: Option<bool>,
+    grace_ms: Option<u64>,
+    skip_verify_check: Option<bool>,
 }
 
-async fn rollback(State(api): State<Api>, headers: HeaderMap) -> Response {
-    step(api, headers, Phase::Rollback, "rollback").await
+impl SwitchQuery {
+    fn options(&self, actor: String) -> crate::cutover::SwitchOptions {
+        let ms = |v: Option<u64>, d: u64| std::time::Duration::from_millis(v.unwrap_or(d));
+        crate::cutover::SwitchOptions {
+            max_pause: ms(self.max_pause_ms, 2000),
+            max_lag: ms(self.max_lag_ms, 5000),
+            allow_direct_sessions: self.allow_direct_sessions.unwrap_or(false),
+            no_proxy: self.no_proxy.unwrap_or(false),
+            grace: ms(self.grace_ms, 10_000),
+            skip_verify_check: self.skip_verify_check.unwrap_or(false),
+            actor,
+        }
+    }
+}
+
+/// Runs a cutover or rollback and answers with its report: 200 when done, 409 when it was
+/// refused (no_go) or aborted (traffic stayed where it was).
+async fn switch(api: Api, peer: SocketAddr, headers: HeaderMap, q: SwitchQuery, rollback: bool) -> Response {
+    if let Err(r) = authorize(&api, &headers) {
+        return r.into_response();
+    }
+    let Some(board) = api.switchboard.clone() else {
+        return error(
+            StatusCode::NOT_IMPLEMENTED,
+            "this process does not offer cutover".to_string(),
+            "run ferry migrate (cutover and rollback are served by the process that streams changes)",
+        )
+        .into_response();
+    };
+    let opts = q.options(actor(peer));
+    // The switch runs to its end even if the client goes away.
+    let report = tokio::spawn(async move {
+        if rollback {
+            board.rollback(&opts).await
+        } else {
+            board.cutover(&opts).await
+        }
+    })
+    .await;
+    match report {
+        Ok(r) => {
+            let code = if r.outcome == "done" {
+                StatusCode::OK
+            } else {
+                StatusCode::CONFLICT
+            };
+            (code, Json(r)).into_response()
+        }
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), "report this as a bug").into_response(),
+    }
+}
+
+async fn cutover(
+    State(api): State<Api>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Query(q): Query<SwitchQuery>,
+) -> Response {
+    switch(api, peer, headers, q, false).await
+}
+
+async fn rollback(
+    State(api): State<Api>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Query(q): Query<SwitchQuery>,
+) -> Response {
+    switch(api, peer, headers, q, true).await
 }

@@ -119,6 +119,49 @@ pub struct LiveFigures {
     pub verification_running: Option<(i64, u64, u64)>,
     /// One sample per second, oldest first (the last 15 minutes).
     pub history: Vec<Sample>,
+    /// Reverse replication (target to source), after a cutover.
+    #[serde(default)]
+    pub reverse: Option<ReverseFigures>,
+    /// The wire-protocol proxy, when one runs.
+    #[serde(default)]
+    pub proxy: Option<ProxyFigures>,
+    /// The last cutover or rollback: outcome, pause, steps.
+    #[serde(default)]
+    pub last_switch: Option<serde_json::Value>,
+}
+
+/// Reverse replication after a cutover.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ReverseFigures {
+    /// Last target commit applied on the source.
+    pub applied_lsn: String,
+    /// Target WAL not yet applied on the source.
+    pub unapplied_bytes: Option<i64>,
+    /// Age of the oldest target write not yet on the source.
+    pub lag_seconds: Option<f64>,
+    /// Transactions applied to the source by this process.
+    pub transactions: u64,
+    /// Row changes applied to the source by this process.
+    pub changes: u64,
+    /// Reverse sessions that failed (and were retried) and rejected changes.
+    pub errors: u64,
+}
+
+/// The proxy.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ProxyFigures {
+    /// Where applications connect.
+    pub listen: String,
+    /// Where it forwards now: "source" or "target".
+    pub upstream: String,
+    /// Client sessions.
+    pub sessions: usize,
+    /// Sessions inside a transaction or with a request in flight.
+    pub busy_sessions: usize,
+    /// Requests held now.
+    pub held_requests: usize,
+    /// Switches done since start.
+    pub switches: u64,
 }
 
 /// One per-second sample, for charts.
@@ -431,7 +474,11 @@ pub fn render(s: &Status) -> String {
         human_count(s.events_applied.delete),
         human_count(s.events_applied.truncate)
     ));
+    let turned = matches!(s.phase.as_str(), "cut_over" | "rollback");
     match (s.lag_bytes, s.lag_seconds) {
+        (Some(_), _) if turned => {
+            o.push_str("  forward stream: stopped at the cutover (writes go to the target); its slot is kept for a rollback\n")
+        }
         (Some(b), secs) => o.push_str(&format!(
             "  lag: {} behind the source, {}; slot retains {} of WAL; {}\n",
             human_bytes(b.max(0)),
@@ -446,6 +493,23 @@ pub fn render(s: &Status) -> String {
         (None, _) => o.push_str("  lag: pass --source to measure lag and retained WAL\n"),
     }
     o.push_str(&format!("  dead letters: {}\n", s.dead_letters));
+    if let Some(r) = s.live.as_ref().and_then(|l| l.reverse.as_ref()) {
+        o.push_str(&format!(
+            "  reverse replication (target to source): applied up to {}, {} behind, {}; {} transactions, {} changes, {} errors\n",
+            r.applied_lsn,
+            r.unapplied_bytes.map(|b| human_bytes(b.max(0))).unwrap_or_else(|| "-".into()),
+            r.lag_seconds.map(|x| format!("{x:.1} s")).unwrap_or_else(|| "- s".into()),
+            human_count(r.transactions as i64),
+            human_count(r.changes as i64),
+            r.errors
+        ));
+    }
+    if let Some(p) = s.live.as_ref().and_then(|l| l.proxy.as_ref()) {
+        o.push_str(&format!(
+            "  proxy on {}: {} session(s) to the {}, {} busy, {} switch(es)\n",
+            p.listen, p.sessions, p.upstream, p.busy_sessions, p.switches
+        ));
+    }
     if let Some(l) = &s.live {
         o.push_str(&format!(
             "  now: {:.0} rows/s copied, {:.0} changes/s and {:.0} transactions/s applied; {} apply errors{}\n",
@@ -516,14 +580,38 @@ pub async fn http_get(base: &str, path: &str) -> anyhow::Result<(u16, Vec<u8>)> 
 
 /// A minimal HTTP/1.1 request with hyper (bearer token when given).
 pub async fn http_request(method: &str, base: &str, path: &str, token: Option<&str>) -> anyhow::Result<(u16, Vec<u8>)> {
-    use http_body_util::{BodyExt, Empty};
     let rest = base.strip_prefix("http://").with_context(|| {
         format!("--api {base}: only http:// URLs are supported (https://: put a TLS proxy in front and use it from the same host)")
     })?;
     let authority = rest.trim_end_matches('/');
-    let help = || {
-        format!("cannot reach the Ferry API at {base}: is `ferry migrate` running with --listen {authority}? To read the state without it, pass --target URL")
+    let help = format!("cannot reach the Ferry API at {base}: is `ferry migrate` running with --listen {authority}? To read the state without it, pass --target URL");
+    send(method, authority, path, token, None, &help).await
+}
+
+/// POSTs a JSON document to an http:// URL (a webhook); returns the status code.
+pub async fn http_post_json(url: &str, body: &serde_json::Value) -> anyhow::Result<u16> {
+    let rest = url
+        .strip_prefix("http://")
+        .with_context(|| format!("webhook {url}: only http:// URLs are supported"))?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
     };
+    let help = format!("cannot reach the webhook at http://{authority}");
+    let json = serde_json::to_vec(body)?;
+    Ok(send("POST", authority, path, None, Some(json), &help).await?.0)
+}
+
+async fn send(
+    method: &str,
+    authority: &str,
+    path: &str,
+    token: Option<&str>,
+    json: Option<Vec<u8>>,
+    help: &str,
+) -> anyhow::Result<(u16, Vec<u8>)> {
+    use http_body_util::{BodyExt, Full};
+    let help = || help.to_string();
     let stream = tokio::net::TcpStream::connect(authority).await.with_context(help)?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
         .await
@@ -536,7 +624,12 @@ pub async fn http_request(method: &str, base: &str, path: &str, token: Option<&s
     if let Some(t) = token {
         req = req.header(hyper::header::AUTHORIZATION, format!("Bearer {t}"));
     }
-    let req = req.body(Empty::<bytes::Bytes>::new()).context("building the request")?;
+    if json.is_some() {
+        req = req.header(hyper::header::CONTENT_TYPE, "application/json");
+    }
+    let req = req
+        .body(Full::new(bytes::Bytes::from(json.unwrap_or_default())))
+        .context("building the request")?;
     let resp = sender.send_request(req).await.with_context(help)?;
     let code = resp.status().as_u16();
     let body = resp.into_body().collect().await.with_context(help)?.to_bytes().to_vec();

@@ -244,8 +244,14 @@ async fn heavy_api_metrics_and_dashboard_follow_a_migration() {
         body.contains("cannot move to rollback") && body.contains("verify, cutover, complete"),
         "{body}"
     );
+    // Cutover is refused with its reasons: this migration runs without the proxy and has not
+    // been verified.
     let (code, body) = http("POST", &addr, "/api/cutover", Some(token)).await;
-    assert_eq!(code, 501, "{body}");
+    assert_eq!(code, 409, "{body}");
+    assert!(
+        body.contains("no_go") && body.contains("no proxy is running") && body.contains("no verification"),
+        "{body}"
+    );
 
     // The event log has the pause, by whom.
     let (code, body) = http("GET", &addr, "/api/events?after=0&limit=1000", None).await;

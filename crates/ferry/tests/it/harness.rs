@@ -83,15 +83,25 @@ impl Dbs {
         }
     }
 
-    /// Drops both databases and the source's slots for them.
+    /// Drops both databases and what Ferry made for them on either cluster that outlives a
+    /// database: replication slots and replication origins (cluster-wide; each origin in use
+    /// takes one of max_replication_slots).
     pub async fn drop(self) {
         let s = connect(&self.env.source).await;
-        s.execute(
-            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = $1 AND NOT active",
-            &[&self.name],
-        )
-        .await
-        .unwrap();
+        for c in [&s, &connect(&self.env.target).await] {
+            c.execute(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = $1 AND NOT active",
+                &[&self.name],
+            )
+            .await
+            .unwrap();
+            c.execute(
+                "SELECT pg_replication_origin_drop(roname) FROM pg_replication_origin WHERE roname LIKE '%' || $1 || '%'",
+                &[&self.name],
+            )
+            .await
+            .unwrap();
+        }
         for c in [s, connect(&self.env.target).await] {
             c.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name))
                 .await

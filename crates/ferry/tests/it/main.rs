@@ -3,6 +3,7 @@
 mod api;
 mod bad_input;
 mod cdc;
+mod cutover;
 mod demo;
 mod deploy;
 mod full_load;

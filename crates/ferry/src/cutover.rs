@@ -1,0 +1,1176 @@
+//! Cutover and rollback: switch the application's writes from one database to the other with
+//! a pause of well under a second, and keep the side it left current so that the switch can be
+//! undone without losing a write. See docs/cutover.md for the diagram and the failure table.
+//!
+//! ```text
+//! pre-checks (Go / NoGo) ─> prepare (reverse publication + slot on the target)
+//!   ─┬─ pause ─────────────────────────────────────────────────────────────────────┐
+//!    │ hold new transactions at the proxy; in-flight ones finish                    │
+//!    │ final position P on the side writes stopped on (a flushed, empty commit)     │
+//!    │ applier reaches P and stays there                                            │
+//!    │ sequences: the new side never hands out a value the old one did              │
+//!    │ old side read-only (default_transaction_read_only) for all but Ferry         │
+//!    │ proxy sessions move to the new side (atomic: all or none), SETs + prepares   │
+//!    │ phase recorded (cut_over / rolled_back)     <── point of no return           │
+//!    └ release held transactions ───────────────────────────────────────────────────┘
+//!   ─> change capture changes direction (forward stops at P, reverse starts; or back)
+//! ```
+//! Every step before the point of no return runs within `--max-pause`; a step that fails or
+//! runs late aborts: traffic is released to the side it was on, read-only is undone, the phase
+//! goes back, and the migration continues as before. Nothing after the point of no return can
+//! fail the switch: the phase is recorded before any held transaction reaches the new side, so
+//! a crash at any moment resumes in a state that matches where traffic may have gone.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ferry_core::ident::quote_ident;
+use ferry_core::{Lsn, Phase};
+use ferry_postgres::preflight::CheckRequest;
+use ferry_postgres::state::StateStore;
+use ferry_postgres::{cdc, sequences, Endpoint, PgError};
+use serde::Serialize;
+use serde_json::json;
+use tokio_postgres::Client;
+
+use crate::live::Live;
+
+/// What a cutover or rollback may do; from the API request.
+#[derive(Debug, Clone)]
+pub struct SwitchOptions {
+    /// Longest the application may be held; any step running past it aborts.
+    pub max_pause: Duration,
+    /// Pre-check: replication lag must be below this.
+    pub max_lag: Duration,
+    /// Proceed although sessions connected to the old side directly (not through the proxy).
+    pub allow_direct_sessions: bool,
+    /// No proxy: stop writes with default_transaction_read_only, end writers after `grace`,
+    /// then signal the switch (API state, webhook) for the application to switch itself.
+    pub no_proxy: bool,
+    /// How long writers connected directly may finish before they are terminated (no proxy).
+    pub grace: Duration,
+    /// Cutover without a clean verification (not recommended).
+    pub skip_verify_check: bool,
+    /// Who asked, for the transitions log.
+    pub actor: String,
+}
+
+/// Everything a switch needs, shared by the API handlers and the auto-rollback monitor.
+#[derive(Debug)]
+pub struct Switchboard {
+    /// The migration.
+    pub req: CheckRequest,
+    /// State schema.
+    pub store: StateStore,
+    /// Live state (appliers' holds, change-capture direction, the proxy).
+    pub live: Arc<Live>,
+    /// Proxy upstreams: (source, target).
+    pub upstreams: Option<(ferry_proxy::Upstream, ferry_proxy::Upstream)>,
+    /// POSTed a JSON document after every switch (http:// only).
+    pub webhook: Option<String>,
+    /// One switch at a time.
+    busy: tokio::sync::Mutex<()>,
+}
+
+/// What a finished switch reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// "cutover" or "rollback".
+    pub kind: &'static str,
+    /// "done", "aborted" or "no_go".
+    pub outcome: &'static str,
+    /// Why it did not happen (aborted / no_go).
+    pub reason: Option<String>,
+    /// What blocked, one line each (no_go).
+    pub blockers: Vec<String>,
+    /// Milliseconds from holding the first transaction to releasing them all.
+    pub pause_ms: Option<f64>,
+    /// Requests that waited at the proxy, and the longest wait (ms).
+    pub held_requests: usize,
+    /// Longest a held request waited, in milliseconds, as the proxy measured it.
+    pub max_wait_ms: Option<f64>,
+    /// Position writes stopped at on the side they left.
+    pub final_lsn: Option<String>,
+    /// Sequences moved forward.
+    pub sequences: usize,
+    /// Steps and their milliseconds.
+    pub steps: Vec<(String, f64)>,
+    /// Sessions connected directly to the side writes left, when reported.
+    pub direct_sessions: Vec<String>,
+}
+
+impl Report {
+    fn new(kind: &'static str) -> Self {
+        Self {
+            kind,
+            outcome: "no_go",
+            reason: None,
+            blockers: Vec::new(),
+            pause_ms: None,
+            held_requests: 0,
+            max_wait_ms: None,
+            final_lsn: None,
+            sequences: 0,
+            steps: Vec::new(),
+            direct_sessions: Vec::new(),
+        }
+    }
+
+    fn no_go(mut self, blockers: Vec<String>) -> Self {
+        self.reason = Some(format!("{} cannot start: {}", self.kind, blockers.join("; ")));
+        self.blockers = blockers;
+        self
+    }
+}
+
+/// Names of the reverse stream's slot and publication on the target.
+pub fn reverse_names(slot: &str, publication: &str) -> (String, String) {
+    (format!("{slot}_rev"), format!("{publication}_rev"))
+}
+
+/// Which way a switch goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Way {
+    /// Source to target.
+    Cutover,
+    /// Target back to source.
+    Rollback,
+}
+
+impl Way {
+    fn kind(self) -> &'static str {
+        match self {
+            Way::Cutover => "cutover",
+            Way::Rollback => "rollback",
+        }
+    }
+}
+
+/// A step of the pause failed or ran late.
+struct Abort(String);
+
+impl<E: std::fmt::Display> From<E> for Abort {
+    fn from(e: E) -> Self {
+        Abort(e.to_string())
+    }
+}
+
+impl Switchboard {
+    /// A switchboard for this migration.
+    pub fn new(
+        req: CheckRequest,
+        live: Arc<Live>,
+        upstreams: Option<(ferry_proxy::Upstream, ferry_proxy::Upstream)>,
+        webhook: Option<String>,
+    ) -> Self {
+        Self {
+            store: StateStore::new(&req.state_schema),
+            req,
+            live,
+            upstreams,
+            webhook,
+            busy: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Switches the application to the target.
+    pub async fn cutover(&self, opts: &SwitchOptions) -> Report {
+        self.switch(Way::Cutover, opts).await
+    }
+
+    /// Switches the application back to the source.
+    pub async fn rollback(&self, opts: &SwitchOptions) -> Report {
+        self.switch(Way::Rollback, opts).await
+    }
+
+    async fn switch(&self, way: Way, opts: &SwitchOptions) -> Report {
+        let report = Report::new(way.kind());
+        let Ok(_busy) = self.busy.try_lock() else {
+            return report.no_go(vec!["another cutover or rollback is running".into()]);
+        };
+        let (old, new) = match way {
+            Way::Cutover => (&self.req.source, &self.req.target),
+            Way::Rollback => (&self.req.target, &self.req.source),
+        };
+        let conns = tokio::try_join!(
+            old.connect("switch"),
+            new.connect("switch"),
+            self.req.target.connect("switch-state")
+        );
+        let (old_c, new_c, state_c) = match conns {
+            Ok(c) => c,
+            Err(e) => return report.no_go(vec![e.to_string()]),
+        };
+        for c in [&old_c, &new_c, &state_c] {
+            if let Err(e) = writable_session(c).await {
+                return report.no_go(vec![e.to_string()]);
+            }
+        }
+        let report = match self.pre_checks(way, opts, &old_c, &new_c, &state_c).await {
+            Ok(direct) => Report {
+                direct_sessions: direct,
+                ..report
+            },
+            Err(blockers) => {
+                let r = report.no_go(blockers);
+                tracing::warn!(reason = r.reason.as_deref().unwrap_or(""), "{} refused", way.kind());
+                self.remember(&r);
+                return r;
+            }
+        };
+        let r = self.run(way, opts, report, &old_c, &new_c, &state_c).await;
+        self.remember(&r);
+        r
+    }
+
+    /// Go / NoGo. Returns the direct sessions that were allowed (reported), or what blocks.
+    async fn pre_checks(
+        &self,
+        way: Way,
+        opts: &SwitchOptions,
+        old_c: &Client,
+        new_c: &Client,
+        state_c: &Client,
+    ) -> Result<Vec<String>, Vec<String>> {
+        let mut no = Vec::new();
+        let rec = match self.store.load(state_c, &self.req.migration_id).await {
+            Ok(Some(r)) => r,
+            Ok(None) => return Err(vec!["the migration is not recorded on the target".into()]),
+            Err(e) => return Err(vec![e.to_string()]),
+        };
+        let to = match way {
+            Way::Cutover => Phase::Cutover,
+            Way::Rollback => Phase::Rollback,
+        };
+        if let Err(e) = rec.phase.check_transition(to) {
+            no.push(e.to_string());
+        }
+        if way == Way::Cutover && rec.phase == Phase::Verify {
+            no.push("a verification is running: wait for it to finish".into());
+        }
+        if self.live.paused() {
+            no.push("change capture is paused: resume it first (POST /api/resume)".into());
+        }
+        if !opts.no_proxy && self.live.proxy().is_none() {
+            no.push("no proxy is running: start ferry migrate with --proxy-listen, or cut over with --no-proxy and switch the application yourself".into());
+        }
+        match self.live.status() {
+            Ok(st) => {
+                if way == Way::Cutover {
+                    if st.dead_letters > 0 {
+                        no.push(format!(
+                            "{} dead letter(s) recorded: changes the target rejected are not on it (ferry status lists them); fix them first",
+                            st.dead_letters
+                        ));
+                    }
+                    match st.lag_seconds {
+                        Some(l) if l > opts.max_lag.as_secs_f64() => no.push(format!(
+                            "replication lag is {l:.1} s, over --max-lag {} s: wait until change capture has caught up",
+                            opts.max_lag.as_secs_f64()
+                        )),
+                        None => no.push("replication lag is not known yet: wait a few seconds for change capture to report".into()),
+                        _ => {}
+                    }
+                    if !opts.skip_verify_check {
+                        // Read from the store, not the status snapshot: a run that just ended
+                        // must count.
+                        match self.last_verification(state_c).await {
+                            Err(e) => no.push(format!("reading the last verification: {e}")),
+                            Ok(None) => no.push("no verification has run: run ferry verify --api (or POST /api/verify) first, or pass --skip-verify-check".into()),
+                            Ok(Some((id, status, differences))) if status != "identical" => no.push(format!(
+                                "the last verification (run {id}) did not end clean (status {status}, {differences} differences): verify (and repair) until it does"
+                            )),
+                            Ok(Some(_)) => {}
+                        }
+                    }
+                } else if let Some(l) = st.live.as_ref().and_then(|l| l.reverse.as_ref()).and_then(|r| r.lag_seconds) {
+                    if l > opts.max_lag.as_secs_f64() {
+                        no.push(format!(
+                            "reverse replication lag is {l:.1} s, over --max-lag {} s: wait until it has caught up",
+                            opts.max_lag.as_secs_f64()
+                        ));
+                    }
+                }
+            }
+            Err(e) => no.push(format!("the migration's status is not known yet ({e})")),
+        }
+        if way == Way::Cutover {
+            match new_c.query_one("SELECT current_setting('wal_level')", &[]).await {
+                Ok(r) if r.get::<_, String>(0) != "logical" => no.push(format!(
+                    "wal_level is {} on the target: reverse replication (which makes a rollback lossless) needs wal_level=logical; set it and restart the target",
+                    r.get::<_, String>(0)
+                )),
+                Ok(_) => {}
+                Err(e) => no.push(format!("reading wal_level on the target: {e}")),
+            }
+        }
+        let direct = match self.direct_sessions(old_c, old_side(way)).await {
+            Ok(d) => d,
+            Err(e) => {
+                no.push(e.to_string());
+                Vec::new()
+            }
+        };
+        if !direct.is_empty() && !opts.no_proxy && !opts.allow_direct_sessions {
+            no.push(format!(
+                "{} session(s) are connected to the {} directly, not through the proxy, and could write there after the switch (split brain): {}; stop them, or pass --allow-direct-sessions to proceed anyway",
+                direct.len(),
+                old_side(way),
+                direct.join(", ")
+            ));
+        }
+        if no.is_empty() {
+            Ok(direct)
+        } else {
+            Err(no)
+        }
+    }
+
+    /// Client sessions on `c`'s database that are neither Ferry's nor the proxy's.
+    /// The last verification run: id, status, differences.
+    async fn last_verification(&self, c: &Client) -> Result<Option<(i64, String, i64)>, PgError> {
+        let sql = format!(
+            "SELECT id, status, COALESCE(differences, 0)::int8 FROM {}.verify_runs WHERE migration_id = $1 ORDER BY id DESC LIMIT 1",
+            self.store.quoted()
+        );
+        let row = c
+            .query_opt(&sql, &[&self.req.migration_id])
+            .await
+            .map_err(|e| PgError::query("reading the last verification run", e))?;
+        Ok(row.map(|r| (r.get(0), r.get(1), r.get(2))))
+    }
+
+    async fn direct_sessions(&self, c: &Client, side: &str) -> Result<Vec<String>, PgError> {
+        let proxied: Vec<i32> = self.live.proxy().map(|p| p.backend_pids()).unwrap_or_default();
+        let rows = c
+            .query(
+                "SELECT pid, usename::text, COALESCE(application_name, ''), COALESCE(host(client_addr), 'local'), COALESCE(state, '')
+                 FROM pg_stat_activity
+                 WHERE backend_type = 'client backend' AND datname = current_database() AND pid <> pg_backend_pid()
+                   AND application_name NOT LIKE 'ferry%' AND NOT pid = ANY($1)
+                 ORDER BY pid",
+                &[&proxied],
+            )
+            .await
+            .map_err(|e| PgError::query(format!("listing sessions connected to the {side}"), e))?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                format!(
+                    "pid {} (user {}, application '{}', from {}, {})",
+                    r.get::<_, i32>(0),
+                    r.get::<_, String>(1),
+                    r.get::<_, String>(2),
+                    r.get::<_, String>(3),
+                    r.get::<_, String>(4)
+                )
+            })
+            .collect())
+    }
+
+    async fn run(&self, way: Way, opts: &SwitchOptions, mut report: Report, old_c: &Client, new_c: &Client, state_c: &Client) -> Report {
+        let id = &self.req.migration_id;
+        let (during, done, back) = match way {
+            Way::Cutover => (Phase::Cutover, Phase::CutOver, Phase::Cdc),
+            Way::Rollback => (Phase::Rollback, Phase::RolledBack, Phase::CutOver),
+        };
+        let why = format!("{} requested by {}", way.kind(), opts.actor);
+        if let Err(e) = self.store.transition(state_c, id, during, &opts.actor, &why).await {
+            return report.no_go(vec![e.to_string()]);
+        }
+        tracing::info!(actor = %opts.actor, max_pause_ms = opts.max_pause.as_millis() as u64, "{} starting", way.kind());
+        // Before the pause: what can be prepared without holding anyone.
+        let t = Instant::now();
+        if way == Way::Cutover {
+            if let Err(e) = self.prepare_reverse(state_c).await {
+                return self
+                    .abort(
+                        way,
+                        report,
+                        state_c,
+                        old_c,
+                        new_c,
+                        back,
+                        &opts.actor,
+                        &format!("preparing reverse replication: {e}"),
+                        false,
+                    )
+                    .await;
+            }
+            report.steps.push(("prepare reverse replication".into(), ms(t.elapsed())));
+        }
+        // Catch up first, outside the pause: the stream into the side writes go to applies
+        // everything up to a position marked now, so the pause only covers what is written
+        // from here on (a fraction of a second), however busy the server's WAL is.
+        let t = Instant::now();
+        if let Err(Abort(e)) = self.catch_up(way, old_c, opts.max_pause).await {
+            return self.abort(way, report, state_c, old_c, new_c, back, &opts.actor, &e, false).await;
+        }
+        report.steps.push(("caught up before the pause".into(), ms(t.elapsed())));
+        let outcome = if opts.no_proxy {
+            self.pause_without_proxy(way, opts, &mut report, old_c, new_c, state_c, done).await
+        } else {
+            self.pause_with_proxy(way, opts, &mut report, old_c, new_c, state_c, done).await
+        };
+        match outcome {
+            Ok(()) => {
+                report.outcome = "done";
+                tracing::info!(
+                    pause_ms = report.pause_ms.unwrap_or(0.0),
+                    held = report.held_requests,
+                    max_wait_ms = report.max_wait_ms.unwrap_or(0.0),
+                    final_lsn = report.final_lsn.as_deref().unwrap_or(""),
+                    sequences = report.sequences,
+                    "{} done",
+                    way.kind()
+                );
+                let msg = format!(
+                    "{} done: pause {:.1} ms, final position {}, {} sequence(s) synced",
+                    way.kind(),
+                    report.pause_ms.unwrap_or(0.0),
+                    report.final_lsn.as_deref().unwrap_or("?"),
+                    report.sequences
+                );
+                let _ = self.store.event(state_c, id, done, way.kind(), &msg).await;
+                // Change capture turns around: the stream into the side writes left stops (it
+                // holds at the final position), the stream out of the side they went to starts.
+                self.live.redirect();
+                self.notify(&report).await;
+                report
+            }
+            Err((Abort(reason), read_only_set)) => {
+                self.abort(way, report, state_c, old_c, new_c, back, &opts.actor, &reason, read_only_set)
+                    .await
+            }
+        }
+    }
+
+    /// The pause with the proxy. Err carries why, and whether the old side was made read-only.
+    #[allow(clippy::too_many_arguments)]
+    async fn pause_with_proxy(
+        &self,
+        way: Way,
+        opts: &SwitchOptions,
+        report: &mut Report,
+        old_c: &Client,
+        new_c: &Client,
+        state_c: &Client,
+        done: Phase,
+    ) -> Result<(), (Abort, bool)> {
+        let proxy = self.live.proxy().ok_or((Abort("the proxy stopped".into()), false))?;
+        let (src_up, tgt_up) = self.upstreams.clone().ok_or((Abort("the proxy has no upstreams".into()), false))?;
+        let (old_up, new_up) = if way == Way::Cutover { (src_up, tgt_up) } else { (tgt_up, src_up) };
+        let started = Instant::now();
+        let deadline = started + opts.max_pause;
+        let left = || deadline.saturating_duration_since(Instant::now());
+        let step = |report: &mut Report, name: &str, t: Instant| report.steps.push((name.to_string(), ms(t.elapsed())));
+
+        let t = Instant::now();
+        let mut hold = proxy
+            .hold(left())
+            .await
+            .map_err(|e| (Abort(format!("transactions did not finish within --max-pause: {e}")), false))?;
+        step(report, "hold new transactions, in-flight ones finish", t);
+        let mut read_only = false;
+        let mut switched = false;
+        let result: Result<(), Abort> = async {
+            // A session that connected directly since the pre-checks would write past the point.
+            let t = Instant::now();
+            if !opts.allow_direct_sessions {
+                let direct = within(left(), self.direct_sessions(old_c, old_side(way))).await??;
+                if !direct.is_empty() {
+                    return Err(Abort(format!(
+                        "session(s) connected to the {} directly meanwhile: {}",
+                        old_side(way),
+                        direct.join(", ")
+                    )));
+                }
+            }
+            let p = within(left(), final_position(old_c)).await??;
+            report.final_lsn = Some(p.to_string());
+            step(report, "final position", t);
+            let t = Instant::now();
+            let guard = self.apply_final(way, p, left()).await?;
+            step(report, "target of the switch applied the final position", t);
+            let t = Instant::now();
+            report.sequences = within(left(), sequences::sync(old_c, new_c)).await??.len();
+            step(report, "sequences synced", t);
+            let t = Instant::now();
+            // After a cutover the source is read-only for all but Ferry; a rollback makes it
+            // writable again (the target is left as it was before the cutover: writable).
+            match way {
+                Way::Cutover => {
+                    within(left(), set_read_only(old_c, "source", true)).await??;
+                    read_only = true;
+                }
+                Way::Rollback => within(left(), set_read_only(new_c, "source", false)).await??,
+            }
+            step(report, "source read-only / writable again", t);
+            let t = Instant::now();
+            hold.switch(new_up, left()).await?;
+            switched = true;
+            step(report, "proxy sessions moved (settings and prepared statements replayed)", t);
+            let t = Instant::now();
+            let reason = format!(
+                "{} by {}: writes stopped at {p}, applied there, proxy switched",
+                way.kind(),
+                opts.actor
+            );
+            within(
+                left(),
+                self.store.transition(state_c, &self.req.migration_id, done, &opts.actor, &reason),
+            )
+            .await??;
+            step(report, "phase recorded", t);
+            // Keep the applier where it is until change capture turns around.
+            self.live.keep_held(guard);
+            Ok(())
+        }
+        .await;
+        match result {
+            Ok(()) => {
+                let released = hold.release();
+                report.pause_ms = Some(ms(started.elapsed()));
+                report.held_requests = released.held;
+                report.max_wait_ms = Some(ms(released.max_wait));
+                Ok(())
+            }
+            Err(e) => {
+                // Sessions moved but the phase could not be recorded: move them back before
+                // anyone runs a transaction on the new side.
+                if switched {
+                    if let Err(back) = hold.switch(old_up, Duration::from_secs(10)).await {
+                        tracing::error!(error = %back, "could not move proxy sessions back; closing them");
+                        if let Some(p) = self.live.proxy() {
+                            p.shutdown().await;
+                        }
+                    }
+                }
+                drop(hold);
+                Err((e, read_only))
+            }
+        }
+    }
+
+    /// The pause without a proxy: the gate only.
+    #[allow(clippy::too_many_arguments)]
+    async fn pause_without_proxy(
+        &self,
+        way: Way,
+        opts: &SwitchOptions,
+        report: &mut Report,
+        old_c: &Client,
+        new_c: &Client,
+        state_c: &Client,
+        done: Phase,
+    ) -> Result<(), (Abort, bool)> {
+        let started = Instant::now();
+        let t = Instant::now();
+        set_read_only(old_c, old_side(way), true)
+            .await
+            .map_err(|e| (Abort(e.to_string()), false))?;
+        report
+            .steps
+            .push((format!("{} read-only for new sessions", old_side(way)), ms(t.elapsed())));
+        let t = Instant::now();
+        let ended = end_writers(old_c, opts.grace).await.map_err(|e| (Abort(e.to_string()), true))?;
+        report.steps.push((
+            format!("writers finished or ended after the grace period ({ended} terminated)"),
+            ms(t.elapsed()),
+        ));
+        let deadline = Instant::now() + opts.max_pause;
+        let left = || deadline.saturating_duration_since(Instant::now());
+        let result: Result<(), Abort> = async {
+            let t = Instant::now();
+            let p = within(left(), final_position(old_c)).await??;
+            report.final_lsn = Some(p.to_string());
+            let guard = self.apply_final(way, p, left()).await?;
+            report.steps.push(("final position applied".into(), ms(t.elapsed())));
+            let t = Instant::now();
+            report.sequences = within(left(), sequences::sync(old_c, new_c)).await??.len();
+            report.steps.push(("sequences synced".into(), ms(t.elapsed())));
+            if way == Way::Rollback {
+                // The source takes writes again; the target goes back to how it was.
+                within(left(), set_read_only(new_c, "source", false)).await??;
+                within(left(), set_read_only(old_c, "target", false)).await??;
+            }
+            let reason = format!(
+                "{} (no proxy) by {}: writes stopped at {p} and applied there",
+                way.kind(),
+                opts.actor
+            );
+            within(
+                left(),
+                self.store.transition(state_c, &self.req.migration_id, done, &opts.actor, &reason),
+            )
+            .await??;
+            self.live.keep_held(guard);
+            Ok(())
+        }
+        .await;
+        match result {
+            Ok(()) => {
+                report.pause_ms = Some(ms(started.elapsed()));
+                Ok(())
+            }
+            Err(e) => Err((e, true)),
+        }
+    }
+
+    /// Puts everything back as it was before the switch started.
+    #[allow(clippy::too_many_arguments)]
+    async fn abort(
+        &self,
+        way: Way,
+        mut report: Report,
+        state_c: &Client,
+        old_c: &Client,
+        new_c: &Client,
+        back: Phase,
+        actor: &str,
+        reason: &str,
+        read_only_set: bool,
+    ) -> Report {
+        report.outcome = "aborted";
+        report.reason = Some(format!("{} aborted: {reason}; traffic stays on the {}", way.kind(), old_side(way)));
+        tracing::warn!(reason, "{} aborted; traffic stays on the {}", way.kind(), old_side(way));
+        // Cutover: the source takes writes again (if it was made read-only). Rollback: the
+        // source stays read-only, the target writable (both idempotent).
+        let undo = match way {
+            Way::Cutover if read_only_set => vec![(old_c, "source", false)],
+            Way::Cutover => vec![],
+            Way::Rollback => vec![(new_c, "source", true), (old_c, "target", false)],
+        };
+        for (c, side, on) in undo {
+            if let Err(e) = set_read_only(c, side, on).await {
+                tracing::error!(error = %e, "could not restore default_transaction_read_only on the {side}: set it by hand (ALTER DATABASE)");
+            }
+        }
+        if way == Way::Cutover {
+            if let Err(e) = self.drop_reverse().await {
+                tracing::warn!(error = %e, "could not drop the reverse slot and publication on the target; ferry migrate drops them at its next start");
+            }
+        }
+        let why = format!("{} aborted: {reason}", way.kind());
+        if let Err(e) = self.store.transition(state_c, &self.req.migration_id, back, actor, &why).await {
+            tracing::error!(error = %e, "could not record the aborted {}", way.kind());
+        }
+        report
+    }
+
+    /// Lets the stream into the side writes go to apply everything up to `p` and holds it
+    /// there (the guard keeps it held).
+    async fn apply_final(&self, way: Way, p: Lsn, within: Duration) -> Result<cdc::HoldGuard, Abort> {
+        let (applier, new_side) = self.applier(way);
+        applier.stop_at(p, within).await.map_err(|e| {
+            Abort(format!(
+                "the {new_side} did not apply the final position {p} within --max-pause ({e})"
+            ))
+        })
+    }
+
+    /// Waits (up to [`CATCH_UP_TIMEOUT`], nobody held) until the stream into the side writes
+    /// go to has applied a position marked on the other side now, in rounds, until one round
+    /// takes under a quarter of `max_pause`: what is left for the pause is then what is written
+    /// in that time. A stream that cannot get there (the server writes WAL faster than it can
+    /// be decoded and applied) fails here, before anyone is held.
+    async fn catch_up(&self, way: Way, old_c: &Client, max_pause: Duration) -> Result<(), Abort> {
+        let (applier, new_side) = self.applier(way);
+        let started = Instant::now();
+        loop {
+            let left = CATCH_UP_TIMEOUT.saturating_sub(started.elapsed());
+            let round = Instant::now();
+            let p0 = within(left, final_position(old_c)).await??;
+            let guard = applier.stop_at(p0, left).await.map_err(|e| {
+                Abort(format!(
+                    "the {new_side} did not catch up with position {p0} within {} s before the pause: change capture is too far behind ({e})",
+                    CATCH_UP_TIMEOUT.as_secs()
+                ))
+            })?;
+            drop(guard);
+            let took = round.elapsed();
+            if took < max_pause / 4 {
+                return Ok(());
+            }
+            tracing::info!(position = %p0, took_ms = took.as_millis() as u64, "caught up; another round to shorten the pause");
+            if started.elapsed() >= CATCH_UP_TIMEOUT {
+                return Err(Abort(format!(
+                    "the {new_side} keeps {:.1} s behind (its last catch-up round took that long, --max-pause is {:.1} s): \
+                     change capture cannot keep up with the writes right now; retry when the load is lower or with a longer --max-pause",
+                    took.as_secs_f64(),
+                    max_pause.as_secs_f64()
+                )));
+            }
+        }
+    }
+
+    fn applier(&self, way: Way) -> (Arc<cdc::Hold>, &'static str) {
+        match way {
+            Way::Cutover => (self.live.hold.clone(), "target"),
+            Way::Rollback => (self.live.reverse_hold.clone(), "source"),
+        }
+    }
+
+    /// The reverse stream's publication and slot on the target, created before the pause: the
+    /// forward applier's own writes that land in the slot meanwhile carry the forward origin
+    /// and are skipped by the reverse applier.
+    ///
+    /// Nobody is held yet, but the step is bounded all the same (on the server, so that a
+    /// timed-out statement does not linger): `CREATE PUBLICATION` needs a lock on every
+    /// migrated table and a new slot waits for every transaction running on the target.
+    async fn prepare_reverse(&self, state_c: &Client) -> Result<(), PgError> {
+        let (slot, publication) = reverse_names(&self.req.slot, &self.req.publication);
+        let tables: Vec<ferry_core::TableName> = self
+            .store
+            .tables(state_c, &self.req.migration_id)
+            .await?
+            .into_iter()
+            .map(|t| t.name)
+            .collect();
+        self.drop_reverse().await?;
+        let c = self.req.target.connect("switch-prepare").await?;
+        let ms = PREPARE_TIMEOUT.as_millis();
+        c.batch_execute(&format!(
+            "SET default_transaction_read_only = off; SET lock_timeout = {ms}; SET statement_timeout = {ms}"
+        ))
+        .await
+        .map_err(|e| PgError::query("preparing a session on the target", e))?;
+        let stuck = "a transaction on the target holds a lock on a migrated table or has been running \
+                     for a long time; find it in pg_stat_activity on the target, end it, and retry";
+        let list = tables.iter().map(|t| t.quoted()).collect::<Vec<_>>().join(", ");
+        let what = if list.is_empty() {
+            "FOR ALL TABLES".to_string()
+        } else {
+            format!("FOR TABLE {list}")
+        };
+        c.batch_execute(&format!("CREATE PUBLICATION {} {what}", quote_ident(&publication)))
+            .await
+            .map_err(|e| PgError::query(format!("creating publication {publication} on the target"), e).with_fix(stuck))?;
+        c.execute("SELECT pg_create_logical_replication_slot($1, 'pgoutput')", &[&slot])
+            .await
+            .map_err(|e| {
+                PgError::query(format!("creating replication slot {slot} on the target"), e).with_fix(
+                    "the target needs wal_level=logical and a free replication slot (max_replication_slots), \
+                     and no transaction running on it for long (a new slot waits for every running one)",
+                )
+            })?;
+        Ok(())
+    }
+
+    /// Drops the reverse stream's slot and publication on the target, if they exist.
+    pub async fn drop_reverse(&self) -> Result<(), PgError> {
+        drop_reverse(&self.req, &self.req.target).await
+    }
+
+    fn remember(&self, r: &Report) {
+        self.live.set_last_switch(serde_json::to_value(r).unwrap_or_default());
+    }
+
+    /// POSTs the report to the webhook; failures are logged, never fatal.
+    async fn notify(&self, r: &Report) {
+        let Some(url) = &self.webhook else { return };
+        let body = json!({
+            "event": if r.kind == "cutover" { "cut_over" } else { "rolled_back" },
+            "migration_id": self.req.migration_id,
+            "writes_go_to": if r.kind == "cutover" { self.req.target.describe() } else { self.req.source.describe() },
+            "report": r,
+        });
+        match crate::status::http_post_json(url, &body).await {
+            Ok(code) if (200..300).contains(&code) => tracing::info!(url, code, "switch announced to the webhook"),
+            Ok(code) => tracing::warn!(url, code, "the webhook answered with an error"),
+            Err(e) => tracing::warn!(url, error = %e, "could not reach the webhook"),
+        }
+    }
+}
+
+/// Drops the reverse stream's slot and publication on the target, if they exist.
+pub async fn drop_reverse(req: &CheckRequest, target: &Endpoint) -> Result<(), PgError> {
+    let (slot, publication) = reverse_names(&req.slot, &req.publication);
+    let c = target.connect("switch").await?;
+    c.execute(
+        "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1",
+        &[&slot],
+    )
+    .await
+    .map_err(|e| PgError::query(format!("dropping replication slot {slot} on the target"), e))?;
+    c.batch_execute(&format!("DROP PUBLICATION IF EXISTS {}", quote_ident(&publication)))
+        .await
+        .map_err(|e| PgError::query(format!("dropping publication {publication} on the target"), e))
+}
+
+/// How long preparing the reverse stream may take (before the pause; nobody is held).
+const PREPARE_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long catching up before the pause may take (nobody is held).
+const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn old_side(way: Way) -> &'static str {
+    match way {
+        Way::Cutover => "source",
+        Way::Rollback => "target",
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
+}
+
+/// Runs `f` within `d`.
+async fn within<T>(d: Duration, f: impl std::future::Future<Output = T>) -> Result<T, Abort> {
+    tokio::time::timeout(d, f)
+        .await
+        .map_err(|_| Abort(format!("a step did not finish within the {} ms left of --max-pause", d.as_millis())))
+}
+
+/// Where writes stopped: every transaction committed before it, none after. A logical
+/// decoding message (not published: pgoutput leaves messages out unless asked) is written in a
+/// transaction committed synchronously, so the WAL up to it is flushed whatever the
+/// application's synchronous_commit, and the change stream passes it. Its position comes after
+/// every commit that happened before.
+async fn final_position(c: &Client) -> Result<Lsn, PgError> {
+    let lsn: String = c
+        .query_one(
+            "WITH m AS (SELECT pg_logical_emit_message(true, 'ferry', 'final position') AS lsn) SELECT lsn::text FROM m",
+            &[],
+        )
+        .await
+        .map_err(|e| PgError::query("marking the final position in the write-ahead log", e))?
+        .get(0);
+    lsn.parse().map_err(|_| {
+        PgError::config(
+            "reading the final position",
+            format!("unexpected LSN {lsn}"),
+            "report this as a bug",
+        )
+    })
+}
+
+/// Ferry's own sessions write even where Ferry made the database read-only, and commit
+/// synchronously (the final position must be on disk before anyone is told it was reached).
+async fn writable_session(c: &Client) -> Result<(), PgError> {
+    c.batch_execute("SET default_transaction_read_only = off; SET synchronous_commit = on")
+        .await
+        .map_err(|e| PgError::query("opening a writable session", e))
+}
+
+/// Makes the database of `c` read-only for new sessions (or undoes it). After a cutover the
+/// source is read-only for everyone but Ferry's reverse apply (which sets its session
+/// writable); after a rollback it is writable again. `side` names it for messages.
+async fn set_read_only(c: &Client, side: &str, on: bool) -> Result<(), PgError> {
+    // A session opened while the database was read-only could not alter it.
+    writable_session(c).await?;
+    let db: String = c
+        .query_one("SELECT current_database()", &[])
+        .await
+        .map_err(|e| PgError::query("reading the database name", e))?
+        .get(0);
+    let sql = if on {
+        format!("ALTER DATABASE {} SET default_transaction_read_only = on", quote_ident(&db))
+    } else {
+        format!("ALTER DATABASE {} RESET default_transaction_read_only", quote_ident(&db))
+    };
+    c.batch_execute(&sql).await.map_err(|e| {
+        PgError::query(
+            format!(
+                "{} the {side} ({sql})",
+                if on { "making read-only" } else { "making writable again" }
+            ),
+            e,
+        )
+        .with_fix("connect as the database owner or a superuser")
+    })
+}
+
+/// Without a proxy: sessions that connected before the database became read-only keep their
+/// writable default. Waits up to `grace` for them to leave, then terminates those still there.
+/// Returns how many were terminated.
+async fn end_writers(c: &Client, grace: Duration) -> Result<u64, PgError> {
+    let sql = "SELECT pid FROM pg_stat_activity
+               WHERE backend_type = 'client backend' AND datname = current_database() AND pid <> pg_backend_pid()
+                 AND application_name NOT LIKE 'ferry%' AND backend_start < $1::timestamptz";
+    let cutoff: String = c
+        .query_one("SELECT now()::text", &[])
+        .await
+        .map_err(|e| PgError::query("reading the time", e))?
+        .get(0);
+    let until = Instant::now() + grace;
+    loop {
+        let rows = c.query(sql, &[&cutoff]).await.map_err(|e| PgError::query("listing writers", e))?;
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        if Instant::now() >= until {
+            let pids: Vec<i32> = rows.iter().map(|r| r.get(0)).collect();
+            tracing::warn!(?pids, "terminating sessions still connected after the grace period");
+            let n = c
+                .execute("SELECT pg_terminate_backend(pid) FROM unnest($1::int4[]) AS pid", &[&pids])
+                .await
+                .map_err(|e| PgError::query("terminating writers after the grace period", e))?;
+            return Ok(n);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// At start, a switch interrupted by a crash is finished or undone to match where traffic may
+/// have gone: `cutover` (never past the point of no return) goes back to `cdc`, `rollback`
+/// back to `cut_over`, `rolled_back` on to `cdc`. Returns the phase to run in.
+pub async fn recover(req: &CheckRequest, store: &StateStore, phase: Phase, actor: &str) -> anyhow::Result<Phase> {
+    let c = req.target.connect("switch-state").await?;
+    let id = &req.migration_id;
+    match phase {
+        Phase::Cutover => {
+            let s = req.source.connect("switch").await?;
+            set_read_only(&s, "source", false).await?;
+            drop_reverse(req, &req.target).await?;
+            store
+                .transition(
+                    &c,
+                    id,
+                    Phase::Cdc,
+                    actor,
+                    "a cutover was interrupted before traffic moved: it stays on the source",
+                )
+                .await?;
+            Ok(Phase::Cdc)
+        }
+        Phase::Rollback => {
+            let s = req.source.connect("switch").await?;
+            set_read_only(&s, "source", true).await?;
+            store
+                .transition(
+                    &c,
+                    id,
+                    Phase::CutOver,
+                    actor,
+                    "a rollback was interrupted before traffic moved: it stays on the target",
+                )
+                .await?;
+            Ok(Phase::CutOver)
+        }
+        Phase::RolledBack => {
+            drop_reverse(req, &req.target).await?;
+            store
+                .transition(
+                    &c,
+                    id,
+                    Phase::Cdc,
+                    actor,
+                    "rolled back: forward replication resumes from where writes stopped",
+                )
+                .await?;
+            Ok(Phase::Cdc)
+        }
+        p => Ok(p),
+    }
+}
+
+/// The proxy's users and its two upstreams, from the migration's endpoints and an optional
+/// users file (`user:password` per line; `#` comments).
+pub fn proxy_config(
+    req: &CheckRequest,
+    listen: std::net::SocketAddr,
+    users_file: Option<&std::path::Path>,
+) -> anyhow::Result<(ferry_proxy::ProxyConfig, ferry_proxy::Upstream, ferry_proxy::Upstream)> {
+    use std::collections::HashMap;
+    let secret = |e: &Endpoint| e.password().map(|p| p.expose().to_string());
+    let mut users = Vec::new();
+    let (mut src_logins, mut tgt_logins) = (HashMap::new(), HashMap::new());
+    match users_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| crate::exit::UsageError(format!("--proxy-users-file: cannot read {}: {e}", path.display())))?;
+            for (n, line) in text.lines().enumerate() {
+                let line = line.trim();
+                if line.is_empty() || line.starts_with('#') {
+                    continue;
+                }
+                let Some((user, password)) = line.split_once(':') else {
+                    return Err(crate::exit::UsageError(format!(
+                        "--proxy-users-file {} line {}: expected user:password",
+                        path.display(),
+                        n + 1
+                    ))
+                    .into());
+                };
+                let login = ferry_proxy::Login {
+                    user: user.to_string(),
+                    password: Some(password.to_string()),
+                };
+                src_logins.insert(user.to_string(), login.clone());
+                tgt_logins.insert(user.to_string(), login);
+                users.push(ferry_proxy::ProxyUser {
+                    name: user.to_string(),
+                    password: password.to_string(),
+                });
+            }
+        }
+        None => {
+            let Some(password) = secret(&req.source) else {
+                return Err(crate::exit::UsageError(
+                    "--proxy-listen: the proxy authenticates clients with the source URL's password, and it has none; give one, or pass --proxy-users-file".into(),
+                )
+                .into());
+            };
+            let user = req.source.user().to_string();
+            src_logins.insert(
+                user.clone(),
+                ferry_proxy::Login {
+                    user: user.clone(),
+                    password: Some(password.clone()),
+                },
+            );
+            tgt_logins.insert(
+                user.clone(),
+                ferry_proxy::Login {
+                    user: req.target.user().to_string(),
+                    password: secret(&req.target),
+                },
+            );
+            users.push(ferry_proxy::ProxyUser { name: user, password });
+        }
+    }
+    let upstream = |name: &str, e: &Endpoint, logins| {
+        let (host, port) = match e.host() {
+            ferry_postgres::endpoint::HostAddr::Tcp(h, p) => (h, p),
+            ferry_postgres::endpoint::HostAddr::Unix(d, p) => (d.display().to_string(), p),
+        };
+        ferry_proxy::Upstream {
+            name: name.to_string(),
+            host,
+            port,
+            dbname: e.dbname().to_string(),
+            logins,
+        }
+    };
+    Ok((
+        ferry_proxy::ProxyConfig {
+            listen,
+            users,
+            dbname: req.source.dbname().to_string(),
+        },
+        upstream("source", &req.source, src_logins),
+        upstream("target", &req.target, tgt_logins),
+    ))
+}
+
+/// Opt-in automatic rollback after cutover.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AutoRollback {
+    /// Reverse replication lag above this.
+    pub lag: Option<Duration>,
+    /// Reverse apply errors at or above this.
+    pub apply_errors: Option<u64>,
+}
+
+impl AutoRollback {
+    fn armed(&self) -> bool {
+        self.lag.is_some() || self.apply_errors.is_some()
+    }
+}
+
+/// While the migration is cut over, checks the triggers once a second and rolls back (through
+/// the proxy) when one fires. A rollback that cannot finish within its pause aborts and leaves
+/// traffic on the target, as any rollback would; the trigger is then checked again.
+pub async fn auto_rollback(board: Arc<Switchboard>, triggers: AutoRollback) {
+    if !triggers.armed() {
+        return;
+    }
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut errors_at_cutover: Option<u64> = None;
+    loop {
+        tick.tick().await;
+        let Ok(st) = board.live.status() else { continue };
+        if st.phase != "cut_over" {
+            errors_at_cutover = None;
+            continue;
+        }
+        let Some(rev) = st.live.as_ref().and_then(|l| l.reverse.clone()) else {
+            continue;
+        };
+        let base = *errors_at_cutover.get_or_insert(0);
+        let mut why = None;
+        if let (Some(limit), Some(lag)) = (triggers.lag, rev.lag_seconds) {
+            if lag > limit.as_secs_f64() {
+                why = Some(format!("reverse replication lag {lag:.1} s is over {} s", limit.as_secs_f64()));
+            }
+        }
+        if let Some(limit) = triggers.apply_errors {
+            if rev.errors.saturating_sub(base) >= limit {
+                why = Some(format!(
+                    "reverse replication reported {} apply error(s) (limit {limit})",
+                    rev.errors
+                ));
+            }
+        }
+        let Some(why) = why else { continue };
+        tracing::warn!(reason = %why, "automatic rollback triggered");
+        let opts = SwitchOptions {
+            max_pause: Duration::from_secs(5),
+            max_lag: Duration::from_secs(86_400),
+            allow_direct_sessions: true,
+            no_proxy: board.live.proxy().is_none(),
+            grace: Duration::from_secs(10),
+            skip_verify_check: true,
+            actor: format!("auto-rollback ({why})"),
+        };
+        let r = board.rollback(&opts).await;
+        tracing::warn!(
+            outcome = r.outcome,
+            reason = r.reason.as_deref().unwrap_or(""),
+            "automatic rollback finished"
+        );
+    }
+}
+
+/// A switch report (or an API error) for people.
+pub fn render(v: &serde_json::Value) -> String {
+    let mut o = String::new();
+    let kind = v["kind"].as_str().unwrap_or("switch");
+    match v["outcome"].as_str() {
+        Some("done") => {
+            o.push_str(&format!(
+                "{kind} done: application paused {:.1} ms ({} request(s) held, longest wait {:.1} ms)\n",
+                v["pause_ms"].as_f64().unwrap_or(0.0),
+                v["held_requests"].as_u64().unwrap_or(0),
+                v["max_wait_ms"].as_f64().unwrap_or(0.0)
+            ));
+            o.push_str(&format!(
+                "  writes stopped at {} on the {}; {} sequence(s) synced\n",
+                v["final_lsn"].as_str().unwrap_or("?"),
+                if kind == "cutover" { "source" } else { "target" },
+                v["sequences"].as_u64().unwrap_or(0)
+            ));
+            if kind == "cutover" {
+                o.push_str("  writes now go to the target; the source is read-only and kept current by reverse replication (ferry rollback switches back)\n");
+            } else {
+                o.push_str("  writes go to the source again; forward replication resumes\n");
+            }
+        }
+        Some("aborted") | Some("no_go") => {
+            o.push_str(&format!("{}\n", v["reason"].as_str().unwrap_or("refused")));
+            for b in v["blockers"].as_array().into_iter().flatten() {
+                o.push_str(&format!("  - {}\n", b.as_str().unwrap_or("")));
+            }
+        }
+        _ => {
+            o.push_str(&format!("{kind} failed: {}\n", v["error"].as_str().unwrap_or(&v.to_string())));
+            if let Some(fix) = v["fix"].as_str() {
+                o.push_str(&format!("  fix: {fix}\n"));
+            }
+        }
+    }
+    if let Some(steps) = v["steps"].as_array().filter(|s| !s.is_empty()) {
+        o.push_str("  steps:\n");
+        for s in steps {
+            o.push_str(&format!(
+                "    {:>8.1} ms  {}\n",
+                s[1].as_f64().unwrap_or(0.0),
+                s[0].as_str().unwrap_or("")
+            ));
+        }
+    }
+    for d in v["direct_sessions"].as_array().into_iter().flatten() {
+        o.push_str(&format!("  direct session (allowed): {}\n", d.as_str().unwrap_or("")));
+    }
+    o
+}

@@ -1,0 +1,450 @@
+//! Cutover and rollback through the proxy, under a real pgbench load.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::harness::*;
+
+/// A TPC-B transaction plus a row in `tickets`, whose id comes from a sequence: a duplicate
+/// value handed out on either side after a switch would fail the insert (and pgbench).
+const SCRIPT: &str = r"\set aid random(1, 100000 * :scale)
+\set bid random(1, 1 * :scale)
+\set tid random(1, 10 * :scale)
+\set delta random(-5000, 5000)
+BEGIN;
+UPDATE pgbench_accounts SET abalance = abalance + :delta WHERE aid = :aid;
+SELECT abalance FROM pgbench_accounts WHERE aid = :aid;
+UPDATE pgbench_tellers SET tbalance = tbalance + :delta WHERE tid = :tid;
+UPDATE pgbench_branches SET bbalance = bbalance + :delta WHERE bid = :bid;
+INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (:tid, :bid, :aid, :delta, CURRENT_TIMESTAMP);
+INSERT INTO tickets (client) VALUES (:client_id);
+END;
+";
+
+struct Bench {
+    child: Child,
+    log_dir: std::path::PathBuf,
+}
+
+/// pgbench through the proxy: `-M prepared`, per-second aggregates logged for the latency.
+fn pgbench_via_proxy(proxy: &str, db: &str, clients: u32, seconds: u32, rate: u32) -> Bench {
+    let dir = std::env::temp_dir().join(format!("ferry-cut-{}-{}", std::process::id(), db));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let script = dir.join("tpcb_tickets.sql");
+    std::fs::write(&script, SCRIPT).unwrap();
+    let (host, port) = proxy.rsplit_once(':').unwrap();
+    let mut args: Vec<String> = vec![
+        "-n".into(),
+        "-h".into(),
+        host.into(),
+        "-p".into(),
+        port.into(),
+        "-U".into(),
+        "postgres".into(),
+        "-c".into(),
+        clients.to_string(),
+        "-j".into(),
+        "2".into(),
+        "-T".into(),
+        seconds.to_string(),
+        "-M".into(),
+        "prepared".into(),
+        "-f".into(),
+        script.display().to_string(),
+        "-l".into(),
+        "--aggregate-interval=1".into(),
+        format!("--log-prefix={}", dir.join("agg").display()),
+    ];
+    if rate > 0 {
+        args.extend(["-R".into(), rate.to_string()]);
+    }
+    args.push(db.into());
+    let child = Command::new(env().pg_bin.join("pgbench"))
+        .args(&args)
+        .env("PGPASSWORD", "ferry-test-pw")
+        .current_dir(&dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start pgbench");
+    Bench { child, log_dir: dir }
+}
+
+/// Waits for pgbench; asserts no failed or aborted transaction; returns (output, transactions
+/// processed, per-second (unix second, max latency ms)).
+fn finish(b: Bench) -> (String, i64, Vec<(u64, f64)>) {
+    let out = b.child.wait_with_output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "pgbench failed (a client saw an error): {text}");
+    assert!(!text.contains("aborted"), "{text}");
+    assert!(text.contains("number of failed transactions: 0 "), "{text}");
+    let n: i64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("number of transactions actually processed: "))
+        .and_then(|v| v.split('/').next())
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no transaction count in: {text}"));
+    let mut seconds = Vec::new();
+    for entry in std::fs::read_dir(&b.log_dir).unwrap() {
+        let p = entry.unwrap().path();
+        if p.file_name().unwrap().to_string_lossy().starts_with("agg") {
+            for line in std::fs::read_to_string(&p).unwrap().lines() {
+                // interval_start num_transactions sum_latency sum_latency_2 min_latency max_latency ...
+                let f: Vec<&str> = line.split_whitespace().collect();
+                if f.len() >= 6 {
+                    seconds.push((f[0].parse().unwrap_or(0), f[5].parse::<f64>().unwrap_or(0.0) / 1000.0));
+                }
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&b.log_dir);
+    (text, n, seconds)
+}
+
+/// Longest transaction latency (ms) in the seconds around `at` (unix seconds).
+fn max_latency_around(seconds: &[(u64, f64)], at: u64) -> f64 {
+    seconds
+        .iter()
+        .filter(|(t, _)| *t + 1 >= at && *t <= at + 1)
+        .map(|(_, l)| *l)
+        .fold(0.0, f64::max)
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+async fn setup(prefix: &str) -> Dbs {
+    let dbs = Dbs::create(prefix).await;
+    pgbench_init(&dbs.source, 1).await;
+    create_marker(&dbs.source).await;
+    connect(&dbs.source)
+        .await
+        .batch_execute("CREATE TABLE tickets (id bigserial PRIMARY KEY, client int NOT NULL, at timestamptz NOT NULL DEFAULT now())")
+        .await
+        .unwrap();
+    dbs
+}
+
+fn start(dbs: &Dbs, api: &str, proxy: &str, extra: &[&str]) -> Migrator {
+    let mut args = migrate_args(dbs, &["--listen", api, "--proxy-listen", proxy]);
+    args.extend(extra.iter().map(|s| s.to_string()));
+    Migrator::spawn(&refs(&args))
+}
+
+/// Runs a verification through the API and waits until it ends clean.
+async fn verify_clean(api: &str) {
+    let (code, body) = http("POST", api, "/api/verify", None).await;
+    assert_eq!(code, 202, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let id = v["run"].as_i64().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (_, body) = http("GET", api, &format!("/api/verify/{id}"), None).await;
+        let r: serde_json::Value = serde_json::from_str(&body).unwrap();
+        if r["status"] != "running" {
+            assert_eq!(r["status"], "identical", "{r}");
+            return;
+        }
+        assert!(Instant::now() < deadline, "verification did not finish: {r}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A switch that must happen: an abort (a step ran past --max-pause on this shared 2-core
+/// machine) or a refusal leaves traffic where it was, so it is retried, up to 3 times, as an
+/// operator would. Each attempt's outcome is printed.
+fn switch_done(api: &str, what: &str, extra: &[&str]) -> (Run, serde_json::Value) {
+    for attempt in 1..=3 {
+        let (run, report) = switch(api, what, extra);
+        eprintln!("{what} attempt {attempt}: {} {}", report["outcome"], report["reason"]);
+        if report["outcome"] == "done" || attempt == 3 {
+            return (run, report);
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    unreachable!()
+}
+
+fn switch(api: &str, what: &str, extra: &[&str]) -> (Run, serde_json::Value) {
+    let url = format!("http://{api}");
+    let mut args = vec![what, "--api", &url, "--json"];
+    args.extend_from_slice(extra);
+    let run = ferry(&args);
+    let v: serde_json::Value = serde_json::from_str(&run.stdout).unwrap_or_else(|_| panic!("{}", run.all()));
+    (run, v)
+}
+
+async fn scalar_i64(url: &str, sql: &str) -> i64 {
+    connect(url).await.query_one(sql, &[]).await.unwrap().get(0)
+}
+
+async fn phase(target: &str) -> String {
+    connect(target)
+        .await
+        .query_one("SELECT phase FROM ferry.migrations", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// The whole story: pgbench (8 clients, 60 s, prepared statements) through the proxy across a
+/// cutover and a rollback; not one transaction fails, the invariant holds on each side when
+/// it takes the writes, every ticket (one per transaction, ids from a sequence) is on the
+/// source at the end exactly once, and a session's SET and prepared statement survive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn heavy_cutover_and_rollback_under_pgbench_lose_nothing() {
+    let dbs = setup("cut").await;
+    let (api, proxy) = (free_addr(), free_addr());
+    let m = start(&dbs, &api, &proxy, &[]);
+    wait_for_cdc(&dbs.target).await;
+    verify_clean(&api).await;
+
+    // A long-lived application session through the proxy, with a SET and a prepared statement.
+    let (host, port) = proxy.rsplit_once(':').unwrap();
+    let app_url = format!("postgres://postgres:ferry-test-pw@{host}:{port}/{}", dbs.name);
+    let app = connect(&app_url).await;
+    app.batch_execute("SET application_name = 'ferry-test-app-x'").await.unwrap();
+    app.batch_execute("SET work_mem = '7MB'").await.unwrap();
+    let stmt = app
+        .prepare("SELECT inet_server_port(), current_setting('application_name'), current_setting('work_mem'), $1::int + 1")
+        .await
+        .unwrap();
+    let before = app.query_one(&stmt, &[&1i32]).await.unwrap();
+    let source_port: i32 = before.get(0);
+
+    let bench = pgbench_via_proxy(&proxy, &dbs.name, 8, 60, 0);
+    tokio::time::sleep(Duration::from_secs(15)).await;
+
+    // Cutover under load.
+    let cut_at = unix_now();
+    let (run, report) = switch_done(&api, "cutover", &["--max-pause", "2s"]);
+    assert_eq!(run.code, 0, "{}", run.all());
+    assert_eq!(report["outcome"], "done", "{report}");
+    let cut_pause = report["pause_ms"].as_f64().unwrap();
+    assert_eq!(phase(&dbs.target).await, "cut_over");
+    // The same session, same statement: now on the target, its settings kept.
+    let after = app.query_one(&stmt, &[&2i32]).await.unwrap();
+    assert_ne!(after.get::<_, i32>(0), source_port, "the session did not move");
+    assert_eq!(after.get::<_, String>(1), "ferry-test-app-x");
+    assert_eq!(after.get::<_, String>(2), "7MB");
+    assert_eq!(after.get::<_, i32>(3), 3);
+    // The source is read-only for everyone but Ferry.
+    let direct = connect(&dbs.source).await;
+    let err = direct.batch_execute("INSERT INTO tickets (client) VALUES (-1)").await.unwrap_err();
+    assert!(format!("{err:?}").contains("read-only"), "{err:?}");
+    drop(direct);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(pgbench_invariant(&dbs.target).await, "invariant broken on the target after cutover");
+    // Writes made on the target reach the source through reverse replication.
+    let on_target = scalar_i64(&dbs.target, "SELECT max(id) FROM tickets").await;
+    wait_for_row(
+        &dbs.source,
+        "a ticket written on the target after cutover to reach the source",
+        Duration::from_secs(30),
+        &format!("SELECT 1 FROM tickets WHERE id = {on_target}"),
+    )
+    .await;
+    let st = api_status(&api).await;
+    assert_eq!(st["live"]["proxy"]["upstream"], "target", "{st}");
+    assert!(st["live"]["reverse"]["transactions"].as_u64().unwrap() > 0, "{st}");
+
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    // Rollback under load.
+    let last_on_target = scalar_i64(&dbs.target, "SELECT max(id) FROM tickets").await;
+    let back_at = unix_now();
+    let (run, report) = switch_done(&api, "rollback", &["--max-pause", "2s"]);
+    assert_eq!(run.code, 0, "{}", run.all());
+    assert_eq!(report["outcome"], "done", "{report}");
+    let back_pause = report["pause_ms"].as_f64().unwrap();
+    let again = app.query_one(&stmt, &[&3i32]).await.unwrap();
+    assert_eq!(again.get::<_, i32>(0), source_port, "the session did not come back");
+    assert_eq!(again.get::<_, String>(1), "ferry-test-app-x");
+    // Everything written on the target before the rollback is on the source.
+    assert!(
+        scalar_i64(&dbs.source, &format!("SELECT count(*) FROM tickets WHERE id = {last_on_target}")).await == 1,
+        "a ticket written on the target is missing on the source after rollback"
+    );
+    assert!(
+        pgbench_invariant(&dbs.source).await,
+        "invariant broken on the source after rollback"
+    );
+
+    let (text, processed, seconds) = finish(bench);
+    let cut_latency = max_latency_around(&seconds, cut_at);
+    let back_latency = max_latency_around(&seconds, back_at);
+    eprintln!(
+        "cutover pause {cut_pause:.1} ms (max txn latency around it {cut_latency:.1} ms); rollback pause {back_pause:.1} ms (max latency {back_latency:.1} ms); {processed} transactions\n{text}"
+    );
+    // Every transaction's ticket is on the source once, and only those.
+    let (count, distinct): (i64, i64) = {
+        let r = connect(&dbs.source)
+            .await
+            .query_one("SELECT count(*), count(DISTINCT id) FROM tickets", &[])
+            .await
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!(count, processed, "tickets on the source vs transactions pgbench completed");
+    assert_eq!(distinct, processed);
+    assert_eq!(scalar_i64(&dbs.source, "SELECT count(*) FROM pgbench_history").await, processed);
+    assert!(pgbench_invariant(&dbs.source).await);
+
+    // Forward replication resumed: the target catches up and is identical again.
+    wait_for_row(
+        &dbs.target,
+        "forward replication after rollback",
+        Duration::from_secs(30),
+        "SELECT 1 FROM ferry.migrations WHERE phase = 'cdc'",
+    )
+    .await;
+    sync_point(&dbs.source, &dbs.target, 1).await;
+    assert_identical_except_sequences(&dbs.source, &dbs.target).await;
+    // The reverse slot is gone from the target; the source takes writes again.
+    assert!(slots(&env().target)
+        .await
+        .iter()
+        .all(|s| !s.ends_with("_rev") || !s.contains(&dbs.name)));
+    connect(&dbs.source)
+        .await
+        .batch_execute("INSERT INTO tickets (client) VALUES (-2)")
+        .await
+        .unwrap();
+    drop(app);
+    let run = m.terminate();
+    assert_eq!(run.code, 0, "{}", run.all());
+    dbs.drop().await;
+}
+
+/// A cutover that cannot finish in time (the target's applier is stuck behind a lock) aborts:
+/// traffic stays on the source and no client sees an error; a direct session blocks a cutover
+/// until allowed; a later cutover succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn heavy_cutover_aborts_when_the_target_lags_and_refuses_direct_sessions() {
+    let dbs = setup("cutabort").await;
+    let (api, proxy) = (free_addr(), free_addr());
+    let m = start(&dbs, &api, &proxy, &[]);
+    wait_for_cdc(&dbs.target).await;
+
+    // Not verified yet: refused, with the reason.
+    let (run, report) = switch(&api, "cutover", &[]);
+    assert_eq!(run.code, 1, "{}", run.all());
+    assert_eq!(report["outcome"], "no_go");
+    assert!(report["reason"].as_str().unwrap().contains("no verification"), "{report}");
+    verify_clean(&api).await;
+
+    // A session connected to the source directly: refused, named.
+    let direct = connect(&dbs.source).await;
+    direct.batch_execute("SET application_name = 'payroll-batch'").await.unwrap();
+    let (run, report) = switch(&api, "cutover", &[]);
+    assert_eq!(run.code, 1, "{}", run.all());
+    assert!(report["reason"].as_str().unwrap().contains("payroll-batch"), "{report}");
+    drop(direct);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let bench = pgbench_via_proxy(&proxy, &dbs.name, 4, 20, 200);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Make the target miss the final position during the pause, deterministically: a session
+    // of the application is in a transaction when the cutover starts (the hold waits for it),
+    // and the row it commits takes the target's applier 20 s (a trigger that fires even for
+    // replicated writes). The catch-up before the pause is over by the time it commits.
+    let slow = connect(&dbs.target).await;
+    slow.batch_execute(
+        "CREATE FUNCTION slow_down() RETURNS trigger LANGUAGE plpgsql AS
+           $$ BEGIN IF NEW.client = -99 THEN PERFORM pg_sleep(20); END IF; RETURN NEW; END $$;
+         CREATE TRIGGER slow_down BEFORE INSERT ON tickets FOR EACH ROW EXECUTE FUNCTION slow_down();
+         ALTER TABLE tickets ENABLE ALWAYS TRIGGER slow_down;",
+    )
+    .await
+    .unwrap();
+    let (host, port) = proxy.rsplit_once(':').unwrap();
+    let app_url = format!("postgres://postgres:ferry-test-pw@{host}:{port}/{}", dbs.name);
+    let app = connect(&app_url).await;
+    let late = tokio::spawn(async move {
+        app.batch_execute("BEGIN; INSERT INTO tickets (client) VALUES (-99); SELECT pg_sleep(6); COMMIT")
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (run, report) = switch(&api, "cutover", &["--max-pause", "10s"]);
+    assert_eq!(run.code, 1, "{}", run.all());
+    assert_eq!(report["outcome"], "aborted", "{report}");
+    let reason = report["reason"].as_str().unwrap();
+    assert!(reason.contains("traffic stays on the source"), "{report}");
+    assert!(
+        reason.contains("did not apply the final position"),
+        "the abort should name the step that ran late: {report}"
+    );
+    // The held transaction finished on the source, without an error.
+    late.await.unwrap().expect("the application's transaction failed");
+    assert_eq!(scalar_i64(&dbs.source, "SELECT count(*) FROM tickets WHERE client = -99").await, 1);
+    assert_eq!(phase(&dbs.target).await, "cdc");
+    // The source was made writable again, the reverse slot dropped.
+    let c = connect(&dbs.source).await;
+    let ro: String = c.query_one("SHOW default_transaction_read_only", &[]).await.unwrap().get(0);
+    assert_eq!(ro, "off");
+    drop(c);
+    let (_, _, _) = finish(bench);
+
+    // Once the backlog is applied (and the status has seen it), with the application still on
+    // the proxy, the next cutover works.
+    sync_point(&dbs.source, &dbs.target, 1).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    verify_clean(&api).await;
+    let (run, report) = switch_done(&api, "cutover", &["--max-pause", "2s"]);
+    assert_eq!(run.code, 0, "{}", run.all());
+    assert_eq!(report["outcome"], "done", "{report}");
+    let st = api_status(&api).await;
+    assert_eq!(st["live"]["proxy"]["upstream"], "target", "{st}");
+    let (_, text) = http("GET", &api, "/metrics", None).await;
+    assert!(metric(&text, "ferry_cutover_pause_seconds").unwrap() > 0.0, "{text}");
+    let run = m.terminate();
+    assert_eq!(run.code, 0, "{}", run.all());
+    // Restarted after the cutover, ferry streams in reverse and the proxy points at the target.
+    let m = start(&dbs, &api, &proxy, &[]);
+    wait_for_proxy(&proxy).await;
+    let (host, port) = proxy.rsplit_once(':').unwrap();
+    let app = connect(&format!("postgres://postgres:ferry-test-pw@{host}:{port}/{}", dbs.name)).await;
+    app.batch_execute("INSERT INTO tickets (client) VALUES (77)").await.unwrap();
+    wait_for_row(
+        &dbs.source,
+        "a write after the restart to reach the source",
+        Duration::from_secs(30),
+        "SELECT 1 FROM tickets WHERE client = 77",
+    )
+    .await;
+    drop(app);
+    let run = m.terminate();
+    assert_eq!(run.code, 0, "{}", run.all());
+    // Giving up now removes what the cutover added: the reverse slot and publication on the
+    // target and the replication origins on both sides; it says the source is read-only.
+    let gone = ferry(&["abandon", "--yes", "--source", &dbs.source, "--target", &dbs.target]);
+    assert_eq!(gone.code, 0, "{}", gone.all());
+    assert!(gone.stdout.contains("read-only"), "{}", gone.all());
+    for url in [&dbs.source, &dbs.target] {
+        let c = connect(url).await;
+        let left: i64 = c
+            .query_one(
+                "SELECT (SELECT count(*) FROM pg_replication_slots WHERE database = current_database())
+                      + (SELECT count(*) FROM pg_publication)
+                      + (SELECT count(*) FROM pg_replication_origin WHERE roname LIKE '%' || $1 || '%')",
+                &[&dbs.name],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(left, 0, "slots, publications or origins left on {url} after abandon");
+    }
+    dbs.drop().await;
+}
+
+async fn wait_for_proxy(addr: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        assert!(Instant::now() < deadline, "the proxy did not start");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
