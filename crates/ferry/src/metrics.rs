@@ -129,7 +129,7 @@ impl Metrics {
         );
         registry.register(
             "ferry_replication_lag_seconds",
-            "Age of the last applied source commit while changes are pending (0 when caught up)",
+            "Age of the oldest source WAL position (sampled each second) the slot has not confirmed (0 when caught up)",
             m.lag_seconds.clone(),
         );
         registry.register(

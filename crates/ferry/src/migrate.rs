@@ -12,7 +12,7 @@
 //! skips, for that table, changes the new snapshot already contains. See docs/full-load.md.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use ferry_core::{Lsn, Phase, TableState};
@@ -377,7 +377,10 @@ pub async fn run(req: &CheckRequest, opts: &MigrateOptions) -> anyhow::Result<Op
             .await?;
     }
 
-    // Post-data.
+    // Post-data. A previous run killed while building (kill -9) leaves its statements running
+    // on the target until the server notices the client is gone (client_connection_check_interval,
+    // about a second): building the same index alongside would collide in the catalog.
+    wait_for_orphans(&target).await?;
     let t_post = Instant::now();
     let mut built = 0;
     let mwm = &opts.maintenance_work_mem;
@@ -780,4 +783,34 @@ pub async fn abandon(req: &CheckRequest, yes: bool) -> anyhow::Result<()> {
         req.source.describe()
     );
     Ok(())
+}
+
+/// Waits (up to 30 s) until no other Ferry session is building an index or altering a table in
+/// the target database: the orphans of a killed run end within about a second.
+async fn wait_for_orphans(target: &tokio_postgres::Client) -> anyhow::Result<()> {
+    let started = Instant::now();
+    loop {
+        let n: i64 = target
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE datname = current_database() AND pid <> pg_backend_pid() AND state = 'active'
+                   AND application_name LIKE 'ferry%'
+                   AND (query ILIKE 'CREATE%INDEX%' OR query ILIKE 'ALTER TABLE%')",
+                &[],
+            )
+            .await
+            .map_err(|e| ferry_postgres::PgError::query("looking for statements of an earlier run on the target", e))?
+            .get(0);
+        if n == 0 {
+            return Ok(());
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            anyhow::bail!(
+                "{n} statement(s) of an earlier Ferry run are still building indexes or constraints on the target: \
+                 stop the other ferry migrate, or end them (pg_stat_activity, application_name 'ferry ...'), and rerun"
+            );
+        }
+        tracing::info!(sessions = n, "waiting for statements of an earlier run to end on the target");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }

@@ -27,7 +27,9 @@ pub struct Status {
     pub transactions_applied: i64,
     /// Row events applied, by operation.
     pub events_applied: EventCounts,
-    /// Seconds between the last applied source commit and now (0 when caught up).
+    /// Replication lag in seconds, 0 when caught up. From a running `ferry migrate`: the age of
+    /// the oldest source WAL position (sampled once a second) the slot has not confirmed. Read
+    /// from the databases alone: the age of the last applied commit while WAL is pending.
     pub lag_seconds: Option<f64>,
     /// Bytes of source WAL not yet confirmed by Ferry.
     pub lag_bytes: Option<i64>,
