@@ -10,9 +10,14 @@
 #   ferry-src      127.0.0.1:55432  wal_level=logical   source of most tests
 #   ferry-tgt      127.0.0.1:55433  wal_level=logical   target of most tests
 #   ferry-replica  127.0.0.1:55434  wal_level=replica   for the "wal_level is wrong" test
-# (FERRY_TEST_PORT_BASE=N uses N, N+1, N+2 instead.)
-# Tests find them through FERRY_TEST_SOURCE / FERRY_TEST_TARGET / FERRY_TEST_REPLICA and create
-# their own uniquely named databases; they never use a server someone else started.
+# (FERRY_TEST_PORT_BASE=N uses N .. N+5 instead.)
+# MariaDB servers (scripts/mysql.sh, same directory):
+#   ferry-my        127.0.0.1:55435  binlog ROW, FULL row image and metadata   MySQL-source tests
+#   ferry-my-nobin  127.0.0.1:55436  binary log off                           "log_bin is OFF" test
+#   ferry-my-stmt   127.0.0.1:55437  binlog STATEMENT, MINIMAL row image       "binlog_format" test
+# Tests find them through FERRY_TEST_SOURCE / FERRY_TEST_TARGET / FERRY_TEST_REPLICA and
+# FERRY_TEST_MYSQL / FERRY_TEST_MYSQL_NOBIN / FERRY_TEST_MYSQL_STMT, and create their own uniquely
+# named databases; they never use a server someone else started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export FERRY_PG_BIN=${FERRY_PG_BIN:-/usr/lib/postgresql/15/bin}
@@ -30,18 +35,21 @@ scripts/install.sh "${need[@]}"
 
 # --- 2. servers ------------------------------------------------------------------------
 clusters=(ferry-src ferry-tgt ferry-replica)
+my_servers=(ferry-my ferry-my-nobin ferry-my-stmt)
 cleanup() {
   for c in "${clusters[@]}"; do scripts/pg.sh stop "$c" || true; done
+  for m in "${my_servers[@]}"; do scripts/mysql.sh stop "$m" || true; done
 }
 trap cleanup EXIT
 say "starting PostgreSQL clusters"
 for c in "${clusters[@]}"; do scripts/pg.sh destroy "$c" >/dev/null 2>&1 || true; done
+for m in "${my_servers[@]}"; do scripts/mysql.sh destroy "$m" >/dev/null 2>&1 || true; done
 # Another checkout's test run (or anything else) on these ports would make every test fail in
 # confusing ways: say so up front. FERRY_TEST_PORT_BASE moves all three.
 base=${FERRY_TEST_PORT_BASE:-55432}
-for port in "$base" $((base + 1)) $((base + 2)); do
+for port in "$base" $((base + 1)) $((base + 2)) $((base + 3)) $((base + 4)) $((base + 5)); do
   if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-    echo "port $port on 127.0.0.1 is already in use (another Ferry test run?): stop it, or set FERRY_TEST_PORT_BASE to another free range of 3 ports" >&2
+    echo "port $port on 127.0.0.1 is already in use (another Ferry test run?): stop it, or set FERRY_TEST_PORT_BASE to another free range of 6 ports" >&2
     exit 1
   fi
 done
@@ -51,6 +59,15 @@ scripts/pg.sh start ferry-replica $((base + 2)) -c wal_level=replica
 export FERRY_TEST_SOURCE=$(scripts/pg.sh url ferry-src)
 export FERRY_TEST_TARGET=$(scripts/pg.sh url ferry-tgt)
 export FERRY_TEST_REPLICA=$(scripts/pg.sh url ferry-replica)
+say "starting MariaDB servers"
+scripts/mysql.sh start ferry-my $((base + 3)) --log-bin=binlog --binlog-format=ROW --binlog-row-image=FULL \
+  --binlog-row-metadata=FULL --server-id=1
+scripts/mysql.sh start ferry-my-nobin $((base + 4))
+scripts/mysql.sh start ferry-my-stmt $((base + 5)) --log-bin=binlog --binlog-format=STATEMENT \
+  --binlog-row-image=MINIMAL --server-id=2
+export FERRY_TEST_MYSQL=$(scripts/mysql.sh url ferry-my)
+export FERRY_TEST_MYSQL_NOBIN=$(scripts/mysql.sh url ferry-my-nobin)
+export FERRY_TEST_MYSQL_STMT=$(scripts/mysql.sh url ferry-my-stmt)
 export PATH="$FERRY_PG_BIN:$PATH"
 
 # --- 3. checks and tests ---------------------------------------------------------------

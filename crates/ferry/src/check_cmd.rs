@@ -38,18 +38,7 @@ pub fn render(r: &Report) -> String {
             .unwrap_or_else(|| "not reachable".into())
     };
     o.push_str(&format!("Source: {}\nTarget: {}\n\nChecks:\n", host(&r.source), host(&r.target)));
-    for f in &r.findings {
-        let tag = match f.severity {
-            Severity::Blocker => "BLOCKER",
-            Severity::Warning => "WARNING",
-            Severity::Info => "info   ",
-            Severity::Ok => "ok     ",
-        };
-        o.push_str(&format!("  [{tag}] {:<6} {:<22} {}\n", f.side, f.check, f.message));
-        if let Some(fix) = &f.fix {
-            o.push_str(&format!("  {:>40}fix: {fix}\n", ""));
-        }
-    }
+    findings(&mut o, &r.findings);
     if let Some(p) = &r.plan {
         o.push_str(&format!("\nPlan{}:\n", if p.resuming { " (resuming an earlier run)" } else { "" }));
         o.push_str("  On the source, Ferry creates:\n");
@@ -105,8 +94,84 @@ pub fn render(r: &Report) -> String {
             o.push_str(&format!("  Not created: {s}\n"));
         }
     }
-    let blockers = r.findings.iter().filter(|f| f.severity == Severity::Blocker).count();
-    let warnings = r.findings.iter().filter(|f| f.severity == Severity::Warning).count();
+    result(&mut o, &r.findings);
+    o
+}
+
+/// The report for a MySQL/MariaDB source as text: findings, then the plan with the type map.
+pub fn render_mysql(r: &ferry_mysql::preflight::MyReport) -> String {
+    let mut o = String::new();
+    let source = r
+        .source
+        .as_ref()
+        .map(|s| format!("{} {} as {} on database {}", s.flavor, s.version, s.user, s.database))
+        .unwrap_or_else(|| "not reachable".into());
+    let target = r
+        .target
+        .as_ref()
+        .map(|i| format!("PostgreSQL {} as {} on database {}", i.version, i.user, i.database))
+        .unwrap_or_else(|| "not reachable".into());
+    o.push_str(&format!("Source: {source}\nTarget: {target}\n\nChecks:\n"));
+    findings(&mut o, &r.findings);
+    if let Some(p) = &r.plan {
+        o.push_str("\nPlan:\n  On the source:\n");
+        for s in &p.source_objects {
+            o.push_str(&format!("    - {s}\n"));
+        }
+        o.push_str("  On the target:\n");
+        for s in &p.target_objects {
+            o.push_str(&format!("    - {s}\n"));
+        }
+        o.push_str(&format!("  Tables ({}):\n", p.tables.len()));
+        for t in &p.tables {
+            o.push_str(&format!(
+                "    {} ({}, ~{} rows, {}, primary key {}{})\n",
+                t.name,
+                t.engine,
+                human_count(t.estimated_rows),
+                human_bytes(t.bytes),
+                if t.primary_key.is_empty() {
+                    "none".to_string()
+                } else {
+                    t.primary_key.join(", ")
+                },
+                t.auto_increment.map(|a| format!(", next AUTO_INCREMENT {a}")).unwrap_or_default()
+            ));
+            for (name, m) in &t.columns {
+                let flags = format!(
+                    "{}{}",
+                    if m.not_null { " NOT NULL" } else { "" },
+                    if m.identity { " IDENTITY" } else { "" }
+                );
+                o.push_str(&format!("      {:<28} {:<30} -> {}{flags}\n", name, m.source, m.target));
+                if let Some(n) = &m.note {
+                    o.push_str(&format!("      {:<28} {}\n", "", n));
+                }
+            }
+        }
+    }
+    result(&mut o, &r.findings);
+    o
+}
+
+fn findings(o: &mut String, fs: &[ferry_postgres::preflight::Finding]) {
+    for f in fs {
+        let tag = match f.severity {
+            Severity::Blocker => "BLOCKER",
+            Severity::Warning => "WARNING",
+            Severity::Info => "info   ",
+            Severity::Ok => "ok     ",
+        };
+        o.push_str(&format!("  [{tag}] {:<6} {:<22} {}\n", f.side, f.check, f.message));
+        if let Some(fix) = &f.fix {
+            o.push_str(&format!("  {:>40}fix: {fix}\n", ""));
+        }
+    }
+}
+
+fn result(o: &mut String, fs: &[ferry_postgres::preflight::Finding]) {
+    let blockers = fs.iter().filter(|f| f.severity == Severity::Blocker).count();
+    let warnings = fs.iter().filter(|f| f.severity == Severity::Warning).count();
     o.push_str(&format!(
         "\nResult: {}\n",
         if blockers > 0 {
@@ -115,7 +180,6 @@ pub fn render(r: &Report) -> String {
             format!("ready ({warnings} warning(s))")
         }
     ));
-    o
 }
 
 #[cfg(test)]

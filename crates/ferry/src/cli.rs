@@ -52,7 +52,8 @@ pub enum Command {
 /// Where the data comes from and goes to, and which tables move.
 #[derive(Debug, Clone, Args)]
 pub struct Endpoints {
-    /// Source URL: postgres://user[:password]@host[:port]/database[?sslmode=...]
+    /// Source URL: postgres://user[:password]@host[:port]/database[?sslmode=...], or
+    /// mysql://user[:password]@host[:port]/database (MySQL 8.0+ or MariaDB 10.5+).
     #[arg(long, env = "FERRY_SOURCE_URL", hide_env_values = true)]
     pub source: String,
     /// Target URL, same form as --source.
@@ -88,6 +89,23 @@ pub struct Endpoints {
     /// Tables larger than this are copied as several page ranges in parallel (e.g. 64MB, 1GB; 0: never split).
     #[arg(long, default_value = "64MB", value_parser = parse_size)]
     pub split_size: i64,
+    /// MySQL/MariaDB sources: what a zero date (0000-00-00) becomes. `error` stops with the row
+    /// named; `null` writes NULL (the column is created nullable). Never a different date.
+    #[arg(long, value_enum, default_value = "error")]
+    pub zero_dates: ZeroDatesArg,
+    /// MySQL/MariaDB sources: map TINYINT(1) to boolean instead of smallint (a value other than
+    /// 0 or 1 then fails the load).
+    #[arg(long)]
+    pub tinyint1_boolean: bool,
+}
+
+/// `--zero-dates`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ZeroDatesArg {
+    /// Stop with an error naming the row.
+    Error,
+    /// Write NULL.
+    Null,
 }
 
 /// `ferry check`.

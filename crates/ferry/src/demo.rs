@@ -111,6 +111,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         pg_bin_dir: Some(bin.clone()),
         overwrite: false,
         split_size: 32 << 20,
+        zero_dates: crate::cli::ZeroDatesArg::Error,
+        tinyint1_boolean: false,
     };
     let req = crate::settings::resolve(&endpoints)?;
     println!(

@@ -40,6 +40,16 @@ fn init_logging(format: LogFormat, verbose: u8) {
 
 async fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
+        Command::Check(args) if ferry_mysql::is_mysql_url(&args.endpoints.source) => {
+            let req = settings::resolve_mysql(&args.endpoints)?;
+            let report = ferry_mysql::preflight::check(&req).await;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", check_cmd::render_mysql(&report));
+            }
+            Ok(if report.blocked() { exit::FOUND_PROBLEM } else { exit::OK })
+        }
         Command::Check(args) => {
             let req = settings::resolve(&args.endpoints)?;
             let report = ferry_postgres::preflight::check(&req).await;

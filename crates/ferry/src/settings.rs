@@ -39,6 +39,14 @@ fn fnv(s: &str) -> u32 {
 
 /// Resolves endpoints and derived names into a check request.
 pub fn resolve(e: &Endpoints) -> anyhow::Result<CheckRequest> {
+    if ferry_mysql::is_mysql_url(&e.source) {
+        return Err(UsageError(
+            "--source: MySQL/MariaDB sources are handled by `ferry check` only so far (prerequisites and the type map); \
+             migrate, verify and cutover for them are not built yet"
+                .into(),
+        )
+        .into());
+    }
     let source = Endpoint::parse(&e.source, password(e.source_password_file.as_deref(), "FERRY_SOURCE_PASSWORD")?)
         .map_err(|err| UsageError(format!("--source: {err}")))?;
     let target = Endpoint::parse(&e.target, password(e.target_password_file.as_deref(), "FERRY_TARGET_PASSWORD")?)
@@ -72,6 +80,28 @@ pub fn resolve(e: &Endpoints) -> anyhow::Result<CheckRequest> {
         overwrite: e.overwrite,
         pg_bin_dir: e.pg_bin_dir.clone(),
         split_bytes: e.split_size,
+    })
+}
+
+/// Resolves endpoints for a MySQL/MariaDB source.
+pub fn resolve_mysql(e: &Endpoints) -> anyhow::Result<ferry_mysql::preflight::MyCheckRequest> {
+    let source = ferry_mysql::MyEndpoint::parse(&e.source, password(e.source_password_file.as_deref(), "FERRY_SOURCE_PASSWORD")?)
+        .map_err(|err| UsageError(format!("--source: {err}")))?;
+    let target = Endpoint::parse(&e.target, password(e.target_password_file.as_deref(), "FERRY_TARGET_PASSWORD")?)
+        .map_err(|err| UsageError(format!("--target: {err}")))?;
+    let filter = TableFilter::new(&e.include, &e.exclude).map_err(|err| UsageError(err.to_string()))?;
+    Ok(ferry_mysql::preflight::MyCheckRequest {
+        source,
+        target,
+        filter,
+        map: ferry_mysql::types::MapOptions {
+            zero_dates: match e.zero_dates {
+                crate::cli::ZeroDatesArg::Error => ferry_mysql::types::ZeroDates::Error,
+                crate::cli::ZeroDatesArg::Null => ferry_mysql::types::ZeroDates::Null,
+            },
+            tinyint1_boolean: e.tinyint1_boolean,
+        },
+        overwrite: e.overwrite,
     })
 }
 

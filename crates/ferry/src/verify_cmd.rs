@@ -411,6 +411,8 @@ async fn standalone(args: &crate::cli::VerifyArgs) -> anyhow::Result<Report> {
         pg_bin_dir: None,
         overwrite: false,
         split_size: 0,
+        zero_dates: crate::cli::ZeroDatesArg::Error,
+        tinyint1_boolean: false,
     };
     let req = crate::settings::resolve(&endpoints)?;
     // A migration streaming into this target right now makes a standalone comparison race it.

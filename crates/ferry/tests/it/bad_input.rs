@@ -191,7 +191,7 @@ async fn non_empty_target_table() {
 fn malformed_urls_are_usage_errors() {
     for (url, secret) in [
         ("postgres://bob:UrlSecret-1@localhost:notaport/db", "UrlSecret-1"),
-        ("mysql://bob:UrlSecret-2@localhost/db", "UrlSecret-2"),
+        ("postgres://bob:UrlSecret-2@localhost:99999/db", "UrlSecret-2"),
         ("postgres://bob:UrlSecret-3@/db?sslmode=bogus", "UrlSecret-3"),
     ] {
         let run = ferry(&["check", "--source", url, "--target", "postgres://x@localhost/y"]);
@@ -200,6 +200,27 @@ fn malformed_urls_are_usage_errors() {
         assert!(run.all().contains("expected postgres://user"), "{}", run.all());
         assert_clean(&run, &[secret]);
     }
+    // A MySQL source: check only, so far; other commands say so without the password.
+    let run = ferry(&[
+        "migrate",
+        "--source",
+        "mysql://bob:UrlSecret-4@localhost/db",
+        "--target",
+        "postgres://x@localhost/y",
+    ]);
+    assert_eq!(run.code, 2, "{}", run.all());
+    assert!(run.all().contains("handled by `ferry check` only so far"), "{}", run.all());
+    assert_clean(&run, &["UrlSecret-4"]);
+    let run = ferry(&[
+        "check",
+        "--source",
+        "mysql://bob:UrlSecret-5@localhost:notaport/db",
+        "--target",
+        "postgres://x@localhost/y",
+    ]);
+    assert_eq!(run.code, 2, "{}", run.all());
+    assert!(run.all().contains("--source: invalid MySQL URL"), "{}", run.all());
+    assert_clean(&run, &["UrlSecret-5"]);
     let run = ferry(&["migrate", "--source", "postgres://a@h/d"]);
     assert_eq!(run.code, 2, "{}", run.all());
     assert!(run.all().contains("--target"), "{}", run.all());

@@ -8,5 +8,6 @@ mod demo;
 mod deploy;
 mod full_load;
 mod harness;
+mod mysql;
 mod resume;
 mod verify;

@@ -1,0 +1,11 @@
+//! MySQL and MariaDB sources for Ferry: the `mysql://` endpoint, `ferry check`'s prerequisite
+//! checks, and the type map to PostgreSQL (`docs/mysql-types.md`). The target side (schema,
+//! sink, state) is PostgreSQL's, from `ferry-postgres`.
+
+pub mod endpoint;
+pub mod error;
+pub mod preflight;
+pub mod types;
+
+pub use endpoint::{is_mysql_url, MyEndpoint};
+pub use error::MyError;

@@ -1,0 +1,629 @@
+//! `ferry check` for a MySQL/MariaDB source: every prerequisite collected (not stopping at the
+//! first), each naming the setting, what it is, what it must be and the fix; and the plan with
+//! the type map of every column.
+
+use std::collections::{BTreeMap, HashMap};
+
+use ferry_core::TableFilter;
+use ferry_postgres::preflight::{Finding, Severity};
+use mysql_async::prelude::Queryable;
+use serde::Serialize;
+
+use crate::endpoint::{query, MyEndpoint};
+use crate::error::MyError;
+use crate::types::{map_column, Attention, MapOptions, Mapping, SourceColumn, ZeroDates};
+
+/// What `check` needs.
+#[derive(Debug, Clone)]
+pub struct MyCheckRequest {
+    /// The MySQL/MariaDB source.
+    pub source: MyEndpoint,
+    /// The PostgreSQL target.
+    pub target: ferry_postgres::Endpoint,
+    /// Tables in scope (patterns match `database.table`).
+    pub filter: TableFilter,
+    /// Type-map options.
+    pub map: MapOptions,
+    /// Overwrite non-empty target tables.
+    pub overwrite: bool,
+}
+
+/// The source server.
+#[derive(Debug, Clone, Serialize)]
+pub struct MyServerInfo {
+    /// "MariaDB" or "MySQL".
+    pub flavor: String,
+    /// `VERSION()`.
+    pub version: String,
+    /// The connected user (`CURRENT_USER()`).
+    pub user: String,
+    /// The database migrated.
+    pub database: String,
+}
+
+/// One source table in the plan.
+#[derive(Debug, Clone, Serialize)]
+pub struct MyTable {
+    /// Table name (in the source database; created in the target's `public` schema).
+    pub name: String,
+    /// Storage engine.
+    pub engine: String,
+    /// `TABLE_ROWS` (an estimate for InnoDB).
+    pub estimated_rows: i64,
+    /// Data and index bytes.
+    pub bytes: i64,
+    /// Primary-key columns, in order (empty: none).
+    pub primary_key: Vec<String>,
+    /// The next AUTO_INCREMENT value (the identity starts there).
+    pub auto_increment: Option<u64>,
+    /// Every column with its mapping, in order.
+    pub columns: Vec<(String, Mapping)>,
+}
+
+/// What `check` proposes.
+#[derive(Debug, Clone, Serialize)]
+pub struct MyPlan {
+    /// Tables in scope.
+    pub tables: Vec<MyTable>,
+    /// What Ferry will create or change on the source.
+    pub source_objects: Vec<String>,
+    /// What Ferry will create on the target.
+    pub target_objects: Vec<String>,
+    /// Zero-date policy in force.
+    pub zero_dates: ZeroDates,
+}
+
+/// The whole answer.
+#[derive(Debug, Clone, Serialize)]
+pub struct MyReport {
+    /// The source, when reachable.
+    pub source: Option<MyServerInfo>,
+    /// The target, when reachable.
+    pub target: Option<ferry_postgres::introspect::ServerInfo>,
+    /// Every finding, blockers first.
+    pub findings: Vec<Finding>,
+    /// The plan, when the source could be read.
+    pub plan: Option<MyPlan>,
+}
+
+impl MyReport {
+    /// Whether anything blocks the migration.
+    pub fn blocked(&self) -> bool {
+        self.findings.iter().any(|f| f.severity == Severity::Blocker)
+    }
+}
+
+struct Findings(Vec<Finding>);
+
+impl Findings {
+    fn add(&mut self, severity: Severity, side: &'static str, check: &'static str, message: String, fix: Option<&str>) {
+        self.0.push(Finding {
+            severity,
+            side,
+            check,
+            message,
+            fix: fix.map(str::to_string),
+        });
+    }
+}
+
+/// Runs every check.
+pub async fn check(req: &MyCheckRequest) -> MyReport {
+    let mut f = Findings(Vec::new());
+    let mut report = MyReport {
+        source: None,
+        target: None,
+        findings: Vec::new(),
+        plan: None,
+    };
+    match req.source.connect().await {
+        Err(e) => f.add(Severity::Blocker, "source", "connect", e.to_string(), None),
+        Ok(mut conn) => {
+            match source_checks(req, &mut conn, &mut f).await {
+                Ok((info, plan)) => {
+                    report.source = Some(info);
+                    report.plan = Some(plan);
+                }
+                Err(e) => f.add(Severity::Blocker, "source", "read", e.to_string(), None),
+            }
+            let _ = conn.disconnect().await;
+        }
+    }
+    match req.target.connect("check").await {
+        Err(e) => f.add(Severity::Blocker, "target", "connect", e.to_string(), None),
+        Ok(t) => match target_checks(req, &t, report.plan.as_ref(), &mut f).await {
+            Ok(info) => report.target = Some(info),
+            Err(e) => f.add(Severity::Blocker, "target", "read", e.to_string(), None),
+        },
+    }
+    f.0.sort_by_key(|f| std::cmp::Reverse(f.severity));
+    report.findings = f.0;
+    report
+}
+
+async fn source_checks(req: &MyCheckRequest, c: &mut mysql_async::Conn, f: &mut Findings) -> Result<(MyServerInfo, MyPlan), MyError> {
+    let (version, user): (String, String) = query(c, "reading the server version", "SELECT VERSION(), CURRENT_USER()")
+        .await?
+        .pop()
+        .ok_or_else(|| MyError::new("reading the server version", "no answer", "report this as a bug"))?;
+    let mariadb = version.to_ascii_lowercase().contains("mariadb");
+    let info = MyServerInfo {
+        flavor: if mariadb { "MariaDB" } else { "MySQL" }.into(),
+        version: version.clone(),
+        user: user.clone(),
+        database: req.source.database().to_string(),
+    };
+    // Version.
+    let nums: Vec<u32> = version
+        .split(|ch: char| !ch.is_ascii_digit())
+        .filter(|s| !s.is_empty())
+        .take(2)
+        .filter_map(|s| s.parse().ok())
+        .collect();
+    let (major, minor) = (nums.first().copied().unwrap_or(0), nums.get(1).copied().unwrap_or(0));
+    let supported = if mariadb { (major, minor) >= (10, 5) } else { major >= 8 };
+    if supported {
+        f.add(Severity::Ok, "source", "version", format!("{} {version}", info.flavor), None);
+    } else {
+        f.add(
+            Severity::Blocker,
+            "source",
+            "version",
+            format!("{} {version} is not supported", info.flavor),
+            Some("Ferry needs MySQL 8.0+ or MariaDB 10.5+ (row metadata in the binlog); upgrade the source first"),
+        );
+    }
+
+    // Server variables.
+    let vars: HashMap<String, String> = query::<(String, String)>(
+        c,
+        "reading server variables",
+        "SHOW GLOBAL VARIABLES WHERE Variable_name IN ('log_bin', 'binlog_format', 'binlog_row_image', 'binlog_row_metadata',
+            'server_id', 'gtid_mode', 'gtid_binlog_pos', 'gtid_strict_mode', 'expire_logs_days', 'binlog_expire_logs_seconds',
+            'sql_mode', 'lower_case_table_names', 'system_time_zone', 'time_zone', 'character_set_server')",
+    )
+    .await?
+    .into_iter()
+    .map(|(k, v)| (k.to_ascii_lowercase(), v))
+    .collect();
+    let var = |k: &str| vars.get(k).map(String::as_str).unwrap_or("");
+    let on = |v: &str| matches!(v.to_ascii_uppercase().as_str(), "ON" | "1" | "TRUE");
+    if on(var("log_bin")) {
+        f.add(Severity::Ok, "source", "log_bin", "binary logging is on".into(), None);
+    } else {
+        f.add(
+            Severity::Blocker,
+            "source",
+            "log_bin",
+            "log_bin is OFF on the source: without the binary log there is no change stream".into(),
+            Some("add log-bin=mysql-bin, server-id=1 and binlog-format=ROW to the [mysqld] section of my.cnf and restart the server"),
+        );
+    }
+    match var("binlog_format").to_ascii_uppercase().as_str() {
+        "ROW" => f.add(Severity::Ok, "source", "binlog_format", "binlog_format is ROW".into(), None),
+        other => f.add(
+            Severity::Blocker,
+            "source",
+            "binlog_format",
+            format!("binlog_format is {} on the source; change capture needs row events (ROW)", if other.is_empty() { "unknown" } else { other }),
+            Some("SET GLOBAL binlog_format = 'ROW' and put binlog-format=ROW in my.cnf; sessions already connected keep the old format until they reconnect"),
+        ),
+    }
+    match var("binlog_row_image").to_ascii_uppercase().as_str() {
+        "FULL" => f.add(Severity::Ok, "source", "binlog_row_image", "binlog_row_image is FULL".into(), None),
+        other => f.add(
+            Severity::Blocker,
+            "source",
+            "binlog_row_image",
+            format!(
+                "binlog_row_image is {} on the source; Ferry needs every column before and after each change (FULL)",
+                if other.is_empty() { "unknown" } else { other }
+            ),
+            Some("SET GLOBAL binlog_row_image = 'FULL' and put binlog-row-image=FULL in my.cnf"),
+        ),
+    }
+    match var("binlog_row_metadata").to_ascii_uppercase().as_str() {
+        "FULL" => f.add(Severity::Ok, "source", "binlog_row_metadata", "binlog_row_metadata is FULL".into(), None),
+        other => f.add(
+            Severity::Warning,
+            "source",
+            "binlog_row_metadata",
+            format!(
+                "binlog_row_metadata is {} on the source: row events carry no column names, so a schema change during change capture is only found by its column count",
+                if other.is_empty() { "unset" } else { other }
+            ),
+            Some("SET GLOBAL binlog_row_metadata = 'FULL' and put binlog-row-metadata=FULL in my.cnf"),
+        ),
+    }
+    if var("server_id").parse::<u64>().unwrap_or(0) == 0 {
+        f.add(
+            Severity::Blocker,
+            "source",
+            "server_id",
+            "server_id is 0 on the source: a server with id 0 refuses replication clients".into(),
+            Some("set server-id to a unique non-zero number in my.cnf and restart"),
+        );
+    } else {
+        f.add(
+            Severity::Ok,
+            "source",
+            "server_id",
+            format!("server_id is {}", var("server_id")),
+            None,
+        );
+    }
+    if mariadb {
+        f.add(
+            Severity::Info,
+            "source",
+            "gtid",
+            format!(
+                "MariaDB GTIDs: current position {}; Ferry resumes by GTID",
+                if var("gtid_binlog_pos").is_empty() {
+                    "(none yet)"
+                } else {
+                    var("gtid_binlog_pos")
+                }
+            ),
+            None,
+        );
+    } else {
+        f.add(
+            Severity::Info,
+            "source",
+            "gtid",
+            format!(
+                "gtid_mode is {}; Ferry records {}",
+                var("gtid_mode"),
+                if on(var("gtid_mode")) {
+                    "GTID sets"
+                } else {
+                    "binlog file and position"
+                }
+            ),
+            None,
+        );
+    }
+    let retention_s = var("binlog_expire_logs_seconds")
+        .parse::<u64>()
+        .unwrap_or(0)
+        .max(var("expire_logs_days").parse::<f64>().map(|d| (d * 86_400.0) as u64).unwrap_or(0));
+    if retention_s > 0 && retention_s < 86_400 {
+        f.add(
+            Severity::Warning,
+            "source",
+            "binlog_retention",
+            format!(
+                "binary logs are purged after {:.1} h: a change-capture stop longer than that loses the stream",
+                retention_s as f64 / 3600.0
+            ),
+            Some("keep binlogs for at least a day during the migration (binlog_expire_logs_seconds = 86400 or more)"),
+        );
+    }
+    let sql_mode = var("sql_mode").to_ascii_uppercase();
+    if !sql_mode.contains("STRICT_TRANS_TABLES") && !sql_mode.contains("STRICT_ALL_TABLES") {
+        f.add(
+            Severity::Warning,
+            "source",
+            "sql_mode",
+            format!(
+                "sql_mode ({}) is not strict: the source may hold truncated values, '' in ENUM columns and zero dates",
+                if sql_mode.is_empty() { "empty" } else { &sql_mode }
+            ),
+            Some("review the zero-date policy (--zero-dates) below; ENUM '' values are refused at load time"),
+        );
+    }
+
+    // Privileges, from the grants and by trying.
+    let grants: Vec<String> = query(c, "reading the user's grants", "SHOW GRANTS FOR CURRENT_USER()").await?;
+    let g = grants.join("\n").to_ascii_uppercase();
+    let global = |p: &str| {
+        g.lines()
+            .any(|l| l.contains(" ON *.* ") && (l.contains("ALL PRIVILEGES") || l.contains(p)))
+    };
+    let db_quoted = format!("`{}`.*", req.source.database().to_ascii_uppercase());
+    let select = global("SELECT")
+        || g.lines()
+            .any(|l| l.contains(&format!(" ON {db_quoted} ")) && (l.contains("SELECT") || l.contains("ALL PRIVILEGES")));
+    let repl_slave = global("REPLICATION SLAVE");
+    let repl_client = global("REPLICATION CLIENT") || global("BINLOG MONITOR");
+    let mut missing = Vec::new();
+    if !select {
+        missing.push("SELECT");
+    }
+    if !repl_slave {
+        missing.push("REPLICATION SLAVE");
+    }
+    if !repl_client {
+        missing.push(if mariadb { "BINLOG MONITOR" } else { "REPLICATION CLIENT" });
+    }
+    // Reading the binlog position is what REPLICATION CLIENT / BINLOG MONITOR allows.
+    if let Err(e) = c.query_drop("SHOW MASTER STATUS").await {
+        if repl_client {
+            f.add(
+                Severity::Blocker,
+                "source",
+                "privileges",
+                format!("SHOW MASTER STATUS failed: {e}"),
+                None,
+            );
+        }
+    }
+    if missing.is_empty() {
+        f.add(
+            Severity::Ok,
+            "source",
+            "privileges",
+            format!("{user} has SELECT, REPLICATION SLAVE and REPLICATION CLIENT"),
+            None,
+        );
+    } else {
+        let fix = format!("GRANT {} ON *.* TO {user_q}", missing.join(", "), user_q = quote_account(&user));
+        f.add(
+            Severity::Blocker,
+            "source",
+            "privileges",
+            format!(
+                "{user} lacks {} on the source (needed to read the tables and the binary log)",
+                missing.join(", ")
+            ),
+            Some(&fix),
+        );
+    }
+
+    // Tables, columns, keys.
+    let db = req.source.database().to_string();
+    type TableRow = (String, Option<String>, Option<u64>, Option<u64>, Option<u64>);
+    let tables: Vec<TableRow> = c
+        .exec(
+            "SELECT TABLE_NAME, ENGINE, TABLE_ROWS, COALESCE(DATA_LENGTH, 0) + COALESCE(INDEX_LENGTH, 0), AUTO_INCREMENT
+             FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_TYPE = 'BASE TABLE' ORDER BY TABLE_NAME",
+            (db.clone(),),
+        )
+        .await
+        .map_err(|e| MyError::query("listing the source's tables", e))?;
+    type ColRow = (
+        String,
+        String,
+        String,
+        String,
+        Option<u64>,
+        Option<u64>,
+        Option<u64>,
+        Option<u64>,
+        Option<String>,
+        Option<String>,
+        String,
+        String,
+    );
+    let col_rows: Vec<ColRow> = c
+        .exec(
+            "SELECT TABLE_NAME, COLUMN_NAME, DATA_TYPE, COLUMN_TYPE, NUMERIC_PRECISION, NUMERIC_SCALE, DATETIME_PRECISION,
+                    CHARACTER_MAXIMUM_LENGTH, CHARACTER_SET_NAME, COLLATION_NAME, IS_NULLABLE, EXTRA
+             FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = ? ORDER BY TABLE_NAME, ORDINAL_POSITION",
+            (db.clone(),),
+        )
+        .await
+        .map_err(|e| MyError::query("reading the source's columns", e))?;
+    let generation: HashMap<(String, String), String> = c
+        .exec::<(String, String, Option<String>), _, _>(
+            "SELECT TABLE_NAME, COLUMN_NAME, GENERATION_EXPRESSION FROM information_schema.COLUMNS
+             WHERE TABLE_SCHEMA = ? AND GENERATION_EXPRESSION IS NOT NULL AND GENERATION_EXPRESSION <> ''",
+            (db.clone(),),
+        )
+        .await
+        .map_err(|e| MyError::query("reading generated columns", e))?
+        .into_iter()
+        .filter_map(|(t, col, e)| Some(((t, col), e?)))
+        .collect();
+    // MariaDB's JSON: LONGTEXT with CHECK (json_valid(`column`)).
+    let json_checks: Vec<(String, String)> = c
+        .exec(
+            "SELECT TABLE_NAME, CHECK_CLAUSE FROM information_schema.CHECK_CONSTRAINTS WHERE CONSTRAINT_SCHEMA = ?",
+            (db.clone(),),
+        )
+        .await
+        .unwrap_or_default();
+    let is_json = |table: &str, column: &str| {
+        json_checks.iter().any(|(t, clause)| {
+            t == table && clause.to_ascii_lowercase().replace(' ', "") == format!("json_valid(`{}`)", column.to_ascii_lowercase())
+        })
+    };
+    let keys: Vec<(String, String, u8, String, u64)> = c
+        .exec(
+            "SELECT TABLE_NAME, INDEX_NAME, NON_UNIQUE, COLUMN_NAME, SEQ_IN_INDEX FROM information_schema.STATISTICS
+             WHERE TABLE_SCHEMA = ? ORDER BY TABLE_NAME, INDEX_NAME, SEQ_IN_INDEX",
+            (db.clone(),),
+        )
+        .await
+        .map_err(|e| MyError::query("reading the source's indexes", e))?;
+    let mut unique: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
+    for (t, idx, non_unique, col, _) in &keys {
+        if *non_unique == 0 {
+            unique.entry((t.clone(), idx.clone())).or_default().push(col.clone());
+        }
+    }
+
+    let mut planned = Vec::new();
+    for (name, engine, rows, bytes, auto_inc) in tables {
+        if !req.filter.matches(&ferry_core::TableName::new(&db, &name)) {
+            continue;
+        }
+        let engine = engine.unwrap_or_default();
+        let mut columns = Vec::new();
+        let mut collations = HashMap::new();
+        for r in col_rows.iter().filter(|r| r.0 == name) {
+            let sc = SourceColumn {
+                name: r.1.clone(),
+                data_type: r.2.to_ascii_lowercase(),
+                column_type: r.3.to_ascii_lowercase(),
+                precision: r.4,
+                scale: r.5,
+                datetime_precision: r.6,
+                char_length: r.7,
+                charset: r.8.clone(),
+                collation: r.9.clone(),
+                nullable: r.10 == "YES",
+                extra: r.11.to_ascii_lowercase(),
+                generation_expression: generation.get(&(name.clone(), r.1.clone())).cloned(),
+                json_check: is_json(&name, &r.1),
+                auto_increment_next: auto_inc,
+            };
+            if let Some(coll) = &sc.collation {
+                collations.insert(sc.name.clone(), coll.clone());
+            }
+            let m = map_column(&name, &sc, &req.map);
+            match m.attention {
+                Attention::Unsupported => f.add(
+                    Severity::Blocker,
+                    "source",
+                    "types",
+                    format!("{name}.{}: {}", sc.name, m.note.clone().unwrap_or_default()),
+                    Some("exclude the table with --exclude, or change the column"),
+                ),
+                Attention::Decision => f.add(
+                    Severity::Warning,
+                    "source",
+                    "types",
+                    format!(
+                        "{name}.{} {} -> {}: {}",
+                        sc.name,
+                        m.source,
+                        m.target,
+                        m.note.clone().unwrap_or_default()
+                    ),
+                    None,
+                ),
+                _ => {}
+            }
+            columns.push((sc.name, m));
+        }
+        let primary_key = unique.get(&(name.clone(), "PRIMARY".to_string())).cloned().unwrap_or_default();
+        if !engine.eq_ignore_ascii_case("InnoDB") {
+            f.add(
+                Severity::Warning,
+                "source",
+                "engine",
+                format!("{name} uses {engine}, which has no transactions: its copy is not part of the consistent snapshot"),
+                Some("convert it (ALTER TABLE ... ENGINE=InnoDB), or stop writes to it during the full load"),
+            );
+        }
+        if primary_key.is_empty() {
+            f.add(
+                Severity::Warning,
+                "source",
+                "primary_key",
+                format!("{name} has no primary key: updates and deletes are matched on every column (slower; identical duplicate rows are told apart only by count)"),
+                Some("add a primary key before migrating if you can"),
+            );
+        }
+        for ((t, idx), cols) in unique.iter().filter(|((t, _), _)| *t == name) {
+            let ci: Vec<String> = cols
+                .iter()
+                .filter_map(|col| collations.get(col).filter(|c| c.ends_with("_ci")).map(|c| format!("{col} ({c})")))
+                .collect();
+            if !ci.is_empty() {
+                f.add(
+                    Severity::Warning,
+                    "source",
+                    "case_insensitive_key",
+                    format!(
+                        "unique key {idx} on {t} compares {} case-insensitively: MySQL refuses 'A' next to 'a', PostgreSQL will not after the move",
+                        ci.join(", ")
+                    ),
+                    Some("keep the rule with a unique index on lower(column) on the target, or the citext type"),
+                );
+            }
+        }
+        planned.push(MyTable {
+            name,
+            engine,
+            estimated_rows: rows.map(|r| r as i64).unwrap_or(-1),
+            bytes: bytes.map(|b| b as i64).unwrap_or(0),
+            primary_key,
+            auto_increment: auto_inc,
+            columns,
+        });
+    }
+    if planned.is_empty() {
+        f.add(
+            Severity::Blocker,
+            "source",
+            "tables",
+            format!("no table to migrate in database {db}"),
+            Some("check the database name in the URL and the --include/--exclude patterns"),
+        );
+    }
+    f.add(
+        Severity::Info,
+        "source",
+        "rollback",
+        "cutover from MySQL/MariaDB is a gate without a proxy (writes stopped, position reached, sequences set, then a signal); \
+         a rollback to the source after that point is not available yet"
+            .into(),
+        None,
+    );
+    let plan = MyPlan {
+        tables: planned,
+        source_objects: vec![
+            "nothing: Ferry reads the tables in one consistent snapshot and the binary log as a replication client (no table, trigger or setting is changed)".into(),
+            "at cutover only: SET GLOBAL read_only = ON (with super_read_only on MySQL), which you reset to roll back by hand".into(),
+        ],
+        target_objects: vec![
+            "schema ferry (Ferry's state) and, in schema public, one table per source table with the types above; an enum type per ENUM column".into(),
+            "primary keys, unique keys, indexes and foreign keys after the data; identities restarted at each AUTO_INCREMENT".into(),
+        ],
+        zero_dates: req.map.zero_dates,
+    };
+    Ok((info, plan))
+}
+
+/// `'user'@'host'` from CURRENT_USER()'s `user@host`.
+fn quote_account(user: &str) -> String {
+    match user.rsplit_once('@') {
+        Some((u, h)) => format!("'{}'@'{}'", u.replace('\'', "''"), h.replace('\'', "''")),
+        None => format!("'{}'", user.replace('\'', "''")),
+    }
+}
+
+async fn target_checks(
+    req: &MyCheckRequest,
+    t: &tokio_postgres::Client,
+    plan: Option<&MyPlan>,
+    f: &mut Findings,
+) -> Result<ferry_postgres::introspect::ServerInfo, ferry_postgres::PgError> {
+    let info = ferry_postgres::introspect::server_info(t).await?;
+    f.add(Severity::Ok, "target", "version", format!("PostgreSQL {}", info.version), None);
+    if let Some(plan) = plan {
+        let names: Vec<String> = plan.tables.iter().map(|t| t.name.clone()).collect();
+        let rows = t
+            .query(
+                "SELECT c.relname, c.reltuples::int8, EXISTS (SELECT 1 FROM pg_stat_user_tables s WHERE s.relid = c.oid AND s.n_live_tup > 0)
+                 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                 WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') AND c.relname = ANY($1)",
+                &[&names],
+            )
+            .await
+            .map_err(|e| ferry_postgres::PgError::query("looking for existing tables on the target", e))?;
+        for r in rows {
+            let name: String = r.get(0);
+            let has_rows: bool = r.get(2);
+            let exists_msg = format!(
+                "public.{name} already exists on the target{}",
+                if has_rows { " and holds rows" } else { "" }
+            );
+            if has_rows && !req.overwrite {
+                f.add(
+                    Severity::Blocker,
+                    "target",
+                    "existing_table",
+                    exists_msg,
+                    Some("drop it, use another target database, or pass --overwrite to replace its rows"),
+                );
+            } else {
+                f.add(Severity::Warning, "target", "existing_table", exists_msg, None);
+            }
+        }
+    }
+    Ok(info)
+}
