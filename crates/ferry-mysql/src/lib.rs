@@ -4,8 +4,10 @@
 
 pub mod endpoint;
 pub mod error;
+pub mod load;
 pub mod preflight;
 pub mod types;
+pub mod value;
 
 pub use endpoint::{is_mysql_url, MyEndpoint};
 pub use error::MyError;

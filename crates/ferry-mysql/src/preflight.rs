@@ -327,6 +327,9 @@ async fn source_checks(req: &MyCheckRequest, c: &mut mysql_async::Conn, f: &mut 
             .any(|l| l.contains(&format!(" ON {db_quoted} ")) && (l.contains("SELECT") || l.contains("ALL PRIVILEGES")));
     let repl_slave = global("REPLICATION SLAVE");
     let repl_client = global("REPLICATION CLIENT") || global("BINLOG MONITOR");
+    // FLUSH TABLES WITH READ LOCK, for a few milliseconds, to open every copy connection's
+    // snapshot at one binlog position.
+    let reload = global("RELOAD");
     let mut missing = Vec::new();
     if !select {
         missing.push("SELECT");
@@ -336,6 +339,9 @@ async fn source_checks(req: &MyCheckRequest, c: &mut mysql_async::Conn, f: &mut 
     }
     if !repl_client {
         missing.push(if mariadb { "BINLOG MONITOR" } else { "REPLICATION CLIENT" });
+    }
+    if !reload {
+        missing.push("RELOAD");
     }
     // Reading the binlog position is what REPLICATION CLIENT / BINLOG MONITOR allows.
     if let Err(e) = c.query_drop("SHOW MASTER STATUS").await {
@@ -354,7 +360,7 @@ async fn source_checks(req: &MyCheckRequest, c: &mut mysql_async::Conn, f: &mut 
             Severity::Ok,
             "source",
             "privileges",
-            format!("{user} has SELECT, REPLICATION SLAVE and REPLICATION CLIENT"),
+            format!("{user} has SELECT, REPLICATION SLAVE, REPLICATION CLIENT and RELOAD"),
             None,
         );
     } else {

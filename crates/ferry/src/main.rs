@@ -9,6 +9,7 @@ mod exit;
 mod live;
 mod metrics;
 mod migrate;
+mod mysql_cmd;
 mod progress;
 mod server;
 mod settings;
@@ -60,6 +61,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             }
             Ok(if report.blocked() { exit::FOUND_PROBLEM } else { exit::OK })
         }
+        Command::Migrate(args) if ferry_mysql::is_mysql_url(&args.endpoints.source) => mysql_cmd::migrate(&args).await,
         Command::Migrate(args) => {
             let req = settings::resolve(&args.endpoints)?;
             let live = match args.listen {

@@ -18,7 +18,17 @@ fn server(var: &str) -> (String, String, String) {
 fn my_sql(var: &str, sql: &str) {
     let (host, port, password) = server(var);
     let out = std::process::Command::new("mariadb")
-        .args(["--no-defaults", "-h", &host, "-P", &port, "-uroot", "-e", sql])
+        .args([
+            "--no-defaults",
+            "--default-character-set=utf8mb4",
+            "-h",
+            &host,
+            "-P",
+            &port,
+            "-uroot",
+            "-e",
+            sql,
+        ])
         .env("MYSQL_PWD", &password)
         .output()
         .expect("the mariadb client is installed by scripts/test.sh");
@@ -227,10 +237,14 @@ async fn mysql_check_names_the_fix_for_binlog_off_statement_format_and_missing_p
     let reader = source.replace(&format!("root:{root_pw}@"), &format!("{user}:Reader-Secret-1@"));
     let run = ferry(&["check", "--source", &reader, "--target", &target]);
     assert_eq!(run.code, 1, "{}", run.all());
-    assert!(run.stdout.contains("lacks REPLICATION SLAVE, BINLOG MONITOR"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("lacks REPLICATION SLAVE, BINLOG MONITOR, RELOAD"),
+        "{}",
+        run.stdout
+    );
     assert!(
         run.stdout
-            .contains(&format!("GRANT REPLICATION SLAVE, BINLOG MONITOR ON *.* TO '{user}'@'%'")),
+            .contains(&format!("GRANT REPLICATION SLAVE, BINLOG MONITOR, RELOAD ON *.* TO '{user}'@'%'")),
         "{}",
         run.stdout
     );
@@ -243,5 +257,326 @@ async fn mysql_check_names_the_fix_for_binlog_off_statement_format_and_missing_p
     assert!(run.stdout.contains("check the user and password"), "{}", run.stdout);
     assert!(!run.all().contains("Wrong-Secret-2"), "the password leaked: {}", run.all());
     my_sql("FERRY_TEST_MYSQL", &format!("DROP USER '{user}'@'%'; DROP DATABASE {db}"));
+    dbs.drop().await;
+}
+
+/// The full load moves every type exactly (checked value by value on the target, independently
+/// of Ferry), keys and identities follow, and a zero date stops the load naming the row unless
+/// --zero-dates null.
+#[tokio::test]
+async fn mysql_full_load_moves_every_type_exactly() {
+    let root_pw = server("FERRY_TEST_MYSQL").2;
+    let (source, target, dbs) = fresh("FERRY_TEST_MYSQL", "myload", "root", &root_pw).await;
+    let db = &dbs.name;
+    my_sql(
+        "FERRY_TEST_MYSQL",
+        &format!(
+            r#"CREATE TABLE {db}.parent (id int PRIMARY KEY, name varchar(20) NOT NULL, UNIQUE KEY uq_name (name));
+            CREATE TABLE {db}.every_type (
+               id bigint unsigned NOT NULL AUTO_INCREMENT PRIMARY KEY, parent int, flag tinyint(1), tu tinyint unsigned,
+               su smallint unsigned, mi mediumint, iu int unsigned, big bigint unsigned, bi bigint,
+               d decimal(65,30), f float, dbl double, b bit(64), y year, dt date, dtm datetime(6), ts timestamp(6) NULL,
+               tm time(6), c char(3), vc varchar(191), v3 varchar(20) CHARACTER SET utf8mb3, lt longtext,
+               l1 varchar(10) CHARACTER SET latin1, vb varbinary(16), bl longblob, e enum('new','paid','it''s'),
+               s set('r','w','x'), j json, g int GENERATED ALWAYS AS (mi + 1) STORED,
+               KEY k_dt (dt), CONSTRAINT fk_parent FOREIGN KEY (parent) REFERENCES parent (id)
+             ) ENGINE=InnoDB AUTO_INCREMENT=5000;
+             INSERT INTO {db}.parent VALUES (1, 'one');
+             INSERT INTO {db}.every_type (parent, flag, tu, su, mi, iu, big, bi, d, f, dbl, b, y, dt, dtm, ts, tm, c, vc, v3, lt, l1, vb, bl, e, s, j) VALUES
+              (1, 1, 255, 65535, -8388608, 4294967295, 18446744073709551615, -9223372036854775808,
+               '-12345678901234567890123456789012345.123456789012345678901234567890', 0.1, 1e-300,
+               b'1000000000000000000000000000000000000000000000000000000000000001', 2155,
+               '1000-01-01', '2024-02-29 23:59:58.123456', '2038-01-19 03:14:07.999999', '-838:59:59.000001', 'a',
+               '😀 emoji ünïcode', 'utf8mb3 é', 'tab	here\\back\nnew line', 'latin1 é', x'00ff', REPEAT(x'ab', 100000),
+               'it''s', 'r,x', '{{"b": 1, "a": [1, 2.5, null]}}'),
+              (NULL, 0, 0, 0, 0, 0, 0, 0, '0.000000000000000000000000000001', -3.4e38, 2.2250738585072014e-308, b'0', 1901,
+               '9999-12-31', '9999-12-31 23:59:59.999999', '1970-01-01 00:00:01.000000', '838:59:59.999999', '', '', '', '',
+               '', x'', x'', 'new', '', '[]'),
+              (NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+               NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL);"#
+        ),
+    );
+    let run = ferry(&["migrate", "--source", &source, "--target", &target, "--stop-after", "full-load"]);
+    assert_eq!(run.code, 0, "{}", run.all());
+    assert!(run.stdout.contains("binlog position"), "{}", run.stdout);
+    let t = connect(&target).await;
+    // Every value, as PostgreSQL text, compared with what was inserted.
+    let rows = t
+        .query(
+            "SELECT id::text, parent::text, flag::text, tu::text, su::text, mi::text, iu::text, big::text, bi::text, d::text,
+                    f::text, dbl::text, b::text, y::text, dt::text, dtm::text, ts AT TIME ZONE 'UTC', tm::text, c, vc, v3, lt, l1,
+                    encode(vb, 'hex'), length(bl)::text || ':' || md5(bl), e::text, s::text, j::text, g::text
+             FROM public.every_type ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap();
+    let get = |r: &tokio_postgres::Row, i: usize| -> Option<String> {
+        if i == 16 {
+            r.get::<_, Option<std::time::SystemTime>>(i).map(|_| "set".into())
+        } else {
+            r.get::<_, Option<String>>(i)
+        }
+    };
+    assert_eq!(rows.len(), 3);
+    let expect: [&[Option<&str>]; 3] = [
+        &[
+            Some("5000"),
+            Some("1"),
+            Some("1"),
+            Some("255"),
+            Some("65535"),
+            Some("-8388608"),
+            Some("4294967295"),
+            Some("18446744073709551615"),
+            Some("-9223372036854775808"),
+            Some("-12345678901234567890123456789012345.123456789012345678901234567890"),
+            Some("0.1"),
+            Some("1e-300"),
+            Some("1000000000000000000000000000000000000000000000000000000000000001"),
+            Some("2155"),
+            Some("1000-01-01"),
+            Some("2024-02-29 23:59:58.123456"),
+            Some("set"),
+            Some("-838:59:59.000001"),
+            Some("a  "),
+            Some("😀 emoji ünïcode"),
+            Some("utf8mb3 é"),
+            Some("tab\there\\back\nnew line"),
+            Some("latin1 é"),
+            Some("00ff"),
+            None,
+            Some("it's"),
+            Some("{r,x}"),
+            Some(r#"{"a": [1, 2.5, null], "b": 1}"#),
+            Some("-8388607"),
+        ],
+        &[
+            Some("5001"),
+            None,
+            Some("0"),
+            Some("0"),
+            Some("0"),
+            Some("0"),
+            Some("0"),
+            Some("0"),
+            Some("0"),
+            Some("0.000000000000000000000000000001"),
+            Some("-3.4e+38"),
+            Some("2.2250738585072014e-308"),
+            Some("0000000000000000000000000000000000000000000000000000000000000000"),
+            Some("1901"),
+            Some("9999-12-31"),
+            Some("9999-12-31 23:59:59.999999"),
+            Some("set"),
+            Some("838:59:59.999999"),
+            Some("   "),
+            Some(""),
+            Some(""),
+            Some(""),
+            Some(""),
+            Some(""),
+            Some("0:d41d8cd98f00b204e9800998ecf8427e"),
+            Some("new"),
+            Some("{}"),
+            Some("[]"),
+            Some("1"),
+        ],
+        &[
+            Some("5002"),
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+        ],
+    ];
+    for (r, want) in rows.iter().zip(expect.iter()) {
+        for (i, w) in want.iter().enumerate() {
+            if i == 24 && w.is_none() && r.get::<_, Option<String>>(0).as_deref() == Some("5000") {
+                // 100,000 bytes of 0xab: length and digest.
+                let got = get(r, i).unwrap();
+                assert!(got.starts_with("100000:"), "bl: {got}");
+                continue;
+            }
+            assert_eq!(get(r, i).as_deref(), *w, "row {:?}, column {i}", get(r, 0));
+        }
+    }
+    // TIMESTAMP is an instant: the same one.
+    let ts: String = t
+        .query_one("SELECT (ts AT TIME ZONE 'UTC')::text FROM public.every_type WHERE id = 5000", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(ts, "2038-01-19 03:14:07.999999");
+    // Keys, the foreign key and the identity came along: the next id continues after 5000+.
+    let pk: i64 = t
+        .query_one(
+            "SELECT count(*) FROM pg_constraint WHERE conrelid = 'public.every_type'::regclass AND contype IN ('p', 'f') AND convalidated",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(pk, 2);
+    let next: i64 = t
+        .query_one("INSERT INTO public.every_type (mi) VALUES (1) RETURNING id", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(next >= 5003, "identity restarted at {next}");
+    assert!(
+        t.execute("INSERT INTO public.parent VALUES (2, 'one')", &[]).await.is_err(),
+        "unique key missing"
+    );
+
+    // A zero date (written outside strict mode) stops the load and names the row; --zero-dates
+    // null writes NULL.
+    my_sql(
+        "FERRY_TEST_MYSQL",
+        &format!("SET SESSION sql_mode = ''; INSERT INTO {db}.every_type (dt) VALUES ('0000-00-00');"),
+    );
+    let again = ferry(&[
+        "migrate",
+        "--source",
+        &source,
+        "--target",
+        &target,
+        "--stop-after",
+        "full-load",
+        "--overwrite",
+    ]);
+    assert_eq!(again.code, 3, "{}", again.all());
+    assert!(again.all().contains("zero date 0000-00-00"), "{}", again.all());
+    assert!(
+        again.all().contains("id=5003") || again.all().contains("id=500"),
+        "the row is named: {}",
+        again.all()
+    );
+    assert!(again.all().contains("--zero-dates null"), "{}", again.all());
+    let null = ferry(&[
+        "migrate",
+        "--source",
+        &source,
+        "--target",
+        &target,
+        "--stop-after",
+        "full-load",
+        "--overwrite",
+        "--zero-dates",
+        "null",
+    ]);
+    assert_eq!(null.code, 0, "{}", null.all());
+    let zero: i64 = connect(&target)
+        .await
+        .query_one(
+            "SELECT count(*) FROM public.every_type WHERE dt IS NULL AND mi IS NULL AND e IS NULL AND id > 5002",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(zero, 1);
+    my_sql("FERRY_TEST_MYSQL", &format!("DROP DATABASE {db}"));
+    dbs.drop().await;
+}
+
+/// The parallel copy reads one consistent snapshot: while a writer moves amounts between two
+/// tables in transactions (their sum is constant), each table is copied on its own connection,
+/// and the sum on the target is still exactly the constant.
+#[tokio::test]
+async fn heavy_mysql_full_load_is_one_consistent_snapshot_under_writes() {
+    let (host, port, root_pw) = server("FERRY_TEST_MYSQL");
+    let (source, target, dbs) = fresh("FERRY_TEST_MYSQL", "mysnap", "root", &root_pw).await;
+    let db = &dbs.name;
+    my_sql(
+        "FERRY_TEST_MYSQL",
+        &format!(
+            "USE {db};
+             CREATE TABLE {db}.a (id int PRIMARY KEY, v bigint NOT NULL, pad varchar(200) NOT NULL);
+             CREATE TABLE {db}.b (id int PRIMARY KEY, v bigint NOT NULL, pad varchar(200) NOT NULL);
+             INSERT INTO {db}.a SELECT seq, 1000, REPEAT('x', 200) FROM seq_1_to_200000;
+             INSERT INTO {db}.b SELECT seq, 1000, REPEAT('y', 200) FROM seq_1_to_200000;"
+        ),
+    );
+    // 30,000 transfers from a to b, each in its own transaction, as fast as one client goes.
+    let mut sql = String::new();
+    for i in 0..30_000u32 {
+        let k = 1 + (i * 7919) % 200_000;
+        sql.push_str(&format!(
+            "START TRANSACTION; UPDATE {db}.a SET v = v - 7 WHERE id = {k}; UPDATE {db}.b SET v = v + 7 WHERE id = {k}; COMMIT;\n"
+        ));
+    }
+    let mut writer = std::process::Command::new("mariadb")
+        .args(["--no-defaults", "-h", &host, "-P", &port, "-uroot"])
+        .env("MYSQL_PWD", &root_pw)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = writer.stdin.take().unwrap();
+    let feeder = std::thread::spawn(move || std::io::Write::write_all(&mut stdin, sql.as_bytes()));
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let run = ferry(&[
+        "migrate",
+        "--source",
+        &source,
+        "--target",
+        &target,
+        "--stop-after",
+        "full-load",
+        "-j",
+        "2",
+    ]);
+    let still_writing = writer.try_wait().unwrap().is_none();
+    feeder.join().unwrap().unwrap();
+    assert!(writer.wait().unwrap().success());
+    assert_eq!(run.code, 0, "{}", run.all());
+    assert!(still_writing, "the writer finished before the load did: the test proves nothing");
+    let t = connect(&target).await;
+    let (rows, sum): (i64, String) = {
+        let r = t
+            .query_one(
+                "SELECT (SELECT count(*) FROM public.a) + (SELECT count(*) FROM public.b),
+                        ((SELECT sum(v) FROM public.a) + (SELECT sum(v) FROM public.b))::text",
+                &[],
+            )
+            .await
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!(rows, 400_000);
+    assert_eq!(sum, "400000000", "the two tables were not read at one point");
+    // And some transfers did land before the snapshot or after it, not half of one.
+    let moved: String = t
+        .query_one("SELECT (400000 * 1000 / 2 - sum(v))::text FROM public.a", &[])
+        .await
+        .unwrap()
+        .get(0);
+    eprintln!("snapshot taken after {} of 30,000 transfers", moved.parse::<i64>().unwrap() / 7);
+    my_sql("FERRY_TEST_MYSQL", &format!("DROP DATABASE {db}"));
     dbs.drop().await;
 }
