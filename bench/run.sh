@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # Entry point for Ferry's benchmarks: the full-load comparison (bench/fullload.sh), the
 # change-data-capture comparison (bench/cdc.sh), verification (bench/verify.sh), and cutover
-# cycles plus proxy overhead (bench/cutover.sh). Their options are environment variables (see
+# cycles plus proxy overhead (bench/cutover.sh), and the MySQL full load against pgloader
+# (bench/mysql.sh). Their options are environment variables (see
 # each script's header or --help).
 #
-#   BENCH_SUITES=fullload,cdc,verify,cutover   which suites to run, in this order (default: all)
+#   BENCH_SUITES=fullload,cdc,verify,cutover,mysql   which suites to run, in this order (default: all)
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-suites=${BENCH_SUITES:-fullload,cdc,verify,cutover}
+suites=${BENCH_SUITES:-fullload,cdc,verify,cutover,mysql}
 for s in ${suites//,/ }; do
-  case "$s" in fullload | cdc | verify | cutover) ;; *) echo "BENCH_SUITES: unknown suite '$s' (known: fullload cdc verify cutover)" >&2; exit 2 ;; esac
+  case "$s" in fullload | cdc | verify | cutover | mysql) ;; *) echo "BENCH_SUITES: unknown suite '$s' (known: fullload cdc verify cutover mysql)" >&2; exit 2 ;; esac
 done
 if [[ ",$suites," == *,fullload,* ]]; then "$here/fullload.sh" "$@"; fi
 if [[ ",$suites," == *,cdc,* ]]; then
@@ -17,3 +18,4 @@ if [[ ",$suites," == *,cdc,* ]]; then
 fi
 if [[ ",$suites," == *,verify,* ]]; then "$here/verify.sh" "$@"; fi
 if [[ ",$suites," == *,cutover,* ]]; then "$here/cutover.sh" "$@"; fi
+if [[ ",$suites," == *,mysql,* ]]; then "$here/mysql.sh" "$@"; fi
