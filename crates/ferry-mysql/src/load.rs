@@ -34,9 +34,14 @@ pub struct LoadSummary {
     pub gtid: String,
     /// Per table: rows copied.
     pub tables: Vec<(String, u64)>,
+    /// Pieces copied: tables, with large ones split into key ranges.
+    pub pieces: usize,
     /// Seconds: schema, data, keys and constraints.
     pub seconds: (f64, f64, f64),
 }
+
+/// A primary-key range: from (inclusive), to (exclusive; None: no upper bound).
+type KeyRange = (i64, Option<i64>);
 
 fn q(name: &str) -> String {
     quote_ident(name)
@@ -78,7 +83,9 @@ pub fn schema_sql(plan: &MyPlan) -> Vec<String> {
 }
 
 /// Runs the full load. `jobs` copy connections.
-pub async fn full_load(req: &MyCheckRequest, plan: &MyPlan, jobs: usize) -> Result<LoadSummary, MyError> {
+/// Tables larger than `split_bytes` (0: never) with a single integer primary key are copied as
+/// several key ranges in parallel.
+pub async fn full_load(req: &MyCheckRequest, plan: &MyPlan, jobs: usize, split_bytes: i64) -> Result<LoadSummary, MyError> {
     let pg_err = |what: &str, e: tokio_postgres::Error| MyError::new(what, &e.to_string(), "check the target and rerun");
     let target = req
         .target
@@ -176,10 +183,48 @@ pub async fn full_load(req: &MyCheckRequest, plan: &MyPlan, jobs: usize) -> Resu
     let (binlog_file, binlog_pos, gtid) = position?;
     tracing::info!(binlog_file, binlog_pos, gtid, "snapshot open at a binlog position");
 
-    // Copy: the largest tables first, each to the next free connection.
-    let mut queue: Vec<&MyTable> = plan.tables.iter().collect();
-    queue.sort_by_key(|t| std::cmp::Reverse(t.bytes));
-    let queue = Arc::new(std::sync::Mutex::new(queue.into_iter().map(|t| t.name.clone()).collect::<Vec<_>>()));
+    // Work: tables, and large ones with a single integer primary key split into key ranges
+    // (every connection reads the same snapshot, so pieces of one table fit together). The
+    // largest pieces go first.
+    let mut work: Vec<(String, Option<KeyRange>, i64)> = Vec::new();
+    for t in &plan.tables {
+        let int_pk = t.primary_key.len() == 1
+            && t.columns
+                .iter()
+                .find(|(n, _)| *n == t.primary_key[0])
+                .is_some_and(|(_, m)| matches!(m.target.as_str(), "smallint" | "integer" | "bigint"));
+        let pieces = if split_bytes > 0 && int_pk {
+            (t.bytes / split_bytes).clamp(1, 64)
+        } else {
+            1
+        };
+        if pieces > 1 {
+            let bounds: Option<(Option<i64>, Option<i64>)> = workers[0]
+                .query_first(format!(
+                    "SELECT MIN({k}), MAX({k}) FROM {}.{}",
+                    my_q(req.source.database()),
+                    my_q(&t.name),
+                    k = my_q(&t.primary_key[0])
+                ))
+                .await
+                .map_err(|e| MyError::query(&format!("finding the key range of {}", t.name), e))?;
+            if let Some((Some(lo), Some(hi))) = bounds {
+                let width = ((i128::from(hi) - i128::from(lo)) / i128::from(pieces) + 1).max(1);
+                let mut a = i128::from(lo);
+                while a <= i128::from(hi) {
+                    let b = a + width;
+                    let upper = if b > i128::from(hi) { None } else { Some(b as i64) };
+                    work.push((t.name.clone(), Some((a as i64, upper)), t.bytes / pieces));
+                    a = b;
+                }
+                continue;
+            }
+        }
+        work.push((t.name.clone(), None, t.bytes));
+    }
+    work.sort_by_key(|w| w.2);
+    let pieces_total = work.len();
+    let queue = Arc::new(std::sync::Mutex::new(work));
     let tables: Arc<BTreeMap<String, MyTable>> = Arc::new(plan.tables.iter().map(|t| (t.name.clone(), t.clone())).collect());
     let copied: Arc<std::sync::Mutex<Vec<(String, u64)>>> = Arc::default();
     let mut tasks = tokio::task::JoinSet::new();
@@ -195,9 +240,9 @@ pub async fn full_load(req: &MyCheckRequest, plan: &MyPlan, jobs: usize) -> Resu
                 .map_err(|e| MyError::new("connecting to the target", &e.to_string(), "check the target URL"))?;
             loop {
                 let next = queue.lock().expect("lock").pop();
-                let Some(name) = next else { break };
+                let Some((name, range, _)) = next else { break };
                 let t = &tables[&name];
-                let n = copy_table(&mut conn, &tgt, &db, t, zero).await?;
+                let n = copy_table(&mut conn, &tgt, &db, t, range, zero).await?;
                 copied.lock().expect("lock").push((name, n));
             }
             let _ = conn.query_drop("COMMIT").await;
@@ -214,13 +259,17 @@ pub async fn full_load(req: &MyCheckRequest, plan: &MyPlan, jobs: usize) -> Resu
     let t2 = Instant::now();
     post_data(req, plan, &target).await?;
     let post_s = t2.elapsed().as_secs_f64();
-    let mut tables = Arc::try_unwrap(copied).map(|m| m.into_inner().expect("lock")).unwrap_or_default();
-    tables.sort();
+    let mut per_table: BTreeMap<String, u64> = BTreeMap::new();
+    for (name, n) in Arc::try_unwrap(copied).map(|m| m.into_inner().expect("lock")).unwrap_or_default() {
+        *per_table.entry(name).or_default() += n;
+    }
+    let tables: Vec<(String, u64)> = per_table.into_iter().collect();
     Ok(LoadSummary {
         binlog_file,
         binlog_pos,
         gtid,
         tables,
+        pieces: pieces_total,
         seconds: (schema_s, data_s, post_s),
     })
 }
@@ -231,6 +280,7 @@ async fn copy_table(
     tgt: &tokio_postgres::Client,
     db: &str,
     t: &MyTable,
+    range: Option<KeyRange>,
     zero: crate::types::ZeroDates,
 ) -> Result<u64, MyError> {
     let started = Instant::now();
@@ -245,12 +295,19 @@ async fn copy_table(
             )
         })
         .collect();
-    let select = format!(
+    let mut select = format!(
         "SELECT {} FROM {}.{}",
         cols.iter().map(|c| my_q(c)).collect::<Vec<_>>().join(", "),
         my_q(db),
         my_q(&t.name)
     );
+    if let Some((lo, hi)) = range {
+        let k = my_q(&t.primary_key[0]);
+        select.push_str(&format!(" WHERE {k} >= {lo}"));
+        if let Some(hi) = hi {
+            select.push_str(&format!(" AND {k} < {hi}"));
+        }
+    }
     let copy = format!(
         "COPY public.{} ({}) FROM STDIN",
         q(&t.name),

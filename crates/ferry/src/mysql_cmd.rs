@@ -35,13 +35,18 @@ pub async fn migrate(args: &MigrateArgs) -> anyhow::Result<i32> {
         plan.tables.len(),
         req.target.describe()
     );
-    let summary = ferry_mysql::load::full_load(&req, &plan, jobs).await?;
+    let summary = ferry_mysql::load::full_load(&req, &plan, jobs, args.endpoints.split_size).await?;
     println!(
         "Full load from {} done at binlog position {}:{} (GTID {}):",
         req.source.describe(),
         summary.binlog_file,
         summary.binlog_pos,
         if summary.gtid.is_empty() { "-" } else { &summary.gtid }
+    );
+    println!(
+        "  {} table(s) copied in {} piece(s) (large tables split into key ranges)",
+        summary.tables.len(),
+        summary.pieces
     );
     for (t, n) in &summary.tables {
         println!("  {:<44} {:>14} rows", t, crate::check_cmd::human_count(*n as i64));

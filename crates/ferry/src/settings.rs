@@ -41,8 +41,8 @@ fn fnv(s: &str) -> u32 {
 pub fn resolve(e: &Endpoints) -> anyhow::Result<CheckRequest> {
     if ferry_mysql::is_mysql_url(&e.source) {
         return Err(UsageError(
-            "--source: MySQL/MariaDB sources are handled by `ferry check` only so far (prerequisites and the type map); \
-             migrate, verify and cutover for them are not built yet"
+            "--source: MySQL/MariaDB sources are handled by `ferry check` and `ferry migrate --stop-after full-load` \
+             only so far; change capture, verify and cutover for them are not built yet"
                 .into(),
         )
         .into());

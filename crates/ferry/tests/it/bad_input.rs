@@ -202,15 +202,30 @@ fn malformed_urls_are_usage_errors() {
     }
     // A MySQL source: check only, so far; other commands say so without the password.
     let run = ferry(&[
-        "migrate",
+        "verify",
         "--source",
         "mysql://bob:UrlSecret-4@localhost/db",
         "--target",
         "postgres://x@localhost/y",
     ]);
     assert_eq!(run.code, 2, "{}", run.all());
-    assert!(run.all().contains("handled by `ferry check` only so far"), "{}", run.all());
+    assert!(
+        run.all()
+            .contains("handled by `ferry check` and `ferry migrate --stop-after full-load`"),
+        "{}",
+        run.all()
+    );
     assert_clean(&run, &["UrlSecret-4"]);
+    let run = ferry(&[
+        "migrate",
+        "--source",
+        "mysql://bob:UrlSecret-6@localhost/db",
+        "--target",
+        "postgres://x@localhost/y",
+    ]);
+    assert_eq!(run.code, 2, "{}", run.all());
+    assert!(run.all().contains("pass --stop-after full-load"), "{}", run.all());
+    assert_clean(&run, &["UrlSecret-6"]);
     let run = ferry(&[
         "check",
         "--source",

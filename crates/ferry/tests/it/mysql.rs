@@ -505,8 +505,8 @@ async fn mysql_full_load_moves_every_type_exactly() {
 }
 
 /// The parallel copy reads one consistent snapshot: while a writer moves amounts between two
-/// tables in transactions (their sum is constant), each table is copied on its own connection,
-/// and the sum on the target is still exactly the constant.
+/// tables in transactions (their sum is constant), the tables, split into key ranges, are copied
+/// on two connections, and the sum on the target is still exactly the constant.
 #[tokio::test]
 async fn heavy_mysql_full_load_is_one_consistent_snapshot_under_writes() {
     let (host, port, root_pw) = server("FERRY_TEST_MYSQL");
@@ -519,7 +519,8 @@ async fn heavy_mysql_full_load_is_one_consistent_snapshot_under_writes() {
              CREATE TABLE {db}.a (id int PRIMARY KEY, v bigint NOT NULL, pad varchar(200) NOT NULL);
              CREATE TABLE {db}.b (id int PRIMARY KEY, v bigint NOT NULL, pad varchar(200) NOT NULL);
              INSERT INTO {db}.a SELECT seq, 1000, REPEAT('x', 200) FROM seq_1_to_200000;
-             INSERT INTO {db}.b SELECT seq, 1000, REPEAT('y', 200) FROM seq_1_to_200000;"
+             INSERT INTO {db}.b SELECT seq, 1000, REPEAT('y', 200) FROM seq_1_to_200000;
+             ANALYZE TABLE {db}.a, {db}.b;"
         ),
     );
     // 30,000 transfers from a to b, each in its own transaction, as fast as one client goes.
@@ -550,12 +551,21 @@ async fn heavy_mysql_full_load_is_one_consistent_snapshot_under_writes() {
         "full-load",
         "-j",
         "2",
+        // Small pieces: both tables are also split into key ranges, read by both connections.
+        "--split-size",
+        "8MB",
     ]);
     let still_writing = writer.try_wait().unwrap().is_none();
     feeder.join().unwrap().unwrap();
     assert!(writer.wait().unwrap().success());
     assert_eq!(run.code, 0, "{}", run.all());
     assert!(still_writing, "the writer finished before the load did: the test proves nothing");
+    let pieces: usize = run
+        .stdout
+        .lines()
+        .find_map(|l| l.split("copied in ").nth(1)?.split(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no piece count: {}", run.stdout));
+    assert!(pieces > 2, "the tables were not split into key ranges: {}", run.stdout);
     let t = connect(&target).await;
     let (rows, sum): (i64, String) = {
         let r = t
