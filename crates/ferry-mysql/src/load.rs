@@ -476,3 +476,77 @@ async fn post_data(req: &MyCheckRequest, plan: &MyPlan, target: &tokio_postgres:
     }
     Ok(())
 }
+
+/// Where a MySQL full load into this target stands, from Ferry's state schema on the target:
+/// None (never started), Some(false) (started, not finished: a crash or a kill), Some(true).
+pub async fn load_state(target: &tokio_postgres::Client, schema: &str, source: &str) -> Result<Option<bool>, MyError> {
+    let exists: bool = target
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_tables WHERE schemaname = $1 AND tablename = 'mysql_loads')",
+            &[&schema],
+        )
+        .await
+        .map_err(|e| MyError::new("reading Ferry's state on the target", &e.to_string(), "check the target"))?
+        .get(0);
+    if !exists {
+        return Ok(None);
+    }
+    let row = target
+        .query_opt(
+            &format!("SELECT finished_at IS NOT NULL FROM {}.mysql_loads WHERE source = $1", q(schema)),
+            &[&source],
+        )
+        .await
+        .map_err(|e| MyError::new("reading Ferry's state on the target", &e.to_string(), "check the target"))?;
+    Ok(row.map(|r| r.get(0)))
+}
+
+/// Records that a full load from `source` starts (or restarts).
+pub async fn mark_started(target: &tokio_postgres::Client, schema: &str, source: &str) -> Result<(), MyError> {
+    target
+        .batch_execute(&format!(
+            "CREATE SCHEMA IF NOT EXISTS {s};
+             CREATE TABLE IF NOT EXISTS {s}.mysql_loads (
+                 source      text PRIMARY KEY,
+                 started_at  timestamptz NOT NULL DEFAULT clock_timestamp(),
+                 finished_at timestamptz,
+                 summary     jsonb)",
+            s = q(schema)
+        ))
+        .await
+        .map_err(|e| {
+            MyError::new(
+                "creating Ferry's state on the target",
+                &e.to_string(),
+                "check the target user's rights",
+            )
+        })?;
+    target
+        .execute(
+            &format!(
+                "INSERT INTO {}.mysql_loads (source) VALUES ($1)
+                 ON CONFLICT (source) DO UPDATE SET started_at = clock_timestamp(), finished_at = NULL, summary = NULL",
+                q(schema)
+            ),
+            &[&source],
+        )
+        .await
+        .map_err(|e| MyError::new("recording the full load's start", &e.to_string(), "check the target"))?;
+    Ok(())
+}
+
+/// Records that the full load from `source` finished, with its summary (binlog position).
+pub async fn mark_finished(target: &tokio_postgres::Client, schema: &str, source: &str, summary: &LoadSummary) -> Result<(), MyError> {
+    let json = serde_json::to_string(summary).unwrap_or_default();
+    target
+        .execute(
+            &format!(
+                "UPDATE {}.mysql_loads SET finished_at = clock_timestamp(), summary = $2::text::jsonb WHERE source = $1",
+                q(schema)
+            ),
+            &[&source, &json],
+        )
+        .await
+        .map_err(|e| MyError::new("recording the full load's end", &e.to_string(), "check the target"))?;
+    Ok(())
+}

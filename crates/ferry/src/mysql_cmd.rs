@@ -18,6 +18,26 @@ pub async fn migrate(args: &MigrateArgs) -> anyhow::Result<i32> {
         )
         .into());
     }
+    // A load of this source into this target that started and did not finish (a crash, a kill)
+    // left tables that are Ferry's own: they are dropped and copied again from a new snapshot.
+    let mut req = req;
+    let source_id = req.source.describe();
+    let state_schema = &args.endpoints.state_schema;
+    let target = req.target.connect("mysql-state").await?;
+    match ferry_mysql::load::load_state(&target, state_schema, &source_id).await? {
+        Some(false) => {
+            eprintln!("An earlier full load from {source_id} did not finish: its tables are dropped and copied again from a new snapshot");
+            req.overwrite = true;
+        }
+        Some(true) if !req.overwrite => {
+            return Err(UsageError(format!(
+                "the full load from {source_id} into {} already finished; pass --overwrite to load it again (its tables are replaced)",
+                req.target.describe()
+            ))
+            .into());
+        }
+        _ => {}
+    }
     let report = preflight::check(&req).await;
     if report.blocked() {
         eprint!("{}", crate::check_cmd::render_mysql(&report));
@@ -35,7 +55,9 @@ pub async fn migrate(args: &MigrateArgs) -> anyhow::Result<i32> {
         plan.tables.len(),
         req.target.describe()
     );
+    ferry_mysql::load::mark_started(&target, state_schema, &source_id).await?;
     let summary = ferry_mysql::load::full_load(&req, &plan, jobs, args.endpoints.split_size).await?;
+    ferry_mysql::load::mark_finished(&target, state_schema, &source_id, &summary).await?;
     println!(
         "Full load from {} done at binlog position {}:{} (GTID {}):",
         req.source.describe(),

@@ -590,3 +590,76 @@ async fn heavy_mysql_full_load_is_one_consistent_snapshot_under_writes() {
     my_sql("FERRY_TEST_MYSQL", &format!("DROP DATABASE {db}"));
     dbs.drop().await;
 }
+
+/// kill -9 in the middle of the copy, then the same command again: the interrupted load's
+/// tables are copied again from a new snapshot, nothing lost and nothing twice; a third run is
+/// refused (the load finished) unless --overwrite.
+#[tokio::test]
+async fn heavy_mysql_kill_9_during_the_full_load_then_rerun() {
+    let root_pw = server("FERRY_TEST_MYSQL").2;
+    let (source, target, dbs) = fresh("FERRY_TEST_MYSQL", "mykill", "root", &root_pw).await;
+    let db = &dbs.name;
+    my_sql(
+        "FERRY_TEST_MYSQL",
+        &format!(
+            "USE {db};
+             CREATE TABLE a (id int PRIMARY KEY, v bigint NOT NULL, pad varchar(200) NOT NULL);
+             CREATE TABLE b (id int PRIMARY KEY, v bigint NOT NULL, pad varchar(200) NOT NULL);
+             INSERT INTO a SELECT seq, seq, REPEAT('x', 200) FROM seq_1_to_300000;
+             INSERT INTO b SELECT seq, 2 * seq, REPEAT('y', 200) FROM seq_1_to_300000;
+             ANALYZE TABLE a, b;"
+        ),
+    );
+    let args = [
+        "migrate",
+        "--source",
+        &source,
+        "--target",
+        &target,
+        "--stop-after",
+        "full-load",
+        "-j",
+        "2",
+    ];
+    let m = Migrator::spawn(&args);
+    let t = connect(&target).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let copied: i64 = t
+            .query_one(
+                "SELECT COALESCE(sum(tuples_processed), 0)::int8 FROM pg_stat_progress_copy WHERE datname = current_database()",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if copied > 20_000 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the copy never got going");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    m.kill9();
+    let again = ferry(&args);
+    assert_eq!(again.code, 0, "{}", again.all());
+    assert!(again.stderr.contains("did not finish"), "{}", again.all());
+    let (n, sum): (i64, String) = {
+        let r = t
+            .query_one(
+                "SELECT (SELECT count(*) FROM public.a) + (SELECT count(*) FROM public.b),
+                        ((SELECT sum(v) FROM public.a) + (SELECT sum(v) FROM public.b))::text",
+                &[],
+            )
+            .await
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!(n, 600_000);
+    // 3 * (1 + ... + 300000)
+    assert_eq!(sum, (3u64 * 300_000 * 300_001 / 2).to_string());
+    let third = ferry(&args);
+    assert_eq!(third.code, 2, "{}", third.all());
+    assert!(third.all().contains("already finished; pass --overwrite"), "{}", third.all());
+    my_sql("FERRY_TEST_MYSQL", &format!("DROP DATABASE {db}"));
+    dbs.drop().await;
+}
