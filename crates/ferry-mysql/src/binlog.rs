@@ -1,0 +1,253 @@
+//! Reading the row binlog from a position: transactions of row changes, each value in the same
+//! `mysql_async::Value` form the full load reads (so `value::write` turns both into the same
+//! PostgreSQL text), with ENUM indexes and SET bitmasks turned into their labels.
+//!
+//! MariaDB specifics (toolchain notes): `@mariadb_slave_capability=4` so that transactions start
+//! with a GTID event (type 162, parsed here by hand) rather than a `BEGIN` query; XID events
+//! commit. Only the tables of one database are decoded; others are skipped.
+
+use std::collections::HashMap;
+
+use futures_util::StreamExt;
+use mysql_async::binlog::events::{EventData, RowsEventData};
+use mysql_async::prelude::Queryable;
+use mysql_async::Value;
+
+use crate::endpoint::MyEndpoint;
+use crate::error::MyError;
+use crate::preflight::MyTable;
+
+/// MariaDB's GTID event, which mysql_common does not decode.
+const MARIADB_GTID_EVENT: u8 = 162;
+
+/// One decoded change.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    /// A transaction starts (MariaDB: its GTID, `domain-server-sequence`).
+    Begin {
+        /// The GTID, when the server sends one.
+        gtid: Option<String>,
+    },
+    /// A row was inserted.
+    Insert {
+        /// Table.
+        table: String,
+        /// Values in column order.
+        row: Vec<Value>,
+    },
+    /// A row was updated.
+    Update {
+        /// Table.
+        table: String,
+        /// The row before.
+        before: Vec<Value>,
+        /// The row after.
+        after: Vec<Value>,
+    },
+    /// A row was deleted.
+    Delete {
+        /// Table.
+        table: String,
+        /// The row before.
+        row: Vec<Value>,
+    },
+    /// The transaction committed; the stream continues after `file`:`pos`.
+    Commit {
+        /// Binlog file.
+        file: String,
+        /// Position after the commit.
+        pos: u64,
+    },
+}
+
+/// Label lists of a table's ENUM and SET columns, by column index.
+#[derive(Debug, Clone, Default)]
+struct Labels {
+    enums: HashMap<usize, Vec<String>>,
+    sets: HashMap<usize, Vec<String>>,
+}
+
+/// A binlog reader for the tables of one database.
+pub struct BinlogReader {
+    stream: mysql_async::BinlogStream,
+    database: String,
+    file: String,
+    tables: HashMap<String, Labels>,
+}
+
+impl std::fmt::Debug for BinlogReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "BinlogReader({} at {})", self.database, self.file)
+    }
+}
+
+impl BinlogReader {
+    /// Connects as a replica with `server_id` (unique among the source's replicas) and asks for
+    /// the binlog from `file`:`pos`. `tables` gives ENUM/SET labels.
+    pub async fn start(source: &MyEndpoint, server_id: u32, file: &str, pos: u64, tables: &[MyTable]) -> Result<Self, MyError> {
+        let mut conn = source.connect().await?;
+        conn.query_drop("SET @mariadb_slave_capability = 4")
+            .await
+            .map_err(|e| MyError::query("preparing the binlog connection", e))?;
+        let request = mysql_async::BinlogStreamRequest::new(server_id)
+            .with_filename(file.as_bytes())
+            .with_pos(pos);
+        let stream = conn.get_binlog_stream(request).await.map_err(|e| {
+            MyError::new(
+                &format!("reading the binlog from {file}:{pos}"),
+                &e.to_string(),
+                "check REPLICATION SLAVE for Ferry's user, and that the file still exists (SHOW BINARY LOGS)",
+            )
+        })?;
+        let tables = tables
+            .iter()
+            .map(|t| {
+                let mut l = Labels::default();
+                for (i, (_, m)) in t.columns.iter().enumerate() {
+                    if m.target == "text[]" {
+                        l.sets.insert(i, m.labels.clone());
+                    } else if !m.labels.is_empty() {
+                        l.enums.insert(i, m.labels.clone());
+                    }
+                }
+                (t.name.clone(), l)
+            })
+            .collect();
+        Ok(BinlogReader {
+            stream,
+            database: source.database().to_string(),
+            file: file.to_string(),
+            tables,
+        })
+    }
+
+    /// The changes of the next event (often none); None when the stream ends.
+    pub async fn next(&mut self) -> Result<Option<Vec<Change>>, MyError> {
+        let Some(event) = self.stream.next().await else { return Ok(None) };
+        let event = event.map_err(|e| MyError::new("reading the binlog", &e.to_string(), "ferry reconnects from the last commit"))?;
+        let header = event.header();
+        if header.event_type_raw() == MARIADB_GTID_EVENT {
+            // seq_no (8 bytes), domain_id (4), flags (1): the GTID is domain-server-seq.
+            let data = event.data();
+            let gtid = (data.len() >= 12).then(|| {
+                let seq = u64::from_le_bytes(data[0..8].try_into().expect("8 bytes"));
+                let domain = u32::from_le_bytes(data[8..12].try_into().expect("4 bytes"));
+                format!("{domain}-{}-{seq}", header.server_id())
+            });
+            return Ok(Some(vec![Change::Begin { gtid }]));
+        }
+        let bad = |e: std::io::Error| {
+            MyError::new(
+                "decoding a binlog event",
+                &e.to_string(),
+                "report this as a bug, with the server version",
+            )
+        };
+        let Some(data) = event.read_data().map_err(bad)? else {
+            return Ok(Some(Vec::new()));
+        };
+        let mut out = Vec::new();
+        match data {
+            EventData::RotateEvent(r) => {
+                // The first rotate names the file asked for, and its name can carry the 4
+                // checksum bytes at the end (toolchain notes): a name that is ours plus bytes
+                // is ours. Files are numbered with a fixed width, so the next one never is.
+                let name = r.name().to_string();
+                if !name.starts_with(&self.file) {
+                    self.file = name;
+                }
+            }
+            EventData::XidEvent(_) => out.push(Change::Commit {
+                file: self.file.clone(),
+                pos: u64::from(header.log_pos()),
+            }),
+            EventData::QueryEvent(q) if q.query().trim().eq_ignore_ascii_case("COMMIT") => out.push(Change::Commit {
+                file: self.file.clone(),
+                pos: u64::from(header.log_pos()),
+            }),
+            EventData::RowsEvent(rows) => {
+                let tme = self
+                    .stream
+                    .get_tme(rows.table_id())
+                    .ok_or_else(|| MyError::new("decoding a row event", "no table map for it", "report this as a bug"))?;
+                if tme.database_name() != self.database.as_str() {
+                    return Ok(Some(out));
+                }
+                let table = tme.table_name().to_string();
+                let Some(labels) = self.tables.get(&table) else {
+                    return Ok(Some(out));
+                };
+                let labels = labels.clone();
+                let values = |row: Option<mysql_async::binlog::row::BinlogRow>| -> Result<Vec<Value>, MyError> {
+                    let Some(row) = row else { return Ok(Vec::new()) };
+                    row.unwrap()
+                        .into_iter()
+                        .enumerate()
+                        .map(|(i, v)| {
+                            let v = Value::try_from(v)
+                                .map_err(|e| MyError::new("decoding a JSON value", &e.to_string(), "report this as a bug"))?;
+                            Ok(labelled(&labels, i, v))
+                        })
+                        .collect()
+                };
+                for r in rows.rows(tme) {
+                    let (before, after) = r.map_err(bad)?;
+                    let change = match &rows {
+                        RowsEventData::WriteRowsEvent(_) | RowsEventData::WriteRowsEventV1(_) => Change::Insert {
+                            table: table.clone(),
+                            row: values(after)?,
+                        },
+                        RowsEventData::DeleteRowsEvent(_) | RowsEventData::DeleteRowsEventV1(_) => Change::Delete {
+                            table: table.clone(),
+                            row: values(before)?,
+                        },
+                        _ => Change::Update {
+                            table: table.clone(),
+                            before: values(before)?,
+                            after: values(after)?,
+                        },
+                    };
+                    out.push(change);
+                }
+            }
+            _ => {}
+        }
+        Ok(Some(out))
+    }
+}
+
+/// ENUM indexes and SET bitmasks to their labels (as the full load reads them: text).
+fn labelled(labels: &Labels, i: usize, v: Value) -> Value {
+    // The binlog holds an ENUM's index and a SET's bitmask (1 to 8 bytes, little-endian);
+    // mysql_common hands them over as an integer or as those bytes.
+    let index = |v: &Value| match v {
+        Value::Int(n) => Some(*n as u64),
+        Value::UInt(n) => Some(*n),
+        Value::Bytes(b) if !b.is_empty() && b.len() <= 8 => Some(b.iter().rev().fold(0u64, |acc, x| (acc << 8) | u64::from(*x))),
+        _ => None,
+    };
+    if let Some(l) = labels.enums.get(&i) {
+        // An ENUM arrives as an integer; bytes would be a label already.
+        if let Some(n) = index(&v).filter(|_| !matches!(v, Value::Bytes(_))) {
+            // 0 is MySQL's '' error value; value::write refuses it.
+            let label = if n == 0 {
+                String::new()
+            } else {
+                l.get(n as usize - 1).cloned().unwrap_or_default()
+            };
+            return Value::Bytes(label.into_bytes());
+        }
+    }
+    if let Some(l) = labels.sets.get(&i) {
+        if let Some(bits) = index(&v) {
+            let members: Vec<&str> = l
+                .iter()
+                .enumerate()
+                .filter(|(b, _)| bits & (1 << b) != 0)
+                .map(|(_, m)| m.as_str())
+                .collect();
+            return Value::Bytes(members.join(",").into_bytes());
+        }
+    }
+    v
+}
