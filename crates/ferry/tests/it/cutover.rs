@@ -329,6 +329,12 @@ async fn heavy_cutover_aborts_when_the_target_lags_and_refuses_direct_sessions()
     let (api, proxy) = (free_addr(), free_addr());
     let m = start(&dbs, &api, &proxy, &[]);
     wait_for_cdc(&dbs.target).await;
+    // The API's status sample (once a second) has seen the migration.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while api_status(&api).await["phase"] != "cdc" {
+        assert!(Instant::now() < deadline, "the API never reported phase cdc");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     // Not verified yet: refused, with the reason.
     let (run, report) = switch(&api, "cutover", &[]);

@@ -523,9 +523,11 @@ async fn heavy_mysql_full_load_is_one_consistent_snapshot_under_writes() {
              ANALYZE TABLE {db}.a, {db}.b;"
         ),
     );
-    // 30,000 transfers from a to b, each in its own transaction, as fast as one client goes.
+    // Transfers from a to b, each in its own transaction, as fast as one client goes; more than
+    // the load can outlast, so the writer is stopped once the load is done (a transfer cut off
+    // mid-transaction is rolled back by the server).
     let mut sql = String::new();
-    for i in 0..30_000u32 {
+    for i in 0..300_000u32 {
         let k = 1 + (i * 7919) % 200_000;
         sql.push_str(&format!(
             "START TRANSACTION; UPDATE {db}.a SET v = v - 7 WHERE id = {k}; UPDATE {db}.b SET v = v + 7 WHERE id = {k}; COMMIT;\n"
@@ -556,8 +558,9 @@ async fn heavy_mysql_full_load_is_one_consistent_snapshot_under_writes() {
         "8MB",
     ]);
     let still_writing = writer.try_wait().unwrap().is_none();
-    feeder.join().unwrap().unwrap();
-    assert!(writer.wait().unwrap().success());
+    let _ = writer.kill();
+    let _ = writer.wait();
+    let _ = feeder.join();
     assert_eq!(run.code, 0, "{}", run.all());
     assert!(still_writing, "the writer finished before the load did: the test proves nothing");
     let pieces: usize = run
@@ -586,7 +589,7 @@ async fn heavy_mysql_full_load_is_one_consistent_snapshot_under_writes() {
         .await
         .unwrap()
         .get(0);
-    eprintln!("snapshot taken after {} of 30,000 transfers", moved.parse::<i64>().unwrap() / 7);
+    eprintln!("snapshot taken after {} transfers", moved.parse::<i64>().unwrap() / 7);
     my_sql("FERRY_TEST_MYSQL", &format!("DROP DATABASE {db}"));
     dbs.drop().await;
 }
