@@ -35,17 +35,23 @@ fn my_sql(var: &str, sql: &str) {
     assert!(out.status.success(), "{sql}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
-/// A fresh database on a MariaDB server and a fresh target database; returns (source URL with
-/// the given user and password, target URL).
-async fn fresh(var: &str, prefix: &str, user: &str, password: &str) -> (String, String, Dbs) {
+/// A fresh database on a MariaDB server and a fresh target database; returns (source URL as
+/// root, target URL).
+async fn fresh(var: &str, prefix: &str) -> (String, String, Dbs) {
     let dbs = Dbs::create(prefix).await;
-    let (host, port, _) = server(var);
+    let (host, port, password) = server(var);
     my_sql(var, &format!("DROP DATABASE IF EXISTS {0}; CREATE DATABASE {0}", dbs.name));
     (
-        format!("mysql://{user}:{password}@{host}:{port}/{}", dbs.name),
+        format!("mysql://root:{password}@{host}:{port}/{}", dbs.name),
         dbs.target.clone(),
         dbs,
     )
+}
+
+/// Drops the MariaDB database and both PostgreSQL databases of a test.
+async fn dispose(var: &str, dbs: Dbs) {
+    my_sql(var, &format!("DROP DATABASE {}", dbs.name));
+    dbs.drop().await;
 }
 
 fn finding<'a>(report: &'a serde_json::Value, check: &str) -> Vec<&'a serde_json::Value> {
@@ -59,8 +65,7 @@ fn finding<'a>(report: &'a serde_json::Value, check: &str) -> Vec<&'a serde_json
 
 #[tokio::test]
 async fn mysql_check_reports_every_type_and_the_prerequisites() {
-    let root_pw = server("FERRY_TEST_MYSQL").2;
-    let (source, target, dbs) = fresh("FERRY_TEST_MYSQL", "mycheck", "root", &root_pw).await;
+    let (source, target, dbs) = fresh("FERRY_TEST_MYSQL", "mycheck").await;
     let db = &dbs.name;
     my_sql(
         "FERRY_TEST_MYSQL",
@@ -180,8 +185,7 @@ async fn mysql_check_reports_every_type_and_the_prerequisites() {
             .any(|f| f["message"].as_str().unwrap().contains("every_type.dt")),
         "{report}"
     );
-    my_sql("FERRY_TEST_MYSQL", &format!("DROP DATABASE {db}"));
-    dbs.drop().await;
+    dispose("FERRY_TEST_MYSQL", dbs).await;
 }
 
 #[tokio::test]
@@ -202,8 +206,7 @@ async fn mysql_check_names_the_fix_for_binlog_off_statement_format_and_missing_p
             "binlog_row_image = 'FULL'",
         ),
     ] {
-        let pw = server(var).2;
-        let (source, target, dbs) = fresh(var, "mybad", "root", &pw).await;
+        let (source, target, dbs) = fresh(var, "mybad").await;
         my_sql(var, &format!("CREATE TABLE {}.t (id int PRIMARY KEY)", dbs.name));
         cases.push((var, source, target, dbs, check, needle, fix));
     }
@@ -218,13 +221,12 @@ async fn mysql_check_names_the_fix_for_binlog_off_statement_format_and_missing_p
                 && f["fix"].as_str().unwrap_or_default().contains(fix)),
             "{var}: expected a {check} blocker with the fix: {report}"
         );
-        my_sql(var, &format!("DROP DATABASE {}", dbs.name));
-        dbs.drop().await;
+        dispose(var, dbs).await;
     }
 
     // A user that may only read: the missing grants are named, with the statement to run.
     let (_, _, root_pw) = server("FERRY_TEST_MYSQL");
-    let (source, target, dbs) = fresh("FERRY_TEST_MYSQL", "mypriv", "root", &root_pw).await;
+    let (source, target, dbs) = fresh("FERRY_TEST_MYSQL", "mypriv").await;
     let db = &dbs.name;
     let user = format!("r{}", &db[db.len() - 6..]);
     my_sql(
@@ -265,8 +267,7 @@ async fn mysql_check_names_the_fix_for_binlog_off_statement_format_and_missing_p
 /// --zero-dates null.
 #[tokio::test]
 async fn mysql_full_load_moves_every_type_exactly() {
-    let root_pw = server("FERRY_TEST_MYSQL").2;
-    let (source, target, dbs) = fresh("FERRY_TEST_MYSQL", "myload", "root", &root_pw).await;
+    let (source, target, dbs) = fresh("FERRY_TEST_MYSQL", "myload").await;
     let db = &dbs.name;
     my_sql(
         "FERRY_TEST_MYSQL",
@@ -500,8 +501,7 @@ async fn mysql_full_load_moves_every_type_exactly() {
         .unwrap()
         .get(0);
     assert_eq!(zero, 1);
-    my_sql("FERRY_TEST_MYSQL", &format!("DROP DATABASE {db}"));
-    dbs.drop().await;
+    dispose("FERRY_TEST_MYSQL", dbs).await;
 }
 
 /// The parallel copy reads one consistent snapshot: while a writer moves amounts between two
@@ -510,7 +510,7 @@ async fn mysql_full_load_moves_every_type_exactly() {
 #[tokio::test]
 async fn heavy_mysql_full_load_is_one_consistent_snapshot_under_writes() {
     let (host, port, root_pw) = server("FERRY_TEST_MYSQL");
-    let (source, target, dbs) = fresh("FERRY_TEST_MYSQL", "mysnap", "root", &root_pw).await;
+    let (source, target, dbs) = fresh("FERRY_TEST_MYSQL", "mysnap").await;
     let db = &dbs.name;
     my_sql(
         "FERRY_TEST_MYSQL",
@@ -590,8 +590,7 @@ async fn heavy_mysql_full_load_is_one_consistent_snapshot_under_writes() {
         .unwrap()
         .get(0);
     eprintln!("snapshot taken after {} transfers", moved.parse::<i64>().unwrap() / 7);
-    my_sql("FERRY_TEST_MYSQL", &format!("DROP DATABASE {db}"));
-    dbs.drop().await;
+    dispose("FERRY_TEST_MYSQL", dbs).await;
 }
 
 /// kill -9 in the middle of the copy, then the same command again: the interrupted load's
@@ -599,8 +598,7 @@ async fn heavy_mysql_full_load_is_one_consistent_snapshot_under_writes() {
 /// refused (the load finished) unless --overwrite.
 #[tokio::test]
 async fn heavy_mysql_kill_9_during_the_full_load_then_rerun() {
-    let root_pw = server("FERRY_TEST_MYSQL").2;
-    let (source, target, dbs) = fresh("FERRY_TEST_MYSQL", "mykill", "root", &root_pw).await;
+    let (source, target, dbs) = fresh("FERRY_TEST_MYSQL", "mykill").await;
     let db = &dbs.name;
     my_sql(
         "FERRY_TEST_MYSQL",
@@ -663,6 +661,5 @@ async fn heavy_mysql_kill_9_during_the_full_load_then_rerun() {
     let third = ferry(&args);
     assert_eq!(third.code, 2, "{}", third.all());
     assert!(third.all().contains("already finished; pass --overwrite"), "{}", third.all());
-    my_sql("FERRY_TEST_MYSQL", &format!("DROP DATABASE {db}"));
-    dbs.drop().await;
+    dispose("FERRY_TEST_MYSQL", dbs).await;
 }
