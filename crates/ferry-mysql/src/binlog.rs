@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 
 use futures_util::StreamExt;
-use mysql_async::binlog::events::{EventData, RowsEventData};
+use mysql_async::binlog::events::{EventData, OptionalMetadataField, RowsEventData};
 use mysql_async::prelude::Queryable;
 use mysql_async::Value;
 
@@ -51,13 +51,99 @@ pub enum Change {
         /// The row before.
         row: Vec<Value>,
     },
+    /// A table of the migration was truncated (`TRUNCATE` is logged as a statement).
+    Truncate {
+        /// Table.
+        table: String,
+    },
+    /// A statement that changes the schema of the migrated database (ALTER, CREATE, DROP,
+    /// RENAME): the applier stops before it (`docs/mysql-cdc.md`).
+    SchemaChange {
+        /// The statement as logged.
+        query: String,
+        /// Binlog file of the statement.
+        file: String,
+        /// Position after it.
+        pos: u64,
+    },
     /// The transaction committed; the stream continues after `file`:`pos`.
     Commit {
         /// Binlog file.
         file: String,
         /// Position after the commit.
         pos: u64,
+        /// When it was written on the source (seconds since the epoch).
+        timestamp: u32,
     },
+}
+
+/// What a statement in a query event is to the applier.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Statement {
+    /// `BEGIN`.
+    Begin,
+    /// `COMMIT`.
+    Commit,
+    /// `TRUNCATE` of this table (database, when named; table).
+    Truncate(Option<String>, String),
+    /// DDL.
+    SchemaChange,
+    /// Anything else (grants, flushes, XA bookkeeping, ANALYZE): no row changes.
+    Other,
+}
+
+/// Classifies a logged statement; comments before it are skipped.
+pub fn classify(query: &str) -> Statement {
+    let mut q = query.trim_start();
+    loop {
+        if let Some(rest) = q.strip_prefix("/*") {
+            // MySQL's versioned comments (/*!40000 ...*/) hold real statements; others do not.
+            if rest.starts_with('!') {
+                let body = rest.trim_start_matches(|c: char| c == '!' || c.is_ascii_digit());
+                q = body.trim_start();
+                continue;
+            }
+            q = rest.split_once("*/").map(|x| x.1).unwrap_or("").trim_start();
+        } else if q.starts_with("--") || q.starts_with('#') {
+            q = q.split_once('\n').map(|x| x.1).unwrap_or("").trim_start();
+        } else {
+            break;
+        }
+    }
+    let mut words = q.split_whitespace();
+    let first = words.next().unwrap_or_default().to_ascii_uppercase();
+    match first.trim_end_matches(';') {
+        "BEGIN" => Statement::Begin,
+        "COMMIT" => Statement::Commit,
+        "TRUNCATE" => {
+            let mut name = words.next().unwrap_or_default();
+            if name.eq_ignore_ascii_case("TABLE") {
+                name = words.next().unwrap_or_default();
+            }
+            let name = name.trim_end_matches(';');
+            let unquote = |s: &str| s.trim_matches('`').replace("``", "`");
+            match split_qualified(name) {
+                (Some(db), t) => Statement::Truncate(Some(unquote(db)), unquote(t)),
+                (None, t) => Statement::Truncate(None, unquote(t)),
+            }
+        }
+        "ALTER" | "CREATE" | "DROP" | "RENAME" => Statement::SchemaChange,
+        _ => Statement::Other,
+    }
+}
+
+/// `db.table`, `` `db`.`table` `` or `table`.
+fn split_qualified(name: &str) -> (Option<&str>, &str) {
+    // A dot outside backticks separates the database.
+    let mut in_quote = false;
+    for (i, c) in name.char_indices() {
+        match c {
+            '`' => in_quote = !in_quote,
+            '.' if !in_quote => return (Some(&name[..i]), &name[i + 1..]),
+            _ => {}
+        }
+    }
+    (None, name)
 }
 
 /// Label lists of a table's ENUM and SET columns, by column index.
@@ -73,6 +159,16 @@ pub struct BinlogReader {
     database: String,
     file: String,
     tables: HashMap<String, Labels>,
+    /// Column count of each table in the plan: a row event with another count means the table
+    /// changed under us.
+    widths: HashMap<String, usize>,
+    /// Column names of each table in the plan, checked against the binlog's (when the source
+    /// logs them: binlog_row_metadata=FULL).
+    names: HashMap<String, Vec<String>>,
+    /// Inside a transaction (a Begin was returned and no Commit yet).
+    in_tx: bool,
+    /// MariaDB flagged the current group standalone (one statement, no COMMIT follows).
+    standalone: bool,
 }
 
 impl std::fmt::Debug for BinlogReader {
@@ -86,7 +182,8 @@ impl BinlogReader {
     /// the binlog from `file`:`pos`. `tables` gives ENUM/SET labels.
     pub async fn start(source: &MyEndpoint, server_id: u32, file: &str, pos: u64, tables: &[MyTable]) -> Result<Self, MyError> {
         let mut conn = source.connect().await?;
-        conn.query_drop("SET @mariadb_slave_capability = 4")
+        // Heartbeats every second when the source is idle, so a dead connection is noticed.
+        conn.query_drop("SET @mariadb_slave_capability = 4, @master_heartbeat_period = 1000000000")
             .await
             .map_err(|e| MyError::query("preparing the binlog connection", e))?;
         let request = mysql_async::BinlogStreamRequest::new(server_id)
@@ -99,6 +196,7 @@ impl BinlogReader {
                 "check REPLICATION SLAVE for Ferry's user, and that the file still exists (SHOW BINARY LOGS)",
             )
         })?;
+        let tables_ref = tables;
         let tables = tables
             .iter()
             .map(|t| {
@@ -118,6 +216,13 @@ impl BinlogReader {
             database: source.database().to_string(),
             file: file.to_string(),
             tables,
+            widths: tables_ref.iter().map(|t| (t.name.clone(), t.columns.len())).collect(),
+            names: tables_ref
+                .iter()
+                .map(|t| (t.name.clone(), t.columns.iter().map(|(n, _)| n.clone()).collect()))
+                .collect(),
+            in_tx: false,
+            standalone: false,
         })
     }
 
@@ -134,8 +239,12 @@ impl BinlogReader {
                 let domain = u32::from_le_bytes(data[8..12].try_into().expect("4 bytes"));
                 format!("{domain}-{}-{seq}", header.server_id())
             });
+            self.in_tx = true;
+            // Flags byte: bit 0 is FL_STANDALONE (DDL or a non-transactional statement).
+            self.standalone = data.get(12).is_some_and(|f| f & 1 != 0);
             return Ok(Some(vec![Change::Begin { gtid }]));
         }
+        let timestamp = header.timestamp();
         let bad = |e: std::io::Error| {
             MyError::new(
                 "decoding a binlog event",
@@ -157,14 +266,72 @@ impl BinlogReader {
                     self.file = name;
                 }
             }
-            EventData::XidEvent(_) => out.push(Change::Commit {
-                file: self.file.clone(),
-                pos: u64::from(header.log_pos()),
-            }),
-            EventData::QueryEvent(q) if q.query().trim().eq_ignore_ascii_case("COMMIT") => out.push(Change::Commit {
-                file: self.file.clone(),
-                pos: u64::from(header.log_pos()),
-            }),
+            EventData::GtidEvent(g) => {
+                // MySQL 8: a GTID (server uuid:transaction number), then a BEGIN query.
+                let sid = g.sid();
+                let hex: String = sid.iter().map(|b| format!("{b:02x}")).collect();
+                let uuid = format!("{}-{}-{}-{}-{}", &hex[0..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..32]);
+                out.push(Change::Begin {
+                    gtid: Some(format!("{uuid}:{}", g.gno())),
+                });
+                self.in_tx = true;
+            }
+            EventData::XidEvent(_) => {
+                self.in_tx = false;
+                self.standalone = false;
+                out.push(Change::Commit {
+                    file: self.file.clone(),
+                    pos: u64::from(header.log_pos()),
+                    timestamp,
+                })
+            }
+            EventData::QueryEvent(q) => {
+                let commit = Change::Commit {
+                    file: self.file.clone(),
+                    pos: u64::from(header.log_pos()),
+                    timestamp,
+                };
+                let query = q.query().to_string();
+                let ours = |db: Option<&str>| db.unwrap_or(&q.schema()) == self.database.as_str();
+                let statement = classify(&query);
+                // DDL commits implicitly, and MariaDB marks a group of one statement standalone;
+                // a statement inside a transaction (MySQL's XA bookkeeping, say) does not end it.
+                let ends_group = matches!(statement, Statement::Commit | Statement::Truncate(..) | Statement::SchemaChange)
+                    || !self.in_tx
+                    || self.standalone;
+                if !matches!(statement, Statement::Begin | Statement::Commit) && !self.in_tx {
+                    // A statement on its own (MySQL without GTIDs): its own transaction.
+                    out.push(Change::Begin { gtid: None });
+                }
+                match statement {
+                    Statement::Begin => {
+                        if !self.in_tx {
+                            out.push(Change::Begin { gtid: None });
+                        }
+                        self.in_tx = true;
+                        return Ok(Some(out));
+                    }
+                    Statement::Commit => {}
+                    Statement::Truncate(db, table) if ours(db.as_deref()) && self.tables.contains_key(&table) => {
+                        out.push(Change::Truncate { table })
+                    }
+                    Statement::SchemaChange
+                        if q.schema() == self.database.as_str() || query.contains(self.database.as_str()) =>
+                    {
+                        out.push(Change::SchemaChange {
+                            query,
+                            file: self.file.clone(),
+                            pos: u64::from(header.log_pos()),
+                        })
+                    }
+                    _ => {}
+                }
+                if ends_group {
+                    self.in_tx = false;
+                    self.standalone = false;
+                    out.push(commit);
+                }
+            }
             EventData::RowsEvent(rows) => {
                 let tme = self
                     .stream
@@ -177,6 +344,37 @@ impl BinlogReader {
                 let Some(labels) = self.tables.get(&table) else {
                     return Ok(Some(out));
                 };
+                let width = self.widths.get(&table).copied().unwrap_or_default();
+                let logged: Option<Vec<String>> = tme.iter_optional_meta().find_map(|f| match f {
+                    Ok(OptionalMetadataField::ColumnName(n)) => Some(
+                        n.iter_names()
+                            .filter_map(Result::ok)
+                            .map(|c| String::from_utf8_lossy(c.name_raw()).into_owned())
+                            .collect(),
+                    ),
+                    _ => None,
+                });
+                if let Some(logged) = logged.filter(|l| Some(l) != self.names.get(&table)) {
+                    return Err(MyError::new(
+                        &format!("decoding a change to {table} at {}:{}", self.file, header.log_pos()),
+                        &format!(
+                            "the binlog's columns are ({}), the migration plan's ({}): its schema changed on the source",
+                            logged.join(", "),
+                            self.names.get(&table).map(|n| n.join(", ")).unwrap_or_default()
+                        ),
+                        "make the same change on the target, then run ferry migrate again (docs/mysql-cdc.md)",
+                    ));
+                }
+                if tme.columns_count() != width as u64 {
+                    return Err(MyError::new(
+                        &format!("decoding a change to {table} at {}:{}", self.file, header.log_pos()),
+                        &format!(
+                            "the binlog has {} columns for it, the migration plan {width}: its schema changed on the source",
+                            tme.columns_count()
+                        ),
+                        "make the same change on the target, then run ferry migrate again (docs/mysql-cdc.md)",
+                    ));
+                }
                 let labels = labels.clone();
                 let values = |row: Option<mysql_async::binlog::row::BinlogRow>| -> Result<Vec<Value>, MyError> {
                     let Some(row) = row else { return Ok(Vec::new()) };

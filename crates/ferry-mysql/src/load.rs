@@ -274,6 +274,19 @@ pub async fn full_load(req: &MyCheckRequest, plan: &MyPlan, jobs: usize, split_b
     })
 }
 
+/// How each column's values are written, in column order.
+pub fn kinds_of(t: &MyTable) -> Vec<Kind> {
+    t.columns
+        .iter()
+        .map(|(_, m)| {
+            Kind::of(
+                m.source.split('(').next().unwrap_or_default().split(' ').next().unwrap_or_default(),
+                &m.target,
+            )
+        })
+        .collect()
+}
+
 /// Streams one table into the target with COPY, in the connection's snapshot.
 async fn copy_table(
     conn: &mut mysql_async::Conn,
@@ -285,16 +298,7 @@ async fn copy_table(
 ) -> Result<u64, MyError> {
     let started = Instant::now();
     let cols: Vec<&String> = t.columns.iter().map(|(n, _)| n).collect();
-    let kinds: Vec<Kind> = t
-        .columns
-        .iter()
-        .map(|(_, m)| {
-            Kind::of(
-                m.source.split('(').next().unwrap_or_default().split(' ').next().unwrap_or_default(),
-                &m.target,
-            )
-        })
-        .collect();
+    let kinds = kinds_of(t);
     let mut select = format!(
         "SELECT {} FROM {}.{}",
         cols.iter().map(|c| my_q(c)).collect::<Vec<_>>().join(", "),
@@ -526,6 +530,19 @@ pub async fn mark_started(target: &tokio_postgres::Client, schema: &str, source:
             &format!(
                 "INSERT INTO {}.mysql_loads (source) VALUES ($1)
                  ON CONFLICT (source) DO UPDATE SET started_at = clock_timestamp(), finished_at = NULL, summary = NULL",
+                q(schema)
+            ),
+            &[&source],
+        )
+        .await
+        .map_err(|e| MyError::new("recording the full load's start", &e.to_string(), "check the target"))?;
+    crate::apply::ensure_state(target, schema).await?;
+    target
+        .execute(
+            &format!(
+                "UPDATE {}.mysql_loads SET cdc_file = NULL, cdc_pos = NULL, cdc_gtid = NULL, cdc_transactions = 0,
+                        cdc_applied_at = NULL, cdc_blocked = NULL, cdc_tables = NULL, phase = 'full_load'
+                 WHERE source = $1",
                 q(schema)
             ),
             &[&source],

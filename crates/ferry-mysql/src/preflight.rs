@@ -42,7 +42,7 @@ pub struct MyServerInfo {
 }
 
 /// One source table in the plan.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct MyTable {
     /// Table name (in the source database; created in the target's `public` schema).
     pub name: String,

@@ -55,8 +55,35 @@ impl Kind {
 /// Appends `v` to a COPY text line. Err says what is wrong with the value (the caller names
 /// the row and column).
 pub fn write(out: &mut Vec<u8>, v: &Value, kind: &Kind, zero_dates: ZeroDates) -> Result<(), String> {
+    if !write_form(out, v, kind, zero_dates, true)? {
+        out.extend_from_slice(b"\\N");
+    }
+    Ok(())
+}
+
+/// The value's PostgreSQL input text (not escaped for COPY), for SQL parameters and
+/// literals; None for NULL (or a zero date under `--zero-dates null`).
+pub fn text_of(v: &Value, kind: &Kind, zero_dates: ZeroDates) -> Result<Option<String>, String> {
+    let mut out = Vec::new();
+    if !write_form(&mut out, v, kind, zero_dates, false)? {
+        return Ok(None);
+    }
+    // Only UTF-8 is ever written (text is checked, everything else is ASCII).
+    String::from_utf8(out).map(Some).map_err(|_| "not UTF-8".to_string())
+}
+
+/// Writes the value's text, escaped for COPY when `copy`; false for NULL (nothing written).
+fn write_form(out: &mut Vec<u8>, v: &Value, kind: &Kind, zero_dates: ZeroDates, copy: bool) -> Result<bool, String> {
+    let escape_char = |out: &mut Vec<u8>, c: char| {
+        if copy {
+            escape_char(out, c)
+        } else {
+            let mut buf = [0u8; 4];
+            out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+        }
+    };
     match v {
-        Value::NULL => out.extend_from_slice(b"\\N"),
+        Value::NULL => return Ok(false),
         Value::Int(i) => match kind {
             Kind::Boolean => match i {
                 0 => out.push(b'f'),
@@ -79,7 +106,7 @@ pub fn write(out: &mut Vec<u8>, v: &Value, kind: &Kind, zero_dates: ZeroDates) -
         Value::Double(d) => out.extend_from_slice(format!("{d:?}").as_bytes()),
         Value::Bytes(b) => match kind {
             Kind::Bytes => {
-                out.extend_from_slice(b"\\\\x");
+                out.extend_from_slice(if copy { b"\\\\x" } else { b"\\x" });
                 for byte in b {
                     out.extend_from_slice(format!("{byte:02x}").as_bytes());
                 }
@@ -115,7 +142,8 @@ pub fn write(out: &mut Vec<u8>, v: &Value, kind: &Kind, zero_dates: ZeroDates) -
                     out.push(b'"');
                     for c in member.chars() {
                         if c == '"' || c == '\\' {
-                            out.extend_from_slice(b"\\\\");
+                            // The array's own escape, itself escaped for COPY.
+                            out.extend_from_slice(if copy { b"\\\\" } else { b"\\" });
                         }
                         escape_char(out, c);
                     }
@@ -137,10 +165,7 @@ pub fn write(out: &mut Vec<u8>, v: &Value, kind: &Kind, zero_dates: ZeroDates) -
         Value::Date(y, mo, d, h, mi, s, us) => {
             if *y == 0 || *mo == 0 || *d == 0 {
                 return match zero_dates {
-                    ZeroDates::Null => {
-                        out.extend_from_slice(b"\\N");
-                        Ok(())
-                    }
+                    ZeroDates::Null => Ok(false),
                     ZeroDates::Error => Err(format!(
                         "zero date {y:04}-{mo:02}-{d:02}: PostgreSQL has no such date; fix the row on the source, or pass --zero-dates null to write NULL"
                     )),
@@ -161,7 +186,7 @@ pub fn write(out: &mut Vec<u8>, v: &Value, kind: &Kind, zero_dates: ZeroDates) -
             out.extend_from_slice(format!("{}{hours}:{mi:02}:{s:02}.{us:06}", if *neg { "-" } else { "" }).as_bytes());
         }
     }
-    Ok(())
+    Ok(true)
 }
 
 fn text(b: &[u8]) -> Result<&str, String> {

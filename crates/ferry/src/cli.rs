@@ -189,6 +189,10 @@ pub struct MigrateArgs {
     /// errors (failed sessions or rejected changes). Off by default.
     #[arg(long)]
     pub auto_rollback_apply_errors: Option<u64>,
+    /// MySQL/MariaDB sources: the schema change the stream stopped at has been made on the
+    /// target by hand; continue after it.
+    #[arg(long)]
+    pub ddl_applied: bool,
 }
 
 /// `ferry cutover` and `ferry rollback`.

@@ -280,7 +280,7 @@ pub(crate) fn api_token(file: Option<&std::path::Path>) -> anyhow::Result<Option
     }
 }
 
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(s) => s,
         Err(_) => return std::future::pending().await,

@@ -1,0 +1,695 @@
+//! Change capture from the binlog into PostgreSQL, exactly once.
+//!
+//! Source transactions are applied whole, in binlog order; several may share one target
+//! transaction (a batch), which also moves Ferry's position (`ferry.mysql_loads.cdc_file`,
+//! `cdc_pos`) in the same commit: after a crash the target holds exactly the transactions
+//! up to the stored position, and the stream resumes there. A transaction's statements are sent
+//! as they arrive, in chunks, inside the open target transaction: a large source transaction is
+//! never held in memory.
+//!
+//! Statements are plain SQL with literals in PostgreSQL's input form (`value::text_of`, the
+//! same conversion as the full load) and one round trip per chunk. Each UPDATE and DELETE must
+//! touch exactly one row, each INSERT must insert one: anything else means the target drifted
+//! from the source, and the stream stops naming the row rather than go on silently.
+//! `docs/mysql-cdc.md` has the whole story.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use ferry_core::ident::{quote_ident, quote_literal};
+use futures_util::FutureExt;
+use serde::Serialize;
+use tokio_postgres::SimpleQueryMessage;
+
+use crate::binlog::{BinlogReader, Change};
+use crate::error::MyError;
+use crate::load::kinds_of;
+use crate::preflight::{MyCheckRequest, MyPlan, MyTable};
+use crate::types::ZeroDates;
+use crate::value::{text_of, Kind};
+
+/// A place in the source's binlog.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Position {
+    /// Binlog file.
+    pub file: String,
+    /// Offset in it (the next event).
+    pub pos: u64,
+    /// GTID of the last transaction applied (or the snapshot's GTID position).
+    pub gtid: String,
+}
+
+impl std::fmt::Display for Position {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.file, self.pos)
+    }
+}
+
+/// How the stream runs.
+#[derive(Debug, Clone)]
+pub struct CdcOptions {
+    /// Ferry's replica server id on the source (unique among its replicas).
+    pub server_id: u32,
+    /// Most row changes in one target transaction (source transactions are never split).
+    pub batch_changes: usize,
+    /// Longest a batch stays open before committing at the next transaction boundary.
+    pub batch_time: Duration,
+    /// A schema change the user has applied on the target (`--ddl-applied`): its position.
+    pub skip_schema_change: Option<(String, u64)>,
+}
+
+/// Counters the command prints and tests read.
+#[derive(Debug, Default)]
+pub struct CdcStats {
+    /// Source transactions applied.
+    pub transactions: AtomicU64,
+    /// Row changes applied.
+    pub changes: AtomicU64,
+    /// Source commit time (epoch seconds) of the last transaction applied.
+    pub last_commit_ts: AtomicU64,
+    /// Nothing was waiting in the stream at the last commit.
+    pub caught_up: AtomicBool,
+    /// Reconnections after a transient failure.
+    pub reconnects: AtomicU64,
+}
+
+impl CdcStats {
+    /// Seconds the target is behind: 0 when caught up, else the age of the last applied commit.
+    pub fn lag_seconds(&self) -> u64 {
+        if self.caught_up.load(Ordering::Relaxed) {
+            return 0;
+        }
+        let ts = self.last_commit_ts.load(Ordering::Relaxed);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or_default();
+        if ts == 0 {
+            0
+        } else {
+            now.saturating_sub(ts)
+        }
+    }
+}
+
+/// Adds the change-capture columns to Ferry's state table (idempotent).
+pub async fn ensure_state(target: &tokio_postgres::Client, schema: &str) -> Result<(), MyError> {
+    target
+        .batch_execute(&format!(
+            "ALTER TABLE {s}.mysql_loads
+                 ADD COLUMN IF NOT EXISTS cdc_file text,
+                 ADD COLUMN IF NOT EXISTS cdc_pos bigint,
+                 ADD COLUMN IF NOT EXISTS cdc_gtid text,
+                 ADD COLUMN IF NOT EXISTS cdc_transactions bigint NOT NULL DEFAULT 0,
+                 ADD COLUMN IF NOT EXISTS cdc_applied_at timestamptz,
+                 ADD COLUMN IF NOT EXISTS cdc_blocked jsonb,
+                 ADD COLUMN IF NOT EXISTS cdc_tables jsonb,
+                 ADD COLUMN IF NOT EXISTS phase text NOT NULL DEFAULT 'full_load'",
+            s = quote_ident(schema)
+        ))
+        .await
+        .map_err(|e| MyError::new("extending Ferry's state on the target", &e.to_string(), "check the target user's rights"))
+}
+
+/// Where the stream of `source` stands: the last applied position (the full load's snapshot
+/// before any change), and a schema change it stopped at. None: no finished full load.
+pub async fn state(
+    target: &tokio_postgres::Client,
+    schema: &str,
+    source: &str,
+) -> Result<Option<(Position, Option<serde_json::Value>)>, MyError> {
+    let row = target
+        .query_opt(
+            &format!(
+                "SELECT coalesce(cdc_file, summary->>'binlog_file'), coalesce(cdc_pos, (summary->>'binlog_pos')::int8),
+                        coalesce(cdc_gtid, summary->>'gtid', ''), cdc_blocked::text
+                 FROM {}.mysql_loads WHERE source = $1 AND finished_at IS NOT NULL",
+                quote_ident(schema)
+            ),
+            &[&source],
+        )
+        .await
+        .map_err(|e| MyError::new("reading Ferry's position on the target", &e.to_string(), "check the target"))?;
+    Ok(row.map(|r| {
+        let blocked: Option<String> = r.get(3);
+        (
+            Position {
+                file: r.get(0),
+                pos: r.get::<_, i64>(1) as u64,
+                gtid: r.get(2),
+            },
+            blocked.and_then(|b| serde_json::from_str(&b).ok()),
+        )
+    }))
+}
+
+/// The tables as the stream knows them: stored when it first starts and kept until a schema
+/// change is applied (`--ddl-applied`, `fresh`), so that a restart reads old binlog events with
+/// the schema they were written with, not the source's current one.
+pub async fn stream_tables(
+    target: &tokio_postgres::Client,
+    schema: &str,
+    source: &str,
+    current: &[MyTable],
+    fresh: bool,
+) -> Result<Vec<MyTable>, MyError> {
+    let err = |e: tokio_postgres::Error| MyError::new("reading the stream's tables from Ferry's state", &e.to_string(), "check the target");
+    let stored: Option<String> = target
+        .query_opt(
+            &format!("SELECT cdc_tables::text FROM {}.mysql_loads WHERE source = $1", quote_ident(schema)),
+            &[&source],
+        )
+        .await
+        .map_err(err)?
+        .and_then(|r| r.get(0));
+    if let (Some(text), false) = (&stored, fresh) {
+        return serde_json::from_str::<Vec<MyTable>>(text).map_err(|e| {
+            MyError::new(
+                "reading the stream's tables from Ferry's state",
+                &e.to_string(),
+                "report this as a bug; reloading with --overwrite starts afresh",
+            )
+        });
+    }
+    let json = serde_json::to_string(current).unwrap_or_default();
+    target
+        .execute(
+            &format!("UPDATE {}.mysql_loads SET cdc_tables = $2::text::jsonb WHERE source = $1", quote_ident(schema)),
+            &[&source, &json],
+        )
+        .await
+        .map_err(err)?;
+    Ok(current.to_vec())
+}
+
+/// One table's statement shapes.
+struct TableInfo {
+    qname: String,
+    cols: Vec<String>,
+    names: Vec<String>,
+    kinds: Vec<Kind>,
+    /// Primary-key column indexes; empty: the table has none (all columns identify a row).
+    key: Vec<usize>,
+}
+
+impl TableInfo {
+    fn new(t: &MyTable) -> TableInfo {
+        TableInfo {
+            qname: format!("public.{}", quote_ident(&t.name)),
+            cols: t.columns.iter().map(|(n, _)| quote_ident(n)).collect(),
+            names: t.columns.iter().map(|(n, _)| n.clone()).collect(),
+            kinds: kinds_of(t),
+            key: t
+                .primary_key
+                .iter()
+                .filter_map(|k| t.columns.iter().position(|(n, _)| n == k))
+                .collect(),
+        }
+    }
+}
+
+/// Why a run ended.
+enum Failure {
+    /// Network, restart: reconnect and resume from the stored position.
+    Transient(MyError),
+    /// Needs a human.
+    Fatal(MyError),
+}
+
+/// A statement waiting in the chunk and what it must report.
+struct Expect {
+    /// Rows it must touch (None: any, for TRUNCATE and Ferry's own statements).
+    rows: Option<u64>,
+    /// For the error: table and key.
+    what: String,
+}
+
+/// The open target transaction.
+struct Batch {
+    open: bool,
+    sql: String,
+    expect: Vec<Expect>,
+    changes: usize,
+    transactions: u64,
+    started: Instant,
+    /// Position after the last complete source transaction in it.
+    position: Option<Position>,
+    last_ts: u32,
+}
+
+impl Batch {
+    fn new() -> Batch {
+        Batch {
+            open: false,
+            sql: String::new(),
+            expect: Vec::new(),
+            changes: 0,
+            transactions: 0,
+            started: Instant::now(),
+            position: None,
+            last_ts: 0,
+        }
+    }
+}
+
+/// The stream's applier for one run (one source and one target connection).
+struct Applier<'a> {
+    pg: tokio_postgres::Client,
+    tables: HashMap<String, TableInfo>,
+    zero: ZeroDates,
+    schema: &'a str,
+    source_id: &'a str,
+    batch: Batch,
+    stats: &'a CdcStats,
+    gtid: String,
+}
+
+const CHUNK_BYTES: usize = 1 << 20;
+const CHUNK_STATEMENTS: usize = 2000;
+
+impl Applier<'_> {
+    fn pg_failure(&self, what: &str, e: tokio_postgres::Error) -> Failure {
+        let transient = e.is_closed() || e.as_db_error().is_none();
+        let text = ferry_postgres::PgError::query(what, e).to_string();
+        if transient {
+            Failure::Transient(MyError::new(what, &text, "Ferry reconnects and resumes from its last commit"))
+        } else {
+            Failure::Fatal(MyError::new(
+                what,
+                &text,
+                "the target rejected a change from the source: fix the target (or the row on the source) and run ferry migrate again; nothing after the last commit was applied",
+            ))
+        }
+    }
+
+    fn begin_if_needed(&mut self) {
+        if !self.batch.open {
+            self.batch.open = true;
+            self.batch.started = Instant::now();
+            self.batch.sql.push_str("BEGIN;\n");
+        }
+    }
+
+    /// A literal in PostgreSQL's input form, or NULL.
+    fn literal(&self, t: &TableInfo, row: &[mysql_async::Value], i: usize) -> Result<String, Failure> {
+        let v = &row[i];
+        match text_of(v, &t.kinds[i], self.zero) {
+            Ok(Some(s)) => Ok(quote_literal(&s)),
+            Ok(None) => Ok("NULL".into()),
+            Err(why) => Err(Failure::Fatal(MyError::new(
+                &format!("applying a change to {}, row {}, column {}", t.names.join(","), key_text(t, row), t.names[i]),
+                &why,
+                "see docs/mysql-types.md",
+            ))),
+        }
+    }
+
+    /// `WHERE` identifying the row by its key (all columns for a table without one).
+    fn condition(&self, t: &TableInfo, row: &[mysql_async::Value]) -> Result<String, Failure> {
+        if t.key.is_empty() {
+            let mut parts = Vec::with_capacity(t.cols.len());
+            for i in 0..t.cols.len() {
+                parts.push(format!("{} IS NOT DISTINCT FROM {}", t.cols[i], self.literal(t, row, i)?));
+            }
+            // One row of possibly several identical ones.
+            return Ok(format!(
+                "ctid = (SELECT ctid FROM {} WHERE {} LIMIT 1)",
+                t.qname,
+                parts.join(" AND ")
+            ));
+        }
+        let mut parts = Vec::with_capacity(t.key.len());
+        for &i in &t.key {
+            parts.push(format!("{} = {}", t.cols[i], self.literal(t, row, i)?));
+        }
+        Ok(parts.join(" AND "))
+    }
+
+    fn statement(&mut self, sql: String, rows: Option<u64>, what: String) {
+        self.begin_if_needed();
+        self.batch.sql.push_str(&sql);
+        self.batch.sql.push_str(";\n");
+        self.batch.expect.push(Expect { rows, what });
+        self.batch.changes += 1;
+    }
+
+    async fn change(&mut self, c: Change) -> Result<(), Failure> {
+        let (table, sql, rows, what) = match c {
+            Change::Insert { table, row } => {
+                let Some(t) = self.tables.get(&table) else { return Ok(()) };
+                check_width(t, &table, &row)?;
+                let mut vals = Vec::with_capacity(row.len());
+                for i in 0..row.len() {
+                    vals.push(self.literal(t, &row, i)?);
+                }
+                let sql = format!("INSERT INTO {} ({}) VALUES ({})", t.qname, t.cols.join(", "), vals.join(", "));
+                let what = format!("insert into {table} of {}", key_text(t, &row));
+                (table, sql, Some(1), what)
+            }
+            Change::Update { table, before, after } => {
+                let Some(t) = self.tables.get(&table) else { return Ok(()) };
+                check_width(t, &table, &before)?;
+                check_width(t, &table, &after)?;
+                let mut sets = Vec::new();
+                for i in 0..after.len() {
+                    if before[i] != after[i] {
+                        sets.push(format!("{} = {}", t.cols[i], self.literal(t, &after, i)?));
+                    }
+                }
+                if sets.is_empty() {
+                    return Ok(());
+                }
+                let sql = format!("UPDATE {} SET {} WHERE {}", t.qname, sets.join(", "), self.condition(t, &before)?);
+                let what = format!("update of {table} row {}", key_text(t, &before));
+                (table, sql, Some(1), what)
+            }
+            Change::Delete { table, row } => {
+                let Some(t) = self.tables.get(&table) else { return Ok(()) };
+                check_width(t, &table, &row)?;
+                let sql = format!("DELETE FROM {} WHERE {}", t.qname, self.condition(t, &row)?);
+                let what = format!("delete from {table} of row {}", key_text(t, &row));
+                (table, sql, Some(1), what)
+            }
+            Change::Truncate { table } => {
+                let Some(t) = self.tables.get(&table) else { return Ok(()) };
+                let sql = format!("TRUNCATE {}", t.qname);
+                (table.clone(), sql, None, format!("truncate of {table}"))
+            }
+            _ => return Ok(()),
+        };
+        let _ = table;
+        self.statement(sql, rows, what);
+        if self.batch.sql.len() >= CHUNK_BYTES || self.batch.expect.len() >= CHUNK_STATEMENTS {
+            self.flush(false).await?;
+        }
+        Ok(())
+    }
+
+    /// Sends the chunk; with `commit`, also moves the position and commits.
+    async fn flush(&mut self, commit: bool) -> Result<(), Failure> {
+        if commit {
+            let Some(p) = self.batch.position.clone() else {
+                // Nothing complete in the batch: nothing to commit.
+                return Ok(());
+            };
+            self.begin_if_needed();
+            self.batch.sql.push_str(&format!(
+                "UPDATE {}.mysql_loads SET cdc_file = {}, cdc_pos = {}, cdc_gtid = {}, cdc_transactions = cdc_transactions + {},
+                        cdc_applied_at = clock_timestamp(), cdc_blocked = NULL, phase = 'cdc'
+                 WHERE source = {};\nCOMMIT",
+                quote_ident(self.schema),
+                quote_literal(&p.file),
+                p.pos,
+                quote_literal(&p.gtid),
+                self.batch.transactions,
+                quote_literal(self.source_id)
+            ));
+            self.batch.expect.push(Expect {
+                rows: Some(1),
+                what: "moving Ferry's position".into(),
+            });
+            self.batch.expect.push(Expect {
+                rows: None,
+                what: "commit".into(),
+            });
+        }
+        if self.batch.sql.is_empty() {
+            return Ok(());
+        }
+        let sql = std::mem::take(&mut self.batch.sql);
+        let expect = std::mem::take(&mut self.batch.expect);
+        let result = self.pg.simple_query(&sql).await;
+        let messages = match result {
+            Ok(m) => m,
+            Err(e) => {
+                let first = expect.first().map(|x| x.what.clone()).unwrap_or_default();
+                return Err(self.pg_failure(&format!("applying source changes (chunk starting with the {first})"), e));
+            }
+        };
+        let counts: Vec<u64> = messages
+            .iter()
+            .filter_map(|m| match m {
+                SimpleQueryMessage::CommandComplete(n) => Some(*n),
+                _ => None,
+            })
+            .collect();
+        // BEGIN reports a CommandComplete too.
+        let offset = counts.len().saturating_sub(expect.len());
+        for (e, n) in expect.iter().zip(&counts[offset..]) {
+            if let Some(want) = e.rows {
+                if *n != want {
+                    let _ = self.pg.batch_execute("ROLLBACK").await;
+                    return Err(Failure::Fatal(MyError::new(
+                        &format!("applying the {}", e.what),
+                        &format!("it touched {n} row(s) on the target, the source changed {want}: the target no longer matches the source"),
+                        "find out what wrote to the target table (only Ferry may until cutover), then reload it: ferry migrate --overwrite",
+                    )));
+                }
+            }
+        }
+        if commit {
+            let p = self.batch.position.take().expect("checked above");
+            self.stats.transactions.fetch_add(self.batch.transactions, Ordering::Relaxed);
+            self.stats.changes.fetch_add(self.batch.changes as u64, Ordering::Relaxed);
+            self.stats.last_commit_ts.store(u64::from(self.batch.last_ts), Ordering::Relaxed);
+            tracing::debug!(position = %p, transactions = self.batch.transactions, changes = self.batch.changes, "batch committed");
+            self.batch = Batch::new();
+        }
+        Ok(())
+    }
+}
+
+fn check_width(t: &TableInfo, table: &str, row: &[mysql_async::Value]) -> Result<(), Failure> {
+    if row.len() != t.cols.len() {
+        return Err(Failure::Fatal(MyError::new(
+            &format!("applying a change to {table}"),
+            &format!("the row has {} values, the table {} columns: its schema changed on the source", row.len(), t.cols.len()),
+            "make the same change on the target, then run ferry migrate again (docs/mysql-cdc.md)",
+        )));
+    }
+    Ok(())
+}
+
+/// The key of a row as `col=value`, for messages.
+fn key_text(t: &TableInfo, row: &[mysql_async::Value]) -> String {
+    let idx: Vec<usize> = if t.key.is_empty() {
+        (0..t.cols.len().min(3)).collect()
+    } else {
+        t.key.clone()
+    };
+    idx.iter()
+        .filter(|&&i| i < row.len())
+        .map(|&i| format!("{}={}", t.names[i], row[i].as_sql(true)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Streams changes from `start` (or the stored position) until `stop` turns true; reconnects
+/// after transient failures. Returns the last position committed.
+#[allow(clippy::too_many_arguments)]
+pub async fn stream(
+    req: &MyCheckRequest,
+    plan: &MyPlan,
+    schema: &str,
+    source_id: &str,
+    opts: &CdcOptions,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    stats: &CdcStats,
+) -> Result<Position, MyError> {
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        let target = req
+            .target
+            .connect("mysql-cdc")
+            .await
+            .map_err(|e| MyError::new("connecting to the target", &e.to_string(), "check the target URL"));
+        let target = match target {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(error = %e, "target unavailable; retrying");
+                if wait_or_stop(&mut stop, &mut backoff).await {
+                    return Err(e);
+                }
+                continue;
+            }
+        };
+        let Some((start, _)) = state(&target, schema, source_id).await? else {
+            return Err(MyError::new(
+                "starting change capture",
+                "no finished full load of this source is recorded on the target",
+                "run ferry migrate without --stop-after (it loads first)",
+            ));
+        };
+        match run(req, plan, schema, source_id, opts, target, &start, &mut stop, stats).await {
+            Ok(p) => return Ok(p),
+            Err(Failure::Fatal(e)) => return Err(e),
+            Err(Failure::Transient(e)) => {
+                stats.reconnects.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, "change capture interrupted; resuming from the last commit");
+                if wait_or_stop(&mut stop, &mut backoff).await {
+                    return state(&req.target.connect("mysql-cdc").await.map_err(|e| MyError::new("connecting to the target", &e.to_string(), "check the target URL"))?, schema, source_id)
+                        .await?
+                        .map(|s| s.0)
+                        .ok_or(e);
+                }
+            }
+        }
+    }
+}
+
+/// Sleeps the backoff (doubling to 10 s); true when a stop came meanwhile.
+async fn wait_or_stop(stop: &mut tokio::sync::watch::Receiver<bool>, backoff: &mut Duration) -> bool {
+    if *stop.borrow() {
+        return true;
+    }
+    let wait = *backoff;
+    *backoff = (*backoff * 2).min(Duration::from_secs(10));
+    tokio::select! {
+        _ = tokio::time::sleep(wait) => *stop.borrow(),
+        _ = stop.changed() => true,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run(
+    req: &MyCheckRequest,
+    plan: &MyPlan,
+    schema: &str,
+    source_id: &str,
+    opts: &CdcOptions,
+    pg: tokio_postgres::Client,
+    start: &Position,
+    stop: &mut tokio::sync::watch::Receiver<bool>,
+    stats: &CdcStats,
+) -> Result<Position, Failure> {
+    pg.batch_execute("SET session_replication_role = replica; SET standard_conforming_strings = on; SET synchronous_commit = on")
+        .await
+        .map_err(|e| {
+            Failure::Fatal(MyError::new(
+                "disabling triggers for the apply session (session_replication_role = replica)",
+                &e.to_string(),
+                "connect to the target as a superuser (or a role allowed to set session_replication_role)",
+            ))
+        })?;
+    let mut reader = BinlogReader::start(&req.source, opts.server_id, &start.file, start.pos, &plan.tables)
+        .await
+        .map_err(|e| {
+            if e.reason.contains("1236") || e.reason.contains("first log file") || e.reason.contains("purged") {
+                Failure::Fatal(MyError::new(
+                    &format!("resuming the binlog at {start}"),
+                    &e.reason,
+                    "the source no longer has that binlog file (purged): the changes since are lost to Ferry; keep binlogs longer \
+                     (binlog_expire_logs_seconds) and reload with ferry migrate --overwrite",
+                ))
+            } else {
+                Failure::Transient(e)
+            }
+        })?;
+    tracing::info!(position = %start, "streaming the binlog");
+    let mut applier = Applier {
+        pg,
+        tables: plan.tables.iter().map(|t| (t.name.clone(), TableInfo::new(t))).collect(),
+        zero: req.map.zero_dates,
+        schema,
+        source_id,
+        batch: Batch::new(),
+        stats,
+        gtid: start.gtid.clone(),
+    };
+    let mut last = start.clone();
+    let mut in_tx = false;
+    loop {
+        let ready = reader.next().now_or_never();
+        let next = match ready {
+            Some(r) => r,
+            None => {
+                // Nothing waiting: commit what is complete, then wait.
+                if !in_tx && applier.batch.position.is_some() {
+                    if let Some(p) = applier.batch.position.clone() {
+                        applier.flush(true).await?;
+                        last = p;
+                    }
+                }
+                if !in_tx {
+                    stats.caught_up.store(true, Ordering::Relaxed);
+                    if *stop.borrow() {
+                        return Ok(last);
+                    }
+                }
+                tokio::select! {
+                    r = tokio::time::timeout(Duration::from_secs(10), reader.next()) => match r {
+                        Ok(r) => r,
+                        Err(_) => return Err(Failure::Transient(MyError::new("reading the binlog", "no event or heartbeat for 10 s", "Ferry reconnects"))),
+                    },
+                    _ = stop.changed(), if !in_tx => {
+                        return Ok(last);
+                    }
+                }
+            }
+        };
+        let changes = match next {
+            Ok(Some(c)) => c,
+            Ok(None) => return Err(Failure::Transient(MyError::new("reading the binlog", "the source closed the stream", "Ferry reconnects"))),
+            Err(e) => {
+                if e.reason.contains("schema changed") {
+                    return Err(Failure::Fatal(e));
+                }
+                return Err(Failure::Transient(e));
+            }
+        };
+        for c in changes {
+            match c {
+                Change::Begin { gtid } => {
+                    in_tx = true;
+                    stats.caught_up.store(false, Ordering::Relaxed);
+                    if let Some(g) = gtid {
+                        applier.gtid = g;
+                    }
+                }
+                Change::SchemaChange { query, file, pos } => {
+                    if opts.skip_schema_change.as_ref() == Some(&(file.clone(), pos)) {
+                        tracing::warn!(%query, "skipping a schema change applied on the target by hand (--ddl-applied)");
+                        continue;
+                    }
+                    // Commit what came before it, then stop before it.
+                    applier.flush(true).await?;
+                    let blocked = serde_json::json!({"query": query, "file": file, "pos": pos});
+                    let _ = applier
+                        .pg
+                        .execute(
+                            &format!("UPDATE {}.mysql_loads SET cdc_blocked = $2::text::jsonb WHERE source = $1", quote_ident(schema)),
+                            &[&source_id, &blocked.to_string()],
+                        )
+                        .await;
+                    return Err(Failure::Fatal(MyError::new(
+                        &format!("streaming the binlog at {file}:{pos}"),
+                        &format!("the source's schema changed: {}", query.trim()),
+                        "make the same change on the target (PostgreSQL syntax, see docs/mysql-types.md for the types), \
+                         then run the same ferry migrate with --ddl-applied to continue after it",
+                    )));
+                }
+                Change::Commit { file, pos, timestamp } => {
+                    in_tx = false;
+                    applier.batch.position = Some(Position {
+                        file,
+                        pos,
+                        gtid: applier.gtid.clone(),
+                    });
+                    applier.batch.transactions += 1;
+                    applier.batch.last_ts = timestamp;
+                    let full = applier.batch.changes >= opts.batch_changes || applier.batch.started.elapsed() >= opts.batch_time;
+                    if full || *stop.borrow() {
+                        let p = applier.batch.position.clone().expect("set above");
+                        applier.flush(true).await?;
+                        last = p;
+                        if *stop.borrow() {
+                            return Ok(last);
+                        }
+                    }
+                }
+                other => applier.change(other).await?,
+            }
+        }
+    }
+}
