@@ -109,7 +109,13 @@ pub async fn ensure_state(target: &tokio_postgres::Client, schema: &str) -> Resu
             s = quote_ident(schema)
         ))
         .await
-        .map_err(|e| MyError::new("extending Ferry's state on the target", &e.to_string(), "check the target user's rights"))
+        .map_err(|e| {
+            MyError::new(
+                "extending Ferry's state on the target",
+                &e.to_string(),
+                "check the target user's rights",
+            )
+        })
 }
 
 /// Where the stream of `source` stands: the last applied position (the full load's snapshot
@@ -175,7 +181,10 @@ pub async fn stream_tables(
     let json = serde_json::to_string(current).unwrap_or_default();
     target
         .execute(
-            &format!("UPDATE {}.mysql_loads SET cdc_tables = $2::text::jsonb WHERE source = $1", quote_ident(schema)),
+            &format!(
+                "UPDATE {}.mysql_loads SET cdc_tables = $2::text::jsonb WHERE source = $1",
+                quote_ident(schema)
+            ),
             &[&source, &json],
         )
         .await
@@ -271,7 +280,10 @@ const CHUNK_STATEMENTS: usize = 2000;
 impl Applier<'_> {
     fn pg_failure(&self, what: &str, e: tokio_postgres::Error) -> Failure {
         let transient = e.is_closed() || e.as_db_error().is_none();
-        let text = ferry_postgres::PgError::query(what, e).to_string();
+        let text = match e.as_db_error() {
+            Some(d) => format!("{}{}", d.message(), d.detail().map(|x| format!(" ({x})")).unwrap_or_default()),
+            None => e.to_string(),
+        };
         if transient {
             Failure::Transient(MyError::new(what, &text, "Ferry reconnects and resumes from its last commit"))
         } else {
@@ -298,7 +310,12 @@ impl Applier<'_> {
             Ok(Some(s)) => Ok(quote_literal(&s)),
             Ok(None) => Ok("NULL".into()),
             Err(why) => Err(Failure::Fatal(MyError::new(
-                &format!("applying a change to {}, row {}, column {}", t.names.join(","), key_text(t, row), t.names[i]),
+                &format!(
+                    "applying a change to {}, row {}, column {}",
+                    t.names.join(","),
+                    key_text(t, row),
+                    t.names[i]
+                ),
                 &why,
                 "see docs/mysql-types.md",
             ))),
@@ -464,7 +481,11 @@ fn check_width(t: &TableInfo, table: &str, row: &[mysql_async::Value]) -> Result
     if row.len() != t.cols.len() {
         return Err(Failure::Fatal(MyError::new(
             &format!("applying a change to {table}"),
-            &format!("the row has {} values, the table {} columns: its schema changed on the source", row.len(), t.cols.len()),
+            &format!(
+                "the row has {} values, the table {} columns: its schema changed on the source",
+                row.len(),
+                t.cols.len()
+            ),
             "make the same change on the target, then run ferry migrate again (docs/mysql-cdc.md)",
         )));
     }
@@ -528,10 +549,17 @@ pub async fn stream(
                 stats.reconnects.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(error = %e, "change capture interrupted; resuming from the last commit");
                 if wait_or_stop(&mut stop, &mut backoff).await {
-                    return state(&req.target.connect("mysql-cdc").await.map_err(|e| MyError::new("connecting to the target", &e.to_string(), "check the target URL"))?, schema, source_id)
-                        .await?
-                        .map(|s| s.0)
-                        .ok_or(e);
+                    return state(
+                        &req.target
+                            .connect("mysql-cdc")
+                            .await
+                            .map_err(|e| MyError::new("connecting to the target", &e.to_string(), "check the target URL"))?,
+                        schema,
+                        source_id,
+                    )
+                    .await?
+                    .map(|s| s.0)
+                    .ok_or(e);
                 }
             }
         }
@@ -630,7 +658,13 @@ async fn run(
         };
         let changes = match next {
             Ok(Some(c)) => c,
-            Ok(None) => return Err(Failure::Transient(MyError::new("reading the binlog", "the source closed the stream", "Ferry reconnects"))),
+            Ok(None) => {
+                return Err(Failure::Transient(MyError::new(
+                    "reading the binlog",
+                    "the source closed the stream",
+                    "Ferry reconnects",
+                )))
+            }
             Err(e) => {
                 if e.reason.contains("schema changed") {
                     return Err(Failure::Fatal(e));
@@ -658,7 +692,10 @@ async fn run(
                     let _ = applier
                         .pg
                         .execute(
-                            &format!("UPDATE {}.mysql_loads SET cdc_blocked = $2::text::jsonb WHERE source = $1", quote_ident(schema)),
+                            &format!(
+                                "UPDATE {}.mysql_loads SET cdc_blocked = $2::text::jsonb WHERE source = $1",
+                                quote_ident(schema)
+                            ),
                             &[&source_id, &blocked.to_string()],
                         )
                         .await;

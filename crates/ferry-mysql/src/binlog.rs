@@ -151,6 +151,11 @@ fn split_qualified(name: &str) -> (Option<&str>, &str) {
 struct Labels {
     enums: HashMap<usize, Vec<String>>,
     sets: HashMap<usize, Vec<String>>,
+    /// Text columns in latin1: the binlog has their bytes as stored, where a query result has
+    /// them converted to the connection's utf8mb4.
+    latin1: Vec<usize>,
+    /// TIMESTAMP columns: the binlog has seconds since the epoch (with a fraction).
+    timestamps: Vec<usize>,
 }
 
 /// A binlog reader for the tables of one database.
@@ -206,6 +211,10 @@ impl BinlogReader {
                         l.sets.insert(i, m.labels.clone());
                     } else if !m.labels.is_empty() {
                         l.enums.insert(i, m.labels.clone());
+                    } else if m.source.to_ascii_lowercase().starts_with("timestamp") {
+                        l.timestamps.push(i);
+                    } else if m.charset.as_deref() == Some("latin1") && m.target != "bytea" {
+                        l.latin1.push(i);
                     }
                 }
                 (t.name.clone(), l)
@@ -315,9 +324,7 @@ impl BinlogReader {
                     Statement::Truncate(db, table) if ours(db.as_deref()) && self.tables.contains_key(&table) => {
                         out.push(Change::Truncate { table })
                     }
-                    Statement::SchemaChange
-                        if q.schema() == self.database.as_str() || query.contains(self.database.as_str()) =>
-                    {
+                    Statement::SchemaChange if q.schema() == self.database.as_str() || query.contains(self.database.as_str()) => {
                         out.push(Change::SchemaChange {
                             query,
                             file: self.file.clone(),
@@ -414,8 +421,72 @@ impl BinlogReader {
     }
 }
 
+/// MySQL's latin1 is Windows-1252 (with its five holes kept as the C1 code points): bytes to
+/// UTF-8, as the server converts them for a query.
+pub fn latin1_to_utf8(b: &[u8]) -> String {
+    const HIGH: [u16; 32] = [
+        0x20AC, 0x81, 0x201A, 0x0192, 0x201E, 0x2026, 0x2020, 0x2021, 0x02C6, 0x2030, 0x0160, 0x2039, 0x0152, 0x8D, 0x017D, 0x8F, 0x90,
+        0x2018, 0x2019, 0x201C, 0x201D, 0x2022, 0x2013, 0x2014, 0x02DC, 0x2122, 0x0161, 0x203A, 0x0153, 0x9D, 0x017E, 0x0178,
+    ];
+    b.iter()
+        .map(|&c| match c {
+            0x80..=0x9F => char::from_u32(u32::from(HIGH[usize::from(c - 0x80)])).unwrap_or('\u{FFFD}'),
+            c => char::from(c),
+        })
+        .collect()
+}
+
+/// A TIMESTAMP from the binlog (`secs` or `secs.fraction` since the epoch, UTC) as the date
+/// and time a query returns with time_zone '+00:00'; 0 is MySQL's zero timestamp.
+fn epoch_to_date(v: Value) -> Value {
+    let (secs, micros) = match &v {
+        Value::Int(n) => (*n, 0),
+        Value::UInt(n) => (*n as i64, 0),
+        Value::Bytes(b) => {
+            let text = String::from_utf8_lossy(b);
+            let (whole, frac) = text.split_once('.').unwrap_or((&text, ""));
+            let Ok(secs) = whole.parse::<i64>() else { return v };
+            let digits: String = frac.chars().chain(std::iter::repeat('0')).take(6).collect();
+            (secs, digits.parse::<u32>().unwrap_or(0))
+        }
+        _ => return v,
+    };
+    if secs == 0 && micros == 0 {
+        return Value::Date(0, 0, 0, 0, 0, 0, 0);
+    }
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    Value::Date(
+        y as u16,
+        m as u8,
+        d as u8,
+        (rem / 3600) as u8,
+        (rem % 3600 / 60) as u8,
+        (rem % 60) as u8,
+        micros,
+    )
+}
+
 /// ENUM indexes and SET bitmasks to their labels (as the full load reads them: text).
 fn labelled(labels: &Labels, i: usize, v: Value) -> Value {
+    if labels.timestamps.contains(&i) {
+        return epoch_to_date(v);
+    }
+    if labels.latin1.contains(&i) {
+        if let Value::Bytes(b) = &v {
+            return Value::Bytes(latin1_to_utf8(b).into_bytes());
+        }
+    }
     // The binlog holds an ENUM's index and a SET's bitmask (1 to 8 bytes, little-endian);
     // mysql_common hands them over as an integer or as those bytes.
     let index = |v: &Value| match v {
@@ -448,4 +519,42 @@ fn labelled(labels: &Labels, i: usize, v: Value) -> Value {
         }
     }
     v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latin1_is_windows_1252() {
+        assert_eq!(latin1_to_utf8(b"caf\xe9 \x80 \x93x\x94 \x81"), "café € “x” \u{81}");
+    }
+
+    #[test]
+    fn timestamps_from_epoch() {
+        assert_eq!(
+            epoch_to_date(Value::Bytes(b"2147483647.999999".to_vec())),
+            Value::Date(2038, 1, 19, 3, 14, 7, 999_999)
+        );
+        assert_eq!(
+            epoch_to_date(Value::Bytes(b"1.05".to_vec())),
+            Value::Date(1970, 1, 1, 0, 0, 1, 50_000)
+        );
+        assert_eq!(epoch_to_date(Value::Int(951_782_400)), Value::Date(2000, 2, 29, 0, 0, 0, 0));
+        assert_eq!(epoch_to_date(Value::Int(0)), Value::Date(0, 0, 0, 0, 0, 0, 0));
+    }
+
+    #[test]
+    fn statements_are_classified() {
+        assert_eq!(classify("BEGIN"), Statement::Begin);
+        assert_eq!(classify("/* app */ COMMIT"), Statement::Commit);
+        assert_eq!(
+            classify("TRUNCATE TABLE `d`.`t`"),
+            Statement::Truncate(Some("d".into()), "t".into())
+        );
+        assert_eq!(classify("truncate t"), Statement::Truncate(None, "t".into()));
+        assert_eq!(classify("/*!40000 ALTER TABLE t DISABLE KEYS */"), Statement::SchemaChange);
+        assert_eq!(classify("ALTER TABLE t ADD c int"), Statement::SchemaChange);
+        assert_eq!(classify("FLUSH PRIVILEGES"), Statement::Other);
+    }
 }

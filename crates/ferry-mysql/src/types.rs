@@ -90,6 +90,9 @@ pub struct Mapping {
     pub labels: Vec<String>,
     /// How much attention it needs.
     pub attention: Attention,
+    /// Character set of a string column (the binlog carries its bytes unconverted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub charset: Option<String>,
     /// What to know, when anything.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
@@ -147,6 +150,7 @@ pub fn map_column(table: &str, c: &SourceColumn, opts: &MapOptions) -> Mapping {
         identity: c.extra.contains("auto_increment"),
         labels: Vec::new(),
         attention: Attention::None,
+        charset: c.charset.clone(),
         note: None,
     };
     let note = |m: &mut Mapping, level: Attention, text: String| {

@@ -95,8 +95,11 @@ async fn binlog_reader_yields_transactions_with_exact_values() {
     row1_after[2] = bytes("");
     row1_after[5] = Value::NULL;
     match ours.as_slice() {
-        [Change::Begin { gtid: Some(g1) }, Change::Insert { table: t1, row: r1 }, Change::Update { table: t2, before, after }, Change::Delete { table: t3, row: r3 }, Change::Commit { file: f1, pos: p1 }, Change::Begin { gtid: Some(g2) }, Change::Insert { row: r4, .. }, Change::Commit { pos: p2, .. }] =>
-        {
+        [Change::Begin { gtid: Some(g1) }, Change::Insert { table: t1, row: r1 }, Change::Update { table: t2, before, after }, Change::Delete { table: t3, row: r3 }, Change::Commit {
+            file: f1,
+            pos: p1,
+            timestamp,
+        }, Change::Begin { gtid: Some(g2) }, Change::Insert { row: r4, .. }, Change::Commit { pos: p2, .. }] => {
             assert!(g1.split('-').count() == 3 && g1 != g2, "{g1} {g2}");
             assert_eq!((t1.as_str(), t2.as_str(), t3.as_str()), ("t", "t", "t"));
             assert_eq!(r1, &row1);
@@ -104,6 +107,14 @@ async fn binlog_reader_yields_transactions_with_exact_values() {
             assert_eq!(after, &row1_after);
             assert_eq!(r3, &row1_after);
             assert_eq!(f1, &file);
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs();
+            assert!(
+                u64::from(*timestamp) + 120 > now && u64::from(*timestamp) <= now,
+                "commit time {timestamp}"
+            );
             assert!(p2 > p1 && *p1 > pos);
             assert_eq!(r4[0], Value::Int(2));
             assert_eq!(r4[1], bytes("a"));

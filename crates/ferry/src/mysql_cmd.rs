@@ -135,17 +135,17 @@ async fn stream(
         anyhow::bail!("no finished full load is recorded for {source_id}");
     };
     let skip_schema_change = match (&blocked, args.ddl_applied) {
-        (Some(b), true) => Some((b["file"].as_str().unwrap_or_default().to_string(), b["pos"].as_u64().unwrap_or_default())),
+        (Some(b), true) => Some((
+            b["file"].as_str().unwrap_or_default().to_string(),
+            b["pos"].as_u64().unwrap_or_default(),
+        )),
         (None, true) => {
             return Err(UsageError("--ddl-applied: the stream did not stop at a schema change; nothing to skip".into()).into());
         }
         _ => None,
     };
     let tables = apply::stream_tables(target, state_schema, source_id, &plan.tables, args.ddl_applied).await?;
-    let plan = &preflight::MyPlan {
-        tables,
-        ..plan.clone()
-    };
+    let plan = &preflight::MyPlan { tables, ..plan.clone() };
     let opts = CdcOptions {
         server_id: server_id(source_id, &req.target.describe()),
         batch_changes: args.max_batch.max(1),

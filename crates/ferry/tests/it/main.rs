@@ -9,5 +9,6 @@ mod deploy;
 mod full_load;
 mod harness;
 mod mysql;
+mod mysql_cdc;
 mod resume;
 mod verify;

@@ -4,7 +4,7 @@
 use crate::harness::*;
 
 /// (host, port, password) of a MariaDB server from its `mysql://root:pw@host:port/db` URL.
-fn server(var: &str) -> (String, String, String) {
+pub fn server(var: &str) -> (String, String, String) {
     let url = std::env::var(var).unwrap_or_else(|_| panic!("{var} is not set: run the tests through scripts/test.sh"));
     let rest = url.strip_prefix("mysql://").unwrap();
     let (auth, hostpath) = rest.rsplit_once('@').unwrap();
@@ -15,7 +15,7 @@ fn server(var: &str) -> (String, String, String) {
 }
 
 /// Runs SQL on a MariaDB server as root with the mariadb client.
-fn my_sql(var: &str, sql: &str) {
+pub fn my_sql(var: &str, sql: &str) {
     let (host, port, password) = server(var);
     let out = std::process::Command::new("mariadb")
         .args([
@@ -37,7 +37,7 @@ fn my_sql(var: &str, sql: &str) {
 
 /// A fresh database on a MariaDB server and a fresh target database; returns (source URL as
 /// root, target URL).
-async fn fresh(var: &str, prefix: &str) -> (String, String, Dbs) {
+pub async fn fresh(var: &str, prefix: &str) -> (String, String, Dbs) {
     let dbs = Dbs::create(prefix).await;
     let (host, port, password) = server(var);
     my_sql(var, &format!("DROP DATABASE IF EXISTS {0}; CREATE DATABASE {0}", dbs.name));
@@ -49,7 +49,7 @@ async fn fresh(var: &str, prefix: &str) -> (String, String, Dbs) {
 }
 
 /// Drops the MariaDB database and both PostgreSQL databases of a test.
-async fn dispose(var: &str, dbs: Dbs) {
+pub async fn dispose(var: &str, dbs: Dbs) {
     my_sql(var, &format!("DROP DATABASE {}", dbs.name));
     dbs.drop().await;
 }
