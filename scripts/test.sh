@@ -29,6 +29,7 @@ need=()
 [ -x "$FERRY_PG_BIN/initdb" ] || need+=(postgresql-15 postgresql-client-15)
 [ -x "$FERRY_PG_BIN/pgbench" ] || need+=(postgresql-15)
 command -v mariadbd >/dev/null 2>&1 || [ -x /usr/sbin/mariadbd ] || need+=(mariadb-server)
+command -v sysbench >/dev/null 2>&1 || need+=(sysbench)
 # The dashboard test renders the page in a real headless browser.
 command -v "${FERRY_CHROMIUM:-chromium}" >/dev/null 2>&1 || need+=(chromium)
 scripts/install.sh "${need[@]}"

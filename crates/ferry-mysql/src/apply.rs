@@ -105,6 +105,8 @@ pub async fn ensure_state(target: &tokio_postgres::Client, schema: &str) -> Resu
                  ADD COLUMN IF NOT EXISTS cdc_applied_at timestamptz,
                  ADD COLUMN IF NOT EXISTS cdc_blocked jsonb,
                  ADD COLUMN IF NOT EXISTS cdc_tables jsonb,
+                 ADD COLUMN IF NOT EXISTS hold jsonb,
+                 ADD COLUMN IF NOT EXISTS held_at text,
                  ADD COLUMN IF NOT EXISTS phase text NOT NULL DEFAULT 'full_load'",
             s = quote_ident(schema)
         ))
@@ -148,6 +150,70 @@ pub async fn state(
             blocked.and_then(|b| serde_json::from_str(&b).ok()),
         )
     }))
+}
+
+/// What a verification asks of the running stream (`hold` in Ferry's state): nothing, stop at
+/// the next transaction boundary, or apply up to a source position exactly and stop there.
+/// The stream says where it stands while it holds in `held_at` (`file:pos`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Hold {
+    /// Apply as usual.
+    Run,
+    /// Stop at the next transaction boundary.
+    Freeze,
+    /// Apply every transaction that ends at or before this position, none after, and stop.
+    Until(String, u64),
+}
+
+impl Hold {
+    fn parse(json: Option<&str>) -> Hold {
+        let Some(v) = json.and_then(|j| serde_json::from_str::<serde_json::Value>(j).ok()) else {
+            return Hold::Run;
+        };
+        match (v["file"].as_str(), v["pos"].as_u64()) {
+            (Some(f), Some(p)) => Hold::Until(f.to_string(), p),
+            _ if v["freeze"].as_bool() == Some(true) => Hold::Freeze,
+            _ => Hold::Run,
+        }
+    }
+
+    /// The JSON stored for it.
+    pub fn to_json(&self) -> Option<String> {
+        match self {
+            Hold::Run => None,
+            Hold::Freeze => Some(r#"{"freeze": true}"#.into()),
+            Hold::Until(f, p) => Some(serde_json::json!({"file": f, "pos": p}).to_string()),
+        }
+    }
+}
+
+/// Polls the hold request every 50 ms into `tx`.
+async fn poll_hold(target: ferry_postgres::Endpoint, schema: String, source: String, tx: tokio::sync::watch::Sender<Hold>) {
+    let Ok(c) = target.connect("mysql-cdc-hold").await else { return };
+    let sql = format!("SELECT hold::text FROM {}.mysql_loads WHERE source = $1", quote_ident(&schema));
+    loop {
+        if let Ok(Some(row)) = c.query_opt(&sql, &[&source]).await {
+            let h = Hold::parse(row.get::<_, Option<String>>(0).as_deref());
+            tx.send_if_modified(|cur| {
+                if *cur != h {
+                    *cur = h;
+                    true
+                } else {
+                    false
+                }
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// The tables as the stream knows them: stored when it first starts and kept until a schema
@@ -293,6 +359,15 @@ impl Applier<'_> {
                 "the target rejected a change from the source: fix the target (or the row on the source) and run ferry migrate again; nothing after the last commit was applied",
             ))
         }
+    }
+
+    async fn set_held(&self, at: Option<&str>) -> Result<u64, tokio_postgres::Error> {
+        self.pg
+            .execute(
+                &format!("UPDATE {}.mysql_loads SET held_at = $2 WHERE source = $1", quote_ident(self.schema)),
+                &[&self.source_id, &at],
+            )
+            .await
     }
 
     fn begin_if_needed(&mut self) {
@@ -566,6 +641,56 @@ pub async fn stream(
     }
 }
 
+/// Holds the stream at a transaction boundary while a verification asks for it (see [`Hold`]):
+/// commits what is complete, says where it stands in `held_at`, and waits for the request to
+/// change (at most 120 s, then goes on: a verification that slow fails on its own check).
+/// `here` is the start of the next transaction, or with `idle`, the end of everything read.
+async fn hold_if_asked(
+    applier: &mut Applier<'_>,
+    hold_rx: &mut tokio::sync::watch::Receiver<Hold>,
+    here: (String, u64),
+    idle: bool,
+    stop: &mut tokio::sync::watch::Receiver<bool>,
+) -> Result<(), Failure> {
+    let mut held = false;
+    loop {
+        let h = hold_rx.borrow_and_update().clone();
+        let at = match &h {
+            Hold::Run => None,
+            Hold::Freeze => Some(format!("{}:{}", here.0, here.1)),
+            // Nothing more to read: everything the source logged up to the request is applied.
+            Hold::Until(f, p) if idle && (here.0.as_str(), here.1) <= (f.as_str(), *p) => Some(format!("{f}:{p}")),
+            Hold::Until(f, p) if (here.0.as_str(), here.1) >= (f.as_str(), *p) => Some(format!("{}:{}", here.0, here.1)),
+            Hold::Until(..) => None,
+        };
+        let Some(at) = at else {
+            if held {
+                applier
+                    .set_held(None)
+                    .await
+                    .map_err(|e| applier.pg_failure("recording the end of a hold", e))?;
+            }
+            return Ok(());
+        };
+        applier.flush(true).await?;
+        applier
+            .set_held(Some(&at))
+            .await
+            .map_err(|e| applier.pg_failure("recording a hold", e))?;
+        held = true;
+        tracing::debug!(%at, "holding for a verification");
+        tokio::select! {
+            _ = hold_rx.changed() => {}
+            _ = stop.changed() => return Ok(()),
+            _ = tokio::time::sleep(Duration::from_secs(120)) => {
+                tracing::warn!("a verification held the stream for 120 s; going on");
+                applier.set_held(None).await.map_err(|e| applier.pg_failure("recording the end of a hold", e))?;
+                return Ok(());
+            }
+        }
+    }
+}
+
 /// Sleeps the backoff (doubling to 10 s); true when a stop came meanwhile.
 async fn wait_or_stop(stop: &mut tokio::sync::watch::Receiver<bool>, backoff: &mut Duration) -> bool {
     if *stop.borrow() {
@@ -625,6 +750,13 @@ async fn run(
         stats,
         gtid: start.gtid.clone(),
     };
+    let (hold_tx, mut hold_rx) = tokio::sync::watch::channel(Hold::Run);
+    let _poller = AbortOnDrop(tokio::spawn(poll_hold(
+        req.target.clone(),
+        schema.to_string(),
+        source_id.to_string(),
+        hold_tx,
+    )));
     let mut last = start.clone();
     let mut in_tx = false;
     loop {
@@ -644,6 +776,8 @@ async fn run(
                     if *stop.borrow() {
                         return Ok(last);
                     }
+                    let here = (last.file.clone(), last.pos);
+                    hold_if_asked(&mut applier, &mut hold_rx, here, true, stop).await?;
                 }
                 tokio::select! {
                     r = tokio::time::timeout(Duration::from_secs(10), reader.next()) => match r {
@@ -653,6 +787,7 @@ async fn run(
                     _ = stop.changed(), if !in_tx => {
                         return Ok(last);
                     }
+                    _ = hold_rx.changed(), if !in_tx => continue,
                 }
             }
         };
@@ -674,7 +809,12 @@ async fn run(
         };
         for c in changes {
             match c {
-                Change::Begin { gtid } => {
+                Change::Begin { gtid, at } => {
+                    if let Some(p) = applier.batch.position.clone().filter(|_| *hold_rx.borrow() != Hold::Run) {
+                        last = p;
+                    }
+                    let here = (reader.file().to_string(), at);
+                    hold_if_asked(&mut applier, &mut hold_rx, here, false, stop).await?;
                     in_tx = true;
                     stats.caught_up.store(false, Ordering::Relaxed);
                     if let Some(g) = gtid {

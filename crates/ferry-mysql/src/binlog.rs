@@ -27,6 +27,8 @@ pub enum Change {
     Begin {
         /// The GTID, when the server sends one.
         gtid: Option<String>,
+        /// Where its first event starts, in the current binlog file.
+        at: u64,
     },
     /// A row was inserted.
     Insert {
@@ -235,6 +237,11 @@ impl BinlogReader {
         })
     }
 
+    /// The binlog file being read.
+    pub fn file(&self) -> &str {
+        &self.file
+    }
+
     /// The changes of the next event (often none); None when the stream ends.
     pub async fn next(&mut self) -> Result<Option<Vec<Change>>, MyError> {
         let Some(event) = self.stream.next().await else { return Ok(None) };
@@ -251,9 +258,11 @@ impl BinlogReader {
             self.in_tx = true;
             // Flags byte: bit 0 is FL_STANDALONE (DDL or a non-transactional statement).
             self.standalone = data.get(12).is_some_and(|f| f & 1 != 0);
-            return Ok(Some(vec![Change::Begin { gtid }]));
+            let at = u64::from(header.log_pos()).saturating_sub(u64::from(header.event_size()));
+            return Ok(Some(vec![Change::Begin { gtid, at }]));
         }
         let timestamp = header.timestamp();
+        let at = u64::from(header.log_pos()).saturating_sub(u64::from(header.event_size()));
         let bad = |e: std::io::Error| {
             MyError::new(
                 "decoding a binlog event",
@@ -282,6 +291,7 @@ impl BinlogReader {
                 let uuid = format!("{}-{}-{}-{}-{}", &hex[0..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..32]);
                 out.push(Change::Begin {
                     gtid: Some(format!("{uuid}:{}", g.gno())),
+                    at,
                 });
                 self.in_tx = true;
             }
@@ -310,12 +320,12 @@ impl BinlogReader {
                     || self.standalone;
                 if !matches!(statement, Statement::Begin | Statement::Commit) && !self.in_tx {
                     // A statement on its own (MySQL without GTIDs): its own transaction.
-                    out.push(Change::Begin { gtid: None });
+                    out.push(Change::Begin { gtid: None, at });
                 }
                 match statement {
                     Statement::Begin => {
                         if !self.in_tx {
-                            out.push(Change::Begin { gtid: None });
+                            out.push(Change::Begin { gtid: None, at });
                         }
                         self.in_tx = true;
                         return Ok(Some(out));

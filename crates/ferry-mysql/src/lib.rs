@@ -10,6 +10,7 @@ pub mod load;
 pub mod preflight;
 pub mod types;
 pub mod value;
+pub mod verify;
 
 pub use endpoint::{is_mysql_url, MyEndpoint};
 pub use error::MyError;

@@ -95,11 +95,11 @@ async fn binlog_reader_yields_transactions_with_exact_values() {
     row1_after[2] = bytes("");
     row1_after[5] = Value::NULL;
     match ours.as_slice() {
-        [Change::Begin { gtid: Some(g1) }, Change::Insert { table: t1, row: r1 }, Change::Update { table: t2, before, after }, Change::Delete { table: t3, row: r3 }, Change::Commit {
+        [Change::Begin { gtid: Some(g1), .. }, Change::Insert { table: t1, row: r1 }, Change::Update { table: t2, before, after }, Change::Delete { table: t3, row: r3 }, Change::Commit {
             file: f1,
             pos: p1,
             timestamp,
-        }, Change::Begin { gtid: Some(g2) }, Change::Insert { row: r4, .. }, Change::Commit { pos: p2, .. }] => {
+        }, Change::Begin { gtid: Some(g2), .. }, Change::Insert { row: r4, .. }, Change::Commit { pos: p2, .. }] => {
             assert!(g1.split('-').count() == 3 && g1 != g2, "{g1} {g2}");
             assert_eq!((t1.as_str(), t2.as_str(), t3.as_str()), ("t", "t", "t"));
             assert_eq!(r1, &row1);

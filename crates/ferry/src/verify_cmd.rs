@@ -414,6 +414,9 @@ async fn standalone(args: &crate::cli::VerifyArgs) -> anyhow::Result<Report> {
         zero_dates: crate::cli::ZeroDatesArg::Error,
         tinyint1_boolean: false,
     };
+    if ferry_mysql::is_mysql_url(source) {
+        return mysql(&endpoints, args).await;
+    }
     let req = crate::settings::resolve(&endpoints)?;
     // A migration streaming into this target right now makes a standalone comparison race it.
     if let Ok(c) = req.target.connect("verify").await {
@@ -460,6 +463,59 @@ async fn standalone(args: &crate::cli::VerifyArgs) -> anyhow::Result<Report> {
     if args.repair && repaired > 0 {
         eprintln!("repaired {repaired} row(s) on the target; the report below is the verification after the repair");
     }
+    Ok(report)
+}
+
+/// A MySQL/MariaDB source: every table the migration moves, compared across engines in the
+/// canonical value form; tables with differences are compared again after the stream catches
+/// up, and only rows that differ every time are reported. The outcome is recorded for the
+/// cutover gate.
+async fn mysql(endpoints: &crate::cli::Endpoints, args: &crate::cli::VerifyArgs) -> anyhow::Result<Report> {
+    if args.repair {
+        return Err(crate::exit::UsageError("--repair is not available for MySQL/MariaDB sources yet".into()).into());
+    }
+    let mut req = crate::settings::resolve_mysql(endpoints)?;
+    req.overwrite = true;
+    let source_id = req.source.describe();
+    let target = req.target.connect("mysql-verify").await?;
+    // The tables as the stream knows them, else as the source has them now.
+    let stored = match ferry_mysql::load::load_state(&target, &args.state_schema, &source_id).await? {
+        Some(_) => {
+            ferry_mysql::apply::ensure_state(&target, &args.state_schema).await?;
+            let text: Option<String> = target
+                .query_opt(
+                    &format!(
+                        "SELECT cdc_tables::text FROM {}.mysql_loads WHERE source = $1",
+                        ferry_core::ident::quote_ident(&args.state_schema)
+                    ),
+                    &[&source_id],
+                )
+                .await?
+                .and_then(|r| r.get(0));
+            text.and_then(|t| serde_json::from_str::<Vec<ferry_mysql::preflight::MyTable>>(&t).ok())
+        }
+        None => None,
+    };
+    let tables = match stored {
+        Some(t) => t,
+        None => {
+            let report = ferry_mysql::preflight::check(&req).await;
+            match report.plan {
+                Some(p) => p.tables,
+                None => {
+                    eprint!("{}", crate::check_cmd::render_mysql(&report));
+                    anyhow::bail!("cannot list the source's tables (see the checks above)");
+                }
+            }
+        }
+    };
+    let opts = ferry_mysql::verify::VerifyOptions {
+        max_details: args.max_differences,
+        state_schema: args.state_schema.clone(),
+        source_id,
+    };
+    let report = ferry_mysql::verify::verify(&req, &tables, &opts).await?;
+    ferry_mysql::verify::record(&target, &opts, &report).await?;
     Ok(report)
 }
 

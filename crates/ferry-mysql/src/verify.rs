@@ -1,0 +1,678 @@
+//! Verification across engines: every row of every table read from MySQL/MariaDB and from
+//! PostgreSQL, each value turned into one canonical text form, the two streams merged by key,
+//! and every differing row named with its differing columns.
+//!
+//! The canonical form (`docs/mysql-cdc.md`): numbers as exact decimal text (floats as the
+//! shortest text that reads back as the same binary value, so 0.1 equals 0.1 in both engines),
+//! date-times with six fractional digits (TIMESTAMP as UTC), TIME/interval as a count of
+//! microseconds, bytes as hex, SET as its members joined by commas, JSON parsed and printed with
+//! sorted keys, text as UTF-8. Rows are read in key order on both sides with byte-wise
+//! collations (`utf8mb4_nopad_bin` / `COLLATE "C"`), so the merge never holds a table in memory;
+//! if the two orders still disagree (exotic keys), the table is reported as not comparable,
+//! never as identical.
+//!
+//! Online: while `ferry migrate` streams, both sides are read at one source position (see
+//! [`consistent_point`]): nothing in flight shows as a difference, and the stream pauses only
+//! while the target's snapshot opens.
+
+use std::cmp::Ordering;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use ferry_core::ident::quote_ident;
+use ferry_postgres::verify::{ColumnDiff, DiffKind, Difference, Report, TableReport};
+use futures_util::{pin_mut, TryStreamExt};
+use mysql_async::prelude::Queryable;
+use mysql_async::Value;
+
+use crate::apply::Hold;
+use crate::error::MyError;
+use crate::load::kinds_of;
+use crate::preflight::{MyCheckRequest, MyTable};
+use crate::value::{text_of, Kind};
+
+/// How a run goes.
+#[derive(Debug, Clone)]
+pub struct VerifyOptions {
+    /// Differences described per table (all are counted).
+    pub max_details: usize,
+    /// Ferry's state schema on the target (where the stream's position is).
+    pub state_schema: String,
+    /// The source's id in that state.
+    pub source_id: String,
+}
+
+/// How a column is compared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Canon {
+    Exact,
+    Float32,
+    Float64,
+    Json,
+    Decimal,
+}
+
+struct Shape {
+    table: String,
+    names: Vec<String>,
+    kinds: Vec<Kind>,
+    canon: Vec<Canon>,
+    key: Vec<usize>,
+    my_select: String,
+    pg_select: String,
+}
+
+fn my_q(name: &str) -> String {
+    format!("`{}`", name.replace('`', "``"))
+}
+
+fn shape(t: &MyTable, db: &str, mariadb: bool) -> Shape {
+    let kinds = kinds_of(t);
+    let names: Vec<String> = t.columns.iter().map(|(n, _)| n.clone()).collect();
+    let canon: Vec<Canon> = t
+        .columns
+        .iter()
+        .map(|(_, m)| match m.target.as_str() {
+            "real" => Canon::Float32,
+            "double precision" => Canon::Float64,
+            "jsonb" | "json" => Canon::Json,
+            "smallint" | "integer" | "bigint" => Canon::Decimal,
+            t if t.starts_with("numeric") || t.starts_with("interval") => Canon::Decimal,
+            _ => Canon::Exact,
+        })
+        .collect();
+    let mut key: Vec<usize> = t.primary_key.iter().filter_map(|k| names.iter().position(|n| n == k)).collect();
+    if key.is_empty() {
+        key = (0..names.len()).collect();
+    }
+    let bin = if mariadb { "utf8mb4_nopad_bin" } else { "utf8mb4_0900_bin" };
+    let my_order: Vec<String> = key
+        .iter()
+        .map(|&i| match kinds[i] {
+            Kind::Text | Kind::Enum | Kind::Set => format!("CONVERT({} USING utf8mb4) COLLATE {bin}", my_q(&names[i])),
+            _ => my_q(&names[i]),
+        })
+        .collect();
+    let pg_expr = |i: usize| -> String {
+        // Qualified: an output column of the same name would otherwise win in ORDER BY.
+        let c = format!("x.{}", quote_ident(&names[i]));
+        match kinds[i] {
+            Kind::Boolean => format!("CASE {c} WHEN true THEN 't' WHEN false THEN 'f' END"),
+            Kind::Timestamp => format!("to_char({c}, 'YYYY-MM-DD HH24:MI:SS.US')"),
+            Kind::TimestampTz => format!("to_char({c} AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US')"),
+            Kind::Interval => format!("(extract(epoch FROM {c}) * 1000000)::int8::text"),
+            Kind::Set => format!("array_to_string({c}, ',')"),
+            _ => format!("{c}::text"),
+        }
+    };
+    let pg_order: Vec<String> = key
+        .iter()
+        .map(|&i| match kinds[i] {
+            Kind::Text | Kind::Enum | Kind::Set => format!("{} COLLATE \"C\" NULLS FIRST", pg_expr(i)),
+            _ => format!("x.{} NULLS FIRST", quote_ident(&names[i])),
+        })
+        .collect();
+    Shape {
+        table: t.name.clone(),
+        my_select: format!(
+            "SELECT {} FROM {}.{} ORDER BY {}",
+            names.iter().map(|n| my_q(n)).collect::<Vec<_>>().join(", "),
+            my_q(db),
+            my_q(&t.name),
+            my_order.join(", ")
+        ),
+        pg_select: format!(
+            "SELECT {} FROM public.{} AS x ORDER BY {}",
+            (0..names.len()).map(pg_expr).collect::<Vec<_>>().join(", "),
+            quote_ident(&t.name),
+            pg_order.join(", ")
+        ),
+        names,
+        kinds,
+        canon,
+        key,
+    }
+}
+
+/// A source value in canonical form.
+fn canon_mysql(v: &Value, kind: &Kind, canon: Canon, zero: crate::types::ZeroDates) -> Option<String> {
+    match (v, kind) {
+        (Value::NULL, _) => None,
+        (Value::Time(neg, d, h, m, s, us), Kind::Interval) => {
+            let micros = ((i64::from(*d) * 24 + i64::from(*h)) * 3600 + i64::from(*m) * 60 + i64::from(*s)) * 1_000_000 + i64::from(*us);
+            Some((if *neg { -micros } else { micros }).to_string())
+        }
+        (Value::Bytes(b), Kind::Set) => Some(String::from_utf8_lossy(b).into_owned()),
+        (Value::Float(f), _) => Some(format!("{f:?}")),
+        (Value::Double(d), _) if canon == Canon::Float32 => Some(format!("{:?}", *d as f32)),
+        (Value::Double(d), _) => Some(format!("{d:?}")),
+        _ => {
+            let text = match text_of(v, kind, zero) {
+                Ok(t) => t?,
+                // A value the load would refuse (a zero date under --zero-dates error): shown as
+                // MySQL has it, so it differs from whatever the target holds.
+                Err(_) => v.as_sql(true),
+            };
+            let text = match kind {
+                Kind::TimestampTz => text.trim_end_matches("+00").to_string(),
+                _ => text,
+            };
+            Some(canonical_text(text, canon))
+        }
+    }
+}
+
+/// Floats, decimals and JSON: one text per value.
+fn canonical_text(text: String, canon: Canon) -> String {
+    match canon {
+        Canon::Float32 => text.parse::<f32>().map(|f| format!("{f:?}")).unwrap_or(text),
+        Canon::Float64 => text.parse::<f64>().map(|f| format!("{f:?}")).unwrap_or(text),
+        Canon::Json => serde_json::from_str::<serde_json::Value>(&text)
+            .map(|j| j.to_string())
+            .unwrap_or(text),
+        Canon::Decimal | Canon::Exact => text,
+    }
+}
+
+/// Compares two canonical key values of a column.
+fn cmp_key(a: &Option<String>, b: &Option<String>, canon: Canon) -> Ordering {
+    match (a, b) {
+        (None, None) => Ordering::Equal,
+        // Both engines sort NULL first ascending in MySQL, last in PostgreSQL; keys are never
+        // NULL in a primary key, and tables without one compare NULLs as the smallest.
+        (None, Some(_)) => Ordering::Less,
+        (Some(_), None) => Ordering::Greater,
+        (Some(x), Some(y)) => match canon {
+            Canon::Decimal => cmp_decimal(x, y),
+            Canon::Float32 | Canon::Float64 => x
+                .parse::<f64>()
+                .unwrap_or(f64::NAN)
+                .partial_cmp(&y.parse::<f64>().unwrap_or(f64::NAN))
+                .unwrap_or(Ordering::Equal),
+            _ => x.as_bytes().cmp(y.as_bytes()),
+        },
+    }
+}
+
+/// Exact comparison of two decimal texts (`-12.5`, `3`, `0.001`).
+fn cmp_decimal(a: &str, b: &str) -> Ordering {
+    let parts = |s: &str| -> (bool, String, String) {
+        let (neg, s) = match s.strip_prefix('-') {
+            Some(r) => (true, r),
+            None => (false, s),
+        };
+        let (i, f) = s.split_once('.').unwrap_or((s, ""));
+        let i = i.trim_start_matches('0').to_string();
+        let f = f.trim_end_matches('0').to_string();
+        let zero = i.is_empty() && f.is_empty();
+        (neg && !zero, i, f)
+    };
+    let (na, ia, fa) = parts(a);
+    let (nb, ib, fb) = parts(b);
+    let magnitude = ia.len().cmp(&ib.len()).then_with(|| ia.cmp(&ib)).then_with(|| fa.cmp(&fb));
+    match (na, nb) {
+        (false, true) => Ordering::Greater,
+        (true, false) => Ordering::Less,
+        (false, false) => magnitude,
+        (true, true) => magnitude.reverse(),
+    }
+}
+
+type Row = Vec<Option<String>>;
+
+fn cmp_rows(s: &Shape, a: &Row, b: &Row) -> Ordering {
+    for &i in &s.key {
+        let o = cmp_key(&a[i], &b[i], s.canon[i]);
+        if o != Ordering::Equal {
+            return o;
+        }
+    }
+    Ordering::Equal
+}
+
+fn key_text(s: &Shape, r: &Row) -> String {
+    s.key
+        .iter()
+        .take(4)
+        .map(|&i| format!("{}={}", s.names[i], r[i].as_deref().unwrap_or("NULL")))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn shorten(v: &Option<String>) -> Option<String> {
+    v.as_ref().map(|s| {
+        if s.chars().count() > 80 {
+            format!("{}… ({} characters)", s.chars().take(60).collect::<String>(), s.chars().count())
+        } else {
+            s.clone()
+        }
+    })
+}
+
+async fn next_my(
+    rows: &mut mysql_async::QueryResult<'_, 'static, mysql_async::BinaryProtocol>,
+    s: &Shape,
+    zero: crate::types::ZeroDates,
+    ctx: &str,
+) -> Result<Option<Row>, MyError> {
+    Ok(rows.next().await.map_err(|e| MyError::query(ctx, e))?.map(|row| {
+        row.unwrap()
+            .iter()
+            .enumerate()
+            .map(|(i, v)| canon_mysql(v, &s.kinds[i], s.canon[i], zero))
+            .collect::<Row>()
+    }))
+}
+
+/// One pass over one table: differences by key (canonical key text), described.
+async fn compare_table(
+    req: &MyCheckRequest,
+    s: &Shape,
+    my: &mut mysql_async::Conn,
+    pg: &tokio_postgres::Client,
+) -> Result<(TableReport, BTreeMap<String, Difference>), MyError> {
+    let started = Instant::now();
+    let ctx = format!("verifying {}", s.table);
+    let mut report = TableReport {
+        table: s.table.clone(),
+        ranges: 1,
+        ..Default::default()
+    };
+    let mut diffs: BTreeMap<String, Difference> = BTreeMap::new();
+    let pg_rows = pg
+        .query_raw(s.pg_select.as_str(), std::iter::empty::<&str>())
+        .await
+        .map_err(|e| MyError::new(&ctx, &e.to_string(), "check the target"))?;
+    pin_mut!(pg_rows);
+    let mut my_rows = my.exec_iter(s.my_select.as_str(), ()).await.map_err(|e| MyError::query(&ctx, e))?;
+    let zero = req.map.zero_dates;
+    let next_pg = |r: Option<tokio_postgres::Row>| -> Option<Row> {
+        r.map(|r| {
+            (0..s.names.len())
+                .map(|i| r.get::<_, Option<String>>(i).map(|t| canonical_text(t, s.canon[i])))
+                .collect()
+        })
+    };
+    let mut a = next_my(&mut my_rows, s, zero, &ctx).await?;
+    let mut b = next_pg(
+        pg_rows
+            .try_next()
+            .await
+            .map_err(|e| MyError::new(&ctx, &e.to_string(), "check the target"))?,
+    );
+    let (mut last_a, mut last_b): (Option<Row>, Option<Row>) = (None, None);
+    loop {
+        // Both sides must come in the order the merge assumes.
+        for (row, last, side) in [(&a, &mut last_a, "source"), (&b, &mut last_b, "target")] {
+            if let (Some(r), Some(l)) = (row, last.as_ref()) {
+                if cmp_rows(s, l, r) == Ordering::Greater {
+                    return Err(MyError::new(
+                        &ctx,
+                        &format!(
+                            "the {side} returned keys out of the order the comparison needs ({} after {})",
+                            key_text(s, r),
+                            key_text(s, l)
+                        ),
+                        "the key's type sorts differently in the two engines; report it, with the key's type",
+                    ));
+                }
+            }
+            if row.is_some() {
+                *last = row.clone();
+            }
+        }
+        let order = match (&a, &b) {
+            (None, None) => break,
+            (Some(_), None) => Ordering::Less,
+            (None, Some(_)) => Ordering::Greater,
+            (Some(x), Some(y)) => cmp_rows(s, x, y),
+        };
+        match order {
+            Ordering::Less => {
+                let x = a.take().expect("some");
+                report.source_rows += 1;
+                let key = key_text(s, &x);
+                diffs.insert(
+                    key.clone(),
+                    Difference {
+                        table: s.table.clone(),
+                        key,
+                        kind: DiffKind::MissingOnTarget,
+                        columns: Vec::new(),
+                    },
+                );
+                a = next_my(&mut my_rows, s, zero, &ctx).await?;
+            }
+            Ordering::Greater => {
+                let y = b.take().expect("some");
+                report.target_rows += 1;
+                let key = key_text(s, &y);
+                diffs.insert(
+                    key.clone(),
+                    Difference {
+                        table: s.table.clone(),
+                        key,
+                        kind: DiffKind::ExtraOnTarget,
+                        columns: Vec::new(),
+                    },
+                );
+                b = next_pg(
+                    pg_rows
+                        .try_next()
+                        .await
+                        .map_err(|e| MyError::new(&ctx, &e.to_string(), "check the target"))?,
+                );
+            }
+            Ordering::Equal => {
+                let (x, y) = (a.take().expect("some"), b.take().expect("some"));
+                report.source_rows += 1;
+                report.target_rows += 1;
+                report.rows_compared += 1;
+                let columns: Vec<ColumnDiff> = (0..s.names.len())
+                    .filter(|&i| x[i] != y[i])
+                    .map(|i| ColumnDiff {
+                        column: s.names[i].clone(),
+                        source: shorten(&x[i]),
+                        target: shorten(&y[i]),
+                    })
+                    .collect();
+                if !columns.is_empty() {
+                    let key = key_text(s, &x);
+                    diffs.insert(
+                        key.clone(),
+                        Difference {
+                            table: s.table.clone(),
+                            key,
+                            kind: DiffKind::ValueDiffers,
+                            columns,
+                        },
+                    );
+                }
+                a = next_my(&mut my_rows, s, zero, &ctx).await?;
+                b = next_pg(
+                    pg_rows
+                        .try_next()
+                        .await
+                        .map_err(|e| MyError::new(&ctx, &e.to_string(), "check the target"))?,
+                );
+            }
+        }
+    }
+    drop(my_rows);
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok((report, diffs))
+}
+
+/// Asks the running stream to hold and waits until it says where it stands; the position
+/// (`file`, `pos`) when it is at or past `want` (any, when None). None after `timeout`.
+async fn request_hold(
+    ctl: &tokio_postgres::Client,
+    opts: &VerifyOptions,
+    hold: &Hold,
+    want: Option<(&str, u64)>,
+    timeout: Duration,
+) -> Result<Option<(String, u64)>, MyError> {
+    let err = |e: tokio_postgres::Error| MyError::new("asking the stream to hold", &e.to_string(), "check the target");
+    let table = format!("{}.mysql_loads", quote_ident(&opts.state_schema));
+    ctl.execute(
+        &format!("UPDATE {table} SET hold = $2::text::jsonb WHERE source = $1"),
+        &[&opts.source_id, &hold.to_json()],
+    )
+    .await
+    .map_err(err)?;
+    let started = Instant::now();
+    while started.elapsed() < timeout {
+        let at: Option<String> = ctl
+            .query_opt(&format!("SELECT held_at FROM {table} WHERE source = $1"), &[&opts.source_id])
+            .await
+            .map_err(err)?
+            .and_then(|r| r.get(0));
+        if let Some((f, p)) = at.as_deref().and_then(|a| a.rsplit_once(':')) {
+            let p: u64 = p.parse().unwrap_or(0);
+            if want.is_none_or(|(wf, wp)| (f, p) >= (wf, wp)) {
+                return Ok(Some((f.to_string(), p)));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(None)
+}
+
+async fn release_hold(ctl: &tokio_postgres::Client, opts: &VerifyOptions) {
+    let _ = ctl
+        .execute(
+            &format!(
+                "UPDATE {}.mysql_loads SET hold = NULL WHERE source = $1",
+                quote_ident(&opts.state_schema)
+            ),
+            &[&opts.source_id],
+        )
+        .await;
+}
+
+/// Opens the two snapshots at one source position while the stream runs: the stream stops at
+/// a boundary, the source snapshot opens and names its binlog position P (MariaDB's
+/// `binlog_snapshot_position`), the stream applies exactly up to P and stops again, the target
+/// snapshot opens, and the stream goes on. Both snapshots then hold the same transactions, so
+/// nothing in flight shows as a difference. None when no stream is running (or the source does
+/// not name its snapshot's position): each table is then read as it is now.
+async fn consistent_point(
+    opts: &VerifyOptions,
+    ctl: &tokio_postgres::Client,
+    my: &mut mysql_async::Conn,
+    pg: &tokio_postgres::Client,
+) -> Result<Option<String>, MyError> {
+    let streaming: bool = ctl
+        .query_opt(
+            &format!(
+                "SELECT 1 FROM {}.mysql_loads WHERE source = $1 AND cdc_file IS NOT NULL",
+                quote_ident(&opts.state_schema)
+            ),
+            &[&opts.source_id],
+        )
+        .await
+        .ok()
+        .flatten()
+        .is_some();
+    if !streaming {
+        return Ok(None);
+    }
+    if request_hold(ctl, opts, &Hold::Freeze, None, Duration::from_secs(10))
+        .await?
+        .is_none()
+    {
+        release_hold(ctl, opts).await;
+        tracing::warn!("no ferry migrate answered within 10 s: each table is compared as it is now");
+        return Ok(None);
+    }
+    let result: Result<Option<String>, MyError> = async {
+        my.query_drop("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            .await
+            .map_err(|e| MyError::query("opening a snapshot", e))?;
+        my.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
+            .await
+            .map_err(|e| MyError::query("opening a snapshot", e))?;
+        let rows: Vec<(String, String)> = my
+            .query("SHOW STATUS LIKE 'binlog_snapshot_%'")
+            .await
+            .map_err(|e| MyError::query("reading the snapshot's binlog position", e))?;
+        let get = |name: &str| rows.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.clone());
+        let (Some(file), Some(pos)) = (get("binlog_snapshot_file"), get("binlog_snapshot_position")) else {
+            let _ = my.query_drop("COMMIT").await;
+            return Ok(None);
+        };
+        let pos: u64 = pos.parse().unwrap_or(0);
+        let until = Hold::Until(file.clone(), pos);
+        if request_hold(ctl, opts, &until, Some((&file, pos)), Duration::from_secs(60))
+            .await?
+            .is_none()
+        {
+            return Err(MyError::new(
+                "verifying at one consistent point",
+                &format!("the stream did not reach {file}:{pos} within 60 s"),
+                "check ferry migrate's log (is it lagging?), then verify again",
+            ));
+        }
+        pg.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SELECT 1")
+            .await
+            .map_err(|e| MyError::new("opening a snapshot on the target", &e.to_string(), "check the target"))?;
+        Ok(Some(format!("{file}:{pos}")))
+    }
+    .await;
+    release_hold(ctl, opts).await;
+    result
+}
+
+/// Compares every table of `tables`.
+pub async fn verify(req: &MyCheckRequest, tables: &[MyTable], opts: &VerifyOptions) -> Result<Report, MyError> {
+    let started = Instant::now();
+    let pg = req
+        .target
+        .connect("mysql-verify")
+        .await
+        .map_err(|e| MyError::new("connecting to the target", &e.to_string(), "check the target URL"))?;
+    pg.batch_execute("SET DateStyle = ISO; SET bytea_output = hex; SET extra_float_digits = 1; SET IntervalStyle = postgres")
+        .await
+        .map_err(|e| MyError::new("preparing the target connection", &e.to_string(), "check the target"))?;
+    let mut my = req.source.connect().await?;
+    let version: Option<String> = my
+        .query_first("SELECT VERSION()")
+        .await
+        .map_err(|e| MyError::query("reading the version", e))?;
+    let mariadb = version.unwrap_or_default().to_ascii_lowercase().contains("mariadb");
+    let db = req.source.database().to_string();
+    let mut out = Report {
+        source_lsn: None,
+        tables: Vec::new(),
+        rows_compared: 0,
+        differences: 0,
+        seconds: 0.0,
+    };
+    let ctl = req
+        .target
+        .connect("mysql-verify-hold")
+        .await
+        .map_err(|e| MyError::new("connecting to the target", &e.to_string(), "check the target URL"))?;
+    let point = consistent_point(opts, &ctl, &mut my, &pg).await?;
+    out.source_lsn = point.as_ref().map(|p| format!("binlog {p}"));
+    for t in tables {
+        let s = shape(t, &db, mariadb);
+        if point.is_none() {
+            my.query_drop("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                .await
+                .map_err(|e| MyError::query("opening a snapshot", e))?;
+            my.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
+                .await
+                .map_err(|e| MyError::query("opening a snapshot", e))?;
+            pg.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                .await
+                .map_err(|e| MyError::new("opening a snapshot on the target", &e.to_string(), "check the target"))?;
+        }
+        let result = compare_table(req, &s, &mut my, &pg).await;
+        if point.is_none() {
+            let _ = my.query_drop("COMMIT").await;
+            let _ = pg.batch_execute("COMMIT").await;
+        }
+        let (mut report, diffs) = result?;
+        report.differences = diffs.len() as u64;
+        report.details = diffs.into_values().take(opts.max_details).collect();
+        out.rows_compared += report.rows_compared;
+        out.differences += report.differences;
+        out.tables.push(report);
+    }
+    if point.is_some() {
+        let _ = my.query_drop("COMMIT").await;
+        let _ = pg.batch_execute("COMMIT").await;
+    }
+    let _ = my.disconnect().await;
+    out.seconds = started.elapsed().as_secs_f64();
+    Ok(out)
+}
+
+/// Records a finished run in Ferry's state, for the cutover gate.
+pub async fn record(target: &tokio_postgres::Client, opts: &VerifyOptions, report: &Report) -> Result<(), MyError> {
+    let exists: bool = target
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_tables WHERE schemaname = $1 AND tablename = 'mysql_loads')",
+            &[&opts.state_schema],
+        )
+        .await
+        .map_err(|e| MyError::new("recording the verification", &e.to_string(), "check the target"))?
+        .get(0);
+    if !exists {
+        return Ok(());
+    }
+    target
+        .batch_execute(&format!(
+            "ALTER TABLE {s}.mysql_loads ADD COLUMN IF NOT EXISTS verified_at timestamptz,
+                                        ADD COLUMN IF NOT EXISTS verify_differences bigint",
+            s = quote_ident(&opts.state_schema)
+        ))
+        .await
+        .map_err(|e| MyError::new("recording the verification", &e.to_string(), "check the target"))?;
+    target
+        .execute(
+            &format!(
+                "UPDATE {}.mysql_loads SET verified_at = clock_timestamp(), verify_differences = $2 WHERE source = $1",
+                quote_ident(&opts.state_schema)
+            ),
+            &[&opts.source_id, &(report.differences as i64)],
+        )
+        .await
+        .map_err(|e| MyError::new("recording the verification", &e.to_string(), "check the target"))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decimals_compare_exactly() {
+        assert_eq!(cmp_decimal("10", "9.99"), Ordering::Greater);
+        assert_eq!(cmp_decimal("-10", "-9.99"), Ordering::Less);
+        assert_eq!(cmp_decimal("1.50", "1.5"), Ordering::Equal);
+        assert_eq!(cmp_decimal("-0.00", "0"), Ordering::Equal);
+        assert_eq!(cmp_decimal("18446744073709551615", "9223372036854775807"), Ordering::Greater);
+    }
+
+    #[test]
+    fn canonical_values_agree_across_engines() {
+        use crate::types::ZeroDates::Error;
+        // MySQL float 0.1 (binary protocol) and PostgreSQL real '0.1'.
+        assert_eq!(
+            canon_mysql(&Value::Float(0.1), &Kind::Number, Canon::Float32, Error),
+            Some(canonical_text("0.1".into(), Canon::Float32))
+        );
+        // PostgreSQL prints 1e+16, Rust 1e16: the same double.
+        assert_eq!(
+            canon_mysql(&Value::Double(1e16), &Kind::Number, Canon::Float64, Error),
+            Some(canonical_text("1e+16".into(), Canon::Float64))
+        );
+        assert_eq!(
+            canon_mysql(&Value::Time(true, 34, 22, 59, 59, 1), &Kind::Interval, Canon::Exact, Error),
+            Some("-3020399000001".into())
+        );
+        assert_eq!(
+            canon_mysql(&Value::Date(2038, 1, 19, 3, 14, 7, 5), &Kind::TimestampTz, Canon::Exact, Error),
+            Some("2038-01-19 03:14:07.000005".into())
+        );
+        assert_eq!(
+            canon_mysql(
+                &Value::Bytes(br#"{"b": 1, "a": [1, 2.5]}"#.to_vec()),
+                &Kind::Text,
+                Canon::Json,
+                Error
+            ),
+            Some(canonical_text(r#"{"a": [1, 2.5], "b": 1}"#.into(), Canon::Json))
+        );
+        assert_eq!(
+            canon_mysql(&Value::Bytes(vec![0, 255]), &Kind::Bytes, Canon::Exact, Error),
+            Some("\\x00ff".into())
+        );
+        assert_ne!(
+            canon_mysql(&Value::Bytes(vec![]), &Kind::Text, Canon::Exact, Error),
+            canon_mysql(&Value::NULL, &Kind::Text, Canon::Exact, Error)
+        );
+    }
+}
