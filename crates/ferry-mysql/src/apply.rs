@@ -163,6 +163,8 @@ pub enum Hold {
     Freeze,
     /// Apply every transaction that ends at or before this position, none after, and stop.
     Until(String, u64),
+    /// The migration was cut over (`ferry cutover`): stop streaming.
+    CutOver,
 }
 
 impl Hold {
@@ -183,6 +185,7 @@ impl Hold {
             Hold::Run => None,
             Hold::Freeze => Some(r#"{"freeze": true}"#.into()),
             Hold::Until(f, p) => Some(serde_json::json!({"file": f, "pos": p}).to_string()),
+            Hold::CutOver => None,
         }
     }
 }
@@ -190,10 +193,17 @@ impl Hold {
 /// Polls the hold request every 50 ms into `tx`.
 async fn poll_hold(target: ferry_postgres::Endpoint, schema: String, source: String, tx: tokio::sync::watch::Sender<Hold>) {
     let Ok(c) = target.connect("mysql-cdc-hold").await else { return };
-    let sql = format!("SELECT hold::text FROM {}.mysql_loads WHERE source = $1", quote_ident(&schema));
+    let sql = format!(
+        "SELECT hold::text, phase FROM {}.mysql_loads WHERE source = $1",
+        quote_ident(&schema)
+    );
     loop {
         if let Ok(Some(row)) = c.query_opt(&sql, &[&source]).await {
-            let h = Hold::parse(row.get::<_, Option<String>>(0).as_deref());
+            let h = if row.get::<_, String>(1) == "cut_over" {
+                Hold::CutOver
+            } else {
+                Hold::parse(row.get::<_, Option<String>>(0).as_deref())
+            };
             tx.send_if_modified(|cur| {
                 if *cur != h {
                     *cur = h;
@@ -227,6 +237,17 @@ pub async fn stream_tables(
     fresh: bool,
 ) -> Result<Vec<MyTable>, MyError> {
     let err = |e: tokio_postgres::Error| MyError::new("reading the stream's tables from Ferry's state", &e.to_string(), "check the target");
+    // From here on the migration streams (verify and cutover look at the phase).
+    target
+        .execute(
+            &format!(
+                "UPDATE {}.mysql_loads SET phase = 'cdc' WHERE source = $1 AND phase <> 'cut_over'",
+                quote_ident(schema)
+            ),
+            &[&source],
+        )
+        .await
+        .map_err(err)?;
     let stored: Option<String> = target
         .query_opt(
             &format!("SELECT cdc_tables::text FROM {}.mysql_loads WHERE source = $1", quote_ident(schema)),
@@ -644,22 +665,20 @@ pub async fn stream(
 /// Holds the stream at a transaction boundary while a verification asks for it (see [`Hold`]):
 /// commits what is complete, says where it stands in `held_at`, and waits for the request to
 /// change (at most 120 s, then goes on: a verification that slow fails on its own check).
-/// `here` is the start of the next transaction, or with `idle`, the end of everything read.
+/// `here` is where the stream stands: everything before it applied (once the open batch
+/// commits), nothing after it read; nothing is read while it holds.
 async fn hold_if_asked(
     applier: &mut Applier<'_>,
     hold_rx: &mut tokio::sync::watch::Receiver<Hold>,
     here: (String, u64),
-    idle: bool,
     stop: &mut tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), Failure> {
     let mut held = false;
     loop {
         let h = hold_rx.borrow_and_update().clone();
         let at = match &h {
-            Hold::Run => None,
+            Hold::Run | Hold::CutOver => None,
             Hold::Freeze => Some(format!("{}:{}", here.0, here.1)),
-            // Nothing more to read: everything the source logged up to the request is applied.
-            Hold::Until(f, p) if idle && (here.0.as_str(), here.1) <= (f.as_str(), *p) => Some(format!("{f}:{p}")),
             Hold::Until(f, p) if (here.0.as_str(), here.1) >= (f.as_str(), *p) => Some(format!("{}:{}", here.0, here.1)),
             Hold::Until(..) => None,
         };
@@ -773,11 +792,11 @@ async fn run(
                 }
                 if !in_tx {
                     stats.caught_up.store(true, Ordering::Relaxed);
-                    if *stop.borrow() {
+                    if *stop.borrow() || *hold_rx.borrow() == Hold::CutOver {
                         return Ok(last);
                     }
-                    let here = (last.file.clone(), last.pos);
-                    hold_if_asked(&mut applier, &mut hold_rx, here, true, stop).await?;
+                    // Everything read is applied: the stream stands at the reader's position.
+                    hold_if_asked(&mut applier, &mut hold_rx, reader.position(), stop).await?;
                 }
                 tokio::select! {
                     r = tokio::time::timeout(Duration::from_secs(10), reader.next()) => match r {
@@ -814,7 +833,7 @@ async fn run(
                         last = p;
                     }
                     let here = (reader.file().to_string(), at);
-                    hold_if_asked(&mut applier, &mut hold_rx, here, false, stop).await?;
+                    hold_if_asked(&mut applier, &mut hold_rx, here, stop).await?;
                     in_tx = true;
                     stats.caught_up.store(false, Ordering::Relaxed);
                     if let Some(g) = gtid {

@@ -176,6 +176,8 @@ pub struct BinlogReader {
     in_tx: bool,
     /// MariaDB flagged the current group standalone (one statement, no COMMIT follows).
     standalone: bool,
+    /// End of the last event read in `file`.
+    pos: u64,
 }
 
 impl std::fmt::Debug for BinlogReader {
@@ -234,6 +236,7 @@ impl BinlogReader {
                 .collect(),
             in_tx: false,
             standalone: false,
+            pos,
         })
     }
 
@@ -242,11 +245,20 @@ impl BinlogReader {
         &self.file
     }
 
+    /// The end of the last event read (file, position): everything before it has been returned.
+    pub fn position(&self) -> (String, u64) {
+        (self.file.clone(), self.pos)
+    }
+
     /// The changes of the next event (often none); None when the stream ends.
     pub async fn next(&mut self) -> Result<Option<Vec<Change>>, MyError> {
         let Some(event) = self.stream.next().await else { return Ok(None) };
         let event = event.map_err(|e| MyError::new("reading the binlog", &e.to_string(), "ferry reconnects from the last commit"))?;
         let header = event.header();
+        // Artificial events (the first rotate, the format description sent on connect) say 0.
+        if header.log_pos() != 0 {
+            self.pos = u64::from(header.log_pos());
+        }
         if header.event_type_raw() == MARIADB_GTID_EVENT {
             // seq_no (8 bytes), domain_id (4), flags (1): the GTID is domain-server-seq.
             let data = event.data();
@@ -282,6 +294,7 @@ impl BinlogReader {
                 let name = r.name().to_string();
                 if !name.starts_with(&self.file) {
                     self.file = name;
+                    self.pos = r.position();
                 }
             }
             EventData::GtidEvent(g) => {

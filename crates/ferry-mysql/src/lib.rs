@@ -4,6 +4,7 @@
 
 pub mod apply;
 pub mod binlog;
+pub mod cutover;
 pub mod endpoint;
 pub mod error;
 pub mod load;

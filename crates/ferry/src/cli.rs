@@ -223,6 +223,26 @@ pub struct SwitchArgs {
     /// Cut over without a clean last verification (not recommended).
     #[arg(long)]
     pub skip_verify_check: bool,
+    /// MySQL/MariaDB sources (no API, no proxy): the source URL; the gate runs from this
+    /// command against the running `ferry migrate`'s state on the target.
+    #[arg(long)]
+    pub source: Option<String>,
+    /// With --source: the target URL.
+    #[arg(long, requires = "source")]
+    pub target: Option<String>,
+    /// With --source: file holding the source password; FERRY_SOURCE_PASSWORD also works.
+    #[arg(long)]
+    pub source_password_file: Option<PathBuf>,
+    /// With --source: file holding the target password; FERRY_TARGET_PASSWORD also works.
+    #[arg(long)]
+    pub target_password_file: Option<PathBuf>,
+    /// With --source: Ferry's state schema on the target.
+    #[arg(long, default_value = "ferry")]
+    pub state_schema: String,
+    /// With --source: POST the cutover report (JSON) to this http:// URL when the target is
+    /// ready for the application.
+    #[arg(long)]
+    pub webhook: Option<String>,
     /// File holding the API's bearer token; FERRY_API_TOKEN works too.
     #[arg(long)]
     pub api_token_file: Option<PathBuf>,

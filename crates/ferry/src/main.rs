@@ -234,6 +234,23 @@ async fn initial_phase(req: &ferry_postgres::preflight::CheckRequest) -> Option<
 
 /// `ferry cutover` / `ferry rollback`: asks the running `ferry migrate` and prints its report.
 async fn switch_cmd(args: &cli::SwitchArgs, rollback: bool) -> anyhow::Result<i32> {
+    if let Some(source) = &args.source {
+        if !ferry_mysql::is_mysql_url(source) {
+            return Err(exit::UsageError(
+                "--source is for MySQL/MariaDB sources; a PostgreSQL migration is switched through its API (--api)".into(),
+            )
+            .into());
+        }
+        if rollback {
+            return Err(exit::UsageError(
+                "rollback to a MySQL/MariaDB source is not built yet (there is no reverse stream from PostgreSQL to MySQL); \
+                 ferry check says so before a migration starts"
+                    .into(),
+            )
+            .into());
+        }
+        return mysql_cmd::cutover(args).await;
+    }
     let token = api_token(args.api_token_file.as_deref())?;
     let path = format!(
         "/api/{}?max_pause_ms={}&max_lag_ms={}&allow_direct_sessions={}&no_proxy={}&grace_ms={}&skip_verify_check={}",

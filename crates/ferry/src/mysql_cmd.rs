@@ -190,11 +190,103 @@ async fn stream(
     let result = apply::stream(req, plan, state_schema, source_id, &opts, stop_rx, &stats).await;
     printer.abort();
     let end = result?;
+    let phase: Option<String> = target
+        .query_opt(
+            &format!(
+                "SELECT phase FROM {}.mysql_loads WHERE source = $1",
+                ferry_core::ident::quote_ident(state_schema)
+            ),
+            &[&source_id],
+        )
+        .await?
+        .map(|r| r.get(0));
+    if phase.as_deref() == Some("cut_over") {
+        println!("The migration was cut over (ferry cutover): the stream is done.");
+    }
     println!(
         "Stopped at binlog position {end} (GTID {}): {} source transactions, {} row changes applied in this run",
         if end.gtid.is_empty() { "-" } else { &end.gtid },
         stats.transactions.load(Ordering::Relaxed),
         stats.changes.load(Ordering::Relaxed)
     );
+    Ok(exit::OK)
+}
+
+/// `ferry cutover --source mysql://...`: the gate (see `ferry_mysql::cutover`), then the
+/// webhook; exit 0 when the application may switch to the target.
+pub async fn cutover(args: &crate::cli::SwitchArgs) -> anyhow::Result<i32> {
+    let (Some(source), Some(target)) = (&args.source, &args.target) else {
+        return Err(UsageError("give --source and --target".into()).into());
+    };
+    let endpoints = crate::cli::Endpoints {
+        source: source.clone(),
+        target: target.clone(),
+        source_password_file: args.source_password_file.clone(),
+        target_password_file: args.target_password_file.clone(),
+        include: Vec::new(),
+        exclude: Vec::new(),
+        jobs: None,
+        migration_id: None,
+        state_schema: args.state_schema.clone(),
+        pg_bin_dir: None,
+        overwrite: false,
+        split_size: 0,
+        zero_dates: crate::cli::ZeroDatesArg::Error,
+        tinyint1_boolean: false,
+    };
+    let req = crate::settings::resolve_mysql(&endpoints)?;
+    let opts = ferry_mysql::cutover::GateOptions {
+        state_schema: args.state_schema.clone(),
+        source_id: req.source.describe(),
+        grace: args.grace,
+        max_lag: args.max_lag,
+        skip_verify_check: args.skip_verify_check,
+    };
+    let report = match ferry_mysql::cutover::cutover(&req, &opts).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("ferry: cutover refused or aborted: {e}");
+            return Ok(exit::FOUND_PROBLEM);
+        }
+    };
+    if let Some(url) = &args.webhook {
+        let body = serde_json::json!({
+            "event": "cutover",
+            "source": req.source.describe(),
+            "target": req.target.describe(),
+            "report": report,
+        });
+        // A webhook that hangs must not hold the cutover's exit (the switch is done).
+        match tokio::time::timeout(Duration::from_secs(10), crate::status::http_post_json(url, &body)).await {
+            Ok(Ok(code)) if (200..300).contains(&code) => eprintln!("webhook {url} answered {code}"),
+            Ok(Ok(code)) => eprintln!("warning: webhook {url} answered {code}"),
+            Ok(Err(e)) => eprintln!("warning: {e:#}"),
+            Err(_) => eprintln!("warning: webhook {url} did not answer within 10 s"),
+        }
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "Cut over from {} to {}: writes stopped on the source for {:.0} ms while the target applied everything up to binlog {}.",
+            req.source.describe(),
+            req.target.describe(),
+            report.write_pause_ms,
+            report.final_position
+        );
+        for i in &report.identities {
+            println!("  identity {i}");
+        }
+        for k in &report.killed {
+            println!("  killed after --grace: session {k}");
+        }
+        if !report.still_connected.is_empty() {
+            println!(
+                "  still connected to the source (read-only now; users with SUPER or READ ONLY ADMIN could still write): {}",
+                report.still_connected.join(", ")
+            );
+        }
+        println!("Point the application at the target now. The source stays read-only; rollback to it is not built yet.");
+    }
     Ok(exit::OK)
 }

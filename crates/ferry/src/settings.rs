@@ -41,8 +41,9 @@ fn fnv(s: &str) -> u32 {
 pub fn resolve(e: &Endpoints) -> anyhow::Result<CheckRequest> {
     if ferry_mysql::is_mysql_url(&e.source) {
         return Err(UsageError(
-            "--source: MySQL/MariaDB sources are handled by `ferry check` and `ferry migrate --stop-after full-load` \
-             only so far; change capture, verify and cutover for them are not built yet"
+            "--source: MySQL/MariaDB sources work with `ferry check`, `ferry migrate`, `ferry verify --source --target` \
+             and `ferry cutover --source --target` (docs/mysql-cdc.md); status, abandon, rollback and the API are \
+             for PostgreSQL sources only so far"
                 .into(),
         )
         .into());

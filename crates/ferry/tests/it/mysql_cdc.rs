@@ -356,3 +356,145 @@ async fn heavy_mysql_sysbench_through_load_and_cdc_with_kill_9() {
     assert_eq!(end.code, 0, "{}", end.all());
     dispose("FERRY_TEST_MYSQL", dbs).await;
 }
+
+/// Accepts one HTTP request on a free port; returns the address and the request's body.
+async fn one_webhook() -> (String, tokio::sync::oneshot::Receiver<String>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            let n = s.read(&mut chunk).await.unwrap();
+            buf.extend_from_slice(&chunk[..n]);
+            let text = String::from_utf8_lossy(&buf).to_string();
+            if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().parse().unwrap())
+                    })
+                    .unwrap_or(0);
+                if body.len() >= len || n == 0 {
+                    s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n").await.unwrap();
+                    let _ = tx.send(body.to_string());
+                    return;
+                }
+            }
+        }
+    });
+    (addr, rx)
+}
+
+#[tokio::test]
+async fn mysql_cutover_gate_stops_writes_reaches_the_final_position_and_signals() {
+    let (source, target, dbs) = fresh("FERRY_TEST_MYSQL", "mycut").await;
+    let db = dbs.name.clone();
+    // read_only is server-wide: whatever happens here, the server is writable afterwards (the
+    // other tests write as root, which read_only does not stop, but a later run of this one would).
+    struct Writable;
+    impl Drop for Writable {
+        fn drop(&mut self) {
+            my_sql("FERRY_TEST_MYSQL", "SET GLOBAL read_only = OFF");
+        }
+    }
+    let _writable = Writable;
+    my_sql("FERRY_TEST_MYSQL", "SET GLOBAL read_only = OFF");
+    // The application's user: no SUPER, so read_only stops it (root, Ferry's user here, is not).
+    let app = format!("app_{}", std::process::id());
+    my_sql(
+        "FERRY_TEST_MYSQL",
+        &format!(
+            "USE {db};
+             CREATE TABLE orders (id bigint NOT NULL AUTO_INCREMENT PRIMARY KEY, v int NOT NULL) AUTO_INCREMENT = 1000;
+             INSERT INTO orders (v) SELECT seq FROM seq_1_to_100;
+             DROP USER IF EXISTS '{app}'@'%'; CREATE USER '{app}'@'%' IDENTIFIED BY 'app-pw';
+             GRANT SELECT, INSERT ON {db}.* TO '{app}'@'%';"
+        ),
+    );
+    let m = Migrator::spawn(&["migrate", "--source", &source, "--target", &target, "--listen", "off"]);
+    wait_streaming(&target).await;
+    // The application inserts until the source refuses.
+    let (host, port, _) = server("FERRY_TEST_MYSQL");
+    let writer = {
+        let (db, app) = (db.clone(), app.clone());
+        std::thread::spawn(move || {
+            let mut ok = 0u64;
+            loop {
+                let out = std::process::Command::new("mariadb")
+                    .args(["--no-defaults", "-h", &host, "-P", &port, "-u", &app, "-e"])
+                    .arg(format!("INSERT INTO {db}.orders (v) VALUES (1)"))
+                    .env("MYSQL_PWD", "app-pw")
+                    .output()
+                    .unwrap();
+                if !out.status.success() {
+                    return (ok, String::from_utf8_lossy(&out.stderr).into_owned());
+                }
+                ok += 1;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let cut = |extra: &[&str]| {
+        let mut a = vec!["cutover", "--source", &source, "--target", &target, "--grace", "1s"];
+        a.extend_from_slice(extra);
+        a.iter().map(|s| s.to_string()).collect::<Vec<_>>()
+    };
+    // No verification yet: refused, nothing changed on the source.
+    let refused = ferry(&refs(&cut(&[])));
+    assert_eq!(refused.code, 1, "{}", refused.all());
+    assert!(refused.stderr.contains("no verification since the full load"), "{}", refused.all());
+    assert_eq!(my_query("FERRY_TEST_MYSQL", "SELECT @@GLOBAL.read_only").trim(), "0");
+    let verify = ferry(&["verify", "--source", &source, "--target", &target]);
+    assert_eq!(verify.code, 0, "{}", verify.all());
+    let (hook, body) = one_webhook().await;
+    let url = format!("http://{hook}/switch");
+    // In a blocking thread: the webhook listener runs on this test's runtime.
+    let args = cut(&["--webhook", &url]);
+    let done = tokio::task::spawn_blocking(move || ferry(&refs(&args))).await.unwrap();
+    let reset = || my_sql("FERRY_TEST_MYSQL", "SET GLOBAL read_only = OFF");
+    if done.code != 0 {
+        reset();
+        panic!("{}", done.all());
+    }
+    assert!(done.stdout.contains("Cut over from"), "{}", done.all());
+    eprintln!("{}", done.stdout);
+    assert_eq!(my_query("FERRY_TEST_MYSQL", "SELECT @@GLOBAL.read_only").trim(), "1");
+    let (inserted, why) = writer.join().unwrap();
+    reset();
+    assert!(why.contains("read-only") || why.contains("read_only"), "{why}");
+    assert!(inserted > 5, "the application wrote only {inserted} rows");
+    // Every insert the source accepted is on the target; the migrate process stopped by itself.
+    let t = connect(&target).await;
+    let n: i64 = t.query_one("SELECT count(*) FROM public.orders", &[]).await.unwrap().get(0);
+    assert_eq!(n as u64, 100 + inserted);
+    let end = m.wait();
+    assert_eq!(end.code, 0, "{}", end.all());
+    assert!(end.stdout.contains("was cut over"), "{}", end.all());
+    // The identity continues past every id the source handed out.
+    let max: i64 = t.query_one("SELECT max(id) FROM public.orders", &[]).await.unwrap().get(0);
+    let next: i64 = t
+        .query_one("INSERT INTO public.orders (v) VALUES (0) RETURNING id", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(next > max, "next id {next} <= max {max}");
+    let body = tokio::time::timeout(Duration::from_secs(10), body).await.unwrap().unwrap();
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(json["event"], "cutover");
+    assert!(json["report"]["final_position"].as_str().unwrap().starts_with("binlog."), "{body}");
+    // A second cutover is refused; rollback says it is not built.
+    let again = ferry(&refs(&cut(&[])));
+    assert_eq!(again.code, 1, "{}", again.all());
+    assert!(again.stderr.contains("cut over already"), "{}", again.all());
+    let back = ferry(&["rollback", "--source", &source, "--target", &target]);
+    assert_eq!(back.code, 2, "{}", back.all());
+    assert!(back.stderr.contains("not built yet"), "{}", back.all());
+    my_sql("FERRY_TEST_MYSQL", &format!("DROP USER '{app}'@'%'"));
+    dispose("FERRY_TEST_MYSQL", dbs).await;
+}
