@@ -13,8 +13,15 @@
 #   pgloader  pgloader mysql://... postgresql://... (its defaults: schema, data, indexes; prefetch
 #             and batch rows 10,000, without which Debian's build runs out of heap)
 # Each result is checked: the target's row count must equal the source's.
+# Then CDC lag: `ferry migrate` streams into the first Ferry target while `sysbench
+# oltp_read_write` runs at its max rate (CDC_THREADS threads, CDC_SECONDS seconds); a probe
+# inserts NOW(6) on the source every 100 ms, and the target's copy of the probe table has an
+# extra `applied_at DEFAULT clock_timestamp()` column, so each probe row's lag is exactly
+# applied_at - t (one machine, one clock). After sysbench ends the stream must catch up and
+# every sysbench table must have the source's row count and sum(k).
 #
 # Environment: TABLES=4, TABLE_SIZE=1000000, REPEAT=1, JOBS=2, MY_PORT=55836, PG_PORT=55837,
+# CDC_THREADS=4, CDC_SECONDS=60 (0: no CDC part),
 # FERRY_BIN=target/release/ferry, BENCH_KEEP=1 (leave the servers running).
 # Output: a table on stdout, logs in bench/out/mysql-<UTC timestamp>/.
 set -euo pipefail
@@ -60,6 +67,8 @@ log "sysbench prepare: $TABLES tables x $TABLE_SIZE rows"
 sysbench oltp_read_write --db-driver=mysql --mysql-host=127.0.0.1 --mysql-port="$MY_PORT" --mysql-user=root \
   --mysql-password=$PW --mysql-db=sbtest --tables="$TABLES" --table-size="$TABLE_SIZE" --threads=2 prepare >"$OUT/prepare.log"
 my -e "ANALYZE TABLE $(seq -s, -f 'sbtest.sbtest%g' 1 "$TABLES")" >/dev/null
+# The CDC lag probe's table (empty during the loads).
+my -e "CREATE TABLE sbtest.probe (id int AUTO_INCREMENT PRIMARY KEY, t datetime(6) NOT NULL)"
 ROWS=$((TABLES * TABLE_SIZE))
 BYTES=$(my -N -e "SELECT SUM(DATA_LENGTH) FROM information_schema.TABLES WHERE TABLE_SCHEMA='sbtest'")
 
@@ -109,3 +118,49 @@ for method in ferry pgloader; do
   printf '%-10s %8.2f %12.0f %9.2fx\n' "$method" "$s" "$(echo "$ROWS / $s" | bc -l)" "$(echo "$pgl / $s" | bc -l)" | tee -a "$OUT/result.txt"
 done
 echo "target: ferry rows/s at least 2x pgloader's; row counts checked on every run; logs in $OUT" | tee -a "$OUT/result.txt"
+
+# --- CDC lag under sysbench at its max rate ---------------------------------------------
+CDC_SECONDS=${CDC_SECONDS:-60}
+CDC_THREADS=${CDC_THREADS:-4}
+[ "$CDC_SECONDS" -gt 0 ] || exit 0
+SRC="mysql://root:$PW@127.0.0.1:$MY_PORT/sbtest"
+TGT="postgres://postgres:$PW@127.0.0.1:$PG_PORT/ferry_1"
+pg -d ferry_1 -c "ALTER TABLE public.probe ADD COLUMN applied_at timestamptz DEFAULT clock_timestamp()"
+"$FERRY_BIN" migrate --source "$SRC" --target "$TGT" --listen off >"$OUT/cdc-ferry.out" 2>"$OUT/cdc-ferry.log" &
+FPID=$!
+until [ "$(pg -d ferry_1 -c "SELECT phase FROM ferry.mysql_loads" 2>/dev/null)" = cdc ]; do sleep 0.2; done
+log "CDC: sysbench oltp_read_write --threads=$CDC_THREADS for ${CDC_SECONDS}s at max rate, probe every 100 ms"
+sysbench oltp_read_write --db-driver=mysql --mysql-host=127.0.0.1 --mysql-port="$MY_PORT" --mysql-user=root \
+  --mysql-password=$PW --mysql-db=sbtest --tables="$TABLES" --table-size="$TABLE_SIZE" --threads="$CDC_THREADS" \
+  --time="$CDC_SECONDS" --mysql-ignore-errors=1213,1205 run >"$OUT/cdc-sysbench.log" 2>&1 &
+SPID=$!
+end=$((SECONDS + CDC_SECONDS))
+while [ "$SECONDS" -lt "$end" ]; do
+  my -e "SET time_zone = '+00:00'; INSERT INTO sbtest.probe (t) VALUES (NOW(6))"
+  sleep 0.1
+done
+wait "$SPID"
+read -r file pos _ < <(my -N -e "SHOW MASTER STATUS")
+caught=$(date +%s.%N)
+until pg -d ferry_1 -c "SELECT cdc_file > '$file' OR (cdc_file = '$file' AND cdc_pos >= $pos) FROM ferry.mysql_loads" | grep -q t; do
+  sleep 0.1
+done
+drain=$(echo "$(date +%s.%N) - $caught" | bc)
+kill -TERM "$FPID"; wait "$FPID" || true
+for i in $(seq 1 "$TABLES"); do
+  a=$(my -N -e "SELECT COUNT(*), SUM(k) FROM sbtest.sbtest$i" | tr '\t' ' ')
+  b=$(pg -d ferry_1 -F' ' -c "SELECT count(*), sum(k) FROM public.sbtest$i")
+  [ "$a" = "$b" ] || { echo "CDC: sbtest$i differs after the stream: source $a, target $b" >&2; exit 1; }
+done
+tps=$(awk '/transactions:/ { gsub(/[()]/, "", $3); print $3 }' "$OUT/cdc-sysbench.log")
+applied=$(grep -o '[0-9]* source transactions' "$OUT/cdc-ferry.out" | awk '{print $1}')
+read -r n p50 p99 mx < <(pg -d ferry_1 -F' ' -c "SELECT count(*), round((percentile_cont(0.5) WITHIN GROUP (ORDER BY l))::numeric, 3),
+  round((percentile_cont(0.99) WITHIN GROUP (ORDER BY l))::numeric, 3), round(max(l)::numeric, 3)
+  FROM (SELECT extract(epoch FROM applied_at - (t AT TIME ZONE 'UTC')) AS l FROM public.probe) x")
+{
+  printf '\nCDC under sysbench oltp_read_write --threads=%s for %ss (max rate): sysbench %s tps; ferry applied %s source transactions\n' \
+    "$CDC_THREADS" "$CDC_SECONDS" "$tps" "$applied"
+  printf 'lag of %s probes (source commit to target commit): p50 %ss  p99 %ss  max %ss; after sysbench stopped the stream caught up in %.1fs\n' \
+    "$n" "$p50" "$p99" "$mx" "$drain"
+  echo "target: CDC lag p99 under 1 s; row counts and sum(k) of every table checked after the stream"
+} | tee -a "$OUT/result.txt"

@@ -638,7 +638,13 @@ pub async fn stream(
                 "run ferry migrate without --stop-after (it loads first)",
             ));
         };
-        match run(req, plan, schema, source_id, opts, target, &start, &mut stop, stats).await {
+        let applied_before = stats.transactions.load(Ordering::Relaxed);
+        let outcome = run(req, plan, schema, source_id, opts, target, &start, &mut stop, stats).await;
+        if stats.transactions.load(Ordering::Relaxed) > applied_before {
+            // That run made progress: the next failure starts the backoff afresh.
+            backoff = Duration::from_millis(250);
+        }
+        match outcome {
             Ok(p) => return Ok(p),
             Err(Failure::Fatal(e)) => return Err(e),
             Err(Failure::Transient(e)) => {

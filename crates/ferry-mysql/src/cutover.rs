@@ -175,6 +175,8 @@ pub async fn cutover(req: &MyCheckRequest, opts: &GateOptions) -> Result<GateRep
             "Ferry's user needs SUPER (MySQL) or READ_ONLY ADMIN (MariaDB 10.11: GRANT READ_ONLY ADMIN ON *.* TO ...)",
         )
     })?;
+    // MySQL 8 also stops users with SUPER; MariaDB has no such variable (the error is ignored).
+    let _ = my.query_drop("SET GLOBAL super_read_only = ON").await;
     let paused = Instant::now();
     let result: Result<GateReport, MyError> = async {
         // Open transactions get the grace period, then their sessions are killed (their
@@ -274,6 +276,7 @@ pub async fn cutover(req: &MyCheckRequest, opts: &GateOptions) -> Result<GateRep
             Ok(r)
         }
         Err(e) => {
+            let _ = my.query_drop("SET GLOBAL super_read_only = OFF").await;
             let _ = my.query_drop("SET GLOBAL read_only = OFF").await;
             Err(MyError {
                 reason: format!("{} (the source is writable again)", e.reason),

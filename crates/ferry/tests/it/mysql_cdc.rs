@@ -250,6 +250,35 @@ async fn mysql_cdc_streams_every_type_exactly_and_stops_at_schema_changes() {
         lines(&t, "SELECT id || ':' || extra FROM public.wiped ORDER BY id").await,
         ["3:7", "4:7", "5:8"]
     );
+    // A zero date written outside strict mode stops the stream naming the row and the policy
+    // (never a different date); with --zero-dates null the same command writes NULL.
+    my_sql(
+        "FERRY_TEST_MYSQL",
+        &format!("SET SESSION sql_mode = ''; INSERT INTO {db}.every_type (id, dt) VALUES (300, '0000-00-00')"),
+    );
+    let stopped = m.wait();
+    assert_ne!(stopped.code, 0, "{}", stopped.all());
+    for needle in ["id=300", "column dt", "zero date", "--zero-dates null"] {
+        assert!(stopped.stderr.contains(needle), "{needle}: {}", stopped.all());
+    }
+    let m = Migrator::spawn(&[
+        "migrate",
+        "--source",
+        &source,
+        "--target",
+        &target,
+        "--listen",
+        "off",
+        "--zero-dates",
+        "null",
+    ]);
+    wait_caught_up("FERRY_TEST_MYSQL", &target, Duration::from_secs(60)).await;
+    let dt: Option<String> = t
+        .query_one("SELECT dt::text FROM public.every_type WHERE id = 300", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(dt, None);
     let end = m.terminate();
     assert_eq!(end.code, 0, "{}", end.all());
     assert!(end.stdout.contains("Stopped at binlog position"), "{}", end.all());
@@ -324,6 +353,38 @@ async fn heavy_mysql_sysbench_through_load_and_cdc_with_kill_9() {
         m.kill9();
         m = Migrator::spawn(&args);
     }
+    // Network cuts on both sides: the source's binlog connections (every stream on this
+    // server: the others reconnect too) and the target's apply session are killed; the stream
+    // reconnects and resumes from its last commit. First the restarted process must stream.
+    let started = applied().await;
+    wait_for("the restarted stream to apply", Duration::from_secs(60), || async {
+        applied().await > started + 100
+    })
+    .await;
+    let before = applied().await;
+    for id in my_query(
+        "FERRY_TEST_MYSQL",
+        "SELECT ID FROM information_schema.PROCESSLIST WHERE COMMAND LIKE 'Binlog Dump%'",
+    )
+    .lines()
+    {
+        let (host, port, password) = server("FERRY_TEST_MYSQL");
+        let _ = std::process::Command::new("mariadb")
+            .args(["--no-defaults", "-h", &host, "-P", &port, "-uroot", "-e", &format!("KILL {id}")])
+            .env("MYSQL_PWD", &password)
+            .output();
+    }
+    t.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() AND application_name LIKE '%mysql-cdc'",
+        &[],
+    )
+    .await
+    .unwrap();
+    wait_for("transactions to be applied after the cuts", Duration::from_secs(60), || async {
+        applied().await > before + 300
+    })
+    .await;
+    assert!(!m.has_exited(), "ferry stopped after a network cut");
     // Verification while sysbench writes and the stream applies: rows in flight are looked at
     // again after the stream catches up; none may remain.
     let online = ferry(&["verify", "--source", &source, "--target", &target]);
@@ -354,6 +415,7 @@ async fn heavy_mysql_sysbench_through_load_and_cdc_with_kill_9() {
     eprintln!("sysbench: {transactions} transactions during the load and the stream, two kill -9, no difference");
     let end = m.terminate();
     assert_eq!(end.code, 0, "{}", end.all());
+    assert!(end.stderr.contains("resuming from the last commit"), "{}", end.all());
     dispose("FERRY_TEST_MYSQL", dbs).await;
 }
 
