@@ -366,7 +366,14 @@ const CHUNK_STATEMENTS: usize = 2000;
 
 impl Applier<'_> {
     fn pg_failure(&self, what: &str, e: tokio_postgres::Error) -> Failure {
-        let transient = e.is_closed() || e.as_db_error().is_none();
+        // Connection exceptions (08), operator intervention such as pg_terminate_backend or a
+        // shutdown (57), serialization failures and deadlocks (40), out of resources (53):
+        // reconnect and retry from the last commit. Anything else is the data's problem.
+        let transient = e.is_closed()
+            || e.as_db_error().is_none_or(|d| {
+                let code = d.code().code();
+                ["08", "57", "40", "53"].iter().any(|c| code.starts_with(c))
+            });
         let text = match e.as_db_error() {
             Some(d) => format!("{}{}", d.message(), d.detail().map(|x| format!(" ({x})")).unwrap_or_default()),
             None => e.to_string(),
@@ -509,7 +516,7 @@ impl Applier<'_> {
             self.begin_if_needed();
             self.batch.sql.push_str(&format!(
                 "UPDATE {}.mysql_loads SET cdc_file = {}, cdc_pos = {}, cdc_gtid = {}, cdc_transactions = cdc_transactions + {},
-                        cdc_applied_at = clock_timestamp(), cdc_blocked = NULL, phase = 'cdc'
+                        cdc_applied_at = clock_timestamp(), cdc_blocked = NULL
                  WHERE source = {};\nCOMMIT",
                 quote_ident(self.schema),
                 quote_literal(&p.file),
@@ -765,6 +772,13 @@ async fn run(
             }
         })?;
     tracing::info!(position = %start, "streaming the binlog");
+    // Not holding (a hold of an earlier run that failed is over).
+    let _ = pg
+        .execute(
+            &format!("UPDATE {}.mysql_loads SET held_at = NULL WHERE source = $1", quote_ident(schema)),
+            &[&source_id],
+        )
+        .await;
     let mut applier = Applier {
         pg,
         tables: plan.tables.iter().map(|t| (t.name.clone(), TableInfo::new(t))).collect(),
@@ -881,11 +895,13 @@ async fn run(
                     applier.batch.transactions += 1;
                     applier.batch.last_ts = timestamp;
                     let full = applier.batch.changes >= opts.batch_changes || applier.batch.started.elapsed() >= opts.batch_time;
-                    if full || *stop.borrow() {
+                    // A stop or a cutover ends the stream at this boundary, busy or not.
+                    let end = *stop.borrow() || *hold_rx.borrow() == Hold::CutOver;
+                    if full || end {
                         let p = applier.batch.position.clone().expect("set above");
                         applier.flush(true).await?;
                         last = p;
-                        if *stop.borrow() {
+                        if end {
                             return Ok(last);
                         }
                     }

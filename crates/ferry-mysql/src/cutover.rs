@@ -21,7 +21,8 @@ pub struct GateOptions {
     pub state_schema: String,
     /// The source's id in that state.
     pub source_id: String,
-    /// How long open transactions may finish after writes stop, before their sessions are killed.
+    /// How long open transactions in the migrated database may finish after writes stop,
+    /// before their sessions are killed.
     pub grace: Duration,
     /// Refuse to start when the stream is further behind than this.
     pub max_lag: Duration,
@@ -184,11 +185,14 @@ pub async fn cutover(req: &MyCheckRequest, opts: &GateOptions) -> Result<GateRep
         let deadline = Instant::now() + opts.grace;
         let mut killed = Vec::new();
         loop {
+            // Sessions using the migrated database: the application. Other databases' sessions
+            // are stopped by read_only as well, but are not Ferry's to kill.
             let open: Vec<(u64, String, String)> = my
-                .query(
+                .exec(
                     "SELECT t.trx_mysql_thread_id, p.USER, p.HOST FROM information_schema.INNODB_TRX t
                      JOIN information_schema.PROCESSLIST p ON p.ID = t.trx_mysql_thread_id
-                     WHERE t.trx_mysql_thread_id <> CONNECTION_ID()",
+                     WHERE t.trx_mysql_thread_id <> CONNECTION_ID() AND p.DB = ?",
+                    (req.source.database(),),
                 )
                 .await
                 .map_err(|e| MyError::query("listing open transactions", e))?;

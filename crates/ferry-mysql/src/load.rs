@@ -121,16 +121,48 @@ pub async fn full_load(req: &MyCheckRequest, plan: &MyPlan, jobs: usize, split_b
     let jobs = jobs.clamp(1, plan.tables.len().max(1));
     let mut locker = req.source.connect().await?;
     locker
-        .query_drop("SET SESSION lock_wait_timeout = 10")
+        .query_drop("SET SESSION lock_wait_timeout = 5")
         .await
         .map_err(|e| MyError::query("preparing the snapshot", e))?;
-    locker.query_drop("FLUSH TABLES WITH READ LOCK").await.map_err(|e| {
-        MyError::new(
-            "taking the snapshot lock (FLUSH TABLES WITH READ LOCK)",
-            &e.to_string(),
-            "grant RELOAD to Ferry's user (GRANT RELOAD ON *.* TO ...), and retry when no long statement holds a table (lock_wait_timeout is 10 s)",
-        )
-    })?;
+    // A statement running long on a table blocks the lock (and everything queued behind it);
+    // the wait is bounded at 5 s and tried 6 times, then the blockers are named.
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match locker.query_drop("FLUSH TABLES WITH READ LOCK").await {
+            Ok(()) => break,
+            Err(mysql_async::Error::Server(e)) if e.code == 1205 && attempt < 6 => {
+                tracing::warn!(attempt, "waiting for the snapshot lock timed out; trying again");
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+            Err(e) => {
+                let blockers: Vec<(u64, String, u64, Option<String>)> = locker
+                    .query(
+                        "SELECT ID, USER, TIME, LEFT(INFO, 100) FROM information_schema.PROCESSLIST
+                         WHERE ID <> CONNECTION_ID() AND COMMAND = 'Query' AND TIME >= 5",
+                    )
+                    .await
+                    .unwrap_or_default();
+                let named = blockers
+                    .iter()
+                    .map(|(id, user, time, info)| format!("session {id} ({user}, {time} s): {}", info.as_deref().unwrap_or("?")))
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                return Err(MyError::new(
+                    "taking the snapshot lock (FLUSH TABLES WITH READ LOCK)",
+                    &format!(
+                        "{e}{}",
+                        if named.is_empty() {
+                            String::new()
+                        } else {
+                            format!("; long statements: {named}")
+                        }
+                    ),
+                    "grant RELOAD to Ferry's user (GRANT RELOAD ON *.* TO ...), and retry when no long statement holds a table",
+                ));
+            }
+        }
+    }
     let mut workers = Vec::with_capacity(jobs);
     let opened: Result<(), MyError> = async {
         for _ in 0..jobs {

@@ -573,7 +573,7 @@ async fn source_checks(req: &MyCheckRequest, c: &mut mysql_async::Conn, f: &mut 
         tables: planned,
         source_objects: vec![
             "nothing: Ferry reads the tables in one consistent snapshot and the binary log as a replication client (no table, trigger or setting is changed)".into(),
-            "at cutover only (ferry cutover): SET GLOBAL read_only = ON (and super_read_only on MySQL), sessions still in a transaction after --grace are killed; reset read_only by hand to write to the source again".into(),
+            "at cutover only (ferry cutover): SET GLOBAL read_only = ON (and super_read_only on MySQL), sessions of the migrated database still in a transaction after --grace are killed; reset read_only by hand to write to the source again".into(),
         ],
         target_objects: vec![
             "schema ferry (Ferry's state) and, in schema public, one table per source table with the types above; an enum type per ENUM column".into(),

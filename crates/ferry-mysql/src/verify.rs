@@ -415,7 +415,7 @@ async fn request_hold(
     let err = |e: tokio_postgres::Error| MyError::new("asking the stream to hold", &e.to_string(), "check the target");
     let table = format!("{}.mysql_loads", quote_ident(&opts.state_schema));
     ctl.execute(
-        &format!("UPDATE {table} SET hold = $2::text::jsonb WHERE source = $1"),
+        &format!("UPDATE {table} SET hold = $2::text::jsonb, held_at = NULL WHERE source = $1"),
         &[&opts.source_id, &hold.to_json()],
     )
     .await
