@@ -59,6 +59,14 @@ async fn master_position(my: &mut mysql_async::Conn) -> Result<(String, u64), My
     Ok((row.get(0).unwrap_or_default(), row.get(1).unwrap_or_default()))
 }
 
+/// The source's end of binlog (file, position).
+pub async fn binlog_end(source: &crate::MyEndpoint) -> Result<(String, u64), MyError> {
+    let mut my = source.connect().await?;
+    let end = master_position(&mut my).await;
+    let _ = my.disconnect().await;
+    end
+}
+
 async fn applied(pg: &tokio_postgres::Client, opts: &GateOptions) -> Result<(String, u64), MyError> {
     let row = pg
         .query_one(

@@ -179,6 +179,9 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Cutover(args) => switch_cmd(&args, false).await,
         Command::Rollback(args) => switch_cmd(&args, true).await,
         Command::Status(args) => {
+            if args.source.as_deref().is_some_and(ferry_mysql::is_mysql_url) {
+                return mysql_cmd::status(&args).await;
+            }
             let st = match &args.target {
                 Some(url) => {
                     let target =

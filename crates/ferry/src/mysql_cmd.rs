@@ -290,3 +290,128 @@ pub async fn cutover(args: &crate::cli::SwitchArgs) -> anyhow::Result<i32> {
     }
     Ok(exit::OK)
 }
+
+/// `ferry status --source mysql://... --target ...`: the migration's state from the target,
+/// and how far behind the source's binlog end the stream is.
+pub async fn status(args: &crate::cli::StatusArgs) -> anyhow::Result<i32> {
+    let (Some(source), Some(target)) = (&args.source, &args.target) else {
+        return Err(UsageError("a MySQL/MariaDB migration's status needs --source and --target".into()).into());
+    };
+    let source = ferry_mysql::MyEndpoint::parse(source, std::env::var("FERRY_SOURCE_PASSWORD").ok().map(ferry_core::Secret::new))
+        .map_err(|e| UsageError(format!("--source: {e}")))?;
+    let target = ferry_postgres::Endpoint::parse(target, std::env::var("FERRY_TARGET_PASSWORD").ok().map(ferry_core::Secret::new))
+        .map_err(|e| UsageError(format!("--target: {e}")))?;
+    let source_id = source.describe();
+    let t = target.connect("mysql-status").await?;
+    if ferry_mysql::load::load_state(&t, &args.state_schema, &source_id).await?.is_none() {
+        return Err(UsageError(format!(
+            "no migration from {source_id} is recorded in {} (schema {})",
+            target.describe(),
+            args.state_schema
+        ))
+        .into());
+    }
+    apply::ensure_state(&t, &args.state_schema).await?;
+    let _ = t
+        .batch_execute(&format!(
+            "ALTER TABLE {s}.mysql_loads ADD COLUMN IF NOT EXISTS verified_at timestamptz,
+                                        ADD COLUMN IF NOT EXISTS verify_differences bigint,
+                                        ADD COLUMN IF NOT EXISTS cutover jsonb",
+            s = ferry_core::ident::quote_ident(&args.state_schema)
+        ))
+        .await;
+    let row = t
+        .query_one(
+            &format!(
+                "SELECT jsonb_build_object(
+                    'source', source, 'phase', phase, 'load_started_at', started_at, 'load_finished_at', finished_at,
+                    'load', summary, 'applied_file', cdc_file, 'applied_pos', cdc_pos, 'applied_gtid', cdc_gtid,
+                    'transactions', cdc_transactions, 'last_apply_at', cdc_applied_at,
+                    'seconds_since_last_apply', extract(epoch FROM clock_timestamp() - cdc_applied_at)::float8,
+                    'blocked_at', cdc_blocked, 'verified_at', verified_at, 'verify_differences', verify_differences,
+                    'cutover', cutover)::text
+                 FROM {}.mysql_loads WHERE source = $1",
+                ferry_core::ident::quote_ident(&args.state_schema)
+            ),
+            &[&source_id],
+        )
+        .await?;
+    let mut st: serde_json::Value = serde_json::from_str(&row.get::<_, String>(0))?;
+    // The source's end of binlog, when it can be reached.
+    if let Ok((file, pos)) = ferry_mysql::cutover::binlog_end(&source).await {
+        st["source_file"] = file.clone().into();
+        st["source_pos"] = pos.into();
+        if st["applied_file"].as_str() == Some(file.as_str()) {
+            st["bytes_behind"] = pos.saturating_sub(st["applied_pos"].as_u64().unwrap_or(0)).into();
+        }
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&st)?);
+        return Ok(exit::OK);
+    }
+    let s = |k: &str| st[k].as_str().map(str::to_string).unwrap_or_else(|| "-".into());
+    println!("MySQL/MariaDB migration from {source_id} into {}", target.describe());
+    println!("  phase          {}", s("phase"));
+    if st["load_finished_at"].is_null() {
+        println!(
+            "  full load      started {}, not finished (ferry migrate loads it again)",
+            s("load_started_at")
+        );
+    } else {
+        let tables = st["load"]["tables"].as_array().map(Vec::len).unwrap_or(0);
+        let rows: u64 = st["load"]["tables"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|t| t[1].as_u64()).sum())
+            .unwrap_or(0);
+        println!(
+            "  full load      finished {}: {tables} table(s), {} rows, snapshot at binlog {}:{}",
+            s("load_finished_at"),
+            crate::check_cmd::human_count(rows as i64),
+            st["load"]["binlog_file"].as_str().unwrap_or("-"),
+            st["load"]["binlog_pos"]
+        );
+    }
+    if st["applied_file"].is_null() && st["phase"] == "cdc" {
+        println!("  stream         no source transaction applied yet (it starts at the snapshot's position)");
+    }
+    if !st["applied_file"].is_null() {
+        println!(
+            "  stream         applied up to binlog {}:{} (GTID {}), {} source transactions, last commit {:.0} s ago",
+            s("applied_file"),
+            st["applied_pos"],
+            s("applied_gtid"),
+            crate::check_cmd::human_count(st["transactions"].as_i64().unwrap_or(0)),
+            st["seconds_since_last_apply"].as_f64().unwrap_or(0.0)
+        );
+    }
+    if !st["source_file"].is_null() {
+        println!(
+            "  source         binlog at {}:{}{}",
+            s("source_file"),
+            st["source_pos"],
+            st["bytes_behind"]
+                .as_u64()
+                .map(|b| format!(" ({b} bytes not applied yet)"))
+                .unwrap_or_default()
+        );
+    }
+    if !st["blocked_at"].is_null() {
+        println!(
+            "  STOPPED before a schema change at {}:{}: {} (make it on the target, then ferry migrate --ddl-applied)",
+            st["blocked_at"]["file"].as_str().unwrap_or("-"),
+            st["blocked_at"]["pos"],
+            st["blocked_at"]["query"].as_str().unwrap_or("-")
+        );
+    }
+    match st["verify_differences"].as_i64() {
+        Some(n) => println!("  verification   {}: {n} difference(s)", s("verified_at")),
+        None => println!("  verification   none yet (ferry verify --source ... --target ...)"),
+    }
+    if !st["cutover"].is_null() {
+        println!(
+            "  cutover        done at binlog {}; the source is read-only",
+            st["cutover"]["final_position"].as_str().unwrap_or("-")
+        );
+    }
+    Ok(exit::OK)
+}

@@ -227,6 +227,16 @@ async fn mysql_cdc_streams_every_type_exactly_and_stops_at_schema_changes() {
         stopped.all()
     );
     assert!(stopped.stderr.contains("--ddl-applied"), "{}", stopped.all());
+    let status = ferry(&["status", "--source", &source, "--target", &target]);
+    assert_eq!(status.code, 0, "{}", status.all());
+    for needle in [
+        "phase          cdc",
+        "STOPPED before a schema change",
+        "ALTER TABLE wiped",
+        ": 4 difference(s)",
+    ] {
+        assert!(status.stdout.contains(needle), "{needle}: {}", status.stdout);
+    }
     assert_eq!(
         lines(&t, "SELECT id::text FROM public.wiped ORDER BY id").await,
         ["3", "4"],
@@ -553,6 +563,11 @@ async fn mysql_cutover_gate_stops_writes_reaches_the_final_position_and_signals(
     let json: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(json["event"], "cutover");
     assert!(json["report"]["final_position"].as_str().unwrap().starts_with("binlog."), "{body}");
+    let status = ferry(&["status", "--source", &source, "--target", &target, "--json"]);
+    assert_eq!(status.code, 0, "{}", status.all());
+    let st: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
+    assert_eq!(st["phase"], "cut_over");
+    assert!(st["cutover"]["final_position"].is_string(), "{st}");
     // A second cutover is refused; rollback says it is not built.
     let again = ferry(&refs(&cut(&[])));
     assert_eq!(again.code, 1, "{}", again.all());
