@@ -16,7 +16,6 @@
 //! while the target's snapshot opens.
 
 use std::cmp::Ordering;
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use ferry_core::ident::quote_ident;
@@ -270,7 +269,8 @@ async fn compare_table(
     s: &Shape,
     my: &mut mysql_async::Conn,
     pg: &tokio_postgres::Client,
-) -> Result<(TableReport, BTreeMap<String, Difference>), MyError> {
+    max_details: usize,
+) -> Result<TableReport, MyError> {
     let started = Instant::now();
     let ctx = format!("verifying {}", s.table);
     let mut report = TableReport {
@@ -278,7 +278,19 @@ async fn compare_table(
         ranges: 1,
         ..Default::default()
     };
-    let mut diffs: BTreeMap<String, Difference> = BTreeMap::new();
+    // Differences are counted; only the first `max_details` are described (bounded memory,
+    // even against an empty target).
+    let differ = |report: &mut TableReport, key: String, kind: DiffKind, columns: Vec<ColumnDiff>| {
+        report.differences += 1;
+        if report.details.len() < max_details {
+            report.details.push(Difference {
+                table: s.table.clone(),
+                key,
+                kind,
+                columns,
+            });
+        }
+    };
     let pg_rows = pg
         .query_raw(s.pg_select.as_str(), std::iter::empty::<&str>())
         .await
@@ -331,31 +343,13 @@ async fn compare_table(
             Ordering::Less => {
                 let x = a.take().expect("some");
                 report.source_rows += 1;
-                let key = key_text(s, &x);
-                diffs.insert(
-                    key.clone(),
-                    Difference {
-                        table: s.table.clone(),
-                        key,
-                        kind: DiffKind::MissingOnTarget,
-                        columns: Vec::new(),
-                    },
-                );
+                differ(&mut report, key_text(s, &x), DiffKind::MissingOnTarget, Vec::new());
                 a = next_my(&mut my_rows, s, zero, &ctx).await?;
             }
             Ordering::Greater => {
                 let y = b.take().expect("some");
                 report.target_rows += 1;
-                let key = key_text(s, &y);
-                diffs.insert(
-                    key.clone(),
-                    Difference {
-                        table: s.table.clone(),
-                        key,
-                        kind: DiffKind::ExtraOnTarget,
-                        columns: Vec::new(),
-                    },
-                );
+                differ(&mut report, key_text(s, &y), DiffKind::ExtraOnTarget, Vec::new());
                 b = next_pg(
                     pg_rows
                         .try_next()
@@ -377,16 +371,7 @@ async fn compare_table(
                     })
                     .collect();
                 if !columns.is_empty() {
-                    let key = key_text(s, &x);
-                    diffs.insert(
-                        key.clone(),
-                        Difference {
-                            table: s.table.clone(),
-                            key,
-                            kind: DiffKind::ValueDiffers,
-                            columns,
-                        },
-                    );
+                    differ(&mut report, key_text(s, &x), DiffKind::ValueDiffers, columns);
                 }
                 a = next_my(&mut my_rows, s, zero, &ctx).await?;
                 b = next_pg(
@@ -400,7 +385,7 @@ async fn compare_table(
     }
     drop(my_rows);
     report.seconds = started.elapsed().as_secs_f64();
-    Ok((report, diffs))
+    Ok(report)
 }
 
 /// Asks the running stream to hold and waits until it says where it stands; the position
@@ -568,14 +553,12 @@ pub async fn verify(req: &MyCheckRequest, tables: &[MyTable], opts: &VerifyOptio
                 .await
                 .map_err(|e| MyError::new("opening a snapshot on the target", &e.to_string(), "check the target"))?;
         }
-        let result = compare_table(req, &s, &mut my, &pg).await;
+        let result = compare_table(req, &s, &mut my, &pg, opts.max_details).await;
         if point.is_none() {
             let _ = my.query_drop("COMMIT").await;
             let _ = pg.batch_execute("COMMIT").await;
         }
-        let (mut report, diffs) = result?;
-        report.differences = diffs.len() as u64;
-        report.details = diffs.into_values().take(opts.max_details).collect();
+        let report = result?;
         out.rows_compared += report.rows_compared;
         out.differences += report.differences;
         out.tables.push(report);

@@ -14,22 +14,27 @@ pub fn server(var: &str) -> (String, String, String) {
     (host.to_string(), port.to_string(), password)
 }
 
+/// The mariadb client as root on a test server, with the password in the environment.
+pub fn mariadb(var: &str) -> std::process::Command {
+    let (host, port, password) = server(var);
+    let mut c = std::process::Command::new("mariadb");
+    c.args([
+        "--no-defaults",
+        "--default-character-set=utf8mb4",
+        "-h",
+        &host,
+        "-P",
+        &port,
+        "-uroot",
+    ])
+    .env("MYSQL_PWD", &password);
+    c
+}
+
 /// Runs SQL on a MariaDB server as root with the mariadb client.
 pub fn my_sql(var: &str, sql: &str) {
-    let (host, port, password) = server(var);
-    let out = std::process::Command::new("mariadb")
-        .args([
-            "--no-defaults",
-            "--default-character-set=utf8mb4",
-            "-h",
-            &host,
-            "-P",
-            &port,
-            "-uroot",
-            "-e",
-            sql,
-        ])
-        .env("MYSQL_PWD", &password)
+    let out = mariadb(var)
+        .args(["-e", sql])
         .output()
         .expect("the mariadb client is installed by scripts/test.sh");
     assert!(out.status.success(), "{sql}: {}", String::from_utf8_lossy(&out.stderr));
