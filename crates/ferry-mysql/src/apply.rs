@@ -359,6 +359,8 @@ struct Applier<'a> {
     batch: Batch,
     stats: &'a CdcStats,
     gtid: String,
+    /// The position the target holds (the last batch committed).
+    committed: Position,
 }
 
 const CHUNK_BYTES: usize = 1 << 20;
@@ -574,6 +576,7 @@ impl Applier<'_> {
             self.stats.changes.fetch_add(self.batch.changes as u64, Ordering::Relaxed);
             self.stats.last_commit_ts.store(u64::from(self.batch.last_ts), Ordering::Relaxed);
             tracing::debug!(position = %p, transactions = self.batch.transactions, changes = self.batch.changes, "batch committed");
+            self.committed = p;
             self.batch = Batch::new();
         }
         Ok(())
@@ -788,6 +791,7 @@ async fn run(
         batch: Batch::new(),
         stats,
         gtid: start.gtid.clone(),
+        committed: start.clone(),
     };
     let (hold_tx, mut hold_rx) = tokio::sync::watch::channel(Hold::Run);
     let _poller = AbortOnDrop(tokio::spawn(poll_hold(
@@ -796,7 +800,6 @@ async fn run(
         source_id.to_string(),
         hold_tx,
     )));
-    let mut last = start.clone();
     let mut in_tx = false;
     loop {
         let ready = reader.next().now_or_never();
@@ -804,16 +807,13 @@ async fn run(
             Some(r) => r,
             None => {
                 // Nothing waiting: commit what is complete, then wait.
-                if !in_tx && applier.batch.position.is_some() {
-                    if let Some(p) = applier.batch.position.clone() {
-                        applier.flush(true).await?;
-                        last = p;
-                    }
+                if !in_tx {
+                    applier.flush(true).await?;
                 }
                 if !in_tx {
                     stats.caught_up.store(true, Ordering::Relaxed);
                     if *stop.borrow() || *hold_rx.borrow() == Hold::CutOver {
-                        return Ok(last);
+                        return Ok(applier.committed.clone());
                     }
                     // Everything read is applied: the stream stands at the reader's position.
                     hold_if_asked(&mut applier, &mut hold_rx, reader.position(), stop).await?;
@@ -824,7 +824,7 @@ async fn run(
                         Err(_) => return Err(Failure::Transient(MyError::new("reading the binlog", "no event or heartbeat for 10 s", "Ferry reconnects"))),
                     },
                     _ = stop.changed(), if !in_tx => {
-                        return Ok(last);
+                        return Ok(applier.committed.clone());
                     }
                     _ = hold_rx.changed(), if !in_tx => continue,
                 }
@@ -849,9 +849,6 @@ async fn run(
         for c in changes {
             match c {
                 Change::Begin { gtid, at } => {
-                    if let Some(p) = applier.batch.position.clone().filter(|_| *hold_rx.borrow() != Hold::Run) {
-                        last = p;
-                    }
                     let here = (reader.file().to_string(), at);
                     hold_if_asked(&mut applier, &mut hold_rx, here, stop).await?;
                     in_tx = true;
@@ -898,11 +895,9 @@ async fn run(
                     // A stop or a cutover ends the stream at this boundary, busy or not.
                     let end = *stop.borrow() || *hold_rx.borrow() == Hold::CutOver;
                     if full || end {
-                        let p = applier.batch.position.clone().expect("set above");
                         applier.flush(true).await?;
-                        last = p;
                         if end {
-                            return Ok(last);
+                            return Ok(applier.committed.clone());
                         }
                     }
                 }
