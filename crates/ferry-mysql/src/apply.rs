@@ -107,6 +107,9 @@ pub async fn ensure_state(target: &tokio_postgres::Client, schema: &str) -> Resu
                  ADD COLUMN IF NOT EXISTS cdc_tables jsonb,
                  ADD COLUMN IF NOT EXISTS hold jsonb,
                  ADD COLUMN IF NOT EXISTS held_at text,
+                 ADD COLUMN IF NOT EXISTS verified_at timestamptz,
+                 ADD COLUMN IF NOT EXISTS verify_differences bigint,
+                 ADD COLUMN IF NOT EXISTS cutover jsonb,
                  ADD COLUMN IF NOT EXISTS phase text NOT NULL DEFAULT 'full_load'",
             s = quote_ident(schema)
         ))
@@ -118,6 +121,18 @@ pub async fn ensure_state(target: &tokio_postgres::Client, schema: &str) -> Resu
                 "check the target user's rights",
             )
         })
+}
+
+/// The migration's phase (`full_load`, `cdc`, `cut_over`); None when nothing is recorded.
+pub async fn phase(target: &tokio_postgres::Client, schema: &str, source: &str) -> Result<Option<String>, MyError> {
+    Ok(target
+        .query_opt(
+            &format!("SELECT phase FROM {}.mysql_loads WHERE source = $1", quote_ident(schema)),
+            &[&source],
+        )
+        .await
+        .map_err(|e| MyError::new("reading Ferry's state on the target", &e.to_string(), "check the target"))?
+        .map(|r| r.get(0)))
 }
 
 /// Where the stream of `source` stands: the last applied position (the full load's snapshot

@@ -103,14 +103,6 @@ pub async fn cutover(req: &MyCheckRequest, opts: &GateOptions) -> Result<GateRep
         .await
         .map_err(|e| MyError::new("connecting to the target", &e.to_string(), "check the target URL"))?;
     crate::apply::ensure_state(&pg, &opts.state_schema).await?;
-    pg.batch_execute(&format!(
-        "ALTER TABLE {s}.mysql_loads ADD COLUMN IF NOT EXISTS verified_at timestamptz,
-                                    ADD COLUMN IF NOT EXISTS verify_differences bigint,
-                                    ADD COLUMN IF NOT EXISTS cutover jsonb",
-        s = quote_ident(&opts.state_schema)
-    ))
-    .await
-    .map_err(pg_err("extending Ferry's state"))?;
     let row = pg
         .query_opt(
             &format!(

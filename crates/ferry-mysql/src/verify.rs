@@ -585,14 +585,7 @@ pub async fn record(target: &tokio_postgres::Client, opts: &VerifyOptions, repor
     if !exists {
         return Ok(());
     }
-    target
-        .batch_execute(&format!(
-            "ALTER TABLE {s}.mysql_loads ADD COLUMN IF NOT EXISTS verified_at timestamptz,
-                                        ADD COLUMN IF NOT EXISTS verify_differences bigint",
-            s = quote_ident(&opts.state_schema)
-        ))
-        .await
-        .map_err(|e| MyError::new("recording the verification", &e.to_string(), "check the target"))?;
+    crate::apply::ensure_state(target, &opts.state_schema).await?;
     target
         .execute(
             &format!(

@@ -115,16 +115,7 @@ async fn stream(
 ) -> anyhow::Result<i32> {
     let state_schema = &args.endpoints.state_schema;
     apply::ensure_state(target, state_schema).await?;
-    let phase: Option<String> = target
-        .query_opt(
-            &format!(
-                "SELECT phase FROM {}.mysql_loads WHERE source = $1",
-                ferry_core::ident::quote_ident(state_schema)
-            ),
-            &[&source_id],
-        )
-        .await?
-        .map(|r| r.get(0));
+    let phase = apply::phase(target, state_schema, source_id).await?;
     if phase.as_deref() == Some("cut_over") {
         return Err(UsageError(format!(
             "the migration from {source_id} was cut over: the application writes to the target now, and there is nothing to stream"
@@ -190,16 +181,7 @@ async fn stream(
     let result = apply::stream(req, plan, state_schema, source_id, &opts, stop_rx, &stats).await;
     printer.abort();
     let end = result?;
-    let phase: Option<String> = target
-        .query_opt(
-            &format!(
-                "SELECT phase FROM {}.mysql_loads WHERE source = $1",
-                ferry_core::ident::quote_ident(state_schema)
-            ),
-            &[&source_id],
-        )
-        .await?
-        .map(|r| r.get(0));
+    let phase = apply::phase(target, state_schema, source_id).await?;
     if phase.as_deref() == Some("cut_over") {
         println!("The migration was cut over (ferry cutover): the stream is done.");
     }
@@ -312,14 +294,6 @@ pub async fn status(args: &crate::cli::StatusArgs) -> anyhow::Result<i32> {
         .into());
     }
     apply::ensure_state(&t, &args.state_schema).await?;
-    let _ = t
-        .batch_execute(&format!(
-            "ALTER TABLE {s}.mysql_loads ADD COLUMN IF NOT EXISTS verified_at timestamptz,
-                                        ADD COLUMN IF NOT EXISTS verify_differences bigint,
-                                        ADD COLUMN IF NOT EXISTS cutover jsonb",
-            s = ferry_core::ident::quote_ident(&args.state_schema)
-        ))
-        .await;
     let row = t
         .query_one(
             &format!(
