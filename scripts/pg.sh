@@ -9,6 +9,9 @@
 # Clusters live under $FERRY_CLUSTER_DIR (default: <repo>/.ferry-test/clusters), listen on
 # 127.0.0.1 only, and require SCRAM passwords over TCP (so tests exercise real authentication).
 # The superuser is "postgres" with password $FERRY_PG_PASSWORD (default "ferry-test-pw").
+# Durability: fast by default (fsync, synchronous_commit and full_page_writes off, for tests);
+# FERRY_PG_DURABLE=1 leaves all three at PostgreSQL's defaults (on), as production runs them:
+# benchmarks and the heavy CDC and cutover tests use that.
 # PostgreSQL refuses to run as root, so as root the cluster runs as the "postgres" system user.
 set -euo pipefail
 
@@ -50,7 +53,10 @@ HBA
   fi
   opts="-c listen_addresses=127.0.0.1 -c port=$port -c unix_socket_directories=$dir"
   opts="$opts -c max_connections=200 -c max_replication_slots=40 -c max_wal_senders=20"
-  opts="$opts -c shared_buffers=256MB -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+  opts="$opts -c shared_buffers=256MB"
+  if [ "${FERRY_PG_DURABLE:-0}" != 1 ]; then
+    opts="$opts -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+  fi
   for o in "$@"; do opts="$opts $o"; done
   as_owner "$PG_BIN/pg_ctl" -D "$dir" -l "$CLUSTER_DIR/$name.log" -o "$opts" -w -t 60 start >/dev/null \
     || { tail -20 "$CLUSTER_DIR/$name.log" >&2; exit 1; }

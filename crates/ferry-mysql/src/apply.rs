@@ -29,6 +29,18 @@ use crate::preflight::{MyCheckRequest, MyPlan, MyTable};
 use crate::types::ZeroDates;
 use crate::value::{text_of, Kind};
 
+/// Longest the binlog connection may stay silent: the source sends a heartbeat every
+/// [`crate::binlog::HEARTBEAT_PERIOD`] when it has nothing else, so silence this long means the
+/// connection (or the server) is dead. The stream then reconnects with backoff.
+pub const BINLOG_SILENCE: Duration = Duration::from_secs(10);
+/// First wait before reconnecting after a failure; doubles up to [`BACKOFF_MAX`], and starts
+/// afresh once a run applied something.
+pub const BACKOFF_START: Duration = Duration::from_millis(250);
+/// Longest wait between reconnection attempts.
+pub const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// Deadline of one poll of the hold request on the target (a 50 ms loop, a trivial query).
+const HOLD_POLL_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// A place in the source's binlog.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Position {
@@ -205,30 +217,62 @@ impl Hold {
     }
 }
 
-/// Polls the hold request every 50 ms into `tx`.
+/// Polls the hold request every 50 ms into `tx`, on its own target connection; a connection
+/// that dies (or does not answer a poll within [`HOLD_POLL_TIMEOUT`]) is logged and replaced,
+/// with backoff.
 async fn poll_hold(target: ferry_postgres::Endpoint, schema: String, source: String, tx: tokio::sync::watch::Sender<Hold>) {
-    let Ok(c) = target.connect("mysql-cdc-hold").await else { return };
     let sql = format!(
         "SELECT hold::text, phase FROM {}.mysql_loads WHERE source = $1",
         quote_ident(&schema)
     );
+    let mut backoff = BACKOFF_START;
     loop {
-        if let Ok(Some(row)) = c.query_opt(&sql, &[&source]).await {
-            let h = if row.get::<_, String>(1) == "cut_over" {
-                Hold::CutOver
-            } else {
-                Hold::parse(row.get::<_, Option<String>>(0).as_deref())
-            };
-            tx.send_if_modified(|cur| {
-                if *cur != h {
-                    *cur = h;
-                    true
-                } else {
-                    false
+        let c = match target.connect("mysql-cdc-hold").await {
+            Ok(c) => c,
+            Err(e) => {
+                let wait = next_backoff(&mut backoff);
+                tracing::warn!(connection = "hold poller (target)", target = %target.describe(), error = %e, retry_in_ms = wait.as_millis() as u64, "cannot connect; retrying");
+                tokio::time::sleep(wait).await;
+                continue;
+            }
+        };
+        backoff = BACKOFF_START;
+        loop {
+            match tokio::time::timeout(HOLD_POLL_TIMEOUT, c.query_opt(&sql, &[&source])).await {
+                Ok(Ok(Some(row))) => {
+                    let h = if row.get::<_, String>(1) == "cut_over" {
+                        Hold::CutOver
+                    } else {
+                        Hold::parse(row.get::<_, Option<String>>(0).as_deref())
+                    };
+                    tx.send_if_modified(|cur| {
+                        if *cur != h {
+                            *cur = h;
+                            true
+                        } else {
+                            false
+                        }
+                    });
                 }
-            });
+                Ok(Ok(None)) => {}
+                Ok(Err(e)) if c.is_closed() => {
+                    tracing::warn!(connection = "hold poller (target)", target = %target.describe(), error = %e, "connection lost; reconnecting");
+                    break;
+                }
+                Ok(Err(_)) => {}
+                Err(_) => {
+                    tracing::warn!(
+                        connection = "hold poller (target)",
+                        target = %target.describe(),
+                        waited_for = "the hold request",
+                        "no answer within {}; reconnecting",
+                        crate::endpoint::human(HOLD_POLL_TIMEOUT)
+                    );
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -367,6 +411,8 @@ impl Batch {
 /// The stream's applier for one run (one source and one target connection).
 struct Applier<'a> {
     pg: tokio_postgres::Client,
+    /// The target, for messages.
+    target: String,
     tables: HashMap<String, TableInfo>,
     zero: ZeroDates,
     schema: &'a str,
@@ -396,7 +442,11 @@ impl Applier<'_> {
             None => e.to_string(),
         };
         if transient {
-            Failure::Transient(MyError::new(what, &text, "Ferry reconnects and resumes from its last commit"))
+            Failure::Transient(MyError::new(
+                &format!("{what} on the target {}", self.target),
+                &text,
+                "Ferry reconnects with backoff and resumes from its last commit",
+            ))
         } else {
             Failure::Fatal(MyError::new(
                 what,
@@ -639,7 +689,7 @@ pub async fn stream(
     mut stop: tokio::sync::watch::Receiver<bool>,
     stats: &CdcStats,
 ) -> Result<Position, MyError> {
-    let mut backoff = Duration::from_millis(250);
+    let mut backoff = BACKOFF_START;
     loop {
         let target = req
             .target
@@ -649,8 +699,9 @@ pub async fn stream(
         let target = match target {
             Ok(t) => t,
             Err(e) => {
-                tracing::warn!(error = %e, "target unavailable; retrying");
-                if wait_or_stop(&mut stop, &mut backoff).await {
+                let wait = next_backoff(&mut backoff);
+                tracing::warn!(connection = "apply (target)", target = %req.target.describe(), error = %e, retry_in_ms = wait.as_millis() as u64, "target unavailable; retrying");
+                if wait_or_stop(&mut stop, wait).await {
                     return Err(e);
                 }
                 continue;
@@ -667,15 +718,23 @@ pub async fn stream(
         let outcome = run(req, plan, schema, source_id, opts, target, &start, &mut stop, stats).await;
         if stats.transactions.load(Ordering::Relaxed) > applied_before {
             // That run made progress: the next failure starts the backoff afresh.
-            backoff = Duration::from_millis(250);
+            backoff = BACKOFF_START;
         }
         match outcome {
             Ok(p) => return Ok(p),
             Err(Failure::Fatal(e)) => return Err(e),
             Err(Failure::Transient(e)) => {
                 stats.reconnects.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(error = %e, "change capture interrupted; resuming from the last commit");
-                if wait_or_stop(&mut stop, &mut backoff).await {
+                let wait = next_backoff(&mut backoff);
+                // The error names the connection (the binlog connection to the source, or the
+                // apply connection to the target) and what it waited for.
+                tracing::warn!(
+                    error = %e,
+                    retry_in_ms = wait.as_millis() as u64,
+                    reconnects = stats.reconnects.load(Ordering::Relaxed),
+                    "change capture interrupted; reconnecting both connections and resuming from the last commit"
+                );
+                if wait_or_stop(&mut stop, wait).await {
                     return state(
                         &req.target
                             .connect("mysql-cdc")
@@ -741,13 +800,18 @@ async fn hold_if_asked(
     }
 }
 
-/// Sleeps the backoff (doubling to 10 s); true when a stop came meanwhile.
-async fn wait_or_stop(stop: &mut tokio::sync::watch::Receiver<bool>, backoff: &mut Duration) -> bool {
+/// The wait before the next attempt, and the one after it (doubling up to [`BACKOFF_MAX`]).
+fn next_backoff(backoff: &mut Duration) -> Duration {
+    let wait = *backoff;
+    *backoff = (*backoff * 2).min(BACKOFF_MAX);
+    wait
+}
+
+/// Sleeps `wait`; true when a stop came meanwhile.
+async fn wait_or_stop(stop: &mut tokio::sync::watch::Receiver<bool>, wait: Duration) -> bool {
     if *stop.borrow() {
         return true;
     }
-    let wait = *backoff;
-    *backoff = (*backoff * 2).min(Duration::from_secs(10));
     tokio::select! {
         _ = tokio::time::sleep(wait) => *stop.borrow(),
         _ = stop.changed() => true,
@@ -799,6 +863,7 @@ async fn run(
         .await;
     let mut applier = Applier {
         pg,
+        target: req.target.describe(),
         tables: plan.tables.iter().map(|t| (t.name.clone(), TableInfo::new(t))).collect(),
         zero: req.map.zero_dates,
         schema,
@@ -834,9 +899,20 @@ async fn run(
                     hold_if_asked(&mut applier, &mut hold_rx, reader.position(), stop).await?;
                 }
                 tokio::select! {
-                    r = tokio::time::timeout(Duration::from_secs(10), reader.next()) => match r {
+                    r = tokio::time::timeout(BINLOG_SILENCE, reader.next()) => match r {
                         Ok(r) => r,
-                        Err(_) => return Err(Failure::Transient(MyError::new("reading the binlog", "no event or heartbeat for 10 s", "Ferry reconnects"))),
+                        Err(_) => {
+                            let (file, pos) = reader.position();
+                            return Err(Failure::Transient(MyError::new(
+                                &format!("reading the binlog from {} after {file}:{pos}", reader.server()),
+                                &format!(
+                                    "no event and no heartbeat within {} (an idle source sends one every {}): the binlog connection is presumed dead",
+                                    crate::endpoint::human(BINLOG_SILENCE),
+                                    crate::endpoint::human(crate::binlog::HEARTBEAT_PERIOD)
+                                ),
+                                "Ferry reconnects with backoff and resumes from its last commit",
+                            )));
+                        }
                     },
                     _ = stop.changed(), if !in_tx => {
                         return Ok(applier.committed.clone());
@@ -848,11 +924,12 @@ async fn run(
         let changes = match next {
             Ok(Some(c)) => c,
             Ok(None) => {
+                let (file, pos) = reader.position();
                 return Err(Failure::Transient(MyError::new(
-                    "reading the binlog",
-                    "the source closed the stream",
-                    "Ferry reconnects",
-                )))
+                    &format!("reading the binlog from {} after {file}:{pos}", reader.server()),
+                    "the source closed the binlog connection",
+                    "Ferry reconnects with backoff and resumes from its last commit",
+                )));
             }
             Err(e) => {
                 if e.reason.contains("schema changed") {
@@ -919,5 +996,25 @@ async fn run(
                 other => applier.change(other).await?,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_its_maximum() {
+        let mut b = BACKOFF_START;
+        let waits: Vec<u128> = (0..8).map(|_| next_backoff(&mut b).as_millis()).collect();
+        assert_eq!(waits, [250, 500, 1000, 2000, 4000, 8000, 10_000, 10_000]);
+    }
+
+    #[test]
+    fn hold_requests_round_trip() {
+        for h in [Hold::Freeze, Hold::Until("binlog.000002".into(), 1234)] {
+            assert_eq!(Hold::parse(h.to_json().as_deref()), h);
+        }
+        assert_eq!(Hold::parse(None), Hold::Run);
     }
 }

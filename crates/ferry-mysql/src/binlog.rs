@@ -8,7 +8,9 @@
 
 use std::collections::HashMap;
 
-use futures_util::StreamExt;
+use std::time::Duration;
+
+use futures_util::{FutureExt, StreamExt};
 use mysql_async::binlog::events::{EventData, OptionalMetadataField, RowsEventData};
 use mysql_async::prelude::Queryable;
 use mysql_async::Value;
@@ -16,6 +18,9 @@ use mysql_async::Value;
 use crate::endpoint::MyEndpoint;
 use crate::error::MyError;
 use crate::preflight::MyTable;
+
+/// How often an idle source sends a heartbeat event on the binlog connection.
+pub const HEARTBEAT_PERIOD: Duration = Duration::from_secs(1);
 
 /// MariaDB's GTID event, which mysql_common does not decode.
 const MARIADB_GTID_EVENT: u8 = 162;
@@ -163,6 +168,8 @@ struct Labels {
 /// A binlog reader for the tables of one database.
 pub struct BinlogReader {
     stream: mysql_async::BinlogStream,
+    /// `host:port/database` of the source, for messages.
+    server: String,
     database: String,
     file: String,
     tables: HashMap<String, Labels>,
@@ -191,20 +198,36 @@ impl BinlogReader {
     /// the binlog from `file`:`pos`. `tables` gives ENUM/SET labels.
     pub async fn start(source: &MyEndpoint, server_id: u32, file: &str, pos: u64, tables: &[MyTable]) -> Result<Self, MyError> {
         let mut conn = source.connect().await?;
-        // Heartbeats every second when the source is idle, so a dead connection is noticed.
-        conn.query_drop("SET @mariadb_slave_capability = 4, @master_heartbeat_period = 1000000000")
-            .await
-            .map_err(|e| MyError::query("preparing the binlog connection", e))?;
+        // Heartbeats every second when the source is idle, so a dead connection is noticed
+        // (the applier's read deadline, `apply::BINLOG_SILENCE`).
+        source
+            .within(
+                "preparing the binlog connection",
+                conn.query_drop(format!(
+                    "SET @mariadb_slave_capability = 4, @master_heartbeat_period = {}",
+                    HEARTBEAT_PERIOD.as_nanos()
+                ))
+                .map(|r| r.map_err(|e| MyError::query("preparing the binlog connection", e))),
+            )
+            .await?;
         let request = mysql_async::BinlogStreamRequest::new(server_id)
             .with_filename(file.as_bytes())
             .with_pos(pos);
-        let stream = conn.get_binlog_stream(request).await.map_err(|e| {
-            MyError::new(
-                &format!("reading the binlog from {file}:{pos}"),
-                &e.to_string(),
-                "check REPLICATION SLAVE for Ferry's user, and that the file still exists (SHOW BINARY LOGS)",
+        let asking = format!("asking for the binlog from {file}:{pos} (COM_BINLOG_DUMP)");
+        let stream = source
+            .within(
+                &asking,
+                conn.get_binlog_stream(request).map(|r| {
+                    r.map_err(|e| {
+                        MyError::new(
+                            &format!("reading the binlog of {} from {file}:{pos}", source.describe()),
+                            &e.to_string(),
+                            "check REPLICATION SLAVE for Ferry's user, and that the file still exists (SHOW BINARY LOGS)",
+                        )
+                    })
+                }),
             )
-        })?;
+            .await?;
         let tables_ref = tables;
         let tables = tables
             .iter()
@@ -226,6 +249,7 @@ impl BinlogReader {
             .collect();
         Ok(BinlogReader {
             stream,
+            server: source.describe(),
             database: source.database().to_string(),
             file: file.to_string(),
             tables,
@@ -238,6 +262,11 @@ impl BinlogReader {
             standalone: false,
             pos,
         })
+    }
+
+    /// `host:port/database` of the source.
+    pub fn server(&self) -> &str {
+        &self.server
     }
 
     /// The binlog file being read.
@@ -253,7 +282,13 @@ impl BinlogReader {
     /// The changes of the next event (often none); None when the stream ends.
     pub async fn next(&mut self) -> Result<Option<Vec<Change>>, MyError> {
         let Some(event) = self.stream.next().await else { return Ok(None) };
-        let event = event.map_err(|e| MyError::new("reading the binlog", &e.to_string(), "ferry reconnects from the last commit"))?;
+        let event = event.map_err(|e| {
+            MyError::new(
+                &format!("reading the binlog from {} after {}:{}", self.server, self.file, self.pos),
+                &e.to_string(),
+                "Ferry reconnects with backoff and resumes from its last commit",
+            )
+        })?;
         let header = event.header();
         // Artificial events (the first rotate, the format description sent on connect) say 0.
         if header.log_pos() != 0 {

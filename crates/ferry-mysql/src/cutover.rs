@@ -4,6 +4,11 @@
 //! `cut_over` is recorded (the running `ferry migrate` stops), and the caller signals the
 //! application. Any failure before the phase is recorded makes the source writable again.
 //! Rollback to MySQL after that point is not built (`ferry check` says so).
+//!
+//! Every statement on either side runs under a deadline (`docs/timeouts-mysql-proxy.md`): a
+//! server that stops answering while the source is read-only ends the gate with an error that
+//! names it, and the source is made writable again on a fresh connection (the old one is in an
+//! unknown state after an abandoned statement).
 
 use std::time::{Duration, Instant};
 
@@ -11,6 +16,7 @@ use ferry_core::ident::{quote_ident, quote_literal};
 use mysql_async::prelude::Queryable;
 use serde::Serialize;
 
+use crate::endpoint::{deadline, timed_out, MyEndpoint};
 use crate::error::MyError;
 use crate::preflight::{MyCheckRequest, MyTable};
 
@@ -50,26 +56,42 @@ fn pg_err(what: &str) -> impl Fn(tokio_postgres::Error) -> MyError + '_ {
     move |e| MyError::new(what, &e.to_string(), "check the target")
 }
 
-async fn master_position(my: &mut mysql_async::Conn) -> Result<(String, u64), MyError> {
-    let row: Option<mysql_async::Row> = my
-        .query_first("SHOW MASTER STATUS")
-        .await
-        .map_err(|e| MyError::query("reading the binlog position", e))?;
-    let row = row.ok_or_else(|| MyError::new("reading the binlog position", "the binary log is off", "enable log_bin"))?;
+async fn master_position(source: &MyEndpoint, my: &mut mysql_async::Conn) -> Result<(String, u64), MyError> {
+    const WHAT: &str = "reading the binlog position";
+    let row: Option<mysql_async::Row> = source
+        .within(WHAT, async {
+            my.query_first("SHOW MASTER STATUS").await.map_err(|e| MyError::query(WHAT, e))
+        })
+        .await?;
+    let row = row.ok_or_else(|| MyError::new(WHAT, "the binary log is off", "enable log_bin"))?;
     Ok((row.get(0).unwrap_or_default(), row.get(1).unwrap_or_default()))
 }
 
-/// The source's end of binlog (file, position).
+/// The source's end of binlog (file, position). Bounded: the connect timeout, then the query
+/// deadline.
 pub async fn binlog_end(source: &crate::MyEndpoint) -> Result<(String, u64), MyError> {
     let mut my = source.connect().await?;
-    let end = master_position(&mut my).await;
-    let _ = my.disconnect().await;
+    let end = master_position(source, &mut my).await;
+    if end.is_ok() {
+        source.disconnect(my).await;
+    }
     end
 }
 
-async fn applied(pg: &tokio_postgres::Client, opts: &GateOptions) -> Result<(String, u64), MyError> {
-    let row = pg
-        .query_one(
+/// The target, in deadline messages.
+fn target_peer(req: &MyCheckRequest) -> String {
+    format!("the PostgreSQL target {}", req.target.describe())
+}
+
+/// Runs a target query of the gate under the source's query deadline.
+async fn on_target<T>(req: &MyCheckRequest, what: &str, fut: impl std::future::Future<Output = Result<T, MyError>>) -> Result<T, MyError> {
+    deadline(&target_peer(req), req.source.query_timeout(), what, fut).await
+}
+
+async fn applied(req: &MyCheckRequest, pg: &tokio_postgres::Client, opts: &GateOptions) -> Result<(String, u64), MyError> {
+    const WHAT: &str = "reading the stream's position";
+    let row = on_target(req, WHAT, async {
+        pg.query_one(
             &format!(
                 "SELECT coalesce(cdc_file, ''), coalesce(cdc_pos, 0) FROM {}.mysql_loads WHERE source = $1",
                 quote_ident(&opts.state_schema)
@@ -77,15 +99,23 @@ async fn applied(pg: &tokio_postgres::Client, opts: &GateOptions) -> Result<(Str
             &[&opts.source_id],
         )
         .await
-        .map_err(pg_err("reading the stream's position"))?;
+        .map_err(pg_err(WHAT))
+    })
+    .await?;
     Ok((row.get(0), row.get::<_, i64>(1) as u64))
 }
 
 /// Waits until the stream has applied `want`; false after `timeout`.
-async fn wait_applied(pg: &tokio_postgres::Client, opts: &GateOptions, want: &(String, u64), timeout: Duration) -> Result<bool, MyError> {
+async fn wait_applied(
+    req: &MyCheckRequest,
+    pg: &tokio_postgres::Client,
+    opts: &GateOptions,
+    want: &(String, u64),
+    timeout: Duration,
+) -> Result<bool, MyError> {
     let started = Instant::now();
     loop {
-        if applied(pg, opts).await? >= *want {
+        if applied(req, pg, opts).await? >= *want {
             return Ok(true);
         }
         if started.elapsed() > timeout {
@@ -154,10 +184,11 @@ pub async fn cutover(req: &MyCheckRequest, opts: &GateOptions) -> Result<GateRep
     }
     let tables: Vec<MyTable> = tables.and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
 
-    let mut my = req.source.connect().await?;
-    let now = master_position(&mut my).await?;
-    if !wait_applied(&pg, opts, &now, opts.max_lag).await? {
-        let at = applied(&pg, opts).await?;
+    let source = &req.source;
+    let mut my = source.connect().await?;
+    let now = master_position(source, &mut my).await?;
+    if !wait_applied(req, &pg, opts, &now, opts.max_lag).await? {
+        let at = applied(req, &pg, opts).await?;
         return Err(MyError::new(
             "starting the cutover",
             &format!(
@@ -168,48 +199,87 @@ pub async fn cutover(req: &MyCheckRequest, opts: &GateOptions) -> Result<GateRep
         ));
     }
 
+    // SET GLOBAL read_only waits for the global read lock (behind LOCK TABLES, FLUSH TABLES WITH
+    // READ LOCK, commits in progress): the server gives up on that wait after lock_wait_timeout,
+    // well inside the client's deadline, so that an expired deadline means a dead server, never
+    // a statement that might still set read_only after Ferry gave up on it.
+    let lock_wait = read_only_lock_wait(source.query_timeout());
+    source
+        .within("limiting the lock wait of the gate's session", async {
+            my.query_drop(format!("SET SESSION lock_wait_timeout = {lock_wait}"))
+                .await
+                .map_err(|e| MyError::query("limiting the lock wait of the gate's session", e))
+        })
+        .await?;
     // Writes stop here.
-    my.query_drop("SET GLOBAL read_only = ON").await.map_err(|e| {
-        MyError::new(
-            "stopping writes on the source (SET GLOBAL read_only = ON)",
-            &e.to_string(),
-            "Ferry's user needs SUPER (MySQL) or READ_ONLY ADMIN (MariaDB 10.11: GRANT READ_ONLY ADMIN ON *.* TO ...)",
-        )
-    })?;
-    // MySQL 8 also stops users with SUPER; MariaDB has no such variable (the error is ignored).
-    let _ = my.query_drop("SET GLOBAL super_read_only = ON").await;
+    const READ_ONLY: &str = "stopping writes on the source (SET GLOBAL read_only = ON)";
+    match tokio::time::timeout(source.query_timeout(), my.query_drop("SET GLOBAL read_only = ON")).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            // Refused: the source stays writable.
+            let fix = match &e {
+                mysql_async::Error::Server(s) if s.code == 1205 => format!(
+                    "a session held a lock (LOCK TABLES, FLUSH TABLES WITH READ LOCK, a long commit) for more than {lock_wait} s: retry when it is done"
+                ),
+                _ => "Ferry's user needs SUPER (MySQL) or READ_ONLY ADMIN (MariaDB 10.11: GRANT READ_ONLY ADMIN ON *.* TO ...)".into(),
+            };
+            return Err(MyError::new(READ_ONLY, &e.to_string(), &fix));
+        }
+        Err(_) => {
+            // No answer: the statement may still take effect on a server that comes back.
+            let e = timed_out(&source.peer(), source.query_timeout(), READ_ONLY);
+            return Err(restore_writable(source, None, e).await);
+        }
+    }
     let paused = Instant::now();
     let result: Result<GateReport, MyError> = async {
+        // MySQL 8 also stops users with SUPER; MariaDB has no such variable (its error is
+        // ignored, not an expired deadline).
+        source
+            .within("stopping writes of SUPER users (SET GLOBAL super_read_only = ON)", async {
+                let _ = my.query_drop("SET GLOBAL super_read_only = ON").await;
+                Ok(())
+            })
+            .await?;
         // Open transactions get the grace period, then their sessions are killed (their
         // writes can no longer commit anyway).
-        let deadline = Instant::now() + opts.grace;
+        let grace_end = Instant::now() + opts.grace;
         let mut killed = Vec::new();
         loop {
             // Sessions using the migrated database: the application. Other databases' sessions
             // are stopped by read_only as well, but are not Ferry's to kill.
-            let open: Vec<(u64, String, String)> = my
-                .exec(
-                    "SELECT t.trx_mysql_thread_id, p.USER, p.HOST FROM information_schema.INNODB_TRX t
-                     JOIN information_schema.PROCESSLIST p ON p.ID = t.trx_mysql_thread_id
-                     WHERE t.trx_mysql_thread_id <> CONNECTION_ID() AND p.DB = ?",
-                    (req.source.database(),),
-                )
-                .await
-                .map_err(|e| MyError::query("listing open transactions", e))?;
+            let open: Vec<(u64, String, String)> = source
+                .within("listing open transactions", async {
+                    my.exec(
+                        "SELECT t.trx_mysql_thread_id, p.USER, p.HOST FROM information_schema.INNODB_TRX t
+                         JOIN information_schema.PROCESSLIST p ON p.ID = t.trx_mysql_thread_id
+                         WHERE t.trx_mysql_thread_id <> CONNECTION_ID() AND p.DB = ?",
+                        (source.database(),),
+                    )
+                    .await
+                    .map_err(|e| MyError::query("listing open transactions", e))
+                })
+                .await?;
             if open.is_empty() {
                 break;
             }
-            if Instant::now() >= deadline {
+            if Instant::now() >= grace_end {
                 for (id, user, host) in open {
-                    let _ = my.query_drop(format!("KILL {id}")).await;
+                    // A session that ended meanwhile is an error to ignore; silence is not.
+                    source
+                        .within(&format!("ending session {id} ({user}@{host}) after the grace period"), async {
+                            let _ = my.query_drop(format!("KILL {id}")).await;
+                            Ok(())
+                        })
+                        .await?;
                     killed.push(format!("{id} ({user}@{host})"));
                 }
                 break;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let final_pos = master_position(&mut my).await?;
-        if !wait_applied(&pg, opts, &final_pos, Duration::from_secs(60)).await? {
+        let final_pos = master_position(source, &mut my).await?;
+        if !wait_applied(req, &pg, opts, &final_pos, Duration::from_secs(60)).await? {
             return Err(MyError::new(
                 "reaching the final position",
                 &format!("the stream did not apply up to {}:{} within 60 s", final_pos.0, final_pos.1),
@@ -224,17 +294,22 @@ pub async fn cutover(req: &MyCheckRequest, opts: &GateOptions) -> Result<GateRep
                 .iter()
                 .filter(|(_, m)| m.identity && matches!(m.target.as_str(), "smallint" | "integer" | "bigint"))
             {
-                let auto: Option<Option<u64>> = my
-                    .exec_first(
-                        "SELECT AUTO_INCREMENT FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?",
-                        (req.source.database(), &t.name),
-                    )
-                    .await
-                    .map_err(|e| MyError::query("reading AUTO_INCREMENT", e))?;
+                let auto: Option<Option<u64>> = source
+                    .within("reading AUTO_INCREMENT", async {
+                        my.exec_first(
+                            "SELECT AUTO_INCREMENT FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?",
+                            (source.database(), &t.name),
+                        )
+                        .await
+                        .map_err(|e| MyError::query("reading AUTO_INCREMENT", e))
+                    })
+                    .await?;
                 let next = auto.flatten().unwrap_or(1).min(i64::MAX as u64);
                 let tq = format!("public.{}", quote_ident(&t.name));
-                let row = pg
-                    .query_one(
+                // max() over the primary key: an index lookup, a control query.
+                const SETVAL: &str = "setting an identity past the source's ids";
+                let row = on_target(req, SETVAL, async {
+                    pg.query_one(
                         &format!(
                             "SELECT setval(pg_get_serial_sequence({}, {}), GREATEST(COALESCE(max({}), 0) + 1, {next}), false) FROM {tq}",
                             quote_literal(&tq),
@@ -244,17 +319,22 @@ pub async fn cutover(req: &MyCheckRequest, opts: &GateOptions) -> Result<GateRep
                         &[],
                     )
                     .await
-                    .map_err(pg_err("setting an identity past the source's ids"))?;
+                    .map_err(pg_err(SETVAL))
+                })
+                .await?;
                 identities.push(format!("{}.{col} = {}", t.name, row.get::<_, i64>(0)));
             }
         }
-        let others: Vec<(u64, String, String)> = my
-            .query(
-                "SELECT ID, USER, HOST FROM information_schema.PROCESSLIST
-                 WHERE ID <> CONNECTION_ID() AND COMMAND NOT IN ('Daemon', 'Binlog Dump', 'Binlog Dump GTID') AND USER <> 'system user'",
-            )
-            .await
-            .map_err(|e| MyError::query("listing sessions", e))?;
+        let others: Vec<(u64, String, String)> = source
+            .within("listing sessions", async {
+                my.query(
+                    "SELECT ID, USER, HOST FROM information_schema.PROCESSLIST
+                     WHERE ID <> CONNECTION_ID() AND COMMAND NOT IN ('Daemon', 'Binlog Dump', 'Binlog Dump GTID') AND USER <> 'system user'",
+                )
+                .await
+                .map_err(|e| MyError::query("listing sessions", e))
+            })
+            .await?;
         let report = GateReport {
             final_position: format!("{}:{}", final_pos.0, final_pos.1),
             write_pause_ms: 0.0,
@@ -262,15 +342,18 @@ pub async fn cutover(req: &MyCheckRequest, opts: &GateOptions) -> Result<GateRep
             still_connected: others.into_iter().map(|(id, u, h)| format!("{id} ({u}@{h})")).collect(),
             identities,
         };
-        pg.execute(
-            &format!(
-                "UPDATE {}.mysql_loads SET phase = 'cut_over', cutover = $2::text::jsonb WHERE source = $1",
-                quote_ident(&opts.state_schema)
-            ),
-            &[&opts.source_id, &serde_json::to_string(&report).unwrap_or_default()],
-        )
-        .await
-        .map_err(pg_err("recording the cutover"))?;
+        on_target(req, "recording the cutover", async {
+            pg.execute(
+                &format!(
+                    "UPDATE {}.mysql_loads SET phase = 'cut_over', cutover = $2::text::jsonb WHERE source = $1",
+                    quote_ident(&opts.state_schema)
+                ),
+                &[&opts.source_id, &serde_json::to_string(&report).unwrap_or_default()],
+            )
+            .await
+            .map_err(pg_err("recording the cutover"))
+        })
+        .await?;
         Ok(report)
     }
     .await;
@@ -280,12 +363,87 @@ pub async fn cutover(req: &MyCheckRequest, opts: &GateOptions) -> Result<GateRep
             Ok(r)
         }
         Err(e) => {
-            let _ = my.query_drop("SET GLOBAL super_read_only = OFF").await;
-            let _ = my.query_drop("SET GLOBAL read_only = OFF").await;
-            Err(MyError {
-                reason: format!("{} (the source is writable again)", e.reason),
-                ..e
-            })
+            // After an expired deadline the gate's connection may be in the middle of an
+            // abandoned statement: it is not used again.
+            let usable = !e.reason.starts_with(&format!("no answer from {}", source.peer()));
+            Err(restore_writable(source, usable.then_some(my), e).await)
         }
+    }
+}
+
+/// `lock_wait_timeout` (seconds) of the gate's session: two thirds of the query deadline, so
+/// that the server ends a wait for the global read lock before the client gives up on it.
+fn read_only_lock_wait(query_timeout: Duration) -> u64 {
+    (query_timeout * 2 / 3).as_secs().max(1)
+}
+
+/// Makes the source writable again after the gate failed with `e`: on the gate's connection
+/// when it is usable, else (or when that fails) on a fresh one, every step bounded. The error
+/// says whether it worked.
+async fn restore_writable(source: &MyEndpoint, gate: Option<mysql_async::Conn>, e: MyError) -> MyError {
+    async fn writable(source: &MyEndpoint, my: &mut mysql_async::Conn) -> Result<(), MyError> {
+        const WHAT: &str = "making the source writable again (SET GLOBAL read_only = OFF)";
+        source
+            .within(WHAT, async {
+                // MariaDB has no super_read_only: that error is expected.
+                let _ = my.query_drop("SET GLOBAL super_read_only = OFF").await;
+                my.query_drop("SET GLOBAL read_only = OFF")
+                    .await
+                    .map_err(|e| MyError::query(WHAT, e))
+            })
+            .await
+    }
+    let on_gate = match gate {
+        Some(mut my) => {
+            let r = writable(source, &mut my).await;
+            if r.is_ok() {
+                source.disconnect(my).await;
+            }
+            r
+        }
+        None => Err(e.clone()),
+    };
+    let restored = match on_gate {
+        Ok(()) => Ok(()),
+        Err(_) => {
+            async {
+                let mut my = source.connect().await?;
+                writable(source, &mut my).await?;
+                source.disconnect(my).await;
+                Ok::<_, MyError>(())
+            }
+            .await
+        }
+    };
+    match restored {
+        Ok(()) => MyError {
+            reason: format!("{} (the source is writable again)", e.reason),
+            ..e
+        },
+        Err(w) => {
+            tracing::error!(error = %w, "the source could not be made writable again");
+            MyError {
+                reason: format!(
+                    "{}; and the source may still be READ-ONLY: making it writable again failed ({w})",
+                    e.reason
+                ),
+                fix: Some(format!(
+                    "run SET GLOBAL read_only = OFF (and super_read_only = OFF on MySQL) on the source now; then {}",
+                    e.fix.as_deref().unwrap_or("cut over again")
+                )),
+                ..e
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_server_gives_up_on_the_read_only_lock_before_the_client() {
+        assert_eq!(read_only_lock_wait(Duration::from_secs(30)), 20);
+        assert_eq!(read_only_lock_wait(Duration::from_millis(200)), 1);
     }
 }

@@ -119,30 +119,47 @@ pub async fn full_load(req: &MyCheckRequest, plan: &MyPlan, jobs: usize, split_b
     // Snapshot: lock, open every copy connection's snapshot, read the position, unlock.
     let t1 = Instant::now();
     let jobs = jobs.clamp(1, plan.tables.len().max(1));
-    let mut locker = req.source.connect().await?;
-    locker
-        .query_drop("SET SESSION lock_wait_timeout = 5")
-        .await
-        .map_err(|e| MyError::query("preparing the snapshot", e))?;
+    // Control statements run under the source's query deadline; the copy's SELECTs have none
+    // (they stream for as long as a table takes) and rely on TCP keepalives.
+    let source = &req.source;
+    let mut locker = source.connect().await?;
+    source
+        .within("preparing the snapshot", async {
+            locker
+                .query_drop("SET SESSION lock_wait_timeout = 5")
+                .await
+                .map_err(|e| MyError::query("preparing the snapshot", e))
+        })
+        .await?;
     // A statement running long on a table blocks the lock (and everything queued behind it);
     // the wait is bounded at 5 s and tried 6 times, then the blockers are named.
     let mut attempt = 0;
     loop {
         attempt += 1;
-        match locker.query_drop("FLUSH TABLES WITH READ LOCK").await {
+        // The server gives up on the lock after lock_wait_timeout (5 s), well inside the deadline.
+        let flushed = source
+            .within("taking the snapshot lock (FLUSH TABLES WITH READ LOCK)", async {
+                Ok(locker.query_drop("FLUSH TABLES WITH READ LOCK").await)
+            })
+            .await?;
+        match flushed {
             Ok(()) => break,
             Err(mysql_async::Error::Server(e)) if e.code == 1205 && attempt < 6 => {
                 tracing::warn!(attempt, "waiting for the snapshot lock timed out; trying again");
                 tokio::time::sleep(std::time::Duration::from_millis(500)).await;
             }
             Err(e) => {
-                let blockers: Vec<(u64, String, u64, Option<String>)> = locker
-                    .query(
-                        "SELECT ID, USER, TIME, LEFT(INFO, 100) FROM information_schema.PROCESSLIST
-                         WHERE ID <> CONNECTION_ID() AND COMMAND = 'Query' AND TIME >= 5",
-                    )
-                    .await
-                    .unwrap_or_default();
+                let blockers: Vec<(u64, String, u64, Option<String>)> = source
+                    .within("listing the statements that block the snapshot lock", async {
+                        Ok(locker
+                            .query(
+                                "SELECT ID, USER, TIME, LEFT(INFO, 100) FROM information_schema.PROCESSLIST
+                                 WHERE ID <> CONNECTION_ID() AND COMMAND = 'Query' AND TIME >= 5",
+                            )
+                            .await
+                            .unwrap_or_default())
+                    })
+                    .await?;
                 let named = blockers
                     .iter()
                     .map(|(id, user, time, info)| format!("session {id} ({user}, {time} s): {}", info.as_deref().unwrap_or("?")))
@@ -166,51 +183,62 @@ pub async fn full_load(req: &MyCheckRequest, plan: &MyPlan, jobs: usize, split_b
     let mut workers = Vec::with_capacity(jobs);
     let opened: Result<(), MyError> = async {
         for _ in 0..jobs {
-            let mut c = req.source.connect().await?;
-            c.query_drop("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-                .await
-                .map_err(|e| MyError::query("opening a snapshot", e))?;
-            c.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
-                .await
-                .map_err(|e| MyError::query("opening a snapshot", e))?;
+            let mut c = source.connect().await?;
+            source
+                .within("opening a snapshot", async {
+                    c.query_drop("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                        .await
+                        .map_err(|e| MyError::query("opening a snapshot", e))?;
+                    c.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
+                        .await
+                        .map_err(|e| MyError::query("opening a snapshot", e))
+                })
+                .await?;
             workers.push(c);
         }
         Ok(())
     }
     .await;
-    let position: Result<(String, u64, String), MyError> = async {
-        let status: Option<mysql_async::Row> = locker
-            .query_first("SHOW MASTER STATUS")
-            .await
-            .map_err(|e| MyError::query("reading the binlog position", e))?;
-        let status = status.ok_or_else(|| {
-            MyError::new(
-                "reading the binlog position",
-                "the binary log is off",
-                "enable log_bin (see ferry check)",
-            )
-        })?;
-        let file: String = status.get(0).unwrap_or_default();
-        let pos: u64 = status.get(1).unwrap_or_default();
-        let gtid: Option<String> = locker
-            .query_first("SELECT @@GLOBAL.gtid_binlog_pos")
-            .await
-            .or(Ok::<_, mysql_async::Error>(None))
-            .unwrap_or(None);
-        let gtid = match gtid {
-            Some(g) => g,
-            None => locker
-                .query_first("SELECT @@GLOBAL.gtid_executed")
+    let position: Result<(String, u64, String), MyError> = source
+        .within("reading the binlog position", async {
+            let status: Option<mysql_async::Row> = locker
+                .query_first("SHOW MASTER STATUS")
                 .await
-                .ok()
-                .flatten()
-                .unwrap_or_default(),
-        };
-        Ok((file, pos, gtid))
+                .map_err(|e| MyError::query("reading the binlog position", e))?;
+            let status = status.ok_or_else(|| {
+                MyError::new(
+                    "reading the binlog position",
+                    "the binary log is off",
+                    "enable log_bin (see ferry check)",
+                )
+            })?;
+            let file: String = status.get(0).unwrap_or_default();
+            let pos: u64 = status.get(1).unwrap_or_default();
+            let gtid: Option<String> = locker
+                .query_first("SELECT @@GLOBAL.gtid_binlog_pos")
+                .await
+                .or(Ok::<_, mysql_async::Error>(None))
+                .unwrap_or(None);
+            let gtid = match gtid {
+                Some(g) => g,
+                None => locker
+                    .query_first("SELECT @@GLOBAL.gtid_executed")
+                    .await
+                    .ok()
+                    .flatten()
+                    .unwrap_or_default(),
+            };
+            Ok((file, pos, gtid))
+        })
+        .await;
+    if position.is_ok() {
+        source.cleanup(&mut locker, "UNLOCK TABLES").await;
+        source.disconnect(locker).await;
+    } else {
+        // Maybe in the middle of an abandoned statement: closing the connection releases the
+        // lock as surely as UNLOCK TABLES.
+        drop(locker);
     }
-    .await;
-    let _ = locker.query_drop("UNLOCK TABLES").await;
-    let _ = locker.disconnect().await;
     opened?;
     let (binlog_file, binlog_pos, gtid) = position?;
     tracing::info!(binlog_file, binlog_pos, gtid, "snapshot open at a binlog position");
@@ -231,15 +259,21 @@ pub async fn full_load(req: &MyCheckRequest, plan: &MyPlan, jobs: usize, split_b
             1
         };
         if pieces > 1 {
-            let bounds: Option<(Option<i64>, Option<i64>)> = workers[0]
-                .query_first(format!(
-                    "SELECT MIN({k}), MAX({k}) FROM {}.{}",
-                    my_q(req.source.database()),
-                    my_q(&t.name),
-                    k = my_q(&t.primary_key[0])
-                ))
-                .await
-                .map_err(|e| MyError::query(&format!("finding the key range of {}", t.name), e))?;
+            // MIN and MAX of the primary key: two index lookups.
+            let what = format!("finding the key range of {}", t.name);
+            let bounds: Option<(Option<i64>, Option<i64>)> = source
+                .within(&what, async {
+                    workers[0]
+                        .query_first(format!(
+                            "SELECT MIN({k}), MAX({k}) FROM {}.{}",
+                            my_q(source.database()),
+                            my_q(&t.name),
+                            k = my_q(&t.primary_key[0])
+                        ))
+                        .await
+                        .map_err(|e| MyError::query(&what, e))
+                })
+                .await?;
             if let Some((Some(lo), Some(hi))) = bounds {
                 let width = ((i128::from(hi) - i128::from(lo)) / i128::from(pieces) + 1).max(1);
                 let mut a = i128::from(lo);
@@ -263,6 +297,7 @@ pub async fn full_load(req: &MyCheckRequest, plan: &MyPlan, jobs: usize, split_b
     for mut conn in workers {
         let (queue, tables, copied) = (queue.clone(), tables.clone(), copied.clone());
         let target = req.target.clone();
+        let source = req.source.clone();
         let db = req.source.database().to_string();
         let zero = req.map.zero_dates;
         tasks.spawn(async move {
@@ -277,8 +312,8 @@ pub async fn full_load(req: &MyCheckRequest, plan: &MyPlan, jobs: usize, split_b
                 let n = copy_table(&mut conn, &tgt, &db, t, range, zero).await?;
                 copied.lock().expect("lock").push((name, n));
             }
-            let _ = conn.query_drop("COMMIT").await;
-            let _ = conn.disconnect().await;
+            source.cleanup(&mut conn, "COMMIT").await;
+            source.disconnect(conn).await;
             Ok::<_, MyError>(())
         });
     }
@@ -415,29 +450,37 @@ fn key_of(t: &MyTable, values: &[mysql_async::Value]) -> String {
 async fn post_data(req: &MyCheckRequest, plan: &MyPlan, target: &tokio_postgres::Client) -> Result<(), MyError> {
     let db = req.source.database();
     let mut src = req.source.connect().await?;
-    let idx: Vec<(String, String, u8, String)> = src
-        .exec(
-            "SELECT TABLE_NAME, INDEX_NAME, NON_UNIQUE, COLUMN_NAME FROM information_schema.STATISTICS
-             WHERE TABLE_SCHEMA = ? ORDER BY TABLE_NAME, INDEX_NAME, SEQ_IN_INDEX",
-            (db,),
-        )
-        .await
-        .map_err(|e| MyError::query("reading indexes", e))?;
+    let idx: Vec<(String, String, u8, String)> = req
+        .source
+        .within_catalog("reading indexes", async {
+            src.exec(
+                "SELECT TABLE_NAME, INDEX_NAME, NON_UNIQUE, COLUMN_NAME FROM information_schema.STATISTICS
+                 WHERE TABLE_SCHEMA = ? ORDER BY TABLE_NAME, INDEX_NAME, SEQ_IN_INDEX",
+                (db,),
+            )
+            .await
+            .map_err(|e| MyError::query("reading indexes", e))
+        })
+        .await?;
     type FkRow = (String, String, String, String, String, String, String);
-    let fks: Vec<FkRow> = src
-        .exec(
-            "SELECT k.TABLE_NAME, k.CONSTRAINT_NAME, k.COLUMN_NAME, k.REFERENCED_TABLE_NAME, k.REFERENCED_COLUMN_NAME,
-                    r.UPDATE_RULE, r.DELETE_RULE
-             FROM information_schema.KEY_COLUMN_USAGE k
-             JOIN information_schema.REFERENTIAL_CONSTRAINTS r
-               ON r.CONSTRAINT_SCHEMA = k.CONSTRAINT_SCHEMA AND r.CONSTRAINT_NAME = k.CONSTRAINT_NAME AND r.TABLE_NAME = k.TABLE_NAME
-             WHERE k.TABLE_SCHEMA = ? AND k.REFERENCED_TABLE_NAME IS NOT NULL
-             ORDER BY k.TABLE_NAME, k.CONSTRAINT_NAME, k.ORDINAL_POSITION",
-            (db,),
-        )
-        .await
-        .map_err(|e| MyError::query("reading foreign keys", e))?;
-    let _ = src.disconnect().await;
+    let fks: Vec<FkRow> = req
+        .source
+        .within_catalog("reading foreign keys", async {
+            src.exec(
+                "SELECT k.TABLE_NAME, k.CONSTRAINT_NAME, k.COLUMN_NAME, k.REFERENCED_TABLE_NAME, k.REFERENCED_COLUMN_NAME,
+                        r.UPDATE_RULE, r.DELETE_RULE
+                 FROM information_schema.KEY_COLUMN_USAGE k
+                 JOIN information_schema.REFERENTIAL_CONSTRAINTS r
+                   ON r.CONSTRAINT_SCHEMA = k.CONSTRAINT_SCHEMA AND r.CONSTRAINT_NAME = k.CONSTRAINT_NAME AND r.TABLE_NAME = k.TABLE_NAME
+                 WHERE k.TABLE_SCHEMA = ? AND k.REFERENCED_TABLE_NAME IS NOT NULL
+                 ORDER BY k.TABLE_NAME, k.CONSTRAINT_NAME, k.ORDINAL_POSITION",
+                (db,),
+            )
+            .await
+            .map_err(|e| MyError::query("reading foreign keys", e))
+        })
+        .await?;
+    req.source.disconnect(src).await;
     let in_plan = |t: &str| plan.tables.iter().any(|p| p.name == t);
     let mut grouped: BTreeMap<(String, String), (bool, Vec<String>)> = BTreeMap::new();
     for (t, name, non_unique, col) in idx.into_iter().filter(|r| in_plan(&r.0)) {

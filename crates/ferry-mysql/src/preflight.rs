@@ -126,7 +126,7 @@ pub async fn check(req: &MyCheckRequest) -> MyReport {
                 }
                 Err(e) => f.add(Severity::Blocker, "source", "read", e.to_string(), None),
             }
-            let _ = conn.disconnect().await;
+            req.source.disconnect(conn).await;
         }
     }
     match req.target.connect("check").await {
@@ -142,7 +142,13 @@ pub async fn check(req: &MyCheckRequest) -> MyReport {
 }
 
 async fn source_checks(req: &MyCheckRequest, c: &mut mysql_async::Conn, f: &mut Findings) -> Result<(MyServerInfo, MyPlan), MyError> {
-    let (version, user): (String, String) = query(c, "reading the server version", "SELECT VERSION(), CURRENT_USER()")
+    // Every query here is a short one under the query deadline, or a catalog read under the
+    // catalog deadline (`endpoint.rs`): a server that stops answering ends the check with an
+    // error naming it instead of hanging.
+    let src = &req.source;
+    const VERSION: &str = "reading the server version";
+    let (version, user): (String, String) = src
+        .within(VERSION, query(c, VERSION, "SELECT VERSION(), CURRENT_USER()"))
         .await?
         .pop()
         .ok_or_else(|| MyError::new("reading the server version", "no answer", "report this as a bug"))?;
@@ -175,17 +181,22 @@ async fn source_checks(req: &MyCheckRequest, c: &mut mysql_async::Conn, f: &mut 
     }
 
     // Server variables.
-    let vars: HashMap<String, String> = query::<(String, String)>(
-        c,
-        "reading server variables",
-        "SHOW GLOBAL VARIABLES WHERE Variable_name IN ('log_bin', 'binlog_format', 'binlog_row_image', 'binlog_row_metadata',
-            'server_id', 'gtid_mode', 'gtid_binlog_pos', 'gtid_strict_mode', 'expire_logs_days', 'binlog_expire_logs_seconds',
-            'sql_mode', 'lower_case_table_names', 'system_time_zone', 'time_zone', 'character_set_server')",
-    )
-    .await?
-    .into_iter()
-    .map(|(k, v)| (k.to_ascii_lowercase(), v))
-    .collect();
+    const VARIABLES: &str = "reading server variables";
+    let vars: HashMap<String, String> = src
+        .within(
+            VARIABLES,
+            query::<(String, String)>(
+                c,
+                VARIABLES,
+                "SHOW GLOBAL VARIABLES WHERE Variable_name IN ('log_bin', 'binlog_format', 'binlog_row_image', 'binlog_row_metadata',
+                    'server_id', 'gtid_mode', 'gtid_binlog_pos', 'gtid_strict_mode', 'expire_logs_days', 'binlog_expire_logs_seconds',
+                    'sql_mode', 'lower_case_table_names', 'system_time_zone', 'time_zone', 'character_set_server')",
+            ),
+        )
+        .await?
+        .into_iter()
+        .map(|(k, v)| (k.to_ascii_lowercase(), v))
+        .collect();
     let var = |k: &str| vars.get(k).map(String::as_str).unwrap_or("");
     let on = |v: &str| matches!(v.to_ascii_uppercase().as_str(), "ON" | "1" | "TRUE");
     if on(var("log_bin")) {
@@ -315,7 +326,8 @@ async fn source_checks(req: &MyCheckRequest, c: &mut mysql_async::Conn, f: &mut 
     }
 
     // Privileges, from the grants and by trying.
-    let grants: Vec<String> = query(c, "reading the user's grants", "SHOW GRANTS FOR CURRENT_USER()").await?;
+    const GRANTS: &str = "reading the user's grants";
+    let grants: Vec<String> = src.within(GRANTS, query(c, GRANTS, "SHOW GRANTS FOR CURRENT_USER()")).await?;
     let g = grants.join("\n").to_ascii_uppercase();
     let global = |p: &str| {
         g.lines()
@@ -344,7 +356,12 @@ async fn source_checks(req: &MyCheckRequest, c: &mut mysql_async::Conn, f: &mut 
         missing.push("RELOAD");
     }
     // Reading the binlog position is what REPLICATION CLIENT / BINLOG MONITOR allows.
-    if let Err(e) = c.query_drop("SHOW MASTER STATUS").await {
+    let master_status = src
+        .within("reading the binlog position (SHOW MASTER STATUS)", async {
+            Ok(c.query_drop("SHOW MASTER STATUS").await)
+        })
+        .await?;
+    if let Err(e) = master_status {
         if repl_client {
             f.add(
                 Severity::Blocker,
@@ -380,14 +397,18 @@ async fn source_checks(req: &MyCheckRequest, c: &mut mysql_async::Conn, f: &mut 
     // Tables, columns, keys.
     let db = req.source.database().to_string();
     type TableRow = (String, Option<String>, Option<u64>, Option<u64>, Option<u64>);
-    let tables: Vec<TableRow> = c
-        .exec(
-            "SELECT TABLE_NAME, ENGINE, TABLE_ROWS, COALESCE(DATA_LENGTH, 0) + COALESCE(INDEX_LENGTH, 0), AUTO_INCREMENT
-             FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_TYPE = 'BASE TABLE' ORDER BY TABLE_NAME",
-            (db.clone(),),
-        )
-        .await
-        .map_err(|e| MyError::query("listing the source's tables", e))?;
+    const TABLES: &str = "listing the source's tables";
+    let tables: Vec<TableRow> = src
+        .within_catalog(TABLES, async {
+            c.exec(
+                "SELECT TABLE_NAME, ENGINE, TABLE_ROWS, COALESCE(DATA_LENGTH, 0) + COALESCE(INDEX_LENGTH, 0), AUTO_INCREMENT
+                 FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_TYPE = 'BASE TABLE' ORDER BY TABLE_NAME",
+                (db.clone(),),
+            )
+            .await
+            .map_err(|e| MyError::query(TABLES, e))
+        })
+        .await?;
     type ColRow = (
         String,
         String,
@@ -402,47 +423,62 @@ async fn source_checks(req: &MyCheckRequest, c: &mut mysql_async::Conn, f: &mut 
         String,
         String,
     );
-    let col_rows: Vec<ColRow> = c
-        .exec(
-            "SELECT TABLE_NAME, COLUMN_NAME, DATA_TYPE, COLUMN_TYPE, NUMERIC_PRECISION, NUMERIC_SCALE, DATETIME_PRECISION,
-                    CHARACTER_MAXIMUM_LENGTH, CHARACTER_SET_NAME, COLLATION_NAME, IS_NULLABLE, EXTRA
-             FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = ? ORDER BY TABLE_NAME, ORDINAL_POSITION",
-            (db.clone(),),
-        )
-        .await
-        .map_err(|e| MyError::query("reading the source's columns", e))?;
-    let generation: HashMap<(String, String), String> = c
-        .exec::<(String, String, Option<String>), _, _>(
-            "SELECT TABLE_NAME, COLUMN_NAME, GENERATION_EXPRESSION FROM information_schema.COLUMNS
-             WHERE TABLE_SCHEMA = ? AND GENERATION_EXPRESSION IS NOT NULL AND GENERATION_EXPRESSION <> ''",
-            (db.clone(),),
-        )
-        .await
-        .map_err(|e| MyError::query("reading generated columns", e))?
+    const COLUMNS: &str = "reading the source's columns";
+    let col_rows: Vec<ColRow> = src
+        .within_catalog(COLUMNS, async {
+            c.exec(
+                "SELECT TABLE_NAME, COLUMN_NAME, DATA_TYPE, COLUMN_TYPE, NUMERIC_PRECISION, NUMERIC_SCALE, DATETIME_PRECISION,
+                        CHARACTER_MAXIMUM_LENGTH, CHARACTER_SET_NAME, COLLATION_NAME, IS_NULLABLE, EXTRA
+                 FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = ? ORDER BY TABLE_NAME, ORDINAL_POSITION",
+                (db.clone(),),
+            )
+            .await
+            .map_err(|e| MyError::query(COLUMNS, e))
+        })
+        .await?;
+    const GENERATED: &str = "reading generated columns";
+    let generation: HashMap<(String, String), String> = src
+        .within_catalog(GENERATED, async {
+            c.exec::<(String, String, Option<String>), _, _>(
+                "SELECT TABLE_NAME, COLUMN_NAME, GENERATION_EXPRESSION FROM information_schema.COLUMNS
+                 WHERE TABLE_SCHEMA = ? AND GENERATION_EXPRESSION IS NOT NULL AND GENERATION_EXPRESSION <> ''",
+                (db.clone(),),
+            )
+            .await
+            .map_err(|e| MyError::query(GENERATED, e))
+        })
+        .await?
         .into_iter()
         .filter_map(|(t, col, e)| Some(((t, col), e?)))
         .collect();
     // MariaDB's JSON: LONGTEXT with CHECK (json_valid(`column`)).
-    let json_checks: Vec<(String, String)> = c
-        .exec(
-            "SELECT TABLE_NAME, CHECK_CLAUSE FROM information_schema.CHECK_CONSTRAINTS WHERE CONSTRAINT_SCHEMA = ?",
-            (db.clone(),),
-        )
-        .await
-        .unwrap_or_default();
+    let json_checks: Vec<(String, String)> = src
+        .within_catalog("reading check constraints", async {
+            Ok(c.exec(
+                "SELECT TABLE_NAME, CHECK_CLAUSE FROM information_schema.CHECK_CONSTRAINTS WHERE CONSTRAINT_SCHEMA = ?",
+                (db.clone(),),
+            )
+            .await
+            .unwrap_or_default())
+        })
+        .await?;
     let is_json = |table: &str, column: &str| {
         json_checks.iter().any(|(t, clause)| {
             t == table && clause.to_ascii_lowercase().replace(' ', "") == format!("json_valid(`{}`)", column.to_ascii_lowercase())
         })
     };
-    let keys: Vec<(String, String, u8, String, u64)> = c
-        .exec(
-            "SELECT TABLE_NAME, INDEX_NAME, NON_UNIQUE, COLUMN_NAME, SEQ_IN_INDEX FROM information_schema.STATISTICS
-             WHERE TABLE_SCHEMA = ? ORDER BY TABLE_NAME, INDEX_NAME, SEQ_IN_INDEX",
-            (db.clone(),),
-        )
-        .await
-        .map_err(|e| MyError::query("reading the source's indexes", e))?;
+    const INDEXES: &str = "reading the source's indexes";
+    let keys: Vec<(String, String, u8, String, u64)> = src
+        .within_catalog(INDEXES, async {
+            c.exec(
+                "SELECT TABLE_NAME, INDEX_NAME, NON_UNIQUE, COLUMN_NAME, SEQ_IN_INDEX FROM information_schema.STATISTICS
+                 WHERE TABLE_SCHEMA = ? ORDER BY TABLE_NAME, INDEX_NAME, SEQ_IN_INDEX",
+                (db.clone(),),
+            )
+            .await
+            .map_err(|e| MyError::query(INDEXES, e))
+        })
+        .await?;
     let mut unique: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
     for (t, idx, non_unique, col, _) in &keys {
         if *non_unique == 0 {

@@ -14,6 +14,10 @@
 //! Online: while `ferry migrate` streams, both sides are read at one source position (see
 //! [`consistent_point`]): nothing in flight shows as a difference, and the stream pauses only
 //! while the target's snapshot opens.
+//!
+//! Timeouts: the snapshot statements and the version query run under the source's query
+//! deadline ([`crate::MyEndpoint::within`]); the table reads themselves have none (they stream
+//! for as long as the table takes) and rely on TCP keepalives (`docs/timeouts-mysql-proxy.md`).
 
 use std::cmp::Ordering;
 use std::time::{Duration, Instant};
@@ -25,6 +29,7 @@ use mysql_async::prelude::Queryable;
 use mysql_async::Value;
 
 use crate::apply::Hold;
+use crate::endpoint::MyEndpoint;
 use crate::error::MyError;
 use crate::load::kinds_of;
 use crate::preflight::{MyCheckRequest, MyTable};
@@ -444,6 +449,7 @@ async fn release_hold(ctl: &tokio_postgres::Client, opts: &VerifyOptions) {
 async fn consistent_point(
     opts: &VerifyOptions,
     ctl: &tokio_postgres::Client,
+    source: &MyEndpoint,
     my: &mut mysql_async::Conn,
     pg: &tokio_postgres::Client,
 ) -> Result<Option<String>, MyError> {
@@ -471,19 +477,18 @@ async fn consistent_point(
         return Ok(None);
     }
     let result: Result<Option<String>, MyError> = async {
-        my.query_drop("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-            .await
-            .map_err(|e| MyError::query("opening a snapshot", e))?;
-        my.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
-            .await
-            .map_err(|e| MyError::query("opening a snapshot", e))?;
-        let rows: Vec<(String, String)> = my
-            .query("SHOW STATUS LIKE 'binlog_snapshot_%'")
-            .await
-            .map_err(|e| MyError::query("reading the snapshot's binlog position", e))?;
+        open_snapshot(source, my).await?;
+        const WHAT: &str = "reading the snapshot's binlog position";
+        let rows: Vec<(String, String)> = source
+            .within(WHAT, async {
+                my.query("SHOW STATUS LIKE 'binlog_snapshot_%'")
+                    .await
+                    .map_err(|e| MyError::query(WHAT, e))
+            })
+            .await?;
         let get = |name: &str| rows.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.clone());
         let (Some(file), Some(pos)) = (get("binlog_snapshot_file"), get("binlog_snapshot_position")) else {
-            let _ = my.query_drop("COMMIT").await;
+            source.cleanup(my, "COMMIT").await;
             return Ok(None);
         };
         let pos: u64 = pos.parse().unwrap_or(0);
@@ -508,6 +513,21 @@ async fn consistent_point(
     result
 }
 
+/// Opens a read-only snapshot on the source connection, under the query deadline.
+async fn open_snapshot(source: &MyEndpoint, my: &mut mysql_async::Conn) -> Result<(), MyError> {
+    const WHAT: &str = "opening a snapshot";
+    source
+        .within(WHAT, async {
+            my.query_drop("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                .await
+                .map_err(|e| MyError::query(WHAT, e))?;
+            my.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
+                .await
+                .map_err(|e| MyError::query(WHAT, e))
+        })
+        .await
+}
+
 /// Compares every table of `tables`.
 pub async fn verify(req: &MyCheckRequest, tables: &[MyTable], opts: &VerifyOptions) -> Result<Report, MyError> {
     let started = Instant::now();
@@ -519,11 +539,15 @@ pub async fn verify(req: &MyCheckRequest, tables: &[MyTable], opts: &VerifyOptio
     pg.batch_execute("SET DateStyle = ISO; SET bytea_output = hex; SET extra_float_digits = 1; SET IntervalStyle = postgres")
         .await
         .map_err(|e| MyError::new("preparing the target connection", &e.to_string(), "check the target"))?;
-    let mut my = req.source.connect().await?;
-    let version: Option<String> = my
-        .query_first("SELECT VERSION()")
-        .await
-        .map_err(|e| MyError::query("reading the version", e))?;
+    let source = &req.source;
+    let mut my = source.connect().await?;
+    let version: Option<String> = source
+        .within("reading the version", async {
+            my.query_first("SELECT VERSION()")
+                .await
+                .map_err(|e| MyError::query("reading the version", e))
+        })
+        .await?;
     let mariadb = version.unwrap_or_default().to_ascii_lowercase().contains("mariadb");
     let db = req.source.database().to_string();
     let mut out = Report {
@@ -538,36 +562,31 @@ pub async fn verify(req: &MyCheckRequest, tables: &[MyTable], opts: &VerifyOptio
         .connect("mysql-verify-hold")
         .await
         .map_err(|e| MyError::new("connecting to the target", &e.to_string(), "check the target URL"))?;
-    let point = consistent_point(opts, &ctl, &mut my, &pg).await?;
+    let point = consistent_point(opts, &ctl, source, &mut my, &pg).await?;
     out.source_lsn = point.as_ref().map(|p| format!("binlog {p}"));
     for t in tables {
         let s = shape(t, &db, mariadb);
         if point.is_none() {
-            my.query_drop("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-                .await
-                .map_err(|e| MyError::query("opening a snapshot", e))?;
-            my.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
-                .await
-                .map_err(|e| MyError::query("opening a snapshot", e))?;
+            open_snapshot(source, &mut my).await?;
             pg.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
                 .await
                 .map_err(|e| MyError::new("opening a snapshot on the target", &e.to_string(), "check the target"))?;
         }
         let result = compare_table(req, &s, &mut my, &pg, opts.max_details).await;
+        let report = result?;
         if point.is_none() {
-            let _ = my.query_drop("COMMIT").await;
+            source.cleanup(&mut my, "COMMIT").await;
             let _ = pg.batch_execute("COMMIT").await;
         }
-        let report = result?;
         out.rows_compared += report.rows_compared;
         out.differences += report.differences;
         out.tables.push(report);
     }
     if point.is_some() {
-        let _ = my.query_drop("COMMIT").await;
+        source.cleanup(&mut my, "COMMIT").await;
         let _ = pg.batch_execute("COMMIT").await;
     }
-    let _ = my.disconnect().await;
+    source.disconnect(my).await;
     out.seconds = started.elapsed().as_secs_f64();
     Ok(out)
 }

@@ -25,7 +25,7 @@ mod compact;
 mod relation;
 mod sql;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -226,9 +226,13 @@ fn send_in_order<'a>(ops: Vec<Op<'a>>) -> impl std::future::Future<Output = Vec<
     }
 }
 
+/// Where the target's WAL stood right after a batch committed: (insert position, flush
+/// position). The batch is durable once the flush position reaches the insert position.
+type LocalWal = (Lsn, Lsn);
+
 /// A batch whose statements are on their way: the next batch is decoded meanwhile.
 struct InFlight {
-    task: tokio::task::JoinHandle<Result<(), ApplyError>>,
+    task: tokio::task::JoinHandle<Result<LocalWal, ApplyError>>,
     end: Lsn,
     counts: Counts,
 }
@@ -266,6 +270,25 @@ pub struct Applier {
     ordered_until: Lsn,
     /// Transactions from this origin are the other direction's own writes.
     skip_origin: String,
+    /// Batches committed (asynchronously) but not known flushed on the target: (target WAL
+    /// position after the commit, source position they bring the stream to).
+    unflushed: VecDeque<(Lsn, Lsn)>,
+    /// Source position whose changes are durable (flushed) on the target: what the source
+    /// may forget.
+    flushed: Lsn,
+    /// Process id of the target session, for the watchdog and for ending it if it is left
+    /// behind by a lost connection.
+    pid: i32,
+    /// Unix milliseconds since which a request to a database has been waiting for its answer
+    /// (0: none is). Read by the watchdog, which tells a long statement from a dead network.
+    busy: Arc<std::sync::atomic::AtomicU64>,
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(1)
 }
 
 impl std::fmt::Debug for Applier {
@@ -287,9 +310,20 @@ const PG_EPOCH_UNIX_SECS: f64 = 946_684_800.0;
 impl Applier {
     /// Connects, reads the durable position and per-table snapshot positions, and prepares the
     /// target session. `skip` lists dead letters (commit LSN, change index) to step over.
-    pub async fn new(ctx: ApplyContext, skip: HashSet<(Lsn, u32)>, ordered_until: Lsn) -> Result<Self, PgError> {
+    /// `stale_pid` is the target session of an earlier applier whose connection was lost: it
+    /// is ended first (its transaction rolls back, or had committed) so that the position read
+    /// here is final.
+    pub async fn new(ctx: ApplyContext, skip: HashSet<(Lsn, u32)>, ordered_until: Lsn, stale_pid: Option<i32>) -> Result<Self, PgError> {
         let src = ctx.source.connect("cdc-catalog").await?;
         let tgt = ctx.target.connect("apply").await?;
+        if let Some(pid) = stale_pid {
+            end_stale_session(&tgt, pid).await?;
+        }
+        let pid: i32 = tgt
+            .query_one("SELECT pg_backend_pid()", &[])
+            .await
+            .map_err(|e| PgError::query("preparing the apply session on the target", e))?
+            .get(0);
         // Values arrive in the source's text forms: read them in the same time zone and styles.
         let r = src
             .query_one(
@@ -303,7 +337,16 @@ impl Applier {
             .await
             .map_err(|e| PgError::query("preparing the catalog connection", e))?;
         tgt.batch_execute(&format!(
-            "SET TimeZone = {}; SET DateStyle = {}; SET IntervalStyle = {}; SET search_path = ''; SET statement_timeout = 0",
+            // Statements are prepared once and run with a generic plan: re-planning every
+            // execution (the default for the first few, and for set statements whose arrays
+            // make custom plans look cheaper) cost the target more than executing them.
+            // Commits are asynchronous, as in PostgreSQL's own apply worker: the source is only
+            // told a position once the target's WAL is flushed past its commit (`flushed`), so
+            // exactly-once holds across a crash of either side, and the apply rate does not
+            // wait on a disk flush per batch.
+            "SET TimeZone = {}; SET DateStyle = {}; SET IntervalStyle = {}; SET search_path = ''; SET statement_timeout = 0;
+             SET synchronous_commit = off;
+             SET plan_cache_mode = force_generic_plan",
             quote_literal(&tz),
             quote_literal(&ds),
             quote_literal(&is)
@@ -363,6 +406,9 @@ impl Applier {
                 (row.get::<_, String>(0).parse().unwrap_or_default(), snapshots)
             }
         };
+        // What an earlier process committed asynchronously may not be flushed yet: flush it, so
+        // the position read is one the source may be told.
+        force_flush(&tgt).await?;
         Ok(Self {
             ctx,
             tgt: Arc::new(tgt),
@@ -389,7 +435,101 @@ impl Applier {
             buffered_bytes: 0,
             ordered_until,
             skip_origin,
+            unflushed: VecDeque::new(),
+            flushed: durable,
+            pid,
+            busy: Arc::new(std::sync::atomic::AtomicU64::new(0)),
         })
+    }
+
+    /// Since when (unix ms) a database request of this applier has waited (0: none waits).
+    pub fn busy_since(&self) -> Arc<std::sync::atomic::AtomicU64> {
+        Arc::clone(&self.busy)
+    }
+
+    fn mark_busy(&self) {
+        let _ = self.busy.compare_exchange(
+            0,
+            unix_ms(),
+            std::sync::atomic::Ordering::Relaxed,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
+    /// Nothing is waiting any more, unless a batch is still committing in the background.
+    fn mark_answered(&self) {
+        if self.inflight.is_none() {
+            self.busy.store(0, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// The target session's process id.
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// The source position whose changes are flushed on the target (never ahead of
+    /// [`Applier::durable`]).
+    pub fn flushed(&self) -> Lsn {
+        self.flushed
+    }
+
+    /// True while some committed batch is not known flushed on the target.
+    pub fn has_unflushed(&self) -> bool {
+        !self.unflushed.is_empty()
+    }
+
+    fn note_flush(&mut self, flush: Lsn) {
+        while let Some(&(local, remote)) = self.unflushed.front() {
+            if local > flush {
+                break;
+            }
+            self.flushed = self.flushed.max(remote);
+            self.unflushed.pop_front();
+        }
+    }
+
+    /// Asks the target how far its WAL is flushed (the WAL writer flushes asynchronous
+    /// commits within a few hundred milliseconds). Call with nothing in flight.
+    pub async fn poll_flush(&mut self) -> Result<Lsn, ApplyError> {
+        if self.unflushed.is_empty() || self.inflight.is_some() {
+            return Ok(self.flushed);
+        }
+        self.mark_busy();
+        let row = self.tgt.query_one("SELECT pg_current_wal_flush_lsn()::text", &[]).await;
+        self.mark_answered();
+        let row = row.map_err(|e| PgError::query("reading the target's WAL flush position", e))?;
+        let flush: Lsn = row.get::<_, String>(0).parse().unwrap_or_default();
+        self.note_flush(flush);
+        Ok(self.flushed)
+    }
+
+    /// Makes everything committed so far durable now (one synchronous commit flushes the WAL
+    /// before it), for positions that must not wait for the WAL writer: a hold that cutover
+    /// or verification relies on. Call with nothing in flight and no batch open.
+    pub async fn flush_now(&mut self) -> Result<Lsn, ApplyError> {
+        if self.unflushed.is_empty() {
+            return Ok(self.flushed);
+        }
+        self.settle().await?;
+        self.mark_busy();
+        let r = force_flush(&self.tgt).await;
+        self.mark_answered();
+        r?;
+        self.unflushed.clear();
+        self.flushed = self.durable;
+        Ok(self.flushed)
+    }
+
+    /// Settles the batch committing in the background if it has finished, without waiting.
+    /// Returns true if the durable position moved.
+    pub async fn try_settle(&mut self) -> Result<bool, ApplyError> {
+        if self.inflight.as_ref().is_some_and(|f| f.task.is_finished()) {
+            let before = self.durable;
+            self.settle().await?;
+            return Ok(self.durable > before);
+        }
+        Ok(false)
     }
 
     /// The durable position and per-table snapshot positions of a forward apply.
@@ -469,12 +609,23 @@ impl Applier {
     /// Waits for the batch committing in the background; returns the durable position.
     /// Cancel-safe: dropped before the batch is done, it leaves it in flight.
     pub async fn settle(&mut self) -> Result<Lsn, ApplyError> {
+        let r = self.settle_inner().await;
+        self.mark_answered();
+        r
+    }
+
+    async fn settle_inner(&mut self) -> Result<Lsn, ApplyError> {
+        if self.inflight.is_some() {
+            self.mark_busy();
+        }
         if let Some(f) = self.inflight.as_mut() {
             let r = (&mut f.task).await;
             let f = self.inflight.take().expect("checked above");
             match r {
-                Ok(Ok(())) => {
+                Ok(Ok((insert, flush))) => {
                     self.durable = self.durable.max(f.end);
+                    self.unflushed.push_back((insert, f.end));
+                    self.note_flush(flush);
                     let c = f.counts;
                     self.totals.txns += c.txns;
                     self.totals.inserts += c.inserts;
@@ -492,7 +643,7 @@ impl Applier {
     /// Makes sure the open batch's transaction has started on the target, after the previous
     /// batch settled: call before sending anything that belongs to the batch.
     async fn ensure_begun(&mut self) -> Result<(), ApplyError> {
-        self.settle().await?;
+        self.settle_inner().await?;
         if self.batch_open && !self.begun {
             self.tgt
                 .batch_execute("BEGIN")
@@ -505,6 +656,13 @@ impl Applier {
 
     /// Applies one message.
     pub async fn handle(&mut self, msg: Message) -> Result<(), ApplyError> {
+        self.mark_busy();
+        let r = self.handle_inner(msg).await;
+        self.mark_answered();
+        r
+    }
+
+    async fn handle_inner(&mut self, msg: Message) -> Result<(), ApplyError> {
         match msg {
             Message::Begin { final_lsn, .. } => {
                 // Anything that committed before the durable position is on the target already.
@@ -774,6 +932,13 @@ impl Applier {
         if !self.batch_open {
             return Ok(());
         }
+        self.mark_busy();
+        let r = self.commit_inner().await;
+        self.mark_answered();
+        r
+    }
+
+    async fn commit_inner(&mut self) -> Result<(), ApplyError> {
         // Row-by-row statements and tables applied in order go now; compactable tables'
         // net effects go with the commit.
         self.flush().await?;
@@ -791,7 +956,7 @@ impl Applier {
         let state_stmt = match &self.state_stmt {
             Some(s) => s.clone(),
             None if self.ctx.direction == Direction::Reverse => {
-                self.settle().await?;
+                self.settle_inner().await?;
                 let s = self
                     .tgt
                     .prepare("SELECT pg_replication_origin_xact_setup($1::text::pg_lsn, to_timestamp($2::float8))")
@@ -810,7 +975,7 @@ impl Applier {
                         applied_at = now(), updated_at = now()
                      WHERE id = $1"
                 );
-                self.settle().await?;
+                self.settle_inner().await?;
                 let s = self
                     .tgt
                     .prepare(&sql)
@@ -821,7 +986,7 @@ impl Applier {
             }
         };
         // The previous batch must be known committed before this one starts.
-        self.settle().await?;
+        self.settle_inner().await?;
         let c = self.batch_counts;
         let commit_time = self.batch_commit_time as f64 / 1e6 + PG_EPOCH_UNIX_SECS;
         let mut ops: Vec<Op<'static>> = Vec::new();
@@ -875,10 +1040,28 @@ impl Applier {
                 }
             }
             match outcome {
-                Ok(()) => t
-                    .batch_execute("COMMIT")
-                    .await
-                    .map_err(|e| PgError::query("committing applied changes", e).into()),
+                // The target's WAL positions right after the commit, in the same round trip:
+                // the batch is durable once the flush position passes the insert position.
+                Ok(()) => {
+                    let msgs = t
+                        .simple_query("COMMIT; SELECT pg_current_wal_insert_lsn()::text, pg_current_wal_flush_lsn()::text")
+                        .await
+                        .map_err(|e| ApplyError::from(PgError::query("committing applied changes", e)))?;
+                    let row = msgs.iter().find_map(|m| match m {
+                        tokio_postgres::SimpleQueryMessage::Row(r) => Some(r),
+                        _ => None,
+                    });
+                    let lsn = |i: usize| row.and_then(|r| r.get(i)).and_then(|v| v.parse::<Lsn>().ok());
+                    match (lsn(0), lsn(1)) {
+                        (Some(insert), Some(flush)) => Ok((insert, flush)),
+                        _ => Err(PgError::config(
+                            "committing applied changes",
+                            "the target did not report its WAL positions after the commit",
+                            "report this as a bug",
+                        )
+                        .into()),
+                    }
+                }
                 Err(e) => {
                     let _ = t.batch_execute("ROLLBACK").await;
                     Err(e)
@@ -910,7 +1093,9 @@ impl Applier {
             sent = true;
         }
         if sent {
-            let _ = self.tgt.batch_execute("ROLLBACK").await;
+            // Bounded: after a lost connection it would never answer; the session is ended
+            // (and its transaction rolled back) by the next applier instead.
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), self.tgt.batch_execute("ROLLBACK")).await;
         }
         self.batch_open = false;
         self.begun = false;
@@ -947,6 +1132,52 @@ impl Applier {
         .map(|_| ())
         .map_err(|e| PgError::query("recording a dead letter", e))
     }
+}
+
+/// Commits with a synchronous flush: a transaction that takes a transaction id writes a
+/// commit record, and with `synchronous_commit = on` its commit waits until the WAL before it
+/// (every earlier asynchronous commit included) is on disk.
+async fn force_flush(tgt: &Client) -> Result<(), PgError> {
+    tgt.batch_execute("BEGIN; SET LOCAL synchronous_commit = on; SELECT txid_current(); COMMIT")
+        .await
+        .map_err(|e| PgError::query("flushing the target's WAL", e))
+}
+
+/// Ends the target session an earlier applier left behind when its connection was lost (a
+/// network black hole leaves it open, maybe with a transaction whose COMMIT is still on the
+/// way) and waits until it is gone, so that the applied position read next is final. Only a
+/// session of Ferry's apply connections is touched.
+async fn end_stale_session(tgt: &Client, pid: i32) -> Result<(), PgError> {
+    let alive = "SELECT EXISTS (SELECT FROM pg_stat_activity WHERE pid = $1 AND application_name LIKE '%apply')";
+    let ended = tgt
+        .query_one(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = $1 AND application_name LIKE '%apply'
+             UNION ALL SELECT false LIMIT 1",
+            &[&pid],
+        )
+        .await
+        .map_err(|e| PgError::query("ending the apply session a lost connection left on the target", e))?
+        .get::<_, bool>(0);
+    if ended {
+        tracing::warn!(pid, "ended the target session a lost apply connection left behind");
+    }
+    for _ in 0..100 {
+        let row = tgt
+            .query_one(alive, &[&pid])
+            .await
+            .map_err(|e| PgError::query("waiting for the old apply session to end", e))?;
+        if !row.get::<_, bool>(0) {
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    Err(PgError {
+        context: "ending the apply session a lost connection left on the target".into(),
+        reason: format!("session {pid} is still there 5 s after pg_terminate_backend"),
+        fix: None,
+        class: ErrorClass::Transient,
+        code: None,
+    })
 }
 
 /// Text of a value for statements: None for NULL. Unchanged values never get here.

@@ -6,15 +6,24 @@
 //!   └────────────── standby status: flush = durably applied LSN <───────────┘ (+ applied_lsn)
 //! ```
 //! A batch commits at a transaction boundary when the stream has nothing more ready, or it holds
-//! `max_batch` changes, or it is older than `max_delay`; it commits in the background while the
-//! next batch is decoded, and its position is confirmed once its COMMIT succeeded. Transient failures (either server
-//! restarting, a cut connection) end the session; the next one starts again from the durable
+//! `max_batch` changes, or it is older than `max_delay`; it commits (asynchronously on the
+//! target) in the background while the next batch is decoded. The source is told, after every
+//! commit that completes and at least once a second, how far changes are applied (write and
+//! apply positions) and how far they are flushed on the target (flush position: the slot keeps
+//! everything after it). Transient failures (either server restarting, a cut connection, a
+//! network that stopped answering) end the session; the next one starts again from the durable
 //! position after a backoff. A dead letter stops the stream (default) or, with
 //! `skip_dead_letters`, is recorded and stepped over.
+//!
+//! Dead connections: the stream must bring a message within `stream_timeout` (after a third of
+//! it in silence Ferry asks the server for a keepalive); a database call of the applier that
+//! waits longer than `apply_timeout` makes a watchdog look at the target's apply session from
+//! a second connection: a statement still running is waited for, anything else (no answer,
+//! the session idle while Ferry waits for it) ends the session and reconnects.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ferry_core::{ErrorClass, Lsn};
@@ -49,7 +58,19 @@ pub struct CdcOptions {
     pub pause: Option<watch::Receiver<bool>>,
     /// Lets verification stop the applier at an exact source position.
     pub hold: Option<Arc<Hold>>,
+    /// No message on the replication stream for this long (not even a keepalive Ferry asked
+    /// for) means the connection is dead. Never shorter than half the server's
+    /// `wal_sender_timeout` plus 5 s: a WAL sender busy decoding may only answer then.
+    pub stream_timeout: Duration,
+    /// A database call of the applier waiting longer than this makes the watchdog check the
+    /// target's apply session (see the module documentation).
+    pub apply_timeout: Duration,
 }
+
+/// Default of `stream_timeout`.
+pub const DEFAULT_STREAM_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default of `apply_timeout`.
+pub const DEFAULT_APPLY_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Stops the applier at an exact source position, for as long as a guard lives: every source
 /// transaction that commits before the position is applied and durable on the target, none at
@@ -132,11 +153,49 @@ impl Drop for HoldGuard {
     }
 }
 
+/// What change capture is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum StreamState {
+    /// Connecting (the first time).
+    Starting = 0,
+    /// Streaming and applying.
+    Streaming = 1,
+    /// A connection was lost or refused: waiting to reconnect (see `last_error`).
+    Reconnecting = 2,
+    /// Paused through the API.
+    Paused = 3,
+    /// Held at a position (verification, cutover).
+    Held = 4,
+    /// Stopped.
+    Stopped = 5,
+}
+
+impl StreamState {
+    /// Lower-case name for status and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StreamState::Starting => "starting",
+            StreamState::Streaming => "streaming",
+            StreamState::Reconnecting => "reconnecting",
+            StreamState::Paused => "paused",
+            StreamState::Held => "held",
+            StreamState::Stopped => "stopped",
+        }
+    }
+}
+
 /// Live CDC figures, for logs, status and metrics.
 #[derive(Debug, Default)]
 pub struct CdcProgress {
-    /// Durably applied LSN.
+    /// Source position applied (committed, visible) on the target.
     pub applied_lsn: AtomicU64,
+    /// Source position durable (flushed) on the target: what the slot was told it may forget.
+    pub flushed_lsn: AtomicU64,
+    /// Nothing before this source position is left to apply: the applied position, or while
+    /// nothing is open the server's WAL end (WAL of other databases, or of tables not
+    /// replicated). Lag is measured from it.
+    pub processed_lsn: AtomicU64,
     /// Latest WAL end the server reported.
     pub server_wal_end: AtomicU64,
     /// Transactions applied by this process.
@@ -147,13 +206,56 @@ pub struct CdcProgress {
     pub sessions: AtomicU64,
     /// Sessions that failed (and were retried or ended the run) and changes the target rejected.
     pub errors: AtomicU64,
+    /// [`StreamState`] as its number.
+    state: AtomicU8,
+    /// Unix ms of the last message from the source's WAL sender (0: none yet).
+    pub last_message_ms: AtomicU64,
+    /// Unix ms of the last status update sent to the source.
+    pub last_feedback_ms: AtomicU64,
+    /// Why the last session ended, while reconnecting.
+    last_error: Mutex<Option<String>>,
+}
+
+impl CdcProgress {
+    /// What change capture is doing now.
+    pub fn state(&self) -> StreamState {
+        match self.state.load(Ordering::Relaxed) {
+            1 => StreamState::Streaming,
+            2 => StreamState::Reconnecting,
+            3 => StreamState::Paused,
+            4 => StreamState::Held,
+            5 => StreamState::Stopped,
+            _ => StreamState::Starting,
+        }
+    }
+
+    fn set_state(&self, s: StreamState) {
+        self.state.store(s as u8, Ordering::Relaxed);
+    }
+
+    /// Why the last session ended (kept until a session streams again).
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().expect("lock").clone()
+    }
+
+    fn set_error(&self, e: Option<String>) {
+        *self.last_error.lock().expect("lock") = e;
+    }
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 enum SessionEnd {
     Stopped,
     Paused,
     Reapply(Lsn),
-    Failed(PgError),
+    /// A failure; the target session a lost connection may have left behind.
+    Failed(PgError, Option<i32>),
     DeadLetter(Box<crate::apply::DeadLetter>),
 }
 
@@ -162,25 +264,27 @@ pub async fn run(opts: CdcOptions, mut stop: watch::Receiver<bool>, progress: Ar
     let mut skip: HashSet<(Lsn, u32)> = HashSet::new();
     let mut ordered_until = Lsn(0);
     let mut backoff = Duration::from_millis(250);
+    let mut stale_pid = None;
     // Without a pause control, a receiver whose sender lives as long as this run (a dropped
     // sender would make `changed()` return at once, forever).
     let (_no_pause, never) = watch::channel(false);
     let mut pause = opts.pause.clone().unwrap_or(never);
-    loop {
+    let result = loop {
         if *pause.borrow() {
             tracing::info!("change capture paused; the slot keeps the changes until it resumes");
+            progress.set_state(StreamState::Paused);
             loop {
                 tokio::select! {
                     r = pause.changed() => if r.is_err() || !*pause.borrow() { break },
-                    _ = stop.changed() => return Ok(()),
+                    _ = stop.changed() => { progress.set_state(StreamState::Stopped); return Ok(()) },
                 }
             }
             tracing::info!("change capture resumed");
         }
         progress.sessions.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
-        match session(&opts, &skip, ordered_until, &mut stop, &mut pause, &progress).await {
-            SessionEnd::Stopped => return Ok(()),
+        match session(&opts, &skip, ordered_until, stale_pid.take(), &mut stop, &mut pause, &progress).await {
+            SessionEnd::Stopped => break Ok(()),
             SessionEnd::Paused => continue,
             SessionEnd::Reapply(until) => {
                 // Replay the failed batch row by row, from the durable position: the change at
@@ -196,45 +300,69 @@ pub async fn run(opts: CdcOptions, mut stop: watch::Receiver<bool>, progress: Ar
                     skip.insert((d.commit_lsn, d.change_index));
                     continue;
                 }
-                return Err(PgError::config(
+                break Err(PgError::config(
                     format!("applying a change to {} ({}, key {}, source commit {})", d.table, d.operation, d.key, d.commit_lsn),
                     d.error.clone(),
                     "the change is recorded in the dead_letters table of Ferry's state schema; fix the cause on the target and rerun, or rerun with --skip-dead-letters to record such changes and go on",
                 ));
             }
-            SessionEnd::Failed(e) if e.class == ErrorClass::Transient => {
+            SessionEnd::Failed(e, pid) if e.class == ErrorClass::Transient => {
                 progress.errors.fetch_add(1, Ordering::Relaxed);
+                progress.set_state(StreamState::Reconnecting);
+                progress.set_error(Some(e.to_string()));
+                stale_pid = pid;
                 if started.elapsed() > Duration::from_secs(30) {
                     backoff = Duration::from_millis(250);
                 }
                 tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "change capture interrupted; resuming from the last applied position");
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
-                    _ = stop.changed() => return Ok(()),
+                    _ = stop.changed() => break Ok(()),
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(10));
             }
-            SessionEnd::Failed(e) => {
+            SessionEnd::Failed(e, _) => {
                 progress.errors.fetch_add(1, Ordering::Relaxed);
-                return Err(e);
+                break Err(e);
             }
         }
-    }
+    };
+    progress.set_state(StreamState::Stopped);
+    result
 }
 
 async fn session(
     opts: &CdcOptions,
     skip: &HashSet<(Lsn, u32)>,
     ordered_until: Lsn,
+    stale_pid: Option<i32>,
     stop: &mut watch::Receiver<bool>,
     pause: &mut watch::Receiver<bool>,
     progress: &CdcProgress,
 ) -> SessionEnd {
-    let mut applier = match Applier::new(opts.ctx.clone(), skip.clone(), ordered_until).await {
-        Ok(a) => a,
-        Err(e) => return SessionEnd::Failed(e),
+    let connecting = Applier::new(opts.ctx.clone(), skip.clone(), ordered_until, stale_pid);
+    // Connecting is bounded by each connection's own timeout, but a server that accepts and
+    // then hangs a query must not hang us either.
+    let limit = opts.apply_timeout.max(Duration::from_secs(5)) * 2;
+    let mut applier = match tokio::time::timeout(limit, connecting).await {
+        Ok(Ok(a)) => a,
+        Ok(Err(e)) => return SessionEnd::Failed(e, stale_pid),
+        Err(_) => {
+            return SessionEnd::Failed(
+                transient(
+                    format!("preparing the apply session on {}", opts.ctx.target.describe()),
+                    format!("no answer within {} s", limit.as_secs()),
+                ),
+                stale_pid,
+            )
+        }
     };
-    let end = stream(opts, &mut applier, stop, pause, progress).await;
+    let pid = applier.pid();
+    let watch = watchdog(opts.ctx.target.clone(), pid, applier.busy_since(), opts.apply_timeout);
+    let end = tokio::select! {
+        r = stream(opts, &mut applier, stop, pause, progress) => r,
+        e = watch => Err(ApplyError::Db(e)),
+    };
     match end {
         Ok(()) if *pause.borrow() && !*stop.borrow() => SessionEnd::Paused,
         Ok(()) => SessionEnd::Stopped,
@@ -242,17 +370,182 @@ async fn session(
             applier.rollback().await;
             let skipped = opts.skip_dead_letters;
             if let Err(e) = applier.record_dead_letter(&d, skipped).await {
-                return SessionEnd::Failed(e);
+                return SessionEnd::Failed(e, Some(pid));
             }
             SessionEnd::DeadLetter(d)
         }
         Err(ApplyError::Db(e)) => {
             applier.rollback().await;
-            SessionEnd::Failed(e)
+            SessionEnd::Failed(e, Some(pid))
         }
         Err(ApplyError::Reapply { until }) => {
             applier.rollback().await;
             SessionEnd::Reapply(until)
+        }
+    }
+}
+
+/// A duration as `SHOW` prints it: `60s`, `1min`, `500ms`, `2h`, `0`.
+fn parse_pg_duration(v: &str) -> Option<Duration> {
+    let v = v.trim();
+    let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
+    let (n, unit) = v.split_at(split);
+    let n: u64 = n.parse().ok()?;
+    Some(match unit.trim() {
+        "" | "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "min" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
+        "d" => Duration::from_secs(n * 86400),
+        _ => return None,
+    })
+}
+
+fn transient(context: impl Into<String>, reason: impl Into<String>) -> PgError {
+    PgError {
+        context: context.into(),
+        reason: reason.into(),
+        fix: None,
+        class: ErrorClass::Transient,
+        code: None,
+    }
+}
+
+/// Watches the applier's database calls: one that has waited longer than `limit` is checked
+/// from a second connection to the target. Returns (ending the session) when the target does
+/// not answer, when the apply session is gone, or when it is idle while Ferry waits for it
+/// (the connection lost what was sent). A statement still running is waited for.
+async fn watchdog(target: crate::Endpoint, pid: i32, busy: Arc<AtomicU64>, limit: Duration) -> PgError {
+    let step = (limit / 3).max(Duration::from_millis(500));
+    let mut probe: Option<tokio_postgres::Client> = None;
+    let mut unanswered_since: Option<Instant> = None;
+    let mut reported = Instant::now();
+    loop {
+        tokio::time::sleep(step).await;
+        let since = busy.load(Ordering::Relaxed);
+        let waited = Duration::from_millis(unix_ms().saturating_sub(since));
+        if since == 0 || waited < limit {
+            unanswered_since = None;
+            continue;
+        }
+        let look = async {
+            if probe.as_ref().is_none_or(|c| c.is_closed()) {
+                probe = Some(target.connect("watchdog").await?);
+            }
+            let c = probe.as_ref().expect("connected above");
+            c.query_opt(
+                "SELECT state, COALESCE(wait_event_type || ':' || wait_event, ''), left(query, 80) FROM pg_stat_activity WHERE pid = $1",
+                &[&pid],
+            )
+            .await
+            .map_err(|e| PgError::query("watching the apply session", e))
+        };
+        match tokio::time::timeout(step.max(Duration::from_secs(2)), look).await {
+            Ok(Ok(None)) => {
+                return transient(
+                    format!("applying changes on {}", target.describe()),
+                    format!(
+                        "the apply session (pid {pid}) is gone from the target while Ferry waited {} s for it",
+                        waited.as_secs()
+                    ),
+                )
+            }
+            Ok(Ok(Some(row))) => {
+                unanswered_since = None;
+                let state: Option<String> = row.get(0);
+                let wait: String = row.get(1);
+                let query: Option<String> = row.get(2);
+                if state.as_deref() == Some("active") {
+                    if reported.elapsed() >= Duration::from_secs(30) {
+                        tracing::info!(pid, waited_s = waited.as_secs(), wait_event = %wait, query = query.as_deref().unwrap_or(""), "the target is still running an apply statement");
+                        reported = Instant::now();
+                    }
+                    continue;
+                }
+                // Re-read the clock: the answer may have arrived while we looked.
+                if busy.load(Ordering::Relaxed) != since {
+                    continue;
+                }
+                return transient(
+                    format!("applying changes on {}", target.describe()),
+                    format!(
+                        "Ferry waited {} s for the target's answer while its apply session (pid {pid}) is {} ({wait}): the connection lost what was sent (apply timeout {} s, --apply-timeout)",
+                        waited.as_secs(),
+                        state.as_deref().unwrap_or("in an unknown state"),
+                        limit.as_secs()
+                    ),
+                );
+            }
+            Ok(Err(_)) | Err(_) => {
+                probe = None;
+                let first = *unanswered_since.get_or_insert_with(Instant::now);
+                if first.elapsed() + step >= limit {
+                    return transient(
+                        format!("applying changes on {}", target.describe()),
+                        format!(
+                            "no answer from the target for {} s, on the apply connection nor on a new one (apply timeout {} s, --apply-timeout): the network or the server is down",
+                            waited.as_secs(),
+                            limit.as_secs()
+                        ),
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Status updates to the source: sent whenever the applied or flushed position moves, and
+/// at least once a second (so that its `pg_stat_replication` lag figures stay current).
+struct Reporter {
+    fb: crate::stream::FeedbackSender,
+    sent: (Lsn, Lsn),
+    at: Instant,
+}
+
+impl Reporter {
+    async fn report(&mut self, applied: Lsn, flushed: Lsn, txns: u64, progress: &CdcProgress) -> Result<(), PgError> {
+        let flushed = flushed.min(applied);
+        progress.applied_lsn.fetch_max(applied.0, Ordering::Relaxed);
+        progress.flushed_lsn.fetch_max(flushed.0, Ordering::Relaxed);
+        progress.processed_lsn.fetch_max(applied.0, Ordering::Relaxed);
+        progress.txns.store(txns, Ordering::Relaxed);
+        if (applied, flushed) != self.sent || self.at.elapsed() >= FEEDBACK_EVERY {
+            self.fb.send(applied, flushed, false).await?;
+            self.sent = (applied, flushed);
+            self.at = Instant::now();
+            progress.last_feedback_ms.store(unix_ms(), Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Asks the server to answer at once (a liveness probe).
+    async fn ping(&mut self) -> Result<(), PgError> {
+        self.fb.send(self.sent.0, self.sent.1, true).await?;
+        self.at = Instant::now();
+        Ok(())
+    }
+}
+
+/// The longest the source goes without a status update.
+const FEEDBACK_EVERY: Duration = Duration::from_secs(1);
+
+/// Where the stream stands: applied (and flushed) positions, or, with nothing open, the
+/// server's WAL end when it last said so.
+struct Positions {
+    /// The server's WAL end at a keepalive that found nothing of ours open or uncommitted.
+    idle_end: Lsn,
+}
+
+impl Positions {
+    fn applied(&self, a: &Applier) -> Lsn {
+        a.durable().max(self.idle_end)
+    }
+
+    fn flushed(&self, a: &Applier) -> Lsn {
+        if a.has_unflushed() {
+            a.flushed()
+        } else {
+            a.flushed().max(self.idle_end)
         }
     }
 }
@@ -266,11 +559,37 @@ async fn stream(
 ) -> Result<(), ApplyError> {
     let start = applier.durable();
     progress.applied_lsn.store(start.0, Ordering::Relaxed);
-    let conn = ReplicationConnection::connect(&opts.ctx.source).await?;
-    let (mut rx, mut feedback) = conn.start_logical(&opts.slot, start, &opts.publication, CHANNEL_BATCHES).await?;
-    tracing::info!(slot = %opts.slot, from = %start, "streaming changes");
-    let mut last_feedback = Instant::now();
-    let mut confirmed = start;
+    progress.flushed_lsn.store(applier.flushed().0, Ordering::Relaxed);
+    progress.processed_lsn.fetch_max(start.0, Ordering::Relaxed);
+    let mut conn = ReplicationConnection::connect(&opts.ctx.source).await?;
+    // A WAL sender busy decoding (a large transaction of tables not replicated, say) may answer
+    // a keepalive request only when half its own timeout has passed.
+    let sender_timeout = conn
+        .simple_query("SHOW wal_sender_timeout")
+        .await
+        .ok()
+        .and_then(|rows| rows.first().and_then(|r| r.first().cloned().flatten()))
+        .and_then(|v| parse_pg_duration(&v))
+        .unwrap_or(Duration::ZERO);
+    let dead_after = if sender_timeout.is_zero() {
+        opts.stream_timeout
+    } else {
+        opts.stream_timeout.max(sender_timeout / 2 + Duration::from_secs(5))
+    };
+    let ping_after = (dead_after / 3).max(Duration::from_secs(1));
+    let (mut rx, feedback) = conn.start_logical(&opts.slot, start, &opts.publication, CHANNEL_BATCHES).await?;
+    tracing::info!(slot = %opts.slot, from = %start, stream_timeout_s = dead_after.as_secs(), "streaming changes");
+    progress.set_state(StreamState::Streaming);
+    progress.set_error(None);
+    let mut rep = Reporter {
+        fb: feedback,
+        sent: (start, applier.flushed()),
+        at: Instant::now(),
+    };
+    let mut pos = Positions { idle_end: start };
+    let mut heard = Instant::now();
+    let mut pinged = Instant::now() - ping_after;
+    let mut flush_polled = Instant::now();
     // Events of the batch being worked through: they are handled without waiting on anything
     // else; stop, pause, finished commits and the clock are looked at between batches.
     let mut queue = Vec::new().into_iter();
@@ -279,39 +598,67 @@ async fn stream(
             Some(e) => Some(e),
             None => {
                 if *stop.borrow() || *pause.borrow() {
-                    return finish(applier, &mut feedback, progress).await;
+                    return finish(applier, &mut rep, &pos, progress).await;
                 }
-                if last_feedback.elapsed() > Duration::from_secs(10) {
-                    feedback.send(confirmed, false).await?;
-                    last_feedback = Instant::now();
+                applier.try_settle().await?;
+                // Asynchronous commits reach the disk within the WAL writer's delay: ask how
+                // far, so the slot moves on (never past what a crash of the target would keep).
+                if applier.has_unflushed() && !applier.has_inflight() && flush_polled.elapsed() >= Duration::from_millis(200) {
+                    applier.poll_flush().await?;
+                    flush_polled = Instant::now();
                 }
+                rep.report(pos.applied(applier), pos.flushed(applier), applier.totals().txns, progress)
+                    .await?;
                 // A hold waits for a position the stream may never bring a transaction past (an
                 // idle source): ask the server for a keepalive, which tells how far it has sent.
                 if opts.hold.as_ref().is_some_and(|h| h.requested().is_some()) && applier.at_boundary() && rx.is_empty() {
                     if applier.batch_open() {
                         applier.commit().await?;
                     }
-                    feedback.send(confirmed, true).await?;
-                    last_feedback = Instant::now();
+                    rep.ping().await?;
                 }
                 tokio::select! {
                     biased;
                     _ = stop.changed() => continue,
                     _ = pause.changed() => continue,
-                    // A batch committing in the background is done: confirm it to the source.
+                    // A batch committing in the background is done: tell the source at once, and
+                    // send the batch that grew meanwhile.
                     r = applier.settle(), if applier.has_inflight() => {
-                        confirmed = confirm(&mut feedback, r?, progress, applier).await?;
-                        last_feedback = Instant::now();
+                        r?;
+                        if applier.batch_open() && applier.at_boundary() {
+                            applier.commit().await?;
+                        }
+                        rep.report(pos.applied(applier), pos.flushed(applier), applier.totals().txns, progress).await?;
                         continue;
                     }
                     r = tokio::time::timeout(Duration::from_millis(100), rx.recv()) => match r {
                         Ok(Some(batch)) => {
+                            heard = Instant::now();
+                            progress.last_message_ms.store(unix_ms(), Ordering::Relaxed);
                             queue = batch.into_iter();
                             continue;
                         }
-                        Ok(None) => return Err(PgError::config("replication stream", "the stream ended", "rerun").into()),
+                        Ok(None) => return Err(transient("replication stream", "the stream ended").into()),
                         // Nothing arrived for a while.
-                        Err(_) => None,
+                        Err(_) => {
+                            let quiet = heard.elapsed();
+                            if quiet >= dead_after {
+                                return Err(transient(
+                                    format!("streaming changes from {}", opts.ctx.source.describe()),
+                                    format!(
+                                        "no message from the WAL sender for {} s, not even the keepalive Ferry asked for: the network or the server is not answering (stream timeout {} s, --stream-timeout)",
+                                        quiet.as_secs(),
+                                        dead_after.as_secs()
+                                    ),
+                                )
+                                .into());
+                            }
+                            if quiet >= ping_after && pinged.elapsed() >= ping_after {
+                                rep.ping().await?;
+                                pinged = Instant::now();
+                            }
+                            None
+                        }
                     },
                 }
             }
@@ -330,8 +677,7 @@ async fn stream(
                     .map_err(|e| PgError::config("decoding the change stream", e.to_string(), "report this as a bug"))?;
                 if let (pgoutput::Message::Begin { final_lsn, .. }, Some(hold)) = (&msg, &opts.hold) {
                     if hold.requested().is_some_and(|at| *final_lsn >= at) {
-                        confirmed = hold_here(applier, hold, &mut feedback, progress, stop, *final_lsn).await?;
-                        last_feedback = Instant::now();
+                        hold_here(applier, hold, &mut rep, &pos, progress, stop, *final_lsn).await?;
                     }
                 }
                 let is_row = matches!(
@@ -342,9 +688,13 @@ async fn stream(
                 if is_row {
                     progress.changes.fetch_add(1, Ordering::Relaxed);
                 }
+                // Commit at a boundary when the stream has nothing more ready, unless the previous
+                // batch is still committing: then the open batch keeps growing until it is done
+                // (the target is busy anyway, and one larger batch costs it less than several
+                // small ones), up to `max_batch` changes or `max_delay`.
                 if applier.batch_open()
                     && applier.at_boundary()
-                    && ((queue.as_slice().is_empty() && rx.is_empty())
+                    && ((queue.as_slice().is_empty() && rx.is_empty() && !applier.has_inflight())
                         || applier.batch_len() >= opts.max_batch
                         || applier.batch_age() >= opts.max_delay)
                 {
@@ -366,74 +716,81 @@ async fn stream(
                     // Everything before wal_end is sent: a hold at or before it is reached when
                     // nothing is left to apply.
                     if hold.requested().is_some_and(|at| wal_end >= at) && applier.at_boundary() {
-                        confirmed = hold_here(applier, hold, &mut feedback, progress, stop, wal_end).await?;
-                        last_feedback = Instant::now();
+                        hold_here(applier, hold, &mut rep, &pos, progress, stop, wal_end).await?;
                         continue;
                     }
                 }
-                let position = if idle { confirmed.max(wal_end) } else { confirmed };
-                tracing::trace!(%wal_end, reply, idle, %position, "keepalive");
-                if reply || position > confirmed || last_feedback.elapsed() > Duration::from_secs(10) {
-                    feedback.send(position, false).await?;
-                    confirmed = position;
-                    last_feedback = Instant::now();
+                if idle {
+                    pos.idle_end = pos.idle_end.max(wal_end);
+                    progress.processed_lsn.fetch_max(wal_end.0, Ordering::Relaxed);
                 }
+                tracing::trace!(%wal_end, reply, idle, "keepalive");
+                if reply {
+                    // Answer now, whatever changed.
+                    rep.at = Instant::now() - FEEDBACK_EVERY;
+                }
+                rep.report(pos.applied(applier), pos.flushed(applier), applier.totals().txns, progress)
+                    .await?;
             }
         }
     }
 }
 
-/// Commits what is open, waits until it is durable, reports the hold reached, and waits until
-/// it is released, moved past `next` (the commit position of the next transaction, or how far
-/// the server has sent when idle), or the run stops. Returns the confirmed position.
+/// Commits what is open, makes it durable, reports the hold reached, and waits until it is
+/// released, moved past `next` (the commit position of the next transaction, or how far the
+/// server has sent when idle), or the run stops. The source keeps getting status updates
+/// meanwhile.
 async fn hold_here(
     applier: &mut Applier,
     hold: &Hold,
-    feedback: &mut crate::stream::FeedbackSender,
+    rep: &mut Reporter,
+    pos: &Positions,
     progress: &CdcProgress,
     stop: &mut watch::Receiver<bool>,
     next: Lsn,
-) -> Result<Lsn, ApplyError> {
+) -> Result<(), ApplyError> {
     if applier.batch_open() {
         applier.commit().await?;
     }
-    let lsn = applier.settle().await?;
-    let confirmed = confirm(feedback, lsn, progress, applier).await?;
+    applier.settle().await?;
+    // What cutover switches to, or verification compares, must not be lost to a crash.
+    applier.flush_now().await?;
+    let lsn = applier.durable();
+    rep.report(pos.applied(applier), pos.flushed(applier), applier.totals().txns, progress)
+        .await?;
     let mut request = hold.request.subscribe();
+    let before = progress.state();
     loop {
         let at = *request.borrow_and_update();
         match at {
             Some(at) if next >= at => {
                 tracing::debug!(%at, applied = %lsn, "change capture held");
+                progress.set_state(StreamState::Held);
                 hold.held.send_replace(Some(at));
-                tokio::select! {
-                    r = request.changed() => if r.is_err() { break },
-                    _ = stop.changed() => break,
+                let mut tick = tokio::time::interval(FEEDBACK_EVERY);
+                let released = loop {
+                    tokio::select! {
+                        r = request.changed() => break r.is_err(),
+                        _ = stop.changed() => break true,
+                        _ = tick.tick() => rep.report(pos.applied(applier), pos.flushed(applier), applier.totals().txns, progress).await?,
+                    }
+                };
+                if released {
+                    break;
                 }
             }
             // Released, or moved to a position the next transaction is before: go on.
             _ => break,
         }
     }
+    progress.set_state(before);
     hold.held.send_replace(None);
-    Ok(confirmed)
-}
-
-async fn confirm(
-    feedback: &mut crate::stream::FeedbackSender,
-    lsn: Lsn,
-    progress: &CdcProgress,
-    applier: &Applier,
-) -> Result<Lsn, PgError> {
-    feedback.send(lsn, false).await?;
-    progress.applied_lsn.store(lsn.0, Ordering::Relaxed);
-    progress.txns.store(applier.totals().txns, Ordering::Relaxed);
-    Ok(lsn)
+    Ok(())
 }
 
 /// Stops at a checkpoint: commits a batch that ends at a boundary, else rolls back the partial
 /// source transaction (it is streamed again next time).
-async fn finish(applier: &mut Applier, feedback: &mut crate::stream::FeedbackSender, progress: &CdcProgress) -> Result<(), ApplyError> {
+async fn finish(applier: &mut Applier, rep: &mut Reporter, pos: &Positions, progress: &CdcProgress) -> Result<(), ApplyError> {
     if applier.batch_open() && applier.at_boundary() {
         applier.commit().await?;
         applier.settle().await?;
@@ -441,9 +798,27 @@ async fn finish(applier: &mut Applier, feedback: &mut crate::stream::FeedbackSen
         applier.settle().await?;
         applier.rollback().await;
     }
+    // The next run starts from the applied position; tell the source all of it is durable.
+    applier.flush_now().await?;
     let lsn = applier.durable();
-    let _ = feedback.send(lsn, false).await;
-    progress.applied_lsn.store(lsn.0, Ordering::Relaxed);
+    let _ = rep
+        .report(pos.applied(applier), pos.flushed(applier), applier.totals().txns, progress)
+        .await;
     tracing::info!(applied_lsn = %lsn, "change capture stopped at a checkpoint");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_durations_as_show_prints_them() {
+        assert_eq!(parse_pg_duration("1min"), Some(Duration::from_secs(60)));
+        assert_eq!(parse_pg_duration("20s"), Some(Duration::from_secs(20)));
+        assert_eq!(parse_pg_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_pg_duration("0"), Some(Duration::ZERO));
+        assert_eq!(parse_pg_duration("2h"), Some(Duration::from_secs(7200)));
+        assert_eq!(parse_pg_duration("soon"), None);
+    }
 }

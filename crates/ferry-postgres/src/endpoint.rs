@@ -13,6 +13,30 @@ use crate::error::PgError;
 /// `application_name` every Ferry connection announces, so DBAs see Ferry in `pg_stat_activity`.
 pub const APPLICATION_NAME: &str = "ferry";
 
+/// Seconds of silence before the kernel sends a keepalive probe.
+pub const TCP_KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
+/// Between keepalive probes.
+pub const TCP_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+/// Unanswered probes before the kernel declares the connection dead (10 + 3 x 5 = 25 s).
+pub const TCP_KEEPALIVE_RETRIES: u32 = 3;
+/// Longest sent data may stay unacknowledged before the kernel closes the connection.
+pub const TCP_USER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Applies Ferry's keepalive and user-timeout settings to a TCP socket opened without
+/// tokio-postgres (the replication protocol client). Best effort: an OS without an option
+/// keeps its default.
+pub fn tune_tcp(s: &tokio::net::TcpStream) {
+    let sock = socket2::SockRef::from(s);
+    let ka = socket2::TcpKeepalive::new()
+        .with_time(TCP_KEEPALIVE_IDLE)
+        .with_interval(TCP_KEEPALIVE_INTERVAL)
+        .with_retries(TCP_KEEPALIVE_RETRIES);
+    let _ = sock.set_tcp_keepalive(&ka);
+    #[cfg(target_os = "linux")]
+    let _ = sock.set_tcp_user_timeout(Some(TCP_USER_TIMEOUT));
+    let _ = sock.set_tcp_nodelay(true);
+}
+
 /// A parsed connection URL plus its password. `Debug` and [`Endpoint::redacted`] never show the
 /// password.
 #[derive(Clone)]
@@ -73,8 +97,16 @@ impl Endpoint {
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(Duration::from_secs(10));
         }
+        // A peer that vanishes (a black hole: packets dropped, nothing closed) is noticed by
+        // the kernel: keepalive probes after 10 s of silence, and unacknowledged data gives up
+        // after TCP_USER_TIMEOUT. Ferry's own deadlines (stream silence, the apply watchdog,
+        // sampler timeouts: docs/operations.md) usually fire first; these are the floor under
+        // every connection, verification's and the control connections' included.
         config.keepalives(true);
-        config.keepalives_idle(Duration::from_secs(30));
+        config.keepalives_idle(TCP_KEEPALIVE_IDLE);
+        config.keepalives_interval(TCP_KEEPALIVE_INTERVAL);
+        config.keepalives_retries(TCP_KEEPALIVE_RETRIES);
+        config.tcp_user_timeout(TCP_USER_TIMEOUT);
         Ok(Self {
             config,
             redacted,

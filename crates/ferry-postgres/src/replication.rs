@@ -90,21 +90,39 @@ impl ReplicationConnection {
             class: ErrorClass::Transient,
             code: None,
         };
-        let connect = async {
-            let io: Box<dyn Io> = match ep.host() {
-                HostAddr::Tcp(h, p) => {
-                    let s = tokio::net::TcpStream::connect((h.as_str(), p)).await?;
-                    s.set_nodelay(true)?;
-                    Box::new(s)
-                }
-                HostAddr::Unix(dir, p) => Box::new(tokio::net::UnixStream::connect(dir.join(format!(".s.PGSQL.{p}"))).await?),
-            };
-            Ok::<_, std::io::Error>(io)
-        };
-        let io = tokio::time::timeout(ep.connect_timeout(), connect)
+        // The connect timeout bounds the whole log-in (TCP, authentication, start-up), not just
+        // the TCP handshake: a server that accepts and then says nothing must not hang us.
+        let limit = ep.connect_timeout();
+        tokio::time::timeout(limit, Self::open_unbounded(ep, replication, role, io_err))
             .await
-            .map_err(|_| io_err(std::io::Error::new(std::io::ErrorKind::TimedOut, "connection timed out")))?
-            .map_err(io_err)?;
+            .map_err(|_| {
+                io_err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no connection and log-in within {} s (connect_timeout)", limit.as_secs_f64()),
+                ))
+            })?
+    }
+
+    async fn open_unbounded(
+        ep: &Endpoint,
+        replication: bool,
+        role: &str,
+        io_err: impl Fn(std::io::Error) -> PgError,
+    ) -> Result<Self, PgError> {
+        let server = ep.describe();
+        let context = || format!("cannot open a replication connection to {server} as user {:?}", ep.user());
+        let io: Box<dyn Io> = match ep.host() {
+            HostAddr::Tcp(h, p) => {
+                let s = tokio::net::TcpStream::connect((h.as_str(), p)).await.map_err(&io_err)?;
+                crate::endpoint::tune_tcp(&s);
+                Box::new(s)
+            }
+            HostAddr::Unix(dir, p) => Box::new(
+                tokio::net::UnixStream::connect(dir.join(format!(".s.PGSQL.{p}")))
+                    .await
+                    .map_err(&io_err)?,
+            ),
+        };
         let mut conn = Self {
             io,
             read: BytesMut::with_capacity(8192),
@@ -116,8 +134,8 @@ impl ReplicationConnection {
         if replication {
             params.push(("replication", "database"));
         }
-        frontend::startup_message(params.iter().copied(), &mut conn.write).map_err(io_err)?;
-        conn.flush().await.map_err(io_err)?;
+        frontend::startup_message(params.iter().copied(), &mut conn.write).map_err(&io_err)?;
+        conn.flush().await.map_err(&io_err)?;
         conn.authenticate(ep).await.map_err(|mut e| {
             e.context = context();
             e

@@ -50,9 +50,22 @@ pub enum StreamEvent {
     },
 }
 
-/// Sends standby status updates.
+/// Longest a status update may take to leave: its socket's send buffer only fills when the
+/// server stopped reading (a dead network), so waiting longer would hide that.
+const FEEDBACK_WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Sends standby status updates. Dropping it stops the stream's reader task.
 pub struct FeedbackSender {
     io: WriteHalf<BoxedIo>,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for FeedbackSender {
+    fn drop(&mut self) {
+        // The reader may be blocked on a socket that will never answer (a black hole): end it
+        // with the stream instead of leaving it and its connection behind.
+        self.reader.abort();
+    }
 }
 
 impl std::fmt::Debug for FeedbackSender {
@@ -62,8 +75,10 @@ impl std::fmt::Debug for FeedbackSender {
 }
 
 impl FeedbackSender {
-    /// Reports `flushed` as written, flushed and applied.
-    pub async fn send(&mut self, flushed: Lsn, reply: bool) -> Result<(), PgError> {
+    /// Reports `applied` as written and applied (committed on the target, visible) and
+    /// `flushed` as flushed (durable on the target: the slot may discard WAL before it).
+    /// `reply` asks the server to answer at once with a keepalive (a liveness probe).
+    pub async fn send(&mut self, applied: Lsn, flushed: Lsn, reply: bool) -> Result<(), PgError> {
         let now_us = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_micros() as i64)
@@ -73,16 +88,25 @@ impl FeedbackSender {
         buf.put_u8(b'd');
         buf.put_i32(4 + 1 + 8 * 4 + 1);
         buf.put_u8(b'r');
-        buf.put_u64(flushed.0);
-        buf.put_u64(flushed.0);
-        buf.put_u64(flushed.0);
+        buf.put_u64(applied.0);
+        buf.put_u64(flushed.min(applied).0);
+        buf.put_u64(applied.0);
         buf.put_i64(now_us);
         buf.put_u8(u8::from(reply));
-        self.io
-            .write_all(&buf)
-            .await
-            .map_err(|e| io_error("sending replication feedback", e))?;
-        self.io.flush().await.map_err(|e| io_error("sending replication feedback", e))
+        let write = async {
+            self.io.write_all(&buf).await?;
+            self.io.flush().await
+        };
+        match tokio::time::timeout(FEEDBACK_WRITE_TIMEOUT, write).await {
+            Ok(r) => r.map_err(|e| io_error("sending replication feedback", e)),
+            Err(_) => Err(io_error(
+                "sending replication feedback",
+                format!(
+                    "the status update could not be sent within {} s: the source is not reading from this connection (network down?)",
+                    FEEDBACK_WRITE_TIMEOUT.as_secs()
+                ),
+            )),
+        }
     }
 }
 
@@ -166,7 +190,7 @@ impl ReplicationConnection {
             }
         }
         let (tx, rx) = mpsc::channel(batches.max(1));
-        tokio::spawn(async move {
+        let reader = tokio::spawn(async move {
             let ctx = format!("replication stream from {server}");
             loop {
                 // Wait for one frame, then take every complete frame already read.
@@ -202,7 +226,7 @@ impl ReplicationConnection {
                 }
             }
         });
-        Ok((rx, FeedbackSender { io: wr }))
+        Ok((rx, FeedbackSender { io: wr, reader }))
     }
 }
 

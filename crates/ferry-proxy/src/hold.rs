@@ -64,6 +64,9 @@ impl Hold {
         let total = sessions.len();
         tracing::info!(from = %from, to = %upstream.name, sessions = total, "switch: connecting every session to the new upstream");
 
+        // Each session's connection is bounded by the connect timeout and its replay by the
+        // replay timeout, the whole switch by `within`.
+        let timeouts = self.shared.timeouts;
         let mut tasks = JoinSet::new();
         for s in &sessions {
             let s = s.clone();
@@ -71,8 +74,8 @@ impl Hold {
             tasks.spawn(async move {
                 let log = lock(&s.replay).clone();
                 let result = async {
-                    let backend = upstream::connect(&up, &s.user, &s.params).await?;
-                    if let Err(e) = upstream::replay(&backend, &log).await {
+                    let backend = upstream::connect(&up, &s.user, &s.params, &timeouts).await?;
+                    if let Err(e) = upstream::replay(&backend, &log, timeouts.replay).await {
                         backend.terminate().await;
                         return Err(e);
                     }

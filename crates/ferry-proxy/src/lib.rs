@@ -52,6 +52,14 @@
 //!   the ParameterStatus values the client got at connection time (server_version etc.) are not
 //!   re-sent.
 //!
+//! # Timeouts
+//! Opening a server connection (TCP connect, startup, authentication) is bounded by
+//! [`Timeouts::connect`], replaying session state at a switch by [`Timeouts::replay`], and a
+//! cancel request by [`Timeouts::cancel`]. A server connection that carries a client's requests
+//! has no read deadline (a query may run for minutes): every socket, client or server, has TCP
+//! keepalives and, on Linux, TCP_USER_TIMEOUT, so a dead peer ends its session within about
+//! half a minute. Defaults and the reasoning: [`Timeouts`] and `docs/timeouts-mysql-proxy.md`.
+//!
 //! # Limits
 //! No TLS on either side yet; client passwords are not SASLprep-normalised (ASCII passwords are
 //! unaffected); the replication protocol is refused.
@@ -63,11 +71,13 @@ mod proxy;
 mod replay;
 mod scram;
 mod session;
+mod timeouts;
 mod upstream;
 
 pub use error::{BusySession, HoldError, ProxyError, SwitchError};
 pub use hold::{Hold, ReleaseReport, SwitchReport};
 pub use proxy::{Proxy, ProxyStats};
+pub use timeouts::Timeouts;
 pub use upstream::ConnectError;
 
 use std::collections::HashMap;

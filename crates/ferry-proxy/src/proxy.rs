@@ -4,6 +4,7 @@ use crate::error::{BusySession, HoldError, ProxyError};
 use crate::hold::Hold;
 use crate::replay::ReplayLog;
 use crate::scram::Verifier;
+use crate::timeouts::Timeouts;
 use crate::upstream::{Backend, CancelKey};
 use crate::{ProxyConfig, Upstream};
 use std::collections::HashMap;
@@ -71,6 +72,7 @@ pub(crate) struct HoldStats {
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub dbname: String,
+    pub timeouts: Timeouts,
     pub verifiers: HashMap<String, Verifier>,
     pub upstream: Mutex<Upstream>,
     pub epoch: Instant,
@@ -177,8 +179,17 @@ pub struct ProxyStats {
 }
 
 impl Proxy {
-    /// Binds the listener and spawns the accept loop on the current tokio runtime.
+    /// Binds the listener and spawns the accept loop on the current tokio runtime, with the
+    /// default [`Timeouts`].
     pub async fn start(config: ProxyConfig, upstream: Upstream) -> Result<Proxy, ProxyError> {
+        Proxy::start_with(config, upstream, Timeouts::default()).await
+    }
+
+    /// Like [`Proxy::start`], with other time limits.
+    pub async fn start_with(config: ProxyConfig, upstream: Upstream, timeouts: Timeouts) -> Result<Proxy, ProxyError> {
+        if timeouts.connect.is_zero() || timeouts.replay.is_zero() || timeouts.cancel.is_zero() || timeouts.client_startup.is_zero() {
+            return Err(ProxyError::Config(format!("every timeout must be longer than zero: {timeouts:?}")));
+        }
         if config.users.is_empty() {
             return Err(ProxyError::Config("no proxy users: add at least one ProxyUser".into()));
         }
@@ -201,6 +212,7 @@ impl Proxy {
         })?;
         let shared = Arc::new(Shared {
             dbname: config.dbname,
+            timeouts,
             verifiers,
             upstream: Mutex::new(upstream),
             epoch: Instant::now(),
@@ -224,6 +236,11 @@ impl Proxy {
             local_addr,
             accept: Arc::new(Mutex::new(Some(accept))),
         })
+    }
+
+    /// The proxy's time limits.
+    pub fn timeouts(&self) -> Timeouts {
+        self.shared.timeouts
     }
 
     /// The address the proxy listens on.

@@ -25,6 +25,9 @@ use tokio::sync::mpsc;
 
 pub(crate) async fn run(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr) {
     let _ = tcp.set_nodelay(true);
+    // A client that vanishes (host down, network cut) is noticed by the kernel, which ends
+    // the session and frees its server connection.
+    shared.timeouts.tune(&tcp);
     let client = Stream::Tcp(tcp);
     let mut shutdown = shared.shutdown_tx.subscribe();
     let forwarder = tokio::select! {
@@ -59,6 +62,11 @@ enum End {
     Shutdown,
 }
 
+/// Forwards one session's traffic. No read deadline applies to either side here: a client may
+/// sit idle for hours and a query may run for minutes, both legitimately. A dead server or
+/// client is found by the kernel (keepalives and TCP_USER_TIMEOUT on both sockets, see
+/// `timeouts.rs`), which fails the read or write; the session then ends, logging which side
+/// and which upstream, and the client gets FATAL 08006 if it is the server that died.
 struct Forwarder {
     shared: Arc<Shared>,
     h: Arc<SessionHandle>,
@@ -127,10 +135,20 @@ impl Forwarder {
                 self.backend.terminate().await;
             }
             End::Backend(e) => {
-                tracing::debug!(session = id, error = ?e, upstream = %self.backend.upstream, "server closed the connection");
+                let (upstream, addr) = (&self.backend.upstream, self.backend.addr());
+                let msg = match &e {
+                    // A reset, or the kernel giving up on a dead peer (keepalives, TCP_USER_TIMEOUT).
+                    Some(err) => {
+                        tracing::warn!(session = id, upstream = %upstream, %addr, error = %err, "server connection lost; the session ends");
+                        format!("lost the connection to the database server (upstream {upstream} at {addr}): {err}")
+                    }
+                    None => {
+                        tracing::info!(session = id, upstream = %upstream, %addr, "server closed the connection; the session ends");
+                        format!("server closed the connection unexpectedly (upstream {upstream})")
+                    }
+                };
                 let pending = self.bbuf.split_to(self.b_out);
                 let _ = tokio::time::timeout(Duration::from_secs(1), self.client.write_all(&pending)).await;
-                let msg = format!("server closed the connection unexpectedly (upstream {})", self.backend.upstream);
                 write_error(&self.client, Severity::Fatal, "08006", &msg, None).await;
             }
         }
@@ -239,7 +257,8 @@ impl Forwarder {
         }
         self.publish();
         if self.t.terminate {
-            let _ = self.backend.stream.write_all(&self.cbuf[..self.c_out]).await;
+            let last = self.backend.stream.write_all(&self.cbuf[..self.c_out]);
+            let _ = tokio::time::timeout(crate::timeouts::TERMINATE_TIMEOUT, last).await;
             return Some(End::Terminated);
         }
         if let Err(e) = self.flush_backend() {

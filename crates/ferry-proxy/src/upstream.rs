@@ -1,7 +1,12 @@
 //! Server connections: connect, authenticate as the mapped login, replay session state, cancel.
+//!
+//! Each of these is bounded by a deadline from [`Timeouts`]; a server connection that carries
+//! a client's requests is not (see `timeouts.rs`): keepalives and TCP_USER_TIMEOUT, set on
+//! every socket here, end it if the server vanishes.
 
 use crate::codec;
 use crate::replay::{Entry, ReplayLog};
+use crate::timeouts::{human, Timeouts, TERMINATE_TIMEOUT};
 use crate::Upstream;
 use bytes::{Bytes, BytesMut};
 use fallible_iterator::FallibleIterator;
@@ -10,6 +15,7 @@ use postgres_protocol::message::backend::{ErrorResponseBody, Message};
 use postgres_protocol::message::frontend;
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering::Relaxed};
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
@@ -72,12 +78,15 @@ impl Stream {
         Ok(())
     }
 
-    async fn connect(host: &str, port: u16) -> io::Result<Stream> {
+    /// Connects (no deadline: the callers bound the whole exchange) and sets the socket's
+    /// keepalives and user timeout.
+    async fn connect(host: &str, port: u16, t: &Timeouts) -> io::Result<Stream> {
         if host.starts_with('/') {
             Ok(Stream::Unix(UnixStream::connect(format!("{host}/.s.PGSQL.{port}")).await?))
         } else {
             let s = TcpStream::connect((host, port)).await?;
             s.set_nodelay(true)?;
+            t.tune(&s);
             Ok(Stream::Tcp(s))
         }
     }
@@ -146,6 +155,46 @@ pub enum ConnectError {
         code: String,
         message: String,
     },
+    #[error("upstream {upstream} at {addr}: no answer within {} ({limit}) while waiting for {waiting_for}; check that the server is up, reachable from the proxy and not overloaded", human(*within))]
+    Timeout {
+        upstream: String,
+        addr: String,
+        /// Which limit expired: "connect timeout" or "replay timeout" (see [`Timeouts`]).
+        limit: &'static str,
+        within: std::time::Duration,
+        /// What the proxy was waiting for when it gave up.
+        waiting_for: String,
+    },
+}
+
+/// How far a connection attempt got, for the timeout's message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+enum Stage {
+    Tcp,
+    Startup,
+    Auth,
+    Ready,
+}
+
+impl Stage {
+    fn from_u8(v: u8) -> Stage {
+        match v {
+            0 => Stage::Tcp,
+            1 => Stage::Startup,
+            2 => Stage::Auth,
+            _ => Stage::Ready,
+        }
+    }
+
+    fn waiting_for(self) -> &'static str {
+        match self {
+            Stage::Tcp => "the TCP connection (nothing answers at that address: a firewall dropping packets, or the host is down)",
+            Stage::Startup => "the server's answer to the startup message (connected, but the server says nothing)",
+            Stage::Auth => "authentication to complete",
+            Stage::Ready => "the server to finish starting the session (ReadyForQuery)",
+        }
+    }
 }
 
 /// Where and how to cancel a server's current query.
@@ -168,11 +217,18 @@ pub struct Backend {
 }
 
 impl Backend {
-    /// Sends Terminate and drops the connection.
+    /// Sends Terminate and drops the connection; a server that does not take the message
+    /// within [`TERMINATE_TIMEOUT`] (its socket's buffer full: dead or stuck) just loses the
+    /// connection.
     pub async fn terminate(self) {
         let mut buf = BytesMut::new();
         frontend::terminate(&mut buf);
-        let _ = self.stream.write_all(&buf).await;
+        let _ = tokio::time::timeout(TERMINATE_TIMEOUT, self.stream.write_all(&buf)).await;
+    }
+
+    /// `host:port` (or the socket directory) of the server, for messages.
+    pub fn addr(&self) -> String {
+        format!("{}:{}", self.key.host, self.key.port)
     }
 }
 
@@ -230,15 +286,37 @@ async fn next_message(stream: &Stream, buf: &mut BytesMut, upstream: &str) -> Re
 }
 
 /// Opens a connection to `upstream` for proxy user `user`, with the client's startup parameters
-/// (`user` and `database` are replaced by the login's), and authenticates.
-pub async fn connect(upstream: &Upstream, user: &str, params: &[(String, String)]) -> Result<Backend, ConnectError> {
+/// (`user` and `database` are replaced by the login's), and authenticates. The whole exchange,
+/// from name resolution to the first ReadyForQuery, is bounded by `t.connect`; on expiry the
+/// error says what the proxy was waiting for.
+pub async fn connect(upstream: &Upstream, user: &str, params: &[(String, String)], t: &Timeouts) -> Result<Backend, ConnectError> {
+    let stage = AtomicU8::new(Stage::Tcp as u8);
+    match tokio::time::timeout(t.connect, connect_unbounded(upstream, user, params, t, &stage)).await {
+        Ok(r) => r,
+        Err(_) => Err(ConnectError::Timeout {
+            upstream: upstream.name.clone(),
+            addr: format!("{}:{}", upstream.host, upstream.port),
+            limit: "connect timeout",
+            within: t.connect,
+            waiting_for: Stage::from_u8(stage.load(Relaxed)).waiting_for().to_owned(),
+        }),
+    }
+}
+
+async fn connect_unbounded(
+    upstream: &Upstream,
+    user: &str,
+    params: &[(String, String)],
+    t: &Timeouts,
+    stage: &AtomicU8,
+) -> Result<Backend, ConnectError> {
     let name = upstream.name.clone();
     let login = upstream.logins.get(user).ok_or_else(|| ConnectError::NoLogin {
         upstream: name.clone(),
         user: user.to_owned(),
     })?;
     let addr = format!("{}:{}", upstream.host, upstream.port);
-    let stream = Stream::connect(&upstream.host, upstream.port)
+    let stream = Stream::connect(&upstream.host, upstream.port, t)
         .await
         .map_err(|source| ConnectError::Io {
             upstream: name.clone(),
@@ -264,6 +342,7 @@ pub async fn connect(upstream: &Upstream, user: &str, params: &[(String, String)
             .map(|(k, v)| (k.as_str(), v.as_str())),
     );
     frontend::startup_message(startup, &mut out).map_err(io_err)?;
+    stage.store(Stage::Startup as u8, Relaxed);
     stream.write_all(&out).await.map_err(io_err)?;
 
     let password = || {
@@ -279,6 +358,11 @@ pub async fn connect(upstream: &Upstream, user: &str, params: &[(String, String)
     loop {
         out.clear();
         let (msg, raw) = next_message(&stream, &mut buf, &name).await?;
+        if matches!(msg, Message::AuthenticationOk) {
+            stage.store(Stage::Ready as u8, Relaxed);
+        } else if stage.load(Relaxed) == Stage::Startup as u8 {
+            stage.store(Stage::Auth as u8, Relaxed);
+        }
         match msg {
             Message::AuthenticationOk => {}
             Message::AuthenticationCleartextPassword => {
@@ -362,11 +446,30 @@ pub async fn connect(upstream: &Upstream, user: &str, params: &[(String, String)
 
 /// Redoes a session's recorded state on a fresh connection: SET/PREPARE statements as simple
 /// queries, named Parse messages followed by a Sync, all pipelined, then reads every
-/// ReadyForQuery. Any error fails the replay.
-pub async fn replay(backend: &Backend, log: &ReplayLog) -> Result<(), ConnectError> {
+/// ReadyForQuery. Any error fails the replay; so does no answer within `within`.
+pub async fn replay(backend: &Backend, log: &ReplayLog, within: std::time::Duration) -> Result<(), ConnectError> {
     if log.is_empty() {
         return Ok(());
     }
+    // Steps (one per ReadyForQuery expected) answered, and their number.
+    let (done, total) = (AtomicUsize::new(0), AtomicUsize::new(0));
+    match tokio::time::timeout(within, replay_unbounded(backend, log, &done, &total)).await {
+        Ok(r) => r,
+        Err(_) => Err(ConnectError::Timeout {
+            upstream: backend.upstream.clone(),
+            addr: backend.addr(),
+            limit: "replay timeout",
+            within,
+            waiting_for: format!(
+                "the replay of the session's SETs and prepared statements ({} of {} answered)",
+                done.load(Relaxed),
+                total.load(Relaxed)
+            ),
+        }),
+    }
+}
+
+async fn replay_unbounded(backend: &Backend, log: &ReplayLog, done: &AtomicUsize, total: &AtomicUsize) -> Result<(), ConnectError> {
     let name = &backend.upstream;
     let mut out = BytesMut::new();
     // What each expected ReadyForQuery closes, to name the statement that failed.
@@ -395,6 +498,7 @@ pub async fn replay(backend: &Backend, log: &ReplayLog) -> Result<(), ConnectErr
         frontend::sync(&mut out);
         steps.push(p);
     }
+    total.store(steps.len(), Relaxed);
     backend.stream.write_all(&out).await.map_err(|e| ConnectError::Protocol {
         upstream: name.clone(),
         detail: format!("write failed: {e}"),
@@ -415,6 +519,7 @@ pub async fn replay(backend: &Backend, log: &ReplayLog) -> Result<(), ConnectErr
                     });
                 }
                 step += 1;
+                done.store(step, Relaxed);
             }
             _ => {}
         }
@@ -422,15 +527,29 @@ pub async fn replay(backend: &Backend, log: &ReplayLog) -> Result<(), ConnectErr
     Ok(())
 }
 
-/// Sends a CancelRequest for `key` to its server.
-pub async fn cancel(key: &CancelKey) -> io::Result<()> {
-    let stream = Stream::connect(&key.host, key.port).await?;
-    let mut buf = BytesMut::new();
-    frontend::cancel_request(key.process_id, key.secret_key, &mut buf);
-    stream.write_all(&buf).await?;
-    // The server closes the connection when it has handled the request.
+/// Sends a CancelRequest for `key` to its server, within `t.cancel` (connect and send), then
+/// gives the server as long again to close the connection (it does once it has handled it).
+pub async fn cancel(key: &CancelKey, t: &Timeouts) -> io::Result<()> {
+    let send = async {
+        let stream = Stream::connect(&key.host, key.port, t).await?;
+        let mut buf = BytesMut::new();
+        frontend::cancel_request(key.process_id, key.secret_key, &mut buf);
+        stream.write_all(&buf).await?;
+        Ok::<_, io::Error>(stream)
+    };
+    let stream = tokio::time::timeout(t.cancel, send).await.map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!(
+                "no answer from {}:{} within {} while sending a cancel request",
+                key.host,
+                key.port,
+                human(t.cancel)
+            ),
+        )
+    })??;
     let mut sink = BytesMut::new();
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), stream.read_some(&mut sink)).await;
+    let _ = tokio::time::timeout(t.cancel, stream.read_some(&mut sink)).await;
     Ok(())
 }
 

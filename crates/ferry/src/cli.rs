@@ -147,6 +147,16 @@ pub struct MigrateArgs {
     /// milliseconds (a batch also commits as soon as the stream has nothing more ready).
     #[arg(long, default_value_t = 100)]
     pub max_delay_ms: u64,
+    /// The replication stream is declared dead (logged, reconnected with backoff) after this
+    /// long without any message from the source, not even the keepalive Ferry asks for after a
+    /// third of it; never shorter than half the source's wal_sender_timeout plus 5 s.
+    #[arg(long, value_parser = parse_duration, default_value = "30s")]
+    pub stream_timeout: std::time::Duration,
+    /// A call to the target (or a catalog query) waiting longer than this makes a watchdog check
+    /// the apply session from a second connection: a statement still running is waited for; no
+    /// answer, or the session idle while Ferry waits for it, ends the session and reconnects.
+    #[arg(long, value_parser = parse_duration, default_value = "15s")]
+    pub apply_timeout: std::time::Duration,
     /// Write the final summary as JSON to this file.
     #[arg(long)]
     pub summary_json: Option<PathBuf>,
@@ -208,6 +218,11 @@ pub struct SwitchArgs {
     /// Refuse to start when replication lag is above this.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub max_lag: std::time::Duration,
+    /// When the lag is above --max-lag (a verification just held the stream, a burst of
+    /// writes), wait up to this long for it to drop instead of refusing at once; the report
+    /// says what was waited for.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub catch_up_timeout: std::time::Duration,
     /// Proceed although sessions are connected to the old side directly (not through the
     /// proxy); they are listed in the report.
     #[arg(long)]

@@ -42,6 +42,9 @@ pub struct SwitchOptions {
     pub max_pause: Duration,
     /// Pre-check: replication lag must be below this.
     pub max_lag: Duration,
+    /// While the lag is above `max_lag` (a verification just held the stream, a burst of
+    /// writes), wait up to this long for it to drop before refusing.
+    pub catch_up: Duration,
     /// Proceed although sessions connected to the old side directly (not through the proxy).
     pub allow_direct_sessions: bool,
     /// No proxy: stop writes with default_transaction_read_only, end writers after `grace`,
@@ -97,6 +100,8 @@ pub struct Report {
     pub steps: Vec<(String, f64)>,
     /// Sessions connected directly to the side writes left, when reported.
     pub direct_sessions: Vec<String>,
+    /// What the switch waited for before it started (lag above --max-lag dropping).
+    pub waited: Option<String>,
 }
 
 impl Report {
@@ -113,6 +118,7 @@ impl Report {
             sequences: 0,
             steps: Vec::new(),
             direct_sessions: Vec::new(),
+            waited: None,
         }
     }
 
@@ -122,6 +128,9 @@ impl Report {
         self
     }
 }
+
+/// Figures older than this (seconds) are too old to switch on.
+const STALE_AFTER: f64 = 5.0;
 
 /// Names of the reverse stream's slot and publication on the target.
 pub fn reverse_names(slot: &str, publication: &str) -> (String, String) {
@@ -184,10 +193,15 @@ impl Switchboard {
     }
 
     async fn switch(&self, way: Way, opts: &SwitchOptions) -> Report {
-        let report = Report::new(way.kind());
+        let mut report = Report::new(way.kind());
         let Ok(_busy) = self.busy.try_lock() else {
             return report.no_go(vec!["another cutover or rollback is running".into()]);
         };
+        let waiting = Instant::now();
+        report.waited = self.wait_for_lag(way, opts).await;
+        if report.waited.is_some() {
+            report.steps.push(("catch-up".into(), waiting.elapsed().as_secs_f64() * 1000.0));
+        }
         let (old, new) = match way {
             Way::Cutover => (&self.req.source, &self.req.target),
             Way::Rollback => (&self.req.target, &self.req.source),
@@ -223,6 +237,48 @@ impl Switchboard {
         r
     }
 
+    /// The lag the switch must wait out: forward (cutover) or reverse (rollback), None when not
+    /// known (no figures yet, or figures too old to trust).
+    fn lag(&self, way: Way) -> Option<f64> {
+        let st = self.live.status().ok()?;
+        if st.live.as_ref().is_some_and(|l| l.sample_age_seconds > STALE_AFTER) {
+            return None;
+        }
+        match way {
+            Way::Cutover => st.lag_seconds,
+            Way::Rollback => st.live.as_ref().and_then(|l| l.reverse.as_ref()).and_then(|r| r.lag_seconds),
+        }
+    }
+
+    /// Waits (at most `opts.catch_up`) while the lag is above `opts.max_lag`; says what it
+    /// waited for, if it did. The pre-checks judge the lag afterwards.
+    async fn wait_for_lag(&self, way: Way, opts: &SwitchOptions) -> Option<String> {
+        let limit = opts.max_lag.as_secs_f64();
+        let first = self.lag(way);
+        if first.is_some_and(|l| l <= limit) {
+            return None;
+        }
+        let started = Instant::now();
+        tracing::info!(lag_s = ?first, max_lag_s = limit, wait_s = opts.catch_up.as_secs_f64(), "{} waits for the lag to drop", way.kind());
+        let mut last = first;
+        while started.elapsed() < opts.catch_up {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            last = self.lag(way);
+            if last.is_some_and(|l| l <= limit) {
+                break;
+            }
+        }
+        let show = |l: Option<f64>| l.map(|l| format!("{l:.1} s")).unwrap_or_else(|| "unknown".into());
+        Some(format!(
+            "waited {:.1} s for {}replication lag to drop from {} to {} (--max-lag {limit} s, --catch-up-timeout {} s)",
+            started.elapsed().as_secs_f64(),
+            if way == Way::Rollback { "reverse " } else { "" },
+            show(first),
+            show(last),
+            opts.catch_up.as_secs_f64()
+        ))
+    }
+
     /// Go / NoGo. Returns the direct sessions that were allowed (reported), or what blocks.
     async fn pre_checks(
         &self,
@@ -255,6 +311,14 @@ impl Switchboard {
             no.push("no proxy is running: start ferry migrate with --proxy-listen, or cut over with --no-proxy and switch the application yourself".into());
         }
         match self.live.status() {
+            Ok(st) if st.live.as_ref().is_some_and(|l| l.sample_age_seconds > STALE_AFTER) => {
+                let l = st.live.as_ref().expect("checked");
+                no.push(format!(
+                    "the migration's figures are {:.0} s old ({}): a database is not answering; wait until ferry status is current again",
+                    l.sample_age_seconds,
+                    l.sample_error.as_deref().unwrap_or("no error recorded")
+                ));
+            }
             Ok(st) => {
                 if way == Way::Cutover {
                     if st.dead_letters > 0 {
@@ -1107,6 +1171,7 @@ pub async fn auto_rollback(board: Arc<Switchboard>, triggers: AutoRollback) {
         let opts = SwitchOptions {
             max_pause: Duration::from_secs(5),
             max_lag: Duration::from_secs(86_400),
+            catch_up: Duration::ZERO,
             allow_direct_sessions: true,
             no_proxy: board.live.proxy().is_none(),
             grace: Duration::from_secs(10),

@@ -181,6 +181,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         skip_dead_letters: false,
         max_batch: 5000,
         max_delay_ms: 100,
+        stream_timeout: ferry_postgres::cdc::DEFAULT_STREAM_TIMEOUT,
+        apply_timeout: ferry_postgres::cdc::DEFAULT_APPLY_TIMEOUT,
         maintenance_work_mem: "256MB".into(),
         analyze: true,
         quiet_check: true,
@@ -234,6 +236,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         .cutover(&crate::cutover::SwitchOptions {
             max_pause: std::time::Duration::from_secs(2),
             max_lag: std::time::Duration::from_secs(10),
+            catch_up: std::time::Duration::from_secs(30),
             allow_direct_sessions: false,
             no_proxy: false,
             grace: std::time::Duration::from_secs(10),

@@ -33,8 +33,10 @@ pub struct Live {
     load: RwLock<Option<LoadTables>>,
     /// Change capture in progress.
     cdc: RwLock<Option<Arc<CdcProgress>>>,
-    /// Latest sampled status, with the live figures filled.
-    latest: RwLock<Option<Status>>,
+    /// Latest sampled status, with the live figures filled, and when it was read.
+    latest: RwLock<Option<(Status, Instant)>>,
+    /// When the source's WAL position was last read.
+    source_sampled: Mutex<Option<Instant>>,
     /// Why the last sample failed, if it did.
     sample_error: RwLock<Option<String>>,
     history: Mutex<VecDeque<Sample>>,
@@ -76,6 +78,7 @@ impl Live {
             load: RwLock::new(None),
             cdc: RwLock::new(None),
             latest: RwLock::new(None),
+            source_sampled: Mutex::new(None),
             sample_error: RwLock::new(None),
             history: Mutex::new(VecDeque::with_capacity(HISTORY)),
             pause: watch::channel(false).0,
@@ -143,12 +146,13 @@ impl Live {
         self.last_switch.lock().expect("lock").clone()
     }
 
-    /// Reverse replication figures from a target WAL position sampled now: (applied LSN,
-    /// unapplied bytes, lag seconds = age of the oldest sampled target position not applied).
-    fn reverse_figures(&self, target_wal: Option<u64>) -> Option<status::ReverseFigures> {
+    /// Reverse replication figures, from the target WAL positions sampled: (applied LSN,
+    /// unapplied bytes, lag seconds = age of the oldest target WAL not processed).
+    fn reverse_figures(&self) -> Option<status::ReverseFigures> {
         let r = self.reverse()?;
         let applied = r.applied_lsn.load(Ordering::Relaxed);
-        let (unapplied, lag) = wal_age(&mut self.reverse_wal.lock().expect("lock"), target_wal, applied);
+        let processed = r.processed_lsn.load(Ordering::Relaxed).max(applied);
+        let (unapplied, lag) = wal_lag(&self.reverse_wal.lock().expect("lock"), processed, Instant::now());
         Some(status::ReverseFigures {
             applied_lsn: ferry_core::Lsn(applied).to_string(),
             unapplied_bytes: unapplied,
@@ -209,17 +213,13 @@ impl Live {
         })
     }
 
-    /// The latest status, or why there is none yet.
+    /// The latest status, or why there is none yet. Figures this process knows first-hand
+    /// (the stream's positions, state and lag) are filled in now; the rest says how old it is.
     pub fn status(&self) -> Result<Status, String> {
-        match &*self.latest.read().expect("lock") {
-            Some(s) => {
-                // What this process knows first-hand is fresh, not a second old.
-                let mut s = s.clone();
-                if let Some(live) = s.live.as_mut() {
-                    live.paused = self.paused();
-                    live.proxy = self.proxy_figures();
-                    live.last_switch = self.last_switch();
-                }
+        let latest = self.latest.read().expect("lock").clone();
+        match latest {
+            Some((mut s, at)) => {
+                self.fresh(&mut s, at);
                 Ok(s)
             }
             None => Err(self
@@ -231,66 +231,116 @@ impl Live {
         }
     }
 
-    /// Reads the state once a second until the process ends.
+    /// Fills the first-hand figures of `s` (read from the databases at `at`).
+    fn fresh(&self, s: &mut Status, at: Instant) {
+        let now = Instant::now();
+        let cdc = self.cdc.read().expect("lock").clone();
+        if let Some(p) = cdc.as_ref() {
+            let applied = p.applied_lsn.load(Ordering::Relaxed);
+            let processed = p.processed_lsn.load(Ordering::Relaxed).max(applied);
+            if applied > 0 {
+                s.applied_lsn = Some(ferry_core::Lsn(applied).to_string());
+            }
+            // Forward lag while change capture runs toward the target (not after a cutover,
+            // when the forward stream is stopped and kept for a rollback).
+            if !matches!(s.phase.as_str(), "cut_over" | "rollback") && p.state() != ferry_postgres::cdc::StreamState::Stopped {
+                let (bytes, lag) = wal_lag(&self.forward_wal.lock().expect("lock"), processed, now);
+                s.lag_seconds = Some(lag);
+                if bytes.is_some() {
+                    s.lag_bytes = bytes;
+                }
+            }
+        }
+        let source_sampled = *self.source_sampled.lock().expect("lock");
+        let sample_error = self.sample_error.read().expect("lock").clone();
+        if let Some(live) = s.live.as_mut() {
+            live.paused = self.paused();
+            live.proxy = self.proxy_figures();
+            live.last_switch = self.last_switch();
+            live.reverse = self.reverse_figures();
+            live.sample_age_seconds = now.duration_since(at).as_secs_f64();
+            live.sample_error = sample_error;
+            live.source_sample_age_seconds = source_sampled.map(|t| now.duration_since(t).as_secs_f64());
+            if let Some(p) = cdc.as_ref() {
+                live.stream_state = Some(p.state().as_str().to_string());
+                live.stream_error = p.last_error();
+                let heard = p.last_message_ms.load(Ordering::Relaxed);
+                let now_ms = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map(|d| d.as_millis() as u64)
+                    .unwrap_or(0);
+                live.source_message_age_seconds = (heard > 0).then(|| now_ms.saturating_sub(heard) as f64 / 1000.0);
+                let flushed = p.flushed_lsn.load(Ordering::Relaxed);
+                live.flushed_lsn = (flushed > 0).then(|| ferry_core::Lsn(flushed).to_string());
+            }
+        }
+    }
+
+    /// Reads the state once a second until the process ends. Every read is bounded by
+    /// [`SAMPLE_TIMEOUT`]: a database that stops answering makes the figures age (and says
+    /// so), it never freezes them silently.
     pub async fn sample_forever(self: Arc<Self>, target: Endpoint, source: Endpoint, id: String, schema: String, wal_warn: i64) {
-        let mut conns: Option<(tokio_postgres::Client, tokio_postgres::Client)> = None;
+        let mut tconn: Option<tokio_postgres::Client> = None;
+        let mut sconn: Option<tokio_postgres::Client> = None;
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            if conns.as_ref().is_none_or(|(t, s)| t.is_closed() || s.is_closed()) {
-                conns = match tokio::try_join!(target.connect("status"), source.connect("status")) {
-                    Ok(c) => Some(c),
-                    Err(e) => {
-                        *self.sample_error.write().expect("lock") = Some(format!("cannot read the migration's state: {e}"));
-                        continue;
-                    }
-                };
+            let mut errors = Vec::new();
+            // The source's WAL position first: the lag is measured against it.
+            match bounded(&mut sconn, &source, "source", WAL_POSITION).await {
+                Ok(r) => {
+                    let now = Instant::now();
+                    push_sample(&mut self.forward_wal.lock().expect("lock"), now, r.get::<_, i64>(0) as u64);
+                    *self.source_sampled.lock().expect("lock") = Some(now);
+                }
+                Err(e) => errors.push(e),
             }
-            let (t, s) = conns.as_ref().expect("connected above");
-            match status::read_with(t, Some(s), &target.describe(), Some(&id), &schema, wal_warn).await {
+            if self.reverse().is_some() {
+                match bounded(&mut tconn, &target, "target", WAL_POSITION).await {
+                    Ok(r) => push_sample(
+                        &mut self.reverse_wal.lock().expect("lock"),
+                        Instant::now(),
+                        r.get::<_, i64>(0) as u64,
+                    ),
+                    Err(e) => errors.push(e),
+                }
+            } else {
+                self.reverse_wal.lock().expect("lock").clear();
+            }
+            let read = async {
+                let t = connected(&mut tconn, &target, "target").await?;
+                let s = if errors.is_empty() { sconn.as_ref() } else { None };
+                tokio::time::timeout(
+                    SAMPLE_TIMEOUT,
+                    status::read_with(t, s, &target.describe(), Some(&id), &schema, wal_warn),
+                )
+                .await
+                .map_err(|_| {
+                    format!(
+                        "no answer from the target within {} s while reading the migration's state",
+                        SAMPLE_TIMEOUT.as_secs()
+                    )
+                })?
+                .map_err(|e| format!("{e:#}"))
+            };
+            match read.await {
                 Ok(st) => {
-                    let target_wal = if self.reverse().is_some() {
-                        t.query_one("SELECT (pg_current_wal_lsn() - '0/0')::int8", &[])
-                            .await
-                            .ok()
-                            .map(|r| r.get::<_, i64>(0) as u64)
-                    } else {
-                        None
-                    };
-                    // Forward lag: the age of the oldest source WAL position (sampled once a
-                    // second) the slot has not confirmed. Not the age of the last applied
-                    // commit: a quiet database on a busy cluster always has some WAL pending
-                    // (other databases'), yet nothing of its own to apply.
-                    let forward = s
-                        .query_opt(
-                            "SELECT (pg_current_wal_lsn() - '0/0')::int8, (confirmed_flush_lsn - '0/0')::int8
-                             FROM pg_replication_slots WHERE slot_name = $1",
-                            &[&st.slot],
-                        )
-                        .await
-                        .ok()
-                        .flatten()
-                        .and_then(|r| Some((r.get::<_, Option<i64>>(0)? as u64, r.get::<_, Option<i64>>(1)? as u64)));
                     let mut st = self.overlay(st);
-                    if let Some((current, confirmed)) = forward {
-                        let (_, lag) = wal_age(&mut self.forward_wal.lock().expect("lock"), Some(current), confirmed);
-                        if st.lag_seconds.is_some() {
-                            st.lag_seconds = Some(lag);
-                        }
-                    }
-                    if let Some(l) = st.live.as_mut() {
-                        l.reverse = self.reverse_figures(target_wal);
-                    }
-                    *self.latest.write().expect("lock") = Some(st);
-                    *self.sample_error.write().expect("lock") = None;
+                    self.fresh(&mut st, Instant::now());
+                    *self.latest.write().expect("lock") = Some((st, Instant::now()));
                 }
                 Err(e) => {
                     // Before the full load records the migration, there is nothing to read.
-                    *self.sample_error.write().expect("lock") = Some(format!("{e:#}"));
-                    conns = None;
+                    tconn = None;
+                    errors.push(e);
                 }
             }
+            let error = (!errors.is_empty()).then(|| errors.join("; "));
+            if let Some(e) = &error {
+                tracing::warn!(error = %e, "status sampler: reading the databases failed; figures are getting old");
+            }
+            *self.sample_error.write().expect("lock") = error;
         }
     }
 
@@ -356,31 +406,116 @@ impl Live {
             reverse: None,
             proxy: self.proxy_figures(),
             last_switch: self.last_switch(),
+            ..Default::default()
         });
         st
     }
 }
 
-/// Unapplied bytes and lag seconds of a stream from WAL positions of its origin server sampled
-/// once a second (`sampled` is pushed first when given): the lag is the age of the oldest
-/// sample not yet applied, 0 when all are.
-fn wal_age(w: &mut VecDeque<(Instant, u64)>, sampled: Option<u64>, applied: u64) -> (Option<i64>, f64) {
-    let now = Instant::now();
-    if let Some(lsn) = sampled {
-        w.push_back((now, lsn));
+/// A server's current WAL position, as a number.
+const WAL_POSITION: &str = "SELECT (pg_current_wal_lsn() - '0/0')::int8";
+
+/// Longest one read of the databases by the status sampler may take.
+pub const SAMPLE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// A sampler connection, opened (within [`SAMPLE_TIMEOUT`]) when missing or closed.
+async fn connected<'a>(
+    conn: &'a mut Option<tokio_postgres::Client>,
+    ep: &Endpoint,
+    side: &str,
+) -> Result<&'a tokio_postgres::Client, String> {
+    if conn.as_ref().is_none_or(|c| c.is_closed()) {
+        *conn = None;
+        let c = tokio::time::timeout(SAMPLE_TIMEOUT, ep.connect("status"))
+            .await
+            .map_err(|_| {
+                format!(
+                    "no connection to the {side} at {} within {} s",
+                    ep.describe(),
+                    SAMPLE_TIMEOUT.as_secs()
+                )
+            })?
+            .map_err(|e| format!("cannot connect to the {side}: {e}"))?;
+        *conn = Some(c);
     }
-    // Positions applied are of no further use, except the newest (the reference when idle).
-    while w.len() > 1 && w[1].1 <= applied {
+    Ok(conn.as_ref().expect("connected above"))
+}
+
+/// One query on a sampler connection, bounded by [`SAMPLE_TIMEOUT`]; a connection that did not
+/// answer is dropped (the next sample opens a new one).
+async fn bounded(conn: &mut Option<tokio_postgres::Client>, ep: &Endpoint, side: &str, sql: &str) -> Result<tokio_postgres::Row, String> {
+    let c = connected(conn, ep, side).await?;
+    match tokio::time::timeout(SAMPLE_TIMEOUT, c.query_one(sql, &[])).await {
+        Ok(Ok(r)) => Ok(r),
+        Ok(Err(e)) => {
+            *conn = None;
+            Err(format!("reading the {side}'s WAL position: {e}"))
+        }
+        Err(_) => {
+            *conn = None;
+            Err(format!(
+                "no answer from the {side} at {} within {} s while reading its WAL position",
+                ep.describe(),
+                SAMPLE_TIMEOUT.as_secs()
+            ))
+        }
+    }
+}
+
+/// Records a WAL position of a stream's origin server sampled at `t`, keeping the deque
+/// bounded (the oldest samples go first; a lag older than the window reads as the window).
+fn push_sample(w: &mut VecDeque<(Instant, u64)>, t: Instant, lsn: u64) {
+    w.push_back((t, lsn));
+    while w.len() > HISTORY {
         w.pop_front();
     }
-    // Bounded, keeping the oldest unapplied sample (the one the lag is measured from).
-    while w.len() > HISTORY {
-        w.remove(1);
+}
+
+/// Unapplied bytes and lag seconds of a stream, from WAL positions of its origin server
+/// sampled once a second and the position before which nothing is left to apply: the lag is
+/// the age of the oldest WAL not processed, the moment the origin's WAL passed `processed`,
+/// interpolated between the two samples around it (0 when every sample is processed).
+fn wal_lag(w: &VecDeque<(Instant, u64)>, processed: u64, now: Instant) -> (Option<i64>, f64) {
+    let bytes = w.back().map(|(_, l)| l.saturating_sub(processed) as i64);
+    let lag = match w.iter().position(|(_, l)| *l > processed) {
+        None => 0.0,
+        // The origin passed `processed` before the oldest sample kept: at least that old.
+        Some(0) => now.duration_since(w[0].0).as_secs_f64(),
+        Some(i) => {
+            let ((t0, l0), (t1, l1)) = (w[i - 1], w[i]);
+            let frac = (processed.saturating_sub(l0)) as f64 / (l1 - l0) as f64;
+            let passed = t0 + t1.duration_since(t0).mul_f64(frac.clamp(0.0, 1.0));
+            now.saturating_duration_since(passed).as_secs_f64()
+        }
+    };
+    (bytes, lag)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lag_is_the_age_of_the_oldest_unprocessed_wal_interpolated() {
+        let t0 = Instant::now();
+        let s = |secs: f64| t0 + Duration::from_secs_f64(secs);
+        let mut w = VecDeque::new();
+        push_sample(&mut w, s(0.0), 1000);
+        push_sample(&mut w, s(1.0), 2000);
+        push_sample(&mut w, s(2.0), 3000);
+        // Everything processed: no lag, whatever the time.
+        assert_eq!(wal_lag(&w, 3000, s(10.0)), (Some(0), 0.0));
+        // The origin passed 2500 at 1.5 s: at 2.1 s, 0.6 s old.
+        let (bytes, lag) = wal_lag(&w, 2500, s(2.1));
+        assert_eq!(bytes, Some(500));
+        assert!((lag - 0.6).abs() < 1e-6, "{lag}");
+        // A stalled stream ages with the clock.
+        let (_, lag) = wal_lag(&w, 2500, s(30.0));
+        assert!((lag - 28.5).abs() < 1e-6, "{lag}");
+        // Behind the oldest sample: at least its age.
+        let (_, lag) = wal_lag(&w, 500, s(3.0));
+        assert!((lag - 3.0).abs() < 1e-6, "{lag}");
+        // No samples (the origin never answered): nothing known.
+        assert_eq!(wal_lag(&VecDeque::new(), 10, s(1.0)), (None, 0.0));
     }
-    let lag = w
-        .iter()
-        .find(|(_, l)| *l > applied)
-        .map(|(t, _)| now.duration_since(*t).as_secs_f64())
-        .unwrap_or(0.0);
-    (w.back().map(|(_, l)| l.saturating_sub(applied) as i64), lag)
 }

@@ -140,6 +140,8 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 skip_dead_letters: args.skip_dead_letters,
                 max_batch: args.max_batch,
                 max_delay_ms: args.max_delay_ms,
+                stream_timeout: args.stream_timeout,
+                apply_timeout: args.apply_timeout,
                 maintenance_work_mem: args.maintenance_work_mem.clone(),
                 analyze: !args.no_analyze,
                 quiet_check: true,
@@ -256,10 +258,11 @@ async fn switch_cmd(args: &cli::SwitchArgs, rollback: bool) -> anyhow::Result<i3
     }
     let token = api_token(args.api_token_file.as_deref())?;
     let path = format!(
-        "/api/{}?max_pause_ms={}&max_lag_ms={}&allow_direct_sessions={}&no_proxy={}&grace_ms={}&skip_verify_check={}",
+        "/api/{}?max_pause_ms={}&max_lag_ms={}&catch_up_ms={}&allow_direct_sessions={}&no_proxy={}&grace_ms={}&skip_verify_check={}",
         if rollback { "rollback" } else { "cutover" },
         args.max_pause.as_millis(),
         args.max_lag.as_millis(),
+        args.catch_up_timeout.as_millis(),
         args.allow_direct_sessions,
         args.no_proxy,
         args.grace.as_millis(),

@@ -44,6 +44,9 @@ pub struct Metrics {
     verify_rows: Counter,
     verify_differences: Family<Labels, Counter>,
     up: Gauge,
+    stream_up: Gauge,
+    sample_age: Gauge<f64, AtomicU64>,
+    source_silence: Gauge<f64, AtomicU64>,
 }
 
 impl Default for Metrics {
@@ -80,7 +83,25 @@ impl Metrics {
             verify_rows: Counter::default(),
             verify_differences: Family::default(),
             up: Gauge::default(),
+            stream_up: Gauge::default(),
+            sample_age: Gauge::default(),
+            source_silence: Gauge::default(),
         };
+        registry.register(
+            "ferry_replication_stream_up",
+            "1 while change capture streams (or is held at a position), 0 while it reconnects, is paused or stopped",
+            m.stream_up.clone(),
+        );
+        registry.register(
+            "ferry_status_sample_age_seconds",
+            "Age of the figures read from the databases; above a few seconds they are stale (a database is not answering)",
+            m.sample_age.clone(),
+        );
+        registry.register(
+            "ferry_source_silence_seconds",
+            "Seconds since the last message from the source's WAL sender",
+            m.source_silence.clone(),
+        );
         registry.register(
             "ferry_build_info",
             "Ferry version and the migration it runs (always 1)",
@@ -251,6 +272,10 @@ impl Metrics {
             }
             self.reverse_lag
                 .set(live.reverse.as_ref().and_then(|r| r.lag_seconds).unwrap_or(0.0));
+            self.stream_up
+                .set(i64::from(matches!(live.stream_state.as_deref(), Some("streaming" | "held"))));
+            self.sample_age.set(live.sample_age_seconds);
+            self.source_silence.set(live.source_message_age_seconds.unwrap_or(0.0));
         }
         self.lag_bytes.set(st.lag_bytes.unwrap_or(0).max(0));
         self.retained_wal.set(st.retained_wal_bytes.unwrap_or(0).max(0));

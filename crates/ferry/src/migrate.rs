@@ -37,6 +37,10 @@ pub struct MigrateOptions {
     pub max_batch: usize,
     /// Longest a batch stays open, in milliseconds.
     pub max_delay_ms: u64,
+    /// Replication stream silence that means a dead connection.
+    pub stream_timeout: std::time::Duration,
+    /// Database call wait after which the watchdog checks the apply session.
+    pub apply_timeout: std::time::Duration,
     /// maintenance_work_mem for index builds.
     pub maintenance_work_mem: String,
     /// Run ANALYZE after the load.
@@ -572,6 +576,8 @@ async fn reverse(req: &CheckRequest, opts: &MigrateOptions, stop: tokio::sync::w
         publication,
         max_batch: opts.max_batch,
         max_delay: std::time::Duration::from_millis(opts.max_delay_ms),
+        stream_timeout: opts.stream_timeout,
+        apply_timeout: opts.apply_timeout,
         skip_dead_letters: false,
         pause: None,
         hold: opts.live.as_ref().map(|l| l.reverse_hold.clone()),
@@ -618,15 +624,25 @@ async fn forward(req: &CheckRequest, opts: &MigrateOptions, stop: tokio::sync::w
         loop {
             tokio::time::sleep(std::time::Duration::from_secs(10)).await;
             let applied = p.applied_lsn.load(Ordering::Relaxed);
+            let processed = p.processed_lsn.load(Ordering::Relaxed).max(applied);
             let end = p.server_wal_end.load(Ordering::Relaxed);
             let (txns, changes) = (p.txns.load(Ordering::Relaxed), p.changes.load(Ordering::Relaxed));
+            let heard = p.last_message_ms.load(Ordering::Relaxed);
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0);
             tracing::info!(
+                state = p.state().as_str(),
                 applied_lsn = %Lsn(applied),
-                // Received from the WAL sender but not yet committed on the target; the lag behind
-                // the source itself is in `ferry status --source` (slot position vs current WAL).
-                unapplied_bytes = end.saturating_sub(applied),
+                flushed_lsn = %Lsn(p.flushed_lsn.load(Ordering::Relaxed)),
+                // Sent by the WAL sender but not yet applied; the lag behind the source itself is
+                // in `ferry status` (age of the oldest source WAL not applied).
+                unapplied_bytes = end.saturating_sub(processed),
                 txns_per_s = (txns - last_txns) / 10,
                 changes_per_s = (changes - last_changes) / 10,
+                source_silent_s = if heard > 0 { now_ms.saturating_sub(heard) / 1000 } else { 0 },
+                error = p.last_error().unwrap_or_default(),
                 "change capture"
             );
             (last_txns, last_changes) = (txns, changes);
@@ -646,6 +662,8 @@ async fn forward(req: &CheckRequest, opts: &MigrateOptions, stop: tokio::sync::w
         publication: rec.publication_name.clone(),
         max_batch: opts.max_batch,
         max_delay: std::time::Duration::from_millis(opts.max_delay_ms),
+        stream_timeout: opts.stream_timeout,
+        apply_timeout: opts.apply_timeout,
         skip_dead_letters: opts.skip_dead_letters,
         pause: opts.live.as_ref().map(|l| l.pause_receiver()),
         hold: opts.live.as_ref().map(|l| l.hold.clone()),

@@ -12,7 +12,7 @@
 //! POST /api/verify       start a verification at one consistent point (?repair=true to fix
 //!                        what differs); 202 with the run id
 //! GET  /api/verify/ID    a run: status, progress while running, the report when done
-//! POST /api/cutover      ?max_pause_ms&max_lag_ms&allow_direct_sessions&no_proxy&grace_ms&skip_verify_check
+//! POST /api/cutover      ?max_pause_ms&max_lag_ms&catch_up_ms&allow_direct_sessions&no_proxy&grace_ms&skip_verify_check
 //! POST /api/rollback     same options; both answer with the switch's report
 //! ```
 //! Control endpoints (POST) require `Authorization: Bearer TOKEN` when a token is configured,
@@ -425,6 +425,7 @@ async fn verify_run(State(api): State<Api>, axum::extract::Path(id): axum::extra
 struct SwitchQuery {
     max_pause_ms: Option<u64>,
     max_lag_ms: Option<u64>,
+    catch_up_ms: Option<u64>,
     allow_direct_sessions: Option<bool>,
     no_proxy: Option<bool>,
     grace_ms: Option<u64>,
@@ -437,6 +438,7 @@ impl SwitchQuery {
         crate::cutover::SwitchOptions {
             max_pause: ms(self.max_pause_ms, 2000),
             max_lag: ms(self.max_lag_ms, 5000),
+            catch_up: ms(self.catch_up_ms, 60_000),
             allow_direct_sessions: self.allow_direct_sessions.unwrap_or(false),
             no_proxy: self.no_proxy.unwrap_or(false),
             grace: ms(self.grace_ms, 10_000),

@@ -1,6 +1,8 @@
 //! `ferry status`: where a migration stands, read from the target's state schema and, when the
 //! source is given, from the slot (lag and retained WAL).
 
+use std::time::Duration;
+
 use anyhow::Context;
 use ferry_core::ident::quote_ident;
 use ferry_postgres::Endpoint;
@@ -130,6 +132,29 @@ pub struct LiveFigures {
     /// The last cutover or rollback: outcome, pause, steps.
     #[serde(default)]
     pub last_switch: Option<serde_json::Value>,
+    /// Change capture's stream: starting, streaming, reconnecting, paused, held or stopped.
+    #[serde(default)]
+    pub stream_state: Option<String>,
+    /// Why the stream is reconnecting (the last session's error).
+    #[serde(default)]
+    pub stream_error: Option<String>,
+    /// Seconds since the last message from the source's WAL sender.
+    #[serde(default)]
+    pub source_message_age_seconds: Option<f64>,
+    /// Source position whose changes are flushed on the target: what the slot was told.
+    #[serde(default)]
+    pub flushed_lsn: Option<String>,
+    /// Age in seconds of the figures read from the databases (the state schema, the slot);
+    /// above a few seconds they are stale, and `sample_error` says why.
+    #[serde(default)]
+    pub sample_age_seconds: f64,
+    /// Why the last read of the databases failed.
+    #[serde(default)]
+    pub sample_error: Option<String>,
+    /// Seconds since the source's WAL position was last read: the lag is computed against it,
+    /// so a large value means the lag may be understated.
+    #[serde(default)]
+    pub source_sample_age_seconds: Option<f64>,
 }
 
 /// Reverse replication after a cutover.
@@ -494,6 +519,33 @@ pub fn render(s: &Status) -> String {
         )),
         (None, _) => o.push_str("  lag: pass --source to measure lag and retained WAL\n"),
     }
+    if let Some(l) = &s.live {
+        if let Some(state) = &l.stream_state {
+            o.push_str(&format!(
+                "  stream: {state}{}{}{}\n",
+                l.source_message_age_seconds
+                    .map(|a| format!("; last message from the source {a:.1} s ago"))
+                    .unwrap_or_default(),
+                l.flushed_lsn
+                    .as_deref()
+                    .map(|f| format!("; durable on the target up to {f}"))
+                    .unwrap_or_default(),
+                l.stream_error.as_deref().map(|e| format!("; last error: {e}")).unwrap_or_default(),
+            ));
+        }
+        if l.sample_age_seconds > 3.0 || l.sample_error.is_some() {
+            o.push_str(&format!(
+                "  STALE: figures from the databases are {:.0} s old{}\n",
+                l.sample_age_seconds,
+                l.sample_error.as_deref().map(|e| format!(" ({e})")).unwrap_or_default()
+            ));
+        }
+        if let Some(a) = l.source_sample_age_seconds.filter(|a| *a > 3.0) {
+            o.push_str(&format!(
+                "  STALE: the source's WAL position was last read {a:.0} s ago; the lag shown may be understated\n"
+            ));
+        }
+    }
     o.push_str(&format!("  dead letters: {}\n", s.dead_letters));
     if let Some(r) = s.live.as_ref().and_then(|l| l.reverse.as_ref()) {
         o.push_str(&format!(
@@ -587,7 +639,8 @@ pub async fn http_request(method: &str, base: &str, path: &str, token: Option<&s
     })?;
     let authority = rest.trim_end_matches('/');
     let help = format!("cannot reach the Ferry API at {base}: is `ferry migrate` running with --listen {authority}? To read the state without it, pass --target URL");
-    send(method, authority, path, token, None, &help).await
+    // A cutover or rollback may wait for the lag to drop (--catch-up-timeout) before its pause.
+    send(method, authority, path, token, None, &help, Duration::from_secs(15 * 60)).await
 }
 
 /// POSTs a JSON document to an http:// URL (a webhook); returns the status code.
@@ -601,7 +654,9 @@ pub async fn http_post_json(url: &str, body: &serde_json::Value) -> anyhow::Resu
     };
     let help = format!("cannot reach the webhook at http://{authority}");
     let json = serde_json::to_vec(body)?;
-    Ok(send("POST", authority, path, None, Some(json), &help).await?.0)
+    Ok(send("POST", authority, path, None, Some(json), &help, Duration::from_secs(10))
+        .await?
+        .0)
 }
 
 async fn send(
@@ -611,10 +666,29 @@ async fn send(
     token: Option<&str>,
     json: Option<Vec<u8>>,
     help: &str,
+    deadline: Duration,
+) -> anyhow::Result<(u16, Vec<u8>)> {
+    let exchange = exchange(method, authority, path, token, json, help);
+    tokio::time::timeout(deadline, exchange)
+        .await
+        .map_err(|_| anyhow::anyhow!("no answer from http://{authority}{path} within {} s", deadline.as_secs()))?
+}
+
+async fn exchange(
+    method: &str,
+    authority: &str,
+    path: &str,
+    token: Option<&str>,
+    json: Option<Vec<u8>>,
+    help: &str,
 ) -> anyhow::Result<(u16, Vec<u8>)> {
     use http_body_util::{BodyExt, Full};
     let help = || help.to_string();
-    let stream = tokio::net::TcpStream::connect(authority).await.with_context(help)?;
+    let stream = tokio::time::timeout(Duration::from_secs(10), tokio::net::TcpStream::connect(authority))
+        .await
+        .map_err(|_| anyhow::anyhow!("no connection within 10 s"))
+        .with_context(help)?
+        .with_context(help)?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
         .await
         .with_context(help)?;

@@ -311,7 +311,7 @@ impl Applier {
         }
         // Not while a batch commits in the background: if it failed, its transaction is
         // aborted and would refuse the statement.
-        self.settle().await?;
+        self.settle_inner().await?;
         let text = sql();
         let stmt = self
             .tgt

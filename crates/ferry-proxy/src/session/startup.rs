@@ -15,9 +15,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
 
-/// Time a client has to complete startup and authentication (PostgreSQL's default too).
-const AUTH_TIMEOUT: Duration = Duration::from_secs(60);
-
 pub(super) async fn write_error(client: &Stream, severity: Severity, code: &str, message: &str, hint: Option<&str>) {
     let frame = upstream::error_frame(severity, code, message, hint);
     let _ = tokio::time::timeout(Duration::from_secs(1), client.write_all(&frame)).await;
@@ -75,7 +72,7 @@ fn is_false(v: &str) -> bool {
 /// Startup, authentication, wait for the hold to end, connect to the upstream.
 pub(super) async fn setup(shared: Arc<Shared>, client: Stream, peer: SocketAddr) -> io::Result<Option<Forwarder>> {
     let mut buf = BytesMut::with_capacity(1024);
-    let authenticated = tokio::time::timeout(AUTH_TIMEOUT, authenticate(&shared, &client, &mut buf, peer)).await;
+    let authenticated = tokio::time::timeout(shared.timeouts.client_startup, authenticate(&shared, &client, &mut buf, peer)).await;
     let (user, params) = match authenticated {
         Ok(Ok(Some(x))) => x,
         Ok(Ok(None)) => return Ok(None),
@@ -101,12 +98,12 @@ pub(super) async fn setup(shared: Arc<Shared>, client: Stream, peer: SocketAddr)
         }
     }
     let upstream = lock(&shared.upstream).clone();
-    let backend = match upstream::connect(&upstream, &user, &params).await {
+    let backend = match upstream::connect(&upstream, &user, &params, &shared.timeouts).await {
         Ok(b) => b,
         Err(e) => {
             shared.connecting.fetch_sub(1, SeqCst);
             shared.notify_safe();
-            tracing::warn!(%peer, user = %user, error = %e, "cannot connect a session to its upstream");
+            tracing::warn!(%peer, user = %user, upstream = %upstream.name, error = %e, "cannot connect a session to its upstream");
             write_error(
                 &client,
                 Severity::Fatal,
@@ -338,7 +335,7 @@ async fn cancel(shared: &Shared, pid: i32, secret: i32) {
         }
     };
     tracing::debug!(session = pid, backend_pid = key.process_id, "forwarding cancel request");
-    if let Err(e) = upstream::cancel(&key).await {
+    if let Err(e) = upstream::cancel(&key, &shared.timeouts).await {
         tracing::warn!(session = pid, error = %e, "cancel request could not be forwarded");
     }
 }
