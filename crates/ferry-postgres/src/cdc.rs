@@ -51,6 +51,11 @@ pub struct CdcOptions {
     pub max_batch: usize,
     /// Longest a batch stays open before it commits at the next boundary.
     pub max_delay: Duration,
+    /// While changes stream densely, batches commit at most this often: one target
+    /// transaction then carries every source transaction of the interval, which costs the
+    /// target (and the CPU it shares with the source on a small machine) far less than one
+    /// each. A transaction arriving after a quiet spell commits at once.
+    pub commit_interval: Duration,
     /// Record dead letters and continue instead of stopping.
     pub skip_dead_letters: bool,
     /// While true, change capture stops at a checkpoint, closes the stream (the slot keeps the
@@ -69,6 +74,8 @@ pub struct CdcOptions {
 
 /// Default of `stream_timeout`.
 pub const DEFAULT_STREAM_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default of `commit_interval`.
+pub const DEFAULT_COMMIT_INTERVAL: Duration = Duration::from_millis(10);
 /// Default of `apply_timeout`.
 pub const DEFAULT_APPLY_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -590,6 +597,8 @@ async fn stream(
     let mut heard = Instant::now();
     let mut pinged = Instant::now() - ping_after;
     let mut flush_polled = Instant::now();
+    // When the last batch was sent: the next one goes no sooner than `commit_interval` after.
+    let mut committed = Instant::now() - opts.commit_interval;
     // Events of the batch being worked through: they are handled without waiting on anything
     // else; stop, pause, finished commits and the clock are looked at between batches.
     let mut queue = Vec::new().into_iter();
@@ -625,10 +634,19 @@ async fn stream(
                     // send the batch that grew meanwhile.
                     r = applier.settle(), if applier.has_inflight() => {
                         r?;
-                        if applier.batch_open() && applier.at_boundary() {
+                        if applier.batch_open() && applier.at_boundary() && committed.elapsed() >= opts.commit_interval {
                             applier.commit().await?;
+                            committed = Instant::now();
                         }
                         rep.report(pos.applied(applier), pos.flushed(applier), applier.totals().txns, progress).await?;
+                        continue;
+                    }
+                    // A batch held back by the commit interval: its time has come.
+                    _ = tokio::time::sleep_until((committed + opts.commit_interval).into()),
+                        if applier.batch_open() && applier.at_boundary() && !applier.has_inflight() =>
+                    {
+                        applier.commit().await?;
+                        committed = Instant::now();
                         continue;
                     }
                     r = tokio::time::timeout(Duration::from_millis(100), rx.recv()) => match r {
@@ -668,6 +686,7 @@ async fn stream(
                 // Nothing arrived for a while: commit what is complete.
                 if applier.batch_open() && applier.at_boundary() {
                     applier.commit().await?;
+                    committed = Instant::now();
                 }
             }
             Some(Err(e)) => return Err(e.into()),
@@ -694,21 +713,27 @@ async fn stream(
                 // small ones), up to `max_batch` changes or `max_delay`.
                 if applier.batch_open()
                     && applier.at_boundary()
-                    && ((queue.as_slice().is_empty() && rx.is_empty() && !applier.has_inflight())
+                    && ((queue.as_slice().is_empty()
+                        && rx.is_empty()
+                        && !applier.has_inflight()
+                        && committed.elapsed() >= opts.commit_interval)
                         || applier.batch_len() >= opts.max_batch
                         || applier.batch_age() >= opts.max_delay)
                 {
                     applier.commit().await?;
+                    committed = Instant::now();
                 }
             }
             Some(Ok(StreamEvent::Keepalive { wal_end, reply })) => {
                 progress.server_wal_end.fetch_max(wal_end.0, Ordering::Relaxed);
-                // The server has sent everything up to wal_end. Commit what is complete, and if
-                // no source transaction is open, nothing before wal_end is still ours to apply:
-                // confirm it, so the slot moves on even when no change of ours comes along
+                // The server has sent everything up to wal_end. Commit what is complete (within
+                // the commit interval: a busy WAL sender sends a keepalive after every burst),
+                // and if no source transaction is open, nothing before wal_end is still ours to
+                // apply: confirm it, so the slot moves on even when no change of ours comes along
                 // (an idle database, a server shutting down and waiting for us).
-                if applier.batch_open() && applier.at_boundary() {
+                if applier.batch_open() && applier.at_boundary() && !applier.has_inflight() && committed.elapsed() >= opts.commit_interval {
                     applier.commit().await?;
+                    committed = Instant::now();
                 }
                 // Only with nothing in flight: a batch committing in the background may still fail.
                 let idle = !applier.batch_open() && applier.at_boundary() && !applier.has_inflight();

@@ -152,6 +152,12 @@ pub struct MigrateArgs {
     /// third of it; never shorter than half the source's wal_sender_timeout plus 5 s.
     #[arg(long, value_parser = parse_duration, default_value = "30s")]
     pub stream_timeout: std::time::Duration,
+    /// While changes stream densely, commit to the target at most this often (one target
+    /// transaction per interval instead of one per source transaction: far less work for the
+    /// target); a transaction after a quiet spell commits at once. 0 commits whenever the
+    /// stream has nothing more ready.
+    #[arg(long, value_parser = parse_duration, default_value = "10ms")]
+    pub commit_interval: std::time::Duration,
     /// A call to the target (or a catalog query) waiting longer than this makes a watchdog check
     /// the apply session from a second connection: a statement still running is waited for; no
     /// answer, or the session idle while Ferry waits for it, ends the session and reconnects.

@@ -182,6 +182,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         max_batch: 5000,
         max_delay_ms: 100,
         stream_timeout: ferry_postgres::cdc::DEFAULT_STREAM_TIMEOUT,
+        commit_interval: ferry_postgres::cdc::DEFAULT_COMMIT_INTERVAL,
         apply_timeout: ferry_postgres::cdc::DEFAULT_APPLY_TIMEOUT,
         maintenance_work_mem: "256MB".into(),
         analyze: true,

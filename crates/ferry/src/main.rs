@@ -141,6 +141,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 max_batch: args.max_batch,
                 max_delay_ms: args.max_delay_ms,
                 stream_timeout: args.stream_timeout,
+                commit_interval: args.commit_interval,
                 apply_timeout: args.apply_timeout,
                 maintenance_work_mem: args.maintenance_work_mem.clone(),
                 analyze: !args.no_analyze,

@@ -39,6 +39,8 @@ pub struct MigrateOptions {
     pub max_delay_ms: u64,
     /// Replication stream silence that means a dead connection.
     pub stream_timeout: std::time::Duration,
+    /// Least time between two target commits while changes stream densely.
+    pub commit_interval: std::time::Duration,
     /// Database call wait after which the watchdog checks the apply session.
     pub apply_timeout: std::time::Duration,
     /// maintenance_work_mem for index builds.
@@ -577,6 +579,7 @@ async fn reverse(req: &CheckRequest, opts: &MigrateOptions, stop: tokio::sync::w
         max_batch: opts.max_batch,
         max_delay: std::time::Duration::from_millis(opts.max_delay_ms),
         stream_timeout: opts.stream_timeout,
+        commit_interval: opts.commit_interval,
         apply_timeout: opts.apply_timeout,
         skip_dead_letters: false,
         pause: None,
@@ -663,6 +666,7 @@ async fn forward(req: &CheckRequest, opts: &MigrateOptions, stop: tokio::sync::w
         max_batch: opts.max_batch,
         max_delay: std::time::Duration::from_millis(opts.max_delay_ms),
         stream_timeout: opts.stream_timeout,
+        commit_interval: opts.commit_interval,
         apply_timeout: opts.apply_timeout,
         skip_dead_letters: opts.skip_dead_letters,
         pause: opts.live.as_ref().map(|l| l.pause_receiver()),
