@@ -10,7 +10,10 @@
 #   ferry-src      127.0.0.1:55432  wal_level=logical   source of most tests
 #   ferry-tgt      127.0.0.1:55433  wal_level=logical   target of most tests
 #   ferry-replica  127.0.0.1:55434  wal_level=replica   for the "wal_level is wrong" test
-# (FERRY_TEST_PORT_BASE=N uses N .. N+5 instead.)
+#   ferry-dsrc     127.0.0.1:55438  wal_level=logical, production durability (fsync,
+#   ferry-dtgt     127.0.0.1:55439  synchronous_commit, full_page_writes on): the heavy CDC and
+#                                   cutover tests that must hold up as users run PostgreSQL
+# (FERRY_TEST_PORT_BASE=N uses N .. N+7 instead.)
 # MariaDB servers (scripts/mysql.sh, same directory):
 #   ferry-my        127.0.0.1:55435  binlog ROW, FULL row image and metadata   MySQL-source tests
 #   ferry-my-nobin  127.0.0.1:55436  binary log off                           "log_bin is OFF" test
@@ -35,7 +38,7 @@ command -v "${FERRY_CHROMIUM:-chromium}" >/dev/null 2>&1 || need+=(chromium)
 scripts/install.sh "${need[@]}"
 
 # --- 2. servers ------------------------------------------------------------------------
-clusters=(ferry-src ferry-tgt ferry-replica)
+clusters=(ferry-src ferry-tgt ferry-replica ferry-dsrc ferry-dtgt)
 my_servers=(ferry-my ferry-my-nobin ferry-my-stmt)
 cleanup() {
   for c in "${clusters[@]}"; do scripts/pg.sh stop "$c" || true; done
@@ -46,20 +49,26 @@ say "starting PostgreSQL clusters"
 for c in "${clusters[@]}"; do scripts/pg.sh destroy "$c" >/dev/null 2>&1 || true; done
 for m in "${my_servers[@]}"; do scripts/mysql.sh destroy "$m" >/dev/null 2>&1 || true; done
 # Another checkout's test run (or anything else) on these ports would make every test fail in
-# confusing ways: say so up front. FERRY_TEST_PORT_BASE moves all three.
+# confusing ways: say so up front. FERRY_TEST_PORT_BASE moves them all.
 base=${FERRY_TEST_PORT_BASE:-55432}
-for port in "$base" $((base + 1)) $((base + 2)) $((base + 3)) $((base + 4)) $((base + 5)); do
+for port in $(seq "$base" $((base + 7))); do
   if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-    echo "port $port on 127.0.0.1 is already in use (another Ferry test run?): stop it, or set FERRY_TEST_PORT_BASE to another free range of 6 ports" >&2
+    echo "port $port on 127.0.0.1 is already in use (another Ferry test run?): stop it, or set FERRY_TEST_PORT_BASE to another free range of 8 ports" >&2
     exit 1
   fi
 done
 scripts/pg.sh start ferry-src "$base" -c wal_level=logical
 scripts/pg.sh start ferry-tgt $((base + 1)) -c wal_level=logical
 scripts/pg.sh start ferry-replica $((base + 2)) -c wal_level=replica
+# wal_sender_timeout 20 s: Ferry's stream deadline is never under half of it plus 5 s, so the
+# black-hole test sees a dead stream detected within 15 s (60 s, the default, would give 35 s).
+FERRY_PG_DURABLE=1 scripts/pg.sh start ferry-dsrc $((base + 6)) -c wal_level=logical -c wal_sender_timeout=20s
+FERRY_PG_DURABLE=1 scripts/pg.sh start ferry-dtgt $((base + 7)) -c wal_level=logical
 export FERRY_TEST_SOURCE=$(scripts/pg.sh url ferry-src)
 export FERRY_TEST_TARGET=$(scripts/pg.sh url ferry-tgt)
 export FERRY_TEST_REPLICA=$(scripts/pg.sh url ferry-replica)
+export FERRY_TEST_DURABLE_SOURCE=$(scripts/pg.sh url ferry-dsrc)
+export FERRY_TEST_DURABLE_TARGET=$(scripts/pg.sh url ferry-dtgt)
 say "starting MariaDB servers"
 scripts/mysql.sh start ferry-my $((base + 3)) --log-bin=binlog --binlog-format=ROW --binlog-row-image=FULL \
   --binlog-row-metadata=FULL --server-id=1

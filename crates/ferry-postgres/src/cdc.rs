@@ -419,20 +419,26 @@ fn transient(context: impl Into<String>, reason: impl Into<String>) -> PgError {
 }
 
 /// Watches the applier's database calls: one that has waited longer than `limit` is checked
-/// from a second connection to the target. Returns (ending the session) when the target does
+/// from a second connection to the target, every `limit / 3` (at least 500 ms), each probe
+/// bounded by 2 s (or the step if longer); a probe without an answer is repeated at once on a
+/// new connection. Detection takes at most `limit` + a step + two probes: 24 s by default,
+/// 12 s with `--apply-timeout 6s`. Returns (ending the session) when the target does
 /// not answer, when the apply session is gone, or when it is idle while Ferry waits for it
 /// (the connection lost what was sent). A statement still running is waited for.
 async fn watchdog(target: crate::Endpoint, pid: i32, busy: Arc<AtomicU64>, limit: Duration) -> PgError {
     let step = (limit / 3).max(Duration::from_millis(500));
     let mut probe: Option<tokio_postgres::Client> = None;
-    let mut unanswered_since: Option<Instant> = None;
+    // Probes in a row that got no answer.
+    let mut failures = 0u32;
     let mut reported = Instant::now();
     loop {
-        tokio::time::sleep(step).await;
+        if failures == 0 {
+            tokio::time::sleep(step).await;
+        }
         let since = busy.load(Ordering::Relaxed);
         let waited = Duration::from_millis(unix_ms().saturating_sub(since));
         if since == 0 || waited < limit {
-            unanswered_since = None;
+            failures = 0;
             continue;
         }
         let look = async {
@@ -458,7 +464,7 @@ async fn watchdog(target: crate::Endpoint, pid: i32, busy: Arc<AtomicU64>, limit
                 )
             }
             Ok(Ok(Some(row))) => {
-                unanswered_since = None;
+                failures = 0;
                 let state: Option<String> = row.get(0);
                 let wait: String = row.get(1);
                 let query: Option<String> = row.get(2);
@@ -484,9 +490,11 @@ async fn watchdog(target: crate::Endpoint, pid: i32, busy: Arc<AtomicU64>, limit
                 );
             }
             Ok(Err(_)) | Err(_) => {
+                // Two in a row, the second on a new connection: one refused connection
+                // (max_connections, say) does not end a healthy session that is merely slow.
                 probe = None;
-                let first = *unanswered_since.get_or_insert_with(Instant::now);
-                if first.elapsed() + step >= limit {
+                failures += 1;
+                if failures >= 2 {
                     return transient(
                         format!("applying changes on {}", target.describe()),
                         format!(

@@ -119,7 +119,10 @@ fn unix_now() -> u64 {
 }
 
 async fn setup(prefix: &str) -> Dbs {
-    let dbs = Dbs::create(prefix).await;
+    prepare(Dbs::create(prefix).await).await
+}
+
+async fn prepare(dbs: Dbs) -> Dbs {
     pgbench_init(&dbs.source, 1).await;
     create_marker(&dbs.source).await;
     connect(&dbs.source)
@@ -453,4 +456,80 @@ async fn wait_for_proxy(addr: &str) {
         assert!(Instant::now() < deadline, "the proxy did not start");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Durability on: a cutover with no application traffic, then 30 s of nothing: the reverse
+/// stream reports no lag (an idle stream is caught up, its lag does not grow with the clock),
+/// the rollback is accepted at the first request, and what was written on the target before
+/// the quiet spell is on the source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn heavy_durable_rollback_after_an_idle_cutover_is_accepted() {
+    let dbs = prepare(Dbs::create_durable("didle").await).await;
+    let (api, proxy) = (free_addr(), free_addr());
+    let m = start(&dbs, &api, &proxy, &[]);
+    wait_for_cdc(&dbs.target).await;
+    verify_clean(&api).await;
+    let (run, report) = switch(&api, "cutover", &["--max-pause", "2s"]);
+    assert_eq!(report["outcome"], "done", "{report} {}", run.all());
+    let (host, port) = proxy.rsplit_once(':').unwrap();
+    let app = connect(&format!("postgres://postgres:ferry-test-pw@{host}:{port}/{}", dbs.name)).await;
+    app.batch_execute("INSERT INTO tickets (client) VALUES (4242)").await.unwrap();
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let st = api_status(&api).await;
+    let lag = st["live"]["reverse"]["lag_seconds"].as_f64().unwrap_or(f64::MAX);
+    eprintln!("reverse stream after 30 s idle: {}", st["live"]["reverse"]);
+    assert!(lag < 1.0, "an idle reverse stream reports {lag} s of lag: {st}");
+    let (run, report) = switch(&api, "rollback", &["--max-pause", "2s"]);
+    assert_eq!(run.code, 0, "{}", run.all());
+    assert_eq!(report["outcome"], "done", "{report}");
+    assert_eq!(scalar_i64(&dbs.source, "SELECT count(*) FROM tickets WHERE client = 4242").await, 1);
+    drop(app);
+    let run = m.terminate();
+    assert_eq!(run.code, 0, "{}", run.all());
+    dbs.drop().await;
+}
+
+/// Durability on, pgbench -c 8 through the proxy for 60 s: a verification, then a cutover
+/// requested 5 s after it, then a rollback: both succeed at the first request (the cutover
+/// waits for the catch-up after the verification's hold instead of refusing), not one
+/// transaction fails, and every transaction's ticket is on the source once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn heavy_durable_cutover_and_rollback_right_after_a_verification_under_pgbench() {
+    let dbs = prepare(Dbs::create_durable("dcut").await).await;
+    let (api, proxy) = (free_addr(), free_addr());
+    let m = start(&dbs, &api, &proxy, &[]);
+    wait_for_cdc(&dbs.target).await;
+    let bench = pgbench_via_proxy(&proxy, &dbs.name, 8, 60, 0);
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let verified = Instant::now();
+    verify_clean(&api).await;
+    eprintln!("verification under load took {:.1} s", verified.elapsed().as_secs_f64());
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let lag = api_status(&api).await["lag_seconds"].clone();
+    let (run, report) = switch(&api, "cutover", &["--max-pause", "2s"]);
+    eprintln!("lag 5 s after the verification: {lag}; cutover: {report}");
+    assert_eq!(run.code, 0, "{}", run.all());
+    assert_eq!(report["outcome"], "done", "{report}");
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    let (run, report) = switch(&api, "rollback", &["--max-pause", "2s"]);
+    eprintln!("rollback: {report}");
+    assert_eq!(run.code, 0, "{}", run.all());
+    assert_eq!(report["outcome"], "done", "{report}");
+    let (text, processed, _) = finish(bench);
+    eprintln!("{text}");
+    let r = connect(&dbs.source)
+        .await
+        .query_one("SELECT count(*), count(DISTINCT id) FROM tickets", &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        r.get::<_, i64>(0),
+        processed,
+        "tickets on the source vs transactions pgbench completed"
+    );
+    assert_eq!(r.get::<_, i64>(1), processed);
+    assert!(pgbench_invariant(&dbs.source).await);
+    let run = m.terminate();
+    assert_eq!(run.code, 0, "{}", run.all());
+    dbs.drop().await;
 }

@@ -66,7 +66,19 @@ pub struct Dbs {
 impl Dbs {
     /// Creates `<prefix>_<pid>_<n>` on both clusters.
     pub async fn create(prefix: &str) -> Self {
-        let env = env();
+        Self::create_in(prefix, env()).await
+    }
+
+    /// The same on the clusters that run with production durability (fsync,
+    /// synchronous_commit and full_page_writes on; scripts/test.sh starts them).
+    pub async fn create_durable(prefix: &str) -> Self {
+        let mut env = env();
+        env.source = var("FERRY_TEST_DURABLE_SOURCE");
+        env.target = var("FERRY_TEST_DURABLE_TARGET");
+        Self::create_in(prefix, env).await
+    }
+
+    async fn create_in(prefix: &str, env: Env) -> Self {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
@@ -605,4 +617,146 @@ impl Drop for PrivateClusters {
             let _ = Command::new(&script).args(["destroy", n]).output();
         }
     }
+}
+
+/// The text `ferry migrate` has logged so far (stderr).
+impl Migrator {
+    /// Its log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.err).unwrap_or_default()
+    }
+}
+
+/// A TCP relay in front of a server, for network faults that hit only the test's own
+/// connections: `black_hole(true)` stops forwarding in both directions without closing
+/// anything (bytes wait in the relay, new connections are accepted and then never answered),
+/// as when a firewall starts dropping packets; `black_hole(false)` lets everything through
+/// again.
+pub struct Relay {
+    /// host:port of the relay.
+    pub addr: String,
+    hole: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Relay {
+    /// Starts a relay to `upstream` (host:port) on a free loopback port.
+    pub async fn start(upstream: &str) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let (hole, watch) = tokio::sync::watch::channel(false);
+        let upstream = upstream.to_string();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((client, _)) = listener.accept().await else { return };
+                let (upstream, watch) = (upstream.clone(), watch.clone());
+                tokio::spawn(async move {
+                    // A connection made during a black hole waits for the network to return.
+                    let mut w = watch.clone();
+                    until(&mut w, false).await;
+                    let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
+                        return;
+                    };
+                    let (cr, cw) = client.into_split();
+                    let (sr, sw) = server.into_split();
+                    tokio::join!(pump(cr, sw, watch.clone()), pump(sr, cw, watch));
+                });
+            }
+        });
+        Self { addr, hole, task }
+    }
+
+    /// Drops (true) or passes (false) all traffic.
+    pub fn black_hole(&self, on: bool) {
+        self.hole.send_replace(on);
+    }
+
+    /// `url` (postgres://user:pw@host:port/db) with the relay's address instead.
+    pub fn url(&self, url: &str) -> String {
+        let (head, rest) = url.split_once('@').unwrap();
+        let db = rest.split_once('/').map(|(_, d)| d).unwrap_or("");
+        format!("{head}@{}/{db}", self.addr)
+    }
+}
+
+/// Copies one direction, pausing (holding what it read) while the black hole is on.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut hole: tokio::sync::watch::Receiver<bool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        if !until(&mut hole, false).await {
+            return;
+        }
+        let n = tokio::select! {
+            r = from.read(&mut buf) => match r { Ok(0) | Err(_) => { let _ = to.shutdown().await; return } Ok(n) => n },
+            // Stop reading the moment the black hole starts.
+            _ = until(&mut hole, true) => continue,
+        };
+        if !until(&mut hole, false).await {
+            return;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Waits until the black hole is `on` (true) or off; false when the relay is gone.
+async fn until(hole: &mut tokio::sync::watch::Receiver<bool>, on: bool) -> bool {
+    hole.wait_for(|h| *h == on).await.is_ok()
+}
+
+/// Samples a value every second until stopped; returns what was sampled.
+pub struct Sampler<T: Send + 'static> {
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<Vec<T>>,
+}
+
+impl<T: Send + 'static> Sampler<T> {
+    /// Runs `f` once a second.
+    pub fn start<F, Fut>(mut f: F) -> Self
+    where
+        F: FnMut() -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Option<T>> + Send,
+    {
+        let (stop, mut rx) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(async move {
+            let mut out = Vec::new();
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => if let Some(v) = f().await { out.push(v) },
+                    _ = rx.changed() => return out,
+                }
+            }
+        });
+        Self { stop, task }
+    }
+
+    /// Stops and returns the samples.
+    pub async fn finish(self) -> Vec<T> {
+        self.stop.send_replace(true);
+        self.task.await.unwrap()
+    }
+}
+
+/// Nearest-rank percentile of `xs` (p in 0..=100).
+pub fn percentile(xs: &[f64], p: f64) -> f64 {
+    let mut v = xs.to_vec();
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    if v.is_empty() {
+        return 0.0;
+    }
+    let rank = ((p / 100.0) * v.len() as f64).ceil() as usize;
+    v[rank.clamp(1, v.len()) - 1]
 }

@@ -6,6 +6,7 @@ mod cdc;
 mod cutover;
 mod demo;
 mod deploy;
+mod durable;
 mod full_load;
 mod harness;
 mod mysql;
