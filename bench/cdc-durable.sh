@@ -61,6 +61,7 @@
 #                     publications and the subscription are dropped either way)
 #   BENCH_TIMEOUT=1800  seconds before a catch-up or drain wait is abandoned as FAILED
 #   FERRY_BIN=target/release/ferry
+#   FERRY_EXTRA_ARGS="--commit-interval 2ms"   more arguments for ferry's change capture
 #
 # Output: markdown tables on stdout (progress goes to stderr), JSON in
 # bench/out/cdc-durable-<UTC stamp>.json, logs (pgbench, Ferry, samples, probes) in
@@ -338,7 +339,7 @@ port_busy() { (exec 3<>"/dev/tcp/${1%:*}/${1##*:}") 2>/dev/null; }
 ferry_start() { # log-file
   port_busy "$FERRY_LISTEN" && die "something already listens on $FERRY_LISTEN"
   NO_COLOR=1 "$FERRY_BIN" migrate --source "$SRC" --target "$TGT_FERRY" --migration-id "$MIGRATION_ID" \
-    --listen "$FERRY_LISTEN" >>"$1" 2>&1 &
+    --listen "$FERRY_LISTEN" ${FERRY_EXTRA_ARGS:-} >>"$1" 2>&1 &
   FERRY_PID=$!
 }
 

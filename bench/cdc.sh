@@ -32,6 +32,10 @@
 # bench/out/cdc-<UTC timestamp>.json, and the logs (pgbench, Ferry, lag samples) in
 # bench/out/cdc-<UTC timestamp>.logs/.
 set -euo pipefail
+# Production durability (fsync, synchronous_commit, full_page_writes on) unless asked otherwise:
+# a figure measured with them off says nothing about production. FERRY_PG_DURABLE=0 for the fast
+# settings the tests use.
+export FERRY_PG_DURABLE=${FERRY_PG_DURABLE:-1}
 
 SELF=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/$(basename "${BASH_SOURCE[0]}")
 REPO=$(cd "$(dirname "$SELF")/.." && pwd)

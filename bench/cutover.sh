@@ -35,6 +35,10 @@
 # logs (ferry, pgbench, each switch's JSON report) in bench/out/cutover-<UTC timestamp>.logs/.
 # Exit status 1 when a correctness check fails (the targets on time are only reported).
 set -euo pipefail
+# Production durability (fsync, synchronous_commit, full_page_writes on) unless asked otherwise:
+# a figure measured with them off says nothing about production. FERRY_PG_DURABLE=0 for the fast
+# settings the tests use.
+export FERRY_PG_DURABLE=${FERRY_PG_DURABLE:-1}
 
 SELF=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/$(basename "${BASH_SOURCE[0]}")
 REPO=$(cd "$(dirname "$SELF")/.." && pwd)

@@ -234,6 +234,8 @@ type LocalWal = (Lsn, Lsn);
 struct InFlight {
     task: tokio::task::JoinHandle<Result<LocalWal, ApplyError>>,
     end: Lsn,
+    /// When its first source transaction arrived.
+    started: Instant,
     counts: Counts,
 }
 
@@ -460,6 +462,15 @@ impl Applier {
     fn mark_answered(&self) {
         if self.inflight.is_none() {
             self.busy.store(0, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// When the oldest source transaction received and not yet committed on the target
+    /// arrived (None: every transaction received is applied).
+    pub fn pending_since(&self) -> Option<Instant> {
+        match &self.inflight {
+            Some(f) => Some(f.started),
+            None => self.batch_open.then_some(self.batch_started),
         }
     }
 
@@ -1070,6 +1081,7 @@ impl Applier {
         });
         self.inflight = Some(InFlight {
             task,
+            started: self.batch_started,
             end: self.batch_end,
             counts: c,
         });

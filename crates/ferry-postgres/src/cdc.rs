@@ -219,6 +219,9 @@ pub struct CdcProgress {
     pub last_message_ms: AtomicU64,
     /// Unix ms of the last status update sent to the source.
     pub last_feedback_ms: AtomicU64,
+    /// Unix ms when the oldest transaction received but not yet applied arrived (0: none):
+    /// the part of the lag spent in Ferry, at millisecond resolution.
+    pub pending_since_ms: AtomicU64,
     /// Why the last session ended, while reconnecting.
     last_error: Mutex<Option<String>>,
 }
@@ -518,7 +521,18 @@ struct Reporter {
 }
 
 impl Reporter {
-    async fn report(&mut self, applied: Lsn, flushed: Lsn, txns: u64, progress: &CdcProgress) -> Result<(), PgError> {
+    async fn report(
+        &mut self,
+        applied: Lsn,
+        flushed: Lsn,
+        txns: u64,
+        pending: Option<Instant>,
+        progress: &CdcProgress,
+    ) -> Result<(), PgError> {
+        let pending_ms = pending
+            .map(|t| unix_ms().saturating_sub(t.elapsed().as_millis() as u64))
+            .unwrap_or(0);
+        progress.pending_since_ms.store(pending_ms, Ordering::Relaxed);
         let flushed = flushed.min(applied);
         progress.applied_lsn.fetch_max(applied.0, Ordering::Relaxed);
         progress.flushed_lsn.fetch_max(flushed.0, Ordering::Relaxed);
@@ -624,8 +638,14 @@ async fn stream(
                     applier.poll_flush().await?;
                     flush_polled = Instant::now();
                 }
-                rep.report(pos.applied(applier), pos.flushed(applier), applier.totals().txns, progress)
-                    .await?;
+                rep.report(
+                    pos.applied(applier),
+                    pos.flushed(applier),
+                    applier.totals().txns,
+                    applier.pending_since(),
+                    progress,
+                )
+                .await?;
                 // A hold waits for a position the stream may never bring a transaction past (an
                 // idle source): ask the server for a keepalive, which tells how far it has sent.
                 if opts.hold.as_ref().is_some_and(|h| h.requested().is_some()) && applier.at_boundary() && rx.is_empty() {
@@ -646,7 +666,7 @@ async fn stream(
                             applier.commit().await?;
                             committed = Instant::now();
                         }
-                        rep.report(pos.applied(applier), pos.flushed(applier), applier.totals().txns, progress).await?;
+                        rep.report(pos.applied(applier), pos.flushed(applier), applier.totals().txns, applier.pending_since(), progress).await?;
                         continue;
                     }
                     // A batch held back by the commit interval: its time has come.
@@ -762,8 +782,14 @@ async fn stream(
                     // Answer now, whatever changed.
                     rep.at = Instant::now() - FEEDBACK_EVERY;
                 }
-                rep.report(pos.applied(applier), pos.flushed(applier), applier.totals().txns, progress)
-                    .await?;
+                rep.report(
+                    pos.applied(applier),
+                    pos.flushed(applier),
+                    applier.totals().txns,
+                    applier.pending_since(),
+                    progress,
+                )
+                .await?;
             }
         }
     }
@@ -789,8 +815,14 @@ async fn hold_here(
     // What cutover switches to, or verification compares, must not be lost to a crash.
     applier.flush_now().await?;
     let lsn = applier.durable();
-    rep.report(pos.applied(applier), pos.flushed(applier), applier.totals().txns, progress)
-        .await?;
+    rep.report(
+        pos.applied(applier),
+        pos.flushed(applier),
+        applier.totals().txns,
+        applier.pending_since(),
+        progress,
+    )
+    .await?;
     let mut request = hold.request.subscribe();
     let before = progress.state();
     loop {
@@ -805,7 +837,7 @@ async fn hold_here(
                     tokio::select! {
                         r = request.changed() => break r.is_err(),
                         _ = stop.changed() => break true,
-                        _ = tick.tick() => rep.report(pos.applied(applier), pos.flushed(applier), applier.totals().txns, progress).await?,
+                        _ = tick.tick() => rep.report(pos.applied(applier), pos.flushed(applier), applier.totals().txns, applier.pending_since(), progress).await?,
                     }
                 };
                 if released {
@@ -835,7 +867,13 @@ async fn finish(applier: &mut Applier, rep: &mut Reporter, pos: &Positions, prog
     applier.flush_now().await?;
     let lsn = applier.durable();
     let _ = rep
-        .report(pos.applied(applier), pos.flushed(applier), applier.totals().txns, progress)
+        .report(
+            pos.applied(applier),
+            pos.flushed(applier),
+            applier.totals().txns,
+            applier.pending_since(),
+            progress,
+        )
         .await;
     tracing::info!(applied_lsn = %lsn, "change capture stopped at a checkpoint");
     Ok(())

@@ -129,6 +129,11 @@ impl Report {
     }
 }
 
+/// Whether a pre-check's blocker is only about the lag (which may drop by itself).
+fn is_lag_blocker(b: &str) -> bool {
+    b.starts_with("replication lag is") || b.starts_with("reverse replication lag is")
+}
+
 /// Figures older than this (seconds) are too old to switch on.
 const STALE_AFTER: f64 = 5.0;
 
@@ -197,11 +202,6 @@ impl Switchboard {
         let Ok(_busy) = self.busy.try_lock() else {
             return report.no_go(vec!["another cutover or rollback is running".into()]);
         };
-        let waiting = Instant::now();
-        report.waited = self.wait_for_lag(way, opts).await;
-        if report.waited.is_some() {
-            report.steps.push(("catch-up".into(), waiting.elapsed().as_secs_f64() * 1000.0));
-        }
         let (old, new) = match way {
             Way::Cutover => (&self.req.source, &self.req.target),
             Way::Rollback => (&self.req.target, &self.req.source),
@@ -220,7 +220,16 @@ impl Switchboard {
                 return report.no_go(vec![e.to_string()]);
             }
         }
-        let report = match self.pre_checks(way, opts, &old_c, &new_c, &state_c).await {
+        let mut checked = self.pre_checks(way, opts, &old_c, &new_c, &state_c).await;
+        // A lag above --max-lag that is the only blocker is waited out (a verification just
+        // held the stream, a burst of writes), then everything is checked again.
+        if checked.as_ref().is_err_and(|b| b.iter().all(|b| is_lag_blocker(b))) && !opts.catch_up.is_zero() {
+            let waiting = Instant::now();
+            report.waited = self.wait_for_lag(way, opts).await;
+            report.steps.push(("catch-up".into(), waiting.elapsed().as_secs_f64() * 1000.0));
+            checked = self.pre_checks(way, opts, &old_c, &new_c, &state_c).await;
+        }
+        let report = match checked {
             Ok(direct) => Report {
                 direct_sessions: direct,
                 ..report

@@ -153,6 +153,7 @@ impl Live {
         let applied = r.applied_lsn.load(Ordering::Relaxed);
         let processed = r.processed_lsn.load(Ordering::Relaxed).max(applied);
         let (unapplied, lag) = wal_lag(&self.reverse_wal.lock().expect("lock"), processed, Instant::now());
+        let lag = lag.max(inside_ferry(&r));
         Some(status::ReverseFigures {
             applied_lsn: ferry_core::Lsn(applied).to_string(),
             unapplied_bytes: unapplied,
@@ -245,7 +246,9 @@ impl Live {
             // when the forward stream is stopped and kept for a rollback).
             if !matches!(s.phase.as_str(), "cut_over" | "rollback") && p.state() != ferry_postgres::cdc::StreamState::Stopped {
                 let (bytes, lag) = wal_lag(&self.forward_wal.lock().expect("lock"), processed, now);
-                s.lag_seconds = Some(lag);
+                // The source positions are read once a second; what waits inside Ferry is known
+                // to the millisecond.
+                s.lag_seconds = Some(lag.max(inside_ferry(p)));
                 if bytes.is_some() {
                     s.lag_bytes = bytes;
                 }
@@ -409,6 +412,20 @@ impl Live {
             ..Default::default()
         });
         st
+    }
+}
+
+/// Seconds the oldest transaction received but not yet applied has waited inside Ferry.
+fn inside_ferry(p: &CdcProgress) -> f64 {
+    let pending = p.pending_since_ms.load(Ordering::Relaxed);
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    if pending > 0 {
+        now_ms.saturating_sub(pending) as f64 / 1000.0
+    } else {
+        0.0
     }
 }
 
