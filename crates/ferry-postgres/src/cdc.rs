@@ -75,7 +75,7 @@ pub struct CdcOptions {
 /// Default of `stream_timeout`.
 pub const DEFAULT_STREAM_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default of `commit_interval`.
-pub const DEFAULT_COMMIT_INTERVAL: Duration = Duration::from_millis(10);
+pub const DEFAULT_COMMIT_INTERVAL: Duration = Duration::from_millis(2);
 /// Default of `apply_timeout`.
 pub const DEFAULT_APPLY_TIMEOUT: Duration = Duration::from_secs(15);
 

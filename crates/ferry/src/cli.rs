@@ -156,7 +156,7 @@ pub struct MigrateArgs {
     /// transaction per interval instead of one per source transaction: far less work for the
     /// target); a transaction after a quiet spell commits at once. 0 commits whenever the
     /// stream has nothing more ready.
-    #[arg(long, value_parser = parse_duration, default_value = "10ms")]
+    #[arg(long, value_parser = parse_duration, default_value = "2ms")]
     pub commit_interval: std::time::Duration,
     /// A call to the target (or a catalog query) waiting longer than this makes a watchdog check
     /// the apply session from a second connection: a statement still running is waited for; no
