@@ -18,3 +18,26 @@ pub use ident::TableName;
 pub use position::{Lsn, SourcePosition};
 pub use secret::{redact_url, Secret};
 pub use state::{Phase, TableState};
+
+/// A duration for people, in messages: `250 ms`, `10 s`, `1.5 s`.
+pub fn human_duration(d: std::time::Duration) -> String {
+    if d < std::time::Duration::from_secs(1) {
+        format!("{} ms", d.as_millis())
+    } else if d.subsec_millis() == 0 {
+        format!("{} s", d.as_secs())
+    } else {
+        format!("{:.1} s", d.as_secs_f64())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    #[test]
+    fn durations_read_as_people_write_them() {
+        assert_eq!(super::human_duration(Duration::from_millis(250)), "250 ms");
+        assert_eq!(super::human_duration(Duration::from_secs(30)), "30 s");
+        assert_eq!(super::human_duration(Duration::from_millis(1500)), "1.5 s");
+    }
+}

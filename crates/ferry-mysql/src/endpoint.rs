@@ -41,15 +41,9 @@ pub const CATALOG_FACTOR: u32 = 10;
 /// `QUIT`): their outcome does not matter, they must not keep Ferry waiting.
 pub const CLEANUP_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// A duration for people: `250 ms`, `1.5 s`, `30 s`.
+/// A duration for people (`ferry_core::human_duration`).
 pub fn human(d: Duration) -> String {
-    if d < Duration::from_secs(1) {
-        format!("{} ms", d.as_millis())
-    } else if d.subsec_millis() == 0 {
-        format!("{} s", d.as_secs())
-    } else {
-        format!("{:.1} s", d.as_secs_f64())
-    }
+    ferry_core::human_duration(d)
 }
 
 /// Runs `fut` with a deadline. On expiry the error says who did not answer (`peer`, e.g.

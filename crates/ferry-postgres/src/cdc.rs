@@ -547,6 +547,12 @@ impl Reporter {
         Ok(())
     }
 
+    /// Reports where `a` stands.
+    async fn tell(&mut self, pos: &Positions, a: &Applier, progress: &CdcProgress) -> Result<(), PgError> {
+        self.report(pos.applied(a), pos.flushed(a), a.totals().txns, a.pending_since(), progress)
+            .await
+    }
+
     /// Asks the server to answer at once (a liveness probe).
     async fn ping(&mut self) -> Result<(), PgError> {
         self.fb.send(self.sent.0, self.sent.1, true).await?;
@@ -638,14 +644,7 @@ async fn stream(
                     applier.poll_flush().await?;
                     flush_polled = Instant::now();
                 }
-                rep.report(
-                    pos.applied(applier),
-                    pos.flushed(applier),
-                    applier.totals().txns,
-                    applier.pending_since(),
-                    progress,
-                )
-                .await?;
+                rep.tell(&pos, applier, progress).await?;
                 // A hold waits for a position the stream may never bring a transaction past (an
                 // idle source): ask the server for a keepalive, which tells how far it has sent.
                 if opts.hold.as_ref().is_some_and(|h| h.requested().is_some()) && applier.at_boundary() && rx.is_empty() {
@@ -666,7 +665,7 @@ async fn stream(
                             applier.commit().await?;
                             committed = Instant::now();
                         }
-                        rep.report(pos.applied(applier), pos.flushed(applier), applier.totals().txns, applier.pending_since(), progress).await?;
+                        rep.tell(&pos, applier, progress).await?;
                         continue;
                     }
                     // A batch held back by the commit interval: its time has come.
@@ -782,14 +781,7 @@ async fn stream(
                     // Answer now, whatever changed.
                     rep.at = Instant::now() - FEEDBACK_EVERY;
                 }
-                rep.report(
-                    pos.applied(applier),
-                    pos.flushed(applier),
-                    applier.totals().txns,
-                    applier.pending_since(),
-                    progress,
-                )
-                .await?;
+                rep.tell(&pos, applier, progress).await?;
             }
         }
     }
@@ -815,14 +807,7 @@ async fn hold_here(
     // What cutover switches to, or verification compares, must not be lost to a crash.
     applier.flush_now().await?;
     let lsn = applier.durable();
-    rep.report(
-        pos.applied(applier),
-        pos.flushed(applier),
-        applier.totals().txns,
-        applier.pending_since(),
-        progress,
-    )
-    .await?;
+    rep.tell(pos, applier, progress).await?;
     let mut request = hold.request.subscribe();
     let before = progress.state();
     loop {
@@ -837,7 +822,7 @@ async fn hold_here(
                     tokio::select! {
                         r = request.changed() => break r.is_err(),
                         _ = stop.changed() => break true,
-                        _ = tick.tick() => rep.report(pos.applied(applier), pos.flushed(applier), applier.totals().txns, applier.pending_since(), progress).await?,
+                        _ = tick.tick() => rep.tell(pos, applier, progress).await?,
                     }
                 };
                 if released {

@@ -82,15 +82,9 @@ impl Timeouts {
     }
 }
 
-/// A duration for people: `250 ms`, `10 s`, `1.5 s`.
+/// A duration for people (`ferry_core::human_duration`).
 pub(crate) fn human(d: Duration) -> String {
-    if d < Duration::from_secs(1) {
-        format!("{} ms", d.as_millis())
-    } else if d.subsec_millis() == 0 {
-        format!("{} s", d.as_secs())
-    } else {
-        format!("{:.1} s", d.as_secs_f64())
-    }
+    ferry_core::human_duration(d)
 }
 
 #[cfg(test)]
