@@ -19,6 +19,15 @@ pub use position::{Lsn, SourcePosition};
 pub use secret::{redact_url, Secret};
 pub use state::{Phase, TableState};
 
+/// Milliseconds since the Unix epoch (0 if the clock is before it): timestamps shared between
+/// tasks through atomics.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 /// A duration for people, in messages: `250 ms`, `10 s`, `1.5 s`.
 pub fn human_duration(d: std::time::Duration) -> String {
     if d < std::time::Duration::from_secs(1) {

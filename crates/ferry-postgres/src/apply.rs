@@ -286,13 +286,6 @@ pub struct Applier {
     busy: Arc<std::sync::atomic::AtomicU64>,
 }
 
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(1)
-}
-
 impl std::fmt::Debug for Applier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Applier").field("durable", &self.durable).finish()
@@ -450,12 +443,10 @@ impl Applier {
     }
 
     fn mark_busy(&self) {
-        let _ = self.busy.compare_exchange(
-            0,
-            unix_ms(),
-            std::sync::atomic::Ordering::Relaxed,
-            std::sync::atomic::Ordering::Relaxed,
-        );
+        // Already waiting (a batch committing in the background): no clock read on this path.
+        if self.busy.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+            self.busy.store(ferry_core::unix_ms(), std::sync::atomic::Ordering::Relaxed);
+        }
     }
 
     /// Nothing is waiting any more, unless a batch is still committing in the background.
@@ -1183,13 +1174,10 @@ async fn end_stale_session(tgt: &Client, pid: i32) -> Result<(), PgError> {
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    Err(PgError {
-        context: "ending the apply session a lost connection left on the target".into(),
-        reason: format!("session {pid} is still there 5 s after pg_terminate_backend"),
-        fix: None,
-        class: ErrorClass::Transient,
-        code: None,
-    })
+    Err(PgError::transient(
+        "ending the apply session a lost connection left on the target",
+        format!("session {pid} is still there 5 s after pg_terminate_backend"),
+    ))
 }
 
 /// Text of a value for statements: None for NULL. Unchanged values never get here.

@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ferry_core::{ErrorClass, Lsn};
+use ferry_core::{unix_ms, ErrorClass, Lsn};
 use tokio::sync::watch;
 
 use crate::apply::{Applier, ApplyContext, ApplyError};
@@ -195,14 +195,12 @@ impl StreamState {
 /// Live CDC figures, for logs, status and metrics.
 #[derive(Debug, Default)]
 pub struct CdcProgress {
-    /// Source position applied (committed, visible) on the target.
+    /// Nothing before this source position is left to apply: what is committed (visible) on
+    /// the target, or while nothing is open the server's WAL end (WAL of other databases, or
+    /// of tables not replicated). Lag is measured from it.
     pub applied_lsn: AtomicU64,
     /// Source position durable (flushed) on the target: what the slot was told it may forget.
     pub flushed_lsn: AtomicU64,
-    /// Nothing before this source position is left to apply: the applied position, or while
-    /// nothing is open the server's WAL end (WAL of other databases, or of tables not
-    /// replicated). Lag is measured from it.
-    pub processed_lsn: AtomicU64,
     /// Latest WAL end the server reported.
     pub server_wal_end: AtomicU64,
     /// Transactions applied by this process.
@@ -243,6 +241,21 @@ impl CdcProgress {
         self.state.store(s as u8, Ordering::Relaxed);
     }
 
+    /// Since the last message from the source's WAL sender (None before the first).
+    pub fn source_silence(&self) -> Option<Duration> {
+        let heard = self.last_message_ms.load(Ordering::Relaxed);
+        (heard > 0).then(|| Duration::from_millis(unix_ms().saturating_sub(heard)))
+    }
+
+    /// How long the oldest transaction received but not yet applied has waited inside Ferry
+    /// (zero when every transaction received is applied).
+    pub fn waiting_inside(&self) -> Duration {
+        match self.pending_since_ms.load(Ordering::Relaxed) {
+            0 => Duration::ZERO,
+            since => Duration::from_millis(unix_ms().saturating_sub(since)),
+        }
+    }
+
     /// Why the last session ended (kept until a session streams again).
     pub fn last_error(&self) -> Option<String> {
         self.last_error.lock().expect("lock").clone()
@@ -251,13 +264,6 @@ impl CdcProgress {
     fn set_error(&self, e: Option<String>) {
         *self.last_error.lock().expect("lock") = e;
     }
-}
-
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 enum SessionEnd {
@@ -359,7 +365,7 @@ async fn session(
         Ok(Err(e)) => return SessionEnd::Failed(e, stale_pid),
         Err(_) => {
             return SessionEnd::Failed(
-                transient(
+                PgError::transient(
                     format!("preparing the apply session on {}", opts.ctx.target.describe()),
                     format!("no answer within {} s", limit.as_secs()),
                 ),
@@ -411,16 +417,6 @@ fn parse_pg_duration(v: &str) -> Option<Duration> {
     })
 }
 
-fn transient(context: impl Into<String>, reason: impl Into<String>) -> PgError {
-    PgError {
-        context: context.into(),
-        reason: reason.into(),
-        fix: None,
-        class: ErrorClass::Transient,
-        code: None,
-    }
-}
-
 /// Watches the applier's database calls: one that has waited longer than `limit` is checked
 /// from a second connection to the target, every `limit / 3` (at least 500 ms), each probe
 /// bounded by 2 s (or the step if longer); a probe without an answer is repeated at once on a
@@ -458,7 +454,7 @@ async fn watchdog(target: crate::Endpoint, pid: i32, busy: Arc<AtomicU64>, limit
         };
         match tokio::time::timeout(step.max(Duration::from_secs(2)), look).await {
             Ok(Ok(None)) => {
-                return transient(
+                return PgError::transient(
                     format!("applying changes on {}", target.describe()),
                     format!(
                         "the apply session (pid {pid}) is gone from the target while Ferry waited {} s for it",
@@ -482,7 +478,7 @@ async fn watchdog(target: crate::Endpoint, pid: i32, busy: Arc<AtomicU64>, limit
                 if busy.load(Ordering::Relaxed) != since {
                     continue;
                 }
-                return transient(
+                return PgError::transient(
                     format!("applying changes on {}", target.describe()),
                     format!(
                         "Ferry waited {} s for the target's answer while its apply session (pid {pid}) is {} ({wait}): the connection lost what was sent (apply timeout {} s, --apply-timeout)",
@@ -498,7 +494,7 @@ async fn watchdog(target: crate::Endpoint, pid: i32, busy: Arc<AtomicU64>, limit
                 probe = None;
                 failures += 1;
                 if failures >= 2 {
-                    return transient(
+                    return PgError::transient(
                         format!("applying changes on {}", target.describe()),
                         format!(
                             "no answer from the target for {} s, on the apply connection nor on a new one (apply timeout {} s, --apply-timeout): the network or the server is down",
@@ -521,23 +517,18 @@ struct Reporter {
 }
 
 impl Reporter {
-    async fn report(
-        &mut self,
-        applied: Lsn,
-        flushed: Lsn,
-        txns: u64,
-        pending: Option<Instant>,
-        progress: &CdcProgress,
-    ) -> Result<(), PgError> {
-        let pending_ms = pending
+    /// Reports where `a` stands: sends a status update when a position moved or a second
+    /// has passed, and keeps the live figures current.
+    async fn tell(&mut self, pos: &Positions, a: &Applier, progress: &CdcProgress) -> Result<(), PgError> {
+        let (applied, flushed) = (pos.applied(a), pos.flushed(a).min(pos.applied(a)));
+        let pending_ms = a
+            .pending_since()
             .map(|t| unix_ms().saturating_sub(t.elapsed().as_millis() as u64))
             .unwrap_or(0);
         progress.pending_since_ms.store(pending_ms, Ordering::Relaxed);
-        let flushed = flushed.min(applied);
         progress.applied_lsn.fetch_max(applied.0, Ordering::Relaxed);
         progress.flushed_lsn.fetch_max(flushed.0, Ordering::Relaxed);
-        progress.processed_lsn.fetch_max(applied.0, Ordering::Relaxed);
-        progress.txns.store(txns, Ordering::Relaxed);
+        progress.txns.store(a.totals().txns, Ordering::Relaxed);
         if (applied, flushed) != self.sent || self.at.elapsed() >= FEEDBACK_EVERY {
             self.fb.send(applied, flushed, false).await?;
             self.sent = (applied, flushed);
@@ -545,12 +536,6 @@ impl Reporter {
             progress.last_feedback_ms.store(unix_ms(), Ordering::Relaxed);
         }
         Ok(())
-    }
-
-    /// Reports where `a` stands.
-    async fn tell(&mut self, pos: &Positions, a: &Applier, progress: &CdcProgress) -> Result<(), PgError> {
-        self.report(pos.applied(a), pos.flushed(a), a.totals().txns, a.pending_since(), progress)
-            .await
     }
 
     /// Asks the server to answer at once (a liveness probe).
@@ -595,7 +580,6 @@ async fn stream(
     let start = applier.durable();
     progress.applied_lsn.store(start.0, Ordering::Relaxed);
     progress.flushed_lsn.store(applier.flushed().0, Ordering::Relaxed);
-    progress.processed_lsn.fetch_max(start.0, Ordering::Relaxed);
     let mut conn = ReplicationConnection::connect(&opts.ctx.source).await?;
     // A WAL sender busy decoding (a large transaction of tables not replicated, say) may answer
     // a keepalive request only when half its own timeout has passed.
@@ -683,12 +667,12 @@ async fn stream(
                             queue = batch.into_iter();
                             continue;
                         }
-                        Ok(None) => return Err(transient("replication stream", "the stream ended").into()),
+                        Ok(None) => return Err(PgError::transient("replication stream", "the stream ended").into()),
                         // Nothing arrived for a while.
                         Err(_) => {
                             let quiet = heard.elapsed();
                             if quiet >= dead_after {
-                                return Err(transient(
+                                return Err(PgError::transient(
                                     format!("streaming changes from {}", opts.ctx.source.describe()),
                                     format!(
                                         "no message from the WAL sender for {} s, not even the keepalive Ferry asked for: the network or the server is not answering (stream timeout {} s, --stream-timeout)",
@@ -774,7 +758,6 @@ async fn stream(
                 }
                 if idle {
                     pos.idle_end = pos.idle_end.max(wal_end);
-                    progress.processed_lsn.fetch_max(wal_end.0, Ordering::Relaxed);
                 }
                 tracing::trace!(%wal_end, reply, idle, "keepalive");
                 if reply {
@@ -851,15 +834,7 @@ async fn finish(applier: &mut Applier, rep: &mut Reporter, pos: &Positions, prog
     // The next run starts from the applied position; tell the source all of it is durable.
     applier.flush_now().await?;
     let lsn = applier.durable();
-    let _ = rep
-        .report(
-            pos.applied(applier),
-            pos.flushed(applier),
-            applier.totals().txns,
-            applier.pending_since(),
-            progress,
-        )
-        .await;
+    let _ = rep.tell(pos, applier, progress).await;
     tracing::info!(applied_lsn = %lsn, "change capture stopped at a checkpoint");
     Ok(())
 }

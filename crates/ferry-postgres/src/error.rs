@@ -42,6 +42,17 @@ impl PgError {
         }
     }
 
+    /// A failure worth retrying (a lost connection, a server that stopped answering).
+    pub fn transient(context: impl Into<String>, reason: impl std::fmt::Display) -> Self {
+        Self {
+            context: context.into(),
+            reason: reason.to_string(),
+            fix: None,
+            class: ErrorClass::Transient,
+            code: None,
+        }
+    }
+
     /// Wraps a driver error raised while doing `context`.
     pub fn query(context: impl Into<String>, e: tokio_postgres::Error) -> Self {
         let (reason, fix, class, code) = classify(&e);

@@ -111,13 +111,7 @@ impl FeedbackSender {
 }
 
 fn io_error(ctx: &str, e: impl std::fmt::Display) -> PgError {
-    PgError {
-        context: ctx.to_string(),
-        reason: e.to_string(),
-        fix: None,
-        class: ErrorClass::Transient,
-        code: None,
-    }
+    PgError::transient(ctx, e)
 }
 
 /// Parses an ErrorResponse body into a PgError.

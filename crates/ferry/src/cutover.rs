@@ -129,9 +129,13 @@ impl Report {
     }
 }
 
+/// How every lag blocker of the pre-checks reads (forward and reverse), so that a switch can
+/// tell them from the others and wait them out.
+const LAG_BLOCKER: &str = "replication lag is";
+
 /// Whether a pre-check's blocker is only about the lag (which may drop by itself).
 fn is_lag_blocker(b: &str) -> bool {
-    b.starts_with("replication lag is") || b.starts_with("reverse replication lag is")
+    b.contains(LAG_BLOCKER)
 }
 
 /// Figures older than this (seconds) are too old to switch on.
@@ -338,10 +342,12 @@ impl Switchboard {
                     }
                     match st.lag_seconds {
                         Some(l) if l > opts.max_lag.as_secs_f64() => no.push(format!(
-                            "replication lag is {l:.1} s, over --max-lag {} s: wait until change capture has caught up",
+                            "{LAG_BLOCKER} {l:.1} s, over --max-lag {} s: wait until change capture has caught up",
                             opts.max_lag.as_secs_f64()
                         )),
-                        None => no.push("replication lag is not known yet: wait a few seconds for change capture to report".into()),
+                        None => no.push(format!(
+                            "{LAG_BLOCKER} not known yet: wait a few seconds for change capture to report"
+                        )),
                         _ => {}
                     }
                     if !opts.skip_verify_check {
@@ -359,7 +365,7 @@ impl Switchboard {
                 } else if let Some(l) = st.live.as_ref().and_then(|l| l.reverse.as_ref()).and_then(|r| r.lag_seconds) {
                     if l > opts.max_lag.as_secs_f64() {
                         no.push(format!(
-                            "reverse replication lag is {l:.1} s, over --max-lag {} s: wait until it has caught up",
+                            "reverse {LAG_BLOCKER} {l:.1} s, over --max-lag {} s: wait until it has caught up",
                             opts.max_lag.as_secs_f64()
                         ));
                     }

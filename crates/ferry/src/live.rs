@@ -10,7 +10,7 @@
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use ferry_postgres::cdc::CdcProgress;
 use ferry_postgres::snapshot::TableProgress;
@@ -151,9 +151,8 @@ impl Live {
     fn reverse_figures(&self) -> Option<status::ReverseFigures> {
         let r = self.reverse()?;
         let applied = r.applied_lsn.load(Ordering::Relaxed);
-        let processed = r.processed_lsn.load(Ordering::Relaxed).max(applied);
-        let (unapplied, lag) = wal_lag(&self.reverse_wal.lock().expect("lock"), processed, Instant::now());
-        let lag = lag.max(inside_ferry(&r));
+        let (unapplied, lag) = wal_lag(&self.reverse_wal.lock().expect("lock"), applied, Instant::now());
+        let lag = lag.max(r.waiting_inside().as_secs_f64());
         Some(status::ReverseFigures {
             applied_lsn: ferry_core::Lsn(applied).to_string(),
             unapplied_bytes: unapplied,
@@ -238,17 +237,16 @@ impl Live {
         let cdc = self.cdc.read().expect("lock").clone();
         if let Some(p) = cdc.as_ref() {
             let applied = p.applied_lsn.load(Ordering::Relaxed);
-            let processed = p.processed_lsn.load(Ordering::Relaxed).max(applied);
             if applied > 0 {
                 s.applied_lsn = Some(ferry_core::Lsn(applied).to_string());
             }
             // Forward lag while change capture runs toward the target (not after a cutover,
             // when the forward stream is stopped and kept for a rollback).
             if !matches!(s.phase.as_str(), "cut_over" | "rollback") && p.state() != ferry_postgres::cdc::StreamState::Stopped {
-                let (bytes, lag) = wal_lag(&self.forward_wal.lock().expect("lock"), processed, now);
+                let (bytes, lag) = wal_lag(&self.forward_wal.lock().expect("lock"), applied, now);
                 // The source positions are read once a second; what waits inside Ferry is known
                 // to the millisecond.
-                s.lag_seconds = Some(lag.max(inside_ferry(p)));
+                s.lag_seconds = Some(lag.max(p.waiting_inside().as_secs_f64()));
                 if bytes.is_some() {
                     s.lag_bytes = bytes;
                 }
@@ -267,12 +265,7 @@ impl Live {
             if let Some(p) = cdc.as_ref() {
                 live.stream_state = Some(p.state().as_str().to_string());
                 live.stream_error = p.last_error();
-                let heard = p.last_message_ms.load(Ordering::Relaxed);
-                let now_ms = SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .map(|d| d.as_millis() as u64)
-                    .unwrap_or(0);
-                live.source_message_age_seconds = (heard > 0).then(|| now_ms.saturating_sub(heard) as f64 / 1000.0);
+                live.source_message_age_seconds = p.source_silence().map(|d| d.as_secs_f64());
                 let flushed = p.flushed_lsn.load(Ordering::Relaxed);
                 live.flushed_lsn = (flushed > 0).then(|| ferry_core::Lsn(flushed).to_string());
             }
@@ -363,10 +356,7 @@ impl Live {
                 }
             }
         }
-        let now_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
+        let now_ms = ferry_core::unix_ms();
         let e = &st.events_applied;
         let sample = Sample {
             t: now_ms,
@@ -412,20 +402,6 @@ impl Live {
             ..Default::default()
         });
         st
-    }
-}
-
-/// Seconds the oldest transaction received but not yet applied has waited inside Ferry.
-fn inside_ferry(p: &CdcProgress) -> f64 {
-    let pending = p.pending_since_ms.load(Ordering::Relaxed);
-    let now_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
-    if pending > 0 {
-        now_ms.saturating_sub(pending) as f64 / 1000.0
-    } else {
-        0.0
     }
 }
 

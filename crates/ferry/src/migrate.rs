@@ -627,24 +627,18 @@ async fn forward(req: &CheckRequest, opts: &MigrateOptions, stop: tokio::sync::w
         loop {
             tokio::time::sleep(std::time::Duration::from_secs(10)).await;
             let applied = p.applied_lsn.load(Ordering::Relaxed);
-            let processed = p.processed_lsn.load(Ordering::Relaxed).max(applied);
             let end = p.server_wal_end.load(Ordering::Relaxed);
             let (txns, changes) = (p.txns.load(Ordering::Relaxed), p.changes.load(Ordering::Relaxed));
-            let heard = p.last_message_ms.load(Ordering::Relaxed);
-            let now_ms = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_millis() as u64)
-                .unwrap_or(0);
             tracing::info!(
                 state = p.state().as_str(),
                 applied_lsn = %Lsn(applied),
                 flushed_lsn = %Lsn(p.flushed_lsn.load(Ordering::Relaxed)),
                 // Sent by the WAL sender but not yet applied; the lag behind the source itself is
                 // in `ferry status` (age of the oldest source WAL not applied).
-                unapplied_bytes = end.saturating_sub(processed),
+                unapplied_bytes = end.saturating_sub(applied),
                 txns_per_s = (txns - last_txns) / 10,
                 changes_per_s = (changes - last_changes) / 10,
-                source_silent_s = if heard > 0 { now_ms.saturating_sub(heard) / 1000 } else { 0 },
+                source_silent_s = p.source_silence().unwrap_or_default().as_secs(),
                 error = p.last_error().unwrap_or_default(),
                 "change capture"
             );

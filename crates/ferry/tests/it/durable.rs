@@ -151,23 +151,10 @@ async fn heavy_black_holes_to_source_and_target_are_detected_and_survived() {
     tokio::time::sleep(Duration::from_secs(5)).await;
 
     // --- Source side.
-    let hole = Instant::now();
-    src_relay.black_hole(true);
-    let mut detected = None;
-    let mut shown = None;
-    while hole.elapsed() < Duration::from_secs(40) {
-        tokio::time::sleep(Duration::from_millis(250)).await;
-        if detected.is_none() && m.log().contains("no message from the WAL sender") {
-            detected = Some(hole.elapsed());
-        }
-        if shown.is_none() {
-            let st = api_status(&api).await;
-            if st["live"]["stream_state"] == "reconnecting" && st["live"]["stream_error"].as_str().unwrap_or("").contains("WAL sender") {
-                shown = Some(hole.elapsed());
-            }
-        }
-    }
-    let st = api_status(&api).await;
+    let (detected, shown, st) = black_hole(&src_relay, &m, &api, "no message from the WAL sender", |st| {
+        st["live"]["stream_state"] == "reconnecting" && st["live"]["stream_error"].as_str().unwrap_or("").contains("WAL sender")
+    })
+    .await;
     eprintln!(
         "source black hole: logged after {detected:?}, status showed it after {shown:?}; status then: {}",
         st["live"]
@@ -179,41 +166,23 @@ async fn heavy_black_holes_to_source_and_target_are_detected_and_survived() {
         st["live"]["source_sample_age_seconds"].as_f64().unwrap_or(0.0) > 3.0,
         "the status does not say the source's figures are old: {st}"
     );
-    src_relay.black_hole(false);
-    api_wait(
-        &api,
-        "the stream to resume after the source black hole",
-        Duration::from_secs(60),
-        |s| s["live"]["stream_state"] == "streaming",
-    )
-    .await;
+    heal(&src_relay, &api, "the source").await;
 
-    // --- Target side.
-    let hole = Instant::now();
-    tgt_relay.black_hole(true);
-    let mut detected = None;
-    while hole.elapsed() < Duration::from_secs(40) {
-        tokio::time::sleep(Duration::from_millis(250)).await;
-        if detected.is_none() && m.log().contains("apply timeout") {
-            detected = Some(hole.elapsed());
-        }
-    }
-    // The API answers from memory: it shows the reconnecting stream and that its figures from
-    // the target are stale.
-    let st = api_status(&api).await;
-    eprintln!("target black hole: logged after {detected:?}; status then: {}", st["live"]);
+    // --- Target side. The API answers from memory: it shows the reconnecting stream and that
+    // its figures from the target are stale.
+    let (detected, shown, st) = black_hole(&tgt_relay, &m, &api, "apply timeout", |st| {
+        st["live"]["stream_state"] == "reconnecting"
+    })
+    .await;
+    eprintln!(
+        "target black hole: logged after {detected:?}, status showed it after {shown:?}; status then: {}",
+        st["live"]
+    );
     let detected = detected.unwrap_or_else(|| panic!("the dead target was not logged within 40 s:\n{}", m.log()));
     assert!(detected <= Duration::from_secs(14), "detected after {detected:?}, bound 12 s");
     assert_ne!(st["live"]["stream_state"], "streaming", "{st}");
     assert!(st["live"]["sample_age_seconds"].as_f64().unwrap_or(0.0) > 3.0, "{st}");
-    tgt_relay.black_hole(false);
-    api_wait(
-        &api,
-        "the stream to resume after the target black hole",
-        Duration::from_secs(90),
-        |s| s["live"]["stream_state"] == "streaming",
-    )
-    .await;
+    heal(&tgt_relay, &api, "the target").await;
 
     tokio::task::spawn_blocking(move || pgbench_finish(bench)).await.unwrap();
     sync_point(&dbs.source, &dbs.target, 2).await;
@@ -223,4 +192,40 @@ async fn heavy_black_holes_to_source_and_target_are_detected_and_survived() {
     assert_eq!(run.code, 0, "{}", run.all());
     drop((src_relay, tgt_relay));
     dbs.drop().await;
+}
+
+/// Drops everything through `relay` for 40 s; returns when `logged` first appeared in Ferry's
+/// log and when the status first satisfied `shown`, and the status at the end.
+async fn black_hole(
+    relay: &Relay,
+    m: &Migrator,
+    api: &str,
+    logged: &str,
+    shown: impl Fn(&serde_json::Value) -> bool,
+) -> (Option<Duration>, Option<Duration>, serde_json::Value) {
+    let hole = Instant::now();
+    relay.black_hole(true);
+    let (mut seen_log, mut seen_status) = (None, None);
+    while hole.elapsed() < Duration::from_secs(40) {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        if seen_log.is_none() && m.log().contains(logged) {
+            seen_log = Some(hole.elapsed());
+        }
+        if seen_status.is_none() && shown(&api_status(api).await) {
+            seen_status = Some(hole.elapsed());
+        }
+    }
+    (seen_log, seen_status, api_status(api).await)
+}
+
+/// Lets traffic through `relay` again and waits until the stream is back.
+async fn heal(relay: &Relay, api: &str, side: &str) {
+    relay.black_hole(false);
+    api_wait(
+        api,
+        &format!("the stream to resume after the black hole to {side}"),
+        Duration::from_secs(90),
+        |s| s["live"]["stream_state"] == "streaming",
+    )
+    .await;
 }
