@@ -287,6 +287,22 @@ async fn cancel_through_the_proxy() {
     let started = Instant::now();
     let sleeper = tokio::spawn(async move { client.simple_query("select pg_sleep(30)").await.map(|_| ()) });
     wait_until(Duration::from_secs(10), || proxy.stats().busy == 1).await;
+    // PostgreSQL cancels only a query that is running: wait until the server runs it (a cancel
+    // that arrived while the query was still on its way was ignored, and the test waited 30 s).
+    let watcher = db.direct("source").await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while watcher
+        .query_opt(
+            "SELECT 1 FROM pg_stat_activity WHERE state = 'active' AND query = 'select pg_sleep(30)'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .is_none()
+    {
+        assert!(Instant::now() < deadline, "the query never started on the server");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     token.cancel_query(NoTls).await.unwrap();
     let err = sleeper.await.unwrap().unwrap_err();
     assert_eq!(err.code(), Some(&SqlState::QUERY_CANCELED), "{err}");
