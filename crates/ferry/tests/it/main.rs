@@ -2,6 +2,7 @@
 
 mod api;
 mod bad_input;
+mod certs;
 mod cdc;
 mod cutover;
 mod demo;
