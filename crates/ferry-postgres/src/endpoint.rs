@@ -1,14 +1,14 @@
 //! Where a PostgreSQL server is and how to log in to it, printable without its password.
 
 use std::path::PathBuf;
-use std::str::FromStr;
 use std::time::Duration;
 
-use ferry_core::{redact_url, Secret};
-use tokio_postgres::config::Host;
-use tokio_postgres::{Client, Config, NoTls};
+use ferry_core::Secret;
+use tokio_postgres::{Client, Config};
 
+use crate::conninfo::{ConnInfo, Environment, ProcessEnv, Provenance};
 use crate::error::PgError;
+use crate::pgtls::{AuthPolicy, PgSocket, RootCert, RustlsConnect, Sniff, SslMode, TlsSettings, Verdict};
 
 /// `application_name` every Ferry connection announces, so DBAs see Ferry in `pg_stat_activity`.
 pub const APPLICATION_NAME: &str = "ferry";
@@ -26,24 +26,66 @@ pub const TCP_USER_TIMEOUT: Duration = Duration::from_secs(30);
 /// tokio-postgres (the replication protocol client). Best effort: an OS without an option
 /// keeps its default.
 pub fn tune_tcp(s: &tokio::net::TcpStream) {
-    let sock = socket2::SockRef::from(s);
-    let ka = socket2::TcpKeepalive::new()
-        .with_time(TCP_KEEPALIVE_IDLE)
-        .with_interval(TCP_KEEPALIVE_INTERVAL)
-        .with_retries(TCP_KEEPALIVE_RETRIES);
-    let _ = sock.set_tcp_keepalive(&ka);
-    #[cfg(target_os = "linux")]
-    let _ = sock.set_tcp_user_timeout(Some(TCP_USER_TIMEOUT));
-    let _ = sock.set_tcp_nodelay(true);
+    TcpTuning::default().apply(s);
 }
 
-/// A parsed connection URL plus its password. `Debug` and [`Endpoint::redacted`] never show the
-/// password.
+/// TCP keepalive and user-timeout settings of a connection (libpq's `keepalives*` and
+/// `tcp_user_timeout` options; Ferry's defaults above when not given).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcpTuning {
+    /// Keepalives on (libpq `keepalives=1`, the default).
+    pub keepalives: bool,
+    /// Idle time before the first probe.
+    pub idle: Duration,
+    /// Between probes.
+    pub interval: Duration,
+    /// Unanswered probes before the connection is dead.
+    pub retries: u32,
+    /// Longest sent data may stay unacknowledged.
+    pub user_timeout: Duration,
+}
+
+impl Default for TcpTuning {
+    fn default() -> Self {
+        Self {
+            keepalives: true,
+            idle: TCP_KEEPALIVE_IDLE,
+            interval: TCP_KEEPALIVE_INTERVAL,
+            retries: TCP_KEEPALIVE_RETRIES,
+            user_timeout: TCP_USER_TIMEOUT,
+        }
+    }
+}
+
+impl TcpTuning {
+    /// Applies the settings to a socket. Best effort: an OS without an option keeps its default.
+    pub fn apply(&self, s: &tokio::net::TcpStream) {
+        let sock = socket2::SockRef::from(s);
+        if self.keepalives {
+            let ka = socket2::TcpKeepalive::new()
+                .with_time(self.idle)
+                .with_interval(self.interval)
+                .with_retries(self.retries);
+            let _ = sock.set_tcp_keepalive(&ka);
+        }
+        #[cfg(target_os = "linux")]
+        let _ = sock.set_tcp_user_timeout(Some(self.user_timeout).filter(|d| !d.is_zero()));
+        let _ = sock.set_tcp_nodelay(true);
+    }
+}
+
+/// A resolved PostgreSQL connection (libpq's rules: [`crate::conninfo`]) plus its password and
+/// TLS settings. `Debug` and [`Endpoint::redacted`] never show the password.
 #[derive(Clone)]
 pub struct Endpoint {
     config: Config,
     redacted: String,
     password: Option<Secret>,
+    provenance: Provenance,
+    addr: HostAddr,
+    tls: TlsSettings,
+    auth: AuthPolicy,
+    tcp: TcpTuning,
 }
 
 impl std::fmt::Debug for Endpoint {
@@ -54,67 +96,171 @@ impl std::fmt::Debug for Endpoint {
 
 /// The URL could not be understood.
 #[derive(Debug, thiserror::Error)]
-#[error("invalid PostgreSQL URL {redacted}: {why}; expected postgres://user[:password]@host[:port]/database[?sslmode=...]")]
+#[error("invalid PostgreSQL URL {redacted}: {why}; expected postgres://user[:password]@host[:port]/database[?sslmode=...] or libpq's key=value form")]
 pub struct UrlError {
-    /// The URL with its password masked.
+    /// What can be shown of the URL (never the password).
     pub redacted: String,
     /// What is wrong.
     pub why: String,
 }
 
+fn secs(opts: &ConnInfo, key: &str) -> Result<Option<Duration>, String> {
+    opts.get(key)
+        .map(|v| {
+            v.trim()
+                .parse::<u64>()
+                .map(Duration::from_secs)
+                .map_err(|_| format!("{key}={v:?} is not a whole number of seconds"))
+        })
+        .transpose()
+}
+
 impl Endpoint {
-    /// Parses `postgres://` / `postgresql://` URLs (and libpq key=value strings). `password`,
-    /// when given (from the environment or a password file), overrides the URL's.
+    /// Resolves a `postgres://` URL or libpq key=value string with libpq's conventions (the
+    /// `PG*` environment, service and password files). `password`, when given (Ferry's
+    /// `FERRY_*_PASSWORD` or password file), overrides every other source.
     pub fn parse(url: &str, password: Option<Secret>) -> Result<Self, UrlError> {
-        let redacted = redact_url(url);
+        Self::parse_from(url, password.map(|p| (p, "Ferry's password option".to_string())), &ProcessEnv)
+    }
+
+    /// [`Endpoint::parse`] with the explicit password's origin named for error messages.
+    pub fn parse_labelled(url: &str, password: Option<(Secret, String)>) -> Result<Self, UrlError> {
+        Self::parse_from(url, password, &ProcessEnv)
+    }
+
+    /// [`Endpoint::parse`] against a given environment.
+    pub fn parse_from(url: &str, password: Option<(Secret, String)>, env: &dyn Environment) -> Result<Self, UrlError> {
+        let shown = safe_prefix(url);
+        let err = |why: String| UrlError {
+            redacted: shown.clone(),
+            why,
+        };
+        let info = ConnInfo::resolve(url, password.as_ref().map(|(s, from)| (s.expose(), from.as_str())), env).map_err(err)?;
+        let redacted = info.display();
         let err = |why: String| UrlError {
             redacted: redacted.clone(),
             why,
         };
-        let trimmed = url.trim();
-        if trimmed.contains("://") && !(trimmed.starts_with("postgres://") || trimmed.starts_with("postgresql://")) {
-            return Err(err("the scheme must be postgres:// or postgresql://".into()));
-        }
-        // The parser's own message may quote the offending text, which can hold the password.
-        let mut config = Config::from_str(trimmed).map_err(|e| err(redact_url(&e.to_string())))?;
-        if config.get_hosts().is_empty() {
-            return Err(err("no host given".into()));
-        }
-        if config.get_user().is_none() {
-            return Err(err("no user given".into()));
-        }
-        if config.get_dbname().is_none() {
-            let user = config.get_user().unwrap_or_default().to_string();
-            config.dbname(&user);
-        }
-        let password = password.or_else(|| config.get_password().map(|p| Secret::new(String::from_utf8_lossy(p).into_owned())));
+        let get = |k: &str| info.get(k).map(str::to_string);
+        let mut config = Config::new();
+        let user = info.get("user").unwrap_or_default();
+        config.user(user);
+        config.dbname(info.get("dbname").unwrap_or(user));
+        let port = match info.get("port").filter(|p| !p.is_empty()) {
+            Some(p) => p.parse::<u16>().map_err(|_| err(format!("port {p:?} is not a port number")))?,
+            None => 5432,
+        };
+        let host = info.get("host").map(str::to_string);
+        let addr = match (info.get("hostaddr"), &host) {
+            (Some(a), _) => HostAddr::Tcp(a.to_string(), port),
+            (None, Some(h)) if h.starts_with('/') => HostAddr::Unix(PathBuf::from(h), port),
+            (None, Some(h)) => HostAddr::Tcp(h.clone(), port),
+            (None, None) => return Err(err("no host given".into())),
+        };
+        match &addr {
+            HostAddr::Tcp(h, _) => config.host(h),
+            HostAddr::Unix(d, _) => config.host_path(d),
+        };
+        config.port(port);
+        let password = info.get("password").map(|p| Secret::new(p.to_string()));
         if let Some(p) = &password {
             config.password(p.expose());
         }
-        if config.get_application_name().is_none() {
-            config.application_name(APPLICATION_NAME);
+        config.application_name(
+            info.get("application_name")
+                .or(info.get("fallback_application_name"))
+                .unwrap_or(APPLICATION_NAME),
+        );
+        if let Some(o) = info.get("options") {
+            config.options(o);
         }
-        if config.get_connect_timeout().is_none() {
-            config.connect_timeout(Duration::from_secs(10));
+        // libpq treats connect_timeout below 2 s as 2 s, and 0 as "wait forever"; Ferry never
+        // waits forever: 0 means its default.
+        let timeout = secs(&info, "connect_timeout")
+            .map_err(err)?
+            .filter(|d| !d.is_zero())
+            .map(|d| d.max(Duration::from_secs(2)))
+            .unwrap_or(Duration::from_secs(10));
+        config.connect_timeout(timeout);
+        if let Some(cb) = info.get("channel_binding") {
+            config.channel_binding(match cb {
+                "disable" => tokio_postgres::config::ChannelBinding::Disable,
+                "prefer" => tokio_postgres::config::ChannelBinding::Prefer,
+                "require" => tokio_postgres::config::ChannelBinding::Require,
+                other => return Err(err(format!("channel_binding={other:?} is not one of disable, prefer, require"))),
+            });
         }
-        // A peer that vanishes (a black hole: packets dropped, nothing closed) is noticed by
-        // the kernel: keepalive probes after 10 s of silence, and unacknowledged data gives up
-        // after TCP_USER_TIMEOUT. Ferry's own deadlines (stream silence, the apply watchdog,
-        // sampler timeouts: docs/operations.md) usually fire first; these are the floor under
-        // every connection, verification's and the control connections' included.
-        config.keepalives(true);
-        config.keepalives_idle(TCP_KEEPALIVE_IDLE);
-        config.keepalives_interval(TCP_KEEPALIVE_INTERVAL);
-        config.keepalives_retries(TCP_KEEPALIVE_RETRIES);
-        config.tcp_user_timeout(TCP_USER_TIMEOUT);
+        if let Some(t) = info.get("target_session_attrs") {
+            config.target_session_attrs(match t {
+                "any" => tokio_postgres::config::TargetSessionAttrs::Any,
+                "read-write" | "primary" => tokio_postgres::config::TargetSessionAttrs::ReadWrite,
+                other => {
+                    return Err(err(format!(
+                        "target_session_attrs={other:?}: Ferry accepts any, read-write or primary"
+                    )))
+                }
+            });
+        }
+        if let Some(e) = info.get("client_encoding") {
+            if !matches!(e.to_ascii_uppercase().replace(['-', '_'], "").as_str(), "UTF8" | "AUTO") {
+                return Err(err(format!(
+                    "client_encoding={e:?}: Ferry always talks UTF8 to the server (it converts from the database's encoding)"
+                )));
+            }
+        }
+        if info.get("gssencmode") == Some("require") {
+            return Err(err(
+                "gssencmode=require: GSSAPI encryption is not supported; use TLS (sslmode)".into()
+            ));
+        }
+        if let Some(lb) = info.get("load_balance_hosts").filter(|v| *v != "disable") {
+            return Err(err(format!("load_balance_hosts={lb:?}: Ferry connects to exactly one server")));
+        }
+        for v in ["ssl_min_protocol_version", "ssl_max_protocol_version"] {
+            if let Some(x) = info.get(v).filter(|x| !matches!(*x, "TLSv1.2" | "TLSv1.3")) {
+                return Err(err(format!("{v}={x:?}: Ferry speaks TLSv1.2 and TLSv1.3 only")));
+            }
+        }
+        let mut tcp = TcpTuning::default();
+        if let Some(k) = info.get("keepalives") {
+            tcp.keepalives = k != "0";
+        }
+        if let Some(d) = secs(&info, "keepalives_idle").map_err(err)? {
+            tcp.idle = d;
+        }
+        if let Some(d) = secs(&info, "keepalives_interval").map_err(err)? {
+            tcp.interval = d;
+        }
+        if let Some(n) = info.get("keepalives_count") {
+            tcp.retries = n.parse().map_err(|_| err(format!("keepalives_count={n:?} is not a number")))?;
+        }
+        if let Some(ms) = info.get("tcp_user_timeout") {
+            tcp.user_timeout = Duration::from_millis(
+                ms.parse()
+                    .map_err(|_| err(format!("tcp_user_timeout={ms:?} is not a number of milliseconds")))?,
+            );
+        }
+        let server_name = match (&host, &addr) {
+            (Some(h), _) if !h.starts_with('/') => h.clone(),
+            (_, HostAddr::Tcp(a, _)) => a.clone(),
+            _ => "localhost".to_string(),
+        };
+        let tls = TlsSettings::resolve(get, env.home(), &server_name).map_err(err)?;
+        let auth = AuthPolicy::parse(info.get("require_auth")).map_err(err)?;
         Ok(Self {
             config,
             redacted,
             password,
+            provenance: info.provenance.clone(),
+            addr,
+            tls,
+            auth,
+            tcp,
         })
     }
 
-    /// The URL with its password masked: safe to print.
+    /// The URL with its password masked: safe to print. Built from the parsed settings, never
+    /// from the text given.
     pub fn redacted(&self) -> &str {
         &self.redacted
     }
@@ -134,14 +280,29 @@ impl Endpoint {
         self.password.as_ref()
     }
 
-    /// First host: a TCP host name or a Unix socket directory.
+    /// Where the password came from, and which sources were looked at without one.
+    pub fn password_provenance(&self) -> &Provenance {
+        &self.provenance
+    }
+
+    /// The server's address: a TCP host name or a Unix socket directory.
     pub fn host(&self) -> HostAddr {
-        let port = self.config.get_ports().first().copied().unwrap_or(5432);
-        match self.config.get_hosts().first() {
-            Some(Host::Tcp(h)) => HostAddr::Tcp(h.clone(), port),
-            Some(Host::Unix(p)) => HostAddr::Unix(p.clone(), port),
-            None => HostAddr::Tcp("localhost".into(), port),
-        }
+        self.addr.clone()
+    }
+
+    /// TLS settings.
+    pub fn tls(&self) -> &TlsSettings {
+        &self.tls
+    }
+
+    /// Which authentication methods may be answered.
+    pub fn auth_policy(&self) -> &AuthPolicy {
+        &self.auth
+    }
+
+    /// TCP keepalive settings.
+    pub fn tcp_tuning(&self) -> TcpTuning {
+        self.tcp
     }
 
     /// `host:port/db` for messages.
@@ -157,42 +318,208 @@ impl Endpoint {
         e
     }
 
-    /// Whether the user asked for TLS (`sslmode=require` or stricter is unsupported for now).
-    pub fn requires_tls(&self) -> bool {
-        matches!(self.config.get_ssl_mode(), tokio_postgres::config::SslMode::Require)
-    }
-
     /// The configured connect timeout.
     pub fn connect_timeout(&self) -> Duration {
         self.config.get_connect_timeout().copied().unwrap_or(Duration::from_secs(10))
     }
 
+    /// Opens the socket: TCP with Ferry's keepalives, or the Unix socket.
+    pub async fn open_socket(&self) -> std::io::Result<PgSocket> {
+        Ok(match &self.addr {
+            HostAddr::Tcp(h, p) => {
+                let s = tokio::net::TcpStream::connect((h.as_str(), *p)).await?;
+                self.tcp.apply(&s);
+                PgSocket::Tcp(s)
+            }
+            HostAddr::Unix(dir, p) => PgSocket::Unix(tokio::net::UnixStream::connect(dir.join(format!(".s.PGSQL.{p}"))).await?),
+        })
+    }
+
+    /// Whether connections go over a local Unix socket (no TLS there, as with libpq).
+    pub fn is_local_socket(&self) -> bool {
+        matches!(self.addr, HostAddr::Unix(..))
+    }
+
     /// Opens a regular SQL connection; the connection's I/O runs on a spawned task. `role`
     /// (for example "copy-3") is appended to `application_name` so each connection is visible.
     pub async fn connect(&self, role: &str) -> Result<Client, PgError> {
-        if self.requires_tls() {
-            return Err(PgError::config(
-                format!("cannot connect to {}", self.describe()),
-                "the URL asks for sslmode=require, and this build of Ferry has no TLS support yet",
-                "use sslmode=prefer or sslmode=disable on a trusted network, or tunnel the connection",
-            ));
-        }
+        let client = match self.tls.mode {
+            // libpq's `allow`: plain first, TLS when the server refuses plain connections.
+            SslMode::Allow if !self.is_local_socket() => match self.connect_once(role, false).await {
+                Err(e) if e.code.as_deref() == Some("28000") => self.connect_once(role, true).await?,
+                other => other?,
+            },
+            mode => self.connect_once(role, mode > SslMode::Allow && !self.is_local_socket()).await?,
+        };
+        // If Ferry dies (kill -9 included), the server aborts this session's running statement
+        // within a second instead of finishing it as an orphan that a rerun would collide with.
+        // PostgreSQL 14+; older servers lack the setting, which is harmless. SQL text with
+        // literals (the MySQL apply path, catalog queries) assumes standard-conforming strings:
+        // a server or role configured otherwise would read backslashes as escapes.
+        let _ = client.batch_execute("SET client_connection_check_interval = 1000").await;
+        client
+            .batch_execute("SET standard_conforming_strings = on")
+            .await
+            .map_err(|e| PgError::query(format!("setting up a session on {}", self.describe()), e))?;
+        Ok(client)
+    }
+
+    async fn connect_once(&self, role: &str, tls: bool) -> Result<Client, PgError> {
+        use tokio_postgres::config::{SslMode as TpSsl, SslNegotiation};
         let mut config = self.config.clone();
         let app = self.config.get_application_name().unwrap_or(APPLICATION_NAME);
         config.application_name(format!("{app} {role}"));
-        let (client, connection) = config.connect(NoTls).await.map_err(|e| PgError::from_connect(e, self))?;
+        let tls_config = self.tls.config.clone().filter(|_| tls);
+        config.ssl_mode(match (&tls_config, self.tls.mode) {
+            (None, _) => TpSsl::Disable,
+            (Some(_), m) if m >= SslMode::Require || m == SslMode::Allow => TpSsl::Require,
+            (Some(_), _) => TpSsl::Prefer,
+        });
+        let direct = self.tls.direct && tls_config.is_some();
+        config.ssl_negotiation(if direct { SslNegotiation::Direct } else { SslNegotiation::Postgres });
+        let verdict = Verdict::default();
+        let handshake = Verdict::default();
+        let limit = self.connect_timeout();
+        let attempt = async {
+            let io = self.open_socket().await.map_err(|e| PgError::from_io(e, self))?;
+            let sniff = Sniff::new(
+                io,
+                self.auth.clone(),
+                tls_config.is_some() && !direct,
+                false,
+                self.is_local_socket(),
+                verdict.clone(),
+            );
+            let connector = RustlsConnect {
+                // Unused when ssl_mode is Disable.
+                config: tls_config
+                    .clone()
+                    .unwrap_or_else(|| self.tls.config.clone().unwrap_or_else(placeholder_config)),
+                server_name: self.tls.server_name.clone(),
+                policy: self.auth.clone(),
+                verdict: verdict.clone(),
+                handshake_error: handshake.clone(),
+            };
+            raw_connect(config.clone(), sniff, connector)
+                .await
+                .map_err(|e| PgError::from_connect(e, self))
+        };
+        let (client, connection) = match tokio::time::timeout(limit, attempt).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
+                let context = format!("cannot connect to {} as user {:?}", self.describe(), self.user());
+                if let Some(why) = verdict.refused() {
+                    return Err(PgError::config(context, why, "see the reason"));
+                }
+                if let Some(why) = handshake.refused() {
+                    return Err(PgError::config(
+                        context,
+                        why,
+                        "fix the TLS settings (sslmode, sslrootcert, sslcert/sslkey) or the server's certificate",
+                    ));
+                }
+                return Err(e);
+            }
+            Err(_) => {
+                return Err(PgError::from_io(
+                    std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("no connection and log-in within {} s (connect_timeout)", limit.as_secs_f64()),
+                    ),
+                    self,
+                ))
+            }
+        };
         let what = self.describe();
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!(server = %what, error = %e, "connection closed with error");
             }
         });
-        // If Ferry dies (kill -9 included), the server aborts this session's running statement
-        // within a second instead of finishing it as an orphan that a rerun would collide with.
-        // PostgreSQL 14+; older servers lack the setting, which is harmless.
-        let _ = client.batch_execute("SET client_connection_check_interval = 1000").await;
         Ok(client)
     }
+
+    /// Environment for libpq-based child processes (pg_dump, pg_restore) that reach the same
+    /// server with the same TLS settings. The password travels in `PGPASSWORD`, never on a
+    /// command line.
+    pub fn libpq_env(&self) -> Vec<(&'static str, String)> {
+        let mut env = Vec::new();
+        match &self.addr {
+            // hostaddr given: connect to the address, verify the certificate against the name.
+            HostAddr::Tcp(a, p) if *a != self.tls.server_name => {
+                env.push(("PGHOST", self.tls.server_name.clone()));
+                env.push(("PGHOSTADDR", a.clone()));
+                env.push(("PGPORT", p.to_string()));
+            }
+            HostAddr::Tcp(h, p) => {
+                env.push(("PGHOST", h.clone()));
+                env.push(("PGPORT", p.to_string()));
+            }
+            HostAddr::Unix(d, p) => {
+                env.push(("PGHOST", d.display().to_string()));
+                env.push(("PGPORT", p.to_string()));
+            }
+        }
+        env.push(("PGUSER", self.user().to_string()));
+        env.push(("PGDATABASE", self.dbname().to_string()));
+        env.push(("PGCONNECT_TIMEOUT", self.connect_timeout().as_secs().max(2).to_string()));
+        env.push(("PGSSLMODE", self.tls.mode.as_str().to_string()));
+        match &self.tls.rootcert {
+            // libpq before 16 does not know `system`: hand it the system bundle's file.
+            Some(RootCert::System) => {
+                if let Some(f) = ferry_tls::system_roots_file() {
+                    env.push(("PGSSLROOTCERT", f.display().to_string()));
+                }
+            }
+            Some(RootCert::File(f)) => env.push(("PGSSLROOTCERT", f.display().to_string())),
+            None => {}
+        }
+        if let Some((c, k)) = &self.tls.client_cert {
+            env.push(("PGSSLCERT", c.display().to_string()));
+            env.push(("PGSSLKEY", k.display().to_string()));
+        }
+        if self.tls.direct {
+            env.push(("PGSSLNEGOTIATION", "direct".into()));
+        }
+        if let Some(p) = &self.password {
+            env.push(("PGPASSWORD", p.expose().to_string()));
+        }
+        env
+    }
+}
+
+/// Only the scheme and host of a connection string that could not be parsed: never a part
+/// that could hold the password.
+fn safe_prefix(url: &str) -> String {
+    let t = url.trim();
+    match t.split_once("://") {
+        Some((scheme, rest)) => {
+            let host = rest.rsplit_once('@').map(|(_, h)| h).unwrap_or(rest);
+            let host = host.split(['/', '?']).next().unwrap_or_default();
+            if rest.contains('@') {
+                format!("{scheme}://****@{host}/...")
+            } else {
+                format!("{scheme}://{host}/...")
+            }
+        }
+        None => "(key=value string)".to_string(),
+    }
+}
+
+type RawConnection = tokio_postgres::Connection<Sniff<PgSocket>, crate::pgtls::PgTlsStream>;
+
+/// tokio-postgres's log-in as an owned, boxed `Send` future (an `async fn` borrowing the
+/// configuration trips the compiler's higher-ranked `Send` inference in spawned callers).
+fn raw_connect(
+    config: Config,
+    io: Sniff<PgSocket>,
+    tls: RustlsConnect,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(Client, RawConnection), tokio_postgres::Error>> + Send>> {
+    Box::pin(async move { config.connect_raw(io, tls).await })
+}
+
+fn placeholder_config() -> std::sync::Arc<ferry_tls::rustls::ClientConfig> {
+    ferry_tls::client_config(&ferry_tls::ClientOptions::default()).expect("an encrypt-only TLS configuration always builds")
 }
 
 /// A server address.

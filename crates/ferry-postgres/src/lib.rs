@@ -6,11 +6,13 @@
 
 pub mod apply;
 pub mod cdc;
+pub mod conninfo;
 pub mod copy_binary;
 pub mod endpoint;
 pub mod error;
 pub mod introspect;
 pub mod pgoutput;
+pub mod pgtls;
 pub mod preflight;
 pub mod replication;
 pub mod schema;

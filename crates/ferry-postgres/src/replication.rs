@@ -13,17 +13,13 @@ use fallible_iterator::FallibleIterator;
 use ferry_core::{ErrorClass, Lsn};
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256};
 use postgres_protocol::message::{backend, frontend};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::endpoint::{Endpoint, HostAddr, APPLICATION_NAME};
+use crate::endpoint::{Endpoint, APPLICATION_NAME};
 use crate::error::PgError;
 
-/// Any byte stream to a server (TCP or Unix socket).
-pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
-
-/// The boxed stream a replication connection runs on.
-pub type BoxedIo = Box<dyn Io>;
+use crate::pgtls::{AuthMethod, SslMode};
+pub use crate::pgtls::{BoxedIo, Io};
 
 /// An open replication connection.
 pub struct ReplicationConnection {
@@ -93,36 +89,42 @@ impl ReplicationConnection {
         // The connect timeout bounds the whole log-in (TCP, authentication, start-up), not just
         // the TCP handshake: a server that accepts and then says nothing must not hang us.
         let limit = ep.connect_timeout();
-        tokio::time::timeout(limit, Self::open_unbounded(ep, replication, role, io_err))
-            .await
-            .map_err(|_| {
-                io_err(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!("no connection and log-in within {} s (connect_timeout)", limit.as_secs_f64()),
-                ))
-            })?
+        let attempt = async {
+            let want_tls = !ep.is_local_socket() && ep.tls().mode > SslMode::Allow;
+            match Self::open_unbounded(ep, replication, role, &io_err, want_tls).await {
+                // libpq's `allow`: plain first, TLS when the server turns plain down.
+                Err(e) if ep.tls().mode == SslMode::Allow && !ep.is_local_socket() && e.code.as_deref() == Some("28000") => {
+                    Self::open_unbounded(ep, replication, role, &io_err, true).await
+                }
+                other => other,
+            }
+        };
+        tokio::time::timeout(limit, attempt).await.map_err(|_| {
+            io_err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no connection and log-in within {} s (connect_timeout)", limit.as_secs_f64()),
+            ))
+        })?
     }
 
     async fn open_unbounded(
         ep: &Endpoint,
         replication: bool,
         role: &str,
-        io_err: impl Fn(std::io::Error) -> PgError,
+        io_err: &impl Fn(std::io::Error) -> PgError,
+        want_tls: bool,
     ) -> Result<Self, PgError> {
         let server = ep.describe();
         let context = || format!("cannot open a replication connection to {server} as user {:?}", ep.user());
-        let io: Box<dyn Io> = match ep.host() {
-            HostAddr::Tcp(h, p) => {
-                let s = tokio::net::TcpStream::connect((h.as_str(), p)).await.map_err(&io_err)?;
-                crate::endpoint::tune_tcp(&s);
-                Box::new(s)
-            }
-            HostAddr::Unix(dir, p) => Box::new(
-                tokio::net::UnixStream::connect(dir.join(format!(".s.PGSQL.{p}")))
-                    .await
-                    .map_err(&io_err)?,
-            ),
-        };
+        let socket: BoxedIo = Box::new(ep.open_socket().await.map_err(io_err)?);
+        // TLS as the URL asks (libpq's sslmode). A Unix socket never uses TLS, as with libpq.
+        let (io, encrypted) = crate::pgtls::negotiate(socket, ep.tls(), want_tls).await.map_err(|why| {
+            PgError::config(
+                context(),
+                why,
+                "fix the TLS settings (sslmode, sslrootcert, sslcert/sslkey) or the server's certificate",
+            )
+        })?;
         let mut conn = Self {
             io,
             read: BytesMut::with_capacity(8192),
@@ -136,7 +138,7 @@ impl ReplicationConnection {
         }
         frontend::startup_message(params.iter().copied(), &mut conn.write).map_err(&io_err)?;
         conn.flush().await.map_err(&io_err)?;
-        conn.authenticate(ep).await.map_err(|mut e| {
+        conn.authenticate(ep, encrypted).await.map_err(|mut e| {
             e.context = context();
             e
         })?;
@@ -151,20 +153,39 @@ impl ReplicationConnection {
         Ok(conn)
     }
 
-    async fn authenticate(&mut self, ep: &Endpoint) -> Result<(), PgError> {
+    async fn authenticate(&mut self, ep: &Endpoint, encrypted: bool) -> Result<(), PgError> {
         let password = || {
             ep.password().map(|p| p.expose().as_bytes().to_vec()).ok_or_else(|| {
                 PgError::config(
                     "authentication",
-                    "the server asks for a password and none was given",
-                    "put it in the URL, FERRY_SOURCE_PASSWORD, or --source-password-file",
+                    format!(
+                        "the server asks for a password and none was found (looked in: the URL, FERRY_*_PASSWORD, --*-password-file, PGPASSWORD, the service file{})",
+                        ep.password_provenance().looked.iter().map(|l| format!("; {l}")).collect::<String>()
+                    ),
+                    "give the password in one of those places (a password file, FERRY_*_PASSWORD or ~/.pgpass with mode 0600 keep it off the command line)",
                 )
             })
         };
+        let local = ep.is_local_socket();
+        let policy = ep.auth_policy();
+        let check = |m: AuthMethod| match policy.refuse(m, encrypted, local) {
+            Some(why) => Err(PgError::config("authentication", why, "see the reason")),
+            None => Ok(()),
+        };
         let mut scram: Option<ScramSha256> = None;
+        let mut asked = false;
         loop {
             let ctx = "authentication";
-            match self.next().await? {
+            let msg = self.next().await?;
+            match &msg {
+                backend::Message::AuthenticationOk if !asked => check(AuthMethod::None)?,
+                backend::Message::AuthenticationCleartextPassword => check(AuthMethod::Password)?,
+                backend::Message::AuthenticationMd5Password(_) => check(AuthMethod::Md5)?,
+                backend::Message::AuthenticationSasl(_) => check(AuthMethod::Scram)?,
+                _ => {}
+            }
+            asked = true;
+            match msg {
                 backend::Message::AuthenticationOk => return Ok(()),
                 backend::Message::AuthenticationCleartextPassword => {
                     frontend::password_message(&password()?, &mut self.write).map_err(|e| proto(ctx, e))?;

@@ -18,5 +18,5 @@ mod dump;
 mod post_data;
 
 pub use build::{run_steps, StepOutcome};
-pub use dump::{dump_pre_data, dump_remaining_post_data, dump_table, strip_restrict, PgTools, SchemaError};
+pub use dump::{dump_pre_data, dump_remaining_post_data, dump_table, strip_restrict, PgTools, SchemaError, WorkDir};
 pub use post_data::{plan_post_data, PostDataPlan, Step, StepKind};

@@ -187,14 +187,9 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             }
             let st = match &args.target {
                 Some(url) => {
-                    let target =
-                        ferry_postgres::Endpoint::parse(url, std::env::var("FERRY_TARGET_PASSWORD").ok().map(ferry_core::Secret::new))
-                            .map_err(|e| exit::UsageError(format!("--target: {e}")))?;
+                    let target = settings::pg_endpoint(url, None, "FERRY_TARGET_PASSWORD", "target")?;
                     let source = match &args.source {
-                        Some(s) => Some(
-                            ferry_postgres::Endpoint::parse(s, std::env::var("FERRY_SOURCE_PASSWORD").ok().map(ferry_core::Secret::new))
-                                .map_err(|e| exit::UsageError(format!("--source: {e}")))?,
-                        ),
+                        Some(s) => Some(settings::pg_endpoint(s, None, "FERRY_SOURCE_PASSWORD", "source")?),
                         None => None,
                     };
                     status::read(

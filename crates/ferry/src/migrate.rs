@@ -314,14 +314,12 @@ pub async fn run(req: &CheckRequest, opts: &MigrateOptions) -> anyhow::Result<Op
     for s in &plan.skipped {
         tracing::warn!("not created: {s}");
     }
-    let workdir = std::env::temp_dir().join(format!("ferry-work-{id}-{}", std::process::id()));
-    std::fs::create_dir_all(&workdir).with_context(|| format!("creating work directory {}", workdir.display()))?;
     let rest_sql = if rec.post_data_done {
         None
     } else {
-        Some(schema::dump_remaining_post_data(&tools, &req.source, snapshot_name.as_deref(), &excluded, &plan.handled, &workdir).await?)
+        let workdir = ferry_postgres::schema::WorkDir::create(&id).context("creating a private work directory for pg_dump (mode 0700)")?;
+        Some(schema::dump_remaining_post_data(&tools, &req.source, snapshot_name.as_deref(), &excluded, &plan.handled, workdir.path()).await?)
     };
-    let _ = std::fs::remove_dir_all(&workdir);
     let seqs = sequences::read(&reader, Some(&req.state_schema)).await?;
 
     // The copy.

@@ -281,8 +281,7 @@ pub async fn status(args: &crate::cli::StatusArgs) -> anyhow::Result<i32> {
     };
     let source = ferry_mysql::MyEndpoint::parse(source, std::env::var("FERRY_SOURCE_PASSWORD").ok().map(ferry_core::Secret::new))
         .map_err(|e| UsageError(format!("--source: {e}")))?;
-    let target = ferry_postgres::Endpoint::parse(target, std::env::var("FERRY_TARGET_PASSWORD").ok().map(ferry_core::Secret::new))
-        .map_err(|e| UsageError(format!("--target: {e}")))?;
+    let target = crate::settings::pg_endpoint(target, None, "FERRY_TARGET_PASSWORD", "target")?;
     let source_id = source.describe();
     let t = target.connect("mysql-status").await?;
     if ferry_mysql::load::load_state(&t, &args.state_schema, &source_id).await?.is_none() {

@@ -8,13 +8,49 @@ use ferry_postgres::Endpoint;
 use crate::cli::Endpoints;
 use crate::exit::UsageError;
 
-/// Reads a password from `--*-password-file` or the named environment variable.
-fn password(file: Option<&std::path::Path>, env: &str) -> anyhow::Result<Option<Secret>> {
+/// Reads a password from `--*-password-file` or the named environment variable, with where it
+/// came from. A password file others may read is refused (libpq's rule for ~/.pgpass).
+pub fn password_labelled(file: Option<&std::path::Path>, env: &str) -> anyhow::Result<Option<(Secret, String)>> {
     if let Some(f) = file {
+        if let Err(e) = ferry_tls::check_private_file(f) {
+            return Err(UsageError(format!(
+                "password file {}: {}",
+                f.display(),
+                e.to_string().replace("private key file", "the file")
+            ))
+            .into());
+        }
         let text = std::fs::read_to_string(f).with_context(|| format!("cannot read password file {}", f.display()))?;
-        return Ok(Some(Secret::new(text.lines().next().unwrap_or_default().to_string())));
+        return Ok(Some((
+            Secret::new(text.lines().next().unwrap_or_default().to_string()),
+            format!("the password file {}", f.display()),
+        )));
     }
-    Ok(std::env::var(env).ok().map(Secret::new))
+    Ok(std::env::var(env).ok().filter(|v| !v.is_empty()).map(|v| (Secret::new(v), env.to_string())))
+}
+
+/// [`password_labelled`] without the label (MySQL endpoints).
+fn password(file: Option<&std::path::Path>, env: &str) -> anyhow::Result<Option<Secret>> {
+    Ok(password_labelled(file, env)?.map(|(s, _)| s))
+}
+
+/// Resolves a PostgreSQL endpoint given as `--{flag}`: its password from the password file or
+/// `env` (strongest), then the URL, PGPASSWORD, a service, ~/.pgpass. Warns when the password
+/// is written in a URL given on the command line, where every user of the host can read it.
+pub fn pg_endpoint(url: &str, file: Option<&std::path::Path>, env: &str, flag: &str) -> anyhow::Result<Endpoint> {
+    let ep = Endpoint::parse_labelled(url, password_labelled(file, env)?).map_err(|err| UsageError(format!("--{flag}: {err}")))?;
+    if ep.password_provenance().password_from.as_deref() == Some("the connection URL") && url_from_command_line(flag) {
+        tracing::warn!(
+            "the --{flag} URL holds a password: other users of this host can read it (ps, /proc); put it in {env}, a password file (--{flag}-password-file, mode 0600) or ~/.pgpass instead"
+        );
+    }
+    Ok(ep)
+}
+
+/// Whether `--flag` was given as an argument (rather than through FERRY_*_URL).
+fn url_from_command_line(flag: &str) -> bool {
+    let long = format!("--{flag}");
+    std::env::args().any(|a| a == long || a.starts_with(&format!("{long}=")))
 }
 
 /// A migration id usable in slot names: lowercase letters, digits, underscores, at most 40 chars.
@@ -48,10 +84,8 @@ pub fn resolve(e: &Endpoints) -> anyhow::Result<CheckRequest> {
         )
         .into());
     }
-    let source = Endpoint::parse(&e.source, password(e.source_password_file.as_deref(), "FERRY_SOURCE_PASSWORD")?)
-        .map_err(|err| UsageError(format!("--source: {err}")))?;
-    let target = Endpoint::parse(&e.target, password(e.target_password_file.as_deref(), "FERRY_TARGET_PASSWORD")?)
-        .map_err(|err| UsageError(format!("--target: {err}")))?;
+    let source = pg_endpoint(&e.source, e.source_password_file.as_deref(), "FERRY_SOURCE_PASSWORD", "source")?;
+    let target = pg_endpoint(&e.target, e.target_password_file.as_deref(), "FERRY_TARGET_PASSWORD", "target")?;
     let filter = TableFilter::new(&e.include, &e.exclude).map_err(|err| UsageError(err.to_string()))?;
     let id = match &e.migration_id {
         Some(id) => {
@@ -88,8 +122,7 @@ pub fn resolve(e: &Endpoints) -> anyhow::Result<CheckRequest> {
 pub fn resolve_mysql(e: &Endpoints) -> anyhow::Result<ferry_mysql::preflight::MyCheckRequest> {
     let source = ferry_mysql::MyEndpoint::parse(&e.source, password(e.source_password_file.as_deref(), "FERRY_SOURCE_PASSWORD")?)
         .map_err(|err| UsageError(format!("--source: {err}")))?;
-    let target = Endpoint::parse(&e.target, password(e.target_password_file.as_deref(), "FERRY_TARGET_PASSWORD")?)
-        .map_err(|err| UsageError(format!("--target: {err}")))?;
+    let target = pg_endpoint(&e.target, e.target_password_file.as_deref(), "FERRY_TARGET_PASSWORD", "target")?;
     let filter = TableFilter::new(&e.include, &e.exclude).map_err(|err| UsageError(err.to_string()))?;
     Ok(ferry_mysql::preflight::MyCheckRequest {
         source,

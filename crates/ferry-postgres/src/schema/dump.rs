@@ -7,7 +7,7 @@ use std::process::Stdio;
 use ferry_core::TableName;
 use tokio::process::Command;
 
-use crate::endpoint::{Endpoint, HostAddr};
+use crate::endpoint::Endpoint;
 
 /// pg_dump or pg_restore failed, or could not be found.
 #[derive(Debug, thiserror::Error)]
@@ -102,30 +102,65 @@ impl PgTools {
 
     fn command(&self, tool: &Path, ep: &Endpoint) -> Command {
         let mut c = Command::new(tool);
-        // Connection details travel in the environment so that no password is on a command line.
-        match ep.host() {
-            HostAddr::Tcp(h, p) => {
-                c.env("PGHOST", h).env("PGPORT", p.to_string());
-            }
-            HostAddr::Unix(d, p) => {
-                c.env("PGHOST", d).env("PGPORT", p.to_string());
-            }
+        // Nothing of the operator's libpq environment may redirect the child elsewhere: the
+        // connection (host, user, TLS settings, password) is exactly Ferry's, and travels in the
+        // environment so that no password is on a command line.
+        for var in [
+            "PGSERVICE",
+            "PGSERVICEFILE",
+            "PGOPTIONS",
+            "PGHOSTADDR",
+            "PGSSLROOTCERT",
+            "PGSSLCERT",
+            "PGSSLKEY",
+            "PGSSLNEGOTIATION",
+            "PGREQUIREAUTH",
+            "PGPASSWORD",
+            "PGTARGETSESSIONATTRS",
+            "PGCHANNELBINDING",
+        ] {
+            c.env_remove(var);
         }
-        c.env("PGUSER", ep.user())
-            .env("PGDATABASE", ep.dbname())
-            .env("PGAPPNAME", "ferry pg_dump")
-            .env("PGCONNECT_TIMEOUT", ep.connect_timeout().as_secs().max(1).to_string())
-            .env_remove("PGSERVICE")
-            .env_remove("PGOPTIONS");
-        match ep.password() {
-            Some(p) => c.env("PGPASSWORD", p.expose()),
-            None => c.env_remove("PGPASSWORD"),
-        };
+        for (k, v) in ep.libpq_env() {
+            c.env(k, v);
+        }
+        c.env("PGAPPNAME", "ferry pg_dump");
         c.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
         c
+    }
+}
+
+/// A work directory only Ferry's user can enter (mode 0700), with a random name, created fresh:
+/// an existing path is refused rather than reused, so nobody can plant files or links where
+/// pg_dump writes the schema. Removed when dropped.
+#[derive(Debug)]
+pub struct WorkDir(PathBuf);
+
+impl WorkDir {
+    /// Creates `<tmp>/ferry-work-<label>-<random>`.
+    pub fn create(label: &str) -> std::io::Result<Self> {
+        use std::io::Read;
+        use std::os::unix::fs::DirBuilderExt;
+        let mut random = [0u8; 8];
+        std::fs::File::open("/dev/urandom")?.read_exact(&mut random)?;
+        let name: String = random.iter().map(|b| format!("{b:02x}")).collect();
+        let path = std::env::temp_dir().join(format!("ferry-work-{label}-{name}"));
+        std::fs::DirBuilder::new().mode(0o700).create(&path)?;
+        Ok(Self(path))
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
