@@ -50,12 +50,30 @@ start)
     as_owner sh -c "cat >> '$dir/pg_hba.conf'" <<HBA
 host replication all 127.0.0.1/32 scram-sha-256
 HBA
+    if [ -n "${FERRY_PG_TLS_DIR:-}" ]; then
+      # TLS only, like a managed service: the server's certificate and key from the directory,
+      # TCP logins only over TLS (hostssl), a certificate login for ferry_cert_user, and one
+      # plain md5 login (ferry_md5_user) for the tests that must see Ferry refuse it.
+      cp "$FERRY_PG_TLS_DIR/server.crt" "$FERRY_PG_TLS_DIR/server.key" "$FERRY_PG_TLS_DIR/ca.crt" "$dir/"
+      [ "$(id -u)" = 0 ] && chown postgres: "$dir/server.crt" "$dir/server.key" "$dir/ca.crt"
+      chmod 600 "$dir/server.key"
+      as_owner sh -c "cat > '$dir/pg_hba.conf'" <<HBA
+local all all trust
+hostssl all ferry_cert_user 127.0.0.1/32 cert
+host all ferry_md5_user 127.0.0.1/32 md5
+hostssl all all 127.0.0.1/32 scram-sha-256
+hostssl replication all 127.0.0.1/32 scram-sha-256
+HBA
+    fi
   fi
   opts="-c listen_addresses=127.0.0.1 -c port=$port -c unix_socket_directories=$dir"
   opts="$opts -c max_connections=200 -c max_replication_slots=40 -c max_wal_senders=20"
   opts="$opts -c shared_buffers=256MB"
   if [ "${FERRY_PG_DURABLE:-0}" != 1 ]; then
     opts="$opts -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+  fi
+  if [ -f "$dir/server.crt" ]; then
+    opts="$opts -c ssl=on -c ssl_cert_file=server.crt -c ssl_key_file=server.key -c ssl_ca_file=ca.crt"
   fi
   for o in "$@"; do opts="$opts $o"; done
   as_owner "$PG_BIN/pg_ctl" -D "$dir" -l "$CLUSTER_DIR/$name.log" -o "$opts" -w -t 60 start >/dev/null \

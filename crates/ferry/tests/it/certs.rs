@@ -43,15 +43,43 @@ fn make_ca(dir: &Path, name: &str, cn: &str) {
     openssl(
         dir,
         &[
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "30", "-subj", &format!("/CN={cn}"),
-            "-keyout", &format!("{name}.key"), "-out", &format!("{name}.crt"),
-            "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "30",
+            "-subj",
+            &format!("/CN={cn}"),
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.crt"),
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
         ],
     );
 }
 
 fn make_leaf(dir: &Path, name: &str, cn: &str, san: Option<&str>, client: bool) {
-    openssl(dir, &["req", "-newkey", "rsa:2048", "-nodes", "-subj", &format!("/CN={cn}"), "-keyout", &format!("{name}.key"), "-out", &format!("{name}.csr")]);
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            &format!("/CN={cn}"),
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.csr"),
+        ],
+    );
     let mut ext = String::from("basicConstraints=CA:FALSE\n");
     if client {
         ext.push_str("extendedKeyUsage=clientAuth\n");
@@ -65,8 +93,21 @@ fn make_leaf(dir: &Path, name: &str, cn: &str, san: Option<&str>, client: bool) 
     openssl(
         dir,
         &[
-            "x509", "-req", "-in", &format!("{name}.csr"), "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
-            "-days", "30", "-out", &format!("{name}.crt"), "-extfile", &format!("{name}.ext"),
+            "x509",
+            "-req",
+            "-in",
+            &format!("{name}.csr"),
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "30",
+            "-out",
+            &format!("{name}.crt"),
+            "-extfile",
+            &format!("{name}.ext"),
         ],
     );
 }
@@ -75,7 +116,9 @@ fn make_leaf(dir: &Path, name: &str, cn: &str, san: Option<&str>, client: bool) 
 pub fn get() -> &'static Certs {
     static CERTS: OnceLock<Certs> = OnceLock::new();
     CERTS.get_or_init(|| {
-        let root = std::env::var("FERRY_TEST_SCRATCH").map(PathBuf::from).unwrap_or_else(|_| std::env::temp_dir());
+        let root = std::env::var("FERRY_TEST_SCRATCH")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| std::env::temp_dir());
         let dir = root.join(format!("ferry-certs-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();

@@ -159,6 +159,16 @@ pub fn ferry_cmd(args: &[&str]) -> Command {
         .env_remove("FERRY_SOURCE_PASSWORD")
         .env_remove("FERRY_TARGET_PASSWORD")
         .env_remove("FERRY_API_TOKEN")
+        // Ferry follows libpq's conventions: nothing of the runner's own libpq setup may leak in.
+        .env_remove("PGPASSWORD")
+        .env_remove("PGHOST")
+        .env_remove("PGPORT")
+        .env_remove("PGUSER")
+        .env_remove("PGDATABASE")
+        .env_remove("PGSERVICE")
+        .env_remove("PGSSLMODE")
+        .env_remove("PGPASSFILE")
+        .env_remove("PGSSLROOTCERT")
         // Tests run in parallel: no HTTP API unless a test asks for one (--listen wins).
         .env("FERRY_LISTEN", "off")
         .env("NO_COLOR", "1");
