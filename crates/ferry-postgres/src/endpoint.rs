@@ -510,11 +510,9 @@ type RawConnection = tokio_postgres::Connection<Sniff<PgSocket>, crate::pgtls::P
 
 /// tokio-postgres's log-in as an owned, boxed `Send` future (an `async fn` borrowing the
 /// configuration trips the compiler's higher-ranked `Send` inference in spawned callers).
-fn raw_connect(
-    config: Config,
-    io: Sniff<PgSocket>,
-    tls: RustlsConnect,
-) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(Client, RawConnection), tokio_postgres::Error>> + Send>> {
+type LoginFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(Client, RawConnection), tokio_postgres::Error>> + Send>>;
+
+fn raw_connect(config: Config, io: Sniff<PgSocket>, tls: RustlsConnect) -> LoginFuture {
     Box::pin(async move { config.connect_raw(io, tls).await })
 }
 

@@ -70,8 +70,10 @@ impl PgError {
     /// looked when there was none.
     pub fn from_connect(e: tokio_postgres::Error, ep: &Endpoint) -> Self {
         let context = format!("cannot connect to {} as user {:?}", ep.describe(), ep.user());
-        let text = e.to_string();
         let mut err = Self::query(context, e);
+        // tokio-postgres says "invalid configuration" and hides the cause in `source()`, which
+        // `reason` includes.
+        let text = err.reason.clone();
         let prov = ep.password_provenance();
         if err.code.is_none() && text.contains("password missing") {
             let mut looked = vec![

@@ -4,8 +4,9 @@
 //! (or `FERRY_PROXY_PASSWORD`), and are sent to DBNAME on the server of UPSTREAM_URL
 //! (postgres://user:password@host:port/...) as that URL's user. Stops after SECONDS.
 //! `FERRY_PROXY_THREADS` sets the number of runtime threads (1 = current_thread runtime).
+//! `FERRY_PROXY_TLS_CERT` and `FERRY_PROXY_TLS_KEY` (PEM files) make it accept TLS from clients.
 
-use ferry_proxy::{Login, Proxy, ProxyConfig, ProxyUser, Upstream};
+use ferry_proxy::{Login, Proxy, ProxyConfig, ProxyUser, Upstream, UpstreamTls};
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -50,15 +51,20 @@ async fn serve() {
         port: url.get_ports().first().copied().unwrap_or(5432),
         dbname: args[3].clone(),
         logins,
+        tls: UpstreamTls::Disable,
     };
-    let config = ProxyConfig {
-        listen: args[1].parse().expect("listen address"),
-        users: vec![ProxyUser {
+    let config = ProxyConfig::new(
+        args[1].parse().expect("listen address"),
+        vec![ProxyUser {
             name: "app".into(),
             password: std::env::var("FERRY_PROXY_PASSWORD").unwrap_or_else(|_| "app-pw".into()),
         }],
-        dbname: args[3].clone(),
-    };
+        args[3].clone(),
+    );
+    let mut config = config;
+    if let (Ok(cert), Ok(key)) = (std::env::var("FERRY_PROXY_TLS_CERT"), std::env::var("FERRY_PROXY_TLS_KEY")) {
+        config.tls = Some(ferry_tls::server_config(cert.as_ref(), key.as_ref()).expect("certificate and key"));
+    }
     let proxy = Proxy::start(config, upstream).await.expect("start");
     println!("listening on {}", proxy.local_addr());
     tokio::time::sleep(Duration::from_secs(args[4].parse().expect("seconds"))).await;

@@ -74,8 +74,8 @@ impl Hold {
             tasks.spawn(async move {
                 let log = lock(&s.replay).clone();
                 let result = async {
-                    let backend = upstream::connect(&up, &s.user, &s.params, &timeouts).await?;
-                    if let Err(e) = upstream::replay(&backend, &log, timeouts.replay).await {
+                    let mut backend = upstream::connect(&up, &s.user, &s.params, &timeouts).await?;
+                    if let Err(e) = upstream::replay(&mut backend, &log, timeouts.replay).await {
                         backend.terminate().await;
                         return Err(e);
                     }

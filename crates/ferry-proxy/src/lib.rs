@@ -3,8 +3,8 @@
 //! without a client seeing an error.
 //!
 //! # How a session flows
-//! A client connects and authenticates against the proxy's own users (SCRAM-SHA-256, no TLS
-//! yet: SSLRequest/GSSENCRequest are answered 'N'). The proxy then opens a server connection as
+//! A client connects and authenticates against the proxy's own users (SCRAM-SHA-256; over TLS
+//! when it asks and the proxy has a certificate, see "TLS" below). The proxy then opens a server connection as
 //! the login that the current [`Upstream`] maps the user to, passing the client's startup
 //! parameters (application_name, options, DateStyle, client_encoding, ...), forwards the
 //! server's ParameterStatus messages and sends its own BackendKeyData, so that a CancelRequest
@@ -60,9 +60,33 @@
 //! keepalives and, on Linux, TCP_USER_TIMEOUT, so a dead peer ends its session within about
 //! half a minute. Defaults and the reasoning: [`Timeouts`] and `docs/timeouts-mysql-proxy.md`.
 //!
+//! # TLS
+//! * Clients: with [`ProxyConfig::tls`] (a rustls server configuration, `ferry_tls::server_config`)
+//!   SSLRequest is answered 'S' and the TLS handshake follows; PostgreSQL 17's direct TLS
+//!   (`sslnegotiation=direct`: the ClientHello comes first, with ALPN `postgresql`) is accepted
+//!   too. Without it SSLRequest is answered 'N'. GSSENCRequest is always answered 'N'.
+//!   [`ProxyConfig::require_tls`] refuses a plain client at its startup packet with FATAL 28000.
+//!   Bytes sent after an encryption request, before the answer, end the connection
+//!   (CVE-2021-23214).
+//! * Upstreams: [`Upstream::tls`] ([`UpstreamTls`]): SSLRequest, then the handshake with the
+//!   rustls client configuration given (which decides how the server's certificate is checked,
+//!   against [`Upstream::host`]); `Require` and a server answering 'N' is
+//!   [`ConnectError::TlsRefused`]. Cancel requests to the server go the same way.
+//! * Forwarding is the same for TLS and plain streams: a TLS stream is read and written through
+//!   rustls, which may keep encrypted bytes when the socket is full; the session flushes them as
+//!   soon as the socket takes them, with no flush per message.
+//!
 //! # Limits
-//! No TLS on either side yet; client passwords are not SASLprep-normalised (ASCII passwords are
-//! unaffected); the replication protocol is refused.
+//! At most [`ProxyConfig::max_connections`] client connections (default 1000) and, among them,
+//! [`ProxyConfig::max_unauthenticated`] still logging in (default 64), each for at most
+//! [`Timeouts::client_startup`] (10 s). A connection over either limit gets FATAL 53300 "too many
+//! connections to the Ferry proxy" in answer to its startup packet (after a TLS handshake if it
+//! asks for one) within 2 s; when as many connections are already being refused, the error is
+//! written once without waiting and the connection closed. An invalid startup packet (length
+//! under 8 or over 10,000 bytes) or authentication message gets FATAL 08P01 and a close.
+//!
+//! Client passwords are not SASLprep-normalised (ASCII passwords are unaffected); the
+//! replication protocol is refused.
 
 mod codec;
 mod error;
@@ -83,6 +107,9 @@ pub use upstream::ConnectError;
 use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
+use std::sync::Arc;
+
+pub use ferry_tls::rustls;
 
 /// Where sessions go: one PostgreSQL server and database, and how each proxy user logs in there.
 #[derive(Clone, Debug)]
@@ -95,6 +122,44 @@ pub struct Upstream {
     pub dbname: String,
     /// Proxy user name -> login on this server.
     pub logins: HashMap<String, Login>,
+    /// Whether the proxy's connections to this server use TLS (never over a Unix socket, which
+    /// PostgreSQL does not encrypt).
+    pub tls: UpstreamTls,
+}
+
+/// TLS on the proxy's connections to an upstream: libpq's `sslmode` reduced to what the proxy
+/// does. The rustls configuration carries the verification (encrypt only, verify the chain, or
+/// the chain and the host name: the name checked is [`Upstream::host`]) and any client
+/// certificate; build it with `ferry_tls::client_config`.
+#[derive(Clone, Default)]
+pub enum UpstreamTls {
+    /// Plain TCP (libpq `disable`).
+    #[default]
+    Disable,
+    /// TLS when the server offers it, plain otherwise (libpq `prefer`).
+    Prefer(Arc<rustls::ClientConfig>),
+    /// TLS or no connection (libpq `require`, `verify-ca`, `verify-full`).
+    Require(Arc<rustls::ClientConfig>),
+}
+
+impl UpstreamTls {
+    /// The configuration to use, if TLS is to be tried at all.
+    pub fn config(&self) -> Option<&Arc<rustls::ClientConfig>> {
+        match self {
+            UpstreamTls::Disable => None,
+            UpstreamTls::Prefer(c) | UpstreamTls::Require(c) => Some(c),
+        }
+    }
+}
+
+impl fmt::Debug for UpstreamTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            UpstreamTls::Disable => "Disable",
+            UpstreamTls::Prefer(_) => "Prefer",
+            UpstreamTls::Require(_) => "Require",
+        })
+    }
 }
 
 /// A login on a server. `Debug` does not print the password.
@@ -113,8 +178,13 @@ impl fmt::Debug for Login {
     }
 }
 
+/// Default [`ProxyConfig::max_connections`].
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1000;
+/// Default [`ProxyConfig::max_unauthenticated`].
+pub const DEFAULT_MAX_UNAUTHENTICATED: usize = 64;
+
 /// What the proxy listens on and whom it lets in.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ProxyConfig {
     /// Address to listen on; port 0 picks a free port (see [`Proxy::local_addr`]).
     pub listen: SocketAddr,
@@ -122,6 +192,46 @@ pub struct ProxyConfig {
     pub users: Vec<ProxyUser>,
     /// The database name clients must ask for; others are refused with SQLSTATE 3D000.
     pub dbname: String,
+    /// Certificate and key to accept TLS with (`ferry_tls::server_config`): SSLRequest is
+    /// answered 'S', and PostgreSQL 17's direct TLS (`sslnegotiation=direct`, ALPN
+    /// `postgresql`) is accepted. None: SSLRequest is answered 'N'.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Refuse clients that do not use TLS (SQLSTATE 28000). Needs `tls`.
+    pub require_tls: bool,
+    /// Client connections at most, authenticated or not; more are refused with SQLSTATE 53300.
+    pub max_connections: usize,
+    /// Client connections still in startup or authentication at most (each for at most
+    /// [`Timeouts::client_startup`]); more are refused with SQLSTATE 53300.
+    pub max_unauthenticated: usize,
+}
+
+impl ProxyConfig {
+    /// A plain-TCP proxy with the default limits.
+    pub fn new(listen: SocketAddr, users: Vec<ProxyUser>, dbname: impl Into<String>) -> ProxyConfig {
+        ProxyConfig {
+            listen,
+            users,
+            dbname: dbname.into(),
+            tls: None,
+            require_tls: false,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_unauthenticated: DEFAULT_MAX_UNAUTHENTICATED,
+        }
+    }
+}
+
+impl fmt::Debug for ProxyConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProxyConfig")
+            .field("listen", &self.listen)
+            .field("users", &self.users)
+            .field("dbname", &self.dbname)
+            .field("tls", &self.tls.is_some())
+            .field("require_tls", &self.require_tls)
+            .field("max_connections", &self.max_connections)
+            .field("max_unauthenticated", &self.max_unauthenticated)
+            .finish()
+    }
 }
 
 /// A user clients log in to the proxy as. `Debug` does not print the password.

@@ -3,6 +3,7 @@
 use crate::error::{BusySession, HoldError, ProxyError};
 use crate::hold::Hold;
 use crate::replay::ReplayLog;
+use crate::rustls;
 use crate::scram::Verifier;
 use crate::timeouts::Timeouts;
 use crate::upstream::{Backend, CancelKey};
@@ -12,7 +13,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering::*};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 
 /// Locks a std mutex, ignoring poisoning (the data stays consistent: no invariant spans a panic).
@@ -93,6 +94,46 @@ pub(crate) struct Shared {
     pub switches: AtomicU64,
     pub last_max_wait: Mutex<Option<Duration>>,
     pub shutdown_tx: watch::Sender<bool>,
+    /// Accepts TLS from clients (ALPN `postgresql` added), when a certificate was given.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    pub require_tls: bool,
+    pub max_connections: usize,
+    pub max_unauthenticated: usize,
+    /// Client connections being served, authenticated or not (refusals not included).
+    pub clients: Arc<AtomicUsize>,
+    /// Client connections still in startup or authentication.
+    pub unauthenticated: Arc<AtomicUsize>,
+    /// Connections being refused (53300) with a proper error; at most `max_unauthenticated`,
+    /// beyond that a refusal is one non-blocking write and a close.
+    pub refusing: Arc<AtomicUsize>,
+    /// Connections refused for a limit since start.
+    pub refused: AtomicU64,
+}
+
+/// One unit of a connection counter, given back when dropped.
+#[derive(Debug)]
+pub(crate) struct Counted(Arc<AtomicUsize>);
+
+impl Counted {
+    pub fn take(counter: &Arc<AtomicUsize>) -> Counted {
+        counter.fetch_add(1, SeqCst);
+        Counted(counter.clone())
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, SeqCst);
+    }
+}
+
+/// How an accepted connection is treated.
+#[derive(Debug)]
+pub(crate) enum Admission {
+    /// A session: counted as a client, and as unauthenticated until it has logged in.
+    Session { client: Counted, unauthenticated: Counted },
+    /// Over a limit: negotiate, read the startup packet, answer FATAL 53300 with this message.
+    Refuse { slot: Counted, message: String, hint: String },
 }
 
 impl Shared {
@@ -176,6 +217,12 @@ pub struct ProxyStats {
     pub upstream: String,
     /// Longest time a request waited during the last released hold.
     pub last_hold_max_wait: Option<Duration>,
+    /// Client connections open, authenticated or not (at most `max_connections`).
+    pub clients: usize,
+    /// Client connections still in startup or authentication (at most `max_unauthenticated`).
+    pub unauthenticated: usize,
+    /// Connections refused since start because a limit was reached (SQLSTATE 53300).
+    pub refused: u64,
 }
 
 impl Proxy {
@@ -190,6 +237,23 @@ impl Proxy {
         if timeouts.connect.is_zero() || timeouts.replay.is_zero() || timeouts.cancel.is_zero() || timeouts.client_startup.is_zero() {
             return Err(ProxyError::Config(format!("every timeout must be longer than zero: {timeouts:?}")));
         }
+        if config.max_connections == 0 || config.max_unauthenticated == 0 {
+            return Err(ProxyError::Config(format!(
+                "max_connections ({}) and max_unauthenticated ({}) must be at least 1",
+                config.max_connections, config.max_unauthenticated
+            )));
+        }
+        if config.require_tls && config.tls.is_none() {
+            return Err(ProxyError::Config(
+                "require_tls needs a certificate and key to accept TLS with (ProxyConfig::tls)".into(),
+            ));
+        }
+        let tls = config.tls.as_ref().map(|c| {
+            // PostgreSQL 17's ALPN: required for direct TLS, accepted after an SSLRequest.
+            let mut c = rustls::ServerConfig::clone(c);
+            c.alpn_protocols = vec![crate::session::ALPN.to_vec()];
+            Arc::new(c)
+        });
         if config.users.is_empty() {
             return Err(ProxyError::Config("no proxy users: add at least one ProxyUser".into()));
         }
@@ -202,7 +266,7 @@ impl Proxy {
                 return Err(ProxyError::Config(format!("proxy user {:?} is listed twice", u.name)));
             }
         }
-        let listener = TcpListener::bind(config.listen).await.map_err(|source| ProxyError::Bind {
+        let listener = listen(config.listen).map_err(|source| ProxyError::Bind {
             addr: config.listen,
             source,
         })?;
@@ -228,8 +292,23 @@ impl Proxy {
             switches: AtomicU64::new(0),
             last_max_wait: Mutex::new(None),
             shutdown_tx: watch::Sender::new(false),
+            tls,
+            require_tls: config.require_tls,
+            max_connections: config.max_connections,
+            max_unauthenticated: config.max_unauthenticated,
+            clients: Arc::new(AtomicUsize::new(0)),
+            unauthenticated: Arc::new(AtomicUsize::new(0)),
+            refusing: Arc::new(AtomicUsize::new(0)),
+            refused: AtomicU64::new(0),
         });
-        tracing::info!(listen = %local_addr, upstream = %lock(&shared.upstream).name, "proxy started");
+        tracing::info!(
+            listen = %local_addr,
+            upstream = %lock(&shared.upstream).name,
+            tls = shared.tls.is_some(),
+            require_tls = shared.require_tls,
+            max_connections = shared.max_connections,
+            "proxy started"
+        );
         let accept = tokio::spawn(accept_loop(listener, shared.clone()));
         Ok(Proxy {
             shared,
@@ -263,6 +342,9 @@ impl Proxy {
             switches: self.shared.switches.load(SeqCst),
             upstream: lock(&self.shared.upstream).name.clone(),
             last_hold_max_wait: *lock(&self.shared.last_max_wait),
+            clients: self.shared.clients.load(SeqCst),
+            unauthenticated: self.shared.unauthenticated.load(SeqCst),
+            refused: self.shared.refused.load(SeqCst),
         }
     }
 
@@ -357,15 +439,73 @@ impl Proxy {
     }
 }
 
+/// Pending connections the kernel keeps for the accept loop (capped by net.core.somaxconn):
+/// a burst of connections beyond it would see their handshakes dropped and retried.
+const LISTEN_BACKLOG: u32 = 4096;
+
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
+/// Starts a session for an accepted connection, or refuses it when a limit is reached. Only
+/// this task adds clients, so a check and the increment after it cannot race each other.
+fn admit(shared: &Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
+    let over = if shared.clients.load(SeqCst) >= shared.max_connections {
+        Some((
+            "too many connections to the Ferry proxy".to_owned(),
+            format!("The proxy serves at most {} client connections at a time.", shared.max_connections),
+        ))
+    } else if shared.unauthenticated.load(SeqCst) >= shared.max_unauthenticated {
+        Some((
+            "too many connections to the Ferry proxy are still logging in".to_owned(),
+            format!(
+                "The proxy lets at most {} connections authenticate at a time; try again.",
+                shared.max_unauthenticated
+            ),
+        ))
+    } else {
+        None
+    };
+    let admission = match over {
+        None => Admission::Session {
+            client: Counted::take(&shared.clients),
+            unauthenticated: Counted::take(&shared.unauthenticated),
+        },
+        Some((message, hint)) => {
+            let n = shared.refused.fetch_add(1, SeqCst) + 1;
+            if n == 1 || n.is_power_of_two() {
+                tracing::warn!(%peer, refused = n, "{message}; connection refused (SQLSTATE 53300)");
+            }
+            if shared.refusing.load(SeqCst) >= shared.max_unauthenticated {
+                // A flood: no task, no wait. The error goes out if the socket takes it at once.
+                let frame = crate::upstream::error_frame(crate::codec::Severity::Fatal, "53300", &message, Some(&hint));
+                let _ = stream.try_write(&frame);
+                return;
+            }
+            Admission::Refuse {
+                slot: Counted::take(&shared.refusing),
+                message,
+                hint,
+            }
+        }
+    };
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        crate::session::run(shared, stream, peer, admission).await;
+    });
+}
+
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     loop {
         match listener.accept().await {
-            Ok((stream, peer)) => {
-                let shared = shared.clone();
-                tokio::spawn(async move {
-                    crate::session::run(shared, stream, peer).await;
-                });
-            }
+            Ok((stream, peer)) => admit(&shared, stream, peer),
             Err(e) => {
                 // EMFILE and the like: back off instead of spinning.
                 tracing::warn!(error = %e, "accept failed");

@@ -4,11 +4,11 @@
 mod startup;
 mod tracker;
 
-use startup::{setup, write_error};
+use startup::{setup, write_error, Entry};
 use tracker::Tracker;
 
 use crate::codec::{Scanner, Severity};
-use crate::proxy::{lock, Command, SessionHandle, Shared};
+use crate::proxy::{lock, Admission, Command, SessionHandle, Shared};
 use crate::upstream::{reserve, Backend, Stream};
 use bytes::{Buf, BytesMut};
 use std::future::Future;
@@ -23,15 +23,22 @@ use tokio::io::{AsyncReadExt, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
-pub(crate) async fn run(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr) {
+/// The ALPN protocol of PostgreSQL's TLS (required by PostgreSQL 17's direct TLS).
+pub(crate) const ALPN: &[u8] = b"postgresql";
+
+pub(crate) async fn run(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, admission: Admission) {
     let _ = tcp.set_nodelay(true);
     // A client that vanishes (host down, network cut) is noticed by the kernel, which ends
     // the session and frees its server connection.
     shared.timeouts.tune(&tcp);
-    let client = Stream::Tcp(tcp);
     let mut shutdown = shared.shutdown_tx.subscribe();
+    // The client's slot is held until the session ends; the unauthenticated one until login.
+    let (_slot, entry) = match admission {
+        Admission::Session { client, unauthenticated } => (client, Entry::Login(unauthenticated)),
+        Admission::Refuse { slot, message, hint } => (slot, Entry::Refuse(message, hint)),
+    };
     let forwarder = tokio::select! {
-        r = setup(shared.clone(), client, peer) => r,
+        r = setup(shared.clone(), tcp, peer, entry) => r,
         _ = shutdown.wait_for(|s| *s) => return,
     };
     match forwarder {
@@ -114,7 +121,7 @@ impl Forwarder {
             End::ClientProtocol(e) => {
                 tracing::debug!(session = id, error = %e, "protocol error from the client");
                 write_error(
-                    &self.client,
+                    &mut self.client,
                     Severity::Fatal,
                     "08P01",
                     &format!("invalid frontend message: {e}"),
@@ -125,7 +132,7 @@ impl Forwarder {
             }
             End::Shutdown => {
                 write_error(
-                    &self.client,
+                    &mut self.client,
                     Severity::Fatal,
                     "57P01",
                     "terminating connection because the Ferry proxy is shutting down",
@@ -149,7 +156,7 @@ impl Forwarder {
                 };
                 let pending = self.bbuf.split_to(self.b_out);
                 let _ = tokio::time::timeout(Duration::from_secs(1), self.client.write_all(&pending)).await;
-                write_error(&self.client, Severity::Fatal, "08006", &msg, None).await;
+                write_error(&mut self.client, Severity::Fatal, "08006", &msg, None).await;
             }
         }
     }
@@ -197,6 +204,17 @@ impl Forwarder {
         if self.b_out > 0 {
             if let Poll::Ready(r) = Pin::new(&mut self.client).poll_write(cx, &self.bbuf[..self.b_out]) {
                 return Poll::Ready(Event::ClientWrote(r));
+            }
+        }
+        // TLS: encrypted bytes rustls could not hand to a full socket yet.
+        if self.client.wants_flush() {
+            if let Poll::Ready(Err(e)) = Pin::new(&mut self.client).poll_flush(cx) {
+                return Poll::Ready(Event::ClientWrote(Err(e)));
+            }
+        }
+        if self.backend.stream.wants_flush() {
+            if let Poll::Ready(Err(e)) = Pin::new(&mut self.backend.stream).poll_flush(cx) {
+                return Poll::Ready(Event::BackendWrote(Err(e)));
             }
         }
         Poll::Pending

@@ -29,8 +29,10 @@ pub struct Timeouts {
     pub replay: Duration,
     /// Forwarding a client's cancel request: connect to the server and send it. Default 5 s.
     pub cancel: Duration,
-    /// A client's startup and authentication (PostgreSQL's `authentication_timeout` default).
-    /// Default 60 s.
+    /// A client's startup, TLS handshake and authentication. Default 10 s: a client needs a
+    /// few round trips, and with at most `max_unauthenticated` connections logging in at once,
+    /// this is how long a silent connection can keep a place (PostgreSQL's
+    /// `authentication_timeout` is 60 s, but its places are not so few).
     pub client_startup: Duration,
     /// Silence on a socket (client or server) before the kernel sends a keepalive probe.
     /// Default 10 s.
@@ -54,7 +56,7 @@ impl Default for Timeouts {
             connect: Duration::from_secs(10),
             replay: Duration::from_secs(10),
             cancel: Duration::from_secs(5),
-            client_startup: Duration::from_secs(60),
+            client_startup: Duration::from_secs(10),
             keepalive_idle: Duration::from_secs(10),
             keepalive_interval: Duration::from_secs(5),
             keepalive_retries: 3,

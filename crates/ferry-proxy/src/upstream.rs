@@ -7,9 +7,10 @@
 use crate::codec;
 use crate::replay::{Entry, ReplayLog};
 use crate::timeouts::{human, Timeouts, TERMINATE_TIMEOUT};
-use crate::Upstream;
+use crate::{Upstream, UpstreamTls};
 use bytes::{Bytes, BytesMut};
 use fallible_iterator::FallibleIterator;
+use ferry_tls::tokio_rustls;
 use postgres_protocol::authentication::md5_hash;
 use postgres_protocol::message::backend::{ErrorResponseBody, Message};
 use postgres_protocol::message::frontend;
@@ -17,65 +18,102 @@ use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering::Relaxed};
 use std::task::{Context, Poll};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 
-/// A connection to a server: TCP, or a Unix socket when the host is a directory.
+/// One side of a session: a plain TCP or Unix-socket connection, or TLS over TCP (to a server:
+/// the proxy is the TLS client; from a client: the proxy is the TLS server).
+///
+/// Plain sockets are written with `try_write` (a non-blocking `write`); TLS streams go through
+/// rustls, which encrypts into its own buffer and may keep some of it when the socket is full:
+/// [`Stream::wants_flush`] says so, and the forwarder then polls `poll_flush` until it is out.
 #[derive(Debug)]
 pub enum Stream {
     Tcp(TcpStream),
     Unix(UnixStream),
+    TlsClient(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    TlsServer(Box<tokio_rustls::server::TlsStream<TcpStream>>),
 }
 
 impl Stream {
-    pub async fn readable(&self) -> io::Result<()> {
-        match self {
-            Stream::Tcp(s) => s.readable().await,
-            Stream::Unix(s) => s.readable().await,
-        }
+    /// Whether the connection is encrypted.
+    pub fn is_tls(&self) -> bool {
+        matches!(self, Stream::TlsClient(_) | Stream::TlsServer(_))
     }
 
-    pub async fn writable(&self) -> io::Result<()> {
-        match self {
-            Stream::Tcp(s) => s.writable().await,
-            Stream::Unix(s) => s.writable().await,
-        }
-    }
-
-    pub fn try_read_buf(&self, buf: &mut BytesMut) -> io::Result<usize> {
-        match self {
-            Stream::Tcp(s) => s.try_read_buf(buf),
-            Stream::Unix(s) => s.try_read_buf(buf),
-        }
-    }
-
-    pub fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
+    /// Writes what it can without waiting; `WouldBlock` when nothing could be taken.
+    pub fn try_write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
             Stream::Tcp(s) => s.try_write(buf),
             Stream::Unix(s) => s.try_write(buf),
+            tls => {
+                // rustls takes the bytes into its buffer and writes what the socket accepts; a
+                // full socket registers no wake-up here: the forwarder polls again with its own.
+                let mut cx = Context::from_waker(std::task::Waker::noop());
+                match Pin::new(tls).poll_write(&mut cx, buf) {
+                    Poll::Ready(r) => r,
+                    Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
+                }
+            }
+        }
+    }
+
+    /// TLS: encrypted bytes wait in rustls's buffer for the socket (`poll_flush` sends them).
+    pub fn wants_flush(&self) -> bool {
+        match self {
+            Stream::Tcp(_) | Stream::Unix(_) => false,
+            Stream::TlsClient(s) => s.get_ref().1.wants_write(),
+            Stream::TlsServer(s) => s.get_ref().1.wants_write(),
         }
     }
 
     /// Reads at least one byte (0 = end of stream).
-    pub async fn read_some(&self, buf: &mut BytesMut) -> io::Result<usize> {
-        loop {
-            reserve(buf);
-            match self.try_read_buf(buf) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.readable().await?,
-                other => return other,
-            }
-        }
+    pub async fn read_some(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
+        reserve(buf);
+        self.read_buf(buf).await
     }
 
-    pub async fn write_all(&self, mut buf: &[u8]) -> io::Result<()> {
-        while !buf.is_empty() {
-            match self.try_write(buf) {
-                Ok(n) => buf = &buf[n..],
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.writable().await?,
-                Err(e) => return Err(e),
-            }
+    /// Writes all of `buf` (and, for TLS, sends it on).
+    pub async fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        AsyncWriteExt::write_all(self, buf).await?;
+        if self.is_tls() {
+            self.flush().await?;
         }
         Ok(())
+    }
+
+    /// Connects (no deadline: the callers bound the whole exchange), sets the socket's
+    /// keepalives and user timeout, and negotiates TLS as `tls` says (TCP only: PostgreSQL
+    /// does not encrypt Unix sockets, and libpq ignores sslmode there too).
+    async fn open(host: &str, port: u16, tls: &UpstreamTls, t: &Timeouts, stage: &AtomicU8) -> Result<Stream, OpenError> {
+        let stream = Stream::connect(host, port, t).await.map_err(OpenError::Io)?;
+        let config = match (&stream, tls.config()) {
+            (Stream::Tcp(_), Some(config)) => config.clone(),
+            _ => return Ok(stream),
+        };
+        let Stream::Tcp(mut tcp) = stream else { unreachable!() };
+        stage.store(Stage::Tls as u8, Relaxed);
+        let mut req = BytesMut::new();
+        frontend::ssl_request(&mut req);
+        tcp.write_all(&req).await.map_err(OpenError::Io)?;
+        // Exactly one byte: anything the server sent after its 'S' must go through TLS (a
+        // man in the middle must not be able to inject cleartext, CVE-2021-23222).
+        let mut answer = [0u8; 1];
+        tcp.read_exact(&mut answer).await.map_err(OpenError::Io)?;
+        match (answer[0], tls) {
+            (b'S', _) => match ferry_tls::connect(&config, host, tcp).await {
+                Ok(s) => Ok(Stream::TlsClient(Box::new(s))),
+                Err(e) => Err(OpenError::Handshake(
+                    ferry_tls::explain(&e, host).unwrap_or_else(|| format!("TLS handshake failed: {e}")),
+                )),
+            },
+            (b'N', UpstreamTls::Prefer(_)) => Ok(Stream::Tcp(tcp)),
+            (b'N', _) => Err(OpenError::NoTls),
+            (other, _) => Err(OpenError::Handshake(format!(
+                "unexpected answer {:?} to the SSLRequest (expected 'S' or 'N'): is this a PostgreSQL server?",
+                other as char
+            ))),
+        }
     }
 
     /// Connects (no deadline: the callers bound the whole exchange) and sets the socket's
@@ -97,6 +135,8 @@ impl AsyncRead for Stream {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Unix(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::TlsClient(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Stream::TlsServer(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -106,17 +146,53 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Unix(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::TlsClient(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Stream::TlsServer(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
 
-    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(_) | Stream::Unix(_) => Poll::Ready(Ok(())),
+            Stream::TlsClient(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Stream::TlsServer(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
             Stream::Unix(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::TlsClient(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Stream::TlsServer(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// How opening a server connection failed, before the startup message.
+#[derive(Debug)]
+enum OpenError {
+    Io(io::Error),
+    /// The server answered 'N' to the SSLRequest and TLS is required.
+    NoTls,
+    Handshake(String),
+}
+
+impl OpenError {
+    fn into_connect(self, upstream: &str, addr: &str) -> ConnectError {
+        let (upstream, addr) = (upstream.to_owned(), addr.to_owned());
+        match self {
+            OpenError::Io(source) => ConnectError::Io { upstream, addr, source },
+            OpenError::NoTls => ConnectError::TlsRefused { upstream, addr },
+            OpenError::Handshake(detail) => ConnectError::Tls { upstream, addr, detail },
+        }
+    }
+
+    fn into_io(self) -> io::Error {
+        match self {
+            OpenError::Io(e) => e,
+            OpenError::NoTls => io::Error::other("the server does not accept TLS, which the proxy requires for it"),
+            OpenError::Handshake(d) => io::Error::other(d),
         }
     }
 }
@@ -135,6 +211,10 @@ pub enum ConnectError {
     NoLogin { upstream: String, user: String },
     #[error("cannot reach upstream {upstream} at {addr}: {source}")]
     Io { upstream: String, addr: String, source: io::Error },
+    #[error("upstream {upstream} at {addr} does not accept TLS (it answered the SSLRequest with 'N'), and the proxy's connections to it require TLS: turn ssl on in that server's postgresql.conf, or connect without requiring TLS")]
+    TlsRefused { upstream: String, addr: String },
+    #[error("upstream {upstream} at {addr}: {detail}")]
+    Tls { upstream: String, addr: String, detail: String },
     #[error("upstream {upstream} refused the connection: {severity} {code}: {message}")]
     Server {
         upstream: String,
@@ -172,6 +252,7 @@ pub enum ConnectError {
 #[repr(u8)]
 enum Stage {
     Tcp,
+    Tls,
     Startup,
     Auth,
     Ready,
@@ -181,8 +262,9 @@ impl Stage {
     fn from_u8(v: u8) -> Stage {
         match v {
             0 => Stage::Tcp,
-            1 => Stage::Startup,
-            2 => Stage::Auth,
+            1 => Stage::Tls,
+            2 => Stage::Startup,
+            3 => Stage::Auth,
             _ => Stage::Ready,
         }
     }
@@ -190,6 +272,7 @@ impl Stage {
     fn waiting_for(self) -> &'static str {
         match self {
             Stage::Tcp => "the TCP connection (nothing answers at that address: a firewall dropping packets, or the host is down)",
+            Stage::Tls => "the server's answer to the SSLRequest, or the TLS handshake",
             Stage::Startup => "the server's answer to the startup message (connected, but the server says nothing)",
             Stage::Auth => "authentication to complete",
             Stage::Ready => "the server to finish starting the session (ReadyForQuery)",
@@ -204,6 +287,8 @@ pub struct CancelKey {
     pub port: u16,
     pub process_id: i32,
     pub secret_key: i32,
+    /// Cancel requests go the way the session's connection went (TLS or not).
+    pub tls: UpstreamTls,
 }
 
 /// A server connection that is authenticated and ready for a query.
@@ -220,7 +305,7 @@ impl Backend {
     /// Sends Terminate and drops the connection; a server that does not take the message
     /// within [`TERMINATE_TIMEOUT`] (its socket's buffer full: dead or stuck) just loses the
     /// connection.
-    pub async fn terminate(self) {
+    pub async fn terminate(mut self) {
         let mut buf = BytesMut::new();
         frontend::terminate(&mut buf);
         let _ = tokio::time::timeout(TERMINATE_TIMEOUT, self.stream.write_all(&buf)).await;
@@ -257,7 +342,7 @@ pub(crate) fn error_fields(body: &ErrorResponseBody) -> ErrorFields {
 }
 
 /// Reads the next whole message; returns it parsed and raw (type byte and length included).
-async fn next_message(stream: &Stream, buf: &mut BytesMut, upstream: &str) -> Result<(Message, Bytes), ConnectError> {
+async fn next_message(stream: &mut Stream, buf: &mut BytesMut, upstream: &str) -> Result<(Message, Bytes), ConnectError> {
     let proto = |detail: String| ConnectError::Protocol {
         upstream: upstream.to_owned(),
         detail,
@@ -316,13 +401,9 @@ async fn connect_unbounded(
         user: user.to_owned(),
     })?;
     let addr = format!("{}:{}", upstream.host, upstream.port);
-    let stream = Stream::connect(&upstream.host, upstream.port, t)
+    let mut stream = Stream::open(&upstream.host, upstream.port, &upstream.tls, t, stage)
         .await
-        .map_err(|source| ConnectError::Io {
-            upstream: name.clone(),
-            addr: addr.clone(),
-            source,
-        })?;
+        .map_err(|e| e.into_connect(&name, &addr))?;
     let io_err = |source: io::Error| ConnectError::Io {
         upstream: name.clone(),
         addr: addr.clone(),
@@ -357,7 +438,7 @@ async fn connect_unbounded(
     let mut key = None;
     loop {
         out.clear();
-        let (msg, raw) = next_message(&stream, &mut buf, &name).await?;
+        let (msg, raw) = next_message(&mut stream, &mut buf, &name).await?;
         if matches!(msg, Message::AuthenticationOk) {
             stage.store(Stage::Ready as u8, Relaxed);
         } else if stage.load(Relaxed) == Stage::Startup as u8 {
@@ -431,6 +512,7 @@ async fn connect_unbounded(
                         port: upstream.port,
                         process_id,
                         secret_key,
+                        tls: upstream.tls.clone(),
                     },
                     upstream: name,
                     parameter_status: parameter_status.freeze(),
@@ -447,7 +529,7 @@ async fn connect_unbounded(
 /// Redoes a session's recorded state on a fresh connection: SET/PREPARE statements as simple
 /// queries, named Parse messages followed by a Sync, all pipelined, then reads every
 /// ReadyForQuery. Any error fails the replay; so does no answer within `within`.
-pub async fn replay(backend: &Backend, log: &ReplayLog, within: std::time::Duration) -> Result<(), ConnectError> {
+pub async fn replay(backend: &mut Backend, log: &ReplayLog, within: std::time::Duration) -> Result<(), ConnectError> {
     if log.is_empty() {
         return Ok(());
     }
@@ -469,8 +551,8 @@ pub async fn replay(backend: &Backend, log: &ReplayLog, within: std::time::Durat
     }
 }
 
-async fn replay_unbounded(backend: &Backend, log: &ReplayLog, done: &AtomicUsize, total: &AtomicUsize) -> Result<(), ConnectError> {
-    let name = &backend.upstream;
+async fn replay_unbounded(backend: &mut Backend, log: &ReplayLog, done: &AtomicUsize, total: &AtomicUsize) -> Result<(), ConnectError> {
+    let name = &backend.upstream.clone();
     let mut out = BytesMut::new();
     // What each expected ReadyForQuery closes, to name the statement that failed.
     let mut steps: Vec<String> = Vec::new();
@@ -507,7 +589,7 @@ async fn replay_unbounded(backend: &Backend, log: &ReplayLog, done: &AtomicUsize
     let mut failed: Option<ErrorFields> = None;
     let mut step = 0;
     while step < steps.len() {
-        match next_message(&backend.stream, &mut buf, name).await?.0 {
+        match next_message(&mut backend.stream, &mut buf, name).await?.0 {
             Message::ErrorResponse(body) if failed.is_none() => failed = Some(error_fields(&body)),
             Message::ReadyForQuery(_) => {
                 if let Some(e) = failed.take() {
@@ -531,13 +613,16 @@ async fn replay_unbounded(backend: &Backend, log: &ReplayLog, done: &AtomicUsize
 /// gives the server as long again to close the connection (it does once it has handled it).
 pub async fn cancel(key: &CancelKey, t: &Timeouts) -> io::Result<()> {
     let send = async {
-        let stream = Stream::connect(&key.host, key.port, t).await?;
+        let stage = AtomicU8::new(0);
+        let mut stream = Stream::open(&key.host, key.port, &key.tls, t, &stage)
+            .await
+            .map_err(OpenError::into_io)?;
         let mut buf = BytesMut::new();
         frontend::cancel_request(key.process_id, key.secret_key, &mut buf);
         stream.write_all(&buf).await?;
         Ok::<_, io::Error>(stream)
     };
-    let stream = tokio::time::timeout(t.cancel, send).await.map_err(|_| {
+    let mut stream = tokio::time::timeout(t.cancel, send).await.map_err(|_| {
         io::Error::new(
             io::ErrorKind::TimedOut,
             format!(

@@ -3,7 +3,7 @@
 //! (TCP connect itself never completes), and a fake server that logs in and then goes mute.
 
 use bytes::{Buf, BufMut, BytesMut};
-use ferry_proxy::{ConnectError, Login, Proxy, ProxyConfig, ProxyUser, SwitchError, Timeouts, Upstream};
+use ferry_proxy::{ConnectError, Login, Proxy, ProxyConfig, ProxyUser, SwitchError, Timeouts, Upstream, UpstreamTls};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -30,18 +30,19 @@ fn upstream(name: &str, addr: SocketAddr) -> Upstream {
         port: addr.port(),
         dbname: DB.into(),
         logins,
+        tls: UpstreamTls::Disable,
     }
 }
 
 async fn proxy(first: Upstream, timeouts: Timeouts) -> Proxy {
-    let config = ProxyConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        users: vec![ProxyUser {
+    let config = ProxyConfig::new(
+        "127.0.0.1:0".parse().unwrap(),
+        vec![ProxyUser {
             name: USER.into(),
             password: PASSWORD.into(),
         }],
-        dbname: DB.into(),
-    };
+        DB,
+    );
     Proxy::start_with(config, first, timeouts).await.expect("proxy starts")
 }
 
@@ -299,14 +300,14 @@ async fn a_switch_to_a_silent_upstream_fails_within_the_connect_and_replay_timeo
 /// Zero timeouts would fail every connection: refused up front.
 #[tokio::test]
 async fn zero_timeouts_are_refused() {
-    let config = ProxyConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        users: vec![ProxyUser {
+    let config = ProxyConfig::new(
+        "127.0.0.1:0".parse().unwrap(),
+        vec![ProxyUser {
             name: USER.into(),
             password: PASSWORD.into(),
         }],
-        dbname: DB.into(),
-    };
+        DB,
+    );
     let t = Timeouts {
         connect: Duration::ZERO,
         ..Timeouts::default()

@@ -107,13 +107,14 @@ fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
 /// Reads every certificate of a PEM file.
 pub fn load_certs(what: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let pem = read(what, path)?;
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
-        .collect::<Result<_, _>>()
-        .map_err(|e| TlsError::Invalid {
-            what,
-            path: path.to_path_buf(),
-            why: format!("not a PEM certificate file ({e})"),
-        })?;
+    let certs: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(&pem)
+            .collect::<Result<_, _>>()
+            .map_err(|e| TlsError::Invalid {
+                what,
+                path: path.to_path_buf(),
+                why: format!("not a PEM certificate file ({e})"),
+            })?;
     if certs.is_empty() {
         return Err(TlsError::Empty {
             what,
@@ -228,9 +229,7 @@ pub fn client_config(o: &ClientOptions) -> Result<Arc<ClientConfig>, TlsError> {
                 .build()
                 .map_err(|e| TlsError::Other(format!("cannot use the trusted CAs: {e}")))?;
             if v == Verify::Chain {
-                builder
-                    .dangerous()
-                    .with_custom_certificate_verifier(Arc::new(ChainOnly(webpki)))
+                builder.dangerous().with_custom_certificate_verifier(Arc::new(ChainOnly(webpki)))
             } else {
                 builder.with_webpki_verifier(webpki)
             }
@@ -295,6 +294,11 @@ pub fn explain(err: &(dyn std::error::Error + 'static), host: &str) -> Option<St
         if let Some(tls) = e.downcast_ref::<rustls::Error>() {
             return Some(explain_rustls(tls, host));
         }
+        // An io::Error's `source()` skips the error it wraps; `get_ref()` is that error.
+        if let Some(inner) = e.downcast_ref::<io::Error>().and_then(|io| io.get_ref()) {
+            cur = Some(inner as &(dyn std::error::Error + 'static));
+            continue;
+        }
         cur = e.source();
     }
     None
@@ -340,18 +344,28 @@ impl ServerCertVerifier for ChainOnly {
         // webpki checks the chain first and the name last: a name mismatch means the chain
         // itself was good.
         match self.0.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
-            Err(rustls::Error::InvalidCertificate(
-                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-            )) => Ok(ServerCertVerified::assertion()),
+            Err(rustls::Error::InvalidCertificate(CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. })) => {
+                Ok(ServerCertVerified::assertion())
+            }
             other => other,
         }
     }
 
-    fn verify_tls12_signature(&self, m: &[u8], c: &CertificateDer<'_>, d: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls12_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         self.0.verify_tls12_signature(m, c, d)
     }
 
-    fn verify_tls13_signature(&self, m: &[u8], c: &CertificateDer<'_>, d: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         self.0.verify_tls13_signature(m, c, d)
     }
 
@@ -377,11 +391,21 @@ impl ServerCertVerifier for EncryptOnly {
         Ok(ServerCertVerified::assertion())
     }
 
-    fn verify_tls12_signature(&self, m: &[u8], c: &CertificateDer<'_>, d: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls12_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         rustls::crypto::verify_tls12_signature(m, c, d, &self.0.signature_verification_algorithms)
     }
 
-    fn verify_tls13_signature(&self, m: &[u8], c: &CertificateDer<'_>, d: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         rustls::crypto::verify_tls13_signature(m, c, d, &self.0.signature_verification_algorithms)
     }
 

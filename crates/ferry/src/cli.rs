@@ -39,6 +39,10 @@ pub enum Command {
     Status(StatusArgs),
     /// Prove the target equals the source, row by row; name every differing row and column.
     Verify(VerifyArgs),
+    /// Pause change capture of a running `ferry migrate` at a checkpoint (the slot keeps the changes).
+    Pause(ApiArgs),
+    /// Resume change capture paused by `ferry pause`.
+    Resume(ApiArgs),
     /// Switch the application to the target with a pause of well under a second (through the proxy).
     Cutover(SwitchArgs),
     /// Switch the application back to the source; nothing written on the target meanwhile is lost.
@@ -176,10 +180,22 @@ pub struct MigrateArgs {
     /// picks a free port, logged at start).
     #[arg(long, env = "FERRY_LISTEN", default_value = "127.0.0.1:7117", value_parser = parse_listen)]
     pub listen: Listen,
-    /// File holding the bearer token that control endpoints require (required when --listen
-    /// is not a loopback address). FERRY_API_TOKEN works too.
+    /// File (mode 0600) holding the bearer token that control endpoints and row data require;
+    /// FERRY_API_TOKEN works too. Without either, a loopback --listen writes a new token to
+    /// ~/.ferry/api-PORT.token at every start (ferry commands on this host read it); another
+    /// address needs one.
     #[arg(long)]
     pub api_token_file: Option<PathBuf>,
+    /// Serve the API and dashboard over HTTPS with this certificate chain (PEM), with --api-tls-key.
+    #[arg(long, requires = "api_tls_key")]
+    pub api_tls_cert: Option<PathBuf>,
+    /// Private key (PEM, mode 0600) of --api-tls-cert.
+    #[arg(long, requires = "api_tls_cert")]
+    pub api_tls_key: Option<PathBuf>,
+    /// A host name (or name:port) clients may use in the Host header besides the listener's
+    /// address (and localhost on loopback), e.g. behind a reverse proxy; repeatable.
+    #[arg(long, value_name = "HOST")]
+    pub api_allowed_host: Vec<String>,
     /// Warn (status, dashboard) when the slot retains more WAL than this.
     #[arg(long, default_value = "10GB", value_parser = parse_size)]
     pub wal_warn: i64,
@@ -193,10 +209,28 @@ pub struct MigrateArgs {
     /// (logging in to the target with the target URL's).
     #[arg(long)]
     pub proxy_users_file: Option<PathBuf>,
-    /// POST a JSON document to this http:// URL after every cutover and rollback (for
-    /// applications that switch their own connection strings).
+    /// Accept TLS from the proxy's clients with this certificate chain (PEM), with
+    /// --proxy-tls-key: SSLRequest is answered 'S' (and PostgreSQL 17's direct TLS works).
+    #[arg(long, value_name = "FILE", requires = "proxy_tls_key")]
+    pub proxy_tls_cert: Option<PathBuf>,
+    /// Private key (PEM, mode 0600) of --proxy-tls-cert.
+    #[arg(long, value_name = "FILE", requires = "proxy_tls_cert")]
+    pub proxy_tls_key: Option<PathBuf>,
+    /// Refuse proxy clients that do not use TLS (FATAL 28000). Needs --proxy-tls-cert.
+    #[arg(long)]
+    pub proxy_require_tls: bool,
+    /// Client connections the proxy serves at most; more get FATAL 53300 "too many connections
+    /// to the Ferry proxy". At most 64 of them may be logging in at once (10 s each at most).
+    #[arg(long, value_name = "N", default_value_t = ferry_proxy::DEFAULT_MAX_CONNECTIONS)]
+    pub proxy_max_connections: usize,
+    /// POST a JSON document to this http:// or https:// URL after every cutover and rollback
+    /// (for applications that switch their own connection strings); 10 s in all, sent in the
+    /// background after the switch.
     #[arg(long)]
     pub webhook: Option<String>,
+    /// CA file an https:// --webhook's certificate must chain to (default: the system's CAs).
+    #[arg(long, requires = "webhook")]
+    pub webhook_ca: Option<PathBuf>,
     /// After cutover, roll back by itself when reverse replication lags more than this
     /// (for example 30s). Off by default.
     #[arg(long, value_parser = parse_duration)]
@@ -260,13 +294,20 @@ pub struct SwitchArgs {
     /// With --source: Ferry's state schema on the target.
     #[arg(long, default_value = "ferry")]
     pub state_schema: String,
-    /// With --source: POST the cutover report (JSON) to this http:// URL when the target is
-    /// ready for the application.
+    /// With --source: POST the cutover report (JSON) to this http:// or https:// URL when the
+    /// target is ready for the application.
     #[arg(long)]
     pub webhook: Option<String>,
-    /// File holding the API's bearer token; FERRY_API_TOKEN works too.
+    /// CA file an https:// --webhook's certificate must chain to (default: the system's CAs).
+    #[arg(long, requires = "webhook")]
+    pub webhook_ca: Option<PathBuf>,
+    /// File holding the API's bearer token; FERRY_API_TOKEN works too (default: the token file
+    /// `ferry migrate` wrote on this host, for a loopback --api).
     #[arg(long)]
     pub api_token_file: Option<PathBuf>,
+    /// CA file an https:// --api's certificate must chain to (default: the system's CAs).
+    #[arg(long, env = "FERRY_API_CA")]
+    pub api_ca: Option<PathBuf>,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -339,6 +380,31 @@ pub struct StatusArgs {
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
+    /// With --api: file holding the API token, to see dead letters' keys and errors
+    /// (FERRY_API_TOKEN works too; default: the token file of a `ferry migrate` on this host).
+    #[arg(long)]
+    pub api_token_file: Option<PathBuf>,
+    /// CA file an https:// --api's certificate must chain to (default: the system's CAs).
+    #[arg(long, env = "FERRY_API_CA")]
+    pub api_ca: Option<PathBuf>,
+}
+
+/// `ferry pause` and `ferry resume`.
+#[derive(Debug, Args)]
+pub struct ApiArgs {
+    /// URL of the running `ferry migrate`'s API.
+    #[arg(long, default_value = "http://127.0.0.1:7117")]
+    pub api: String,
+    /// File holding the API's bearer token; FERRY_API_TOKEN works too (default: the token file
+    /// `ferry migrate` wrote on this host, for a loopback --api).
+    #[arg(long)]
+    pub api_token_file: Option<PathBuf>,
+    /// CA file an https:// --api's certificate must chain to (default: the system's CAs).
+    #[arg(long, env = "FERRY_API_CA")]
+    pub api_ca: Option<PathBuf>,
+    /// Print the API's answer as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `ferry verify`.
@@ -386,9 +452,13 @@ pub struct VerifyArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
-    /// With --api: file holding the API token (FERRY_API_TOKEN works too).
+    /// With --api: file holding the API token (FERRY_API_TOKEN works too; default: the token
+    /// file `ferry migrate` wrote on this host, for a loopback --api).
     #[arg(long)]
     pub api_token_file: Option<PathBuf>,
+    /// With --api: CA file an https:// API's certificate must chain to (default: the system's CAs).
+    #[arg(long, env = "FERRY_API_CA")]
+    pub api_ca: Option<PathBuf>,
 }
 
 /// `ferry abandon`.

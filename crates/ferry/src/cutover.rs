@@ -70,7 +70,7 @@ pub struct Switchboard {
     /// Proxy upstreams: (source, target).
     pub upstreams: Option<(ferry_proxy::Upstream, ferry_proxy::Upstream)>,
     /// POSTed a JSON document after every switch (http:// only).
-    pub webhook: Option<String>,
+    pub webhook: Option<crate::status::Webhook>,
     /// One switch at a time.
     busy: tokio::sync::Mutex<()>,
 }
@@ -179,7 +179,7 @@ impl Switchboard {
         req: CheckRequest,
         live: Arc<Live>,
         upstreams: Option<(ferry_proxy::Upstream, ferry_proxy::Upstream)>,
-        webhook: Option<String>,
+        webhook: Option<crate::status::Webhook>,
     ) -> Self {
         Self {
             store: StateStore::new(&req.state_schema),
@@ -845,20 +845,24 @@ impl Switchboard {
         self.live.set_last_switch(serde_json::to_value(r).unwrap_or_default());
     }
 
-    /// POSTs the report to the webhook; failures are logged, never fatal.
+    /// POSTs the report to the webhook in the background: the switch's answer, the `busy`
+    /// lock and the proxy never wait for it (at most `status::WEBHOOK_TIMEOUT`); failures are
+    /// logged, never fatal.
     async fn notify(&self, r: &Report) {
-        let Some(url) = &self.webhook else { return };
+        let Some(hook) = self.webhook.clone() else { return };
         let body = json!({
             "event": if r.kind == "cutover" { "cut_over" } else { "rolled_back" },
             "migration_id": self.req.migration_id,
             "writes_go_to": if r.kind == "cutover" { self.req.target.describe() } else { self.req.source.describe() },
             "report": r,
         });
-        match crate::status::http_post_json(url, &body).await {
-            Ok(code) if (200..300).contains(&code) => tracing::info!(url, code, "switch announced to the webhook"),
-            Ok(code) => tracing::warn!(url, code, "the webhook answered with an error"),
-            Err(e) => tracing::warn!(url, error = %e, "could not reach the webhook"),
-        }
+        tokio::spawn(async move {
+            match hook.post(&body).await {
+                Ok(code) if (200..300).contains(&code) => tracing::info!(url = %hook, code, "switch announced to the webhook"),
+                Ok(code) => tracing::warn!(url = %hook, code, "the webhook answered with an error"),
+                Err(e) => tracing::warn!(error = %format!("{e:#}"), "could not reach the webhook"),
+            }
+        });
     }
 }
 
@@ -965,7 +969,7 @@ async fn set_read_only(c: &Client, side: &str, on: bool) -> Result<(), PgError> 
 async fn end_writers(c: &Client, grace: Duration) -> Result<u64, PgError> {
     let sql = "SELECT pid FROM pg_stat_activity
                WHERE backend_type = 'client backend' AND datname = current_database() AND pid <> pg_backend_pid()
-                 AND application_name NOT LIKE 'ferry%' AND backend_start < $1::timestamptz";
+                 AND application_name NOT LIKE 'ferry%' AND backend_start < $1::text::timestamptz";
     let cutoff: String = c
         .query_one("SELECT now()::text", &[])
         .await
@@ -1119,17 +1123,63 @@ pub fn proxy_config(
             port,
             dbname: e.dbname().to_string(),
             logins,
+            tls: upstream_tls(e),
         }
     };
     Ok((
-        ferry_proxy::ProxyConfig {
-            listen,
-            users,
-            dbname: req.source.dbname().to_string(),
-        },
+        ferry_proxy::ProxyConfig::new(listen, users, req.source.dbname()),
         upstream("source", &req.source, src_logins),
         upstream("target", &req.target, tgt_logins),
     ))
+}
+
+/// TLS of the proxy's connections to one upstream (source or target): the same sslmode,
+/// certificates and verification as Ferry's own connections to that server. `allow` is
+/// treated as `prefer` (the proxy does not retry a refused plain login over TLS).
+pub fn upstream_tls(e: &Endpoint) -> ferry_proxy::UpstreamTls {
+    use ferry_postgres::pgtls::SslMode;
+    let tls = e.tls();
+    match (&tls.config, tls.mode) {
+        (None, _) | (_, SslMode::Disable) => ferry_proxy::UpstreamTls::Disable,
+        (Some(c), SslMode::Allow | SslMode::Prefer) => ferry_proxy::UpstreamTls::Prefer(c.clone()),
+        (Some(c), _) => ferry_proxy::UpstreamTls::Require(c.clone()),
+    }
+}
+
+/// The proxy's own listener: TLS from `--proxy-tls-cert`/`--proxy-tls-key`, `--proxy-require-tls`
+/// and `--proxy-max-connections`. Usage errors name the flag.
+pub fn proxy_listener(
+    config: &mut ferry_proxy::ProxyConfig,
+    cert: Option<&std::path::Path>,
+    key: Option<&std::path::Path>,
+    require_tls: bool,
+    max_connections: usize,
+) -> Result<(), crate::exit::UsageError> {
+    use crate::exit::UsageError;
+    config.tls = match (cert, key) {
+        (Some(cert), Some(key)) => {
+            Some(ferry_tls::server_config(cert, key).map_err(|e| UsageError(format!("--proxy-tls-cert/--proxy-tls-key: {e}")))?)
+        }
+        (None, None) => None,
+        _ => {
+            return Err(UsageError(
+                "--proxy-tls-cert and --proxy-tls-key go together: give both, or neither".into(),
+            ))
+        }
+    };
+    if require_tls && config.tls.is_none() {
+        return Err(UsageError(
+            "--proxy-require-tls needs --proxy-tls-cert and --proxy-tls-key (the certificate the proxy presents)".into(),
+        ));
+    }
+    if max_connections == 0 {
+        return Err(UsageError("--proxy-max-connections must be at least 1".into()));
+    }
+    config.require_tls = require_tls;
+    config.max_connections = max_connections;
+    // The share of them that may be logging in at once.
+    config.max_unauthenticated = ferry_proxy::DEFAULT_MAX_UNAUTHENTICATED.min(max_connections);
+    Ok(())
 }
 
 /// Opt-in automatic rollback after cutover.

@@ -165,9 +165,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         verify: Some(verify_ctx.clone()),
         switchboard: Some(board.clone()),
     };
-    let api_addr = match crate::server::serve(([127, 0, 0, 1], 7117).into(), api.clone()).await {
+    let listen = crate::server::ListenOptions::default();
+    let api_addr = match crate::server::serve(([127, 0, 0, 1], 7117).into(), api.clone(), &listen).await {
         Ok(a) => a,
-        Err(_) => crate::server::serve(([127, 0, 0, 1], 0).into(), api).await?,
+        Err(_) => crate::server::serve(([127, 0, 0, 1], 0).into(), api, &listen).await?,
     };
     tokio::spawn(live.clone().sample_forever(
         req.target.clone(),

@@ -63,6 +63,12 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Migrate(args) if ferry_mysql::is_mysql_url(&args.endpoints.source) => mysql_cmd::migrate(&args).await,
         Command::Migrate(args) => {
+            // Checked at start, not at cutover time.
+            let webhook = args
+                .webhook
+                .as_deref()
+                .map(|u| status::Webhook::new(u, args.webhook_ca.as_deref()))
+                .transpose()?;
             let req = settings::resolve(&args.endpoints)?;
             let live = match args.listen {
                 cli::Listen::Off => None,
@@ -91,7 +97,14 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                     let mut api = api;
                     let upstreams = match args.proxy_listen {
                         Some(listen) => {
-                            let (config, source, target) = cutover::proxy_config(&req, listen, args.proxy_users_file.as_deref())?;
+                            let (mut config, source, target) = cutover::proxy_config(&req, listen, args.proxy_users_file.as_deref())?;
+                            cutover::proxy_listener(
+                                &mut config,
+                                args.proxy_tls_cert.as_deref(),
+                                args.proxy_tls_key.as_deref(),
+                                args.proxy_require_tls,
+                                args.proxy_max_connections,
+                            )?;
                             // After a cutover (restart included) the application belongs on the target.
                             let on_target = initial_phase(&req)
                                 .await
@@ -106,12 +119,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                         }
                         None => None,
                     };
-                    let board = std::sync::Arc::new(cutover::Switchboard::new(
-                        req.clone(),
-                        live.clone(),
-                        upstreams,
-                        args.webhook.clone(),
-                    ));
+                    let board = std::sync::Arc::new(cutover::Switchboard::new(req.clone(), live.clone(), upstreams, webhook.clone()));
                     tokio::spawn(cutover::auto_rollback(
                         board.clone(),
                         cutover::AutoRollback {
@@ -120,7 +128,10 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                         },
                     ));
                     api.switchboard = Some(board);
-                    server::serve(addr, api)
+                    let listen =
+                        server::ListenOptions::new(args.api_tls_cert.as_deref(), args.api_tls_key.as_deref(), &args.api_allowed_host)
+                            .map_err(|e| exit::UsageError(format!("{e:#}")))?;
+                    server::serve(addr, api, &listen)
                         .await
                         .map_err(|e| exit::UsageError(format!("--listen: {e:#}")))?;
                     tokio::spawn(live.clone().sample_forever(
@@ -179,6 +190,8 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             }
             Ok(exit::OK)
         }
+        Command::Pause(args) => status::pause_cmd(&args, true).await,
+        Command::Resume(args) => status::pause_cmd(&args, false).await,
         Command::Cutover(args) => switch_cmd(&args, false).await,
         Command::Rollback(args) => switch_cmd(&args, true).await,
         Command::Status(args) => {
@@ -201,7 +214,14 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                     )
                     .await?
                 }
-                None => status::fetch(&args.api).await?,
+                None => {
+                    status::fetch_with(&status::ApiClient::new(
+                        &args.api,
+                        args.api_token_file.as_deref(),
+                        args.api_ca.as_deref(),
+                    )?)
+                    .await?
+                }
             };
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&st)?);
@@ -252,7 +272,7 @@ async fn switch_cmd(args: &cli::SwitchArgs, rollback: bool) -> anyhow::Result<i3
         }
         return mysql_cmd::cutover(args).await;
     }
-    let token = api_token(args.api_token_file.as_deref())?;
+    let api = status::ApiClient::new(&args.api, args.api_token_file.as_deref(), args.api_ca.as_deref())?;
     let path = format!(
         "/api/{}?max_pause_ms={}&max_lag_ms={}&catch_up_ms={}&allow_direct_sessions={}&no_proxy={}&grace_ms={}&skip_verify_check={}",
         if rollback { "rollback" } else { "cutover" },
@@ -264,7 +284,7 @@ async fn switch_cmd(args: &cli::SwitchArgs, rollback: bool) -> anyhow::Result<i3
         args.grace.as_millis(),
         args.skip_verify_check
     );
-    let (code, body) = status::http_request("POST", &args.api, &path, token.as_ref().map(|t| t.expose())).await?;
+    let (code, body) = api.request("POST", &path).await?;
     let v: serde_json::Value =
         serde_json::from_slice(&body).unwrap_or_else(|_| serde_json::json!({ "error": String::from_utf8_lossy(&body) }));
     if args.json {
@@ -280,14 +300,11 @@ async fn switch_cmd(args: &cli::SwitchArgs, rollback: bool) -> anyhow::Result<i3
     })
 }
 
-/// The API token: from --api-token-file, else FERRY_API_TOKEN, else none.
+/// The API token: from --api-token-file (readable by its owner only), else FERRY_API_TOKEN,
+/// else none (`ferry migrate` then makes one, see `server::auto_token`).
 pub(crate) fn api_token(file: Option<&std::path::Path>) -> anyhow::Result<Option<ferry_core::Secret>> {
     let token = match file {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| exit::UsageError(format!("--api-token-file: cannot read {}: {e}", path.display())))?;
-            Some(text.trim().to_string())
-        }
+        Some(path) => Some(server::read_token_file(path).map_err(|e| exit::UsageError(format!("--api-token-file: {e:#}")))?),
         None => std::env::var("FERRY_API_TOKEN").ok(),
     };
     match token {

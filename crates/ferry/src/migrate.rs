@@ -318,7 +318,17 @@ pub async fn run(req: &CheckRequest, opts: &MigrateOptions) -> anyhow::Result<Op
         None
     } else {
         let workdir = ferry_postgres::schema::WorkDir::create(&id).context("creating a private work directory for pg_dump (mode 0700)")?;
-        Some(schema::dump_remaining_post_data(&tools, &req.source, snapshot_name.as_deref(), &excluded, &plan.handled, workdir.path()).await?)
+        Some(
+            schema::dump_remaining_post_data(
+                &tools,
+                &req.source,
+                snapshot_name.as_deref(),
+                &excluded,
+                &plan.handled,
+                workdir.path(),
+            )
+            .await?,
+        )
     };
     let seqs = sequences::read(&reader, Some(&req.state_schema)).await?;
 

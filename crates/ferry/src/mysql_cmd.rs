@@ -217,6 +217,12 @@ pub async fn cutover(args: &crate::cli::SwitchArgs) -> anyhow::Result<i32> {
         tinyint1_boolean: false,
     };
     let req = crate::settings::resolve_mysql(&endpoints)?;
+    // A bad webhook (CA file) is refused before the switch, not after it.
+    let hook = args
+        .webhook
+        .as_deref()
+        .map(|u| crate::status::Webhook::new(u, args.webhook_ca.as_deref()))
+        .transpose()?;
     let opts = ferry_mysql::cutover::GateOptions {
         state_schema: args.state_schema.clone(),
         source_id: req.source.describe(),
@@ -231,7 +237,7 @@ pub async fn cutover(args: &crate::cli::SwitchArgs) -> anyhow::Result<i32> {
             return Ok(exit::FOUND_PROBLEM);
         }
     };
-    if let Some(url) = &args.webhook {
+    if let Some(url) = &hook {
         let body = serde_json::json!({
             "event": "cutover",
             "source": req.source.describe(),
@@ -239,7 +245,7 @@ pub async fn cutover(args: &crate::cli::SwitchArgs) -> anyhow::Result<i32> {
             "report": report,
         });
         // A webhook that hangs must not hold the cutover's exit (the switch is done).
-        match tokio::time::timeout(Duration::from_secs(10), crate::status::http_post_json(url, &body)).await {
+        match tokio::time::timeout(Duration::from_secs(10), url.post(&body)).await {
             Ok(Ok(code)) if (200..300).contains(&code) => eprintln!("webhook {url} answered {code}"),
             Ok(Ok(code)) => eprintln!("warning: webhook {url} answered {code}"),
             Ok(Err(e)) => eprintln!("warning: {e:#}"),

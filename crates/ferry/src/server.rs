@@ -1,29 +1,45 @@
 //! The HTTP side of `ferry migrate --listen`: status API, events, control endpoints, Prometheus
-//! metrics and the dashboard.
+//! metrics and the dashboard, over HTTP or HTTPS (`--api-tls-cert`/`--api-tls-key`).
 //!
 //! ```text
-//! GET  /                 dashboard (one self-contained page)
+//! GET  /                 dashboard (one self-contained page; `/#token=TOKEN` shows row values)
 //! GET  /api/status       phase, tables, lag, rates, transitions, dead letters, history (JSON)
-//! GET  /api/events       the event log (?after=ID&limit=N)
+//! GET  /api/events       the event log (?after=ID&limit=N)                         token
 //! GET  /metrics          Prometheus / OpenMetrics text
 //! GET  /healthz          200 while the process runs
-//! POST /api/pause        stop change capture at a checkpoint (the slot keeps the changes)
-//! POST /api/resume       resume change capture
+//! POST /api/pause        stop change capture at a checkpoint (the slot keeps the changes)  token
+//! POST /api/resume       resume change capture                                     token
 //! POST /api/verify       start a verification at one consistent point (?repair=true to fix
-//!                        what differs); 202 with the run id
+//!                        what differs); 202 with the run id                        token
 //! GET  /api/verify/ID    a run: status, progress while running, the report when done
 //! POST /api/cutover      ?max_pause_ms&max_lag_ms&catch_up_ms&allow_direct_sessions&no_proxy&grace_ms&skip_verify_check
-//! POST /api/rollback     same options; both answer with the switch's report
+//! POST /api/rollback     same options; both answer with the switch's report       token
 //! ```
-//! Control endpoints (POST) require `Authorization: Bearer TOKEN` when a token is configured,
-//! and a token is required whenever the listener is not a loopback address: `serve` refuses to
-//! start otherwise. Reads are open, as Prometheus scrapes usually are; they hold no secrets.
+//!
+//! Safe by default (docs/operations.md, "Security"):
+//! * **A token always exists.** `--api-token-file` or `FERRY_API_TOKEN`; without either, a
+//!   loopback listener makes one ([`auto_token`]: `~/.ferry/api-PORT.token`, mode 0600, new at
+//!   every start) and logs where it is; a non-loopback listener without a token is refused.
+//!   Every POST and `/api/events` require `Authorization: Bearer TOKEN`, on loopback too.
+//!   `/api/status` and `/api/verify/ID` answer without it, with row values left out (dead
+//!   letters' keys and errors, the verification's differing rows).
+//! * **Host and Origin must be this listener's** (DNS rebinding, cross-site requests from a
+//!   page in the operator's browser): `Host` is the address the connection arrived on, or
+//!   `localhost:PORT` on loopback, or a name given with `--api-allowed-host`; an `Origin`, when
+//!   sent, must be the same host. `/metrics` and `/healthz` are exempt (scrapers use any name).
+//! * **Bounded**: [`MAX_REQUESTS`] requests at once (more get 503 at once), [`MAX_CONNECTIONS`]
+//!   connections, bodies up to [`MAX_BODY`] (413), request headers within [`HEADER_TIMEOUT`]
+//!   of connecting or of the previous request, a TLS handshake within the same time, and at most
+//!   [`MAX_DB_CONNECTIONS`] target connections for handlers at once.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
-use axum::extract::{ConnectInfo, Query, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Query, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::Next;
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -32,11 +48,23 @@ use ferry_postgres::state::StateStore;
 use ferry_postgres::Endpoint;
 use serde::Deserialize;
 use serde_json::json;
+use tokio::io::AsyncWriteExt;
 
 use crate::live::Live;
 use crate::metrics::Metrics;
 
 const DASHBOARD: &str = include_str!("dashboard.html");
+
+/// Requests served at once; more are answered 503 at once.
+pub const MAX_REQUESTS: usize = 32;
+/// Open connections at once; more are closed as soon as they are accepted.
+pub const MAX_CONNECTIONS: usize = 256;
+/// Largest request body (no endpoint takes one today; options are query parameters).
+pub const MAX_BODY: usize = 64 * 1024;
+/// Time a client has to send a request's headers (and to finish a TLS handshake).
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Target connections the handlers hold at once (events, phase checks, verification runs).
+pub const MAX_DB_CONNECTIONS: usize = 4;
 
 /// What the handlers share.
 #[derive(Clone, Debug)]
@@ -45,7 +73,8 @@ pub struct Api {
     pub live: Arc<Live>,
     /// Metric families.
     pub metrics: Arc<Metrics>,
-    /// Bearer token for control endpoints.
+    /// Bearer token for control endpoints and row data; None: [`serve`] makes one (loopback
+    /// listeners only).
     pub token: Option<Arc<Secret>>,
     /// Target (state schema).
     pub target: Endpoint,
@@ -59,9 +88,49 @@ pub struct Api {
     pub switchboard: Option<Arc<crate::cutover::Switchboard>>,
 }
 
+/// How the listener is exposed.
+#[derive(Clone, Debug, Default)]
+pub struct ListenOptions {
+    /// Serve HTTPS with this configuration (`--api-tls-cert`/`--api-tls-key`).
+    pub tls: Option<Arc<ferry_tls::rustls::ServerConfig>>,
+    /// Host names clients may use besides the listener's address (`--api-allowed-host`).
+    pub allowed_hosts: Vec<String>,
+}
+
+impl ListenOptions {
+    /// From the command line: reads the certificate and key (refusing a key others can read).
+    pub fn new(cert: Option<&Path>, key: Option<&Path>, allowed_hosts: &[String]) -> anyhow::Result<Self> {
+        let tls = match (cert, key) {
+            (Some(c), Some(k)) => Some(ferry_tls::server_config(c, k).map_err(|e| anyhow::anyhow!("--api-tls-cert/--api-tls-key: {e}"))?),
+            (None, None) => None,
+            _ => anyhow::bail!("HTTPS for the API needs both --api-tls-cert and --api-tls-key"),
+        };
+        Ok(Self {
+            tls,
+            allowed_hosts: allowed_hosts.iter().map(|h| h.trim().to_ascii_lowercase()).collect(),
+        })
+    }
+}
+
+/// Per-connection facts the checks need.
+#[derive(Clone, Copy, Debug)]
+struct Conn {
+    /// The address the connection arrived on.
+    local: SocketAddr,
+}
+
+/// What the guard middleware shares.
+#[derive(Debug)]
+struct Guard {
+    requests: Arc<tokio::sync::Semaphore>,
+    https: bool,
+    allowed_hosts: Vec<String>,
+}
+
 /// Binds `addr` and serves until the process ends. Refuses a non-loopback address without a
-/// token, and says what to do when the address is taken.
-pub async fn serve(addr: SocketAddr, api: Api) -> anyhow::Result<SocketAddr> {
+/// token, makes a token file for a loopback one without a token, and says what to do when the
+/// address is taken.
+pub async fn serve(addr: SocketAddr, mut api: Api, opts: &ListenOptions) -> anyhow::Result<SocketAddr> {
     if !addr.ip().is_loopback() && api.token.is_none() {
         anyhow::bail!(
             "refusing to serve the control API on {addr} without a token: anyone who can reach it could pause or cut over the migration; \
@@ -74,6 +143,20 @@ pub async fn serve(addr: SocketAddr, api: Api) -> anyhow::Result<SocketAddr> {
         )
     })?;
     let local = listener.local_addr()?;
+    if api.token.is_none() {
+        let (token, path) = auto_token(local.port())?;
+        tracing::info!(
+            file = %path.display(),
+            "API token written to {} (readable by this user only; `ferry pause`, `ferry cutover` and the other API clients on this host read it)",
+            path.display()
+        );
+        api.token = Some(Arc::new(token));
+    }
+    let guard = Arc::new(Guard {
+        requests: Arc::new(tokio::sync::Semaphore::new(MAX_REQUESTS)),
+        https: opts.tls.is_some(),
+        allowed_hosts: opts.allowed_hosts.clone(),
+    });
     let app = Router::new()
         .route("/", get(dashboard))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -86,14 +169,313 @@ pub async fn serve(addr: SocketAddr, api: Api) -> anyhow::Result<SocketAddr> {
         .route("/api/verify/{id}", get(verify_run))
         .route("/api/cutover", post(cutover))
         .route("/api/rollback", post(rollback))
-        .with_state(api);
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await {
-            tracing::error!(error = %e, "the HTTP API stopped");
-        }
-    });
-    tracing::info!(url = %format!("http://{local}/"), "HTTP API, metrics and dashboard listening");
+        .with_state(api)
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn_with_state(guard.clone(), check_request))
+        .layer(axum::middleware::from_fn_with_state(guard, limit_requests));
+    let tls = opts.tls.clone().map(tokio_rustls_acceptor);
+    tokio::spawn(accept_loop(listener, app, tls));
+    let scheme = if opts.tls.is_some() { "https" } else { "http" };
+    tracing::info!(url = %format!("{scheme}://{local}/"), "HTTP API, metrics and dashboard listening");
     Ok(local)
+}
+
+fn tokio_rustls_acceptor(c: Arc<ferry_tls::rustls::ServerConfig>) -> ferry_tls::tokio_rustls::TlsAcceptor {
+    ferry_tls::tokio_rustls::TlsAcceptor::from(c)
+}
+
+/// Accepts connections; each is served (TLS handshake included) in its own task, so a slow
+/// client never delays the next accept.
+async fn accept_loop(listener: tokio::net::TcpListener, app: Router, tls: Option<ferry_tls::tokio_rustls::TlsAcceptor>) {
+    let connections = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                // Out of file descriptors and the like: wait instead of spinning.
+                tracing::warn!(error = %e, "the HTTP API could not accept a connection");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            tracing::debug!(%peer, "HTTP API: too many connections, closing a new one");
+            continue;
+        };
+        let Ok(local) = tcp.local_addr() else { continue };
+        let app = app.clone();
+        let tls = tls.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let conn = Conn { local };
+            let service = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(ConnectInfo(peer));
+                req.extensions_mut().insert(conn);
+                tower::ServiceExt::oneshot(app.clone(), req)
+            });
+            let mut http = hyper::server::conn::http1::Builder::new();
+            http.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT);
+            let served = match tls {
+                None => http.serve_connection(hyper_util::rt::TokioIo::new(tcp), service).await,
+                Some(acceptor) => {
+                    // Plain HTTP sent to the HTTPS port gets a plain answer saying so, not a
+                    // closed connection.
+                    let mut first = [0u8; 1];
+                    match tokio::time::timeout(HEADER_TIMEOUT, tcp.peek(&mut first)).await {
+                        Ok(Ok(1)) if first[0] != 0x16 => {
+                            refuse_plain_http(tcp, local).await;
+                            return;
+                        }
+                        Ok(Ok(1)) => {}
+                        _ => return,
+                    }
+                    let stream = match tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(tcp)).await {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "HTTP API: TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => return,
+                    };
+                    http.serve_connection(hyper_util::rt::TokioIo::new(stream), service).await
+                }
+            };
+            if let Err(e) = served {
+                tracing::debug!(%peer, error = %e, "HTTP API connection ended");
+            }
+        });
+    }
+}
+
+async fn refuse_plain_http(mut tcp: tokio::net::TcpStream, local: SocketAddr) {
+    let body = json!({
+        "error": format!("this Ferry API serves HTTPS, and this request came in plain HTTP"),
+        "fix": format!("use https://{local}/ (ferry commands: --api https://HOST:{} --api-ca CA_FILE)", local.port()),
+    })
+    .to_string();
+    let answer = format!(
+        "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    // Whatever the client sent is left unread: the answer is all it gets.
+    let _ = tokio::time::timeout(HEADER_TIMEOUT, tcp.write_all(answer.as_bytes())).await;
+    let _ = tcp.shutdown().await;
+}
+
+/// At most [`MAX_REQUESTS`] at once: the rest are answered 503 without waiting.
+async fn limit_requests(State(guard): State<Arc<Guard>>, req: Request, next: Next) -> Response {
+    let Ok(_permit) = guard.requests.clone().try_acquire_owned() else {
+        let mut r = error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the API is serving {MAX_REQUESTS} requests already"),
+            "retry in a moment",
+        )
+        .into_response();
+        r.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        return r;
+    };
+    next.run(req).await
+}
+
+/// Refuses oversized bodies, and requests whose `Host` or `Origin` is not this listener.
+async fn check_request(State(guard): State<Arc<Guard>>, req: Request, next: Next) -> Response {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY as u64) {
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body over {MAX_BODY} bytes"),
+            "the API takes its options as query parameters",
+        )
+        .into_response();
+    }
+    let path = req.uri().path();
+    if path != "/metrics" && path != "/healthz" {
+        let checked = match req.extensions().get::<Conn>() {
+            Some(conn) => check_origin(req.headers(), conn.local, &guard),
+            None => Err(error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "no connection facts",
+                "report this as a bug",
+            )),
+        };
+        if let Err(e) = checked {
+            tracing::warn!(
+                host = req.headers().get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("-"),
+                origin = req.headers().get(header::ORIGIN).and_then(|v| v.to_str().ok()).unwrap_or("-"),
+                path,
+                "HTTP API: refused a request from another origin"
+            );
+            return e.into_response();
+        }
+    }
+    next.run(req).await
+}
+
+/// Splits `host[:port]` (`[v6]:port` too); the name is lower-cased, brackets removed.
+fn split_host_port(s: &str) -> Option<(String, Option<u16>)> {
+    let s = s.trim();
+    if s.is_empty() {
+        return None;
+    }
+    let (name, port) = if let Some(rest) = s.strip_prefix('[') {
+        let end = rest.find(']')?;
+        let after = &rest[end + 1..];
+        let port = match after.strip_prefix(':') {
+            Some(p) => Some(p.parse().ok()?),
+            None if after.is_empty() => None,
+            None => return None,
+        };
+        (&rest[..end], port)
+    } else {
+        match s.rsplit_once(':') {
+            Some((n, p)) if !n.contains(':') => (n, Some(p.parse().ok()?)),
+            Some(_) => return None,
+            None => (s, None),
+        }
+    };
+    Some((name.to_ascii_lowercase(), port))
+}
+
+/// Whether `host` (a Host header) names this listener.
+fn host_allowed(host: &str, local: SocketAddr, guard: &Guard) -> bool {
+    let Some((name, port)) = split_host_port(host) else {
+        return false;
+    };
+    if guard.allowed_hosts.iter().any(|a| *a == name || *a == host.to_ascii_lowercase()) {
+        return true;
+    }
+    if port.unwrap_or(if guard.https { 443 } else { 80 }) != local.port() {
+        return false;
+    }
+    let ip = local.ip().to_canonical();
+    match name.parse::<IpAddr>() {
+        Ok(named) => named.to_canonical() == ip,
+        Err(_) => name == "localhost" && ip.is_loopback(),
+    }
+}
+
+fn check_origin(headers: &HeaderMap, local: SocketAddr, guard: &Guard) -> Result<(), ApiError> {
+    let fix = "use the address ferry migrate listens on (or localhost:PORT on loopback); another name needs --api-allowed-host NAME";
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if !host_allowed(host, local, guard) {
+        return Err(error(
+            StatusCode::FORBIDDEN,
+            format!("Host {host:?} is not this API's address ({local})"),
+            fix,
+        ));
+    }
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return Ok(());
+    };
+    let origin = origin.to_str().unwrap_or("");
+    let same = origin
+        .split_once("://")
+        .filter(|(scheme, _)| matches!(*scheme, "http" | "https"))
+        .and_then(|(scheme, rest)| {
+            let default = if scheme == "https" { 443 } else { 80 };
+            let (oname, oport) = split_host_port(rest.trim_end_matches('/'))?;
+            let (hname, hport) = split_host_port(host)?;
+            Some(oname == hname && oport.unwrap_or(default) == hport.unwrap_or(if guard.https { 443 } else { 80 }))
+        })
+        .unwrap_or(false);
+    if same {
+        Ok(())
+    } else {
+        Err(error(
+            StatusCode::FORBIDDEN,
+            format!("requests from another origin ({origin}) are refused: a web page must not control the migration"),
+            "call the API from the dashboard it serves, or from a client that sends no Origin (ferry, curl)",
+        ))
+    }
+}
+
+/// Where a loopback listener's generated token lives: `~/.ferry/api-PORT.token`.
+pub fn auto_token_path(port: u16) -> anyhow::Result<PathBuf> {
+    let home = std::env::var_os("HOME").filter(|h| !h.is_empty()).ok_or_else(|| {
+        anyhow::anyhow!("HOME is not set, so there is no ~/.ferry for the API token: pass --api-token-file FILE (or set FERRY_API_TOKEN)")
+    })?;
+    Ok(PathBuf::from(home).join(".ferry").join(format!("api-{port}.token")))
+}
+
+fn own_uid() -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").ok().map(|m| m.uid())
+}
+
+/// Makes a new random token for the listener on `port` and writes it to
+/// [`auto_token_path`]: the directory is created mode 0700 (an existing one must be this
+/// user's and writable by nobody else), the file is created exclusively, mode 0600, under a
+/// temporary name and renamed into place (a link planted there is replaced, never followed).
+pub fn auto_token(port: u16) -> anyhow::Result<(Secret, PathBuf)> {
+    use std::io::Write;
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+    let path = auto_token_path(port)?;
+    let dir = path.parent().expect("a directory").to_path_buf();
+    let fix = "or pass --api-token-file FILE (or set FERRY_API_TOKEN)";
+    match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => anyhow::bail!("cannot create {} for the API token: {e}; {fix}", dir.display()),
+    }
+    let meta = std::fs::metadata(&dir).map_err(|e| anyhow::anyhow!("cannot read {}: {e}; {fix}", dir.display()))?;
+    if !meta.is_dir() {
+        anyhow::bail!("{} is not a directory; move it away, {fix}", dir.display());
+    }
+    if own_uid().is_some_and(|u| u != meta.uid()) || meta.mode() & 0o022 != 0 {
+        anyhow::bail!(
+            "{} must belong to this user and be writable by nobody else (mode {:o}): run chmod 700 {}, {fix}",
+            dir.display(),
+            meta.mode() & 0o777,
+            dir.display()
+        );
+    }
+    let token = random_hex(32)?;
+    let tmp = dir.join(format!(".api-{port}.token.{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(|e| anyhow::anyhow!("cannot create {}: {e}; {fix}", tmp.display()))?;
+    f.write_all(format!("{token}\n").as_bytes())
+        .and_then(|_| f.sync_all())
+        .and_then(|_| std::fs::rename(&tmp, &path))
+        .map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            anyhow::anyhow!("cannot write {}: {e}; {fix}", path.display())
+        })?;
+    Ok((Secret::new(token), path))
+}
+
+/// `bytes` random bytes from the kernel's CSPRNG, in hex.
+fn random_hex(bytes: usize) -> anyhow::Result<String> {
+    use std::io::Read;
+    let mut buf = vec![0u8; bytes];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut buf))
+        .map_err(|e| anyhow::anyhow!("cannot read /dev/urandom for the API token: {e}"))?;
+    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Reads a token file, refusing one that other users may read.
+pub fn read_token_file(path: &Path) -> anyhow::Result<String> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+    let mode = meta.mode() & 0o777;
+    if mode & 0o077 != 0 {
+        anyhow::bail!(
+            "{} can be read by other users (mode {mode:o}); a token file must be readable by its owner only: run chmod 600 {}",
+            path.display(),
+            path.display()
+        );
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+    Ok(text.lines().next().unwrap_or("").trim().to_string())
 }
 
 /// A refusal: the HTTP status that fits, what went wrong and what to do, as JSON.
@@ -135,9 +517,19 @@ async fn metrics(State(api): State<Api>) -> impl IntoResponse {
     )
 }
 
-async fn status(State(api): State<Api>) -> Response {
+async fn status(State(api): State<Api>, headers: HeaderMap) -> Response {
     match api.live.status() {
-        Ok(st) => Json(st).into_response(),
+        Ok(st) if authorized(&api, &headers) => Json(st).into_response(),
+        Ok(mut st) => {
+            // Keys and error texts of dead letters carry row values.
+            for d in &mut st.recent_dead_letters {
+                d.key = None;
+                d.error = HIDDEN.into();
+            }
+            let mut v = serde_json::to_value(st).unwrap_or_default();
+            v["row_values_hidden"] = json!(true);
+            Json(v).into_response()
+        }
         Err(why) => error(StatusCode::SERVICE_UNAVAILABLE, why, "retry in a second; the migration is starting").into_response(),
     }
 }
@@ -148,9 +540,12 @@ struct EventsQuery {
     limit: Option<i64>,
 }
 
-async fn events(State(api): State<Api>, Query(q): Query<EventsQuery>) -> Response {
+async fn events(State(api): State<Api>, headers: HeaderMap, Query(q): Query<EventsQuery>) -> Response {
+    if let Err(r) = authorize(&api, &headers) {
+        return r.into_response();
+    }
     let read = async {
-        let c = api.target.connect("api").await?;
+        let c = db(&api).await?;
         let rows = c
             .query(
                 &format!(
@@ -185,25 +580,68 @@ fn actor(peer: SocketAddr) -> String {
     format!("api {}", peer.ip())
 }
 
-/// Checks the bearer token of a control request.
-fn authorize(api: &Api, headers: &HeaderMap) -> Result<(), ApiError> {
+/// What replaces a value left out of an answer without the token.
+const HIDDEN: &str = "(hidden: send the API token to see row values)";
+
+/// Whether the request carries the API's bearer token (always false when the API has none,
+/// which [`serve`] never lets happen).
+fn authorized(api: &Api, headers: &HeaderMap) -> bool {
     let Some(token) = &api.token else {
-        return Ok(());
+        return false;
     };
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    if constant_time_eq(given.as_bytes(), token.expose().as_bytes()) {
+    constant_time_eq(given.as_bytes(), token.expose().as_bytes())
+}
+
+/// Checks the bearer token of a control request or of a read that carries row values.
+fn authorize(api: &Api, headers: &HeaderMap) -> Result<(), ApiError> {
+    if authorized(api, headers) {
         Ok(())
     } else {
         Err(error(
             StatusCode::UNAUTHORIZED,
-            "this control endpoint needs the migration's API token",
-            "send `Authorization: Bearer TOKEN` with the token given to ferry migrate (--api-token-file or FERRY_API_TOKEN)",
+            "this endpoint needs the migration's API token",
+            "send `Authorization: Bearer TOKEN` with the token of ferry migrate: --api-token-file or FERRY_API_TOKEN, \
+             or the file it wrote and logged at start (~/.ferry/api-PORT.token on its host), which ferry commands on that host read by themselves",
         ))
     }
+}
+
+/// Holds one of the [`MAX_DB_CONNECTIONS`] slots for as long as the connection lives.
+struct DbConn {
+    client: tokio_postgres::Client,
+    _slot: tokio::sync::SemaphorePermit<'static>,
+}
+
+impl std::ops::Deref for DbConn {
+    type Target = tokio_postgres::Client;
+    fn deref(&self) -> &Self::Target {
+        &self.client
+    }
+}
+
+/// A target connection for a handler, within the API's bound.
+async fn db(api: &Api) -> Result<DbConn, ferry_postgres::PgError> {
+    static SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_DB_CONNECTIONS);
+    let slot = tokio::time::timeout(Duration::from_secs(10), SLOTS.acquire())
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .ok_or_else(|| {
+            ferry_postgres::PgError::config(
+                "reaching the target",
+                format!("the API's {MAX_DB_CONNECTIONS} target connections stayed busy for 10 s"),
+                "retry in a moment",
+            )
+        })?;
+    Ok(DbConn {
+        client: api.target.connect("api").await?,
+        _slot: slot,
+    })
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -214,7 +652,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 async fn phase(api: &Api) -> Result<Phase, ApiError> {
     let read =
         async {
-            let c = api.target.connect("api").await?;
+            let c = db(api).await?;
             api.store.load(&c, &api.migration_id).await?.map(|r| r.phase).ok_or_else(|| {
                 ferry_postgres::PgError::config("reading the phase", "the migration is not recorded yet", "retry in a second")
             })
@@ -230,8 +668,8 @@ async fn phase(api: &Api) -> Result<Phase, ApiError> {
 
 async fn record(api: &Api, phase: Phase, kind: &str, message: &str) {
     let r = async {
-        let c = api.target.connect("api").await?;
-        api.store.event(&c, &api.migration_id, phase, kind, message).await
+        let c = db(api).await?;
+        api.store.event(&*c, &api.migration_id, phase, kind, message).await
     };
     if let Err(e) = r.await {
         tracing::warn!(error = %e, "could not record {kind} in the event log");
@@ -325,11 +763,11 @@ async fn verify(
     let repair = q.repair.unwrap_or(false);
     let who = actor(peer);
     let started = async {
-        let c = api.target.connect("api").await?;
+        let c = db(&api).await?;
         let run = crate::verify_cmd::start_run(&c, &api.store, &api.migration_id, &who).await?;
         api.store
             .transition(
-                &c,
+                &*c,
                 &api.migration_id,
                 Phase::Verify,
                 &who,
@@ -363,10 +801,10 @@ async fn verify(
             Err(e) => format!("verification run {run} failed: {e}"),
         };
         let stored = async {
-            let c = a.target.connect("api").await?;
+            let c = db(&a).await?;
             crate::verify_cmd::finish_run(&c, &a.store, run, &outcome).await?;
             a.store
-                .transition(&c, &a.migration_id, Phase::Cdc, "ferry migrate", &reason)
+                .transition(&*c, &a.migration_id, Phase::Cdc, "ferry migrate", &reason)
                 .await?;
             Ok::<_, ferry_postgres::PgError>(())
         };
@@ -378,9 +816,9 @@ async fn verify(
     (StatusCode::ACCEPTED, Json(json!({ "run": run, "repair": repair }))).into_response()
 }
 
-async fn verify_run(State(api): State<Api>, axum::extract::Path(id): axum::extract::Path<i64>) -> Response {
+async fn verify_run(State(api): State<Api>, headers: HeaderMap, axum::extract::Path(id): axum::extract::Path<i64>) -> Response {
     let read = async {
-        let c = api.target.connect("api").await?;
+        let c = db(&api).await?;
         c.query_opt(
             &format!(
                 "SELECT jsonb_build_object('id', id, 'status', status, 'actor', actor, 'source_lsn', source_lsn::text,
@@ -408,6 +846,9 @@ async fn verify_run(State(api): State<Api>, axum::extract::Path(id): axum::extra
                     });
                 }
             }
+            if !authorized(&api, &headers) {
+                hide_row_values(&mut v);
+            }
             Json(v).into_response()
         }
         Ok(None) => error(
@@ -418,6 +859,21 @@ async fn verify_run(State(api): State<Api>, axum::extract::Path(id): axum::extra
         .into_response(),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string(), "check that the target is reachable").into_response(),
     }
+}
+
+/// Leaves the differing rows' keys and values out of a verification run: the summary (counts
+/// per table, kinds of difference) stays.
+fn hide_row_values(v: &mut serde_json::Value) {
+    if let Some(tables) = v["report"]["tables"].as_array_mut() {
+        for t in tables {
+            if let Some(details) = t["details"].as_array_mut() {
+                for d in details {
+                    *d = json!({ "table": d["table"], "kind": d["kind"], "key": HIDDEN, "columns": [] });
+                }
+            }
+        }
+    }
+    v["row_values_hidden"] = json!(true);
 }
 
 /// Options of POST /api/cutover and /api/rollback (durations in milliseconds).

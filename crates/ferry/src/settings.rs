@@ -26,7 +26,10 @@ pub fn password_labelled(file: Option<&std::path::Path>, env: &str) -> anyhow::R
             format!("the password file {}", f.display()),
         )));
     }
-    Ok(std::env::var(env).ok().filter(|v| !v.is_empty()).map(|v| (Secret::new(v), env.to_string())))
+    Ok(std::env::var(env)
+        .ok()
+        .filter(|v| !v.is_empty())
+        .map(|v| (Secret::new(v), env.to_string())))
 }
 
 /// [`password_labelled`] without the label (MySQL endpoints).

@@ -1,6 +1,8 @@
 //! `ferry status`: where a migration stands, read from the target's state schema and, when the
 //! source is given, from the slot (lag and retained WAL).
 
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -614,100 +616,498 @@ pub fn render(s: &Status) -> String {
     o
 }
 
-/// Reads the status from a running `ferry migrate`'s API (`GET /api/status`).
+/// Reads the status from a running `ferry migrate`'s API (`GET /api/status`), with the token
+/// found by [`ApiClient::new`]'s rules.
 pub async fn fetch(api: &str) -> anyhow::Result<Status> {
-    let (code, body) = http_get(api, "/api/status").await?;
+    fetch_with(&ApiClient::new(api, None, None)?).await
+}
+
+/// Reads the status through `api`.
+pub async fn fetch_with(api: &ApiClient) -> anyhow::Result<Status> {
+    let (code, body) = api.request("GET", "/api/status").await?;
     if code != 200 {
-        let why = serde_json::from_slice::<serde_json::Value>(&body)
-            .ok()
-            .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
-            .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
-        anyhow::bail!("the Ferry API at {api} answered {code}: {why}");
+        anyhow::bail!("the Ferry API at {} answered {code}: {}", api.base, api_error(&body));
     }
-    serde_json::from_slice(&body).with_context(|| format!("the Ferry API at {api} sent a status this ferry cannot read (another version?)"))
+    serde_json::from_slice(&body).with_context(|| {
+        format!(
+            "the Ferry API at {} sent a status this ferry cannot read (another version?)",
+            api.base
+        )
+    })
 }
 
-/// A minimal HTTP/1.1 GET with hyper: `base` is `http://host:port`.
-pub async fn http_get(base: &str, path: &str) -> anyhow::Result<(u16, Vec<u8>)> {
-    http_request("GET", base, path, None).await
+/// The `error` and `fix` of an API refusal, or its body.
+pub fn api_error(body: &[u8]) -> String {
+    match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(v) if v["error"].is_string() => format!(
+            "{}{}",
+            v["error"].as_str().unwrap_or(""),
+            v["fix"].as_str().map(|f| format!("; {f}")).unwrap_or_default()
+        ),
+        _ => String::from_utf8_lossy(body).into_owned(),
+    }
 }
 
-/// A minimal HTTP/1.1 request with hyper (bearer token when given).
-pub async fn http_request(method: &str, base: &str, path: &str, token: Option<&str>) -> anyhow::Result<(u16, Vec<u8>)> {
-    let rest = base.strip_prefix("http://").with_context(|| {
-        format!("--api {base}: only http:// URLs are supported (https://: put a TLS proxy in front and use it from the same host)")
-    })?;
-    let authority = rest.trim_end_matches('/');
-    let help = format!("cannot reach the Ferry API at {base}: is `ferry migrate` running with --listen {authority}? To read the state without it, pass --target URL");
-    // A cutover or rollback may wait for the lag to drop (--catch-up-timeout) before its pause.
-    send(method, authority, path, token, None, &help, Duration::from_secs(15 * 60)).await
+/// Where a URL points: scheme, host, port, path; parsed once, at startup.
+#[derive(Clone, Debug)]
+struct Target {
+    https: bool,
+    /// `host:port` as given (the Host header).
+    authority: String,
+    /// The host alone (TLS server name), brackets kept for IPv6.
+    host: String,
+    /// Path and query.
+    path: String,
+    /// Decoded `user:password` of the URL, sent as basic authentication.
+    userinfo: Option<String>,
 }
 
-/// POSTs a JSON document to an http:// URL (a webhook); returns the status code.
-pub async fn http_post_json(url: &str, body: &serde_json::Value) -> anyhow::Result<u16> {
-    let rest = url
-        .strip_prefix("http://")
-        .with_context(|| format!("webhook {url}: only http:// URLs are supported"))?;
-    let (authority, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/"),
+impl Target {
+    fn parse(url: &str, what: &str) -> Result<Self, String> {
+        let (scheme, rest) = url
+            .split_once("://")
+            .ok_or_else(|| format!("{what} {} is not a URL such as https://host:port/path", redact(url)))?;
+        let https = match scheme.to_ascii_lowercase().as_str() {
+            "http" => false,
+            "https" => true,
+            other => {
+                return Err(format!(
+                    "{what} {}: unknown scheme {other:?} (use http:// or https://)",
+                    redact(url)
+                ))
+            }
+        };
+        let (authority, path) = match rest.find(['/', '?', '#']) {
+            Some(i) if rest[i..].starts_with('/') => (&rest[..i], &rest[i..]),
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, ""),
+        };
+        let path = path.split('#').next().unwrap_or("");
+        let path = if path.starts_with('/') {
+            path.to_string()
+        } else {
+            format!("/{path}")
+        };
+        let (userinfo, hostport) = match authority.rsplit_once('@') {
+            Some((u, h)) => (Some(percent_decode(u)), h),
+            None => (None, authority),
+        };
+        let default = if https { 443 } else { 80 };
+        let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
+            let end = v6
+                .find(']')
+                .ok_or_else(|| format!("{what} {}: unclosed [ in the host", redact(url)))?;
+            let port = match &v6[end + 1..] {
+                "" => default,
+                p => p
+                    .strip_prefix(':')
+                    .and_then(|p| p.parse().ok())
+                    .ok_or_else(|| format!("{what} {}: bad port", redact(url)))?,
+            };
+            (format!("[{}]", &v6[..end]), port)
+        } else {
+            match hostport.rsplit_once(':') {
+                Some((h, p)) => (
+                    h.to_string(),
+                    p.parse::<u16>().map_err(|_| format!("{what} {}: bad port {p:?}", redact(url)))?,
+                ),
+                None => (hostport.to_string(), default),
+            }
+        };
+        if host.is_empty() || host.contains(['/', ' ', '\\']) {
+            return Err(format!("{what} {}: no host", redact(url)));
+        }
+        if path.contains([' ', '\r', '\n']) {
+            return Err(format!("{what} {}: spaces and line breaks must be percent-encoded", redact(url)));
+        }
+        if https {
+            ferry_tls::server_name(&host).map_err(|e| format!("{what} {}: {e}", redact(url)))?;
+        }
+        Ok(Target {
+            https,
+            authority: format!("{host}:{port}"),
+            host,
+            path,
+            userinfo,
+        })
+    }
+
+    /// Whether the host is this machine's loopback (`localhost`, 127.0.0.0/8, ::1).
+    fn is_loopback(&self) -> bool {
+        let h = self.host.trim_start_matches('[').trim_end_matches(']');
+        h.eq_ignore_ascii_case("localhost") || h.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    }
+
+    fn port(&self) -> u16 {
+        self.authority.rsplit_once(':').and_then(|(_, p)| p.parse().ok()).unwrap_or(0)
+    }
+}
+
+/// `url` with its user information, path and query masked (they may hold a secret: Slack-style
+/// webhooks keep theirs in the path): `https://****@hooks.example.com:443/****`.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "****".into();
     };
-    let help = format!("cannot reach the webhook at http://{authority}");
-    let json = serde_json::to_vec(body)?;
-    Ok(send("POST", authority, path, None, Some(json), &help, Duration::from_secs(10))
-        .await?
-        .0)
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let authority = match authority.rsplit_once('@') {
+        Some((_, h)) => format!("****@{h}"),
+        None => authority.to_string(),
+    };
+    let tail = if tail.is_empty() || tail == "/" { tail } else { "/****" };
+    format!("{scheme}://{authority}{tail}")
 }
 
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let Some(v) = std::str::from_utf8(&b[i + 1..i + 3])
+                .ok()
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+            {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn base64(input: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in input.chunks(3) {
+        let n = (chunk[0] as u32) << 16 | (*chunk.get(1).unwrap_or(&0) as u32) << 8 | *chunk.get(2).unwrap_or(&0) as u32;
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// A client of a running `ferry migrate`'s API: where it is, the token, TLS.
+#[derive(Debug)]
+pub struct ApiClient {
+    /// The URL given (`http://host:port` or `https://host:port`).
+    pub base: String,
+    target: Target,
+    /// Bearer token sent with every request.
+    pub token: Option<ferry_core::Secret>,
+    tls: Option<Arc<ferry_tls::rustls::ClientConfig>>,
+}
+
+impl ApiClient {
+    /// `base` is the API's URL. The token: `token_file`, else `FERRY_API_TOKEN`, else, for a
+    /// loopback URL, the file a `ferry migrate` on this host wrote for that port
+    /// (`~/.ferry/api-PORT.token`), if there is one. `ca`: the CA file an https:// API's
+    /// certificate must chain to (default: the system's trust store).
+    pub fn new(base: &str, token_file: Option<&Path>, ca: Option<&Path>) -> anyhow::Result<Self> {
+        let target = Target::parse(base.trim_end_matches('/'), "--api").map_err(crate::exit::UsageError)?;
+        let token = match crate::api_token(token_file)? {
+            Some(t) => Some(t),
+            None if target.is_loopback() => {
+                let path = crate::server::auto_token_path(target.port()).ok();
+                match path.filter(|p| p.exists()) {
+                    Some(p) => Some(ferry_core::Secret::new(
+                        crate::server::read_token_file(&p).map_err(|e| crate::exit::UsageError(format!("the API token: {e:#}")))?,
+                    )),
+                    None => None,
+                }
+            }
+            None => None,
+        };
+        let tls = if target.https {
+            let roots = match ca {
+                Some(f) => ferry_tls::Roots::File(f.to_path_buf()),
+                None => ferry_tls::Roots::System,
+            };
+            let o = ferry_tls::ClientOptions {
+                verify: ferry_tls::Verify::Full,
+                roots: Some(roots),
+                alpn: vec![b"http/1.1".to_vec()],
+                ..Default::default()
+            };
+            Some(ferry_tls::client_config(&o).map_err(|e| crate::exit::UsageError(format!("--api-ca: {e}")))?)
+        } else {
+            if ca.is_some() {
+                return Err(crate::exit::UsageError(format!("--api-ca is for https:// APIs, and {base} is http://")).into());
+            }
+            None
+        };
+        Ok(Self {
+            base: base.trim_end_matches('/').to_string(),
+            target,
+            token,
+            tls,
+        })
+    }
+
+    /// One request; `path` includes the query.
+    pub async fn request(&self, method: &str, path: &str) -> anyhow::Result<(u16, Vec<u8>)> {
+        let help = format!(
+            "cannot reach the Ferry API at {}: is `ferry migrate` running with --listen {}? To read the state without it, pass --target URL",
+            self.base, self.target.authority
+        );
+        // A cutover or rollback may wait for the lag to drop (--catch-up-timeout) before its pause.
+        send(
+            method,
+            &self.target,
+            path,
+            self.token.as_ref().map(|t| t.expose()),
+            None,
+            self.tls.as_ref(),
+            &help,
+            Duration::from_secs(15 * 60),
+        )
+        .await
+    }
+}
+
+/// `ferry pause` / `ferry resume`: asks the running `ferry migrate`.
+pub async fn pause_cmd(args: &crate::cli::ApiArgs, paused: bool) -> anyhow::Result<i32> {
+    let api = ApiClient::new(&args.api, args.api_token_file.as_deref(), args.api_ca.as_deref())?;
+    let (code, body) = api.request("POST", if paused { "/api/pause" } else { "/api/resume" }).await?;
+    if args.json {
+        println!("{}", String::from_utf8_lossy(&body));
+    }
+    match code {
+        200 => {
+            if !args.json {
+                let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+                let what = if paused { "paused" } else { "resumed" };
+                if v["changed"] == true {
+                    println!("change capture {what}");
+                } else {
+                    println!("change capture was {what} already");
+                }
+            }
+            Ok(crate::exit::OK)
+        }
+        401 | 403 => Err(crate::exit::UsageError(format!("the Ferry API at {} refused ({code}): {}", api.base, api_error(&body))).into()),
+        409 => {
+            eprintln!("ferry: {}", api_error(&body));
+            Ok(crate::exit::FOUND_PROBLEM)
+        }
+        _ => anyhow::bail!("the Ferry API at {} answered {code}: {}", api.base, api_error(&body)),
+    }
+}
+
+/// Where to POST a JSON document after a switch, checked at startup: http:// or https://
+/// (verified against the system's CAs, or a CA file), user information sent as basic
+/// authentication. Shown (logs, errors) with its secrets masked.
+#[derive(Clone)]
+pub struct Webhook {
+    url: String,
+    target: Target,
+    tls: Option<Arc<ferry_tls::rustls::ClientConfig>>,
+}
+
+impl std::fmt::Debug for Webhook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Webhook({})", redact(&self.url))
+    }
+}
+
+impl std::fmt::Display for Webhook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&redact(&self.url))
+    }
+}
+
+/// How long a webhook may take in all: connect, TLS handshake, request and answer.
+pub const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Webhook {
+    /// Parses `url` and, for https://, builds the TLS client (`ca`: a CA file instead of the
+    /// system's trust store).
+    pub fn new(url: &str, ca: Option<&Path>) -> anyhow::Result<Self> {
+        let target = Target::parse(url, "--webhook").map_err(crate::exit::UsageError)?;
+        let tls = if target.https {
+            let o = ferry_tls::ClientOptions {
+                verify: ferry_tls::Verify::Full,
+                roots: Some(match ca {
+                    Some(f) => ferry_tls::Roots::File(f.to_path_buf()),
+                    None => ferry_tls::Roots::System,
+                }),
+                alpn: vec![b"http/1.1".to_vec()],
+                ..Default::default()
+            };
+            Some(ferry_tls::client_config(&o).map_err(|e| crate::exit::UsageError(format!("--webhook-ca: {e}")))?)
+        } else {
+            if ca.is_some() {
+                return Err(crate::exit::UsageError("--webhook-ca is for https:// webhooks".into()).into());
+            }
+            None
+        };
+        Ok(Self {
+            url: url.to_string(),
+            target,
+            tls,
+        })
+    }
+
+    /// POSTs `body`; the status code, within [`WEBHOOK_TIMEOUT`] in all.
+    pub async fn post(&self, body: &serde_json::Value) -> anyhow::Result<u16> {
+        let help = format!("cannot reach the webhook at {self}");
+        let json = serde_json::to_vec(body)?;
+        let basic = self.target.userinfo.as_ref().map(|u| format!("Basic {}", base64(u.as_bytes())));
+        Ok(send_auth(
+            "POST",
+            &self.target,
+            &self.target.path,
+            basic.as_deref(),
+            Some(json),
+            self.tls.as_ref(),
+            &help,
+            WEBHOOK_TIMEOUT,
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("webhook {self}: {e:#}"))?
+        .0)
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn send(
     method: &str,
-    authority: &str,
+    target: &Target,
     path: &str,
     token: Option<&str>,
     json: Option<Vec<u8>>,
+    tls: Option<&Arc<ferry_tls::rustls::ClientConfig>>,
     help: &str,
     deadline: Duration,
 ) -> anyhow::Result<(u16, Vec<u8>)> {
-    let exchange = exchange(method, authority, path, token, json, help);
-    tokio::time::timeout(deadline, exchange)
-        .await
-        .map_err(|_| anyhow::anyhow!("no answer from http://{authority}{path} within {} s", deadline.as_secs()))?
+    let auth = token.map(|t| format!("Bearer {t}"));
+    send_auth(method, target, path, auth.as_deref(), json, tls, help, deadline).await
 }
 
+#[allow(clippy::too_many_arguments)]
+async fn send_auth(
+    method: &str,
+    target: &Target,
+    path: &str,
+    auth: Option<&str>,
+    json: Option<Vec<u8>>,
+    tls: Option<&Arc<ferry_tls::rustls::ClientConfig>>,
+    help: &str,
+    deadline: Duration,
+) -> anyhow::Result<(u16, Vec<u8>)> {
+    let exchange = exchange(method, target, path, auth, json, tls, help, deadline.min(Duration::from_secs(10)));
+    tokio::time::timeout(deadline, exchange)
+        .await
+        .map_err(|_| anyhow::anyhow!("no answer from {} within {} s", target.authority, deadline.as_secs()))?
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn exchange(
     method: &str,
-    authority: &str,
+    target: &Target,
     path: &str,
-    token: Option<&str>,
+    auth: Option<&str>,
     json: Option<Vec<u8>>,
+    tls: Option<&Arc<ferry_tls::rustls::ClientConfig>>,
     help: &str,
+    connect_timeout: Duration,
 ) -> anyhow::Result<(u16, Vec<u8>)> {
-    use http_body_util::{BodyExt, Full};
     let help = || help.to_string();
-    let stream = tokio::time::timeout(Duration::from_secs(10), tokio::net::TcpStream::connect(authority))
+    let addr = target.authority.as_str();
+    let secs = connect_timeout.as_secs();
+    let stream = tokio::time::timeout(connect_timeout, tokio::net::TcpStream::connect(addr))
         .await
-        .map_err(|_| anyhow::anyhow!("no connection within 10 s"))
+        .map_err(|_| anyhow::anyhow!("no connection within {secs} s"))
         .with_context(help)?
         .with_context(help)?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-        .await
-        .with_context(help)?;
-    tokio::spawn(conn);
     let mut req = hyper::Request::builder()
         .method(method)
         .uri(path)
-        .header(hyper::header::HOST, authority);
-    if let Some(t) = token {
-        req = req.header(hyper::header::AUTHORIZATION, format!("Bearer {t}"));
+        .header(hyper::header::HOST, host_header(target));
+    if let Some(a) = auth {
+        req = req.header(hyper::header::AUTHORIZATION, a);
     }
     if json.is_some() {
         req = req.header(hyper::header::CONTENT_TYPE, "application/json");
     }
     let req = req
-        .body(Full::new(bytes::Bytes::from(json.unwrap_or_default())))
+        .body(http_body_util::Full::new(bytes::Bytes::from(json.unwrap_or_default())))
         .context("building the request")?;
+    match tls {
+        None => exchange_on(stream, req, &help()).await,
+        Some(cfg) => {
+            let stream = tokio::time::timeout(connect_timeout, ferry_tls::connect(cfg, &target.host, stream))
+                .await
+                .map_err(|_| anyhow::anyhow!("no TLS handshake within {secs} s"))
+                .with_context(help)?
+                .map_err(|e| {
+                    let why = ferry_tls::explain(&e, &target.host)
+                        .unwrap_or_else(|| format!("TLS handshake failed ({e}); if this address serves plain HTTP, use http://"));
+                    anyhow::anyhow!("{why}")
+                })
+                .with_context(help)?;
+            exchange_on(stream, req, &help()).await
+        }
+    }
+}
+
+/// The Host header: the authority without the scheme's default port.
+fn host_header(t: &Target) -> String {
+    let default = if t.https { ":443" } else { ":80" };
+    t.authority.strip_suffix(default).unwrap_or(&t.authority).to_string()
+}
+
+async fn exchange_on<S>(stream: S, req: hyper::Request<http_body_util::Full<bytes::Bytes>>, help: &str) -> anyhow::Result<(u16, Vec<u8>)>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    use http_body_util::BodyExt;
+    let help = || help.to_string();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+        .await
+        .with_context(help)?;
+    tokio::spawn(conn);
     let resp = sender.send_request(req).await.with_context(help)?;
     let code = resp.status().as_u16();
     let body = resp.into_body().collect().await.with_context(help)?.to_bytes().to_vec();
     Ok((code, body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_checked_and_redacted() {
+        let parse = |s: &str| Target::parse(s, "webhook").map(|_| ());
+        assert!(parse("ftp://x/y").unwrap_err().contains("unknown scheme"));
+        assert!(parse("not a url").is_err());
+        assert!(parse("http:///path").unwrap_err().contains("no host"));
+        assert!(parse("https://h:99999/").unwrap_err().contains("bad port"));
+        assert!(!parse("gopher://u:hunter2@h/?t=zzz").unwrap_err().contains("hunter2"));
+        let t = Target::parse("https://u:p%40ss@hooks.example.com/services/SECRET?key=abc", "w").unwrap();
+        assert_eq!(t.authority, "hooks.example.com:443");
+        assert_eq!(t.path, "/services/SECRET?key=abc");
+        assert_eq!(t.userinfo.as_deref(), Some("u:p@ss"));
+        let r = redact("https://u:p@hooks.example.com/services/SECRET?key=abc");
+        assert_eq!(r, "https://****@hooks.example.com/****");
+        assert!(!format!("{}", Webhook::new("http://a:b@h:1/x?token=zz", None).unwrap()).contains("zz"));
+        let t = Target::parse("http://[::1]:7117", "w").unwrap();
+        assert_eq!(
+            (t.host.as_str(), t.authority.as_str(), t.path.as_str()),
+            ("[::1]", "[::1]:7117", "/")
+        );
+        assert!(t.is_loopback());
+        assert_eq!(base64(b"user:pass"), "dXNlcjpwYXNz");
+        assert_eq!(base64(b"ab"), "YWI=");
+    }
 }

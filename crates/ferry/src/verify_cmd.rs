@@ -531,10 +531,9 @@ async fn estimate_rows(source: &Endpoint, filter: &TableFilter, skip: &str) -> R
 
 async fn through_api(api: &str, args: &crate::cli::VerifyArgs) -> anyhow::Result<Report> {
     use anyhow::Context;
-    let token = crate::api_token(args.api_token_file.as_deref())?;
-    let token = token.as_ref().map(|t| t.expose().to_string());
+    let client = crate::status::ApiClient::new(api, args.api_token_file.as_deref(), args.api_ca.as_deref())?;
     let path = format!("/api/verify?repair={}", args.repair);
-    let (code, body) = crate::status::http_request("POST", api, &path, token.as_deref()).await?;
+    let (code, body) = client.request("POST", &path).await?;
     let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
     if code != 202 {
         anyhow::bail!(
@@ -548,7 +547,7 @@ async fn through_api(api: &str, args: &crate::cli::VerifyArgs) -> anyhow::Result
     let tty = std::io::stderr().is_terminal();
     loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let (code, body) = crate::status::http_get(api, &format!("/api/verify/{run}")).await?;
+        let (code, body) = client.request("GET", &format!("/api/verify/{run}")).await?;
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
         if code != 200 {
             anyhow::bail!(

@@ -4,24 +4,27 @@
 use super::tracker::Tracker;
 use super::Forwarder;
 use crate::codec::{self, Scanner, Severity};
-use crate::proxy::{lock, SessionHandle, Shared};
+use crate::proxy::{lock, Counted, SessionHandle, Shared};
 use crate::scram::{ScramError, ServerExchange, Verifier};
 use crate::upstream::{self, Stream};
 use bytes::{Buf, BytesMut};
+use ferry_tls::tokio_rustls::TlsAcceptor;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, AtomicU8, Ordering::*};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
-pub(super) async fn write_error(client: &Stream, severity: Severity, code: &str, message: &str, hint: Option<&str>) {
+pub(super) async fn write_error(client: &mut Stream, severity: Severity, code: &str, message: &str, hint: Option<&str>) {
     let frame = upstream::error_frame(severity, code, message, hint);
     let _ = tokio::time::timeout(Duration::from_secs(1), client.write_all(&frame)).await;
 }
 
 /// Reads one startup-phase packet (length, then body without the length).
-async fn read_startup_packet(client: &Stream, buf: &mut BytesMut) -> io::Result<Option<BytesMut>> {
+async fn read_startup_packet(client: &mut Stream, buf: &mut BytesMut) -> io::Result<Option<BytesMut>> {
     loop {
         if buf.len() >= 4 {
             let len = i32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]);
@@ -44,7 +47,7 @@ async fn read_startup_packet(client: &Stream, buf: &mut BytesMut) -> io::Result<
 }
 
 /// Reads one regular message during authentication (type byte and body).
-async fn read_auth_message(client: &Stream, buf: &mut BytesMut) -> io::Result<Option<(u8, BytesMut)>> {
+async fn read_auth_message(client: &mut Stream, buf: &mut BytesMut) -> io::Result<Option<(u8, BytesMut)>> {
     loop {
         if buf.len() >= 5 {
             let len = i32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]);
@@ -69,16 +72,121 @@ fn is_false(v: &str) -> bool {
     matches!(v.to_ascii_lowercase().as_str(), "false" | "off" | "no" | "0" | "")
 }
 
+/// What an admitted connection is for.
+pub(crate) enum Entry {
+    /// Log in; the unauthenticated slot is given back once authentication is over.
+    Login(Counted),
+    /// Over a limit: answer the startup packet with FATAL 53300 (message, hint).
+    Refuse(String, String),
+}
+
+/// How long a connection being refused may take to send its startup packet.
+const REFUSAL_WINDOW: Duration = Duration::from_secs(2);
+
+/// Answers encryption requests until the client sends something else: 'S' and a TLS handshake
+/// to SSLRequest when the proxy has a certificate ('N' otherwise), 'N' to GSSENCRequest; a
+/// TLS ClientHello right away is PostgreSQL 17's direct TLS. The next packet stays in `buf`.
+/// None: the client went away. An invalid first packet gets FATAL 08P01.
+async fn negotiate(shared: &Shared, mut tcp: TcpStream, buf: &mut BytesMut) -> io::Result<Option<Stream>> {
+    let mut first = [0u8; 1];
+    if tcp.peek(&mut first).await? == 0 {
+        return Ok(None);
+    }
+    // 0x16: a TLS handshake record. As a startup packet's length it would be over 369 MB.
+    if first[0] == 0x16 {
+        let Some(config) = &shared.tls else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "direct TLS connection (sslnegotiation=direct), but the proxy has no certificate",
+            ));
+        };
+        let tls = TlsAcceptor::from(config.clone()).accept(tcp).await?;
+        if tls.get_ref().1.alpn_protocol() != Some(super::ALPN) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "direct TLS connection without the ALPN protocol \"postgresql\"",
+            ));
+        }
+        return Ok(Some(Stream::TlsServer(Box::new(tls))));
+    }
+    loop {
+        if buf.len() >= 4 {
+            let len = i32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]);
+            if len < 8 || len as usize > codec::MAX_STARTUP_LEN {
+                let msg = format!("invalid startup packet length {len}");
+                let mut client = Stream::Tcp(tcp);
+                write_error(&mut client, Severity::Fatal, "08P01", &msg, None).await;
+                return Err(io::Error::new(io::ErrorKind::InvalidData, msg));
+            }
+            if buf.len() >= 8 {
+                let code = i32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]);
+                if code != codec::SSL_REQUEST && code != codec::GSSENC_REQUEST {
+                    return Ok(Some(Stream::Tcp(tcp)));
+                }
+                // Bytes after an encryption request would be taken as encrypted later on
+                // (CVE-2021-23214): refuse them.
+                if len != 8 || buf.len() > 8 {
+                    return Err(io::Error::new(io::ErrorKind::InvalidData, "data after an encryption request"));
+                }
+                buf.clear();
+                match (&shared.tls, code == codec::SSL_REQUEST) {
+                    (Some(config), true) => {
+                        tcp.write_all(b"S").await?;
+                        let tls = TlsAcceptor::from(config.clone()).accept(tcp).await?;
+                        return Ok(Some(Stream::TlsServer(Box::new(tls))));
+                    }
+                    _ => tcp.write_all(b"N").await?,
+                }
+                continue;
+            }
+        }
+        reserve_small(buf);
+        if tcp.read_buf(buf).await? == 0 {
+            return Ok(None);
+        }
+    }
+}
+
+/// Room for a startup packet, without growing past it.
+fn reserve_small(buf: &mut BytesMut) {
+    if buf.capacity() - buf.len() < 1024 {
+        buf.reserve(4096);
+    }
+}
+
 /// Startup, authentication, wait for the hold to end, connect to the upstream.
-pub(super) async fn setup(shared: Arc<Shared>, client: Stream, peer: SocketAddr) -> io::Result<Option<Forwarder>> {
+pub(super) async fn setup(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, entry: Entry) -> io::Result<Option<Forwarder>> {
     let mut buf = BytesMut::with_capacity(1024);
-    let authenticated = tokio::time::timeout(shared.timeouts.client_startup, authenticate(&shared, &client, &mut buf, peer)).await;
+    let (slot, refusal) = match entry {
+        Entry::Login(slot) => (Some(slot), None),
+        Entry::Refuse(message, hint) => (None, Some((message, hint))),
+    };
+    let within = if refusal.is_some() {
+        shared.timeouts.client_startup.min(REFUSAL_WINDOW)
+    } else {
+        shared.timeouts.client_startup
+    };
+    let deadline = tokio::time::Instant::now() + within;
+    // Before a startup packet there is nobody to answer: a timeout just closes.
+    let mut client = match tokio::time::timeout_at(deadline, negotiate(&shared, tcp, &mut buf)).await {
+        Ok(Ok(Some(c))) => c,
+        Ok(Ok(None)) | Err(_) => return Ok(None),
+        Ok(Err(e)) => return Err(e),
+    };
+    let authenticated = tokio::time::timeout_at(deadline, authenticate(&shared, &mut client, &mut buf, peer, refusal.as_ref())).await;
+    drop(slot);
     let (user, params) = match authenticated {
         Ok(Ok(Some(x))) => x,
         Ok(Ok(None)) => return Ok(None),
-        Ok(Err(e)) => return Err(e),
+        Ok(Err(e)) => {
+            if e.kind() == io::ErrorKind::InvalidData {
+                let msg = format!("invalid frontend message during startup: {e}");
+                write_error(&mut client, Severity::Fatal, "08P01", &msg, None).await;
+            }
+            return Err(e);
+        }
         Err(_) => {
-            write_error(&client, Severity::Fatal, "08006", "authentication timed out", None).await;
+            write_error(&mut client, Severity::Fatal, "08006", "authentication timed out", None).await;
             return Ok(None);
         }
     };
@@ -105,7 +213,7 @@ pub(super) async fn setup(shared: Arc<Shared>, client: Stream, peer: SocketAddr)
             shared.notify_safe();
             tracing::warn!(%peer, user = %user, upstream = %upstream.name, error = %e, "cannot connect a session to its upstream");
             write_error(
-                &client,
+                &mut client,
                 Severity::Fatal,
                 "08001",
                 &format!("the Ferry proxy could not connect to the database server: {e}"),
@@ -177,9 +285,10 @@ pub(super) async fn setup(shared: Arc<Shared>, client: Stream, peer: SocketAddr)
 /// startup parameters, or None when the connection is done (cancel request, refusal).
 async fn authenticate(
     shared: &Shared,
-    client: &Stream,
+    client: &mut Stream,
     buf: &mut BytesMut,
     peer: SocketAddr,
+    refusal: Option<&(String, String)>,
 ) -> io::Result<Option<(String, Vec<(String, String)>)>> {
     let params = loop {
         let Some(mut pkt) = read_startup_packet(client, buf).await? else {
@@ -198,6 +307,23 @@ async fn authenticate(
                     let (pid, secret) = (pkt.get_i32(), pkt.get_i32());
                     cancel(shared, pid, secret).await;
                 }
+                return Ok(None);
+            }
+            v if v >> 16 == 3 && refusal.is_some() => {
+                let (message, hint) = refusal.expect("checked");
+                write_error(client, Severity::Fatal, "53300", message, Some(hint)).await;
+                return Ok(None);
+            }
+            v if v >> 16 == 3 && shared.require_tls && !client.is_tls() => {
+                tracing::debug!(%peer, "client without TLS refused (require_tls)");
+                write_error(
+                    client,
+                    Severity::Fatal,
+                    "28000",
+                    "this proxy accepts only TLS connections; connect with sslmode=require or stricter",
+                    None,
+                )
+                .await;
                 return Ok(None);
             }
             v if v >> 16 == 3 => {
@@ -256,30 +382,19 @@ async fn authenticate(
     let mut out = BytesMut::new();
     codec::auth_sasl(&mut out, &["SCRAM-SHA-256"]);
     client.write_all(&out).await?;
-    let protocol_error = |detail: String| async move {
-        write_error(
-            client,
-            Severity::Fatal,
-            "08P01",
-            &format!("invalid authentication exchange: {detail}"),
-            None,
-        )
-        .await;
-        Ok(None)
-    };
     let Some((tag, body)) = read_auth_message(client, buf).await? else {
         return Ok(None);
     };
     if tag != b'p' {
-        return protocol_error(format!("expected SASLInitialResponse, got message type {:?}", tag as char)).await;
+        return protocol_error(client, format!("expected SASLInitialResponse, got message type {:?}", tag as char)).await;
     }
     let (mechanism, data) = codec::sasl_initial_response(&body)?;
     if mechanism != "SCRAM-SHA-256" {
-        return protocol_error(format!("unsupported SASL mechanism {mechanism:?}")).await;
+        return protocol_error(client, format!("unsupported SASL mechanism {mechanism:?}")).await;
     }
     let server_first = match exchange.client_first(data) {
         Ok(m) => m,
-        Err(e) => return protocol_error(e.to_string()).await,
+        Err(e) => return protocol_error(client, e.to_string()).await,
     };
     out.clear();
     codec::auth_sasl_continue(&mut out, &server_first);
@@ -288,7 +403,7 @@ async fn authenticate(
         return Ok(None);
     };
     if tag != b'p' {
-        return protocol_error(format!("expected SASLResponse, got message type {:?}", tag as char)).await;
+        return protocol_error(client, format!("expected SASLResponse, got message type {:?}", tag as char)).await;
     }
     match exchange.client_final(&body) {
         Ok(server_final) => {
@@ -309,7 +424,7 @@ async fn authenticate(
             .await;
             return Ok(None);
         }
-        Err(e) => return protocol_error(e.to_string()).await,
+        Err(e) => return protocol_error(client, e.to_string()).await,
     }
 
     let database = get("database").filter(|d| !d.is_empty()).unwrap_or(&user);
@@ -320,6 +435,18 @@ async fn authenticate(
         return Ok(None);
     }
     Ok(Some((user, params)))
+}
+
+async fn protocol_error(client: &mut Stream, detail: String) -> io::Result<Option<(String, Vec<(String, String)>)>> {
+    write_error(
+        client,
+        Severity::Fatal,
+        "08P01",
+        &format!("invalid authentication exchange: {detail}"),
+        None,
+    )
+    .await;
+    Ok(None)
 }
 
 /// Forwards a CancelRequest for a proxy key to the session's current server.

@@ -85,6 +85,10 @@ async fn heavy_api_metrics_and_dashboard_follow_a_migration() {
     let token = "api-test-token-0123456789abcdef";
     let token_file = std::env::temp_dir().join(format!("ferry-token-{}", dbs.name));
     std::fs::write(&token_file, format!("{token}\n")).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
     let addr = free_addr();
     let args = migrate_args(&dbs, &["--listen", &addr, "--api-token-file", token_file.to_str().unwrap()]);
     let m = Migrator::spawn(&refs(&args));
@@ -255,6 +259,8 @@ async fn heavy_api_metrics_and_dashboard_follow_a_migration() {
 
     // The event log has the pause, by whom.
     let (code, body) = http("GET", &addr, "/api/events?after=0&limit=1000", None).await;
+    assert_eq!(code, 401, "the event log needs the token: {body}");
+    let (code, body) = http("GET", &addr, "/api/events?after=0&limit=1000", Some(token)).await;
     assert_eq!(code, 200);
     let events: Value = serde_json::from_str(&body).unwrap();
     let kinds: Vec<&str> = events["events"]
@@ -336,6 +342,10 @@ async fn control_api_beyond_loopback_needs_a_token() {
     );
     let short = std::env::temp_dir().join(format!("ferry-short-token-{}", dbs.name));
     std::fs::write(&short, "abc").unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&short, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
     let args = migrate_args(&dbs, &["--listen", "0.0.0.0:0", "--api-token-file", short.to_str().unwrap()]);
     let run = ferry(&refs(&args));
     assert_eq!(run.code, 2, "{}", run.stderr);

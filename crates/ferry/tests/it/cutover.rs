@@ -141,13 +141,15 @@ fn start(dbs: &Dbs, api: &str, proxy: &str, extra: &[&str]) -> Migrator {
 
 /// Runs a verification through the API and waits until it ends clean.
 async fn verify_clean(api: &str) {
-    let (code, body) = http("POST", api, "/api/verify", None).await;
+    // The token `ferry migrate` wrote for its loopback listener.
+    let token = crate::api_security::auto_token(api);
+    let (code, body) = http("POST", api, "/api/verify", Some(&token)).await;
     assert_eq!(code, 202, "{body}");
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     let id = v["run"].as_i64().unwrap();
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let (_, body) = http("GET", api, &format!("/api/verify/{id}"), None).await;
+        let (_, body) = http("GET", api, &format!("/api/verify/{id}"), Some(&token)).await;
         let r: serde_json::Value = serde_json::from_str(&body).unwrap();
         if r["status"] != "running" {
             assert_eq!(r["status"], "identical", "{r}");
