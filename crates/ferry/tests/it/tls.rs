@@ -286,6 +286,7 @@ async fn tls_failures_are_named_and_certificate_logins_work() {
 async fn libpq_password_sources() {
     use std::os::unix::fs::PermissionsExt;
     let dbs = Dbs::create("libpq").await;
+    load_sample(&dbs.source, 10).await;
     let strip = |url: &str| url.replacen(&format!(":{PW}@"), "@", 1);
     // The source's password must come from libpq's places; the target keeps its own.
     let (src, tgt) = (strip(&dbs.source), dbs.target.clone());
