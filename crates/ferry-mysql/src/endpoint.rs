@@ -1,5 +1,18 @@
-//! A MySQL/MariaDB source: `mysql://user[:password]@host[:port]/database`, its password, and
-//! connections. `Debug` and [`MyEndpoint::describe`] never show the password.
+//! A MySQL/MariaDB source: `mysql://user[:password]@host[:port]/database[?option=value&...]`,
+//! its password, its TLS settings, and connections. `Debug`, [`MyEndpoint::describe`] and every
+//! error never show the password.
+//!
+//! # URL options (`docs/mysql-types.md`, "Connecting")
+//! `ssl-mode`, `ssl-ca`, `ssl-cert`, `ssl-key` (crate::tls). Names are case-insensitive and `-`
+//! and `_` are alike (`sslmode`, `ssl_mode`, `SSL-MODE`); `sslrootcert` is accepted for `ssl-ca`.
+//! Any other option is an error naming it: nothing in a URL is silently dropped.
+//!
+//! # Client conventions
+//! The password is, in this order: the one Ferry was given (`FERRY_SOURCE_PASSWORD`,
+//! `--source-password-file`), the URL's, `MYSQL_PWD`, `password` in `[client]` of `~/.my.cnf`
+//! (crate::mycnf). TLS options missing from the URL are taken from `~/.my.cnf` too. Without any
+//! `ssl-mode`, the mode is `PREFERRED` (the mysql client's default), or `VERIFY_CA` when a CA is
+//! given: a CA file is there to be checked against.
 //!
 //! # Timeouts (`docs/timeouts-mysql-proxy.md`)
 //! * Opening a connection ([`MyEndpoint::connect`]) is bounded by [`CONNECT_TIMEOUT`]: TCP
@@ -19,12 +32,17 @@
 //!   for [`crate::apply::BINLOG_SILENCE`] means a dead connection: reconnect with backoff).
 
 use std::future::Future;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_core::Secret;
 use mysql_async::prelude::Queryable;
 
 use crate::error::MyError;
+use crate::mycnf::{self, normal_name};
+use crate::tls::{self, SslMode, TlsSettings};
 
 /// Longest a connection may take to be usable: TCP connect, handshake, authentication and the
 /// session's init statements.
@@ -68,14 +86,76 @@ pub fn timed_out(peer: &str, limit: Duration, what: &str) -> MyError {
     )
 }
 
-/// A parsed `mysql://` URL plus its password.
+/// Where the password Ferry uses came from (never the password itself), for messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PasswordSource {
+    /// `FERRY_SOURCE_PASSWORD` or `--source-password-file`.
+    Given,
+    /// The URL's `user:password@`.
+    Url,
+    /// The `MYSQL_PWD` environment variable.
+    MysqlPwd,
+    /// `password` in `[client]` of this option file.
+    MyCnf(PathBuf),
+    /// None: an empty password is sent.
+    None,
+}
+
+impl PasswordSource {
+    /// "the password from MYSQL_PWD", for messages.
+    pub fn describe(&self) -> String {
+        match self {
+            PasswordSource::Given => "the password given with FERRY_SOURCE_PASSWORD or --source-password-file".into(),
+            PasswordSource::Url => "the password in the URL".into(),
+            PasswordSource::MysqlPwd => "the password from MYSQL_PWD".into(),
+            PasswordSource::MyCnf(p) => format!("the password from {} ([client] password)", p.display()),
+            PasswordSource::None => {
+                "no password (none given with FERRY_SOURCE_PASSWORD, --source-password-file, the URL, MYSQL_PWD or ~/.my.cnf)".into()
+            }
+        }
+    }
+}
+
+/// What the MySQL client conventions read from the environment: `MYSQL_PWD` and the home
+/// directory holding `.my.cnf`.
+#[derive(Debug, Clone, Default)]
+pub struct ClientEnv {
+    /// `MYSQL_PWD` (ignored when empty).
+    pub mysql_pwd: Option<Secret>,
+    /// `HOME`.
+    pub home: Option<PathBuf>,
+}
+
+impl ClientEnv {
+    /// This process's environment.
+    pub fn from_process() -> ClientEnv {
+        ClientEnv {
+            mysql_pwd: std::env::var("MYSQL_PWD").ok().filter(|p| !p.is_empty()).map(Secret::new),
+            home: std::env::var_os("HOME").filter(|h| !h.is_empty()).map(PathBuf::from),
+        }
+    }
+}
+
+/// What a source learns about its server's TLS while it runs, shared by its clones.
+#[derive(Debug, Default)]
+struct TlsState {
+    /// `PREFERRED` against a server without TLS: plain text from now on.
+    plain: AtomicBool,
+    /// `VERIFY_CA`: the certificate name the driver verifies against (`None`: the host's own).
+    name: tokio::sync::OnceCell<Option<String>>,
+}
+
+/// A parsed `mysql://` URL plus its password and TLS settings.
 #[derive(Clone)]
 pub struct MyEndpoint {
     host: String,
     port: u16,
     user: String,
     password: Option<Secret>,
+    password_source: PasswordSource,
     database: String,
+    tls: TlsSettings,
+    tls_state: Arc<TlsState>,
     connect_timeout: Duration,
     query_timeout: Duration,
 }
@@ -109,14 +189,70 @@ fn percent_decode(s: &str) -> Result<String, String> {
     String::from_utf8(out).map_err(|_| "a % escape is not UTF-8".to_string())
 }
 
+/// The URL for messages: the password masked (even one with `/`, `@` or `?` left unencoded)
+/// and the options left out (errors name the option they are about).
+fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "(not a URL)".into();
+    };
+    let (userinfo, hostpart) = match rest.rfind('@') {
+        Some(at) => (Some(&rest[..at]), &rest[at + 1..]),
+        None => (None, rest),
+    };
+    let hostpart = hostpart.split(['?', '#']).next().unwrap_or_default();
+    match userinfo {
+        Some(u) => match u.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:****@{hostpart}"),
+            None => format!("{scheme}://{u}@{hostpart}"),
+        },
+        None => format!("{scheme}://{hostpart}"),
+    }
+}
+
+/// The options a URL may carry.
+pub const URL_OPTIONS: &str = "ssl-mode, ssl-ca, ssl-cert, ssl-key";
+
+/// TLS options given in a URL or an option file, by normal name (`sslmode`, ...).
+#[derive(Debug, Default)]
+struct SslGiven {
+    mode: Option<String>,
+    ca: Option<String>,
+    cert: Option<String>,
+    key: Option<String>,
+}
+
+impl SslGiven {
+    /// Sets the option `normal` (a normal name); false when it is not a TLS option.
+    fn set(&mut self, normal: &str, value: String) -> Result<bool, String> {
+        let slot = match normal {
+            "sslmode" => &mut self.mode,
+            "sslca" | "sslrootcert" => &mut self.ca,
+            "sslcert" => &mut self.cert,
+            "sslkey" => &mut self.key,
+            _ => return Ok(false),
+        };
+        if slot.is_some() {
+            return Err("given twice".into());
+        }
+        *slot = Some(value);
+        Ok(true)
+    }
+}
+
 impl MyEndpoint {
-    /// Parses a URL; `password` (from a file or the environment) wins over one in the URL.
-    /// Errors never contain the password.
+    /// Parses a URL; `password` (from a file or the environment) wins over one in the URL,
+    /// which wins over `MYSQL_PWD` and `~/.my.cnf`. Reads this process's environment; errors
+    /// never contain the password.
     pub fn parse(url: &str, password: Option<Secret>) -> Result<MyEndpoint, String> {
+        MyEndpoint::parse_with(url, password, &ClientEnv::from_process())
+    }
+
+    /// [`MyEndpoint::parse`] with the given environment.
+    pub fn parse_with(url: &str, password: Option<Secret>, env: &ClientEnv) -> Result<MyEndpoint, String> {
         let bad = |why: &str| {
             format!(
-                "invalid MySQL URL {} ({why}); expected mysql://user[:password]@host[:port]/database",
-                ferry_core::secret::redact_url(url)
+                "invalid MySQL URL {} ({why}); expected mysql://user[:password]@host[:port]/database[?ssl-mode=...&ssl-ca=...]",
+                redact(url)
             )
         };
         let rest = url
@@ -124,7 +260,12 @@ impl MyEndpoint {
             .map(|(_, r)| r)
             .filter(|_| is_mysql_url(url))
             .ok_or_else(|| bad("it must start with mysql://"))?;
-        let rest = rest.split(['?', '#']).next().unwrap_or_default();
+        let (rest, query) = match rest.find('?') {
+            Some(q) => (&rest[..q], Some(&rest[q + 1..])),
+            None => (rest, None),
+        };
+        let rest = rest.split('#').next().unwrap_or_default();
+        let query = query.map(|q| q.split('#').next().unwrap_or_default());
         let (auth, hostpath) = rest.rsplit_once('@').ok_or_else(|| bad("no user@"))?;
         let (user, url_password) = match auth.split_once(':') {
             Some((u, p)) => (u, Some(p)),
@@ -146,16 +287,115 @@ impl MyEndpoint {
         if host.is_empty() {
             return Err(bad("no host"));
         }
+        let host = host.trim_matches(['[', ']']).to_string();
+        let user = percent_decode(user).map_err(|e| bad(&e))?;
         let url_password = url_password.map(percent_decode).transpose().map_err(|e| bad(&e))?.map(Secret::new);
+
+        // Options: every one known, or an error naming it.
+        let mut from_url = SslGiven::default();
+        for pair in query.unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let name = percent_decode(name).map_err(|e| bad(&e))?;
+            let value = percent_decode(value).map_err(|e| bad(&format!("option {name:?}: {e}")))?;
+            if value.is_empty() {
+                return Err(bad(&format!("option {name:?} has no value")));
+            }
+            match from_url.set(&normal_name(&name), value) {
+                Ok(true) => {}
+                Ok(false) => {
+                    return Err(bad(&format!(
+                        "unknown option {name:?}; Ferry understands {URL_OPTIONS} (names in any case, - or _ alike)"
+                    )))
+                }
+                Err(why) => return Err(bad(&format!("option {name:?} {why}"))),
+            }
+        }
+
+        // ~/.my.cnf: TLS defaults, and the password of last resort.
+        let cnf = mycnf::read(env.home.as_deref())?;
+        let mut from_cnf = SslGiven::default();
+        if let Some(c) = &cnf {
+            for (k, v) in c.ssl.iter().filter(|(_, v)| !v.is_empty()) {
+                let _ = from_cnf.set(k, v.clone());
+            }
+        }
+        let cnf_password = match &cnf {
+            Some(c) if c.password.is_some() && c.user.as_deref().is_none_or(|u| u == user) => Some(c),
+            _ => None,
+        };
+        let (password, password_source) = if let Some(p) = password {
+            (Some(p), PasswordSource::Given)
+        } else if let Some(p) = url_password {
+            (Some(p), PasswordSource::Url)
+        } else if let Some(p) = env.mysql_pwd.clone() {
+            (Some(p), PasswordSource::MysqlPwd)
+        } else if let Some(c) = cnf_password {
+            if c.readable_by_others {
+                return Err(format!(
+                    "{} holds the MySQL password and other users can read it (mode {:o}); run chmod 600 {}",
+                    c.path.display(),
+                    c.mode,
+                    c.path.display()
+                ));
+            }
+            (c.password.clone(), PasswordSource::MyCnf(c.path.clone()))
+        } else {
+            (None, PasswordSource::None)
+        };
+
+        let pick = |u: Option<String>, c: Option<String>| u.or(c);
+        let ca = pick(from_url.ca, from_cnf.ca).map(PathBuf::from);
+        let mode = match pick(from_url.mode, from_cnf.mode) {
+            Some(m) => SslMode::parse(&m).map_err(|e| bad(&e))?,
+            None if ca.is_some() => SslMode::VerifyCa,
+            None => SslMode::Preferred,
+        };
+        let tls = TlsSettings {
+            mode,
+            ca,
+            cert: pick(from_url.cert, from_cnf.cert).map(PathBuf::from),
+            key: pick(from_url.key, from_cnf.key).map(PathBuf::from),
+        };
+        tls.check_files().map_err(|e| format!("MySQL source {}: {e}", redact(url)))?;
+        if matches!(mode, SslMode::Preferred | SslMode::Required) && tls.ca.is_some() {
+            tracing::warn!(
+                "ssl-mode={} does not check the server's certificate, so ssl-ca is not used; use ssl-mode=VERIFY_CA or VERIFY_IDENTITY to check it",
+                mode.name()
+            );
+        }
         Ok(MyEndpoint {
-            host: host.trim_matches(['[', ']']).to_string(),
+            host,
             port,
-            user: percent_decode(user).map_err(|e| bad(&e))?,
-            password: password.or(url_password),
+            user,
+            password,
+            password_source,
             database: percent_decode(database).map_err(|e| bad(&e))?,
+            tls,
+            tls_state: Arc::new(TlsState::default()),
             connect_timeout: CONNECT_TIMEOUT,
             query_timeout: QUERY_TIMEOUT,
         })
+    }
+
+    /// The TLS settings.
+    pub fn tls(&self) -> &TlsSettings {
+        &self.tls
+    }
+
+    /// Where the password came from.
+    pub fn password_source(&self) -> &PasswordSource {
+        &self.password_source
+    }
+
+    /// Whether connections are encrypted: `Some(true)` yes, `Some(false)` no, `None` not known
+    /// before the first connection (`PREFERRED`).
+    pub fn encrypted(&self) -> Option<bool> {
+        match self.tls.mode {
+            SslMode::Disabled => Some(false),
+            SslMode::Preferred if self.tls_state.plain.load(Ordering::Relaxed) => Some(false),
+            SslMode::Preferred => None,
+            _ => Some(true),
+        }
     }
 
     /// The same source with another connect timeout (default [`CONNECT_TIMEOUT`]).
@@ -227,8 +467,16 @@ impl MyEndpoint {
     }
 
     /// Connection options: UTF-8 (utf8mb4) and UTC for every session, so values arrive in one
-    /// form whatever the server's defaults; TCP keepalives after [`TCP_KEEPALIVE_IDLE`].
+    /// form whatever the server's defaults; TCP keepalives after [`TCP_KEEPALIVE_IDLE`]; TLS
+    /// as the source's `ssl-mode` says and the server allows (`PREFERRED` falls back to plain
+    /// text once the server is known not to offer TLS).
     pub fn opts(&self) -> mysql_async::Opts {
+        let plain = self.tls.mode == SslMode::Preferred && self.tls_state.plain.load(Ordering::Relaxed);
+        let name = self.tls_state.name.get().cloned().flatten();
+        self.opts_with(if plain { None } else { self.tls.ssl_opts(name.as_deref()) })
+    }
+
+    fn opts_with(&self, ssl: Option<mysql_async::SslOpts>) -> mysql_async::Opts {
         mysql_async::OptsBuilder::default()
             .ip_or_hostname(self.host.clone())
             .tcp_port(self.port)
@@ -237,39 +485,133 @@ impl MyEndpoint {
             .db_name(Some(self.database.clone()))
             .prefer_socket(false)
             .tcp_keepalive(Some(TCP_KEEPALIVE_IDLE))
+            .ssl_opts(ssl)
             .init(vec!["SET NAMES utf8mb4", "SET time_zone = '+00:00'"])
             .into()
     }
 
     /// Opens a connection, with the fix for the usual failures. The connect timeout covers
     /// everything before the connection is usable: name resolution, TCP connect, the server's
-    /// greeting, authentication and the init statements (`Conn::new` does them all).
+    /// greeting, TLS, authentication and the init statements (`Conn::new` does them all).
     pub async fn connect(&self) -> Result<mysql_async::Conn, MyError> {
         let what = format!("cannot connect to the MySQL/MariaDB source {}", self.describe());
-        let conn = tokio::time::timeout(self.connect_timeout, mysql_async::Conn::new(self.opts()))
+        tls::install_provider();
+        if self.tls.mode == SslMode::VerifyCa {
+            self.tls_state
+                .name
+                .get_or_try_init(|| async {
+                    tls::probe_name(&self.host, self.port, &self.tls, self.connect_timeout)
+                        .await
+                        .map_err(|f| self.tls_failure(&what, f))
+                })
+                .await?;
+        }
+        match self.attempt(&what, self.opts()).await? {
+            Ok(conn) => Ok(conn),
+            Err(e) if tls::is_no_tls(&e) && self.tls.mode == SslMode::Preferred => {
+                if !self.tls_state.plain.swap(true, Ordering::Relaxed) {
+                    tracing::info!(
+                        server = %self.describe(),
+                        "the server does not offer TLS: connecting unencrypted (ssl-mode=PREFERRED, the default; ssl-mode=REQUIRED would refuse)"
+                    );
+                }
+                self.attempt(&what, self.opts()).await?.map_err(|e| self.connect_error(&what, e))
+            }
+            Err(e) => Err(self.connect_error(&what, e)),
+        }
+    }
+
+    /// One connection attempt under the connect timeout: the outer error is the timeout.
+    async fn attempt(&self, what: &str, opts: mysql_async::Opts) -> Result<Result<mysql_async::Conn, mysql_async::Error>, MyError> {
+        tokio::time::timeout(self.connect_timeout, mysql_async::Conn::new(opts))
             .await
             .map_err(|_| {
                 MyError::new(
-                    &what,
+                    what,
                     &format!(
-                        "no connection and log-in within {} (connect timeout: TCP connect, the server's greeting, authentication, session setup)",
+                        "no connection and log-in within {} (connect timeout: TCP connect, the server's greeting, TLS, authentication, session setup)",
                         human(self.connect_timeout)
                     ),
                     "check the host, the port and any firewall in between, and that the server is not overloaded",
                 )
-            })?;
-        conn.map_err(|e| {
-            let reason = e.to_string();
-            let fix = match &e {
-                mysql_async::Error::Server(s) if s.code == 1045 => {
-                    "check the user and password (FERRY_SOURCE_PASSWORD or --source-password-file), and that the user may connect from Ferry's host"
+            })
+    }
+
+    fn tls_failure(&self, what: &str, f: tls::Failure) -> MyError {
+        match f {
+            tls::Failure::NoTls => tls::no_tls_error(what, self.tls.mode),
+            tls::Failure::Tls(reason, fix) => MyError::new(what, &format!("ssl-mode={}: {reason}", self.tls.mode.name()), &fix),
+            tls::Failure::Other(reason) => MyError::new(
+                what,
+                &reason,
+                "check the host and port, and that the server is running and listening on TCP",
+            ),
+        }
+    }
+
+    /// A failed connection in words: what was tried (the password's source, the TLS mode) and
+    /// the fix.
+    fn connect_error(&self, what: &str, e: mysql_async::Error) -> MyError {
+        if tls::is_no_tls(&e) {
+            return tls::no_tls_error(what, self.tls.mode);
+        }
+        if let mysql_async::Error::Server(s) = &e {
+            let lower = s.message.to_ascii_lowercase();
+            if s.code == 3159 || lower.contains("insecure transport") || lower.contains("secure transport") {
+                return MyError::new(
+                    what,
+                    &format!("{} (Ferry connected without TLS: ssl-mode={})", s.message, self.tls.mode.name()),
+                    "the server accepts encrypted connections only: use ssl-mode=VERIFY_IDENTITY with ssl-ca=/path/ca.pem (or REQUIRED to encrypt without checking the certificate)",
+                );
+            }
+            if s.code == 1045 {
+                const CHECK: &str = "check the user and password, and that the user may connect from Ferry's host; give the password with FERRY_SOURCE_PASSWORD, --source-password-file, MYSQL_PWD or password= in [client] of ~/.my.cnf";
+                if self.tls.mode == SslMode::Disabled {
+                    // MariaDB refuses a plain-text log-in under require_secure_transport=ON
+                    // with this same error.
+                    return MyError::new(
+                        what,
+                        &format!(
+                            "{}; Ferry tried {}, over an unencrypted connection (ssl-mode={})",
+                            s.message,
+                            self.password_source.describe(),
+                            self.tls.mode.name()
+                        ),
+                        &format!(
+                            "a server that accepts encrypted connections only (require_secure_transport=ON) answers an unencrypted log-in with this same error: use ssl-mode=VERIFY_IDENTITY with ssl-ca=/path/ca.pem (or REQUIRED to encrypt without checking the certificate); otherwise {CHECK}"
+                        ),
+                    );
                 }
-                mysql_async::Error::Server(s) if s.code == 1049 => "check the database name at the end of the URL",
-                mysql_async::Error::Io(_) => "check the host and port, and that the server is running and listening on TCP",
-                _ => "check the URL and that the server is reachable",
-            };
-            MyError::new(&what, &reason, fix)
-        })
+                return MyError::new(
+                    what,
+                    &format!("{}; Ferry tried {}", s.message, self.password_source.describe()),
+                    CHECK,
+                );
+            }
+            if s.code == 1049 {
+                return MyError::new(what, &s.message, "check the database name at the end of the URL");
+            }
+        }
+        if let mysql_async::Error::Io(io) = &e {
+            if tls::rustls_error(io).is_some() {
+                return self.tls_failure(what, tls::explain(io, &self.host, &self.tls));
+            }
+            if let mysql_async::IoError::Io(inner) = io {
+                if inner.kind() == std::io::ErrorKind::NotFound && self.tls.mode != SslMode::Disabled {
+                    return MyError::new(
+                        what,
+                        &format!("a TLS file cannot be read: {inner}"),
+                        "check the ssl-ca, ssl-cert and ssl-key paths and that Ferry's user may read them",
+                    );
+                }
+            }
+            return MyError::new(
+                what,
+                &e.to_string(),
+                "check the host and port, and that the server is running and listening on TCP",
+            );
+        }
+        MyError::new(what, &e.to_string(), "check the URL and that the server is reachable")
     }
 }
 
@@ -304,6 +646,180 @@ mod tests {
             assert!(!err.contains("topsecret"), "{err}");
             assert!(err.contains("invalid MySQL URL"), "{err}");
         }
+    }
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("ferry-mysql-unit-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn no_env() -> ClientEnv {
+        ClientEnv::default()
+    }
+
+    /// A self-signed certificate and its key (openssl is on every machine the suite runs on).
+    fn self_signed(dir: &std::path::Path) -> (PathBuf, PathBuf) {
+        let (crt, key) = (dir.join("ca.crt"), dir.join("ca.key"));
+        let out = std::process::Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=unit"])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&crt)
+            .output()
+            .expect("openssl");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        (crt, key)
+    }
+
+    #[test]
+    fn url_options_are_known_or_refused_by_name() {
+        let e = MyEndpoint::parse_with("mysql://app@db/shop", None, &no_env()).unwrap();
+        assert_eq!(e.tls().mode, SslMode::Preferred);
+        for (url, mode) in [
+            ("mysql://app@db/shop?ssl-mode=DISABLED", SslMode::Disabled),
+            ("mysql://app@db/shop?sslmode=required", SslMode::Required),
+            ("mysql://app@db/shop?SSL_MODE=Preferred", SslMode::Preferred),
+            ("mysql://app@db/shop?ssl-mode=require&", SslMode::Required),
+        ] {
+            assert_eq!(MyEndpoint::parse_with(url, None, &no_env()).unwrap().tls().mode, mode, "{url}");
+        }
+        for (url, needle) in [
+            ("mysql://app:topsecret@db/shop?sslmod=REQUIRED", "unknown option \"sslmod\""),
+            (
+                "mysql://app:topsecret@db/shop?ssl-mode=REQUIRED&useSSL=true",
+                "unknown option \"useSSL\"",
+            ),
+            ("mysql://app:topsecret@db/shop?password=topsecret", "unknown option \"password\""),
+            ("mysql://app:topsecret@db/shop?ssl-mode=yes", "ssl-mode \"yes\" is not one of"),
+            ("mysql://app:topsecret@db/shop?ssl-mode", "option \"ssl-mode\" has no value"),
+            (
+                "mysql://app:topsecret@db/shop?ssl-mode=REQUIRED&sslmode=DISABLED",
+                "option \"sslmode\" given twice",
+            ),
+            ("mysql://app:topsecret@db/shop?ssl-ca=/nonexistent/ca.pem", "/nonexistent/ca.pem"),
+            ("mysql://app:topsecret@db/shop?ssl-cert=/x.crt", "ssl-cert needs ssl-key"),
+        ] {
+            let err = MyEndpoint::parse_with(url, None, &no_env()).unwrap_err();
+            assert!(err.contains(needle), "{url}: {err}");
+            assert!(!err.contains("topsecret"), "{err}");
+        }
+        let err = MyEndpoint::parse_with("mysql://app@db/shop?sslmod=REQUIRED", None, &no_env()).unwrap_err();
+        assert!(err.contains(URL_OPTIONS), "{err}");
+    }
+
+    #[test]
+    fn certificate_files_and_the_default_mode() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = scratch("certs");
+        let (crt, key) = self_signed(&dir);
+        let ca = crt.display().to_string();
+        // A CA without a mode: VERIFY_CA (a CA file is there to be checked against).
+        let e = MyEndpoint::parse_with(&format!("mysql://app@db/shop?ssl-ca={ca}"), None, &no_env()).unwrap();
+        assert_eq!((e.tls().mode, e.tls().ca.as_deref()), (SslMode::VerifyCa, Some(crt.as_path())));
+        let e = MyEndpoint::parse_with(
+            &format!("mysql://app@db/shop?ssl-mode=VERIFY_IDENTITY&sslrootcert={ca}"),
+            None,
+            &no_env(),
+        )
+        .unwrap();
+        assert_eq!(e.tls().mode, SslMode::VerifyIdentity);
+        let o = e.opts();
+        let ssl = o.ssl_opts().unwrap();
+        assert!(!ssl.accept_invalid_certs() && !ssl.skip_domain_validation());
+        // A client key others can read is refused with the fix; 0600 is fine.
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let url = format!("mysql://app@db/shop?ssl-mode=REQUIRED&ssl-cert={ca}&ssl-key={}", key.display());
+        let err = MyEndpoint::parse_with(&url, None, &no_env()).unwrap_err();
+        assert!(err.contains("chmod 600") && err.contains("ca.key"), "{err}");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let e = MyEndpoint::parse_with(&url, None, &no_env()).unwrap();
+        assert!(e.opts().ssl_opts().unwrap().client_identity().is_some());
+        // A file that is no certificate.
+        let err = MyEndpoint::parse_with(&format!("mysql://app@db/shop?ssl-ca={}", key.display()), None, &no_env()).unwrap_err();
+        assert!(err.contains("CA file (ssl-ca)") && err.contains("ca.key"), "{err}");
+        // DISABLED: no TLS options at all.
+        let e = MyEndpoint::parse_with("mysql://app@db/shop?ssl-mode=disabled", None, &no_env()).unwrap();
+        assert!(e.opts().ssl_opts().is_none());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn odd_passwords_decode_and_never_print() {
+        let env = no_env();
+        let e = MyEndpoint::parse_with("mysql://app:p%2Fw%40x%3A%27%22%20%25y@db:3307/shop", None, &env).unwrap();
+        assert_eq!(e.password.as_ref().unwrap().expose(), "p/w@x:'\" %y");
+        assert_eq!(e.password_source(), &PasswordSource::Url);
+        assert!(!format!("{e:?}").contains("p/w"));
+        // Unencoded: the last @ ends the user info; still never printed.
+        for url in [
+            "mysql://app:p/w@x@db/shop?bogus=1",
+            "mysql://app:p/w@x@db/shop?ssl-mode=nope",
+            "mysql://app:p/w@x@db:99999/shop",
+            "mysql://app:p/w@x@db",
+        ] {
+            let err = MyEndpoint::parse_with(url, None, &env).unwrap_err();
+            assert!(!err.contains("p/w") && !err.contains("w@x"), "{err}");
+        }
+        assert_eq!(redact("mysql://app:p/w@x@db/shop?x=1"), "mysql://app:****@db/shop");
+    }
+
+    #[test]
+    fn password_sources_in_order() {
+        use std::os::unix::fs::PermissionsExt;
+        let home = scratch("home");
+        let cnf = home.join(".my.cnf");
+        std::fs::write(&cnf, "[client]\npassword = \"from cnf\"\nssl-mode = REQUIRED\n").unwrap();
+        std::fs::set_permissions(&cnf, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let env = |pwd: Option<&str>| ClientEnv {
+            mysql_pwd: pwd.map(Secret::new),
+            home: Some(home.clone()),
+        };
+        let src = |url: &str, given: Option<&str>, e: &ClientEnv| {
+            let ep = MyEndpoint::parse_with(url, given.map(Secret::new), e).unwrap();
+            (ep.password.as_ref().map(|p| p.expose().to_string()), ep.password_source().clone())
+        };
+        assert_eq!(
+            src("mysql://app:url@db/x", Some("given"), &env(Some("pwd"))),
+            (Some("given".into()), PasswordSource::Given)
+        );
+        assert_eq!(
+            src("mysql://app:url@db/x", None, &env(Some("pwd"))),
+            (Some("url".into()), PasswordSource::Url)
+        );
+        assert_eq!(
+            src("mysql://app@db/x", None, &env(Some("pwd"))),
+            (Some("pwd".into()), PasswordSource::MysqlPwd)
+        );
+        assert_eq!(
+            src("mysql://app@db/x", None, &env(None)),
+            (Some("from cnf".into()), PasswordSource::MyCnf(cnf.clone()))
+        );
+        assert_eq!(src("mysql://app@db/x", None, &no_env()), (None, PasswordSource::None));
+        // TLS options from the file; the URL's win.
+        let e = MyEndpoint::parse_with("mysql://app@db/x", None, &env(None)).unwrap();
+        assert_eq!(e.tls().mode, SslMode::Required);
+        let e = MyEndpoint::parse_with("mysql://app@db/x?ssl-mode=DISABLED", None, &env(None)).unwrap();
+        assert_eq!(e.tls().mode, SslMode::Disabled);
+        // A password others can read is refused when it would be used, never printed.
+        std::fs::set_permissions(&cnf, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = MyEndpoint::parse_with("mysql://app@db/x", None, &env(None)).unwrap_err();
+        assert!(
+            err.contains("chmod 600") && err.contains(".my.cnf") && !err.contains("from cnf"),
+            "{err}"
+        );
+        assert_eq!(src("mysql://app@db/x", None, &env(Some("pwd"))).1, PasswordSource::MysqlPwd);
+        // A password for another user is not used.
+        std::fs::write(&cnf, "[client]\nuser=other\npassword=theirs\n").unwrap();
+        std::fs::set_permissions(&cnf, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(src("mysql://app@db/x", None, &env(None)).1, PasswordSource::None);
+        assert_eq!(src("mysql://other@db/x", None, &env(None)).0.as_deref(), Some("theirs"));
+        // World-writable: ignored, as the mysql client does.
+        std::fs::set_permissions(&cnf, std::fs::Permissions::from_mode(0o666)).unwrap();
+        assert_eq!(src("mysql://other@db/x", None, &env(None)).1, PasswordSource::None);
+        std::fs::remove_dir_all(&home).unwrap();
     }
 
     #[test]

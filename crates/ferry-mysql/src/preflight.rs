@@ -119,6 +119,7 @@ pub async fn check(req: &MyCheckRequest) -> MyReport {
     match req.source.connect().await {
         Err(e) => f.add(Severity::Blocker, "source", "connect", e.to_string(), None),
         Ok(mut conn) => {
+            tls_finding(&req.source, &mut f);
             match source_checks(req, &mut conn, &mut f).await {
                 Ok((info, plan)) => {
                     report.source = Some(info);
@@ -139,6 +140,40 @@ pub async fn check(req: &MyCheckRequest) -> MyReport {
     f.0.sort_by_key(|f| std::cmp::Reverse(f.severity));
     report.findings = f.0;
     report
+}
+
+/// Whether the source connection is encrypted, and how far the server is verified.
+fn tls_finding(source: &crate::MyEndpoint, f: &mut Findings) {
+    use crate::tls::SslMode;
+    let mode = source.tls().mode;
+    // After a successful connection, only DISABLED or PREFERRED's fallback are plain text.
+    if source.encrypted() == Some(false) {
+        let why = if mode == SslMode::Disabled {
+            "ssl-mode=DISABLED".to_string()
+        } else {
+            format!("ssl-mode={}, and the server offers no TLS", mode.name())
+        };
+        f.add(
+            Severity::Info,
+            "source",
+            "tls",
+            format!("the connection is not encrypted ({why}): the password and the data cross the network in clear text"),
+            Some("enable TLS on the server (ssl_cert, ssl_key) and use ssl-mode=VERIFY_IDENTITY with ssl-ca=/path/ca.pem"),
+        );
+        return;
+    }
+    let checked = match mode {
+        SslMode::VerifyIdentity => "certificate chain and host name verified",
+        SslMode::VerifyCa => "certificate chain verified, not the host name",
+        _ => "the server's certificate is not checked",
+    };
+    f.add(
+        Severity::Ok,
+        "source",
+        "tls",
+        format!("encrypted with TLS (ssl-mode={}: {checked})", mode.name()),
+        None,
+    );
 }
 
 async fn source_checks(req: &MyCheckRequest, c: &mut mysql_async::Conn, f: &mut Findings) -> Result<(MyServerInfo, MyPlan), MyError> {

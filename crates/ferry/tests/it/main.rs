@@ -1,9 +1,10 @@
 //! Ferry's integration tests, against real PostgreSQL servers started by scripts/test.sh.
 
 mod api;
+mod api_security;
 mod bad_input;
-mod certs;
 mod cdc;
+mod certs;
 mod cutover;
 mod demo;
 mod deploy;
@@ -12,5 +13,8 @@ mod full_load;
 mod harness;
 mod mysql;
 mod mysql_cdc;
+mod mysql_tls;
+mod proxy_tls;
 mod resume;
+mod tls;
 mod verify;
