@@ -1,6 +1,9 @@
 //! Where a PostgreSQL server is and how to log in to it, printable without its password.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use ferry_core::Secret;
@@ -12,6 +15,89 @@ use crate::pgtls::{AuthPolicy, PgSocket, RootCert, RustlsConnect, Sniff, SslMode
 
 /// `application_name` every Ferry connection announces, so DBAs see Ferry in `pg_stat_activity`.
 pub const APPLICATION_NAME: &str = "ferry";
+
+/// One of this process's own sessions on some server, named the way `pg_stat_activity` names
+/// it: backend pid and `backend_start` in microseconds since the epoch (the expression
+/// [`BACKEND_START_US`]). The pair names one session on any server (a pid alone could be
+/// another server's, or reused), whatever `application_name` anyone announces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OwnSession {
+    /// `pg_backend_pid()`.
+    pub pid: i32,
+    /// `backend_start`, microseconds since the epoch.
+    pub started_us: i64,
+}
+
+/// SQL for `pg_stat_activity.backend_start` in microseconds since the epoch, as registered in
+/// [`OwnSession::started_us`] (compare with the same expression on the same server).
+pub const BACKEND_START_US: &str = "(extract(epoch FROM backend_start) * 1000000)::int8";
+
+/// How long a session this process closed stays in [`own_sessions`]: the server lists a
+/// backend until it has exited, a moment after the client said goodbye.
+const CLOSED_LINGER: Duration = Duration::from_secs(60);
+
+/// Every session of this process (by connection number), and when it was closed.
+static OWN_SESSIONS: Mutex<BTreeMap<u64, (OwnSession, Option<std::time::Instant>)>> = Mutex::new(BTreeMap::new());
+static NEXT_CONNECTION: AtomicU64 = AtomicU64::new(0);
+
+type OwnSessions = BTreeMap<u64, (OwnSession, Option<std::time::Instant>)>;
+
+fn own_sessions_lock() -> std::sync::MutexGuard<'static, OwnSessions> {
+    OWN_SESSIONS.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn remember_own(number: u64, own: OwnSession) {
+    let mut all = own_sessions_lock();
+    all.retain(|_, (_, closed)| closed.is_none_or(|t| t.elapsed() < CLOSED_LINGER));
+    all.insert(number, (own, None));
+}
+
+fn forget_own(number: u64) {
+    if let Some((_, closed)) = own_sessions_lock().get_mut(&number) {
+        *closed = Some(std::time::Instant::now());
+    }
+}
+
+/// This process's sessions (every [`Endpoint::connect`] and
+/// [`crate::replication::ReplicationConnection::connect_plain`] still open, or closed under a
+/// minute ago: the server may still list it), as two arrays for SQL: pids and start times
+/// (`unnest($1::int4[], $2::int8[])`). Ferry tells its own sessions from others' by these,
+/// never by `application_name`, which any client can set.
+pub fn own_sessions() -> (Vec<i32>, Vec<i64>) {
+    let mut all = own_sessions_lock();
+    all.retain(|_, (_, closed)| closed.is_none_or(|t| t.elapsed() < CLOSED_LINGER));
+    all.values().map(|(s, _)| (s.pid, s.started_us)).unzip()
+}
+
+/// Keeps one of this process's sessions in [`own_sessions`] until dropped (with the session).
+pub(crate) struct OwnSessionGuard(u64);
+
+impl OwnSessionGuard {
+    pub(crate) fn new(own: OwnSession) -> Self {
+        let number = NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed);
+        remember_own(number, own);
+        Self(number)
+    }
+}
+
+impl Drop for OwnSessionGuard {
+    fn drop(&mut self) {
+        forget_own(self.0);
+    }
+}
+
+/// The query that names the session it runs on: its pid and [`BACKEND_START_US`].
+pub(crate) fn own_session_sql() -> String {
+    format!("SELECT pid, {BACKEND_START_US} FROM pg_stat_activity WHERE pid = pg_backend_pid()")
+}
+
+/// Parses [`own_session_sql`]'s answer.
+pub(crate) fn parse_own_session(pid: Option<&str>, started: Option<&str>) -> Option<OwnSession> {
+    Some(OwnSession {
+        pid: pid?.parse().ok()?,
+        started_us: started?.parse().ok()?,
+    })
+}
 
 /// Seconds of silence before the kernel sends a keepalive probe.
 pub const TCP_KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
@@ -343,7 +429,7 @@ impl Endpoint {
     /// Opens a regular SQL connection; the connection's I/O runs on a spawned task. `role`
     /// (for example "copy-3") is appended to `application_name` so each connection is visible.
     pub async fn connect(&self, role: &str) -> Result<Client, PgError> {
-        let client = match self.tls.mode {
+        let (client, number) = match self.tls.mode {
             // libpq's `allow`: plain first, TLS when the server refuses plain connections.
             SslMode::Allow if !self.is_local_socket() => match self.connect_once(role, false).await {
                 Err(e) if e.code.as_deref() == Some("28000") => self.connect_once(role, true).await?,
@@ -357,14 +443,32 @@ impl Endpoint {
         // literals (the MySQL apply path, catalog queries) assumes standard-conforming strings:
         // a server or role configured otherwise would read backslashes as escapes.
         let _ = client.batch_execute("SET client_connection_check_interval = 1000").await;
-        client
-            .batch_execute("SET standard_conforming_strings = on")
+        // The same round trip names the session for [`own_sessions`].
+        let sql = format!("SET standard_conforming_strings = on; {}", own_session_sql());
+        let answer = client
+            .simple_query(&sql)
             .await
             .map_err(|e| PgError::query(format!("setting up a session on {}", self.describe()), e))?;
+        let own = answer.iter().find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => parse_own_session(r.get(0), r.get(1)),
+            _ => None,
+        });
+        match own {
+            Some(own) => {
+                remember_own(number, own);
+                // Closed meanwhile: its I/O task may have ended before the insert.
+                if client.is_closed() {
+                    forget_own(number);
+                }
+            }
+            None => tracing::debug!(server = %self.describe(), "the session's pid and start time are not known"),
+        }
         Ok(client)
     }
 
-    async fn connect_once(&self, role: &str, tls: bool) -> Result<Client, PgError> {
+    /// Connects; returns the client and the connection's number (its key in [`own_sessions`],
+    /// removed when the connection closes).
+    async fn connect_once(&self, role: &str, tls: bool) -> Result<(Client, u64), PgError> {
         use tokio_postgres::config::{SslMode as TpSsl, SslNegotiation};
         let mut config = self.config.clone();
         let app = self.config.get_application_name().unwrap_or(APPLICATION_NAME);
@@ -431,12 +535,14 @@ impl Endpoint {
             }
         };
         let what = self.describe();
+        let number = NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed);
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!(server = %what, error = %e, "connection closed with error");
             }
+            forget_own(number);
         });
-        Ok(client)
+        Ok((client, number))
     }
 
     /// Environment for libpq-based child processes (pg_dump, pg_restore) that reach the same
@@ -559,6 +665,19 @@ mod tests {
         assert_eq!(e.password().unwrap().expose(), "envpw");
         let e = Endpoint::parse("postgres://bob@db", None).unwrap();
         assert_eq!(e.dbname(), "bob");
+    }
+
+    #[test]
+    fn own_sessions_stay_listed_a_while_after_closing() {
+        let own = OwnSession {
+            pid: -4242,
+            started_us: 17,
+        };
+        let guard = OwnSessionGuard::new(own);
+        assert!(own_sessions().0.contains(&-4242));
+        drop(guard);
+        // The server may list the backend a moment after the goodbye.
+        assert!(own_sessions().0.contains(&-4242));
     }
 
     #[test]

@@ -27,6 +27,9 @@ pub struct ReplicationConnection {
     read: BytesMut,
     write: BytesMut,
     server: String,
+    /// A plain session's number in [`crate::endpoint::own_sessions`] (walsenders are not
+    /// client backends and need none).
+    own: Option<crate::endpoint::OwnSessionGuard>,
 }
 
 impl std::fmt::Debug for ReplicationConnection {
@@ -70,7 +73,14 @@ impl ReplicationConnection {
     /// A plain (non-replication) session over the same protocol code: for streaming COPY
     /// output straight off the socket, without a driver's per-message machinery.
     pub async fn connect_plain(ep: &Endpoint, role: &str) -> Result<Self, PgError> {
-        Self::open(ep, false, role).await
+        let mut c = Self::open(ep, false, role).await?;
+        // Named by pid and start time, so that checks for other sessions can tell it is Ferry's.
+        let rows = c.simple_query(&crate::endpoint::own_session_sql()).await?;
+        let own = rows
+            .first()
+            .and_then(|r| crate::endpoint::parse_own_session(r.first()?.as_deref(), r.get(1)?.as_deref()));
+        c.own = own.map(crate::endpoint::OwnSessionGuard::new);
+        Ok(c)
     }
 
     async fn open(ep: &Endpoint, replication: bool, role: &str) -> Result<Self, PgError> {
@@ -130,6 +140,7 @@ impl ReplicationConnection {
             read: BytesMut::with_capacity(8192),
             write: BytesMut::with_capacity(1024),
             server: server.clone(),
+            own: None,
         };
         let app = format!("{APPLICATION_NAME} {role}");
         let mut params = vec![("user", ep.user()), ("database", ep.dbname()), ("application_name", app.as_str())];

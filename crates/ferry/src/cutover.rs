@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use ferry_core::ident::quote_ident;
 use ferry_core::{Lsn, Phase};
+use ferry_postgres::endpoint::{own_sessions, BACKEND_START_US};
 use ferry_postgres::preflight::CheckRequest;
 use ferry_postgres::state::StateStore;
 use ferry_postgres::{cdc, sequences, Endpoint, PgError};
@@ -419,17 +420,22 @@ impl Switchboard {
         Ok(row.map(|r| (r.get(0), r.get(1), r.get(2))))
     }
 
+    /// Ferry's own sessions are known by backend pid (and start time), never by
+    /// `application_name`, which any client can set; the replication stream is a walsender,
+    /// not a client backend.
     async fn direct_sessions(&self, c: &Client, side: &str) -> Result<Vec<String>, PgError> {
         let proxied: Vec<i32> = self.live.proxy().map(|p| p.backend_pids()).unwrap_or_default();
+        let (own_pids, own_starts) = own_sessions();
+        let sql = format!(
+            "SELECT pid, usename::text, COALESCE(application_name, ''), COALESCE(host(client_addr), 'local'), COALESCE(state, '')
+             FROM pg_stat_activity
+             WHERE backend_type = 'client backend' AND datname = current_database() AND pid <> pg_backend_pid()
+               AND NOT pid = ANY($1)
+               AND (pid, {BACKEND_START_US}) NOT IN (SELECT * FROM unnest($2::int4[], $3::int8[]))
+             ORDER BY pid"
+        );
         let rows = c
-            .query(
-                "SELECT pid, usename::text, COALESCE(application_name, ''), COALESCE(host(client_addr), 'local'), COALESCE(state, '')
-                 FROM pg_stat_activity
-                 WHERE backend_type = 'client backend' AND datname = current_database() AND pid <> pg_backend_pid()
-                   AND application_name NOT LIKE 'ferry%' AND NOT pid = ANY($1)
-                 ORDER BY pid",
-                &[&proxied],
-            )
+            .query(&sql, &[&proxied, &own_pids, &own_starts])
             .await
             .map_err(|e| PgError::query(format!("listing sessions connected to the {side}"), e))?;
         Ok(rows
@@ -966,10 +972,14 @@ async fn set_read_only(c: &Client, side: &str, on: bool) -> Result<(), PgError> 
 /// Without a proxy: sessions that connected before the database became read-only keep their
 /// writable default. Waits up to `grace` for them to leave, then terminates those still there.
 /// Returns how many were terminated.
+/// Ferry's own sessions are spared by backend pid (and start time), never by `application_name`.
 async fn end_writers(c: &Client, grace: Duration) -> Result<u64, PgError> {
-    let sql = "SELECT pid FROM pg_stat_activity
-               WHERE backend_type = 'client backend' AND datname = current_database() AND pid <> pg_backend_pid()
-                 AND application_name NOT LIKE 'ferry%' AND backend_start < $1::text::timestamptz";
+    let sql = format!(
+        "SELECT pid FROM pg_stat_activity
+         WHERE backend_type = 'client backend' AND datname = current_database() AND pid <> pg_backend_pid()
+           AND backend_start < $1::text::timestamptz
+           AND (pid, {BACKEND_START_US}) NOT IN (SELECT * FROM unnest($2::int4[], $3::int8[]))"
+    );
     let cutoff: String = c
         .query_one("SELECT now()::text", &[])
         .await
@@ -977,7 +987,12 @@ async fn end_writers(c: &Client, grace: Duration) -> Result<u64, PgError> {
         .get(0);
     let until = Instant::now() + grace;
     loop {
-        let rows = c.query(sql, &[&cutoff]).await.map_err(|e| PgError::query("listing writers", e))?;
+        // Read each round: a session Ferry opened meanwhile is its own too.
+        let (own_pids, own_starts) = own_sessions();
+        let rows = c
+            .query(&sql, &[&cutoff, &own_pids, &own_starts])
+            .await
+            .map_err(|e| PgError::query("listing writers", e))?;
         if rows.is_empty() {
             return Ok(0);
         }

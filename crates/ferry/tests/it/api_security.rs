@@ -127,7 +127,8 @@ async fn api_needs_its_token_checks_origin_and_host_and_stays_bounded() {
     let args = migrate_args(&dbs, &["--listen", &addr, "--webhook", &hook_url, "--webhook-ca", &ca]);
     let m = Migrator::spawn(&refs(&args));
     wait_for_cdc(&dbs.target).await;
-    api_status(&addr).await;
+    // The status is sampled once a second: wait until it has seen change capture too.
+    api_wait(&addr, "phase cdc in the API", Duration::from_secs(30), |s| s["phase"] == "cdc").await;
 
     // No token given: one was generated, in a file only this user can read.
     let token = auto_token(&addr);

@@ -32,7 +32,7 @@ async fn wrong_password() {
         let run = ferry(&[cmd, "--source", &bad, "--target", &dbs.target]);
         assert_eq!(run.code, 1, "{cmd}: {}", run.all());
         assert!(run.all().contains("password authentication failed"), "{}", run.all());
-        assert!(run.all().contains("fix: check the user and password"), "{}", run.all());
+        assert!(run.all().contains("check the user name and that password"), "{}", run.all());
         assert_clean(&run, &[WRONG, &password_of(&dbs.target)]);
     }
     dbs.drop().await;

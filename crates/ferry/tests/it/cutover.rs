@@ -535,3 +535,64 @@ async fn heavy_durable_cutover_and_rollback_right_after_a_verification_under_pgb
     assert_eq!(run.code, 0, "{}", run.all());
     dbs.drop().await;
 }
+
+/// Ferry knows its own sessions by backend pid, not by name: a session connected to the source
+/// directly that calls itself `ferry-fake` is named by the pre-check (the cutover through the
+/// proxy is refused), and a cutover without a proxy ends it after the grace period while every
+/// session of Ferry's own survives (exactly one terminated, change capture goes on).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cutover_names_and_ends_a_direct_session_calling_itself_ferry() {
+    let dbs = Dbs::create("cutfake").await;
+    create_marker(&dbs.source).await;
+    connect(&dbs.source)
+        .await
+        .batch_execute("CREATE TABLE tickets (id bigserial PRIMARY KEY, client int NOT NULL); INSERT INTO tickets (client) SELECT g FROM generate_series(1, 100) g")
+        .await
+        .unwrap();
+    let (api, proxy) = (free_addr(), free_addr());
+    let m = start(&dbs, &api, &proxy, &[]);
+    wait_for_cdc(&dbs.target).await;
+    api_wait(&api, "phase cdc in the API", Duration::from_secs(30), |s| s["phase"] == "cdc").await;
+    verify_clean(&api).await;
+
+    // A name is no identity: the session is listed, and the cutover through the proxy refused.
+    let fake = connect(&format!("{}?application_name=ferry-fake", dbs.source)).await;
+    let (run, report) = switch(&api, "cutover", &[]);
+    assert_eq!(run.code, 1, "{}", run.all());
+    assert_eq!(report["outcome"], "no_go", "{report}");
+    let reason = report["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("1 session(s) are connected to the source directly") && reason.contains("application 'ferry-fake'"),
+        "{report}"
+    );
+
+    // Without the proxy: writers are ended after --grace, and only the fake one is a writer.
+    let (run, report) = switch(&api, "cutover", &["--no-proxy", "--grace", "1s", "--max-pause", "10s"]);
+    assert_eq!(run.code, 0, "{}", run.all());
+    assert_eq!(report["outcome"], "done", "{report}");
+    let steps = report["steps"].to_string();
+    assert!(
+        steps.contains("(1 terminated)"),
+        "only the fake session should have been ended: {report}"
+    );
+    assert!(
+        fake.simple_query("SELECT 1").await.is_err(),
+        "the fake session survived the cutover"
+    );
+    // Ferry's own sessions were spared: the reverse stream carries a write on the target back.
+    connect(&dbs.target)
+        .await
+        .batch_execute("INSERT INTO tickets (client) VALUES (-7)")
+        .await
+        .unwrap();
+    wait_for_row(
+        &dbs.source,
+        "a write on the target to reach the source after the cutover",
+        Duration::from_secs(30),
+        "SELECT 1 FROM tickets WHERE client = -7",
+    )
+    .await;
+    let run = m.terminate();
+    assert_eq!(run.code, 0, "{}", run.all());
+    dbs.drop().await;
+}

@@ -11,6 +11,7 @@ mod deploy;
 mod durable;
 mod full_load;
 mod harness;
+mod hostile;
 mod mysql;
 mod mysql_cdc;
 mod mysql_tls;
