@@ -1081,6 +1081,15 @@ impl Applier {
         Ok(())
     }
 
+    /// Gives up on a connection found dead: stops the batch committing in the background and
+    /// sends nothing (a ROLLBACK would only wait out its bound). The server rolls back what
+    /// the session had open when it is ended.
+    pub fn abandon(&mut self) {
+        if let Some(f) = self.inflight.take() {
+            f.task.abort();
+        }
+    }
+
     /// Abandons the open batch (after an error, or when stopping inside a transaction).
     pub async fn rollback(&mut self) {
         self.pending.clear();

@@ -377,7 +377,13 @@ async fn session(
     let watch = watchdog(opts.ctx.target.clone(), pid, applier.busy_since(), opts.apply_timeout);
     let end = tokio::select! {
         r = stream(opts, &mut applier, stop, pause, progress) => r,
-        e = watch => Err(ApplyError::Db(e)),
+        // The watchdog found the apply connection dead: a ROLLBACK on it would only wait out
+        // its own bound. The next session ends the old one on the server (its pid is passed
+        // on), which rolls back whatever it had open.
+        e = watch => {
+            applier.abandon();
+            return SessionEnd::Failed(e, Some(pid));
+        }
     };
     match end {
         Ok(()) if *pause.borrow() && !*stop.borrow() => SessionEnd::Paused,

@@ -167,6 +167,13 @@ async fn heavy_black_holes_to_source_and_target_are_detected_and_survived() {
         "the status does not say the source's figures are old: {st}"
     );
     heal(&src_relay, &api, "the source").await;
+    // The target's black hole starts with the source's 40 s backlog applied: one fault at a time.
+    let caught_up = Instant::now();
+    sync_point(&dbs.source, &dbs.target, 2).await;
+    eprintln!(
+        "the backlog of the source's black hole was applied {:?} after the stream resumed",
+        caught_up.elapsed()
+    );
 
     // --- Target side. The API answers from memory: it shows the reconnecting stream and that
     // its figures from the target are stale.
@@ -185,7 +192,7 @@ async fn heavy_black_holes_to_source_and_target_are_detected_and_survived() {
     heal(&tgt_relay, &api, "the target").await;
 
     tokio::task::spawn_blocking(move || pgbench_finish(bench)).await.unwrap();
-    sync_point(&dbs.source, &dbs.target, 2).await;
+    sync_point(&dbs.source, &dbs.target, 3).await;
     assert!(pgbench_invariant(&dbs.target).await);
     assert_identical(&dbs.source, &dbs.target).await;
     let run = m.terminate();
