@@ -134,9 +134,28 @@ fn error_body(context: &str, body: &[u8]) -> PgError {
     }
     let class = match code.as_deref().and_then(|c| c.get(..2)) {
         Some("08") | Some("57") | Some("53") | Some("58") | Some("40") => ErrorClass::Transient,
-        // "replication slot is active for PID": another consumer holds it; it may be a dying one.
-        Some("55") => ErrorClass::Transient,
+        // 55006 "replication slot is active for PID": another consumer holds it; it may be a
+        // dying one. (55000, an invalidated slot, is definite: waiting never brings it back.)
+        _ if code.as_deref() == Some("55006") => ErrorClass::Transient,
         _ => ErrorClass::Definite,
+    };
+    let fix = match code.as_deref() {
+        // The slot is gone: dropped by hand, or the source failed over to a standby that had no
+        // copy of it (PostgreSQL before 17 does not synchronise logical slots to standbys).
+        Some("42704") => Some(
+            "the replication slot is gone from the source (dropped, or the source failed over to a standby without it: \
+             PostgreSQL before 17 does not copy logical slots to standbys). Changes committed since Ferry's last applied \
+             position cannot be streamed any more: run `ferry verify` to see what differs, then restart the migration \
+             (`ferry abandon --yes`, empty the target, `ferry migrate`); see docs/runbook.md, \"The source fails over\""
+                .to_string(),
+        ),
+        Some("55000") => Some(
+            "the replication slot was invalidated (it retained more WAL than max_slot_wal_keep_size allows, or its WAL \
+             was removed): the changes it held are gone. Restart the migration (`ferry abandon --yes`, empty the target, \
+             `ferry migrate`) and keep Ferry running, or raise max_slot_wal_keep_size; see docs/runbook.md"
+                .to_string(),
+        ),
+        _ => None,
     };
     PgError {
         context: context.to_string(),
@@ -144,7 +163,7 @@ fn error_body(context: &str, body: &[u8]) -> PgError {
             Some(d) => format!("{message} ({d})"),
             None => message,
         },
-        fix: None,
+        fix,
         class,
         code,
     }

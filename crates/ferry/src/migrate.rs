@@ -593,11 +593,31 @@ async fn reverse(req: &CheckRequest, opts: &MigrateOptions, stop: tokio::sync::w
         pause: None,
         hold: opts.live.as_ref().map(|l| l.reverse_hold.clone()),
     };
-    let result = cdc::run(copts, stop, progress.clone()).await;
+    let mut stop = stop;
+    let result = cdc::run(copts, stop.clone(), progress.clone()).await;
     if let Some(live) = &opts.live {
         live.set_reverse(None);
     }
-    result?;
+    if let Err(e) = result {
+        // The application runs on the target through this process's proxy: losing the way
+        // back must not take its traffic down. Say so loudly, record it, and keep serving.
+        tracing::error!(
+            error = %e,
+            "reverse replication stopped: writes on the target no longer reach the source, so a rollback would lose them; \
+             the application keeps running on the target. Fix the cause and restart ferry migrate to resume the reverse stream, \
+             or run ferry complete (docs/runbook.md)"
+        );
+        if let Ok(c) = req.target.connect("control").await {
+            let note = format!("reverse replication stopped: {e}");
+            if let Err(e) = StateStore::new(&req.state_schema)
+                .event(&c, &req.migration_id, Phase::CutOver, "reverse_stopped", &note)
+                .await
+            {
+                tracing::warn!(error = %e, "could not record the stop of reverse replication");
+            }
+        }
+        let _ = stop.wait_for(|v| *v).await;
+    }
     Ok(Lsn(progress.applied_lsn.load(Ordering::Relaxed)))
 }
 

@@ -140,7 +140,7 @@ fn start(dbs: &Dbs, api: &str, proxy: &str, extra: &[&str]) -> Migrator {
 }
 
 /// Runs a verification through the API and waits until it ends clean.
-async fn verify_clean(api: &str) {
+pub(crate) async fn verify_clean(api: &str) {
     // The token `ferry migrate` wrote for its loopback listener.
     let token = crate::api_security::auto_token(api);
     let (code, body) = http("POST", api, "/api/verify", Some(&token)).await;
@@ -163,7 +163,7 @@ async fn verify_clean(api: &str) {
 /// A switch that must happen: an abort (a step ran past --max-pause on this shared 2-core
 /// machine) or a refusal leaves traffic where it was, so it is retried, up to 3 times, as an
 /// operator would. Each attempt's outcome is printed.
-fn switch_done(api: &str, what: &str, extra: &[&str]) -> (Run, serde_json::Value) {
+pub(crate) fn switch_done(api: &str, what: &str, extra: &[&str]) -> (Run, serde_json::Value) {
     for attempt in 1..=3 {
         let (run, report) = switch(api, what, extra);
         eprintln!("{what} attempt {attempt}: {} {}", report["outcome"], report["reason"]);

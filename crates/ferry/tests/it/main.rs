@@ -9,6 +9,7 @@ mod cutover;
 mod demo;
 mod deploy;
 mod durable;
+mod failover;
 mod full_load;
 mod harness;
 mod hostile;
