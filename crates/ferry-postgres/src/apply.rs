@@ -350,7 +350,7 @@ impl Applier {
         .map_err(|e| PgError::query("preparing the apply session on the target", e))?;
         tgt.batch_execute("SET session_replication_role = replica").await.map_err(|e| {
             PgError::query("disabling triggers for the apply session (session_replication_role = replica)", e)
-                .with_fix("connect to the target as a superuser (or a role allowed to set session_replication_role)")
+                .with_fix("connect as a superuser, or (PostgreSQL 15+) GRANT SET ON PARAMETER session_replication_role TO <Ferry's user>; `ferry check` names the grant for managed services (docs/privileges.md)")
         })?;
         let (forward_origin, reverse_origin) = origin_names(&ctx.migration_id);
         let (own_origin, skip_origin) = match ctx.direction {
@@ -368,7 +368,7 @@ impl Applier {
         .await
         .map_err(|e| {
             PgError::query(format!("marking the apply session with replication origin {own_origin}"), e).with_fix(
-                "connect as a superuser (or GRANT EXECUTE on pg_replication_origin_create and pg_replication_origin_session_setup); \
+                "connect as a superuser, or (PostgreSQL 14+) GRANT EXECUTE on the pg_replication_origin_* functions (docs/privileges.md lists them); \
                  if another Ferry process is applying, stop it; \"could not find free replication state\" means every origin slot is taken: \
                  each replication origin in use takes one of max_replication_slots on this server, so raise it (and restart) or drop \
                  origins nothing uses any more (SELECT roname FROM pg_replication_origin; pg_replication_origin_drop(name))",

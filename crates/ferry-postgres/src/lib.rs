@@ -14,6 +14,7 @@ pub mod introspect;
 pub mod pgoutput;
 pub mod pgtls;
 pub mod preflight;
+pub mod privileges;
 pub mod replication;
 pub mod schema;
 pub mod sequences;

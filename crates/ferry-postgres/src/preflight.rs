@@ -249,7 +249,26 @@ async fn target_checks(req: &CheckRequest, t: &Client, f: &mut Findings) -> Resu
             Some(format!("GRANT CREATE ON DATABASE {} TO {}", info.database, info.user)),
         );
     }
+    let svc = crate::privileges::service(t).await;
+    if svc != crate::privileges::Service::SelfManaged {
+        f.add(Severity::Info, "target", "service", format!("the target is {}: fixes below name its roles", svc.name()), None);
+    }
+    f.0.extend(crate::privileges::check_side(t, &info, crate::privileges::Role::Target, svc).await);
     let wal_level = introspect::setting(t, "wal_level").await?;
+    if wal_level == "logical" {
+        // Rollback streams changes back from the target: its user needs a replication connection.
+        match ReplicationConnection::connect(&req.target).await {
+            Ok(mut r) => {
+                let ok = r.identify_system().await;
+                r.close().await;
+                match ok {
+                    Ok(_) => f.add(Severity::Ok, "target", "replication_connection", format!("user {} may open a replication connection (for rollback)", info.user), None),
+                    Err(e) => f.add(Severity::Warning, "target", "replication_connection", format!("a replication connection to the target fails ({e}): rollback after cutover streams changes back from the target and will need one"), Some(crate::privileges::fix_replication(svc, &info.user))),
+                }
+            }
+            Err(e) => f.add(Severity::Warning, "target", "replication_connection", format!("a replication connection to the target fails ({e}): rollback after cutover streams changes back from the target and will need one"), Some(crate::privileges::fix_replication(svc, &info.user))),
+        }
+    }
     if wal_level != "logical" {
         f.add(Severity::Info, "target", "wal_level", format!("wal_level is {wal_level} on the target: fine for the load, but rollback after cutover streams changes back from the target and will need wal_level=logical"), Some("set wal_level=logical on the target before cutover".into()));
     }
@@ -311,47 +330,44 @@ async fn source_checks(
         );
     }
 
-    let role_ok = info.superuser || info.replication;
-    if role_ok {
-        f.add(
+    // The replication connection itself is the test: on RDS the right comes from membership in
+    // rds_replication, not from the REPLICATION attribute.
+    let svc = crate::privileges::service(s).await;
+    if svc != crate::privileges::Service::SelfManaged {
+        f.add(Severity::Info, "source", "service", format!("the source is {}: fixes below name its roles", svc.name()), None);
+    }
+    let replication = match ReplicationConnection::connect(&req.source).await {
+        Ok(mut r) => {
+            let id = r.identify_system().await;
+            r.close().await;
+            id
+        }
+        Err(e) => Err(e),
+    };
+    match replication {
+        Ok(id) => f.add(
             Severity::Ok,
             "source",
-            "replication_role",
+            "replication_connection",
             format!(
-                "user {} has {}",
-                info.user,
-                if info.superuser { "superuser" } else { "REPLICATION" }
+                "user {} may open a replication connection (system {}, WAL at {})",
+                info.user, id.system_id, id.xlogpos
             ),
             None,
-        );
-        match ReplicationConnection::connect(&req.source).await {
-            Ok(mut r) => {
-                match r.identify_system().await {
-                    Ok(id) => f.add(
-                        Severity::Ok,
-                        "source",
-                        "replication_connection",
-                        format!("replication connection works (system {}, WAL at {})", id.system_id, id.xlogpos),
-                        None,
-                    ),
-                    Err(e) => f.error("source", "replication_connection", &e),
-                }
-                r.close().await;
-            }
-            Err(e) => f.error("source", "replication_connection", &e),
-        }
-    } else {
-        f.add(
+        ),
+        Err(e) if !(info.superuser || info.replication) => f.add(
             Severity::Blocker,
             "source",
             "replication_role",
             format!(
-                "user {} has neither the REPLICATION attribute nor superuser; Ferry cannot create a replication slot",
-                info.user
+                "user {} may not open a replication connection ({}); Ferry needs one for its replication slot and change stream",
+                info.user, e.reason
             ),
-            Some(format!("run as a superuser: ALTER ROLE {} REPLICATION", info.user)),
-        );
+            Some(crate::privileges::fix_replication(svc, &info.user)),
+        ),
+        Err(e) => f.error("source", "replication_connection", &e),
     }
+    f.0.extend(crate::privileges::check_side(s, &info, crate::privileges::Role::Source, svc).await);
 
     let r = s
         .query_one(
@@ -554,14 +570,43 @@ async fn source_checks(
     }
     let all_tables_pub = info.superuser && req.filter.is_everything();
     if !info.superuser {
-        let not_owner: Vec<String> = s
-            .query("SELECT t FROM unnest($1::text[]) t WHERE NOT pg_has_role((SELECT relowner FROM pg_class WHERE oid = t::regclass), 'USAGE')", &[&names])
+        let can_create: bool = s
+            .query_one("SELECT has_database_privilege(current_user, current_database(), 'CREATE')", &[])
             .await
-            .map_err(|e| PgError::query("checking table ownership on the source", e))?
-            .into_iter()
-            .map(|r| r.get(0))
-            .collect();
+            .map_err(|e| PgError::query("checking privileges on the source", e))?
+            .get(0);
+        if !can_create {
+            f.add(
+                Severity::Blocker,
+                "source",
+                "publication",
+                format!(
+                    "user {} may not create a publication in database {} (CREATE PUBLICATION needs CREATE on the database)",
+                    info.user, info.database
+                ),
+                Some(format!(
+                    "GRANT CREATE ON DATABASE {} TO {};",
+                    crate::privileges::ident(&info.database),
+                    crate::privileges::ident(&info.user)
+                )),
+            );
+        }
+        let rows = s
+            .query(
+                "SELECT t, pg_get_userbyid(c.relowner)::text FROM unnest($1::text[]) t JOIN pg_class c ON c.oid = t::regclass
+                 WHERE NOT pg_has_role(c.relowner, 'USAGE') ORDER BY 2, 1",
+                &[&names],
+            )
+            .await
+            .map_err(|e| PgError::query("checking table ownership on the source", e))?;
+        let not_owner: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+        let mut owners: Vec<String> = rows.iter().map(|r| r.get(1)).collect();
+        owners.dedup();
         if !not_owner.is_empty() {
+            let grants: Vec<String> = owners
+                .iter()
+                .map(|o| format!("GRANT {} TO {};", crate::privileges::ident(o), crate::privileges::ident(&info.user)))
+                .collect();
             f.add(
                 Severity::Blocker,
                 "source",
@@ -571,7 +616,7 @@ async fn source_checks(
                     info.user,
                     not_owner.join(", ")
                 ),
-                Some("run Ferry as the tables' owner or a superuser".into()),
+                Some(format!("make Ferry's user a member of the owning role(s): {} (or run Ferry as the tables' owner)", grants.join(" "))),
             );
         }
     }

@@ -13,6 +13,7 @@ mod failover;
 mod full_load;
 mod harness;
 mod hostile;
+mod managed;
 mod mysql;
 mod mysql_cdc;
 mod mysql_tls;
