@@ -16,6 +16,7 @@ pub mod pgtls;
 pub mod preflight;
 pub mod privileges;
 pub mod replication;
+pub mod roles;
 pub mod schema;
 pub mod sequences;
 pub mod slot;

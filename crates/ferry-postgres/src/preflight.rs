@@ -69,6 +69,8 @@ pub struct CheckRequest {
     pub pg_bin_dir: Option<PathBuf>,
     /// Tables at least this large are split into page ranges.
     pub split_bytes: i64,
+    /// Roles the schema refers to: create or require, and the rename map (docs/roles.md).
+    pub roles: crate::roles::RolePolicy,
 }
 
 /// One table in the plan.
@@ -101,10 +103,14 @@ pub struct Plan {
     pub deferred: Vec<(String, usize)>,
     /// Foreign keys that will not be created.
     pub skipped: Vec<String>,
+    /// What change data capture (logical replication) does not carry after the full load.
+    pub not_replicated: Vec<String>,
     /// Sequences whose values are copied.
     pub sequences: usize,
     /// Whether an earlier run of this migration is resumed.
     pub resuming: bool,
+    /// Roles, owners and privileges carried to the target (docs/roles.md).
+    pub roles: Option<crate::roles::RolesPlan>,
 }
 
 /// Everything check found.
@@ -251,7 +257,13 @@ async fn target_checks(req: &CheckRequest, t: &Client, f: &mut Findings) -> Resu
     }
     let svc = crate::privileges::service(t).await;
     if svc != crate::privileges::Service::SelfManaged {
-        f.add(Severity::Info, "target", "service", format!("the target is {}: fixes below name its roles", svc.name()), None);
+        f.add(
+            Severity::Info,
+            "target",
+            "service",
+            format!("the target is {}: fixes below name its roles", svc.name()),
+            None,
+        );
     }
     f.0.extend(crate::privileges::check_side(t, &info, crate::privileges::Role::Target, svc).await);
     let wal_level = introspect::setting(t, "wal_level").await?;
@@ -334,7 +346,13 @@ async fn source_checks(
     // rds_replication, not from the REPLICATION attribute.
     let svc = crate::privileges::service(s).await;
     if svc != crate::privileges::Service::SelfManaged {
-        f.add(Severity::Info, "source", "service", format!("the source is {}: fixes below name its roles", svc.name()), None);
+        f.add(
+            Severity::Info,
+            "source",
+            "service",
+            format!("the source is {}: fixes below name its roles", svc.name()),
+            None,
+        );
     }
     let replication = match ReplicationConnection::connect(&req.source).await {
         Ok(mut r) => {
@@ -654,6 +672,11 @@ async fn source_checks(
         }
     }
 
+    // Roles the schema refers to (owners, grants, policies) and what the target has: roles.rs.
+    let excluded_oids: Vec<u32> = all.iter().filter(|t| !req.filter.matches(t.filter_name())).map(|t| t.oid).collect();
+    let (roles_plan, role_findings) = crate::roles::inspect(s, target, &req.roles, &excluded_oids, &req.state_schema).await?;
+    f.0.extend(role_findings);
+
     // The plan.
     let oids: Vec<u32> = tables
         .iter()
@@ -738,8 +761,19 @@ async fn source_checks(
         ],
         deferred,
         skipped: post.skipped.clone(),
+        not_replicated: vec![
+            "schema changes (DDL): a new column or a new table is applied; any other change stops change capture \
+             with the fix (make it on the target too, then resume)"
+                .into(),
+            "sequence values: set from the snapshot at the full load and synced again at cutover, not in between".into(),
+            format!(
+                "large objects: {lobs} copied at the full load from its snapshot (OIDs, owners, grants); later changes \
+                 to them are not carried (ferry verify compares them by OID, size and MD5)"
+            ),
+        ],
         sequences: seqs,
         resuming,
+        roles: Some(roles_plan),
     };
     for s in &post.skipped {
         f.add(

@@ -12,11 +12,19 @@
 //!   `NOT VALID` then validated;
 //! * everything else (triggers, rules, policies, statistics, comments on indexes, materialized
 //!   view refreshes) is restored from pg_dump's post-data archive after those, in one transaction.
+//!
+//! Owners and privileges come with pg_dump's output (no `--no-owner --no-privileges`): owners
+//! and GRANT/REVOKE (tables, columns, sequences, schemas, functions, types) with pre-data, so
+//! they are in place before the data; row-level security (ENABLE), policies and default
+//! privileges with the rest of post-data. Role names are rewritten by position
+//! ([`role_names`]) through `--roles-map`; docs/roles.md.
 
 mod build;
 mod dump;
 mod post_data;
+mod role_names;
 
 pub use build::{run_steps, StepOutcome};
-pub use dump::{dump_pre_data, dump_remaining_post_data, dump_table, strip_restrict, PgTools, SchemaError, WorkDir};
+pub use dump::{dump_pre_data, dump_remaining_post_data, dump_table, strip_restrict, PgTools, RoleRewrite, SchemaError, Script, WorkDir};
 pub use post_data::{plan_post_data, PostDataPlan, Step, StepKind};
+pub use role_names::{map_roles, map_roles_with, OwnerSchemaGrants};

@@ -112,12 +112,59 @@ pub enum ZeroDatesArg {
     Null,
 }
 
+/// `--roles` and `--roles-map`: how the roles the schema refers to reach the target
+/// (docs/roles.md).
+#[derive(Debug, Clone, Args)]
+pub struct RolesArgs {
+    /// Roles the schema refers to (owners, grantees, policy roles) that the target lacks:
+    /// `require` stops before anything is written, naming them and the CREATE ROLE to run;
+    /// `create` creates them without passwords (LOGIN, INHERIT, CONNECTION LIMIT and VALID UNTIL
+    /// as on the source; never SUPERUSER, REPLICATION, CREATEDB, CREATEROLE) with the
+    /// memberships among them.
+    #[arg(long, value_enum, default_value = "require")]
+    pub roles: RolesArg,
+    /// Rename roles on the way: a file of `source_role = target_role` lines (`#` comments,
+    /// double quotes for unusual names). Owners, grants, policies and default privileges use
+    /// the target names.
+    #[arg(long, value_name = "FILE")]
+    pub roles_map: Option<PathBuf>,
+}
+
+/// `--roles`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RolesArg {
+    /// Stop, naming the missing roles.
+    Require,
+    /// Create the missing roles, without passwords.
+    Create,
+}
+
+impl RolesArgs {
+    /// The policy, with the map file read.
+    pub fn policy(&self) -> Result<ferry_postgres::roles::RolePolicy, String> {
+        let map = match &self.roles_map {
+            Some(path) => ferry_postgres::roles::RoleMap::load(path).map_err(|e| format!("--roles-map: {e}"))?,
+            None => Default::default(),
+        };
+        Ok(ferry_postgres::roles::RolePolicy {
+            mode: match self.roles {
+                RolesArg::Require => ferry_postgres::roles::RoleMode::Require,
+                RolesArg::Create => ferry_postgres::roles::RoleMode::Create,
+            },
+            map,
+        })
+    }
+}
+
 /// `ferry check`.
 #[derive(Debug, Args)]
 pub struct CheckArgs {
     /// Endpoints and table selection.
     #[command(flatten)]
     pub endpoints: Endpoints,
+    /// Roles.
+    #[command(flatten)]
+    pub roles: RolesArgs,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -136,6 +183,9 @@ pub struct MigrateArgs {
     /// Endpoints and table selection.
     #[command(flatten)]
     pub endpoints: Endpoints,
+    /// Roles.
+    #[command(flatten)]
+    pub roles: RolesArgs,
     /// Stop after this phase instead of streaming changes until stopped (SIGTERM/SIGINT).
     #[arg(long, value_enum)]
     pub stop_after: Option<StopAfter>,

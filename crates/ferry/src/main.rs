@@ -52,7 +52,8 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(if report.blocked() { exit::FOUND_PROBLEM } else { exit::OK })
         }
         Command::Check(args) => {
-            let req = settings::resolve(&args.endpoints)?;
+            let mut req = settings::resolve(&args.endpoints)?;
+            req.roles = args.roles.policy().map_err(exit::UsageError)?;
             let report = ferry_postgres::preflight::check(&req).await;
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
@@ -69,7 +70,8 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 .as_deref()
                 .map(|u| status::Webhook::new(u, args.webhook_ca.as_deref()))
                 .transpose()?;
-            let req = settings::resolve(&args.endpoints)?;
+            let mut req = settings::resolve(&args.endpoints)?;
+            req.roles = args.roles.policy().map_err(exit::UsageError)?;
             let live = match args.listen {
                 cli::Listen::Off => None,
                 cli::Listen::At(addr) => {

@@ -269,17 +269,27 @@ pub async fn run(req: &CheckRequest, opts: &MigrateOptions) -> anyhow::Result<Op
         }
     };
 
-    // Pre-data.
+    // Pre-data, with owners and grants (docs/roles.md); with --roles create, the missing roles
+    // are created in the same transaction.
     let t_schema = Instant::now();
+    let rewrite = ferry_postgres::roles::rewrite_for(&source, &target, &req.roles).await?;
     if !rec.schema_done {
         let snap = snapshot_name.as_deref();
-        let sql = schema::dump_pre_data(&tools, &req.source, snap, &excluded, req.overwrite).await?;
+        let pre = schema::dump_pre_data(&tools, &req.source, snap, &excluded, req.overwrite, &rewrite).await?;
         let ddl = req.target.connect("schema").await?;
-        let script = format!("BEGIN;\n{sql}\n;\n{};\nCOMMIT;", store.schema_done_sql(&id));
+        let roles_plan = report.plan.as_ref().and_then(|p| p.roles.clone()).unwrap_or_default();
+        ferry_postgres::roles::require_on_target(&ddl, &pre.roles, &roles_plan.created(), "the schema's owners and grants").await?;
+        let script = format!(
+            "BEGIN;\n{}\n{}\n;\n{};\nCOMMIT;",
+            roles_plan.setup_sql.join("\n"),
+            pre.sql,
+            store.schema_done_sql(&id)
+        );
         if let Err(e) = ddl.batch_execute(&script).await {
             let err = ferry_postgres::PgError::query("creating the schema on the target", e);
             anyhow::bail!(
-                "{err}\nhint: if objects of the source already exist on the target, drop them, use an empty target database, or pass --overwrite"
+                "{err}\nhint: if objects of the source already exist on the target, drop them, use an empty target database, or pass --overwrite; \
+                 a permission error on OWNER TO or GRANT means Ferry's target user lacks a membership `ferry check` names (docs/roles.md)"
             );
         }
         store.transition(&target, &id, Phase::FullLoad, ACTOR, "schema created").await?;
@@ -326,6 +336,7 @@ pub async fn run(req: &CheckRequest, opts: &MigrateOptions) -> anyhow::Result<Op
                 &excluded,
                 &plan.handled,
                 workdir.path(),
+                &rewrite,
             )
             .await?,
         )

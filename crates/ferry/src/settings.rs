@@ -118,6 +118,7 @@ pub fn resolve(e: &Endpoints) -> anyhow::Result<CheckRequest> {
         overwrite: e.overwrite,
         pg_bin_dir: e.pg_bin_dir.clone(),
         split_bytes: e.split_size,
+        roles: Default::default(),
     })
 }
 

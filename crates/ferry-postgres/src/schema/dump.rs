@@ -1,13 +1,39 @@
 //! Running pg_dump and pg_restore.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use ferry_core::TableName;
 use tokio::process::Command;
 
+use super::role_names::{map_roles_with, OwnerSchemaGrants};
 use crate::endpoint::Endpoint;
+
+/// How owners and privileges travel: pg_dump keeps them, and role names are rewritten.
+#[derive(Debug, Clone, Default)]
+pub struct RoleRewrite {
+    /// Source role name to target role name.
+    pub map: BTreeMap<String, String>,
+    /// For a target user that is not a superuser: temporary CREATE grants on schemas.
+    pub owner_grants: Option<OwnerSchemaGrants>,
+}
+
+/// A script for the target with the role names it uses.
+#[derive(Debug, Clone, Default)]
+pub struct Script {
+    /// SQL.
+    pub sql: String,
+    /// Roles it names as owners, grantees, grantors, policy or session roles.
+    pub roles: BTreeSet<String>,
+}
+
+impl RoleRewrite {
+    fn apply(&self, sql: &str) -> Script {
+        let (sql, roles) = map_roles_with(sql, &self.map, self.owner_grants.as_ref());
+        Script { sql, roles }
+    }
+}
 
 /// pg_dump or pg_restore failed, or could not be found.
 #[derive(Debug, thiserror::Error)]
@@ -178,14 +204,13 @@ async fn run(mut cmd: Command, tool: &'static str) -> Result<Vec<u8>, SchemaErro
     Ok(out.stdout)
 }
 
-fn common_args(cmd: &mut Command, snapshot: Option<&str>, excluded: &[TableName]) {
-    cmd.args([
-        "--schema-only",
-        "--no-owner",
-        "--no-privileges",
-        "--no-publications",
-        "--no-subscriptions",
-    ]);
+/// `privileges`: keep owners and ACLs (the migration's schema); without, objects belong to
+/// Ferry's user and carry no grants (a table created on the source mid-stream).
+fn common_args(cmd: &mut Command, snapshot: Option<&str>, excluded: &[TableName], privileges: bool) {
+    cmd.args(["--schema-only", "--no-publications", "--no-subscriptions"]);
+    if !privileges {
+        cmd.args(["--no-owner", "--no-privileges"]);
+    }
     if let Some(s) = snapshot {
         cmd.arg(format!("--snapshot={s}"));
     }
@@ -195,30 +220,32 @@ fn common_args(cmd: &mut Command, snapshot: Option<&str>, excluded: &[TableName]
     }
 }
 
-/// The pre-data DDL as SQL text, from inside `snapshot` when given. With `clean`, the script
-/// first drops every object it creates (`--clean --if-exists`): used only with `--overwrite`.
+/// The pre-data DDL as SQL text, from inside `snapshot` when given, owners and grants included
+/// with role names rewritten by `roles`. With `clean`, the script first drops every object it
+/// creates (`--clean --if-exists`): used only with `--overwrite`.
 pub async fn dump_pre_data(
     tools: &PgTools,
     ep: &Endpoint,
     snapshot: Option<&str>,
     excluded: &[TableName],
     clean: bool,
-) -> Result<String, SchemaError> {
+    roles: &RoleRewrite,
+) -> Result<Script, SchemaError> {
     let mut cmd = tools.command(&tools.pg_dump, ep);
-    common_args(&mut cmd, snapshot, excluded);
+    common_args(&mut cmd, snapshot, excluded, true);
     cmd.arg("--section=pre-data");
     if clean {
         cmd.args(["--clean", "--if-exists"]);
     }
     let out = run(cmd, "pg_dump (pre-data)").await?;
-    Ok(strip_restrict(&String::from_utf8_lossy(&out)))
+    Ok(roles.apply(&strip_restrict(&String::from_utf8_lossy(&out))))
 }
 
 /// One table's full definition (table, sequences it owns, indexes, constraints, triggers) as
 /// SQL, from the source's current catalog: for tables created on the source mid-stream.
 pub async fn dump_table(tools: &PgTools, ep: &Endpoint, table: &TableName) -> Result<String, SchemaError> {
     let mut cmd = tools.command(&tools.pg_dump, ep);
-    common_args(&mut cmd, None, &[]);
+    common_args(&mut cmd, None, &[], false);
     cmd.arg(format!("--table={}", table.quoted()));
     let out = run(cmd, "pg_dump (new table)").await?;
     Ok(strip_restrict(&String::from_utf8_lossy(&out)))
@@ -226,7 +253,8 @@ pub async fn dump_table(tools: &PgTools, ep: &Endpoint, table: &TableName) -> Re
 
 /// The post-data DDL that Ferry does not build itself, as SQL text: pg_dump's post-data archive
 /// minus the INDEX, CONSTRAINT and FK CONSTRAINT entries whose catalog OIDs are in `handled`,
-/// and minus every INDEX ATTACH entry (Ferry attaches partition indexes itself).
+/// and minus every INDEX ATTACH entry (Ferry attaches partition indexes itself). Row-level
+/// security (ENABLE), policies and default privileges are in it, with role names rewritten.
 pub async fn dump_remaining_post_data(
     tools: &PgTools,
     ep: &Endpoint,
@@ -234,11 +262,12 @@ pub async fn dump_remaining_post_data(
     excluded: &[TableName],
     handled: &HashSet<u32>,
     workdir: &Path,
-) -> Result<String, SchemaError> {
+    roles: &RoleRewrite,
+) -> Result<Script, SchemaError> {
     let archive = workdir.join("post-data.dump");
     let list = workdir.join("post-data.list");
     let mut cmd = tools.command(&tools.pg_dump, ep);
-    common_args(&mut cmd, snapshot, excluded);
+    common_args(&mut cmd, snapshot, excluded, true);
     cmd.arg("--section=post-data")
         .arg("--format=custom")
         .arg(format!("--file={}", archive.display()));
@@ -256,12 +285,12 @@ pub async fn dump_remaining_post_data(
     let mut cmd = tools.command(&tools.pg_restore, ep);
     cmd.env_remove("PGDATABASE")
         .arg(format!("--use-list={}", list.display()))
-        .args(["--no-owner", "--no-privileges", "--file=-"])
+        .arg("--file=-")
         .arg(&archive);
     let sql = run(cmd, "pg_restore (post-data)").await?;
     let _ = tokio::fs::remove_file(&archive).await;
     let _ = tokio::fs::remove_file(&list).await;
-    Ok(strip_restrict(&String::from_utf8_lossy(&sql)))
+    Ok(roles.apply(&strip_restrict(&String::from_utf8_lossy(&sql))))
 }
 
 /// Keeps the TOC lines that Ferry does not handle itself. A TOC line reads

@@ -17,6 +17,7 @@ mod managed;
 mod mysql;
 mod mysql_cdc;
 mod mysql_tls;
+mod privileges;
 mod proxy_tls;
 mod resume;
 mod tls;
