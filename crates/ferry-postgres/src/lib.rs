@@ -11,6 +11,7 @@ pub mod copy_binary;
 pub mod endpoint;
 pub mod error;
 pub mod introspect;
+pub mod largeobject;
 pub mod pgoutput;
 pub mod pgtls;
 pub mod preflight;

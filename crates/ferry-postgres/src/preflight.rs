@@ -472,8 +472,16 @@ async fn source_checks(
             Severity::Warning,
             "source",
             "large_objects",
-            format!("{lobs} large objects (pg_largeobject) exist; Ferry does not copy large objects"),
-            Some("move them separately (pg_dump --large-objects-only), or store them in bytea columns".into()),
+            format!(
+                "{lobs} large object(s) (pg_largeobject) exist: the full load copies them from its snapshot (OIDs, owners, grants), \
+                 but change data capture does not carry them (logical replication cannot): a large object created, changed or \
+                 unlinked on the source after the load is not on the target"
+            ),
+            Some(
+                "do not change large objects on the source during the migration, or copy them again before cutover \
+                 (ferry verify lists every object that differs, by OID); or store the data in bytea columns, which are replicated"
+                    .into(),
+            ),
         );
     }
     if slot_exists && !resuming {
@@ -634,7 +642,10 @@ async fn source_checks(
                     info.user,
                     not_owner.join(", ")
                 ),
-                Some(format!("make Ferry's user a member of the owning role(s): {} (or run Ferry as the tables' owner)", grants.join(" "))),
+                Some(format!(
+                    "make Ferry's user a member of the owning role(s): {} (or run Ferry as the tables' owner)",
+                    grants.join(" ")
+                )),
             );
         }
     }

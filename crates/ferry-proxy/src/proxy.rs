@@ -421,6 +421,27 @@ impl Proxy {
         busy
     }
 
+    /// Stops accepting connections (the listening socket closes), waits up to `within` for the
+    /// sessions to end by themselves, then closes those left as [`Proxy::shutdown`] does.
+    /// Returns how many were closed that way.
+    pub async fn drain(&self, within: Duration) -> usize {
+        if let Some(accept) = lock(&self.accept).take() {
+            accept.abort();
+        }
+        let deadline = Instant::now() + within;
+        tracing::info!(
+            sessions = self.shared.clients.load(SeqCst),
+            within_ms = within.as_millis() as u64,
+            "proxy draining: no new connections; waiting for sessions to end"
+        );
+        while self.shared.clients.load(SeqCst) > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let left = lock(&self.shared.sessions).len();
+        self.shutdown().await;
+        left
+    }
+
     /// Stops accepting connections and closes every session (clients get FATAL 57P01).
     pub async fn shutdown(&self) {
         if let Some(accept) = lock(&self.accept).take() {

@@ -93,6 +93,15 @@ pub fn render(r: &Report) -> String {
         for s in &p.skipped {
             o.push_str(&format!("  Not created: {s}\n"));
         }
+        if let Some(roles) = &p.roles {
+            roles_section(&mut o, roles);
+        }
+        if !p.not_replicated.is_empty() {
+            o.push_str("  Not carried by change data capture (logical replication) after the full load:\n");
+            for s in &p.not_replicated {
+                o.push_str(&format!("    - {s}\n"));
+            }
+        }
     }
     result(&mut o, &r.findings);
     o
@@ -152,6 +161,53 @@ pub fn render_mysql(r: &ferry_mysql::preflight::MyReport) -> String {
     }
     result(&mut o, &r.findings);
     o
+}
+
+/// Roles, owners and privileges (docs/roles.md).
+fn roles_section(o: &mut String, r: &ferry_postgres::roles::RolesPlan) {
+    let mode = match r.mode {
+        ferry_postgres::roles::RoleMode::Require => "require",
+        ferry_postgres::roles::RoleMode::Create => "create",
+    };
+    o.push_str(&format!(
+        "  Owners and privileges, as on the source (--roles {mode}): owners and GRANTs before the data; row-level security, policies and default privileges after it\n"
+    ));
+    o.push_str(&format!("    {:<28} {:<28} {:<44} on target\n", "role", "target role", "uses"));
+    for u in &r.roles {
+        let mut uses = Vec::new();
+        for (n, what) in [
+            (u.owns, "owns"),
+            (u.grantee, "granted"),
+            (u.grantor, "grantor"),
+            (u.policies, "policies"),
+            (u.default_privileges, "default privs"),
+            (u.user_mappings, "user mappings"),
+        ] {
+            if n > 0 {
+                uses.push(format!("{what} {n}"));
+            }
+        }
+        let status = if u.exists_on_target {
+            "exists".to_string()
+        } else if r.mode == ferry_postgres::roles::RoleMode::Create && u.create_sql.is_some() {
+            "missing: created, no password".to_string()
+        } else {
+            "MISSING".to_string()
+        };
+        o.push_str(&format!("    {:<28} {:<28} {:<44} {status}\n", u.source, u.target, uses.join(", ")));
+    }
+    for m in &r.memberships {
+        o.push_str(&format!("    membership: {} is a member of {}\n", m.member, m.role));
+    }
+    for s in &r.ferry_needs {
+        o.push_str(&format!("    Ferry's target user needs: {s}\n"));
+    }
+    for f in &r.security_definer {
+        o.push_str(&format!("    SECURITY DEFINER: {f}\n"));
+    }
+    for t in &r.row_security {
+        o.push_str(&format!("    row-level security: {t}\n"));
+    }
 }
 
 fn findings(o: &mut String, fs: &[ferry_postgres::preflight::Finding]) {

@@ -47,6 +47,12 @@ pub enum Command {
     Cutover(SwitchArgs),
     /// Switch the application back to the source; nothing written on the target meanwhile is lost.
     Rollback(SwitchArgs),
+    /// Finish a migration after cutover: verify once more, stop reverse replication, drop
+    /// every slot, publication and replication origin Ferry made, record phase complete.
+    Complete(CompleteArgs),
+    /// Run the proxy alone in front of the target (after `ferry complete`), with the users,
+    /// address and TLS of `ferry migrate --proxy-listen`, until the application connects directly.
+    Proxy(ProxyArgs),
     /// Give up a migration: drop its replication slot and publication on the source.
     Abandon(AbandonArgs),
     /// Start two throwaway PostgreSQL clusters, fill one with sample data, and migrate it.
@@ -509,6 +515,103 @@ pub struct VerifyArgs {
     /// With --api: CA file an https:// API's certificate must chain to (default: the system's CAs).
     #[arg(long, env = "FERRY_API_CA")]
     pub api_ca: Option<PathBuf>,
+}
+
+/// `ferry complete`.
+#[derive(Debug, Args)]
+pub struct CompleteArgs {
+    /// URL of the running `ferry migrate`'s API (the default when --source/--target are not given).
+    #[arg(long, conflicts_with_all = ["source", "target"])]
+    pub api: Option<String>,
+    /// Source URL, with --target: complete directly while `ferry migrate` is stopped.
+    #[arg(long, requires = "target")]
+    pub source: Option<String>,
+    /// Target URL.
+    #[arg(long, requires = "source")]
+    pub target: Option<String>,
+    /// File holding the source password; FERRY_SOURCE_PASSWORD also works.
+    #[arg(long)]
+    pub source_password_file: Option<PathBuf>,
+    /// File holding the target password; FERRY_TARGET_PASSWORD also works.
+    #[arg(long)]
+    pub target_password_file: Option<PathBuf>,
+    /// The tables of the migration (as given to migrate), for the last verification.
+    #[arg(long = "include", value_name = "PATTERN")]
+    pub include: Vec<String>,
+    /// Tables left out of the migration (as given to migrate).
+    #[arg(long = "exclude", value_name = "PATTERN")]
+    pub exclude: Vec<String>,
+    /// Parallel range readers of the verification.
+    #[arg(long, short = 'j')]
+    pub jobs: Option<usize>,
+    /// Migration id (as given to migrate).
+    #[arg(long)]
+    pub migration_id: Option<String>,
+    /// Ferry's state schema on the target.
+    #[arg(long, default_value = "ferry")]
+    pub state_schema: String,
+    /// Make the source database writable again (the cutover made it read-only; by default it
+    /// stays read-only, so that nothing writes to the database the application left).
+    #[arg(long)]
+    pub source_writable: bool,
+    /// Keep Ferry's state schema on the target (by default the migration's record is written to
+    /// --record-file and the schema dropped).
+    #[arg(long)]
+    pub keep_state: bool,
+    /// Where to write the migration's record (phases, transitions, events, tables, positions,
+    /// verifications) as JSON (default: ferry-<migration id>-record.json here).
+    #[arg(long)]
+    pub record_file: Option<PathBuf>,
+    /// With --api: file holding the API token (FERRY_API_TOKEN works too; default: the token
+    /// file `ferry migrate` wrote on this host, for a loopback --api).
+    #[arg(long)]
+    pub api_token_file: Option<PathBuf>,
+    /// With --api: CA file an https:// API's certificate must chain to.
+    #[arg(long, env = "FERRY_API_CA")]
+    pub api_ca: Option<PathBuf>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `ferry proxy`.
+#[derive(Debug, Args)]
+pub struct ProxyArgs {
+    /// The source URL given to `ferry migrate`: its user and password are the proxy's default
+    /// user (never connected to). Not needed with --proxy-users-file.
+    #[arg(long, env = "FERRY_SOURCE_URL", hide_env_values = true)]
+    pub source: Option<String>,
+    /// The target URL: where every session goes.
+    #[arg(long, env = "FERRY_TARGET_URL", hide_env_values = true)]
+    pub target: String,
+    /// File holding the source password; FERRY_SOURCE_PASSWORD also works.
+    #[arg(long)]
+    pub source_password_file: Option<PathBuf>,
+    /// File holding the target password; FERRY_TARGET_PASSWORD also works.
+    #[arg(long)]
+    pub target_password_file: Option<PathBuf>,
+    /// Address to listen on (the one `ferry migrate --proxy-listen` used).
+    #[arg(long, env = "FERRY_PROXY_LISTEN")]
+    pub proxy_listen: std::net::SocketAddr,
+    /// Users the proxy accepts, one `user:password` per line (as with ferry migrate).
+    #[arg(long)]
+    pub proxy_users_file: Option<PathBuf>,
+    /// Accept TLS from clients with this certificate chain (PEM), with --proxy-tls-key.
+    #[arg(long, value_name = "FILE", requires = "proxy_tls_key")]
+    pub proxy_tls_cert: Option<PathBuf>,
+    /// Private key (PEM, mode 0600) of --proxy-tls-cert.
+    #[arg(long, value_name = "FILE", requires = "proxy_tls_cert")]
+    pub proxy_tls_key: Option<PathBuf>,
+    /// Refuse clients that do not use TLS. Needs --proxy-tls-cert.
+    #[arg(long)]
+    pub proxy_require_tls: bool,
+    /// Client connections the proxy serves at most.
+    #[arg(long, value_name = "N", default_value_t = ferry_proxy::DEFAULT_MAX_CONNECTIONS)]
+    pub proxy_max_connections: usize,
+    /// On SIGTERM/SIGINT: how long sessions may go on before the rest are closed (new
+    /// connections are refused at once; a second signal exits at once).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub drain_timeout: std::time::Duration,
 }
 
 /// `ferry abandon`.

@@ -192,6 +192,11 @@ impl Switchboard {
         }
     }
 
+    /// The one-switch-at-a-time lock, when free (`ferry complete` holds it while it runs).
+    pub fn try_busy(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        self.busy.try_lock().ok()
+    }
+
     /// Switches the application to the target.
     pub async fn cutover(&self, opts: &SwitchOptions) -> Report {
         self.switch(Way::Cutover, opts).await
@@ -944,7 +949,7 @@ async fn writable_session(c: &Client) -> Result<(), PgError> {
 /// Makes the database of `c` read-only for new sessions (or undoes it). After a cutover the
 /// source is read-only for everyone but Ferry's reverse apply (which sets its session
 /// writable); after a rollback it is writable again. `side` names it for messages.
-async fn set_read_only(c: &Client, side: &str, on: bool) -> Result<(), PgError> {
+pub(crate) async fn set_read_only(c: &Client, side: &str, on: bool) -> Result<(), PgError> {
     // A session opened while the database was read-only could not alter it.
     writable_session(c).await?;
     let db: String = c

@@ -62,6 +62,8 @@ pub struct Live {
     last_switch: Mutex<Option<serde_json::Value>>,
     /// The wire-protocol proxy, when one runs.
     proxy: RwLock<Option<ferry_proxy::Proxy>>,
+    /// Set by `ferry complete`: the migration's record (the state schema may be gone).
+    completed: Mutex<Option<serde_json::Value>>,
 }
 
 impl Default for Live {
@@ -92,7 +94,18 @@ impl Live {
             kept: Mutex::new(None),
             last_switch: Mutex::new(None),
             proxy: RwLock::new(None),
+            completed: Mutex::new(None),
         }
+    }
+
+    /// The migration completed (`ferry complete`); `record` is what it exported.
+    pub fn set_completed(&self, record: serde_json::Value) {
+        *self.completed.lock().expect("lock") = Some(record);
+    }
+
+    /// The completed migration's record, once `ferry complete` ran in this process.
+    pub fn completed(&self) -> Option<serde_json::Value> {
+        self.completed.lock().expect("lock").clone()
     }
 
     /// Reverse change capture started (Some) or ended (None).
@@ -220,6 +233,9 @@ impl Live {
         match latest {
             Some((mut s, at)) => {
                 self.fresh(&mut s, at);
+                if self.completed().is_some() {
+                    s.phase = "complete".into();
+                }
                 Ok(s)
             }
             None => Err(self
@@ -282,6 +298,10 @@ impl Live {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
+            if self.completed().is_some() {
+                // Nothing to sample after `ferry complete` (the state schema may be gone).
+                continue;
+            }
             let mut errors = Vec::new();
             // The source's WAL position first: the lag is measured against it.
             match bounded(&mut sconn, &source, "source", WAL_POSITION).await {

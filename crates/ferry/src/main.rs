@@ -3,6 +3,7 @@
 mod check_cmd;
 mod cli;
 mod cluster;
+mod complete;
 mod cutover;
 mod demo;
 mod exit;
@@ -188,7 +189,12 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 }
             }
             if args.stop_after.is_none() && !*stop.borrow() {
-                migrate::cdc(&req, &opts, stop).await?;
+                migrate::cdc(&req, &opts, stop.clone()).await?;
+                if let Some(live) = opts.live.as_ref().filter(|l| l.completed().is_some() && !*stop.borrow()) {
+                    // `ferry complete` ran through the API: the proxy (if any) keeps serving the
+                    // target, with no migration behind it, until SIGTERM/SIGINT, then drains.
+                    after_complete(live, stop).await;
+                }
             }
             Ok(exit::OK)
         }
@@ -233,6 +239,8 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(exit::OK)
         }
         Command::Verify(args) => verify_cmd::command(args).await,
+        Command::Complete(args) => complete::command(&args).await,
+        Command::Proxy(args) => complete::proxy_command(&args).await,
         Command::Abandon(args) => {
             let req = settings::resolve(&args.endpoints)?;
             migrate::abandon(&req, args.yes).await?;
@@ -241,6 +249,28 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Demo(args) => {
             demo::run(args).await?;
             Ok(exit::OK)
+        }
+    }
+}
+
+/// After `ferry complete` through the API: with a proxy, serve the target until told to stop,
+/// then drain it (refuse new connections, wait up to `complete::DRAIN_TIMEOUT` for sessions to
+/// end, close the rest); without one, return (the process exits) once the API's answer is out.
+async fn after_complete(live: &live::Live, mut stop: tokio::sync::watch::Receiver<bool>) {
+    match live.proxy() {
+        Some(proxy) => {
+            tracing::info!(
+                listen = %proxy.local_addr(),
+                "migration complete: the proxy keeps serving the target (no migration behind it) until SIGTERM/SIGINT; then it drains and this process exits"
+            );
+            let _ = stop.wait_for(|v| *v).await;
+            let left = proxy.drain(complete::DRAIN_TIMEOUT).await;
+            tracing::info!(closed = left, "proxy drained; exiting");
+        }
+        None => {
+            tracing::info!("migration complete and no proxy runs: exiting");
+            // Let the API's answer reach its client.
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
         }
     }
 }

@@ -164,6 +164,13 @@ pub async fn run(req: &CheckRequest, opts: &MigrateOptions) -> anyhow::Result<Op
             .await?;
         return Ok(None);
     }
+    if rec.phase == Phase::Complete {
+        return Err(crate::exit::UsageError(format!(
+            "migration {id} is complete (`ferry complete` ran): there is nothing left to migrate or stream; \
+             to keep a proxy in front of the target run `ferry proxy` (docs/operations.md, \"Finishing a migration\")"
+        ))
+        .into());
+    }
     // Change capture (either way) picks up from here; an interrupted cutover or rollback is
     // settled by `cdc` (cutover::recover).
     if matches!(
@@ -391,6 +398,29 @@ pub async fn run(req: &CheckRequest, opts: &MigrateOptions) -> anyhow::Result<Op
         bar.finish();
         result?;
     }
+    // Large objects: left out by pg_dump --schema-only and not carried by change capture, so
+    // copied once, here, from the same snapshot (a rerun after a crash copies them again).
+    if !ferry_postgres::largeobject::copied_already(&target, &store, &id).await? {
+        use ferry_postgres::largeobject;
+        let fresh = match snapshot_name {
+            Some(_) => None,
+            None => {
+                let c = req.source.connect("large-objects").await?;
+                c.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                    .await
+                    .map_err(|e| ferry_postgres::PgError::query("opening a snapshot for large objects", e))?;
+                Some(c)
+            }
+        };
+        let lo_src = fresh.as_ref().unwrap_or(&reader);
+        if largeobject::count(lo_src).await? > 0 {
+            let lo_tgt = req.target.connect("large-objects").await?;
+            let r = largeobject::copy_all(lo_src, &lo_tgt).await?;
+            largeobject::record(&target, &store, &id, Phase::FullLoad, &r).await?;
+        } else {
+            largeobject::record(&target, &store, &id, Phase::FullLoad, &Default::default()).await?;
+        }
+    }
     let data_seconds = t_data.elapsed().as_secs_f64();
     let _ = reader.batch_execute("COMMIT").await;
     if let Some(r) = repl.take() {
@@ -426,9 +456,10 @@ pub async fn run(req: &CheckRequest, opts: &MigrateOptions) -> anyhow::Result<Op
         built += outcomes.iter().filter(|o| o.ran).count();
         tracing::info!(seconds = t.elapsed().as_secs_f64(), count = n, "built {label}");
     }
-    if let Some(sql) = rest_sql {
+    if let Some(rest) = rest_sql {
         let ddl = req.target.connect("post-data").await?;
-        let script = format!("BEGIN;\n{sql}\n;\n{};\nCOMMIT;", store.post_data_done_sql(&id));
+        ferry_postgres::roles::require_on_target(&ddl, &rest.roles, &Default::default(), "policies and default privileges").await?;
+        let script = format!("BEGIN;\n{}\n;\n{};\nCOMMIT;", rest.sql, store.post_data_done_sql(&id));
         ddl.batch_execute(&script).await.map_err(|e| {
             ferry_postgres::PgError::query("restoring triggers, rules, policies and other post-data objects on the target", e)
         })?;
@@ -515,10 +546,13 @@ pub async fn cdc(req: &CheckRequest, opts: &MigrateOptions, stop: tokio::sync::w
     let store = StateStore::new(&req.state_schema);
     loop {
         let target = req.target.connect("control").await?;
-        let rec = store
-            .load(&target, &req.migration_id)
-            .await?
-            .context("the migration is not recorded on the target")?;
+        let completed = opts.live.as_ref().is_some_and(|l| l.completed().is_some());
+        let rec = match store.load(&target, &req.migration_id).await? {
+            Some(r) => r,
+            // `ferry complete` (through the API) dropped the state schema.
+            None if completed => return Ok(()),
+            None => anyhow::bail!("the migration is not recorded on the target"),
+        };
         drop(target);
         let phase = crate::cutover::recover(req, &store, rec.phase, ACTOR).await?;
         if phase == Phase::Complete {

@@ -14,6 +14,8 @@
 //! GET  /api/verify/ID    a run: status, progress while running, the report when done
 //! POST /api/cutover      ?max_pause_ms&max_lag_ms&catch_up_ms&allow_direct_sessions&no_proxy&grace_ms&skip_verify_check
 //! POST /api/rollback     same options; both answer with the switch's report       token
+//! POST /api/complete     ?source_writable&keep_state: finish after cutover (verify, drop
+//!                        Ferry's replication, record, state); answers with the report  token
 //! ```
 //!
 //! Safe by default (docs/operations.md, "Security"):
@@ -169,6 +171,7 @@ pub async fn serve(addr: SocketAddr, mut api: Api, opts: &ListenOptions) -> anyh
         .route("/api/verify/{id}", get(verify_run))
         .route("/api/cutover", post(cutover))
         .route("/api/rollback", post(rollback))
+        .route("/api/complete", post(complete))
         .with_state(api)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::from_fn_with_state(guard.clone(), check_request))
@@ -957,4 +960,59 @@ async fn rollback(
     Query(q): Query<SwitchQuery>,
 ) -> Response {
     switch(api, peer, headers, q, true).await
+}
+
+/// Options of POST /api/complete.
+#[derive(Debug, Deserialize)]
+struct CompleteQuery {
+    source_writable: Option<bool>,
+    keep_state: Option<bool>,
+}
+
+/// Finishes the migration after cutover (`ferry complete`): 200 when done (or done already),
+/// 409 when refused or a difference stopped it, 500 when a step failed (rerun it).
+async fn complete(
+    State(api): State<Api>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Query(q): Query<CompleteQuery>,
+) -> Response {
+    if let Err(r) = authorize(&api, &headers) {
+        return r.into_response();
+    }
+    let Some(board) = api.switchboard.clone() else {
+        return error(
+            StatusCode::NOT_IMPLEMENTED,
+            "this process does not offer complete".to_string(),
+            "run ferry complete --source URL --target URL with ferry migrate stopped",
+        )
+        .into_response();
+    };
+    let opts = crate::complete::CompleteOptions {
+        source_writable: q.source_writable.unwrap_or(false),
+        keep_state: q.keep_state.unwrap_or(false),
+        actor: actor(peer),
+        record_file: crate::complete::default_record_file(&api.migration_id, true),
+    };
+    let live = api.live.clone();
+    // It runs to its end even if the client goes away.
+    let report = tokio::spawn(async move {
+        let mode = crate::complete::Mode::Api {
+            live: &live,
+            board: &board,
+        };
+        crate::complete::run(&board.req, &opts, mode).await
+    })
+    .await;
+    match report {
+        Ok(r) => {
+            let code = match r.outcome {
+                "done" | "already_complete" => StatusCode::OK,
+                "refused" | "different" => StatusCode::CONFLICT,
+                _ => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            (code, Json(r)).into_response()
+        }
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), "report this as a bug").into_response(),
+    }
 }
