@@ -210,10 +210,7 @@ pub async fn check_side(c: &Client, info: &ServerInfo, side: Role, svc: Service)
     // Whatever happened, the session must not stay marked with the probe's origin.
     let _ = c.batch_execute("SELECT pg_replication_origin_session_reset()").await;
     let drop_ok: bool = c
-        .query_one(
-            "SELECT has_function_privilege('pg_replication_origin_drop(text)', 'EXECUTE')",
-            &[],
-        )
+        .query_one("SELECT has_function_privilege('pg_replication_origin_drop(text)', 'EXECUTE')", &[])
         .await
         .map(|r| r.get(0))
         .unwrap_or(true);
@@ -376,12 +373,42 @@ fn fix_alter_database(svc: Service, info: &ServerInfo) -> String {
 /// unchanged, quoted otherwise.
 pub fn ident(name: &str) -> String {
     const RESERVED: &[&str] = &[
-        "all", "analyse", "analyze", "and", "any", "as", "check", "column", "current_role", "current_user", "default", "do",
-        "end", "from", "grant", "group", "in", "not", "null", "only", "or", "order", "public", "role", "select", "session_user",
-        "table", "to", "user", "where", "with",
+        "all",
+        "analyse",
+        "analyze",
+        "and",
+        "any",
+        "as",
+        "check",
+        "column",
+        "current_role",
+        "current_user",
+        "default",
+        "do",
+        "end",
+        "from",
+        "grant",
+        "group",
+        "in",
+        "not",
+        "null",
+        "only",
+        "or",
+        "order",
+        "public",
+        "role",
+        "select",
+        "session_user",
+        "table",
+        "to",
+        "user",
+        "where",
+        "with",
     ];
     let simple = name.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c == '_')
-        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '$')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '$')
         && !RESERVED.contains(&name);
     if simple {
         name.to_string()
@@ -409,7 +436,8 @@ mod tests {
     fn fixes_name_the_services_roles_and_quote_names() {
         assert!(fix_replication(Service::Rds, "ferry").contains("GRANT rds_replication TO ferry"));
         assert!(fix_replication(Service::SelfManaged, "Ferry User").contains("ALTER ROLE \"Ferry User\" REPLICATION"));
-        assert!(fix_session_replication_role(Service::SelfManaged, &info(15, "f")).contains("GRANT SET ON PARAMETER session_replication_role TO f"));
+        assert!(fix_session_replication_role(Service::SelfManaged, &info(15, "f"))
+            .contains("GRANT SET ON PARAMETER session_replication_role TO f"));
         assert!(fix_session_replication_role(Service::SelfManaged, &info(14, "f")).contains("only superusers"));
         assert!(fix_session_replication_role(Service::CloudSql, &info(14, "f")).contains("GRANT cloudsqlsuperuser TO f"));
         assert!(fix_origins(Service::SelfManaged, &info(16, "f")).contains("pg_replication_origin_session_setup(text)"));

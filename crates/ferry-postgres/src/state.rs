@@ -239,16 +239,25 @@ COMMENT ON SCHEMA {s} IS 'Ferry migration state: do not edit while a migration r
             .map_err(|e: ferry_core::state::UnknownState| PgError::config(context(), e.to_string(), "upgrade Ferry"))?;
         from.check_transition(to)
             .map_err(|e| PgError::config(context(), e.to_string(), "run the step the current phase allows first"))?;
-        let n = c
-            .execute(
+        // One statement, so one transaction: a crash (kill -9 at any moment) leaves the phase
+        // and its transitions row both written or both not.
+        let n: i64 = c
+            .query_one(
                 &format!(
-                    "UPDATE {}.migrations SET phase = $3, updated_at = now() WHERE id = $1 AND phase = $2",
-                    self.q
+                    "WITH moved AS (
+                       UPDATE {q}.migrations SET phase = $3, updated_at = now() WHERE id = $1 AND phase = $2 RETURNING id
+                     ), logged AS (
+                       INSERT INTO {q}.transitions (migration_id, from_phase, to_phase, actor, reason)
+                       SELECT id, $2, $3, $4, $5 FROM moved RETURNING 1
+                     )
+                     SELECT count(*) FROM logged",
+                    q = self.q
                 ),
-                &[&id, &from.as_str(), &to.as_str()],
+                &[&id, &from.as_str(), &to.as_str(), &actor, &reason],
             )
             .await
-            .map_err(|e| PgError::query("recording the phase", e))?;
+            .map_err(|e| PgError::query("recording the phase and its transition", e))?
+            .get(0);
         if n != 1 {
             return Err(PgError::config(
                 context(),
@@ -256,15 +265,6 @@ COMMENT ON SCHEMA {s} IS 'Ferry migration state: do not edit while a migration r
                 "look at `ferry status` and retry if still wanted",
             ));
         }
-        c.execute(
-            &format!(
-                "INSERT INTO {}.transitions (migration_id, from_phase, to_phase, actor, reason) VALUES ($1, $2, $3, $4, $5)",
-                self.q
-            ),
-            &[&id, &from.as_str(), &to.as_str(), &actor, &reason],
-        )
-        .await
-        .map_err(|e| PgError::query("recording the phase transition", e))?;
         self.event(c, id, to, "phase", reason).await?;
         if from != to {
             tracing::info!(migration = id, from = %from, to = %to, actor, reason, "phase changed");

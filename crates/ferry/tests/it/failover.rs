@@ -62,7 +62,10 @@ async fn a_lost_reverse_slot_after_cutover_keeps_the_proxy_serving() {
     let deadline = Instant::now() + Duration::from_secs(30);
     let slot: String = loop {
         let rows = t
-            .query("SELECT slot_name::text FROM pg_replication_slots WHERE database = current_database() AND active", &[])
+            .query(
+                "SELECT slot_name::text FROM pg_replication_slots WHERE database = current_database() AND active",
+                &[],
+            )
             .await
             .unwrap();
         if let Some(r) = rows.first() {
@@ -72,12 +75,18 @@ async fn a_lost_reverse_slot_after_cutover_keeps_the_proxy_serving() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     loop {
-        t.execute("SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = $1 AND active", &[&slot])
-            .await
-            .unwrap();
-        if t.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1 AND NOT active", &[&slot])
-            .await
-            .is_ok_and(|n| n == 1)
+        t.execute(
+            "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = $1 AND active",
+            &[&slot],
+        )
+        .await
+        .unwrap();
+        if t.execute(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1 AND NOT active",
+            &[&slot],
+        )
+        .await
+        .is_ok_and(|n| n == 1)
         {
             break;
         }

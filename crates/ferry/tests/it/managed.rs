@@ -100,15 +100,13 @@ impl Managed {
         self.dbs.drop().await;
         for url in [s, t] {
             let c = connect(&with_db(&url, "postgres")).await;
-            c.batch_execute(&format!("DROP OWNED BY {roles}; DROP ROLE {roles}"))
-                .await
-                .unwrap();
+            c.batch_execute(&format!("DROP OWNED BY {roles}; DROP ROLE {roles}")).await.unwrap();
         }
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn heavy_least_privilege_check_migrate_verify_cutover_rollback_cutover() {
+async fn heavy_least_privilege_check_migrate_verify_cutover_rollback_cutover_complete() {
     let m = Managed::create("mgd").await;
     let su: bool = connect(&m.source)
         .await
@@ -184,8 +182,42 @@ async fn heavy_least_privilege_check_migrate_verify_cutover_rollback_cutover() {
     assert_eq!(report["outcome"], "done", "{}", run.all());
     drop(app);
 
+    // Complete, still without superuser: nothing of Ferry's is left on either side. (The
+    // reverse stream must be running: complete stops it at a known position.)
+    api_wait(&api, "reverse replication to run", Duration::from_secs(60), |s| {
+        !s["live"]["reverse"].is_null()
+    })
+    .await;
+    let record = std::env::temp_dir().join(format!("ferry-mgd-{}.json", m.dbs.name));
+    let run = ferry(&[
+        "complete",
+        "--api",
+        &format!("http://{api}"),
+        "--json",
+        "--record-file",
+        record.to_str().unwrap(),
+    ]);
+    assert_eq!(run.code, 0, "{}", run.all());
+    let v: serde_json::Value = serde_json::from_str(&run.stdout).unwrap_or_else(|_| panic!("{}", run.all()));
+    assert_eq!(v["outcome"], "done", "{v}");
+    let _ = std::fs::remove_file(&record);
     let run = migrator.terminate();
     assert_eq!(run.code, 0, "{}", run.all());
+    for url in [&m.dbs.source, &m.dbs.target] {
+        assert!(slots(url).await.is_empty(), "a slot is left on {url}");
+        let c = connect(url).await;
+        let left: i64 = c
+            .query_one(
+                "SELECT (SELECT count(*) FROM pg_publication)
+                      + (SELECT count(*) FROM pg_replication_origin WHERE roname LIKE 'ferry%' || $1 || '%')",
+                &[&m.dbs.name],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(left, 0, "a publication or replication origin is left on {url}");
+    }
+    assert!(!has_state_schema(&m.dbs.target).await);
     assert_identical(&m.dbs.source, &m.dbs.target).await;
     m.drop().await;
 }
@@ -223,8 +255,18 @@ async fn each_missing_right_is_named_with_its_grant_and_migrate_writes_nothing()
             format!("GRANT {origin_fn} TO {u}"),
             "pg_replication_origin_create(text)".into(),
         ),
-        ("source", format!("REVOKE {d} FROM {u}"), format!("GRANT {d} TO {u}"), format!("OWNER TO {u}")),
-        ("source", format!("REVOKE {o} FROM {u}"), format!("GRANT {o} TO {u}"), format!("GRANT {o} TO {u}")),
+        (
+            "source",
+            format!("REVOKE {d} FROM {u}"),
+            format!("GRANT {d} TO {u}"),
+            format!("OWNER TO {u}"),
+        ),
+        (
+            "source",
+            format!("REVOKE {o} FROM {u}"),
+            format!("GRANT {o} TO {u}"),
+            format!("GRANT {o} TO {u}"),
+        ),
     ];
     for (side, revoke, grant, fix) in &cases {
         m.on(side, revoke).await;
