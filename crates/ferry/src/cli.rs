@@ -554,6 +554,11 @@ pub struct CompleteArgs {
     /// stays read-only, so that nothing writes to the database the application left).
     #[arg(long)]
     pub source_writable: bool,
+    /// Complete without the last verification. Only for when reverse replication was lost after
+    /// cutover (the source is then known to be behind, and a verification could only list the
+    /// writes it missed): the application stays on the target either way.
+    #[arg(long)]
+    pub skip_verify: bool,
     /// Keep Ferry's state schema on the target (by default the migration's record is written to
     /// --record-file and the schema dropped).
     #[arg(long)]

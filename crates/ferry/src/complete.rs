@@ -53,6 +53,9 @@ pub struct CompleteOptions {
     pub actor: String,
     /// Where to write the migration's record.
     pub record_file: PathBuf,
+    /// Complete without the last verification (`--skip-verify`): for when reverse replication
+    /// was lost after cutover, so that the source is known to be behind.
+    pub skip_verify: bool,
 }
 
 /// Where `complete` runs.
@@ -261,7 +264,7 @@ async fn inner(req: &CheckRequest, opts: &CompleteOptions, mode: &Mode<'_>, r: &
             }
         }
         if let Mode::Api { live, .. } = mode {
-            if live.reverse().is_none() {
+            if live.reverse().is_none() && !opts.skip_verify {
                 r.refuse(
                     "reverse replication (target to source) is not running in this ferry migrate right now (starting or reconnecting)"
                         .into(),
@@ -281,8 +284,23 @@ async fn inner(req: &CheckRequest, opts: &CompleteOptions, mode: &Mode<'_>, r: &
             .await?;
         // Verify once more. A difference stops here: nothing is changed.
         let t = Instant::now();
-        let report = verify(req, mode, &state_c, &store, &opts.actor).await?;
-        r.step("verified target against source", t);
+        let report = if opts.skip_verify {
+            store
+                .event(
+                    &state_c,
+                    id,
+                    Phase::CutOver,
+                    "complete",
+                    &format!("{} completes without the last verification (--skip-verify)", opts.actor),
+                )
+                .await?;
+            VerifyReport::default()
+        } else {
+            verify(req, mode, &state_c, &store, &opts.actor).await?
+        };
+        if !opts.skip_verify {
+            r.step("verified target against source", t);
+        }
         let swapped = matches!(mode, Mode::Api { .. });
         r.verification = Some(json!({
             "rows_compared": report.rows_compared,
@@ -323,10 +341,17 @@ async fn inner(req: &CheckRequest, opts: &CompleteOptions, mode: &Mode<'_>, r: &
                 id,
                 Phase::Complete,
                 &opts.actor,
-                &format!(
-                    "completed by {}: the target equals the source ({} rows compared); Ferry's replication is dropped, the application stays on the target",
-                    opts.actor, report.rows_compared
-                ),
+                &if opts.skip_verify {
+                    format!(
+                        "completed by {} without the last verification (--skip-verify); Ferry's replication is dropped, the application stays on the target",
+                        opts.actor
+                    )
+                } else {
+                    format!(
+                        "completed by {}: the target equals the source ({} rows compared); Ferry's replication is dropped, the application stays on the target",
+                        opts.actor, report.rows_compared
+                    )
+                },
             )
             .await?;
         r.phase = Some("complete".into());
@@ -828,6 +853,7 @@ pub async fn command(args: &crate::cli::CompleteArgs) -> anyhow::Result<i32> {
                 keep_state: args.keep_state,
                 actor: ACTOR.into(),
                 record_file: record_file.clone(),
+                skip_verify: args.skip_verify,
             };
             let prior = read_record(&record_file);
             serde_json::to_value(run(&req, &opts, Mode::Cli { prior }).await)?
@@ -836,8 +862,8 @@ pub async fn command(args: &crate::cli::CompleteArgs) -> anyhow::Result<i32> {
             let api = args.api.as_deref().unwrap_or("http://127.0.0.1:7117");
             let client = crate::status::ApiClient::new(api, args.api_token_file.as_deref(), args.api_ca.as_deref())?;
             let path = format!(
-                "/api/complete?source_writable={}&keep_state={}",
-                args.source_writable, args.keep_state
+                "/api/complete?source_writable={}&keep_state={}&skip_verify={}",
+                args.source_writable, args.keep_state, args.skip_verify
             );
             let (code, body) = client.request("POST", &path).await?;
             let mut v: Value = serde_json::from_slice(&body).unwrap_or_else(|_| json!({ "error": String::from_utf8_lossy(&body) }));

@@ -14,7 +14,7 @@
 //! GET  /api/verify/ID    a run: status, progress while running, the report when done
 //! POST /api/cutover      ?max_pause_ms&max_lag_ms&catch_up_ms&allow_direct_sessions&no_proxy&grace_ms&skip_verify_check
 //! POST /api/rollback     same options; both answer with the switch's report       token
-//! POST /api/complete     ?source_writable&keep_state: finish after cutover (verify, drop
+//! POST /api/complete     ?source_writable&keep_state&skip_verify: finish after cutover (verify, drop
 //!                        Ferry's replication, record, state); answers with the report  token
 //! ```
 //!
@@ -967,6 +967,7 @@ async fn rollback(
 struct CompleteQuery {
     source_writable: Option<bool>,
     keep_state: Option<bool>,
+    skip_verify: Option<bool>,
 }
 
 /// Finishes the migration after cutover (`ferry complete`): 200 when done (or done already),
@@ -993,6 +994,7 @@ async fn complete(
         keep_state: q.keep_state.unwrap_or(false),
         actor: actor(peer),
         record_file: crate::complete::default_record_file(&api.migration_id, true),
+        skip_verify: q.skip_verify.unwrap_or(false),
     };
     let live = api.live.clone();
     // It runs to its end even if the client goes away.

@@ -107,6 +107,21 @@ async fn a_lost_reverse_slot_after_cutover_keeps_the_proxy_serving() {
     app.batch_execute("CREATE TABLE after_loss (id int PRIMARY KEY); INSERT INTO after_loss VALUES (1)")
         .await
         .unwrap();
+    // The way back is gone: complete refuses to guess, and completes when told the source is
+    // known to be behind.
+    let record = std::env::temp_dir().join(format!("ferry-revloss-{}.json", dbs.name));
+    let url = format!("http://{api}");
+    let base = ["complete", "--api", &url, "--json", "--record-file", record.to_str().unwrap()];
+    let run = ferry(&base);
+    assert_eq!(run.code, 1, "complete went ahead without a reverse stream:\n{}", run.all());
+    let mut args = base.to_vec();
+    args.push("--skip-verify");
+    let run = ferry(&args);
+    assert_eq!(run.code, 0, "{}", run.all());
+    let v: serde_json::Value = serde_json::from_str(&run.stdout).unwrap_or_else(|_| panic!("{}", run.all()));
+    assert_eq!(v["outcome"], "done", "{v}");
+    let _ = std::fs::remove_file(&record);
+    assert!(slots(&dbs.source).await.is_empty() && slots(&dbs.target).await.is_empty());
     let run = m.terminate();
     assert_eq!(run.code, 0, "{}", run.all());
     drop((app, t));
