@@ -429,6 +429,23 @@ impl Switchboard {
     /// `application_name`, which any client can set; the replication stream is a walsender,
     /// not a client backend.
     async fn direct_sessions(&self, c: &Client, side: &str) -> Result<Vec<String>, PgError> {
+        let first = self.direct_sessions_once(c, side).await?;
+        if first.is_empty() {
+            return Ok(Vec::new());
+        }
+        // A session this process is opening right now is listed by the server a moment before
+        // Ferry has read its pid (login, then one round trip): look again, and name only the
+        // sessions seen both times.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let again = self.direct_sessions_once(c, side).await?;
+        Ok(again
+            .into_iter()
+            .filter(|(pid, _)| first.iter().any(|(p, _)| p == pid))
+            .map(|(_, text)| text)
+            .collect())
+    }
+
+    async fn direct_sessions_once(&self, c: &Client, side: &str) -> Result<Vec<(i32, String)>, PgError> {
         let proxied: Vec<i32> = self.live.proxy().map(|p| p.backend_pids()).unwrap_or_default();
         let (own_pids, own_starts) = own_sessions();
         let sql = format!(
@@ -446,13 +463,16 @@ impl Switchboard {
         Ok(rows
             .iter()
             .map(|r| {
-                format!(
-                    "pid {} (user {}, application '{}', from {}, {})",
-                    r.get::<_, i32>(0),
-                    r.get::<_, String>(1),
-                    r.get::<_, String>(2),
-                    r.get::<_, String>(3),
-                    r.get::<_, String>(4)
+                let pid = r.get::<_, i32>(0);
+                (
+                    pid,
+                    format!(
+                        "pid {pid} (user {}, application '{}', from {}, {})",
+                        r.get::<_, String>(1),
+                        r.get::<_, String>(2),
+                        r.get::<_, String>(3),
+                        r.get::<_, String>(4)
+                    ),
                 )
             })
             .collect())
