@@ -429,14 +429,11 @@ const CHUNK_STATEMENTS: usize = 2000;
 
 impl Applier<'_> {
     fn pg_failure(&self, what: &str, e: tokio_postgres::Error) -> Failure {
-        // Connection exceptions (08), operator intervention such as pg_terminate_backend or a
-        // shutdown (57), serialization failures and deadlocks (40), out of resources (53):
-        // reconnect and retry from the last commit. Anything else is the data's problem.
+        // PostgreSQL's one retry table (ferry_postgres::error::sqlstate_class): reconnect and
+        // retry from the last commit. Anything else is the data's problem.
         let transient = e.is_closed()
-            || e.as_db_error().is_none_or(|d| {
-                let code = d.code().code();
-                ["08", "57", "40", "53"].iter().any(|c| code.starts_with(c))
-            });
+            || e.as_db_error()
+                .is_none_or(|d| ferry_postgres::error::sqlstate_class(d.code().code()) == ferry_core::ErrorClass::Transient);
         let text = match e.as_db_error() {
             Some(d) => format!("{}{}", d.message(), d.detail().map(|x| format!(" ({x})")).unwrap_or_default()),
             None => e.to_string(),

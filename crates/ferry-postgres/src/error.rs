@@ -171,17 +171,41 @@ fn classify(e: &tokio_postgres::Error) -> Classified {
         }),
         _ => db.hint().map(str::to_string),
     };
-    let class = match code.code().get(..2) {
-        // Connection exceptions, insufficient resources, operator intervention (shutdown,
-        // restart), and transaction rollbacks (serialization failure, deadlock) are transient.
-        Some("08") | Some("53") | Some("57") | Some("40") | Some("58") => {
-            if code == SqlState::TOO_MANY_CONNECTIONS {
-                ErrorClass::Definite
-            } else {
-                ErrorClass::Transient
-            }
-        }
+    (reason, fix, sqlstate_class(code.code()), Some(code.code().to_string()))
+}
+
+/// Whether an error with this SQLSTATE is worth retrying: the one table every PostgreSQL
+/// connection of Ferry's uses (queries, the replication protocol, the stream, the appliers).
+///
+/// Transient: connection exceptions (08), transaction rollbacks such as serialization failures
+/// and deadlocks (40), operator intervention such as a shutdown, a restart or
+/// `pg_terminate_backend` (57), system errors (58), insufficient resources (53: out of memory,
+/// disk full), and an object in use (55006: a replication slot another, perhaps dying,
+/// consumer still holds). Definite: everything else, and `too_many_connections` (53300), which
+/// waits for the operator (lower --jobs or raise max_connections / max_wal_senders).
+pub fn sqlstate_class(code: &str) -> ErrorClass {
+    match code.get(..2) {
+        _ if code == "53300" => ErrorClass::Definite,
+        _ if code == "55006" => ErrorClass::Transient,
+        Some("08" | "40" | "53" | "57" | "58") => ErrorClass::Transient,
         _ => ErrorClass::Definite,
-    };
-    (reason, fix, class, Some(code.code().to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_retry_table_for_every_connection() {
+        for transient in [
+            "08006", "08P01", "40001", "40P01", "57P01", "57014", "58030", "53100", "53200", "55006",
+        ] {
+            assert_eq!(sqlstate_class(transient), ErrorClass::Transient, "{transient}");
+        }
+        // Waiting fixes none of these: the operator must act.
+        for definite in ["53300", "55000", "42704", "42501", "23505", "22P02", "28P01", "", "5"] {
+            assert_eq!(sqlstate_class(definite), ErrorClass::Definite, "{definite}");
+        }
+    }
 }

@@ -459,10 +459,7 @@ fn db_error(context: String, body: &backend::ErrorResponseBody) -> PgError {
             _ => {}
         }
     }
-    let class = match code.as_deref().and_then(|c| c.get(..2)) {
-        Some("08") | Some("57") | Some("40") | Some("58") => ErrorClass::Transient,
-        _ => ErrorClass::Definite,
-    };
+    let class = code.as_deref().map(crate::error::sqlstate_class).unwrap_or(ErrorClass::Definite);
     let fix = match code.as_deref() {
         Some("28P01") => Some("check the user and password (in the URL, FERRY_SOURCE_PASSWORD, or --source-password-file)".to_string()),
         Some("28000") => Some(

@@ -132,13 +132,9 @@ fn error_body(context: &str, body: &[u8]) -> PgError {
         }
         rest = tail.get(end + 1..).unwrap_or(&[]);
     }
-    let class = match code.as_deref().and_then(|c| c.get(..2)) {
-        Some("08") | Some("57") | Some("53") | Some("58") | Some("40") => ErrorClass::Transient,
-        // 55006 "replication slot is active for PID": another consumer holds it; it may be a
-        // dying one. (55000, an invalidated slot, is definite: waiting never brings it back.)
-        _ if code.as_deref() == Some("55006") => ErrorClass::Transient,
-        _ => ErrorClass::Definite,
-    };
+    // 55006 "replication slot is active for PID" is transient (another consumer, perhaps a
+    // dying one, holds it); 55000, an invalidated slot, is definite: waiting never brings it back.
+    let class = code.as_deref().map(crate::error::sqlstate_class).unwrap_or(ErrorClass::Definite);
     let fix = match code.as_deref() {
         // The slot is gone: dropped by hand, or the source failed over to a standby that had no
         // copy of it (PostgreSQL before 17 does not synchronise logical slots to standbys).

@@ -21,14 +21,22 @@ use clap::Parser;
 use cli::{Cli, Command, LogFormat};
 use tracing_subscriber::EnvFilter;
 
+/// Every crate of Ferry's at `level`, everything else (drivers, HTTP) at warn.
+fn default_filter(level: &str) -> String {
+    const CRATES: [&str; 6] = ["ferry", "ferry_core", "ferry_postgres", "ferry_mysql", "ferry_proxy", "ferry_tls"];
+    std::iter::once("warn".to_string())
+        .chain(CRATES.iter().map(|c| format!("{c}={level}")))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 fn init_logging(format: LogFormat, verbose: u8) {
     let default = match verbose {
         0 => "info",
         1 => "debug",
         _ => "trace",
     };
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(format!("warn,ferry={default},ferry_postgres={default},ferry_core={default}")));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter(default)));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
