@@ -17,7 +17,6 @@ mod settings;
 mod status;
 mod verify_cmd;
 
-use clap::Parser;
 use cli::{Cli, Command, LogFormat};
 use tracing_subscriber::EnvFilter;
 
@@ -51,6 +50,7 @@ fn init_logging(format: LogFormat, verbose: u8) {
 async fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Check(args) if ferry_mysql::is_mysql_url(&args.endpoints.source) => {
+            refuse_flags("check", &["roles", "roles_map", "pg_bin_dir"])?;
             let req = settings::resolve_mysql(&args.endpoints)?;
             let report = ferry_mysql::preflight::check(&req).await;
             if args.json {
@@ -71,7 +71,10 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             }
             Ok(if report.blocked() { exit::FOUND_PROBLEM } else { exit::OK })
         }
-        Command::Migrate(args) if ferry_mysql::is_mysql_url(&args.endpoints.source) => mysql_cmd::migrate(&args).await,
+        Command::Migrate(args) if ferry_mysql::is_mysql_url(&args.endpoints.source) => {
+            refuse_flags("migrate", POSTGRES_ONLY_MIGRATE_FLAGS)?;
+            mysql_cmd::migrate(&args).await
+        }
         Command::Migrate(args) => {
             // Checked at start, not at cutover time.
             let webhook = args
@@ -367,8 +370,77 @@ pub(crate) async fn shutdown_signal() {
     }
 }
 
+/// The parsed command line, for [`given`].
+static MATCHES: std::sync::OnceLock<clap::ArgMatches> = std::sync::OnceLock::new();
+
+/// Which of `ids` (argument ids: the field names) the user gave to subcommand `sub` on the
+/// command line, as the flags they type (`--proxy-listen`). Values from the environment
+/// (FERRY_LISTEN, say, exported for every run) do not count.
+fn given(sub: &str, ids: &[&str]) -> Vec<String> {
+    use clap::parser::ValueSource;
+    let Some(m) = MATCHES.get().and_then(|m| m.subcommand_matches(sub)) else {
+        return Vec::new();
+    };
+    ids.iter()
+        .filter(|id| m.value_source(id) == Some(ValueSource::CommandLine))
+        .map(|id| format!("--{}", id.replace('_', "-")))
+        .collect()
+}
+
+/// Flags of `ferry migrate` that only a PostgreSQL source uses (the MySQL path does not have
+/// the control plane, proxy or roles handling yet): given with a MySQL source they are a
+/// usage error naming them, never silently ignored.
+const POSTGRES_ONLY_MIGRATE_FLAGS: &[&str] = &[
+    "listen",
+    "api_token_file",
+    "api_tls_cert",
+    "api_tls_key",
+    "api_allowed_host",
+    "wal_warn",
+    "proxy_listen",
+    "proxy_users_file",
+    "proxy_tls_cert",
+    "proxy_tls_key",
+    "proxy_require_tls",
+    "proxy_max_connections",
+    "webhook",
+    "webhook_ca",
+    "auto_rollback_lag",
+    "auto_rollback_apply_errors",
+    "skip_dead_letters",
+    "stream_timeout",
+    "commit_interval",
+    "apply_timeout",
+    "maintenance_work_mem",
+    "no_analyze",
+    "roles",
+    "roles_map",
+    "pg_bin_dir",
+];
+
+fn refuse_flags(sub: &str, ids: &[&str]) -> anyhow::Result<()> {
+    let flags = given(sub, ids);
+    if flags.is_empty() {
+        return Ok(());
+    }
+    Err(exit::UsageError(format!(
+        "{} {} not apply to a MySQL/MariaDB source (ferry {sub} does not use {}): leave {} out",
+        flags.join(", "),
+        if flags.len() == 1 { "does" } else { "do" },
+        if flags.len() == 1 { "it" } else { "them" },
+        if flags.len() == 1 { "it" } else { "them" }
+    ))
+    .into())
+}
+
 fn main() {
-    let cli = match Cli::try_parse() {
+    use clap::{CommandFactory, FromArgMatches};
+    let parsed = Cli::command().try_get_matches().and_then(|m| {
+        let cli = Cli::from_arg_matches(&m)?;
+        let _ = MATCHES.set(m);
+        Ok(cli)
+    });
+    let cli = match parsed {
         Ok(c) => c,
         Err(e) => {
             let code = if e.use_stderr() { exit::USAGE } else { exit::OK };

@@ -268,3 +268,42 @@ async fn non_utf8_source_database_is_refused() {
         .unwrap();
     dbs.drop().await;
 }
+
+/// Flags only the PostgreSQL path uses are a usage error with a MySQL source, naming them:
+/// never silently ignored (a --proxy-listen that serves nothing, a --webhook never sent).
+#[test]
+fn postgres_only_flags_with_a_mysql_source_are_named() {
+    let run = ferry(&[
+        "migrate",
+        "--source",
+        "mysql://app:secret-77@127.0.0.1:1/shop",
+        "--target",
+        "postgres://postgres@127.0.0.1:1/shop",
+        "--proxy-listen",
+        "127.0.0.1:6432",
+        "--webhook",
+        "https://hooks.example/ferry",
+        "--skip-dead-letters",
+    ]);
+    assert_eq!(run.code, 2, "{}", run.all());
+    for flag in ["--proxy-listen", "--webhook", "--skip-dead-letters", "MySQL"] {
+        assert!(run.stderr.contains(flag), "{flag} not named: {}", run.all());
+    }
+    assert!(!run.all().contains("secret-77"), "{}", run.all());
+    // check too. (Defaults and environment values do not count: every MySQL test runs with
+    // FERRY_LISTEN=off in its environment.)
+    let run: Run = crate::harness::ferry_cmd(&[
+        "check",
+        "--source",
+        "mysql://app:secret-77@127.0.0.1:1/shop",
+        "--target",
+        "postgres://postgres@127.0.0.1:1/shop",
+        "--roles-map",
+        "/nonexistent",
+    ])
+    .output()
+    .unwrap()
+    .into();
+    assert_eq!(run.code, 2, "{}", run.all());
+    assert!(run.stderr.contains("--roles-map"), "{}", run.all());
+}
