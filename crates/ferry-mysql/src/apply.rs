@@ -372,6 +372,16 @@ enum Failure {
     Fatal(MyError),
 }
 
+impl From<MyError> for Failure {
+    /// By the error's class ([`crate::error::error_class`] for the server's error numbers).
+    fn from(e: MyError) -> Failure {
+        match e.class {
+            ferry_core::ErrorClass::Transient => Failure::Transient(e),
+            ferry_core::ErrorClass::Definite => Failure::Fatal(e),
+        }
+    }
+}
+
 /// A statement waiting in the chunk and what it must report.
 struct Expect {
     /// Rows it must touch (None: any, for TRUNCATE and Ferry's own statements).
@@ -439,7 +449,7 @@ impl Applier<'_> {
             None => e.to_string(),
         };
         if transient {
-            Failure::Transient(MyError::new(
+            Failure::Transient(MyError::transient(
                 &format!("{what} on the target {}", self.target),
                 &text,
                 "Ferry reconnects with backoff and resumes from its last commit",
@@ -838,18 +848,7 @@ async fn run(
         })?;
     let mut reader = BinlogReader::start(&req.source, opts.server_id, &start.file, start.pos, &plan.tables)
         .await
-        .map_err(|e| {
-            if e.reason.contains("1236") || e.reason.contains("first log file") || e.reason.contains("purged") {
-                Failure::Fatal(MyError::new(
-                    &format!("resuming the binlog at {start}"),
-                    &e.reason,
-                    "the source no longer has that binlog file (purged): the changes since are lost to Ferry; keep binlogs longer \
-                     (binlog_expire_logs_seconds) and reload with ferry migrate --overwrite",
-                ))
-            } else {
-                Failure::Transient(e)
-            }
-        })?;
+        .map_err(Failure::from)?;
     tracing::info!(position = %start, "streaming the binlog");
     // Not holding (a hold of an earlier run that failed is over).
     let _ = pg
@@ -900,7 +899,7 @@ async fn run(
                         Ok(r) => r,
                         Err(_) => {
                             let (file, pos) = reader.position();
-                            return Err(Failure::Transient(MyError::new(
+                            return Err(Failure::Transient(MyError::transient(
                                 &format!("reading the binlog from {} after {file}:{pos}", reader.server()),
                                 &format!(
                                     "no event and no heartbeat within {} (an idle source sends one every {}): the binlog connection is presumed dead",
@@ -922,18 +921,13 @@ async fn run(
             Ok(Some(c)) => c,
             Ok(None) => {
                 let (file, pos) = reader.position();
-                return Err(Failure::Transient(MyError::new(
+                return Err(Failure::Transient(MyError::transient(
                     &format!("reading the binlog from {} after {file}:{pos}", reader.server()),
                     "the source closed the binlog connection",
                     "Ferry reconnects with backoff and resumes from its last commit",
                 )));
             }
-            Err(e) => {
-                if e.reason.contains("schema changed") {
-                    return Err(Failure::Fatal(e));
-                }
-                return Err(Failure::Transient(e));
-            }
+            Err(e) => return Err(Failure::from(e)),
         };
         for c in changes {
             match c {

@@ -193,6 +193,24 @@ impl std::fmt::Debug for BinlogReader {
     }
 }
 
+/// A binlog stream error, classified by the server's error number ([`crate::error::error_class`]):
+/// a binlog the source cannot serve any more (purged, or a position past its end) is definite and
+/// says how to recover; a lost connection is transient (`fix` says what happens then).
+fn stream_error(context: &str, e: mysql_async::Error, fix: &str) -> MyError {
+    let e = MyError::driver(context, e, fix);
+    if e.code == Some(crate::error::BINLOG_UNREADABLE) {
+        return MyError {
+            fix: Some(
+                "the source no longer has that binlog file (purged), so the changes since are lost to Ferry: keep binlogs longer \
+                 (binlog_expire_logs_seconds) and load again with ferry migrate --overwrite"
+                    .into(),
+            ),
+            ..e
+        };
+    }
+    e
+}
+
 impl BinlogReader {
     /// Connects as a replica with `server_id` (unique among the source's replicas) and asks for
     /// the binlog from `file`:`pos`. `tables` gives ENUM/SET labels.
@@ -219,9 +237,9 @@ impl BinlogReader {
                 &asking,
                 conn.get_binlog_stream(request).map(|r| {
                     r.map_err(|e| {
-                        MyError::new(
+                        stream_error(
                             &format!("reading the binlog of {} from {file}:{pos}", source.describe()),
-                            &e.to_string(),
+                            e,
                             "check REPLICATION SLAVE for Ferry's user, and that the file still exists (SHOW BINARY LOGS)",
                         )
                     })
@@ -283,9 +301,9 @@ impl BinlogReader {
     pub async fn next(&mut self) -> Result<Option<Vec<Change>>, MyError> {
         let Some(event) = self.stream.next().await else { return Ok(None) };
         let event = event.map_err(|e| {
-            MyError::new(
+            stream_error(
                 &format!("reading the binlog from {} after {}:{}", self.server, self.file, self.pos),
-                &e.to_string(),
+                e,
                 "Ferry reconnects with backoff and resumes from its last commit",
             )
         })?;

@@ -76,7 +76,7 @@ pub async fn deadline<T>(peer: &str, limit: Duration, what: &str, fut: impl Futu
 
 /// The error of an expired deadline.
 pub fn timed_out(peer: &str, limit: Duration, what: &str) -> MyError {
-    MyError::new(
+    MyError::transient(
         what,
         &format!(
             "no answer from {peer} within {}; Ferry gave up on that connection",
@@ -526,7 +526,7 @@ impl MyEndpoint {
         tokio::time::timeout(self.connect_timeout, mysql_async::Conn::new(opts))
             .await
             .map_err(|_| {
-                MyError::new(
+                MyError::transient(
                     what,
                     &format!(
                         "no connection and log-in within {} (connect timeout: TCP connect, the server's greeting, TLS, authentication, session setup)",
@@ -541,7 +541,7 @@ impl MyEndpoint {
         match f {
             tls::Failure::NoTls => tls::no_tls_error(what, self.tls.mode),
             tls::Failure::Tls(reason, fix) => MyError::new(what, &format!("ssl-mode={}: {reason}", self.tls.mode.name()), &fix),
-            tls::Failure::Other(reason) => MyError::new(
+            tls::Failure::Other(reason) => MyError::transient(
                 what,
                 &reason,
                 "check the host and port, and that the server is running and listening on TCP",
@@ -605,13 +605,13 @@ impl MyEndpoint {
                     );
                 }
             }
-            return MyError::new(
+            return MyError::transient(
                 what,
                 &e.to_string(),
                 "check the host and port, and that the server is running and listening on TCP",
             );
         }
-        MyError::new(what, &e.to_string(), "check the URL and that the server is reachable")
+        MyError::driver(what, e, "check the URL and that the server is reachable")
     }
 }
 

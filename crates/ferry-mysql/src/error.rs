@@ -1,4 +1,10 @@
-//! Errors from the MySQL/MariaDB side, for humans: what failed, why, and what to do.
+//! Errors from the MySQL/MariaDB side, for humans: what failed, why, and what to do, with the
+//! class that decides retry and the server's error number when it sent one.
+//!
+//! Retry is decided in one place, [`error_class`], by the server's error number, never by
+//! matching its text; driver errors (a socket, a closed connection) are transient.
+
+use ferry_core::{ErrorClass, Fault};
 
 /// What failed, why, and the fix.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -10,22 +16,71 @@ pub struct MyError {
     pub reason: String,
     /// What to do about it.
     pub fix: Option<String>,
+    /// Retry or stop.
+    pub class: ErrorClass,
+    /// The server's error number (`ER_*`), when the server sent one.
+    pub code: Option<u16>,
 }
 
+impl Fault for MyError {
+    fn class(&self) -> ErrorClass {
+        self.class
+    }
+}
+
+/// MySQL/MariaDB server error numbers that waiting and retrying can fix; every other server
+/// error is definite (the operator must act).
+pub fn error_class(code: u16) -> ErrorClass {
+    match code {
+        // ER_CON_COUNT_ERROR, ER_SERVER_SHUTDOWN, ER_NORMAL_SHUTDOWN, ER_SHUTDOWN_COMPLETE
+        1040 | 1053 | 1077 | 1079
+        // ER_NET_READ_ERROR_FROM_PIPE .. ER_NET_WRITE_INTERRUPTED (network read/write errors and timeouts)
+        | 1154..=1161
+        // ER_LOCK_WAIT_TIMEOUT, ER_LOCK_DEADLOCK, ER_QUERY_INTERRUPTED
+        | 1205 | 1213 | 1317
+        // ER_TOO_MANY_USER_CONNECTIONS, ER_OUT_OF_RESOURCES, ER_CON_COUNT (host), ER_LOCK_TABLE_FULL
+        | 1203 | 1041 | 1135 | 1206
+        // ER_CONNECTION_KILLED (MariaDB), ER_QUERY_TIMEOUT / max_statement_time (MariaDB 1969),
+        // ER_QUERY_EXECUTION_INTERRUPTED (MySQL max_execution_time)
+        | 1927 | 1969 | 3024
+        // Client-side numbers some drivers report as server errors: server gone away, lost
+        // connection, can't connect.
+        | 2002 | 2003 | 2006 | 2013 => ErrorClass::Transient,
+        _ => ErrorClass::Definite,
+    }
+}
+
+/// ER_MASTER_FATAL_ERROR_READING_BINLOG: the binlog asked for cannot be read (purged, or a
+/// position past its end).
+pub const BINLOG_UNREADABLE: u16 = 1236;
+
 impl MyError {
-    /// An error with its fix.
+    /// A definite error with its fix: configuration, privileges, data, a state Ferry will not
+    /// guess about.
     pub fn new(context: &str, reason: &str, fix: &str) -> MyError {
         MyError {
             context: context.to_string(),
             reason: reason.to_string(),
             fix: Some(fix.to_string()),
+            class: ErrorClass::Definite,
+            code: None,
         }
     }
 
-    /// A failed query; privileges errors get their fix.
+    /// A failure worth retrying (a lost connection, a server that stopped answering).
+    pub fn transient(context: &str, reason: &str, fix: &str) -> MyError {
+        MyError {
+            class: ErrorClass::Transient,
+            ..MyError::new(context, reason, fix)
+        }
+    }
+
+    /// A driver error raised while doing `context`, classified by [`error_class`]; privilege
+    /// errors get their fix.
     pub fn query(context: &str, e: mysql_async::Error) -> MyError {
-        let fix = match &e {
-            mysql_async::Error::Server(s) if matches!(s.code, 1142 | 1143 | 1227 | 1044) => Some(
+        let (class, code) = classify(&e);
+        let fix = match code {
+            Some(1142 | 1143 | 1227 | 1044) => Some(
                 "grant the user what Ferry needs: GRANT SELECT, REPLICATION SLAVE, REPLICATION CLIENT ON *.* TO 'user'@'host' \
                  (MariaDB 10.5+: BINLOG MONITOR instead of REPLICATION CLIENT)"
                     .to_string(),
@@ -36,6 +91,75 @@ impl MyError {
             context: context.to_string(),
             reason: e.to_string(),
             fix,
+            class,
+            code,
         }
+    }
+
+    /// A driver error with the fix the caller knows; class and code from the driver error.
+    pub fn driver(context: &str, e: mysql_async::Error, fix: &str) -> MyError {
+        MyError {
+            fix: Some(fix.to_string()),
+            ..MyError::query(context, e)
+        }
+    }
+
+    /// The same error with another class (the caller knows better, for example a deadline).
+    pub fn with_class(self, class: ErrorClass) -> MyError {
+        MyError { class, ..self }
+    }
+}
+
+/// Class and server error number of a driver error.
+pub fn classify(e: &mysql_async::Error) -> (ErrorClass, Option<u16>) {
+    match e {
+        mysql_async::Error::Server(s) => (error_class(s.code), Some(s.code)),
+        // A socket, a TLS stream or a connection the driver saw close: reconnect. `Other` is
+        // what the driver could not name; retrying it is safe (apply is idempotent).
+        mysql_async::Error::Io(_) | mysql_async::Error::Driver(_) | mysql_async::Error::Other(_) => (ErrorClass::Transient, None),
+        // A bad URL or option: retrying repeats it.
+        mysql_async::Error::Url(_) => (ErrorClass::Definite, None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_retry_table_by_error_number() {
+        for transient in [1040, 1053, 1205, 1213, 1317, 1927, 1969, 3024, 1158, 1161, 2013] {
+            assert_eq!(error_class(transient), ErrorClass::Transient, "{transient}");
+        }
+        // Waiting fixes none of these: a purged binlog, a bad password, a missing privilege,
+        // a missing table, a duplicate key, a read-only server.
+        for definite in [BINLOG_UNREADABLE, 1045, 1142, 1227, 1146, 1062, 1290, 1836, 0] {
+            assert_eq!(error_class(definite), ErrorClass::Definite, "{definite}");
+        }
+    }
+
+    #[test]
+    fn errors_carry_class_and_code() {
+        let server = mysql_async::Error::Server(mysql_async::ServerError {
+            code: 1213,
+            message: "Deadlock found when trying to get lock".into(),
+            state: "40001".into(),
+        });
+        let e = MyError::query("applying", server);
+        assert_eq!((e.class, e.code), (ErrorClass::Transient, Some(1213)));
+        assert_eq!(e.class(), ErrorClass::Transient);
+        let e = MyError::driver(
+            "reading the binlog",
+            mysql_async::Error::Server(mysql_async::ServerError {
+                code: BINLOG_UNREADABLE,
+                message: "Could not find first log file name in binary log index file".into(),
+                state: "HY000".into(),
+            }),
+            "keep binlogs longer",
+        );
+        assert_eq!((e.class, e.code), (ErrorClass::Definite, Some(BINLOG_UNREADABLE)));
+        assert!(e.to_string().contains("(fix: keep binlogs longer)"), "{e}");
+        assert_eq!(MyError::new("a", "b", "c").class, ErrorClass::Definite);
+        assert_eq!(MyError::transient("a", "b", "c").class, ErrorClass::Transient);
     }
 }
