@@ -10,6 +10,7 @@ pub mod filter;
 pub mod ident;
 pub mod position;
 pub mod secret;
+pub mod sink;
 pub mod state;
 
 pub use error::{ErrorClass, Fault};

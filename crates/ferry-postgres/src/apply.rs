@@ -34,11 +34,14 @@ use ferry_core::{ErrorClass, Lsn, TableFilter, TableName};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Statement};
 
+use crate::cdc::relations::TextSettings;
 use crate::endpoint::Endpoint;
 use crate::error::PgError;
-use crate::pgoutput::{Message, Value};
+use crate::pgoutput::Value;
 use crate::schema::PgTools;
 use crate::state::StateStore;
+use ferry_core::change::ChangeEvent;
+use ferry_core::SourcePosition;
 
 pub use relation::Rel;
 
@@ -83,22 +86,16 @@ pub fn origin_names(migration_id: &str) -> (String, String) {
 }
 
 /// A change the target rejected (or that found no row), described for `ferry.dead_letters`.
-#[derive(Debug, Clone)]
-pub struct DeadLetter {
-    /// Source commit LSN of its transaction.
-    pub commit_lsn: Lsn,
-    /// Position of the change within its transaction (1-based).
-    pub change_index: u32,
-    /// Table.
-    pub table: TableName,
-    /// insert, update, delete, truncate.
-    pub operation: &'static str,
-    /// Key values.
-    pub key: String,
-    /// Column values (long values shortened).
-    pub payload: String,
-    /// Why it failed.
-    pub error: String,
+pub use ferry_core::sink::DeadLetter;
+
+/// The LSN of a PostgreSQL stream's position (0/0 for another engine's, which a PostgreSQL
+/// stream never carries).
+pub fn lsn_of(p: &SourcePosition) -> Lsn {
+    match p {
+        SourcePosition::Postgres(l) => *l,
+        #[allow(unreachable_patterns)]
+        _ => Lsn(0),
+    }
 }
 
 /// Why applying stopped.
@@ -108,7 +105,7 @@ pub enum ApplyError {
     #[error(transparent)]
     Db(#[from] PgError),
     /// The target rejected a change.
-    #[error("the target rejected a change to {} ({}, commit {}, change {}): {}", .0.table, .0.operation, .0.commit_lsn, .0.change_index, .0.error)]
+    #[error("the target rejected a change to {} ({}, commit {}, change {}): {}", .0.table, .0.operation, lsn_of(&.0.commit), .0.change_index, .0.error)]
     Rejected(Box<DeadLetter>),
     /// A set-based statement failed or missed rows: replay up to `until` row by row, which
     /// names the change at fault.
@@ -155,7 +152,7 @@ impl Pending {
             self.params[b.keys_from..].to_vec()
         };
         DeadLetter {
-            commit_lsn: b.txn.commit_lsn,
+            commit: SourcePosition::Postgres(b.txn.commit_lsn),
             change_index: b.txn.changes,
             table: b.rel.table.clone(),
             operation: b.operation,
@@ -243,7 +240,8 @@ struct InFlight {
 pub struct Applier {
     ctx: ApplyContext,
     tgt: Arc<Client>,
-    src: Client,
+    /// In reverse: a connection to the stream's side, where the state schema is.
+    state_side: Option<Client>,
     rels: HashMap<u32, Arc<Rel>>,
     stmts: HashMap<String, Statement>,
     snapshots: HashMap<TableName, Lsn>,
@@ -307,9 +305,19 @@ impl Applier {
     /// target session. `skip` lists dead letters (commit LSN, change index) to step over.
     /// `stale_pid` is the target session of an earlier applier whose connection was lost: it
     /// is ended first (its transaction rolls back, or had committed) so that the position read
-    /// here is final.
-    pub async fn new(ctx: ApplyContext, skip: HashSet<(Lsn, u32)>, ordered_until: Lsn, stale_pid: Option<i32>) -> Result<Self, PgError> {
-        let src = ctx.source.connect("cdc-catalog").await?;
+    /// here is final. `settings` are the stream's: its text values are read with them.
+    pub async fn new(
+        ctx: ApplyContext,
+        settings: &TextSettings,
+        skip: HashSet<(Lsn, u32)>,
+        ordered_until: Lsn,
+        stale_pid: Option<i32>,
+    ) -> Result<Self, PgError> {
+        // In reverse the state schema is on the stream's side (the migration's target).
+        let state_side = match ctx.direction {
+            Direction::Forward => None,
+            Direction::Reverse => Some(ctx.source.connect("cdc-state").await?),
+        };
         let tgt = ctx.target.connect("apply").await?;
         if let Some(pid) = stale_pid {
             end_stale_session(&tgt, pid).await?;
@@ -320,17 +328,7 @@ impl Applier {
             .map_err(|e| PgError::query("preparing the apply session on the target", e))?
             .get(0);
         // Values arrive in the source's text forms: read them in the same time zone and styles.
-        let r = src
-            .query_one(
-                "SELECT current_setting('TimeZone'), current_setting('DateStyle'), current_setting('IntervalStyle')",
-                &[],
-            )
-            .await
-            .map_err(|e| PgError::query("reading the source's date and time settings", e))?;
-        let (tz, ds, is): (String, String, String) = (r.get(0), r.get(1), r.get(2));
-        src.batch_execute("SET search_path = ''")
-            .await
-            .map_err(|e| PgError::query("preparing the catalog connection", e))?;
+        let (tz, ds, is) = (&settings.time_zone, &settings.date_style, &settings.interval_style);
         tgt.batch_execute(&format!(
             // Statements are prepared once and run with a generic plan: re-planning every
             // execution (the default for the first few, and for set statements whose arrays
@@ -342,9 +340,9 @@ impl Applier {
             "SET TimeZone = {}; SET DateStyle = {}; SET IntervalStyle = {}; SET search_path = ''; SET statement_timeout = 0;
              SET synchronous_commit = off;
              SET plan_cache_mode = force_generic_plan",
-            quote_literal(&tz),
-            quote_literal(&ds),
-            quote_literal(&is)
+            quote_literal(tz),
+            quote_literal(ds),
+            quote_literal(is)
         ))
         .await
         .map_err(|e| PgError::query("preparing the apply session on the target", e))?;
@@ -387,6 +385,7 @@ impl Applier {
                     .await
                     .map_err(|e| PgError::query("reading the reverse replication position", e))?;
                 let q = ctx.store.quoted().to_string();
+                let src = state_side.as_ref().expect("connected in reverse");
                 let tables = src
                     .query(
                         &format!("SELECT schema_name, table_name FROM {q}.tables WHERE migration_id = $1"),
@@ -407,7 +406,7 @@ impl Applier {
         Ok(Self {
             ctx,
             tgt: Arc::new(tgt),
-            src,
+            state_side,
             rels: HashMap::new(),
             stmts: HashMap::new(),
             snapshots,
@@ -656,17 +655,18 @@ impl Applier {
         Ok(())
     }
 
-    /// Applies one message.
-    pub async fn handle(&mut self, msg: Message) -> Result<(), ApplyError> {
+    /// Applies one event of the stream.
+    pub async fn handle(&mut self, msg: ChangeEvent) -> Result<(), ApplyError> {
         self.mark_busy();
         let r = self.handle_inner(msg).await;
         self.mark_answered();
         r
     }
 
-    async fn handle_inner(&mut self, msg: Message) -> Result<(), ApplyError> {
+    async fn handle_inner(&mut self, msg: ChangeEvent) -> Result<(), ApplyError> {
         match msg {
-            Message::Begin { final_lsn, .. } => {
+            ChangeEvent::Begin { commit, .. } => {
+                let final_lsn = lsn_of(&commit);
                 // Anything that committed before the durable position is on the target already.
                 let skip = final_lsn < self.durable;
                 self.txn = Some(Txn {
@@ -679,24 +679,24 @@ impl Applier {
                     self.begin_batch();
                 }
             }
-            Message::Commit { end_lsn, commit_time, .. } => {
+            ChangeEvent::Commit { end, commit_time_us } => {
                 let txn = self.txn.take();
                 if let Some(t) = txn.filter(|t| !t.skip || t.foreign) {
-                    self.batch_end = end_lsn;
-                    self.batch_commit_time = commit_time;
+                    self.batch_end = lsn_of(&end);
+                    self.batch_commit_time = commit_time_us;
                     if !t.foreign {
                         self.batch_counts.txns += 1;
                     }
                 }
             }
-            Message::Relation(r) => {
+            ChangeEvent::Relation(r) => {
                 // Buffered changes were decoded with the previous description. Schema changes
                 // the description brings run inside the batch, so its transaction starts now.
                 self.flush_all().await?;
                 self.ensure_begun().await?;
                 self.relation(r).await?
             }
-            Message::Insert { relation, new } => {
+            ChangeEvent::Insert { relation, new } => {
                 if let Some((rel, txn)) = self.target_of(relation)? {
                     if self.set_based(txn) {
                         self.buffer(rel, txn, compact::Change::Insert(new), |c| c.inserts += 1).await?;
@@ -706,7 +706,7 @@ impl Applier {
                     }
                 }
             }
-            Message::Update { relation, old, new, .. } => {
+            ChangeEvent::Update { relation, old, new } => {
                 if let Some((rel, txn)) = self.target_of(relation)? {
                     // An update that moves its key is applied on its own, after what came before.
                     let moves_key = old.is_some();
@@ -723,7 +723,7 @@ impl Applier {
                     }
                 }
             }
-            Message::Delete { relation, old, .. } => {
+            ChangeEvent::Delete { relation, old } => {
                 if let Some((rel, txn)) = self.target_of(relation)? {
                     if self.set_based(txn) {
                         self.buffer(rel, txn, compact::Change::Delete(old), |c| c.deletes += 1).await?;
@@ -733,12 +733,12 @@ impl Applier {
                     }
                 }
             }
-            Message::Truncate {
+            ChangeEvent::Truncate {
+                relations,
                 cascade,
                 restart_identity,
-                relations,
             } => self.truncate(cascade, restart_identity, &relations).await?,
-            Message::Origin { name, .. } => {
+            ChangeEvent::Origin { name } => {
                 // Sent right after BEGIN for a transaction replayed from elsewhere.
                 if name == self.skip_origin {
                     if let Some(t) = self.txn.as_mut() {
@@ -749,7 +749,6 @@ impl Applier {
                     }
                 }
             }
-            Message::Type { .. } | Message::LogicalMessage { .. } => {}
         }
         Ok(())
     }
@@ -990,7 +989,7 @@ impl Applier {
         // The previous batch must be known committed before this one starts.
         self.settle_inner().await?;
         let c = self.batch_counts;
-        let commit_time = self.batch_commit_time as f64 / 1e6 + PG_EPOCH_UNIX_SECS;
+        let commit_time = self.batch_commit_time as f64 / 1e6;
         let mut ops: Vec<Op<'static>> = Vec::new();
         let mut checks: Vec<Result<compact::SetCheck, &'static str>> = Vec::new();
         if !self.begun {
@@ -1120,7 +1119,7 @@ impl Applier {
         // The state schema lives on the migration's target: the stream's side in reverse.
         let c = match self.ctx.direction {
             Direction::Forward => &*self.tgt,
-            Direction::Reverse => &self.src,
+            Direction::Reverse => self.state_side.as_ref().unwrap_or(&*self.tgt),
         };
         c.execute(
             &format!(
@@ -1130,7 +1129,7 @@ impl Applier {
             ),
             &[
                 &self.ctx.migration_id,
-                &d.commit_lsn.to_string(),
+                &lsn_of(&d.commit).to_string(),
                 &(d.change_index as i32),
                 &d.table.to_string(),
                 &d.operation,
@@ -1187,6 +1186,53 @@ async fn end_stale_session(tgt: &Client, pid: i32) -> Result<(), PgError> {
         "ending the apply session a lost connection left on the target",
         format!("session {pid} is still there 5 s after pg_terminate_backend"),
     ))
+}
+
+impl ferry_core::Fault for ApplyError {
+    fn class(&self) -> ErrorClass {
+        match self {
+            ApplyError::Db(e) => e.class,
+            // The driver records it and stops, or steps over it with the operator's consent.
+            ApplyError::Rejected(_) => ErrorClass::Definite,
+            // A new session replays row by row from the durable position.
+            ApplyError::Reapply { .. } => ErrorClass::Transient,
+        }
+    }
+}
+
+/// The PostgreSQL sink: the applier, under the engine-neutral contract of
+/// [`ferry_core::sink`] (set-based apply, pipelined commits, exactly once through the position
+/// committed with each batch, unchanged TOAST kept, duplicates without a key kept, origins).
+impl ferry_core::sink::Sink for Applier {
+    type Error = ApplyError;
+
+    async fn apply(&mut self, event: ChangeEvent) -> Result<(), ApplyError> {
+        self.handle(event).await
+    }
+
+    fn at_boundary(&self) -> bool {
+        Applier::at_boundary(self)
+    }
+
+    fn batch_open(&self) -> bool {
+        Applier::batch_open(self)
+    }
+
+    async fn commit(&mut self) -> Result<(), ApplyError> {
+        Applier::commit(self).await
+    }
+
+    async fn settle(&mut self) -> Result<Option<SourcePosition>, ApplyError> {
+        Applier::settle(self).await.map(|l| Some(SourcePosition::Postgres(l)))
+    }
+
+    fn durable(&self) -> Option<SourcePosition> {
+        Some(SourcePosition::Postgres(self.flushed()))
+    }
+
+    async fn record_dead_letter(&self, letter: &DeadLetter, skipped: bool) -> Result<(), ApplyError> {
+        Applier::record_dead_letter(self, letter, skipped).await.map_err(ApplyError::Db)
+    }
 }
 
 /// Text of a value for statements: None for NULL. Unchanged values never get here.

@@ -35,6 +35,10 @@ use crate::pgoutput;
 use crate::replication::ReplicationConnection;
 use crate::stream::StreamEvent;
 
+pub mod relations;
+
+use relations::Relations;
+
 /// Depth of the channel from the stream reader, in batches of up to `stream::BATCH` events.
 const CHANNEL_BATCHES: usize = 8;
 
@@ -312,12 +316,12 @@ pub async fn run(opts: CdcOptions, mut stop: watch::Receiver<bool>, progress: Ar
             SessionEnd::DeadLetter(d) => {
                 progress.errors.fetch_add(1, Ordering::Relaxed);
                 if opts.skip_dead_letters {
-                    tracing::error!(table = %d.table, operation = d.operation, commit_lsn = %d.commit_lsn, error = %d.error, "dead letter recorded and skipped");
-                    skip.insert((d.commit_lsn, d.change_index));
+                    tracing::error!(table = %d.table, operation = d.operation, commit_lsn = %crate::apply::lsn_of(&d.commit), error = %d.error, "dead letter recorded and skipped");
+                    skip.insert((crate::apply::lsn_of(&d.commit), d.change_index));
                     continue;
                 }
                 break Err(PgError::config(
-                    format!("applying a change to {} ({}, key {}, source commit {})", d.table, d.operation, d.key, d.commit_lsn),
+                    format!("applying a change to {} ({}, key {}, source commit {})", d.table, d.operation, d.key, crate::apply::lsn_of(&d.commit)),
                     d.error.clone(),
                     "the change is recorded in the dead_letters table of Ferry's state schema; fix the cause on the target and rerun, or rerun with --skip-dead-letters to record such changes and go on",
                 ));
@@ -356,11 +360,15 @@ async fn session(
     pause: &mut watch::Receiver<bool>,
     progress: &CdcProgress,
 ) -> SessionEnd {
-    let connecting = Applier::new(opts.ctx.clone(), skip.clone(), ordered_until, stale_pid);
     // Connecting is bounded by each connection's own timeout, but a server that accepts and
     // then hangs a query must not hang us either.
     let limit = opts.apply_timeout.max(Duration::from_secs(5)) * 2;
-    let mut applier = match tokio::time::timeout(limit, connecting).await {
+    let connecting = async {
+        let relations = Relations::connect(&opts.ctx.source, limit).await?;
+        let applier = Applier::new(opts.ctx.clone(), relations.settings(), skip.clone(), ordered_until, stale_pid).await?;
+        Ok::<_, PgError>((relations, applier))
+    };
+    let (mut relations, mut applier) = match tokio::time::timeout(limit, connecting).await {
         Ok(Ok(a)) => a,
         Ok(Err(e)) => return SessionEnd::Failed(e, stale_pid),
         Err(_) => {
@@ -376,7 +384,7 @@ async fn session(
     let pid = applier.pid();
     let watch = watchdog(opts.ctx.target.clone(), pid, applier.busy_since(), opts.apply_timeout);
     let end = tokio::select! {
-        r = stream(opts, &mut applier, stop, pause, progress) => r,
+        r = stream(opts, &mut relations, &mut applier, stop, pause, progress) => r,
         // The watchdog found the apply connection dead: a ROLLBACK on it would only wait out
         // its own bound. The next session ends the old one on the server (its pid is passed
         // on), which rolls back whatever it had open.
@@ -578,6 +586,7 @@ impl Positions {
 
 async fn stream(
     opts: &CdcOptions,
+    relations: &mut Relations,
     applier: &mut Applier,
     stop: &mut watch::Receiver<bool>,
     pause: &mut watch::Receiver<bool>,
@@ -716,13 +725,12 @@ async fn stream(
                         hold_here(applier, hold, &mut rep, &pos, progress, stop, *final_lsn).await?;
                     }
                 }
-                let is_row = matches!(
-                    msg,
-                    pgoutput::Message::Insert { .. } | pgoutput::Message::Update { .. } | pgoutput::Message::Delete { .. }
-                );
-                applier.handle(msg).await?;
-                if is_row {
-                    progress.changes.fetch_add(1, Ordering::Relaxed);
+                if let Some(event) = relations.event(msg).await? {
+                    let is_row = event.is_row_change();
+                    applier.handle(event).await?;
+                    if is_row {
+                        progress.changes.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
                 // Commit at a boundary when the stream has nothing more ready, unless the previous
                 // batch is still committing: then the open batch keeps growing until it is done

@@ -46,18 +46,9 @@ pub struct Relation {
     pub columns: Vec<Column>,
 }
 
-/// One value of a tuple.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Value {
-    /// NULL.
-    Null,
-    /// An unchanged TOASTed value: keep what the target has.
-    Unchanged,
-    /// Text form.
-    Text(Bytes),
-    /// Binary form (only with the `binary` option).
-    Binary(Bytes),
-}
+/// One value of a tuple: the neutral change model's [`Datum`](ferry_core::change::Datum), whose
+/// variants are pgoutput's own (NULL, unchanged TOAST, text form, binary form).
+pub type Value = ferry_core::change::Datum;
 
 /// A tuple: one value per column.
 pub type Tuple = Vec<Value>;

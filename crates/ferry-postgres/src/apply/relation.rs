@@ -10,7 +10,8 @@ use tokio_postgres::Statement;
 
 use super::{sql, text, Applier, ApplyError, Blame, Pending, Txn};
 use crate::error::PgError;
-use crate::pgoutput::{Relation, Value};
+use crate::pgoutput::Value;
+use ferry_core::change::{Identity, Relation};
 
 /// A column as the applier uses it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,9 +66,10 @@ fn schema_error(table: &TableName, what: String) -> PgError {
 }
 
 impl Applier {
-    /// Resolves a relation message: scope, types, and any schema change since the last one.
+    /// Resolves a relation of the stream against the target: scope, and any schema change
+    /// since the last description (the source side resolved its types, defaults and scope).
     pub(super) async fn relation(&mut self, r: Relation) -> Result<(), ApplyError> {
-        let table = TableName::new(r.namespace.clone(), r.name.clone());
+        let table = r.table.clone();
         let q = self.ctx.store.quoted().to_string();
         let mut in_scope = self.snapshots.contains_key(&table);
         if !in_scope && table.schema != self.ctx.store.schema() {
@@ -88,19 +90,7 @@ impl Applier {
             );
             return Ok(());
         }
-        let oids: Vec<u32> = r.columns.iter().map(|c| c.type_oid).collect();
-        let mods: Vec<i32> = r.columns.iter().map(|c| c.type_mod).collect();
-        let types: Vec<String> = self
-            .src
-            .query(
-                "SELECT format_type(t, m) FROM unnest($1::oid[], $2::int4[]) WITH ORDINALITY AS u(t, m, i) ORDER BY i",
-                &[&oids, &mods],
-            )
-            .await
-            .map_err(|e| PgError::query("reading column types on the source", e))?
-            .iter()
-            .map(|row| row.get(0))
-            .collect();
+        let types: Vec<String> = r.columns.iter().map(|c| c.type_sql.clone()).collect();
         let target_cols: Vec<(String, String)> = self
             .tgt
             .query(
@@ -137,17 +127,8 @@ impl Applier {
             }
         }
         for (name, ty) in added {
-            let row = self
-                .src
-                .query_opt(
-                    "SELECT pg_get_expr(d.adbin, d.adrelid), a.attnotnull FROM pg_attribute a
-                     LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
-                     WHERE a.attrelid = $1 AND a.attname = $2 AND NOT a.attisdropped",
-                    &[&r.id, &name],
-                )
-                .await
-                .map_err(|e| PgError::query("reading a new column's definition on the source", e))?;
-            let (default, not_null): (Option<String>, bool) = row.map(|row| (row.get(0), row.get(1))).unwrap_or((None, false));
+            let col = r.columns.iter().find(|c| c.name == name);
+            let (default, not_null) = col.map(|c| (c.default.clone(), c.not_null)).unwrap_or((None, false));
             let ddl = format!(
                 "ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} {ty}{}{}",
                 table.quoted(),
@@ -169,7 +150,7 @@ impl Applier {
                 .await
                 .map_err(|e| PgError::query("logging a schema change", e))?;
         }
-        let full = r.replica_identity == b'f';
+        let full = r.identity == Identity::Full;
         let columns = r
             .columns
             .iter()
@@ -232,17 +213,9 @@ impl Applier {
         if self.ctx.direction == super::Direction::Reverse {
             return Ok(false);
         }
-        let root: Option<(String, String)> = self
-            .src
-            .query_opt(
-                "SELECT n.nspname::text, c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = pg_partition_root($1::oid)",
-                &[&r.id],
-            )
-            .await
-            .map_err(|e| PgError::query("looking up a new table on the source", e))?
-            .map(|row| (row.get(0), row.get(1)));
-        let filter_name = root.map(|(s, n)| TableName::new(s, n)).unwrap_or_else(|| table.clone());
-        if !self.ctx.filter.matches(&filter_name) {
+        // A partition is in the migration when its partition root is.
+        let filter_name = &r.scope;
+        if !self.ctx.filter.matches(filter_name) {
             return Ok(false);
         }
         let exists: bool = self
