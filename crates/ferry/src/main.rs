@@ -72,7 +72,13 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(if report.blocked() { exit::FOUND_PROBLEM } else { exit::OK })
         }
         Command::Migrate(args) if ferry_mysql::is_mysql_url(&args.endpoints.source) => {
-            refuse_flags("migrate", POSTGRES_ONLY_MIGRATE_FLAGS)?;
+            // `--listen off` asks for no API, which is what a MySQL migration has: not refused.
+            let refused: Vec<&str> = POSTGRES_ONLY_MIGRATE_FLAGS
+                .iter()
+                .copied()
+                .filter(|f| !(*f == "listen" && matches!(args.listen, cli::Listen::Off)))
+                .collect();
+            refuse_flags("migrate", &refused)?;
             mysql_cmd::migrate(&args).await
         }
         Command::Migrate(args) => {

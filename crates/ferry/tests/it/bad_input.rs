@@ -290,6 +290,31 @@ fn postgres_only_flags_with_a_mysql_source_are_named() {
         assert!(run.stderr.contains(flag), "{flag} not named: {}", run.all());
     }
     assert!(!run.all().contains("secret-77"), "{}", run.all());
+    // `--listen off` asks for what a MySQL migration does (no API): not refused, the run goes
+    // on to connect (and fails there: nothing listens on port 1).
+    let run = ferry(&[
+        "migrate",
+        "--source",
+        "mysql://app:secret-77@127.0.0.1:1/shop",
+        "--target",
+        "postgres://postgres@127.0.0.1:1/shop",
+        "--listen",
+        "off",
+    ]);
+    assert_ne!(run.code, 2, "{}", run.all());
+    assert!(!run.stderr.contains("--listen"), "{}", run.all());
+    // A real address is refused.
+    let run = ferry(&[
+        "migrate",
+        "--source",
+        "mysql://app:secret-77@127.0.0.1:1/shop",
+        "--target",
+        "postgres://postgres@127.0.0.1:1/shop",
+        "--listen",
+        "127.0.0.1:9191",
+    ]);
+    assert_eq!(run.code, 2, "{}", run.all());
+    assert!(run.stderr.contains("--listen"), "{}", run.all());
     // check too. (Defaults and environment values do not count: every MySQL test runs with
     // FERRY_LISTEN=off in its environment.)
     let run: Run = crate::harness::ferry_cmd(&[
