@@ -16,7 +16,7 @@ pub mod state;
 pub use error::{ErrorClass, Fault};
 pub use filter::{FilterError, TableFilter};
 pub use ident::TableName;
-pub use position::{Lsn, SourcePosition};
+pub use position::{BinlogPosition, Lsn, SourcePosition};
 pub use secret::{redact_url, Secret};
 pub use state::{Phase, TableState};
 

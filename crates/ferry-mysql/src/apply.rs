@@ -1,9 +1,9 @@
 //! Change capture from the binlog into PostgreSQL, exactly once.
 //!
 //! Source transactions are applied whole, in binlog order; several may share one target
-//! transaction (a batch), which also moves Ferry's position (`ferry.mysql_loads.cdc_file`,
-//! `cdc_pos`) in the same commit: after a crash the target holds exactly the transactions
-//! up to the stored position, and the stream resumes there. A transaction's statements are sent
+//! transaction (a batch), which also moves Ferry's position (`ferry.migrations.applied_position`,
+//! see [`crate::state`]) in the same commit: after a crash the target holds exactly the
+//! transactions up to the stored position, and the stream resumes there. A transaction's statements are sent
 //! as they arrive, in chunks, inside the open target transaction: a large source transaction is
 //! never held in memory.
 //!
@@ -18,14 +18,15 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use ferry_core::ident::{quote_ident, quote_literal};
+use ferry_core::BinlogPosition;
 use futures_util::FutureExt;
-use serde::Serialize;
 use tokio_postgres::SimpleQueryMessage;
 
 use crate::binlog::{BinlogReader, Change};
 use crate::error::MyError;
 use crate::load::kinds_of;
 use crate::preflight::{MyCheckRequest, MyPlan, MyTable};
+use crate::state::{Hold, MyState};
 use crate::types::ZeroDates;
 use crate::value::{text_of, Kind};
 
@@ -41,23 +42,6 @@ pub const BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// Deadline of one poll of the hold request on the target (a 50 ms loop, a trivial query).
 const HOLD_POLL_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// A place in the source's binlog.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Position {
-    /// Binlog file.
-    pub file: String,
-    /// Offset in it (the next event).
-    pub pos: u64,
-    /// GTID of the last transaction applied (or the snapshot's GTID position).
-    pub gtid: String,
-}
-
-impl std::fmt::Display for Position {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}:{}", self.file, self.pos)
-    }
-}
-
 /// How the stream runs.
 #[derive(Debug, Clone)]
 pub struct CdcOptions {
@@ -68,7 +52,7 @@ pub struct CdcOptions {
     /// Longest a batch stays open before committing at the next transaction boundary.
     pub batch_time: Duration,
     /// A schema change the user has applied on the target (`--ddl-applied`): its position.
-    pub skip_schema_change: Option<(String, u64)>,
+    pub skip_schema_change: Option<BinlogPosition>,
 }
 
 /// Counters the command prints and tests read.
@@ -105,126 +89,10 @@ impl CdcStats {
     }
 }
 
-/// Adds the change-capture columns to Ferry's state table (idempotent).
-pub async fn ensure_state(target: &tokio_postgres::Client, schema: &str) -> Result<(), MyError> {
-    target
-        .batch_execute(&format!(
-            "ALTER TABLE {s}.mysql_loads
-                 ADD COLUMN IF NOT EXISTS cdc_file text,
-                 ADD COLUMN IF NOT EXISTS cdc_pos bigint,
-                 ADD COLUMN IF NOT EXISTS cdc_gtid text,
-                 ADD COLUMN IF NOT EXISTS cdc_transactions bigint NOT NULL DEFAULT 0,
-                 ADD COLUMN IF NOT EXISTS cdc_applied_at timestamptz,
-                 ADD COLUMN IF NOT EXISTS cdc_blocked jsonb,
-                 ADD COLUMN IF NOT EXISTS cdc_tables jsonb,
-                 ADD COLUMN IF NOT EXISTS hold jsonb,
-                 ADD COLUMN IF NOT EXISTS held_at text,
-                 ADD COLUMN IF NOT EXISTS verified_at timestamptz,
-                 ADD COLUMN IF NOT EXISTS verify_differences bigint,
-                 ADD COLUMN IF NOT EXISTS cutover jsonb,
-                 ADD COLUMN IF NOT EXISTS phase text NOT NULL DEFAULT 'full_load'",
-            s = quote_ident(schema)
-        ))
-        .await
-        .map_err(|e| {
-            MyError::new(
-                "extending Ferry's state on the target",
-                &e.to_string(),
-                "check the target user's rights",
-            )
-        })
-}
-
-/// The migration's phase (`full_load`, `cdc`, `cut_over`); None when nothing is recorded.
-pub async fn phase(target: &tokio_postgres::Client, schema: &str, source: &str) -> Result<Option<String>, MyError> {
-    Ok(target
-        .query_opt(
-            &format!("SELECT phase FROM {}.mysql_loads WHERE source = $1", quote_ident(schema)),
-            &[&source],
-        )
-        .await
-        .map_err(|e| MyError::new("reading Ferry's state on the target", &e.to_string(), "check the target"))?
-        .map(|r| r.get(0)))
-}
-
-/// Where the stream of `source` stands: the last applied position (the full load's snapshot
-/// before any change), and a schema change it stopped at. None: no finished full load.
-pub async fn state(
-    target: &tokio_postgres::Client,
-    schema: &str,
-    source: &str,
-) -> Result<Option<(Position, Option<serde_json::Value>)>, MyError> {
-    let row = target
-        .query_opt(
-            &format!(
-                "SELECT coalesce(cdc_file, summary->>'binlog_file'), coalesce(cdc_pos, (summary->>'binlog_pos')::int8),
-                        coalesce(cdc_gtid, summary->>'gtid', ''), cdc_blocked::text
-                 FROM {}.mysql_loads WHERE source = $1 AND finished_at IS NOT NULL",
-                quote_ident(schema)
-            ),
-            &[&source],
-        )
-        .await
-        .map_err(|e| MyError::new("reading Ferry's position on the target", &e.to_string(), "check the target"))?;
-    Ok(row.map(|r| {
-        let blocked: Option<String> = r.get(3);
-        (
-            Position {
-                file: r.get(0),
-                pos: r.get::<_, i64>(1) as u64,
-                gtid: r.get(2),
-            },
-            blocked.and_then(|b| serde_json::from_str(&b).ok()),
-        )
-    }))
-}
-
-/// What a verification asks of the running stream (`hold` in Ferry's state): nothing, stop at
-/// the next transaction boundary, or apply up to a source position exactly and stop there.
-/// The stream says where it stands while it holds in `held_at` (`file:pos`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Hold {
-    /// Apply as usual.
-    Run,
-    /// Stop at the next transaction boundary.
-    Freeze,
-    /// Apply every transaction that ends at or before this position, none after, and stop.
-    Until(String, u64),
-    /// The migration was cut over (`ferry cutover`): stop streaming.
-    CutOver,
-}
-
-impl Hold {
-    fn parse(json: Option<&str>) -> Hold {
-        let Some(v) = json.and_then(|j| serde_json::from_str::<serde_json::Value>(j).ok()) else {
-            return Hold::Run;
-        };
-        match (v["file"].as_str(), v["pos"].as_u64()) {
-            (Some(f), Some(p)) => Hold::Until(f.to_string(), p),
-            _ if v["freeze"].as_bool() == Some(true) => Hold::Freeze,
-            _ => Hold::Run,
-        }
-    }
-
-    /// The JSON stored for it.
-    pub fn to_json(&self) -> Option<String> {
-        match self {
-            Hold::Run => None,
-            Hold::Freeze => Some(r#"{"freeze": true}"#.into()),
-            Hold::Until(f, p) => Some(serde_json::json!({"file": f, "pos": p}).to_string()),
-            Hold::CutOver => None,
-        }
-    }
-}
-
 /// Polls the hold request every 50 ms into `tx`, on its own target connection; a connection
 /// that dies (or does not answer a poll within [`HOLD_POLL_TIMEOUT`]) is logged and replaced,
 /// with backoff.
-async fn poll_hold(target: ferry_postgres::Endpoint, schema: String, source: String, tx: tokio::sync::watch::Sender<Hold>) {
-    let sql = format!(
-        "SELECT hold::text, phase FROM {}.mysql_loads WHERE source = $1",
-        quote_ident(&schema)
-    );
+async fn poll_hold(target: ferry_postgres::Endpoint, state: MyState, tx: tokio::sync::watch::Sender<Hold>) {
     let mut backoff = BACKOFF_START;
     loop {
         let c = match target.connect("mysql-cdc-hold").await {
@@ -238,13 +106,8 @@ async fn poll_hold(target: ferry_postgres::Endpoint, schema: String, source: Str
         };
         backoff = BACKOFF_START;
         loop {
-            match tokio::time::timeout(HOLD_POLL_TIMEOUT, c.query_opt(&sql, &[&source])).await {
-                Ok(Ok(Some(row))) => {
-                    let h = if row.get::<_, String>(1) == "cut_over" {
-                        Hold::CutOver
-                    } else {
-                        Hold::parse(row.get::<_, Option<String>>(0).as_deref())
-                    };
+            match tokio::time::timeout(HOLD_POLL_TIMEOUT, state.read_hold(&c)).await {
+                Ok(Ok(Some(h))) => {
                     tx.send_if_modified(|cur| {
                         if *cur != h {
                             *cur = h;
@@ -283,59 +146,6 @@ impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
     }
-}
-
-/// The tables as the stream knows them: stored when it first starts and kept until a schema
-/// change is applied (`--ddl-applied`, `fresh`), so that a restart reads old binlog events with
-/// the schema they were written with, not the source's current one.
-pub async fn stream_tables(
-    target: &tokio_postgres::Client,
-    schema: &str,
-    source: &str,
-    current: &[MyTable],
-    fresh: bool,
-) -> Result<Vec<MyTable>, MyError> {
-    let err = |e: tokio_postgres::Error| MyError::new("reading the stream's tables from Ferry's state", &e.to_string(), "check the target");
-    // From here on the migration streams (verify and cutover look at the phase).
-    target
-        .execute(
-            &format!(
-                "UPDATE {}.mysql_loads SET phase = 'cdc' WHERE source = $1 AND phase <> 'cut_over'",
-                quote_ident(schema)
-            ),
-            &[&source],
-        )
-        .await
-        .map_err(err)?;
-    let stored: Option<String> = target
-        .query_opt(
-            &format!("SELECT cdc_tables::text FROM {}.mysql_loads WHERE source = $1", quote_ident(schema)),
-            &[&source],
-        )
-        .await
-        .map_err(err)?
-        .and_then(|r| r.get(0));
-    if let (Some(text), false) = (&stored, fresh) {
-        return serde_json::from_str::<Vec<MyTable>>(text).map_err(|e| {
-            MyError::new(
-                "reading the stream's tables from Ferry's state",
-                &e.to_string(),
-                "report this as a bug; reloading with --overwrite starts afresh",
-            )
-        });
-    }
-    let json = serde_json::to_string(current).unwrap_or_default();
-    target
-        .execute(
-            &format!(
-                "UPDATE {}.mysql_loads SET cdc_tables = $2::text::jsonb WHERE source = $1",
-                quote_ident(schema)
-            ),
-            &[&source, &json],
-        )
-        .await
-        .map_err(err)?;
-    Ok(current.to_vec())
 }
 
 /// One table's statement shapes.
@@ -399,7 +209,7 @@ struct Batch {
     transactions: u64,
     started: Instant,
     /// Position after the last complete source transaction in it.
-    position: Option<Position>,
+    position: Option<BinlogPosition>,
     last_ts: u32,
 }
 
@@ -425,13 +235,14 @@ struct Applier<'a> {
     target: String,
     tables: HashMap<String, TableInfo>,
     zero: ZeroDates,
-    schema: &'a str,
-    source_id: &'a str,
+    state: &'a MyState,
+    /// The stream stopped before a schema change last time: the first commit forgets it.
+    clear_blocked: bool,
     batch: Batch,
     stats: &'a CdcStats,
     gtid: String,
     /// The position the target holds (the last batch committed).
-    committed: Position,
+    committed: BinlogPosition,
 }
 
 const CHUNK_BYTES: usize = 1 << 20;
@@ -463,13 +274,8 @@ impl Applier<'_> {
         }
     }
 
-    async fn set_held(&self, at: Option<&str>) -> Result<u64, tokio_postgres::Error> {
-        self.pg
-            .execute(
-                &format!("UPDATE {}.mysql_loads SET held_at = $2 WHERE source = $1", quote_ident(self.schema)),
-                &[&self.source_id, &at],
-            )
-            .await
+    async fn set_held(&self, at: Option<&BinlogPosition>) -> Result<u64, tokio_postgres::Error> {
+        self.state.set_held(&self.pg, at).await
     }
 
     fn begin_if_needed(&mut self) {
@@ -588,21 +394,19 @@ impl Applier<'_> {
                 return Ok(());
             };
             self.begin_if_needed();
-            self.batch.sql.push_str(&format!(
-                "UPDATE {}.mysql_loads SET cdc_file = {}, cdc_pos = {}, cdc_gtid = {}, cdc_transactions = cdc_transactions + {},
-                        cdc_applied_at = clock_timestamp(), cdc_blocked = NULL
-                 WHERE source = {};\nCOMMIT",
-                quote_ident(self.schema),
-                quote_literal(&p.file),
-                p.pos,
-                quote_literal(&p.gtid),
-                self.batch.transactions,
-                quote_literal(self.source_id)
-            ));
-            self.batch.expect.push(Expect {
-                rows: Some(1),
-                what: "moving Ferry's position".into(),
-            });
+            // Position and changes commit together: exactly once.
+            for sql in self
+                .state
+                .batch_commit_sql(&p, self.batch.transactions, u64::from(self.batch.last_ts), self.clear_blocked)
+            {
+                self.batch.sql.push_str(&sql);
+                self.batch.sql.push_str(";\n");
+                self.batch.expect.push(Expect {
+                    rows: Some(1),
+                    what: "moving Ferry's position".into(),
+                });
+            }
+            self.batch.sql.push_str("COMMIT");
             self.batch.expect.push(Expect {
                 rows: None,
                 what: "commit".into(),
@@ -649,6 +453,7 @@ impl Applier<'_> {
             self.stats.last_commit_ts.store(u64::from(self.batch.last_ts), Ordering::Relaxed);
             tracing::debug!(position = %p, transactions = self.batch.transactions, changes = self.batch.changes, "batch committed");
             self.committed = p;
+            self.clear_blocked = false;
             self.batch = Batch::new();
         }
         Ok(())
@@ -690,12 +495,11 @@ fn key_text(t: &TableInfo, row: &[mysql_async::Value]) -> String {
 pub async fn stream(
     req: &MyCheckRequest,
     plan: &MyPlan,
-    schema: &str,
-    source_id: &str,
+    state: &MyState,
     opts: &CdcOptions,
     mut stop: tokio::sync::watch::Receiver<bool>,
     stats: &CdcStats,
-) -> Result<Position, MyError> {
+) -> Result<BinlogPosition, MyError> {
     let mut backoff = BACKOFF_START;
     loop {
         let target = req
@@ -714,7 +518,7 @@ pub async fn stream(
                 continue;
             }
         };
-        let Some((start, _)) = state(&target, schema, source_id).await? else {
+        let Some((start, blocked)) = state.resume_point(&target).await? else {
             return Err(MyError::new(
                 "starting change capture",
                 "no finished full load of this source is recorded on the target",
@@ -722,7 +526,7 @@ pub async fn stream(
             ));
         };
         let applied_before = stats.transactions.load(Ordering::Relaxed);
-        let outcome = run(req, plan, schema, source_id, opts, target, &start, &mut stop, stats).await;
+        let outcome = run(req, plan, state, opts, target, &start, blocked.is_some(), &mut stop, stats).await;
         if stats.transactions.load(Ordering::Relaxed) > applied_before {
             // That run made progress: the next failure starts the backoff afresh.
             backoff = BACKOFF_START;
@@ -742,17 +546,16 @@ pub async fn stream(
                     "change capture interrupted; reconnecting both connections and resuming from the last commit"
                 );
                 if wait_or_stop(&mut stop, wait).await {
-                    return state(
-                        &req.target
-                            .connect("mysql-cdc")
-                            .await
-                            .map_err(|e| MyError::new("connecting to the target", &e.to_string(), "check the target URL"))?,
-                        schema,
-                        source_id,
-                    )
-                    .await?
-                    .map(|s| s.0)
-                    .ok_or(e);
+                    return state
+                        .resume_point(
+                            &req.target
+                                .connect("mysql-cdc")
+                                .await
+                                .map_err(|e| MyError::new("connecting to the target", &e.to_string(), "check the target URL"))?,
+                        )
+                        .await?
+                        .map(|s| s.0)
+                        .ok_or(e);
                 }
             }
         }
@@ -767,16 +570,18 @@ pub async fn stream(
 async fn hold_if_asked(
     applier: &mut Applier<'_>,
     hold_rx: &mut tokio::sync::watch::Receiver<Hold>,
-    here: (String, u64),
+    here: (&str, u64),
     stop: &mut tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), Failure> {
+    let here = binlog_at(here.0, here.1, "")?;
     let mut held = false;
     loop {
         let h = hold_rx.borrow_and_update().clone();
+        // Binlog positions compare by file number, then offset (never as text).
         let at = match &h {
             Hold::Run | Hold::CutOver => None,
-            Hold::Freeze => Some(format!("{}:{}", here.0, here.1)),
-            Hold::Until(f, p) if (here.0.as_str(), here.1) >= (f.as_str(), *p) => Some(format!("{}:{}", here.0, here.1)),
+            Hold::Freeze => Some(&here),
+            Hold::Until(p) if here >= *p => Some(&here),
             Hold::Until(..) => None,
         };
         let Some(at) = at else {
@@ -790,7 +595,7 @@ async fn hold_if_asked(
         };
         applier.flush(true).await?;
         applier
-            .set_held(Some(&at))
+            .set_held(Some(at))
             .await
             .map_err(|e| applier.pg_failure("recording a hold", e))?;
         held = true;
@@ -805,6 +610,17 @@ async fn hold_if_asked(
             }
         }
     }
+}
+
+/// A position the binlog reader reports, typed.
+fn binlog_at(file: &str, pos: u64, gtid: &str) -> Result<BinlogPosition, Failure> {
+    BinlogPosition::new(file, pos, gtid).map_err(|e| {
+        Failure::Fatal(MyError::new(
+            "following the binlog",
+            &e.to_string(),
+            "report this as a bug: the source named a binlog file or GTID Ferry cannot record",
+        ))
+    })
 }
 
 /// The wait before the next attempt, and the one after it (doubling up to [`BACKOFF_MAX`]).
@@ -829,14 +645,14 @@ async fn wait_or_stop(stop: &mut tokio::sync::watch::Receiver<bool>, wait: Durat
 async fn run(
     req: &MyCheckRequest,
     plan: &MyPlan,
-    schema: &str,
-    source_id: &str,
+    state: &MyState,
     opts: &CdcOptions,
     pg: tokio_postgres::Client,
-    start: &Position,
+    start: &BinlogPosition,
+    blocked: bool,
     stop: &mut tokio::sync::watch::Receiver<bool>,
     stats: &CdcStats,
-) -> Result<Position, Failure> {
+) -> Result<BinlogPosition, Failure> {
     pg.batch_execute("SET session_replication_role = replica; SET standard_conforming_strings = on; SET synchronous_commit = on")
         .await
         .map_err(|e| {
@@ -846,36 +662,26 @@ async fn run(
                 "connect to the target as a superuser (or a role allowed to set session_replication_role)",
             ))
         })?;
-    let mut reader = BinlogReader::start(&req.source, opts.server_id, &start.file, start.pos, &plan.tables)
+    let mut reader = BinlogReader::start(&req.source, opts.server_id, start.file(), start.pos(), &plan.tables)
         .await
         .map_err(Failure::from)?;
     tracing::info!(position = %start, "streaming the binlog");
     // Not holding (a hold of an earlier run that failed is over).
-    let _ = pg
-        .execute(
-            &format!("UPDATE {}.mysql_loads SET held_at = NULL WHERE source = $1", quote_ident(schema)),
-            &[&source_id],
-        )
-        .await;
+    let _ = state.set_held(&pg, None).await;
     let mut applier = Applier {
         pg,
         target: req.target.describe(),
         tables: plan.tables.iter().map(|t| (t.name.clone(), TableInfo::new(t))).collect(),
         zero: req.map.zero_dates,
-        schema,
-        source_id,
+        state,
+        clear_blocked: blocked,
         batch: Batch::new(),
         stats,
-        gtid: start.gtid.clone(),
+        gtid: start.gtid().to_string(),
         committed: start.clone(),
     };
     let (hold_tx, mut hold_rx) = tokio::sync::watch::channel(Hold::Run);
-    let _poller = AbortOnDrop(tokio::spawn(poll_hold(
-        req.target.clone(),
-        schema.to_string(),
-        source_id.to_string(),
-        hold_tx,
-    )));
+    let _poller = AbortOnDrop(tokio::spawn(poll_hold(req.target.clone(), state.clone(), hold_tx)));
     let mut in_tx = false;
     loop {
         let ready = reader.next().now_or_never();
@@ -892,7 +698,8 @@ async fn run(
                         return Ok(applier.committed.clone());
                     }
                     // Everything read is applied: the stream stands at the reader's position.
-                    hold_if_asked(&mut applier, &mut hold_rx, reader.position(), stop).await?;
+                    let (file, pos) = reader.position();
+                    hold_if_asked(&mut applier, &mut hold_rx, (&file, pos), stop).await?;
                 }
                 tokio::select! {
                     r = tokio::time::timeout(BINLOG_SILENCE, reader.next()) => match r {
@@ -932,8 +739,8 @@ async fn run(
         for c in changes {
             match c {
                 Change::Begin { gtid, at } => {
-                    let here = (reader.file().to_string(), at);
-                    hold_if_asked(&mut applier, &mut hold_rx, here, stop).await?;
+                    let file = reader.file().to_string();
+                    hold_if_asked(&mut applier, &mut hold_rx, (&file, at), stop).await?;
                     in_tx = true;
                     stats.caught_up.store(false, Ordering::Relaxed);
                     if let Some(g) = gtid {
@@ -941,23 +748,20 @@ async fn run(
                     }
                 }
                 Change::SchemaChange { query, file, pos } => {
-                    if opts.skip_schema_change.as_ref() == Some(&(file.clone(), pos)) {
+                    if opts
+                        .skip_schema_change
+                        .as_ref()
+                        .is_some_and(|skip| skip.file() == file && skip.pos() == pos)
+                    {
                         tracing::warn!(%query, "skipping a schema change applied on the target by hand (--ddl-applied)");
                         continue;
                     }
                     // Commit what came before it, then stop before it.
                     applier.flush(true).await?;
                     let blocked = serde_json::json!({"query": query, "file": file, "pos": pos});
-                    let _ = applier
-                        .pg
-                        .execute(
-                            &format!(
-                                "UPDATE {}.mysql_loads SET cdc_blocked = $2::text::jsonb WHERE source = $1",
-                                quote_ident(schema)
-                            ),
-                            &[&source_id, &blocked.to_string()],
-                        )
-                        .await;
+                    if let Err(e) = state.set_blocked(&applier.pg, &blocked).await {
+                        tracing::warn!(error = %e, "could not record the schema change the stream stops at");
+                    }
                     return Err(Failure::Fatal(MyError::new(
                         &format!("streaming the binlog at {file}:{pos}"),
                         &format!("the source's schema changed: {}", query.trim()),
@@ -967,11 +771,7 @@ async fn run(
                 }
                 Change::Commit { file, pos, timestamp } => {
                     in_tx = false;
-                    applier.batch.position = Some(Position {
-                        file,
-                        pos,
-                        gtid: applier.gtid.clone(),
-                    });
+                    applier.batch.position = Some(binlog_at(&file, pos, &applier.gtid)?);
                     applier.batch.transactions += 1;
                     applier.batch.last_ts = timestamp;
                     let full = applier.batch.changes >= opts.batch_changes || applier.batch.started.elapsed() >= opts.batch_time;
@@ -999,13 +799,5 @@ mod tests {
         let mut b = BACKOFF_START;
         let waits: Vec<u128> = (0..8).map(|_| next_backoff(&mut b).as_millis()).collect();
         assert_eq!(waits, [250, 500, 1000, 2000, 4000, 8000, 10_000, 10_000]);
-    }
-
-    #[test]
-    fn hold_requests_round_trip() {
-        for h in [Hold::Freeze, Hold::Until("binlog.000002".into(), 1234)] {
-            assert_eq!(Hold::parse(h.to_json().as_deref()), h);
-        }
-        assert_eq!(Hold::parse(None), Hold::Run);
     }
 }

@@ -2,7 +2,8 @@
 //! the source (`SET GLOBAL read_only`), the stream applies up to the source's final binlog
 //! position, identities on the target are set past every id the source handed out, the phase
 //! `cut_over` is recorded (the running `ferry migrate` stops), and the caller signals the
-//! application. Any failure before the phase is recorded makes the source writable again.
+//! application. The migration is in phase `cutover` while writes are stopped; any failure
+//! before `cut_over` is recorded makes the source writable again and moves it back to `cdc`.
 //! Rollback to MySQL after that point is not built (`ferry check` says so).
 //!
 //! Every statement on either side runs under a deadline (`docs/timeouts-mysql-proxy.md`): a
@@ -13,20 +14,23 @@
 use std::time::{Duration, Instant};
 
 use ferry_core::ident::{quote_ident, quote_literal};
+use ferry_core::{BinlogPosition, Phase};
 use mysql_async::prelude::Queryable;
 use serde::Serialize;
 
 use crate::endpoint::{deadline, timed_out, MyEndpoint};
 use crate::error::MyError;
-use crate::preflight::{MyCheckRequest, MyTable};
+use crate::preflight::MyCheckRequest;
+use crate::state::MyState;
+
+/// Who moves the phases of the gate.
+const ACTOR: &str = "ferry cutover";
 
 /// How the gate runs.
 #[derive(Debug, Clone)]
 pub struct GateOptions {
-    /// Ferry's state schema on the target.
-    pub state_schema: String,
-    /// The source's id in that state.
-    pub source_id: String,
+    /// The migration's state on the target.
+    pub state: MyState,
     /// How long open transactions in the migrated database may finish after writes stop,
     /// before their sessions are killed.
     pub grace: Duration,
@@ -56,7 +60,7 @@ fn pg_err(what: &str) -> impl Fn(tokio_postgres::Error) -> MyError + '_ {
     move |e| MyError::new(what, &e.to_string(), "check the target")
 }
 
-async fn master_position(source: &MyEndpoint, my: &mut mysql_async::Conn) -> Result<(String, u64), MyError> {
+async fn master_position(source: &MyEndpoint, my: &mut mysql_async::Conn) -> Result<BinlogPosition, MyError> {
     const WHAT: &str = "reading the binlog position";
     let row: Option<mysql_async::Row> = source
         .within(WHAT, async {
@@ -64,12 +68,13 @@ async fn master_position(source: &MyEndpoint, my: &mut mysql_async::Conn) -> Res
         })
         .await?;
     let row = row.ok_or_else(|| MyError::new(WHAT, "the binary log is off", "enable log_bin"))?;
-    Ok((row.get(0).unwrap_or_default(), row.get(1).unwrap_or_default()))
+    let (file, pos): (String, u64) = (row.get(0).unwrap_or_default(), row.get(1).unwrap_or_default());
+    BinlogPosition::new(&file, pos, "").map_err(|e| MyError::new(WHAT, &e.to_string(), "report this as a bug"))
 }
 
 /// The source's end of binlog (file, position). Bounded: the connect timeout, then the query
 /// deadline.
-pub async fn binlog_end(source: &crate::MyEndpoint) -> Result<(String, u64), MyError> {
+pub async fn binlog_end(source: &crate::MyEndpoint) -> Result<BinlogPosition, MyError> {
     let mut my = source.connect().await?;
     let end = master_position(source, &mut my).await;
     if end.is_ok() {
@@ -88,21 +93,9 @@ async fn on_target<T>(req: &MyCheckRequest, what: &str, fut: impl std::future::F
     deadline(&target_peer(req), req.source.query_timeout(), what, fut).await
 }
 
-async fn applied(req: &MyCheckRequest, pg: &tokio_postgres::Client, opts: &GateOptions) -> Result<(String, u64), MyError> {
-    const WHAT: &str = "reading the stream's position";
-    let row = on_target(req, WHAT, async {
-        pg.query_one(
-            &format!(
-                "SELECT coalesce(cdc_file, ''), coalesce(cdc_pos, 0) FROM {}.mysql_loads WHERE source = $1",
-                quote_ident(&opts.state_schema)
-            ),
-            &[&opts.source_id],
-        )
-        .await
-        .map_err(pg_err(WHAT))
-    })
-    .await?;
-    Ok((row.get(0), row.get::<_, i64>(1) as u64))
+/// The stream's applied position (None: no source transaction applied yet).
+async fn applied(req: &MyCheckRequest, pg: &tokio_postgres::Client, opts: &GateOptions) -> Result<Option<BinlogPosition>, MyError> {
+    on_target(req, "reading the stream's position", opts.state.applied(pg)).await
 }
 
 /// Waits until the stream has applied `want`; false after `timeout`.
@@ -110,12 +103,13 @@ async fn wait_applied(
     req: &MyCheckRequest,
     pg: &tokio_postgres::Client,
     opts: &GateOptions,
-    want: &(String, u64),
+    want: &BinlogPosition,
     timeout: Duration,
 ) -> Result<bool, MyError> {
     let started = Instant::now();
     loop {
-        if applied(req, pg, opts).await? >= *want {
+        // By file number, then offset; positions in files of another base name never reach.
+        if applied(req, pg, opts).await?.is_some_and(|a| a >= *want) {
             return Ok(true);
         }
         if started.elapsed() > timeout {
@@ -127,42 +121,30 @@ async fn wait_applied(
 
 /// Runs the gate.
 pub async fn cutover(req: &MyCheckRequest, opts: &GateOptions) -> Result<GateReport, MyError> {
-    let pg = req
+    let mut pg = req
         .target
         .connect("mysql-cutover")
         .await
         .map_err(|e| MyError::new("connecting to the target", &e.to_string(), "check the target URL"))?;
-    crate::apply::ensure_state(&pg, &opts.state_schema).await?;
-    let row = pg
-        .query_opt(
-            &format!(
-                "SELECT phase, verified_at IS NOT NULL AND verified_at > coalesce(finished_at, '-infinity'), verify_differences,
-                        cdc_tables::text
-                 FROM {}.mysql_loads WHERE source = $1 AND finished_at IS NOT NULL",
-                quote_ident(&opts.state_schema)
-            ),
-            &[&opts.source_id],
+    let gate = opts.state.gate_state(&pg).await?.ok_or_else(|| {
+        MyError::new(
+            "starting the cutover",
+            &format!("no finished migration from {} is recorded on this target", opts.state.source()),
+            "run ferry migrate first (same --source and --target)",
         )
-        .await
-        .map_err(pg_err("reading Ferry's state"))?
-        .ok_or_else(|| {
-            MyError::new(
-                "starting the cutover",
-                &format!("no finished migration from {} is recorded on this target", opts.source_id),
-                "run ferry migrate first (same --source and --target)",
-            )
-        })?;
-    let (phase, verified, differences, tables): (String, bool, Option<i64>, Option<String>) =
-        (row.get(0), row.get(1), row.get(2), row.get(3));
-    match phase.as_str() {
-        "cut_over" => {
+    })?;
+    let (verified, differences, tables) = (gate.verified, gate.differences, gate.tables);
+    match gate.phase {
+        Phase::CutOver => {
             return Err(MyError::new(
                 "starting the cutover",
                 "this migration was cut over already",
                 "nothing to do; the application writes to the target",
             ))
         }
-        "cdc" => {}
+        Phase::Cdc => {}
+        // An earlier gate was interrupted (kill -9) with writes stopped: this one takes over.
+        Phase::Cutover => tracing::warn!("an earlier cutover did not finish; starting it again"),
         other => {
             return Err(MyError::new(
                 "starting the cutover",
@@ -182,7 +164,6 @@ pub async fn cutover(req: &MyCheckRequest, opts: &GateOptions) -> Result<GateRep
             "run ferry verify --source ... --target ... until it reports 0 differences (or pass --skip-verify-check)",
         ));
     }
-    let tables: Vec<MyTable> = tables.and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
 
     let source = &req.source;
     let mut my = source.connect().await?;
@@ -192,8 +173,10 @@ pub async fn cutover(req: &MyCheckRequest, opts: &GateOptions) -> Result<GateRep
         return Err(MyError::new(
             "starting the cutover",
             &format!(
-                "the stream is behind: applied up to {}:{}, the source is at {}:{} (waited {:?})",
-                at.0, at.1, now.0, now.1, opts.max_lag
+                "the stream is behind: applied up to {}, the source is at {} (waited {:?})",
+                at.map(|a| a.file_pos()).unwrap_or_else(|| "nothing yet".into()),
+                now.file_pos(),
+                opts.max_lag
             ),
             "make sure ferry migrate is running and caught up (ferry status), then cut over",
         ));
@@ -211,6 +194,13 @@ pub async fn cutover(req: &MyCheckRequest, opts: &GateOptions) -> Result<GateRep
                 .map_err(|e| MyError::query("limiting the lock wait of the gate's session", e))
         })
         .await?;
+    on_target(
+        req,
+        "recording the cutover's start",
+        opts.state
+            .gate_phase(&pg, Phase::Cutover, ACTOR, "cutover gate: stopping writes on the source"),
+    )
+    .await?;
     // Writes stop here.
     const READ_ONLY: &str = "stopping writes on the source (SET GLOBAL read_only = ON)";
     match tokio::time::timeout(source.query_timeout(), my.query_drop("SET GLOBAL read_only = ON")).await {
@@ -223,12 +213,14 @@ pub async fn cutover(req: &MyCheckRequest, opts: &GateOptions) -> Result<GateRep
                 ),
                 _ => "Ferry's user needs SUPER (MySQL) or READ_ONLY ADMIN (MariaDB 10.11: GRANT READ_ONLY ADMIN ON *.* TO ...)".into(),
             };
-            return Err(MyError::new(READ_ONLY, &e.to_string(), &fix));
+            let e = MyError::new(READ_ONLY, &e.to_string(), &fix);
+            return Err(back_to_cdc(req, &pg, opts, e).await);
         }
         Err(_) => {
             // No answer: the statement may still take effect on a server that comes back.
             let e = timed_out(&source.peer(), source.query_timeout(), READ_ONLY);
-            return Err(restore_writable(source, None, e).await);
+            let e = restore_writable(source, None, e).await;
+            return Err(back_to_cdc(req, &pg, opts, e).await);
         }
     }
     let paused = Instant::now();
@@ -282,7 +274,7 @@ pub async fn cutover(req: &MyCheckRequest, opts: &GateOptions) -> Result<GateRep
         if !wait_applied(req, &pg, opts, &final_pos, Duration::from_secs(60)).await? {
             return Err(MyError::new(
                 "reaching the final position",
-                &format!("the stream did not apply up to {}:{} within 60 s", final_pos.0, final_pos.1),
+                &format!("the stream did not apply up to {} within 60 s", final_pos.file_pos()),
                 "check ferry migrate's log; the source is writable again",
             ));
         }
@@ -336,27 +328,32 @@ pub async fn cutover(req: &MyCheckRequest, opts: &GateOptions) -> Result<GateRep
             })
             .await?;
         let report = GateReport {
-            final_position: format!("{}:{}", final_pos.0, final_pos.1),
+            final_position: final_pos.file_pos(),
             write_pause_ms: 0.0,
             killed,
             still_connected: others.into_iter().map(|(id, u, h)| format!("{id} ({u}@{h})")).collect(),
             identities,
         };
-        on_target(req, "recording the cutover", async {
-            pg.execute(
-                &format!(
-                    "UPDATE {}.mysql_loads SET phase = 'cut_over', cutover = $2::text::jsonb WHERE source = $1",
-                    quote_ident(&opts.state_schema)
-                ),
-                &[&opts.source_id, &serde_json::to_string(&report).unwrap_or_default()],
-            )
-            .await
-            .map_err(pg_err("recording the cutover"))
-        })
-        .await?;
         Ok(report)
     }
     .await;
+    // The phase `cut_over` and the report, in one target transaction: the running stream
+    // stops when it sees the phase.
+    let result = match result {
+        Ok(r) => {
+            let json = serde_json::to_value(&r).unwrap_or_default();
+            let target_peer = target_peer(req);
+            deadline(
+                &target_peer,
+                source.query_timeout(),
+                "recording the cutover",
+                opts.state.record_cutover(&mut pg, &json, ACTOR),
+            )
+            .await
+            .map(|()| r)
+        }
+        Err(e) => Err(e),
+    };
     match result {
         Ok(mut r) => {
             r.write_pause_ms = paused.elapsed().as_secs_f64() * 1000.0;
@@ -366,8 +363,28 @@ pub async fn cutover(req: &MyCheckRequest, opts: &GateOptions) -> Result<GateRep
             // After an expired deadline the gate's connection may be in the middle of an
             // abandoned statement: it is not used again.
             let usable = !e.reason.starts_with(&format!("no answer from {}", source.peer()));
-            Err(restore_writable(source, usable.then_some(my), e).await)
+            let e = restore_writable(source, usable.then_some(my), e).await;
+            Err(back_to_cdc(req, &pg, opts, e).await)
         }
+    }
+}
+
+/// After an aborted gate: the migration goes back to `cdc` (traffic stays on the source). A
+/// failure to record that is added to `e`.
+async fn back_to_cdc(req: &MyCheckRequest, pg: &tokio_postgres::Client, opts: &GateOptions, e: MyError) -> MyError {
+    let reason = format!("cutover aborted: {}", e.reason);
+    match on_target(
+        req,
+        "recording the aborted cutover",
+        opts.state.gate_phase(pg, Phase::Cdc, ACTOR, &reason),
+    )
+    .await
+    {
+        Ok(()) => e,
+        Err(w) => MyError {
+            reason: format!("{}; and recording the abort failed ({w}): ferry cutover again takes over", e.reason),
+            ..e
+        },
     }
 }
 

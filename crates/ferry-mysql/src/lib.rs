@@ -10,6 +10,7 @@ pub mod error;
 pub mod load;
 pub mod mycnf;
 pub mod preflight;
+pub mod state;
 pub mod tls;
 pub mod types;
 pub mod value;

@@ -21,7 +21,11 @@ use serde::Serialize;
 
 use crate::error::MyError;
 use crate::preflight::{MyCheckRequest, MyPlan, MyTable};
+use crate::state::MyState;
 use crate::value::{self, Kind};
+
+/// Who moves the phases of a load.
+const ACTOR: &str = "ferry migrate";
 
 /// What the load did.
 #[derive(Debug, Clone, Serialize)]
@@ -84,8 +88,17 @@ pub fn schema_sql(plan: &MyPlan) -> Vec<String> {
 
 /// Runs the full load. `jobs` copy connections.
 /// Tables larger than `split_bytes` (0: never) with a single integer primary key are copied as
-/// several key ranges in parallel.
-pub async fn full_load(req: &MyCheckRequest, plan: &MyPlan, jobs: usize, split_bytes: i64) -> Result<LoadSummary, MyError> {
+/// several key ranges in parallel. Progress goes to `state` (recorded as started, phase
+/// `schema`, by [`MyState::start_load`]): phase `full_load` with the snapshot's position, each
+/// table `copying` then `copied` (each piece counted in the transaction that commits its rows),
+/// phase `post_load` for keys and constraints.
+pub async fn full_load(
+    req: &MyCheckRequest,
+    plan: &MyPlan,
+    jobs: usize,
+    split_bytes: i64,
+    state: &MyState,
+) -> Result<LoadSummary, MyError> {
     let pg_err = |what: &str, e: tokio_postgres::Error| MyError::new(what, &e.to_string(), "check the target and rerun");
     let target = req
         .target
@@ -115,6 +128,14 @@ pub async fn full_load(req: &MyCheckRequest, plan: &MyPlan, jobs: usize, split_b
         .await
         .map_err(|e| pg_err("creating the tables on the target", e))?;
     let schema_s = t0.elapsed().as_secs_f64();
+    state
+        .advance(
+            &target,
+            ferry_core::Phase::FullLoad,
+            ACTOR,
+            "copying the tables from one consistent snapshot",
+        )
+        .await?;
 
     // Snapshot: lock, open every copy connection's snapshot, read the position, unlock.
     let t1 = Instant::now();
@@ -242,6 +263,14 @@ pub async fn full_load(req: &MyCheckRequest, plan: &MyPlan, jobs: usize, split_b
     opened?;
     let (binlog_file, binlog_pos, gtid) = position?;
     tracing::info!(binlog_file, binlog_pos, gtid, "snapshot open at a binlog position");
+    let snapshot = ferry_core::BinlogPosition::new(&binlog_file, binlog_pos, &gtid).map_err(|e| {
+        MyError::new(
+            "reading the binlog position",
+            &e.to_string(),
+            "report this as a bug (SHOW MASTER STATUS named a file Ferry cannot read)",
+        )
+    })?;
+    state.set_snapshot(&target, &snapshot).await?;
 
     // Work: tables, and large ones with a single integer primary key split into key ranges
     // (every connection reads the same snapshot, so pieces of one table fit together). The
@@ -290,6 +319,10 @@ pub async fn full_load(req: &MyCheckRequest, plan: &MyPlan, jobs: usize, split_b
     }
     work.sort_by_key(|w| w.2);
     let pieces_total = work.len();
+    for t in &plan.tables {
+        let pieces = work.iter().filter(|w| w.0 == t.name).count();
+        state.start_table(&target, &t.name, &snapshot, pieces).await?;
+    }
     let queue = Arc::new(std::sync::Mutex::new(work));
     let tables: Arc<BTreeMap<String, MyTable>> = Arc::new(plan.tables.iter().map(|t| (t.name.clone(), t.clone())).collect());
     let copied: Arc<std::sync::Mutex<Vec<(String, u64)>>> = Arc::default();
@@ -300,6 +333,7 @@ pub async fn full_load(req: &MyCheckRequest, plan: &MyPlan, jobs: usize, split_b
         let source = req.source.clone();
         let db = req.source.database().to_string();
         let zero = req.map.zero_dates;
+        let state = state.clone();
         tasks.spawn(async move {
             let tgt = target
                 .connect("mysql-copy")
@@ -309,7 +343,7 @@ pub async fn full_load(req: &MyCheckRequest, plan: &MyPlan, jobs: usize, split_b
                 let next = queue.lock().expect("lock").pop();
                 let Some((name, range, _)) = next else { break };
                 let t = &tables[&name];
-                let n = copy_table(&mut conn, &tgt, &db, t, range, zero).await?;
+                let n = copy_table(&mut conn, &tgt, &db, t, range, zero, &state).await?;
                 copied.lock().expect("lock").push((name, n));
             }
             source.cleanup(&mut conn, "COMMIT").await;
@@ -324,6 +358,14 @@ pub async fn full_load(req: &MyCheckRequest, plan: &MyPlan, jobs: usize, split_b
 
     // Keys, indexes, foreign keys, identities, statistics.
     let t2 = Instant::now();
+    state
+        .advance(
+            &target,
+            ferry_core::Phase::PostLoad,
+            ACTOR,
+            "building keys, indexes, foreign keys and identities",
+        )
+        .await?;
     post_data(req, plan, &target).await?;
     let post_s = t2.elapsed().as_secs_f64();
     let mut per_table: BTreeMap<String, u64> = BTreeMap::new();
@@ -354,7 +396,8 @@ pub fn kinds_of(t: &MyTable) -> Vec<Kind> {
         .collect()
 }
 
-/// Streams one table into the target with COPY, in the connection's snapshot.
+/// Streams one table (or one key range of it) into the target with COPY, in the connection's
+/// snapshot, and counts it in Ferry's state in the same target transaction.
 async fn copy_table(
     conn: &mut mysql_async::Conn,
     tgt: &tokio_postgres::Client,
@@ -362,6 +405,7 @@ async fn copy_table(
     t: &MyTable,
     range: Option<KeyRange>,
     zero: crate::types::ZeroDates,
+    state: &MyState,
 ) -> Result<u64, MyError> {
     let started = Instant::now();
     let cols: Vec<&String> = t.columns.iter().map(|(n, _)| n).collect();
@@ -385,6 +429,9 @@ async fn copy_table(
         cols.iter().map(|c| q(c)).collect::<Vec<_>>().join(", ")
     );
     let ctx = format!("copying {}", t.name);
+    tgt.batch_execute("BEGIN")
+        .await
+        .map_err(|e| MyError::new(&ctx, &e.to_string(), "check the target"))?;
     let sink = tgt
         .copy_in::<_, Bytes>(&copy)
         .await
@@ -393,6 +440,7 @@ async fn copy_table(
     let mut result = conn.exec_iter(select, ()).await.map_err(|e| MyError::query(&ctx, e))?;
     let mut buf: Vec<u8> = Vec::with_capacity(256 * 1024);
     let rows = AtomicU64::new(0);
+    let mut bytes = 0u64;
     while let Some(row) = result.next().await.map_err(|e| MyError::query(&ctx, e))? {
         let values = row.unwrap();
         for (i, v) in values.iter().enumerate() {
@@ -411,6 +459,7 @@ async fn copy_table(
         buf.push(b'\n');
         rows.fetch_add(1, Ordering::Relaxed);
         if buf.len() >= 192 * 1024 {
+            bytes += buf.len() as u64;
             sink.feed(Bytes::from(std::mem::take(&mut buf)))
                 .await
                 .map_err(|e| MyError::new(&ctx, &e.to_string(), "check the target's log"))?;
@@ -418,6 +467,7 @@ async fn copy_table(
         }
     }
     if !buf.is_empty() {
+        bytes += buf.len() as u64;
         sink.feed(Bytes::from(buf))
             .await
             .map_err(|e| MyError::new(&ctx, &e.to_string(), "check the target's log"))?;
@@ -426,6 +476,10 @@ async fn copy_table(
         .await
         .map_err(|e| MyError::new(&ctx, &e.to_string(), "check the target's log"))?;
     let n = rows.load(Ordering::Relaxed);
+    state.finish_piece(tgt, &t.name, n, bytes).await?;
+    tgt.batch_execute("COMMIT")
+        .await
+        .map_err(|e| MyError::new(&ctx, &e.to_string(), "check the target's log"))?;
     tracing::info!(table = %t.name, rows = n, seconds = started.elapsed().as_secs_f64(), "table copied");
     Ok(n)
 }
@@ -553,92 +607,5 @@ async fn post_data(req: &MyCheckRequest, plan: &MyPlan, target: &tokio_postgres:
             .await
             .map_err(pg(format!("analyzing {}", t.name)))?;
     }
-    Ok(())
-}
-
-/// Where a MySQL full load into this target stands, from Ferry's state schema on the target:
-/// None (never started), Some(false) (started, not finished: a crash or a kill), Some(true).
-pub async fn load_state(target: &tokio_postgres::Client, schema: &str, source: &str) -> Result<Option<bool>, MyError> {
-    let exists: bool = target
-        .query_one(
-            "SELECT EXISTS (SELECT 1 FROM pg_tables WHERE schemaname = $1 AND tablename = 'mysql_loads')",
-            &[&schema],
-        )
-        .await
-        .map_err(|e| MyError::new("reading Ferry's state on the target", &e.to_string(), "check the target"))?
-        .get(0);
-    if !exists {
-        return Ok(None);
-    }
-    let row = target
-        .query_opt(
-            &format!("SELECT finished_at IS NOT NULL FROM {}.mysql_loads WHERE source = $1", q(schema)),
-            &[&source],
-        )
-        .await
-        .map_err(|e| MyError::new("reading Ferry's state on the target", &e.to_string(), "check the target"))?;
-    Ok(row.map(|r| r.get(0)))
-}
-
-/// Records that a full load from `source` starts (or restarts).
-pub async fn mark_started(target: &tokio_postgres::Client, schema: &str, source: &str) -> Result<(), MyError> {
-    target
-        .batch_execute(&format!(
-            "CREATE SCHEMA IF NOT EXISTS {s};
-             CREATE TABLE IF NOT EXISTS {s}.mysql_loads (
-                 source      text PRIMARY KEY,
-                 started_at  timestamptz NOT NULL DEFAULT clock_timestamp(),
-                 finished_at timestamptz,
-                 summary     jsonb)",
-            s = q(schema)
-        ))
-        .await
-        .map_err(|e| {
-            MyError::new(
-                "creating Ferry's state on the target",
-                &e.to_string(),
-                "check the target user's rights",
-            )
-        })?;
-    target
-        .execute(
-            &format!(
-                "INSERT INTO {}.mysql_loads (source) VALUES ($1)
-                 ON CONFLICT (source) DO UPDATE SET started_at = clock_timestamp(), finished_at = NULL, summary = NULL",
-                q(schema)
-            ),
-            &[&source],
-        )
-        .await
-        .map_err(|e| MyError::new("recording the full load's start", &e.to_string(), "check the target"))?;
-    crate::apply::ensure_state(target, schema).await?;
-    target
-        .execute(
-            &format!(
-                "UPDATE {}.mysql_loads SET cdc_file = NULL, cdc_pos = NULL, cdc_gtid = NULL, cdc_transactions = 0,
-                        cdc_applied_at = NULL, cdc_blocked = NULL, cdc_tables = NULL, phase = 'full_load'
-                 WHERE source = $1",
-                q(schema)
-            ),
-            &[&source],
-        )
-        .await
-        .map_err(|e| MyError::new("recording the full load's start", &e.to_string(), "check the target"))?;
-    Ok(())
-}
-
-/// Records that the full load from `source` finished, with its summary (binlog position).
-pub async fn mark_finished(target: &tokio_postgres::Client, schema: &str, source: &str, summary: &LoadSummary) -> Result<(), MyError> {
-    let json = serde_json::to_string(summary).unwrap_or_default();
-    target
-        .execute(
-            &format!(
-                "UPDATE {}.mysql_loads SET finished_at = clock_timestamp(), summary = $2::text::jsonb WHERE source = $1",
-                q(schema)
-            ),
-            &[&source, &json],
-        )
-        .await
-        .map_err(|e| MyError::new("recording the full load's end", &e.to_string(), "check the target"))?;
     Ok(())
 }

@@ -28,22 +28,22 @@ use futures_util::{pin_mut, TryStreamExt};
 use mysql_async::prelude::Queryable;
 use mysql_async::Value;
 
-use crate::apply::Hold;
 use crate::endpoint::MyEndpoint;
 use crate::error::MyError;
 use crate::load::kinds_of;
 use crate::preflight::{MyCheckRequest, MyTable};
+use crate::state::{Hold, MyState};
 use crate::value::{text_of, Kind};
+use ferry_core::BinlogPosition;
 
 /// How a run goes.
 #[derive(Debug, Clone)]
 pub struct VerifyOptions {
     /// Differences described per table (all are counted).
     pub max_details: usize,
-    /// Ferry's state schema on the target (where the stream's position is).
-    pub state_schema: String,
-    /// The source's id in that state.
-    pub source_id: String,
+    /// The migration's state on the target (where the stream's position is); None: no
+    /// migration of this source is recorded there.
+    pub state: Option<MyState>,
 }
 
 /// How a column is compared.
@@ -393,34 +393,22 @@ async fn compare_table(
     Ok(report)
 }
 
-/// Asks the running stream to hold and waits until it says where it stands; the position
-/// (`file`, `pos`) when it is at or past `want` (any, when None). None after `timeout`.
+/// Asks the running stream to hold and waits until it says where it stands; the position when
+/// it is at or past `want` (any, when None). None after `timeout`.
 async fn request_hold(
     ctl: &tokio_postgres::Client,
-    opts: &VerifyOptions,
+    state: &MyState,
     hold: &Hold,
-    want: Option<(&str, u64)>,
+    want: Option<&BinlogPosition>,
     timeout: Duration,
-) -> Result<Option<(String, u64)>, MyError> {
-    let err = |e: tokio_postgres::Error| MyError::new("asking the stream to hold", &e.to_string(), "check the target");
-    let table = format!("{}.mysql_loads", quote_ident(&opts.state_schema));
-    ctl.execute(
-        &format!("UPDATE {table} SET hold = $2::text::jsonb, held_at = NULL WHERE source = $1"),
-        &[&opts.source_id, &hold.to_json()],
-    )
-    .await
-    .map_err(err)?;
+) -> Result<Option<BinlogPosition>, MyError> {
+    state.request_hold(ctl, hold).await?;
     let started = Instant::now();
     while started.elapsed() < timeout {
-        let at: Option<String> = ctl
-            .query_opt(&format!("SELECT held_at FROM {table} WHERE source = $1"), &[&opts.source_id])
-            .await
-            .map_err(err)?
-            .and_then(|r| r.get(0));
-        if let Some((f, p)) = at.as_deref().and_then(|a| a.rsplit_once(':')) {
-            let p: u64 = p.parse().unwrap_or(0);
-            if want.is_none_or(|(wf, wp)| (f, p) >= (wf, wp)) {
-                return Ok(Some((f.to_string(), p)));
+        if let Some(at) = state.held_at(ctl).await? {
+            // By file number, then offset.
+            if want.is_none_or(|w| at >= *w) {
+                return Ok(Some(at));
             }
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -428,16 +416,8 @@ async fn request_hold(
     Ok(None)
 }
 
-async fn release_hold(ctl: &tokio_postgres::Client, opts: &VerifyOptions) {
-    let _ = ctl
-        .execute(
-            &format!(
-                "UPDATE {}.mysql_loads SET hold = NULL WHERE source = $1",
-                quote_ident(&opts.state_schema)
-            ),
-            &[&opts.source_id],
-        )
-        .await;
+async fn release_hold(ctl: &tokio_postgres::Client, state: &MyState) {
+    let _ = state.request_hold(ctl, &Hold::Run).await;
 }
 
 /// Opens the two snapshots at one source position while the stream runs: the stream stops at
@@ -453,26 +433,15 @@ async fn consistent_point(
     my: &mut mysql_async::Conn,
     pg: &tokio_postgres::Client,
 ) -> Result<Option<String>, MyError> {
-    let streaming: bool = ctl
-        .query_opt(
-            &format!(
-                "SELECT 1 FROM {}.mysql_loads WHERE source = $1 AND cdc_file IS NOT NULL",
-                quote_ident(&opts.state_schema)
-            ),
-            &[&opts.source_id],
-        )
-        .await
-        .ok()
-        .flatten()
-        .is_some();
-    if !streaming {
+    let Some(state) = &opts.state else { return Ok(None) };
+    if !state.has_streamed(ctl).await.unwrap_or(false) {
         return Ok(None);
     }
-    if request_hold(ctl, opts, &Hold::Freeze, None, Duration::from_secs(10))
+    if request_hold(ctl, state, &Hold::Freeze, None, Duration::from_secs(10))
         .await?
         .is_none()
     {
-        release_hold(ctl, opts).await;
+        release_hold(ctl, state).await;
         tracing::warn!("no ferry migrate answered within 10 s: each table is compared as it is now");
         return Ok(None);
     }
@@ -492,8 +461,9 @@ async fn consistent_point(
             return Ok(None);
         };
         let pos: u64 = pos.parse().unwrap_or(0);
-        let until = Hold::Until(file.clone(), pos);
-        if request_hold(ctl, opts, &until, Some((&file, pos)), Duration::from_secs(60))
+        let at = BinlogPosition::new(&file, pos, "").map_err(|e| MyError::new(WHAT, &e.to_string(), "report this as a bug"))?;
+        let until = Hold::Until(at.clone());
+        if request_hold(ctl, state, &until, Some(&at), Duration::from_secs(60))
             .await?
             .is_none()
         {
@@ -509,7 +479,7 @@ async fn consistent_point(
         Ok(Some(format!("{file}:{pos}")))
     }
     .await;
-    release_hold(ctl, opts).await;
+    release_hold(ctl, state).await;
     result
 }
 
@@ -591,31 +561,13 @@ pub async fn verify(req: &MyCheckRequest, tables: &[MyTable], opts: &VerifyOptio
     Ok(out)
 }
 
-/// Records a finished run in Ferry's state, for the cutover gate.
+/// Records a finished run in Ferry's state, for the cutover gate (nothing when no migration of
+/// this source is recorded).
 pub async fn record(target: &tokio_postgres::Client, opts: &VerifyOptions, report: &Report) -> Result<(), MyError> {
-    let exists: bool = target
-        .query_one(
-            "SELECT EXISTS (SELECT 1 FROM pg_tables WHERE schemaname = $1 AND tablename = 'mysql_loads')",
-            &[&opts.state_schema],
-        )
-        .await
-        .map_err(|e| MyError::new("recording the verification", &e.to_string(), "check the target"))?
-        .get(0);
-    if !exists {
-        return Ok(());
+    match &opts.state {
+        Some(state) => state.record_verification(target, report.differences).await,
+        None => Ok(()),
     }
-    crate::apply::ensure_state(target, &opts.state_schema).await?;
-    target
-        .execute(
-            &format!(
-                "UPDATE {}.mysql_loads SET verified_at = clock_timestamp(), verify_differences = $2 WHERE source = $1",
-                quote_ident(&opts.state_schema)
-            ),
-            &[&opts.source_id, &(report.differences as i64)],
-        )
-        .await
-        .map_err(|e| MyError::new("recording the verification", &e.to_string(), "check the target"))?;
-    Ok(())
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 //! committed in the same transaction as its rows: after a crash, state and data always agree.
 
 use ferry_core::ident::quote_ident;
-use ferry_core::{Lsn, Phase, TableName, TableState};
+use ferry_core::{Lsn, Phase, SourcePosition, TableName, TableState};
 use tokio_postgres::{Client, GenericClient};
 
 use crate::error::PgError;
@@ -16,6 +16,11 @@ pub struct StateStore {
     q: String,
 }
 
+/// `migrations.source_engine` of a migration from a PostgreSQL source.
+pub const ENGINE_POSTGRESQL: &str = "postgresql";
+/// `migrations.source_engine` of a migration from a MySQL/MariaDB source.
+pub const ENGINE_MYSQL: &str = "mysql";
+
 /// A migration's durable record.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct MigrationRecord {
@@ -23,9 +28,10 @@ pub struct MigrationRecord {
     pub id: String,
     /// Current phase.
     pub phase: Phase,
-    /// Replication slot on the source.
+    /// Replication slot on the source (MySQL sources: `server_id N`, the replica server id
+    /// the binlog stream registers with).
     pub slot_name: String,
-    /// Publication on the source.
+    /// Publication on the source (MySQL sources: the source database).
     pub publication_name: String,
     /// The slot's consistent point, once the slot exists.
     pub consistent_lsn: Option<Lsn>,
@@ -44,6 +50,8 @@ pub struct TableRecord {
     pub state: TableState,
     /// Changes committed on the source before this LSN are in the copied rows.
     pub snapshot_lsn: Option<Lsn>,
+    /// The same for every engine (`pg:...`, `mysql:...`), when recorded that way.
+    pub snapshot_position: Option<SourcePosition>,
     /// Rows committed on the target.
     pub rows_copied: i64,
     /// COPY bytes committed on the target.
@@ -64,7 +72,8 @@ impl StateStore {
         &self.schema
     }
 
-    /// Creates the schema and its tables if missing.
+    /// Creates the schema and its tables if missing. A column or table added here is added to
+    /// [`Self::is_current`] too (commands that only read skip this when that says current).
     pub async fn ensure(&self, c: &Client) -> Result<(), PgError> {
         let s = &self.q;
         c.batch_execute(&format!(
@@ -105,6 +114,12 @@ CREATE TABLE IF NOT EXISTS {s}.events (
     kind         text NOT NULL,
     message      text NOT NULL
 );
+ALTER TABLE {s}.migrations
+    ADD COLUMN IF NOT EXISTS source_engine     text NOT NULL DEFAULT 'postgresql',
+    ADD COLUMN IF NOT EXISTS snapshot_position text,
+    ADD COLUMN IF NOT EXISTS applied_position  text;
+ALTER TABLE {s}.tables
+    ADD COLUMN IF NOT EXISTS snapshot_position text;
 ALTER TABLE {s}.migrations
     ADD COLUMN IF NOT EXISTS applied_lsn      pg_lsn,
     ADD COLUMN IF NOT EXISTS applied_txns     bigint NOT NULL DEFAULT 0,
@@ -174,18 +189,65 @@ COMMENT ON SCHEMA {s} IS 'Ferry migration state: do not edit while a migration r
             .map_err(|e| PgError::query("reading Ferry's state on the target", e))
     }
 
-    /// Loads a migration, if recorded.
+    /// Whether the state schema has every table and column of this version of Ferry (a
+    /// catalog read, no lock): commands that only read or update state call [`Self::ensure`]
+    /// only when not, so that they never queue an `ALTER TABLE` behind a running stream.
+    pub async fn is_current(&self, c: &impl GenericClient) -> Result<bool, PgError> {
+        c.query_one(
+            "SELECT count(*) = 2 FROM pg_attribute
+             WHERE (attrelid, attname) IN ((to_regclass(format('%I.migrations', $1::text)), 'applied_position'),
+                                          (to_regclass(format('%I.tables', $1::text)), 'snapshot_position'))
+               AND NOT attisdropped",
+            &[&self.schema],
+        )
+        .await
+        .map(|r| r.get(0))
+        .map_err(|e| PgError::query("reading Ferry's state on the target", e))
+    }
+
+    /// The source engine (`postgresql`, `mysql`) and source of a recorded migration.
+    pub async fn engine_of(&self, c: &impl GenericClient, id: &str) -> Result<Option<(String, String)>, PgError> {
+        c.query_opt(
+            &format!("SELECT source_engine, source FROM {}.migrations WHERE id = $1", self.q),
+            &[&id],
+        )
+        .await
+        .map(|r| r.map(|r| (r.get(0), r.get(1))))
+        .map_err(|e| PgError::query("reading Ferry's migration record", e))
+    }
+
+    /// Loads a migration from a PostgreSQL source, if recorded. A migration of another source
+    /// engine under this id is an error that says so (its slot and publication columns do not
+    /// name PostgreSQL objects).
     pub async fn load(&self, c: &Client, id: &str) -> Result<Option<MigrationRecord>, PgError> {
         if !self.exists(c).await? {
             return Ok(None);
         }
+        let engine = if self.is_current(c).await? {
+            "source_engine"
+        } else {
+            "'postgresql'"
+        };
         let row = c
             .query_opt(
-                &format!("SELECT id, phase, slot_name, publication_name, consistent_lsn::text, schema_done, post_data_done FROM {}.migrations WHERE id = $1", self.q),
+                &format!("SELECT id, phase, slot_name, publication_name, consistent_lsn::text, schema_done, post_data_done, {engine}, source FROM {}.migrations WHERE id = $1", self.q),
                 &[&id],
             )
             .await
             .map_err(|e| PgError::query("reading Ferry's migration record", e))?;
+        if let Some(r) = &row {
+            let engine: String = r.get(7);
+            if engine != ENGINE_POSTGRESQL {
+                return Err(PgError::config(
+                    format!("reading migration {id}"),
+                    format!(
+                        "migration {id} on the target is a migration from a {engine} source ({}), not from PostgreSQL",
+                        r.get::<_, String>(8)
+                    ),
+                    "give this migration another id (--migration-id)",
+                ));
+            }
+        }
         Ok(row.map(|r| MigrationRecord {
             id: r.get(0),
             phase: r.get::<_, String>(1).parse().unwrap_or(Phase::Assess),
@@ -197,28 +259,115 @@ COMMENT ON SCHEMA {s} IS 'Ferry migration state: do not edit while a migration r
         }))
     }
 
-    /// Records a new migration in phase `assess`.
+    /// Records a new migration from a PostgreSQL source in phase `assess`.
     pub async fn create(&self, c: &Client, id: &str, source: &str, slot: &str, publication: &str) -> Result<(), PgError> {
+        self.create_for(c, id, ENGINE_POSTGRESQL, source, slot, publication, "ferry migrate")
+            .await
+    }
+
+    /// Records a new migration from a source of `engine` ([`ENGINE_POSTGRESQL`],
+    /// [`ENGINE_MYSQL`]) in phase `assess`, with its first transition (by `actor`).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn create_for(
+        &self,
+        c: &impl GenericClient,
+        id: &str,
+        engine: &str,
+        source: &str,
+        slot: &str,
+        publication: &str,
+        actor: &str,
+    ) -> Result<(), PgError> {
         c.execute(
             &format!(
-                "INSERT INTO {}.migrations (id, source, slot_name, publication_name, phase) VALUES ($1, $2, $3, $4, 'assess')",
+                "INSERT INTO {}.migrations (id, source, slot_name, publication_name, phase, source_engine) VALUES ($1, $2, $3, $4, 'assess', $5)",
                 self.q
             ),
-            &[&id, &source, &slot, &publication],
+            &[&id, &source, &slot, &publication, &engine],
         )
         .await
         .map_err(|e| PgError::query("recording the migration", e))?;
         c.execute(
             &format!(
-                "INSERT INTO {}.transitions (migration_id, from_phase, to_phase, actor, reason) VALUES ($1, NULL, 'assess', 'ferry migrate', 'migration created')",
+                "INSERT INTO {}.transitions (migration_id, from_phase, to_phase, actor, reason) VALUES ($1, NULL, 'assess', $2, 'migration created')",
                 self.q
             ),
-            &[&id],
+            &[&id, &actor],
         )
         .await
         .map_err(|e| PgError::query("recording the phase transition", e))?;
         self.event(c, id, Phase::Assess, "created", &format!("migration created from {source}"))
             .await
+    }
+
+    /// The recorded phase of a migration (None: not recorded).
+    pub async fn phase(&self, c: &impl GenericClient, id: &str) -> Result<Option<Phase>, PgError> {
+        let row = c
+            .query_opt(&format!("SELECT phase FROM {}.migrations WHERE id = $1", self.q), &[&id])
+            .await
+            .map_err(|e| PgError::query("reading the phase", e))?;
+        row.map(|r| {
+            r.get::<_, String>(0).parse().map_err(|e: ferry_core::state::UnknownState| {
+                PgError::config(format!("reading the phase of {id}"), e.to_string(), "upgrade Ferry")
+            })
+        })
+        .transpose()
+    }
+
+    /// Records where the source stood when the copied data was read (every engine's
+    /// [`SourcePosition`] text; PostgreSQL keeps its LSN in `consistent_lsn` too).
+    pub async fn set_snapshot_position(&self, c: &impl GenericClient, id: &str, at: Option<&SourcePosition>) -> Result<(), PgError> {
+        let text = at.map(|p| p.to_string());
+        c.execute(
+            &format!(
+                "UPDATE {}.migrations SET snapshot_position = $2, updated_at = now() WHERE id = $1",
+                self.q
+            ),
+            &[&id, &text],
+        )
+        .await
+        .map(|_| ())
+        .map_err(|e| PgError::query("recording the snapshot position", e))
+    }
+
+    /// The recorded snapshot and applied positions ([`SourcePosition`] text columns).
+    pub async fn positions(&self, c: &impl GenericClient, id: &str) -> Result<(Option<SourcePosition>, Option<SourcePosition>), PgError> {
+        let row = c
+            .query_opt(
+                &format!(
+                    "SELECT snapshot_position, applied_position FROM {}.migrations WHERE id = $1",
+                    self.q
+                ),
+                &[&id],
+            )
+            .await
+            .map_err(|e| PgError::query("reading the recorded positions", e))?;
+        let Some(r) = row else { return Ok((None, None)) };
+        let parse = |col: usize| -> Result<Option<SourcePosition>, PgError> {
+            r.get::<_, Option<String>>(col)
+                .map(|t| {
+                    t.parse().map_err(|e: ferry_core::position::ParsePositionError| {
+                        PgError::config(format!("reading the positions of {id}"), e.to_string(), "upgrade Ferry")
+                    })
+                })
+                .transpose()
+        };
+        Ok((parse(0)?, parse(1)?))
+    }
+
+    /// SQL that moves the applied position by a batch of `transactions` source transactions
+    /// whose last one committed on the source at `commit_time` (Unix seconds, 0: unknown): run
+    /// inside the target transaction that applied them, so that position and data commit
+    /// together (exactly once). Touches exactly one row.
+    pub fn applied_position_sql(&self, id: &str, at: &SourcePosition, transactions: u64, commit_time: u64) -> String {
+        format!(
+            "UPDATE {}.migrations SET applied_position = {}, applied_txns = applied_txns + {transactions}, applied_at = clock_timestamp(),
+                    last_commit_time = CASE WHEN {commit_time} > 0 THEN to_timestamp({commit_time}) ELSE last_commit_time END
+             WHERE id = {}",
+            self.q,
+            ferry_core::ident::quote_literal(&at.to_string()),
+            ferry_core::ident::quote_literal(id)
+        )
     }
 
     /// Moves the migration to `to`, if the state machine allows it from where it stands
@@ -346,7 +495,7 @@ COMMENT ON SCHEMA {s} IS 'Ferry migration state: do not edit while a migration r
     pub async fn tables(&self, c: &Client, id: &str) -> Result<Vec<TableRecord>, PgError> {
         let rows = c
             .query(
-                &format!("SELECT schema_name, table_name, state, snapshot_lsn::text, rows_copied, bytes_copied FROM {}.tables WHERE migration_id = $1 ORDER BY 1, 2", self.q),
+                &format!("SELECT schema_name, table_name, state, snapshot_lsn::text, rows_copied, bytes_copied, snapshot_position FROM {}.tables WHERE migration_id = $1 ORDER BY 1, 2", self.q),
                 &[&id],
             )
             .await
@@ -359,6 +508,7 @@ COMMENT ON SCHEMA {s} IS 'Ferry migration state: do not edit while a migration r
                 snapshot_lsn: r.get::<_, Option<String>>(3).and_then(|s| s.parse().ok()),
                 rows_copied: r.get(4),
                 bytes_copied: r.get(5),
+                snapshot_position: r.get::<_, Option<String>>(6).and_then(|s| s.parse().ok()),
             })
             .collect())
     }
@@ -373,6 +523,30 @@ COMMENT ON SCHEMA {s} IS 'Ferry migration state: do not edit while a migration r
                 self.q
             ),
             &[&id, &t.schema, &t.name, &lsn.to_string(), &ranges],
+        )
+        .await
+        .map(|_| ())
+        .map_err(|e| PgError::query(format!("recording the start of {t}"), e))
+    }
+
+    /// Marks a table as being copied from the snapshot at `at` (any engine) in `ranges` ranges.
+    pub async fn start_table_at(
+        &self,
+        c: &impl GenericClient,
+        id: &str,
+        t: &TableName,
+        at: &SourcePosition,
+        ranges: i32,
+    ) -> Result<(), PgError> {
+        let lsn = at.as_lsn().map(|l| l.to_string());
+        c.execute(
+            &format!(
+                "UPDATE {}.tables SET state = 'copying', snapshot_lsn = $4::text::pg_lsn, snapshot_position = $6, ranges_total = $5,
+                        ranges_done = 0, rows_copied = 0, bytes_copied = 0, started_at = now(), finished_at = NULL
+                 WHERE migration_id = $1 AND schema_name = $2 AND table_name = $3",
+                self.q
+            ),
+            &[&id, &t.schema, &t.name, &lsn, &ranges, &at.to_string()],
         )
         .await
         .map(|_| ())

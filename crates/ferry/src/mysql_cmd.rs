@@ -1,26 +1,51 @@
 //! `ferry migrate` with a MySQL/MariaDB source: the checks, the full load from one consistent
 //! snapshot, then change capture from the binlog until SIGTERM/SIGINT (`docs/mysql-cdc.md`).
 //! Every step is resumable: the same command after a crash reloads an unfinished load, or
-//! resumes the stream from the last position committed on the target.
+//! resumes the stream from the last position committed on the target. The migration is
+//! recorded in Ferry's state schema like a PostgreSQL one (`ferry_mysql::state`).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ferry_core::{BinlogPosition, Phase};
 use ferry_mysql::apply::{self, CdcOptions, CdcStats};
 use ferry_mysql::preflight;
+use ferry_mysql::state::{LoadState, MyState};
 
 use crate::cli::{MigrateArgs, StopAfter};
 use crate::exit::{self, UsageError};
 
-/// Ferry's replica server id on a source: stable per migration, away from small ids people use.
-fn server_id(source: &str, target: &str) -> u32 {
-    let mut h: u32 = 0x811c_9dc5;
-    for b in source.bytes().chain(target.bytes()) {
-        h ^= u32::from(b);
-        h = h.wrapping_mul(0x0100_0193);
-    }
-    0x4600_0000 | (h & 0x00ff_ffff)
+/// Who moves the phases here.
+const ACTOR: &str = "ferry migrate";
+
+/// Opens the migration from `source` into `target_ep` in Ferry's state on the target (see
+/// `MyState::open`: the id is `given_id` sanitized, else the one recorded for this source, else
+/// derived from the target as for PostgreSQL sources; state of an earlier version is converted).
+/// None: nothing recorded and `create` not asked.
+pub async fn open_state(
+    c: &mut tokio_postgres::Client,
+    source: &ferry_mysql::MyEndpoint,
+    target_ep: &ferry_postgres::Endpoint,
+    schema: &str,
+    given_id: Option<&str>,
+    actor: &str,
+    create: bool,
+) -> anyhow::Result<Option<MyState>> {
+    let given = crate::settings::given_migration_id(given_id)?;
+    let default = crate::settings::default_migration_id(target_ep);
+    Ok(MyState::open(
+        c,
+        schema,
+        given.as_deref(),
+        &default,
+        &source.describe(),
+        source.database(),
+        &target_ep.describe(),
+        actor,
+        create,
+    )
+    .await?)
 }
 
 /// Runs it; returns the exit code.
@@ -29,26 +54,37 @@ pub async fn migrate(args: &MigrateArgs) -> anyhow::Result<i32> {
     let stream_after = args.stop_after != Some(StopAfter::FullLoad);
     let source_id = req.source.describe();
     let state_schema = &args.endpoints.state_schema;
-    let target = req.target.connect("mysql-state").await?;
+    let mut target = req.target.connect("mysql-state").await?;
+    let state = open_state(
+        &mut target,
+        &req.source,
+        &req.target,
+        state_schema,
+        args.endpoints.migration_id.as_deref(),
+        ACTOR,
+        true,
+    )
+    .await?
+    .expect("created when missing");
     // A load of this source into this target that started and did not finish (a crash, a kill)
     // left tables that are Ferry's own: they are dropped and copied again from a new snapshot.
     // A finished one is resumed (the stream), or refused when only a load was asked for.
-    let load = match ferry_mysql::load::load_state(&target, state_schema, &source_id).await? {
-        Some(false) => {
+    let load = match state.load_state(&target).await? {
+        LoadState::Unfinished => {
             eprintln!("An earlier full load from {source_id} did not finish: its tables are dropped and copied again from a new snapshot");
             req.overwrite = true;
             true
         }
-        Some(true) if req.overwrite => true,
-        Some(true) if !stream_after => {
+        LoadState::Finished if req.overwrite => true,
+        LoadState::Finished if !stream_after => {
             return Err(UsageError(format!(
                 "the full load from {source_id} into {} already finished; pass --overwrite to load it again (its tables are replaced)",
                 req.target.describe()
             ))
             .into());
         }
-        Some(true) => false,
-        None => true,
+        LoadState::Finished => false,
+        LoadState::None => true,
     };
     // Checks: on a resume the target's tables are ours and full.
     let mut check_req = req.clone();
@@ -73,9 +109,9 @@ pub async fn migrate(args: &MigrateArgs) -> anyhow::Result<i32> {
             plan.tables.len(),
             req.target.describe()
         );
-        ferry_mysql::load::mark_started(&target, state_schema, &source_id).await?;
-        let summary = ferry_mysql::load::full_load(&req, &plan, jobs, args.endpoints.split_size).await?;
-        ferry_mysql::load::mark_finished(&target, state_schema, &source_id, &summary).await?;
+        state.start_load(&target, &plan.tables, ACTOR).await?;
+        let summary = ferry_mysql::load::full_load(&req, &plan, jobs, args.endpoints.split_size, &state).await?;
+        state.finish_load(&target, &serde_json::to_value(&summary)?, ACTOR).await?;
         println!(
             "Full load from {} done at binlog position {}:{} (GTID {}):",
             req.source.describe(),
@@ -102,7 +138,7 @@ pub async fn migrate(args: &MigrateArgs) -> anyhow::Result<i32> {
             return Ok(exit::OK);
         }
     }
-    stream(args, &req, &plan, &target, &source_id).await
+    stream(args, &req, &plan, &target, &state, !load).await
 }
 
 /// Change capture until SIGTERM/SIGINT.
@@ -111,40 +147,52 @@ async fn stream(
     req: &preflight::MyCheckRequest,
     plan: &preflight::MyPlan,
     target: &tokio_postgres::Client,
-    source_id: &str,
+    state: &MyState,
+    restarted: bool,
 ) -> anyhow::Result<i32> {
-    let state_schema = &args.endpoints.state_schema;
-    apply::ensure_state(target, state_schema).await?;
-    let phase = apply::phase(target, state_schema, source_id).await?;
-    if phase.as_deref() == Some("cut_over") {
+    let source_id = state.source();
+    let phase = state.phase(target).await?;
+    if phase == Some(Phase::CutOver) {
         return Err(UsageError(format!(
             "the migration from {source_id} was cut over: the application writes to the target now, and there is nothing to stream"
         ))
         .into());
     }
-    let Some((start, blocked)) = apply::state(target, state_schema, source_id).await? else {
+    let Some((start, blocked)) = state.resume_point(target).await? else {
         anyhow::bail!("no finished full load is recorded for {source_id}");
     };
+    if restarted {
+        if let Some(p) = phase {
+            state
+                .restarted(
+                    target,
+                    ACTOR,
+                    &format!("ferry migrate restarted in phase {p}; streaming from {start}"),
+                )
+                .await?;
+        }
+    }
     let skip_schema_change = match (&blocked, args.ddl_applied) {
-        (Some(b), true) => Some((
-            b["file"].as_str().unwrap_or_default().to_string(),
-            b["pos"].as_u64().unwrap_or_default(),
-        )),
+        (Some(b), true) => Some(
+            BinlogPosition::new(b["file"].as_str().unwrap_or_default(), b["pos"].as_u64().unwrap_or_default(), "")
+                .map_err(|e| anyhow::anyhow!("the schema change the stream stopped at has no readable position: {e}"))?,
+        ),
         (None, true) => {
             return Err(UsageError("--ddl-applied: the stream did not stop at a schema change; nothing to skip".into()).into());
         }
         _ => None,
     };
-    let tables = apply::stream_tables(target, state_schema, source_id, &plan.tables, args.ddl_applied).await?;
+    let tables = state.stream_tables(target, &plan.tables, args.ddl_applied, ACTOR).await?;
     let plan = &preflight::MyPlan { tables, ..plan.clone() };
     let opts = CdcOptions {
-        server_id: server_id(source_id, &req.target.describe()),
+        server_id: ferry_mysql::state::replica_server_id(source_id, &req.target.describe()),
         batch_changes: args.max_batch.max(1),
         batch_time: Duration::from_millis(args.max_delay_ms),
         skip_schema_change,
     };
     eprintln!(
-        "Streaming changes from {source_id} (binlog {start}, replica server id {}) into {}; SIGTERM or Ctrl-C stops at a transaction boundary",
+        "Streaming changes from {source_id} (binlog {}, replica server id {}) into {}; SIGTERM or Ctrl-C stops at a transaction boundary",
+        start.file_pos(),
         opts.server_id,
         req.target.describe()
     );
@@ -178,16 +226,16 @@ async fn stream(
             }
         })
     };
-    let result = apply::stream(req, plan, state_schema, source_id, &opts, stop_rx, &stats).await;
+    let result = apply::stream(req, plan, state, &opts, stop_rx, &stats).await;
     printer.abort();
     let end = result?;
-    let phase = apply::phase(target, state_schema, source_id).await?;
-    if phase.as_deref() == Some("cut_over") {
+    if state.phase(target).await? == Some(Phase::CutOver) {
         println!("The migration was cut over (ferry cutover): the stream is done.");
     }
     println!(
-        "Stopped at binlog position {end} (GTID {}): {} source transactions, {} row changes applied in this run",
-        if end.gtid.is_empty() { "-" } else { &end.gtid },
+        "Stopped at binlog position {} (GTID {}): {} source transactions, {} row changes applied in this run",
+        end.file_pos(),
+        if end.gtid().is_empty() { "-" } else { end.gtid() },
         stats.transactions.load(Ordering::Relaxed),
         stats.changes.load(Ordering::Relaxed)
     );
@@ -217,6 +265,15 @@ pub async fn cutover(args: &crate::cli::SwitchArgs) -> anyhow::Result<i32> {
         tinyint1_boolean: false,
     };
     let req = crate::settings::resolve_mysql(&endpoints)?;
+    let mut t = req.target.connect("mysql-cutover").await?;
+    let Some(state) = open_state(&mut t, &req.source, &req.target, &args.state_schema, None, "ferry cutover", false).await? else {
+        eprintln!(
+            "ferry: cutover refused or aborted: no finished migration from {} is recorded on this target (fix: run ferry migrate first (same --source and --target))",
+            req.source.describe()
+        );
+        return Ok(exit::FOUND_PROBLEM);
+    };
+    drop(t);
     // A bad webhook (CA file) is refused before the switch, not after it.
     let hook = args
         .webhook
@@ -224,8 +281,7 @@ pub async fn cutover(args: &crate::cli::SwitchArgs) -> anyhow::Result<i32> {
         .map(|u| crate::status::Webhook::new(u, args.webhook_ca.as_deref()))
         .transpose()?;
     let opts = ferry_mysql::cutover::GateOptions {
-        state_schema: args.state_schema.clone(),
-        source_id: req.source.describe(),
+        state,
         grace: args.grace,
         max_lag: args.max_lag,
         skip_verify_check: args.skip_verify_check,
@@ -289,39 +345,35 @@ pub async fn status(args: &crate::cli::StatusArgs) -> anyhow::Result<i32> {
         .map_err(|e| UsageError(format!("--source: {e}")))?;
     let target = crate::settings::pg_endpoint(target, None, "FERRY_TARGET_PASSWORD", "target")?;
     let source_id = source.describe();
-    let t = target.connect("mysql-status").await?;
-    if ferry_mysql::load::load_state(&t, &args.state_schema, &source_id).await?.is_none() {
+    let mut t = target.connect("mysql-status").await?;
+    let state = open_state(
+        &mut t,
+        &source,
+        &target,
+        &args.state_schema,
+        args.migration_id.as_deref(),
+        "ferry status",
+        false,
+    )
+    .await?;
+    let recorded = match &state {
+        Some(state) => state.status_json(&t).await?,
+        None => None,
+    };
+    let Some(mut st) = recorded else {
         return Err(UsageError(format!(
             "no migration from {source_id} is recorded in {} (schema {})",
             target.describe(),
             args.state_schema
         ))
         .into());
-    }
-    apply::ensure_state(&t, &args.state_schema).await?;
-    let row = t
-        .query_one(
-            &format!(
-                "SELECT jsonb_build_object(
-                    'source', source, 'phase', phase, 'load_started_at', started_at, 'load_finished_at', finished_at,
-                    'load', summary, 'applied_file', cdc_file, 'applied_pos', cdc_pos, 'applied_gtid', cdc_gtid,
-                    'transactions', cdc_transactions, 'last_apply_at', cdc_applied_at,
-                    'seconds_since_last_apply', extract(epoch FROM clock_timestamp() - cdc_applied_at)::float8,
-                    'blocked_at', cdc_blocked, 'verified_at', verified_at, 'verify_differences', verify_differences,
-                    'cutover', cutover)::text
-                 FROM {}.mysql_loads WHERE source = $1",
-                ferry_core::ident::quote_ident(&args.state_schema)
-            ),
-            &[&source_id],
-        )
-        .await?;
-    let mut st: serde_json::Value = serde_json::from_str(&row.get::<_, String>(0))?;
+    };
     // The source's end of binlog, when it can be reached.
-    if let Ok((file, pos)) = ferry_mysql::cutover::binlog_end(&source).await {
-        st["source_file"] = file.clone().into();
-        st["source_pos"] = pos.into();
-        if st["applied_file"].as_str() == Some(file.as_str()) {
-            st["bytes_behind"] = pos.saturating_sub(st["applied_pos"].as_u64().unwrap_or(0)).into();
+    if let Ok(end) = ferry_mysql::cutover::binlog_end(&source).await {
+        st["source_file"] = end.file().into();
+        st["source_pos"] = end.pos().into();
+        if st["applied_file"].as_str() == Some(end.file()) {
+            st["bytes_behind"] = end.pos().saturating_sub(st["applied_pos"].as_u64().unwrap_or(0)).into();
         }
     }
     if args.json {
@@ -330,6 +382,7 @@ pub async fn status(args: &crate::cli::StatusArgs) -> anyhow::Result<i32> {
     }
     let s = |k: &str| st[k].as_str().map(str::to_string).unwrap_or_else(|| "-".into());
     println!("MySQL/MariaDB migration from {source_id} into {}", target.describe());
+    println!("  migration id   {}", s("migration_id"));
     println!("  phase          {}", s("phase"));
     if st["load_finished_at"].is_null() {
         println!(

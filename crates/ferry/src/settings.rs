@@ -76,6 +76,22 @@ fn fnv(s: &str) -> u32 {
     h
 }
 
+/// `--migration-id`, sanitized (None: not given).
+pub fn given_migration_id(given: Option<&str>) -> anyhow::Result<Option<String>> {
+    let Some(id) = given else { return Ok(None) };
+    let s = sanitize(id);
+    if s.is_empty() {
+        return Err(UsageError("--migration-id must contain letters or digits".into()).into());
+    }
+    Ok(Some(s))
+}
+
+/// The migration id when none is given: the target's database and a hash of its address (one
+/// migration per target database, whatever the source's engine).
+pub fn default_migration_id(target: &Endpoint) -> String {
+    format!("{}_{:08x}", sanitize(target.dbname()), fnv(&target.describe()))
+}
+
 /// Resolves endpoints and derived names into a check request.
 pub fn resolve(e: &Endpoints) -> anyhow::Result<CheckRequest> {
     if ferry_mysql::is_mysql_url(&e.source) {
@@ -90,15 +106,9 @@ pub fn resolve(e: &Endpoints) -> anyhow::Result<CheckRequest> {
     let source = pg_endpoint(&e.source, e.source_password_file.as_deref(), "FERRY_SOURCE_PASSWORD", "source")?;
     let target = pg_endpoint(&e.target, e.target_password_file.as_deref(), "FERRY_TARGET_PASSWORD", "target")?;
     let filter = TableFilter::new(&e.include, &e.exclude).map_err(|err| UsageError(err.to_string()))?;
-    let id = match &e.migration_id {
-        Some(id) => {
-            let s = sanitize(id);
-            if s.is_empty() {
-                return Err(UsageError("--migration-id must contain letters or digits".into()).into());
-            }
-            s
-        }
-        None => format!("{}_{:08x}", sanitize(target.dbname()), fnv(&target.describe())),
+    let id = match given_migration_id(e.migration_id.as_deref())? {
+        Some(id) => id,
+        None => default_migration_id(&target),
     };
     let jobs = e
         .jobs

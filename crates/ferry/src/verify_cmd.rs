@@ -484,24 +484,20 @@ async fn mysql(endpoints: &crate::cli::Endpoints, args: &crate::cli::VerifyArgs)
     }
     let mut req = crate::settings::resolve_mysql(endpoints)?;
     req.overwrite = true;
-    let source_id = req.source.describe();
-    let target = req.target.connect("mysql-verify").await?;
+    let mut target = req.target.connect("mysql-verify").await?;
+    let state = crate::mysql_cmd::open_state(
+        &mut target,
+        &req.source,
+        &req.target,
+        &args.state_schema,
+        None,
+        "ferry verify",
+        false,
+    )
+    .await?;
     // The tables as the stream knows them, else as the source has them now.
-    let stored = match ferry_mysql::load::load_state(&target, &args.state_schema, &source_id).await? {
-        Some(_) => {
-            ferry_mysql::apply::ensure_state(&target, &args.state_schema).await?;
-            let text: Option<String> = target
-                .query_opt(
-                    &format!(
-                        "SELECT cdc_tables::text FROM {}.mysql_loads WHERE source = $1",
-                        ferry_core::ident::quote_ident(&args.state_schema)
-                    ),
-                    &[&source_id],
-                )
-                .await?
-                .and_then(|r| r.get(0));
-            text.and_then(|t| serde_json::from_str::<Vec<ferry_mysql::preflight::MyTable>>(&t).ok())
-        }
+    let stored = match &state {
+        Some(state) => state.stored_tables(&target).await?,
         None => None,
     };
     let tables = match stored {
@@ -519,8 +515,7 @@ async fn mysql(endpoints: &crate::cli::Endpoints, args: &crate::cli::VerifyArgs)
     };
     let opts = ferry_mysql::verify::VerifyOptions {
         max_details: args.max_differences,
-        state_schema: args.state_schema.clone(),
-        source_id,
+        state,
     };
     let report = ferry_mysql::verify::verify(&req, &tables, &opts).await?;
     ferry_mysql::verify::record(&target, &opts, &report).await?;

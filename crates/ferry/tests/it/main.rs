@@ -19,6 +19,7 @@ mod managed;
 mod mysql;
 mod mysql_cdc;
 mod mysql_tls;
+mod mysql_upgrade;
 mod privileges;
 mod proxy_tls;
 mod resume;

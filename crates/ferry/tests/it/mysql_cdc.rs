@@ -13,30 +13,35 @@ pub fn my_query(var: &str, sql: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// The source's binlog end (file, position).
-fn binlog_end(var: &str) -> (String, u64) {
+/// The source's binlog end.
+pub fn binlog_end(var: &str) -> ferry_core::SourcePosition {
     let out = my_query(var, "SHOW MASTER STATUS");
     let mut f = out.split('\t');
-    (f.next().unwrap().to_string(), f.next().unwrap().trim().parse().unwrap())
+    let (file, pos) = (f.next().unwrap(), f.next().unwrap().trim().parse().unwrap());
+    ferry_core::SourcePosition::Mysql(ferry_core::BinlogPosition::new(file, pos, "").unwrap())
 }
 
-/// Waits until the stream has applied everything the source had logged when called.
+/// The MySQL migration's applied position on the target (None: nothing applied yet).
+pub async fn applied_position(t: &tokio_postgres::Client) -> Option<ferry_core::SourcePosition> {
+    let row = t
+        .query_opt(
+            "SELECT applied_position FROM ferry.migrations WHERE source_engine = 'mysql' AND applied_position IS NOT NULL",
+            &[],
+        )
+        .await
+        .ok()
+        .flatten()?;
+    Some(row.get::<_, String>(0).parse().expect("a position Ferry can read"))
+}
+
+/// Waits until the stream has applied everything the source had logged when called (positions
+/// compared by binlog file number, then offset).
 pub async fn wait_caught_up(var: &str, target: &str, timeout: Duration) {
-    let (file, pos) = binlog_end(var);
+    let end = binlog_end(var);
     let t = connect(target).await;
     wait_for("the binlog stream to catch up", timeout, || {
-        let (t, file) = (&t, file.clone());
-        async move {
-            let row = t
-                .query_opt("SELECT cdc_file, cdc_pos FROM ferry.mysql_loads WHERE cdc_file IS NOT NULL", &[])
-                .await
-                .ok()
-                .flatten();
-            row.is_some_and(|r| {
-                let (f, p): (String, i64) = (r.get(0), r.get(1));
-                (f.as_str(), p as u64) >= (file.as_str(), pos)
-            })
-        }
+        let (t, end) = (&t, end.clone());
+        async move { applied_position(t).await.is_some_and(|p| p >= end) }
     })
     .await;
 }
@@ -51,12 +56,12 @@ pub async fn pg_rows(url: &str, table: &str) -> Vec<String> {
 }
 
 /// Waits for the stream to be running (its tables recorded).
-async fn wait_streaming(target: &str) {
+pub async fn wait_streaming(target: &str) {
     let t = connect(target).await;
     wait_for("the binlog stream to start", Duration::from_secs(120), || {
         let t = &t;
         async move {
-            t.query_opt("SELECT 1 FROM ferry.mysql_loads WHERE cdc_tables IS NOT NULL", &[])
+            t.query_opt("SELECT 1 FROM ferry.mysql_state WHERE cdc_tables IS NOT NULL", &[])
                 .await
                 .ok()
                 .flatten()
@@ -103,7 +108,7 @@ async fn mysql_cdc_streams_every_type_exactly_and_stops_at_schema_changes() {
             INSERT INTO wiped VALUES (1, 'a'), (2, 'b');"#
         ),
     );
-    let args = ["migrate", "--source", &source, "--target", &target, "--listen", "off"];
+    let args = ["migrate", "--source", &source, "--target", &target];
     let m = Migrator::spawn(&args);
     wait_streaming(&target).await;
     // Changes of every kind, with edge values, in multi-statement transactions.
@@ -228,16 +233,7 @@ async fn mysql_cdc_streams_every_type_exactly_and_stops_at_schema_changes() {
     t.batch_execute("ALTER TABLE public.wiped ADD COLUMN extra int NOT NULL DEFAULT 7")
         .await
         .unwrap();
-    let m = Migrator::spawn(&[
-        "migrate",
-        "--source",
-        &source,
-        "--target",
-        &target,
-        "--listen",
-        "off",
-        "--ddl-applied",
-    ]);
+    let m = Migrator::spawn(&["migrate", "--source", &source, "--target", &target, "--ddl-applied"]);
     wait_caught_up("FERRY_TEST_MYSQL", &target, Duration::from_secs(60)).await;
     assert_eq!(
         lines(&t, "SELECT id || ':' || extra FROM public.wiped ORDER BY id").await,
@@ -254,17 +250,7 @@ async fn mysql_cdc_streams_every_type_exactly_and_stops_at_schema_changes() {
     for needle in ["id=300", "column dt", "zero date", "--zero-dates null"] {
         assert!(stopped.stderr.contains(needle), "{needle}: {}", stopped.all());
     }
-    let m = Migrator::spawn(&[
-        "migrate",
-        "--source",
-        &source,
-        "--target",
-        &target,
-        "--listen",
-        "off",
-        "--zero-dates",
-        "null",
-    ]);
+    let m = Migrator::spawn(&["migrate", "--source", &source, "--target", &target, "--zero-dates", "null"]);
     wait_caught_up("FERRY_TEST_MYSQL", &target, Duration::from_secs(60)).await;
     let dt: Option<String> = t
         .query_one("SELECT dt::text FROM public.every_type WHERE id = 300", &[])
@@ -325,12 +311,12 @@ async fn heavy_mysql_sysbench_through_load_and_cdc_with_kill_9() {
         .spawn()
         .unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let args = ["migrate", "--source", &source, "--target", &target, "--listen", "off", "-j", "2"];
+    let args = ["migrate", "--source", &source, "--target", &target, "-j", "2"];
     let mut m = Migrator::spawn(&args);
     wait_streaming(&target).await;
     let t = connect(&target).await;
     let applied = || async {
-        t.query_one("SELECT cdc_transactions FROM ferry.mysql_loads", &[])
+        t.query_one("SELECT applied_txns FROM ferry.migrations WHERE source_engine = 'mysql'", &[])
             .await
             .map(|r| r.get::<_, i64>(0))
             .unwrap_or(0)
@@ -472,7 +458,7 @@ async fn mysql_cutover_gate_stops_writes_reaches_the_final_position_and_signals(
              GRANT SELECT, INSERT ON {db}.* TO '{app}'@'%';"
         ),
     );
-    let m = Migrator::spawn(&["migrate", "--source", &source, "--target", &target, "--listen", "off"]);
+    let m = Migrator::spawn(&["migrate", "--source", &source, "--target", &target]);
     wait_streaming(&target).await;
     // The application inserts until the source refuses.
     let (host, port, _) = server("FERRY_TEST_MYSQL");

@@ -197,12 +197,12 @@ async fn mysql_tls_verify_identity_load_and_stream_and_clear_refusals() {
     );
 
     // Load and binlog stream over TLS (the server refuses anything else).
-    let m = Migrator::spawn(&["migrate", "--source", &verified, "--target", &target, "--listen", "off"]);
+    let m = Migrator::spawn(&["migrate", "--source", &verified, "--target", &target]);
     wait_for_row(
         &target,
         "the binlog stream to start",
         Duration::from_secs(120),
-        "SELECT 1 FROM ferry.mysql_loads WHERE cdc_tables IS NOT NULL",
+        "SELECT 1 FROM ferry.mysql_state WHERE cdc_tables IS NOT NULL",
     )
     .await;
     my.sql(&format!(
