@@ -12,6 +12,7 @@ pub mod position;
 pub mod secret;
 pub mod sink;
 pub mod state;
+pub mod switch;
 
 pub use error::{ErrorClass, Fault};
 pub use filter::{FilterError, TableFilter};

@@ -24,6 +24,7 @@ pub mod slot;
 pub mod snapshot;
 pub mod state;
 pub mod stream;
+pub mod switch;
 pub mod verify;
 
 pub use endpoint::Endpoint;

@@ -384,7 +384,7 @@ async fn inner(req: &CheckRequest, opts: &CompleteOptions, mode: &Mode<'_>, r: &
 
     // The source: read-only stays, unless asked.
     if opts.source_writable {
-        crate::cutover::set_read_only(&source_c, "source", false).await?;
+        ferry_postgres::switch::set_read_only(&source_c, "source", false).await?;
     }
     r.source_read_only = Some(database_read_only(&source_c).await?);
 

@@ -24,15 +24,17 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ferry_core::ident::quote_ident;
-use ferry_core::{Lsn, Phase};
-use ferry_postgres::endpoint::{own_sessions, BACKEND_START_US};
+use ferry_core::switch::{seen_twice, SessionId, SwitchSide};
+use ferry_core::{Lsn, Phase, SourcePosition};
 use ferry_postgres::preflight::CheckRequest;
 use ferry_postgres::state::StateStore;
-use ferry_postgres::{cdc, sequences, Endpoint, PgError};
+use ferry_postgres::switch::{self as pg_switch, PgSide, ReverseStream};
+use ferry_postgres::{cdc, Endpoint};
 use serde::Serialize;
 use serde_json::json;
 use tokio_postgres::Client;
+
+pub use ferry_postgres::switch::reverse_names;
 
 use crate::live::Live;
 
@@ -142,11 +144,6 @@ fn is_lag_blocker(b: &str) -> bool {
 /// Figures older than this (seconds) are too old to switch on.
 const STALE_AFTER: f64 = 5.0;
 
-/// Names of the reverse stream's slot and publication on the target.
-pub fn reverse_names(slot: &str, publication: &str) -> (String, String) {
-    (format!("{slot}_rev"), format!("{publication}_rev"))
-}
-
 /// Which way a switch goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Way {
@@ -225,19 +222,25 @@ impl Switchboard {
             Ok(c) => c,
             Err(e) => return report.no_go(vec![e.to_string()]),
         };
-        for c in [&old_c, &new_c, &state_c] {
-            if let Err(e) = writable_session(c).await {
-                return report.no_go(vec![e.to_string()]);
-            }
+        let (old, new) = self.sides(way, &old_c, &new_c);
+        if let Err(e) = old.prepare_session().await {
+            return report.no_go(vec![e.to_string()]);
         }
-        let mut checked = self.pre_checks(way, opts, &old_c, &new_c, &state_c).await;
+        if let Err(e) = new.prepare_session().await {
+            return report.no_go(vec![e.to_string()]);
+        }
+        // The state store is PostgreSQL's (on the target), whatever the engines.
+        if let Err(e) = pg_switch::writable_session(&state_c).await {
+            return report.no_go(vec![e.to_string()]);
+        }
+        let mut checked = self.pre_checks(way, opts, &old, &new, &state_c).await;
         // A lag above --max-lag that is the only blocker is waited out (a verification just
         // held the stream, a burst of writes), then everything is checked again.
         if checked.as_ref().is_err_and(|b| b.iter().all(|b| is_lag_blocker(b))) && !opts.catch_up.is_zero() {
             let waiting = Instant::now();
             report.waited = self.wait_for_lag(way, opts).await;
             report.steps.push(("catch-up".into(), waiting.elapsed().as_secs_f64() * 1000.0));
-            checked = self.pre_checks(way, opts, &old_c, &new_c, &state_c).await;
+            checked = self.pre_checks(way, opts, &old, &new, &state_c).await;
         }
         let report = match checked {
             Ok(direct) => Report {
@@ -251,9 +254,20 @@ impl Switchboard {
                 return r;
             }
         };
-        let r = self.run(way, opts, report, &old_c, &new_c, &state_c).await;
+        let r = self.run(way, opts, report, &old, &new, &state_c).await;
         self.remember(&r);
         r
+    }
+
+    /// The two sides of a switch that goes `way`, on Ferry's sessions `old_c` (where writes
+    /// stop) and `new_c` (where they go next). The target carries the reverse stream.
+    fn sides<'a>(&'a self, way: Way, old_c: &'a Client, new_c: &'a Client) -> (PgSide<'a>, PgSide<'a>) {
+        let source = |c| PgSide::new(c, &self.req.source, "source");
+        let target = |c| PgSide::new(c, &self.req.target, "target").with_reverse(ReverseStream::of(&self.req.slot, &self.req.publication));
+        match way {
+            Way::Cutover => (source(old_c), target(new_c)),
+            Way::Rollback => (target(old_c), source(new_c)),
+        }
     }
 
     /// The lag the switch must wait out: forward (cutover) or reverse (rollback), None when not
@@ -299,12 +313,12 @@ impl Switchboard {
     }
 
     /// Go / NoGo. Returns the direct sessions that were allowed (reported), or what blocks.
-    async fn pre_checks(
+    async fn pre_checks<O: SwitchSide, N: SwitchSide>(
         &self,
         way: Way,
         opts: &SwitchOptions,
-        old_c: &Client,
-        new_c: &Client,
+        old: &O,
+        new: &N,
         state_c: &Client,
     ) -> Result<Vec<String>, Vec<String>> {
         let mut no = Vec::new();
@@ -359,7 +373,7 @@ impl Switchboard {
                     if !opts.skip_verify_check {
                         // Read from the store, not the status snapshot: a run that just ended
                         // must count.
-                        match self.last_verification(state_c).await {
+                        match pg_switch::last_verification(state_c, &self.store, &self.req.migration_id).await {
                             Err(e) => no.push(format!("reading the last verification: {e}")),
                             Ok(None) => no.push("no verification has run: run ferry verify --api (or POST /api/verify) first, or pass --skip-verify-check".into()),
                             Ok(Some((id, status, differences))) if status != "identical" => no.push(format!(
@@ -380,16 +394,9 @@ impl Switchboard {
             Err(e) => no.push(format!("the migration's status is not known yet ({e})")),
         }
         if way == Way::Cutover {
-            match new_c.query_one("SELECT current_setting('wal_level')", &[]).await {
-                Ok(r) if r.get::<_, String>(0) != "logical" => no.push(format!(
-                    "wal_level is {} on the target: reverse replication (which makes a rollback lossless) needs wal_level=logical; set it and restart the target",
-                    r.get::<_, String>(0)
-                )),
-                Ok(_) => {}
-                Err(e) => no.push(format!("reading wal_level on the target: {e}")),
-            }
+            no.extend(new.reverse_blockers().await);
         }
-        let direct = match self.direct_sessions(old_c, old_side(way)).await {
+        let direct = match self.direct_sessions(old).await {
             Ok(d) => d,
             Err(e) => {
                 no.push(e.to_string());
@@ -411,25 +418,9 @@ impl Switchboard {
         }
     }
 
-    /// Client sessions on `c`'s database that are neither Ferry's nor the proxy's.
-    /// The last verification run: id, status, differences.
-    async fn last_verification(&self, c: &Client) -> Result<Option<(i64, String, i64)>, PgError> {
-        let sql = format!(
-            "SELECT id, status, COALESCE(differences, 0)::int8 FROM {}.verify_runs WHERE migration_id = $1 ORDER BY id DESC LIMIT 1",
-            self.store.quoted()
-        );
-        let row = c
-            .query_opt(&sql, &[&self.req.migration_id])
-            .await
-            .map_err(|e| PgError::query("reading the last verification run", e))?;
-        Ok(row.map(|r| (r.get(0), r.get(1), r.get(2))))
-    }
-
-    /// Ferry's own sessions are known by backend pid (and start time), never by
-    /// `application_name`, which any client can set; the replication stream is a walsender,
-    /// not a client backend.
-    async fn direct_sessions(&self, c: &Client, side: &str) -> Result<Vec<String>, PgError> {
-        let first = self.direct_sessions_once(c, side).await?;
+    /// Sessions connected to the side `side` directly: neither Ferry's nor the proxy's.
+    async fn direct_sessions<S: SwitchSide>(&self, side: &S) -> Result<Vec<String>, S::Error> {
+        let first = side.direct_sessions(&self.proxied()).await?;
         if first.is_empty() {
             return Ok(Vec::new());
         }
@@ -437,48 +428,25 @@ impl Switchboard {
         // Ferry has read its pid (login, then one round trip): look again, and name only the
         // sessions seen both times.
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let again = self.direct_sessions_once(c, side).await?;
-        Ok(again
-            .into_iter()
-            .filter(|(pid, _)| first.iter().any(|(p, _)| p == pid))
-            .map(|(_, text)| text)
-            .collect())
+        let again = side.direct_sessions(&self.proxied()).await?;
+        Ok(seen_twice(&first, again).into_iter().map(|d| d.description).collect())
     }
 
-    async fn direct_sessions_once(&self, c: &Client, side: &str) -> Result<Vec<(i32, String)>, PgError> {
-        let proxied: Vec<i32> = self.live.proxy().map(|p| p.backend_pids()).unwrap_or_default();
-        let (own_pids, own_starts) = own_sessions();
-        let sql = format!(
-            "SELECT pid, usename::text, COALESCE(application_name, ''), COALESCE(host(client_addr), 'local'), COALESCE(state, '')
-             FROM pg_stat_activity
-             WHERE backend_type = 'client backend' AND datname = current_database() AND pid <> pg_backend_pid()
-               AND NOT pid = ANY($1)
-               AND (pid, {BACKEND_START_US}) NOT IN (SELECT * FROM unnest($2::int4[], $3::int8[]))
-             ORDER BY pid"
-        );
-        let rows = c
-            .query(&sql, &[&proxied, &own_pids, &own_starts])
-            .await
-            .map_err(|e| PgError::query(format!("listing sessions connected to the {side}"), e))?;
-        Ok(rows
-            .iter()
-            .map(|r| {
-                let pid = r.get::<_, i32>(0);
-                (
-                    pid,
-                    format!(
-                        "pid {pid} (user {}, application '{}', from {}, {})",
-                        r.get::<_, String>(1),
-                        r.get::<_, String>(2),
-                        r.get::<_, String>(3),
-                        r.get::<_, String>(4)
-                    ),
-                )
-            })
-            .collect())
+    /// The server's ids of the proxy's sessions (none without a proxy).
+    fn proxied(&self) -> Vec<SessionId> {
+        let pids = self.live.proxy().map(|p| p.backend_pids()).unwrap_or_default();
+        pids.into_iter().filter_map(|p| SessionId::try_from(p).ok()).collect()
     }
 
-    async fn run(&self, way: Way, opts: &SwitchOptions, mut report: Report, old_c: &Client, new_c: &Client, state_c: &Client) -> Report {
+    async fn run<O: SwitchSide, N: SwitchSide>(
+        &self,
+        way: Way,
+        opts: &SwitchOptions,
+        mut report: Report,
+        old: &O,
+        new: &N,
+        state_c: &Client,
+    ) -> Report {
         let id = &self.req.migration_id;
         let (during, done, back) = match way {
             Way::Cutover => (Phase::Cutover, Phase::CutOver, Phase::Cdc),
@@ -492,14 +460,14 @@ impl Switchboard {
         // Before the pause: what can be prepared without holding anyone.
         let t = Instant::now();
         if way == Way::Cutover {
-            if let Err(e) = self.prepare_reverse(state_c).await {
+            if let Err(Abort(e)) = self.prepare_reverse(new, state_c).await {
                 return self
                     .abort(
                         way,
                         report,
                         state_c,
-                        old_c,
-                        new_c,
+                        old,
+                        new,
                         back,
                         &opts.actor,
                         &format!("preparing reverse replication: {e}"),
@@ -513,14 +481,14 @@ impl Switchboard {
         // everything up to a position marked now, so the pause only covers what is written
         // from here on (a fraction of a second), however busy the server's WAL is.
         let t = Instant::now();
-        if let Err(Abort(e)) = self.catch_up(way, old_c, opts.max_pause).await {
-            return self.abort(way, report, state_c, old_c, new_c, back, &opts.actor, &e, false).await;
+        if let Err(Abort(e)) = self.catch_up(way, old, opts.max_pause).await {
+            return self.abort(way, report, state_c, old, new, back, &opts.actor, &e, false).await;
         }
         report.steps.push(("caught up before the pause".into(), ms(t.elapsed())));
         let outcome = if opts.no_proxy {
-            self.pause_without_proxy(way, opts, &mut report, old_c, new_c, state_c, done).await
+            self.pause_without_proxy(way, opts, &mut report, old, new, state_c, done).await
         } else {
-            self.pause_with_proxy(way, opts, &mut report, old_c, new_c, state_c, done).await
+            self.pause_with_proxy(way, opts, &mut report, old, new, state_c, done).await
         };
         match outcome {
             Ok(()) => {
@@ -549,7 +517,7 @@ impl Switchboard {
                 report
             }
             Err((Abort(reason), read_only_set)) => {
-                self.abort(way, report, state_c, old_c, new_c, back, &opts.actor, &reason, read_only_set)
+                self.abort(way, report, state_c, old, new, back, &opts.actor, &reason, read_only_set)
                     .await
             }
         }
@@ -557,13 +525,13 @@ impl Switchboard {
 
     /// The pause with the proxy. Err carries why, and whether the old side was made read-only.
     #[allow(clippy::too_many_arguments)]
-    async fn pause_with_proxy(
+    async fn pause_with_proxy<O: SwitchSide, N: SwitchSide>(
         &self,
         way: Way,
         opts: &SwitchOptions,
         report: &mut Report,
-        old_c: &Client,
-        new_c: &Client,
+        old: &O,
+        new: &N,
         state_c: &Client,
         done: Phase,
     ) -> Result<(), (Abort, bool)> {
@@ -587,7 +555,7 @@ impl Switchboard {
             // A session that connected directly since the pre-checks would write past the point.
             let t = Instant::now();
             if !opts.allow_direct_sessions {
-                let direct = within(left(), self.direct_sessions(old_c, old_side(way))).await??;
+                let direct = within(left(), self.direct_sessions(old)).await??;
                 if !direct.is_empty() {
                     return Err(Abort(format!(
                         "session(s) connected to the {} directly meanwhile: {}",
@@ -596,24 +564,24 @@ impl Switchboard {
                     )));
                 }
             }
-            let p = within(left(), final_position(old_c)).await??;
+            let p = lsn(within(left(), old.final_position()).await??)?;
             report.final_lsn = Some(p.to_string());
             step(report, "final position", t);
             let t = Instant::now();
             let guard = self.apply_final(way, p, left()).await?;
             step(report, "target of the switch applied the final position", t);
             let t = Instant::now();
-            report.sequences = within(left(), sequences::sync(old_c, new_c)).await??.len();
+            report.sequences = within(left(), sync_identities(old, new)).await??;
             step(report, "sequences synced", t);
             let t = Instant::now();
             // After a cutover the source is read-only for all but Ferry; a rollback makes it
             // writable again (the target is left as it was before the cutover: writable).
             match way {
                 Way::Cutover => {
-                    within(left(), set_read_only(old_c, "source", true)).await??;
+                    within(left(), old.set_read_only(true)).await??;
                     read_only = true;
                 }
-                Way::Rollback => within(left(), set_read_only(new_c, "source", false)).await??,
+                Way::Rollback => within(left(), new.set_read_only(false)).await??,
             }
             step(report, "source read-only / writable again", t);
             let t = Instant::now();
@@ -664,26 +632,24 @@ impl Switchboard {
 
     /// The pause without a proxy: the gate only.
     #[allow(clippy::too_many_arguments)]
-    async fn pause_without_proxy(
+    async fn pause_without_proxy<O: SwitchSide, N: SwitchSide>(
         &self,
         way: Way,
         opts: &SwitchOptions,
         report: &mut Report,
-        old_c: &Client,
-        new_c: &Client,
+        old: &O,
+        new: &N,
         state_c: &Client,
         done: Phase,
     ) -> Result<(), (Abort, bool)> {
         let started = Instant::now();
         let t = Instant::now();
-        set_read_only(old_c, old_side(way), true)
-            .await
-            .map_err(|e| (Abort(e.to_string()), false))?;
+        old.set_read_only(true).await.map_err(|e| (Abort(e.to_string()), false))?;
         report
             .steps
             .push((format!("{} read-only for new sessions", old_side(way)), ms(t.elapsed())));
         let t = Instant::now();
-        let ended = end_writers(old_c, opts.grace).await.map_err(|e| (Abort(e.to_string()), true))?;
+        let ended = old.end_writers(opts.grace).await.map_err(|e| (Abort(e.to_string()), true))?;
         report.steps.push((
             format!("writers finished or ended after the grace period ({ended} terminated)"),
             ms(t.elapsed()),
@@ -692,17 +658,17 @@ impl Switchboard {
         let left = || deadline.saturating_duration_since(Instant::now());
         let result: Result<(), Abort> = async {
             let t = Instant::now();
-            let p = within(left(), final_position(old_c)).await??;
+            let p = lsn(within(left(), old.final_position()).await??)?;
             report.final_lsn = Some(p.to_string());
             let guard = self.apply_final(way, p, left()).await?;
             report.steps.push(("final position applied".into(), ms(t.elapsed())));
             let t = Instant::now();
-            report.sequences = within(left(), sequences::sync(old_c, new_c)).await??.len();
+            report.sequences = within(left(), sync_identities(old, new)).await??;
             report.steps.push(("sequences synced".into(), ms(t.elapsed())));
             if way == Way::Rollback {
                 // The source takes writes again; the target goes back to how it was.
-                within(left(), set_read_only(new_c, "source", false)).await??;
-                within(left(), set_read_only(old_c, "target", false)).await??;
+                within(left(), new.set_read_only(false)).await??;
+                within(left(), old.set_read_only(false)).await??;
             }
             let reason = format!(
                 "{} (no proxy) by {}: writes stopped at {p} and applied there",
@@ -729,13 +695,13 @@ impl Switchboard {
 
     /// Puts everything back as it was before the switch started.
     #[allow(clippy::too_many_arguments)]
-    async fn abort(
+    async fn abort<O: SwitchSide, N: SwitchSide>(
         &self,
         way: Way,
         mut report: Report,
         state_c: &Client,
-        old_c: &Client,
-        new_c: &Client,
+        old: &O,
+        new: &N,
         back: Phase,
         actor: &str,
         reason: &str,
@@ -746,18 +712,16 @@ impl Switchboard {
         tracing::warn!(reason, "{} aborted; traffic stays on the {}", way.kind(), old_side(way));
         // Cutover: the source takes writes again (if it was made read-only). Rollback: the
         // source stays read-only, the target writable (both idempotent).
-        let undo = match way {
-            Way::Cutover if read_only_set => vec![(old_c, "source", false)],
-            Way::Cutover => vec![],
-            Way::Rollback => vec![(new_c, "source", true), (old_c, "target", false)],
-        };
-        for (c, side, on) in undo {
-            if let Err(e) = set_read_only(c, side, on).await {
-                tracing::error!(error = %e, "could not restore default_transaction_read_only on the {side}: set it by hand (ALTER DATABASE)");
+        match way {
+            Way::Cutover if read_only_set => restore_read_only(old, false).await,
+            Way::Cutover => {}
+            Way::Rollback => {
+                restore_read_only(new, true).await;
+                restore_read_only(old, false).await;
             }
         }
         if way == Way::Cutover {
-            if let Err(e) = self.drop_reverse().await {
+            if let Err(e) = new.drop_reverse().await {
                 tracing::warn!(error = %e, "could not drop the reverse slot and publication on the target; ferry migrate drops them at its next start");
             }
         }
@@ -784,13 +748,13 @@ impl Switchboard {
     /// takes under a quarter of `max_pause`: what is left for the pause is then what is written
     /// in that time. A stream that cannot get there (the server writes WAL faster than it can
     /// be decoded and applied) fails here, before anyone is held.
-    async fn catch_up(&self, way: Way, old_c: &Client, max_pause: Duration) -> Result<(), Abort> {
+    async fn catch_up<O: SwitchSide>(&self, way: Way, old: &O, max_pause: Duration) -> Result<(), Abort> {
         let (applier, new_side) = self.applier(way);
         let started = Instant::now();
         loop {
             let left = CATCH_UP_TIMEOUT.saturating_sub(started.elapsed());
             let round = Instant::now();
-            let p0 = within(left, final_position(old_c)).await??;
+            let p0 = lsn(within(left, old.final_position()).await??)?;
             let guard = applier.stop_at(p0, left).await.map_err(|e| {
                 Abort(format!(
                     "the {new_side} did not catch up with position {p0} within {} s before the pause: change capture is too far behind ({e})",
@@ -821,15 +785,9 @@ impl Switchboard {
         }
     }
 
-    /// The reverse stream's publication and slot on the target, created before the pause: the
-    /// forward applier's own writes that land in the slot meanwhile carry the forward origin
-    /// and are skipped by the reverse applier.
-    ///
-    /// Nobody is held yet, but the step is bounded all the same (on the server, so that a
-    /// timed-out statement does not linger): `CREATE PUBLICATION` needs a lock on every
-    /// migrated table and a new slot waits for every transaction running on the target.
-    async fn prepare_reverse(&self, state_c: &Client) -> Result<(), PgError> {
-        let (slot, publication) = reverse_names(&self.req.slot, &self.req.publication);
+    /// The reverse stream out of `new` (the target), prepared before the pause for the
+    /// migrated tables (see [`SwitchSide::prepare_reverse`]): nobody is held yet.
+    async fn prepare_reverse<N: SwitchSide>(&self, new: &N, state_c: &Client) -> Result<(), Abort> {
         let tables: Vec<ferry_core::TableName> = self
             .store
             .tables(state_c, &self.req.migration_id)
@@ -837,39 +795,8 @@ impl Switchboard {
             .into_iter()
             .map(|t| t.name)
             .collect();
-        self.drop_reverse().await?;
-        let c = self.req.target.connect("switch-prepare").await?;
-        let ms = PREPARE_TIMEOUT.as_millis();
-        c.batch_execute(&format!(
-            "SET default_transaction_read_only = off; SET lock_timeout = {ms}; SET statement_timeout = {ms}"
-        ))
-        .await
-        .map_err(|e| PgError::query("preparing a session on the target", e))?;
-        let stuck = "a transaction on the target holds a lock on a migrated table or has been running \
-                     for a long time; find it in pg_stat_activity on the target, end it, and retry";
-        let list = tables.iter().map(|t| t.quoted()).collect::<Vec<_>>().join(", ");
-        let what = if list.is_empty() {
-            "FOR ALL TABLES".to_string()
-        } else {
-            format!("FOR TABLE {list}")
-        };
-        c.batch_execute(&format!("CREATE PUBLICATION {} {what}", quote_ident(&publication)))
-            .await
-            .map_err(|e| PgError::query(format!("creating publication {publication} on the target"), e).with_fix(stuck))?;
-        c.execute("SELECT pg_create_logical_replication_slot($1, 'pgoutput')", &[&slot])
-            .await
-            .map_err(|e| {
-                PgError::query(format!("creating replication slot {slot} on the target"), e).with_fix(
-                    "the target needs wal_level=logical and a free replication slot (max_replication_slots), \
-                     and no transaction running on it for long (a new slot waits for every running one)",
-                )
-            })?;
+        new.prepare_reverse(&tables).await?;
         Ok(())
-    }
-
-    /// Drops the reverse stream's slot and publication on the target, if they exist.
-    pub async fn drop_reverse(&self) -> Result<(), PgError> {
-        drop_reverse(&self.req, &self.req.target).await
     }
 
     fn remember(&self, r: &Report) {
@@ -897,23 +824,6 @@ impl Switchboard {
     }
 }
 
-/// Drops the reverse stream's slot and publication on the target, if they exist.
-pub async fn drop_reverse(req: &CheckRequest, target: &Endpoint) -> Result<(), PgError> {
-    let (slot, publication) = reverse_names(&req.slot, &req.publication);
-    let c = target.connect("switch").await?;
-    c.execute(
-        "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1",
-        &[&slot],
-    )
-    .await
-    .map_err(|e| PgError::query(format!("dropping replication slot {slot} on the target"), e))?;
-    c.batch_execute(&format!("DROP PUBLICATION IF EXISTS {}", quote_ident(&publication)))
-        .await
-        .map_err(|e| PgError::query(format!("dropping publication {publication} on the target"), e))
-}
-
-/// How long preparing the reverse stream may take (before the pause; nobody is held).
-const PREPARE_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long catching up before the pause may take (nobody is held).
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -935,102 +845,34 @@ async fn within<T>(d: Duration, f: impl std::future::Future<Output = T>) -> Resu
         .map_err(|_| Abort(format!("a step did not finish within the {} ms left of --max-pause", d.as_millis())))
 }
 
-/// Where writes stopped: every transaction committed before it, none after. A logical
-/// decoding message (not published: pgoutput leaves messages out unless asked) is written in a
-/// transaction committed synchronously, so the WAL up to it is flushed whatever the
-/// application's synchronous_commit, and the change stream passes it. Its position comes after
-/// every commit that happened before.
-async fn final_position(c: &Client) -> Result<Lsn, PgError> {
-    let lsn: String = c
-        .query_one(
-            "WITH m AS (SELECT pg_logical_emit_message(true, 'ferry', 'final position') AS lsn) SELECT lsn::text FROM m",
-            &[],
-        )
-        .await
-        .map_err(|e| PgError::query("marking the final position in the write-ahead log", e))?
-        .get(0);
-    lsn.parse().map_err(|_| {
-        PgError::config(
-            "reading the final position",
-            format!("unexpected LSN {lsn}"),
-            "report this as a bug",
-        )
-    })
+/// The position a hold of this switchboard's change streams takes. They are PostgreSQL's
+/// (both sides are): a position of another engine is a bug.
+fn lsn(p: SourcePosition) -> Result<Lsn, Abort> {
+    match p {
+        SourcePosition::Postgres(lsn) => Ok(lsn),
+        other => Err(Abort(format!(
+            "the final position {other} is not a PostgreSQL position: this switchboard runs PostgreSQL change streams only (report this as a bug)"
+        ))),
+    }
 }
 
-/// Ferry's own sessions write even where Ferry made the database read-only, and commit
-/// synchronously (the final position must be on disk before anyone is told it was reached).
-async fn writable_session(c: &Client) -> Result<(), PgError> {
-    c.batch_execute("SET default_transaction_read_only = off; SET synchronous_commit = on")
-        .await
-        .map_err(|e| PgError::query("opening a writable session", e))
+/// Moves every generator (sequence, identity) of `new` past the values `old` handed out: the
+/// new side never hands out a value the old one did. Returns how many it set.
+async fn sync_identities<O: SwitchSide, N: SwitchSide>(old: &O, new: &N) -> Result<usize, Abort> {
+    let values = old.identities().await?;
+    Ok(new.advance_identities(&values).await?.len())
 }
 
-/// Makes the database of `c` read-only for new sessions (or undoes it). After a cutover the
-/// source is read-only for everyone but Ferry's reverse apply (which sets its session
-/// writable); after a rollback it is writable again. `side` names it for messages.
-pub(crate) async fn set_read_only(c: &Client, side: &str, on: bool) -> Result<(), PgError> {
-    // A session opened while the database was read-only could not alter it.
-    writable_session(c).await?;
-    let db: String = c
-        .query_one("SELECT current_database()", &[])
-        .await
-        .map_err(|e| PgError::query("reading the database name", e))?
-        .get(0);
-    let sql = if on {
-        format!("ALTER DATABASE {} SET default_transaction_read_only = on", quote_ident(&db))
-    } else {
-        format!("ALTER DATABASE {} RESET default_transaction_read_only", quote_ident(&db))
-    };
-    c.batch_execute(&sql).await.map_err(|e| {
-        PgError::query(
-            format!(
-                "{} the {side} ({sql})",
-                if on { "making read-only" } else { "making writable again" }
-            ),
-            e,
-        )
-        .with_fix("connect as the database owner or a superuser")
-    })
-}
-
-/// Without a proxy: sessions that connected before the database became read-only keep their
-/// writable default. Waits up to `grace` for them to leave, then terminates those still there.
-/// Returns how many were terminated.
-/// Ferry's own sessions are spared by backend pid (and start time), never by `application_name`.
-async fn end_writers(c: &Client, grace: Duration) -> Result<u64, PgError> {
-    let sql = format!(
-        "SELECT pid FROM pg_stat_activity
-         WHERE backend_type = 'client backend' AND datname = current_database() AND pid <> pg_backend_pid()
-           AND backend_start < $1::text::timestamptz
-           AND (pid, {BACKEND_START_US}) NOT IN (SELECT * FROM unnest($2::int4[], $3::int8[]))"
-    );
-    let cutoff: String = c
-        .query_one("SELECT now()::text", &[])
-        .await
-        .map_err(|e| PgError::query("reading the time", e))?
-        .get(0);
-    let until = Instant::now() + grace;
-    loop {
-        // Read each round: a session Ferry opened meanwhile is its own too.
-        let (own_pids, own_starts) = own_sessions();
-        let rows = c
-            .query(&sql, &[&cutoff, &own_pids, &own_starts])
-            .await
-            .map_err(|e| PgError::query("listing writers", e))?;
-        if rows.is_empty() {
-            return Ok(0);
-        }
-        if Instant::now() >= until {
-            let pids: Vec<i32> = rows.iter().map(|r| r.get(0)).collect();
-            tracing::warn!(?pids, "terminating sessions still connected after the grace period");
-            let n = c
-                .execute("SELECT pg_terminate_backend(pid) FROM unnest($1::int4[]) AS pid", &[&pids])
-                .await
-                .map_err(|e| PgError::query("terminating writers after the grace period", e))?;
-            return Ok(n);
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+/// Abort path: makes `side` read-only (`on`) or writable again, as it was before the switch.
+/// A failure is logged for the operator: the switch is aborted either way.
+async fn restore_read_only<S: SwitchSide>(side: &S, on: bool) {
+    if let Err(e) = side.set_read_only(on).await {
+        tracing::error!(
+            error = %e,
+            "could not make the {} {} again: do it by hand",
+            side.side(),
+            if on { "read-only" } else { "writable" }
+        );
     }
 }
 
@@ -1039,12 +881,14 @@ async fn end_writers(c: &Client, grace: Duration) -> Result<u64, PgError> {
 /// back to `cut_over`, `rolled_back` on to `cdc`. Returns the phase to run in.
 pub async fn recover(req: &CheckRequest, store: &StateStore, phase: Phase, actor: &str) -> anyhow::Result<Phase> {
     let c = req.target.connect("switch-state").await?;
+    // The target side only drops the reverse stream here, on a session of its own.
+    let target = PgSide::new(&c, &req.target, "target").with_reverse(ReverseStream::of(&req.slot, &req.publication));
     let id = &req.migration_id;
     match phase {
         Phase::Cutover => {
             let s = req.source.connect("switch").await?;
-            set_read_only(&s, "source", false).await?;
-            drop_reverse(req, &req.target).await?;
+            PgSide::new(&s, &req.source, "source").set_read_only(false).await?;
+            target.drop_reverse().await?;
             store
                 .transition(
                     &c,
@@ -1058,7 +902,7 @@ pub async fn recover(req: &CheckRequest, store: &StateStore, phase: Phase, actor
         }
         Phase::Rollback => {
             let s = req.source.connect("switch").await?;
-            set_read_only(&s, "source", true).await?;
+            PgSide::new(&s, &req.source, "source").set_read_only(true).await?;
             store
                 .transition(
                     &c,
@@ -1071,7 +915,7 @@ pub async fn recover(req: &CheckRequest, store: &StateStore, phase: Phase, actor
             Ok(Phase::CutOver)
         }
         Phase::RolledBack => {
-            drop_reverse(req, &req.target).await?;
+            target.drop_reverse().await?;
             store
                 .transition(
                     &c,

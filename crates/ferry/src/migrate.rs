@@ -840,7 +840,7 @@ pub async fn abandon(req: &CheckRequest, yes: bool) -> anyhow::Result<()> {
     slot::drop_publication(&source, &publication).await?;
     // What a cutover left: the reverse stream's slot and publication on the target, and the
     // replication origins both appliers mark their writes with.
-    crate::cutover::drop_reverse(req, &req.target).await?;
+    ferry_postgres::switch::drop_reverse(&req.target, &ferry_postgres::switch::ReverseStream::of(&req.slot, &req.publication)).await?;
     let (fwd, rev) = ferry_postgres::apply::origin_names(&req.migration_id);
     for (c, origin, side) in [(&target, &fwd, "target"), (&source, &rev, "source")] {
         c.execute(
