@@ -128,7 +128,7 @@ TGT="postgres://postgres:$PW@127.0.0.1:$PG_PORT/ferry_1"
 pg -d ferry_1 -c "ALTER TABLE public.probe ADD COLUMN applied_at timestamptz DEFAULT clock_timestamp()"
 "$FERRY_BIN" migrate --source "$SRC" --target "$TGT" --listen off >"$OUT/cdc-ferry.out" 2>"$OUT/cdc-ferry.log" &
 FPID=$!
-until [ "$(pg -d ferry_1 -c "SELECT phase FROM ferry.mysql_loads" 2>/dev/null)" = cdc ]; do sleep 0.2; done
+until [ "$(pg -d ferry_1 -c "SELECT phase FROM ferry.migrations WHERE source_engine = 'mysql'" 2>/dev/null)" = cdc ]; do sleep 0.2; done
 log "CDC: sysbench oltp_read_write --threads=$CDC_THREADS for ${CDC_SECONDS}s at max rate, probe every 100 ms"
 sysbench oltp_read_write --db-driver=mysql --mysql-host=127.0.0.1 --mysql-port="$MY_PORT" --mysql-user=root \
   --mysql-password=$PW --mysql-db=sbtest --tables="$TABLES" --table-size="$TABLE_SIZE" --threads="$CDC_THREADS" \
@@ -142,7 +142,11 @@ done
 wait "$SPID"
 read -r file pos _ < <(my -N -e "SHOW MASTER STATUS")
 caught=$(date +%s.%N)
-until pg -d ferry_1 -c "SELECT cdc_file > '$file' OR (cdc_file = '$file' AND cdc_pos >= $pos) FROM ferry.mysql_loads" | grep -q t; do
+# applied_position is mysql:FILE:POS[/GTID]: compare by file number, then offset (never as text).
+fileno=$((10#${file##*.}))
+until pg -d ferry_1 -c "SELECT n > $fileno OR (n = $fileno AND p >= $pos) FROM (
+    SELECT substring(split_part(x, ':', 2) from '([0-9]+)\$')::bigint AS n, split_part(x, ':', 3)::bigint AS p
+    FROM (SELECT split_part(applied_position, '/', 1) AS x FROM ferry.migrations WHERE source_engine = 'mysql') s) t" | grep -q t; do
   sleep 0.1
 done
 drain=$(echo "$(date +%s.%N) - $caught" | bc)
