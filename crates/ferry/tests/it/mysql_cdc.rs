@@ -544,3 +544,58 @@ async fn mysql_cutover_gate_stops_writes_reaches_the_final_position_and_signals(
     my_sql("FERRY_TEST_MYSQL", &format!("DROP USER '{app}'@'%'"));
     dispose("FERRY_TEST_MYSQL", dbs).await;
 }
+
+/// A binlog the source no longer has (purged while Ferry was stopped) is definite: `ferry
+/// migrate` stops by itself with the server's error and the recovery steps, instead of retrying
+/// forever. Simulated by pointing the recorded position at a binlog file the source does not
+/// have: PURGE BINARY LOGS on the shared test server would take other tests' binlogs too, and
+/// the server answers both with the same error (1236).
+#[tokio::test]
+async fn a_purged_binlog_stops_the_stream_with_the_recovery_steps() {
+    let (source, target, dbs) = fresh("FERRY_TEST_MYSQL", "mypurged").await;
+    let db = &dbs.name;
+    my_sql(
+        "FERRY_TEST_MYSQL",
+        &format!("USE {db}; CREATE TABLE t (id int PRIMARY KEY, v int); INSERT INTO t VALUES (1, 1);"),
+    );
+    let m = Migrator::spawn(&["migrate", "--source", &source, "--target", &target]);
+    wait_streaming(&target).await;
+    my_sql("FERRY_TEST_MYSQL", &format!("USE {db}; INSERT INTO t VALUES (2, 2);"));
+    wait_caught_up("FERRY_TEST_MYSQL", &target, Duration::from_secs(60)).await;
+    let stopped = m.terminate();
+    assert_eq!(stopped.code, 0, "{}", stopped.all());
+
+    let t = connect(&target).await;
+    let Some(ferry_core::SourcePosition::Mysql(at)) = applied_position(&t).await else {
+        panic!("no MySQL position recorded");
+    };
+    let (base, number) = at.file().rsplit_once('.').expect("a numbered binlog file");
+    let gone = format!("{base}.{:0w$}", number.parse::<u64>().unwrap() + 500_000, w = number.len());
+    let n = t
+        .execute(
+            "UPDATE ferry.migrations SET applied_position = $1 WHERE source_engine = 'mysql'",
+            &[&format!("mysql:{gone}:4")],
+        )
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+
+    let started = std::time::Instant::now();
+    let run = Migrator::spawn(&["migrate", "--source", &source, "--target", &target]).wait();
+    assert_ne!(run.code, 0, "{}", run.all());
+    assert!(
+        started.elapsed() < Duration::from_secs(45),
+        "took {:?}: {}",
+        started.elapsed(),
+        run.all()
+    );
+    let all = run.all();
+    assert!(all.contains(&gone), "the missing file is not named: {all}");
+    assert!(
+        all.contains("binlog_expire_logs_seconds") && all.contains("--overwrite"),
+        "no recovery steps: {all}"
+    );
+    // Nothing was retried: one attempt, one error.
+    assert!(!all.contains("retry_in_ms"), "the error was retried: {all}");
+    dispose("FERRY_TEST_MYSQL", dbs).await;
+}
