@@ -55,19 +55,32 @@ pub struct CdcOptions {
     pub skip_schema_change: Option<BinlogPosition>,
 }
 
-/// Counters the command prints and tests read.
+/// Counters the command prints and tests read, and what the HTTP API and `/metrics` show of the
+/// stream (`crates/ferry/src/live.rs`): all of this process's run, none of it stored.
 #[derive(Debug, Default)]
 pub struct CdcStats {
     /// Source transactions applied.
     pub transactions: AtomicU64,
     /// Row changes applied.
     pub changes: AtomicU64,
+    /// Row changes applied, by operation: insert, update, delete, truncate.
+    pub ops: [AtomicU64; 4],
     /// Source commit time (epoch seconds) of the last transaction applied.
     pub last_commit_ts: AtomicU64,
     /// Nothing was waiting in the stream at the last commit.
     pub caught_up: AtomicBool,
     /// Reconnections after a transient failure.
     pub reconnects: AtomicU64,
+    /// Positions: `.0` the last one committed on the target; `.1` the one before which nothing
+    /// is left to apply (the committed one, or further: where the reader stood when it had
+    /// read and committed everything the source had sent).
+    pub positions: std::sync::Mutex<(Option<BinlogPosition>, Option<BinlogPosition>)>,
+    /// A run is connected to both sides and reading the binlog.
+    pub streaming: AtomicBool,
+    /// The stream holds at a position for a verification (or the cutover gate).
+    pub holding: AtomicBool,
+    /// Why the last run ended with a transient failure (cleared when a run starts streaming).
+    pub last_error: std::sync::Mutex<Option<String>>,
 }
 
 impl CdcStats {
@@ -86,6 +99,29 @@ impl CdcStats {
         } else {
             now.saturating_sub(ts)
         }
+    }
+
+    /// Nothing is left to apply before `at` (only ever moves forward).
+    fn processed_to(&self, at: BinlogPosition) {
+        let mut p = self.positions.lock().expect("lock");
+        if p.1.as_ref().is_none_or(|cur| at > *cur) {
+            p.1 = Some(at);
+        }
+    }
+
+    /// A batch ending at `at` committed.
+    fn committed(&self, at: &BinlogPosition) {
+        self.positions.lock().expect("lock").0 = Some(at.clone());
+        self.processed_to(at.clone());
+    }
+}
+
+/// Marks a run as streaming while it lives.
+struct Streaming<'a>(&'a CdcStats);
+
+impl Drop for Streaming<'_> {
+    fn drop(&mut self) {
+        self.0.streaming.store(false, Ordering::Relaxed);
     }
 }
 
@@ -211,6 +247,8 @@ struct Batch {
     /// Position after the last complete source transaction in it.
     position: Option<BinlogPosition>,
     last_ts: u32,
+    /// Row changes by operation (insert, update, delete, truncate).
+    ops: [u64; 4],
 }
 
 impl Batch {
@@ -224,6 +262,7 @@ impl Batch {
             started: Instant::now(),
             position: None,
             last_ts: 0,
+            ops: [0; 4],
         }
     }
 }
@@ -326,16 +365,17 @@ impl Applier<'_> {
         Ok(parts.join(" AND "))
     }
 
-    fn statement(&mut self, sql: String, rows: Option<u64>, what: String) {
+    fn statement(&mut self, sql: String, rows: Option<u64>, what: String, op: usize) {
         self.begin_if_needed();
         self.batch.sql.push_str(&sql);
         self.batch.sql.push_str(";\n");
         self.batch.expect.push(Expect { rows, what });
         self.batch.changes += 1;
+        self.batch.ops[op] += 1;
     }
 
     async fn change(&mut self, c: Change) -> Result<(), Failure> {
-        let (table, sql, rows, what) = match c {
+        let (table, sql, rows, what, op) = match c {
             Change::Insert { table, row } => {
                 let Some(t) = self.tables.get(&table) else { return Ok(()) };
                 check_width(t, &table, &row)?;
@@ -345,7 +385,7 @@ impl Applier<'_> {
                 }
                 let sql = format!("INSERT INTO {} ({}) VALUES ({})", t.qname, t.cols.join(", "), vals.join(", "));
                 let what = format!("insert into {table} of {}", key_text(t, &row));
-                (table, sql, Some(1), what)
+                (table, sql, Some(1), what, 0)
             }
             Change::Update { table, before, after } => {
                 let Some(t) = self.tables.get(&table) else { return Ok(()) };
@@ -362,24 +402,24 @@ impl Applier<'_> {
                 }
                 let sql = format!("UPDATE {} SET {} WHERE {}", t.qname, sets.join(", "), self.condition(t, &before)?);
                 let what = format!("update of {table} row {}", key_text(t, &before));
-                (table, sql, Some(1), what)
+                (table, sql, Some(1), what, 1)
             }
             Change::Delete { table, row } => {
                 let Some(t) = self.tables.get(&table) else { return Ok(()) };
                 check_width(t, &table, &row)?;
                 let sql = format!("DELETE FROM {} WHERE {}", t.qname, self.condition(t, &row)?);
                 let what = format!("delete from {table} of row {}", key_text(t, &row));
-                (table, sql, Some(1), what)
+                (table, sql, Some(1), what, 2)
             }
             Change::Truncate { table } => {
                 let Some(t) = self.tables.get(&table) else { return Ok(()) };
                 let sql = format!("TRUNCATE {}", t.qname);
-                (table.clone(), sql, None, format!("truncate of {table}"))
+                (table.clone(), sql, None, format!("truncate of {table}"), 3)
             }
             _ => return Ok(()),
         };
         let _ = table;
-        self.statement(sql, rows, what);
+        self.statement(sql, rows, what, op);
         if self.batch.sql.len() >= CHUNK_BYTES || self.batch.expect.len() >= CHUNK_STATEMENTS {
             self.flush(false).await?;
         }
@@ -451,6 +491,10 @@ impl Applier<'_> {
             self.stats.transactions.fetch_add(self.batch.transactions, Ordering::Relaxed);
             self.stats.changes.fetch_add(self.batch.changes as u64, Ordering::Relaxed);
             self.stats.last_commit_ts.store(u64::from(self.batch.last_ts), Ordering::Relaxed);
+            for (n, counter) in self.batch.ops.iter().zip(&self.stats.ops) {
+                counter.fetch_add(*n, Ordering::Relaxed);
+            }
+            self.stats.committed(&p);
             tracing::debug!(position = %p, transactions = self.batch.transactions, changes = self.batch.changes, "batch committed");
             self.committed = p;
             self.clear_blocked = false;
@@ -536,6 +580,7 @@ pub async fn stream(
             Err(Failure::Fatal(e)) => return Err(e),
             Err(Failure::Transient(e)) => {
                 stats.reconnects.fetch_add(1, Ordering::Relaxed);
+                *stats.last_error.lock().expect("lock") = Some(e.to_string());
                 let wait = next_backoff(&mut backoff);
                 // The error names the connection (the binlog connection to the source, or the
                 // apply connection to the target) and what it waited for.
@@ -600,12 +645,22 @@ async fn hold_if_asked(
             .map_err(|e| applier.pg_failure("recording a hold", e))?;
         held = true;
         tracing::debug!(%at, "holding for a verification");
-        tokio::select! {
-            _ = hold_rx.changed() => {}
-            _ = stop.changed() => return Ok(()),
-            _ = tokio::time::sleep(Duration::from_secs(120)) => {
+        applier.stats.holding.store(true, Ordering::Relaxed);
+        let waited = tokio::select! {
+            _ = hold_rx.changed() => None,
+            _ = stop.changed() => Some(false),
+            _ = tokio::time::sleep(Duration::from_secs(120)) => Some(true),
+        };
+        applier.stats.holding.store(false, Ordering::Relaxed);
+        match waited {
+            None => {}
+            Some(false) => return Ok(()),
+            Some(true) => {
                 tracing::warn!("a verification held the stream for 120 s; going on");
-                applier.set_held(None).await.map_err(|e| applier.pg_failure("recording the end of a hold", e))?;
+                applier
+                    .set_held(None)
+                    .await
+                    .map_err(|e| applier.pg_failure("recording the end of a hold", e))?;
                 return Ok(());
             }
         }
@@ -666,6 +721,9 @@ async fn run(
         .await
         .map_err(Failure::from)?;
     tracing::info!(position = %start, "streaming the binlog");
+    stats.streaming.store(true, Ordering::Relaxed);
+    *stats.last_error.lock().expect("lock") = None;
+    let _streaming = Streaming(stats);
     // Not holding (a hold of an earlier run that failed is over).
     let _ = state.set_held(&pg, None).await;
     let mut applier = Applier {
@@ -699,6 +757,9 @@ async fn run(
                     }
                     // Everything read is applied: the stream stands at the reader's position.
                     let (file, pos) = reader.position();
+                    if let Ok(here) = BinlogPosition::new(&file, pos, "") {
+                        stats.processed_to(here);
+                    }
                     hold_if_asked(&mut applier, &mut hold_rx, (&file, pos), stop).await?;
                 }
                 tokio::select! {

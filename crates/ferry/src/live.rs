@@ -6,12 +6,18 @@
 //! this process has: rows in flight in the full load (committed ranges are in the state schema,
 //! rows of a range still copying are not), change-capture counters between checkpoints, rates,
 //! and one sample per second for the charts.
+//!
+//! A MySQL/MariaDB migration is served the same way ([`Live::for_mysql`],
+//! [`Live::sample_mysql_forever`]): its state is in the same state schema, the source's binlog
+//! end is read once a second instead of its WAL position, and the stream's own counters
+//! (`ferry_mysql::apply::CdcStats`) take the place of the PostgreSQL stream's.
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use ferry_core::{BinlogPosition, SourcePosition};
 use ferry_postgres::cdc::CdcProgress;
 use ferry_postgres::snapshot::TableProgress;
 use ferry_postgres::Endpoint;
@@ -64,6 +70,12 @@ pub struct Live {
     proxy: RwLock<Option<ferry_proxy::Proxy>>,
     /// Set by `ferry complete`: the migration's record (the state schema may be gone).
     completed: Mutex<Option<serde_json::Value>>,
+    /// The source is MySQL/MariaDB: what the API can and cannot do differs.
+    mysql_source: bool,
+    /// The MySQL binlog stream's counters, while it runs.
+    mysql: RwLock<Option<Arc<ferry_mysql::apply::CdcStats>>>,
+    /// The MySQL source's binlog end, as last read.
+    binlog_end: Mutex<Option<BinlogPosition>>,
 }
 
 impl Default for Live {
@@ -95,7 +107,28 @@ impl Live {
             last_switch: Mutex::new(None),
             proxy: RwLock::new(None),
             completed: Mutex::new(None),
+            mysql_source: false,
+            mysql: RwLock::new(None),
+            binlog_end: Mutex::new(None),
         }
+    }
+
+    /// Nothing known yet, of a migration from a MySQL/MariaDB source.
+    pub fn for_mysql() -> Self {
+        Self {
+            mysql_source: true,
+            ..Self::new()
+        }
+    }
+
+    /// Whether the source is MySQL/MariaDB.
+    pub fn mysql_source(&self) -> bool {
+        self.mysql_source
+    }
+
+    /// The MySQL binlog stream started with these counters.
+    pub fn set_mysql(&self, stats: Arc<ferry_mysql::apply::CdcStats>) {
+        *self.mysql.write().expect("lock") = Some(stats);
     }
 
     /// The migration completed (`ferry complete`); `record` is what it exported.
@@ -199,6 +232,10 @@ impl Live {
     /// Apply sessions that failed (and were retried) and changes the target rejected, since
     /// this process started.
     pub fn apply_errors(&self) -> u64 {
+        if let Some(m) = self.mysql.read().expect("lock").as_ref() {
+            // The MySQL stream retries failed sessions (reconnecting); a rejected change stops it.
+            return m.reconnects.load(Ordering::Relaxed);
+        }
         self.cdc
             .read()
             .expect("lock")
@@ -255,6 +292,7 @@ impl Live {
             let applied = p.applied_lsn.load(Ordering::Relaxed);
             if applied > 0 {
                 s.applied_lsn = Some(ferry_core::Lsn(applied).to_string());
+                s.applied_position = Some(SourcePosition::Postgres(ferry_core::Lsn(applied)).to_string());
             }
             // Forward lag while change capture runs toward the target (not after a cutover,
             // when the forward stream is stopped and kept for a rollback).
@@ -267,6 +305,16 @@ impl Live {
                     s.lag_bytes = bytes;
                 }
             }
+        }
+        let mysql = self.fill_mysql(s, now);
+        if s.source_position.is_none() {
+            s.source_position = self
+                .forward_wal
+                .lock()
+                .expect("lock")
+                .back()
+                .filter(|_| !self.mysql_source)
+                .map(|(_, l)| SourcePosition::Postgres(ferry_core::Lsn(*l)).to_string());
         }
         let source_sampled = *self.source_sampled.lock().expect("lock");
         let sample_error = self.sample_error.read().expect("lock").clone();
@@ -285,7 +333,57 @@ impl Live {
                 let flushed = p.flushed_lsn.load(Ordering::Relaxed);
                 live.flushed_lsn = (flushed > 0).then(|| ferry_core::Lsn(flushed).to_string());
             }
+            if let Some(m) = mysql.as_ref() {
+                // Paused through the API: the run ended at a boundary and the next waits.
+                let paused = live.paused && !m.streaming.load(Ordering::Relaxed);
+                live.stream_state = Some(if paused { "paused" } else { mysql_stream_state(m) }.into());
+                live.stream_error = m.last_error.lock().expect("lock").clone();
+            }
         }
+    }
+
+    /// Fills what the MySQL stream knows first-hand (positions, lag, row changes by operation,
+    /// whether it streams) into `s`; returns its counters (None: not a MySQL stream, or not
+    /// started).
+    fn fill_mysql(&self, s: &mut Status, now: Instant) -> Option<Arc<ferry_mysql::apply::CdcStats>> {
+        if !self.mysql_source {
+            return None;
+        }
+        let end = self.binlog_end.lock().expect("lock").clone();
+        if let Some(end) = &end {
+            s.source_position = Some(SourcePosition::Mysql(end.clone()).to_string());
+        }
+        let m = self.mysql.read().expect("lock").clone()?;
+        let (committed, processed) = m.positions.lock().expect("lock").clone();
+        if let Some(c) = committed {
+            s.applied_position = Some(SourcePosition::Mysql(c).to_string());
+        }
+        // The state schema does not record a MySQL stream's row changes by operation: this
+        // process's counts (docs/mysql-cdc.md).
+        let op = |i: usize| m.ops[i].load(Ordering::Relaxed) as i64;
+        s.events_applied = status::EventCounts {
+            insert: op(0),
+            update: op(1),
+            delete: op(2),
+            truncate: op(3),
+        };
+        s.slot_active = Some(m.streaming.load(Ordering::Relaxed));
+        if !matches!(s.phase.as_str(), "cut_over" | "rollback") {
+            let w = self.forward_wal.lock().expect("lock");
+            s.lag_seconds = Some(match &processed {
+                // The age of the oldest binlog position not processed, as for PostgreSQL.
+                Some(p) if !w.is_empty() => wal_lag(&w, binlog_key(p), now).1,
+                // No source position read yet: the age of the last applied commit while events
+                // wait, 0 when caught up.
+                _ => m.lag_seconds() as f64,
+            });
+            // Bytes are known within one binlog file only (file sizes are not read).
+            s.lag_bytes = match (&end, &processed) {
+                (Some(e), Some(p)) if e.file() == p.file() => Some(e.pos().saturating_sub(p.pos()) as i64),
+                _ => None,
+            };
+        }
+        Some(m)
     }
 
     /// Reads the state once a second until the process ends. Every read is bounded by
@@ -348,6 +446,76 @@ impl Live {
                 }
                 Err(e) => {
                     // Before the full load records the migration, there is nothing to read.
+                    tconn = None;
+                    errors.push(e);
+                }
+            }
+            let error = (!errors.is_empty()).then(|| errors.join("; "));
+            if let Some(e) = &error {
+                tracing::warn!(error = %e, "status sampler: reading the databases failed; figures are getting old");
+            }
+            *self.sample_error.write().expect("lock") = error;
+        }
+    }
+
+    /// [`Live::sample_forever`] for a migration from a MySQL/MariaDB source: once a second, the
+    /// source's binlog end (one short connection: `SHOW MASTER STATUS`) and the migration's
+    /// state on the target (the shared state schema, and what `ferry_mysql::state` adds), each
+    /// read bounded by [`SAMPLE_TIMEOUT`].
+    pub async fn sample_mysql_forever(
+        self: Arc<Self>,
+        target: Endpoint,
+        source: ferry_mysql::MyEndpoint,
+        state: ferry_mysql::state::MyState,
+    ) {
+        let mut tconn: Option<tokio_postgres::Client> = None;
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let schema = state.store().schema().to_string();
+        loop {
+            tick.tick().await;
+            let mut errors = Vec::new();
+            match tokio::time::timeout(SAMPLE_TIMEOUT, ferry_mysql::cutover::binlog_end(&source)).await {
+                Ok(Ok(end)) => {
+                    let now = Instant::now();
+                    push_sample(&mut self.forward_wal.lock().expect("lock"), now, binlog_key(&end));
+                    *self.binlog_end.lock().expect("lock") = Some(end);
+                    *self.source_sampled.lock().expect("lock") = Some(now);
+                }
+                Ok(Err(e)) => errors.push(format!("reading the source's binlog position: {e}")),
+                Err(_) => errors.push(format!(
+                    "no answer from the source at {} within {} s while reading its binlog position",
+                    source.describe(),
+                    SAMPLE_TIMEOUT.as_secs()
+                )),
+            }
+            let read = async {
+                let t = connected(&mut tconn, &target, "target").await?;
+                tokio::time::timeout(SAMPLE_TIMEOUT, async {
+                    let mut st = status::read_with(t, None, &target.describe(), Some(state.id()), &schema, 0)
+                        .await
+                        .map_err(|e| format!("{e:#}"))?;
+                    let extra = state.status_json(t).await.map_err(|e| e.to_string())?;
+                    status::add_mysql(&mut st, extra.as_ref());
+                    Ok::<_, String>(st)
+                })
+                .await
+                .map_err(|_| {
+                    format!(
+                        "no answer from the target within {} s while reading the migration's state",
+                        SAMPLE_TIMEOUT.as_secs()
+                    )
+                })?
+            };
+            match read.await {
+                Ok(mut st) => {
+                    let now = Instant::now();
+                    self.fill_mysql(&mut st, now);
+                    let mut st = self.overlay(st);
+                    self.fresh(&mut st, now);
+                    *self.latest.write().expect("lock") = Some((st, now));
+                }
+                Err(e) => {
                     tconn = None;
                     errors.push(e);
                 }
@@ -423,6 +591,25 @@ impl Live {
         });
         st
     }
+}
+
+/// What the MySQL stream is doing, in the PostgreSQL stream's words.
+fn mysql_stream_state(m: &ferry_mysql::apply::CdcStats) -> &'static str {
+    if m.holding.load(Ordering::Relaxed) {
+        "held"
+    } else if m.streaming.load(Ordering::Relaxed) {
+        "streaming"
+    } else if m.reconnects.load(Ordering::Relaxed) > 0 {
+        "reconnecting"
+    } else {
+        "starting"
+    }
+}
+
+/// A binlog position as one number that orders like it (file number, then offset), for the
+/// lag's position samples; differences are bytes only within one file.
+fn binlog_key(p: &BinlogPosition) -> u64 {
+    (p.file_number() << 40) | p.pos().min((1 << 40) - 1)
 }
 
 /// A server's current WAL position, as a number.
@@ -530,5 +717,68 @@ mod tests {
         assert!((lag - 3.0).abs() < 1e-6, "{lag}");
         // No samples (the origin never answered): nothing known.
         assert_eq!(wal_lag(&VecDeque::new(), 10, s(1.0)), (None, 0.0));
+    }
+
+    fn mysql_status() -> Status {
+        serde_json::from_value(serde_json::json!({
+            "migration_id": "m", "source_engine": "mysql", "phase": "cdc", "slot": "server_id 1174405121",
+            "consistent_lsn": null, "applied_lsn": null, "transactions_applied": 7,
+            "events_applied": {"insert": 0, "update": 0, "delete": 0, "truncate": 0},
+            "lag_seconds": null, "lag_bytes": null, "retained_wal_bytes": null, "slot_active": null, "dead_letters": 0,
+            "tables": [], "warnings": []
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_mysql_stream_fills_positions_lag_and_counts() {
+        let p = |f: &str, pos: u64| BinlogPosition::new(f, pos, "").unwrap();
+        let t0 = Instant::now();
+        let at = |secs: f64| t0 + Duration::from_secs_f64(secs);
+        // A PostgreSQL migration's live state has nothing of MySQL's.
+        assert!(Live::new().fill_mysql(&mut mysql_status(), t0).is_none());
+        let live = Live::for_mysql();
+        assert!(live.mysql_source());
+        let stats = Arc::new(ferry_mysql::apply::CdcStats::default());
+        live.set_mysql(stats.clone());
+        *stats.positions.lock().unwrap() = (Some(p("binlog.000002", 1000)), Some(p("binlog.000002", 1500)));
+        stats.ops[0].store(3, Ordering::Relaxed);
+        stats.ops[2].store(1, Ordering::Relaxed);
+        stats.streaming.store(true, Ordering::Relaxed);
+        stats.reconnects.store(2, Ordering::Relaxed);
+        {
+            let mut w = live.forward_wal.lock().unwrap();
+            push_sample(&mut w, at(0.0), binlog_key(&p("binlog.000002", 1000)));
+            push_sample(&mut w, at(1.0), binlog_key(&p("binlog.000002", 2000)));
+        }
+        *live.binlog_end.lock().unwrap() = Some(p("binlog.000002", 2000));
+        let mut s = mysql_status();
+        live.fill_mysql(&mut s, at(2.0));
+        assert_eq!(s.applied_position.as_deref(), Some("mysql:binlog.000002:1000"));
+        assert_eq!(s.source_position.as_deref(), Some("mysql:binlog.000002:2000"));
+        // Bytes from where nothing is left to apply (1500) to the end; the source passed 1500
+        // at 0.5 s: 1.5 s old at 2 s.
+        assert_eq!(s.lag_bytes, Some(500));
+        assert!((s.lag_seconds.unwrap() - 1.5).abs() < 1e-6, "{:?}", s.lag_seconds);
+        assert_eq!((s.events_applied.insert, s.events_applied.delete), (3, 1));
+        assert_eq!(s.slot_active, Some(true));
+        assert_eq!(mysql_stream_state(&stats), "streaming");
+        assert_eq!(live.apply_errors(), 2);
+        // The source moved to the next file: bytes are not known across files, seconds are.
+        push_sample(&mut live.forward_wal.lock().unwrap(), at(3.0), binlog_key(&p("binlog.000003", 300)));
+        *live.binlog_end.lock().unwrap() = Some(p("binlog.000003", 300));
+        let mut s = mysql_status();
+        live.fill_mysql(&mut s, at(4.0));
+        assert_eq!(s.lag_bytes, None);
+        assert!((s.lag_seconds.unwrap() - 3.5).abs() < 1e-6, "{:?}", s.lag_seconds);
+        // Caught up in the new file: no lag.
+        stats.positions.lock().unwrap().1 = Some(p("binlog.000003", 300));
+        let mut s = mysql_status();
+        live.fill_mysql(&mut s, at(9.0));
+        assert_eq!((s.lag_bytes, s.lag_seconds), (Some(0), Some(0.0)));
+        // File numbers order before offsets.
+        assert!(binlog_key(&p("binlog.000010", 4)) > binlog_key(&p("binlog.000009", 1 << 30)));
+        stats.streaming.store(false, Ordering::Relaxed);
+        assert_eq!(mysql_stream_state(&stats), "reconnecting");
     }
 }

@@ -72,13 +72,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(if report.blocked() { exit::FOUND_PROBLEM } else { exit::OK })
         }
         Command::Migrate(args) if ferry_mysql::is_mysql_url(&args.endpoints.source) => {
-            // `--listen off` asks for no API, which is what a MySQL migration has: not refused.
-            let refused: Vec<&str> = POSTGRES_ONLY_MIGRATE_FLAGS
-                .iter()
-                .copied()
-                .filter(|f| !(*f == "listen" && matches!(args.listen, cli::Listen::Off)))
-                .collect();
-            refuse_flags("migrate", &refused)?;
+            refuse_flags("migrate", POSTGRES_ONLY_MIGRATE_FLAGS)?;
             mysql_cmd::migrate(&args).await
         }
         Command::Migrate(args) => {
@@ -393,15 +387,11 @@ fn given(sub: &str, ids: &[&str]) -> Vec<String> {
         .collect()
 }
 
-/// Flags of `ferry migrate` that only a PostgreSQL source uses (the MySQL path does not have
-/// the control plane, proxy or roles handling yet): given with a MySQL source they are a
-/// usage error naming them, never silently ignored.
+/// Flags of `ferry migrate` that only a PostgreSQL source uses (the MySQL path has the API's
+/// read-only views, `--listen` and its token, TLS and host flags, but not the proxy, webhooks,
+/// automatic rollback, dead letters or roles handling yet): given with a MySQL source they are
+/// a usage error naming them, never silently ignored.
 const POSTGRES_ONLY_MIGRATE_FLAGS: &[&str] = &[
-    "listen",
-    "api_token_file",
-    "api_tls_cert",
-    "api_tls_key",
-    "api_allowed_host",
     "wal_warn",
     "proxy_listen",
     "proxy_users_file",

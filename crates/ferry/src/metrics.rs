@@ -104,7 +104,7 @@ impl Metrics {
         );
         registry.register(
             "ferry_build_info",
-            "Ferry version and the migration it runs (always 1)",
+            "Ferry version, the migration it runs and its source's engine (always 1)",
             m.info.clone(),
         );
         registry.register(
@@ -150,7 +150,7 @@ impl Metrics {
         );
         registry.register(
             "ferry_replication_lag_seconds",
-            "Age of the oldest source WAL position (sampled each second) the slot has not confirmed (0 when caught up)",
+            "Age of the oldest source WAL (MySQL/MariaDB: binlog) position, sampled each second, not yet applied (0 when caught up)",
             m.lag_seconds.clone(),
         );
         registry.register(
@@ -165,7 +165,7 @@ impl Metrics {
         );
         registry.register(
             "ferry_replication_lag_bytes",
-            "Source WAL not yet confirmed as applied (current WAL position - slot's confirmed position)",
+            "Source WAL not yet confirmed as applied (current WAL position - slot's confirmed position; MySQL/MariaDB: binlog bytes, within one file)",
             m.lag_bytes.clone(),
         );
         registry.register(
@@ -173,7 +173,11 @@ impl Metrics {
             "WAL the replication slot keeps on the source's disk (current WAL position - restart position)",
             m.retained_wal.clone(),
         );
-        registry.register("ferry_slot_active", "1 when a process streams from the slot", m.slot_active.clone());
+        registry.register(
+            "ferry_slot_active",
+            "1 when a process streams from the slot (MySQL/MariaDB sources: while this process's binlog stream is connected)",
+            m.slot_active.clone(),
+        );
         registry.register(
             "ferry_apply_errors",
             "Apply sessions that failed (and were retried) and changes the target rejected, since this process started",
@@ -233,6 +237,7 @@ impl Metrics {
             .get_or_create(&vec![
                 ("version", env!("CARGO_PKG_VERSION").to_string()),
                 ("migration", st.migration_id.clone()),
+                ("source_engine", st.source_engine.clone()),
             ])
             .set(1);
         for p in Phase::ALL {

@@ -48,8 +48,55 @@ pub async fn open_state(
     .await?)
 }
 
+/// The HTTP API asked for (`--listen`): where, the token, TLS and host names.
+type ApiSettings = (std::net::SocketAddr, Option<ferry_core::Secret>, crate::server::ListenOptions);
+
+/// Reads and checks the API's settings, as for a PostgreSQL source (token file, TLS files, a
+/// non-loopback address without a token refused), before anything is changed.
+fn api_settings(args: &MigrateArgs) -> anyhow::Result<Option<ApiSettings>> {
+    let crate::cli::Listen::At(addr) = args.listen else {
+        return Ok(None);
+    };
+    let token = crate::api_token(args.api_token_file.as_deref())?;
+    crate::server::check_exposure(addr, token.is_some()).map_err(|e| UsageError(format!("--listen: {e:#}")))?;
+    let listen = crate::server::ListenOptions::new(args.api_tls_cert.as_deref(), args.api_tls_key.as_deref(), &args.api_allowed_host)
+        .map_err(|e| UsageError(format!("{e:#}")))?;
+    Ok(Some((addr, token, listen)))
+}
+
+/// Serves the HTTP API, `/metrics` and the dashboard for this migration (the server of
+/// PostgreSQL sources: `crate::server`), fed by a sampler of its state and source.
+async fn serve_api(
+    (addr, token, listen): ApiSettings,
+    req: &preflight::MyCheckRequest,
+    state: &MyState,
+) -> anyhow::Result<Arc<crate::live::Live>> {
+    let live = Arc::new(crate::live::Live::for_mysql());
+    let api = crate::server::Api {
+        live: live.clone(),
+        metrics: Arc::new(crate::metrics::Metrics::new()),
+        token: token.map(Arc::new),
+        target: req.target.clone(),
+        store: state.store().clone(),
+        migration_id: state.id().to_string(),
+        // Verification and cutover of a MySQL source run as their own commands for now; the
+        // API says so (`server::mysql_not_yet`).
+        verify: None,
+        switchboard: None,
+    };
+    crate::server::serve(addr, api, &listen)
+        .await
+        .map_err(|e| UsageError(format!("--listen: {e:#}")))?;
+    tokio::spawn(
+        live.clone()
+            .sample_mysql_forever(req.target.clone(), req.source.clone(), state.clone()),
+    );
+    Ok(live)
+}
+
 /// Runs it; returns the exit code.
 pub async fn migrate(args: &MigrateArgs) -> anyhow::Result<i32> {
+    let api = api_settings(args)?;
     let mut req = crate::settings::resolve_mysql(&args.endpoints)?;
     let stream_after = args.stop_after != Some(StopAfter::FullLoad);
     let source_id = req.source.describe();
@@ -66,6 +113,10 @@ pub async fn migrate(args: &MigrateArgs) -> anyhow::Result<i32> {
     )
     .await?
     .expect("created when missing");
+    let live = match api {
+        Some(settings) => Some(serve_api(settings, &req, &state).await?),
+        None => None,
+    };
     // A load of this source into this target that started and did not finish (a crash, a kill)
     // left tables that are Ferry's own: they are dropped and copied again from a new snapshot.
     // A finished one is resumed (the stream), or refused when only a load was asked for.
@@ -138,7 +189,7 @@ pub async fn migrate(args: &MigrateArgs) -> anyhow::Result<i32> {
             return Ok(exit::OK);
         }
     }
-    stream(args, &req, &plan, &target, &state, !load).await
+    stream(args, &req, &plan, &target, &state, !load, live.as_deref()).await
 }
 
 /// Change capture until SIGTERM/SIGINT.
@@ -149,6 +200,7 @@ async fn stream(
     target: &tokio_postgres::Client,
     state: &MyState,
     restarted: bool,
+    live: Option<&crate::live::Live>,
 ) -> anyhow::Result<i32> {
     let source_id = state.source();
     let phase = state.phase(target).await?;
@@ -202,6 +254,9 @@ async fn stream(
         let _ = stop_tx.send(true);
     });
     let stats = Arc::new(CdcStats::default());
+    if let Some(live) = live {
+        live.set_mysql(stats.clone());
+    }
     let printer = {
         let stats = stats.clone();
         tokio::spawn(async move {
@@ -226,7 +281,56 @@ async fn stream(
             }
         })
     };
-    let result = apply::stream(req, plan, state, &opts, stop_rx, &stats).await;
+    // Runs until SIGTERM/SIGINT or the cutover. A pause through the API ends the current run at
+    // a transaction boundary (the source's binlog keeps the changes, as a slot does for a
+    // PostgreSQL source); a resume starts the next run from the stored position.
+    let mut paused = live.map(|l| l.pause_receiver());
+    let mut end = start.clone();
+    let result = loop {
+        if let Some(p) = paused.as_mut().filter(|p| *p.borrow()) {
+            eprintln!(
+                "Change capture paused through the API at binlog {}; POST /api/resume (ferry resume) continues from there",
+                end.file_pos()
+            );
+            if !wait_paused(p, &stop_rx, state, target).await {
+                break Ok(end);
+            }
+            eprintln!("Change capture resumed through the API");
+        }
+        // This run ends at a transaction boundary on SIGTERM/SIGINT, and on a pause.
+        let (run_tx, run_rx) = tokio::sync::watch::channel(false);
+        let forward = {
+            let mut stop = stop_rx.clone();
+            let mut pause = paused.clone();
+            tokio::spawn(async move {
+                match pause.as_mut() {
+                    Some(p) => tokio::select! {
+                        _ = stop.wait_for(|v| *v) => {}
+                        _ = p.wait_for(|v| *v) => {}
+                    },
+                    None => {
+                        let _ = stop.wait_for(|v| *v).await;
+                    }
+                }
+                let _ = run_tx.send(true);
+            })
+        };
+        let run = apply::stream(req, plan, state, &opts, run_rx, &stats).await;
+        forward.abort();
+        match run {
+            Ok(p) => end = p,
+            Err(e) => break Err(e),
+        }
+        if *stop_rx.borrow() || paused.is_none() {
+            break Ok(end);
+        }
+        match state.phase(target).await {
+            Ok(Some(Phase::CutOver)) => break Ok(end),
+            Err(e) => break Err(e),
+            // Paused (or paused and resumed already): the loop waits for the resume.
+            _ => {}
+        }
+    };
     printer.abort();
     let end = result?;
     if state.phase(target).await? == Some(Phase::CutOver) {
@@ -240,6 +344,28 @@ async fn stream(
         stats.changes.load(Ordering::Relaxed)
     );
     Ok(exit::OK)
+}
+
+/// While change capture is paused through the API: true when it is resumed, false on
+/// SIGTERM/SIGINT or when the migration was cut over meanwhile (read once a second).
+async fn wait_paused(
+    paused: &mut tokio::sync::watch::Receiver<bool>,
+    stop: &tokio::sync::watch::Receiver<bool>,
+    state: &MyState,
+    target: &tokio_postgres::Client,
+) -> bool {
+    let mut stop = stop.clone();
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|v| *v) => return false,
+            _ = paused.wait_for(|v| !*v) => return true,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {
+                if matches!(state.phase(target).await, Ok(Some(Phase::CutOver))) {
+                    return false;
+                }
+            }
+        }
+    }
 }
 
 /// `ferry cutover --source mysql://...`: the gate (see `ferry_mysql::cutover`), then the

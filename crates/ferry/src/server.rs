@@ -18,6 +18,12 @@
 //!                        Ferry's replication, record, state); answers with the report  token
 //! ```
 //!
+//! A migration from a MySQL/MariaDB source is served by the same server (`Live::for_mysql`):
+//! the reads in the same shapes, pause and resume (its stream stops at a transaction boundary
+//! and starts again from the stored position); verify, cutover, rollback and complete answer
+//! 409 "not available for a MySQL/MariaDB source yet" with the command to use instead, after
+//! the token check ([`mysql_not_yet`]).
+//!
 //! Safe by default (docs/operations.md, "Security"):
 //! * **A token always exists.** `--api-token-file` or `FERRY_API_TOKEN`; without either, a
 //!   loopback listener makes one ([`auto_token`]: `~/.ferry/api-PORT.token`, mode 0600, new at
@@ -133,12 +139,7 @@ struct Guard {
 /// token, makes a token file for a loopback one without a token, and says what to do when the
 /// address is taken.
 pub async fn serve(addr: SocketAddr, mut api: Api, opts: &ListenOptions) -> anyhow::Result<SocketAddr> {
-    if !addr.ip().is_loopback() && api.token.is_none() {
-        anyhow::bail!(
-            "refusing to serve the control API on {addr} without a token: anyone who can reach it could pause or cut over the migration; \
-             pass --api-token-file FILE (or set FERRY_API_TOKEN), or listen on a loopback address such as 127.0.0.1:7117"
-        );
-    }
+    check_exposure(addr, api.token.is_some())?;
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
         anyhow::anyhow!(
             "cannot listen on {addr} for the HTTP API: {e}; if another `ferry migrate` runs on this machine, give this one another --listen address (port 0 picks a free one), or --listen off"
@@ -181,6 +182,18 @@ pub async fn serve(addr: SocketAddr, mut api: Api, opts: &ListenOptions) -> anyh
     let scheme = if opts.tls.is_some() { "https" } else { "http" };
     tracing::info!(url = %format!("{scheme}://{local}/"), "HTTP API, metrics and dashboard listening");
     Ok(local)
+}
+
+/// Refuses a non-loopback address without a token ([`serve`] does it too; callers that must
+/// say so before changing anything call it first).
+pub fn check_exposure(addr: SocketAddr, has_token: bool) -> anyhow::Result<()> {
+    if !addr.ip().is_loopback() && !has_token {
+        anyhow::bail!(
+            "refusing to serve the control API on {addr} without a token: anyone who can reach it could pause or cut over the migration; \
+             pass --api-token-file FILE (or set FERRY_API_TOKEN), or listen on a loopback address such as 127.0.0.1:7117"
+        );
+    }
+    Ok(())
 }
 
 fn tokio_rustls_acceptor(c: Arc<ferry_tls::rustls::ServerConfig>) -> ferry_tls::tokio_rustls::TlsAcceptor {
@@ -503,6 +516,41 @@ fn error(code: StatusCode, message: impl Into<String>, fix: &'static str) -> Api
     }
 }
 
+/// What a migration from a MySQL/MariaDB source does not offer through the API yet: `action`
+/// is refused with 409, saying what to use instead (never pretended).
+fn mysql_not_yet(api: &Api, action: &str) -> Option<Response> {
+    if !api.live.mysql_source() {
+        return None;
+    }
+    let (why, fix) = match action {
+        "verify" => (
+            "",
+            "use ferry verify --source mysql://... --target postgres://... while ferry migrate runs: it verifies at one binlog position \
+             through the running stream",
+        ),
+        "cutover" => (
+            "",
+            "use ferry cutover --source mysql://... --target postgres://... (docs/mysql-cdc.md, \"Cutover gate\")",
+        ),
+        "rollback" => (
+            ": there is no reverse stream from PostgreSQL to MySQL/MariaDB",
+            "until ferry cutover --source ... --target ... runs, the application writes to the source and nothing needs rolling back",
+        ),
+        _ => (
+            "",
+            "after ferry cutover --source mysql://... --target postgres://..., ferry migrate exits by itself and nothing of Ferry's runs \
+             on the source; the migration's record stays in the state schema on the target",
+        ),
+    };
+    let body = json!({
+        "error": format!("{action} through the API is not available for a MySQL/MariaDB source yet{why}"),
+        "fix": fix,
+        "kind": action,
+        "source_engine": ferry_postgres::state::ENGINE_MYSQL,
+    });
+    Some((StatusCode::CONFLICT, Json(body)).into_response())
+}
+
 async fn dashboard() -> impl IntoResponse {
     (
         [
@@ -653,13 +701,16 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 /// The current phase, read from the state schema (not the sample, which may be a second old).
 async fn phase(api: &Api) -> Result<Phase, ApiError> {
-    let read =
-        async {
-            let c = db(api).await?;
-            api.store.load(&c, &api.migration_id).await?.map(|r| r.phase).ok_or_else(|| {
-                ferry_postgres::PgError::config("reading the phase", "the migration is not recorded yet", "retry in a second")
-            })
+    let read = async {
+        let c = db(api).await?;
+        let recorded = if api.live.mysql_source() {
+            api.store.phase(&*c, &api.migration_id).await?
+        } else {
+            api.store.load(&c, &api.migration_id).await?.map(|r| r.phase)
         };
+        recorded
+            .ok_or_else(|| ferry_postgres::PgError::config("reading the phase", "the migration is not recorded yet", "retry in a second"))
+    };
     read.await.map_err(|e| {
         error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -726,6 +777,9 @@ async fn verify(
 ) -> Response {
     if let Err(r) = authorize(&api, &headers) {
         return r.into_response();
+    }
+    if let Some(r) = mysql_not_yet(&api, "verify") {
+        return r;
     }
     let Some(ctx) = api.verify.clone() else {
         return error(
@@ -857,7 +911,11 @@ async fn verify_run(State(api): State<Api>, headers: HeaderMap, axum::extract::P
         Ok(None) => error(
             StatusCode::NOT_FOUND,
             format!("no verification run {id} for this migration"),
-            "POST /api/verify starts one",
+            if api.live.mysql_source() {
+                "a MySQL/MariaDB migration is verified with ferry verify --source ... --target ...; its last result is in GET /api/status"
+            } else {
+                "POST /api/verify starts one"
+            },
         )
         .into_response(),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string(), "check that the target is reachable").into_response(),
@@ -912,6 +970,9 @@ impl SwitchQuery {
 async fn switch(api: Api, peer: SocketAddr, headers: HeaderMap, q: SwitchQuery, rollback: bool) -> Response {
     if let Err(r) = authorize(&api, &headers) {
         return r.into_response();
+    }
+    if let Some(r) = mysql_not_yet(&api, if rollback { "rollback" } else { "cutover" }) {
+        return r;
     }
     let Some(board) = api.switchboard.clone() else {
         return error(
@@ -980,6 +1041,9 @@ async fn complete(
 ) -> Response {
     if let Err(r) = authorize(&api, &headers) {
         return r.into_response();
+    }
+    if let Some(r) = mysql_not_yet(&api, "complete") {
+        return r;
     }
     let Some(board) = api.switchboard.clone() else {
         return error(

@@ -14,19 +14,34 @@ use tokio_postgres::Client;
 use crate::check_cmd::{human_bytes, human_count};
 
 /// Everything status shows. Served as JSON by `GET /api/status` (with the live fields filled)
-/// and printed by `ferry status`.
+/// and printed by `ferry status`. One shape for every source engine: for a MySQL/MariaDB source
+/// the fields that have no meaning there (LSNs, WAL the slot retains) are null, and its
+/// positions are in `snapshot_position`, `applied_position` and `source_position`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Status {
     /// Migration id.
     pub migration_id: String,
+    /// The source's engine: `postgresql` or `mysql` (MySQL and MariaDB).
+    #[serde(default = "postgresql")]
+    pub source_engine: String,
     /// Phase.
     pub phase: String,
-    /// Slot.
+    /// Slot (MySQL sources: `server_id N`, the replica server id the binlog stream uses).
     pub slot: String,
-    /// Slot's consistent point (start of change capture).
+    /// Slot's consistent point (start of change capture); PostgreSQL sources only.
     pub consistent_lsn: Option<String>,
-    /// Last source commit applied on the target.
+    /// Last source commit applied on the target; PostgreSQL sources only.
     pub applied_lsn: Option<String>,
+    /// Where change capture started (the full load's snapshot), as a source position:
+    /// `pg:0/16B3748` or `mysql:mysql-bin.000012:4567[/GTID set]`.
+    #[serde(default)]
+    pub snapshot_position: Option<String>,
+    /// The position after the last source transaction applied on the target (same form).
+    #[serde(default)]
+    pub applied_position: Option<String>,
+    /// The source's current end of log as last read by the running `ferry migrate` (same form).
+    #[serde(default)]
+    pub source_position: Option<String>,
     /// Source transactions applied.
     pub transactions_applied: i64,
     /// Row events applied, by operation.
@@ -241,6 +256,39 @@ pub struct TableStatus {
     pub bytes_copied: i64,
 }
 
+fn postgresql() -> String {
+    ferry_postgres::state::ENGINE_POSTGRESQL.into()
+}
+
+/// Whether the status is of a migration from a MySQL/MariaDB source.
+pub fn is_mysql(s: &Status) -> bool {
+    s.source_engine == ferry_postgres::state::ENGINE_MYSQL
+}
+
+/// Adds to the status of a MySQL migration what only `ferry.mysql_state` records (`extra`:
+/// `MyState::status_json`): the last verification, a schema change the stream stopped before.
+pub fn add_mysql(s: &mut Status, extra: Option<&serde_json::Value>) {
+    let Some(x) = extra else { return };
+    if let Some(n) = x["verify_differences"].as_i64() {
+        s.last_verification = Some(serde_json::json!({
+            "id": null,
+            "status": if n == 0 { "identical" } else { "different" },
+            "actor": "ferry verify",
+            "finished_at": x["verified_at"],
+            "differences": n,
+        }));
+    }
+    if !x["blocked_at"].is_null() {
+        let b = &x["blocked_at"];
+        s.warnings.push(format!(
+            "the stream stopped before a schema change at {}:{}: {}; make it on the target, then run ferry migrate with --ddl-applied",
+            b["file"].as_str().unwrap_or("-"),
+            b["pos"],
+            b["query"].as_str().unwrap_or("-")
+        ));
+    }
+}
+
 /// SQL rendering a timestamptz column as RFC 3339 in UTC (milliseconds), for JSON.
 pub fn iso_sql(col: &str) -> String {
     format!("to_char({col} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')")
@@ -282,7 +330,9 @@ pub async fn read_with(
                 "SELECT id, phase, slot_name, consistent_lsn::text, applied_lsn::text, applied_txns, events_insert, events_update,
                         events_delete, events_truncate,
                         CASE WHEN last_commit_time IS NULL THEN NULL ELSE extract(epoch FROM now() - last_commit_time)::float8 END,
-                        (SELECT count(*) FROM {q}.dead_letters d WHERE d.migration_id = m.id)
+                        (SELECT count(*) FROM {q}.dead_letters d WHERE d.migration_id = m.id),
+                        coalesce(to_jsonb(m)->>'source_engine', 'postgresql'), to_jsonb(m)->>'snapshot_position',
+                        to_jsonb(m)->>'applied_position'
                  FROM {q}.migrations m WHERE $1::text IS NULL OR id = $1 ORDER BY updated_at DESC"
             ),
             &[&id],
@@ -300,11 +350,25 @@ pub async fn read_with(
     };
     let migration_id: String = r.get(0);
     let slot: String = r.get(2);
+    let consistent_lsn: Option<String> = r.get(3);
     let applied_lsn: Option<String> = r.get(4);
+    let source_engine: String = r.get(12);
+    let mysql = source_engine == ferry_postgres::state::ENGINE_MYSQL;
+    // A PostgreSQL migration records LSNs; a position's text form says which engine it is of.
+    let as_position = |stored: Option<String>, lsn: Option<&str>| {
+        stored.or_else(|| {
+            lsn.and_then(|l| l.parse::<ferry_core::Lsn>().ok())
+                .map(|l| ferry_core::SourcePosition::Postgres(l).to_string())
+        })
+    };
     let mut status = Status {
         phase: r.get(1),
         slot: slot.clone(),
-        consistent_lsn: r.get(3),
+        snapshot_position: as_position(r.get(13), consistent_lsn.as_deref()),
+        applied_position: as_position(r.get(14), applied_lsn.as_deref()),
+        source_position: None,
+        source_engine,
+        consistent_lsn,
         applied_lsn: applied_lsn.clone(),
         transactions_applied: r.get(5),
         events_applied: EventCounts {
@@ -442,7 +506,7 @@ pub async fn read_with(
             skipped: row.get(6),
         });
     }
-    if let Some(s) = source {
+    if let Some(s) = source.filter(|_| !mysql) {
         let row = s
             .query_opt(
                 "SELECT active, (pg_current_wal_lsn() - confirmed_flush_lsn)::int8, (pg_current_wal_lsn() - restart_lsn)::int8
@@ -488,13 +552,32 @@ pub async fn read_with(
 /// Status for humans.
 pub fn render(s: &Status) -> String {
     let mut o = String::new();
-    o.push_str(&format!("Migration {}: phase {}\n", s.migration_id, s.phase));
+    let mysql = is_mysql(s);
     o.push_str(&format!(
-        "  slot {} (consistent point {}), applied up to {}\n",
-        s.slot,
-        s.consistent_lsn.as_deref().unwrap_or("-"),
-        s.applied_lsn.as_deref().unwrap_or("-")
+        "Migration {}{}: phase {}\n",
+        s.migration_id,
+        if mysql { " (MySQL/MariaDB source)" } else { "" },
+        s.phase
     ));
+    if mysql {
+        o.push_str(&format!(
+            "  binlog stream as replica {} from the snapshot at {}, applied up to {}{}\n",
+            s.slot.replace('_', " "),
+            s.snapshot_position.as_deref().unwrap_or("-"),
+            s.applied_position.as_deref().unwrap_or("-"),
+            s.source_position
+                .as_deref()
+                .map(|p| format!("; the source's binlog is at {p}"))
+                .unwrap_or_default()
+        ));
+    } else {
+        o.push_str(&format!(
+            "  slot {} (consistent point {}), applied up to {}\n",
+            s.slot,
+            s.consistent_lsn.as_deref().unwrap_or("-"),
+            s.applied_lsn.as_deref().unwrap_or("-")
+        ));
+    }
     o.push_str(&format!(
         "  applied: {} transactions; {} inserts, {} updates, {} deletes, {} truncates\n",
         human_count(s.transactions_applied),
@@ -504,7 +587,26 @@ pub fn render(s: &Status) -> String {
         human_count(s.events_applied.truncate)
     ));
     let turned = matches!(s.phase.as_str(), "cut_over" | "rollback");
+    let fmt_secs = |x: Option<f64>| x.map(|x| format!("{x:.1} s")).unwrap_or_else(|| "- s".into());
     match (s.lag_bytes, s.lag_seconds) {
+        _ if mysql && turned => o.push_str("  stream: stopped at the cutover (writes go to the target)\n"),
+        (Some(b), secs_) if mysql => o.push_str(&format!(
+            "  lag: {} of the source's binlog not applied, {}; {}\n",
+            human_bytes(b.max(0)),
+            fmt_secs(secs_),
+            if s.slot_active == Some(true) {
+                "ferry is streaming"
+            } else {
+                "nothing is streaming"
+            }
+        )),
+        (None, Some(x)) if mysql => o.push_str(&format!(
+            "  lag: {} (bytes behind are counted within one binlog file; the stream and the source's end are in different files)\n",
+            fmt_secs(Some(x))
+        )),
+        (None, None) if mysql => {
+            o.push_str("  lag: shown by a running ferry migrate's API (--listen), or ferry status --source mysql://... --target ...\n")
+        }
         (Some(_), _) if turned => {
             o.push_str("  forward stream: stopped at the cutover (writes go to the target); its slot is kept for a rollback\n")
         }
@@ -576,7 +678,15 @@ pub fn render(s: &Status) -> String {
             if l.paused { "; change capture PAUSED" } else { "" }
         ));
     }
-    if let Some(v) = &s.last_verification {
+    if let Some(v) = s.last_verification.as_ref().filter(|v| v["id"].is_null()) {
+        // A MySQL source's verification (ferry verify --source ... --target ...) records its result only.
+        o.push_str(&format!(
+            "  last verification: {} ({} differences), finished {}\n",
+            v["status"].as_str().unwrap_or("-"),
+            v["differences"],
+            v["finished_at"].as_str().unwrap_or("-")
+        ));
+    } else if let Some(v) = &s.last_verification {
         o.push_str(&format!(
             "  last verification: run {} {} ({} rows compared, {} differences{})\n",
             v["id"],
@@ -1109,5 +1219,43 @@ mod tests {
         assert!(t.is_loopback());
         assert_eq!(base64(b"user:pass"), "dXNlcjpwYXNz");
         assert_eq!(base64(b"ab"), "YWI=");
+    }
+
+    #[test]
+    fn a_mysql_status_renders_its_positions_and_verification() {
+        let mut s: Status = serde_json::from_value(serde_json::json!({
+            "migration_id": "shop", "source_engine": "mysql", "phase": "cdc", "slot": "server_id 1174405121",
+            "consistent_lsn": null, "applied_lsn": null, "snapshot_position": "mysql:binlog.000002:345",
+            "applied_position": "mysql:binlog.000002:9000/0-1-57", "source_position": "mysql:binlog.000002:9100",
+            "transactions_applied": 12, "events_applied": {"insert": 3, "update": 2, "delete": 1, "truncate": 0},
+            "lag_seconds": 0.5, "lag_bytes": 100, "retained_wal_bytes": null, "slot_active": true, "dead_letters": 0,
+            "tables": [], "warnings": []
+        }))
+        .unwrap();
+        add_mysql(
+            &mut s,
+            Some(&serde_json::json!({"verify_differences": 0, "verified_at": "2026-12-06T21:00:00Z", "blocked_at": null})),
+        );
+        assert!(is_mysql(&s));
+        let text = render(&s);
+        for needle in [
+            "Migration shop (MySQL/MariaDB source): phase cdc",
+            "binlog stream as replica server id 1174405121 from the snapshot at mysql:binlog.000002:345, applied up to mysql:binlog.000002:9000/0-1-57; the source's binlog is at mysql:binlog.000002:9100",
+            "lag: 100 B of the source's binlog not applied, 0.5 s; ferry is streaming",
+            "last verification: identical (0 differences), finished 2026-12-06T21:00:00Z",
+        ] {
+            assert!(text.contains(needle), "{needle} not in:\n{text}");
+        }
+        assert!(!text.contains("slot server_id"), "{text}");
+        // An older API's status (no engine) is a PostgreSQL one.
+        let old: Status = serde_json::from_value(serde_json::json!({
+            "migration_id": "m", "phase": "cdc", "slot": "ferry_m", "consistent_lsn": "0/1", "applied_lsn": null,
+            "transactions_applied": 0, "events_applied": {"insert": 0, "update": 0, "delete": 0, "truncate": 0},
+            "lag_seconds": null, "lag_bytes": null, "retained_wal_bytes": null, "slot_active": null, "dead_letters": 0,
+            "tables": [], "warnings": []
+        }))
+        .unwrap();
+        assert_eq!(old.source_engine, "postgresql");
+        assert!(render(&old).contains("slot ferry_m (consistent point 0/1)"));
     }
 }

@@ -303,7 +303,8 @@ fn postgres_only_flags_with_a_mysql_source_are_named() {
     ]);
     assert_ne!(run.code, 2, "{}", run.all());
     assert!(!run.stderr.contains("--listen"), "{}", run.all());
-    // A real address is refused.
+    // A real address serves the API for a MySQL source too (mysql_api.rs): not refused, the run
+    // goes on to connect. A flag with no MySQL meaning given beside it still is, by name.
     let run = ferry(&[
         "migrate",
         "--source",
@@ -311,10 +312,27 @@ fn postgres_only_flags_with_a_mysql_source_are_named() {
         "--target",
         "postgres://postgres@127.0.0.1:1/shop",
         "--listen",
-        "127.0.0.1:9191",
+        "127.0.0.1:0",
+    ]);
+    assert_eq!(run.code, 3, "{}", run.all());
+    assert!(run.all().contains("cannot connect to 127.0.0.1:1/shop"), "{}", run.all());
+    let run = ferry(&[
+        "migrate",
+        "--source",
+        "mysql://app:secret-77@127.0.0.1:1/shop",
+        "--target",
+        "postgres://postgres@127.0.0.1:1/shop",
+        "--listen",
+        "127.0.0.1:0",
+        "--wal-warn",
+        "1GB",
     ]);
     assert_eq!(run.code, 2, "{}", run.all());
-    assert!(run.stderr.contains("--listen"), "{}", run.all());
+    assert!(
+        run.stderr.contains("--wal-warn") && !run.stderr.contains("--listen"),
+        "{}",
+        run.all()
+    );
     // check too. (Defaults and environment values do not count: every MySQL test runs with
     // FERRY_LISTEN=off in its environment.)
     let run: Run = crate::harness::ferry_cmd(&[

@@ -17,6 +17,7 @@ mod hostile;
 mod large_objects;
 mod managed;
 mod mysql;
+mod mysql_api;
 mod mysql_cdc;
 mod mysql_tls;
 mod mysql_upgrade;
