@@ -546,11 +546,7 @@ pub async fn stream(
 ) -> Result<BinlogPosition, MyError> {
     let mut backoff = BACKOFF_START;
     loop {
-        let target = req
-            .target
-            .connect("mysql-cdc")
-            .await
-            .map_err(|e| MyError::new("connecting to the target", &e.to_string(), "check the target URL"));
+        let target = req.target.connect("mysql-cdc").await.map_err(MyError::from);
         let target = match target {
             Ok(t) => t,
             Err(e) => {
@@ -592,12 +588,7 @@ pub async fn stream(
                 );
                 if wait_or_stop(&mut stop, wait).await {
                     return state
-                        .resume_point(
-                            &req.target
-                                .connect("mysql-cdc")
-                                .await
-                                .map_err(|e| MyError::new("connecting to the target", &e.to_string(), "check the target URL"))?,
-                        )
+                        .resume_point(&req.target.connect("mysql-cdc").await.map_err(MyError::from)?)
                         .await?
                         .map(|s| s.0)
                         .ok_or(e);

@@ -121,11 +121,7 @@ async fn wait_applied(
 
 /// Runs the gate.
 pub async fn cutover(req: &MyCheckRequest, opts: &GateOptions) -> Result<GateReport, MyError> {
-    let mut pg = req
-        .target
-        .connect("mysql-cutover")
-        .await
-        .map_err(|e| MyError::new("connecting to the target", &e.to_string(), "check the target URL"))?;
+    let mut pg = req.target.connect("mysql-cutover").await.map_err(MyError::from)?;
     let gate = opts.state.gate_state(&pg).await?.ok_or_else(|| {
         MyError::new(
             "starting the cutover",

@@ -110,6 +110,23 @@ impl MyError {
     }
 }
 
+impl From<ferry_postgres::PgError> for MyError {
+    /// A PostgreSQL error met on the MySQL path (the target, Ferry's state): its context, reason,
+    /// fix and class are kept as they are, not flattened into another error's text.
+    fn from(e: ferry_postgres::PgError) -> MyError {
+        MyError {
+            context: e.context,
+            reason: match e.code {
+                Some(code) => format!("{} (SQLSTATE {code})", e.reason),
+                None => e.reason,
+            },
+            fix: e.fix,
+            class: e.class,
+            code: None,
+        }
+    }
+}
+
 /// Class and server error number of a driver error.
 pub fn classify(e: &mysql_async::Error) -> (ErrorClass, Option<u16>) {
     match e {
@@ -160,6 +177,15 @@ mod tests {
         assert_eq!((e.class, e.code), (ErrorClass::Definite, Some(BINLOG_UNREADABLE)));
         assert!(e.to_string().contains("(fix: keep binlogs longer)"), "{e}");
         assert_eq!(MyError::new("a", "b", "c").class, ErrorClass::Definite);
+        // A PostgreSQL error keeps its context, fix, class and SQLSTATE across the crates.
+        let pg = ferry_postgres::PgError::transient("cannot connect to db:5432/shop", "connection refused")
+            .with_fix("check that PostgreSQL is running");
+        let e = MyError::from(pg);
+        assert_eq!(e.class, ErrorClass::Transient);
+        assert_eq!(
+            e.to_string(),
+            "cannot connect to db:5432/shop: connection refused (fix: check that PostgreSQL is running)"
+        );
         assert_eq!(MyError::transient("a", "b", "c").class, ErrorClass::Transient);
     }
 }

@@ -100,11 +100,7 @@ pub async fn full_load(
     state: &MyState,
 ) -> Result<LoadSummary, MyError> {
     let pg_err = |what: &str, e: tokio_postgres::Error| MyError::new(what, &e.to_string(), "check the target and rerun");
-    let target = req
-        .target
-        .connect("mysql-load")
-        .await
-        .map_err(|e| MyError::new("connecting to the target", &e.to_string(), "check the target URL"))?;
+    let target = req.target.connect("mysql-load").await.map_err(MyError::from)?;
 
     // Schema.
     let t0 = Instant::now();
@@ -335,10 +331,7 @@ pub async fn full_load(
         let zero = req.map.zero_dates;
         let state = state.clone();
         tasks.spawn(async move {
-            let tgt = target
-                .connect("mysql-copy")
-                .await
-                .map_err(|e| MyError::new("connecting to the target", &e.to_string(), "check the target URL"))?;
+            let tgt = target.connect("mysql-copy").await.map_err(MyError::from)?;
             loop {
                 let next = queue.lock().expect("lock").pop();
                 let Some((name, range, _)) = next else { break };

@@ -19,7 +19,7 @@
 //! in one target transaction, and drops `mysql_loads` once it is empty.
 
 use ferry_core::ident::quote_literal;
-use ferry_core::{BinlogPosition, Fault, Phase, SourcePosition, TableName};
+use ferry_core::{BinlogPosition, Phase, SourcePosition, TableName};
 use ferry_postgres::state::{StateStore, ENGINE_MYSQL};
 use ferry_postgres::PgError;
 use serde_json::Value;
@@ -42,14 +42,18 @@ pub fn replica_server_id(source: &str, target: &str) -> u32 {
     0x4600_0000 | (h & 0x00ff_ffff)
 }
 
-/// A state-schema error, its class kept (a lost connection stays transient).
+/// A state-schema error: its class (a lost connection stays transient), SQLSTATE and fix kept.
 fn pg(what: &str) -> impl Fn(PgError) -> MyError + '_ {
-    move |e| MyError {
-        context: what.to_string(),
-        reason: e.to_string(),
-        fix: Some("check the target and Ferry's state schema on it".into()),
-        class: e.class(),
-        code: None,
+    move |e| {
+        let inner = e.context.clone();
+        let mut m = MyError::from(e);
+        if inner != what {
+            m.reason = format!("{inner}: {}", m.reason);
+        }
+        m.context = what.to_string();
+        m.fix
+            .get_or_insert_with(|| "check the target and Ferry's state schema on it".into());
+        m
     }
 }
 

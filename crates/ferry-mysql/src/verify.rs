@@ -501,11 +501,7 @@ async fn open_snapshot(source: &MyEndpoint, my: &mut mysql_async::Conn) -> Resul
 /// Compares every table of `tables`.
 pub async fn verify(req: &MyCheckRequest, tables: &[MyTable], opts: &VerifyOptions) -> Result<Report, MyError> {
     let started = Instant::now();
-    let pg = req
-        .target
-        .connect("mysql-verify")
-        .await
-        .map_err(|e| MyError::new("connecting to the target", &e.to_string(), "check the target URL"))?;
+    let pg = req.target.connect("mysql-verify").await.map_err(MyError::from)?;
     pg.batch_execute("SET DateStyle = ISO; SET bytea_output = hex; SET extra_float_digits = 1; SET IntervalStyle = postgres")
         .await
         .map_err(|e| MyError::new("preparing the target connection", &e.to_string(), "check the target"))?;
@@ -527,11 +523,7 @@ pub async fn verify(req: &MyCheckRequest, tables: &[MyTable], opts: &VerifyOptio
         differences: 0,
         seconds: 0.0,
     };
-    let ctl = req
-        .target
-        .connect("mysql-verify-hold")
-        .await
-        .map_err(|e| MyError::new("connecting to the target", &e.to_string(), "check the target URL"))?;
+    let ctl = req.target.connect("mysql-verify-hold").await.map_err(MyError::from)?;
     let point = consistent_point(opts, &ctl, source, &mut my, &pg).await?;
     out.source_lsn = point.as_ref().map(|p| format!("binlog {p}"));
     for t in tables {
