@@ -386,6 +386,33 @@ impl Live {
         Some(m)
     }
 
+    /// Publishes one sample of either sampler: the status read (with the MySQL stream's own
+    /// counters when `mysql`), or why it could not be read, and the errors met on the way. A
+    /// failed read drops the target connection (before the full load records the migration
+    /// there is nothing to read; a broken connection is opened again next time).
+    fn publish(&self, read: Result<Status, String>, mut errors: Vec<String>, tconn: &mut Option<tokio_postgres::Client>, mysql: bool) {
+        match read {
+            Ok(mut st) => {
+                let now = Instant::now();
+                if mysql {
+                    self.fill_mysql(&mut st, now);
+                }
+                let mut st = self.overlay(st);
+                self.fresh(&mut st, now);
+                *self.latest.write().expect("lock") = Some((st, now));
+            }
+            Err(e) => {
+                *tconn = None;
+                errors.push(e);
+            }
+        }
+        let error = (!errors.is_empty()).then(|| errors.join("; "));
+        if let Some(e) = &error {
+            tracing::warn!(error = %e, "status sampler: reading the databases failed; figures are getting old");
+        }
+        *self.sample_error.write().expect("lock") = error;
+    }
+
     /// Reads the state once a second until the process ends. Every read is bounded by
     /// [`SAMPLE_TIMEOUT`]: a database that stops answering makes the figures age (and says
     /// so), it never freezes them silently.
@@ -438,23 +465,8 @@ impl Live {
                 })?
                 .map_err(|e| format!("{e:#}"))
             };
-            match read.await {
-                Ok(st) => {
-                    let mut st = self.overlay(st);
-                    self.fresh(&mut st, Instant::now());
-                    *self.latest.write().expect("lock") = Some((st, Instant::now()));
-                }
-                Err(e) => {
-                    // Before the full load records the migration, there is nothing to read.
-                    tconn = None;
-                    errors.push(e);
-                }
-            }
-            let error = (!errors.is_empty()).then(|| errors.join("; "));
-            if let Some(e) = &error {
-                tracing::warn!(error = %e, "status sampler: reading the databases failed; figures are getting old");
-            }
-            *self.sample_error.write().expect("lock") = error;
+            let read = read.await;
+            self.publish(read, errors, &mut tconn, false);
         }
     }
 
@@ -507,24 +519,8 @@ impl Live {
                     )
                 })?
             };
-            match read.await {
-                Ok(mut st) => {
-                    let now = Instant::now();
-                    self.fill_mysql(&mut st, now);
-                    let mut st = self.overlay(st);
-                    self.fresh(&mut st, now);
-                    *self.latest.write().expect("lock") = Some((st, now));
-                }
-                Err(e) => {
-                    tconn = None;
-                    errors.push(e);
-                }
-            }
-            let error = (!errors.is_empty()).then(|| errors.join("; "));
-            if let Some(e) = &error {
-                tracing::warn!(error = %e, "status sampler: reading the databases failed; figures are getting old");
-            }
-            *self.sample_error.write().expect("lock") = error;
+            let read = read.await;
+            self.publish(read, errors, &mut tconn, true);
         }
     }
 
