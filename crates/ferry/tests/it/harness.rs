@@ -98,27 +98,53 @@ impl Dbs {
     /// Drops both databases and what Ferry made for them on either cluster that outlives a
     /// database: replication slots and replication origins (cluster-wide; each origin in use
     /// takes one of max_replication_slots).
+    ///
+    /// A backend of a Ferry process that just exited (or was killed) needs a moment to notice
+    /// and release its slot or origin; on a busy machine that moment is long enough for
+    /// `DROP DATABASE` to meet "used by an active logical replication slot". So the backends
+    /// still on the database are ended first and every step is retried for a while, and a
+    /// failure that outlasts that says which step and why.
     pub async fn drop(self) {
-        let s = connect(&self.env.source).await;
-        for c in [&s, &connect(&self.env.target).await] {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match self.try_drop().await {
+                Ok(()) => return,
+                Err(e) if Instant::now() < deadline => {
+                    eprintln!("dropping test database {}: {e}; retrying", self.name);
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Err(e) => panic!("could not drop test database {} within 60 s: {e}", self.name),
+            }
+        }
+    }
+
+    async fn try_drop(&self) -> Result<(), String> {
+        for url in [&self.env.source, &self.env.target] {
+            let c = connect(url).await;
+            let step = |what: &'static str| move |e: tokio_postgres::Error| format!("{what}: {e}");
+            c.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+                &[&self.name],
+            )
+            .await
+            .map_err(step("ending the backends still on it"))?;
             c.execute(
                 "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = $1 AND NOT active",
                 &[&self.name],
             )
             .await
-            .unwrap();
+            .map_err(step("dropping its replication slots"))?;
             c.execute(
                 "SELECT pg_replication_origin_drop(roname) FROM pg_replication_origin WHERE roname LIKE '%' || $1 || '%'",
                 &[&self.name],
             )
             .await
-            .unwrap();
-        }
-        for c in [s, connect(&self.env.target).await] {
+            .map_err(step("dropping its replication origins"))?;
             c.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name))
                 .await
-                .unwrap();
+                .map_err(step("DROP DATABASE"))?;
         }
+        Ok(())
     }
 }
 
