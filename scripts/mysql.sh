@@ -41,8 +41,11 @@ start)
       --skip-test-db >"$CLUSTER_DIR/$name.install.log" 2>&1 \
       || { cat "$CLUSTER_DIR/$name.install.log" >&2; exit 1; }
   fi
+  # Temporary tables (information_schema queries build them) in the server's own directory:
+  # several test servers, and other users of the host, share /tmp.
+  mkdir -p "$dir/tmp" && chown "$run_user": "$dir/tmp" 2>/dev/null || true
   "$MYSQLD" --no-defaults --user="$run_user" --datadir="$dir/data" --port="$port" --bind-address=127.0.0.1 \
-    --socket="$dir/mysqld.sock" --pid-file="$dir/mysqld.pid" --log-error="$dir/server.log" \
+    --socket="$dir/mysqld.sock" --pid-file="$dir/mysqld.pid" --log-error="$dir/server.log" --tmpdir="$dir/tmp" \
     --skip-name-resolve --innodb-buffer-pool-size=256M --innodb-flush-log-at-trx-commit=2 \
     --sync-binlog=0 --max-connections=200 --character-set-server=utf8mb4 --collation-server=utf8mb4_general_ci \
     "$@" >/dev/null 2>&1 &

@@ -163,6 +163,10 @@ struct Labels {
     latin1: Vec<usize>,
     /// TIMESTAMP columns: the binlog has seconds since the epoch (with a fraction).
     timestamps: Vec<usize>,
+    /// MEDIUMINT columns, with whether they are signed: the binlog has their three bytes, which
+    /// mysql_common hands over without regard to the column's sign (-8388608 came out as
+    /// 8388608).
+    int24: HashMap<usize, bool>,
 }
 
 /// A binlog reader for the tables of one database.
@@ -258,6 +262,8 @@ impl BinlogReader {
                         l.enums.insert(i, m.labels.clone());
                     } else if m.source.to_ascii_lowercase().starts_with("timestamp") {
                         l.timestamps.push(i);
+                    } else if m.source.to_ascii_lowercase().starts_with("mediumint") {
+                        l.int24.insert(i, !m.source.to_ascii_lowercase().contains("unsigned"));
                     } else if m.charset.as_deref() == Some("latin1") && m.target != "bytea" {
                         l.latin1.push(i);
                     }
@@ -497,6 +503,21 @@ impl BinlogReader {
     }
 }
 
+/// A MEDIUMINT's value with its column's sign: three bytes, two's complement when signed.
+fn int24(v: Value, signed: bool) -> Value {
+    let raw = match v {
+        Value::Int(n) => n,
+        Value::UInt(n) => n as i64,
+        other => return other,
+    };
+    let bits = raw & 0xFF_FFFF;
+    match signed {
+        true if bits >= 0x80_0000 => Value::Int(bits - 0x100_0000),
+        true => Value::Int(bits),
+        false => Value::UInt(bits as u64),
+    }
+}
+
 /// MySQL's latin1 is Windows-1252 (with its five holes kept as the C1 code points): bytes to
 /// UTF-8, as the server converts them for a query.
 pub fn latin1_to_utf8(b: &[u8]) -> String {
@@ -558,6 +579,9 @@ fn labelled(labels: &Labels, i: usize, v: Value) -> Value {
     if labels.timestamps.contains(&i) {
         return epoch_to_date(v);
     }
+    if let Some(&signed) = labels.int24.get(&i) {
+        return int24(v, signed);
+    }
     if labels.latin1.contains(&i) {
         if let Value::Bytes(b) = &v {
             return Value::Bytes(latin1_to_utf8(b).into_bytes());
@@ -600,6 +624,17 @@ fn labelled(labels: &Labels, i: usize, v: Value) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mediumints_keep_their_sign() {
+        assert_eq!(int24(Value::UInt(8_388_608), true), Value::Int(-8_388_608));
+        assert_eq!(int24(Value::Int(8_388_607), true), Value::Int(8_388_607));
+        assert_eq!(int24(Value::Int(-1), true), Value::Int(-1));
+        assert_eq!(int24(Value::UInt(0xFF_FFFF), true), Value::Int(-1));
+        assert_eq!(int24(Value::Int(-1), false), Value::UInt(16_777_215));
+        assert_eq!(int24(Value::UInt(8_388_608), false), Value::UInt(8_388_608));
+        assert_eq!(int24(Value::NULL, true), Value::NULL);
+    }
 
     #[test]
     fn latin1_is_windows_1252() {

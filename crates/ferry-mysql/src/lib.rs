@@ -2,8 +2,8 @@
 //! checks, and the type map to PostgreSQL (`docs/mysql-types.md`). The target side (schema,
 //! sink, state) is PostgreSQL's, from `ferry-postgres`.
 
-pub mod apply;
 pub mod binlog;
+pub mod cdc;
 pub mod cutover;
 pub mod endpoint;
 pub mod error;

@@ -18,7 +18,6 @@
 //! command that opens a MySQL migration ([`MyState::open`]) converts such a row into this layout
 //! in one target transaction, and drops `mysql_loads` once it is empty.
 
-use ferry_core::ident::quote_literal;
 use ferry_core::{BinlogPosition, Phase, SourcePosition, TableName};
 use ferry_postgres::state::{StateStore, ENGINE_MYSQL};
 use ferry_postgres::PgError;
@@ -694,23 +693,16 @@ impl MyState {
         Ok(applied.and_then(|p| p.as_mysql().cloned()))
     }
 
-    /// The statements that move the applied position to `at` after a batch of `transactions`
-    /// (the last committed on the source at `commit_time`, Unix seconds), to run inside the
-    /// batch's target transaction: position and changes commit together. With `clear_blocked`
-    /// the schema change the stream stopped before is passed and forgotten. Each touches
-    /// exactly one row.
-    pub fn batch_commit_sql(&self, at: &BinlogPosition, transactions: u64, commit_time: u64, clear_blocked: bool) -> Vec<String> {
-        let mut out = vec![self
-            .store
-            .applied_position_sql(&self.id, &SourcePosition::Mysql(at.clone()), transactions, commit_time)];
-        if clear_blocked {
-            out.push(format!(
-                "UPDATE {}.mysql_state SET cdc_blocked = NULL WHERE migration_id = {}",
-                self.q(),
-                quote_literal(&self.id)
-            ));
-        }
-        out
+    /// Forgets the schema change the stream stopped before, once a transaction after it is
+    /// applied (`--ddl-applied`).
+    pub async fn clear_blocked(&self, c: &impl GenericClient) -> Result<(), MyError> {
+        c.execute(
+            &format!("UPDATE {}.mysql_state SET cdc_blocked = NULL WHERE migration_id = $1", self.q()),
+            &[&self.id],
+        )
+        .await
+        .map(|_| ())
+        .map_err(db("forgetting the schema change the stream stopped before"))
     }
 
     /// Records the schema change the stream stopped before.

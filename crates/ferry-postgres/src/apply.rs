@@ -48,20 +48,29 @@ pub use relation::Rel;
 /// Where the applier stands and what it may do.
 #[derive(Debug, Clone)]
 pub struct ApplyContext {
-    /// Source (catalog look-ups, new tables).
-    pub source: Endpoint,
+    /// The PostgreSQL database the stream comes from, when it comes from one. None for a
+    /// stream of another engine (a MySQL binlog): its relations name only the migration's
+    /// tables, so there is nothing to look up or create mid-stream.
+    pub source: Option<PgSource>,
     /// Target.
     pub target: Endpoint,
     /// State store.
     pub store: StateStore,
     /// Migration id.
     pub migration_id: String,
+    /// Which way changes flow, and where the applied position is kept.
+    pub direction: Direction,
+}
+
+/// A PostgreSQL source of a stream, for what the applier does with it beyond applying.
+#[derive(Debug, Clone)]
+pub struct PgSource {
+    /// The source (catalog look-ups, new tables; the state schema's side in reverse).
+    pub endpoint: Endpoint,
     /// Which tables belong to the migration (new tables are created when they match).
     pub filter: TableFilter,
     /// pg_dump, for tables created on the source mid-stream.
     pub tools: PgTools,
-    /// Which way changes flow, and where the applied position is kept.
-    pub direction: Direction,
 }
 
 /// Which way changes flow. Both directions mark what they write with their own replication
@@ -88,13 +97,23 @@ pub fn origin_names(migration_id: &str) -> (String, String) {
 /// A change the target rejected (or that found no row), described for `ferry.dead_letters`.
 pub use ferry_core::sink::DeadLetter;
 
-/// The LSN of a PostgreSQL stream's position (0/0 for another engine's, which a PostgreSQL
-/// stream never carries).
-pub fn lsn_of(p: &SourcePosition) -> Lsn {
+/// A position's ordering key: one number that orders every position of one stream the way
+/// the stream does, so the applier compares, skips and keys dead letters the same way for every
+/// engine. PostgreSQL: the LSN. MySQL: the binlog file's number in the high 24 bits and the
+/// offset in the low 40 (a binlog file never reaches 1 TiB: `max_binlog_size` is at most 1 GiB).
+pub fn order_key(p: &SourcePosition) -> Lsn {
     match p {
         SourcePosition::Postgres(l) => *l,
-        #[allow(unreachable_patterns)]
-        _ => Lsn(0),
+        SourcePosition::Mysql(b) => Lsn((b.file_number() << 40) | (b.pos() & ((1 << 40) - 1))),
+    }
+}
+
+/// A source position as messages show it: an LSN bare (as PostgreSQL prints it), a binlog
+/// position as `file:offset`.
+pub fn position_text(p: &SourcePosition) -> String {
+    match p {
+        SourcePosition::Postgres(l) => l.to_string(),
+        SourcePosition::Mysql(b) => b.file_pos(),
     }
 }
 
@@ -105,7 +124,7 @@ pub enum ApplyError {
     #[error(transparent)]
     Db(#[from] PgError),
     /// The target rejected a change.
-    #[error("the target rejected a change to {} ({}, commit {}, change {}): {}", .0.table, .0.operation, lsn_of(&.0.commit), .0.change_index, .0.error)]
+    #[error("the target rejected a change to {} ({}, commit {}, change {}): {}", .0.table, .0.operation, position_text(&.0.commit), .0.change_index, .0.error)]
     Rejected(Box<DeadLetter>),
     /// A set-based statement failed or missed rows: replay up to `until` row by row, which
     /// names the change at fault.
@@ -246,6 +265,10 @@ pub struct Applier {
     stmts: HashMap<String, Statement>,
     snapshots: HashMap<TableName, Lsn>,
     durable: Lsn,
+    /// The whole positions behind ordering keys (see [`order_key`]), for a stream whose keys
+    /// do not say everything (a binlog position's file name and GTID); None for PostgreSQL,
+    /// whose key is its position. Holds the keys from the flushed position on.
+    positions: Option<std::collections::BTreeMap<Lsn, SourcePosition>>,
     batch_open: bool,
     /// BEGIN sent for the open batch (it is sent lazily, with the batch's first statement).
     begun: bool,
@@ -316,7 +339,13 @@ impl Applier {
         // In reverse the state schema is on the stream's side (the migration's target).
         let state_side = match ctx.direction {
             Direction::Forward => None,
-            Direction::Reverse => Some(ctx.source.connect("cdc-state").await?),
+            Direction::Reverse => {
+                let source = ctx
+                    .source
+                    .as_ref()
+                    .ok_or_else(|| PgError::config("reverse replication", "the stream's side is not PostgreSQL", "report this as a bug"))?;
+                Some(source.endpoint.connect("cdc-state").await?)
+            }
         };
         let tgt = ctx.target.connect("apply").await?;
         if let Some(pid) = stale_pid {
@@ -372,7 +401,7 @@ impl Applier {
                  origins nothing uses any more (SELECT roname FROM pg_replication_origin; pg_replication_origin_drop(name))",
             )
         })?;
-        let (durable, snapshots) = match ctx.direction {
+        let (durable, snapshots, positions) = match ctx.direction {
             Direction::Forward => Self::forward_position(&ctx, &tgt).await?,
             // Streaming from 0/0 starts at the slot's confirmed position. The migration's tables
             // (listed in the state schema, on the stream's side here) take every change.
@@ -397,7 +426,7 @@ impl Applier {
                     .iter()
                     .map(|r| (TableName::new(r.get::<_, String>(0), r.get::<_, String>(1)), Lsn(0)))
                     .collect();
-                (row.get::<_, String>(0).parse().unwrap_or_default(), snapshots)
+                (row.get::<_, String>(0).parse().unwrap_or_default(), snapshots, None)
             }
         };
         // What an earlier process committed asynchronously may not be flushed yet: flush it, so
@@ -411,6 +440,7 @@ impl Applier {
             stmts: HashMap::new(),
             snapshots,
             durable,
+            positions,
             batch_open: false,
             begun: false,
             inflight: None,
@@ -488,6 +518,7 @@ impl Applier {
             self.flushed = self.flushed.max(remote);
             self.unflushed.pop_front();
         }
+        self.forget_positions();
     }
 
     /// Asks the target how far its WAL is flushed (the WAL writer flushes asynchronous
@@ -519,6 +550,7 @@ impl Applier {
         r?;
         self.unflushed.clear();
         self.flushed = self.durable;
+        self.forget_positions();
         Ok(self.flushed)
     }
 
@@ -533,33 +565,114 @@ impl Applier {
         Ok(false)
     }
 
-    /// The durable position and per-table snapshot positions of a forward apply.
-    async fn forward_position(ctx: &ApplyContext, tgt: &Client) -> Result<(Lsn, HashMap<TableName, Lsn>), PgError> {
+    /// The durable position and per-table snapshot positions of a forward apply, as ordering
+    /// keys; for a stream whose keys are not its positions (MySQL), the whole durable position
+    /// behind its key.
+    #[allow(clippy::type_complexity)]
+    async fn forward_position(
+        ctx: &ApplyContext,
+        tgt: &Client,
+    ) -> Result<
+        (
+            Lsn,
+            HashMap<TableName, Lsn>,
+            Option<std::collections::BTreeMap<Lsn, SourcePosition>>,
+        ),
+        PgError,
+    > {
         let q = ctx.store.quoted().to_string();
         let row = tgt
             .query_one(
-                &format!("SELECT COALESCE(applied_lsn, consistent_lsn)::text FROM {q}.migrations WHERE id = $1"),
+                &format!(
+                    "SELECT source_engine, COALESCE(applied_lsn, consistent_lsn)::text, COALESCE(applied_position, snapshot_position)
+                     FROM {q}.migrations WHERE id = $1"
+                ),
                 &[&ctx.migration_id],
             )
             .await
             .map_err(|e| PgError::query("reading the applied position", e))?;
-        let durable: Lsn = row
-            .get::<_, Option<String>>(0)
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| PgError::config("change capture", "the migration has no slot position", "run the full load first"))?;
+        let engine: String = row.get(0);
+        let postgres = engine == crate::state::ENGINE_POSTGRESQL;
+        let no_position = || PgError::config("change capture", "the migration has no stream position", "run the full load first");
+        let (durable, positions) = if postgres {
+            let lsn: Lsn = row
+                .get::<_, Option<String>>(1)
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(no_position)?;
+            (lsn, None)
+        } else {
+            let at: SourcePosition = row
+                .get::<_, Option<String>>(2)
+                .ok_or_else(no_position)?
+                .parse()
+                .map_err(|e| PgError::config("reading the applied position", format!("{e}"), "report this as a bug"))?;
+            let key = order_key(&at);
+            (key, Some(std::collections::BTreeMap::from([(key, at)])))
+        };
         let mut snapshots = HashMap::new();
         for r in tgt
             .query(
-                &format!("SELECT schema_name, table_name, snapshot_lsn::text FROM {q}.tables WHERE migration_id = $1"),
+                &format!("SELECT schema_name, table_name, snapshot_lsn::text, snapshot_position FROM {q}.tables WHERE migration_id = $1"),
                 &[&ctx.migration_id],
             )
             .await
             .map_err(|e| PgError::query("reading per-table snapshot positions", e))?
         {
-            let lsn = r.get::<_, Option<String>>(2).and_then(|s| s.parse().ok()).unwrap_or_default();
-            snapshots.insert(TableName::new(r.get::<_, String>(0), r.get::<_, String>(1)), lsn);
+            let key = if postgres {
+                r.get::<_, Option<String>>(2).and_then(|s| s.parse().ok()).unwrap_or_default()
+            } else {
+                r.get::<_, Option<String>>(3)
+                    .and_then(|s| s.parse::<SourcePosition>().ok())
+                    .map(|p| order_key(&p))
+                    .unwrap_or_default()
+            };
+            snapshots.insert(TableName::new(r.get::<_, String>(0), r.get::<_, String>(1)), key);
         }
-        Ok((durable, snapshots))
+        Ok((durable, snapshots, positions))
+    }
+
+    /// The whole source position behind an ordering key of this stream.
+    pub fn position(&self, key: Lsn) -> SourcePosition {
+        match &self.positions {
+            None => SourcePosition::Postgres(key),
+            // Every key the applier hands out or records was remembered when it arrived; the
+            // nearest one at or before it is the safe answer should that ever not hold.
+            Some(m) => m
+                .get(&key)
+                .or_else(|| m.range(..=key).next_back().map(|(_, p)| p))
+                .or_else(|| m.values().next())
+                .cloned()
+                .unwrap_or(SourcePosition::Postgres(key)),
+        }
+    }
+
+    /// The ordering key of a position of this stream, remembering the position behind it.
+    fn remember(&mut self, p: &SourcePosition) -> Lsn {
+        let key = order_key(p);
+        if let Some(m) = self.positions.as_mut() {
+            m.entry(key).or_insert_with(|| p.clone());
+        }
+        key
+    }
+
+    /// Forgets positions nothing can ask about any more (before the flushed one).
+    fn forget_positions(&mut self) {
+        let flushed = self.flushed;
+        if let Some(m) = self.positions.as_mut() {
+            if m.len() > 64 {
+                *m = m.split_off(&flushed);
+            }
+        }
+    }
+
+    /// The position whose changes are durable on the target (see [`Applier::flushed`]).
+    pub fn flushed_position(&self) -> SourcePosition {
+        self.position(self.flushed)
+    }
+
+    /// The position committed on the target (see [`Applier::durable`]).
+    pub fn durable_position(&self) -> SourcePosition {
+        self.position(self.durable)
     }
 
     /// The position durably applied on the target.
@@ -666,7 +779,7 @@ impl Applier {
     async fn handle_inner(&mut self, msg: ChangeEvent) -> Result<(), ApplyError> {
         match msg {
             ChangeEvent::Begin { commit, .. } => {
-                let final_lsn = lsn_of(&commit);
+                let final_lsn = self.remember(&commit);
                 // Anything that committed before the durable position is on the target already.
                 let skip = final_lsn < self.durable;
                 self.txn = Some(Txn {
@@ -682,7 +795,7 @@ impl Applier {
             ChangeEvent::Commit { end, commit_time_us } => {
                 let txn = self.txn.take();
                 if let Some(t) = txn.filter(|t| !t.skip || t.foreign) {
-                    self.batch_end = lsn_of(&end);
+                    self.batch_end = self.remember(&end);
                     self.batch_commit_time = commit_time_us;
                     if !t.foreign {
                         self.batch_counts.txns += 1;
@@ -881,7 +994,8 @@ impl Applier {
         for (p, r) in pending.into_iter().zip(results) {
             match r {
                 Ok(0) if p.must_hit => {
-                    let letter = p.letter(format!("the row to {} was not found on the target", p.blame.operation));
+                    let mut letter = p.letter(format!("the row to {} was not found on the target", p.blame.operation));
+                    letter.commit = self.position(p.blame.txn.commit_lsn);
                     return Err(ApplyError::Rejected(Box::new(letter)));
                 }
                 Ok(_) => {}
@@ -890,7 +1004,8 @@ impl Applier {
                     if err.class == ErrorClass::Transient || err.code.is_none() {
                         return Err(err.into());
                     }
-                    let letter = p.letter(format!("{} (SQLSTATE {})", err.reason, err.code.unwrap_or_default()));
+                    let mut letter = p.letter(format!("{} (SQLSTATE {})", err.reason, err.code.unwrap_or_default()));
+                    letter.commit = self.position(p.blame.txn.commit_lsn);
                     return Err(ApplyError::Rejected(Box::new(letter)));
                 }
             }
@@ -968,8 +1083,15 @@ impl Applier {
             }
             None => {
                 let q = self.ctx.store.quoted().to_string();
+                // A PostgreSQL stream's position is an LSN; another engine's is kept as the
+                // text of its SourcePosition.
+                let set_position = if self.positions.is_none() {
+                    "applied_lsn = $2::text::pg_lsn"
+                } else {
+                    "applied_position = $2"
+                };
                 let sql = format!(
-                    "UPDATE {q}.migrations SET applied_lsn = $2::text::pg_lsn, applied_txns = applied_txns + $3,
+                    "UPDATE {q}.migrations SET {set_position}, applied_txns = applied_txns + $3,
                         events_insert = events_insert + $4, events_update = events_update + $5,
                         events_delete = events_delete + $6, events_truncate = events_truncate + $7,
                         last_commit_time = CASE WHEN $8::float8 > {PG_EPOCH_UNIX_SECS} THEN to_timestamp($8::float8) ELSE last_commit_time END,
@@ -1004,7 +1126,10 @@ impl Applier {
         }
         let t = Arc::clone(&self.tgt);
         let id = self.ctx.migration_id.clone();
-        let end = self.batch_end.to_string();
+        let end = match &self.positions {
+            None => self.batch_end.to_string(),
+            Some(_) => self.position(self.batch_end).to_string(),
+        };
         let reverse = self.ctx.direction == Direction::Reverse;
         ops.push(Box::pin(async move {
             if reverse {
@@ -1123,13 +1248,15 @@ impl Applier {
         };
         c.execute(
             &format!(
-                "INSERT INTO {q}.dead_letters (migration_id, commit_lsn, change_index, table_name, operation, key, payload, error, skipped)
-                     VALUES ($1, $2::text::pg_lsn, $3, $4, $5, $6, $7, $8, $9)
+                "INSERT INTO {q}.dead_letters (migration_id, commit_lsn, change_index, table_name, operation, key, payload, error, skipped, commit_position)
+                     VALUES ($1, $2::text::pg_lsn, $3, $4, $5, $6, $7, $8, $9, $10)
                      ON CONFLICT (migration_id, commit_lsn, change_index) DO UPDATE SET skipped = EXCLUDED.skipped, error = EXCLUDED.error"
             ),
             &[
                 &self.ctx.migration_id,
-                &lsn_of(&d.commit).to_string(),
+                // The ordering key keeps dead letters of every engine unique and in stream order;
+                // commit_position says where the transaction is in the source's own terms.
+                &order_key(&d.commit).to_string(),
                 &(d.change_index as i32),
                 &d.table.to_string(),
                 &d.operation,
@@ -1137,6 +1264,7 @@ impl Applier {
                 &d.payload,
                 &d.error,
                 &skipped,
+                &d.commit.to_string(),
             ],
         )
         .await
@@ -1223,11 +1351,12 @@ impl ferry_core::sink::Sink for Applier {
     }
 
     async fn settle(&mut self) -> Result<Option<SourcePosition>, ApplyError> {
-        Applier::settle(self).await.map(|l| Some(SourcePosition::Postgres(l)))
+        let key = Applier::settle(self).await?;
+        Ok(Some(self.position(key)))
     }
 
     fn durable(&self) -> Option<SourcePosition> {
-        Some(SourcePosition::Postgres(self.flushed()))
+        Some(self.flushed_position())
     }
 
     async fn record_dead_letter(&self, letter: &DeadLetter, skipped: bool) -> Result<(), ApplyError> {

@@ -76,6 +76,18 @@ pub struct CdcOptions {
     pub apply_timeout: Duration,
 }
 
+impl CdcOptions {
+    /// The PostgreSQL database the stream reads (this driver streams PostgreSQL only).
+    fn source(&self) -> &crate::Endpoint {
+        &self
+            .ctx
+            .source
+            .as_ref()
+            .expect("PostgreSQL change capture is given its PostgreSQL source")
+            .endpoint
+    }
+}
+
 /// Default of `stream_timeout`.
 pub const DEFAULT_STREAM_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default of `commit_interval`.
@@ -316,12 +328,12 @@ pub async fn run(opts: CdcOptions, mut stop: watch::Receiver<bool>, progress: Ar
             SessionEnd::DeadLetter(d) => {
                 progress.errors.fetch_add(1, Ordering::Relaxed);
                 if opts.skip_dead_letters {
-                    tracing::error!(table = %d.table, operation = d.operation, commit_lsn = %crate::apply::lsn_of(&d.commit), error = %d.error, "dead letter recorded and skipped");
-                    skip.insert((crate::apply::lsn_of(&d.commit), d.change_index));
+                    tracing::error!(table = %d.table, operation = d.operation, commit = %crate::apply::position_text(&d.commit), error = %d.error, "dead letter recorded and skipped");
+                    skip.insert((crate::apply::order_key(&d.commit), d.change_index));
                     continue;
                 }
                 break Err(PgError::config(
-                    format!("applying a change to {} ({}, key {}, source commit {})", d.table, d.operation, d.key, crate::apply::lsn_of(&d.commit)),
+                    format!("applying a change to {} ({}, key {}, source commit {})", d.table, d.operation, d.key, crate::apply::position_text(&d.commit)),
                     d.error.clone(),
                     "the change is recorded in the dead_letters table of Ferry's state schema; fix the cause on the target and rerun, or rerun with --skip-dead-letters to record such changes and go on",
                 ));
@@ -364,7 +376,7 @@ async fn session(
     // then hangs a query must not hang us either.
     let limit = opts.apply_timeout.max(Duration::from_secs(5)) * 2;
     let connecting = async {
-        let relations = Relations::connect(&opts.ctx.source, limit).await?;
+        let relations = Relations::connect(opts.source(), limit).await?;
         let applier = Applier::new(opts.ctx.clone(), relations.settings(), skip.clone(), ordered_until, stale_pid).await?;
         Ok::<_, PgError>((relations, applier))
     };
@@ -595,7 +607,7 @@ async fn stream(
     let start = applier.durable();
     progress.applied_lsn.store(start.0, Ordering::Relaxed);
     progress.flushed_lsn.store(applier.flushed().0, Ordering::Relaxed);
-    let mut conn = ReplicationConnection::connect(&opts.ctx.source).await?;
+    let mut conn = ReplicationConnection::connect(opts.source()).await?;
     // A WAL sender busy decoding (a large transaction of tables not replicated, say) may answer
     // a keepalive request only when half its own timeout has passed.
     let sender_timeout = conn
@@ -688,7 +700,7 @@ async fn stream(
                             let quiet = heard.elapsed();
                             if quiet >= dead_after {
                                 return Err(PgError::transient(
-                                    format!("streaming changes from {}", opts.ctx.source.describe()),
+                                    format!("streaming changes from {}", opts.source().describe()),
                                     format!(
                                         "no message from the WAL sender for {} s, not even the keepalive Ferry asked for: the network or the server is not answering (stream timeout {} s, --stream-timeout)",
                                         quiet.as_secs(),

@@ -143,6 +143,10 @@ CREATE TABLE IF NOT EXISTS {s}.dead_letters (
     skipped      boolean NOT NULL DEFAULT false,
     UNIQUE (migration_id, commit_lsn, change_index)
 );
+-- commit_lsn is the stream's ordering key (the LSN for PostgreSQL; for MySQL the binlog file
+-- number and offset packed, ferry_postgres::apply::order_key); commit_position is the
+-- transaction's SourcePosition text in the source's own terms.
+ALTER TABLE {s}.dead_letters ADD COLUMN IF NOT EXISTS commit_position text;
 CREATE TABLE IF NOT EXISTS {s}.transitions (
     id           bigserial PRIMARY KEY,
     migration_id text NOT NULL REFERENCES {s}.migrations (id) ON DELETE CASCADE,
@@ -194,9 +198,10 @@ COMMENT ON SCHEMA {s} IS 'Ferry migration state: do not edit while a migration r
     /// only when not, so that they never queue an `ALTER TABLE` behind a running stream.
     pub async fn is_current(&self, c: &impl GenericClient) -> Result<bool, PgError> {
         c.query_one(
-            "SELECT count(*) = 2 FROM pg_attribute
+            "SELECT count(*) = 3 FROM pg_attribute
              WHERE (attrelid, attname) IN ((to_regclass(format('%I.migrations', $1::text)), 'applied_position'),
-                                          (to_regclass(format('%I.tables', $1::text)), 'snapshot_position'))
+                                          (to_regclass(format('%I.tables', $1::text)), 'snapshot_position'),
+                                          (to_regclass(format('%I.dead_letters', $1::text)), 'commit_position'))
                AND NOT attisdropped",
             &[&self.schema],
         )
@@ -353,21 +358,6 @@ COMMENT ON SCHEMA {s} IS 'Ferry migration state: do not edit while a migration r
                 .transpose()
         };
         Ok((parse(0)?, parse(1)?))
-    }
-
-    /// SQL that moves the applied position by a batch of `transactions` source transactions
-    /// whose last one committed on the source at `commit_time` (Unix seconds, 0: unknown): run
-    /// inside the target transaction that applied them, so that position and data commit
-    /// together (exactly once). Touches exactly one row.
-    pub fn applied_position_sql(&self, id: &str, at: &SourcePosition, transactions: u64, commit_time: u64) -> String {
-        format!(
-            "UPDATE {}.migrations SET applied_position = {}, applied_txns = applied_txns + {transactions}, applied_at = clock_timestamp(),
-                    last_commit_time = CASE WHEN {commit_time} > 0 THEN to_timestamp({commit_time}) ELSE last_commit_time END
-             WHERE id = {}",
-            self.q,
-            ferry_core::ident::quote_literal(&at.to_string()),
-            ferry_core::ident::quote_literal(id)
-        )
     }
 
     /// Moves the migration to `to`, if the state machine allows it from where it stands

@@ -10,7 +10,7 @@
 //! A MySQL/MariaDB migration is served the same way ([`Live::for_mysql`],
 //! [`Live::sample_mysql_forever`]): its state is in the same state schema, the source's binlog
 //! end is read once a second instead of its WAL position, and the stream's own counters
-//! (`ferry_mysql::apply::CdcStats`) take the place of the PostgreSQL stream's.
+//! (`ferry_mysql::cdc::CdcStats`) take the place of the PostgreSQL stream's.
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
@@ -73,7 +73,7 @@ pub struct Live {
     /// The source is MySQL/MariaDB: what the API can and cannot do differs.
     mysql_source: bool,
     /// The MySQL binlog stream's counters, while it runs.
-    mysql: RwLock<Option<Arc<ferry_mysql::apply::CdcStats>>>,
+    mysql: RwLock<Option<Arc<ferry_mysql::cdc::CdcStats>>>,
     /// The MySQL source's binlog end, as last read.
     binlog_end: Mutex<Option<BinlogPosition>>,
 }
@@ -127,7 +127,7 @@ impl Live {
     }
 
     /// The MySQL binlog stream started with these counters.
-    pub fn set_mysql(&self, stats: Arc<ferry_mysql::apply::CdcStats>) {
+    pub fn set_mysql(&self, stats: Arc<ferry_mysql::cdc::CdcStats>) {
         *self.mysql.write().expect("lock") = Some(stats);
     }
 
@@ -345,7 +345,7 @@ impl Live {
     /// Fills what the MySQL stream knows first-hand (positions, lag, row changes by operation,
     /// whether it streams) into `s`; returns its counters (None: not a MySQL stream, or not
     /// started).
-    fn fill_mysql(&self, s: &mut Status, now: Instant) -> Option<Arc<ferry_mysql::apply::CdcStats>> {
+    fn fill_mysql(&self, s: &mut Status, now: Instant) -> Option<Arc<ferry_mysql::cdc::CdcStats>> {
         if !self.mysql_source {
             return None;
         }
@@ -590,7 +590,7 @@ impl Live {
 }
 
 /// What the MySQL stream is doing, in the PostgreSQL stream's words.
-fn mysql_stream_state(m: &ferry_mysql::apply::CdcStats) -> &'static str {
+fn mysql_stream_state(m: &ferry_mysql::cdc::CdcStats) -> &'static str {
     if m.holding.load(Ordering::Relaxed) {
         "held"
     } else if m.streaming.load(Ordering::Relaxed) {
@@ -735,7 +735,7 @@ mod tests {
         assert!(Live::new().fill_mysql(&mut mysql_status(), t0).is_none());
         let live = Live::for_mysql();
         assert!(live.mysql_source());
-        let stats = Arc::new(ferry_mysql::apply::CdcStats::default());
+        let stats = Arc::new(ferry_mysql::cdc::CdcStats::default());
         live.set_mysql(stats.clone());
         *stats.positions.lock().unwrap() = (Some(p("binlog.000002", 1000)), Some(p("binlog.000002", 1500)));
         stats.ops[0].store(3, Ordering::Relaxed);

@@ -389,7 +389,7 @@ fn given(sub: &str, ids: &[&str]) -> Vec<String> {
 
 /// Flags of `ferry migrate` that only a PostgreSQL source uses (the MySQL path has the API's
 /// read-only views, `--listen` and its token, TLS and host flags, but not the proxy, webhooks,
-/// automatic rollback, dead letters or roles handling yet): given with a MySQL source they are
+/// automatic rollback or roles handling yet): given with a MySQL source they are
 /// a usage error naming them, never silently ignored.
 const POSTGRES_ONLY_MIGRATE_FLAGS: &[&str] = &[
     "wal_warn",
@@ -403,7 +403,6 @@ const POSTGRES_ONLY_MIGRATE_FLAGS: &[&str] = &[
     "webhook_ca",
     "auto_rollback_lag",
     "auto_rollback_apply_errors",
-    "skip_dead_letters",
     "stream_timeout",
     "commit_interval",
     "apply_timeout",

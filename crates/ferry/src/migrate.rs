@@ -623,12 +623,14 @@ async fn reverse(req: &CheckRequest, opts: &MigrateOptions, stop: tokio::sync::w
     tracing::info!(%slot, "reverse replication: target to source");
     let copts = CdcOptions {
         ctx: ferry_postgres::apply::ApplyContext {
-            source: req.target.clone(),
+            source: Some(ferry_postgres::apply::PgSource {
+                endpoint: req.target.clone(),
+                filter: req.filter.clone(),
+                tools,
+            }),
             target: req.source.clone(),
             store,
             migration_id: req.migration_id.clone(),
-            filter: req.filter.clone(),
-            tools,
             direction: ferry_postgres::apply::Direction::Reverse,
         },
         slot,
@@ -724,12 +726,14 @@ async fn forward(req: &CheckRequest, opts: &MigrateOptions, stop: tokio::sync::w
     });
     let opts = CdcOptions {
         ctx: ferry_postgres::apply::ApplyContext {
-            source: req.source.clone(),
+            source: Some(ferry_postgres::apply::PgSource {
+                endpoint: req.source.clone(),
+                filter: req.filter.clone(),
+                tools,
+            }),
             target: req.target.clone(),
             store: store.clone(),
             migration_id: req.migration_id.clone(),
-            filter: req.filter.clone(),
-            tools,
             direction: ferry_postgres::apply::Direction::Forward,
         },
         slot: rec.slot_name.clone(),

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_core::{BinlogPosition, Phase};
-use ferry_mysql::apply::{self, CdcOptions, CdcStats};
+use ferry_mysql::cdc::{self, CdcOptions, CdcStats};
 use ferry_mysql::preflight;
 use ferry_mysql::state::{LoadState, MyState};
 
@@ -241,6 +241,7 @@ async fn stream(
         batch_changes: args.max_batch.max(1),
         batch_time: Duration::from_millis(args.max_delay_ms),
         skip_schema_change,
+        skip_dead_letters: args.skip_dead_letters,
     };
     eprintln!(
         "Streaming changes from {source_id} (binlog {}, replica server id {}) into {}; SIGTERM or Ctrl-C stops at a transaction boundary",
@@ -315,7 +316,7 @@ async fn stream(
                 let _ = run_tx.send(true);
             })
         };
-        let run = apply::stream(req, plan, state, &opts, run_rx, &stats).await;
+        let run = cdc::stream(req, plan, state, &opts, run_rx, &stats).await;
         forward.abort();
         match run {
             Ok(p) => end = p,

@@ -210,12 +210,13 @@ impl Applier {
     /// from its first change: every row it has arrived after the slot's consistent point.
     async fn new_table(&mut self, r: &Relation, table: &TableName) -> Result<bool, ApplyError> {
         // Reverse replication carries the migration's tables only: the source has them all.
-        if self.ctx.direction == super::Direction::Reverse {
+        // A stream of another engine names only the migration's tables.
+        let Some(source) = self.ctx.source.clone().filter(|_| self.ctx.direction == super::Direction::Forward) else {
             return Ok(false);
-        }
+        };
         // A partition is in the migration when its partition root is.
         let filter_name = &r.scope;
-        if !self.ctx.filter.matches(filter_name) {
+        if !source.filter.matches(filter_name) {
             return Ok(false);
         }
         let exists: bool = self
@@ -225,7 +226,7 @@ impl Applier {
             .map_err(|e| PgError::query("looking for a new table on the target", e))?
             .get(0);
         if !exists {
-            let ddl = crate::schema::dump_table(&self.ctx.tools, &self.ctx.source, table)
+            let ddl = crate::schema::dump_table(&source.tools, &source.endpoint, table)
                 .await
                 .map_err(|e| {
                     PgError::config(

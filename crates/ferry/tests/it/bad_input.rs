@@ -283,10 +283,10 @@ fn postgres_only_flags_with_a_mysql_source_are_named() {
         "127.0.0.1:6432",
         "--webhook",
         "https://hooks.example/ferry",
-        "--skip-dead-letters",
+        "--no-analyze",
     ]);
     assert_eq!(run.code, 2, "{}", run.all());
-    for flag in ["--proxy-listen", "--webhook", "--skip-dead-letters", "MySQL"] {
+    for flag in ["--proxy-listen", "--webhook", "--no-analyze", "MySQL"] {
         assert!(run.stderr.contains(flag), "{flag} not named: {}", run.all());
     }
     assert!(!run.all().contains("secret-77"), "{}", run.all());

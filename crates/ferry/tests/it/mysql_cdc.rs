@@ -599,3 +599,76 @@ async fn a_purged_binlog_stops_the_stream_with_the_recovery_steps() {
     assert!(!all.contains("retry_in_ms"), "the error was retried: {all}");
     dispose("FERRY_TEST_MYSQL", dbs).await;
 }
+
+/// A change the target rejects (a rule only the target has) stops the MySQL stream like the
+/// PostgreSQL one: nothing of its transaction applied, the change recorded in dead_letters with
+/// its binlog position, key and reason, and the fix named. With --skip-dead-letters the next run
+/// records it as skipped, steps over exactly that change, and applies everything else.
+#[tokio::test]
+async fn mysql_poison_row_goes_to_dead_letters_and_skip_dead_letters_steps_over_it() {
+    let (source, target, dbs) = fresh("FERRY_TEST_MYSQL", "mydead").await;
+    let db = &dbs.name;
+    my_sql(
+        "FERRY_TEST_MYSQL",
+        &format!(
+            "USE {db}; CREATE TABLE products (id int PRIMARY KEY, price decimal(10,2) NOT NULL);
+             INSERT INTO products VALUES (1, 5), (2, 5), (3, 5);"
+        ),
+    );
+    let args = ["migrate", "--source", &source, "--target", &target];
+    let m = Migrator::spawn(&args);
+    wait_streaming(&target).await;
+    let t = connect(&target).await;
+    t.batch_execute("ALTER TABLE products ADD CONSTRAINT cheap CHECK (price < 10000)")
+        .await
+        .unwrap();
+    let before_poison = binlog_end("FERRY_TEST_MYSQL");
+    my_sql(
+        "FERRY_TEST_MYSQL",
+        &format!(
+            "USE {db}; BEGIN; UPDATE products SET price = 1 WHERE id = 2; UPDATE products SET price = 20000 WHERE id = 1;
+             UPDATE products SET price = 2 WHERE id = 3; COMMIT;
+             INSERT INTO products VALUES (4, 4);"
+        ),
+    );
+    let run = m.wait();
+    assert_eq!(run.code, 3, "{}", run.all());
+    let all = run.all();
+    assert!(all.contains("public.products"), "{all}");
+    assert!(all.contains("violates check constraint \"cheap\""), "{all}");
+    assert!(all.contains("--skip-dead-letters") && all.contains("dead_letters"), "{all}");
+    let r = t
+        .query_one(
+            "SELECT operation, key, change_index, commit_position, skipped FROM ferry.dead_letters",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (op, key, index, at, skipped): (String, String, i32, String, bool) = (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
+    assert_eq!((op.as_str(), key.as_str(), index, skipped), ("update", "id=1", 2, false));
+    // The transaction's binlog position, where it starts: after everything before the poison.
+    let at: ferry_core::SourcePosition = at.parse().expect("a position");
+    assert!(at >= before_poison, "{at} is before {before_poison}");
+    // Nothing of that transaction, nor anything after it, was applied.
+    assert_eq!(
+        pg_rows(&target, "products").await,
+        ["(1,5.00)", "(2,5.00)", "(3,5.00)"],
+        "the rejected transaction was partly applied"
+    );
+    // Told to, Ferry records it as skipped and goes on with the rest, exactly.
+    let skip = ["migrate", "--source", &source, "--target", &target, "--skip-dead-letters"];
+    let m = Migrator::spawn(&skip);
+    wait_caught_up("FERRY_TEST_MYSQL", &target, Duration::from_secs(60)).await;
+    let run = m.terminate();
+    assert_eq!(run.code, 0, "{}", run.all());
+    assert_eq!(pg_rows(&target, "products").await, ["(1,5.00)", "(2,1.00)", "(3,2.00)", "(4,4.00)"]);
+    let rows: Vec<(i32, bool)> = t
+        .query("SELECT change_index, skipped FROM ferry.dead_letters", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(rows, [(2, true)]);
+    dispose("FERRY_TEST_MYSQL", dbs).await;
+}

@@ -1,0 +1,1006 @@
+//! Change capture from the binlog into PostgreSQL, exactly once, through the PostgreSQL sink.
+//!
+//! This is the MySQL source's driver (see `ferry_core::sink` for the contract it follows): the
+//! binlog reader's row events become engine-neutral [`ChangeEvent`]s — relations from the
+//! migration's plan, typed as the target's columns are, values rendered in their PostgreSQL
+//! input form by the same conversion as the full load ([`crate::value::text_of`]) — and
+//! the PostgreSQL sink, `ferry_postgres::apply::Applier`, applies them as it applies a
+//! PostgreSQL stream: set-based where changes commute, pipelined commits, the position
+//! (`ferry.migrations.applied_position`) committed with each batch, every update and delete
+//! bound to find exactly one row, dead letters for what the target rejects.
+//!
+//! A source transaction is `Begin` at the position where it starts in the binlog (its ordering
+//! key, `ferry_postgres::apply::order_key`) and `Commit` at the position after it: after a crash
+//! the target holds exactly the transactions before the stored position and the stream resumes
+//! there, skipping what is applied. `docs/mysql-cdc.md` has the whole story.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use ferry_core::change::{ChangeEvent, Column, Datum, Identity, Relation, Row};
+use ferry_core::sink::DeadLetter;
+use ferry_core::{BinlogPosition, Lsn, SourcePosition, TableName};
+use ferry_postgres::apply::{order_key, position_text, Applier, ApplyContext, ApplyError, Direction};
+use ferry_postgres::cdc::relations::TextSettings;
+use futures_util::FutureExt;
+
+use crate::binlog::{BinlogReader, Change};
+use crate::error::MyError;
+use crate::load::kinds_of;
+use crate::preflight::{MyCheckRequest, MyPlan, MyTable};
+use crate::state::{Hold, MyState};
+use crate::types::ZeroDates;
+use crate::value::{text_of, Kind};
+
+/// Longest the binlog connection may stay silent: the source sends a heartbeat every
+/// [`crate::binlog::HEARTBEAT_PERIOD`] when it has nothing else, so silence this long means the
+/// connection (or the server) is dead. The stream then reconnects with backoff.
+pub const BINLOG_SILENCE: Duration = Duration::from_secs(10);
+/// First wait before reconnecting after a failure; doubles up to [`BACKOFF_MAX`], and starts
+/// afresh once a run applied something.
+pub const BACKOFF_START: Duration = Duration::from_millis(250);
+/// Longest wait between reconnection attempts.
+pub const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// Deadline of one poll of the hold request on the target (a 50 ms loop, a trivial query).
+const HOLD_POLL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How the stream runs.
+#[derive(Debug, Clone)]
+pub struct CdcOptions {
+    /// Ferry's replica server id on the source (unique among its replicas).
+    pub server_id: u32,
+    /// Most row changes in one target transaction (source transactions are never split).
+    pub batch_changes: usize,
+    /// Longest a batch stays open before committing at the next transaction boundary.
+    pub batch_time: Duration,
+    /// A schema change the user has applied on the target (`--ddl-applied`): its position.
+    pub skip_schema_change: Option<BinlogPosition>,
+    /// Record changes the target rejects as dead letters and step over them
+    /// (`--skip-dead-letters`), instead of stopping at the first.
+    pub skip_dead_letters: bool,
+}
+
+/// Counters the command prints and tests read, and what the HTTP API and `/metrics` show of the
+/// stream (`crates/ferry/src/live.rs`): all of this process's run, none of it stored.
+#[derive(Debug, Default)]
+pub struct CdcStats {
+    /// Source transactions applied.
+    pub transactions: AtomicU64,
+    /// Row changes applied.
+    pub changes: AtomicU64,
+    /// Row changes applied, by operation: insert, update, delete, truncate.
+    pub ops: [AtomicU64; 4],
+    /// Source commit time (epoch seconds) of the last transaction applied.
+    pub last_commit_ts: AtomicU64,
+    /// Nothing was waiting in the stream at the last commit.
+    pub caught_up: AtomicBool,
+    /// Reconnections after a transient failure.
+    pub reconnects: AtomicU64,
+    /// Dead letters met (recorded; stepped over with `--skip-dead-letters`).
+    pub dead_letters: AtomicU64,
+    /// Positions: `.0` the last one committed on the target; `.1` the one before which nothing
+    /// is left to apply (the committed one, or further: where the reader stood when it had
+    /// read and committed everything the source had sent).
+    pub positions: std::sync::Mutex<(Option<BinlogPosition>, Option<BinlogPosition>)>,
+    /// A run is connected to both sides and reading the binlog.
+    pub streaming: AtomicBool,
+    /// The stream holds at a position for a verification (or the cutover gate).
+    pub holding: AtomicBool,
+    /// Why the last run ended with a transient failure (cleared when a run starts streaming).
+    pub last_error: std::sync::Mutex<Option<String>>,
+}
+
+impl CdcStats {
+    /// Seconds the target is behind: 0 when caught up, else the age of the last applied commit.
+    pub fn lag_seconds(&self) -> u64 {
+        if self.caught_up.load(Ordering::Relaxed) {
+            return 0;
+        }
+        let ts = self.last_commit_ts.load(Ordering::Relaxed);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or_default();
+        if ts == 0 {
+            0
+        } else {
+            now.saturating_sub(ts)
+        }
+    }
+
+    /// Nothing is left to apply before `at` (only ever moves forward).
+    fn processed_to(&self, at: BinlogPosition) {
+        let mut p = self.positions.lock().expect("lock");
+        if p.1.as_ref().is_none_or(|cur| at > *cur) {
+            p.1 = Some(at);
+        }
+    }
+
+    /// A batch ending at `at` committed.
+    fn committed(&self, at: &BinlogPosition) {
+        self.positions.lock().expect("lock").0 = Some(at.clone());
+        self.processed_to(at.clone());
+    }
+}
+
+/// Marks a run as streaming while it lives.
+struct Streaming<'a>(&'a CdcStats);
+
+impl Drop for Streaming<'_> {
+    fn drop(&mut self) {
+        self.0.streaming.store(false, Ordering::Relaxed);
+    }
+}
+
+/// Polls the hold request every 50 ms into `tx`, on its own target connection; a connection
+/// that dies (or does not answer a poll within [`HOLD_POLL_TIMEOUT`]) is logged and replaced,
+/// with backoff.
+async fn poll_hold(target: ferry_postgres::Endpoint, state: MyState, tx: tokio::sync::watch::Sender<Hold>) {
+    let mut backoff = BACKOFF_START;
+    loop {
+        let c = match target.connect("mysql-cdc-hold").await {
+            Ok(c) => c,
+            Err(e) => {
+                let wait = next_backoff(&mut backoff);
+                tracing::warn!(connection = "hold poller (target)", target = %target.describe(), error = %e, retry_in_ms = wait.as_millis() as u64, "cannot connect; retrying");
+                tokio::time::sleep(wait).await;
+                continue;
+            }
+        };
+        backoff = BACKOFF_START;
+        loop {
+            match tokio::time::timeout(HOLD_POLL_TIMEOUT, state.read_hold(&c)).await {
+                Ok(Ok(Some(h))) => {
+                    tx.send_if_modified(|cur| {
+                        if *cur != h {
+                            *cur = h;
+                            true
+                        } else {
+                            false
+                        }
+                    });
+                }
+                Ok(Ok(None)) => {}
+                Ok(Err(e)) if c.is_closed() => {
+                    tracing::warn!(connection = "hold poller (target)", target = %target.describe(), error = %e, "connection lost; reconnecting");
+                    break;
+                }
+                Ok(Err(_)) => {}
+                Err(_) => {
+                    tracing::warn!(
+                        connection = "hold poller (target)",
+                        target = %target.describe(),
+                        waited_for = "the hold request",
+                        "no answer within {}; reconnecting",
+                        crate::endpoint::human(HOLD_POLL_TIMEOUT)
+                    );
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// One table of the stream: its relation as the sink sees it, and how its values convert.
+struct TableConv {
+    relation: Relation,
+    kinds: Vec<Kind>,
+    /// Key column indexes (empty: no primary key, rows are found by all their columns).
+    key: Vec<usize>,
+}
+
+impl TableConv {
+    /// The table's relation, typed as the target's columns are: the sink checks its columns
+    /// against the target's, and casts every value's text to them.
+    async fn new(id: u32, t: &MyTable, pg: &tokio_postgres::Client) -> Result<TableConv, MyError> {
+        let table = TableName::new("public", t.name.clone());
+        let target: HashMap<String, String> = pg
+            .query(
+                "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a
+                 WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped",
+                &[&table.quoted()],
+            )
+            .await
+            .map_err(|e| {
+                MyError::from(ferry_postgres::PgError::query(
+                    format!("reading the columns of {table} on the target"),
+                    e,
+                ))
+            })?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        let key: Vec<usize> = t
+            .primary_key
+            .iter()
+            .filter_map(|k| t.columns.iter().position(|(n, _)| n == k))
+            .collect();
+        let mut columns = Vec::with_capacity(t.columns.len());
+        for (i, (name, _)) in t.columns.iter().enumerate() {
+            let Some(type_sql) = target.get(name) else {
+                return Err(MyError::new(
+                    &format!("starting change capture into {table}"),
+                    &format!("column {name} of the source table is missing on the target"),
+                    "make the target table match the source (docs/mysql-types.md), or reload it: ferry migrate --overwrite",
+                ));
+            };
+            columns.push(Column {
+                name: name.clone(),
+                type_sql: type_sql.clone(),
+                key: key.contains(&i),
+                default: None,
+                not_null: false,
+            });
+        }
+        Ok(TableConv {
+            relation: Relation {
+                id,
+                scope: table.clone(),
+                table,
+                identity: if key.is_empty() { Identity::Full } else { Identity::Key },
+                columns,
+            },
+            kinds: kinds_of(t),
+            key,
+        })
+    }
+
+    fn check_width(&self, row: &[mysql_async::Value]) -> Result<(), MyError> {
+        if row.len() != self.kinds.len() {
+            return Err(MyError::new(
+                &format!("applying a change to {}", self.relation.table),
+                &format!(
+                    "the row has {} values, the table {} columns: its schema changed on the source",
+                    row.len(),
+                    self.kinds.len()
+                ),
+                "make the same change on the target, then run ferry migrate again (docs/mysql-cdc.md)",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The row in the sink's form; the first value that does not convert, with its column.
+    fn row(&self, row: &[mysql_async::Value], zero: ZeroDates) -> Result<Row, String> {
+        row.iter()
+            .zip(&self.kinds)
+            .zip(&self.relation.columns)
+            .map(|((v, kind), c)| match text_of(v, kind, zero) {
+                Ok(Some(s)) => Ok(Datum::Text(Bytes::from(s))),
+                Ok(None) => Ok(Datum::Null),
+                Err(why) => Err(format!("column {}: {why}", c.name)),
+            })
+            .collect()
+    }
+
+    /// The key of a row as `col=value`, for messages and dead letters.
+    fn key_text(&self, row: &[mysql_async::Value]) -> String {
+        let idx: Vec<usize> = if self.key.is_empty() {
+            (0..self.kinds.len().min(3)).collect()
+        } else {
+            self.key.clone()
+        };
+        idx.iter()
+            .filter(|&&i| i < row.len())
+            .map(|&i| format!("{}={}", self.relation.columns[i].name, row[i].as_sql(true)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// Whether an update moves the row's key (or the table has none): the sink then needs the
+    /// old row to find it.
+    fn needs_old(&self, before: &[mysql_async::Value], after: &[mysql_async::Value]) -> bool {
+        self.key.is_empty() || self.key.iter().any(|&i| before[i] != after[i])
+    }
+}
+
+/// Why a session ended.
+enum Failure {
+    /// Network, restart: reconnect and resume from the stored position.
+    Transient(MyError),
+    /// Needs a human.
+    Fatal(MyError),
+    /// The sink replays the batch that failed set-based row by row, up to this key.
+    Reapply(Lsn),
+    /// A change the target rejected (or that would not convert): recorded; stepped over with
+    /// `--skip-dead-letters`.
+    DeadLetter(Box<DeadLetter>),
+}
+
+impl From<MyError> for Failure {
+    /// By the error's class ([`crate::error::error_class`] for the server's error numbers).
+    fn from(e: MyError) -> Failure {
+        match e.class {
+            ferry_core::ErrorClass::Transient => Failure::Transient(e),
+            ferry_core::ErrorClass::Definite => Failure::Fatal(e),
+        }
+    }
+}
+
+impl From<ApplyError> for Failure {
+    fn from(e: ApplyError) -> Failure {
+        match e {
+            ApplyError::Db(e) => Failure::from(MyError::from(e)),
+            ApplyError::Rejected(d) => Failure::DeadLetter(d),
+            ApplyError::Reapply { until } => Failure::Reapply(until),
+        }
+    }
+}
+
+fn pg_failure(what: &str, e: tokio_postgres::Error) -> Failure {
+    Failure::from(MyError::from(ferry_postgres::PgError::query(what, e)))
+}
+
+/// Streams changes from the stored position until `stop` turns true; reconnects after
+/// transient failures; records dead letters (and steps over them with `skip_dead_letters`).
+/// Returns the last position committed.
+pub async fn stream(
+    req: &MyCheckRequest,
+    plan: &MyPlan,
+    state: &MyState,
+    opts: &CdcOptions,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    stats: &CdcStats,
+) -> Result<BinlogPosition, MyError> {
+    let mut backoff = BACKOFF_START;
+    let mut session = Session {
+        skip: HashSet::new(),
+        ordered_until: Lsn(0),
+        stale_pid: None,
+    };
+    loop {
+        let applied_before = stats.transactions.load(Ordering::Relaxed);
+        let outcome = run(req, plan, state, opts, &mut session, &mut stop, stats).await;
+        if stats.transactions.load(Ordering::Relaxed) > applied_before {
+            // That run made progress: the next failure starts the backoff afresh.
+            backoff = BACKOFF_START;
+        }
+        let e = match outcome {
+            Ok(p) => return Ok(p),
+            Err(Failure::Fatal(e)) => return Err(e),
+            Err(Failure::Reapply(until)) => {
+                // Replay the failed batch row by row from the durable position: the change at
+                // fault is named (or, if it was a false alarm, simply applied).
+                session.ordered_until = session.ordered_until.max(until);
+                tracing::info!(until = %until, "replaying a batch row by row");
+                continue;
+            }
+            Err(Failure::DeadLetter(d)) => {
+                stats.dead_letters.fetch_add(1, Ordering::Relaxed);
+                if opts.skip_dead_letters {
+                    tracing::error!(table = %d.table, operation = d.operation, commit = %position_text(&d.commit), change = d.change_index, error = %d.error, "dead letter recorded and skipped");
+                    session.skip.insert((order_key(&d.commit), d.change_index));
+                    continue;
+                }
+                return Err(MyError::new(
+                    &format!(
+                        "applying a change to {} ({}, key {}, source transaction at binlog {}, change {})",
+                        d.table,
+                        d.operation,
+                        d.key,
+                        position_text(&d.commit),
+                        d.change_index
+                    ),
+                    &d.error,
+                    "the change is recorded in the dead_letters table of Ferry's state schema; fix the cause on the target and rerun, \
+                     or rerun with --skip-dead-letters to record such changes and go on",
+                ));
+            }
+            Err(Failure::Transient(e)) => e,
+        };
+        stats.reconnects.fetch_add(1, Ordering::Relaxed);
+        *stats.last_error.lock().expect("lock") = Some(e.to_string());
+        let wait = next_backoff(&mut backoff);
+        // The error names the connection (the binlog connection to the source, or the apply
+        // connection to the target) and what it waited for.
+        tracing::warn!(
+            error = %e,
+            retry_in_ms = wait.as_millis() as u64,
+            reconnects = stats.reconnects.load(Ordering::Relaxed),
+            "change capture interrupted; reconnecting both connections and resuming from the last commit"
+        );
+        if wait_or_stop(&mut stop, wait).await {
+            let committed = stats.positions.lock().expect("lock").0.clone();
+            return committed.ok_or(e);
+        }
+    }
+}
+
+/// What one session hands the next.
+struct Session {
+    /// Dead letters to step over: (ordering key of the transaction, change index).
+    skip: HashSet<(Lsn, u32)>,
+    /// Transactions up to this key apply row by row (after a set-based failure).
+    ordered_until: Lsn,
+    /// The target session of a sink whose connection was lost: ended before the next one reads
+    /// its position.
+    stale_pid: Option<i32>,
+}
+
+/// The driver's side of one session: the sink, the target connection for Ferry's own
+/// bookkeeping (hold, schema-change stop), and what the counters have seen of the sink.
+struct Driver<'a> {
+    sink: Applier,
+    ctl: tokio_postgres::Client,
+    state: &'a MyState,
+    stats: &'a CdcStats,
+    /// The sink's totals already added to `stats`.
+    counted: ferry_postgres::apply::Counts,
+    /// Commit time (Unix seconds) of the last transaction handed to the sink, and of the last
+    /// one in a batch sent to commit.
+    last_ts: u32,
+    committing_ts: u32,
+    /// The stream stopped before a schema change last time: forget it once past it.
+    clear_blocked: bool,
+    /// Dead letters stepped over (the sink's list too).
+    skip: HashSet<(Lsn, u32)>,
+}
+
+impl Driver<'_> {
+    /// Counts what the sink committed since the last call.
+    fn note_settled(&mut self) {
+        let t = self.sink.totals();
+        let c = self.counted;
+        let changes = (t.inserts - c.inserts) + (t.updates - c.updates) + (t.deletes - c.deletes) + (t.truncates - c.truncates);
+        if t == c {
+            return;
+        }
+        self.stats.transactions.fetch_add(t.txns - c.txns, Ordering::Relaxed);
+        self.stats.changes.fetch_add(changes, Ordering::Relaxed);
+        for (n, counter) in [
+            t.inserts - c.inserts,
+            t.updates - c.updates,
+            t.deletes - c.deletes,
+            t.truncates - c.truncates,
+        ]
+        .iter()
+        .zip(&self.stats.ops)
+        {
+            counter.fetch_add(*n, Ordering::Relaxed);
+        }
+        self.stats.last_commit_ts.store(u64::from(self.committing_ts), Ordering::Relaxed);
+        self.counted = t;
+        if let SourcePosition::Mysql(p) = self.sink.durable_position() {
+            self.stats.committed(&p);
+        }
+    }
+
+    /// Commits the open batch (at a boundary) in the background.
+    async fn commit(&mut self) -> Result<(), Failure> {
+        if self.sink.batch_open() && self.sink.at_boundary() {
+            // The previous batch first (the sink would wait for it anyway): its counters and
+            // commit time are its own.
+            if self.sink.has_inflight() {
+                self.sink.settle().await?;
+                self.note_settled();
+            }
+            self.committing_ts = self.last_ts;
+            self.sink.commit().await?;
+        }
+        Ok(())
+    }
+
+    /// Commits what is open and waits until it is committed and flushed on the target: for a
+    /// position others act on (a hold, the cutover, a stop).
+    async fn settle_all(&mut self) -> Result<BinlogPosition, Failure> {
+        self.commit().await?;
+        self.sink.settle().await?;
+        self.sink.flush_now().await?;
+        self.note_settled();
+        if self.clear_blocked && self.counted.txns > 0 {
+            self.state.clear_blocked(&self.ctl).await?;
+            self.clear_blocked = false;
+        }
+        match self.sink.durable_position() {
+            SourcePosition::Mysql(p) => Ok(p),
+            other => Err(Failure::Fatal(MyError::new(
+                "following the binlog",
+                &format!("the sink reports position {other}, not a binlog position"),
+                "report this as a bug",
+            ))),
+        }
+    }
+
+    /// A settled background commit, if any: counters and position move on.
+    async fn poll(&mut self) -> Result<(), Failure> {
+        if self.sink.try_settle().await? {
+            self.note_settled();
+            if self.clear_blocked {
+                self.state.clear_blocked(&self.ctl).await?;
+                self.clear_blocked = false;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Holds the stream at a transaction boundary while a verification asks for it (see [`Hold`]):
+/// commits what is complete, says where it stands in `held_at`, and waits for the request to
+/// change (at most 120 s, then goes on: a verification that slow fails on its own check).
+/// `here` is where the stream stands: everything before it applied (once the open batch
+/// commits), nothing after it read; nothing is read while it holds.
+async fn hold_if_asked(
+    d: &mut Driver<'_>,
+    hold_rx: &mut tokio::sync::watch::Receiver<Hold>,
+    here: (&str, u64),
+    stop: &mut tokio::sync::watch::Receiver<bool>,
+) -> Result<(), Failure> {
+    let here = binlog_at(here.0, here.1, "")?;
+    let mut held = false;
+    loop {
+        let h = hold_rx.borrow_and_update().clone();
+        // Binlog positions compare by file number, then offset (never as text).
+        let at = match &h {
+            Hold::Run | Hold::CutOver => None,
+            Hold::Freeze => Some(&here),
+            Hold::Until(p) if here >= *p => Some(&here),
+            Hold::Until(..) => None,
+        };
+        let Some(at) = at else {
+            if held {
+                d.state
+                    .set_held(&d.ctl, None)
+                    .await
+                    .map_err(|e| pg_failure("recording the end of a hold", e))?;
+            }
+            return Ok(());
+        };
+        // What a verification compares must not be lost to a crash of the target.
+        d.settle_all().await?;
+        d.state
+            .set_held(&d.ctl, Some(at))
+            .await
+            .map_err(|e| pg_failure("recording a hold", e))?;
+        held = true;
+        tracing::debug!(%at, "holding for a verification");
+        d.stats.holding.store(true, Ordering::Relaxed);
+        let waited = tokio::select! {
+            _ = hold_rx.changed() => None,
+            _ = stop.changed() => Some(false),
+            _ = tokio::time::sleep(Duration::from_secs(120)) => Some(true),
+        };
+        d.stats.holding.store(false, Ordering::Relaxed);
+        match waited {
+            None => {}
+            Some(false) => return Ok(()),
+            Some(true) => {
+                tracing::warn!("a verification held the stream for 120 s; going on");
+                d.state
+                    .set_held(&d.ctl, None)
+                    .await
+                    .map_err(|e| pg_failure("recording the end of a hold", e))?;
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// A position the binlog reader reports, typed.
+fn binlog_at(file: &str, pos: u64, gtid: &str) -> Result<BinlogPosition, Failure> {
+    BinlogPosition::new(file, pos, gtid).map_err(|e| {
+        Failure::Fatal(MyError::new(
+            "following the binlog",
+            &e.to_string(),
+            "report this as a bug: the source named a binlog file or GTID Ferry cannot record",
+        ))
+    })
+}
+
+/// The open source transaction, as the driver numbers its changes (the way the sink does:
+/// every row change and every truncated table counts, in stream order).
+struct OpenTxn {
+    /// Where it starts (the `Begin` position).
+    begin: SourcePosition,
+    key: Lsn,
+    changes: u32,
+}
+
+/// One session: a sink on the target, a binlog reader on the source, until a stop, the
+/// cutover, a failure or a dead letter.
+async fn run(
+    req: &MyCheckRequest,
+    plan: &MyPlan,
+    state: &MyState,
+    opts: &CdcOptions,
+    session: &mut Session,
+    stop: &mut tokio::sync::watch::Receiver<bool>,
+    stats: &CdcStats,
+) -> Result<BinlogPosition, Failure> {
+    let ctl = req.target.connect("mysql-cdc").await.map_err(|e| Failure::from(MyError::from(e)))?;
+    // Type names schema-qualified, as the sink's session (search_path '') reads them.
+    ctl.batch_execute("SET search_path = ''")
+        .await
+        .map_err(|e| pg_failure("preparing the change capture session on the target", e))?;
+    let Some((_, blocked)) = state.resume_point(&ctl).await? else {
+        return Err(Failure::Fatal(MyError::new(
+            "starting change capture",
+            "no finished full load of this source is recorded on the target",
+            "run ferry migrate without --stop-after (it loads first)",
+        )));
+    };
+    // Values arrive in PostgreSQL's input forms, written for these settings (timestamps with
+    // a zone carry +00, intervals are `HH:MM:SS`).
+    let settings = TextSettings {
+        time_zone: "UTC".into(),
+        date_style: "ISO, MDY".into(),
+        interval_style: "postgres".into(),
+    };
+    let ctx = ApplyContext {
+        source: None,
+        target: req.target.clone(),
+        store: state.store().clone(),
+        migration_id: state.id().to_string(),
+        direction: Direction::Forward,
+    };
+    let sink = Applier::new(
+        ctx,
+        &settings,
+        session.skip.clone(),
+        session.ordered_until,
+        session.stale_pid.take(),
+    )
+    .await
+    .map_err(|e| Failure::from(MyError::from(e)))?;
+    let mut d = Driver {
+        sink,
+        ctl,
+        state,
+        stats,
+        counted: Default::default(),
+        last_ts: 0,
+        committing_ts: 0,
+        clear_blocked: blocked.is_some(),
+        skip: session.skip.clone(),
+    };
+    let pid = d.sink.pid();
+    // The sink's position, read after it ended what a lost connection may have left open.
+    let r = match d.sink.durable_position() {
+        SourcePosition::Mysql(start) => stream_session(req, plan, opts, &mut d, &start, stop).await,
+        other => Err(Failure::Fatal(MyError::new(
+            "starting change capture",
+            &format!("the recorded position {other} is not a binlog position"),
+            "report this as a bug",
+        ))),
+    };
+    if let Err(f) = &r {
+        d.sink.rollback().await;
+        match f {
+            Failure::DeadLetter(letter) => {
+                if let Err(e) = d.sink.record_dead_letter(letter, opts.skip_dead_letters).await {
+                    session.stale_pid = Some(pid);
+                    return Err(Failure::from(MyError::from(e)));
+                }
+            }
+            Failure::Transient(_) => session.stale_pid = Some(pid),
+            _ => {}
+        }
+    }
+    r
+}
+
+async fn stream_session(
+    req: &MyCheckRequest,
+    plan: &MyPlan,
+    opts: &CdcOptions,
+    d: &mut Driver<'_>,
+    start: &BinlogPosition,
+    stop: &mut tokio::sync::watch::Receiver<bool>,
+) -> Result<BinlogPosition, Failure> {
+    let mut tables = HashMap::new();
+    for (i, t) in plan.tables.iter().enumerate() {
+        let conv = TableConv::new(i as u32 + 1, t, &d.ctl).await?;
+        d.sink.handle(ChangeEvent::Relation(conv.relation.clone())).await?;
+        tables.insert(t.name.clone(), conv);
+    }
+    let mut reader = BinlogReader::start(&req.source, opts.server_id, start.file(), start.pos(), &plan.tables)
+        .await
+        .map_err(Failure::from)?;
+    tracing::info!(position = %start, "streaming the binlog");
+    d.stats.streaming.store(true, Ordering::Relaxed);
+    *d.stats.last_error.lock().expect("lock") = None;
+    let _streaming = Streaming(d.stats);
+    // Not holding (a hold of an earlier run that failed is over).
+    let _ = d.state.set_held(&d.ctl, None).await;
+    let (hold_tx, mut hold_rx) = tokio::sync::watch::channel(Hold::Run);
+    let _poller = AbortOnDrop(tokio::spawn(poll_hold(req.target.clone(), d.state.clone(), hold_tx)));
+    let zero = req.map.zero_dates;
+    let mut gtid = start.gtid().to_string();
+    let mut txn: Option<OpenTxn> = None;
+    let mut committed_at = Instant::now();
+    loop {
+        let ready = reader.next().now_or_never();
+        let next = match ready {
+            Some(r) => r,
+            None => {
+                // Nothing waiting: commit what is complete (the previous batch first, so that
+                // one larger batch follows a busy target), then wait.
+                d.poll().await?;
+                if txn.is_none() {
+                    if d.sink.batch_open() && !d.sink.has_inflight() {
+                        d.commit().await?;
+                        committed_at = Instant::now();
+                    }
+                    if *stop.borrow() || *hold_rx.borrow() == Hold::CutOver {
+                        return d.settle_all().await;
+                    }
+                    if !d.sink.batch_open() && !d.sink.has_inflight() {
+                        d.stats.caught_up.store(true, Ordering::Relaxed);
+                        // Everything read is applied: the stream stands at the reader's position.
+                        let (file, pos) = reader.position();
+                        if let Ok(here) = BinlogPosition::new(&file, pos, "") {
+                            d.stats.processed_to(here);
+                        }
+                    }
+                    let (file, pos) = reader.position();
+                    hold_if_asked(d, &mut hold_rx, (&file, pos), stop).await?;
+                }
+                let idle = txn.is_none();
+                tokio::select! {
+                    r = tokio::time::timeout(BINLOG_SILENCE, reader.next()) => match r {
+                        Ok(r) => r,
+                        Err(_) => {
+                            let (file, pos) = reader.position();
+                            return Err(Failure::Transient(MyError::transient(
+                                &format!("reading the binlog from {} after {file}:{pos}", reader.server()),
+                                &format!(
+                                    "no event and no heartbeat within {} (an idle source sends one every {}): the binlog connection is presumed dead",
+                                    crate::endpoint::human(BINLOG_SILENCE),
+                                    crate::endpoint::human(crate::binlog::HEARTBEAT_PERIOD)
+                                ),
+                                "Ferry reconnects with backoff and resumes from its last commit",
+                            )));
+                        }
+                    },
+                    // A batch committing in the background is done: count it, and send what
+                    // grew meanwhile.
+                    r = d.sink.settle(), if d.sink.has_inflight() => {
+                        r?;
+                        d.note_settled();
+                        continue;
+                    }
+                    _ = stop.changed(), if idle => continue,
+                    _ = hold_rx.changed(), if idle => continue,
+                }
+            }
+        };
+        let changes = match next {
+            Ok(Some(c)) => c,
+            Ok(None) => {
+                let (file, pos) = reader.position();
+                return Err(Failure::Transient(MyError::transient(
+                    &format!("reading the binlog from {} after {file}:{pos}", reader.server()),
+                    "the source closed the binlog connection",
+                    "Ferry reconnects with backoff and resumes from its last commit",
+                )));
+            }
+            Err(e) => return Err(Failure::from(e)),
+        };
+        for c in changes {
+            match c {
+                Change::Begin { gtid: g, at } => {
+                    let file = reader.file().to_string();
+                    hold_if_asked(d, &mut hold_rx, (&file, at), stop).await?;
+                    d.stats.caught_up.store(false, Ordering::Relaxed);
+                    // Where it starts, with the GTID state before it.
+                    let begin = SourcePosition::Mysql(binlog_at(&file, at, &gtid)?);
+                    if let Some(g) = g {
+                        gtid = g;
+                    }
+                    txn = Some(OpenTxn {
+                        key: order_key(&begin),
+                        begin: begin.clone(),
+                        changes: 0,
+                    });
+                    d.sink
+                        .handle(ChangeEvent::Begin {
+                            commit: begin,
+                            commit_time_us: 0,
+                            xid: 0,
+                        })
+                        .await?;
+                }
+                Change::SchemaChange { query, file, pos } => {
+                    if opts
+                        .skip_schema_change
+                        .as_ref()
+                        .is_some_and(|skip| skip.file() == file && skip.pos() == pos)
+                    {
+                        tracing::warn!(%query, "skipping a schema change applied on the target by hand (--ddl-applied)");
+                        continue;
+                    }
+                    // Commit what came before it, then stop before it.
+                    d.settle_all().await?;
+                    let blocked = serde_json::json!({"query": query, "file": file, "pos": pos});
+                    if let Err(e) = d.state.set_blocked(&d.ctl, &blocked).await {
+                        tracing::warn!(error = %e, "could not record the schema change the stream stops at");
+                    }
+                    return Err(Failure::Fatal(MyError::new(
+                        &format!("streaming the binlog at {file}:{pos}"),
+                        &format!("the source's schema changed: {}", query.trim()),
+                        "make the same change on the target (PostgreSQL syntax, see docs/mysql-types.md for the types), \
+                         then run the same ferry migrate with --ddl-applied to continue after it",
+                    )));
+                }
+                Change::Commit { file, pos, timestamp } => {
+                    txn = None;
+                    d.last_ts = timestamp;
+                    d.sink
+                        .handle(ChangeEvent::Commit {
+                            end: SourcePosition::Mysql(binlog_at(&file, pos, &gtid)?),
+                            commit_time_us: i64::from(timestamp) * 1_000_000,
+                        })
+                        .await?;
+                    // A stop or a cutover ends the stream at this boundary, busy or not.
+                    if *stop.borrow() || *hold_rx.borrow() == Hold::CutOver {
+                        return d.settle_all().await;
+                    }
+                    // Commit when the batch is full or old; otherwise when the stream has
+                    // nothing more ready (above), unless the previous batch is still
+                    // committing: then this one grows until it is done.
+                    if d.sink.batch_len() >= opts.batch_changes
+                        || d.sink.batch_age() >= opts.batch_time
+                        || (!d.sink.has_inflight() && committed_at.elapsed() >= opts.batch_time)
+                    {
+                        d.commit().await?;
+                        committed_at = Instant::now();
+                    }
+                }
+                other => {
+                    let Some(open) = txn.as_mut() else {
+                        return Err(Failure::Fatal(MyError::new(
+                            "following the binlog",
+                            "a row change arrived outside a transaction",
+                            "report this as a bug",
+                        )));
+                    };
+                    if let Some(event) = convert(&tables, other, open, zero, &d.skip)? {
+                        d.sink.handle(event).await?;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One binlog row change as a change event: None for a table outside the migration or an
+/// update that changes nothing. A value that does not convert is a dead letter, unless it is
+/// one the operator chose to step over: then an event of NULLs takes its place (the sink skips
+/// it by its position, so the numbering stays that of the stream).
+fn convert(
+    tables: &HashMap<String, TableConv>,
+    c: Change,
+    txn: &mut OpenTxn,
+    zero: ZeroDates,
+    skip: &HashSet<(Lsn, u32)>,
+) -> Result<Option<ChangeEvent>, Failure> {
+    let (name, operation) = match &c {
+        Change::Insert { table, .. } => (table, "insert"),
+        Change::Update { table, .. } => (table, "update"),
+        Change::Delete { table, .. } => (table, "delete"),
+        Change::Truncate { table } => (table, "truncate"),
+        _ => return Ok(None),
+    };
+    let Some(t) = tables.get(name) else { return Ok(None) };
+    if let Change::Update { before, after, .. } = &c {
+        if before == after {
+            return Ok(None);
+        }
+    }
+    txn.changes += 1;
+    let index = txn.changes;
+    let skipped = skip.contains(&(txn.key, index));
+    let nulls = || vec![Datum::Null; t.kinds.len()];
+    let letter = |row: &[mysql_async::Value], error: String| {
+        Failure::DeadLetter(Box::new(DeadLetter {
+            commit: txn.begin.clone(),
+            change_index: index,
+            table: t.relation.table.clone(),
+            operation,
+            key: t.key_text(row),
+            payload: row
+                .iter()
+                .zip(&t.relation.columns)
+                .map(|(v, c)| {
+                    let s = v.as_sql(true);
+                    if s.chars().count() > 200 {
+                        format!(
+                            "{}={}...({} chars)",
+                            c.name,
+                            s.chars().take(200).collect::<String>(),
+                            s.chars().count()
+                        )
+                    } else {
+                        format!("{}={s}", c.name)
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join(", "),
+            error,
+        }))
+    };
+    let relation = t.relation.id;
+    let event = match c {
+        Change::Insert { row, .. } => {
+            t.check_width(&row)?;
+            let new = match t.row(&row, zero) {
+                Ok(r) => r,
+                Err(_) if skipped => nulls(),
+                Err(why) => return Err(letter(&row, why)),
+            };
+            ChangeEvent::Insert { relation, new }
+        }
+        Change::Update { before, after, .. } => {
+            t.check_width(&before)?;
+            t.check_width(&after)?;
+            let (old, new) = match (t.row(&before, zero), t.row(&after, zero)) {
+                (Ok(o), Ok(n)) => (o, n),
+                _ if skipped => (nulls(), nulls()),
+                (Err(why), _) => return Err(letter(&before, why)),
+                (_, Err(why)) => return Err(letter(&after, why)),
+            };
+            ChangeEvent::Update {
+                relation,
+                old: t.needs_old(&before, &after).then_some(old),
+                new,
+            }
+        }
+        Change::Delete { row, .. } => {
+            t.check_width(&row)?;
+            let old = match t.row(&row, zero) {
+                Ok(r) => r,
+                Err(_) if skipped => nulls(),
+                Err(why) => return Err(letter(&row, why)),
+            };
+            ChangeEvent::Delete { relation, old }
+        }
+        Change::Truncate { .. } => ChangeEvent::Truncate {
+            relations: vec![relation],
+            cascade: false,
+            restart_identity: false,
+        },
+        _ => return Ok(None),
+    };
+    Ok(Some(event))
+}
+
+/// The wait before the next attempt, and the one after it (doubling up to [`BACKOFF_MAX`]).
+fn next_backoff(backoff: &mut Duration) -> Duration {
+    let wait = *backoff;
+    *backoff = (*backoff * 2).min(BACKOFF_MAX);
+    wait
+}
+
+/// Sleeps `wait`; true when a stop came meanwhile.
+async fn wait_or_stop(stop: &mut tokio::sync::watch::Receiver<bool>, wait: Duration) -> bool {
+    if *stop.borrow() {
+        return true;
+    }
+    tokio::select! {
+        _ = tokio::time::sleep(wait) => *stop.borrow(),
+        _ = stop.changed() => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_its_maximum() {
+        let mut b = BACKOFF_START;
+        let waits: Vec<u128> = (0..8).map(|_| next_backoff(&mut b).as_millis()).collect();
+        assert_eq!(waits, [250, 500, 1000, 2000, 4000, 8000, 10_000, 10_000]);
+    }
+}
