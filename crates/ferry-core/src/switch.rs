@@ -6,7 +6,7 @@
 //! waits for change capture, records the phase and turns change capture around. It never
 //! speaks an engine's SQL: everything it asks of a database goes through [`SwitchSide`], once
 //! for the *old* side (where writes stop) and once for the *new* side (where they go next).
-//! The engines implement it in their `switch` modules (`ferry_postgres::switch`, later
+//! The engines implement it in their `switch` modules (`ferry_postgres::switch`,
 //! `ferry_mysql::switch`).
 //!
 //! The contract every implementation keeps:
@@ -131,10 +131,11 @@ pub trait SwitchSide {
 
     /// Without a proxy, after [`SwitchSide::set_read_only`]: waits up to `grace` for the
     /// sessions that could still write (connected before the side became read-only, or inside
-    /// an open transaction) to leave, then ends those still there. Returns how many it ended.
-    /// Ferry's own sessions are spared by session id. Takes `grace` plus one round trip;
-    /// repeating it ends nobody new who started after the read-only.
-    fn end_writers(&self, grace: Duration) -> impl Future<Output = Result<u64, Self::Error>> + Send;
+    /// an open transaction) to leave, then ends those still there. Returns the sessions it
+    /// ended (how many: their number), described for the report. Ferry's own sessions are
+    /// spared by session id. Takes `grace` plus one round trip; repeating it ends nobody new
+    /// who started after the read-only.
+    fn end_writers(&self, grace: Duration) -> impl Future<Output = Result<Vec<DirectSession>, Self::Error>> + Send;
 
     /// Sessions connected to this side's database directly: neither Ferry's own nor the
     /// proxy's (`proxied`, the server's ids of the proxy's sessions). Only client sessions

@@ -166,6 +166,43 @@ impl std::fmt::Debug for MyEndpoint {
     }
 }
 
+/// How many connection ids [`own_connections`] keeps (the most recent): a bound on memory in a
+/// long-running process, far above the connections Ferry opens at once.
+const OWN_CONNECTIONS_KEPT: usize = 4096;
+
+/// This process's connections (`host:port` as given, connection id), oldest first.
+static OWN_CONNECTIONS: std::sync::Mutex<std::collections::VecDeque<(String, u64)>> =
+    std::sync::Mutex::new(std::collections::VecDeque::new());
+
+fn own_connections_lock() -> std::sync::MutexGuard<'static, std::collections::VecDeque<(String, u64)>> {
+    OWN_CONNECTIONS.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn remember_own(server: String, id: u64) {
+    let mut all = own_connections_lock();
+    if all.len() >= OWN_CONNECTIONS_KEPT {
+        all.pop_front();
+    }
+    all.push_back((server, id));
+}
+
+/// The connection ids (`CONNECTION_ID()`, `information_schema.PROCESSLIST.ID`) of the
+/// connections this process opened to the server `endpoint` names, through
+/// [`MyEndpoint::connect`]: Ferry tells its own sessions from others' by these, never by a
+/// name a client announces (`program_name`), which anyone can set (the way
+/// `ferry_postgres::endpoint::own_sessions` does on PostgreSQL). A connection stays listed
+/// after it closed: a server hands out a connection id once until it restarts, so a closed
+/// one names nobody else (after a restart, at worst a session with an id Ferry had is spared).
+/// The id is the one of the handshake (32 bits).
+pub fn own_connections(endpoint: &MyEndpoint) -> Vec<u64> {
+    let server = endpoint.server();
+    own_connections_lock()
+        .iter()
+        .filter(|(s, _)| *s == server)
+        .map(|(_, id)| *id)
+        .collect()
+}
+
 /// Whether a URL names a MySQL/MariaDB server.
 pub fn is_mysql_url(url: &str) -> bool {
     let lower = url.trim_start().to_ascii_lowercase();
@@ -506,8 +543,8 @@ impl MyEndpoint {
                 })
                 .await?;
         }
-        match self.attempt(&what, self.opts()).await? {
-            Ok(conn) => Ok(conn),
+        let conn = match self.attempt(&what, self.opts()).await? {
+            Ok(conn) => conn,
             Err(e) if tls::is_no_tls(&e) && self.tls.mode == SslMode::Preferred => {
                 if !self.tls_state.plain.swap(true, Ordering::Relaxed) {
                     tracing::info!(
@@ -515,10 +552,17 @@ impl MyEndpoint {
                         "the server does not offer TLS: connecting unencrypted (ssl-mode=PREFERRED, the default; ssl-mode=REQUIRED would refuse)"
                     );
                 }
-                self.attempt(&what, self.opts()).await?.map_err(|e| self.connect_error(&what, e))
+                self.attempt(&what, self.opts()).await?.map_err(|e| self.connect_error(&what, e))?
             }
-            Err(e) => Err(self.connect_error(&what, e)),
-        }
+            Err(e) => return Err(self.connect_error(&what, e)),
+        };
+        remember_own(self.server(), u64::from(conn.id()));
+        Ok(conn)
+    }
+
+    /// `host:port`, as given: the server, for [`own_connections`].
+    fn server(&self) -> String {
+        format!("{}:{}", self.host, self.port)
     }
 
     /// One connection attempt under the connect timeout: the outer error is the timeout.

@@ -11,6 +11,7 @@ pub mod load;
 pub mod mycnf;
 pub mod preflight;
 pub mod state;
+pub mod switch;
 pub mod tls;
 pub mod types;
 pub mod value;

@@ -92,7 +92,7 @@ impl SwitchSide for PgSide<'_> {
         set_read_only(self.client, self.side, on).await
     }
 
-    async fn end_writers(&self, grace: Duration) -> Result<u64, PgError> {
+    async fn end_writers(&self, grace: Duration) -> Result<Vec<DirectSession>, PgError> {
         end_writers(self.client, grace).await
     }
 
@@ -198,11 +198,11 @@ pub async fn set_read_only(c: &Client, side: &str, on: bool) -> Result<(), PgErr
 
 /// Without a proxy: sessions that connected before the database became read-only keep their
 /// writable default. Waits up to `grace` for them to leave, then terminates those still there.
-/// Returns how many were terminated.
+/// Returns the sessions it terminated, described as [`direct_sessions`] describes them.
 /// Ferry's own sessions are spared by backend pid (and start time), never by `application_name`.
-pub async fn end_writers(c: &Client, grace: Duration) -> Result<u64, PgError> {
+pub async fn end_writers(c: &Client, grace: Duration) -> Result<Vec<DirectSession>, PgError> {
     let sql = format!(
-        "SELECT pid FROM pg_stat_activity
+        "SELECT pid, {DESCRIPTION} FROM pg_stat_activity
          WHERE backend_type = 'client backend' AND datname = current_database() AND pid <> pg_backend_pid()
            AND backend_start < $1::text::timestamptz
            AND (pid, {BACKEND_START_US}) NOT IN (SELECT * FROM unnest($2::int4[], $3::int8[]))"
@@ -221,18 +221,42 @@ pub async fn end_writers(c: &Client, grace: Duration) -> Result<u64, PgError> {
             .await
             .map_err(|e| PgError::query("listing writers", e))?;
         if rows.is_empty() {
-            return Ok(0);
+            return Ok(Vec::new());
         }
         if Instant::now() >= until {
             let pids: Vec<i32> = rows.iter().map(|r| r.get(0)).collect();
             tracing::warn!(?pids, "terminating sessions still connected after the grace period");
-            let n = c
-                .execute("SELECT pg_terminate_backend(pid) FROM unnest($1::int4[]) AS pid", &[&pids])
+            // Only those the server terminated (a session that left meanwhile is not counted).
+            let ended = c
+                .query(
+                    "SELECT pid FROM unnest($1::int4[]) AS pid WHERE pg_terminate_backend(pid)",
+                    &[&pids],
+                )
                 .await
                 .map_err(|e| PgError::query("terminating writers after the grace period", e))?;
-            return Ok(n);
+            let ended: Vec<i32> = ended.iter().map(|r| r.get(0)).collect();
+            return Ok(rows.iter().filter(|r| ended.contains(&r.get::<_, i32>(0))).map(described).collect());
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The columns that describe a session of `pg_stat_activity` for people, after its pid
+/// (read by [`described`]).
+const DESCRIPTION: &str = "usename::text, COALESCE(application_name, ''), COALESCE(host(client_addr), 'local'), COALESCE(state, '')";
+
+/// A row of pid and [`DESCRIPTION`] as a session for people.
+fn described(r: &tokio_postgres::Row) -> DirectSession {
+    let pid = r.get::<_, i32>(0);
+    DirectSession {
+        id: pid as SessionId,
+        description: format!(
+            "pid {pid} (user {}, application '{}', from {}, {})",
+            r.get::<_, String>(1),
+            r.get::<_, String>(2),
+            r.get::<_, String>(3),
+            r.get::<_, String>(4)
+        ),
     }
 }
 
@@ -243,7 +267,7 @@ pub async fn end_writers(c: &Client, grace: Duration) -> Result<u64, PgError> {
 pub async fn direct_sessions(c: &Client, side: &str, proxied: &[i32]) -> Result<Vec<DirectSession>, PgError> {
     let (own_pids, own_starts) = own_sessions();
     let sql = format!(
-        "SELECT pid, usename::text, COALESCE(application_name, ''), COALESCE(host(client_addr), 'local'), COALESCE(state, '')
+        "SELECT pid, {DESCRIPTION}
          FROM pg_stat_activity
          WHERE backend_type = 'client backend' AND datname = current_database() AND pid <> pg_backend_pid()
            AND NOT pid = ANY($1)
@@ -254,22 +278,7 @@ pub async fn direct_sessions(c: &Client, side: &str, proxied: &[i32]) -> Result<
         .query(&sql, &[&proxied, &own_pids, &own_starts])
         .await
         .map_err(|e| PgError::query(format!("listing sessions connected to the {side}"), e))?;
-    Ok(rows
-        .iter()
-        .map(|r| {
-            let pid = r.get::<_, i32>(0);
-            DirectSession {
-                id: pid as SessionId,
-                description: format!(
-                    "pid {pid} (user {}, application '{}', from {}, {})",
-                    r.get::<_, String>(1),
-                    r.get::<_, String>(2),
-                    r.get::<_, String>(3),
-                    r.get::<_, String>(4)
-                ),
-            }
-        })
-        .collect())
+    Ok(rows.iter().map(described).collect())
 }
 
 /// Every user sequence of `c` that has handed out values, with its last value: where writes

@@ -24,8 +24,13 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ferry_core::switch::{seen_twice, SessionId, SwitchSide};
-use ferry_core::{Lsn, Phase, SourcePosition};
+use ferry_core::switch::{seen_twice, IdentitySync, SessionId, SwitchSide};
+use ferry_core::{Fault, Lsn, Phase, SourcePosition};
+use ferry_mysql::cutover::{self as my_cutover, GateReport};
+use ferry_mysql::preflight::MyCheckRequest;
+use ferry_mysql::state::MyState;
+use ferry_mysql::switch::MySqlSide;
+use ferry_mysql::MyError;
 use ferry_postgres::preflight::CheckRequest;
 use ferry_postgres::state::StateStore;
 use ferry_postgres::switch::{self as pg_switch, PgSide, ReverseStream};
@@ -99,6 +104,12 @@ pub struct Report {
     pub final_lsn: Option<String>,
     /// Sequences moved forward.
     pub sequences: usize,
+    /// The generators moved forward: `sequence = value`, `table.column = value`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub identities: Vec<String>,
+    /// Sessions ended after the grace period (no proxy), as the side describes them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ended: Vec<String>,
     /// Steps and their milliseconds.
     pub steps: Vec<(String, f64)>,
     /// Sessions connected directly to the side writes left, when reported.
@@ -119,10 +130,18 @@ impl Report {
             max_wait_ms: None,
             final_lsn: None,
             sequences: 0,
+            identities: Vec::new(),
+            ended: Vec::new(),
             steps: Vec::new(),
             direct_sessions: Vec::new(),
             waited: None,
         }
+    }
+
+    /// Records the generators a switch moved.
+    fn synced(&mut self, synced: Vec<IdentitySync>) {
+        self.sequences = synced.len();
+        self.identities = synced.iter().map(ToString::to_string).collect();
     }
 
     fn no_go(mut self, blockers: Vec<String>) -> Self {
@@ -571,15 +590,27 @@ impl Switchboard {
             let guard = self.apply_final(way, p, left()).await?;
             step(report, "target of the switch applied the final position", t);
             let t = Instant::now();
-            report.sequences = within(left(), sync_identities(old, new)).await??;
+            report.synced(within(left(), sync_identities(old, new)).await??);
             step(report, "sequences synced", t);
             let t = Instant::now();
             // After a cutover the source is read-only for all but Ferry; a rollback makes it
             // writable again (the target is left as it was before the cutover: writable).
             match way {
                 Way::Cutover => {
-                    within(left(), old.set_read_only(true)).await??;
-                    read_only = true;
+                    // A statement that failed on the way or was abandoned at the deadline may
+                    // still take effect: the abort undoes it then (undoing what was never done
+                    // is harmless); a refusal changed nothing.
+                    match within(left(), old.set_read_only(true)).await {
+                        Ok(Ok(())) => read_only = true,
+                        Ok(Err(e)) => {
+                            read_only = may_have_taken_effect(&e);
+                            return Err(e.into());
+                        }
+                        Err(late) => {
+                            read_only = true;
+                            return Err(late);
+                        }
+                    }
                 }
                 Way::Rollback => within(left(), new.set_read_only(false)).await??,
             }
@@ -630,7 +661,8 @@ impl Switchboard {
         }
     }
 
-    /// The pause without a proxy: the gate only.
+    /// The pause without a proxy: the gate only ([`pause_without_proxy`]), on this process's
+    /// change stream.
     #[allow(clippy::too_many_arguments)]
     async fn pause_without_proxy<O: SwitchSide, N: SwitchSide>(
         &self,
@@ -642,55 +674,14 @@ impl Switchboard {
         state_c: &Client,
         done: Phase,
     ) -> Result<(), (Abort, bool)> {
-        let started = Instant::now();
-        let t = Instant::now();
-        old.set_read_only(true).await.map_err(|e| (Abort(e.to_string()), false))?;
-        report
-            .steps
-            .push((format!("{} read-only for new sessions", old_side(way)), ms(t.elapsed())));
-        let t = Instant::now();
-        let ended = old.end_writers(opts.grace).await.map_err(|e| (Abort(e.to_string()), true))?;
-        report.steps.push((
-            format!("writers finished or ended after the grace period ({ended} terminated)"),
-            ms(t.elapsed()),
-        ));
-        let deadline = Instant::now() + opts.max_pause;
-        let left = || deadline.saturating_duration_since(Instant::now());
-        let result: Result<(), Abort> = async {
-            let t = Instant::now();
-            let p = lsn(within(left(), old.final_position()).await??)?;
-            report.final_lsn = Some(p.to_string());
-            let guard = self.apply_final(way, p, left()).await?;
-            report.steps.push(("final position applied".into(), ms(t.elapsed())));
-            let t = Instant::now();
-            report.sequences = within(left(), sync_identities(old, new)).await??;
-            report.steps.push(("sequences synced".into(), ms(t.elapsed())));
-            if way == Way::Rollback {
-                // The source takes writes again; the target goes back to how it was.
-                within(left(), new.set_read_only(false)).await??;
-                within(left(), old.set_read_only(false)).await??;
-            }
-            let reason = format!(
-                "{} (no proxy) by {}: writes stopped at {p} and applied there",
-                way.kind(),
-                opts.actor
-            );
-            within(
-                left(),
-                self.store.transition(state_c, &self.req.migration_id, done, &opts.actor, &reason),
-            )
-            .await??;
-            self.live.keep_held(guard);
-            Ok(())
-        }
-        .await;
-        match result {
-            Ok(()) => {
-                report.pause_ms = Some(ms(started.elapsed()));
-                Ok(())
-            }
-            Err(e) => Err((e, true)),
-        }
+        let stream = PgStream {
+            board: self,
+            way,
+            state_c,
+            actor: &opts.actor,
+            done,
+        };
+        pause_without_proxy(way, opts, report, old, new, &stream).await
     }
 
     /// Puts everything back as it was before the switch started.
@@ -857,10 +848,298 @@ fn lsn(p: SourcePosition) -> Result<Lsn, Abort> {
 }
 
 /// Moves every generator (sequence, identity) of `new` past the values `old` handed out: the
-/// new side never hands out a value the old one did. Returns how many it set.
-async fn sync_identities<O: SwitchSide, N: SwitchSide>(old: &O, new: &N) -> Result<usize, Abort> {
+/// new side never hands out a value the old one did. Returns those it set.
+async fn sync_identities<O: SwitchSide, N: SwitchSide>(old: &O, new: &N) -> Result<Vec<IdentitySync>, Abort> {
     let values = old.identities().await?;
-    Ok(new.advance_identities(&values).await?.len())
+    Ok(new.advance_identities(&values).await?)
+}
+
+/// Whether a failed [`SwitchSide::set_read_only`] may have taken effect all the same: a
+/// refusal (a definite error: a privilege) did not; a statement whose connection failed on the
+/// way, or that timed out, may have.
+fn may_have_taken_effect<E: Fault>(e: &E) -> bool {
+    e.class() != ferry_core::ErrorClass::Definite
+}
+
+/// The text of a position in reports: an LSN, or a binlog file and offset.
+fn position_text(p: &SourcePosition) -> String {
+    match p {
+        SourcePosition::Postgres(lsn) => lsn.to_string(),
+        SourcePosition::Mysql(b) => b.file_pos(),
+    }
+}
+
+/// The change stream into the side writes go to, and the migration's record, as a switch
+/// without a proxy drives them ([`pause_without_proxy`]): this process's PostgreSQL applier
+/// ([`PgStream`]), or the stream of a MySQL/MariaDB source, which runs in the `ferry migrate`
+/// process and is followed through Ferry's state on the target ([`MyStream`]).
+trait Stream {
+    /// What keeps the stream at the final position until change capture turns around.
+    type Held: Send;
+    /// Waits up to `within` until the stream has applied `p`, and holds it there.
+    fn reach(&self, p: &SourcePosition, within: Duration) -> impl std::future::Future<Output = Result<Self::Held, Abort>> + Send;
+    /// Records the switch as done (the point of no return), with `reason`; `report` is what
+    /// the switch did so far (the recording may add to it). Keeps the stream held.
+    fn record(&self, held: Self::Held, reason: &str, report: &mut Report) -> impl std::future::Future<Output = Result<(), Abort>> + Send;
+}
+
+/// The stream into the side writes go to of a PostgreSQL-to-PostgreSQL switch: an applier of
+/// this process ([`Switchboard::apply_final`]); the phase recorded in the state store.
+struct PgStream<'a> {
+    board: &'a Switchboard,
+    way: Way,
+    state_c: &'a Client,
+    actor: &'a str,
+    done: Phase,
+}
+
+impl Stream for PgStream<'_> {
+    type Held = cdc::HoldGuard;
+
+    async fn reach(&self, p: &SourcePosition, within: Duration) -> Result<cdc::HoldGuard, Abort> {
+        self.board.apply_final(self.way, lsn(p.clone())?, within).await
+    }
+
+    async fn record(&self, held: cdc::HoldGuard, reason: &str, _report: &mut Report) -> Result<(), Abort> {
+        let board = self.board;
+        board
+            .store
+            .transition(self.state_c, &board.req.migration_id, self.done, self.actor, reason)
+            .await?;
+        // Keep the applier where it is until change capture turns around.
+        board.live.keep_held(held);
+        Ok(())
+    }
+}
+
+/// The pause without a proxy, for any two sides: the old side read-only, its writers ended
+/// after the grace period, then within `--max-pause`: the final position, the stream applies
+/// it, identities synced, the phase recorded. Err carries why, and whether the old side may
+/// have been made read-only (the abort undoes it).
+async fn pause_without_proxy<O: SwitchSide, N: SwitchSide, S: Stream>(
+    way: Way,
+    opts: &SwitchOptions,
+    report: &mut Report,
+    old: &O,
+    new: &N,
+    stream: &S,
+) -> Result<(), (Abort, bool)> {
+    let started = Instant::now();
+    let t = Instant::now();
+    old.set_read_only(true).await.map_err(|e| {
+        let maybe = may_have_taken_effect(&e);
+        (Abort(e.to_string()), maybe)
+    })?;
+    report
+        .steps
+        .push((format!("{} read-only for new sessions", old_side(way)), ms(t.elapsed())));
+    let t = Instant::now();
+    let ended = old.end_writers(opts.grace).await.map_err(|e| (Abort(e.to_string()), true))?;
+    report.steps.push((
+        format!("writers finished or ended after the grace period ({} terminated)", ended.len()),
+        ms(t.elapsed()),
+    ));
+    report.ended = ended.into_iter().map(|d| d.description).collect();
+    let deadline = Instant::now() + opts.max_pause;
+    let left = || deadline.saturating_duration_since(Instant::now());
+    let result: Result<(), Abort> = async {
+        let t = Instant::now();
+        let p = within(left(), old.final_position()).await??;
+        let at = position_text(&p);
+        report.final_lsn = Some(at.clone());
+        let held = stream.reach(&p, left()).await?;
+        report.steps.push(("final position applied".into(), ms(t.elapsed())));
+        let t = Instant::now();
+        report.synced(within(left(), sync_identities(old, new)).await??);
+        report.steps.push(("sequences synced".into(), ms(t.elapsed())));
+        if way == Way::Rollback {
+            // The source takes writes again; the target goes back to how it was.
+            within(left(), new.set_read_only(false)).await??;
+            within(left(), old.set_read_only(false)).await??;
+        }
+        let reason = format!(
+            "{} (no proxy) by {}: writes stopped at {at} and applied there",
+            way.kind(),
+            opts.actor
+        );
+        within(left(), stream.record(held, &reason, report)).await??;
+        Ok(())
+    }
+    .await;
+    match result {
+        Ok(()) => {
+            report.pause_ms = Some(ms(started.elapsed()));
+            Ok(())
+        }
+        Err(e) => Err((e, true)),
+    }
+}
+
+/// Who moves the phases of a MySQL/MariaDB cutover.
+const MYSQL_ACTOR: &str = "ferry cutover";
+
+/// The stream of a MySQL/MariaDB source: it runs in the `ferry migrate` process and records the
+/// position it applied on the target with every batch it commits; it stops by itself when it
+/// sees the phase `cut_over` (`ferry_mysql::state::Hold::CutOver`). Nothing holds it here: no
+/// write follows the final position (the source is read-only).
+struct MyStream<'a> {
+    state: &'a MyState,
+    /// Ferry's session on the target (recording the cutover takes a transaction: `&mut`).
+    pg: tokio::sync::Mutex<Client>,
+    /// The target, for messages.
+    target: String,
+    /// Deadline of each answer of the target.
+    limit: Duration,
+    /// The source: the sessions still connected when the cutover is recorded are reported.
+    old: &'a MySqlSide<'a>,
+}
+
+impl MyStream<'_> {
+    /// A deadline on the target, as [`ferry_mysql::cutover`] sets them.
+    async fn on_target<T>(&self, what: &str, fut: impl std::future::Future<Output = Result<T, MyError>>) -> Result<T, MyError> {
+        ferry_mysql::endpoint::deadline(&format!("the PostgreSQL target {}", self.target), self.limit, what, fut).await
+    }
+}
+
+impl Stream for MyStream<'_> {
+    type Held = ();
+
+    async fn reach(&self, p: &SourcePosition, within: Duration) -> Result<(), Abort> {
+        let want = p
+            .as_mysql()
+            .ok_or_else(|| Abort(format!("the final position {p} is not a binlog position (report this as a bug)")))?;
+        let pg = self.pg.lock().await;
+        if my_cutover::wait_applied(self.state, &pg, &self.target, self.limit, want, within).await? {
+            Ok(())
+        } else {
+            Err(Abort(format!(
+                "the stream did not apply up to {} within {} (check ferry migrate's log)",
+                want.file_pos(),
+                ferry_mysql::endpoint::human(within)
+            )))
+        }
+    }
+
+    /// The phase `cut_over` and the report in one target transaction: the running stream
+    /// stops when it sees the phase.
+    async fn record(&self, (): (), _reason: &str, report: &mut Report) -> Result<(), Abort> {
+        // Users holding SUPER or READ_ONLY ADMIN could still write: named in the report.
+        report.direct_sessions = self.old.direct_sessions(&[]).await?.into_iter().map(|d| d.description).collect();
+        let json = serde_json::to_value(gate_report(report)).unwrap_or_default();
+        let mut pg = self.pg.lock().await;
+        self.on_target("recording the cutover", self.state.record_cutover(&mut pg, &json, MYSQL_ACTOR))
+            .await?;
+        Ok(())
+    }
+}
+
+/// The report of a MySQL/MariaDB cutover, from the switch's.
+fn gate_report(r: &Report) -> GateReport {
+    GateReport {
+        final_position: r.final_lsn.clone().unwrap_or_default(),
+        write_pause_ms: r.pause_ms.unwrap_or(0.0),
+        killed: r.ended.clone(),
+        still_connected: r.direct_sessions.clone(),
+        identities: r.identities.clone(),
+    }
+}
+
+/// `ferry cutover --source mysql://...`: a MySQL/MariaDB source cut over to its PostgreSQL
+/// target by the pause of a switch without a proxy ([`pause_without_proxy`]), [`MySqlSide`]
+/// the old side and [`PgSide`] the new one, without a reverse stream (rollback to
+/// MySQL/MariaDB is not built yet). Before it: the migration may be cut over
+/// ([`my_cutover::ready`]) and its stream, in the running `ferry migrate`, catches up with the
+/// source within `opts.max_lag`. `opts.max_pause` bounds what follows the grace period.
+///
+/// Err: refused, or aborted with the source writable again and the migration back in `cdc`
+/// (or the error says what could not be put back, and how to do it by hand).
+pub async fn mysql_cutover(req: &MyCheckRequest, state: &MyState, opts: &SwitchOptions) -> Result<GateReport, MyError> {
+    let limit = req.source.query_timeout();
+    let target = req.target.describe();
+    let pg = req.target.connect("mysql-cutover").await?;
+    let tables = my_cutover::ready(state, &pg, &target, limit, opts.skip_verify_check).await?;
+    let new_c = req.target.connect("switch").await?;
+    let old = MySqlSide::new(&req.source, "source").with_tables(&tables);
+    let new = PgSide::new(&new_c, &req.target, "target");
+    old.prepare_session().await?;
+    new.prepare_session().await?;
+    // Catch up first, nobody held: the stream applies what the source has now.
+    let now = old.final_position().await?;
+    let Some(now) = now.as_mysql().cloned() else {
+        return Err(MyError::new(
+            "starting the cutover",
+            &format!("the source's position {now} is not a binlog position"),
+            "report this as a bug",
+        ));
+    };
+    if !my_cutover::wait_applied(state, &pg, &target, limit, &now, opts.max_lag).await? {
+        let at = my_cutover::applied(state, &pg, &target, limit).await?;
+        return Err(MyError::new(
+            "starting the cutover",
+            &format!(
+                "the stream is behind: applied up to {}, the source is at {} (waited {:?})",
+                at.map(|a| a.file_pos()).unwrap_or_else(|| "nothing yet".into()),
+                now.file_pos(),
+                opts.max_lag
+            ),
+            "make sure ferry migrate is running and caught up (ferry status), then cut over",
+        ));
+    }
+    let stream = MyStream {
+        state,
+        pg: tokio::sync::Mutex::new(pg),
+        target,
+        limit,
+        old: &old,
+    };
+    {
+        let pg = stream.pg.lock().await;
+        stream
+            .on_target(
+                "recording the cutover's start",
+                state.gate_phase(&pg, Phase::Cutover, MYSQL_ACTOR, "cutover gate: stopping writes on the source"),
+            )
+            .await?;
+    }
+    let mut report = Report::new("cutover");
+    let (Abort(reason), read_only_set) = match pause_without_proxy(Way::Cutover, opts, &mut report, &old, &new, &stream).await {
+        Ok(()) => return Ok(gate_report(&report)),
+        Err(e) => e,
+    };
+    // Aborted: the source takes writes again, the migration goes back to `cdc` (traffic stays
+    // on the source). The error says whether that worked.
+    let mut e = MyError::new(
+        "cutover aborted",
+        &reason,
+        "the stream goes on; fix what stopped the cutover, then cut over again",
+    );
+    if read_only_set {
+        match old.set_read_only(false).await {
+            Ok(()) => e.reason.push_str(" (the source is writable again)"),
+            Err(w) => {
+                tracing::error!(error = %w, "the source could not be made writable again");
+                e.reason.push_str(&format!(
+                    "; and the source may still be READ-ONLY: making it writable again failed ({w})"
+                ));
+                e.fix = Some(
+                    "run SET GLOBAL read_only = OFF (and super_read_only = OFF on MySQL) on the source now; then cut over again".into(),
+                );
+            }
+        }
+    }
+    let why = format!("cutover aborted: {}", e.reason);
+    let pg = stream.pg.lock().await;
+    if let Err(w) = stream
+        .on_target(
+            "recording the aborted cutover",
+            state.gate_phase(&pg, Phase::Cdc, MYSQL_ACTOR, &why),
+        )
+        .await
+    {
+        e.reason
+            .push_str(&format!("; and recording the abort failed ({w}): ferry cutover again takes over"));
+    }
+    Err(e)
 }
 
 /// Abort path: makes `side` read-only (`on`) or writable again, as it was before the switch.

@@ -369,8 +369,9 @@ async fn wait_paused(
     }
 }
 
-/// `ferry cutover --source mysql://...`: the gate (see `ferry_mysql::cutover`), then the
-/// webhook; exit 0 when the application may switch to the target.
+/// `ferry cutover --source mysql://...`: the switchboard without a proxy
+/// (`crate::cutover::mysql_cutover`), then the webhook; exit 0 when the application may switch
+/// to the target.
 pub async fn cutover(args: &crate::cli::SwitchArgs) -> anyhow::Result<i32> {
     let (Some(source), Some(target)) = (&args.source, &args.target) else {
         return Err(UsageError("give --source and --target".into()).into());
@@ -407,13 +408,19 @@ pub async fn cutover(args: &crate::cli::SwitchArgs) -> anyhow::Result<i32> {
         .as_deref()
         .map(|u| crate::status::Webhook::new(u, args.webhook_ca.as_deref()))
         .transpose()?;
-    let opts = ferry_mysql::cutover::GateOptions {
-        state,
-        grace: args.grace,
+    let opts = crate::cutover::SwitchOptions {
+        // --max-pause is the proxy's pause: without one, the stream gets this long to apply
+        // the final position once writers are gone, as the gate always gave it.
+        max_pause: MYSQL_FINAL_WAIT,
         max_lag: args.max_lag,
+        catch_up: std::time::Duration::ZERO,
+        allow_direct_sessions: true,
+        no_proxy: true,
+        grace: args.grace,
         skip_verify_check: args.skip_verify_check,
+        actor: "ferry cutover".into(),
     };
-    let report = match ferry_mysql::cutover::cutover(&req, &opts).await {
+    let report = match crate::cutover::mysql_cutover(&req, &state, &opts).await {
         Ok(r) => r,
         Err(e) => {
             eprintln!("ferry: cutover refused or aborted: {e}");
@@ -574,3 +581,7 @@ pub async fn status(args: &crate::cli::StatusArgs) -> anyhow::Result<i32> {
     }
     Ok(exit::OK)
 }
+
+/// How long a MySQL/MariaDB cutover waits for the stream to apply the final position, once the
+/// writers are gone (the switch's `max_pause` without a proxy).
+const MYSQL_FINAL_WAIT: Duration = Duration::from_secs(60);

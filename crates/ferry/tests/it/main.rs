@@ -19,6 +19,7 @@ mod managed;
 mod mysql;
 mod mysql_api;
 mod mysql_cdc;
+mod mysql_switch;
 mod mysql_tls;
 mod mysql_upgrade;
 mod privileges;
