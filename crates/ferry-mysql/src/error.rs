@@ -104,6 +104,16 @@ impl MyError {
         }
     }
 
+    /// An error from the PostgreSQL target's driver raised while doing `context`: class and
+    /// SQLSTATE as [`ferry_postgres::PgError::query`] reads them (a lost connection or a
+    /// terminated backend is transient), and the fix the server's answer implies (a privilege, a
+    /// hint) or else the caller's `fix`.
+    pub fn target(context: &str, e: tokio_postgres::Error, fix: &str) -> MyError {
+        let mut m = MyError::from(ferry_postgres::PgError::query(context, e));
+        m.fix.get_or_insert_with(|| fix.to_string());
+        m
+    }
+
     /// The same error with another class (the caller knows better, for example a deadline).
     pub fn with_class(self, class: ErrorClass) -> MyError {
         MyError { class, ..self }

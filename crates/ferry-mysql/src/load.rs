@@ -99,7 +99,7 @@ pub async fn full_load(
     split_bytes: i64,
     state: &MyState,
 ) -> Result<LoadSummary, MyError> {
-    let pg_err = |what: &str, e: tokio_postgres::Error| MyError::new(what, &e.to_string(), "check the target and rerun");
+    let pg_err = |what: &str, e: tokio_postgres::Error| MyError::target(what, e, "check the target and rerun");
     let target = req.target.connect("mysql-load").await.map_err(MyError::from)?;
 
     // Schema.
@@ -182,18 +182,21 @@ pub async fn full_load(
                     .map(|(id, user, time, info)| format!("session {id} ({user}, {time} s): {}", info.as_deref().unwrap_or("?")))
                     .collect::<Vec<_>>()
                     .join("; ");
-                return Err(MyError::new(
+                // Class and error number from the server (a lock wait that kept timing out is
+                // transient, a missing RELOAD privilege definite); the blockers are named.
+                let e = MyError::driver(
                     "taking the snapshot lock (FLUSH TABLES WITH READ LOCK)",
-                    &format!(
-                        "{e}{}",
-                        if named.is_empty() {
-                            String::new()
-                        } else {
-                            format!("; long statements: {named}")
-                        }
-                    ),
+                    e,
                     "grant RELOAD to Ferry's user (GRANT RELOAD ON *.* TO ...), and retry when no long statement holds a table",
-                ));
+                );
+                return Err(if named.is_empty() {
+                    e
+                } else {
+                    MyError {
+                        reason: format!("{}; long statements: {named}", e.reason),
+                        ..e
+                    }
+                });
             }
         }
     }
@@ -424,11 +427,11 @@ async fn copy_table(
     let ctx = format!("copying {}", t.name);
     tgt.batch_execute("BEGIN")
         .await
-        .map_err(|e| MyError::new(&ctx, &e.to_string(), "check the target"))?;
+        .map_err(|e| MyError::target(&ctx, e, "check the target"))?;
     let sink = tgt
         .copy_in::<_, Bytes>(&copy)
         .await
-        .map_err(|e| MyError::new(&ctx, &e.to_string(), "check the target"))?;
+        .map_err(|e| MyError::target(&ctx, e, "check the target"))?;
     futures_util::pin_mut!(sink);
     let mut result = conn.exec_iter(select, ()).await.map_err(|e| MyError::query(&ctx, e))?;
     let mut buf: Vec<u8> = Vec::with_capacity(256 * 1024);
@@ -455,7 +458,7 @@ async fn copy_table(
             bytes += buf.len() as u64;
             sink.feed(Bytes::from(std::mem::take(&mut buf)))
                 .await
-                .map_err(|e| MyError::new(&ctx, &e.to_string(), "check the target's log"))?;
+                .map_err(|e| MyError::target(&ctx, e, "check the target's log"))?;
             buf.reserve(256 * 1024);
         }
     }
@@ -463,16 +466,14 @@ async fn copy_table(
         bytes += buf.len() as u64;
         sink.feed(Bytes::from(buf))
             .await
-            .map_err(|e| MyError::new(&ctx, &e.to_string(), "check the target's log"))?;
+            .map_err(|e| MyError::target(&ctx, e, "check the target's log"))?;
     }
-    sink.close()
-        .await
-        .map_err(|e| MyError::new(&ctx, &e.to_string(), "check the target's log"))?;
+    sink.close().await.map_err(|e| MyError::target(&ctx, e, "check the target's log"))?;
     let n = rows.load(Ordering::Relaxed);
     state.finish_piece(tgt, &t.name, n, bytes).await?;
     tgt.batch_execute("COMMIT")
         .await
-        .map_err(|e| MyError::new(&ctx, &e.to_string(), "check the target's log"))?;
+        .map_err(|e| MyError::target(&ctx, e, "check the target's log"))?;
     tracing::info!(table = %t.name, rows = n, seconds = started.elapsed().as_secs_f64(), "table copied");
     Ok(n)
 }
@@ -533,7 +534,7 @@ async fn post_data(req: &MyCheckRequest, plan: &MyPlan, target: &tokio_postgres:
     for (t, name, non_unique, col) in idx.into_iter().filter(|r| in_plan(&r.0)) {
         grouped.entry((t, name)).or_insert((non_unique == 0, Vec::new())).1.push(col);
     }
-    let pg = |what: String| move |e: tokio_postgres::Error| MyError::new(&what, &e.to_string(), "check the target's data and rerun");
+    let pg = |what: String| move |e: tokio_postgres::Error| MyError::target(&what, e, "check the target's data and rerun");
     for ((t, name), (unique, cols)) in &grouped {
         let list = cols.iter().map(|c| q(c)).collect::<Vec<_>>().join(", ");
         let sql = if name == "PRIMARY" {

@@ -299,7 +299,7 @@ async fn compare_table(
     let pg_rows = pg
         .query_raw(s.pg_select.as_str(), std::iter::empty::<&str>())
         .await
-        .map_err(|e| MyError::new(&ctx, &e.to_string(), "check the target"))?;
+        .map_err(|e| MyError::target(&ctx, e, "check the target"))?;
     pin_mut!(pg_rows);
     let mut my_rows = my.exec_iter(s.my_select.as_str(), ()).await.map_err(|e| MyError::query(&ctx, e))?;
     let zero = req.map.zero_dates;
@@ -311,12 +311,7 @@ async fn compare_table(
         })
     };
     let mut a = next_my(&mut my_rows, s, zero, &ctx).await?;
-    let mut b = next_pg(
-        pg_rows
-            .try_next()
-            .await
-            .map_err(|e| MyError::new(&ctx, &e.to_string(), "check the target"))?,
-    );
+    let mut b = next_pg(pg_rows.try_next().await.map_err(|e| MyError::target(&ctx, e, "check the target"))?);
     let (mut last_a, mut last_b): (Option<Row>, Option<Row>) = (None, None);
     loop {
         // Both sides must come in the order the merge assumes.
@@ -355,12 +350,7 @@ async fn compare_table(
                 let y = b.take().expect("some");
                 report.target_rows += 1;
                 differ(&mut report, key_text(s, &y), DiffKind::ExtraOnTarget, Vec::new());
-                b = next_pg(
-                    pg_rows
-                        .try_next()
-                        .await
-                        .map_err(|e| MyError::new(&ctx, &e.to_string(), "check the target"))?,
-                );
+                b = next_pg(pg_rows.try_next().await.map_err(|e| MyError::target(&ctx, e, "check the target"))?);
             }
             Ordering::Equal => {
                 let (x, y) = (a.take().expect("some"), b.take().expect("some"));
@@ -379,12 +369,7 @@ async fn compare_table(
                     differ(&mut report, key_text(s, &x), DiffKind::ValueDiffers, columns);
                 }
                 a = next_my(&mut my_rows, s, zero, &ctx).await?;
-                b = next_pg(
-                    pg_rows
-                        .try_next()
-                        .await
-                        .map_err(|e| MyError::new(&ctx, &e.to_string(), "check the target"))?,
-                );
+                b = next_pg(pg_rows.try_next().await.map_err(|e| MyError::target(&ctx, e, "check the target"))?);
             }
         }
     }
@@ -475,7 +460,7 @@ async fn consistent_point(
         }
         pg.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SELECT 1")
             .await
-            .map_err(|e| MyError::new("opening a snapshot on the target", &e.to_string(), "check the target"))?;
+            .map_err(|e| MyError::target("opening a snapshot on the target", e, "check the target"))?;
         Ok(Some(format!("{file}:{pos}")))
     }
     .await;
@@ -504,7 +489,7 @@ pub async fn verify(req: &MyCheckRequest, tables: &[MyTable], opts: &VerifyOptio
     let pg = req.target.connect("mysql-verify").await.map_err(MyError::from)?;
     pg.batch_execute("SET DateStyle = ISO; SET bytea_output = hex; SET extra_float_digits = 1; SET IntervalStyle = postgres")
         .await
-        .map_err(|e| MyError::new("preparing the target connection", &e.to_string(), "check the target"))?;
+        .map_err(|e| MyError::target("preparing the target connection", e, "check the target"))?;
     let source = &req.source;
     let mut my = source.connect().await?;
     let version: Option<String> = source
@@ -532,7 +517,7 @@ pub async fn verify(req: &MyCheckRequest, tables: &[MyTable], opts: &VerifyOptio
             open_snapshot(source, &mut my).await?;
             pg.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
                 .await
-                .map_err(|e| MyError::new("opening a snapshot on the target", &e.to_string(), "check the target"))?;
+                .map_err(|e| MyError::target("opening a snapshot on the target", e, "check the target"))?;
         }
         let result = compare_table(req, &s, &mut my, &pg, opts.max_details).await;
         let report = result?;
