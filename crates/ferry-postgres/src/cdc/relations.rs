@@ -12,11 +12,26 @@ use std::time::Duration;
 
 use ferry_core::change::{ChangeEvent, Column, Identity, Relation};
 use ferry_core::{SourcePosition, TableName};
-use tokio_postgres::Client;
+use tokio_postgres::{Client, Statement};
 
 use crate::endpoint::Endpoint;
 use crate::error::PgError;
 use crate::pgoutput::{self, Message};
+
+/// What a relation message's columns are, in one round trip: the partition root (its row comes
+/// even for a relation without columns), then for each column of the message in its order the
+/// type in SQL of the OID and modifier the message carries, the default and NOT NULL (NULLs for
+/// a relation without columns). `$1` type OIDs, `$2` type modifiers, `$3` column names, `$4`
+/// the relation's OID.
+const RESOLVE: &str = "SELECT rn.nspname::text, rc.relname::text,
+        format_type(u.t, u.m), pg_get_expr(d.adbin, d.adrelid), COALESCE(a.attnotnull, false)
+ FROM (SELECT pg_partition_root($4::oid) AS oid) p
+ LEFT JOIN pg_class rc ON rc.oid = p.oid
+ LEFT JOIN pg_namespace rn ON rn.oid = rc.relnamespace
+ LEFT JOIN (unnest($1::oid[], $2::int4[], $3::text[]) WITH ORDINALITY AS u(t, m, n, i)
+            LEFT JOIN pg_attribute a ON a.attrelid = $4 AND a.attname = u.n AND NOT a.attisdropped
+            LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum) ON true
+ ORDER BY u.i";
 
 /// Microseconds from the Unix epoch to PostgreSQL's (2000-01-01).
 const PG_EPOCH_OFFSET_US: i64 = 946_684_800_000_000;
@@ -36,6 +51,8 @@ pub struct TextSettings {
 /// Turns pgoutput messages into neutral change events.
 pub struct Relations {
     catalog: Client,
+    /// [`RESOLVE`], prepared once on `catalog`.
+    resolve: Statement,
     source: String,
     timeout: Duration,
     settings: TextSettings,
@@ -68,8 +85,13 @@ impl Relations {
             .batch_execute("SET search_path = ''")
             .await
             .map_err(|e| PgError::query("preparing the catalog connection", e))?;
+        let resolve = catalog
+            .prepare(RESOLVE)
+            .await
+            .map_err(|e| PgError::query("preparing the catalog connection", e))?;
         Ok(Self {
             catalog,
+            resolve,
             source: source.describe(),
             timeout,
             settings,
@@ -122,29 +144,8 @@ impl Relations {
         let mods: Vec<i32> = r.columns.iter().map(|c| c.type_mod).collect();
         let names: Vec<&str> = r.columns.iter().map(|c| c.name.as_str()).collect();
         let what = format!("reading the column types of {table} on the source {}", self.source);
-        let read = async {
-            let cols = self
-                .catalog
-                .query(
-                    "SELECT format_type(u.t, u.m), pg_get_expr(d.adbin, d.adrelid), COALESCE(a.attnotnull, false)
-                     FROM unnest($1::oid[], $2::int4[], $3::text[]) WITH ORDINALITY AS u(t, m, n, i)
-                     LEFT JOIN pg_attribute a ON a.attrelid = $4 AND a.attname = u.n AND NOT a.attisdropped
-                     LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
-                     ORDER BY u.i",
-                    &[&oids, &mods, &names, &r.id],
-                )
-                .await?;
-            let root = self
-                .catalog
-                .query_opt(
-                    "SELECT n.nspname::text, c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-                     WHERE c.oid = pg_partition_root($1::oid)",
-                    &[&r.id],
-                )
-                .await?;
-            Ok::<_, tokio_postgres::Error>((cols, root))
-        };
-        let (cols, root) = match tokio::time::timeout(self.timeout, read).await {
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] = [&oids, &mods, &names, &r.id];
+        let rows = match tokio::time::timeout(self.timeout, self.catalog.query(&self.resolve, &params)).await {
             Ok(r) => r.map_err(|e| PgError::query(what, e))?,
             Err(_) => {
                 return Err(PgError::transient(
@@ -161,17 +162,21 @@ impl Relations {
         let columns = r
             .columns
             .iter()
-            .zip(cols)
+            .zip(&rows)
             .map(|(c, row)| Column {
                 name: c.name.clone(),
-                type_sql: row.get(0),
+                type_sql: row.get(2),
                 key: c.key,
-                default: row.get(1),
-                not_null: row.get(2),
+                default: row.get(3),
+                not_null: row.get(4),
             })
             .collect();
+        // pg_partition_root is NULL for a table outside any partition tree: its own scope.
+        let root = rows
+            .first()
+            .and_then(|row| Some((row.get::<_, Option<String>>(0)?, row.get::<_, Option<String>>(1)?)));
         let scope = root
-            .map(|row| TableName::new(row.get::<_, String>(0), row.get::<_, String>(1)))
+            .map(|(schema, name)| TableName::new(schema, name))
             .unwrap_or_else(|| table.clone());
         Ok(Relation {
             id: r.id,
