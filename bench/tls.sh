@@ -16,29 +16,16 @@
 #   FERRY_BIN=target/release/ferry
 #
 # Output: a table on stdout, logs in bench/out/tls-<UTC timestamp>/.
-set -euo pipefail
-export FERRY_PG_DURABLE=${FERRY_PG_DURABLE:-1}
-REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-PG_BIN=${FERRY_PG_BIN:-/usr/lib/postgresql/15/bin}
-export PATH="$PG_BIN:$PATH"
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 SCALE=${SCALE:-20}
 ROUNDS=${ROUNDS:-2}
 BACKLOG_S=${BACKLOG_S:-30}
 PROXY_S=${PROXY_S:-15}
-FERRY_BIN=${FERRY_BIN:-target/release/ferry}
-case "$FERRY_BIN" in /*) ;; *) FERRY_BIN=$REPO/$FERRY_BIN ;; esac
-[ -x "$FERRY_BIN" ] || { echo "build Ferry first: cargo build --release" >&2; exit 1; }
-PW=${FERRY_PG_PASSWORD:-ferry-test-pw}
-export PGPASSWORD=$PW
+ferry_bin
 
-STAMP=$(date -u +%Y%m%dT%H%M%SZ)
-OUT=$REPO/bench/out/tls-$STAMP
-mkdir -p "$OUT"
+bench_out tls tls-bench
 CERTS=$OUT/certs
 mkdir -p "$CERTS"
-log() { printf '[tls-bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-now() { date +%s.%N; }
-elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b - a }'; }
 
 # A throwaway CA and a server certificate for 127.0.0.1.
 (
@@ -51,17 +38,9 @@ elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b - a }'; }
   chmod 600 server.key ca.key
 )
 
-SRC_PORT=55732 TGT_PORT=55733
-for c in tls-src tls-tgt; do "$REPO/scripts/pg.sh" destroy "$c" >/dev/null 2>&1 || true; done
+bench_clusters tls-src "${SRC_PORT:-55732}" tls-tgt "${TGT_PORT:-55733}"
 FERRY_PG_TLS_DIR=$CERTS "$REPO/scripts/pg.sh" start tls-src $SRC_PORT -c wal_level=logical
 FERRY_PG_TLS_DIR=$CERTS "$REPO/scripts/pg.sh" start tls-tgt $TGT_PORT
-cleanup() {
-  pkill -f "ferry.*migration-id tlsb" 2>/dev/null || true
-  if [ "${BENCH_KEEP:-0}" != 1 ]; then
-    for c in tls-src tls-tgt; do "$REPO/scripts/pg.sh" destroy "$c" >/dev/null 2>&1 || true; done
-  fi
-}
-trap cleanup EXIT
 CLUSTERS=${FERRY_CLUSTER_DIR:-$REPO/.ferry-test/clusters}
 # pg.sh's TLS clusters accept TCP logins over TLS only; the benchmark also needs plain ones.
 for c in tls-src tls-tgt; do
@@ -72,12 +51,8 @@ for c in tls-src tls-tgt; do
   su_run "printf 'host all all 127.0.0.1/32 scram-sha-256\nhost replication all 127.0.0.1/32 scram-sha-256\n' >> '$sock/pg_hba.conf'"
   psql -X -q -h "$sock" -p "$port" -U postgres -d postgres -c "SELECT pg_reload_conf()" >/dev/null
 done
-SRC_ADMIN="postgres://postgres@127.0.0.1:$SRC_PORT"
-TGT_ADMIN="postgres://postgres@127.0.0.1:$TGT_PORT"
 psql -X -q -d "$SRC_ADMIN/postgres" -c "CREATE DATABASE bench"
-log "pgbench -i -s $SCALE"
-pgbench -i -q -s "$SCALE" "$SRC_ADMIN/bench" >"$OUT/pgbench-init.log" 2>&1
-psql -X -q -d "$SRC_ADMIN/bench" -c "ALTER TABLE pgbench_history ADD COLUMN id bigserial PRIMARY KEY"
+pgbench_source
 
 url() { # side mode
   local port=$([ "$1" = src ] && echo $SRC_PORT || echo $TGT_PORT)
@@ -85,75 +60,44 @@ url() { # side mode
   # The password comes from PGPASSWORD, as libpq's tools take it.
   echo "postgres://postgres@127.0.0.1:$port/$db?sslmode=$2"
 }
-phase() { psql -X -At -d "$TGT_ADMIN/t_$1" -c "SELECT phase FROM ferry.migrations" 2>/dev/null || true; }
-declare -A BEST
-best() { # key value: keep the smallest (times) or largest (tps, prefix tps_)
-  local k=$1 v=$2 cur=${BEST[$1]:-}
-  if [ -z "$cur" ]; then BEST[$k]=$v; return; fi
-  case $k in
-    tps_*) awk -v a="$v" -v b="$cur" 'BEGIN{exit !(a>b)}' && BEST[$k]=$v || true ;;
-    *) awk -v a="$v" -v b="$cur" 'BEGIN{exit !(a<b)}' && BEST[$k]=$v || true ;;
-  esac
-}
 
 for round in $(seq 1 "$ROUNDS"); do
   for mode in disable require; do
     id=tlsb_$mode
     psql -X -q -d "$TGT_ADMIN/postgres" -c "DROP DATABASE IF EXISTS t_$mode WITH (FORCE)" -c "CREATE DATABASE t_$mode"
     "$FERRY_BIN" abandon --source "$(url src "$mode")" --target "$(url tgt "$mode")" --migration-id "$id" >/dev/null 2>&1 || true
-    # Full load: from start until the migration reaches change capture.
-    log "round $round, sslmode=$mode: full load"
-    t0=$(now)
-    "$FERRY_BIN" migrate --source "$(url src "$mode")" --target "$(url tgt "$mode")" --jobs 2 --migration-id "$id" \
-      --listen off >"$OUT/load-$mode-$round.log" 2>&1 &
-    pid=$!
-    until [ "$(phase "$mode")" = cdc ]; do
-      kill -0 $pid 2>/dev/null || { log "ferry exited during the load"; tail "$OUT/load-$mode-$round.log" >&2; exit 1; }
-      sleep 0.2
-    done
-    t1=$(now)
-    best "load_$mode" "$(elapsed "$t0" "$t1")"
-    kill -TERM $pid
-    wait $pid || true
-    # CDC catch-up: a backlog written while Ferry is stopped, then time until its slot has
-    # confirmed the source's WAL position taken before the restart.
-    log "round $round, sslmode=$mode: backlog of $BACKLOG_S s of pgbench"
-    pgbench -n -c 4 -j 2 -T "$BACKLOG_S" "$SRC_ADMIN/bench" >"$OUT/backlog-$mode-$round.log" 2>&1
-    end=$(psql -X -At -d "$SRC_ADMIN/bench" -c "SELECT pg_current_wal_lsn()")
-    backlog=$(psql -X -At -d "$SRC_ADMIN/bench" -c "SELECT pg_wal_lsn_diff('$end', confirmed_flush_lsn) FROM pg_replication_slots WHERE slot_name = 'ferry_$id'")
+    bench_full_load "$mode" "$round" "$id" "round $round, sslmode=$mode"
+    bench_backlog "$mode" "$round" "$id" "round $round, sslmode=$mode"
+    # CDC catch-up: time until the slot has confirmed the source's WAL position taken before the
+    # restart, with the proxy listening.
     proxy_port=$((55740 + RANDOM % 200))
     t0=$(now)
     "$FERRY_BIN" migrate --source "$(url src "$mode")" --target "$(url tgt "$mode")" --jobs 2 --migration-id "$id" \
       --listen "127.0.0.1:$((proxy_port + 300))" --proxy-listen "127.0.0.1:$proxy_port" --proxy-tls-cert "$CERTS/server.crt" --proxy-tls-key "$CERTS/server.key" \
       >"$OUT/cdc-$mode-$round.log" 2>&1 &
-    pid=$!
-    until [ "$(psql -X -At -d "$SRC_ADMIN/bench" -c "SELECT confirmed_flush_lsn >= '$end' FROM pg_replication_slots WHERE slot_name = 'ferry_$id'")" = t ]; do
-      kill -0 $pid 2>/dev/null || { log "ferry exited during the catch-up"; tail "$OUT/cdc-$mode-$round.log" >&2; exit 1; }
-      sleep 0.1
-    done
+    FERRY_PID=$!
+    bench_caught_up "$id" "$OUT/cdc-$mode-$round.log"
     t1=$(now)
     best "catchup_$mode" "$(elapsed "$t0" "$t1")"
-    log "  backlog $((backlog / 1024 / 1024)) MiB caught up in $(elapsed "$t0" "$t1") s"
+    log "  backlog $((BACKLOG_BYTES / 1024 / 1024)) MiB caught up in $(elapsed "$t0" "$t1") s"
     # Proxy throughput: the proxy's server connections use the mode's sslmode; the client side
     # is plain (client-plain) or TLS too (client-tls).
     for client in disable require; do
       tps=$(pgbench -n -S -M prepared -c 8 -j 2 -T "$PROXY_S" "postgres://postgres@127.0.0.1:$proxy_port/bench?sslmode=$client" 2>&1 |
         tee "$OUT/proxy-$mode-$client-$round.log" | awk '/^tps = /{print $3; exit}')
       log "  proxy, upstream $mode, client $client: $tps tps"
-      best "tps_${mode}_client_$client" "${tps:-0}"
+      best_max "tps_${mode}_client_$client" "${tps:-0}"
     done
-    kill -TERM $pid
-    wait $pid || true
+    bench_stop
     "$FERRY_BIN" abandon --source "$(url src "$mode")" --target "$(url tgt "$mode")" --migration-id "$id" >>"$OUT/abandon.log" 2>&1 || true
   done
 done
 
-pct() { awk -v a="$1" -v b="$2" -v t="$3" 'BEGIN { if (t=="time") printf "%+.1f%%", (b/a-1)*100; else printf "%+.1f%%", (b/a-1)*100 }'; }
 echo
 echo "TLS cost, $(date -u +%F), $(nproc) vCPU, scale $SCALE, best of $ROUNDS, durability on"
 printf '%-44s %14s %14s %9s\n' "step" "sslmode=disable" "sslmode=require" "change"
-printf '%-44s %14s %14s %9s\n' "full load (s, to change capture)" "${BEST[load_disable]}" "${BEST[load_require]}" "$(pct "${BEST[load_disable]}" "${BEST[load_require]}" time)"
-printf '%-44s %14s %14s %9s\n' "CDC catch-up of a ${BACKLOG_S}s pgbench backlog (s)" "${BEST[catchup_disable]}" "${BEST[catchup_require]}" "$(pct "${BEST[catchup_disable]}" "${BEST[catchup_require]}" time)"
-printf '%-44s %14s %14s %9s\n' "proxy TPS, client plain (upstream mode)" "${BEST[tps_disable_client_disable]}" "${BEST[tps_require_client_disable]}" "$(pct "${BEST[tps_disable_client_disable]}" "${BEST[tps_require_client_disable]}" tps)"
-printf '%-44s %14s %14s %9s\n' "proxy TPS, client TLS too (upstream mode)" "${BEST[tps_disable_client_disable]}" "${BEST[tps_require_client_require]}" "$(pct "${BEST[tps_disable_client_disable]}" "${BEST[tps_require_client_require]}" tps)"
+printf '%-44s %14s %14s %9s\n' "full load (s, to change capture)" "${BEST[load_disable]}" "${BEST[load_require]}" "$(pct "${BEST[load_disable]}" "${BEST[load_require]}")"
+printf '%-44s %14s %14s %9s\n' "CDC catch-up of a ${BACKLOG_S}s pgbench backlog (s)" "${BEST[catchup_disable]}" "${BEST[catchup_require]}" "$(pct "${BEST[catchup_disable]}" "${BEST[catchup_require]}")"
+printf '%-44s %14s %14s %9s\n' "proxy TPS, client plain (upstream mode)" "${BEST[tps_disable_client_disable]}" "${BEST[tps_require_client_disable]}" "$(pct "${BEST[tps_disable_client_disable]}" "${BEST[tps_require_client_disable]}")"
+printf '%-44s %14s %14s %9s\n' "proxy TPS, client TLS too (upstream mode)" "${BEST[tps_disable_client_disable]}" "${BEST[tps_require_client_require]}" "$(pct "${BEST[tps_disable_client_disable]}" "${BEST[tps_require_client_require]}")"
 echo "logs: $OUT"
