@@ -952,6 +952,11 @@ impl MyState {
                         'seconds_since_last_apply', extract(epoch FROM clock_timestamp() - m.applied_at)::float8,
                         'blocked_at', s.cdc_blocked, 'verified_at', s.verified_at, 'verify_differences', s.verify_differences,
                         'cutover', s.cutover,
+                        'dead_letters', (SELECT count(*) FROM {q}.dead_letters d WHERE d.migration_id = m.id),
+                        'recent_dead_letters', (SELECT coalesce(jsonb_agg(x ORDER BY x.id DESC), '[]') FROM (
+                             SELECT d.id, d.at, to_jsonb(d)->>'commit_position' AS commit_position, d.change_index,
+                                    d.table_name AS table, d.operation, d.key, d.error, d.skipped
+                             FROM {q}.dead_letters d WHERE d.migration_id = m.id ORDER BY d.id DESC LIMIT 20) x),
                         'tables', (SELECT coalesce(jsonb_agg(jsonb_build_object('table', t.table_name, 'state', t.state, 'rows', t.rows_copied)
                                                              ORDER BY t.table_name), '[]')
                                    FROM {q}.tables t WHERE t.migration_id = m.id))::text

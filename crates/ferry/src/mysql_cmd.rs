@@ -569,6 +569,25 @@ pub async fn status(args: &crate::cli::StatusArgs) -> anyhow::Result<i32> {
             st["blocked_at"]["query"].as_str().unwrap_or("-")
         );
     }
+    if let Some(n) = st["dead_letters"].as_i64().filter(|n| *n > 0) {
+        println!(
+            "  dead letters   {n}: changes the target rejected, in {}.dead_letters",
+            args.state_schema
+        );
+        for d in st["recent_dead_letters"].as_array().into_iter().flatten().take(5) {
+            let f = |k: &str| d[k].as_str().unwrap_or("-").to_string();
+            println!(
+                "    {} {} {} at {} (change {}): {}{}",
+                f("operation"),
+                f("table"),
+                f("key"),
+                f("commit_position"),
+                d["change_index"],
+                f("error"),
+                if d["skipped"].as_bool() == Some(true) { " (skipped)" } else { "" }
+            );
+        }
+    }
     match st["verify_differences"].as_i64() {
         Some(n) => println!("  verification   {}: {n} difference(s)", s("verified_at")),
         None => println!("  verification   none yet (ferry verify --source ... --target ...)"),

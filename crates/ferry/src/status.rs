@@ -105,8 +105,13 @@ pub struct Transition {
 pub struct DeadLetterRow {
     /// When recorded (RFC 3339).
     pub at: String,
-    /// Source commit LSN.
+    /// The stream's ordering key of its transaction: the source commit LSN for PostgreSQL (for
+    /// another engine the packed key the store orders by; `commit_position` says it plainly).
     pub commit_lsn: String,
+    /// Where its transaction is in the source's own terms (`pg:0/16B3748`,
+    /// `mysql:binlog.000012:4567/0-1-57`); None when recorded by a Ferry without the column.
+    #[serde(default)]
+    pub commit_position: Option<String>,
     /// Table.
     pub table: String,
     /// Operation.
@@ -488,8 +493,8 @@ pub async fn read_with(
     for row in t
         .query(
             &format!(
-                "SELECT {}, commit_lsn::text, table_name, operation, key, error, skipped
-                 FROM {q}.dead_letters WHERE migration_id = $1 ORDER BY id DESC LIMIT 20",
+                "SELECT {}, commit_lsn::text, table_name, operation, key, error, skipped, to_jsonb(d)->>'commit_position'
+                 FROM {q}.dead_letters d WHERE migration_id = $1 ORDER BY id DESC LIMIT 20",
                 iso_sql("at")
             ),
             &[&migration_id],
@@ -504,6 +509,7 @@ pub async fn read_with(
             key: row.get(4),
             error: row.get(5),
             skipped: row.get(6),
+            commit_position: row.get(7),
         });
     }
     if let Some(s) = source.filter(|_| !mysql) {

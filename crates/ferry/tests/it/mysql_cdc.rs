@@ -399,7 +399,7 @@ async fn heavy_mysql_sysbench_through_load_and_cdc_with_kill_9() {
 }
 
 /// Accepts one HTTP request on a free port; returns the address and the request's body.
-async fn one_webhook() -> (String, tokio::sync::oneshot::Receiver<String>) {
+pub(crate) async fn one_webhook() -> (String, tokio::sync::oneshot::Receiver<String>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
@@ -649,6 +649,16 @@ async fn mysql_poison_row_goes_to_dead_letters_and_skip_dead_letters_steps_over_
     // The transaction's binlog position, where it starts: after everything before the poison.
     let at: ferry_core::SourcePosition = at.parse().expect("a position");
     assert!(at >= before_poison, "{at} is before {before_poison}");
+    // `ferry status` names it, with its binlog position.
+    let status = ferry(&["status", "--source", &source, "--target", &target]);
+    assert_eq!(status.code, 0, "{}", status.all());
+    assert!(
+        status.stdout.contains("dead letters   1")
+            && status.stdout.contains("update public.products id=1 at mysql:")
+            && status.stdout.contains("cheap"),
+        "{}",
+        status.stdout
+    );
     // Nothing of that transaction, nor anything after it, was applied.
     assert_eq!(
         pg_rows(&target, "products").await,
