@@ -281,7 +281,7 @@ pub struct MigrateArgs {
     pub proxy_max_connections: usize,
     /// POST a JSON document to this http:// or https:// URL after every cutover and rollback
     /// (for applications that switch their own connection strings); 10 s in all, sent in the
-    /// background after the switch.
+    /// background after the switch. A MySQL/MariaDB source: after a cutover through the API.
     #[arg(long)]
     pub webhook: Option<String>,
     /// CA file an https:// --webhook's certificate must chain to (default: the system's CAs).
@@ -334,8 +334,9 @@ pub struct SwitchArgs {
     /// Cut over without a clean last verification (not recommended).
     #[arg(long)]
     pub skip_verify_check: bool,
-    /// MySQL/MariaDB sources (no API, no proxy): the source URL; the gate runs from this
-    /// command against the running `ferry migrate`'s state on the target.
+    /// MySQL/MariaDB sources, without the API (no proxy): the source URL; the gate runs from
+    /// this command against the running `ferry migrate`'s state on the target (--api runs it
+    /// in that process instead).
     #[arg(long)]
     pub source: Option<String>,
     /// With --source: the target URL.

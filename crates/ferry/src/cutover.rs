@@ -1034,7 +1034,7 @@ impl Stream for MyStream<'_> {
 }
 
 /// The report of a MySQL/MariaDB cutover, from the switch's.
-fn gate_report(r: &Report) -> GateReport {
+pub fn gate_report(r: &Report) -> GateReport {
     GateReport {
         final_position: r.final_lsn.clone().unwrap_or_default(),
         write_pause_ms: r.pause_ms.unwrap_or(0.0),
@@ -1054,6 +1054,38 @@ fn gate_report(r: &Report) -> GateReport {
 /// Err: refused, or aborted with the source writable again and the migration back in `cdc`
 /// (or the error says what could not be put back, and how to do it by hand).
 pub async fn mysql_cutover(req: &MyCheckRequest, state: &MyState, opts: &SwitchOptions) -> Result<GateReport, MyError> {
+    mysql_switch(req, state, opts).await.map(|r| gate_report(&r))
+}
+
+/// What the error of an aborted MySQL/MariaDB cutover says it was doing (the others are
+/// refusals: nothing was changed).
+const MYSQL_ABORTED: &str = "cutover aborted";
+
+/// [`mysql_cutover`] as the API answers it: the switch's report (`outcome` done, no_go when it
+/// was refused before anything changed, aborted when writes were stopped and put back), with
+/// `source_engine` and, when done, the fields of [`GateReport`] added; and that report.
+pub async fn mysql_cutover_report(req: &MyCheckRequest, state: &MyState, opts: &SwitchOptions) -> (serde_json::Value, Option<GateReport>) {
+    let report = match mysql_switch(req, state, opts).await {
+        Ok(r) => r,
+        Err(e) if e.context == MYSQL_ABORTED => {
+            let mut r = Report::new("cutover");
+            r.outcome = "aborted";
+            r.reason = Some(e.to_string());
+            r
+        }
+        Err(e) => Report::new("cutover").no_go(vec![e.to_string()]),
+    };
+    let mut v = serde_json::to_value(&report).unwrap_or_default();
+    let gate = (report.outcome == "done").then(|| gate_report(&report));
+    if let (Some(o), Some(Ok(serde_json::Value::Object(fields)))) = (v.as_object_mut(), gate.as_ref().map(serde_json::to_value)) {
+        o.extend(fields);
+    }
+    v["source_engine"] = json!(ferry_postgres::state::ENGINE_MYSQL);
+    (v, gate)
+}
+
+/// [`mysql_cutover`], with the switch's whole report (outcome `done`).
+async fn mysql_switch(req: &MyCheckRequest, state: &MyState, opts: &SwitchOptions) -> Result<Report, MyError> {
     let limit = req.source.query_timeout();
     let target = req.target.describe();
     let pg = req.target.connect("mysql-cutover").await?;
@@ -1103,13 +1135,16 @@ pub async fn mysql_cutover(req: &MyCheckRequest, state: &MyState, opts: &SwitchO
     }
     let mut report = Report::new("cutover");
     let (Abort(reason), read_only_set) = match pause_without_proxy(Way::Cutover, opts, &mut report, &old, &new, &stream).await {
-        Ok(()) => return Ok(gate_report(&report)),
+        Ok(()) => {
+            report.outcome = "done";
+            return Ok(report);
+        }
         Err(e) => e,
     };
     // Aborted: the source takes writes again, the migration goes back to `cdc` (traffic stays
     // on the source). The error says whether that worked.
     let mut e = MyError::new(
-        "cutover aborted",
+        MYSQL_ABORTED,
         &reason,
         "the stream goes on; fix what stopped the cutover, then cut over again",
     );
@@ -1420,6 +1455,29 @@ pub fn render(v: &serde_json::Value) -> String {
     let mut o = String::new();
     let kind = v["kind"].as_str().unwrap_or("switch");
     match v["outcome"].as_str() {
+        Some("done") if v["source_engine"] == ferry_postgres::state::ENGINE_MYSQL => {
+            // A MySQL/MariaDB source: no proxy held anything; the source was read-only.
+            o.push_str(&format!(
+                "{kind} done: writes stopped on the source for {:.1} ms while the target applied everything up to binlog {}\n",
+                v["pause_ms"].as_f64().unwrap_or(0.0),
+                v["final_lsn"].as_str().unwrap_or("?")
+            ));
+            o.push_str(
+                "  point the application at the target now; the source stays read-only (rollback to MySQL/MariaDB is not built yet)\n",
+            );
+            for i in v["identities"].as_array().into_iter().flatten() {
+                o.push_str(&format!("  identity {}\n", i.as_str().unwrap_or("")));
+            }
+            for k in v["killed"].as_array().into_iter().flatten() {
+                o.push_str(&format!("  killed after the grace period: session {}\n", k.as_str().unwrap_or("")));
+            }
+            for c in v["still_connected"].as_array().into_iter().flatten() {
+                o.push_str(&format!(
+                    "  still connected to the source (read-only now; users with SUPER or READ ONLY ADMIN could still write): {}\n",
+                    c.as_str().unwrap_or("")
+                ));
+            }
+        }
         Some("done") => {
             o.push_str(&format!(
                 "{kind} done: application paused {:.1} ms ({} request(s) held, longest wait {:.1} ms)\n",

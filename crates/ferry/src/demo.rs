@@ -164,6 +164,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         migration_id: req.migration_id.clone(),
         verify: Some(verify_ctx.clone()),
         switchboard: Some(board.clone()),
+        mysql: None,
     };
     let listen = crate::server::ListenOptions::default();
     let api_addr = match crate::server::serve(([127, 0, 0, 1], 7117).into(), api.clone(), &listen).await {

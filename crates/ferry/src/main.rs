@@ -107,6 +107,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                             hold: Some(live.hold.clone()),
                         })),
                         switchboard: None,
+                        mysql: None,
                     };
                     let mut api = api;
                     let upstreams = match args.proxy_listen {
@@ -317,15 +318,9 @@ async fn switch_cmd(args: &cli::SwitchArgs, rollback: bool) -> anyhow::Result<i3
     }
     let api = status::ApiClient::new(&args.api, args.api_token_file.as_deref(), args.api_ca.as_deref())?;
     let path = format!(
-        "/api/{}?max_pause_ms={}&max_lag_ms={}&catch_up_ms={}&allow_direct_sessions={}&no_proxy={}&grace_ms={}&skip_verify_check={}",
+        "/api/{}{}",
         if rollback { "rollback" } else { "cutover" },
-        args.max_pause.as_millis(),
-        args.max_lag.as_millis(),
-        args.catch_up_timeout.as_millis(),
-        args.allow_direct_sessions,
-        args.no_proxy,
-        args.grace.as_millis(),
-        args.skip_verify_check
+        switch_query(args, &given(if rollback { "rollback" } else { "cutover" }, SWITCH_OPTIONS))
     );
     let (code, body) = api.request("POST", &path).await?;
     let v: serde_json::Value =
@@ -341,6 +336,42 @@ async fn switch_cmd(args: &cli::SwitchArgs, rollback: bool) -> anyhow::Result<i3
         (401, _) | (403, _) => exit::USAGE,
         _ => exit::RUNTIME,
     })
+}
+
+/// The options of `ferry cutover`/`ferry rollback` that go to the API (argument ids).
+const SWITCH_OPTIONS: &[&str] = &[
+    "max_pause",
+    "max_lag",
+    "catch_up_timeout",
+    "allow_direct_sessions",
+    "no_proxy",
+    "grace",
+    "skip_verify_check",
+];
+
+/// The query of a switch request: the options given on the command line (`flags`, as
+/// [`given`] names them), so that the running `ferry migrate` applies its own defaults (the
+/// same as the command's) to the rest and refuses only what was asked (a MySQL/MariaDB source
+/// answers 400 to an option that does not apply to it).
+fn switch_query(args: &cli::SwitchArgs, flags: &[String]) -> String {
+    let mut q = Vec::new();
+    for flag in flags {
+        match flag.as_str() {
+            "--max-pause" => q.push(format!("max_pause_ms={}", args.max_pause.as_millis())),
+            "--max-lag" => q.push(format!("max_lag_ms={}", args.max_lag.as_millis())),
+            "--catch-up-timeout" => q.push(format!("catch_up_ms={}", args.catch_up_timeout.as_millis())),
+            "--allow-direct-sessions" => q.push(format!("allow_direct_sessions={}", args.allow_direct_sessions)),
+            "--no-proxy" => q.push(format!("no_proxy={}", args.no_proxy)),
+            "--grace" => q.push(format!("grace_ms={}", args.grace.as_millis())),
+            "--skip-verify-check" => q.push(format!("skip_verify_check={}", args.skip_verify_check)),
+            _ => {}
+        }
+    }
+    if q.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", q.join("&"))
+    }
 }
 
 /// The API token: from --api-token-file (readable by its owner only), else FERRY_API_TOKEN,
@@ -387,10 +418,10 @@ fn given(sub: &str, ids: &[&str]) -> Vec<String> {
         .collect()
 }
 
-/// Flags of `ferry migrate` that only a PostgreSQL source uses (the MySQL path has the API's
-/// read-only views, `--listen` and its token, TLS and host flags, but not the proxy, webhooks,
-/// automatic rollback or roles handling yet): given with a MySQL source they are
-/// a usage error naming them, never silently ignored.
+/// Flags of `ferry migrate` that only a PostgreSQL source uses (the MySQL path has the API,
+/// `--listen` and its token, TLS and host flags, and `--webhook` for a cutover through the
+/// API, but not the proxy, automatic rollback or roles handling yet): given with a MySQL source
+/// they are a usage error naming them, never silently ignored.
 const POSTGRES_ONLY_MIGRATE_FLAGS: &[&str] = &[
     "wal_warn",
     "proxy_listen",
@@ -399,8 +430,6 @@ const POSTGRES_ONLY_MIGRATE_FLAGS: &[&str] = &[
     "proxy_tls_key",
     "proxy_require_tls",
     "proxy_max_connections",
-    "webhook",
-    "webhook_ca",
     "auto_rollback_lag",
     "auto_rollback_apply_errors",
     "stream_timeout",

@@ -64,12 +64,87 @@ fn api_settings(args: &MigrateArgs) -> anyhow::Result<Option<ApiSettings>> {
     Ok(Some((addr, token, listen)))
 }
 
+/// Verification and cutover of a MySQL/MariaDB migration through the API of the `ferry
+/// migrate` that streams it (`POST /api/verify`, `POST /api/cutover`): the same code as `ferry
+/// verify --source mysql://...` and `ferry cutover --source mysql://...`, run in this process.
+#[derive(Debug)]
+pub struct ApiControl {
+    /// The migration's endpoints and options.
+    pub req: preflight::MyCheckRequest,
+    /// Its state on the target.
+    pub state: MyState,
+    /// `--webhook`: POSTed the report of a cutover made through the API.
+    pub webhook: Option<crate::status::Webhook>,
+    /// One cutover at a time.
+    busy: tokio::sync::Mutex<()>,
+}
+
+impl ApiControl {
+    /// Compares every table the stream moves at one binlog position (the stream in this process
+    /// answers the hold), and records the outcome for the cutover's pre-check, as `ferry verify
+    /// --source mysql://...` does.
+    pub async fn verify(&self) -> Result<ferry_postgres::verify::Report, ferry_mysql::MyError> {
+        let c = self.req.target.connect("mysql-verify").await?;
+        let tables = self.state.stored_tables(&c).await?.ok_or_else(|| {
+            ferry_mysql::MyError::new(
+                "verifying",
+                "the stream's tables are not recorded yet",
+                "retry once ferry migrate streams changes (phase cdc)",
+            )
+        })?;
+        let opts = ferry_mysql::verify::VerifyOptions {
+            max_details: ferry_postgres::verify::Options::default().max_details,
+            state: Some(self.state.clone()),
+        };
+        let report = ferry_mysql::verify::verify(&self.req, &tables, &opts).await?;
+        ferry_mysql::verify::record(&c, &opts, &report).await?;
+        Ok(report)
+    }
+
+    /// `crate::cutover::mysql_cutover` with `opts`; the report as the API answers it
+    /// (`outcome` done, no_go or aborted). When done, the report goes to `--webhook` in the
+    /// body `ferry cutover --source mysql://... --webhook` sends, in the background (at most
+    /// `status::WEBHOOK_TIMEOUT`; a failure is logged).
+    pub async fn cutover(&self, opts: &crate::cutover::SwitchOptions) -> serde_json::Value {
+        let Ok(_busy) = self.busy.try_lock() else {
+            return serde_json::json!({
+                "kind": "cutover", "outcome": "no_go", "reason": "cutover cannot start: another cutover is running",
+                "blockers": ["another cutover is running"], "source_engine": ferry_postgres::state::ENGINE_MYSQL,
+            });
+        };
+        let (answer, gate) = crate::cutover::mysql_cutover_report(&self.req, &self.state, opts).await;
+        if let (Some(hook), Some(gate)) = (self.webhook.clone(), gate) {
+            let body = cutover_webhook_body(&self.req, &gate);
+            tokio::spawn(async move {
+                match hook.post(&body).await {
+                    Ok(code) if (200..300).contains(&code) => tracing::info!(url = %hook, code, "cutover announced to the webhook"),
+                    Ok(code) => tracing::warn!(url = %hook, code, "the webhook answered with an error"),
+                    Err(e) => tracing::warn!(error = %format!("{e:#}"), "could not reach the webhook"),
+                }
+            });
+        }
+        answer
+    }
+}
+
+/// What `--webhook` receives after a cutover of a MySQL/MariaDB source (the command's and the
+/// API's alike).
+fn cutover_webhook_body(req: &preflight::MyCheckRequest, report: &ferry_mysql::cutover::GateReport) -> serde_json::Value {
+    serde_json::json!({
+        "event": "cutover",
+        "source": req.source.describe(),
+        "target": req.target.describe(),
+        "report": report,
+    })
+}
+
 /// Serves the HTTP API, `/metrics` and the dashboard for this migration (the server of
 /// PostgreSQL sources: `crate::server`), fed by a sampler of its state and source.
 async fn serve_api(
     (addr, token, listen): ApiSettings,
     req: &preflight::MyCheckRequest,
     state: &MyState,
+    webhook: Option<crate::status::Webhook>,
 ) -> anyhow::Result<Arc<crate::live::Live>> {
     let live = Arc::new(crate::live::Live::for_mysql());
     let api = crate::server::Api {
@@ -79,10 +154,16 @@ async fn serve_api(
         target: req.target.clone(),
         store: state.store().clone(),
         migration_id: state.id().to_string(),
-        // Verification and cutover of a MySQL source run as their own commands for now; the
-        // API says so (`server::mysql_not_yet`).
+        // Verification and cutover of a MySQL source: `ApiControl`; rollback and complete
+        // are refused (`server::mysql_not_yet`).
         verify: None,
         switchboard: None,
+        mysql: Some(Arc::new(ApiControl {
+            req: req.clone(),
+            state: state.clone(),
+            webhook,
+            busy: tokio::sync::Mutex::new(()),
+        })),
     };
     crate::server::serve(addr, api, &listen)
         .await
@@ -97,6 +178,20 @@ async fn serve_api(
 /// Runs it; returns the exit code.
 pub async fn migrate(args: &MigrateArgs) -> anyhow::Result<i32> {
     let api = api_settings(args)?;
+    // Checked at start, not at cutover time.
+    let webhook = args
+        .webhook
+        .as_deref()
+        .map(|u| crate::status::Webhook::new(u, args.webhook_ca.as_deref()))
+        .transpose()?;
+    if webhook.is_some() && api.is_none() {
+        return Err(UsageError(
+            "--webhook with a MySQL/MariaDB source is for cutovers through the API (--listen); ferry cutover --source ... --webhook URL \
+             sends it for a cutover made from the command line"
+                .into(),
+        )
+        .into());
+    }
     let mut req = crate::settings::resolve_mysql(&args.endpoints)?;
     let stream_after = args.stop_after != Some(StopAfter::FullLoad);
     let source_id = req.source.describe();
@@ -114,7 +209,7 @@ pub async fn migrate(args: &MigrateArgs) -> anyhow::Result<i32> {
     .await?
     .expect("created when missing");
     let live = match api {
-        Some(settings) => Some(serve_api(settings, &req, &state).await?),
+        Some(settings) => Some(serve_api(settings, &req, &state, webhook).await?),
         None => None,
     };
     // A load of this source into this target that started and did not finish (a crash, a kill)
@@ -336,6 +431,12 @@ async fn stream(
     let end = result?;
     if state.phase(target).await? == Some(Phase::CutOver) {
         println!("The migration was cut over (ferry cutover): the stream is done.");
+        if live.is_some() && !*stop_rx.borrow() {
+            // The status, the dashboard and the metrics say so until the operator stops it.
+            eprintln!("The API keeps serving this migration's status (phase cut_over) until SIGTERM/SIGINT; nothing is streamed any more");
+            let mut stop = stop_rx.clone();
+            let _ = stop.wait_for(|v| *v).await;
+        }
     }
     println!(
         "Stopped at binlog position {} (GTID {}): {} source transactions, {} row changes applied in this run",
@@ -428,12 +529,7 @@ pub async fn cutover(args: &crate::cli::SwitchArgs) -> anyhow::Result<i32> {
         }
     };
     if let Some(url) = &hook {
-        let body = serde_json::json!({
-            "event": "cutover",
-            "source": req.source.describe(),
-            "target": req.target.describe(),
-            "report": report,
-        });
+        let body = cutover_webhook_body(&req, &report);
         // A webhook that hangs must not hold the cutover's exit (the switch is done).
         match tokio::time::timeout(Duration::from_secs(10), url.post(&body)).await {
             Ok(Ok(code)) if (200..300).contains(&code) => eprintln!("webhook {url} answered {code}"),
@@ -603,4 +699,4 @@ pub async fn status(args: &crate::cli::StatusArgs) -> anyhow::Result<i32> {
 
 /// How long a MySQL/MariaDB cutover waits for the stream to apply the final position, once the
 /// writers are gone (the switch's `max_pause` without a proxy).
-const MYSQL_FINAL_WAIT: Duration = Duration::from_secs(60);
+pub const MYSQL_FINAL_WAIT: Duration = Duration::from_secs(60);

@@ -20,9 +20,11 @@
 //!
 //! A migration from a MySQL/MariaDB source is served by the same server (`Live::for_mysql`):
 //! the reads in the same shapes, pause and resume (its stream stops at a transaction boundary
-//! and starts again from the stored position); verify, cutover, rollback and complete answer
-//! 409 "not available for a MySQL/MariaDB source yet" with the command to use instead, after
-//! the token check ([`mysql_not_yet`]).
+//! and starts again from the stored position), verify (the cross-engine comparison at one
+//! binlog position, stored as a run like a PostgreSQL one and recorded for the cutover's
+//! pre-check: [`mysql_verify`]) and cutover (the switch without a proxy, then `--webhook`:
+//! [`mysql_cutover`]); rollback and complete answer 409 saying why and what to do, after the
+//! token check ([`mysql_not_yet`]).
 //!
 //! Safe by default (docs/operations.md, "Security"):
 //! * **A token always exists.** `--api-token-file` or `FERRY_API_TOKEN`; without either, a
@@ -94,6 +96,8 @@ pub struct Api {
     pub verify: Option<Arc<crate::verify_cmd::VerifyCtx>>,
     /// Cutover and rollback (None: not offered).
     pub switchboard: Option<Arc<crate::cutover::Switchboard>>,
+    /// Verification and cutover of a MySQL/MariaDB migration (None: not offered).
+    pub mysql: Option<Arc<crate::mysql_cmd::ApiControl>>,
 }
 
 /// How the listener is exposed.
@@ -516,30 +520,25 @@ fn error(code: StatusCode, message: impl Into<String>, fix: &'static str) -> Api
     }
 }
 
-/// What a migration from a MySQL/MariaDB source does not offer through the API yet: `action`
-/// is refused with 409, saying what to use instead (never pretended).
+/// What a migration from a MySQL/MariaDB source does not offer through the API: rollback
+/// (issue 18) and complete are refused with 409, saying why and what to do (never pretended).
 fn mysql_not_yet(api: &Api, action: &str) -> Option<Response> {
     if !api.live.mysql_source() {
         return None;
     }
     let (why, fix) = match action {
-        "verify" => (
-            "",
-            "use ferry verify --source mysql://... --target postgres://... while ferry migrate runs: it verifies at one binlog position \
-             through the running stream",
-        ),
-        "cutover" => (
-            "",
-            "use ferry cutover --source mysql://... --target postgres://... (docs/mysql-cdc.md, \"Cutover gate\")",
-        ),
         "rollback" => (
-            ": there is no reverse stream from PostgreSQL to MySQL/MariaDB",
-            "until ferry cutover --source ... --target ... runs, the application writes to the source and nothing needs rolling back",
+            ": there is no reverse stream from PostgreSQL to MySQL/MariaDB, so writes made on the target after a cutover \
+             could not be carried back",
+            "until the cutover (POST /api/cutover) the application writes to the source and nothing needs rolling back; \
+             after it the source stays read-only and unchanged, and making it writable again (SET GLOBAL read_only = OFF) \
+             loses what was written to the target since",
         ),
         _ => (
-            "",
-            "after ferry cutover --source mysql://... --target postgres://..., ferry migrate exits by itself and nothing of Ferry's runs \
-             on the source; the migration's record stays in the state schema on the target",
+            ": there is nothing of Ferry's to remove from a MySQL/MariaDB source",
+            "after the cutover (POST /api/cutover, ferry cutover --api URL, or ferry cutover --source mysql://... --target postgres://...) \
+             the stream has ended: stop ferry migrate (SIGTERM); the migration's record stays in the state schema on the target \
+             (drop it when no longer needed)",
         ),
     };
     let body = json!({
@@ -549,6 +548,175 @@ fn mysql_not_yet(api: &Api, action: &str) -> Option<Response> {
         "source_engine": ferry_postgres::state::ENGINE_MYSQL,
     });
     Some((StatusCode::CONFLICT, Json(body)).into_response())
+}
+
+/// `POST /api/verify` for a MySQL/MariaDB source: the cross-engine comparison of `ferry verify
+/// --source mysql://...` ([`crate::mysql_cmd::ApiControl::verify`]) in this process, at one
+/// binlog position (the stream here answers the hold), stored as a run (`GET /api/verify/ID`,
+/// the report's `source_lsn` is the binlog position) and recorded for the cutover's pre-check.
+/// The same answers as for PostgreSQL: 202 with the run id; 409 outside change capture, while
+/// paused or while another run is going; `repair` is a 400 (not built for MySQL/MariaDB).
+async fn mysql_verify(api: Api, peer: SocketAddr, q: VerifyQuery) -> Response {
+    let Some(ctl) = api.mysql.clone() else {
+        return error(
+            StatusCode::NOT_IMPLEMENTED,
+            "this process does not offer verification",
+            "run ferry verify --source mysql://... --target postgres://...",
+        )
+        .into_response();
+    };
+    if q.repair == Some(true) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "repair does not apply to a MySQL/MariaDB source: repairing differing rows is not built for it yet",
+            "verify without repair; rows that differ are named in the report",
+        )
+        .into_response();
+    }
+    let phase = match phase(&api).await {
+        Ok(p) => p,
+        Err(r) => return r.into_response(),
+    };
+    if phase != Phase::Cdc {
+        return error(
+            StatusCode::CONFLICT,
+            format!("the migration is in phase {phase}; verification runs during change capture (phase cdc)"),
+            "verification runs during change capture (phase cdc)",
+        )
+        .into_response();
+    }
+    if api.live.paused() {
+        return error(
+            StatusCode::CONFLICT,
+            "change capture is paused: a verification needs the stream to reach its consistent point",
+            "POST /api/resume first",
+        )
+        .into_response();
+    }
+    // Claimed before the run is recorded: two requests at once never both start.
+    let progress = Arc::new(ferry_postgres::verify::Progress::default());
+    {
+        let mut running = api.live.verify_run.lock().expect("lock");
+        if let Some((id, _)) = &*running {
+            return error(
+                StatusCode::CONFLICT,
+                format!("verification run {id} is still running"),
+                "wait for it: GET /api/verify/ID",
+            )
+            .into_response();
+        }
+        *running = Some((0, progress.clone()));
+    }
+    let who = actor(peer);
+    let started = async {
+        let c = db(&api).await?;
+        let run = crate::verify_cmd::start_run(&c, &api.store, &api.migration_id, &who).await?;
+        api.store
+            .event(
+                &*c,
+                &api.migration_id,
+                phase,
+                "verify",
+                &format!("verification run {run} requested by {who}"),
+            )
+            .await?;
+        Ok::<_, ferry_postgres::PgError>(run)
+    };
+    let run = match started.await {
+        Ok(run) => run,
+        Err(e) => {
+            *api.live.verify_run.lock().expect("lock") = None;
+            return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string(), "check that the target is reachable").into_response();
+        }
+    };
+    *api.live.verify_run.lock().expect("lock") = Some((run, progress));
+    let a = api.clone();
+    tokio::spawn(async move {
+        let outcome = ctl.verify().await.map(|r| (r, 0u64));
+        match &outcome {
+            Ok((r, _)) => tracing::info!(run, rows = r.rows_compared, differences = r.differences, "verification finished"),
+            Err(e) => tracing::error!(run, error = %e, "verification failed"),
+        }
+        let stored = async {
+            let c = db(&a).await?;
+            crate::verify_cmd::finish_run(&c, &a.store, run, &outcome).await
+        };
+        if let Err(e) = stored.await {
+            tracing::error!(run, error = %e, "could not record the verification run");
+        }
+        *a.live.verify_run.lock().expect("lock") = None;
+    });
+    (StatusCode::ACCEPTED, Json(json!({ "run": run, "repair": false }))).into_response()
+}
+
+/// `POST /api/cutover` for a MySQL/MariaDB source: `ferry cutover --source mysql://...` in
+/// this process ([`crate::mysql_cmd::ApiControl::cutover`]), the request's options mapped as for
+/// PostgreSQL where they apply (`max_lag_ms`: how long the stream may take to catch up before
+/// writes stop; `grace_ms`; `max_pause_ms`: how long it may take to apply the final position
+/// after that, 60 s by default; `skip_verify_check`); an option that cannot apply is a 400
+/// naming it. 200 with the report when done (then `--webhook`, and the stream ends; this API
+/// keeps serving), 409 when refused (no_go) or aborted (the source writable again).
+async fn mysql_cutover(api: Api, peer: SocketAddr, q: SwitchQuery) -> Response {
+    let Some(ctl) = api.mysql.clone() else {
+        return error(
+            StatusCode::NOT_IMPLEMENTED,
+            "this process does not offer cutover",
+            "run ferry cutover --source mysql://... --target postgres://...",
+        )
+        .into_response();
+    };
+    let refused = if q.catch_up_ms.is_some() {
+        Some((
+            "catch_up_ms does not apply to a MySQL/MariaDB source: max_lag_ms is how long its stream may take to catch up",
+            "leave catch_up_ms out (ferry cutover: --catch-up-timeout); give max_lag_ms instead",
+        ))
+    } else if q.no_proxy == Some(false) {
+        Some((
+            "no_proxy=false does not apply to a MySQL/MariaDB source: it is always cut over without a proxy",
+            "leave no_proxy out",
+        ))
+    } else if q.allow_direct_sessions == Some(false) {
+        Some((
+            "allow_direct_sessions=false does not apply to a MySQL/MariaDB source: every session is direct (no proxy), \
+             and writers still connected are ended after grace_ms",
+            "leave allow_direct_sessions out",
+        ))
+    } else {
+        None
+    };
+    if let Some((message, fix)) = refused {
+        return error(StatusCode::BAD_REQUEST, message, fix).into_response();
+    }
+    let ms = |v: Option<u64>, d: Duration| v.map(Duration::from_millis).unwrap_or(d);
+    let opts = crate::cutover::SwitchOptions {
+        max_pause: ms(q.max_pause_ms, crate::mysql_cmd::MYSQL_FINAL_WAIT),
+        max_lag: ms(q.max_lag_ms, Duration::from_secs(5)),
+        catch_up: Duration::ZERO,
+        allow_direct_sessions: true,
+        no_proxy: true,
+        grace: ms(q.grace_ms, Duration::from_secs(10)),
+        skip_verify_check: q.skip_verify_check.unwrap_or(false),
+        actor: actor(peer),
+    };
+    let live = api.live.clone();
+    // The switch runs to its end even if the client goes away.
+    let report = tokio::spawn(async move {
+        let r = ctl.cutover(&opts).await;
+        live.set_last_switch(r.clone());
+        r
+    })
+    .await;
+    match report {
+        Ok(r) => {
+            let code = if r["outcome"] == "done" {
+                StatusCode::OK
+            } else {
+                StatusCode::CONFLICT
+            };
+            (code, Json(r)).into_response()
+        }
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), "report this as a bug").into_response(),
+    }
 }
 
 async fn dashboard() -> impl IntoResponse {
@@ -778,8 +946,8 @@ async fn verify(
     if let Err(r) = authorize(&api, &headers) {
         return r.into_response();
     }
-    if let Some(r) = mysql_not_yet(&api, "verify") {
-        return r;
+    if api.live.mysql_source() {
+        return mysql_verify(api, peer, q).await;
     }
     let Some(ctx) = api.verify.clone() else {
         return error(
@@ -911,11 +1079,7 @@ async fn verify_run(State(api): State<Api>, headers: HeaderMap, axum::extract::P
         Ok(None) => error(
             StatusCode::NOT_FOUND,
             format!("no verification run {id} for this migration"),
-            if api.live.mysql_source() {
-                "a MySQL/MariaDB migration is verified with ferry verify --source ... --target ...; its last result is in GET /api/status"
-            } else {
-                "POST /api/verify starts one"
-            },
+            "POST /api/verify starts one",
         )
         .into_response(),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string(), "check that the target is reachable").into_response(),
@@ -971,8 +1135,12 @@ async fn switch(api: Api, peer: SocketAddr, headers: HeaderMap, q: SwitchQuery, 
     if let Err(r) = authorize(&api, &headers) {
         return r.into_response();
     }
-    if let Some(r) = mysql_not_yet(&api, if rollback { "rollback" } else { "cutover" }) {
-        return r;
+    if rollback {
+        if let Some(r) = mysql_not_yet(&api, "rollback") {
+            return r;
+        }
+    } else if api.live.mysql_source() {
+        return mysql_cutover(api, peer, q).await;
     }
     let Some(board) = api.switchboard.clone() else {
         return error(

@@ -96,8 +96,8 @@ pub fn default_migration_id(target: &Endpoint) -> String {
 pub fn resolve(e: &Endpoints) -> anyhow::Result<CheckRequest> {
     if ferry_mysql::is_mysql_url(&e.source) {
         return Err(UsageError(
-            "--source: MySQL/MariaDB sources work with `ferry check`, `ferry migrate`, `ferry verify --source --target` \
-             and `ferry cutover --source --target` (docs/mysql-cdc.md); status, abandon, rollback and the API are \
+            "--source: MySQL/MariaDB sources work with `ferry check`, `ferry migrate` (and its API), `ferry status`, \
+             `ferry verify` and `ferry cutover` (docs/mysql-cdc.md); abandon, rollback and complete are \
              for PostgreSQL sources only so far"
                 .into(),
         )

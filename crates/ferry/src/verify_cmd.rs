@@ -327,8 +327,14 @@ pub async fn start_run(c: &Client, store: &StateStore, id: &str, actor: &str) ->
     .map_err(|e| PgError::query("recording a verification run", e))
 }
 
-/// Stores a finished run and its described differences.
-pub async fn finish_run(c: &Client, store: &StateStore, run: i64, outcome: &Result<(Report, u64), PgError>) -> Result<(), PgError> {
+/// Stores a finished run and its described differences. The run's `source_lsn` column holds a
+/// PostgreSQL position only; a MySQL/MariaDB run's binlog position is in its report.
+pub async fn finish_run<E: std::fmt::Display>(
+    c: &Client,
+    store: &StateStore,
+    run: i64,
+    outcome: &Result<(Report, u64), E>,
+) -> Result<(), PgError> {
     let q = store.quoted();
     match outcome {
         Ok((report, repaired)) => {
@@ -341,7 +347,7 @@ pub async fn finish_run(c: &Client, store: &StateStore, run: i64, outcome: &Resu
                 &[
                     &run,
                     &if report.identical() { "identical" } else { "different" },
-                    &report.source_lsn,
+                    &report.source_lsn.as_ref().filter(|l| l.parse::<Lsn>().is_ok()),
                     &(report.tables.len() as i32),
                     &(report.rows_compared as i64),
                     &(report.differences as i64),

@@ -1,8 +1,12 @@
 //! A MySQL/MariaDB migration on the control plane of PostgreSQL ones: `ferry migrate --source
 //! mysql://... --listen ADDR` serves `/api/status` in the same shape, `/metrics` with the same
-//! names, the dashboard, `ferry status --api`, pause and resume; the control endpoints it does
-//! not offer yet answer 409 saying what to use instead. Real MariaDB and PostgreSQL servers from
-//! scripts/test.sh, a real browser for the dashboard.
+//! names, the dashboard, `ferry status --api`, pause and resume, verification (`ferry verify
+//! --api`) and cutover (`ferry cutover --api`, then `--webhook`); rollback and complete answer
+//! 409 saying why and what to do. Real MariaDB and PostgreSQL servers from scripts/test.sh, a
+//! real browser for the dashboard.
+//!
+//! The cutover makes the MariaDB server read-only (server-wide): this test and the cutover test
+//! of `mysql_cdc.rs` run one at a time (test group `mysql-read-only` in .config/nextest.toml).
 
 use std::time::Duration;
 
@@ -12,7 +16,7 @@ use serde_json::Value;
 use crate::api::{by_id, dashboard_dom};
 use crate::harness::*;
 use crate::mysql::{dispose, fresh, my_sql};
-use crate::mysql_cdc::binlog_end;
+use crate::mysql_cdc::{binlog_end, my_query, one_webhook};
 
 /// Source transactions the writer makes, each one insert, one update and one delete.
 const WRITES: i64 = 40;
@@ -34,9 +38,18 @@ async fn status_line_with_host(addr: &str, host: &str) -> String {
 }
 
 #[tokio::test]
-async fn mysql_migration_status_metrics_dashboard_and_refusals_through_the_api() {
+async fn mysql_migration_status_metrics_dashboard_verify_and_cutover_through_the_api() {
     let (source, target, dbs) = fresh("FERRY_TEST_MYSQL", "myapi").await;
     let db = &dbs.name;
+    // read_only is server-wide: whatever happens here, the server is writable afterwards.
+    struct Writable;
+    impl Drop for Writable {
+        fn drop(&mut self) {
+            my_sql("FERRY_TEST_MYSQL", "SET GLOBAL read_only = OFF");
+        }
+    }
+    let _writable = Writable;
+    my_sql("FERRY_TEST_MYSQL", "SET GLOBAL read_only = OFF");
     my_sql(
         "FERRY_TEST_MYSQL",
         &format!(
@@ -62,6 +75,9 @@ async fn mysql_migration_status_metrics_dashboard_and_refusals_through_the_api()
     assert!(!has_state_schema(&target).await, "state was written before the refusal");
 
     let addr = free_addr();
+    // The webhook the cutover through the API announces itself to.
+    let (hook, hook_body) = one_webhook().await;
+    let hook_url = format!("http://{hook}/switch");
     let m = Migrator::spawn(&[
         "migrate",
         "--source",
@@ -72,6 +88,8 @@ async fn mysql_migration_status_metrics_dashboard_and_refusals_through_the_api()
         &addr,
         "--api-token-file",
         token_arg,
+        "--webhook",
+        &hook_url,
     ]);
     let st = api_wait(&addr, "the binlog stream", Duration::from_secs(120), |st| {
         st["phase"] == "cdc" && st["live"]["stream_state"] == "streaming"
@@ -229,18 +247,24 @@ async fn mysql_migration_status_metrics_dashboard_and_refusals_through_the_api()
     );
 
     // The same guards as for PostgreSQL sources: Host must be this listener, POSTs need the
-    // token; with it, what is not offered yet says so and what to use, and changes nothing.
+    // token; with it, rollback and complete say why they are not offered and what to do, and
+    // change nothing.
     assert!(
         status_line_with_host(&addr, "evil.example").await.contains(" 403 "),
         "a foreign Host was served"
     );
-    for path in ["/api/pause", "/api/resume"] {
+    for path in [
+        "/api/pause",
+        "/api/resume",
+        "/api/verify",
+        "/api/cutover",
+        "/api/rollback",
+        "/api/complete",
+    ] {
         let (code, body) = http("POST", &addr, path, None).await;
         assert_eq!(code, 401, "{path} without the token: {body}");
     }
-    for path in ["/api/verify", "/api/cutover", "/api/rollback", "/api/complete"] {
-        let (code, body) = http("POST", &addr, path, None).await;
-        assert_eq!(code, 401, "{path} without the token: {body}");
+    for path in ["/api/rollback", "/api/complete"] {
         let (code, body) = http("POST", &addr, path, Some(token)).await;
         assert_eq!(code, 409, "{path}: {body}");
         let v: Value = serde_json::from_str(&body).unwrap();
@@ -249,25 +273,29 @@ async fn mysql_migration_status_metrics_dashboard_and_refusals_through_the_api()
         assert_eq!(v["source_engine"], "mysql", "{path}: {body}");
         let fix = v["fix"].as_str().unwrap();
         let want = match path {
-            "/api/verify" => "ferry verify --source",
             "/api/rollback" => "nothing needs rolling back",
             _ => "ferry cutover --source",
         };
         assert!(fix.contains(want), "{path}: {body}");
     }
-    // The commands that use those endpoints say it too.
+    // Options that cannot apply to a MySQL source are refused, named, before anything runs.
+    for (path, option) in [
+        ("/api/cutover?catch_up_ms=1000", "catch_up_ms"),
+        ("/api/cutover?no_proxy=false", "no_proxy"),
+        ("/api/cutover?allow_direct_sessions=false", "allow_direct_sessions"),
+        ("/api/verify?repair=true", "repair"),
+    ] {
+        let (code, body) = http("POST", &addr, path, Some(token)).await;
+        assert_eq!(code, 400, "{path}: {body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert!(v["error"].as_str().unwrap().contains(option), "{path}: {body}");
+    }
+    // The command that uses rollback says it too.
     let api_url = format!("http://{addr}");
-    let run = ferry(&["verify", "--api", &api_url, "--api-token-file", token_arg]);
-    assert_ne!(run.code, 0, "{}", run.all());
-    assert!(
-        run.stderr.contains("not available for a MySQL/MariaDB source yet") && run.stderr.contains("ferry verify --source"),
-        "{}",
-        run.all()
-    );
-    let run = ferry(&["cutover", "--api", &api_url, "--api-token-file", token_arg]);
+    let run = ferry(&["rollback", "--api", &api_url, "--api-token-file", token_arg]);
     assert_eq!(run.code, 1, "{}", run.all());
     assert!(
-        run.stdout.contains("not available for a MySQL/MariaDB source yet") && run.stdout.contains("ferry cutover --source"),
+        run.stdout.contains("not available for a MySQL/MariaDB source yet") && run.stdout.contains("no reverse stream"),
         "{}",
         run.all()
     );
@@ -345,8 +373,132 @@ async fn mysql_migration_status_metrics_dashboard_and_refusals_through_the_api()
     assert!(dom.contains("<li class=\"done\" data-phase=\"full_load\">"), "{dom}");
     assert!(dom.contains("data-table=\"public.items\""), "{dom}");
 
+    // Verification through the API: the cross-engine comparison at one binlog position while
+    // the stream runs, stored as a run and recorded for the cutover's pre-check.
+    let verify = || ferry(&["verify", "--api", &api_url, "--api-token-file", token_arg]);
+    let run = verify();
+    assert_eq!(run.code, 0, "{}", run.all());
+    assert!(
+        run.stdout.contains(" 0 difference(s)")
+            && run.stdout.contains("at source position binlog ")
+            && run.stdout.contains("the target equals the source"),
+        "{}",
+        run.all()
+    );
+    let (tr, idr) = (&t, &id);
+    let last_run = move || async move {
+        let r = tr
+            .query_one(
+                "SELECT id, status, differences, report->>'source_lsn' FROM ferry.verify_runs WHERE migration_id = $1 ORDER BY id DESC LIMIT 1",
+                &[idr],
+            )
+            .await
+            .unwrap();
+        (
+            r.get::<_, i64>(0),
+            r.get::<_, String>(1),
+            r.get::<_, i64>(2),
+            r.get::<_, Option<String>>(3),
+        )
+    };
+    let (run_id, status, differences, at) = last_run().await;
+    assert_eq!((status.as_str(), differences), ("identical", 0));
+    assert!(at.as_deref().is_some_and(|a| a.starts_with("binlog ")), "{at:?}");
+    let (code, body) = http("GET", &addr, &format!("/api/verify/{run_id}"), None).await;
+    assert_eq!(code, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (v["status"].as_str(), v["differences"].as_i64()),
+        (Some("identical"), Some(0)),
+        "{body}"
+    );
+    let recorded = move || async move {
+        tr.query_one("SELECT verify_differences FROM ferry.mysql_state WHERE migration_id = $1", &[idr])
+            .await
+            .unwrap()
+            .get::<_, Option<i64>>(0)
+    };
+    assert_eq!(recorded().await, Some(0));
+
+    // A difference planted on the target is found (exit 1, the row named), and the cutover's
+    // pre-check sees it: refused, the source still writable.
+    t.execute("UPDATE public.items SET v = -1 WHERE id = 150", &[]).await.unwrap();
+    let run = verify();
+    assert_eq!(run.code, 1, "{}", run.all());
+    assert!(
+        run.stdout.contains("1 difference(s)") && run.stdout.contains("value differs:     id=150") && run.stdout.contains("DIFFERENT"),
+        "{}",
+        run.all()
+    );
+    let (_, status, differences, _) = last_run().await;
+    assert_eq!((status.as_str(), differences), ("different", 1));
+    assert_eq!(recorded().await, Some(1));
+    let run = ferry(&["cutover", "--api", &api_url, "--api-token-file", token_arg, "--grace", "1s"]);
+    assert_eq!(run.code, 1, "{}", run.all());
+    assert!(run.stdout.contains("the last verification found 1 difference(s)"), "{}", run.all());
+    assert_eq!(my_query("FERRY_TEST_MYSQL", "SELECT @@GLOBAL.read_only").trim(), "0");
+    let st = api_status(&addr).await;
+    assert_eq!(st["phase"], "cdc", "{st}");
+    t.execute("UPDATE public.items SET v = 150 WHERE id = 150", &[]).await.unwrap();
+    let run = verify();
+    assert_eq!(run.code, 0, "{}", run.all());
+    assert_eq!(recorded().await, Some(0));
+
+    // Cutover through the API: the source read-only, everything applied, the phase cut_over,
+    // the webhook told; the stream ends and the API keeps serving the status.
+    my_sql("FERRY_TEST_MYSQL", &format!("USE {db}; INSERT INTO items VALUES (6000, 6)"));
+    let args: Vec<String> = ["cutover", "--api", &api_url, "--api-token-file", token_arg, "--grace", "1s"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    // In a blocking thread: the webhook listener runs on this test's runtime.
+    let run = tokio::task::spawn_blocking(move || ferry(&refs(&args))).await.unwrap();
+    assert_eq!(run.code, 0, "{}", run.all());
+    eprintln!("{}", run.stdout);
+    assert!(
+        run.stdout.contains("cutover done: writes stopped on the source for")
+            && run.stdout.contains("applied everything up to binlog ")
+            && run.stdout.contains("point the application at the target now"),
+        "{}",
+        run.all()
+    );
+    assert_eq!(my_query("FERRY_TEST_MYSQL", "SELECT @@GLOBAL.read_only").trim(), "1");
+    assert!(
+        t.query_opt("SELECT 1 FROM public.items WHERE id = 6000", &[])
+            .await
+            .unwrap()
+            .is_some(),
+        "the last source write is not on the target"
+    );
+    let body = tokio::time::timeout(Duration::from_secs(15), hook_body)
+        .await
+        .expect("the webhook was not called")
+        .unwrap();
+    let hooked: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(hooked["event"], "cutover", "{body}");
+    assert!(
+        hooked["report"]["final_position"].as_str().unwrap().starts_with("binlog."),
+        "{body}"
+    );
+    assert!(hooked["source"].is_string() && hooked["target"].is_string(), "{body}");
+    let st = api_wait(&addr, "the phase cut_over", Duration::from_secs(30), |st| st["phase"] == "cut_over").await;
+    assert_eq!(st["live"]["last_switch"]["outcome"], "done", "{st}");
+    assert_eq!(st["live"]["last_switch"]["source_engine"], "mysql", "{st}");
+    let run = ferry(&["status", "--api", &api_url]);
+    assert_eq!(run.code, 0, "{}", run.all());
+    assert!(run.stdout.contains("phase cut_over"), "{}", run.all());
+    // A second cutover is refused.
+    let (code, body) = http("POST", &addr, "/api/cutover", Some(token)).await;
+    assert_eq!(code, 409, "{body}");
+    assert!(body.contains("cut over already"), "{body}");
+    let (_, body) = http("GET", &addr, "/api/events?after=0&limit=1000", Some(token)).await;
+    for needle in ["verification run", "verification: 1 difference(s)", "cut over at binlog"] {
+        assert!(body.contains(needle), "{needle} not in the event log: {body}");
+    }
+
     let run = m.terminate();
     assert_eq!(run.code, 0, "{}", run.all());
+    assert!(run.stdout.contains("was cut over"), "{}", run.all());
     assert!(run.stdout.contains("Stopped at binlog position"), "{}", run.all());
     assert!(!run.all().contains(token), "the token in the log");
     let run = ferry(&["status", "--api", &api_url]);
