@@ -28,8 +28,8 @@ use futures_util::FutureExt;
 
 use crate::binlog::{BinlogReader, Change};
 use crate::error::MyError;
-use crate::load::kinds_of;
 use crate::preflight::{MyCheckRequest, MyPlan, MyTable};
+use crate::snapshot::kinds_of;
 use crate::state::{Hold, MyState};
 use crate::types::ZeroDates;
 use crate::value::{text_of, Kind};

@@ -30,8 +30,8 @@ use mysql_async::Value;
 
 use crate::endpoint::MyEndpoint;
 use crate::error::MyError;
-use crate::load::kinds_of;
 use crate::preflight::{MyCheckRequest, MyTable};
+use crate::snapshot::kinds_of;
 use crate::state::{Hold, MyState};
 use crate::value::{text_of, Kind};
 use ferry_core::BinlogPosition;

@@ -256,7 +256,7 @@ pub async fn migrate(args: &MigrateArgs) -> anyhow::Result<i32> {
             req.target.describe()
         );
         state.start_load(&target, &plan.tables, ACTOR).await?;
-        let summary = ferry_mysql::load::full_load(&req, &plan, jobs, args.endpoints.split_size, &state).await?;
+        let summary = ferry_mysql::snapshot::full_load(&req, &plan, jobs, args.endpoints.split_size, &state).await?;
         state.finish_load(&target, &serde_json::to_value(&summary)?, ACTOR).await?;
         println!(
             "Full load from {} done at binlog position {}:{} (GTID {}):",
