@@ -6,6 +6,7 @@
 
 pub mod apply;
 pub mod cdc;
+pub mod complete;
 pub mod conninfo;
 pub mod copy_binary;
 pub mod endpoint;

@@ -24,7 +24,7 @@ mod dump;
 mod post_data;
 mod role_names;
 
-pub use build::{run_steps, StepOutcome};
+pub use build::{earlier_builds, restore_in_one_transaction, run_steps, StepOutcome};
 pub use dump::{dump_pre_data, dump_remaining_post_data, dump_table, strip_restrict, PgTools, RoleRewrite, SchemaError, Script, WorkDir};
 pub use post_data::{plan_post_data, PostDataPlan, Step, StepKind};
 pub use role_names::{map_roles, map_roles_with, OwnerSchemaGrants};

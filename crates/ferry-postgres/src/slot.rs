@@ -71,3 +71,74 @@ pub async fn retained_wal_bytes(c: &Client, name: &str) -> Result<Option<i64>, P
     .map(|r| r.and_then(|r| r.get(0)))
     .map_err(|e| PgError::query("measuring WAL retained by Ferry's slot", e))
 }
+
+/// A slot as `ferry status` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SlotLag {
+    /// Whether something is connected to it.
+    pub active: bool,
+    /// WAL bytes past what the slot's consumer confirmed.
+    pub lag_bytes: Option<i64>,
+    /// WAL bytes the slot keeps on the server's disk.
+    pub retained_bytes: Option<i64>,
+}
+
+/// The slot `name` on the server of `c`, if it exists: whether it is in use, how far its
+/// consumer is behind and how much WAL it holds back.
+pub async fn slot_lag(c: &Client, name: &str) -> Result<Option<SlotLag>, PgError> {
+    c.query_opt(
+        "SELECT active, (pg_current_wal_lsn() - confirmed_flush_lsn)::int8, (pg_current_wal_lsn() - restart_lsn)::int8
+         FROM pg_replication_slots WHERE slot_name = $1",
+        &[&name],
+    )
+    .await
+    .map(|r| {
+        r.map(|row| SlotLag {
+            active: row.get(0),
+            lag_bytes: row.get(1),
+            retained_bytes: row.get(2),
+        })
+    })
+    .map_err(|e| PgError::query("reading Ferry's replication slot on the source", e))
+}
+
+/// The server's current WAL position, as a number of bytes; `side` names it for messages.
+pub async fn wal_position(c: &Client, side: &str) -> Result<u64, PgError> {
+    c.query_one("SELECT (pg_current_wal_lsn() - '0/0')::int8", &[])
+        .await
+        .map(|r| r.get::<_, i64>(0) as u64)
+        .map_err(|e| PgError::query(format!("reading the {side}'s WAL position"), e))
+}
+
+/// The oldest transaction holding a transaction id on the server of `c` (what a new slot's
+/// snapshot waits for), other than this session's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OldestTransaction {
+    /// Backend pid.
+    pub pid: i32,
+    /// Its user.
+    pub user: String,
+    /// How long it has been open (`interval` text, to the second).
+    pub open_for: String,
+    /// Its current or last statement, shortened to 80 characters.
+    pub query: String,
+}
+
+/// The oldest transaction with a transaction id on the server of `c`, if any.
+pub async fn oldest_transaction(c: &Client) -> Result<Option<OldestTransaction>, PgError> {
+    c.query_opt(
+        "SELECT pid, usename::text, date_trunc('second', now() - xact_start)::text, left(query, 80) FROM pg_stat_activity
+         WHERE backend_xid IS NOT NULL AND pid <> pg_backend_pid() ORDER BY xact_start LIMIT 1",
+        &[],
+    )
+    .await
+    .map(|r| {
+        r.map(|r| OldestTransaction {
+            pid: r.get(0),
+            user: r.get::<_, Option<String>>(1).unwrap_or_default(),
+            open_for: r.get::<_, Option<String>>(2).unwrap_or_default(),
+            query: r.get::<_, Option<String>>(3).unwrap_or_default(),
+        })
+    })
+    .map_err(|e| PgError::query("looking for the oldest open transaction", e))
+}

@@ -130,6 +130,42 @@ pub struct CopyJob {
     pub started: std::time::Instant,
 }
 
+/// Opens on `c` a read-only REPEATABLE READ transaction that imports `snapshot` (the one the
+/// migration's slot exported), so that catalog reads see the source as the copy does.
+pub async fn import_for_catalog(c: &Client, snapshot: &str) -> Result<(), PgError> {
+    c.batch_execute(&format!(
+        "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
+        ferry_core::ident::quote_literal(snapshot)
+    ))
+    .await
+    .map_err(|e| PgError::query("importing the snapshot for catalog reads", e))
+}
+
+/// Opens on `c` a read-only REPEATABLE READ transaction of its own (when there is no exported
+/// snapshot to import); `what` names what it reads, for the error.
+pub async fn begin_consistent_read(c: &Client, what: &str) -> Result<(), PgError> {
+    c.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .await
+        .map_err(|e| PgError::query(format!("opening a snapshot for {what}"), e))
+}
+
+/// Ends the read-only transaction opened on `c` by [`import_for_catalog`] or
+/// [`begin_consistent_read`].
+pub async fn end_read(c: &Client) -> Result<(), PgError> {
+    c.batch_execute("COMMIT")
+        .await
+        .map_err(|e| PgError::query("ending a read-only snapshot transaction", e))
+}
+
+/// Empties `table` on the target before its ranges load: ranges load concurrently, so no
+/// single transaction can truncate for `COPY ... FREEZE`; leftovers of an interrupted run are
+/// cleared once, up front.
+pub async fn truncate_for_ranges(c: &Client, table: &TableName) -> Result<(), PgError> {
+    c.batch_execute(&format!("TRUNCATE ONLY {}", table.quoted()))
+        .await
+        .map_err(|e| PgError::query(format!("truncating {table} before its ranges load"), e))
+}
+
 /// Copies every item with `job.jobs` workers. Returns at the first failure (the failed item's
 /// transaction is rolled back; committed items stay committed and recorded).
 pub async fn copy_items(job: CopyJob, items: Vec<CopyItem>, progress: Arc<Vec<TableProgress>>) -> Result<(), PgError> {

@@ -9,6 +9,13 @@ use tokio_postgres::{Client, GenericClient};
 
 use crate::error::PgError;
 
+mod export;
+mod status;
+mod verify_runs;
+
+pub use export::Dropped;
+pub use status::{iso_sql, DeadLetterSummary, EventRow, MigrationSummary, TableSummary, TransitionRow};
+
 /// Handle on the state schema (default `ferry`).
 #[derive(Debug, Clone)]
 pub struct StateStore {

@@ -22,10 +22,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use ferry_core::ident::quote_ident;
 use ferry_core::Phase;
+use ferry_postgres::complete as cleanup;
 use ferry_postgres::preflight::CheckRequest;
-use ferry_postgres::state::StateStore;
+use ferry_postgres::state::{Dropped, StateStore};
 use ferry_postgres::verify::{DiffKind, Report as VerifyReport};
 use ferry_postgres::{slot, PgError};
 use serde::Serialize;
@@ -386,7 +386,7 @@ async fn inner(req: &CheckRequest, opts: &CompleteOptions, mode: &Mode<'_>, r: &
     if opts.source_writable {
         ferry_postgres::switch::set_read_only(&source_c, "source", false).await?;
     }
-    r.source_read_only = Some(database_read_only(&source_c).await?);
+    r.source_read_only = Some(cleanup::database_read_only(&source_c).await?);
 
     // The state: recorded to a file, then dropped (or kept).
     if rec.is_some() {
@@ -528,99 +528,31 @@ async fn drop_all(
         }
     }
     for (c, side, p) in [(source, "source", publication), (target, "target", rev_pub.as_str())] {
-        if exists(c, "SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)", p).await? {
-            c.batch_execute(&format!("DROP PUBLICATION IF EXISTS {}", quote_ident(p)))
-                .await
-                .map_err(|e| PgError::query(format!("dropping publication {p} on the {side}"), e))?;
+        if cleanup::publication_exists(c, p).await? {
+            cleanup::drop_publication(c, p, side).await?;
             r.dropped.push(format!("publication {p} on the {side}"));
         }
     }
     for (c, side, o) in [(target, "target", &fwd_origin), (source, "source", &rev_origin)] {
-        if exists(c, "SELECT EXISTS (SELECT 1 FROM pg_replication_origin WHERE roname = $1)", o).await? {
-            c.execute(
-                "SELECT pg_replication_origin_drop(roname) FROM pg_replication_origin WHERE roname = $1",
-                &[o],
-            )
-            .await
-            .map_err(|e| {
-                PgError::query(format!("dropping replication origin {o} on the {side}"), e)
-                    .with_fix("a session still uses it: stop ferry migrate (SIGTERM) and run ferry complete again")
-            })?;
+        if cleanup::origin_exists(c, o).await? {
+            cleanup::drop_origin(c, o, side)
+                .await
+                .map_err(|e| e.with_fix("a session still uses it: stop ferry migrate (SIGTERM) and run ferry complete again"))?;
             r.dropped.push(format!("replication origin {o} on the {side}"));
         }
     }
     Ok(())
 }
 
-async fn exists(c: &Client, sql: &str, name: &str) -> Result<bool, PgError> {
-    c.query_one(sql, &[&name])
-        .await
-        .map(|row| row.get(0))
-        .map_err(|e| PgError::query(format!("looking for {name}"), e))
-}
-
 /// Ferry's own sessions write where it made the database read-only.
 async fn writable(c: &Client) -> Result<(), PgError> {
-    c.batch_execute("SET default_transaction_read_only = off")
-        .await
-        .map_err(|e| PgError::query("opening a writable session", e))
-}
-
-/// Whether the database is read-only for new sessions (its own setting, pg_db_role_setting).
-pub async fn database_read_only(c: &Client) -> Result<bool, PgError> {
-    c.query_one(
-        "SELECT EXISTS (SELECT 1 FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase
-                        WHERE d.datname = current_database() AND s.setrole = 0
-                          AND 'default_transaction_read_only=on' = ANY (s.setconfig))",
-        &[],
-    )
-    .await
-    .map(|row| row.get(0))
-    .map_err(|e| PgError::query("reading the database's default_transaction_read_only", e))
+    ferry_postgres::switch::writable_session(c).await
 }
 
 /// The migration's record: every table of the state schema, its rows for this migration (rows
 /// of tables not keyed by migration are included whole, verification differences by run).
 pub async fn export(c: &Client, store: &StateStore, id: &str) -> anyhow::Result<Value> {
-    let tables: Vec<(String, bool)> = c
-        .query(
-            "SELECT c.relname::text,
-                    EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attname = 'migration_id' AND NOT a.attisdropped)
-             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-             WHERE n.nspname = $1 AND c.relkind IN ('r', 'p') ORDER BY 1",
-            &[&store.schema()],
-        )
-        .await
-        .map_err(|e| PgError::query("listing Ferry's state tables", e))?
-        .iter()
-        .map(|row| (row.get(0), row.get(1)))
-        .collect();
-    let q = store.quoted();
-    let mut out = serde_json::Map::new();
-    for (t, keyed) in &tables {
-        let filter = if *keyed {
-            "WHERE x.migration_id = $1".to_string()
-        } else if t == "verify_differences" {
-            format!("WHERE x.run_id IN (SELECT id FROM {q}.verify_runs WHERE migration_id = $1)")
-        } else {
-            "WHERE $1::text IS NOT NULL".to_string()
-        };
-        let order = if *keyed || t == "verify_differences" { "ORDER BY 1" } else { "" };
-        let sql = if t == "migrations" {
-            format!("SELECT COALESCE(jsonb_agg(to_jsonb(x)), '[]') FROM {q}.migrations x WHERE x.id = $1")
-        } else {
-            format!(
-                "SELECT COALESCE(jsonb_agg(to_jsonb(x) {order}), '[]') FROM {q}.{} x {filter}",
-                quote_ident(t)
-            )
-        };
-        let rows: Value = c
-            .query_one(&sql, &[&id])
-            .await
-            .map_err(|e| PgError::query(format!("exporting Ferry's state table {t}"), e))?
-            .get(0);
-        out.insert(t.clone(), rows);
-    }
+    let out = store.export_tables(c, id).await?;
     let migration = out
         .get("migrations")
         .and_then(|m| m.as_array())
@@ -675,25 +607,13 @@ pub fn read_record(path: &Path) -> Option<Value> {
 
 /// Drops the state schema, or only this migration's rows when others are recorded there.
 async fn drop_state(c: &Client, store: &StateStore, id: &str) -> anyhow::Result<String> {
-    let q = store.quoted();
-    let others: i64 = c
-        .query_one(&format!("SELECT count(*)::int8 FROM {q}.migrations WHERE id <> $1"), &[&id])
-        .await
-        .map_err(|e| PgError::query("looking for other migrations in Ferry's state", e))?
-        .get(0);
-    if others > 0 {
-        c.execute(&format!("DELETE FROM {q}.migrations WHERE id = $1"), &[&id])
-            .await
-            .map_err(|e| PgError::query("deleting the migration's state", e))?;
-        return Ok(format!(
+    Ok(match store.drop_migration(c, id).await? {
+        Dropped::Rows { others } => format!(
             "this migration's rows deleted; schema {} kept: {others} other migration(s) are recorded in it",
             store.schema()
-        ));
-    }
-    c.batch_execute(&format!("DROP SCHEMA IF EXISTS {q} CASCADE"))
-        .await
-        .map_err(|e| PgError::query(format!("dropping Ferry's state schema {}", store.schema()), e))?;
-    Ok(format!("schema {} dropped (the record file keeps its content)", store.schema()))
+        ),
+        Dropped::Schema => format!("schema {} dropped (the record file keeps its content)", store.schema()),
+    })
 }
 
 /// How to retire the proxy, and the source.

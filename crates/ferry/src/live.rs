@@ -429,21 +429,17 @@ impl Live {
             }
             let mut errors = Vec::new();
             // The source's WAL position first: the lag is measured against it.
-            match bounded(&mut sconn, &source, "source", WAL_POSITION).await {
-                Ok(r) => {
+            match wal_position(&mut sconn, &source, "source").await {
+                Ok(lsn) => {
                     let now = Instant::now();
-                    push_sample(&mut self.forward_wal.lock().expect("lock"), now, r.get::<_, i64>(0) as u64);
+                    push_sample(&mut self.forward_wal.lock().expect("lock"), now, lsn);
                     *self.source_sampled.lock().expect("lock") = Some(now);
                 }
                 Err(e) => errors.push(e),
             }
             if self.reverse().is_some() {
-                match bounded(&mut tconn, &target, "target", WAL_POSITION).await {
-                    Ok(r) => push_sample(
-                        &mut self.reverse_wal.lock().expect("lock"),
-                        Instant::now(),
-                        r.get::<_, i64>(0) as u64,
-                    ),
+                match wal_position(&mut tconn, &target, "target").await {
+                    Ok(lsn) => push_sample(&mut self.reverse_wal.lock().expect("lock"), Instant::now(), lsn),
                     Err(e) => errors.push(e),
                 }
             } else {
@@ -608,9 +604,6 @@ fn binlog_key(p: &BinlogPosition) -> u64 {
     (p.file_number() << 40) | p.pos().min((1 << 40) - 1)
 }
 
-/// A server's current WAL position, as a number.
-const WAL_POSITION: &str = "SELECT (pg_current_wal_lsn() - '0/0')::int8";
-
 /// Longest one read of the databases by the status sampler may take.
 pub const SAMPLE_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -637,15 +630,16 @@ async fn connected<'a>(
     Ok(conn.as_ref().expect("connected above"))
 }
 
-/// One query on a sampler connection, bounded by [`SAMPLE_TIMEOUT`]; a connection that did not
-/// answer is dropped (the next sample opens a new one).
-async fn bounded(conn: &mut Option<tokio_postgres::Client>, ep: &Endpoint, side: &str, sql: &str) -> Result<tokio_postgres::Row, String> {
+/// A server's current WAL position, as a number, read on a sampler connection within
+/// [`SAMPLE_TIMEOUT`]; a connection that did not answer is dropped (the next sample opens a new
+/// one).
+async fn wal_position(conn: &mut Option<tokio_postgres::Client>, ep: &Endpoint, side: &str) -> Result<u64, String> {
     let c = connected(conn, ep, side).await?;
-    match tokio::time::timeout(SAMPLE_TIMEOUT, c.query_one(sql, &[])).await {
-        Ok(Ok(r)) => Ok(r),
+    match tokio::time::timeout(SAMPLE_TIMEOUT, ferry_postgres::slot::wal_position(c, side)).await {
+        Ok(Ok(lsn)) => Ok(lsn),
         Ok(Err(e)) => {
             *conn = None;
-            Err(format!("reading the {side}'s WAL position: {e}"))
+            Err(e.to_string())
         }
         Err(_) => {
             *conn = None;

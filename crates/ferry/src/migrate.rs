@@ -144,15 +144,9 @@ pub async fn run(req: &CheckRequest, opts: &MigrateOptions) -> anyhow::Result<Op
     let resumed = rec.consistent_lsn.is_some();
     if rec.phase == Phase::Verify {
         // A verification was running when the process stopped: it is gone with the process.
-        target
-            .batch_execute(&format!(
-                "UPDATE {}.verify_runs SET status = 'interrupted', finished_at = clock_timestamp(),
-                    error = 'ferry migrate stopped during the verification' WHERE migration_id = {} AND status = 'running'",
-                store.quoted(),
-                ferry_core::ident::quote_literal(&id)
-            ))
-            .await
-            .map_err(|e| ferry_postgres::PgError::query("closing an interrupted verification run", e))?;
+        store
+            .interrupt_verify_runs(&target, &id, "ferry migrate stopped during the verification")
+            .await?;
         store
             .transition(
                 &target,
@@ -286,14 +280,9 @@ pub async fn run(req: &CheckRequest, opts: &MigrateOptions) -> anyhow::Result<Op
         let ddl = req.target.connect("schema").await?;
         let roles_plan = report.plan.as_ref().and_then(|p| p.roles.clone()).unwrap_or_default();
         ferry_postgres::roles::require_on_target(&ddl, &pre.roles, &roles_plan.created(), "the schema's owners and grants").await?;
-        let script = format!(
-            "BEGIN;\n{}\n{}\n;\n{};\nCOMMIT;",
-            roles_plan.setup_sql.join("\n"),
-            pre.sql,
-            store.schema_done_sql(&id)
-        );
-        if let Err(e) = ddl.batch_execute(&script).await {
-            let err = ferry_postgres::PgError::query("creating the schema on the target", e);
+        let script = format!("{}\n{}", roles_plan.setup_sql.join("\n"), pre.sql);
+        let done = store.schema_done_sql(&id);
+        if let Err(err) = schema::restore_in_one_transaction(&ddl, &script, &done, "creating the schema on the target").await {
             anyhow::bail!(
                 "{err}\nhint: if objects of the source already exist on the target, drop them, use an empty target database, or pass --overwrite; \
                  a permission error on OWNER TO or GRANT means Ferry's target user lacks a membership `ferry check` names (docs/roles.md)"
@@ -315,12 +304,7 @@ pub async fn run(req: &CheckRequest, opts: &MigrateOptions) -> anyhow::Result<Op
     // Everything read inside the snapshot: post-data plan, the rest of post-data, sequences.
     let reader = req.source.connect("catalog").await?;
     if let Some(s) = &snapshot_name {
-        reader
-            .batch_execute(&format!(
-                "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT '{s}'"
-            ))
-            .await
-            .map_err(|e| ferry_postgres::PgError::query("importing the snapshot for catalog reads", e))?;
+        snapshot::import_for_catalog(&reader, s).await?;
     }
     let oids: Vec<u32> = tables
         .iter()
@@ -367,10 +351,7 @@ pub async fn run(req: &CheckRequest, opts: &MigrateOptions) -> anyhow::Result<Op
             if ranges > 1 {
                 // Ranges load concurrently, so no single transaction can truncate for FREEZE:
                 // clear leftovers of an interrupted run once, up front.
-                target
-                    .batch_execute(&format!("TRUNCATE ONLY {}", t.name.quoted()))
-                    .await
-                    .map_err(|e| ferry_postgres::PgError::query(format!("truncating {} before its ranges load", t.name), e))?;
+                snapshot::truncate_for_ranges(&target, &t.name).await?;
             }
             store.start_table(&target, &id, &t.name, snapshot_lsn, ranges).await?;
         }
@@ -406,9 +387,7 @@ pub async fn run(req: &CheckRequest, opts: &MigrateOptions) -> anyhow::Result<Op
             Some(_) => None,
             None => {
                 let c = req.source.connect("large-objects").await?;
-                c.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-                    .await
-                    .map_err(|e| ferry_postgres::PgError::query("opening a snapshot for large objects", e))?;
+                snapshot::begin_consistent_read(&c, "large objects").await?;
                 Some(c)
             }
         };
@@ -422,7 +401,7 @@ pub async fn run(req: &CheckRequest, opts: &MigrateOptions) -> anyhow::Result<Op
         }
     }
     let data_seconds = t_data.elapsed().as_secs_f64();
-    let _ = reader.batch_execute("COMMIT").await;
+    let _ = snapshot::end_read(&reader).await;
     if let Some(r) = repl.take() {
         r.close().await;
     }
@@ -459,23 +438,17 @@ pub async fn run(req: &CheckRequest, opts: &MigrateOptions) -> anyhow::Result<Op
     if let Some(rest) = rest_sql {
         let ddl = req.target.connect("post-data").await?;
         ferry_postgres::roles::require_on_target(&ddl, &rest.roles, &Default::default(), "policies and default privileges").await?;
-        let script = format!("BEGIN;\n{}\n;\n{};\nCOMMIT;", rest.sql, store.post_data_done_sql(&id));
-        ddl.batch_execute(&script).await.map_err(|e| {
-            ferry_postgres::PgError::query("restoring triggers, rules, policies and other post-data objects on the target", e)
-        })?;
+        schema::restore_in_one_transaction(
+            &ddl,
+            &rest.sql,
+            &store.post_data_done_sql(&id),
+            "restoring triggers, rules, policies and other post-data objects on the target",
+        )
+        .await?;
     }
     let nseq = sequences::apply(&target, &seqs).await?;
     if opts.analyze && !to_copy.is_empty() {
-        let steps: Vec<Step> = to_copy
-            .iter()
-            .map(|t| Step {
-                table: t.name.clone(),
-                name: "analyze".into(),
-                kind: schema::StepKind::Index,
-                sql: vec![format!("ANALYZE {}", t.name.quoted())],
-                done_check: "SELECT false".into(),
-            })
-            .collect();
+        let steps: Vec<Step> = to_copy.iter().map(|t| Step::analyze(&t.name)).collect();
         schema::run_steps(&req.target, steps, req.jobs, mwm).await?;
     }
     let post_seconds = t_post.elapsed().as_secs_f64();
@@ -819,16 +792,9 @@ pub async fn abandon(req: &CheckRequest, yes: bool) -> anyhow::Result<()> {
         None => (req.slot.clone(), req.publication.clone()),
     };
     let source = req.source.connect("control").await?;
-    let read_only: String = source
-        .query_one("SHOW default_transaction_read_only", &[])
-        .await
-        .map_err(|e| ferry_postgres::PgError::query("reading default_transaction_read_only on the source", e))?
-        .get(0);
+    let read_only = ferry_postgres::complete::session_read_only(&source, "source").await?;
     // After a cutover the source is read-only by default; dropping what Ferry made is allowed.
-    source
-        .batch_execute("SET default_transaction_read_only = off")
-        .await
-        .map_err(|e| ferry_postgres::PgError::query("preparing a session on the source", e))?;
+    ferry_postgres::switch::writable_session(&source).await?;
     let state = slot::slot_status(&source, &slot_name).await?;
     let (rev_slot, _) = crate::cutover::reverse_names(&slot_name, &publication);
     let rev_state = slot::slot_status(&target, &rev_slot).await?;
@@ -851,14 +817,9 @@ pub async fn abandon(req: &CheckRequest, yes: bool) -> anyhow::Result<()> {
     ferry_postgres::switch::drop_reverse(&req.target, &ferry_postgres::switch::ReverseStream::of(&req.slot, &req.publication)).await?;
     let (fwd, rev) = ferry_postgres::apply::origin_names(&req.migration_id);
     for (c, origin, side) in [(&target, &fwd, "target"), (&source, &rev, "source")] {
-        c.execute(
-            "SELECT pg_replication_origin_drop(roname) FROM pg_replication_origin WHERE roname = $1",
-            &[origin],
-        )
-        .await
-        .map_err(|e| ferry_postgres::PgError::query(format!("dropping replication origin {origin} on the {side}"), e))?;
+        ferry_postgres::complete::drop_origin(c, origin, side).await?;
     }
-    if read_only == "on" {
+    if read_only {
         println!(
             "Note: the source database is read-only for new sessions (set by the cutover); \
              ALTER DATABASE ... RESET default_transaction_read_only makes it writable again."
@@ -887,17 +848,7 @@ pub async fn abandon(req: &CheckRequest, yes: bool) -> anyhow::Result<()> {
 async fn wait_for_orphans(target: &tokio_postgres::Client) -> anyhow::Result<()> {
     let started = Instant::now();
     loop {
-        let n: i64 = target
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity
-                 WHERE datname = current_database() AND pid <> pg_backend_pid() AND state = 'active'
-                   AND application_name LIKE 'ferry%'
-                   AND (query ILIKE 'CREATE%INDEX%' OR query ILIKE 'ALTER TABLE%')",
-                &[],
-            )
-            .await
-            .map_err(|e| ferry_postgres::PgError::query("looking for statements of an earlier run on the target", e))?
-            .get(0);
+        let n = schema::earlier_builds(target).await?;
         if n == 0 {
             return Ok(());
         }

@@ -765,24 +765,16 @@ async fn events(State(api): State<Api>, headers: HeaderMap, Query(q): Query<Even
     }
     let read = async {
         let c = db(&api).await?;
-        let rows = c
-            .query(
-                &format!(
-                    "SELECT id, {}, phase, kind, message
-                     FROM {}.events WHERE migration_id = $1 AND id > $2 ORDER BY id LIMIT $3",
-                    crate::status::iso_sql("at"),
-                    api.store.quoted()
-                ),
-                &[&api.migration_id, &q.after.unwrap_or(0), &q.limit.unwrap_or(100).clamp(1, 1000)],
-            )
-            .await
-            .map_err(|e| ferry_postgres::PgError::query("reading the event log", e))?;
+        let rows = api
+            .store
+            .events_after(&*c, &api.migration_id, q.after.unwrap_or(0), q.limit.unwrap_or(100).clamp(1, 1000))
+            .await?;
         Ok::<_, ferry_postgres::PgError>(
-            rows.iter()
+            rows.into_iter()
                 .map(|r| {
                     json!({
-                        "id": r.get::<_, i64>(0), "at": r.get::<_, String>(1), "phase": r.get::<_, String>(2),
-                        "kind": r.get::<_, String>(3), "message": r.get::<_, String>(4),
+                        "id": r.id, "at": r.at, "phase": r.phase,
+                        "kind": r.kind, "message": r.message,
                     })
                 })
                 .collect::<Vec<_>>(),
@@ -1044,22 +1036,10 @@ async fn verify(
 async fn verify_run(State(api): State<Api>, headers: HeaderMap, axum::extract::Path(id): axum::extract::Path<i64>) -> Response {
     let read = async {
         let c = db(&api).await?;
-        c.query_opt(
-            &format!(
-                "SELECT jsonb_build_object('id', id, 'status', status, 'actor', actor, 'source_lsn', source_lsn::text,
-                    'rows_compared', rows_compared, 'differences', differences, 'repaired', repaired, 'error', error,
-                    'report', report)
-                 FROM {}.verify_runs WHERE id = $1 AND migration_id = $2",
-                api.store.quoted()
-            ),
-            &[&id, &api.migration_id],
-        )
-        .await
-        .map_err(|e| ferry_postgres::PgError::query("reading a verification run", e))
+        api.store.verify_run_json(&*c, &api.migration_id, id).await
     };
     match read.await {
-        Ok(Some(row)) => {
-            let mut v: serde_json::Value = row.get(0);
+        Ok(Some(mut v)) => {
             if let Some((run, p)) = &*api.live.verify_run.lock().expect("lock") {
                 if *run == id {
                     // Still running until its result is stored and the phase is back to cdc

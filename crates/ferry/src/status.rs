@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use ferry_core::ident::quote_ident;
+use ferry_postgres::state::StateStore;
 use ferry_postgres::Endpoint;
 use serde::{Deserialize, Serialize};
 use tokio_postgres::Client;
@@ -294,11 +294,6 @@ pub fn add_mysql(s: &mut Status, extra: Option<&serde_json::Value>) {
     }
 }
 
-/// SQL rendering a timestamptz column as RFC 3339 in UTC (milliseconds), for JSON.
-pub fn iso_sql(col: &str) -> String {
-    format!("to_char({col} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')")
-}
-
 /// Reads the status. `wal_warn` is the retained-WAL size past which status warns.
 pub async fn read(target: &Endpoint, source: Option<&Endpoint>, id: Option<&str>, schema: &str, wal_warn: i64) -> anyhow::Result<Status> {
     let t = target.connect("status").await?;
@@ -318,46 +313,29 @@ pub async fn read_with(
     schema: &str,
     wal_warn: i64,
 ) -> anyhow::Result<Status> {
-    let q = quote_ident(schema);
-    let exists: bool = t
-        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&format!("{q}.migrations")])
-        .await?
-        .get(0);
-    if !exists {
+    let store = StateStore::new(schema);
+    if !store.has_table(t, "migrations").await? {
         anyhow::bail!(
             "no Ferry migration on {}: schema {schema} has no migrations table (wrong target, or --state-schema?)",
             where_
         );
     }
-    let rows = t
-        .query(
-            &format!(
-                "SELECT id, phase, slot_name, consistent_lsn::text, applied_lsn::text, applied_txns, events_insert, events_update,
-                        events_delete, events_truncate,
-                        CASE WHEN last_commit_time IS NULL THEN NULL ELSE extract(epoch FROM now() - last_commit_time)::float8 END,
-                        (SELECT count(*) FROM {q}.dead_letters d WHERE d.migration_id = m.id),
-                        coalesce(to_jsonb(m)->>'source_engine', 'postgresql'), to_jsonb(m)->>'snapshot_position',
-                        to_jsonb(m)->>'applied_position'
-                 FROM {q}.migrations m WHERE $1::text IS NULL OR id = $1 ORDER BY updated_at DESC"
-            ),
-            &[&id],
-        )
-        .await?;
+    let rows = store.migration_summaries(t, id).await?;
     let r = match rows.len() {
         0 => anyhow::bail!("no migration {} recorded on {}", id.unwrap_or("at all"), where_),
         1 => &rows[0],
         _ if id.is_none() => anyhow::bail!(
             "{} migrations are recorded on the target; name one with --migration-id ({})",
             rows.len(),
-            rows.iter().map(|r| r.get::<_, String>(0)).collect::<Vec<_>>().join(", ")
+            rows.iter().map(|r| r.id.as_str()).collect::<Vec<_>>().join(", ")
         ),
         _ => &rows[0],
     };
-    let migration_id: String = r.get(0);
-    let slot: String = r.get(2);
-    let consistent_lsn: Option<String> = r.get(3);
-    let applied_lsn: Option<String> = r.get(4);
-    let source_engine: String = r.get(12);
+    let migration_id = r.id.clone();
+    let slot = r.slot_name.clone();
+    let consistent_lsn = r.consistent_lsn.clone();
+    let applied_lsn = r.applied_lsn.clone();
+    let source_engine = r.source_engine.clone();
     let mysql = source_engine == ferry_postgres::state::ENGINE_MYSQL;
     // A PostgreSQL migration records LSNs; a position's text form says which engine it is of.
     let as_position = |stored: Option<String>, lsn: Option<&str>| {
@@ -367,26 +345,26 @@ pub async fn read_with(
         })
     };
     let mut status = Status {
-        phase: r.get(1),
+        phase: r.phase.clone(),
         slot: slot.clone(),
-        snapshot_position: as_position(r.get(13), consistent_lsn.as_deref()),
-        applied_position: as_position(r.get(14), applied_lsn.as_deref()),
+        snapshot_position: as_position(r.snapshot_position.clone(), consistent_lsn.as_deref()),
+        applied_position: as_position(r.applied_position.clone(), applied_lsn.as_deref()),
         source_position: None,
         source_engine,
         consistent_lsn,
         applied_lsn: applied_lsn.clone(),
-        transactions_applied: r.get(5),
+        transactions_applied: r.applied_txns,
         events_applied: EventCounts {
-            insert: r.get(6),
-            update: r.get(7),
-            delete: r.get(8),
-            truncate: r.get(9),
+            insert: r.events_insert,
+            update: r.events_update,
+            delete: r.events_delete,
+            truncate: r.events_truncate,
         },
         lag_seconds: None,
         lag_bytes: None,
         retained_wal_bytes: None,
         slot_active: None,
-        dead_letters: r.get(11),
+        dead_letters: r.dead_letters,
         tables: Vec::new(),
         warnings: Vec::new(),
         phase_seconds: None,
@@ -398,133 +376,61 @@ pub async fn read_with(
         live: None,
         migration_id: migration_id.clone(),
     };
-    let since_commit: Option<f64> = r.get(10);
-    for row in t
-        .query(
-            &format!("SELECT format('%s.%s', schema_name, table_name), state, rows_copied, rows_estimate, bytes_copied FROM {q}.tables WHERE migration_id = $1 ORDER BY rows_estimate DESC NULLS LAST, 1"),
-            &[&migration_id],
-        )
+    let since_commit = r.since_commit_seconds;
+    status.tables = store
+        .table_summaries(t, &migration_id)
         .await?
-    {
-        status.tables.push(TableStatus {
-            table: row.get(0),
-            state: row.get(1),
-            rows_copied: row.get(2),
-            rows_estimate: row.get(3),
-            bytes_copied: row.get(4),
-        });
-    }
+        .into_iter()
+        .map(|row| TableStatus {
+            table: row.table,
+            state: row.state,
+            rows_copied: row.rows_copied,
+            rows_estimate: row.rows_estimate,
+            bytes_copied: row.bytes_copied,
+        })
+        .collect();
     // Older state schemas (before transitions and verification were recorded) lack the tables.
-    let exists = |table: &str| {
-        let name = format!("{q}.{table}");
-        async move {
-            t.query_one("SELECT to_regclass($1) IS NOT NULL", &[&name])
-                .await
-                .map(|r| r.get::<_, bool>(0))
-        }
-    };
-    if exists("transitions").await? {
-        status.phase_seconds = t
-            .query_one(
-                &format!(
-                    "SELECT extract(epoch FROM now() - max(at))::float8 FROM {q}.transitions
-                     WHERE migration_id = $1 AND from_phase IS DISTINCT FROM to_phase"
-                ),
-                &[&migration_id],
-            )
+    if store.has_table(t, "transitions").await? {
+        status.phase_seconds = store.phase_seconds(t, &migration_id).await?;
+        status.transitions = store
+            .transitions(t, &migration_id)
             .await?
-            .get(0);
-        for row in t
-            .query(
-                &format!(
-                    "SELECT * FROM (SELECT id, {}, from_phase, to_phase, actor, reason
-                     FROM {q}.transitions WHERE migration_id = $1 ORDER BY id DESC LIMIT 100) x ORDER BY id",
-                    iso_sql("at")
-                ),
-                &[&migration_id],
-            )
-            .await?
-        {
-            status.transitions.push(Transition {
-                at: row.get(1),
-                from: row.get(2),
-                to: row.get(3),
-                actor: row.get(4),
-                reason: row.get(5),
-            });
-        }
+            .into_iter()
+            .map(|row| Transition {
+                at: row.at,
+                from: row.from,
+                to: row.to,
+                actor: row.actor,
+                reason: row.reason,
+            })
+            .collect();
     }
-    if exists("verify_runs").await? {
-        status.last_verification = t
-            .query_opt(
-                &format!(
-                    "SELECT jsonb_build_object('id', id, 'status', status, 'actor', actor,
-                        'started_at', {}, 'finished_at', {},
-                        'source_lsn', source_lsn::text, 'tables', tables, 'rows_compared', rows_compared,
-                        'differences', differences, 'repaired', repaired, 'error', error)
-                     FROM {q}.verify_runs WHERE migration_id = $1 ORDER BY id DESC LIMIT 1",
-                    iso_sql("started_at"),
-                    iso_sql("finished_at")
-                ),
-                &[&migration_id],
-            )
-            .await?
-            .map(|r| r.get(0));
-        status.verify_rows_compared = t
-            .query_one(
-                &format!("SELECT COALESCE(sum(rows_compared), 0)::int8 FROM {q}.verify_runs WHERE migration_id = $1"),
-                &[&migration_id],
-            )
-            .await?
-            .get(0);
-        for row in t
-            .query(
-                &format!(
-                    "SELECT x->>'table', sum((x->>'differences')::int8)::int8 FROM {q}.verify_runs r, jsonb_array_elements(r.report->'tables') x
-                     WHERE r.migration_id = $1 GROUP BY 1 ORDER BY 1"
-                ),
-                &[&migration_id],
-            )
-            .await?
-        {
-            status.verify_differences.push((row.get(0), row.get(1)));
-        }
+    if store.has_table(t, "verify_runs").await? {
+        status.last_verification = store.last_verify_run_json(t, &migration_id).await?;
+        status.verify_rows_compared = store.verify_rows_compared(t, &migration_id).await?;
+        status.verify_differences = store.verify_differences_by_table(t, &migration_id).await?;
     }
-    for row in t
-        .query(
-            &format!(
-                "SELECT {}, commit_lsn::text, table_name, operation, key, error, skipped, to_jsonb(d)->>'commit_position'
-                 FROM {q}.dead_letters d WHERE migration_id = $1 ORDER BY id DESC LIMIT 20",
-                iso_sql("at")
-            ),
-            &[&migration_id],
-        )
+    status.recent_dead_letters = store
+        .recent_dead_letters(t, &migration_id, 20)
         .await?
-    {
-        status.recent_dead_letters.push(DeadLetterRow {
-            at: row.get(0),
-            commit_lsn: row.get(1),
-            table: row.get(2),
-            operation: row.get(3),
-            key: row.get(4),
-            error: row.get(5),
-            skipped: row.get(6),
-            commit_position: row.get(7),
-        });
-    }
+        .into_iter()
+        .map(|row| DeadLetterRow {
+            at: row.at,
+            commit_lsn: row.commit_lsn,
+            table: row.table,
+            operation: row.operation,
+            key: row.key,
+            error: row.error,
+            skipped: row.skipped,
+            commit_position: row.commit_position,
+        })
+        .collect();
     if let Some(s) = source.filter(|_| !mysql) {
-        let row = s
-            .query_opt(
-                "SELECT active, (pg_current_wal_lsn() - confirmed_flush_lsn)::int8, (pg_current_wal_lsn() - restart_lsn)::int8
-                 FROM pg_replication_slots WHERE slot_name = $1",
-                &[&slot],
-            )
-            .await?;
-        match row {
+        match ferry_postgres::slot::slot_lag(s, &slot).await? {
             Some(row) => {
-                status.slot_active = Some(row.get(0));
-                status.lag_bytes = row.get(1);
-                status.retained_wal_bytes = row.get(2);
+                status.slot_active = Some(row.active);
+                status.lag_bytes = row.lag_bytes;
+                status.retained_wal_bytes = row.retained_bytes;
                 // Caught up when nothing is pending; otherwise the age of the last applied commit.
                 status.lag_seconds = match status.lag_bytes {
                     Some(b) if b <= 0 => Some(0.0),

@@ -110,20 +110,10 @@ async fn consistent_slot(
         Err(_) => {
             let oldest = async {
                 let c = source.connect("verify").await.ok()?;
-                let r = c
-                    .query_opt(
-                        "SELECT pid, usename::text, date_trunc('second', now() - xact_start)::text, left(query, 80) FROM pg_stat_activity
-                         WHERE backend_xid IS NOT NULL AND pid <> pg_backend_pid() ORDER BY xact_start LIMIT 1",
-                        &[],
-                    )
-                    .await
-                    .ok()??;
+                let o = ferry_postgres::slot::oldest_transaction(&c).await.ok()??;
                 Some(format!(
                     "the oldest is pid {} of user {}, open for {}: {}",
-                    r.get::<_, i32>(0),
-                    r.get::<_, Option<String>>(1).unwrap_or_default(),
-                    r.get::<_, Option<String>>(2).unwrap_or_default(),
-                    r.get::<_, Option<String>>(3).unwrap_or_default()
+                    o.pid, o.user, o.open_for, o.query
                 ))
             }
             .await;
@@ -315,76 +305,20 @@ pub fn progress_bar(progress: Arc<Progress>, total_rows: u64) -> Option<tokio::t
 
 /// Records a new run; returns its id.
 pub async fn start_run(c: &Client, store: &StateStore, id: &str, actor: &str) -> Result<i64, PgError> {
-    c.query_one(
-        &format!(
-            "INSERT INTO {}.verify_runs (migration_id, actor) VALUES ($1, $2) RETURNING id",
-            store.quoted()
-        ),
-        &[&id, &actor],
-    )
-    .await
-    .map(|r| r.get(0))
-    .map_err(|e| PgError::query("recording a verification run", e))
+    store.start_verify_run(c, id, actor).await
 }
 
-/// Stores a finished run and its described differences. The run's `source_lsn` column holds a
-/// PostgreSQL position only; a MySQL/MariaDB run's binlog position is in its report.
+/// Stores a finished run and its described differences, or the error of a failed one.
 pub async fn finish_run<E: std::fmt::Display>(
     c: &Client,
     store: &StateStore,
     run: i64,
     outcome: &Result<(Report, u64), E>,
 ) -> Result<(), PgError> {
-    let q = store.quoted();
     match outcome {
-        Ok((report, repaired)) => {
-            let json = serde_json::to_value(report).unwrap_or_default();
-            c.execute(
-                &format!(
-                    "UPDATE {q}.verify_runs SET finished_at = clock_timestamp(), status = $2, source_lsn = $3::text::pg_lsn,
-                        tables = $4, rows_compared = $5, differences = $6, repaired = $7, report = $8 WHERE id = $1"
-                ),
-                &[
-                    &run,
-                    &if report.identical() { "identical" } else { "different" },
-                    &report.source_lsn.as_ref().filter(|l| l.parse::<Lsn>().is_ok()),
-                    &(report.tables.len() as i32),
-                    &(report.rows_compared as i64),
-                    &(report.differences as i64),
-                    &(*repaired as i64),
-                    &json,
-                ],
-            )
-            .await
-            .map_err(|e| PgError::query("recording a verification run", e))?;
-            for d in report.tables.iter().flat_map(|t| &t.details) {
-                c.execute(
-                    &format!("INSERT INTO {q}.verify_differences (run_id, table_name, key, kind, columns) VALUES ($1, $2, $3, $4, $5)"),
-                    &[
-                        &run,
-                        &d.table,
-                        &d.key,
-                        &serde_json::to_value(d.kind)
-                            .ok()
-                            .and_then(|v| v.as_str().map(str::to_string))
-                            .unwrap_or_default(),
-                        &serde_json::to_value(&d.columns).unwrap_or_default(),
-                    ],
-                )
-                .await
-                .map_err(|e| PgError::query("recording a difference", e))?;
-            }
-        }
-        Err(e) => {
-            c.execute(
-                &format!("UPDATE {q}.verify_runs SET finished_at = clock_timestamp(), status = 'failed', error = $2 WHERE id = $1"),
-                &[&run, &e.to_string()],
-            )
-            .await
-            .map_err(|e| PgError::query("recording a verification run", e))?;
-        }
+        Ok((report, repaired)) => store.finish_verify_run(c, run, report, *repaired).await,
+        Err(e) => store.fail_verify_run(c, run, &e.to_string()).await,
     }
-    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -436,15 +370,8 @@ async fn standalone(args: &crate::cli::VerifyArgs) -> anyhow::Result<Report> {
     if let Ok(c) = req.target.connect("verify").await {
         let store = StateStore::new(&req.state_schema);
         if store.exists(&c).await.unwrap_or(false) {
-            if let Ok(rows) = c
-                .query(
-                    &format!("SELECT id FROM {}.migrations WHERE phase IN ('cdc', 'verify')", store.quoted()),
-                    &[],
-                )
-                .await
-            {
-                for r in rows {
-                    let id: String = r.get(0);
+            if let Ok(ids) = store.streaming_migrations(&c).await {
+                for id in ids {
                     eprintln!(
                         "warning: migration {id} streams changes into this target: rows changing now may show as differences; \
                          `ferry verify --api URL` compares at one consistent point instead"

@@ -9,6 +9,31 @@ use super::post_data::Step;
 use crate::endpoint::Endpoint;
 use crate::error::PgError;
 
+/// Statements of Ferry sessions (other than this one) building an index or altering a table
+/// in the database of `c` now: the orphans of a killed run, which end within about a second.
+pub async fn earlier_builds(c: &tokio_postgres::Client) -> Result<i64, PgError> {
+    c.query_one(
+        "SELECT count(*) FROM pg_stat_activity
+         WHERE datname = current_database() AND pid <> pg_backend_pid() AND state = 'active'
+           AND application_name LIKE 'ferry%'
+           AND (query ILIKE 'CREATE%INDEX%' OR query ILIKE 'ALTER TABLE%')",
+        &[],
+    )
+    .await
+    .map(|r| r.get(0))
+    .map_err(|e| PgError::query("looking for statements of an earlier run on the target", e))
+}
+
+/// Runs `script` (restored SQL) and then `done` (the state update that records it restored:
+/// [`crate::state::StateStore::schema_done_sql`], [`crate::state::StateStore::post_data_done_sql`])
+/// in one transaction on `c`, so that a crash leaves both or neither. `context` says what is
+/// restored, for the error.
+pub async fn restore_in_one_transaction(c: &tokio_postgres::Client, script: &str, done: &str, context: &str) -> Result<(), PgError> {
+    c.batch_execute(&format!("BEGIN;\n{script}\n;\n{done};\nCOMMIT;"))
+        .await
+        .map_err(|e| PgError::query(context, e))
+}
+
 /// What happened to one step.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct StepOutcome {

@@ -56,6 +56,19 @@ pub struct Step {
     pub done_check: String,
 }
 
+impl Step {
+    /// `ANALYZE` of `table` after its rows are in (never counted as done: it always runs).
+    pub fn analyze(table: &TableName) -> Self {
+        Self {
+            table: table.clone(),
+            name: "analyze".into(),
+            kind: StepKind::Index,
+            sql: vec![format!("ANALYZE {}", table.quoted())],
+            done_check: "SELECT false".into(),
+        }
+    }
+}
+
 /// Everything Ferry builds itself after the data.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct PostDataPlan {
