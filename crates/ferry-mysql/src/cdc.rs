@@ -22,8 +22,7 @@ use bytes::Bytes;
 use ferry_core::change::{ChangeEvent, Column, Datum, Identity, Relation, Row};
 use ferry_core::sink::DeadLetter;
 use ferry_core::{BinlogPosition, Lsn, SourcePosition, TableName};
-use ferry_postgres::apply::{order_key, position_text, Applier, ApplyContext, ApplyError, Direction};
-use ferry_postgres::cdc::relations::TextSettings;
+use ferry_postgres::apply::{order_key, position_text, Applier, ApplyContext, ApplyError, Direction, TextSettings};
 use futures_util::FutureExt;
 
 use crate::binlog::{BinlogReader, Change};

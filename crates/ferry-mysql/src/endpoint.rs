@@ -29,7 +29,7 @@
 //! * Long data reads (the full load's and verification's `SELECT`s, which legitimately stream
 //!   for hours) have no deadline; keepalives end them if the server vanishes.
 //! * The binlog stream has its own read deadline (`apply.rs`: heartbeats every second, silence
-//!   for [`crate::apply::BINLOG_SILENCE`] means a dead connection: reconnect with backoff).
+//!   for [`crate::cdc::BINLOG_SILENCE`] means a dead connection: reconnect with backoff).
 
 use std::future::Future;
 use std::path::PathBuf;

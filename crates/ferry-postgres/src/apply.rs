@@ -34,7 +34,6 @@ use ferry_core::{ErrorClass, Lsn, TableFilter, TableName};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Statement};
 
-use crate::cdc::relations::TextSettings;
 use crate::endpoint::Endpoint;
 use crate::error::PgError;
 use crate::pgoutput::Value;
@@ -44,6 +43,18 @@ use ferry_core::change::ChangeEvent;
 use ferry_core::SourcePosition;
 
 pub use relation::Rel;
+
+/// The settings that shape the text form of a stream's values: the apply session reads them
+/// with the same ones (a PostgreSQL source's own; a MySQL stream's are UTC and ISO).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TextSettings {
+    /// `TimeZone`.
+    pub time_zone: String,
+    /// `DateStyle`.
+    pub date_style: String,
+    /// `IntervalStyle`.
+    pub interval_style: String,
+}
 
 /// Where the applier stands and what it may do.
 #[derive(Debug, Clone)]

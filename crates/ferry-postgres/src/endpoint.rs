@@ -6,7 +6,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use ferry_core::Secret;
+use ferry_core::{ErrorClass, Secret};
+use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, Config};
 
 use crate::conninfo::{ConnInfo, Environment, ProcessEnv, Provenance};
@@ -640,6 +641,65 @@ impl std::fmt::Display for HostAddr {
         match self {
             HostAddr::Tcp(h, p) => write!(f, "{h}:{p}"),
             HostAddr::Unix(d, p) => write!(f, "{}/.s.PGSQL.{p}", d.display()),
+        }
+    }
+}
+
+/// Connection errors, which say whom Ferry tried to reach and how (here rather than in
+/// `error`, which knows nothing of endpoints).
+impl PgError {
+    /// Wraps an error raised while connecting to `ep`, with the fixes operators need most:
+    /// for password problems, which password was tried (where it came from) and where Ferry
+    /// looked when there was none.
+    pub fn from_connect(e: tokio_postgres::Error, ep: &Endpoint) -> PgError {
+        let context = format!("cannot connect to {} as user {:?}", ep.describe(), ep.user());
+        let mut err = PgError::query(context, e);
+        // tokio-postgres says "invalid configuration" and hides the cause in `source()`, which
+        // `reason` includes.
+        let text = err.reason.clone();
+        let prov = ep.password_provenance();
+        if err.code.is_none() && text.contains("password missing") {
+            let mut looked = vec![
+                "the URL".to_string(),
+                "FERRY_SOURCE_PASSWORD/FERRY_TARGET_PASSWORD and --source-password-file/--target-password-file".into(),
+                "PGPASSWORD".into(),
+                "a service (PGSERVICE)".into(),
+            ];
+            looked.extend(prov.looked.iter().cloned());
+            return PgError::config(
+                err.context,
+                format!("the server asks for a password and none was found (looked in: {})", looked.join("; ")),
+                "give the password in one of those places (a password file, FERRY_*_PASSWORD or ~/.pgpass with mode 0600 keep it off the command line)",
+            );
+        }
+        if err.is(&SqlState::INVALID_PASSWORD) {
+            let from = prov.password_from.clone().unwrap_or_else(|| "no password".into());
+            err.fix = Some(format!(
+                "the password from {from} was rejected for user {:?}: check the user name and that password (sources, strongest first: FERRY_*_PASSWORD or --*-password-file, the URL, PGPASSWORD, the service file, ~/.pgpass)",
+                ep.user()
+            ));
+        }
+        if err.code.is_none() && err.fix.is_none() {
+            err.fix = Some(format!(
+                "check that PostgreSQL is running at {} and reachable from this machine (host, port, firewall, listen_addresses)",
+                ep.host()
+            ));
+            err.class = ErrorClass::Transient;
+        }
+        err
+    }
+
+    /// A socket could not be opened (or timed out) while connecting to `ep`.
+    pub fn from_io(e: std::io::Error, ep: &Endpoint) -> PgError {
+        PgError {
+            context: format!("cannot connect to {} as user {:?}", ep.describe(), ep.user()),
+            reason: e.to_string(),
+            fix: Some(format!(
+                "check that PostgreSQL is running at {} and reachable from this machine (host, port, firewall, listen_addresses)",
+                ep.host()
+            )),
+            class: ErrorClass::Transient,
+            code: None,
         }
     }
 }

@@ -6,8 +6,6 @@
 use ferry_core::{ErrorClass, Fault};
 use tokio_postgres::error::SqlState;
 
-use crate::endpoint::Endpoint;
-
 /// A PostgreSQL operation failed.
 #[derive(Debug, thiserror::Error)]
 #[error("{context}: {reason}{}", fix.as_ref().map(|f| format!(" (fix: {f})")).unwrap_or_default())]
@@ -62,61 +60,6 @@ impl PgError {
             fix,
             class,
             code,
-        }
-    }
-
-    /// Wraps an error raised while connecting to `ep`, with the fixes operators need most:
-    /// for password problems, which password was tried (where it came from) and where Ferry
-    /// looked when there was none.
-    pub fn from_connect(e: tokio_postgres::Error, ep: &Endpoint) -> Self {
-        let context = format!("cannot connect to {} as user {:?}", ep.describe(), ep.user());
-        let mut err = Self::query(context, e);
-        // tokio-postgres says "invalid configuration" and hides the cause in `source()`, which
-        // `reason` includes.
-        let text = err.reason.clone();
-        let prov = ep.password_provenance();
-        if err.code.is_none() && text.contains("password missing") {
-            let mut looked = vec![
-                "the URL".to_string(),
-                "FERRY_SOURCE_PASSWORD/FERRY_TARGET_PASSWORD and --source-password-file/--target-password-file".into(),
-                "PGPASSWORD".into(),
-                "a service (PGSERVICE)".into(),
-            ];
-            looked.extend(prov.looked.iter().cloned());
-            return Self::config(
-                err.context,
-                format!("the server asks for a password and none was found (looked in: {})", looked.join("; ")),
-                "give the password in one of those places (a password file, FERRY_*_PASSWORD or ~/.pgpass with mode 0600 keep it off the command line)",
-            );
-        }
-        if err.is(&SqlState::INVALID_PASSWORD) {
-            let from = prov.password_from.clone().unwrap_or_else(|| "no password".into());
-            err.fix = Some(format!(
-                "the password from {from} was rejected for user {:?}: check the user name and that password (sources, strongest first: FERRY_*_PASSWORD or --*-password-file, the URL, PGPASSWORD, the service file, ~/.pgpass)",
-                ep.user()
-            ));
-        }
-        if err.code.is_none() && err.fix.is_none() {
-            err.fix = Some(format!(
-                "check that PostgreSQL is running at {} and reachable from this machine (host, port, firewall, listen_addresses)",
-                ep.host()
-            ));
-            err.class = ErrorClass::Transient;
-        }
-        err
-    }
-
-    /// A socket could not be opened (or timed out) while connecting to `ep`.
-    pub fn from_io(e: std::io::Error, ep: &Endpoint) -> Self {
-        Self {
-            context: format!("cannot connect to {} as user {:?}", ep.describe(), ep.user()),
-            reason: e.to_string(),
-            fix: Some(format!(
-                "check that PostgreSQL is running at {} and reachable from this machine (host, port, firewall, listen_addresses)",
-                ep.host()
-            )),
-            class: ErrorClass::Transient,
-            code: None,
         }
     }
 

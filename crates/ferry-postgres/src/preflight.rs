@@ -1,6 +1,8 @@
 //! `ferry check`: every prerequisite, collected rather than stopping at the first, each naming
 //! the setting, what it is, what it must be, and the fix. Also builds the plan a human reviews.
 
+pub mod privileges;
+
 use std::path::PathBuf;
 
 use ferry_core::{TableFilter, TableName};
@@ -14,35 +16,7 @@ use crate::replication::ReplicationConnection;
 use crate::schema::{plan_post_data, PgTools, StepKind};
 use crate::state::StateStore;
 
-/// How much a finding matters.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Severity {
-    /// Fine; shown for the record.
-    Ok,
-    /// Worth knowing.
-    Info,
-    /// Works, with a consequence the operator should accept knowingly.
-    Warning,
-    /// The migration cannot start until this is fixed.
-    Blocker,
-}
-
-/// One result of a check.
-#[derive(Debug, Clone, Serialize)]
-pub struct Finding {
-    /// Blocker, warning, info or ok.
-    pub severity: Severity,
-    /// "source", "target" or "tools".
-    pub side: &'static str,
-    /// Short name of the check.
-    pub check: &'static str,
-    /// What was found.
-    pub message: String,
-    /// What to do about it.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub fix: Option<String>,
-}
+pub use crate::finding::{Finding, Severity};
 
 /// What check is asked about.
 #[derive(Debug, Clone)]
@@ -255,8 +229,8 @@ async fn target_checks(req: &CheckRequest, t: &Client, f: &mut Findings) -> Resu
             Some(format!("GRANT CREATE ON DATABASE {} TO {}", info.database, info.user)),
         );
     }
-    let svc = crate::privileges::service(t).await;
-    if svc != crate::privileges::Service::SelfManaged {
+    let svc = privileges::service(t).await;
+    if svc != privileges::Service::SelfManaged {
         f.add(
             Severity::Info,
             "target",
@@ -265,7 +239,7 @@ async fn target_checks(req: &CheckRequest, t: &Client, f: &mut Findings) -> Resu
             None,
         );
     }
-    f.0.extend(crate::privileges::check_side(t, &info, crate::privileges::Role::Target, svc).await);
+    f.0.extend(privileges::check_side(t, &info, privileges::Role::Target, svc).await);
     let wal_level = introspect::setting(t, "wal_level").await?;
     if wal_level == "logical" {
         // Rollback streams changes back from the target: its user needs a replication connection.
@@ -275,10 +249,10 @@ async fn target_checks(req: &CheckRequest, t: &Client, f: &mut Findings) -> Resu
                 r.close().await;
                 match ok {
                     Ok(_) => f.add(Severity::Ok, "target", "replication_connection", format!("user {} may open a replication connection (for rollback)", info.user), None),
-                    Err(e) => f.add(Severity::Warning, "target", "replication_connection", format!("a replication connection to the target fails ({e}): rollback after cutover streams changes back from the target and will need one"), Some(crate::privileges::fix_replication(svc, &info.user))),
+                    Err(e) => f.add(Severity::Warning, "target", "replication_connection", format!("a replication connection to the target fails ({e}): rollback after cutover streams changes back from the target and will need one"), Some(privileges::fix_replication(svc, &info.user))),
                 }
             }
-            Err(e) => f.add(Severity::Warning, "target", "replication_connection", format!("a replication connection to the target fails ({e}): rollback after cutover streams changes back from the target and will need one"), Some(crate::privileges::fix_replication(svc, &info.user))),
+            Err(e) => f.add(Severity::Warning, "target", "replication_connection", format!("a replication connection to the target fails ({e}): rollback after cutover streams changes back from the target and will need one"), Some(privileges::fix_replication(svc, &info.user))),
         }
     }
     if wal_level != "logical" {
@@ -344,8 +318,8 @@ async fn source_checks(
 
     // The replication connection itself is the test: on RDS the right comes from membership in
     // rds_replication, not from the REPLICATION attribute.
-    let svc = crate::privileges::service(s).await;
-    if svc != crate::privileges::Service::SelfManaged {
+    let svc = privileges::service(s).await;
+    if svc != privileges::Service::SelfManaged {
         f.add(
             Severity::Info,
             "source",
@@ -381,11 +355,11 @@ async fn source_checks(
                 "user {} may not open a replication connection ({}); Ferry needs one for its replication slot and change stream",
                 info.user, e.reason
             ),
-            Some(crate::privileges::fix_replication(svc, &info.user)),
+            Some(privileges::fix_replication(svc, &info.user)),
         ),
         Err(e) => f.error("source", "replication_connection", &e),
     }
-    f.0.extend(crate::privileges::check_side(s, &info, crate::privileges::Role::Source, svc).await);
+    f.0.extend(privileges::check_side(s, &info, privileges::Role::Source, svc).await);
 
     let r = s
         .query_one(
@@ -612,8 +586,8 @@ async fn source_checks(
                 ),
                 Some(format!(
                     "GRANT CREATE ON DATABASE {} TO {};",
-                    crate::privileges::ident(&info.database),
-                    crate::privileges::ident(&info.user)
+                    privileges::ident(&info.database),
+                    privileges::ident(&info.user)
                 )),
             );
         }
@@ -631,7 +605,7 @@ async fn source_checks(
         if !not_owner.is_empty() {
             let grants: Vec<String> = owners
                 .iter()
-                .map(|o| format!("GRANT {} TO {};", crate::privileges::ident(o), crate::privileges::ident(&info.user)))
+                .map(|o| format!("GRANT {} TO {};", privileges::ident(o), privileges::ident(&info.user)))
                 .collect();
             f.add(
                 Severity::Blocker,

@@ -15,7 +15,7 @@ use serde::Serialize;
 use tokio_postgres::Client;
 
 use crate::error::PgError;
-use crate::preflight::{Finding, Severity};
+use crate::finding::{Finding, Severity};
 
 /// What happens to a role the schema needs and the target lacks.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]

@@ -11,6 +11,7 @@ mod live;
 mod metrics;
 mod migrate;
 mod mysql_cmd;
+mod mysql_control;
 mod progress;
 mod server;
 mod settings;

@@ -15,6 +15,7 @@ use ferry_mysql::state::{LoadState, MyState};
 
 use crate::cli::{MigrateArgs, StopAfter};
 use crate::exit::{self, UsageError};
+use crate::mysql_control::{ApiControl, MYSQL_FINAL_WAIT};
 
 /// Who moves the phases here.
 const ACTOR: &str = "ferry migrate";
@@ -64,80 +65,6 @@ fn api_settings(args: &MigrateArgs) -> anyhow::Result<Option<ApiSettings>> {
     Ok(Some((addr, token, listen)))
 }
 
-/// Verification and cutover of a MySQL/MariaDB migration through the API of the `ferry
-/// migrate` that streams it (`POST /api/verify`, `POST /api/cutover`): the same code as `ferry
-/// verify --source mysql://...` and `ferry cutover --source mysql://...`, run in this process.
-#[derive(Debug)]
-pub struct ApiControl {
-    /// The migration's endpoints and options.
-    pub req: preflight::MyCheckRequest,
-    /// Its state on the target.
-    pub state: MyState,
-    /// `--webhook`: POSTed the report of a cutover made through the API.
-    pub webhook: Option<crate::status::Webhook>,
-    /// One cutover at a time.
-    busy: tokio::sync::Mutex<()>,
-}
-
-impl ApiControl {
-    /// Compares every table the stream moves at one binlog position (the stream in this process
-    /// answers the hold), and records the outcome for the cutover's pre-check, as `ferry verify
-    /// --source mysql://...` does.
-    pub async fn verify(&self) -> Result<ferry_postgres::verify::Report, ferry_mysql::MyError> {
-        let c = self.req.target.connect("mysql-verify").await?;
-        let tables = self.state.stored_tables(&c).await?.ok_or_else(|| {
-            ferry_mysql::MyError::new(
-                "verifying",
-                "the stream's tables are not recorded yet",
-                "retry once ferry migrate streams changes (phase cdc)",
-            )
-        })?;
-        let opts = ferry_mysql::verify::VerifyOptions {
-            max_details: ferry_postgres::verify::Options::default().max_details,
-            state: Some(self.state.clone()),
-        };
-        let report = ferry_mysql::verify::verify(&self.req, &tables, &opts).await?;
-        ferry_mysql::verify::record(&c, &opts, &report).await?;
-        Ok(report)
-    }
-
-    /// `crate::cutover::mysql_cutover` with `opts`; the report as the API answers it
-    /// (`outcome` done, no_go or aborted). When done, the report goes to `--webhook` in the
-    /// body `ferry cutover --source mysql://... --webhook` sends, in the background (at most
-    /// `status::WEBHOOK_TIMEOUT`; a failure is logged).
-    pub async fn cutover(&self, opts: &crate::cutover::SwitchOptions) -> serde_json::Value {
-        let Ok(_busy) = self.busy.try_lock() else {
-            return serde_json::json!({
-                "kind": "cutover", "outcome": "no_go", "reason": "cutover cannot start: another cutover is running",
-                "blockers": ["another cutover is running"], "source_engine": ferry_postgres::state::ENGINE_MYSQL,
-            });
-        };
-        let (answer, gate) = crate::cutover::mysql_cutover_report(&self.req, &self.state, opts).await;
-        if let (Some(hook), Some(gate)) = (self.webhook.clone(), gate) {
-            let body = cutover_webhook_body(&self.req, &gate);
-            tokio::spawn(async move {
-                match hook.post(&body).await {
-                    Ok(code) if (200..300).contains(&code) => tracing::info!(url = %hook, code, "cutover announced to the webhook"),
-                    Ok(code) => tracing::warn!(url = %hook, code, "the webhook answered with an error"),
-                    Err(e) => tracing::warn!(error = %format!("{e:#}"), "could not reach the webhook"),
-                }
-            });
-        }
-        answer
-    }
-}
-
-/// What `--webhook` receives after a cutover of a MySQL/MariaDB source (the command's and the
-/// API's alike).
-fn cutover_webhook_body(req: &preflight::MyCheckRequest, report: &ferry_mysql::cutover::GateReport) -> serde_json::Value {
-    serde_json::json!({
-        "event": "cutover",
-        "source": req.source.describe(),
-        "target": req.target.describe(),
-        "report": report,
-    })
-}
-
 /// Serves the HTTP API, `/metrics` and the dashboard for this migration (the server of
 /// PostgreSQL sources: `crate::server`), fed by a sampler of its state and source.
 async fn serve_api(
@@ -158,12 +85,7 @@ async fn serve_api(
         // are refused (`server::mysql_not_yet`).
         verify: None,
         switchboard: None,
-        mysql: Some(Arc::new(ApiControl {
-            req: req.clone(),
-            state: state.clone(),
-            webhook,
-            busy: tokio::sync::Mutex::new(()),
-        })),
+        mysql: Some(Arc::new(ApiControl::new(req.clone(), state.clone(), webhook))),
     };
     crate::server::serve(addr, api, &listen)
         .await
@@ -529,7 +451,7 @@ pub async fn cutover(args: &crate::cli::SwitchArgs) -> anyhow::Result<i32> {
         }
     };
     if let Some(url) = &hook {
-        let body = cutover_webhook_body(&req, &report);
+        let body = crate::mysql_control::cutover_webhook_body(&req, &report);
         // A webhook that hangs must not hold the cutover's exit (the switch is done).
         match tokio::time::timeout(Duration::from_secs(10), url.post(&body)).await {
             Ok(Ok(code)) if (200..300).contains(&code) => eprintln!("webhook {url} answered {code}"),
@@ -696,7 +618,3 @@ pub async fn status(args: &crate::cli::StatusArgs) -> anyhow::Result<i32> {
     }
     Ok(exit::OK)
 }
-
-/// How long a MySQL/MariaDB cutover waits for the stream to apply the final position, once the
-/// writers are gone (the switch's `max_pause` without a proxy).
-pub const MYSQL_FINAL_WAIT: Duration = Duration::from_secs(60);

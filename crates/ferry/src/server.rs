@@ -97,7 +97,7 @@ pub struct Api {
     /// Cutover and rollback (None: not offered).
     pub switchboard: Option<Arc<crate::cutover::Switchboard>>,
     /// Verification and cutover of a MySQL/MariaDB migration (None: not offered).
-    pub mysql: Option<Arc<crate::mysql_cmd::ApiControl>>,
+    pub mysql: Option<Arc<crate::mysql_control::ApiControl>>,
 }
 
 /// How the listener is exposed.
@@ -551,7 +551,7 @@ fn mysql_not_yet(api: &Api, action: &str) -> Option<Response> {
 }
 
 /// `POST /api/verify` for a MySQL/MariaDB source: the cross-engine comparison of `ferry verify
-/// --source mysql://...` ([`crate::mysql_cmd::ApiControl::verify`]) in this process, at one
+/// --source mysql://...` ([`crate::mysql_control::ApiControl::verify`]) in this process, at one
 /// binlog position (the stream here answers the hold), stored as a run (`GET /api/verify/ID`,
 /// the report's `source_lsn` is the binlog position) and recorded for the cutover's pre-check.
 /// The same answers as for PostgreSQL: 202 with the run id; 409 outside change capture, while
@@ -650,7 +650,7 @@ async fn mysql_verify(api: Api, peer: SocketAddr, q: VerifyQuery) -> Response {
 }
 
 /// `POST /api/cutover` for a MySQL/MariaDB source: `ferry cutover --source mysql://...` in
-/// this process ([`crate::mysql_cmd::ApiControl::cutover`]), the request's options mapped as for
+/// this process ([`crate::mysql_control::ApiControl::cutover`]), the request's options mapped as for
 /// PostgreSQL where they apply (`max_lag_ms`: how long the stream may take to catch up before
 /// writes stop; `grace_ms`; `max_pause_ms`: how long it may take to apply the final position
 /// after that, 60 s by default; `skip_verify_check`); an option that cannot apply is a 400
@@ -689,7 +689,7 @@ async fn mysql_cutover(api: Api, peer: SocketAddr, q: SwitchQuery) -> Response {
     }
     let ms = |v: Option<u64>, d: Duration| v.map(Duration::from_millis).unwrap_or(d);
     let opts = crate::cutover::SwitchOptions {
-        max_pause: ms(q.max_pause_ms, crate::mysql_cmd::MYSQL_FINAL_WAIT),
+        max_pause: ms(q.max_pause_ms, crate::mysql_control::MYSQL_FINAL_WAIT),
         max_lag: ms(q.max_lag_ms, Duration::from_secs(5)),
         catch_up: Duration::ZERO,
         allow_direct_sessions: true,

@@ -14,6 +14,7 @@ use ferry_core::change::{ChangeEvent, Column, Identity, Relation};
 use ferry_core::{SourcePosition, TableName};
 use tokio_postgres::{Client, Statement};
 
+pub use crate::apply::TextSettings;
 use crate::endpoint::Endpoint;
 use crate::error::PgError;
 use crate::pgoutput::{self, Message};
@@ -35,18 +36,6 @@ const RESOLVE: &str = "SELECT rn.nspname::text, rc.relname::text,
 
 /// Microseconds from the Unix epoch to PostgreSQL's (2000-01-01).
 const PG_EPOCH_OFFSET_US: i64 = 946_684_800_000_000;
-
-/// The source's settings that shape the text form of its values (the session that decodes a
-/// value must read it with the same ones).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TextSettings {
-    /// `TimeZone`.
-    pub time_zone: String,
-    /// `DateStyle`.
-    pub date_style: String,
-    /// `IntervalStyle`.
-    pub interval_style: String,
-}
 
 /// Turns pgoutput messages into neutral change events.
 pub struct Relations {

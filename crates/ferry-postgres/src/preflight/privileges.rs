@@ -19,8 +19,8 @@
 use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
 
+use crate::finding::{Finding, Severity};
 use crate::introspect::ServerInfo;
-use crate::preflight::{Finding, Severity};
 
 /// The managed service a server belongs to, recognised by the roles it ships with. The fixes
 /// Ferry prints name that service's own roles and parameters.

@@ -1,0 +1,95 @@
+//! What the API of a `ferry migrate --source mysql://...` runs for verification and cutover
+//! (`server` calls it; `mysql_cmd` wires it): the same code as the standalone commands.
+
+use std::time::Duration;
+
+use ferry_mysql::preflight::MyCheckRequest;
+use ferry_mysql::state::MyState;
+
+/// How long a MySQL/MariaDB cutover waits for the stream to apply the final position, once the
+/// writers are gone (the switch's `max_pause` without a proxy).
+pub const MYSQL_FINAL_WAIT: Duration = Duration::from_secs(60);
+
+/// Verification and cutover of a MySQL/MariaDB migration through the API of the `ferry
+/// migrate` that streams it (`POST /api/verify`, `POST /api/cutover`): the same code as `ferry
+/// verify --source mysql://...` and `ferry cutover --source mysql://...`, run in this process.
+#[derive(Debug)]
+pub struct ApiControl {
+    /// The migration's endpoints and options.
+    pub req: MyCheckRequest,
+    /// Its state on the target.
+    pub state: MyState,
+    /// `--webhook`: POSTed the report of a cutover made through the API.
+    pub webhook: Option<crate::status::Webhook>,
+    /// One cutover at a time.
+    busy: tokio::sync::Mutex<()>,
+}
+
+impl ApiControl {
+    /// The control of the migration `state` records, between `req`'s source and target.
+    pub fn new(req: MyCheckRequest, state: MyState, webhook: Option<crate::status::Webhook>) -> Self {
+        Self {
+            req,
+            state,
+            webhook,
+            busy: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Compares every table the stream moves at one binlog position (the stream in this process
+    /// answers the hold), and records the outcome for the cutover's pre-check, as `ferry verify
+    /// --source mysql://...` does.
+    pub async fn verify(&self) -> Result<ferry_postgres::verify::Report, ferry_mysql::MyError> {
+        let c = self.req.target.connect("mysql-verify").await?;
+        let tables = self.state.stored_tables(&c).await?.ok_or_else(|| {
+            ferry_mysql::MyError::new(
+                "verifying",
+                "the stream's tables are not recorded yet",
+                "retry once ferry migrate streams changes (phase cdc)",
+            )
+        })?;
+        let opts = ferry_mysql::verify::VerifyOptions {
+            max_details: ferry_postgres::verify::Options::default().max_details,
+            state: Some(self.state.clone()),
+        };
+        let report = ferry_mysql::verify::verify(&self.req, &tables, &opts).await?;
+        ferry_mysql::verify::record(&c, &opts, &report).await?;
+        Ok(report)
+    }
+
+    /// `crate::cutover::mysql_cutover` with `opts`; the report as the API answers it
+    /// (`outcome` done, no_go or aborted). When done, the report goes to `--webhook` in the
+    /// body `ferry cutover --source mysql://... --webhook` sends, in the background (at most
+    /// `status::WEBHOOK_TIMEOUT`; a failure is logged).
+    pub async fn cutover(&self, opts: &crate::cutover::SwitchOptions) -> serde_json::Value {
+        let Ok(_busy) = self.busy.try_lock() else {
+            return serde_json::json!({
+                "kind": "cutover", "outcome": "no_go", "reason": "cutover cannot start: another cutover is running",
+                "blockers": ["another cutover is running"], "source_engine": ferry_postgres::state::ENGINE_MYSQL,
+            });
+        };
+        let (answer, gate) = crate::cutover::mysql_cutover_report(&self.req, &self.state, opts).await;
+        if let (Some(hook), Some(gate)) = (self.webhook.clone(), gate) {
+            let body = cutover_webhook_body(&self.req, &gate);
+            tokio::spawn(async move {
+                match hook.post(&body).await {
+                    Ok(code) if (200..300).contains(&code) => tracing::info!(url = %hook, code, "cutover announced to the webhook"),
+                    Ok(code) => tracing::warn!(url = %hook, code, "the webhook answered with an error"),
+                    Err(e) => tracing::warn!(error = %format!("{e:#}"), "could not reach the webhook"),
+                }
+            });
+        }
+        answer
+    }
+}
+
+/// What `--webhook` receives after a cutover of a MySQL/MariaDB source (the command's and the
+/// API's alike).
+pub fn cutover_webhook_body(req: &MyCheckRequest, report: &ferry_mysql::cutover::GateReport) -> serde_json::Value {
+    serde_json::json!({
+        "event": "cutover",
+        "source": req.source.describe(),
+        "target": req.target.describe(),
+        "report": report,
+    })
+}
