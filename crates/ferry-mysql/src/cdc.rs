@@ -604,6 +604,26 @@ struct OpenTxn {
     begin: SourcePosition,
     key: Lsn,
     changes: u32,
+    /// Its `Begin` was handed to the sink. It goes with the first change or the commit, not
+    /// before: a schema change arrives as a transaction of its own, and the stream stops
+    /// before it with the sink at a boundary, so that everything before it commits.
+    sent: bool,
+}
+
+impl OpenTxn {
+    /// Hands the transaction's `Begin` to the sink, once.
+    async fn begin(&mut self, sink: &mut Applier) -> Result<(), Failure> {
+        if !self.sent {
+            self.sent = true;
+            sink.handle(ChangeEvent::Begin {
+                commit: self.begin.clone(),
+                commit_time_us: 0,
+                xid: 0,
+            })
+            .await?;
+        }
+        Ok(())
+    }
 }
 
 /// One session: a sink on the target, a binlog reader on the source, until a stop, the
@@ -799,16 +819,10 @@ async fn stream_session(
                     }
                     txn = Some(OpenTxn {
                         key: order_key(&begin),
-                        begin: begin.clone(),
+                        begin,
                         changes: 0,
+                        sent: false,
                     });
-                    d.sink
-                        .handle(ChangeEvent::Begin {
-                            commit: begin,
-                            commit_time_us: 0,
-                            xid: 0,
-                        })
-                        .await?;
                 }
                 Change::SchemaChange { query, file, pos } => {
                     if opts
@@ -833,7 +847,10 @@ async fn stream_session(
                     )));
                 }
                 Change::Commit { file, pos, timestamp } => {
-                    txn = None;
+                    // An empty transaction too: its commit moves the position.
+                    if let Some(mut open) = txn.take() {
+                        open.begin(&mut d.sink).await?;
+                    }
                     d.last_ts = timestamp;
                     d.sink
                         .handle(ChangeEvent::Commit {
@@ -865,6 +882,7 @@ async fn stream_session(
                         )));
                     };
                     if let Some(event) = convert(&tables, other, open, zero, &d.skip)? {
+                        open.begin(&mut d.sink).await?;
                         d.sink.handle(event).await?;
                     }
                 }

@@ -682,3 +682,46 @@ async fn mysql_poison_row_goes_to_dead_letters_and_skip_dead_letters_steps_over_
     assert_eq!(rows, [(2, true)]);
     dispose("FERRY_TEST_MYSQL", dbs).await;
 }
+
+/// A write and a schema change that the stream reads together (here: both logged while Ferry
+/// was stopped): the stream stops before the schema change with the write applied, as when
+/// they arrive apart. (The schema change is a transaction of its own in the binlog; the write
+/// before it must not wait in an open batch that the stop then drops.)
+#[tokio::test]
+async fn mysql_a_write_just_before_a_schema_change_is_applied_before_the_stream_stops() {
+    let (source, target, dbs) = fresh("FERRY_TEST_MYSQL", "myddlrace").await;
+    let db = &dbs.name;
+    my_sql(
+        "FERRY_TEST_MYSQL",
+        &format!("USE {db}; CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'loaded');"),
+    );
+    let args = ["migrate", "--source", &source, "--target", &target];
+    let m = Migrator::spawn(&args);
+    wait_streaming(&target).await;
+    my_sql("FERRY_TEST_MYSQL", &format!("USE {db}; INSERT INTO t VALUES (2, 'streamed');"));
+    wait_caught_up("FERRY_TEST_MYSQL", &target, Duration::from_secs(60)).await;
+    let stopped = m.terminate();
+    assert_eq!(stopped.code, 0, "{}", stopped.all());
+    my_sql(
+        "FERRY_TEST_MYSQL",
+        &format!(
+            "USE {db}; INSERT INTO t VALUES (3, 'just before');
+             UPDATE t SET v = 'changed just before' WHERE id = 1;
+             ALTER TABLE t ADD COLUMN extra int;
+             INSERT INTO t VALUES (4, 'after', 1);"
+        ),
+    );
+    let run = Migrator::spawn(&args).wait();
+    assert_ne!(run.code, 0, "{}", run.all());
+    assert!(
+        run.stderr.contains("schema changed: ALTER TABLE t ADD COLUMN extra"),
+        "{}",
+        run.all()
+    );
+    assert_eq!(
+        pg_rows(&target, "t").await,
+        ["(1,\"changed just before\")", "(2,streamed)", "(3,\"just before\")"],
+        "everything before the ALTER is applied, nothing after"
+    );
+    dispose("FERRY_TEST_MYSQL", dbs).await;
+}
