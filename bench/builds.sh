@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Two builds of Ferry side by side: the full load and the CDC catch-up of a pgbench backlog,
-# PostgreSQL to PostgreSQL, with build A and build B on the same clusters, in the same run,
-# interleaved so that both see the same machine. For "before and after" figures of a change:
+# Two builds of Ferry side by side: the full load, the CDC catch-up of a pgbench backlog and the
+# steady-state lag under a fixed pgbench rate, PostgreSQL to PostgreSQL, with build A and build
+# B on the same clusters, in the same run, interleaved so that both see the same machine. For "before and after" figures of a change:
 #
 #   git worktree add /tmp/before <commit> && (cd /tmp/before && cargo build --release --bin ferry)
 #   cargo build --release --bin ferry
@@ -12,6 +12,11 @@
 #   SCALE=10        pgbench scale of the source (100,000 pgbench_accounts rows per unit)
 #   ROUNDS=3        rounds of (A, B); the table reports the best of each
 #   BACKLOG_S=30    seconds of pgbench (4 clients) that build the CDC backlog
+#   STEADY_RATE=300, STEADY_S=30
+#                   after the catch-up, pgbench at STEADY_RATE transactions per second for
+#                   STEADY_S seconds with the stream running: the steady-state lag of probe rows
+#                   written every 100 ms, source commit to target commit (lib.sh, probe_target);
+#                   STEADY_S=0 skips it
 #
 # Both clusters run with production durability (fsync, synchronous_commit, full_page_writes).
 # Output: a table on stdout, logs in bench/out/builds-<UTC timestamp>/.
@@ -19,6 +24,8 @@
 SCALE=${SCALE:-10}
 ROUNDS=${ROUNDS:-3}
 BACKLOG_S=${BACKLOG_S:-30}
+STEADY_RATE=${STEADY_RATE:-300}
+STEADY_S=${STEADY_S:-30}
 A_NAME=${A_NAME:-before} B_NAME=${B_NAME:-after}
 A_BIN=$(abs "${A_BIN:?set A_BIN and B_BIN to the two ferry binaries}")
 B_BIN=$(abs "${B_BIN:?set A_BIN and B_BIN to the two ferry binaries}")
@@ -31,6 +38,7 @@ bench_clusters bb-src "${SRC_PORT:-55762}" bb-tgt "${TGT_PORT:-55763}"
 require_durability
 psql -X -q -d "$SRC_ADMIN/postgres" -c "CREATE DATABASE bench"
 pgbench_source
+pgbench_probe
 
 bin() { [ "$1" = a ] && echo "$A_BIN" || echo "$B_BIN"; }
 url() { # side mode
@@ -49,6 +57,7 @@ for round in $(seq 1 "$ROUNDS"); do
     bench_full_load "$mode" "$round" "$id" "round $round, $mode"
     bench_backlog "$mode" "$round" "$id" "round $round, $mode"
     bench_catchup "$mode" "$round" "$id"
+    [ "$STEADY_S" = 0 ] || bench_steady "$mode" "$round" "$id" "round $round, $mode"
     "$FERRY_BIN" abandon --source "$(url src "$mode")" --target "$(url tgt "$mode")" --migration-id "$id" --yes >>"$OUT/abandon.log" 2>&1 || true
   done
 done
@@ -59,4 +68,5 @@ echo "A ($A_NAME): $A_BIN"
 echo "B ($B_NAME): $B_BIN"
 printf '%-44s %12s %12s %9s\n' "step" "$A_NAME" "$B_NAME" "change"
 catchup_table '%-44s %12s %12s %9s\n' a b
+[ "$STEADY_S" = 0 ] || lag_table '%-44s %12s %12s %9s\n' a b
 echo "logs: $OUT"

@@ -160,6 +160,47 @@ bench_catchup() {
   bench_stop
 }
 
+# bench_steady MODE ROUND ID: migration ID again once caught up after bench_catchup, with the
+# probe's trigger on the target (table bench_probe: see pgbench_probe), under pgbench at
+# STEADY_RATE transactions per second (4 clients) for STEADY_S seconds and a probe row every
+# 100 ms; once the stream has caught up, every probe row's lag is added to $OUT/lag-MODE.txt.
+bench_steady() {
+  local mode=$1 round=$2 id=$3 pb
+  "$FERRY_BIN" migrate --source "$(url src "$mode")" --target "$(url tgt "$mode")" --jobs 2 --migration-id "$id" \
+    --listen off >"$OUT/steady-$mode-$round.log" 2>&1 &
+  FERRY_PID=$!
+  BACKLOG_END=$(psql -X -At -d "$SRC_ADMIN/bench" -c "SELECT pg_current_wal_insert_lsn()")
+  bench_caught_up "$id" "$OUT/steady-$mode-$round.log"
+  probe_target "$(url tgt "$mode")" public.bench_probe
+  log "$4: steady state, pgbench -R $STEADY_RATE for $STEADY_S s, a probe row every 100 ms"
+  pgbench -n -c 4 -j 2 -R "$STEADY_RATE" -T "$STEADY_S" "$SRC_ADMIN/bench" >"$OUT/steady-pgbench-$mode-$round.log" 2>&1 &
+  pb=$!
+  PROBE_SQL="INSERT INTO bench_probe DEFAULT VALUES;" probe_writes "$STEADY_S" | psql -X -q -d "$SRC_ADMIN/bench" >/dev/null
+  wait $pb
+  BACKLOG_END=$(psql -X -At -d "$SRC_ADMIN/bench" -c "SELECT pg_current_wal_insert_lsn()")
+  bench_caught_up "$id" "$OUT/steady-$mode-$round.log"
+  probe_lags "$(url tgt "$mode")" public.bench_probe p.t >>"$OUT/lag-$mode.txt"
+  log "  lag so far (probes p50 p99 max s): $(lag_stats "$OUT/lag-$mode.txt")"
+  bench_stop
+}
+
+# pgbench_probe: the probe table bench_steady writes, on the source database bench.
+pgbench_probe() {
+  psql -X -q -d "$SRC_ADMIN/bench" -c "CREATE TABLE bench_probe (id bigserial PRIMARY KEY, t timestamptz NOT NULL DEFAULT clock_timestamp())"
+}
+
+# lag_table FORMAT A B: steady-state lag of variants A and B (every probe of every round),
+# printed with FORMAT (step, A, B, change).
+lag_table() {
+  local f=$1 na a50 a99 amax nb b50 b99 bmax
+  read -r na a50 a99 amax < <(lag_stats "$OUT/lag-$2.txt")
+  read -r nb b50 b99 bmax < <(lag_stats "$OUT/lag-$3.txt")
+  printf "$f" "probes applied (steady state)" "$na" "$nb" ""
+  printf "$f" "steady-state lag p50 (s)" "$a50" "$b50" "$(pct "$a50" "$b50")"
+  printf "$f" "steady-state lag p99 (s)" "$a99" "$b99" "$(pct "$a99" "$b99")"
+  printf "$f" "steady-state lag max (s)" "$amax" "$bmax" "$(pct "$amax" "$bmax")"
+}
+
 # catchup_table FORMAT A B: the rows of bench_full_load and bench_catchup, variant A against B,
 # printed with FORMAT (step, A, B, change).
 catchup_table() {
@@ -171,3 +212,6 @@ catchup_table() {
   local ta=${BEST[tps_$a]#-} tb=${BEST[tps_$b]#-}
   printf "$f" "CDC catch-up rate (pgbench transactions per s)" "$ta" "$tb" "$(pct "$ta" "$tb")"
 }
+
+# Steady-state lag probes: probe_target, probe_writes, probe_lags, lag_stats.
+. "$REPO/bench/probe.sh"

@@ -15,9 +15,10 @@
 # Each result is checked: the target's row count must equal the source's.
 # Then CDC lag: `ferry migrate` streams into the first Ferry target while `sysbench
 # oltp_read_write` runs at its max rate (CDC_THREADS threads, CDC_SECONDS seconds); a probe
-# inserts NOW(6) on the source every 100 ms, and the target's copy of the probe table has an
-# extra `applied_at DEFAULT clock_timestamp()` column, so each probe row's lag is exactly
-# applied_at - t (one machine, one clock). After sysbench ends the stream must catch up and
+# inserts NOW(6) on the source every 100 ms, and a trigger on the target's copy of the probe
+# table stamps each row as its transaction commits (bench/lib.sh, probe_target), so each probe
+# row's lag is exactly stamp - t (one machine, one clock). After sysbench ends the stream must
+# catch up and
 # every sysbench table must have the source's row count and sum(k).
 #
 # Environment: TABLES=4, TABLE_SIZE=1000000, REPEAT=1, JOBS=2, MY_PORT=55836, PG_PORT=55837,
@@ -40,6 +41,8 @@ OUT=bench/out/mysql-$STAMP
 mkdir -p "$OUT"
 export FERRY_PG_BIN=${FERRY_PG_BIN:-/usr/lib/postgresql/15/bin}
 log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+# The steady-state lag probe (probe_target, probe_lags, lag_stats), shared with the other benches.
+. "$REPO/bench/probe.sh"
 
 for tool in sysbench pgloader mariadb; do
   command -v "$tool" >/dev/null || { echo "$tool is missing: scripts/install.sh sysbench pgloader mariadb-server" >&2; exit 2; }
@@ -125,10 +128,11 @@ CDC_THREADS=${CDC_THREADS:-4}
 [ "$CDC_SECONDS" -gt 0 ] || exit 0
 SRC="mysql://root:$PW@127.0.0.1:$MY_PORT/sbtest"
 TGT="postgres://postgres:$PW@127.0.0.1:$PG_PORT/ferry_1"
-pg -d ferry_1 -c "ALTER TABLE public.probe ADD COLUMN applied_at timestamptz DEFAULT clock_timestamp()"
 "$FERRY_BIN" migrate --source "$SRC" --target "$TGT" --listen off >"$OUT/cdc-ferry.out" 2>"$OUT/cdc-ferry.log" &
 FPID=$!
-until [ "$(pg -d ferry_1 -c "SELECT phase FROM ferry.migrations WHERE source_engine = 'mysql'" 2>/dev/null)" = cdc ]; do sleep 0.2; done
+alive() { kill -0 "$FPID" 2>/dev/null || { echo "ferry migrate exited; its log:" >&2; tail "$OUT/cdc-ferry.log" >&2; exit 1; }; }
+until [ "$(pg -d ferry_1 -c "SELECT phase FROM ferry.migrations WHERE source_engine = 'mysql'" 2>/dev/null)" = cdc ]; do alive; sleep 0.2; done
+PGPASSWORD=$PW probe_target "postgres://postgres@127.0.0.1:$PG_PORT/ferry_1" public.probe
 log "CDC: sysbench oltp_read_write --threads=$CDC_THREADS for ${CDC_SECONDS}s at max rate, probe every 100 ms"
 sysbench oltp_read_write --db-driver=mysql --mysql-host=127.0.0.1 --mysql-port="$MY_PORT" --mysql-user=root \
   --mysql-password=$PW --mysql-db=sbtest --tables="$TABLES" --table-size="$TABLE_SIZE" --threads="$CDC_THREADS" \
@@ -147,6 +151,7 @@ fileno=$((10#${file##*.}))
 until pg -d ferry_1 -c "SELECT n > $fileno OR (n = $fileno AND p >= $pos) FROM (
     SELECT substring(split_part(x, ':', 2) from '([0-9]+)\$')::bigint AS n, split_part(x, ':', 3)::bigint AS p
     FROM (SELECT split_part(applied_position, '/', 1) AS x FROM ferry.migrations WHERE source_engine = 'mysql') s) t" | grep -q t; do
+  alive
   sleep 0.1
 done
 drain=$(echo "$(date +%s.%N) - $caught" | bc)
@@ -158,9 +163,8 @@ for i in $(seq 1 "$TABLES"); do
 done
 tps=$(awk '/transactions:/ { gsub(/[()]/, "", $3); print $3 }' "$OUT/cdc-sysbench.log")
 applied=$(grep -o '[0-9]* source transactions' "$OUT/cdc-ferry.out" | awk '{print $1}')
-read -r n p50 p99 mx < <(pg -d ferry_1 -F' ' -c "SELECT count(*), round((percentile_cont(0.5) WITHIN GROUP (ORDER BY l))::numeric, 3),
-  round((percentile_cont(0.99) WITHIN GROUP (ORDER BY l))::numeric, 3), round(max(l)::numeric, 3)
-  FROM (SELECT extract(epoch FROM applied_at - (t AT TIME ZONE 'UTC')) AS l FROM public.probe) x")
+PGPASSWORD=$PW probe_lags "postgres://postgres@127.0.0.1:$PG_PORT/ferry_1" public.probe "(p.t AT TIME ZONE 'UTC')" >"$OUT/lag.txt"
+read -r n p50 p99 mx < <(lag_stats "$OUT/lag.txt")
 {
   printf '\nCDC under sysbench oltp_read_write --threads=%s for %ss (max rate): sysbench %s tps; ferry applied %s source transactions\n' \
     "$CDC_THREADS" "$CDC_SECONDS" "$tps" "$applied"

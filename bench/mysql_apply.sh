@@ -13,10 +13,15 @@
 # position reaches the binlog's end. The rate is the sysbench transactions of the backlog per
 # second of catch-up (each sysbench transaction is one source transaction of 4 writes: an
 # UPDATE by key, an UPDATE of a non-indexed column, a DELETE and an INSERT), best of ROUNDS.
-# After every catch-up each table's row count and sum(k) must equal the source's.
+# Then, with the stream still running, the steady-state lag: `sysbench oltp_read_write` at
+# STEADY_RATE transactions per second for STEADY_S seconds while a probe row with the source's
+# NOW(6) is written every 100 ms; the target stamps each probe row as its transaction commits
+# (lib.sh, probe_target), so its lag is source commit to target commit (STEADY_S=0 skips it).
+# After every run each table's row count and sum(k) must equal the source's.
 #
 # Environment: A_BIN, B_BIN (required), A_NAME/B_NAME (default before/after), TABLES=4,
-# TABLE_SIZE=100000, BACKLOG_S=30, THREADS=4, ROUNDS=2, MY_PORT=55856, PG_PORT=55857.
+# TABLE_SIZE=100000, BACKLOG_S=30, THREADS=4, ROUNDS=2, STEADY_RATE=300, STEADY_S=30,
+# MY_PORT=55856, PG_PORT=55857.
 # The target runs with production durability (fsync, synchronous_commit, full_page_writes on);
 # MariaDB with innodb_flush_log_at_trx_commit=1 and sync_binlog=1.
 # Output: a table on stdout, logs in bench/out/mysql-apply-<UTC timestamp>/.
@@ -26,6 +31,8 @@ TABLE_SIZE=${TABLE_SIZE:-100000}
 BACKLOG_S=${BACKLOG_S:-30}
 THREADS=${THREADS:-4}
 ROUNDS=${ROUNDS:-2}
+STEADY_RATE=${STEADY_RATE:-300}
+STEADY_S=${STEADY_S:-30}
 MY_PORT=${MY_PORT:-55856}
 PG_PORT=${PG_PORT:-55857}
 A_NAME=${A_NAME:-before} B_NAME=${B_NAME:-after}
@@ -65,9 +72,16 @@ sb() {
 my -e "CREATE DATABASE sbtest"
 log "sysbench prepare: $TABLES tables x $TABLE_SIZE rows"
 sb --threads=2 prepare >"$OUT/prepare.log"
+my -e "CREATE TABLE sbtest.probe (id int AUTO_INCREMENT PRIMARY KEY, t datetime(6) NOT NULL)"
 SRC="mysql://root:$PW@127.0.0.1:$MY_PORT/sbtest"
 bin() { [ "$1" = a ] && echo "$A_BIN" || echo "$B_BIN"; }
 
+# Waits until the target's applied position reaches the binlog's end (file number, then offset).
+caught_up_now() { # db log
+  local file pos
+  read -r file pos _ < <(my -N -e "SHOW MASTER STATUS")
+  caught_up "$1" "$((10#${file##*.}))" "$pos" "$2"
+}
 # Waits until the target's applied position reaches FILE:POS (file number, then offset).
 caught_up() { # db fileno pos log
   until [ "$(pg "$1" "SELECT coalesce((SELECT n > $2 OR (n = $2 AND p >= $3) FROM (
@@ -96,6 +110,19 @@ for round in $(seq 1 "$ROUNDS"); do
     FERRY_PID=$!
     caught_up "$db" "$((10#${file##*.}))" "$pos" "$OUT/cdc-$mode-$round.log"
     t1=$(now)
+    if [ "$STEADY_S" != 0 ]; then
+      probe_target "$tgt" public.probe
+      log "round $round, $mode: steady state, sysbench --rate=$STEADY_RATE for $STEADY_S s, a probe row every 100 ms"
+      sb --threads="$THREADS" --rate="$STEADY_RATE" --time="$STEADY_S" --mysql-ignore-errors=1213,1205 run \
+        >"$OUT/steady-$mode-$round.log" 2>&1 &
+      sbp=$!
+      # The source's clock in UTC, as the target reads a DATETIME (t AT TIME ZONE 'UTC').
+      { echo "SET time_zone = '+00:00';"; PROBE_SQL="INSERT INTO sbtest.probe (t) VALUES (NOW(6));" probe_writes "$STEADY_S"; } | my
+      wait "$sbp"
+      caught_up_now "$db" "$OUT/cdc-$mode-$round.log"
+      probe_lags "$tgt" public.probe "(p.t AT TIME ZONE 'UTC')" >>"$OUT/lag-$mode.txt"
+      log "  lag so far (probes p50 p99 max s): $(lag_stats "$OUT/lag-$mode.txt")"
+    fi
     kill -TERM "$FERRY_PID"; wait "$FERRY_PID" || true; FERRY_PID=
     for i in $(seq 1 "$TABLES"); do
       a=$(my -N -e "SELECT COUNT(*), SUM(k) FROM sbtest.sbtest$i" | tr '\t' ' ')
@@ -119,4 +146,5 @@ printf "$f" "step" "$A_NAME" "$B_NAME" "change"
 printf "$f" "catch-up of ${BACKLOG_S}s of sysbench, $THREADS threads (s)" "${BEST[catchup_a]}" "${BEST[catchup_b]}" "$(pct "${BEST[catchup_a]}" "${BEST[catchup_b]}")"
 ta=${BEST[tps_a]#-} tb=${BEST[tps_b]#-}
 printf "$f" "apply rate (sysbench transactions per s)" "$ta" "$tb" "$(pct "$ta" "$tb")"
+[ "$STEADY_S" = 0 ] || lag_table "$f" a b
 echo "logs: $OUT"
