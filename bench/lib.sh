@@ -107,6 +107,11 @@ bench_full_load() {
   t1=$(now)
   best "load_$mode" "$(elapsed "$t0" "$t1")"
   bench_stop
+  # The source grows with every backlog, so later loads copy more rows: compare rates too
+  # (the copy's own rows per second, from its summary), kept negated so `best` keeps the largest.
+  local rate
+  rate=$(awk '/total \(this run\)/ { gsub(",", "", $NF); print $NF }' "$OUT/load-$mode-$round.log")
+  [ -z "$rate" ] || best "loadrate_$mode" "-$rate"
 }
 
 # bench_backlog MODE ROUND ID LABEL: a CDC backlog written while Ferry is stopped (BACKLOG_S
@@ -206,6 +211,8 @@ lag_table() {
 catchup_table() {
   local f=$1 a=$2 b=$3
   printf "$f" "full load (s, to change capture)" "${BEST[load_$a]}" "${BEST[load_$b]}" "$(pct "${BEST[load_$a]}" "${BEST[load_$b]}")"
+  local la=${BEST[loadrate_$a]#-} lb=${BEST[loadrate_$b]#-}
+  printf "$f" "full load copy rate (rows per s)" "$la" "$lb" "$(pct "$la" "$lb")"
   printf "$f" "CDC catch-up of a ${BACKLOG_S}s pgbench backlog (s)" "${BEST[catchup_$a]}" "${BEST[catchup_$b]}" "$(pct "${BEST[catchup_$a]}" "${BEST[catchup_$b]}")"
   local ra=${BEST[rate_$a]#-} rb=${BEST[rate_$b]#-}
   printf "$f" "CDC catch-up rate (MiB of WAL per s)" "$ra" "$rb" "$(pct "$ra" "$rb")"
