@@ -41,10 +41,13 @@
 //!
 //! [`Datum::Unchanged`]: crate::change::Datum::Unchanged
 
+use std::time::{Duration, Instant};
+
 use crate::change::ChangeEvent;
 use crate::error::Fault;
 use crate::ident::TableName;
 use crate::position::SourcePosition;
+use crate::switch::SessionId;
 
 /// A change the target rejected, or an update or delete that found no row.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,6 +69,11 @@ pub struct DeadLetter {
 }
 
 /// Applies a change stream to a database. See the module documentation for the contract.
+///
+/// The driver of a stream needs, besides applying and committing, a few hooks for pipelined
+/// commits and for watching the sink's session; their defaults are those of a sink whose
+/// commit is synchronous and durable when it returns (MySQL with
+/// `innodb_flush_log_at_trx_commit = 1`): nothing in flight, nothing committed but not flushed.
 #[allow(async_fn_in_trait)]
 pub trait Sink {
     /// The sink's errors.
@@ -81,6 +89,12 @@ pub trait Sink {
     /// Whether a batch holds changes not yet committed.
     fn batch_open(&self) -> bool;
 
+    /// Changes in the open batch.
+    fn batch_len(&self) -> usize;
+
+    /// How long ago the open batch received its first change (zero without one).
+    fn batch_age(&self) -> Duration;
+
     /// Commits the open batch with its position (at a boundary only). May return before the
     /// commit completes; [`Sink::settle`] reports the outcome.
     async fn commit(&mut self) -> Result<(), Self::Error>;
@@ -88,8 +102,77 @@ pub trait Sink {
     /// Waits for a commit in flight, if any, and returns the last committed position.
     async fn settle(&mut self) -> Result<Option<SourcePosition>, Self::Error>;
 
+    /// Whether a commit runs in the background ([`Sink::settle`] would wait for it).
+    fn in_flight(&self) -> bool {
+        false
+    }
+
+    /// Collects a background commit that has finished, without waiting for one that has not.
+    async fn try_settle(&mut self) -> Result<(), Self::Error> {
+        Ok(())
+    }
+
+    /// The position of the last commit that completed: applied, and visible on the target,
+    /// but (for a sink that commits asynchronously) perhaps not yet durable.
+    fn committed(&self) -> Option<SourcePosition> {
+        self.durable()
+    }
+
     /// The position whose changes are durable on the target: what the source may forget.
     fn durable(&self) -> Option<SourcePosition>;
+
+    /// Whether some commits are not known to be durable yet ([`Sink::committed`] is past
+    /// [`Sink::durable`]).
+    fn has_unflushed(&self) -> bool {
+        false
+    }
+
+    /// Asks the target how far its commits are durable, moving [`Sink::durable`] (cheap; the
+    /// driver calls it every few hundred milliseconds while [`Sink::has_unflushed`]).
+    async fn poll_flush(&mut self) -> Result<(), Self::Error> {
+        Ok(())
+    }
+
+    /// Makes every completed commit durable now ([`Sink::durable`] reaches
+    /// [`Sink::committed`]): before a hold, at a stop.
+    async fn flush_now(&mut self) -> Result<(), Self::Error> {
+        Ok(())
+    }
+
+    /// Drops the open batch (a partial source transaction is streamed again next time).
+    async fn rollback(&mut self);
+
+    /// The session was found dead: forget it without a round trip (the next session ends it on
+    /// the server, [`Sink::session`]).
+    fn abandon(&mut self) {}
+
+    /// Since when the oldest change received but not yet committed waits, if one does.
+    fn waiting_since(&self) -> Option<Instant> {
+        None
+    }
+
+    /// Source transactions applied by this sink so far.
+    fn transactions(&self) -> u64;
+
+    /// How often the driver should learn how far the source has sent while nothing is open
+    /// (None: never asks). A sink whose position others wait for (the MySQL sink: a rollback
+    /// waits until it has applied the final position, which may be a point where none of its
+    /// tables changed) asks, and records what [`Sink::watermark`] tells it.
+    fn watermark_every(&self) -> Option<Duration> {
+        None
+    }
+
+    /// Everything of the stream before `at` is applied: nothing is open, and nothing between
+    /// the last commit and `at` was for this sink. Called with nothing open only.
+    async fn watermark(&mut self, _at: SourcePosition) -> Result<(), Self::Error> {
+        Ok(())
+    }
+
+    /// The server's id of the sink's session, so that a later sink can end it if this one is
+    /// lost with a transaction open (PostgreSQL's backend pid, MySQL's connection id).
+    fn session(&self) -> Option<SessionId> {
+        None
+    }
 
     /// Records a dead letter where the operator finds it (`skipped`: stepped over with the
     /// operator's consent).

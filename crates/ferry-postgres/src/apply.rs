@@ -1357,6 +1357,14 @@ impl ferry_core::sink::Sink for Applier {
         Applier::batch_open(self)
     }
 
+    fn batch_len(&self) -> usize {
+        Applier::batch_len(self)
+    }
+
+    fn batch_age(&self) -> std::time::Duration {
+        Applier::batch_age(self)
+    }
+
     async fn commit(&mut self) -> Result<(), ApplyError> {
         Applier::commit(self).await
     }
@@ -1366,8 +1374,52 @@ impl ferry_core::sink::Sink for Applier {
         Ok(Some(self.position(key)))
     }
 
+    fn in_flight(&self) -> bool {
+        self.has_inflight()
+    }
+
+    async fn try_settle(&mut self) -> Result<(), ApplyError> {
+        Applier::try_settle(self).await.map(|_| ())
+    }
+
+    fn committed(&self) -> Option<SourcePosition> {
+        Some(self.durable_position())
+    }
+
     fn durable(&self) -> Option<SourcePosition> {
         Some(self.flushed_position())
+    }
+
+    fn has_unflushed(&self) -> bool {
+        Applier::has_unflushed(self)
+    }
+
+    async fn poll_flush(&mut self) -> Result<(), ApplyError> {
+        Applier::poll_flush(self).await.map(|_| ())
+    }
+
+    async fn flush_now(&mut self) -> Result<(), ApplyError> {
+        Applier::flush_now(self).await.map(|_| ())
+    }
+
+    async fn rollback(&mut self) {
+        Applier::rollback(self).await
+    }
+
+    fn abandon(&mut self) {
+        Applier::abandon(self)
+    }
+
+    fn waiting_since(&self) -> Option<Instant> {
+        self.pending_since()
+    }
+
+    fn transactions(&self) -> u64 {
+        self.totals().txns
+    }
+
+    fn session(&self) -> Option<ferry_core::switch::SessionId> {
+        u64::try_from(self.pid()).ok()
     }
 
     async fn record_dead_letter(&self, letter: &DeadLetter, skipped: bool) -> Result<(), ApplyError> {

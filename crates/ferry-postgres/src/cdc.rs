@@ -29,7 +29,11 @@ use std::time::{Duration, Instant};
 use ferry_core::{unix_ms, ErrorClass, Lsn};
 use tokio::sync::watch;
 
-use crate::apply::{Applier, ApplyContext, ApplyError};
+use ferry_core::sink::Sink;
+use ferry_core::switch::SessionId;
+use ferry_core::SourcePosition;
+
+use crate::apply::{order_key, Applier, ApplyContext, ApplyError, TextSettings};
 use crate::error::PgError;
 use crate::pgoutput;
 use crate::replication::ReplicationConnection;
@@ -45,8 +49,8 @@ const CHANNEL_BATCHES: usize = 8;
 /// Settings for a CDC run.
 #[derive(Debug, Clone)]
 pub struct CdcOptions {
-    /// Applier context.
-    pub ctx: ApplyContext,
+    /// The PostgreSQL database the stream reads (where the slot is).
+    pub source: crate::Endpoint,
     /// Slot.
     pub slot: String,
     /// Publication.
@@ -77,14 +81,70 @@ pub struct CdcOptions {
 }
 
 impl CdcOptions {
-    /// The PostgreSQL database the stream reads (this driver streams PostgreSQL only).
     fn source(&self) -> &crate::Endpoint {
-        &self
-            .ctx
-            .source
-            .as_ref()
-            .expect("PostgreSQL change capture is given its PostgreSQL source")
-            .endpoint
+        &self.source
+    }
+}
+
+/// Where a PostgreSQL change stream goes: a sink for each session of the stream. The
+/// PostgreSQL sink ([`PgSinks`]) and the MySQL one (`ferry_mysql::apply`) are driven by the
+/// same loop ([`run`]), so retries, dead letters, holds, pauses and pipelined commits behave
+/// the same whatever the stream feeds.
+#[allow(async_fn_in_trait)]
+pub trait SinkFactory {
+    /// The sink.
+    type Sink: Sink<Error = ApplyError>;
+
+    /// The database written, for messages (no secret).
+    fn describe(&self) -> String;
+
+    /// Opens a sink for one session of the stream: it reads its durable position (the stream
+    /// resumes there). `settings` are the stream's text settings (its values are in those
+    /// forms); `skip` lists dead letters (commit order key, change index) to step over;
+    /// `ordered_until`: apply row by row up to there (a set-based batch failed); `stale` is the
+    /// session of an earlier sink whose connection was lost, to end first so that the position
+    /// read is final.
+    async fn open(
+        &self,
+        settings: &TextSettings,
+        skip: &HashSet<(Lsn, u32)>,
+        ordered_until: Lsn,
+        stale: Option<SessionId>,
+    ) -> Result<Self::Sink, PgError>;
+
+    /// Resolves when the sink's session is found dead or hung while a call of the sink waits
+    /// longer than `limit` (see the module documentation); never otherwise. Owns what it
+    /// needs: it runs beside the stream, which holds the sink.
+    fn watchdog(&self, sink: &Self::Sink, limit: Duration) -> impl std::future::Future<Output = PgError> + 'static;
+}
+
+/// The PostgreSQL sink: an [`Applier`] per session.
+#[derive(Debug, Clone)]
+pub struct PgSinks {
+    /// The applier's context.
+    pub ctx: ApplyContext,
+}
+
+impl SinkFactory for PgSinks {
+    type Sink = Applier;
+
+    fn describe(&self) -> String {
+        self.ctx.target.describe()
+    }
+
+    async fn open(
+        &self,
+        settings: &TextSettings,
+        skip: &HashSet<(Lsn, u32)>,
+        ordered_until: Lsn,
+        stale: Option<SessionId>,
+    ) -> Result<Applier, PgError> {
+        let stale = stale.and_then(|s| i32::try_from(s).ok());
+        Applier::new(self.ctx.clone(), settings, skip.clone(), ordered_until, stale).await
+    }
+
+    fn watchdog(&self, sink: &Applier, limit: Duration) -> impl std::future::Future<Output = PgError> + 'static {
+        watchdog(self.ctx.target.clone(), sink.pid(), sink.busy_since(), limit)
     }
 }
 
@@ -287,12 +347,17 @@ enum SessionEnd {
     Paused,
     Reapply(Lsn),
     /// A failure; the target session a lost connection may have left behind.
-    Failed(PgError, Option<i32>),
+    Failed(PgError, Option<SessionId>),
     DeadLetter(Box<crate::apply::DeadLetter>),
 }
 
 /// Runs CDC until `stop` turns true (returns Ok at a checkpoint) or a definite error.
-pub async fn run(opts: CdcOptions, mut stop: watch::Receiver<bool>, progress: Arc<CdcProgress>) -> Result<(), PgError> {
+pub async fn run<F: SinkFactory>(
+    opts: CdcOptions,
+    sinks: &F,
+    mut stop: watch::Receiver<bool>,
+    progress: Arc<CdcProgress>,
+) -> Result<(), PgError> {
     let mut skip: HashSet<(Lsn, u32)> = HashSet::new();
     let mut ordered_until = Lsn(0);
     let mut backoff = Duration::from_millis(250);
@@ -315,7 +380,18 @@ pub async fn run(opts: CdcOptions, mut stop: watch::Receiver<bool>, progress: Ar
         }
         progress.sessions.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
-        match session(&opts, &skip, ordered_until, stale_pid.take(), &mut stop, &mut pause, &progress).await {
+        match session(
+            &opts,
+            sinks,
+            &skip,
+            ordered_until,
+            stale_pid.take(),
+            &mut stop,
+            &mut pause,
+            &progress,
+        )
+        .await
+        {
             SessionEnd::Stopped => break Ok(()),
             SessionEnd::Paused => continue,
             SessionEnd::Reapply(until) => {
@@ -363,11 +439,13 @@ pub async fn run(opts: CdcOptions, mut stop: watch::Receiver<bool>, progress: Ar
     result
 }
 
-async fn session(
+#[allow(clippy::too_many_arguments)]
+async fn session<F: SinkFactory>(
     opts: &CdcOptions,
+    sinks: &F,
     skip: &HashSet<(Lsn, u32)>,
     ordered_until: Lsn,
-    stale_pid: Option<i32>,
+    stale_pid: Option<SessionId>,
     stop: &mut watch::Receiver<bool>,
     pause: &mut watch::Receiver<bool>,
     progress: &CdcProgress,
@@ -377,54 +455,71 @@ async fn session(
     let limit = opts.apply_timeout.max(Duration::from_secs(5)) * 2;
     let connecting = async {
         let relations = Relations::connect(opts.source(), limit).await?;
-        let applier = Applier::new(opts.ctx.clone(), relations.settings(), skip.clone(), ordered_until, stale_pid).await?;
-        Ok::<_, PgError>((relations, applier))
+        let sink = sinks.open(relations.settings(), skip, ordered_until, stale_pid).await?;
+        Ok::<_, PgError>((relations, sink))
     };
-    let (mut relations, mut applier) = match tokio::time::timeout(limit, connecting).await {
+    let (mut relations, mut sink) = match tokio::time::timeout(limit, connecting).await {
         Ok(Ok(a)) => a,
         Ok(Err(e)) => return SessionEnd::Failed(e, stale_pid),
         Err(_) => {
             return SessionEnd::Failed(
                 PgError::transient(
-                    format!("preparing the apply session on {}", opts.ctx.target.describe()),
+                    format!("preparing the apply session on {}", sinks.describe()),
                     format!("no answer within {} s", limit.as_secs()),
                 ),
                 stale_pid,
             )
         }
     };
-    let pid = applier.pid();
-    let watch = watchdog(opts.ctx.target.clone(), pid, applier.busy_since(), opts.apply_timeout);
+    let id = sink.session();
+    let watch = sinks.watchdog(&sink, opts.apply_timeout);
     let end = tokio::select! {
-        r = stream(opts, &mut relations, &mut applier, stop, pause, progress) => r,
+        r = stream(opts, &mut relations, &mut sink, stop, pause, progress) => Ok(r),
+        e = watch => Err(e),
+    };
+    let end = match end {
+        Ok(r) => r,
         // The watchdog found the apply connection dead: a ROLLBACK on it would only wait out
-        // its own bound. The next session ends the old one on the server (its pid is passed
+        // its own bound. The next session ends the old one on the server (its id is passed
         // on), which rolls back whatever it had open.
-        e = watch => {
-            applier.abandon();
-            return SessionEnd::Failed(e, Some(pid));
+        Err(e) => {
+            sink.abandon();
+            return SessionEnd::Failed(e, id);
         }
     };
     match end {
         Ok(()) if *pause.borrow() && !*stop.borrow() => SessionEnd::Paused,
         Ok(()) => SessionEnd::Stopped,
         Err(ApplyError::Rejected(d)) => {
-            applier.rollback().await;
+            sink.rollback().await;
             let skipped = opts.skip_dead_letters;
-            if let Err(e) = applier.record_dead_letter(&d, skipped).await {
-                return SessionEnd::Failed(e, Some(pid));
+            if let Err(e) = sink.record_dead_letter(&d, skipped).await {
+                return SessionEnd::Failed(into_pg(e), id);
             }
             SessionEnd::DeadLetter(d)
         }
         Err(ApplyError::Db(e)) => {
-            applier.rollback().await;
-            SessionEnd::Failed(e, Some(pid))
+            sink.rollback().await;
+            SessionEnd::Failed(e, id)
         }
         Err(ApplyError::Reapply { until }) => {
-            applier.rollback().await;
+            sink.rollback().await;
             SessionEnd::Reapply(until)
         }
     }
+}
+
+/// A sink's error where only a database failure can come (recording a dead letter).
+fn into_pg(e: ApplyError) -> PgError {
+    match e {
+        ApplyError::Db(e) => e,
+        other => PgError::config("recording a dead letter", other.to_string(), "report this as a bug"),
+    }
+}
+
+/// The position of a sink's report as the stream's LSN (0/0: none yet).
+fn lsn_of(p: Option<SourcePosition>) -> Lsn {
+    p.map(|p| order_key(&p)).unwrap_or_default()
 }
 
 /// A duration as `SHOW` prints it: `60s`, `1min`, `500ms`, `2h`, `0`.
@@ -545,16 +640,16 @@ struct Reporter {
 impl Reporter {
     /// Reports where `a` stands: sends a status update when a position moved or a second
     /// has passed, and keeps the live figures current.
-    async fn tell(&mut self, pos: &Positions, a: &Applier, progress: &CdcProgress) -> Result<(), PgError> {
+    async fn tell<S: Sink>(&mut self, pos: &Positions, a: &S, progress: &CdcProgress) -> Result<(), PgError> {
         let (applied, flushed) = (pos.applied(a), pos.flushed(a).min(pos.applied(a)));
         let pending_ms = a
-            .pending_since()
+            .waiting_since()
             .map(|t| unix_ms().saturating_sub(t.elapsed().as_millis() as u64))
             .unwrap_or(0);
         progress.pending_since_ms.store(pending_ms, Ordering::Relaxed);
         progress.applied_lsn.fetch_max(applied.0, Ordering::Relaxed);
         progress.flushed_lsn.fetch_max(flushed.0, Ordering::Relaxed);
-        progress.txns.store(a.totals().txns, Ordering::Relaxed);
+        progress.txns.store(a.transactions(), Ordering::Relaxed);
         if (applied, flushed) != self.sent || self.at.elapsed() >= FEEDBACK_EVERY {
             self.fb.send(applied, flushed, false).await?;
             self.sent = (applied, flushed);
@@ -583,30 +678,31 @@ struct Positions {
 }
 
 impl Positions {
-    fn applied(&self, a: &Applier) -> Lsn {
-        a.durable().max(self.idle_end)
+    fn applied<S: Sink>(&self, a: &S) -> Lsn {
+        lsn_of(a.committed()).max(self.idle_end)
     }
 
-    fn flushed(&self, a: &Applier) -> Lsn {
+    fn flushed<S: Sink>(&self, a: &S) -> Lsn {
+        let flushed = lsn_of(a.durable());
         if a.has_unflushed() {
-            a.flushed()
+            flushed
         } else {
-            a.flushed().max(self.idle_end)
+            flushed.max(self.idle_end)
         }
     }
 }
 
-async fn stream(
+async fn stream<S: Sink<Error = ApplyError>>(
     opts: &CdcOptions,
     relations: &mut Relations,
-    applier: &mut Applier,
+    applier: &mut S,
     stop: &mut watch::Receiver<bool>,
     pause: &mut watch::Receiver<bool>,
     progress: &CdcProgress,
 ) -> Result<(), ApplyError> {
-    let start = applier.durable();
+    let start = lsn_of(applier.committed());
     progress.applied_lsn.store(start.0, Ordering::Relaxed);
-    progress.flushed_lsn.store(applier.flushed().0, Ordering::Relaxed);
+    progress.flushed_lsn.store(lsn_of(applier.durable()).0, Ordering::Relaxed);
     let mut conn = ReplicationConnection::connect(opts.source()).await?;
     // A WAL sender busy decoding (a large transaction of tables not replicated, say) may answer
     // a keepalive request only when half its own timeout has passed.
@@ -629,7 +725,7 @@ async fn stream(
     progress.set_error(None);
     let mut rep = Reporter {
         fb: feedback,
-        sent: (start, applier.flushed()),
+        sent: (start, lsn_of(applier.durable())),
         at: Instant::now(),
     };
     let mut pos = Positions { idle_end: start };
@@ -651,7 +747,7 @@ async fn stream(
                 applier.try_settle().await?;
                 // Asynchronous commits reach the disk within the WAL writer's delay: ask how
                 // far, so the slot moves on (never past what a crash of the target would keep).
-                if applier.has_unflushed() && !applier.has_inflight() && flush_polled.elapsed() >= Duration::from_millis(200) {
+                if applier.has_unflushed() && !applier.in_flight() && flush_polled.elapsed() >= Duration::from_millis(200) {
                     applier.poll_flush().await?;
                     flush_polled = Instant::now();
                 }
@@ -670,7 +766,7 @@ async fn stream(
                     _ = pause.changed() => continue,
                     // A batch committing in the background is done: tell the source at once, and
                     // send the batch that grew meanwhile.
-                    r = applier.settle(), if applier.has_inflight() => {
+                    r = applier.settle(), if applier.in_flight() => {
                         r?;
                         if applier.batch_open() && applier.at_boundary() && committed.elapsed() >= opts.commit_interval {
                             applier.commit().await?;
@@ -681,7 +777,7 @@ async fn stream(
                     }
                     // A batch held back by the commit interval: its time has come.
                     _ = tokio::time::sleep_until((committed + opts.commit_interval).into()),
-                        if applier.batch_open() && applier.at_boundary() && !applier.has_inflight() =>
+                        if applier.batch_open() && applier.at_boundary() && !applier.in_flight() =>
                     {
                         applier.commit().await?;
                         committed = Instant::now();
@@ -713,6 +809,14 @@ async fn stream(
                                 rep.ping().await?;
                                 pinged = Instant::now();
                             }
+                            // A sink that records how far the source has sent while idle asks
+                            // for keepalives that say so.
+                            if let Some(every) = applier.watermark_every() {
+                                if !applier.batch_open() && applier.at_boundary() && !applier.in_flight() && pinged.elapsed() >= every {
+                                    rep.ping().await?;
+                                    pinged = Instant::now();
+                                }
+                            }
                             None
                         }
                     },
@@ -739,7 +843,7 @@ async fn stream(
                 }
                 if let Some(event) = relations.event(msg).await? {
                     let is_row = event.is_row_change();
-                    applier.handle(event).await?;
+                    applier.apply(event).await?;
                     if is_row {
                         progress.changes.fetch_add(1, Ordering::Relaxed);
                     }
@@ -752,7 +856,7 @@ async fn stream(
                     && applier.at_boundary()
                     && ((queue.as_slice().is_empty()
                         && rx.is_empty()
-                        && !applier.has_inflight()
+                        && !applier.in_flight()
                         && committed.elapsed() >= opts.commit_interval)
                         || applier.batch_len() >= opts.max_batch
                         || applier.batch_age() >= opts.max_delay)
@@ -768,12 +872,12 @@ async fn stream(
                 // and if no source transaction is open, nothing before wal_end is still ours to
                 // apply: confirm it, so the slot moves on even when no change of ours comes along
                 // (an idle database, a server shutting down and waiting for us).
-                if applier.batch_open() && applier.at_boundary() && !applier.has_inflight() && committed.elapsed() >= opts.commit_interval {
+                if applier.batch_open() && applier.at_boundary() && !applier.in_flight() && committed.elapsed() >= opts.commit_interval {
                     applier.commit().await?;
                     committed = Instant::now();
                 }
                 // Only with nothing in flight: a batch committing in the background may still fail.
-                let idle = !applier.batch_open() && applier.at_boundary() && !applier.has_inflight();
+                let idle = !applier.batch_open() && applier.at_boundary() && !applier.in_flight();
                 if let Some(hold) = &opts.hold {
                     // Everything before wal_end is sent: a hold at or before it is reached when
                     // nothing is left to apply.
@@ -783,6 +887,9 @@ async fn stream(
                     }
                 }
                 if idle {
+                    if wal_end > pos.idle_end && applier.watermark_every().is_some() {
+                        applier.watermark(SourcePosition::Postgres(wal_end)).await?;
+                    }
                     pos.idle_end = pos.idle_end.max(wal_end);
                 }
                 tracing::trace!(%wal_end, reply, idle, "keepalive");
@@ -800,8 +907,8 @@ async fn stream(
 /// released, moved past `next` (the commit position of the next transaction, or how far the
 /// server has sent when idle), or the run stops. The source keeps getting status updates
 /// meanwhile.
-async fn hold_here(
-    applier: &mut Applier,
+async fn hold_here<S: Sink<Error = ApplyError>>(
+    applier: &mut S,
     hold: &Hold,
     rep: &mut Reporter,
     pos: &Positions,
@@ -815,7 +922,7 @@ async fn hold_here(
     applier.settle().await?;
     // What cutover switches to, or verification compares, must not be lost to a crash.
     applier.flush_now().await?;
-    let lsn = applier.durable();
+    let lsn = lsn_of(applier.committed());
     rep.tell(pos, applier, progress).await?;
     let mut request = hold.request.subscribe();
     let before = progress.state();
@@ -849,7 +956,12 @@ async fn hold_here(
 
 /// Stops at a checkpoint: commits a batch that ends at a boundary, else rolls back the partial
 /// source transaction (it is streamed again next time).
-async fn finish(applier: &mut Applier, rep: &mut Reporter, pos: &Positions, progress: &CdcProgress) -> Result<(), ApplyError> {
+async fn finish<S: Sink<Error = ApplyError>>(
+    applier: &mut S,
+    rep: &mut Reporter,
+    pos: &Positions,
+    progress: &CdcProgress,
+) -> Result<(), ApplyError> {
     if applier.batch_open() && applier.at_boundary() {
         applier.commit().await?;
         applier.settle().await?;
@@ -859,7 +971,7 @@ async fn finish(applier: &mut Applier, rep: &mut Reporter, pos: &Positions, prog
     }
     // The next run starts from the applied position; tell the source all of it is durable.
     applier.flush_now().await?;
-    let lsn = applier.durable();
+    let lsn = lsn_of(applier.committed());
     let _ = rep.tell(pos, applier, progress).await;
     tracing::info!(applied_lsn = %lsn, "change capture stopped at a checkpoint");
     Ok(())

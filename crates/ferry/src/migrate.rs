@@ -594,7 +594,7 @@ async fn reverse(req: &CheckRequest, opts: &MigrateOptions, stop: tokio::sync::w
         live.set_reverse(Some(progress.clone()));
     }
     tracing::info!(%slot, "reverse replication: target to source");
-    let copts = CdcOptions {
+    let sinks = cdc::PgSinks {
         ctx: ferry_postgres::apply::ApplyContext {
             source: Some(ferry_postgres::apply::PgSource {
                 endpoint: req.target.clone(),
@@ -606,6 +606,9 @@ async fn reverse(req: &CheckRequest, opts: &MigrateOptions, stop: tokio::sync::w
             migration_id: req.migration_id.clone(),
             direction: ferry_postgres::apply::Direction::Reverse,
         },
+    };
+    let copts = CdcOptions {
+        source: req.target.clone(),
         slot,
         publication,
         max_batch: opts.max_batch,
@@ -618,7 +621,7 @@ async fn reverse(req: &CheckRequest, opts: &MigrateOptions, stop: tokio::sync::w
         hold: opts.live.as_ref().map(|l| l.reverse_hold.clone()),
     };
     let mut stop = stop;
-    let result = cdc::run(copts, stop.clone(), progress.clone()).await;
+    let result = cdc::run(copts, &sinks, stop.clone(), progress.clone()).await;
     if let Some(live) = &opts.live {
         live.set_reverse(None);
     }
@@ -697,7 +700,7 @@ async fn forward(req: &CheckRequest, opts: &MigrateOptions, stop: tokio::sync::w
             (last_txns, last_changes) = (txns, changes);
         }
     });
-    let opts = CdcOptions {
+    let sinks = cdc::PgSinks {
         ctx: ferry_postgres::apply::ApplyContext {
             source: Some(ferry_postgres::apply::PgSource {
                 endpoint: req.source.clone(),
@@ -709,6 +712,9 @@ async fn forward(req: &CheckRequest, opts: &MigrateOptions, stop: tokio::sync::w
             migration_id: req.migration_id.clone(),
             direction: ferry_postgres::apply::Direction::Forward,
         },
+    };
+    let opts = CdcOptions {
+        source: req.source.clone(),
         slot: rec.slot_name.clone(),
         publication: rec.publication_name.clone(),
         max_batch: opts.max_batch,
@@ -720,7 +726,7 @@ async fn forward(req: &CheckRequest, opts: &MigrateOptions, stop: tokio::sync::w
         pause: opts.live.as_ref().map(|l| l.pause_receiver()),
         hold: opts.live.as_ref().map(|l| l.hold.clone()),
     };
-    let result = cdc::run(opts, stop, progress.clone()).await;
+    let result = cdc::run(opts, &sinks, stop, progress.clone()).await;
     logger.abort();
     result?;
     Ok(Lsn(progress.applied_lsn.load(Ordering::Relaxed)))
