@@ -134,9 +134,24 @@ pub fn classify(query: &str) -> Statement {
                 (None, t) => Statement::Truncate(None, unquote(t)),
             }
         }
+        "ALTER" if only_moves_auto_increment(words) => Statement::Other,
         "ALTER" | "CREATE" | "DROP" | "RENAME" => Statement::SchemaChange,
         _ => Statement::Other,
     }
+}
+
+/// Whether the rest of an `ALTER` (after the word ALTER) is `TABLE name AUTO_INCREMENT [=] n`
+/// and nothing else: it moves the table's counter and changes no column, so the stream goes on
+/// (a rollback to MySQL logs one per table with a generated key: ferry_mysql::switch).
+fn only_moves_auto_increment<'a>(mut words: impl Iterator<Item = &'a str>) -> bool {
+    if !words.next().is_some_and(|w| w.eq_ignore_ascii_case("TABLE")) || words.next().is_none() {
+        return false;
+    }
+    let rest: String = words.collect::<String>().to_ascii_uppercase();
+    let rest = rest.trim_end_matches(';');
+    rest.strip_prefix("AUTO_INCREMENT")
+        .map(|n| n.strip_prefix('=').unwrap_or(n))
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// `db.table`, `` `db`.`table` `` or `table`.
@@ -189,6 +204,14 @@ pub struct BinlogReader {
     standalone: bool,
     /// End of the last event read in `file`.
     pos: u64,
+    /// The database of the reverse stream's position table (`crate::apply`): a transaction
+    /// whose first row event is on `<it>.reverse_position` was written by Ferry's MySQL sink.
+    reverse_state_db: Option<String>,
+    /// A row event of the current transaction was read.
+    rows_seen: bool,
+    /// The current transaction is Ferry's own (see `reverse_state_db`): its changes are left
+    /// out, its boundaries kept (the position moves past it).
+    own: bool,
 }
 
 impl std::fmt::Debug for BinlogReader {
@@ -285,7 +308,25 @@ impl BinlogReader {
             in_tx: false,
             standalone: false,
             pos,
+            reverse_state_db: None,
+            rows_seen: false,
+            own: false,
         })
+    }
+
+    /// Leaves out every transaction whose first row event is on `<state_db>.reverse_position`:
+    /// the reverse stream's sink (`crate::apply::MySink`) writes that row first in each of its
+    /// transactions, so what Ferry applied from PostgreSQL never streams back there (loop
+    /// prevention). Such transactions still come as a `Begin` and a `Commit`.
+    pub fn skip_reverse_writes(mut self, state_db: &str) -> Self {
+        self.reverse_state_db = Some(state_db.to_string());
+        self
+    }
+
+    /// A transaction starts or ends: nothing of it seen yet.
+    fn boundary(&mut self) {
+        self.rows_seen = false;
+        self.own = false;
     }
 
     /// `host:port/database` of the source.
@@ -327,6 +368,7 @@ impl BinlogReader {
                 format!("{domain}-{}-{seq}", header.server_id())
             });
             self.in_tx = true;
+            self.boundary();
             // Flags byte: bit 0 is FL_STANDALONE (DDL or a non-transactional statement).
             self.standalone = data.get(12).is_some_and(|f| f & 1 != 0);
             let at = u64::from(header.log_pos()).saturating_sub(u64::from(header.event_size()));
@@ -366,10 +408,12 @@ impl BinlogReader {
                     at,
                 });
                 self.in_tx = true;
+                self.boundary();
             }
             EventData::XidEvent(_) => {
                 self.in_tx = false;
                 self.standalone = false;
+                self.boundary();
                 out.push(Change::Commit {
                     file: self.file.clone(),
                     pos: u64::from(header.log_pos()),
@@ -393,17 +437,20 @@ impl BinlogReader {
                 if !matches!(statement, Statement::Begin | Statement::Commit) && !self.in_tx {
                     // A statement on its own (MySQL without GTIDs): its own transaction.
                     out.push(Change::Begin { gtid: None, at });
+                    // (Fields, not `boundary()`: `ours` borrows `self.database`.)
+                    (self.rows_seen, self.own) = (false, false);
                 }
                 match statement {
                     Statement::Begin => {
                         if !self.in_tx {
                             out.push(Change::Begin { gtid: None, at });
+                            (self.rows_seen, self.own) = (false, false);
                         }
                         self.in_tx = true;
                         return Ok(Some(out));
                     }
                     Statement::Commit => {}
-                    Statement::Truncate(db, table) if ours(db.as_deref()) && self.tables.contains_key(&table) => {
+                    Statement::Truncate(db, table) if !self.own && ours(db.as_deref()) && self.tables.contains_key(&table) => {
                         out.push(Change::Truncate { table })
                     }
                     Statement::SchemaChange if q.schema() == self.database.as_str() || query.contains(self.database.as_str()) => {
@@ -418,6 +465,7 @@ impl BinlogReader {
                 if ends_group {
                     self.in_tx = false;
                     self.standalone = false;
+                    (self.rows_seen, self.own) = (false, false);
                     out.push(commit);
                 }
             }
@@ -426,7 +474,14 @@ impl BinlogReader {
                     .stream
                     .get_tme(rows.table_id())
                     .ok_or_else(|| MyError::new("decoding a row event", "no table map for it", "report this as a bug"))?;
-                if tme.database_name() != self.database.as_str() {
+                let first = !std::mem::replace(&mut self.rows_seen, true);
+                if first
+                    && self.reverse_state_db.as_deref() == Some(&*tme.database_name())
+                    && tme.table_name() == crate::apply::POSITION_TABLE
+                {
+                    self.own = true;
+                }
+                if self.own || tme.database_name() != self.database.as_str() {
                     return Ok(Some(out));
                 }
                 let table = tme.table_name().to_string();
@@ -666,6 +721,11 @@ mod tests {
         assert_eq!(classify("truncate t"), Statement::Truncate(None, "t".into()));
         assert_eq!(classify("/*!40000 ALTER TABLE t DISABLE KEYS */"), Statement::SchemaChange);
         assert_eq!(classify("ALTER TABLE t ADD c int"), Statement::SchemaChange);
+        // A counter moved (a rollback does it): no shape change.
+        assert_eq!(classify("ALTER TABLE `db`.`t` AUTO_INCREMENT = 1001"), Statement::Other);
+        assert_eq!(classify("alter table t auto_increment=5;"), Statement::Other);
+        assert_eq!(classify("ALTER TABLE t AUTO_INCREMENT = 5, ADD c int"), Statement::SchemaChange);
+        assert_eq!(classify("ALTER TABLE t AUTO_INCREMENT"), Statement::SchemaChange);
         assert_eq!(classify("FLUSH PRIVILEGES"), Statement::Other);
     }
 }

@@ -723,9 +723,12 @@ async fn stream_session(
         d.sink.handle(ChangeEvent::Relation(conv.relation.clone())).await?;
         tables.insert(t.name.clone(), conv);
     }
+    // Transactions the reverse stream's sink wrote (after a cutover, before a rollback) are
+    // Ferry's own: they came from PostgreSQL and are left out (loop prevention).
     let mut reader = BinlogReader::start(&req.source, opts.server_id, start.file(), start.pos(), &plan.tables)
         .await
-        .map_err(Failure::from)?;
+        .map_err(Failure::from)?
+        .skip_reverse_writes(crate::apply::DEFAULT_STATE_DB);
     tracing::info!(position = %start, "streaming the binlog");
     d.stats.streaming.store(true, Ordering::Relaxed);
     *d.stats.last_error.lock().expect("lock") = None;

@@ -1,7 +1,8 @@
-//! What a cutover of a MySQL/MariaDB source needs besides the source's side of the switch
-//! ([`crate::switch::MySqlSide`]): whether the migration may be cut over ([`ready`]), where the
-//! stream in the running `ferry migrate` stands ([`wait_applied`], through Ferry's state on the
-//! target), and the report recorded with the phase `cut_over` ([`GateReport`]).
+//! What a cutover or rollback of a MySQL/MariaDB source needs besides the sides of the switch
+//! ([`crate::switch::MySqlSide`]): whether the migration may be cut over ([`ready`]) or rolled
+//! back ([`rollback_ready`]), where the streams of the running `ferry migrate` stand (the
+//! binlog stream's position on the target, [`wait_applied`]; the reverse stream's on the source,
+//! [`wait_reverse_applied`]), and the report recorded with the phase `cut_over` ([`GateReport`]).
 //!
 //! The switch itself is the switchboard's (`crates/ferry/src/cutover.rs`), without a proxy (the
 //! protocols differ): writes stop on the source (`SET GLOBAL read_only`), sessions still in a
@@ -10,13 +11,15 @@
 //! `cut_over` is recorded with the report (the running `ferry migrate` sees it and stops), and
 //! the caller signals the application. The migration is in phase `cutover` while writes are
 //! stopped; any failure before `cut_over` is recorded makes the source writable again and moves
-//! it back to `cdc`. Rollback to MySQL after that point is not built (`ferry check` says so).
+//! it back to `cdc`. After the cutover the target's writes stream back to the source (the
+//! reverse stream, `crate::apply`); a rollback is the same pause the other way round
+//! (`crates/ferry/src/mysql_switch.rs`).
 //!
 //! Every statement on either side runs under a deadline (`docs/timeouts-mysql-proxy.md`).
 
 use std::time::{Duration, Instant};
 
-use ferry_core::{BinlogPosition, Phase};
+use ferry_core::{BinlogPosition, Lsn, Phase};
 use mysql_async::prelude::Queryable;
 use serde::Serialize;
 
@@ -144,6 +147,61 @@ pub async fn wait_applied(
     let started = Instant::now();
     loop {
         if applied(state, pg, target, limit).await?.is_some_and(|a| a >= *want) {
+            return Ok(true);
+        }
+        if started.elapsed() > timeout {
+            return Ok(false);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Whether the migration recorded in `state` may be rolled back: cut over (phase `cut_over`, or
+/// `rollback` left by an interrupted rollback, which this one takes over). Returns the stream's
+/// tables. `target`: the target for messages; `limit`: the deadline of its answer.
+pub async fn rollback_ready(state: &MyState, pg: &tokio_postgres::Client, target: &str, limit: Duration) -> Result<Vec<MyTable>, MyError> {
+    let gate = deadline(&target_peer(target), limit, "reading Ferry's state", state.gate_state(pg))
+        .await?
+        .ok_or_else(|| {
+            MyError::new(
+                "starting the rollback",
+                &format!("no migration from {} is recorded on this target", state.source()),
+                "nothing to roll back",
+            )
+        })?;
+    match gate.phase {
+        Phase::CutOver => {}
+        // An earlier rollback was interrupted (kill -9): this one takes over.
+        Phase::Rollback => tracing::warn!("an earlier rollback did not finish; starting it again"),
+        other => {
+            return Err(MyError::new(
+                "starting the rollback",
+                &format!("the migration is in phase {other}, not cut over: the application still writes to the source"),
+                "nothing to roll back; ferry cutover moves the application to the target",
+            ))
+        }
+    }
+    Ok(gate.tables)
+}
+
+/// Waits until the reverse stream (in the running `ferry migrate`) has applied the target's
+/// position `want` on the source: its sink records how far it applied, in the same source
+/// transaction as the changes, and how far the target has sent while idle
+/// ([`crate::apply::applied`]). False after `timeout`. Each read is bounded by the source's
+/// query deadline.
+pub async fn wait_reverse_applied(
+    source: &MyEndpoint,
+    state_db: &str,
+    migration_id: &str,
+    want: Lsn,
+    timeout: Duration,
+) -> Result<bool, MyError> {
+    let started = Instant::now();
+    loop {
+        if crate::apply::applied(source, state_db, migration_id)
+            .await?
+            .is_some_and(|a| a >= want)
+        {
             return Ok(true);
         }
         if started.elapsed() > timeout {

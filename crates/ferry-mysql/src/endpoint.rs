@@ -55,6 +55,8 @@ pub const QUERY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Catalog reads (`information_schema` over every table of the database) get this many times
 /// the query deadline: they are proportional to the schema's size.
 pub const CATALOG_FACTOR: u32 = 10;
+/// Prepared statements a sink's connection keeps ([`MyEndpoint::for_apply`]).
+pub const APPLY_STATEMENTS: usize = 256;
 /// Deadline of statements on the way out (`COMMIT` of a read-only snapshot, `UNLOCK TABLES`,
 /// `QUIT`): their outcome does not matter, they must not keep Ferry waiting.
 pub const CLEANUP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -158,6 +160,8 @@ pub struct MyEndpoint {
     tls_state: Arc<TlsState>,
     connect_timeout: Duration,
     query_timeout: Duration,
+    /// Connections for a sink ([`MyEndpoint::for_apply`]).
+    apply: bool,
 }
 
 impl std::fmt::Debug for MyEndpoint {
@@ -411,7 +415,18 @@ impl MyEndpoint {
             tls_state: Arc::new(TlsState::default()),
             connect_timeout: CONNECT_TIMEOUT,
             query_timeout: QUERY_TIMEOUT,
+            apply: false,
         })
+    }
+
+    /// The same server for a sink's connections (reverse replication, `crate::apply`): the
+    /// server reports the rows a statement FOUND rather than those it changed
+    /// (`CLIENT_FOUND_ROWS`), so an UPDATE that sets the values a row holds already still
+    /// counts its row; and the driver keeps [`APPLY_STATEMENTS`] prepared statements, one per
+    /// table and statement shape.
+    pub fn for_apply(mut self) -> MyEndpoint {
+        self.apply = true;
+        self
     }
 
     /// The TLS settings.
@@ -514,7 +529,12 @@ impl MyEndpoint {
     }
 
     fn opts_with(&self, ssl: Option<mysql_async::SslOpts>) -> mysql_async::Opts {
-        mysql_async::OptsBuilder::default()
+        let builder = mysql_async::OptsBuilder::default();
+        let builder = match self.apply {
+            true => builder.client_found_rows(true).stmt_cache_size(APPLY_STATEMENTS),
+            false => builder,
+        };
+        builder
             .ip_or_hostname(self.host.clone())
             .tcp_port(self.port)
             .user(Some(self.user.clone()))
@@ -929,5 +949,10 @@ mod tests {
         let e = MyEndpoint::parse("mysql://app@db/shop", None).unwrap();
         assert_eq!(e.opts().tcp_keepalive(), Some(TCP_KEEPALIVE_IDLE));
         assert_eq!((e.connect_timeout(), e.query_timeout()), (CONNECT_TIMEOUT, QUERY_TIMEOUT));
+        // Sinks count the rows an UPDATE found, not those it changed.
+        assert!(!e.opts().client_found_rows());
+        let apply = e.for_apply().opts();
+        assert!(apply.client_found_rows());
+        assert_eq!(apply.stmt_cache_size(), APPLY_STATEMENTS);
     }
 }

@@ -2,6 +2,7 @@
 //! checks, and the type map to PostgreSQL (`docs/mysql-types.md`). The target side (schema,
 //! sink, state) is PostgreSQL's, from `ferry-postgres`.
 
+pub mod apply;
 pub mod binlog;
 pub mod cdc;
 pub mod cutover;

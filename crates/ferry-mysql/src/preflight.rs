@@ -9,6 +9,8 @@ use ferry_postgres::preflight::{Finding, Severity};
 use mysql_async::prelude::Queryable;
 use serde::Serialize;
 
+use crate::apply::reverse_position_table;
+use crate::apply::DEFAULT_STATE_DB;
 use crate::endpoint::{query, MyEndpoint};
 use crate::error::MyError;
 use crate::types::{map_column, Attention, MapOptions, Mapping, SourceColumn, ZeroDates};
@@ -195,13 +197,7 @@ async fn source_checks(req: &MyCheckRequest, c: &mut mysql_async::Conn, f: &mut 
         database: req.source.database().to_string(),
     };
     // Version.
-    let nums: Vec<u32> = version
-        .split(|ch: char| !ch.is_ascii_digit())
-        .filter(|s| !s.is_empty())
-        .take(2)
-        .filter_map(|s| s.parse().ok())
-        .collect();
-    let (major, minor) = (nums.first().copied().unwrap_or(0), nums.get(1).copied().unwrap_or(0));
+    let [major, minor, _] = version_numbers(&version);
     let supported = if mariadb { (major, minor) >= (10, 5) } else { major >= 8 };
     if supported {
         f.add(Severity::Ok, "source", "version", format!("{} {version}", info.flavor), None);
@@ -363,15 +359,9 @@ async fn source_checks(req: &MyCheckRequest, c: &mut mysql_async::Conn, f: &mut 
     // Privileges, from the grants and by trying.
     const GRANTS: &str = "reading the user's grants";
     let grants: Vec<String> = src.within(GRANTS, query(c, GRANTS, "SHOW GRANTS FOR CURRENT_USER()")).await?;
-    let g = grants.join("\n").to_ascii_uppercase();
-    let global = |p: &str| {
-        g.lines()
-            .any(|l| l.contains(" ON *.* ") && (l.contains("ALL PRIVILEGES") || l.contains(p)))
-    };
-    let db_quoted = format!("`{}`.*", req.source.database().to_ascii_uppercase());
-    let select = global("SELECT")
-        || g.lines()
-            .any(|l| l.contains(&format!(" ON {db_quoted} ")) && (l.contains("SELECT") || l.contains("ALL PRIVILEGES")));
+    let g = Grants::parse(&grants);
+    let global = |p: &str| g.global(p);
+    let select = g.database(req.source.database(), "SELECT");
     let repl_slave = global("REPLICATION SLAVE");
     let repl_client = global("REPLICATION CLIENT") || global("BINLOG MONITOR");
     // FLUSH TABLES WITH READ LOCK, for a few milliseconds, to open every copy connection's
@@ -636,7 +626,7 @@ async fn source_checks(req: &MyCheckRequest, c: &mut mysql_async::Conn, f: &mut 
         "source",
         "rollback",
         "cutover from MySQL/MariaDB is a gate without a proxy (writes stopped, position reached, sequences set, then a signal); \
-         a rollback to the source after that point is not available yet"
+         after it the target's writes stream back to the source, and ferry rollback --source ... switches back without losing one"
             .into(),
         None,
     );
@@ -644,7 +634,11 @@ async fn source_checks(req: &MyCheckRequest, c: &mut mysql_async::Conn, f: &mut 
         tables: planned,
         source_objects: vec![
             "nothing: Ferry reads the tables in one consistent snapshot and the binary log as a replication client (no table, trigger or setting is changed)".into(),
-            "at cutover only (ferry cutover): SET GLOBAL read_only = ON (and super_read_only on MySQL), sessions of the migrated database still in a transaction after --grace are killed; reset read_only by hand to write to the source again".into(),
+            "at cutover only (ferry cutover): SET GLOBAL read_only = ON (and super_read_only on MySQL), sessions of the migrated database still in a transaction after --grace are killed; ferry rollback makes the source writable again".into(),
+            format!(
+                "with reverse replication (rollback to the source): table {state} (created at cutover: where the reverse stream records its position, in the transaction of each change it applies to the source; dropped when the migration completes), and the reverse stream's writes to the migrated tables; at rollback, AUTO_INCREMENT of the migrated tables set past every id PostgreSQL handed out",
+                state = reverse_position_table(DEFAULT_STATE_DB)
+            ),
         ],
         target_objects: vec![
             "schema ferry (Ferry's state) and, in schema public, one table per source table with the types above; an enum type per ENUM column".into(),
@@ -656,11 +650,199 @@ async fn source_checks(req: &MyCheckRequest, c: &mut mysql_async::Conn, f: &mut 
 }
 
 /// `'user'@'host'` from CURRENT_USER()'s `user@host`.
-fn quote_account(user: &str) -> String {
+pub(crate) fn quote_account(user: &str) -> String {
     match user.rsplit_once('@') {
         Some((u, h)) => format!("'{}'@'{}'", u.replace('\'', "''"), h.replace('\'', "''")),
         None => format!("'{}'", user.replace('\'', "''")),
     }
+}
+
+/// The numbers of a `VERSION()` string: major, minor, patch (`10.11.6-MariaDB-log` is
+/// `[10, 11, 6]`; a part missing is 0).
+pub(crate) fn version_numbers(version: &str) -> [u32; 3] {
+    let mut out = [0; 3];
+    for (slot, n) in out.iter_mut().zip(
+        version
+            .split(|ch: char| !ch.is_ascii_digit())
+            .filter(|s| !s.is_empty())
+            .filter_map(|s| s.parse().ok()),
+    ) {
+        *slot = n;
+    }
+    out
+}
+
+/// What an account may do, read from its `SHOW GRANTS` lines: privileges on every object
+/// (`*.*`), on databases (`` `db`.* ``, whose name is a pattern: `_` and `%` are wildcards, `\`
+/// escapes them) and on tables. `ALL [PRIVILEGES]` holds every privilege of its level.
+///
+/// Privileges are whole names (`DELETE` is not `DELETE HISTORY`, `REPLICATION SLAVE` not
+/// `REPLICATION SLAVE ADMIN`). Not counted: column privileges (they do not cover a whole row),
+/// routine and proxy grants, and roles (`GRANT role TO user`: a role's privileges count only
+/// once the role is set, which Ferry's sessions do not do).
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Grants(Vec<Grant>);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Grant {
+    /// Upper case, single spaces; `ALL` for `ALL [PRIVILEGES]`.
+    privileges: Vec<String>,
+    on: Level,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Level {
+    Global,
+    /// A database name pattern, unquoted.
+    Database(String),
+    /// Database and table, unquoted.
+    Table(String, String),
+}
+
+impl Grants {
+    /// The grants of `SHOW GRANTS` lines; a line that is no grant of privileges on an object
+    /// (a role grant, a proxy grant) is left out.
+    pub(crate) fn parse(lines: &[String]) -> Grants {
+        Grants(lines.iter().filter_map(|l| parse_grant(l)).collect())
+    }
+
+    fn holds(g: &Grant, privilege: &str) -> bool {
+        g.privileges.iter().any(|p| p == "ALL" || p.eq_ignore_ascii_case(privilege))
+    }
+
+    /// Whether `privilege` is held on every object (`ON *.*`).
+    pub(crate) fn global(&self, privilege: &str) -> bool {
+        self.0.iter().any(|g| g.on == Level::Global && Self::holds(g, privilege))
+    }
+
+    /// Whether `privilege` is held on every table of database `db`: on `*.*` or on a database
+    /// pattern that matches `db`.
+    pub(crate) fn database(&self, db: &str, privilege: &str) -> bool {
+        self.0.iter().any(|g| {
+            Self::holds(g, privilege)
+                && match &g.on {
+                    Level::Global => true,
+                    Level::Database(pattern) => like(pattern, db),
+                    Level::Table(..) => false,
+                }
+        })
+    }
+
+    /// Whether `privilege` is held on table `db`.`table`, at any level.
+    pub(crate) fn table(&self, db: &str, table: &str, privilege: &str) -> bool {
+        self.database(db, privilege)
+            || self
+                .0
+                .iter()
+                .any(|g| matches!(&g.on, Level::Table(d, t) if d == db && t == table) && Self::holds(g, privilege))
+    }
+}
+
+/// One `GRANT <privileges> ON <object> TO ...` line; None for any other. Identifiers may be
+/// quoted with backticks, or double quotes under `sql_mode=ANSI_QUOTES`.
+fn parse_grant(line: &str) -> Option<Grant> {
+    let line = line.trim();
+    if !line.get(..6)?.eq_ignore_ascii_case("GRANT ") {
+        return None;
+    }
+    let rest = &line[6..];
+    // The privilege list ends at ` ON ` outside quotes and parentheses (column lists); a ` TO `
+    // first is a role grant.
+    let mut privileges = Vec::new();
+    let mut start = 0;
+    let mut object = None;
+    let mut depth = 0u32;
+    for (i, ch) in unquoted(rest) {
+        match ch {
+            '(' => depth += 1,
+            ')' => depth = depth.saturating_sub(1),
+            ',' if depth == 0 => {
+                privileges.push(&rest[start..i]);
+                start = i + 1;
+            }
+            ' ' if depth == 0 && word_at(rest, i, " ON ") => {
+                privileges.push(&rest[start..i]);
+                object = Some(&rest[i + 4..]);
+                break;
+            }
+            ' ' if depth == 0 && word_at(rest, i, " TO ") => return None,
+            _ => {}
+        }
+    }
+    let object = object?.trim_start();
+    // `ON TABLE db.t` is a table; `ON FUNCTION`, `ON PROCEDURE`, `ON PACKAGE` are routines.
+    let (first, after) = object.split_once(' ').unwrap_or((object, ""));
+    let object = match first.to_ascii_uppercase().as_str() {
+        "TABLE" => after.trim_start(),
+        "FUNCTION" | "PROCEDURE" | "PACKAGE" => return None,
+        _ => object,
+    };
+    // The object ends at ` TO `; it is `db`.`table`, `db`.* or *.* (split at the dot).
+    let end = unquoted(object).find(|&(i, ch)| ch == ' ' && word_at(object, i, " TO "))?.0;
+    let object = &object[..end];
+    let dot = unquoted(object).find(|&(_, ch)| ch == '.')?.0;
+    let on = match (&object[..dot], &object[dot + 1..]) {
+        ("*", "*") => Level::Global,
+        (db, "*") => Level::Database(unquote(db)),
+        (db, t) => Level::Table(unquote(db), unquote(t)),
+    };
+    let privileges = privileges
+        .into_iter()
+        .map(|p| p.split_whitespace().collect::<Vec<_>>().join(" ").to_ascii_uppercase())
+        .filter(|p| !p.is_empty() && !p.contains('('))
+        .map(|p| if p == "ALL PRIVILEGES" { "ALL".to_string() } else { p })
+        .collect();
+    Some(Grant { privileges, on })
+}
+
+/// The characters of `s` (with their byte offsets) that stand outside quotes (`` ` ``, `'`,
+/// `"`), quotes left out.
+fn unquoted(s: &str) -> impl Iterator<Item = (usize, char)> + '_ {
+    let mut quote = None;
+    s.char_indices().filter(move |&(_, ch)| match quote {
+        Some(q) => {
+            if ch == q {
+                quote = None;
+            }
+            false
+        }
+        None if matches!(ch, '`' | '\'' | '"') => {
+            quote = Some(ch);
+            false
+        }
+        None => true,
+    })
+}
+
+/// Whether `s` holds the keyword `w` (with its spaces, any case) at byte `i`.
+fn word_at(s: &str, i: usize, w: &str) -> bool {
+    s.get(i..i + w.len()).is_some_and(|x| x.eq_ignore_ascii_case(w))
+}
+
+/// An identifier without its quotes (a doubled quote inside is one).
+fn unquote(ident: &str) -> String {
+    for q in ['`', '"'] {
+        if let Some(inner) = ident.strip_prefix(q).and_then(|i| i.strip_suffix(q)) {
+            return inner.replace(&format!("{q}{q}"), &q.to_string());
+        }
+    }
+    ident.to_string()
+}
+
+/// Whether `name` matches the database-grant pattern `pattern` (`_` one character, `%` any
+/// run, `\` makes the next one literal), as the server matches it.
+fn like(pattern: &str, name: &str) -> bool {
+    fn go(p: &[char], n: &[char]) -> bool {
+        match p.split_first() {
+            None => n.is_empty(),
+            Some(('%', rest)) => (0..=n.len()).any(|k| go(rest, &n[k..])),
+            Some(('_', rest)) => !n.is_empty() && go(rest, &n[1..]),
+            Some(('\\', rest)) if !rest.is_empty() => n.first() == Some(&rest[0]) && go(&rest[1..], &n[1..]),
+            Some((c, rest)) => n.first() == Some(c) && go(rest, &n[1..]),
+        }
+    }
+    let (p, n): (Vec<char>, Vec<char>) = (pattern.chars().collect(), name.chars().collect());
+    go(&p, &n)
 }
 
 async fn target_checks(
@@ -703,4 +885,71 @@ async fn target_checks(
         }
     }
     Ok(info)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grants(lines: &[&str]) -> Grants {
+        Grants::parse(&lines.iter().map(|l| l.to_string()).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn versions_are_read_as_numbers() {
+        assert_eq!(version_numbers("10.11.6-MariaDB-0+deb12u1-log"), [10, 11, 6]);
+        assert_eq!(version_numbers("8.0.36"), [8, 0, 36]);
+        assert_eq!(version_numbers("8.4"), [8, 4, 0]);
+        assert_eq!(version_numbers(""), [0, 0, 0]);
+    }
+
+    #[test]
+    fn grants_are_read_by_level_and_whole_name() {
+        let g = grants(&[
+            "GRANT REPLICATION SLAVE ADMIN, DELETE HISTORY, READ_ONLY ADMIN ON *.* TO `ferry`@`%` IDENTIFIED BY PASSWORD '*ABC ON x.y'",
+            "GRANT SELECT, INSERT, UPDATE (`a`, `b`) ON `shop`.* TO `ferry`@`%`",
+            "GRANT ALL PRIVILEGES ON `ferry`.* TO `ferry`@`%` WITH GRANT OPTION",
+            "GRANT DELETE ON `shop`.`or``ders` TO `ferry`@`%`",
+            "GRANT INSERT ON TABLE `other`.`t` TO 'ferry'@'%'",
+            "GRANT EXECUTE ON PROCEDURE `shop`.`p` TO `ferry`@`%`",
+            "GRANT `app_role` TO `ferry`@`%`",
+            "GRANT PROXY ON ''@'%' TO 'root'@'localhost' WITH GRANT OPTION",
+        ]);
+        assert!(g.global("READ_ONLY ADMIN") && g.global("read_only admin"));
+        assert!(!g.global("REPLICATION SLAVE"), "REPLICATION SLAVE ADMIN is another privilege");
+        assert!(!g.global("DELETE"), "DELETE HISTORY is another privilege");
+        assert!(g.database("shop", "SELECT") && g.database("shop", "INSERT"));
+        assert!(!g.database("shop", "UPDATE"), "a column privilege covers no whole row");
+        assert!(!g.database("shop", "DELETE") && g.table("shop", "or`ders", "DELETE"));
+        assert!(!g.table("shop", "orders", "DELETE"));
+        assert!(g.database("ferry", "CREATE") && g.table("ferry", "reverse_position", "DELETE"));
+        assert!(g.table("other", "t", "INSERT") && !g.database("other", "INSERT"));
+        assert!(!g.table("shop", "p", "EXECUTE") && !g.global("PROXY") && !g.global("EXECUTE"));
+        assert!(!g.global("SELECT"));
+        let root = grants(&["GRANT ALL PRIVILEGES ON *.* TO `root`@`localhost` IDENTIFIED VIA unix_socket WITH GRANT OPTION"]);
+        assert!(root.global("READ_ONLY ADMIN") && root.table("x", "y", "ALTER"));
+        let mysql8 = grants(&["GRANT BACKUP_ADMIN,CONNECTION_ADMIN,XA_RECOVER_ADMIN ON *.* TO `root`@`localhost` WITH GRANT OPTION"]);
+        assert!(mysql8.global("CONNECTION_ADMIN") && !mysql8.global("SUPER"));
+        assert!(grants(&["GRANT USAGE ON *.* TO `x`@`%`"]).0[0].privileges == ["USAGE"]);
+        let ansi = grants(&[r#"GRANT INSERT ON "my db"."t" TO "ferry"@"%""#]);
+        assert!(ansi.table("my db", "t", "INSERT"));
+    }
+
+    #[test]
+    fn database_grants_are_patterns() {
+        let g = grants(&[
+            "GRANT INSERT ON `shop\\_%`.* TO `ferry`@`%`",
+            "GRANT UPDATE ON `a_b`.* TO `ferry`@`%`",
+        ]);
+        assert!(g.database("shop_eu", "INSERT") && g.database("shop_", "INSERT"));
+        assert!(!g.database("shopXeu", "INSERT"), "an escaped _ is literal");
+        assert!(g.database("a_b", "UPDATE") && g.database("aXb", "UPDATE") && !g.database("ab", "UPDATE"));
+        assert!(like("%", "") && like("a%c", "abbc") && !like("a%c", "abb") && like("\\%", "%") && !like("\\%", "x"));
+    }
+
+    #[test]
+    fn accounts_are_quoted() {
+        assert_eq!(quote_account("ferry@%"), "'ferry'@'%'");
+        assert_eq!(quote_account("o'brien@10.0.0.1"), "'o''brien'@'10.0.0.1'");
+    }
 }

@@ -927,6 +927,35 @@ impl MyState {
         tx.commit().await.map_err(db(WHAT))
     }
 
+    /// The reverse stream of this migration (PostgreSQL target to MySQL/MariaDB source after a
+    /// cutover): its slot and publication on the target, named from the migration id as a
+    /// PostgreSQL migration's are (`ferry_<id>_rev`).
+    pub fn reverse_stream(&self) -> ferry_postgres::switch::ReverseStream {
+        let forward = format!("ferry_{}", self.id);
+        ferry_postgres::switch::ReverseStream::of(&forward, &forward)
+    }
+
+    /// Records a rollback: the phase `rolled_back` and where the forward stream resumes, in one
+    /// transaction. `forward_from` is the source's binlog end read once the reverse stream had
+    /// applied the final position and before the source took writes again: every transaction
+    /// before it is either applied on the target already or one of Ferry's reverse writes, so
+    /// the stream resumes there and never sees them.
+    pub async fn record_rollback(&self, c: &mut Client, forward_from: &BinlogPosition, actor: &str, reason: &str) -> Result<(), MyError> {
+        const WHAT: &str = "recording the rollback";
+        let tx = c.transaction().await.map_err(db(WHAT))?;
+        self.store
+            .transition(&tx, &self.id, Phase::RolledBack, actor, reason)
+            .await
+            .map_err(pg(WHAT))?;
+        tx.execute(
+            &format!("UPDATE {}.migrations SET applied_position = $2 WHERE id = $1", self.q()),
+            &[&self.id, &SourcePosition::Mysql(forward_from.clone()).to_string()],
+        )
+        .await
+        .map_err(db(WHAT))?;
+        tx.commit().await.map_err(db(WHAT))
+    }
+
     /// Moves to `cutover` (the gate starts) or back to `cdc` (it was aborted; the source is
     /// writable again).
     pub async fn gate_phase(&self, c: &Client, to: Phase, actor: &str, reason: &str) -> Result<(), MyError> {

@@ -9,8 +9,10 @@
 //! - writers: sessions with an open InnoDB transaction in the migrated database, killed after
 //!   the grace period; direct sessions: the process list. Ferry's own connections are spared by
 //!   connection id ([`crate::endpoint::own_connections`]), never by a name a client announces;
-//! - identities: the `AUTO_INCREMENT` counters of the migrated tables;
-//! - reverse stream: none yet (issue 18).
+//! - identities: the `AUTO_INCREMENT` counters of the migrated tables, read at a cutover and
+//!   moved past the values PostgreSQL handed out at a rollback (`ALTER TABLE ... AUTO_INCREMENT`);
+//! - reverse stream: none out of MySQL/MariaDB; into it (PostgreSQL to MySQL, which makes a
+//!   rollback lossless), [`reverse_sink_blockers`] is the Go/NoGo of its sink.
 //!
 //! Where MySQL does not fit the contract as PostgreSQL does, and what this side does about it:
 //! - **One connection, `&mut`.** mysql_async runs a statement on `&mut Conn`, the contract
@@ -35,15 +37,21 @@
 //!   this process is registered ([`crate::endpoint::own_connections`]), the way ferry-postgres
 //!   registers backend pids. The stream of `ferry migrate` (another process) is a replication
 //!   connection (`Binlog Dump`), not a client session: it is never listed.
-//! - **Identities** are per-column counters (`AUTO_INCREMENT`), reported with their column
-//!   ([`Identity::column`]); the target (PostgreSQL) moves the column's sequence.
-//!   [`SwitchSide::advance_identities`] on MySQL is refused: MySQL/MariaDB is never the side
-//!   writes go to until reverse replication to MySQL exists (issue 18), and a path no switch
-//!   takes would be untested.
-//! - **No reverse stream**: [`SwitchSide::reverse_blockers`] says so in one line, and
-//!   [`SwitchSide::prepare_reverse`] refuses; a MySQL/MariaDB cutover runs without one, and
-//!   rollback to MySQL/MariaDB is not built yet.
+//! - **Identities** are per-table counters (`AUTO_INCREMENT`, for the table's one generated
+//!   column), reported with their column ([`Identity::column`]); the target (PostgreSQL) moves
+//!   the column's sequence. Going back (a rollback), [`SwitchSide::advance_identities`] matches
+//!   only generators named by table and column (PostgreSQL reports them so with
+//!   `PgSide::with_column_identities`): MySQL has no sequences. `ALTER TABLE` is DDL: it waits
+//!   for the table's metadata lock (bounded by the session's `lock_wait_timeout`) and is
+//!   written to the binary log as a statement, `ALTER TABLE db.t AUTO_INCREMENT = n`, which
+//!   the forward binlog reader steps over (it changes no column: [`crate::binlog::classify`]).
+//! - **No reverse stream out of MySQL/MariaDB**: [`SwitchSide::reverse_blockers`] says so in
+//!   one line, and [`SwitchSide::prepare_reverse`] refuses. A reverse stream *into* it (the
+//!   sink of PostgreSQL's changes after a cutover) writes while the server is read-only: its
+//!   user needs the privileges [`reverse_sink_blockers`] checks, and on MySQL the cutover must
+//!   leave `super_read_only` off ([`MySqlSide::with_reverse_sink`]).
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
@@ -52,11 +60,12 @@ use ferry_core::{BinlogPosition, SourcePosition, TableName};
 use mysql_async::prelude::Queryable;
 use mysql_async::Conn;
 
-use crate::endpoint::{own_connections, timed_out, MyEndpoint};
+use crate::apply::{reverse_position_table, POSITION_TABLE};
+use crate::endpoint::{own_connections, query, timed_out, MyEndpoint};
 use crate::error::MyError;
-use crate::preflight::MyTable;
+use crate::preflight::{quote_account, version_numbers, Grants, MyTable};
 
-/// Where writes stop, until reverse replication to MySQL exists.
+/// Why no reverse stream comes out of MySQL/MariaDB.
 const NOT_BUILT: &str = "reverse replication with MySQL/MariaDB is not built yet (issue 18)";
 
 /// One MySQL/MariaDB server in a switch: Ferry's connection to it and the migrated tables'
@@ -75,6 +84,8 @@ pub struct MySqlSide<'a> {
     /// (table in the source database, `AUTO_INCREMENT` column) of every migrated table with a
     /// generated integer key.
     generated: Vec<(String, String)>,
+    /// A reverse stream writes to this server after a cutover: read-only must not stop it.
+    reverse_sink: bool,
 }
 
 impl<'a> MySqlSide<'a> {
@@ -86,21 +97,24 @@ impl<'a> MySqlSide<'a> {
             conn: tokio::sync::Mutex::new(None),
             in_doubt: std::sync::Mutex::new(Vec::new()),
             generated: Vec::new(),
+            reverse_sink: false,
         }
     }
 
     /// The migrated tables, whose `AUTO_INCREMENT` columns [`SwitchSide::identities`] reads
     /// (those mapped to an integer identity on the target; each lands in its `public` schema).
     pub fn with_tables(mut self, tables: &[MyTable]) -> Self {
-        self.generated = tables
-            .iter()
-            .flat_map(|t| {
-                t.columns
-                    .iter()
-                    .filter(|(_, m)| m.identity && matches!(m.target.as_str(), "smallint" | "integer" | "bigint"))
-                    .map(|(c, _)| (t.name.clone(), c.clone()))
-            })
-            .collect();
+        self.generated = generated_columns(tables);
+        self
+    }
+
+    /// A reverse stream (PostgreSQL to this server) writes here after the cutover, through
+    /// read-only (its user holds `READ_ONLY ADMIN`, `CONNECTION_ADMIN` or `SUPER`): making the
+    /// side read-only then sets `read_only` only, never MySQL's `super_read_only`, which stops
+    /// every user but replication threads. Users with those privileges can still write, as the
+    /// report of direct sessions says.
+    pub fn with_reverse_sink(mut self) -> Self {
+        self.reverse_sink = true;
         self
     }
 
@@ -167,6 +181,24 @@ impl<'a> MySqlSide<'a> {
         }
     }
 
+    /// The `AUTO_INCREMENT` counter (the next value) of every table of the migrated database
+    /// that has one. MySQL 8 reads it fresh: [`MySqlSide::open`] turns its statistics cache off.
+    async fn counters(&self, what: &str) -> Result<HashMap<String, u64>, MyError> {
+        let db = self.endpoint.database().to_string();
+        let rows: Vec<(String, Option<u64>)> = self
+            .run(what, |mut c| async move {
+                let r = c
+                    .exec(
+                        "SELECT TABLE_NAME, AUTO_INCREMENT FROM information_schema.TABLES WHERE TABLE_SCHEMA = ?",
+                        (db,),
+                    )
+                    .await;
+                (c, r)
+            })
+            .await?;
+        Ok(rows.into_iter().filter_map(|(t, n)| Some((t, n?))).collect())
+    }
+
     fn in_doubt(&self) -> std::sync::MutexGuard<'_, Vec<u64>> {
         self.in_doubt.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -202,8 +234,10 @@ impl<'a> MySqlSide<'a> {
         self.conn.lock().await.is_none()
     }
 
-    /// `SET GLOBAL read_only` on or off, `super_read_only` with it where the server has it.
+    /// `SET GLOBAL read_only` on or off, `super_read_only` with it where the server has it
+    /// (on only without a reverse sink: [`MySqlSide::with_reverse_sink`]).
     async fn read_only(&self, on: bool) -> Result<(), MyError> {
+        let super_too = !self.reverse_sink;
         let what = if on {
             format!("stopping writes on the {} (SET GLOBAL read_only = ON)", self.side)
         } else {
@@ -215,7 +249,9 @@ impl<'a> MySqlSide<'a> {
             let r = if on {
                 match c.query_drop("SET GLOBAL read_only = ON").await {
                     Ok(()) => {
-                        let _ = c.query_drop("SET GLOBAL super_read_only = ON").await;
+                        if super_too {
+                            let _ = c.query_drop("SET GLOBAL super_read_only = ON").await;
+                        }
                         Ok(())
                     }
                     Err(e) => Err(e),
@@ -241,6 +277,28 @@ impl<'a> MySqlSide<'a> {
     }
 }
 
+impl MySqlSide<'_> {
+    /// The fix for a refused or timed-out `ALTER TABLE ... AUTO_INCREMENT` on `table`.
+    fn alter_fix(&self, e: MyError, table: &str) -> MyError {
+        let db = quote(self.endpoint.database());
+        let account = format!("'{}'@'<Ferry's host>'", self.endpoint.user().replace('\'', "''"));
+        let fix = match e.code {
+            Some(1205) => format!(
+                "a session held a lock on {db}.{} (an open transaction, LOCK TABLES) for more than {} s: end it, then retry",
+                quote(table),
+                read_only_lock_wait(self.endpoint.query_timeout())
+            ),
+            Some(1142 | 1044) => format!("GRANT ALTER ON {db}.* TO {account}"),
+            Some(1290 | 1836) => format!(
+                "the server is read-only and Ferry's user may not write through it: GRANT READ_ONLY ADMIN ON *.* TO {account} (MariaDB), \
+                 GRANT CONNECTION_ADMIN ON *.* TO {account} and SET GLOBAL super_read_only = OFF (MySQL)"
+            ),
+            _ => return e,
+        };
+        MyError { fix: Some(fix), ..e }
+    }
+}
+
 impl SwitchSide for MySqlSide<'_> {
     type Error = MyError;
 
@@ -248,9 +306,11 @@ impl SwitchSide for MySqlSide<'_> {
         self.side
     }
 
-    /// Opens Ferry's connection ([`MySqlSide::open`]). Ferry writes nothing on a MySQL/MariaDB
-    /// side (its changes are read from the binlog), so its session needs no exemption from
-    /// read-only and commits nothing.
+    /// Opens Ferry's connection ([`MySqlSide::open`]). Ferry's only write on a MySQL/MariaDB
+    /// side is the `ALTER TABLE ... AUTO_INCREMENT` of a rollback (DDL: it commits on its own,
+    /// and InnoDB makes it durable before it returns); `read_only` is server-wide, so it passes
+    /// only by the privileges of Ferry's user (`READ_ONLY ADMIN`, `CONNECTION_ADMIN`, `SUPER`:
+    /// [`reverse_sink_blockers`] checks them), not by anything a session can set.
     async fn prepare_session(&self) -> Result<(), MyError> {
         let mut slot = self.conn.lock().await;
         if slot.is_none() {
@@ -402,24 +462,12 @@ impl SwitchSide for MySqlSide<'_> {
         if self.generated.is_empty() {
             return Ok(Vec::new());
         }
-        const WHAT: &str = "reading AUTO_INCREMENT counters";
-        let db = self.endpoint.database().to_string();
-        let counters: Vec<(String, Option<u64>)> = self
-            .run(WHAT, |mut c| async move {
-                let r = c
-                    .exec(
-                        "SELECT TABLE_NAME, AUTO_INCREMENT FROM information_schema.TABLES WHERE TABLE_SCHEMA = ?",
-                        (db,),
-                    )
-                    .await;
-                (c, r)
-            })
-            .await?;
+        let counters = self.counters("reading AUTO_INCREMENT counters").await?;
         Ok(self
             .generated
             .iter()
             .map(|(table, column)| {
-                let next = counters.iter().find(|(t, _)| t == table).and_then(|(_, n)| *n).unwrap_or(1);
+                let next = counters.get(table).copied().unwrap_or(1);
                 Identity {
                     name: TableName::new("public", table),
                     column: Some(column.clone()),
@@ -429,13 +477,69 @@ impl SwitchSide for MySqlSide<'_> {
             .collect())
     }
 
-    /// Refused: writes never go to MySQL/MariaDB before reverse replication to it exists.
-    async fn advance_identities(&self, _from: &[Identity]) -> Result<Vec<IdentitySync>, MyError> {
-        Err(MyError::new(
-            &format!("moving AUTO_INCREMENT counters on the {}", self.side),
-            &format!("not supported until reverse replication to MySQL (issue 18): {NOT_BUILT}"),
-            "report this as a bug: no switch sends writes to MySQL/MariaDB yet",
-        ))
+    /// At a rollback (this side is the new one): the `AUTO_INCREMENT` counter of each migrated
+    /// table whose generated column `from` names (`public`.table with its column, as
+    /// PostgreSQL reports them with `PgSide::with_column_identities`) is set past the last value
+    /// handed out there, `ALTER TABLE db.table AUTO_INCREMENT = last + 1`, only when that is
+    /// above the counter (never backwards; InnoDB itself never sets it below the column's
+    /// greatest value + 1, and rows the reverse stream inserted with their ids moved it
+    /// already). A generator of `from` named otherwise (a plain sequence) or a table without
+    /// a counter here is skipped. Returns every generator matched, with the counter read back
+    /// afterwards (`to`: the next value MySQL hands out), moved or not: a second call returns
+    /// the same and changes nothing.
+    ///
+    /// Each `ALTER TABLE` waits for the table's metadata lock (a session inside a transaction
+    /// on it holds one) at most `lock_wait_timeout`, two thirds of the query deadline
+    /// (`MySqlSide::open`), then fails (transient). An abandoned call may still move a
+    /// counter on the server afterwards; moving forward is what the next call would do anyway.
+    async fn advance_identities(&self, from: &[Identity]) -> Result<Vec<IdentitySync>, MyError> {
+        let wanted: Vec<(&str, &str, i64)> = self
+            .generated
+            .iter()
+            .filter_map(|(table, column)| {
+                let name = TableName::new("public", table);
+                from.iter()
+                    .find(|i| i.name == name && i.column.as_deref() == Some(column.as_str()))
+                    .map(|i| (table.as_str(), column.as_str(), i.last_value))
+            })
+            .collect();
+        if wanted.is_empty() {
+            return Ok(Vec::new());
+        }
+        let before = self.counters("reading AUTO_INCREMENT counters").await?;
+        let db = self.endpoint.database();
+        let mut present = Vec::new();
+        for (table, column, last) in wanted {
+            // No counter here: the table or its generated column is gone.
+            let Some(&next) = before.get(table) else { continue };
+            present.push((table, column, last));
+            let Some(want) = auto_increment_past(last, next) else { continue };
+            let sql = format!("ALTER TABLE {}.{} AUTO_INCREMENT = {want}", quote(db), quote(table));
+            let what = format!(
+                "setting AUTO_INCREMENT of {}.{} on the {} past the last id PostgreSQL handed out ({sql})",
+                quote(db),
+                quote(table),
+                self.side
+            );
+            self.run(&what, |mut c| async move {
+                let r = c.query_drop(sql).await;
+                (c, r)
+            })
+            .await
+            .map_err(|e| self.alter_fix(e, table))?;
+        }
+        let after = self.counters("reading AUTO_INCREMENT counters back").await?;
+        Ok(present
+            .into_iter()
+            .filter_map(|(table, column, last)| {
+                after.get(table).map(|&next| IdentitySync {
+                    name: TableName::new("public", table),
+                    column: Some(column.to_string()),
+                    from: last,
+                    to: i64::try_from(next).unwrap_or(i64::MAX),
+                })
+            })
+            .collect())
     }
 
     async fn reverse_blockers(&self) -> Vec<String> {
@@ -457,6 +561,220 @@ impl SwitchSide for MySqlSide<'_> {
     async fn drop_reverse(&self) -> Result<(), MyError> {
         Ok(())
     }
+}
+
+/// Go / NoGo, before a cutover from the MySQL/MariaDB server `endpoint` to PostgreSQL, for a
+/// reverse stream that keeps the server current afterwards (so that a rollback loses nothing):
+/// what would stop its sink, one line each, naming what is missing and the `GRANT` (or setting)
+/// that fixes it; empty: nothing. A failure to find out is a blocker too. Reads only: the
+/// account's grants (`SHOW GRANTS`), `read_only`/`super_read_only` and whether the state
+/// database exists; nothing is tried by writing.
+///
+/// The sink writes, through the read-only the cutover sets on the server:
+/// - its position, in table `state_db`.`reverse_position` (created at cutover, with the
+///   database if need be: [`crate::apply`]): `CREATE` on the database unless both exist, and
+///   `SELECT`, `INSERT`, `UPDATE` on it;
+/// - every change made on PostgreSQL, to the migrated `tables`: `SELECT` (its updates and
+///   deletes find rows by key), `INSERT`, `UPDATE`, `DELETE`; and `ALTER` on tables with an
+///   `AUTO_INCREMENT` column, which a rollback moves past the ids PostgreSQL handed out;
+/// - while `read_only` is on: MariaDB 10.11 and later exempt only `READ_ONLY ADMIN` (10.5.2 to
+///   10.10 also `SUPER`, earlier only `SUPER`); MySQL exempts `CONNECTION_ADMIN` or `SUPER`,
+///   and nobody while `super_read_only` is on.
+///
+/// The binary log is not needed on the server for this (the reverse stream reads PostgreSQL's
+/// write-ahead log). Privileges held only through a role are not counted: Ferry's sessions set
+/// no role.
+pub async fn reverse_sink_blockers(endpoint: &MyEndpoint, state_db: &str, tables: &[MyTable]) -> Vec<String> {
+    match sink_facts(endpoint, state_db).await {
+        Ok(facts) => sink_blockers(&facts, endpoint.database(), state_db, tables),
+        Err(e) => vec![format!(
+            "could not find out whether reverse replication can write to the MySQL/MariaDB source: {e}"
+        )],
+    }
+}
+
+/// What [`reverse_sink_blockers`] reads from the server.
+#[derive(Debug, Clone)]
+struct SinkFacts {
+    /// `VERSION()`.
+    version: String,
+    /// `CURRENT_USER()`, `user@host`.
+    account: String,
+    grants: Grants,
+    /// `super_read_only` (None: MariaDB, which has no such variable).
+    super_read_only: Option<bool>,
+    /// The state database exists, and its position table in it.
+    state_db: bool,
+    state_table: bool,
+}
+
+async fn sink_facts(endpoint: &MyEndpoint, state_db: &str) -> Result<SinkFacts, MyError> {
+    const WHAT: &str = "reading the grants of Ferry's user for reverse replication";
+    let mut c = endpoint.connect().await?;
+    let state_db = state_db.to_string();
+    let facts = endpoint
+        .within(WHAT, async {
+            let (version, account): (String, String) = query(&mut c, WHAT, "SELECT VERSION(), CURRENT_USER()")
+                .await?
+                .pop()
+                .ok_or_else(|| MyError::new(WHAT, "no answer to SELECT VERSION()", "report this as a bug"))?;
+            let grants: Vec<String> = query(&mut c, WHAT, "SHOW GRANTS FOR CURRENT_USER()").await?;
+            let vars: Vec<(String, String)> = query(&mut c, WHAT, "SHOW GLOBAL VARIABLES WHERE Variable_name = 'super_read_only'").await?;
+            let state: Vec<(String, u64)> = c
+                .exec(
+                    "SELECT s.SCHEMA_NAME, (SELECT COUNT(*) FROM information_schema.TABLES t
+                                            WHERE t.TABLE_SCHEMA = s.SCHEMA_NAME AND t.TABLE_NAME = ?)
+                     FROM information_schema.SCHEMATA s WHERE s.SCHEMA_NAME = ?",
+                    (POSITION_TABLE, state_db),
+                )
+                .await
+                .map_err(|e| MyError::query(WHAT, e))?;
+            Ok(SinkFacts {
+                version,
+                account,
+                grants: Grants::parse(&grants),
+                super_read_only: vars.first().map(|(_, v)| matches!(v.to_ascii_uppercase().as_str(), "ON" | "1")),
+                state_db: !state.is_empty(),
+                state_table: state.first().is_some_and(|(_, n)| *n > 0),
+            })
+        })
+        .await;
+    endpoint.disconnect(c).await;
+    facts
+}
+
+/// The blockers of [`reverse_sink_blockers`], from what the server said.
+fn sink_blockers(facts: &SinkFacts, db: &str, state_db: &str, tables: &[MyTable]) -> Vec<String> {
+    let g = &facts.grants;
+    let account = quote_account(&facts.account);
+    fn missing(held: impl Fn(&str) -> bool, wanted: &[&'static str]) -> Vec<&'static str> {
+        wanted.iter().copied().filter(|p| !held(p)).collect()
+    }
+    let mut out = Vec::new();
+
+    // (a) The position table: read, inserted, updated by the sink.
+    let state_missing = if facts.state_table {
+        missing(|p| g.table(state_db, POSITION_TABLE, p), &["SELECT", "INSERT", "UPDATE"])
+    } else {
+        missing(|p| g.database(state_db, p), &["CREATE", "SELECT", "INSERT", "UPDATE"])
+    };
+    if !state_missing.is_empty() {
+        let what = if facts.state_table {
+            format!("table {}", reverse_position_table(state_db))
+        } else if facts.state_db {
+            format!(
+                "database {} (to create table {} in it)",
+                quote(state_db),
+                reverse_position_table(state_db)
+            )
+        } else {
+            format!(
+                "database {} (to create it with table {})",
+                quote(state_db),
+                reverse_position_table(state_db)
+            )
+        };
+        out.push(format!(
+            "{account} lacks {} on {what}, where reverse replication records its position with every change it applies to the source: GRANT {} ON {}.* TO {account}",
+            state_missing.join(", "),
+            state_missing.join(", "),
+            quote(state_db)
+        ));
+    }
+
+    // (b) The migrated tables.
+    let generated = generated_columns(tables);
+    let mut lacking: Vec<&'static str> = Vec::new();
+    let mut short: Vec<&str> = Vec::new();
+    for t in tables {
+        let mut wanted = vec!["SELECT", "INSERT", "UPDATE", "DELETE"];
+        if generated.iter().any(|(table, _)| *table == t.name) {
+            wanted.push("ALTER");
+        }
+        let m = missing(|p| g.table(db, &t.name, p), &wanted);
+        if !m.is_empty() {
+            short.push(&t.name);
+            for p in m {
+                if !lacking.contains(&p) {
+                    lacking.push(p);
+                }
+            }
+        }
+    }
+    if !short.is_empty() {
+        lacking.sort_by_key(|p| ["SELECT", "INSERT", "UPDATE", "DELETE", "ALTER"].iter().position(|x| x == p));
+        const SHOWN: usize = 5;
+        let mut names = short.iter().take(SHOWN).map(|t| quote(t)).collect::<Vec<_>>().join(", ");
+        if short.len() > SHOWN {
+            names.push_str(&format!(" and {} more", short.len() - SHOWN));
+        }
+        out.push(format!(
+            "{account} lacks {} on migrated tables of {} ({names}): reverse replication writes every change made on PostgreSQL after the cutover to them{}: GRANT {} ON {}.* TO {account}",
+            lacking.join(", "),
+            quote(db),
+            if lacking.contains(&"ALTER") {
+                ", and a rollback moves their AUTO_INCREMENT past the ids PostgreSQL handed out (ALTER)"
+            } else {
+                ""
+            },
+            lacking.join(", "),
+            quote(db)
+        ));
+    }
+
+    // (c) Writing through read-only.
+    let mariadb = facts.version.to_ascii_lowercase().contains("mariadb");
+    let v = version_numbers(&facts.version);
+    let (exempt, grant): (&[&str], &str) = if !mariadb {
+        (&["CONNECTION_ADMIN", "SUPER"], "CONNECTION_ADMIN")
+    } else if v >= [10, 11, 0] {
+        (&["READ_ONLY ADMIN"], "READ_ONLY ADMIN")
+    } else if v >= [10, 5, 2] {
+        (&["READ_ONLY ADMIN", "SUPER"], "READ_ONLY ADMIN")
+    } else {
+        (&["SUPER"], "SUPER")
+    };
+    if !exempt.iter().any(|p| g.global(p)) {
+        out.push(format!(
+            "{account} lacks {} on the source ({} {}): the cutover makes the source read-only, and reverse replication must write through it: GRANT {grant} ON *.* TO {account}",
+            exempt.join(" or "),
+            if mariadb { "MariaDB" } else { "MySQL" },
+            v.map(|n| n.to_string()).join(".")
+        ));
+    }
+    if facts.super_read_only == Some(true) {
+        out.push(
+            "super_read_only is ON on the source: it stops every write, even of users with SUPER or CONNECTION_ADMIN, so reverse replication could not apply anything: SET GLOBAL super_read_only = OFF (and remove super_read_only from my.cnf)"
+                .to_string(),
+        );
+    }
+    out
+}
+
+/// (table, `AUTO_INCREMENT` column) of every table of `tables` with a generated key mapped to an
+/// integer identity on the target.
+fn generated_columns(tables: &[MyTable]) -> Vec<(String, String)> {
+    tables
+        .iter()
+        .flat_map(|t| {
+            t.columns
+                .iter()
+                .filter(|(_, m)| m.identity && matches!(m.target.as_str(), "smallint" | "integer" | "bigint"))
+                .map(|(c, _)| (t.name.clone(), c.clone()))
+        })
+        .collect()
+}
+
+/// The `AUTO_INCREMENT` value that puts a counter at `next` past `last` (the last value handed
+/// out elsewhere), or None when it is there already: a counter never moves back.
+fn auto_increment_past(last: i64, next: u64) -> Option<u64> {
+    let want = u64::try_from(last).ok()?.checked_add(1)?;
+    (want > next).then_some(want)
+}
+
+/// A MySQL identifier in backticks.
+fn quote(name: &str) -> String {
+    format!("`{}`", name.replace('`', "``"))
 }
 
 /// The binlog position of a `SHOW MASTER STATUS` row (None: the binary log is off).
@@ -481,5 +799,123 @@ mod tests {
     fn the_server_gives_up_on_the_read_only_lock_before_the_client() {
         assert_eq!(read_only_lock_wait(Duration::from_secs(30)), 20);
         assert_eq!(read_only_lock_wait(Duration::from_millis(200)), 1);
+    }
+
+    #[test]
+    fn auto_increment_only_moves_forward() {
+        assert_eq!(auto_increment_past(41, 10), Some(42));
+        assert_eq!(auto_increment_past(41, 42), None, "there already");
+        assert_eq!(auto_increment_past(41, 500), None, "never backwards");
+        assert_eq!(auto_increment_past(0, 1), None);
+        assert_eq!(auto_increment_past(-5, 1), None, "a descending generator moves nothing");
+        assert_eq!(auto_increment_past(i64::MAX, 1), Some(1 << 63));
+        assert_eq!(reverse_position_table("my`db"), "`my``db`.`reverse_position`");
+    }
+
+    fn table(name: &str, auto_increment: bool) -> MyTable {
+        serde_json::from_value(serde_json::json!({
+            "name": name, "engine": "InnoDB", "estimated_rows": 0, "bytes": 0, "primary_key": ["id"], "auto_increment": null,
+            "columns": [
+                ["id", {"source": "bigint(20)", "target": "bigint", "not_null": true, "identity": auto_increment, "attention": "none"}]
+            ]
+        }))
+        .unwrap()
+    }
+
+    fn facts(version: &str, grants: &[&str]) -> SinkFacts {
+        SinkFacts {
+            version: version.into(),
+            account: "ferry@%".into(),
+            grants: Grants::parse(&grants.iter().map(|g| g.to_string()).collect::<Vec<_>>()),
+            super_read_only: None,
+            state_db: false,
+            state_table: false,
+        }
+    }
+
+    #[test]
+    fn the_reverse_sink_needs_its_state_the_tables_and_read_only_exemption() {
+        let tables = [table("orders", true), table("notes", false)];
+        let root = facts(
+            "10.11.6-MariaDB",
+            &["GRANT ALL PRIVILEGES ON *.* TO `root`@`localhost` WITH GRANT OPTION"],
+        );
+        assert!(sink_blockers(&root, "shop", "ferry", &tables).is_empty());
+
+        // The forward migration's grants only.
+        let reader = facts(
+            "10.11.6-MariaDB",
+            &["GRANT SELECT, RELOAD, BINLOG MONITOR, REPLICATION SLAVE ON *.* TO `ferry`@`%`"],
+        );
+        let b = sink_blockers(&reader, "shop", "ferry", &tables);
+        assert_eq!(b.len(), 3, "{b:#?}");
+        assert!(b[0].contains("lacks CREATE, INSERT, UPDATE on database `ferry`"), "{}", b[0]);
+        assert!(
+            b[0].ends_with("GRANT CREATE, INSERT, UPDATE ON `ferry`.* TO 'ferry'@'%'"),
+            "{}",
+            b[0]
+        );
+        assert!(b[1].contains("`orders`, `notes`") && b[1].contains("AUTO_INCREMENT"), "{}", b[1]);
+        assert!(
+            b[1].ends_with("GRANT INSERT, UPDATE, DELETE, ALTER ON `shop`.* TO 'ferry'@'%'"),
+            "{}",
+            b[1]
+        );
+        assert!(
+            b[2].contains("lacks READ_ONLY ADMIN") && b[2].contains("MariaDB 10.11.6"),
+            "{}",
+            b[2]
+        );
+        assert!(b[2].ends_with("GRANT READ_ONLY ADMIN ON *.* TO 'ferry'@'%'"), "{}", b[2]);
+
+        // Enough, at every level: the state table exists and is granted on its own.
+        let mut granted = facts(
+            "10.6.16-MariaDB",
+            &[
+                "GRANT SUPER, SELECT ON *.* TO `ferry`@`%`",
+                "GRANT INSERT, UPDATE, DELETE ON `sh_p`.* TO `ferry`@`%`",
+                "GRANT ALTER ON `shop`.`orders` TO `ferry`@`%`",
+                "GRANT INSERT, UPDATE ON `ferry`.`reverse_position` TO `ferry`@`%`",
+            ],
+        );
+        granted.state_db = true;
+        granted.state_table = true;
+        assert!(
+            sink_blockers(&granted, "shop", "ferry", &tables).is_empty(),
+            "SUPER exempts before 10.11"
+        );
+        granted.version = "10.11.6-MariaDB".into();
+        let b = sink_blockers(&granted, "shop", "ferry", &tables);
+        assert!(
+            b.len() == 1 && b[0].contains("lacks READ_ONLY ADMIN "),
+            "SUPER no longer exempts: {b:?}"
+        );
+        // The table exists, its database lacks CREATE: only what the table needs counts.
+        granted.version = "8.0.36".into();
+        granted.super_read_only = Some(false);
+        assert!(
+            sink_blockers(&granted, "shop", "ferry", &tables).is_empty(),
+            "SUPER exempts on MySQL"
+        );
+        granted.super_read_only = Some(true);
+        let b = sink_blockers(&granted, "shop", "ferry", &tables);
+        assert!(b.len() == 1 && b[0].starts_with("super_read_only is ON"), "{b:?}");
+
+        // MySQL 8 without SUPER: CONNECTION_ADMIN; a missing ALTER alone.
+        let mysql = facts(
+            "8.4.0",
+            &[
+                "GRANT SELECT, INSERT, UPDATE, DELETE, CREATE ON *.* TO `ferry`@`%`",
+                "GRANT BINLOG_ADMIN ON *.* TO `ferry`@`%`",
+            ],
+        );
+        let b = sink_blockers(&mysql, "shop", "ferry", &tables);
+        assert_eq!(b.len(), 2, "{b:#?}");
+        assert!(b[0].contains("lacks ALTER on migrated tables of `shop` (`orders`)"), "{}", b[0]);
+        assert!(
+            b[1].contains("lacks CONNECTION_ADMIN or SUPER") && b[1].ends_with("GRANT CONNECTION_ADMIN ON *.* TO 'ferry'@'%'"),
+            "{}",
+            b[1]
+        );
     }
 }

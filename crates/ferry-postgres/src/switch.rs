@@ -6,12 +6,14 @@
 //!   Ferry's own sessions set writable ([`set_read_only`], [`writable_session`]);
 //! - writers and direct sessions: `pg_stat_activity`, Ferry's own sessions spared by backend pid
 //!   and start time, never by `application_name` ([`end_writers`], [`direct_sessions`]);
-//! - sequences: `pg_sequences` read on one side, `setval` on the other in one statement;
+//! - sequences: `pg_sequences` read on one side, `setval` on the other in one statement; for
+//!   a switch to another engine, the sequences of serial and identity columns are named by
+//!   their table and column ([`PgSide::with_column_identities`], [`column_identities`]);
 //! - reverse stream: a publication and a slot on the target ([`prepare_reverse`], [`drop_reverse`]).
 
 use std::time::{Duration, Instant};
 
-use ferry_core::ident::quote_ident;
+use ferry_core::ident::{quote_ident, quote_literal};
 use ferry_core::switch::{DirectSession, Identity, IdentitySync, SessionId, SwitchSide};
 use ferry_core::{Lsn, SourcePosition, TableName};
 use tokio_postgres::Client;
@@ -52,6 +54,8 @@ pub struct PgSide<'a> {
     endpoint: &'a Endpoint,
     side: &'static str,
     reverse: Option<ReverseStream>,
+    /// Report the sequences of serial and identity columns by table and column.
+    column_identities: bool,
 }
 
 impl<'a> PgSide<'a> {
@@ -63,12 +67,27 @@ impl<'a> PgSide<'a> {
             endpoint,
             side,
             reverse: None,
+            column_identities: false,
         }
     }
 
     /// The reverse stream a cutover prepares on this side (the target).
     pub fn with_reverse(mut self, reverse: ReverseStream) -> Self {
         self.reverse = Some(reverse);
+        self
+    }
+
+    /// [`SwitchSide::identities`] names the sequence of a serial or identity column by what it
+    /// generates: the owning table with its column (`Identity { name: table, column:
+    /// Some(column) }`); a sequence owned by no column stays a sequence (`column` None).
+    ///
+    /// For a switch whose new side is another engine (a rollback to MySQL/MariaDB). Generators
+    /// are named as the new side knows them ([`Identity::name`]), and MySQL knows no sequences:
+    /// its generator is a table's `AUTO_INCREMENT` counter, for its one generated column, so it
+    /// can only match a generator named by table and column. A PostgreSQL new side knows the
+    /// sequences by name, so a switch between two PostgreSQL databases leaves this off.
+    pub fn with_column_identities(mut self) -> Self {
+        self.column_identities = true;
         self
     }
 }
@@ -102,7 +121,11 @@ impl SwitchSide for PgSide<'_> {
     }
 
     async fn identities(&self) -> Result<Vec<Identity>, PgError> {
-        identities(self.client).await
+        if self.column_identities {
+            column_identities(self.client).await
+        } else {
+            identities(self.client).await
+        }
     }
 
     async fn advance_identities(&self, from: &[Identity]) -> Result<Vec<IdentitySync>, PgError> {
@@ -303,6 +326,41 @@ pub async fn identities(c: &Client) -> Result<Vec<Identity>, PgError> {
         .collect())
 }
 
+/// Like [`identities`], with the sequence of each serial or identity column named by its
+/// column: `Identity { name: <owning table>, column: Some(<column>) }`; a sequence owned by no
+/// column stays a sequence (`column` None). A serial column's sequence is tied to it by `OWNED
+/// BY` (an automatic dependency in `pg_depend`), an identity column's by an internal one: both
+/// are what `pg_get_serial_sequence` finds. A sequence owned by several columns (possible only
+/// by hand) is reported once per column.
+pub async fn column_identities(c: &Client) -> Result<Vec<Identity>, PgError> {
+    let rows = c
+        .query(
+            "SELECT COALESCE(tn.nspname, s.schemaname)::text, COALESCE(t.relname, s.sequencename)::text, a.attname::text, s.last_value
+             FROM pg_sequences s
+             JOIN pg_namespace sn ON sn.nspname = s.schemaname
+             JOIN pg_class sc ON sc.relnamespace = sn.oid AND sc.relname = s.sequencename AND sc.relkind = 'S'
+             LEFT JOIN pg_depend d ON d.classid = 'pg_class'::regclass AND d.objid = sc.oid
+                  AND d.refclassid = 'pg_class'::regclass AND d.refobjsubid > 0 AND d.deptype IN ('a', 'i')
+             LEFT JOIN pg_class t ON t.oid = d.refobjid
+             LEFT JOIN pg_namespace tn ON tn.oid = t.relnamespace
+             LEFT JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid AND NOT a.attisdropped
+             WHERE s.last_value IS NOT NULL AND s.schemaname NOT IN ('pg_catalog', 'information_schema')
+               AND (d.objid IS NULL OR a.attname IS NOT NULL)
+             ORDER BY 1, 2, 3",
+            &[],
+        )
+        .await
+        .map_err(|e| PgError::query("reading the values of sequences and generated columns where writes stopped", e))?;
+    Ok(rows
+        .iter()
+        .map(|r| Identity {
+            name: TableName::new(r.get::<_, String>(0), r.get::<_, String>(1)),
+            column: r.get(2),
+            last_value: r.get(3),
+        })
+        .collect())
+}
+
 /// Sets every generator of `from` that exists on `c` so that it can never hand out a value the
 /// other side already did: never moved backwards (an ascending sequence keeps the greater
 /// value, a descending one the smaller). Sequences take one statement, whatever their number;
@@ -423,6 +481,14 @@ pub async fn prepare_reverse(target: &Endpoint, rev: &ReverseStream, tables: &[T
     .map_err(|e| PgError::query("preparing a session on the target", e))?;
     let stuck = "a transaction on the target holds a lock on a migrated table or has been running \
                  for a long time; find it in pg_stat_activity on the target, end it, and retry";
+    // A published table without a replica identity refuses UPDATE and DELETE: the application's
+    // writes to a migrated table without a key (MySQL allows them; a PostgreSQL source's carry
+    // their identity over in the schema) would fail the moment it moves. Such tables get
+    // REPLICA IDENTITY FULL (their changes are found by the whole row, as the forward stream
+    // finds them); nothing else changes.
+    c.batch_execute(&full_identity_sql(tables))
+        .await
+        .map_err(|e| PgError::query("giving the migrated tables without a key REPLICA IDENTITY FULL on the target", e).with_fix(stuck))?;
     c.batch_execute(&publication_sql(publication, tables))
         .await
         .map_err(|e| PgError::query(format!("creating publication {publication} on the target"), e).with_fix(stuck))?;
@@ -435,6 +501,21 @@ pub async fn prepare_reverse(target: &Endpoint, rev: &ReverseStream, tables: &[T
             )
         })?;
     Ok(())
+}
+
+/// For each of `tables` that has no replica identity (no primary key, identity `default`),
+/// `ALTER TABLE ... REPLICA IDENTITY FULL`; one statement, run on the target.
+fn full_identity_sql(tables: &[TableName]) -> String {
+    let names: Vec<String> = tables.iter().map(|t| quote_literal(&t.quoted())).collect();
+    format!(
+        "DO $ferry$ DECLARE t regclass; BEGIN
+           FOR t IN SELECT c.oid::regclass FROM pg_class c
+                    WHERE c.oid = ANY (ARRAY[{}]::regclass[]) AND c.relreplident = 'd'
+                      AND NOT EXISTS (SELECT FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary)
+           LOOP EXECUTE format('ALTER TABLE %s REPLICA IDENTITY FULL', t); END LOOP;
+         END $ferry$",
+        if names.is_empty() { "NULL".to_string() } else { names.join(", ") }
+    )
 }
 
 /// Drops the reverse stream's slot and publication on `target`, if they exist.

@@ -26,11 +26,6 @@ use std::time::{Duration, Instant};
 
 use ferry_core::switch::{seen_twice, IdentitySync, SessionId, SwitchSide};
 use ferry_core::{Fault, Lsn, Phase, SourcePosition};
-use ferry_mysql::cutover::{self as my_cutover, GateReport};
-use ferry_mysql::preflight::MyCheckRequest;
-use ferry_mysql::state::MyState;
-use ferry_mysql::switch::MySqlSide;
-use ferry_mysql::MyError;
 use ferry_postgres::preflight::CheckRequest;
 use ferry_postgres::state::StateStore;
 use ferry_postgres::switch::{self as pg_switch, PgSide, ReverseStream};
@@ -119,7 +114,7 @@ pub struct Report {
 }
 
 impl Report {
-    fn new(kind: &'static str) -> Self {
+    pub(crate) fn new(kind: &'static str) -> Self {
         Self {
             kind,
             outcome: "no_go",
@@ -144,7 +139,7 @@ impl Report {
         self.identities = synced.iter().map(ToString::to_string).collect();
     }
 
-    fn no_go(mut self, blockers: Vec<String>) -> Self {
+    pub(crate) fn no_go(mut self, blockers: Vec<String>) -> Self {
         self.reason = Some(format!("{} cannot start: {}", self.kind, blockers.join("; ")));
         self.blockers = blockers;
         self
@@ -165,7 +160,7 @@ const STALE_AFTER: f64 = 5.0;
 
 /// Which way a switch goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Way {
+pub(crate) enum Way {
     /// Source to target.
     Cutover,
     /// Target back to source.
@@ -182,7 +177,7 @@ impl Way {
 }
 
 /// A step of the pause failed or ran late.
-struct Abort(String);
+pub(crate) struct Abort(pub(crate) String);
 
 impl<E: std::fmt::Display> From<E> for Abort {
     fn from(e: E) -> Self {
@@ -830,7 +825,7 @@ fn ms(d: Duration) -> f64 {
 }
 
 /// Runs `f` within `d`.
-async fn within<T>(d: Duration, f: impl std::future::Future<Output = T>) -> Result<T, Abort> {
+pub(crate) async fn within<T>(d: Duration, f: impl std::future::Future<Output = T>) -> Result<T, Abort> {
     tokio::time::timeout(d, f)
         .await
         .map_err(|_| Abort(format!("a step did not finish within the {} ms left of --max-pause", d.as_millis())))
@@ -862,7 +857,7 @@ fn may_have_taken_effect<E: Fault>(e: &E) -> bool {
 }
 
 /// The text of a position in reports: an LSN, or a binlog file and offset.
-fn position_text(p: &SourcePosition) -> String {
+pub(crate) fn position_text(p: &SourcePosition) -> String {
     match p {
         SourcePosition::Postgres(lsn) => lsn.to_string(),
         SourcePosition::Mysql(b) => b.file_pos(),
@@ -873,7 +868,7 @@ fn position_text(p: &SourcePosition) -> String {
 /// without a proxy drives them ([`pause_without_proxy`]): this process's PostgreSQL applier
 /// ([`PgStream`]), or the stream of a MySQL/MariaDB source, which runs in the `ferry migrate`
 /// process and is followed through Ferry's state on the target ([`MyStream`]).
-trait Stream {
+pub(crate) trait Stream {
     /// What keeps the stream at the final position until change capture turns around.
     type Held: Send;
     /// Waits up to `within` until the stream has applied `p`, and holds it there.
@@ -916,7 +911,7 @@ impl Stream for PgStream<'_> {
 /// after the grace period, then within `--max-pause`: the final position, the stream applies
 /// it, identities synced, the phase recorded. Err carries why, and whether the old side may
 /// have been made read-only (the abort undoes it).
-async fn pause_without_proxy<O: SwitchSide, N: SwitchSide, S: Stream>(
+pub(crate) async fn pause_without_proxy<O: SwitchSide, N: SwitchSide, S: Stream>(
     way: Way,
     opts: &SwitchOptions,
     report: &mut Report,
@@ -975,211 +970,9 @@ async fn pause_without_proxy<O: SwitchSide, N: SwitchSide, S: Stream>(
     }
 }
 
-/// Who moves the phases of a MySQL/MariaDB cutover.
-const MYSQL_ACTOR: &str = "ferry cutover";
-
-/// The stream of a MySQL/MariaDB source: it runs in the `ferry migrate` process and records the
-/// position it applied on the target with every batch it commits; it stops by itself when it
-/// sees the phase `cut_over` (`ferry_mysql::state::Hold::CutOver`). Nothing holds it here: no
-/// write follows the final position (the source is read-only).
-struct MyStream<'a> {
-    state: &'a MyState,
-    /// Ferry's session on the target (recording the cutover takes a transaction: `&mut`).
-    pg: tokio::sync::Mutex<Client>,
-    /// The target, for messages.
-    target: String,
-    /// Deadline of each answer of the target.
-    limit: Duration,
-    /// The source: the sessions still connected when the cutover is recorded are reported.
-    old: &'a MySqlSide<'a>,
-}
-
-impl MyStream<'_> {
-    /// A deadline on the target, as [`ferry_mysql::cutover`] sets them.
-    async fn on_target<T>(&self, what: &str, fut: impl std::future::Future<Output = Result<T, MyError>>) -> Result<T, MyError> {
-        ferry_mysql::endpoint::deadline(&format!("the PostgreSQL target {}", self.target), self.limit, what, fut).await
-    }
-}
-
-impl Stream for MyStream<'_> {
-    type Held = ();
-
-    async fn reach(&self, p: &SourcePosition, within: Duration) -> Result<(), Abort> {
-        let want = p
-            .as_mysql()
-            .ok_or_else(|| Abort(format!("the final position {p} is not a binlog position (report this as a bug)")))?;
-        let pg = self.pg.lock().await;
-        if my_cutover::wait_applied(self.state, &pg, &self.target, self.limit, want, within).await? {
-            Ok(())
-        } else {
-            Err(Abort(format!(
-                "the stream did not apply up to {} within {} (check ferry migrate's log)",
-                want.file_pos(),
-                ferry_mysql::endpoint::human(within)
-            )))
-        }
-    }
-
-    /// The phase `cut_over` and the report in one target transaction: the running stream
-    /// stops when it sees the phase.
-    async fn record(&self, (): (), _reason: &str, report: &mut Report) -> Result<(), Abort> {
-        // Users holding SUPER or READ_ONLY ADMIN could still write: named in the report.
-        report.direct_sessions = self.old.direct_sessions(&[]).await?.into_iter().map(|d| d.description).collect();
-        let json = serde_json::to_value(gate_report(report)).unwrap_or_default();
-        let mut pg = self.pg.lock().await;
-        self.on_target("recording the cutover", self.state.record_cutover(&mut pg, &json, MYSQL_ACTOR))
-            .await?;
-        Ok(())
-    }
-}
-
-/// The report of a MySQL/MariaDB cutover, from the switch's.
-pub fn gate_report(r: &Report) -> GateReport {
-    GateReport {
-        final_position: r.final_lsn.clone().unwrap_or_default(),
-        write_pause_ms: r.pause_ms.unwrap_or(0.0),
-        killed: r.ended.clone(),
-        still_connected: r.direct_sessions.clone(),
-        identities: r.identities.clone(),
-    }
-}
-
-/// `ferry cutover --source mysql://...`: a MySQL/MariaDB source cut over to its PostgreSQL
-/// target by the pause of a switch without a proxy ([`pause_without_proxy`]), [`MySqlSide`]
-/// the old side and [`PgSide`] the new one, without a reverse stream (rollback to
-/// MySQL/MariaDB is not built yet). Before it: the migration may be cut over
-/// ([`my_cutover::ready`]) and its stream, in the running `ferry migrate`, catches up with the
-/// source within `opts.max_lag`. `opts.max_pause` bounds what follows the grace period.
-///
-/// Err: refused, or aborted with the source writable again and the migration back in `cdc`
-/// (or the error says what could not be put back, and how to do it by hand).
-pub async fn mysql_cutover(req: &MyCheckRequest, state: &MyState, opts: &SwitchOptions) -> Result<GateReport, MyError> {
-    mysql_switch(req, state, opts).await.map(|r| gate_report(&r))
-}
-
-/// What the error of an aborted MySQL/MariaDB cutover says it was doing (the others are
-/// refusals: nothing was changed).
-const MYSQL_ABORTED: &str = "cutover aborted";
-
-/// [`mysql_cutover`] as the API answers it: the switch's report (`outcome` done, no_go when it
-/// was refused before anything changed, aborted when writes were stopped and put back), with
-/// `source_engine` and, when done, the fields of [`GateReport`] added; and that report.
-pub async fn mysql_cutover_report(req: &MyCheckRequest, state: &MyState, opts: &SwitchOptions) -> (serde_json::Value, Option<GateReport>) {
-    let report = match mysql_switch(req, state, opts).await {
-        Ok(r) => r,
-        Err(e) if e.context == MYSQL_ABORTED => {
-            let mut r = Report::new("cutover");
-            r.outcome = "aborted";
-            r.reason = Some(e.to_string());
-            r
-        }
-        Err(e) => Report::new("cutover").no_go(vec![e.to_string()]),
-    };
-    let mut v = serde_json::to_value(&report).unwrap_or_default();
-    let gate = (report.outcome == "done").then(|| gate_report(&report));
-    if let (Some(o), Some(Ok(serde_json::Value::Object(fields)))) = (v.as_object_mut(), gate.as_ref().map(serde_json::to_value)) {
-        o.extend(fields);
-    }
-    v["source_engine"] = json!(ferry_postgres::state::ENGINE_MYSQL);
-    (v, gate)
-}
-
-/// [`mysql_cutover`], with the switch's whole report (outcome `done`).
-async fn mysql_switch(req: &MyCheckRequest, state: &MyState, opts: &SwitchOptions) -> Result<Report, MyError> {
-    let limit = req.source.query_timeout();
-    let target = req.target.describe();
-    let pg = req.target.connect("mysql-cutover").await?;
-    let tables = my_cutover::ready(state, &pg, &target, limit, opts.skip_verify_check).await?;
-    let new_c = req.target.connect("switch").await?;
-    let old = MySqlSide::new(&req.source, "source").with_tables(&tables);
-    let new = PgSide::new(&new_c, &req.target, "target");
-    old.prepare_session().await?;
-    new.prepare_session().await?;
-    // Catch up first, nobody held: the stream applies what the source has now.
-    let now = old.final_position().await?;
-    let Some(now) = now.as_mysql().cloned() else {
-        return Err(MyError::new(
-            "starting the cutover",
-            &format!("the source's position {now} is not a binlog position"),
-            "report this as a bug",
-        ));
-    };
-    if !my_cutover::wait_applied(state, &pg, &target, limit, &now, opts.max_lag).await? {
-        let at = my_cutover::applied(state, &pg, &target, limit).await?;
-        return Err(MyError::new(
-            "starting the cutover",
-            &format!(
-                "the stream is behind: applied up to {}, the source is at {} (waited {:?})",
-                at.map(|a| a.file_pos()).unwrap_or_else(|| "nothing yet".into()),
-                now.file_pos(),
-                opts.max_lag
-            ),
-            "make sure ferry migrate is running and caught up (ferry status), then cut over",
-        ));
-    }
-    let stream = MyStream {
-        state,
-        pg: tokio::sync::Mutex::new(pg),
-        target,
-        limit,
-        old: &old,
-    };
-    {
-        let pg = stream.pg.lock().await;
-        stream
-            .on_target(
-                "recording the cutover's start",
-                state.gate_phase(&pg, Phase::Cutover, MYSQL_ACTOR, "cutover gate: stopping writes on the source"),
-            )
-            .await?;
-    }
-    let mut report = Report::new("cutover");
-    let (Abort(reason), read_only_set) = match pause_without_proxy(Way::Cutover, opts, &mut report, &old, &new, &stream).await {
-        Ok(()) => {
-            report.outcome = "done";
-            return Ok(report);
-        }
-        Err(e) => e,
-    };
-    // Aborted: the source takes writes again, the migration goes back to `cdc` (traffic stays
-    // on the source). The error says whether that worked.
-    let mut e = MyError::new(
-        MYSQL_ABORTED,
-        &reason,
-        "the stream goes on; fix what stopped the cutover, then cut over again",
-    );
-    if read_only_set {
-        match old.set_read_only(false).await {
-            Ok(()) => e.reason.push_str(" (the source is writable again)"),
-            Err(w) => {
-                tracing::error!(error = %w, "the source could not be made writable again");
-                e.reason.push_str(&format!(
-                    "; and the source may still be READ-ONLY: making it writable again failed ({w})"
-                ));
-                e.fix = Some(
-                    "run SET GLOBAL read_only = OFF (and super_read_only = OFF on MySQL) on the source now; then cut over again".into(),
-                );
-            }
-        }
-    }
-    let why = format!("cutover aborted: {}", e.reason);
-    let pg = stream.pg.lock().await;
-    if let Err(w) = stream
-        .on_target(
-            "recording the aborted cutover",
-            state.gate_phase(&pg, Phase::Cdc, MYSQL_ACTOR, &why),
-        )
-        .await
-    {
-        e.reason
-            .push_str(&format!("; and recording the abort failed ({w}): ferry cutover again takes over"));
-    }
-    Err(e)
-}
-
 /// Abort path: makes `side` read-only (`on`) or writable again, as it was before the switch.
 /// A failure is logged for the operator: the switch is aborted either way.
-async fn restore_read_only<S: SwitchSide>(side: &S, on: bool) {
+pub(crate) async fn restore_read_only<S: SwitchSide>(side: &S, on: bool) {
     if let Err(e) = side.set_read_only(on).await {
         tracing::error!(
             error = %e,

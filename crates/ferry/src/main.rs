@@ -12,6 +12,7 @@ mod metrics;
 mod migrate;
 mod mysql_cmd;
 mod mysql_control;
+mod mysql_switch;
 mod progress;
 mod server;
 mod settings;
@@ -308,12 +309,7 @@ async fn switch_cmd(args: &cli::SwitchArgs, rollback: bool) -> anyhow::Result<i3
             .into());
         }
         if rollback {
-            return Err(exit::UsageError(
-                "rollback to a MySQL/MariaDB source is not built yet (there is no reverse stream from PostgreSQL to MySQL); \
-                 ferry check says so before a migration starts"
-                    .into(),
-            )
-            .into());
+            return mysql_cmd::rollback(args).await;
         }
         return mysql_cmd::cutover(args).await;
     }

@@ -209,7 +209,10 @@ pub async fn migrate(args: &MigrateArgs) -> anyhow::Result<i32> {
     stream(args, &req, &plan, &target, &state, !load, live.as_deref()).await
 }
 
-/// Change capture until SIGTERM/SIGINT.
+/// Change capture until SIGTERM/SIGINT, in the direction the phase says: the binlog stream into
+/// the target until a cutover, then the target's writes back to the source (the reverse
+/// stream) until a rollback, then forward again.
+#[allow(clippy::too_many_arguments)]
 async fn stream(
     args: &MigrateArgs,
     req: &preflight::MyCheckRequest,
@@ -219,14 +222,57 @@ async fn stream(
     restarted: bool,
     live: Option<&crate::live::Live>,
 ) -> anyhow::Result<i32> {
-    let source_id = state.source();
-    let phase = state.phase(target).await?;
-    if phase == Some(Phase::CutOver) {
-        return Err(UsageError(format!(
-            "the migration from {source_id} was cut over: the application writes to the target now, and there is nothing to stream"
-        ))
-        .into());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        crate::shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    let stats = Arc::new(CdcStats::default());
+    if let Some(live) = live {
+        live.set_mysql(stats.clone());
     }
+    let mut first = true;
+    loop {
+        // A session of its own for each direction: a rollback ends every session on the target
+        // that could write, this process's too (it runs in `ferry rollback`).
+        let fresh;
+        let target = if first {
+            target
+        } else {
+            fresh = req.target.connect("mysql-state").await?;
+            &fresh
+        };
+        match state.phase(target).await? {
+            Some(Phase::CutOver | Phase::Rollback) => reverse(args, req, plan, state, &stop_rx).await?,
+            Some(Phase::RolledBack) => {
+                after_rollback(req, state, target).await?;
+                first = false;
+                continue;
+            }
+            phase => forward(args, req, plan, target, state, restarted && first, phase, live, &stop_rx, &stats).await?,
+        }
+        first = false;
+        if *stop_rx.borrow() {
+            return Ok(exit::OK);
+        }
+    }
+}
+
+/// The binlog stream into the target, until SIGTERM/SIGINT or the cutover.
+#[allow(clippy::too_many_arguments)]
+async fn forward(
+    args: &MigrateArgs,
+    req: &preflight::MyCheckRequest,
+    plan: &preflight::MyPlan,
+    target: &tokio_postgres::Client,
+    state: &MyState,
+    restarted: bool,
+    phase: Option<Phase>,
+    live: Option<&crate::live::Live>,
+    stop_rx: &tokio::sync::watch::Receiver<bool>,
+    stats: &Arc<CdcStats>,
+) -> anyhow::Result<()> {
+    let source_id = state.source();
     let Some((start, blocked)) = state.resume_point(target).await? else {
         anyhow::bail!("no finished full load is recorded for {source_id}");
     };
@@ -266,15 +312,6 @@ async fn stream(
         opts.server_id,
         req.target.describe()
     );
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        crate::shutdown_signal().await;
-        let _ = stop_tx.send(true);
-    });
-    let stats = Arc::new(CdcStats::default());
-    if let Some(live) = live {
-        live.set_mysql(stats.clone());
-    }
     let printer = {
         let stats = stats.clone();
         tokio::spawn(async move {
@@ -310,7 +347,7 @@ async fn stream(
                 "Change capture paused through the API at binlog {}; POST /api/resume (ferry resume) continues from there",
                 end.file_pos()
             );
-            if !wait_paused(p, &stop_rx, state, target).await {
+            if !wait_paused(p, stop_rx, state, target).await {
                 break Ok(end);
             }
             eprintln!("Change capture resumed through the API");
@@ -333,7 +370,7 @@ async fn stream(
                 let _ = run_tx.send(true);
             })
         };
-        let run = cdc::stream(req, plan, state, &opts, run_rx, &stats).await;
+        let run = cdc::stream(req, plan, state, &opts, run_rx, stats).await;
         forward.abort();
         match run {
             Ok(p) => end = p,
@@ -352,13 +389,9 @@ async fn stream(
     printer.abort();
     let end = result?;
     if state.phase(target).await? == Some(Phase::CutOver) {
-        println!("The migration was cut over (ferry cutover): the stream is done.");
-        if live.is_some() && !*stop_rx.borrow() {
-            // The status, the dashboard and the metrics say so until the operator stops it.
-            eprintln!("The API keeps serving this migration's status (phase cut_over) until SIGTERM/SIGINT; nothing is streamed any more");
-            let mut stop = stop_rx.clone();
-            let _ = stop.wait_for(|v| *v).await;
-        }
+        println!(
+            "The migration was cut over (ferry cutover): the binlog stream is done; the target's writes now stream back to the source."
+        );
     }
     println!(
         "Stopped at binlog position {} (GTID {}): {} source transactions, {} row changes applied in this run",
@@ -367,7 +400,126 @@ async fn stream(
         stats.transactions.load(Ordering::Relaxed),
         stats.changes.load(Ordering::Relaxed)
     );
-    Ok(exit::OK)
+    Ok(())
+}
+
+/// Reverse replication after the cutover: the target's writes back to the source, so that
+/// `ferry rollback` loses nothing, until SIGTERM/SIGINT or a rollback is recorded (the phase
+/// leaves `cut_over`/`rollback`). The PostgreSQL stream's driver feeds the MySQL sink
+/// (`ferry_mysql::apply`), from the slot the cutover created before writes moved. A failure
+/// the driver does not retry is logged loudly and recorded, and the process keeps serving:
+/// the application runs on the target, and a rollback would now lose writes (it is refused
+/// until the stream has caught up again).
+async fn reverse(
+    args: &MigrateArgs,
+    req: &preflight::MyCheckRequest,
+    plan: &preflight::MyPlan,
+    state: &MyState,
+    stop: &tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    use ferry_postgres::cdc::{self as pg_cdc, CdcProgress};
+    let rev = state.reverse_stream();
+    let sinks = ferry_mysql::apply::MySinks {
+        endpoint: req.source.clone(),
+        tables: plan.tables.iter().map(|t| t.name.clone()).collect(),
+        state_db: state.store().schema().to_string(),
+        migration_id: state.id().to_string(),
+        state: req.target.clone(),
+        state_schema: state.store().schema().to_string(),
+    };
+    let copts = pg_cdc::CdcOptions {
+        source: req.target.clone(),
+        slot: rev.slot.clone(),
+        publication: rev.publication,
+        max_batch: args.max_batch.max(1),
+        max_delay: Duration::from_millis(args.max_delay_ms),
+        commit_interval: args.commit_interval,
+        skip_dead_letters: false,
+        pause: None,
+        hold: None,
+        stream_timeout: args.stream_timeout,
+        apply_timeout: args.apply_timeout,
+    };
+    // This run ends on SIGTERM/SIGINT, or when the phase leaves cut_over/rollback (read on a
+    // session of its own, five times a second: a rollback waits for nothing else).
+    let (run_tx, run_rx) = tokio::sync::watch::channel(false);
+    let watcher = {
+        let mut stop = stop.clone();
+        let (target, state) = (req.target.clone(), state.clone());
+        tokio::spawn(async move {
+            let mut c = None;
+            loop {
+                tokio::select! {
+                    _ = stop.wait_for(|v| *v) => break,
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                }
+                if c.as_ref().is_none_or(|c: &tokio_postgres::Client| c.is_closed()) {
+                    c = target.connect("reverse-phase").await.ok();
+                }
+                let Some(client) = &c else { continue };
+                match state.phase(client).await {
+                    Ok(Some(Phase::CutOver | Phase::Rollback)) => {}
+                    Ok(_) => break,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not read the migration's phase; reverse replication goes on");
+                        c = None;
+                    }
+                }
+            }
+            let _ = run_tx.send(true);
+        })
+    };
+    eprintln!(
+        "Reverse replication: changes on {} stream back to {} (slot {}), so that ferry rollback loses nothing; SIGTERM or Ctrl-C stops at a transaction boundary",
+        req.target.describe(),
+        req.source.describe(),
+        rev.slot
+    );
+    let progress = Arc::new(CdcProgress::default());
+    let result = pg_cdc::run(copts, &sinks, run_rx.clone(), progress.clone()).await;
+    if let Err(e) = result {
+        tracing::error!(
+            error = %e,
+            "reverse replication stopped: writes on the target no longer reach the source, so a rollback would lose them; \
+             the application keeps running on the target. Fix the cause and restart ferry migrate to resume the reverse stream"
+        );
+        let note = format!("reverse replication stopped: {e}");
+        if let Ok(c) = req.target.connect("control").await {
+            if let Err(e) = state.store().event(&c, state.id(), Phase::CutOver, "reverse_stopped", &note).await {
+                tracing::warn!(error = %e, "could not record the stop of reverse replication");
+            }
+        }
+        let mut run_rx = run_rx;
+        let _ = run_rx.wait_for(|v| *v).await;
+    }
+    watcher.abort();
+    eprintln!(
+        "Reverse replication stopped: {} target transactions applied on the source in this run",
+        progress.txns.load(Ordering::Relaxed)
+    );
+    Ok(())
+}
+
+/// After a rollback (phase `rolled_back`, recorded by `ferry rollback` with the binlog position
+/// the forward stream resumes at): drops the reverse stream's slot and publication on the
+/// target and moves the migration back to `cdc`. Idempotent: a crash in between does it again.
+async fn after_rollback(req: &preflight::MyCheckRequest, state: &MyState, target: &tokio_postgres::Client) -> anyhow::Result<()> {
+    use ferry_core::switch::SwitchSide;
+    let c = req.target.connect("switch").await?;
+    ferry_postgres::switch::PgSide::new(&c, &req.target, "target")
+        .with_reverse(state.reverse_stream())
+        .drop_reverse()
+        .await?;
+    state
+        .gate_phase(
+            target,
+            Phase::Cdc,
+            ACTOR,
+            "rolled back: the reverse stream is dropped; the binlog stream resumes",
+        )
+        .await?;
+    eprintln!("The migration was rolled back: the binlog stream into the target resumes");
+    Ok(())
 }
 
 /// While change capture is paused through the API: true when it is resumed, false on
@@ -392,10 +544,9 @@ async fn wait_paused(
     }
 }
 
-/// `ferry cutover --source mysql://...`: the switchboard without a proxy
-/// (`crate::cutover::mysql_cutover`), then the webhook; exit 0 when the application may switch
-/// to the target.
-pub async fn cutover(args: &crate::cli::SwitchArgs) -> anyhow::Result<i32> {
+/// The migration a `ferry cutover`/`ferry rollback --source mysql://...` switches (`actor` in
+/// its messages); None when none is recorded (said on stderr).
+async fn switch_request(args: &crate::cli::SwitchArgs, actor: &str) -> anyhow::Result<Option<(preflight::MyCheckRequest, MyState)>> {
     let (Some(source), Some(target)) = (&args.source, &args.target) else {
         return Err(UsageError("give --source and --target".into()).into());
     };
@@ -416,15 +567,26 @@ pub async fn cutover(args: &crate::cli::SwitchArgs) -> anyhow::Result<i32> {
         tinyint1_boolean: false,
     };
     let req = crate::settings::resolve_mysql(&endpoints)?;
-    let mut t = req.target.connect("mysql-cutover").await?;
-    let Some(state) = open_state(&mut t, &req.source, &req.target, &args.state_schema, None, "ferry cutover", false).await? else {
+    let mut t = req.target.connect("mysql-switch").await?;
+    let Some(state) = open_state(&mut t, &req.source, &req.target, &args.state_schema, None, actor, false).await? else {
         eprintln!(
-            "ferry: cutover refused or aborted: no finished migration from {} is recorded on this target (fix: run ferry migrate first (same --source and --target))",
+            "ferry: {} refused or aborted: no finished migration from {} is recorded on this target (fix: run ferry migrate first (same --source and --target))",
+            actor.trim_start_matches("ferry "),
             req.source.describe()
         );
-        return Ok(exit::FOUND_PROBLEM);
+        return Ok(None);
     };
     drop(t);
+    Ok(Some((req, state)))
+}
+
+/// `ferry cutover --source mysql://...`: the switchboard without a proxy
+/// (`crate::mysql_switch::mysql_cutover`), then the webhook; exit 0 when the application may switch
+/// to the target.
+pub async fn cutover(args: &crate::cli::SwitchArgs) -> anyhow::Result<i32> {
+    let Some((req, state)) = switch_request(args, "ferry cutover").await? else {
+        return Ok(exit::FOUND_PROBLEM);
+    };
     // A bad webhook (CA file) is refused before the switch, not after it.
     let hook = args
         .webhook
@@ -443,7 +605,7 @@ pub async fn cutover(args: &crate::cli::SwitchArgs) -> anyhow::Result<i32> {
         skip_verify_check: args.skip_verify_check,
         actor: "ferry cutover".into(),
     };
-    let report = match crate::cutover::mysql_cutover(&req, &state, &opts).await {
+    let report = match crate::mysql_switch::mysql_cutover(&req, &state, &opts).await {
         Ok(r) => r,
         Err(e) => {
             eprintln!("ferry: cutover refused or aborted: {e}");
@@ -482,7 +644,61 @@ pub async fn cutover(args: &crate::cli::SwitchArgs) -> anyhow::Result<i32> {
                 report.still_connected.join(", ")
             );
         }
-        println!("Point the application at the target now. The source stays read-only; rollback to it is not built yet.");
+        println!(
+            "Point the application at the target now. The source stays read-only; ferry migrate streams the target's writes back to it, so that ferry rollback loses nothing."
+        );
+    }
+    Ok(exit::OK)
+}
+
+/// `ferry rollback --source mysql://...`: the switchboard without a proxy, the other way round
+/// (`crate::mysql_switch::mysql_rollback`), then the webhook; exit 0 when the application may
+/// switch back to the source.
+pub async fn rollback(args: &crate::cli::SwitchArgs) -> anyhow::Result<i32> {
+    let Some((req, state)) = switch_request(args, "ferry rollback").await? else {
+        return Ok(exit::FOUND_PROBLEM);
+    };
+    let hook = args
+        .webhook
+        .as_deref()
+        .map(|u| crate::status::Webhook::new(u, args.webhook_ca.as_deref()))
+        .transpose()?;
+    let opts = crate::mysql_control::rollback_options(args.max_lag, args.grace, "ferry rollback");
+    let report = match crate::mysql_switch::mysql_rollback(&req, &state, &opts).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("ferry: rollback refused or aborted: {e}");
+            return Ok(exit::FOUND_PROBLEM);
+        }
+    };
+    if let Some(url) = &hook {
+        let body = crate::mysql_control::rollback_webhook_body(&req, &report);
+        match tokio::time::timeout(Duration::from_secs(10), url.post(&body)).await {
+            Ok(Ok(code)) if (200..300).contains(&code) => eprintln!("webhook {url} answered {code}"),
+            Ok(Ok(code)) => eprintln!("warning: webhook {url} answered {code}"),
+            Ok(Err(e)) => eprintln!("warning: {e:#}"),
+            Err(_) => eprintln!("warning: webhook {url} did not answer within 10 s"),
+        }
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "Rolled back from {} to {}: writes stopped on the target for {:.0} ms while the source applied everything up to {}.",
+            req.target.describe(),
+            req.source.describe(),
+            report.pause_ms.unwrap_or(0.0),
+            report.final_lsn.as_deref().unwrap_or("?")
+        );
+        for i in &report.identities {
+            println!("  AUTO_INCREMENT {i}");
+        }
+        for k in &report.ended {
+            println!("  ended after --grace: session {k}");
+        }
+        println!(
+            "Point the application at the source now. ferry migrate streams the source's changes to the target again; a later cutover works as the first did."
+        );
     }
     Ok(exit::OK)
 }

@@ -1,4 +1,5 @@
-//! What the API of a `ferry migrate --source mysql://...` runs for verification and cutover
+//! What the API of a `ferry migrate --source mysql://...` runs for verification, cutover and
+//! rollback
 //! (`server` calls it; `mysql_cmd` wires it): the same code as the standalone commands.
 
 use std::time::Duration;
@@ -57,7 +58,7 @@ impl ApiControl {
         Ok(report)
     }
 
-    /// `crate::cutover::mysql_cutover` with `opts`; the report as the API answers it
+    /// `crate::mysql_switch::mysql_cutover` with `opts`; the report as the API answers it
     /// (`outcome` done, no_go or aborted). When done, the report goes to `--webhook` in the
     /// body `ferry cutover --source mysql://... --webhook` sends, in the background (at most
     /// `status::WEBHOOK_TIMEOUT`; a failure is logged).
@@ -68,7 +69,7 @@ impl ApiControl {
                 "blockers": ["another cutover is running"], "source_engine": ferry_postgres::state::ENGINE_MYSQL,
             });
         };
-        let (answer, gate) = crate::cutover::mysql_cutover_report(&self.req, &self.state, opts).await;
+        let (answer, gate) = crate::mysql_switch::mysql_cutover_report(&self.req, &self.state, opts).await;
         if let (Some(hook), Some(gate)) = (self.webhook.clone(), gate) {
             let body = cutover_webhook_body(&self.req, &gate);
             tokio::spawn(async move {
@@ -81,6 +82,47 @@ impl ApiControl {
         }
         answer
     }
+
+    /// `crate::mysql_switch::mysql_rollback` with `opts`; the report as the API answers it
+    /// (`outcome` done, no_go or aborted). When done, `--webhook` gets it in the background.
+    pub async fn rollback(&self, opts: &crate::cutover::SwitchOptions) -> serde_json::Value {
+        let Ok(_busy) = self.busy.try_lock() else {
+            return serde_json::json!({
+                "kind": "rollback", "outcome": "no_go", "reason": "rollback cannot start: another cutover or rollback is running",
+                "blockers": ["another cutover or rollback is running"], "source_engine": ferry_postgres::state::ENGINE_MYSQL,
+            });
+        };
+        let answer = crate::mysql_switch::mysql_rollback_report(&self.req, &self.state, opts).await;
+        if let Some(hook) = self.webhook.clone().filter(|_| answer["outcome"] == "done") {
+            let body = serde_json::json!({
+                "event": "rolled_back",
+                "source": self.req.source.describe(),
+                "target": self.req.target.describe(),
+                "writes_go_to": self.req.source.describe(),
+                "report": answer,
+            });
+            tokio::spawn(async move {
+                match hook.post(&body).await {
+                    Ok(code) if (200..300).contains(&code) => tracing::info!(url = %hook, code, "rollback announced to the webhook"),
+                    Ok(code) => tracing::warn!(url = %hook, code, "the webhook answered with an error"),
+                    Err(e) => tracing::warn!(error = %format!("{e:#}"), "could not reach the webhook"),
+                }
+            });
+        }
+        answer
+    }
+}
+
+/// What `--webhook` receives after a rollback to a MySQL/MariaDB source (the command's and the
+/// API's alike).
+pub fn rollback_webhook_body(req: &MyCheckRequest, report: &crate::cutover::Report) -> serde_json::Value {
+    serde_json::json!({
+        "event": "rolled_back",
+        "source": req.source.describe(),
+        "target": req.target.describe(),
+        "writes_go_to": req.source.describe(),
+        "report": report,
+    })
 }
 
 /// What `--webhook` receives after a cutover of a MySQL/MariaDB source (the command's and the
@@ -92,4 +134,20 @@ pub fn cutover_webhook_body(req: &MyCheckRequest, report: &ferry_mysql::cutover:
         "target": req.target.describe(),
         "report": report,
     })
+}
+
+/// What a rollback of a MySQL/MariaDB migration may do (the command's and the API's).
+pub fn rollback_options(max_lag: Duration, grace: Duration, actor: &str) -> crate::cutover::SwitchOptions {
+    crate::cutover::SwitchOptions {
+        // Without a proxy, the reverse stream gets this long to apply the final position once
+        // the target's writers are gone, as a cutover's stream does.
+        max_pause: MYSQL_FINAL_WAIT,
+        max_lag,
+        catch_up: Duration::ZERO,
+        allow_direct_sessions: true,
+        no_proxy: true,
+        grace,
+        skip_verify_check: true,
+        actor: actor.into(),
+    }
 }

@@ -22,8 +22,8 @@
 //! the reads in the same shapes, pause and resume (its stream stops at a transaction boundary
 //! and starts again from the stored position), verify (the cross-engine comparison at one
 //! binlog position, stored as a run like a PostgreSQL one and recorded for the cutover's
-//! pre-check: [`mysql_verify`]) and cutover (the switch without a proxy, then `--webhook`:
-//! [`mysql_cutover`]); rollback and complete answer 409 saying why and what to do, after the
+//! pre-check: [`mysql_verify`]), cutover and rollback (the switch without a proxy, then
+//! `--webhook`: [`mysql_switch`]); complete answers 409 saying why and what to do, after the
 //! token check ([`mysql_not_yet`]).
 //!
 //! Safe by default (docs/operations.md, "Security"):
@@ -520,27 +520,18 @@ fn error(code: StatusCode, message: impl Into<String>, fix: &'static str) -> Api
     }
 }
 
-/// What a migration from a MySQL/MariaDB source does not offer through the API: rollback
-/// (issue 18) and complete are refused with 409, saying why and what to do (never pretended).
+/// What a migration from a MySQL/MariaDB source does not offer through the API: complete is
+/// refused with 409, saying why and what to do (never pretended).
 fn mysql_not_yet(api: &Api, action: &str) -> Option<Response> {
     if !api.live.mysql_source() {
         return None;
     }
-    let (why, fix) = match action {
-        "rollback" => (
-            ": there is no reverse stream from PostgreSQL to MySQL/MariaDB, so writes made on the target after a cutover \
-             could not be carried back",
-            "until the cutover (POST /api/cutover) the application writes to the source and nothing needs rolling back; \
-             after it the source stays read-only and unchanged, and making it writable again (SET GLOBAL read_only = OFF) \
-             loses what was written to the target since",
-        ),
-        _ => (
-            ": there is nothing of Ferry's to remove from a MySQL/MariaDB source",
-            "after the cutover (POST /api/cutover, ferry cutover --api URL, or ferry cutover --source mysql://... --target postgres://...) \
-             the stream has ended: stop ferry migrate (SIGTERM); the migration's record stays in the state schema on the target \
-             (drop it when no longer needed)",
-        ),
-    };
+    let (why, fix) = (
+        ": there is nothing of Ferry's to remove from a MySQL/MariaDB source",
+        "after the cutover (POST /api/cutover, ferry cutover --api URL, or ferry cutover --source mysql://... --target postgres://...) \
+         the stream runs backwards until a rollback or SIGTERM: stop ferry migrate (SIGTERM) once no rollback is wanted; the \
+         migration's record stays in the state schema on the target (drop it when no longer needed)",
+    );
     let body = json!({
         "error": format!("{action} through the API is not available for a MySQL/MariaDB source yet{why}"),
         "fix": fix,
@@ -649,19 +640,21 @@ async fn mysql_verify(api: Api, peer: SocketAddr, q: VerifyQuery) -> Response {
     (StatusCode::ACCEPTED, Json(json!({ "run": run, "repair": false }))).into_response()
 }
 
-/// `POST /api/cutover` for a MySQL/MariaDB source: `ferry cutover --source mysql://...` in
-/// this process ([`crate::mysql_control::ApiControl::cutover`]), the request's options mapped as for
+/// `POST /api/cutover` and `POST /api/rollback` for a MySQL/MariaDB source: `ferry cutover` (or
+/// `ferry rollback`) `--source mysql://...` in this process
+/// ([`crate::mysql_control::ApiControl::cutover`], [`crate::mysql_control::ApiControl::rollback`],
+/// which always skips the verification check), the request's options mapped as for
 /// PostgreSQL where they apply (`max_lag_ms`: how long the stream may take to catch up before
 /// writes stop; `grace_ms`; `max_pause_ms`: how long it may take to apply the final position
 /// after that, 60 s by default; `skip_verify_check`); an option that cannot apply is a 400
 /// naming it. 200 with the report when done (then `--webhook`, and the stream ends; this API
 /// keeps serving), 409 when refused (no_go) or aborted (the source writable again).
-async fn mysql_cutover(api: Api, peer: SocketAddr, q: SwitchQuery) -> Response {
+async fn mysql_switch(api: Api, peer: SocketAddr, q: SwitchQuery, rollback: bool) -> Response {
     let Some(ctl) = api.mysql.clone() else {
         return error(
             StatusCode::NOT_IMPLEMENTED,
-            "this process does not offer cutover",
-            "run ferry cutover --source mysql://... --target postgres://...",
+            "this process does not offer cutover or rollback",
+            "run ferry cutover (or ferry rollback) --source mysql://... --target postgres://...",
         )
         .into_response();
     };
@@ -701,7 +694,12 @@ async fn mysql_cutover(api: Api, peer: SocketAddr, q: SwitchQuery) -> Response {
     let live = api.live.clone();
     // The switch runs to its end even if the client goes away.
     let report = tokio::spawn(async move {
-        let r = ctl.cutover(&opts).await;
+        let r = if rollback {
+            ctl.rollback(&crate::mysql_control::rollback_options(opts.max_lag, opts.grace, &opts.actor))
+                .await
+        } else {
+            ctl.cutover(&opts).await
+        };
         live.set_last_switch(r.clone());
         r
     })
@@ -1115,12 +1113,8 @@ async fn switch(api: Api, peer: SocketAddr, headers: HeaderMap, q: SwitchQuery, 
     if let Err(r) = authorize(&api, &headers) {
         return r.into_response();
     }
-    if rollback {
-        if let Some(r) = mysql_not_yet(&api, "rollback") {
-            return r;
-        }
-    } else if api.live.mysql_source() {
-        return mysql_cutover(api, peer, q).await;
+    if api.live.mysql_source() {
+        return mysql_switch(api, peer, q, rollback).await;
     }
     let Some(board) = api.switchboard.clone() else {
         return error(

@@ -19,6 +19,8 @@ mod managed;
 mod mysql;
 mod mysql_api;
 mod mysql_cdc;
+mod mysql_rollback;
+mod mysql_sink;
 mod mysql_switch;
 mod mysql_tls;
 mod mysql_upgrade;

@@ -247,8 +247,8 @@ async fn mysql_migration_status_metrics_dashboard_verify_and_cutover_through_the
     );
 
     // The same guards as for PostgreSQL sources: Host must be this listener, POSTs need the
-    // token; with it, rollback and complete say why they are not offered and what to do, and
-    // change nothing.
+    // token; with it, a rollback before any cutover is refused saying why, complete says why it
+    // is not offered and what to do, and neither changes anything.
     assert!(
         status_line_with_host(&addr, "evil.example").await.contains(" 403 "),
         "a foreign Host was served"
@@ -264,20 +264,27 @@ async fn mysql_migration_status_metrics_dashboard_verify_and_cutover_through_the
         let (code, body) = http("POST", &addr, path, None).await;
         assert_eq!(code, 401, "{path} without the token: {body}");
     }
-    for path in ["/api/rollback", "/api/complete"] {
-        let (code, body) = http("POST", &addr, path, Some(token)).await;
-        assert_eq!(code, 409, "{path}: {body}");
-        let v: Value = serde_json::from_str(&body).unwrap();
-        let error = v["error"].as_str().unwrap_or_else(|| panic!("{path}: {body}"));
-        assert!(error.contains("not available for a MySQL/MariaDB source yet"), "{path}: {body}");
-        assert_eq!(v["source_engine"], "mysql", "{path}: {body}");
-        let fix = v["fix"].as_str().unwrap();
-        let want = match path {
-            "/api/rollback" => "nothing needs rolling back",
-            _ => "ferry cutover --source",
-        };
-        assert!(fix.contains(want), "{path}: {body}");
-    }
+    let (code, body) = http("POST", &addr, "/api/rollback", Some(token)).await;
+    assert_eq!(code, 409, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (v["outcome"].as_str(), v["source_engine"].as_str()),
+        (Some("no_go"), Some("mysql")),
+        "{body}"
+    );
+    assert!(v["reason"].as_str().unwrap().contains("not cut over"), "{body}");
+    let (code, body) = http("POST", &addr, "/api/complete", Some(token)).await;
+    assert_eq!(code, 409, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("not available for a MySQL/MariaDB source yet"),
+        "{body}"
+    );
+    assert_eq!(v["source_engine"], "mysql", "{body}");
+    assert!(v["fix"].as_str().unwrap().contains("ferry cutover --source"), "{body}");
     // Options that cannot apply to a MySQL source are refused, named, before anything runs.
     for (path, option) in [
         ("/api/cutover?catch_up_ms=1000", "catch_up_ms"),
@@ -294,11 +301,7 @@ async fn mysql_migration_status_metrics_dashboard_verify_and_cutover_through_the
     let api_url = format!("http://{addr}");
     let run = ferry(&["rollback", "--api", &api_url, "--api-token-file", token_arg]);
     assert_eq!(run.code, 1, "{}", run.all());
-    assert!(
-        run.stdout.contains("not available for a MySQL/MariaDB source yet") && run.stdout.contains("no reverse stream"),
-        "{}",
-        run.all()
-    );
+    assert!(run.stdout.contains("not cut over"), "{}", run.all());
     let st = api_status(&addr).await;
     assert_eq!(st["phase"], "cdc", "{st}");
     assert_eq!(st["live"]["stream_state"], "streaming", "{st}");
@@ -491,8 +494,22 @@ async fn mysql_migration_status_metrics_dashboard_verify_and_cutover_through_the
     let (code, body) = http("POST", &addr, "/api/cutover", Some(token)).await;
     assert_eq!(code, 409, "{body}");
     assert!(body.contains("cut over already"), "{body}");
+    // Rollback through the API: the source writable again, the phase back to cdc once the
+    // stream turned around again.
+    let run = ferry(&["rollback", "--api", &api_url, "--api-token-file", token_arg, "--grace", "1s"]);
+    assert_eq!(run.code, 0, "{}", run.all());
+    assert_eq!(my_query("FERRY_TEST_MYSQL", "SELECT @@GLOBAL.read_only").trim(), "0");
+    api_wait(&addr, "the phase cdc after the rollback", Duration::from_secs(60), |st| {
+        st["phase"] == "cdc"
+    })
+    .await;
     let (_, body) = http("GET", &addr, "/api/events?after=0&limit=1000", Some(token)).await;
-    for needle in ["verification run", "verification: 1 difference(s)", "cut over at binlog"] {
+    for needle in [
+        "verification run",
+        "verification: 1 difference(s)",
+        "cut over at binlog",
+        "the forward stream resumes at binlog",
+    ] {
         assert!(body.contains(needle), "{needle} not in the event log: {body}");
     }
 

@@ -71,16 +71,16 @@ pub async fn wait_streaming(target: &str) {
     .await;
 }
 
-const EDGE_ROW: &str = r#"(1, 1, 255, 65535, -8388608, 4294967295, 18446744073709551615, -9223372036854775808,
+pub const EDGE_ROW: &str = r#"(1, 1, 255, 65535, -8388608, 4294967295, 18446744073709551615, -9223372036854775808,
    '-12345678901234567890123456789012345.123456789012345678901234567890', 0.1, 1e-300,
    b'1000000000000000000000000000000000000000000000000000000000000001', 2155,
    '1000-01-01', '2024-02-29 23:59:58.123456', '2038-01-19 03:14:07.999999', '-838:59:59.000001', 'a',
    '😀 emoji ünïcode', 'utf8mb3 é', 'tab	here\\back\nnew line', 'latin1 é', x'00ff', REPEAT(x'ab', 100000),
    'it''s', 'r,w,x', '{"b": 1, "a": [1, 2.5, null]}')"#;
-const OTHER_ROW: &str = r#"(NULL, 0, 0, 0, 0, 0, 0, 0, '0.000000000000000000000000000001', -3.4e38, 2.2250738585072014e-308, b'0', 1901,
+pub const OTHER_ROW: &str = r#"(NULL, 0, 0, 0, 0, 0, 0, 0, '0.000000000000000000000000000001', -3.4e38, 2.2250738585072014e-308, b'0', 1901,
    '9999-12-31', '9999-12-31 23:59:59.999999', '1970-01-01 00:00:01.000000', '838:59:59.999999', '', '', '', '',
    '', x'', x'', 'new', '', '[]')"#;
-const COLS: &str = "parent, flag, tu, su, mi, iu, big, bi, d, f, dbl, b, y, dt, dtm, ts, tm, c, vc, v3, lt, l1, vb, bl, e, s, j";
+pub const COLS: &str = "parent, flag, tu, su, mi, iu, big, bi, d, f, dbl, b, y, dt, dtm, ts, tm, c, vc, v3, lt, l1, vb, bl, e, s, j";
 
 #[tokio::test]
 async fn mysql_cdc_streams_every_type_exactly_and_stops_at_schema_changes() {
@@ -458,7 +458,7 @@ async fn mysql_cutover_gate_stops_writes_reaches_the_final_position_and_signals(
              GRANT SELECT, INSERT ON {db}.* TO '{app}'@'%';"
         ),
     );
-    let m = Migrator::spawn(&["migrate", "--source", &source, "--target", &target]);
+    let mut m = Migrator::spawn(&["migrate", "--source", &source, "--target", &target]);
     wait_streaming(&target).await;
     // The application inserts until the source refuses.
     let (host, port, _) = server("FERRY_TEST_MYSQL");
@@ -510,13 +510,12 @@ async fn mysql_cutover_gate_stops_writes_reaches_the_final_position_and_signals(
     reset();
     assert!(why.contains("read-only") || why.contains("read_only"), "{why}");
     assert!(inserted > 5, "the application wrote only {inserted} rows");
-    // Every insert the source accepted is on the target; the migrate process stopped by itself.
+    // Every insert the source accepted is on the target; the migrate process turned its stream
+    // around (the target's writes go back to the source from now on).
     let t = connect(&target).await;
     let n: i64 = t.query_one("SELECT count(*) FROM public.orders", &[]).await.unwrap().get(0);
     assert_eq!(n as u64, 100 + inserted);
-    let end = m.wait();
-    assert_eq!(end.code, 0, "{}", end.all());
-    assert!(end.stdout.contains("was cut over"), "{}", end.all());
+    assert!(!m.has_exited(), "ferry migrate stopped after the cutover instead of streaming back");
     // The identity continues past every id the source handed out.
     let max: i64 = t.query_one("SELECT max(id) FROM public.orders", &[]).await.unwrap().get(0);
     let next: i64 = t
@@ -534,13 +533,18 @@ async fn mysql_cutover_gate_stops_writes_reaches_the_final_position_and_signals(
     let st: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
     assert_eq!(st["phase"], "cut_over");
     assert!(st["cutover"]["final_position"].is_string(), "{st}");
-    // A second cutover is refused; rollback says it is not built.
+    // A second cutover is refused; a rollback makes the source writable again (its own test,
+    // mysql_rollback.rs, follows every write through it).
     let again = ferry(&refs(&cut(&[])));
     assert_eq!(again.code, 1, "{}", again.all());
     assert!(again.stderr.contains("cut over already"), "{}", again.all());
-    let back = ferry(&["rollback", "--source", &source, "--target", &target]);
-    assert_eq!(back.code, 2, "{}", back.all());
-    assert!(back.stderr.contains("not built yet"), "{}", back.all());
+    let back = ferry(&["rollback", "--source", &source, "--target", &target, "--grace", "1s"]);
+    assert_eq!(back.code, 0, "{}", back.all());
+    assert!(back.stdout.contains("Rolled back from"), "{}", back.all());
+    assert_eq!(my_query("FERRY_TEST_MYSQL", "SELECT @@GLOBAL.read_only").trim(), "0");
+    let end = m.terminate();
+    assert_eq!(end.code, 0, "{}", end.all());
+    assert!(end.stdout.contains("was cut over"), "{}", end.all());
     my_sql("FERRY_TEST_MYSQL", &format!("DROP USER '{app}'@'%'"));
     dispose("FERRY_TEST_MYSQL", dbs).await;
 }
