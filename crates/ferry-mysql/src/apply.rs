@@ -104,6 +104,8 @@ pub struct MySinks {
     pub endpoint: MyEndpoint,
     /// The tables in scope, by name.
     pub tables: Vec<String>,
+    /// The PostgreSQL schema they are in (the migration's target schema).
+    pub target_schema: String,
     /// The database of `reverse_position` ([`DEFAULT_STATE_DB`]).
     pub state_db: String,
     /// The migration's id.
@@ -133,6 +135,7 @@ impl ferry_postgres::cdc::SinkFactory for MySinks {
             endpoint: self.endpoint.clone(),
             database: self.endpoint.database().to_string(),
             tables: self.tables.clone(),
+            target_schema: self.target_schema.clone(),
             state_db: self.state_db.clone(),
             migration_id: self.migration_id.clone(),
             skip: skip.clone(),
@@ -166,8 +169,12 @@ impl ferry_postgres::cdc::SinkFactory for MySinks {
 pub struct MySinkOptions {
     /// The MySQL/MariaDB server (its connect and query deadlines, its TLS).
     pub endpoint: MyEndpoint,
-    /// The database the migration copied (`<db>.<name>` became PostgreSQL's `public.<name>`).
+    /// The database the migration copied (`<db>.<name>` became PostgreSQL's
+    /// `<target_schema>.<name>`).
     pub database: String,
+    /// The PostgreSQL schema of the tables in scope: a change to a table of another schema is
+    /// skipped.
+    pub target_schema: String,
     /// The tables in scope, by name; changes to other tables are skipped.
     pub tables: Vec<String>,
     /// The database of `reverse_position` ([`DEFAULT_STATE_DB`]; created if missing).
@@ -247,6 +254,8 @@ pub struct MySink {
     conn: Option<mysql_async::Conn>,
     session: u64,
     database: String,
+    /// The PostgreSQL schema of the tables in scope.
+    target_schema: String,
     scope: HashSet<String>,
     catalog: HashMap<String, Vec<MyColumn>>,
     json_eq: JsonEq,
@@ -378,6 +387,7 @@ impl MySink {
             conn: Some(conn),
             session,
             database: o.database,
+            target_schema: o.target_schema,
             scope: o.tables.into_iter().collect(),
             catalog,
             position_table,
@@ -498,7 +508,7 @@ impl MySink {
     }
 
     fn relation(&mut self, r: ferry_core::change::Relation) -> Result<(), ApplyError> {
-        let in_scope = r.table.schema == "public" && self.scope.contains(&r.table.name);
+        let in_scope = r.table.schema == self.target_schema && self.scope.contains(&r.table.name);
         let target = if in_scope {
             let columns = self.catalog.get(&r.table.name).ok_or_else(|| {
                 ApplyError::Db(PgError::config(

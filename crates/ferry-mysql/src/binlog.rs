@@ -1,10 +1,20 @@
 //! Reading the row binlog from a position: transactions of row changes, each value in the same
 //! `mysql_async::Value` form the full load reads (so `value::write` turns both into the same
-//! PostgreSQL text), with ENUM indexes and SET bitmasks turned into their labels.
+//! PostgreSQL text), with ENUM indexes and SET bitmasks turned into their labels. One exception:
+//! text in a character set other than UTF-8 comes as its stored bytes (a query result has it
+//! converted by the server); the driver decodes it with `crate::charset` (`crate::cdc`), where a
+//! value that does not decode becomes a dead letter naming its row and column.
 //!
 //! MariaDB specifics (toolchain notes): `@mariadb_slave_capability=4` so that transactions start
 //! with a GTID event (type 162, parsed here by hand) rather than a `BEGIN` query; XID events
 //! commit. Only the tables of one database are decoded; others are skipped.
+//!
+//! Statements (QUERY events, `crate::statement`): a TRUNCATE of a migrated table becomes
+//! [`Change::Truncate`], DDL on the migrated database [`Change::SchemaChange`], and a write
+//! logged in STATEMENT format on a migrated table, or a TRUNCATE whose table cannot be read,
+//! [`Change::Unapplicable`]: the stream stops before them, never skips them. Table and database
+//! names match as the server matches them (`lower_case_table_names`, read when the reader
+//! starts).
 
 use std::collections::HashMap;
 
@@ -18,6 +28,8 @@ use mysql_async::Value;
 use crate::endpoint::MyEndpoint;
 use crate::error::MyError;
 use crate::preflight::MyTable;
+pub use crate::statement::{classify, Statement, TableRef};
+use crate::statement::{find_name, same_name};
 
 /// How often an idle source sends a heartbeat event on the binlog connection.
 pub const HEARTBEAT_PERIOD: Duration = Duration::from_secs(1);
@@ -73,6 +85,19 @@ pub enum Change {
         /// Position after it.
         pos: u64,
     },
+    /// A statement on the migrated tables that the stream can neither apply nor skip (a write
+    /// logged in STATEMENT format, a TRUNCATE whose table Ferry cannot read): the applier stops
+    /// before it, as before a schema change (`docs/mysql-cdc.md`).
+    Unapplicable {
+        /// The statement as logged.
+        query: String,
+        /// Why it cannot be applied.
+        why: Unapplicable,
+        /// Binlog file of the statement.
+        file: String,
+        /// Position after it.
+        pos: u64,
+    },
     /// The transaction committed; the stream continues after `file`:`pos`.
     Commit {
         /// Binlog file.
@@ -84,88 +109,14 @@ pub enum Change {
     },
 }
 
-/// What a statement in a query event is to the applier.
+/// Why a statement cannot be applied ([`Change::Unapplicable`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Statement {
-    /// `BEGIN`.
-    Begin,
-    /// `COMMIT`.
-    Commit,
-    /// `TRUNCATE` of this table (database, when named; table).
-    Truncate(Option<String>, String),
-    /// DDL.
-    SchemaChange,
-    /// Anything else (grants, flushes, XA bookkeeping, ANALYZE): no row changes.
-    Other,
-}
-
-/// Classifies a logged statement; comments before it are skipped.
-pub fn classify(query: &str) -> Statement {
-    let mut q = query.trim_start();
-    loop {
-        if let Some(rest) = q.strip_prefix("/*") {
-            // MySQL's versioned comments (/*!40000 ...*/) hold real statements; others do not.
-            if rest.starts_with('!') {
-                let body = rest.trim_start_matches(|c: char| c == '!' || c.is_ascii_digit());
-                q = body.trim_start();
-                continue;
-            }
-            q = rest.split_once("*/").map(|x| x.1).unwrap_or("").trim_start();
-        } else if q.starts_with("--") || q.starts_with('#') {
-            q = q.split_once('\n').map(|x| x.1).unwrap_or("").trim_start();
-        } else {
-            break;
-        }
-    }
-    let mut words = q.split_whitespace();
-    let first = words.next().unwrap_or_default().to_ascii_uppercase();
-    match first.trim_end_matches(';') {
-        "BEGIN" => Statement::Begin,
-        "COMMIT" => Statement::Commit,
-        "TRUNCATE" => {
-            let mut name = words.next().unwrap_or_default();
-            if name.eq_ignore_ascii_case("TABLE") {
-                name = words.next().unwrap_or_default();
-            }
-            let name = name.trim_end_matches(';');
-            let unquote = |s: &str| s.trim_matches('`').replace("``", "`");
-            match split_qualified(name) {
-                (Some(db), t) => Statement::Truncate(Some(unquote(db)), unquote(t)),
-                (None, t) => Statement::Truncate(None, unquote(t)),
-            }
-        }
-        "ALTER" if only_moves_auto_increment(words) => Statement::Other,
-        "ALTER" | "CREATE" | "DROP" | "RENAME" => Statement::SchemaChange,
-        _ => Statement::Other,
-    }
-}
-
-/// Whether the rest of an `ALTER` (after the word ALTER) is `TABLE name AUTO_INCREMENT [=] n`
-/// and nothing else: it moves the table's counter and changes no column, so the stream goes on
-/// (a rollback to MySQL logs one per table with a generated key: ferry_mysql::switch).
-fn only_moves_auto_increment<'a>(mut words: impl Iterator<Item = &'a str>) -> bool {
-    if !words.next().is_some_and(|w| w.eq_ignore_ascii_case("TABLE")) || words.next().is_none() {
-        return false;
-    }
-    let rest: String = words.collect::<String>().to_ascii_uppercase();
-    let rest = rest.trim_end_matches(';');
-    rest.strip_prefix("AUTO_INCREMENT")
-        .map(|n| n.strip_prefix('=').unwrap_or(n))
-        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
-}
-
-/// `db.table`, `` `db`.`table` `` or `table`.
-fn split_qualified(name: &str) -> (Option<&str>, &str) {
-    // A dot outside backticks separates the database.
-    let mut in_quote = false;
-    for (i, c) in name.char_indices() {
-        match c {
-            '`' => in_quote = !in_quote,
-            '.' if !in_quote => return (Some(&name[..i]), &name[i + 1..]),
-            _ => {}
-        }
-    }
-    (None, name)
+pub enum Unapplicable {
+    /// A write logged as a statement (a session set binlog_format to STATEMENT or MIXED): its
+    /// rows are not in the binlog. The migrated table it writes, when Ferry can tell which.
+    StatementFormat(Option<String>),
+    /// A TRUNCATE whose table name Ferry cannot read.
+    UnreadableTruncate,
 }
 
 /// Label lists of a table's ENUM and SET columns, by column index.
@@ -173,9 +124,6 @@ fn split_qualified(name: &str) -> (Option<&str>, &str) {
 struct Labels {
     enums: HashMap<usize, Vec<String>>,
     sets: HashMap<usize, Vec<String>>,
-    /// Text columns in latin1: the binlog has their bytes as stored, where a query result has
-    /// them converted to the connection's utf8mb4.
-    latin1: Vec<usize>,
     /// TIMESTAMP columns: the binlog has seconds since the epoch (with a fraction).
     timestamps: Vec<usize>,
     /// MEDIUMINT columns, with whether they are signed: the binlog has their three bytes, which
@@ -212,6 +160,9 @@ pub struct BinlogReader {
     /// The current transaction is Ferry's own (see `reverse_state_db`): its changes are left
     /// out, its boundaries kept (the position moves past it).
     own: bool,
+    /// The source compares table and database names without regard to case
+    /// (`lower_case_table_names` 1 or 2): a statement may name a table in another case.
+    fold_case: bool,
 }
 
 impl std::fmt::Debug for BinlogReader {
@@ -255,6 +206,15 @@ impl BinlogReader {
                 .map(|r| r.map_err(|e| MyError::query("preparing the binlog connection", e))),
             )
             .await?;
+        // How the server compares names (a server setting: it cannot change while it runs).
+        const CASE: &str = "reading lower_case_table_names";
+        let lower_case: Option<u64> = source
+            .within(
+                CASE,
+                conn.query_first("SELECT @@lower_case_table_names")
+                    .map(|r| r.map_err(|e| MyError::query(CASE, e))),
+            )
+            .await?;
         let request = mysql_async::BinlogStreamRequest::new(server_id)
             .with_filename(file.as_bytes())
             .with_pos(pos);
@@ -287,8 +247,6 @@ impl BinlogReader {
                         l.timestamps.push(i);
                     } else if m.source.to_ascii_lowercase().starts_with("mediumint") {
                         l.int24.insert(i, !m.source.to_ascii_lowercase().contains("unsigned"));
-                    } else if m.charset.as_deref() == Some("latin1") && m.target != "bytea" {
-                        l.latin1.push(i);
                     }
                 }
                 (t.name.clone(), l)
@@ -311,6 +269,7 @@ impl BinlogReader {
             reverse_state_db: None,
             rows_seen: false,
             own: false,
+            fold_case: lower_case.unwrap_or(0) != 0,
         })
     }
 
@@ -427,8 +386,47 @@ impl BinlogReader {
                     timestamp,
                 };
                 let query = q.query().to_string();
-                let ours = |db: Option<&str>| db.unwrap_or(&q.schema()) == self.database.as_str();
+                let schema = q.schema().to_string();
+                let fold = self.fold_case;
+                // The migrated database, named or (unqualified) the statement's default one.
+                let in_db = |db: Option<&str>| same_name(db.unwrap_or(schema.as_str()), &self.database, fold);
+                // The migrated table a name designates, if any.
+                let planned = |r: &TableRef| {
+                    in_db(r.db.as_deref())
+                        .then(|| find_name(self.tables.keys(), &r.table, fold).cloned())
+                        .flatten()
+                };
+                // A statement whose tables Ferry cannot read concerns the migrated database when
+                // that is its default one or when it names it.
+                let mentions_db = || {
+                    in_db(None)
+                        || if fold {
+                            query.to_lowercase().contains(&self.database.to_lowercase())
+                        } else {
+                            query.contains(self.database.as_str())
+                        }
+                };
                 let statement = classify(&query);
+                let stop = |why: Unapplicable| Change::Unapplicable {
+                    query: query.clone(),
+                    why,
+                    file: self.file.clone(),
+                    pos: u64::from(header.log_pos()),
+                };
+                let unapplicable = match &statement {
+                    Statement::Write(Some(tables)) => tables
+                        .iter()
+                        .find_map(&planned)
+                        .map(|t| stop(Unapplicable::StatementFormat(Some(t)))),
+                    Statement::Write(None) if mentions_db() => Some(stop(Unapplicable::StatementFormat(None))),
+                    Statement::Unreadable if mentions_db() => Some(stop(Unapplicable::UnreadableTruncate)),
+                    _ => None,
+                };
+                let truncated = match &statement {
+                    Statement::Truncate(r) => planned(r),
+                    _ => None,
+                };
+                let schema_change = matches!(statement, Statement::SchemaChange) && mentions_db();
                 // DDL commits implicitly, and MariaDB marks a group of one statement standalone;
                 // a statement inside a transaction (MySQL's XA bookkeeping, say) does not end it.
                 let ends_group = matches!(statement, Statement::Commit | Statement::Truncate(..) | Statement::SchemaChange)
@@ -437,7 +435,7 @@ impl BinlogReader {
                 if !matches!(statement, Statement::Begin | Statement::Commit) && !self.in_tx {
                     // A statement on its own (MySQL without GTIDs): its own transaction.
                     out.push(Change::Begin { gtid: None, at });
-                    // (Fields, not `boundary()`: `ours` borrows `self.database`.)
+                    // (Fields, not `boundary()`: the closures above borrow `self.database`.)
                     (self.rows_seen, self.own) = (false, false);
                 }
                 match statement {
@@ -449,18 +447,18 @@ impl BinlogReader {
                         self.in_tx = true;
                         return Ok(Some(out));
                     }
-                    Statement::Commit => {}
-                    Statement::Truncate(db, table) if !self.own && ours(db.as_deref()) && self.tables.contains_key(&table) => {
-                        out.push(Change::Truncate { table })
+                    _ if self.own => {}
+                    Statement::Truncate(..) => {
+                        if let Some(table) = truncated {
+                            out.push(Change::Truncate { table })
+                        }
                     }
-                    Statement::SchemaChange if q.schema() == self.database.as_str() || query.contains(self.database.as_str()) => {
-                        out.push(Change::SchemaChange {
-                            query,
-                            file: self.file.clone(),
-                            pos: u64::from(header.log_pos()),
-                        })
-                    }
-                    _ => {}
+                    Statement::SchemaChange if schema_change => out.push(Change::SchemaChange {
+                        query,
+                        file: self.file.clone(),
+                        pos: u64::from(header.log_pos()),
+                    }),
+                    _ => out.extend(unapplicable),
                 }
                 if ends_group {
                     self.in_tx = false;
@@ -481,13 +479,15 @@ impl BinlogReader {
                 {
                     self.own = true;
                 }
-                if self.own || tme.database_name() != self.database.as_str() {
+                if self.own || !same_name(&tme.database_name(), &self.database, self.fold_case) {
                     return Ok(Some(out));
                 }
-                let table = tme.table_name().to_string();
-                let Some(labels) = self.tables.get(&table) else {
+                // The plan's name (under lower_case_table_names 2 the binlog may say it in
+                // another case).
+                let Some(table) = find_name(self.tables.keys(), &tme.table_name(), self.fold_case).cloned() else {
                     return Ok(Some(out));
                 };
+                let labels = &self.tables[&table];
                 let width = self.widths.get(&table).copied().unwrap_or_default();
                 let logged: Option<Vec<String>> = tme.iter_optional_meta().find_map(|f| match f {
                     Ok(OptionalMetadataField::ColumnName(n)) => Some(
@@ -573,21 +573,6 @@ fn int24(v: Value, signed: bool) -> Value {
     }
 }
 
-/// MySQL's latin1 is Windows-1252 (with its five holes kept as the C1 code points): bytes to
-/// UTF-8, as the server converts them for a query.
-pub fn latin1_to_utf8(b: &[u8]) -> String {
-    const HIGH: [u16; 32] = [
-        0x20AC, 0x81, 0x201A, 0x0192, 0x201E, 0x2026, 0x2020, 0x2021, 0x02C6, 0x2030, 0x0160, 0x2039, 0x0152, 0x8D, 0x017D, 0x8F, 0x90,
-        0x2018, 0x2019, 0x201C, 0x201D, 0x2022, 0x2013, 0x2014, 0x02DC, 0x2122, 0x0161, 0x203A, 0x0153, 0x9D, 0x017E, 0x0178,
-    ];
-    b.iter()
-        .map(|&c| match c {
-            0x80..=0x9F => char::from_u32(u32::from(HIGH[usize::from(c - 0x80)])).unwrap_or('\u{FFFD}'),
-            c => char::from(c),
-        })
-        .collect()
-}
-
 /// A TIMESTAMP from the binlog (`secs` or `secs.fraction` since the epoch, UTC) as the date
 /// and time a query returns with time_zone '+00:00'; 0 is MySQL's zero timestamp.
 fn epoch_to_date(v: Value) -> Value {
@@ -636,11 +621,6 @@ fn labelled(labels: &Labels, i: usize, v: Value) -> Value {
     }
     if let Some(&signed) = labels.int24.get(&i) {
         return int24(v, signed);
-    }
-    if labels.latin1.contains(&i) {
-        if let Value::Bytes(b) = &v {
-            return Value::Bytes(latin1_to_utf8(b).into_bytes());
-        }
     }
     // The binlog holds an ENUM's index and a SET's bitmask (1 to 8 bytes, little-endian);
     // mysql_common hands them over as an integer or as those bytes.
@@ -692,11 +672,6 @@ mod tests {
     }
 
     #[test]
-    fn latin1_is_windows_1252() {
-        assert_eq!(latin1_to_utf8(b"caf\xe9 \x80 \x93x\x94 \x81"), "café € “x” \u{81}");
-    }
-
-    #[test]
     fn timestamps_from_epoch() {
         assert_eq!(
             epoch_to_date(Value::Bytes(b"2147483647.999999".to_vec())),
@@ -708,24 +683,5 @@ mod tests {
         );
         assert_eq!(epoch_to_date(Value::Int(951_782_400)), Value::Date(2000, 2, 29, 0, 0, 0, 0));
         assert_eq!(epoch_to_date(Value::Int(0)), Value::Date(0, 0, 0, 0, 0, 0, 0));
-    }
-
-    #[test]
-    fn statements_are_classified() {
-        assert_eq!(classify("BEGIN"), Statement::Begin);
-        assert_eq!(classify("/* app */ COMMIT"), Statement::Commit);
-        assert_eq!(
-            classify("TRUNCATE TABLE `d`.`t`"),
-            Statement::Truncate(Some("d".into()), "t".into())
-        );
-        assert_eq!(classify("truncate t"), Statement::Truncate(None, "t".into()));
-        assert_eq!(classify("/*!40000 ALTER TABLE t DISABLE KEYS */"), Statement::SchemaChange);
-        assert_eq!(classify("ALTER TABLE t ADD c int"), Statement::SchemaChange);
-        // A counter moved (a rollback does it): no shape change.
-        assert_eq!(classify("ALTER TABLE `db`.`t` AUTO_INCREMENT = 1001"), Statement::Other);
-        assert_eq!(classify("alter table t auto_increment=5;"), Statement::Other);
-        assert_eq!(classify("ALTER TABLE t AUTO_INCREMENT = 5, ADD c int"), Statement::SchemaChange);
-        assert_eq!(classify("ALTER TABLE t AUTO_INCREMENT"), Statement::SchemaChange);
-        assert_eq!(classify("FLUSH PRIVILEGES"), Statement::Other);
     }
 }

@@ -25,7 +25,8 @@ use ferry_core::{BinlogPosition, Lsn, SourcePosition, TableName};
 use ferry_postgres::apply::{order_key, position_text, Applier, ApplyContext, ApplyError, Direction, TextSettings};
 use futures_util::FutureExt;
 
-use crate::binlog::{BinlogReader, Change};
+use crate::binlog::{BinlogReader, Change, Unapplicable};
+use crate::charset::Charset;
 use crate::error::MyError;
 use crate::preflight::{MyCheckRequest, MyPlan, MyTable};
 use crate::snapshot::kinds_of;
@@ -54,7 +55,8 @@ pub struct CdcOptions {
     pub batch_changes: usize,
     /// Longest a batch stays open before committing at the next transaction boundary.
     pub batch_time: Duration,
-    /// A schema change the user has applied on the target (`--ddl-applied`): its position.
+    /// A schema change the user has applied on the target, or a statement the stream stopped at
+    /// that the user has dealt with (`--ddl-applied`): its position.
     pub skip_schema_change: Option<BinlogPosition>,
     /// Record changes the target rejects as dead letters and step over them
     /// (`--skip-dead-letters`), instead of stopping at the first.
@@ -196,15 +198,18 @@ impl Drop for AbortOnDrop {
 struct TableConv {
     relation: Relation,
     kinds: Vec<Kind>,
+    /// The character set of each text column whose binlog bytes are not UTF-8 (the binlog
+    /// carries text as stored; the full load gets it converted by the server).
+    charsets: Vec<Option<Charset>>,
     /// Key column indexes (empty: no primary key, rows are found by all their columns).
     key: Vec<usize>,
 }
 
 impl TableConv {
-    /// The table's relation, typed as the target's columns are: the sink checks its columns
-    /// against the target's, and casts every value's text to them.
-    async fn new(id: u32, t: &MyTable, pg: &tokio_postgres::Client) -> Result<TableConv, MyError> {
-        let table = TableName::new("public", t.name.clone());
+    /// The table's relation (in target schema `schema`), typed as the target's columns are:
+    /// the sink checks its columns against the target's, and casts every value's text to them.
+    async fn new(id: u32, t: &MyTable, schema: &str, pg: &tokio_postgres::Client) -> Result<TableConv, MyError> {
+        let table = TableName::new(schema, t.name.clone());
         let target: HashMap<String, String> = pg
             .query(
                 "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a
@@ -226,6 +231,24 @@ impl TableConv {
             .iter()
             .filter_map(|k| t.columns.iter().position(|(n, _)| n == k))
             .collect();
+        let kinds = kinds_of(t);
+        let mut charsets = Vec::with_capacity(t.columns.len());
+        for ((name, m), kind) in t.columns.iter().zip(&kinds) {
+            // ENUM and SET come as labels from the plan (UTF-8); only text is decoded.
+            let set = match (m.charset.as_deref(), kind) {
+                (Some(cs), Kind::Text) => match Charset::of(cs) {
+                    Some(set) => set.needs_decoding().then_some(set),
+                    None => return Err(MyError::new(
+                        &format!("starting change capture into {table}"),
+                        &format!("column {name} is in character set {cs}, which Ferry cannot convert from the binlog"),
+                        "convert the column to utf8mb4 on the source (ALTER TABLE ... MODIFY ... CHARACTER SET utf8mb4) and load again, \
+                             or exclude the table; ferry check lists such columns (docs/mysql-types.md)",
+                    )),
+                },
+                _ => None,
+            };
+            charsets.push(set);
+        }
         let mut columns = Vec::with_capacity(t.columns.len());
         for (i, (name, _)) in t.columns.iter().enumerate() {
             let Some(type_sql) = target.get(name) else {
@@ -251,7 +274,8 @@ impl TableConv {
                 identity: if key.is_empty() { Identity::Full } else { Identity::Key },
                 columns,
             },
-            kinds: kinds_of(t),
+            kinds,
+            charsets,
             key,
         })
     }
@@ -276,10 +300,22 @@ impl TableConv {
         row.iter()
             .zip(&self.kinds)
             .zip(&self.relation.columns)
-            .map(|((v, kind), c)| match text_of(v, kind, zero) {
-                Ok(Some(s)) => Ok(Datum::Text(Bytes::from(s))),
-                Ok(None) => Ok(Datum::Null),
-                Err(why) => Err(format!("column {}: {why}", c.name)),
+            .zip(&self.charsets)
+            .map(|(((v, kind), c), set)| {
+                let decoded;
+                let v = match (set, v) {
+                    (Some(set), mysql_async::Value::Bytes(b)) => {
+                        let text = set.decode(b).map_err(|why| format!("column {}: {why}", c.name))?;
+                        decoded = mysql_async::Value::Bytes(text.into_owned().into_bytes());
+                        &decoded
+                    }
+                    _ => v,
+                };
+                match text_of(v, kind, zero) {
+                    Ok(Some(s)) => Ok(Datum::Text(Bytes::from(s))),
+                    Ok(None) => Ok(Datum::Null),
+                    Err(why) => Err(format!("column {}: {why}", c.name)),
+                }
             })
             .collect()
     }
@@ -719,7 +755,7 @@ async fn stream_session(
 ) -> Result<BinlogPosition, Failure> {
     let mut tables = HashMap::new();
     for (i, t) in plan.tables.iter().enumerate() {
-        let conv = TableConv::new(i as u32 + 1, t, &d.ctl).await?;
+        let conv = TableConv::new(i as u32 + 1, t, &req.target_schema, &d.ctl).await?;
         d.sink.handle(ChangeEvent::Relation(conv.relation.clone())).await?;
         tables.insert(t.name.clone(), conv);
     }
@@ -848,6 +884,23 @@ async fn stream_session(
                         "make the same change on the target (PostgreSQL syntax, see docs/mysql-types.md for the types), \
                          then run the same ferry migrate with --ddl-applied to continue after it",
                     )));
+                }
+                Change::Unapplicable { query, why, file, pos } => {
+                    if opts
+                        .skip_schema_change
+                        .as_ref()
+                        .is_some_and(|skip| skip.file() == file && skip.pos() == pos)
+                    {
+                        tracing::warn!(%query, "stepping over a statement dealt with by hand (--ddl-applied)");
+                        continue;
+                    }
+                    // Commit what came before its transaction, then stop before it.
+                    d.settle_all().await?;
+                    let blocked = serde_json::json!({"query": query, "file": file, "pos": pos, "kind": why.kind()});
+                    if let Err(e) = d.state.set_blocked(&d.ctl, &blocked).await {
+                        tracing::warn!(error = %e, "could not record the statement the stream stops at");
+                    }
+                    return Err(Failure::Fatal(unapplicable_error(&query, &why, &file, pos)));
                 }
                 Change::Commit { file, pos, timestamp } => {
                     // An empty transaction too: its commit moves the position.
@@ -993,6 +1046,57 @@ fn convert(
         _ => return Ok(None),
     };
     Ok(Some(event))
+}
+
+impl Unapplicable {
+    /// How the stop is recorded (`cdc_blocked.kind`; a schema change has none).
+    fn kind(&self) -> &'static str {
+        match self {
+            Unapplicable::StatementFormat(_) => "statement_format",
+            Unapplicable::UnreadableTruncate => "unreadable_truncate",
+        }
+    }
+}
+
+/// The error of a stop before a statement the stream cannot apply: what it is, why its changes
+/// are not in the binlog as rows, and the ways on.
+fn unapplicable_error(query: &str, why: &Unapplicable, file: &str, pos: u64) -> MyError {
+    let context = format!("streaming the binlog at {file}:{pos}");
+    let statement = shorten(query.trim(), 300);
+    match why {
+        Unapplicable::StatementFormat(table) => MyError::new(
+            &context,
+            &format!(
+                "a write to {} was logged in STATEMENT format, not as rows: {statement}. A session changed binlog_format \
+                 (SET SESSION binlog_format = 'STATEMENT' or 'MIXED'), so the changes of that transaction are not in the binlog \
+                 as rows and Ferry cannot apply them",
+                table
+                    .as_deref()
+                    .map(|t| format!("migrated table {t}"))
+                    .unwrap_or_else(|| "the migrated database".into())
+            ),
+            "make the same change on the target by hand (or re-run the writes on the source in a session with \
+             binlog_format = 'ROW', where re-running them is safe: their rows then stream), then run the same ferry migrate \
+             with --ddl-applied to continue after this statement; or load again with ferry migrate --overwrite. Then keep \
+             binlog_format=ROW on the source and revoke from applications what lets a session change it (SUPER, and \
+             BINLOG ADMIN on MariaDB or SESSION_VARIABLES_ADMIN / SYSTEM_VARIABLES_ADMIN on MySQL)",
+        ),
+        Unapplicable::UnreadableTruncate => MyError::new(
+            &context,
+            &format!("a TRUNCATE whose table Ferry cannot read: {statement}"),
+            "if it emptied a migrated table, empty the same table on the target (TRUNCATE), then run the same ferry migrate \
+             with --ddl-applied to continue after it; and report the statement as a bug",
+        ),
+    }
+}
+
+/// `s` cut to at most `max` characters, with how much was left out.
+fn shorten(s: &str, max: usize) -> String {
+    let n = s.chars().count();
+    if n <= max {
+        return s.to_string();
+    }
+    format!("{}... ({n} characters)", s.chars().take(max).collect::<String>())
 }
 
 /// The wait before the next attempt, and the one after it (doubling up to [`BACKOFF_MAX`]).

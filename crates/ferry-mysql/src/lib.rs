@@ -5,13 +5,16 @@
 pub mod apply;
 pub mod binlog;
 pub mod cdc;
+pub mod charset;
 pub mod cutover;
 pub mod endpoint;
 pub mod error;
 pub mod mycnf;
 pub mod preflight;
+pub mod schema;
 pub mod snapshot;
 pub mod state;
+pub mod statement;
 pub mod switch;
 pub mod tls;
 pub mod types;

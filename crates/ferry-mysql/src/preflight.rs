@@ -13,6 +13,7 @@ use crate::apply::reverse_position_table;
 use crate::apply::DEFAULT_STATE_DB;
 use crate::endpoint::{query, MyEndpoint};
 use crate::error::MyError;
+use crate::schema::MySchemaObjects;
 use crate::types::{map_column, Attention, MapOptions, Mapping, SourceColumn, ZeroDates};
 
 /// What `check` needs.
@@ -28,6 +29,9 @@ pub struct MyCheckRequest {
     pub map: MapOptions,
     /// Overwrite non-empty target tables.
     pub overwrite: bool,
+    /// The PostgreSQL schema the tables land in (`--target-schema`; `public` by default, and
+    /// the one recorded for a migration already loaded: docs/decisions.md).
+    pub target_schema: String,
 }
 
 /// The source server.
@@ -46,7 +50,7 @@ pub struct MyServerInfo {
 /// One source table in the plan.
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct MyTable {
-    /// Table name (in the source database; created in the target's `public` schema).
+    /// Table name (in the source database; created in the target schema).
     pub name: String,
     /// Storage engine.
     pub engine: String,
@@ -73,6 +77,8 @@ pub struct MyPlan {
     pub target_objects: Vec<String>,
     /// Zero-date policy in force.
     pub zero_dates: ZeroDates,
+    /// Indexes, views, triggers, routines and events, each with how it reaches the target.
+    pub schema: MySchemaObjects,
 }
 
 /// The whole answer.
@@ -621,6 +627,18 @@ async fn source_checks(req: &MyCheckRequest, c: &mut mysql_async::Conn, f: &mut 
             Some("check the database name in the URL and the --include/--exclude patterns"),
         );
     }
+    // Indexes, views, triggers, routines and events (`schema.rs`): each planned or listed.
+    let raw = crate::schema::read(src, c, &db, mariadb).await?;
+    let columns: Vec<crate::schema::TableColumns<'_>> = planned.iter().map(|t| (t.name.as_str(), t.columns.as_slice())).collect();
+    let objects = crate::schema::plan(
+        raw,
+        &columns,
+        &db,
+        &req.target_schema,
+        |view| req.filter.matches(&ferry_core::TableName::new(&db, view)),
+        hidden_objects(&g, &db, &user),
+    );
+    f.0.extend(objects.findings());
     f.add(
         Severity::Info,
         "source",
@@ -641,12 +659,45 @@ async fn source_checks(req: &MyCheckRequest, c: &mut mysql_async::Conn, f: &mut 
             ),
         ],
         target_objects: vec![
-            "schema ferry (Ferry's state) and, in schema public, one table per source table with the types above; an enum type per ENUM column".into(),
-            "primary keys, unique keys, indexes and foreign keys after the data; identities restarted at each AUTO_INCREMENT".into(),
+            format!(
+                "schema ferry (Ferry's state) and, in schema {} (created if missing), one table per source table with the types above; an enum type per ENUM column",
+                req.target_schema
+            ),
+            "primary keys, unique keys, indexes and foreign keys after the data (FULLTEXT as GIN text-search indexes, prefix keys as expression indexes); identities restarted at each AUTO_INCREMENT".into(),
+            "translated views after the indexes, in dependency order; triggers, routines, events and views that are not portable are listed below to port by hand".into(),
         ],
         zero_dates: req.map.zero_dates,
+        schema: objects,
     };
     Ok((info, plan))
+}
+
+/// What Ferry's user cannot see, with the grant that shows it: the server hides triggers of
+/// tables it holds no TRIGGER privilege on, routines it was not granted, and view definitions
+/// without SHOW VIEW.
+fn hidden_objects(g: &Grants, db: &str, user: &str) -> Vec<String> {
+    let account = quote_account(user);
+    let db_q = format!("`{}`", db.replace('`', "``"));
+    let mut out = Vec::new();
+    if !g.database(db, "TRIGGER") {
+        out.push(format!(
+            "{user} lacks the TRIGGER privilege on {db}: the server hides triggers from it, so triggers may exist that this check cannot list \
+             (fix: GRANT TRIGGER ON {db_q}.* TO {account}, or list them as an administrator: SHOW TRIGGERS FROM {db_q})"
+        ));
+    }
+    if !(g.global("SELECT") || g.global("SHOW_ROUTINE") || g.table("mysql", "proc", "SELECT")) {
+        out.push(format!(
+            "{user} can see only the stored routines it was granted: others may exist that this check cannot list \
+             (fix: GRANT SELECT ON mysql.proc TO {account} on MariaDB, GRANT SHOW_ROUTINE ON *.* TO {account} on MySQL 8)"
+        ));
+    }
+    if !g.database(db, "SHOW VIEW") {
+        out.push(format!(
+            "{user} lacks SHOW VIEW on {db}: view definitions are hidden from it, so views cannot be translated \
+             (fix: GRANT SHOW VIEW ON {db_q}.* TO {account})"
+        ));
+    }
+    out
 }
 
 /// `'user'@'host'` from CURRENT_USER()'s `user@host`.
@@ -859,8 +910,8 @@ async fn target_checks(
             .query(
                 "SELECT c.relname, c.reltuples::int8, EXISTS (SELECT 1 FROM pg_stat_user_tables s WHERE s.relid = c.oid AND s.n_live_tup > 0)
                  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-                 WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') AND c.relname = ANY($1)",
-                &[&names],
+                 WHERE n.nspname = $2 AND c.relkind IN ('r', 'p') AND c.relname = ANY($1)",
+                &[&names, &req.target_schema],
             )
             .await
             .map_err(|e| ferry_postgres::PgError::query("looking for existing tables on the target", e))?;
@@ -868,7 +919,8 @@ async fn target_checks(
             let name: String = r.get(0);
             let has_rows: bool = r.get(2);
             let exists_msg = format!(
-                "public.{name} already exists on the target{}",
+                "{}.{name} already exists on the target{}",
+                req.target_schema,
                 if has_rows { " and holds rows" } else { "" }
             );
             if has_rows && !req.overwrite {

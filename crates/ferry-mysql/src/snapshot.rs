@@ -21,6 +21,7 @@ use serde::Serialize;
 
 use crate::error::MyError;
 use crate::preflight::{MyCheckRequest, MyPlan, MyTable};
+use crate::schema::{Handling, ObjectsOutcome, PortByHand};
 use crate::state::MyState;
 use crate::value::{self, Kind};
 
@@ -42,6 +43,10 @@ pub struct LoadSummary {
     pub pieces: usize,
     /// Seconds: schema, data, keys and constraints.
     pub seconds: (f64, f64, f64),
+    /// The PostgreSQL schema the tables were created in.
+    pub target_schema: String,
+    /// Views created, indexes translated, and every object to port by hand (`schema.rs`).
+    pub objects: ObjectsOutcome,
 }
 
 /// A primary-key range: from (inclusive), to (exclusive; None: no upper bound).
@@ -55,20 +60,22 @@ fn my_q(name: &str) -> String {
     format!("`{}`", name.replace('`', "``"))
 }
 
-/// `CREATE TYPE` for the ENUM columns and `CREATE TABLE` for every table, without keys.
-pub fn schema_sql(plan: &MyPlan) -> Vec<String> {
-    let mut out = Vec::new();
+/// `CREATE SCHEMA` when it is missing, `CREATE TYPE` for the ENUM columns and `CREATE TABLE`
+/// for every table, without keys, in schema `schema`.
+pub fn schema_sql(plan: &MyPlan, schema: &str) -> Vec<String> {
+    let s = q(schema);
+    let mut out = vec![format!("CREATE SCHEMA IF NOT EXISTS {s}")];
     for t in &plan.tables {
         for (_, m) in t.columns.iter().filter(|(_, m)| !m.labels.is_empty() && m.target != "text[]") {
             let labels = m.labels.iter().map(|l| quote_literal(l)).collect::<Vec<_>>().join(", ");
-            out.push(format!("CREATE TYPE public.{} AS ENUM ({labels})", q(&m.target)));
+            out.push(format!("CREATE TYPE {s}.{} AS ENUM ({labels})", q(&m.target)));
         }
         let cols = t
             .columns
             .iter()
             .map(|(name, m)| {
                 let ty = if !m.labels.is_empty() && m.target != "text[]" {
-                    format!("public.{}", q(&m.target))
+                    format!("{s}.{}", q(&m.target))
                 } else {
                     m.target.clone()
                 };
@@ -81,7 +88,7 @@ pub fn schema_sql(plan: &MyPlan) -> Vec<String> {
             })
             .collect::<Vec<_>>()
             .join(", ");
-        out.push(format!("CREATE TABLE public.{} ({cols})", q(&t.name)));
+        out.push(format!("CREATE TABLE {s}.{} ({cols})", q(&t.name)));
     }
     out
 }
@@ -104,21 +111,22 @@ pub async fn full_load(
 
     // Schema.
     let t0 = Instant::now();
+    let schema = &req.target_schema;
     if req.overwrite {
         for t in &plan.tables {
             target
-                .batch_execute(&format!("DROP TABLE IF EXISTS public.{} CASCADE", q(&t.name)))
+                .batch_execute(&format!("DROP TABLE IF EXISTS {}.{} CASCADE", q(schema), q(&t.name)))
                 .await
                 .map_err(|e| pg_err("dropping a table to overwrite it", e))?;
             for (_, m) in t.columns.iter().filter(|(_, m)| !m.labels.is_empty() && m.target != "text[]") {
                 target
-                    .batch_execute(&format!("DROP TYPE IF EXISTS public.{}", q(&m.target)))
+                    .batch_execute(&format!("DROP TYPE IF EXISTS {}.{}", q(schema), q(&m.target)))
                     .await
                     .map_err(|e| pg_err("dropping an enum type to overwrite it", e))?;
             }
         }
     }
-    let ddl = schema_sql(plan);
+    let ddl = schema_sql(plan, schema);
     target
         .batch_execute(&format!("BEGIN; {}; COMMIT", ddl.join(";\n")))
         .await
@@ -331,6 +339,7 @@ pub async fn full_load(
         let target = req.target.clone();
         let source = req.source.clone();
         let db = req.source.database().to_string();
+        let schema = req.target_schema.clone();
         let zero = req.map.zero_dates;
         let state = state.clone();
         tasks.spawn(async move {
@@ -339,7 +348,7 @@ pub async fn full_load(
                 let next = queue.lock().expect("lock").pop();
                 let Some((name, range, _)) = next else { break };
                 let t = &tables[&name];
-                let n = copy_table(&mut conn, &tgt, &db, t, range, zero, &state).await?;
+                let n = copy_table(&mut conn, &tgt, (&db, &schema), t, range, zero, &state).await?;
                 copied.lock().expect("lock").push((name, n));
             }
             source.cleanup(&mut conn, "COMMIT").await;
@@ -362,7 +371,7 @@ pub async fn full_load(
             "building keys, indexes, foreign keys and identities",
         )
         .await?;
-    post_data(req, plan, &target).await?;
+    let objects = post_data(req, plan, &target).await?;
     let post_s = t2.elapsed().as_secs_f64();
     let mut per_table: BTreeMap<String, u64> = BTreeMap::new();
     for (name, n) in Arc::try_unwrap(copied).map(|m| m.into_inner().expect("lock")).unwrap_or_default() {
@@ -376,6 +385,8 @@ pub async fn full_load(
         tables,
         pieces: pieces_total,
         seconds: (schema_s, data_s, post_s),
+        target_schema: schema.clone(),
+        objects,
     })
 }
 
@@ -392,12 +403,13 @@ pub fn kinds_of(t: &MyTable) -> Vec<Kind> {
         .collect()
 }
 
-/// Streams one table (or one key range of it) into the target with COPY, in the connection's
-/// snapshot, and counts it in Ferry's state in the same target transaction.
+/// Streams one table (or one key range of it) of source database `db` into target schema
+/// `schema` with COPY, in the connection's snapshot, and counts it in Ferry's state in the same
+/// target transaction.
 async fn copy_table(
     conn: &mut mysql_async::Conn,
     tgt: &tokio_postgres::Client,
-    db: &str,
+    (db, schema): (&str, &str),
     t: &MyTable,
     range: Option<KeyRange>,
     zero: crate::types::ZeroDates,
@@ -420,7 +432,8 @@ async fn copy_table(
         }
     }
     let copy = format!(
-        "COPY public.{} ({}) FROM STDIN",
+        "COPY {}.{} ({}) FROM STDIN",
+        q(schema),
         q(&t.name),
         cols.iter().map(|c| q(c)).collect::<Vec<_>>().join(", ")
     );
@@ -493,23 +506,15 @@ fn key_of(t: &MyTable, values: &[mysql_async::Value]) -> String {
     }
 }
 
-/// Primary keys, unique and other indexes, foreign keys (NOT VALID, then validated), identity
-/// restarts, ANALYZE.
-async fn post_data(req: &MyCheckRequest, plan: &MyPlan, target: &tokio_postgres::Client) -> Result<(), MyError> {
+/// Primary keys, unique and other indexes as the plan translated them (`schema.rs`), foreign
+/// keys (NOT VALID, then validated), identity restarts, ANALYZE, then the translated views in
+/// dependency order. A key or plain index the target refuses stops the load (the data broke a
+/// rule MySQL kept); a translated index or a view it refuses is listed to port by hand and the
+/// load goes on.
+async fn post_data(req: &MyCheckRequest, plan: &MyPlan, target: &tokio_postgres::Client) -> Result<ObjectsOutcome, MyError> {
     let db = req.source.database();
+    let s = q(&req.target_schema);
     let mut src = req.source.connect().await?;
-    let idx: Vec<(String, String, u8, String)> = req
-        .source
-        .within_catalog("reading indexes", async {
-            src.exec(
-                "SELECT TABLE_NAME, INDEX_NAME, NON_UNIQUE, COLUMN_NAME FROM information_schema.STATISTICS
-                 WHERE TABLE_SCHEMA = ? ORDER BY TABLE_NAME, INDEX_NAME, SEQ_IN_INDEX",
-                (db,),
-            )
-            .await
-            .map_err(|e| MyError::query("reading indexes", e))
-        })
-        .await?;
     type FkRow = (String, String, String, String, String, String, String);
     let fks: Vec<FkRow> = req
         .source
@@ -530,26 +535,33 @@ async fn post_data(req: &MyCheckRequest, plan: &MyPlan, target: &tokio_postgres:
         .await?;
     req.source.disconnect(src).await;
     let in_plan = |t: &str| plan.tables.iter().any(|p| p.name == t);
-    let mut grouped: BTreeMap<(String, String), (bool, Vec<String>)> = BTreeMap::new();
-    for (t, name, non_unique, col) in idx.into_iter().filter(|r| in_plan(&r.0)) {
-        grouped.entry((t, name)).or_insert((non_unique == 0, Vec::new())).1.push(col);
-    }
+    let mut outcome = ObjectsOutcome {
+        port_by_hand: plan.schema.port_by_hand(),
+        ..ObjectsOutcome::default()
+    };
     let pg = |what: String| move |e: tokio_postgres::Error| MyError::target(&what, e, "check the target's data and rerun");
-    for ((t, name), (unique, cols)) in &grouped {
-        let list = cols.iter().map(|c| q(c)).collect::<Vec<_>>().join(", ");
-        let sql = if name == "PRIMARY" {
-            format!("ALTER TABLE public.{} ADD PRIMARY KEY ({list})", q(t))
-        } else {
-            // Index names are per table in MySQL, per schema in PostgreSQL.
-            let pg_name: String = format!("{t}_{name}").chars().take(63).collect();
-            format!(
-                "CREATE {}INDEX {} ON public.{} ({list})",
-                if *unique { "UNIQUE " } else { "" },
-                q(&pg_name),
-                q(t)
-            )
-        };
-        target.batch_execute(&sql).await.map_err(pg(format!("building {sql}")))?;
+    for idx in plan.schema.indexes.iter().filter(|i| in_plan(&i.table)) {
+        let Some(sql) = &idx.target_sql else { continue };
+        match target.batch_execute(sql).await {
+            Ok(()) if idx.handling == Handling::Translated => {
+                outcome
+                    .indexes_translated
+                    .push(format!("{}.{} ({}): {sql}", idx.table, idx.name, idx.index_type));
+            }
+            Ok(()) => {}
+            // A translated index that is no key: listed, the load goes on.
+            Err(e) if idx.handling == Handling::Translated && !idx.unique => {
+                let e = MyError::target(&format!("building {sql}"), e, "");
+                tracing::warn!(table = %idx.table, index = %idx.name, error = %e, "a translated index could not be built; listed to port by hand");
+                outcome.port_by_hand.push(PortByHand {
+                    kind: "index".into(),
+                    name: format!("{}.{}", idx.table, idx.name),
+                    reason: format!("the target refused {sql}: {}", e.reason),
+                    definition: None,
+                });
+            }
+            Err(e) => return Err(pg(format!("building {sql}"))(e)),
+        }
     }
     // (referenced table, columns, referenced columns, ON UPDATE, ON DELETE) by (table, name).
     type Fk = (String, Vec<String>, Vec<String>, String, String);
@@ -560,10 +572,10 @@ async fn post_data(req: &MyCheckRequest, plan: &MyPlan, target: &tokio_postgres:
         e.2.push(rcol);
     }
     for ((t, name), (rt, cols, rcols, upd, del)) in &fk_grouped {
-        let pg_name: String = format!("{t}_{name}").chars().take(63).collect();
+        let pg_name = crate::schema::index_name(t, name);
         let sql = format!(
-            "ALTER TABLE public.{} ADD CONSTRAINT {} FOREIGN KEY ({}) REFERENCES public.{} ({}) ON UPDATE {upd} ON DELETE {del} NOT VALID;
-             ALTER TABLE public.{} VALIDATE CONSTRAINT {}",
+            "ALTER TABLE {s}.{} ADD CONSTRAINT {} FOREIGN KEY ({}) REFERENCES {s}.{} ({}) ON UPDATE {upd} ON DELETE {del} NOT VALID;
+             ALTER TABLE {s}.{} VALIDATE CONSTRAINT {}",
             q(t),
             q(&pg_name),
             cols.iter().map(|c| q(c)).collect::<Vec<_>>().join(", "),
@@ -585,8 +597,9 @@ async fn post_data(req: &MyCheckRequest, plan: &MyPlan, target: &tokio_postgres:
         {
             // The next value: the larger of AUTO_INCREMENT and max + 1 (never a duplicate).
             let sql = format!(
-                "SELECT setval(pg_get_serial_sequence('public.{tq}', {c}), GREATEST(COALESCE(max({cq}), 0) + 1, {next}), false) FROM public.{tq}",
-                tq = q(&t.name).replace('\'', "''"),
+                "SELECT setval(pg_get_serial_sequence({qualified}, {c}), GREATEST(COALESCE(max({cq}), 0) + 1, {next}), false) FROM {s}.{tq}",
+                qualified = quote_literal(&format!("{s}.{}", q(&t.name))),
+                tq = q(&t.name),
                 c = quote_literal(col),
                 cq = q(col),
                 next = t.auto_increment.unwrap_or(1).min(i64::MAX as u64)
@@ -597,9 +610,27 @@ async fn post_data(req: &MyCheckRequest, plan: &MyPlan, target: &tokio_postgres:
                 .map_err(pg(format!("restarting the identity of {}.{col}", t.name)))?;
         }
         target
-            .batch_execute(&format!("ANALYZE public.{}", q(&t.name)))
+            .batch_execute(&format!("ANALYZE {s}.{}", q(&t.name)))
             .await
             .map_err(pg(format!("analyzing {}", t.name)))?;
     }
-    Ok(())
+    // Views, in dependency order (the plan's). One the target refuses is listed; a view reading
+    // it is then refused too, and listed.
+    for v in &plan.schema.views {
+        let Some(sql) = &v.target_sql else { continue };
+        match target.batch_execute(sql).await {
+            Ok(()) => outcome.views_created.push(v.name.clone()),
+            Err(e) => {
+                let e = MyError::target(&format!("creating view {}", v.name), e, "");
+                tracing::warn!(view = %v.name, error = %e, "a translated view could not be created; listed to port by hand");
+                outcome.port_by_hand.push(PortByHand {
+                    kind: "view".into(),
+                    name: v.name.clone(),
+                    reason: format!("the target refused its translation ({sql}): {}", e.reason),
+                    definition: Some(v.definition.clone()),
+                });
+            }
+        }
+    }
+    Ok(outcome)
 }

@@ -145,7 +145,15 @@ pub struct MyState {
     slot: String,
     /// The source database.
     database: String,
+    /// The PostgreSQL schema the migration's tables are in ([`Self::choose_target_schema`]).
+    target_schema: String,
+    /// The one recorded for this migration (`mysql_state.target_schema`; None: no load
+    /// recorded yet). A load of an earlier version, which recorded none, went to `public`.
+    recorded_schema: Option<String>,
 }
+
+/// The target schema of a migration that names none: see docs/decisions.md.
+pub const DEFAULT_TARGET_SCHEMA: &str = "public";
 
 impl MyState {
     /// Opens the migration from `source` (`MyEndpoint::describe`) into the target `c` is
@@ -185,6 +193,8 @@ impl MyState {
             source: source.to_string(),
             slot: format!("server_id {}", replica_server_id(source, target_describe)),
             database: database.to_string(),
+            target_schema: DEFAULT_TARGET_SCHEMA.to_string(),
+            recorded_schema: None,
         };
         st.id = match given_id {
             Some(id) => id.to_string(),
@@ -233,14 +243,65 @@ impl MyState {
                 ));
             }
         }
+        st.recorded_schema = c
+            .query_opt(
+                &format!(
+                    "SELECT coalesce(target_schema, $2) FROM {}.mysql_state WHERE migration_id = $1",
+                    st.q()
+                ),
+                &[&st.id, &DEFAULT_TARGET_SCHEMA],
+            )
+            .await
+            .map_err(db("reading Ferry's state on the target"))?
+            .map(|r| r.get(0));
+        if let Some(recorded) = &st.recorded_schema {
+            st.target_schema = recorded.clone();
+        }
         Ok(Some(st))
     }
 
+    /// Whether the side table exists in its current form (with `target_schema`).
     async fn side_table_exists(c: &Client, schema: &str) -> Result<bool, MyError> {
-        c.query_one("SELECT to_regclass(format('%I.mysql_state', $1::text)) IS NOT NULL", &[&schema])
-            .await
-            .map(|r| r.get(0))
-            .map_err(db("reading Ferry's state on the target"))
+        c.query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass(format('%I.mysql_state', $1::text))
+                            AND attname = 'target_schema' AND NOT attisdropped)",
+            &[&schema],
+        )
+        .await
+        .map(|r| r.get(0))
+        .map_err(db("reading Ferry's state on the target"))
+    }
+
+    /// The PostgreSQL schema the migration's tables are in.
+    pub fn target_schema(&self) -> &str {
+        &self.target_schema
+    }
+
+    /// Chooses the target schema from `given` (`--target-schema`) and the recorded one: a
+    /// migration already loaded stays where it was loaded (an earlier version's load: `public`),
+    /// so a flag naming another schema is refused unless the tables are loaded again
+    /// (`reload`); a migration not loaded yet goes to `given`, else [`DEFAULT_TARGET_SCHEMA`].
+    pub fn choose_target_schema(&mut self, given: Option<&str>, reload: bool) -> Result<String, MyError> {
+        let chosen = match (&self.recorded_schema, given) {
+            (Some(r), Some(g)) if r != g && !reload => {
+                return Err(MyError::new(
+                    &format!("choosing the target schema of migration {}", self.id),
+                    &format!("its tables were loaded into schema {r}, and --target-schema names {g}"),
+                    &format!(
+                        "leave --target-schema out (the recorded schema {r} is used), or load the tables again into {g}: ferry migrate --overwrite --target-schema {g}"
+                    ),
+                ))
+            }
+            (_, Some(g)) => g.to_string(),
+            (Some(r), None) => r.clone(),
+            (None, None) => DEFAULT_TARGET_SCHEMA.to_string(),
+        };
+        self.target_schema = chosen.clone();
+        Ok(chosen)
+    }
+
+    fn table(&self, name: &str) -> TableName {
+        TableName::new(&self.target_schema, name)
     }
 
     /// Creates or extends the shared state schema and the MySQL side table.
@@ -249,6 +310,7 @@ impl MyState {
         c.batch_execute(&format!(
             "CREATE TABLE IF NOT EXISTS {s}.mysql_state (
                  migration_id       text PRIMARY KEY REFERENCES {s}.migrations (id) ON DELETE CASCADE,
+                 target_schema      text,
                  load_started_at    timestamptz,
                  load_finished_at   timestamptz,
                  load_summary       jsonb,
@@ -260,7 +322,9 @@ impl MyState {
                  verify_differences bigint,
                  cutover            jsonb
              );
-             COMMENT ON TABLE {s}.mysql_state IS 'Ferry: what only a MySQL/MariaDB migration records, by migration id'",
+             COMMENT ON TABLE {s}.mysql_state IS 'Ferry: what only a MySQL/MariaDB migration records, by migration id';
+             -- Added later: the schema the tables were loaded into (NULL: public, by an earlier version).
+             ALTER TABLE {s}.mysql_state ADD COLUMN IF NOT EXISTS target_schema text",
             s = store.quoted()
         ))
         .await
@@ -560,11 +624,11 @@ impl MyState {
         }
         c.execute(
             &format!(
-                "INSERT INTO {q}.mysql_state (migration_id, load_started_at) VALUES ($1, clock_timestamp())
+                "INSERT INTO {q}.mysql_state (migration_id, load_started_at, target_schema) VALUES ($1, clock_timestamp(), $2)
                  ON CONFLICT (migration_id) DO UPDATE SET load_started_at = clock_timestamp(), load_finished_at = NULL,
-                     load_summary = NULL, cdc_tables = NULL, cdc_blocked = NULL, hold = NULL, held_at = NULL"
+                     load_summary = NULL, cdc_tables = NULL, cdc_blocked = NULL, hold = NULL, held_at = NULL, target_schema = $2"
             ),
-            &[&self.id],
+            &[&self.id, &self.target_schema],
         )
         .await
         .map_err(db(WHAT))?;
@@ -578,10 +642,7 @@ impl MyState {
         )
         .await
         .map_err(db(WHAT))?;
-        let planned: Vec<(TableName, i64)> = tables
-            .iter()
-            .map(|t| (TableName::new("public", t.name.clone()), t.estimated_rows))
-            .collect();
+        let planned: Vec<(TableName, i64)> = tables.iter().map(|t| (self.table(&t.name), t.estimated_rows)).collect();
         self.store.plan_tables(c, &self.id, &planned).await.map_err(pg(WHAT))?;
         self.advance(c, Phase::Schema, actor, "creating the tables on the target").await?;
         Ok(())
@@ -606,13 +667,7 @@ impl MyState {
     /// Marks `table` as being copied from `at` in `pieces` pieces.
     pub async fn start_table(&self, c: &impl GenericClient, table: &str, at: &BinlogPosition, pieces: usize) -> Result<(), MyError> {
         self.store
-            .start_table_at(
-                c,
-                &self.id,
-                &TableName::new("public", table),
-                &SourcePosition::Mysql(at.clone()),
-                pieces as i32,
-            )
+            .start_table_at(c, &self.id, &self.table(table), &SourcePosition::Mysql(at.clone()), pieces as i32)
             .await
             .map_err(pg("recording a table's copy"))
     }
@@ -620,7 +675,7 @@ impl MyState {
     /// Counts a piece of `table` copied: run in the transaction that committed its rows.
     pub async fn finish_piece(&self, c: &impl GenericClient, table: &str, rows: u64, bytes: u64) -> Result<(), MyError> {
         self.store
-            .finish_range(c, &self.id, &TableName::new("public", table), rows as i64, bytes as i64)
+            .finish_range(c, &self.id, &self.table(table), rows as i64, bytes as i64)
             .await
             .map_err(pg("recording a table's progress"))
     }
@@ -705,7 +760,7 @@ impl MyState {
         .map_err(db("forgetting the schema change the stream stopped before"))
     }
 
-    /// Records the schema change the stream stopped before.
+    /// Records the schema change (or the statement it cannot apply) the stream stopped before.
     pub async fn set_blocked(&self, c: &impl GenericClient, blocked: &Value) -> Result<(), MyError> {
         c.execute(
             &format!(
@@ -723,7 +778,7 @@ impl MyState {
                 &self.id,
                 Phase::Cdc,
                 "blocked",
-                &format!("stopped before a schema change: {blocked}"),
+                &format!("stopped before {}: {blocked}", blocked_text(blocked).0),
             )
             .await
             .map_err(pg("writing Ferry's event log"))
@@ -975,6 +1030,7 @@ impl MyState {
                 &format!(
                     "SELECT jsonb_build_object(
                         'migration_id', m.id, 'source', m.source, 'phase', m.phase,
+                        'target_schema', coalesce(s.target_schema, 'public'),
                         'load_started_at', s.load_started_at, 'load_finished_at', s.load_finished_at, 'load', s.load_summary,
                         'snapshot_position', m.snapshot_position, 'applied_position', m.applied_position,
                         'transactions', m.applied_txns, 'last_apply_at', m.applied_at,
@@ -1017,6 +1073,22 @@ impl MyState {
             }
         }
         Ok(Some(st))
+    }
+}
+
+/// What the stream stopped before, as recorded in `cdc_blocked` (`{"query", "file", "pos",
+/// "kind"}`): what it is and what to do, for `ferry status`.
+pub fn blocked_text(blocked: &serde_json::Value) -> (&'static str, &'static str) {
+    match blocked["kind"].as_str() {
+        Some("statement_format") => (
+            "a write logged in STATEMENT format (its rows are not in the binlog)",
+            "make the same change on the target, then run ferry migrate with --ddl-applied (or load again with --overwrite); keep binlog_format=ROW on the source",
+        ),
+        Some("unreadable_truncate") => (
+            "a TRUNCATE whose table Ferry cannot read",
+            "empty that table on the target if it is migrated, then run ferry migrate with --ddl-applied",
+        ),
+        _ => ("a schema change", "make it on the target, then run ferry migrate with --ddl-applied"),
     }
 }
 

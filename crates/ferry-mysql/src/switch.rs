@@ -84,6 +84,8 @@ pub struct MySqlSide<'a> {
     /// (table in the source database, `AUTO_INCREMENT` column) of every migrated table with a
     /// generated integer key.
     generated: Vec<(String, String)>,
+    /// The PostgreSQL schema the migrated tables are in: identities are named there.
+    schema: String,
     /// A reverse stream writes to this server after a cutover: read-only must not stop it.
     reverse_sink: bool,
 }
@@ -97,14 +99,16 @@ impl<'a> MySqlSide<'a> {
             conn: tokio::sync::Mutex::new(None),
             in_doubt: std::sync::Mutex::new(Vec::new()),
             generated: Vec::new(),
+            schema: crate::state::DEFAULT_TARGET_SCHEMA.to_string(),
             reverse_sink: false,
         }
     }
 
     /// The migrated tables, whose `AUTO_INCREMENT` columns [`SwitchSide::identities`] reads
-    /// (those mapped to an integer identity on the target; each lands in its `public` schema).
-    pub fn with_tables(mut self, tables: &[MyTable]) -> Self {
+    /// (those mapped to an integer identity on the target), and the target schema they are in.
+    pub fn with_tables(mut self, tables: &[MyTable], schema: &str) -> Self {
         self.generated = generated_columns(tables);
+        self.schema = schema.to_string();
         self
     }
 
@@ -235,7 +239,9 @@ impl<'a> MySqlSide<'a> {
     }
 
     /// `SET GLOBAL read_only` on or off, `super_read_only` with it where the server has it
-    /// (on only without a reverse sink: [`MySqlSide::with_reverse_sink`]).
+    /// (on only without a reverse sink: [`MySqlSide::with_reverse_sink`]), then read back: Ok
+    /// only when `@@GLOBAL.read_only` reads what was asked (an abandoned `read_only = ON` still
+    /// waiting for its lock, or another session, may have set it otherwise since).
     async fn read_only(&self, on: bool) -> Result<(), MyError> {
         let super_too = !self.reverse_sink;
         let what = if on {
@@ -260,20 +266,59 @@ impl<'a> MySqlSide<'a> {
                 let _ = c.query_drop("SET GLOBAL super_read_only = OFF").await;
                 c.query_drop("SET GLOBAL read_only = OFF").await
             };
+            let r = match r {
+                Ok(()) => c.query_first::<i64, _>("SELECT @@GLOBAL.read_only").await,
+                Err(e) => Err(e),
+            };
             (c, r)
         })
         .await
+        .and_then(|now| read_only_is(on, now, &what))
         .map_err(|e| {
             let lock_wait = read_only_lock_wait(self.endpoint.query_timeout());
             let fix = match e.code {
-                Some(1205) => format!(
+                Some(1205) => Some(format!(
                     "a session held a lock (LOCK TABLES, FLUSH TABLES WITH READ LOCK, a long commit) for more than {lock_wait} s: retry when it is done"
+                )),
+                // ER_SPECIFIC_ACCESS_DENIED_ERROR: the statement needs a privilege.
+                Some(1227) => Some(
+                    "Ferry's user needs SUPER (MySQL) or READ_ONLY ADMIN (MariaDB 10.11: GRANT READ_ONLY ADMIN ON *.* TO ...)".into(),
                 ),
-                Some(_) => "Ferry's user needs SUPER (MySQL) or READ_ONLY ADMIN (MariaDB 10.11: GRANT READ_ONLY ADMIN ON *.* TO ...)".into(),
-                None => return e,
+                _ => None,
             };
-            MyError { fix: Some(fix), ..e }
+            // A failure to connect says what the connection was for.
+            let context = if e.context == what {
+                e.context
+            } else {
+                format!("{what}: {}", e.context)
+            };
+            MyError {
+                context,
+                fix: fix.or(e.fix),
+                ..e
+            }
         })
+    }
+}
+
+/// Whether `@@GLOBAL.read_only`, read back after setting it (`now`), is what was asked (`on`);
+/// Err says it is not, so that nobody reports the side writable (or read-only) when it is not.
+fn read_only_is(on: bool, now: Option<i64>, what: &str) -> Result<(), MyError> {
+    match now {
+        Some(v) if (v != 0) == on => Ok(()),
+        other => Err(MyError::transient(
+            what,
+            &format!(
+                "the statement answered, but @@GLOBAL.read_only reads {} afterwards",
+                other.map(|v| v.to_string()).unwrap_or_else(|| "nothing".into())
+            ),
+            if on {
+                "another session made the server writable again meanwhile; cut over again"
+            } else {
+                "another session (or a SET GLOBAL read_only = ON of Ferry's that was still waiting for its lock) made it read-only again: \
+                 run SET GLOBAL read_only = OFF on the server, and check SELECT @@GLOBAL.read_only"
+            },
+        )),
     }
 }
 
@@ -457,7 +502,7 @@ impl SwitchSide for MySqlSide<'_> {
 
     /// The `AUTO_INCREMENT` counter of every migrated table with a generated integer key, as
     /// the last value handed out (the counter is the next one; 0: none yet), named as on the
-    /// target (`public`.table, with its column).
+    /// target (schema.table, with its column).
     async fn identities(&self) -> Result<Vec<Identity>, MyError> {
         if self.generated.is_empty() {
             return Ok(Vec::new());
@@ -469,7 +514,7 @@ impl SwitchSide for MySqlSide<'_> {
             .map(|(table, column)| {
                 let next = counters.get(table).copied().unwrap_or(1);
                 Identity {
-                    name: TableName::new("public", table),
+                    name: TableName::new(&self.schema, table),
                     column: Some(column.clone()),
                     last_value: i64::try_from(next.saturating_sub(1)).unwrap_or(i64::MAX),
                 }
@@ -478,7 +523,7 @@ impl SwitchSide for MySqlSide<'_> {
     }
 
     /// At a rollback (this side is the new one): the `AUTO_INCREMENT` counter of each migrated
-    /// table whose generated column `from` names (`public`.table with its column, as
+    /// table whose generated column `from` names (schema.table with its column, as
     /// PostgreSQL reports them with `PgSide::with_column_identities`) is set past the last value
     /// handed out there, `ALTER TABLE db.table AUTO_INCREMENT = last + 1`, only when that is
     /// above the counter (never backwards; InnoDB itself never sets it below the column's
@@ -497,7 +542,7 @@ impl SwitchSide for MySqlSide<'_> {
             .generated
             .iter()
             .filter_map(|(table, column)| {
-                let name = TableName::new("public", table);
+                let name = TableName::new(&self.schema, table);
                 from.iter()
                     .find(|i| i.name == name && i.column.as_deref() == Some(column.as_str()))
                     .map(|i| (table.as_str(), column.as_str(), i.last_value))
@@ -533,7 +578,7 @@ impl SwitchSide for MySqlSide<'_> {
             .into_iter()
             .filter_map(|(table, column, last)| {
                 after.get(table).map(|&next| IdentitySync {
-                    name: TableName::new("public", table),
+                    name: TableName::new(&self.schema, table),
                     column: Some(column.to_string()),
                     from: last,
                     to: i64::try_from(next).unwrap_or(i64::MAX),
@@ -794,6 +839,17 @@ fn read_only_lock_wait(query_timeout: Duration) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn read_only_counts_only_when_read_back() {
+        assert!(read_only_is(false, Some(0), "x").is_ok());
+        assert!(read_only_is(true, Some(1), "x").is_ok());
+        let e = read_only_is(false, Some(1), "making the source writable again").unwrap_err();
+        assert!(e.to_string().contains("@@GLOBAL.read_only reads 1"), "{e}");
+        assert!(e.fix.as_deref().unwrap().contains("SET GLOBAL read_only = OFF"), "{e}");
+        assert!(read_only_is(false, None, "x").is_err());
+        assert!(read_only_is(true, Some(0), "x").is_err());
+    }
 
     #[test]
     fn the_server_gives_up_on_the_read_only_lock_before_the_client() {

@@ -283,18 +283,34 @@ pub fn map_column(table: &str, c: &SourceColumn, opts: &MapOptions) -> Mapping {
             "text".into()
         }
     };
-    if c.charset
-        .as_deref()
-        .is_some_and(|cs| !cs.starts_with("utf8") && cs != "ascii" && cs != "binary")
-    {
-        note(
-            &mut m,
-            Attention::Note,
-            format!(
-                "character set {}: converted to UTF-8 on the way",
-                c.charset.as_deref().unwrap_or_default()
+    // Text in another character set: the full load gets it converted by the server, the binlog
+    // stream decodes its stored bytes (crate::charset). ENUM and SET labels are read as UTF-8
+    // from information_schema whatever the set; bytea is bytes.
+    let text = !matches!(c.data_type.as_str(), "enum" | "set") && m.target != "bytea";
+    if let Some(cs) = c.charset.as_deref().filter(|_| text) {
+        match crate::charset::Charset::of(cs) {
+            None => note(
+                &mut m,
+                Attention::Unsupported,
+                format!(
+                    "character set {cs} cannot be converted by Ferry (its text would arrive wrong from the binlog): convert the column \
+                     (ALTER TABLE `{}` MODIFY `{}` {} CHARACTER SET utf8mb4) or exclude the table",
+                    table.replace('`', "``"),
+                    c.name.replace('`', "``"),
+                    c.column_type
+                ),
             ),
-        );
+            Some(set) if set.needs_decoding() && cs != "ascii" => note(
+                &mut m,
+                Attention::Note,
+                if cs == "latin1" {
+                    "character set latin1 (which in MySQL is Windows-1252, not ISO-8859-1): converted to UTF-8".to_string()
+                } else {
+                    format!("character set {cs}: converted to UTF-8")
+                },
+            ),
+            Some(_) => {}
+        }
     }
     if c.extra.contains("generated") {
         note(
@@ -418,6 +434,23 @@ mod tests {
         assert_eq!(map_column("t", &c, &MapOptions::default()).target, "varchar(191)");
         assert_eq!(target("longblob", "longblob"), "bytea");
         assert_eq!(target("json", "json"), "jsonb");
+        // Text in another character set is converted; one Ferry cannot convert is refused,
+        // naming the column; ENUM labels and bytes need no conversion.
+        let mut c = col("varchar", "varchar(10)");
+        c.charset = Some("latin1".into());
+        let m = map_column("t", &c, &MapOptions::default());
+        assert!(m.note.as_deref().unwrap().contains("Windows-1252"), "{m:?}");
+        c.charset = Some("sjis".into());
+        assert_eq!(map_column("t", &c, &MapOptions::default()).attention, Attention::Note);
+        c.charset = Some("cp852".into());
+        let m = map_column("t", &c, &MapOptions::default());
+        assert_eq!(m.attention, Attention::Unsupported);
+        assert!(m.note.as_deref().unwrap().contains("character set cp852"), "{m:?}");
+        let mut e = col("enum", "enum('a')");
+        e.charset = Some("cp852".into());
+        assert_eq!(map_column("t", &e, &MapOptions::default()).attention, Attention::Note);
+        c.charset = Some("ascii".into());
+        assert_eq!(map_column("t", &c, &MapOptions::default()).attention, Attention::None);
         let mut c = col("longtext", "longtext");
         c.json_check = true;
         assert_eq!(map_column("t", &c, &MapOptions::default()).target, "jsonb");

@@ -70,7 +70,7 @@ fn my_q(name: &str) -> String {
     format!("`{}`", name.replace('`', "``"))
 }
 
-fn shape(t: &MyTable, db: &str, mariadb: bool) -> Shape {
+fn shape(t: &MyTable, db: &str, schema: &str, mariadb: bool) -> Shape {
     let kinds = kinds_of(t);
     let names: Vec<String> = t.columns.iter().map(|(n, _)| n.clone()).collect();
     let canon: Vec<Canon> = t
@@ -126,8 +126,9 @@ fn shape(t: &MyTable, db: &str, mariadb: bool) -> Shape {
             my_order.join(", ")
         ),
         pg_select: format!(
-            "SELECT {} FROM public.{} AS x ORDER BY {}",
+            "SELECT {} FROM {}.{} AS x ORDER BY {}",
             (0..names.len()).map(pg_expr).collect::<Vec<_>>().join(", "),
+            quote_ident(schema),
             quote_ident(&t.name),
             pg_order.join(", ")
         ),
@@ -512,7 +513,7 @@ pub async fn verify(req: &MyCheckRequest, tables: &[MyTable], opts: &VerifyOptio
     let point = consistent_point(opts, &ctl, source, &mut my, &pg).await?;
     out.source_lsn = point.as_ref().map(|p| format!("binlog {p}"));
     for t in tables {
-        let s = shape(t, &db, mariadb);
+        let s = shape(t, &db, &req.target_schema, mariadb);
         if point.is_none() {
             open_snapshot(source, &mut my).await?;
             pg.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")

@@ -157,10 +157,106 @@ pub fn render_mysql(r: &ferry_mysql::preflight::MyReport) -> String {
                     o.push_str(&format!("      {:<28} {}\n", "", n));
                 }
             }
+            for i in p.schema.indexes.iter().filter(|i| i.table == t.name) {
+                mysql_index(&mut o, i);
+            }
         }
+        mysql_objects(&mut o, &p.schema);
     }
     result(&mut o, &r.findings);
     o
+}
+
+/// One index of a MySQL table: type, key parts with prefix, order and collation, and how it
+/// reaches the target.
+fn mysql_index(o: &mut String, i: &ferry_mysql::schema::MyIndex) {
+    use ferry_mysql::schema::Handling;
+    let parts: Vec<String> = i
+        .parts
+        .iter()
+        .map(|p| {
+            let mut s = p.column.clone().or_else(|| p.expression.clone()).unwrap_or_else(|| "?".into());
+            if let Some(n) = p.prefix {
+                s.push_str(&format!("({n})"));
+            }
+            if p.descending {
+                s.push_str(" DESC");
+            }
+            if let Some(c) = &p.collation {
+                s.push_str(&format!(" {c}"));
+            }
+            s
+        })
+        .collect();
+    let kind = if i.name == "PRIMARY" {
+        "PRIMARY KEY".to_string()
+    } else if i.unique {
+        format!("UNIQUE {}", i.index_type)
+    } else {
+        i.index_type.clone()
+    };
+    let how = match i.handling {
+        Handling::Built => "built as is",
+        Handling::Translated => "translated",
+        Handling::PortByHand => "NOT created: port by hand",
+    };
+    o.push_str(&format!("      index {} {kind} ({}): {how}\n", i.name, parts.join(", ")));
+    if let Some(n) = &i.note {
+        o.push_str(&format!("        {n}\n"));
+    }
+    if let Some(sql) = &i.target_sql {
+        o.push_str(&format!("        {sql}\n"));
+    }
+}
+
+/// Views, triggers, routines and events: each with its handling; what is not created comes
+/// with its MySQL definition.
+fn mysql_objects(o: &mut String, s: &ferry_mysql::schema::MySchemaObjects) {
+    use ferry_mysql::schema::Handling;
+    let definition = |o: &mut String, d: &str| {
+        for line in d.lines() {
+            o.push_str(&format!("        | {line}\n"));
+        }
+    };
+    o.push_str(&format!("  Views ({}):\n", s.views.len()));
+    for v in &s.views {
+        match v.handling {
+            Handling::PortByHand => {
+                o.push_str(&format!(
+                    "    {}: NOT translated, port by hand: {}\n",
+                    v.name,
+                    v.note.as_deref().unwrap_or_default()
+                ));
+                definition(o, &v.definition);
+            }
+            _ => {
+                o.push_str(&format!(
+                    "    {}: translated, created after the data{}\n",
+                    v.name,
+                    v.note.as_deref().map(|n| format!(" ({n})")).unwrap_or_default()
+                ));
+                if let Some(sql) = &v.target_sql {
+                    o.push_str(&format!("        {sql}\n"));
+                }
+            }
+        }
+    }
+    o.push_str(&format!(
+        "  Triggers ({}): not migrated, port by hand (Ferry does not translate procedural code):\n",
+        s.triggers.len()
+    ));
+    for t in &s.triggers {
+        o.push_str(&format!("    {} on {} ({} {})\n", t.name, t.table, t.timing, t.event));
+        definition(o, &t.definition);
+    }
+    o.push_str(&format!(
+        "  Routines and events ({}): not migrated, port by hand (Ferry does not translate procedural code):\n",
+        s.routines.len()
+    ));
+    for r in &s.routines {
+        o.push_str(&format!("    {} {}\n", r.kind.to_lowercase(), r.name));
+        definition(o, r.definition.as_deref().unwrap_or("(definition not readable by Ferry's user)"));
+    }
 }
 
 /// Roles, owners and privileges (docs/roles.md).

@@ -107,6 +107,10 @@ pub struct Endpoints {
     /// 0 or 1 then fails the load).
     #[arg(long)]
     pub tinyint1_boolean: bool,
+    /// MySQL/MariaDB sources: the PostgreSQL schema the tables land in (created if missing;
+    /// default public). A migration already loaded keeps the schema it was loaded into.
+    #[arg(long, value_name = "SCHEMA")]
+    pub target_schema: Option<String>,
 }
 
 /// `--zero-dates`.
@@ -296,7 +300,8 @@ pub struct MigrateArgs {
     #[arg(long)]
     pub auto_rollback_apply_errors: Option<u64>,
     /// MySQL/MariaDB sources: the schema change the stream stopped at has been made on the
-    /// target by hand; continue after it.
+    /// target by hand (or the write logged in STATEMENT format it stopped at has been dealt
+    /// with); continue after it.
     #[arg(long)]
     pub ddl_applied: bool,
 }
@@ -351,6 +356,10 @@ pub struct SwitchArgs {
     /// With --source: Ferry's state schema on the target.
     #[arg(long, default_value = "ferry")]
     pub state_schema: String,
+    /// With a MySQL/MariaDB --source: the PostgreSQL schema the tables were loaded into (the
+    /// one recorded with the migration when left out; another one is refused).
+    #[arg(long, value_name = "SCHEMA")]
+    pub target_schema: Option<String>,
     /// With --source: POST the cutover report (JSON) to this http:// or https:// URL when the
     /// target is ready for the application.
     #[arg(long)]
@@ -431,6 +440,10 @@ pub struct StatusArgs {
     /// Ferry's state schema on the target.
     #[arg(long, default_value = "ferry")]
     pub state_schema: String,
+    /// With a MySQL/MariaDB --source: the PostgreSQL schema the tables were loaded into (the
+    /// one recorded with the migration when left out; another one is refused).
+    #[arg(long, value_name = "SCHEMA")]
+    pub target_schema: Option<String>,
     /// Warn when the slot retains more WAL than this.
     #[arg(long, default_value = "10GB", value_parser = parse_size)]
     pub wal_warn: i64,
@@ -495,6 +508,10 @@ pub struct VerifyArgs {
     /// Ferry's state schema on the target (not compared).
     #[arg(long, default_value = "ferry")]
     pub state_schema: String,
+    /// With a MySQL/MariaDB --source: the PostgreSQL schema the tables were loaded into (the
+    /// one recorded with the migration when left out; another one is refused).
+    #[arg(long, value_name = "SCHEMA")]
+    pub target_schema: Option<String>,
     /// Differences described per table (all are counted).
     #[arg(long, default_value_t = 100)]
     pub max_differences: usize,

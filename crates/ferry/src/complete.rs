@@ -762,6 +762,7 @@ pub async fn command(args: &crate::cli::CompleteArgs) -> anyhow::Result<i32> {
                 split_size: 0,
                 zero_dates: crate::cli::ZeroDatesArg::Error,
                 tinyint1_boolean: false,
+                target_schema: None,
             };
             let req = crate::settings::resolve(&endpoints)?;
             let record_file = args
@@ -852,6 +853,7 @@ pub async fn proxy_command(args: &crate::cli::ProxyArgs) -> anyhow::Result<i32> 
         split_size: 0,
         zero_dates: crate::cli::ZeroDatesArg::Error,
         tinyint1_boolean: false,
+        target_schema: None,
     };
     let req = crate::settings::resolve(&endpoints)?;
     let (mut config, _source, target) = crate::cutover::proxy_config(&req, args.proxy_listen, args.proxy_users_file.as_deref())?;

@@ -113,6 +113,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         split_size: 32 << 20,
         zero_dates: crate::cli::ZeroDatesArg::Error,
         tinyint1_boolean: false,
+        target_schema: None,
     };
     let req = crate::settings::resolve(&endpoints)?;
     println!(

@@ -497,6 +497,16 @@ impl Live {
                     SAMPLE_TIMEOUT.as_secs()
                 )),
             }
+            // After a cutover the target's writes stream back to the source: its WAL position
+            // is what the reverse stream's lag is measured against, as for a PostgreSQL source.
+            if self.reverse().is_some() {
+                match wal_position(&mut tconn, &target, "target").await {
+                    Ok(lsn) => push_sample(&mut self.reverse_wal.lock().expect("lock"), Instant::now(), lsn),
+                    Err(e) => errors.push(e),
+                }
+            } else {
+                self.reverse_wal.lock().expect("lock").clear();
+            }
             let read = async {
                 let t = connected(&mut tconn, &target, "target").await?;
                 tokio::time::timeout(SAMPLE_TIMEOUT, async {

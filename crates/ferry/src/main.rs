@@ -220,6 +220,9 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             if args.source.as_deref().is_some_and(ferry_mysql::is_mysql_url) {
                 return mysql_cmd::status(&args).await;
             }
+            if args.target_schema.is_some() {
+                return Err(exit::UsageError(settings::TARGET_SCHEMA_NEEDS_SOURCE.into()).into());
+            }
             let st = match &args.target {
                 Some(url) => {
                     let target = settings::pg_endpoint(url, None, "FERRY_TARGET_PASSWORD", "target")?;
@@ -312,6 +315,9 @@ async fn switch_cmd(args: &cli::SwitchArgs, rollback: bool) -> anyhow::Result<i3
             return mysql_cmd::rollback(args).await;
         }
         return mysql_cmd::cutover(args).await;
+    }
+    if args.target_schema.is_some() {
+        return Err(exit::UsageError(settings::TARGET_SCHEMA_NEEDS_SOURCE.into()).into());
     }
     let api = status::ApiClient::new(&args.api, args.api_token_file.as_deref(), args.api_ca.as_deref())?;
     let path = format!(

@@ -119,7 +119,7 @@ pub async fn migrate(args: &MigrateArgs) -> anyhow::Result<i32> {
     let source_id = req.source.describe();
     let state_schema = &args.endpoints.state_schema;
     let mut target = req.target.connect("mysql-state").await?;
-    let state = open_state(
+    let mut state = open_state(
         &mut target,
         &req.source,
         &req.target,
@@ -130,6 +130,10 @@ pub async fn migrate(args: &MigrateArgs) -> anyhow::Result<i32> {
     )
     .await?
     .expect("created when missing");
+    // A migration already loaded stays in the schema it was loaded into; a new load goes where
+    // --target-schema says (public by default).
+    let reload = req.overwrite || state.load_state(&target).await? != LoadState::Finished;
+    req.target_schema = state.choose_target_schema(args.endpoints.target_schema.as_deref(), reload)?;
     let live = match api {
         Some(settings) => Some(serve_api(settings, &req, &state, webhook).await?),
         None => None,
@@ -199,6 +203,7 @@ pub async fn migrate(args: &MigrateArgs) -> anyhow::Result<i32> {
             "  schema {:.2}s, data {:.2}s, keys/indexes/foreign keys/identities {:.2}s",
             summary.seconds.0, summary.seconds.1, summary.seconds.2
         );
+        print!("{}", render_objects(&summary));
         if let Some(path) = &args.summary_json {
             std::fs::write(path, serde_json::to_vec_pretty(&summary)?)?;
         }
@@ -207,6 +212,34 @@ pub async fn migrate(args: &MigrateArgs) -> anyhow::Result<i32> {
         }
     }
     stream(args, &req, &plan, &target, &state, !load, live.as_deref()).await
+}
+
+/// The load summary's lines about objects besides tables: the target schema, views created,
+/// indexes translated, and every object to port by hand with why and its MySQL definition.
+fn render_objects(summary: &ferry_mysql::snapshot::LoadSummary) -> String {
+    let o = &summary.objects;
+    let mut out = format!("  tables in schema {}\n", summary.target_schema);
+    if !o.views_created.is_empty() {
+        out.push_str(&format!("  views created: {}\n", o.views_created.join(", ")));
+    }
+    for i in &o.indexes_translated {
+        out.push_str(&format!("  index translated: {i}\n"));
+    }
+    if !o.port_by_hand.is_empty() {
+        out.push_str(&format!(
+            "  {} object(s) NOT migrated, to port by hand before the cutover:\n",
+            o.port_by_hand.len()
+        ));
+        for p in &o.port_by_hand {
+            out.push_str(&format!("    {} {}: {}\n", p.kind, p.name, p.reason));
+            if let Some(d) = &p.definition {
+                for line in d.lines() {
+                    out.push_str(&format!("        {line}\n"));
+                }
+            }
+        }
+    }
+    out
 }
 
 /// Change capture until SIGTERM/SIGINT, in the direction the phase says: the binlog stream into
@@ -243,7 +276,20 @@ async fn stream(
             &fresh
         };
         match state.phase(target).await? {
-            Some(Phase::CutOver | Phase::Rollback) => reverse(args, req, plan, state, &stop_rx).await?,
+            Some(Phase::CutOver | Phase::Rollback) => {
+                // A cutover by an earlier version made no reverse stream: nothing can stream back.
+                let rev = state.reverse_stream();
+                if ferry_postgres::slot::slot_status(target, &rev.slot).await?.is_none() {
+                    return Err(UsageError(format!(
+                        "the migration from {} was cut over without reverse replication (no slot {} on the target): the application \
+                         writes to the target, and there is nothing to stream",
+                        state.source(),
+                        rev.slot
+                    ))
+                    .into());
+                }
+                reverse(args, req, plan, state, &stop_rx, live).await?
+            }
             Some(Phase::RolledBack) => {
                 after_rollback(req, state, target).await?;
                 first = false;
@@ -293,7 +339,10 @@ async fn forward(
                 .map_err(|e| anyhow::anyhow!("the schema change the stream stopped at has no readable position: {e}"))?,
         ),
         (None, true) => {
-            return Err(UsageError("--ddl-applied: the stream did not stop at a schema change; nothing to skip".into()).into());
+            return Err(UsageError(
+                "--ddl-applied: the stream did not stop at a schema change or a statement it cannot apply; nothing to skip".into(),
+            )
+            .into());
         }
         _ => None,
     };
@@ -416,12 +465,14 @@ async fn reverse(
     plan: &preflight::MyPlan,
     state: &MyState,
     stop: &tokio::sync::watch::Receiver<bool>,
+    live: Option<&crate::live::Live>,
 ) -> anyhow::Result<()> {
     use ferry_postgres::cdc::{self as pg_cdc, CdcProgress};
     let rev = state.reverse_stream();
     let sinks = ferry_mysql::apply::MySinks {
         endpoint: req.source.clone(),
         tables: plan.tables.iter().map(|t| t.name.clone()).collect(),
+        target_schema: state.target_schema().to_string(),
         state_db: state.store().schema().to_string(),
         migration_id: state.id().to_string(),
         state: req.target.clone(),
@@ -476,6 +527,10 @@ async fn reverse(
         rev.slot
     );
     let progress = Arc::new(CdcProgress::default());
+    // The status, /metrics and the dashboard show the reverse stream as for a PostgreSQL source.
+    if let Some(live) = live {
+        live.set_reverse(Some(progress.clone()));
+    }
     let result = pg_cdc::run(copts, &sinks, run_rx.clone(), progress.clone()).await;
     if let Err(e) = result {
         tracing::error!(
@@ -493,6 +548,9 @@ async fn reverse(
         let _ = run_rx.wait_for(|v| *v).await;
     }
     watcher.abort();
+    if let Some(live) = live {
+        live.set_reverse(None);
+    }
     eprintln!(
         "Reverse replication stopped: {} target transactions applied on the source in this run",
         progress.txns.load(Ordering::Relaxed)
@@ -565,10 +623,11 @@ async fn switch_request(args: &crate::cli::SwitchArgs, actor: &str) -> anyhow::R
         split_size: 0,
         zero_dates: crate::cli::ZeroDatesArg::Error,
         tinyint1_boolean: false,
+        target_schema: args.target_schema.clone(),
     };
-    let req = crate::settings::resolve_mysql(&endpoints)?;
+    let mut req = crate::settings::resolve_mysql(&endpoints)?;
     let mut t = req.target.connect("mysql-switch").await?;
-    let Some(state) = open_state(&mut t, &req.source, &req.target, &args.state_schema, None, actor, false).await? else {
+    let Some(mut state) = open_state(&mut t, &req.source, &req.target, &args.state_schema, None, actor, false).await? else {
         eprintln!(
             "ferry: {} refused or aborted: no finished migration from {} is recorded on this target (fix: run ferry migrate first (same --source and --target))",
             actor.trim_start_matches("ferry "),
@@ -576,6 +635,7 @@ async fn switch_request(args: &crate::cli::SwitchArgs, actor: &str) -> anyhow::R
         );
         return Ok(None);
     };
+    req.target_schema = state.choose_target_schema(args.target_schema.as_deref(), false)?;
     drop(t);
     Ok(Some((req, state)))
 }
@@ -714,7 +774,7 @@ pub async fn status(args: &crate::cli::StatusArgs) -> anyhow::Result<i32> {
     let target = crate::settings::pg_endpoint(target, None, "FERRY_TARGET_PASSWORD", "target")?;
     let source_id = source.describe();
     let mut t = target.connect("mysql-status").await?;
-    let state = open_state(
+    let mut state = open_state(
         &mut t,
         &source,
         &target,
@@ -724,6 +784,10 @@ pub async fn status(args: &crate::cli::StatusArgs) -> anyhow::Result<i32> {
         false,
     )
     .await?;
+    if let Some(state) = &mut state {
+        crate::settings::target_schema(args.target_schema.as_deref(), &args.state_schema)?;
+        state.choose_target_schema(args.target_schema.as_deref(), false)?;
+    }
     let recorded = match &state {
         Some(state) => state.status_json(&t).await?,
         None => None,
@@ -752,6 +816,7 @@ pub async fn status(args: &crate::cli::StatusArgs) -> anyhow::Result<i32> {
     println!("MySQL/MariaDB migration from {source_id} into {}", target.describe());
     println!("  migration id   {}", s("migration_id"));
     println!("  phase          {}", s("phase"));
+    println!("  target schema  {}", s("target_schema"));
     if st["load_finished_at"].is_null() {
         println!(
             "  full load      started {}, not finished (ferry migrate loads it again)",
@@ -796,8 +861,9 @@ pub async fn status(args: &crate::cli::StatusArgs) -> anyhow::Result<i32> {
         );
     }
     if !st["blocked_at"].is_null() {
+        let (what, fix) = ferry_mysql::state::blocked_text(&st["blocked_at"]);
         println!(
-            "  STOPPED before a schema change at {}:{}: {} (make it on the target, then ferry migrate --ddl-applied)",
+            "  STOPPED before {what} at {}:{}: {} ({fix})",
             st["blocked_at"]["file"].as_str().unwrap_or("-"),
             st["blocked_at"]["pos"],
             st["blocked_at"]["query"].as_str().unwrap_or("-")

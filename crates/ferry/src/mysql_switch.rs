@@ -18,15 +18,15 @@ use ferry_postgres::switch::PgSide;
 use serde_json::json;
 use tokio_postgres::Client;
 
-use crate::cutover::{pause_without_proxy, restore_read_only, Abort, Report, Stream, SwitchOptions, Way};
+use crate::cutover::{pause_without_proxy, Abort, Report, Stream, SwitchOptions, Way};
 
 fn ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 1e6).round() / 1e3
 }
 
-/// The migrated tables as the target names them.
-fn target_tables(tables: &[MyTable]) -> Vec<TableName> {
-    tables.iter().map(|t| TableName::new("public", &t.name)).collect()
+/// The migrated tables as the target names them (in the migration's target schema).
+fn target_tables(tables: &[MyTable], schema: &str) -> Vec<TableName> {
+    tables.iter().map(|t| TableName::new(schema, &t.name)).collect()
 }
 
 /// Who moves the phases of a MySQL/MariaDB cutover.
@@ -146,7 +146,9 @@ async fn mysql_switch(req: &MyCheckRequest, state: &MyState, opts: &SwitchOption
     let pg = req.target.connect("mysql-cutover").await?;
     let tables = my_cutover::ready(state, &pg, &target, limit, opts.skip_verify_check).await?;
     let new_c = req.target.connect("switch").await?;
-    let old = MySqlSide::new(&req.source, "source").with_tables(&tables).with_reverse_sink();
+    let old = MySqlSide::new(&req.source, "source")
+        .with_tables(&tables, state.target_schema())
+        .with_reverse_sink();
     let new = PgSide::new(&new_c, &req.target, "target").with_reverse(state.reverse_stream());
     old.prepare_session().await?;
     new.prepare_session().await?;
@@ -206,7 +208,7 @@ async fn mysql_switch(req: &MyCheckRequest, state: &MyState, opts: &SwitchOption
     // Before the pause, nobody held: the reverse stream's slot and publication, so that every
     // write on the target after the switch is captured.
     let t = Instant::now();
-    let prepared = new.prepare_reverse(&target_tables(&tables)).await;
+    let prepared = new.prepare_reverse(&target_tables(&tables, state.target_schema())).await;
     report.steps.push(("prepare reverse replication".into(), ms(t.elapsed())));
     let outcome = match prepared {
         Ok(()) => pause_without_proxy(Way::Cutover, opts, &mut report, &old, &new, &stream).await,
@@ -230,18 +232,20 @@ async fn mysql_switch(req: &MyCheckRequest, state: &MyState, opts: &SwitchOption
         "the stream goes on; fix what stopped the cutover, then cut over again",
     );
     if read_only_set {
-        match old.set_read_only(false).await {
-            Ok(()) => e.reason.push_str(" (the source is writable again)"),
-            Err(w) => {
-                tracing::error!(error = %w, "the source could not be made writable again");
-                e.reason.push_str(&format!(
-                    "; and the source may still be READ-ONLY: making it writable again failed ({w})"
-                ));
-                e.fix = Some(
-                    "run SET GLOBAL read_only = OFF (and super_read_only = OFF on MySQL) on the source now; then cut over again".into(),
-                );
-            }
+        // Writable again only when SET GLOBAL read_only = OFF answered and read back 0
+        // (`MySqlSide::set_read_only`).
+        let reset = old.set_read_only(false).await;
+        if let Err(w) = &reset {
+            tracing::error!(error = %w, "the source could not be made writable again");
         }
+        put_back(
+            &mut e,
+            "source",
+            Back::Writable,
+            reset,
+            "run SET GLOBAL read_only = OFF (and super_read_only = OFF on MySQL) on the source now, check that \
+             SELECT @@GLOBAL.read_only reads 0; then cut over again",
+        );
     }
     let why = format!("cutover aborted: {}", e.reason);
     let pg = stream.pg.lock().await;
@@ -328,7 +332,9 @@ pub async fn mysql_rollback(req: &MyCheckRequest, state: &MyState, opts: &Switch
     let old_c = req.target.connect("switch").await?;
     // The target names its generators by table and column, as MySQL's AUTO_INCREMENT is.
     let old = PgSide::new(&old_c, &req.target, "target").with_column_identities();
-    let new = MySqlSide::new(&req.source, "source").with_tables(&tables).with_reverse_sink();
+    let new = MySqlSide::new(&req.source, "source")
+        .with_tables(&tables, state.target_schema())
+        .with_reverse_sink();
     old.prepare_session().await?;
     new.prepare_session().await?;
     // Catch up first, nobody held: the reverse stream applies what the target has now.
@@ -368,19 +374,29 @@ pub async fn mysql_rollback(req: &MyCheckRequest, state: &MyState, opts: &Switch
         &reason,
         "the reverse stream goes on; fix what stopped the rollback, then roll back again",
     );
-    restore_read_only(&new, true).await;
+    // The source read-only again (the pause may have made it writable): while the application
+    // writes to the target, a writable source would take writes the target never sees.
+    let source_back = new.set_read_only(true).await;
+    if let Err(w) = &source_back {
+        tracing::error!(error = %w, "the source could not be made read-only again");
+        put_back(
+            &mut e,
+            "source",
+            Back::ReadOnly,
+            source_back,
+            "run SET GLOBAL read_only = ON on the source now (check that SELECT @@GLOBAL.read_only reads 1) and keep the \
+             application off it; then roll back again",
+        );
+    }
     if read_only_set {
-        match old.set_read_only(false).await {
-            Ok(()) => e.reason.push_str(" (the target is writable again)"),
-            Err(w) => {
-                e.reason.push_str(&format!(
-                    "; and the target may still be read-only: making it writable again failed ({w})"
-                ));
-                e.fix = Some(format!(
-                    "run ALTER DATABASE ... RESET default_transaction_read_only on {target} now; then roll back again"
-                ));
-            }
-        }
+        let reset = old.set_read_only(false).await;
+        put_back(
+            &mut e,
+            "target",
+            Back::Writable,
+            reset,
+            &format!("run ALTER DATABASE ... RESET default_transaction_read_only on {target} now; then roll back again"),
+        );
     }
     let why = format!("rollback aborted: {}", e.reason);
     let pg = stream.pg.lock().await;
@@ -389,6 +405,35 @@ pub async fn mysql_rollback(req: &MyCheckRequest, state: &MyState, opts: &Switch
             .push_str(&format!("; and recording the abort failed ({w}): ferry rollback again takes over"));
     }
     Err(e)
+}
+
+/// The state an aborted switch puts a side back in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Back {
+    Writable,
+    ReadOnly,
+}
+
+/// Adds to an aborted switch's error what became of putting `side` back: "(the source is
+/// writable again)" only when `result` is Ok (the side's own check: for MySQL, SET GLOBAL
+/// read_only answered and read back as asked); otherwise that it may still be in the other
+/// state, why, and `by_hand` as the fix (the first such fix stays: it is the most urgent).
+fn put_back(e: &mut MyError, side: &str, back: Back, result: Result<(), impl std::fmt::Display>, by_hand: &str) {
+    let (state, other) = match back {
+        Back::Writable => ("writable", "READ-ONLY"),
+        Back::ReadOnly => ("read-only", "WRITABLE"),
+    };
+    match result {
+        Ok(()) => e.reason.push_str(&format!(" (the {side} is {state} again)")),
+        Err(w) => {
+            e.reason.push_str(&format!(
+                "; and the {side} may still be {other}: making it {state} again failed ({w})"
+            ));
+            if e.fix.as_deref().is_none_or(|f| !f.starts_with("run ")) {
+                e.fix = Some(by_hand.to_string());
+            }
+        }
+    }
 }
 
 /// [`mysql_rollback`] as the API answers it: the switch's report with `source_engine`.
@@ -406,4 +451,50 @@ pub async fn mysql_rollback_report(req: &MyCheckRequest, state: &MyState, opts: 
     let mut v = serde_json::to_value(&report).unwrap_or_default();
     v["source_engine"] = json!(ferry_postgres::state::ENGINE_MYSQL);
     v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn aborted() -> MyError {
+        MyError::new("cutover aborted", "the stream did not apply up to x", "the stream goes on")
+    }
+
+    #[test]
+    fn an_aborted_switch_says_writable_again_only_when_it_is() {
+        let mut e = aborted();
+        put_back(&mut e, "source", Back::Writable, Ok::<(), MyError>(()), "by hand");
+        assert!(e.reason.ends_with(" (the source is writable again)"), "{e}");
+        assert_eq!(e.fix.as_deref(), Some("the stream goes on"));
+
+        let failed = MyError::transient(
+            "making the source writable again (SET GLOBAL read_only = OFF)",
+            "the statement answered, but @@GLOBAL.read_only reads 1 afterwards",
+            "...",
+        );
+        let mut e = aborted();
+        put_back(&mut e, "source", Back::Writable, Err(failed), "run SET GLOBAL read_only = OFF now");
+        assert!(!e.reason.contains("writable again)"), "{e}");
+        assert!(
+            e.reason
+                .contains("; and the source may still be READ-ONLY: making it writable again failed (making the source writable again"),
+            "{e}"
+        );
+        assert!(e.reason.contains("reads 1"), "{e}");
+        assert_eq!(e.fix.as_deref(), Some("run SET GLOBAL read_only = OFF now"));
+
+        // A rollback that could not make the source read-only again says so first, and keeps
+        // that fix when the target's reset fails too.
+        let mut e = aborted();
+        put_back(&mut e, "source", Back::ReadOnly, Err("refused"), "run SET GLOBAL read_only = ON");
+        put_back(&mut e, "target", Back::Writable, Err("gone"), "run ALTER DATABASE");
+        assert!(
+            e.reason
+                .contains("the source may still be WRITABLE: making it read-only again failed (refused)"),
+            "{e}"
+        );
+        assert!(e.reason.contains("the target may still be READ-ONLY"), "{e}");
+        assert_eq!(e.fix.as_deref(), Some("run SET GLOBAL read_only = ON"));
+    }
 }

@@ -103,6 +103,11 @@ pub fn resolve(e: &Endpoints) -> anyhow::Result<CheckRequest> {
         )
         .into());
     }
+    if e.target_schema.is_some() {
+        return Err(
+            UsageError("--target-schema is for MySQL/MariaDB sources: a PostgreSQL source's tables keep their schemas".into()).into(),
+        );
+    }
     let source = pg_endpoint(&e.source, e.source_password_file.as_deref(), "FERRY_SOURCE_PASSWORD", "source")?;
     let target = pg_endpoint(&e.target, e.target_password_file.as_deref(), "FERRY_TARGET_PASSWORD", "target")?;
     let filter = TableFilter::new(&e.include, &e.exclude).map_err(|err| UsageError(err.to_string()))?;
@@ -150,7 +155,32 @@ pub fn resolve_mysql(e: &Endpoints) -> anyhow::Result<ferry_mysql::preflight::My
             tinyint1_boolean: e.tinyint1_boolean,
         },
         overwrite: e.overwrite,
+        target_schema: target_schema(e.target_schema.as_deref(), &e.state_schema)?
+            .unwrap_or(ferry_mysql::state::DEFAULT_TARGET_SCHEMA)
+            .to_string(),
     })
+}
+
+/// `--target-schema` where it does not apply: a PostgreSQL source, or a command through the API.
+pub const TARGET_SCHEMA_NEEDS_SOURCE: &str = "--target-schema is for a MySQL/MariaDB migration named with --source and --target \
+     (a running ferry migrate, reached with --api, and a PostgreSQL source know where their tables are)";
+
+/// `--target-schema` checked: a PostgreSQL name (1 to 63 bytes, not `pg_`-reserved) other
+/// than Ferry's state schema.
+pub fn target_schema<'a>(given: Option<&'a str>, state_schema: &str) -> anyhow::Result<Option<&'a str>> {
+    let Some(s) = given else { return Ok(None) };
+    let why = if s.is_empty() || s.len() > 63 {
+        "a PostgreSQL schema name has 1 to 63 bytes"
+    } else if s.starts_with("pg_") {
+        "names starting with pg_ are reserved by PostgreSQL"
+    } else if s == state_schema {
+        "it is Ferry's state schema (--state-schema)"
+    } else if s.contains('\0') {
+        "a name cannot hold a NUL character"
+    } else {
+        return Ok(Some(s));
+    };
+    Err(UsageError(format!("--target-schema {s}: {why}")).into())
 }
 
 #[cfg(test)]

@@ -285,8 +285,9 @@ pub fn add_mysql(s: &mut Status, extra: Option<&serde_json::Value>) {
     }
     if !x["blocked_at"].is_null() {
         let b = &x["blocked_at"];
+        let (what, fix) = ferry_mysql::state::blocked_text(b);
         s.warnings.push(format!(
-            "the stream stopped before a schema change at {}:{}: {}; make it on the target, then run ferry migrate with --ddl-applied",
+            "the stream stopped before {what} at {}:{}: {}; {fix}",
             b["file"].as_str().unwrap_or("-"),
             b["pos"],
             b["query"].as_str().unwrap_or("-")

@@ -327,6 +327,9 @@ pub async fn finish_run<E: std::fmt::Display>(
 /// `ferry verify`: exit 0 when identical, 1 when anything differs.
 pub async fn command(args: crate::cli::VerifyArgs) -> anyhow::Result<i32> {
     let report = match &args.api {
+        Some(_) if args.target_schema.is_some() => {
+            return Err(crate::exit::UsageError(crate::settings::TARGET_SCHEMA_NEEDS_SOURCE.into()).into());
+        }
         Some(api) => through_api(api, &args).await?,
         None => standalone(&args).await?,
     };
@@ -361,6 +364,7 @@ async fn standalone(args: &crate::cli::VerifyArgs) -> anyhow::Result<Report> {
         split_size: 0,
         zero_dates: crate::cli::ZeroDatesArg::Error,
         tinyint1_boolean: false,
+        target_schema: args.target_schema.clone(),
     };
     if ferry_mysql::is_mysql_url(source) {
         return mysql(&endpoints, args).await;
@@ -418,7 +422,7 @@ async fn mysql(endpoints: &crate::cli::Endpoints, args: &crate::cli::VerifyArgs)
     let mut req = crate::settings::resolve_mysql(endpoints)?;
     req.overwrite = true;
     let mut target = req.target.connect("mysql-verify").await?;
-    let state = crate::mysql_cmd::open_state(
+    let mut state = crate::mysql_cmd::open_state(
         &mut target,
         &req.source,
         &req.target,
@@ -428,6 +432,10 @@ async fn mysql(endpoints: &crate::cli::Endpoints, args: &crate::cli::VerifyArgs)
         false,
     )
     .await?;
+    // The tables are where the migration loaded them.
+    if let Some(state) = &mut state {
+        req.target_schema = state.choose_target_schema(args.target_schema.as_deref(), false)?;
+    }
     // The tables as the stream knows them, else as the source has them now.
     let stored = match &state {
         Some(state) => state.stored_tables(&target).await?,

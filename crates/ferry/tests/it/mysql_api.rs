@@ -485,6 +485,16 @@ async fn mysql_migration_status_metrics_dashboard_verify_and_cutover_through_the
     );
     assert!(hooked["source"].is_string() && hooked["target"].is_string(), "{body}");
     let st = api_wait(&addr, "the phase cut_over", Duration::from_secs(30), |st| st["phase"] == "cut_over").await;
+    // The reverse stream (target back to source) shows in the status as for a PostgreSQL source.
+    t.execute("INSERT INTO public.items VALUES (6001, 61)", &[]).await.unwrap();
+    api_wait(&addr, "the reverse stream's figures", Duration::from_secs(30), |st| {
+        st["live"]["reverse"].is_object() && st["live"]["reverse"]["transactions"].as_i64().unwrap_or(0) >= 1
+    })
+    .await;
+    assert_eq!(
+        my_query("FERRY_TEST_MYSQL", &format!("SELECT v FROM {db}.items WHERE id = 6001")).trim(),
+        "61"
+    );
     assert_eq!(st["live"]["last_switch"]["outcome"], "done", "{st}");
     assert_eq!(st["live"]["last_switch"]["source_engine"], "mysql", "{st}");
     let run = ferry(&["status", "--api", &api_url]);

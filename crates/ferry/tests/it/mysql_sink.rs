@@ -61,6 +61,7 @@ impl Setup {
         MySinkOptions {
             endpoint: MyEndpoint::parse(&self.source, None).unwrap(),
             database: self.db.clone(),
+            target_schema: "public".into(),
             tables: tables.iter().map(|t| t.to_string()).collect(),
             state_db: self.state_db.clone(),
             migration_id: self.id.clone(),

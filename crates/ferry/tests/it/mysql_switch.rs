@@ -85,7 +85,7 @@ async fn mysql_switch_side_spares_ferry_ends_the_application_and_undoes_read_onl
         ]
     }))
     .unwrap();
-    let side = MySqlSide::new(&ep, "source").with_tables(&[table]);
+    let side = MySqlSide::new(&ep, "source").with_tables(&[table], "public");
     side.prepare_session().await.unwrap();
 
     // Ferry's own connection (any of this process), inside a transaction in the migrated database.
@@ -325,12 +325,15 @@ async fn mysql_switch_side_moves_auto_increment_past_postgresql_at_rollback() {
     );
     assert_eq!(counter(&db, "t"), 701);
     let ep = MyEndpoint::parse(&source, None).unwrap();
-    let side = MySqlSide::new(&ep, "source").with_tables(&[
-        planned("t", true),
-        planned("s", true),
-        planned("gone", true),
-        planned("plain", false),
-    ]);
+    let side = MySqlSide::new(&ep, "source").with_tables(
+        &[
+            planned("t", true),
+            planned("s", true),
+            planned("gone", true),
+            planned("plain", false),
+        ],
+        "public",
+    );
     side.prepare_session().await.unwrap();
 
     let synced = side.advance_identities(&by_column).await.unwrap();
