@@ -96,6 +96,8 @@ wait_phase() { # phase
   done
 }
 wait_phase cdc
+log "3 s of sysbench on MariaDB while the binlog stream runs"
+sb --threads=2 --rate="$RATE" --time=3 --mysql-ignore-errors=1213,1205 run >"$OUT/first-sysbench.log" 2>&1
 switch() { # cutover|rollback round: runs it, appends its pause (ms) to $OUT/pause-<kind>.txt
   local out="$OUT/$1-$2.json"
   "$FERRY_BIN" "$1" --source "$SRC" --target "$TGT" --grace "$GRACE" --skip-verify-check --json >"$out" 2>"$OUT/$1-$2.err" ||
