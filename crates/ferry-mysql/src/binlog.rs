@@ -9,6 +9,16 @@
 //! with a GTID event (type 162, parsed here by hand) rather than a `BEGIN` query; XID events
 //! commit. Only the tables of one database are decoded; others are skipped.
 //!
+//! MySQL 8.0/8.4 specifics (`docs/mysql-cdc.md`, "MySQL 8.0 / 8.4"; coded against MySQL's
+//! documentation, not yet run against a real MySQL 8 server): a transaction starts with a
+//! GTID event (33; 34 when `gtid_mode` is OFF; 42 for 8.4's tagged GTIDs), decoded by
+//! `crate::gtid`, and each file starts with the set executed before it (35). The reader keeps
+//! the GTID state ([`crate::gtid::GtidState`]) so that every [`Change::Begin`] says the state
+//! once its transaction commits. A compressed transaction (40, `payload`) arrives as one event
+//! whose events the driver then yields one by one; they decode as uncompressed ones, at the
+//! payload event's position. A GTID event always starts a group, so a group the reader saw no
+//! end of (a statement MySQL logs without BEGIN or COMMIT) ends there.
+//!
 //! Statements (QUERY events, `crate::statement`): a TRUNCATE of a migrated table becomes
 //! [`Change::Truncate`], DDL on the migrated database [`Change::SchemaChange`], and a write
 //! logged in STATEMENT format on a migrated table, or a TRUNCATE whose table cannot be read,
@@ -16,34 +26,59 @@
 //! names match as the server matches them (`lower_case_table_names`, read when the reader
 //! starts).
 
+mod payload;
+mod values;
+
+#[cfg(test)]
+mod fixtures;
+
 use std::collections::HashMap;
 
 use std::time::Duration;
 
 use futures_util::{FutureExt, StreamExt};
-use mysql_async::binlog::events::{EventData, OptionalMetadataField, RowsEventData};
+use mysql_async::binlog::events::{Event, EventData, OptionalMetadataField, RowsEventData, TableMapEvent};
 use mysql_async::prelude::Queryable;
 use mysql_async::Value;
 
 use crate::endpoint::MyEndpoint;
 use crate::error::MyError;
+use crate::gtid::{decode_gtid_event, decode_previous_gtids, valid_tag, Gtid, GtidState, Uuid};
 use crate::preflight::MyTable;
 pub use crate::statement::{classify, Statement, TableRef};
 use crate::statement::{find_name, same_name};
+use payload::Unpacking;
+pub use payload::MAX_UNCOMPRESSED;
+use values::{labelled, Labels};
 
 /// How often an idle source sends a heartbeat event on the binlog connection.
 pub const HEARTBEAT_PERIOD: Duration = Duration::from_secs(1);
 
 /// MariaDB's GTID event, which mysql_common does not decode.
 const MARIADB_GTID_EVENT: u8 = 162;
+/// MySQL's GTID event (`uuid:n`).
+const GTID_EVENT: u8 = 33;
+/// MySQL's GTID event with `gtid_mode` OFF: a transaction without a GTID.
+const ANONYMOUS_GTID_EVENT: u8 = 34;
+/// MySQL's set of GTIDs executed before the file.
+const PREVIOUS_GTIDS_EVENT: u8 = 35;
+/// MySQL 8.0.20+'s compressed transaction.
+const TRANSACTION_PAYLOAD_EVENT: u8 = 40;
+/// MySQL 8.4's tagged GTID event (`uuid:tag:n`).
+const GTID_TAGGED_EVENT: u8 = 42;
 
 /// One decoded change.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Change {
-    /// A transaction starts (MariaDB: its GTID, `domain-server-sequence`).
+    /// A transaction starts.
     Begin {
-        /// The GTID, when the server sends one.
+        /// Its GTID, when the server sends one: MariaDB `domain-server-sequence`, MySQL
+        /// `uuid:n` (8.4 tagged: `uuid:tag:n`).
         gtid: Option<String>,
+        /// The server's GTID state once it commits ([`crate::gtid::GtidState`]): MySQL's
+        /// executed set (`uuid:1-n,...`), MariaDB's last GTID per domain; None while unknown
+        /// (no GTIDs, and none given to [`BinlogReader::with_gtid_state`]).
+        executed: Option<String>,
         /// Where its first event starts, in the current binlog file.
         at: u64,
     },
@@ -119,22 +154,33 @@ pub enum Unapplicable {
     UnreadableTruncate,
 }
 
-/// Label lists of a table's ENUM and SET columns, by column index.
-#[derive(Debug, Clone, Default)]
-struct Labels {
-    enums: HashMap<usize, Vec<String>>,
-    sets: HashMap<usize, Vec<String>>,
-    /// TIMESTAMP columns: the binlog has seconds since the epoch (with a fraction).
-    timestamps: Vec<usize>,
-    /// MEDIUMINT columns, with whether they are signed: the binlog has their three bytes, which
-    /// mysql_common hands over without regard to the column's sign (-8388608 came out as
-    /// 8388608).
-    int24: HashMap<usize, bool>,
+/// Where the decoder finds a rows event's table map: the stream registers every TABLE_MAP
+/// event it reads, those inside a compressed transaction included.
+trait TableMaps {
+    fn table_map(&self, table_id: u64) -> Option<&TableMapEvent<'static>>;
+}
+
+impl TableMaps for mysql_async::BinlogStream {
+    fn table_map(&self, table_id: u64) -> Option<&TableMapEvent<'static>> {
+        self.get_tme(table_id)
+    }
 }
 
 /// A binlog reader for the tables of one database.
 pub struct BinlogReader {
     stream: mysql_async::BinlogStream,
+    decoder: Decoder,
+}
+
+impl std::fmt::Debug for BinlogReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "BinlogReader({} at {})", self.decoder.database, self.decoder.file)
+    }
+}
+
+/// The reader's state between events: everything but the connection, so that events built
+/// from bytes decode exactly as streamed ones (`fixtures`).
+struct Decoder {
     /// `host:port/database` of the source, for messages.
     server: String,
     database: String,
@@ -163,12 +209,10 @@ pub struct BinlogReader {
     /// The source compares table and database names without regard to case
     /// (`lower_case_table_names` 1 or 2): a statement may name a table in another case.
     fold_case: bool,
-}
-
-impl std::fmt::Debug for BinlogReader {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "BinlogReader({} at {})", self.database, self.file)
-    }
+    /// The GTID state after the transactions read so far.
+    gtids: GtidState,
+    /// The events of a compressed transaction still to come.
+    unpacking: Option<Unpacking>,
 }
 
 /// A binlog stream error, classified by the server's error number ([`crate::error::error_class`]):
@@ -233,33 +277,73 @@ impl BinlogReader {
                 }),
             )
             .await?;
-        let tables_ref = tables;
-        let tables = tables
-            .iter()
-            .map(|t| {
-                let mut l = Labels::default();
-                for (i, (_, m)) in t.columns.iter().enumerate() {
-                    if m.target == "text[]" {
-                        l.sets.insert(i, m.labels.clone());
-                    } else if !m.labels.is_empty() {
-                        l.enums.insert(i, m.labels.clone());
-                    } else if m.source.to_ascii_lowercase().starts_with("timestamp") {
-                        l.timestamps.push(i);
-                    } else if m.source.to_ascii_lowercase().starts_with("mediumint") {
-                        l.int24.insert(i, !m.source.to_ascii_lowercase().contains("unsigned"));
-                    }
-                }
-                (t.name.clone(), l)
-            })
-            .collect();
-        Ok(BinlogReader {
-            stream,
-            server: source.describe(),
-            database: source.database().to_string(),
+        let mut decoder = Decoder::new(source.describe(), source.database(), (file, pos), tables);
+        decoder.fold_case = lower_case.unwrap_or(0) != 0;
+        Ok(BinlogReader { stream, decoder })
+    }
+
+    /// The GTID state at the start position (the position's GTID text: MySQL's executed set or
+    /// MariaDB's per-domain list), which each [`Change::Begin`]'s `executed` then extends. Text
+    /// Ferry cannot read leaves the state unknown until the stream tells (a warning says so):
+    /// positions stay exact, only their GTID text is partial.
+    pub fn with_gtid_state(mut self, text: &str) -> Self {
+        self.decoder.gtids = GtidState::parse(text).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "the start position's GTID set cannot be read; recording GTIDs from the stream only");
+            GtidState::Unknown
+        });
+        self
+    }
+
+    /// Leaves out every transaction whose first row event is on `<state_db>.reverse_position`:
+    /// the reverse stream's sink (`crate::apply::MySink`) writes that row first in each of its
+    /// transactions, so what Ferry applied from PostgreSQL never streams back there (loop
+    /// prevention). Such transactions still come as a `Begin` and a `Commit`.
+    pub fn skip_reverse_writes(mut self, state_db: &str) -> Self {
+        self.decoder.reverse_state_db = Some(state_db.to_string());
+        self
+    }
+
+    /// `host:port/database` of the source.
+    pub fn server(&self) -> &str {
+        &self.decoder.server
+    }
+
+    /// The binlog file being read.
+    pub fn file(&self) -> &str {
+        &self.decoder.file
+    }
+
+    /// The end of the last event read (file, position): everything before it has been returned.
+    pub fn position(&self) -> (String, u64) {
+        (self.decoder.file.clone(), self.decoder.pos)
+    }
+
+    /// The changes of the next event (often none); None when the stream ends.
+    pub async fn next(&mut self) -> Result<Option<Vec<Change>>, MyError> {
+        let Some(event) = self.stream.next().await else { return Ok(None) };
+        let event = event.map_err(|e| {
+            stream_error(
+                &format!(
+                    "reading the binlog from {} after {}:{}",
+                    self.decoder.server, self.decoder.file, self.decoder.pos
+                ),
+                e,
+                "Ferry reconnects with backoff and resumes from its last commit",
+            )
+        })?;
+        self.decoder.decode(&event, &self.stream).map(Some)
+    }
+}
+
+impl Decoder {
+    fn new(server: String, database: &str, (file, pos): (&str, u64), tables: &[MyTable]) -> Decoder {
+        Decoder {
+            server,
+            database: database.to_string(),
             file: file.to_string(),
-            tables,
-            widths: tables_ref.iter().map(|t| (t.name.clone(), t.columns.len())).collect(),
-            names: tables_ref
+            tables: tables.iter().map(|t| (t.name.clone(), Labels::of(t))).collect(),
+            widths: tables.iter().map(|t| (t.name.clone(), t.columns.len())).collect(),
+            names: tables
                 .iter()
                 .map(|t| (t.name.clone(), t.columns.iter().map(|(n, _)| n.clone()).collect()))
                 .collect(),
@@ -269,17 +353,10 @@ impl BinlogReader {
             reverse_state_db: None,
             rows_seen: false,
             own: false,
-            fold_case: lower_case.unwrap_or(0) != 0,
-        })
-    }
-
-    /// Leaves out every transaction whose first row event is on `<state_db>.reverse_position`:
-    /// the reverse stream's sink (`crate::apply::MySink`) writes that row first in each of its
-    /// transactions, so what Ferry applied from PostgreSQL never streams back there (loop
-    /// prevention). Such transactions still come as a `Begin` and a `Commit`.
-    pub fn skip_reverse_writes(mut self, state_db: &str) -> Self {
-        self.reverse_state_db = Some(state_db.to_string());
-        self
+            fold_case: false,
+            gtids: GtidState::Unknown,
+            unpacking: None,
+        }
     }
 
     /// A transaction starts or ends: nothing of it seen yet.
@@ -288,53 +365,127 @@ impl BinlogReader {
         self.own = false;
     }
 
-    /// `host:port/database` of the source.
-    pub fn server(&self) -> &str {
-        &self.server
-    }
-
-    /// The binlog file being read.
-    pub fn file(&self) -> &str {
-        &self.file
-    }
-
-    /// The end of the last event read (file, position): everything before it has been returned.
-    pub fn position(&self) -> (String, u64) {
-        (self.file.clone(), self.pos)
-    }
-
-    /// The changes of the next event (often none); None when the stream ends.
-    pub async fn next(&mut self) -> Result<Option<Vec<Change>>, MyError> {
-        let Some(event) = self.stream.next().await else { return Ok(None) };
-        let event = event.map_err(|e| {
-            stream_error(
-                &format!("reading the binlog from {} after {}:{}", self.server, self.file, self.pos),
-                e,
-                "Ferry reconnects with backoff and resumes from its last commit",
-            )
-        })?;
-        let header = event.header();
-        // Artificial events (the first rotate, the format description sent on connect) say 0.
-        if header.log_pos() != 0 {
-            self.pos = u64::from(header.log_pos());
-        }
-        if header.event_type_raw() == MARIADB_GTID_EVENT {
-            // seq_no (8 bytes), domain_id (4), flags (1): the GTID is domain-server-seq.
-            let data = event.data();
-            let gtid = (data.len() >= 12).then(|| {
-                let seq = u64::from_le_bytes(data[0..8].try_into().expect("8 bytes"));
-                let domain = u32::from_le_bytes(data[8..12].try_into().expect("4 bytes"));
-                format!("{domain}-{}-{seq}", header.server_id())
+    /// A GTID event at `at` starts a group (the state already counts its GTID). A group still
+    /// open ends there: every group starts with a GTID event, so the previous one is over.
+    fn start_group(&mut self, gtid: Option<String>, at: u64, timestamp: u32) -> Vec<Change> {
+        let mut out = Vec::new();
+        if self.in_tx {
+            out.push(Change::Commit {
+                file: self.file.clone(),
+                pos: at,
+                timestamp,
             });
-            self.in_tx = true;
-            self.boundary();
-            // Flags byte: bit 0 is FL_STANDALONE (DDL or a non-transactional statement).
-            self.standalone = data.get(12).is_some_and(|f| f & 1 != 0);
-            let at = u64::from(header.log_pos()).saturating_sub(u64::from(header.event_size()));
-            return Ok(Some(vec![Change::Begin { gtid, at }]));
+        }
+        self.in_tx = true;
+        self.standalone = false;
+        self.boundary();
+        out.push(Change::Begin {
+            gtid,
+            executed: self.gtids.text(),
+            at,
+        });
+        out
+    }
+
+    /// A binlog event Ferry cannot read, at `pos` of the current file.
+    fn undecodable(&self, what: &str, pos: u64, why: &str, fix: &str) -> MyError {
+        MyError::new(
+            &format!("decoding {what} in the binlog of {} at {}:{pos}", self.server, self.file),
+            why,
+            fix,
+        )
+    }
+
+    /// The changes of one event (often none).
+    fn decode(&mut self, event: &Event, maps: &impl TableMaps) -> Result<Vec<Change>, MyError> {
+        let header = event.header();
+        let event_type = header.event_type_raw();
+        // Inside a compressed transaction: its events say nothing of the file, they are where
+        // the payload event is (a restart there replays the whole transaction).
+        let inner = match self.unpacking.as_mut() {
+            Some(u) => {
+                let span = (u.at, u.end);
+                let counted = u.inner(event_type, header.event_size());
+                match counted {
+                    Ok(last) => {
+                        if last {
+                            self.unpacking = None;
+                        }
+                        Some(span)
+                    }
+                    Err(e) => {
+                        return Err(self.undecodable(
+                            "a compressed transaction",
+                            span.0,
+                            &e.to_string(),
+                            "report this as a bug, with the server version; meanwhile SET GLOBAL binlog_transaction_compression = OFF \
+                             on the source (new transactions) and run ferry migrate again",
+                        ))
+                    }
+                }
+            }
+            None => None,
+        };
+        let log_pos = u64::from(header.log_pos());
+        // Where the event starts and where the stream continues after it.
+        let (at, end) = inner.unwrap_or((log_pos.saturating_sub(u64::from(header.event_size())), log_pos));
+        // Artificial events (the first rotate, the format description sent on connect) say 0.
+        if inner.is_none() && log_pos != 0 {
+            self.pos = log_pos;
         }
         let timestamp = header.timestamp();
-        let at = u64::from(header.log_pos()).saturating_sub(u64::from(header.event_size()));
+        match event_type {
+            MARIADB_GTID_EVENT => {
+                // seq_no (8 bytes), domain_id (4), flags (1): the GTID is domain-server-seq.
+                let data = event.data();
+                let gtid = (data.len() >= 12).then(|| {
+                    let seq = u64::from_le_bytes(data[0..8].try_into().expect("8 bytes"));
+                    let domain = u32::from_le_bytes(data[8..12].try_into().expect("4 bytes"));
+                    self.gtids.executed_mariadb(domain, header.server_id(), seq);
+                    format!("{domain}-{}-{seq}", header.server_id())
+                });
+                let out = self.start_group(gtid, at, timestamp);
+                // Flags byte: bit 0 is FL_STANDALONE (DDL or a non-transactional statement).
+                self.standalone = event.data().get(12).is_some_and(|f| f & 1 != 0);
+                return Ok(out);
+            }
+            GTID_EVENT | ANONYMOUS_GTID_EVENT => {
+                let gtid = decode_gtid_event(event.data())
+                    .map_err(|e| self.undecodable("a GTID event", at, &e.to_string(), "report this as a bug, with the server version"))?;
+                if let Some(g) = &gtid {
+                    self.gtids.executed_mysql(g);
+                }
+                return Ok(self.start_group(gtid.map(|g| g.to_string()), at, timestamp));
+            }
+            PREVIOUS_GTIDS_EVENT => {
+                // Informational (the set before this file): joins the state when readable.
+                match decode_previous_gtids(event.data()) {
+                    Ok(set) => self.gtids.executed_before(&set),
+                    Err(e) => tracing::debug!(error = %e, file = %self.file, "PREVIOUS_GTIDS event not read"),
+                }
+                return Ok(Vec::new());
+            }
+            TRANSACTION_PAYLOAD_EVENT => {
+                let header = payload::parse_header(event.data()).map_err(|e| {
+                    self.undecodable(
+                        "a compressed transaction",
+                        at,
+                        &e.to_string(),
+                        "SET GLOBAL binlog_transaction_compression = OFF on the source (it applies to new transactions), \
+                         then load again with ferry migrate --overwrite",
+                    )
+                })?;
+                tracing::trace!(
+                    compression = ?header.compression,
+                    bytes = header.payload_size,
+                    uncompressed = header.uncompressed_size,
+                    "compressed transaction"
+                );
+                self.unpacking = Unpacking::new(&header, at, end);
+                return Ok(Vec::new());
+            }
+            _ => {}
+        }
         let bad = |e: std::io::Error| {
             MyError::new(
                 "decoding a binlog event",
@@ -343,7 +494,7 @@ impl BinlogReader {
             )
         };
         let Some(data) = event.read_data().map_err(bad)? else {
-            return Ok(Some(Vec::new()));
+            return Ok(Vec::new());
         };
         let mut out = Vec::new();
         match data {
@@ -357,17 +508,25 @@ impl BinlogReader {
                     self.pos = r.position();
                 }
             }
-            EventData::GtidEvent(g) => {
-                // MySQL 8: a GTID (server uuid:transaction number), then a BEGIN query.
-                let sid = g.sid();
-                let hex: String = sid.iter().map(|b| format!("{b:02x}")).collect();
-                let uuid = format!("{}-{}-{}-{}-{}", &hex[0..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..32]);
-                out.push(Change::Begin {
-                    gtid: Some(format!("{uuid}:{}", g.gno())),
-                    at,
-                });
-                self.in_tx = true;
-                self.boundary();
+            EventData::GtidEvent(g) if event_type == GTID_TAGGED_EVENT => {
+                // MySQL 8.4's tagged GTID (`uuid:tag:n`), decoded by mysql_common (its
+                // serialization format); the tag is checked against MySQL's rule.
+                let tag = g.tag().map(|t| t.as_str().to_string());
+                if tag.as_deref().is_some_and(|t| !valid_tag(t)) || g.gno() == 0 || g.gno() > crate::gtid::GNO_MAX {
+                    return Err(self.undecodable(
+                        "a tagged GTID event",
+                        at,
+                        &format!("tag {tag:?}, transaction number {}: not a GTID MySQL hands out", g.gno()),
+                        "report this as a bug, with the server version",
+                    ));
+                }
+                let gtid = Gtid {
+                    uuid: Uuid(g.sid()),
+                    tag,
+                    seq: g.gno(),
+                };
+                self.gtids.executed_mysql(&gtid);
+                out = self.start_group(Some(gtid.to_string()), at, timestamp);
             }
             EventData::XidEvent(_) => {
                 self.in_tx = false;
@@ -375,14 +534,14 @@ impl BinlogReader {
                 self.boundary();
                 out.push(Change::Commit {
                     file: self.file.clone(),
-                    pos: u64::from(header.log_pos()),
+                    pos: end,
                     timestamp,
                 })
             }
             EventData::QueryEvent(q) => {
                 let commit = Change::Commit {
                     file: self.file.clone(),
-                    pos: u64::from(header.log_pos()),
+                    pos: end,
                     timestamp,
                 };
                 let query = q.query().to_string();
@@ -411,7 +570,7 @@ impl BinlogReader {
                     query: query.clone(),
                     why,
                     file: self.file.clone(),
-                    pos: u64::from(header.log_pos()),
+                    pos: end,
                 };
                 let unapplicable = match &statement {
                     Statement::Write(Some(tables)) => tables
@@ -434,18 +593,26 @@ impl BinlogReader {
                     || self.standalone;
                 if !matches!(statement, Statement::Begin | Statement::Commit) && !self.in_tx {
                     // A statement on its own (MySQL without GTIDs): its own transaction.
-                    out.push(Change::Begin { gtid: None, at });
+                    out.push(Change::Begin {
+                        gtid: None,
+                        executed: self.gtids.text(),
+                        at,
+                    });
                     // (Fields, not `boundary()`: the closures above borrow `self.database`.)
                     (self.rows_seen, self.own) = (false, false);
                 }
                 match statement {
                     Statement::Begin => {
                         if !self.in_tx {
-                            out.push(Change::Begin { gtid: None, at });
+                            out.push(Change::Begin {
+                                gtid: None,
+                                executed: self.gtids.text(),
+                                at,
+                            });
                             (self.rows_seen, self.own) = (false, false);
                         }
                         self.in_tx = true;
-                        return Ok(Some(out));
+                        return Ok(out);
                     }
                     _ if self.own => {}
                     Statement::Truncate(..) => {
@@ -456,7 +623,7 @@ impl BinlogReader {
                     Statement::SchemaChange if schema_change => out.push(Change::SchemaChange {
                         query,
                         file: self.file.clone(),
-                        pos: u64::from(header.log_pos()),
+                        pos: end,
                     }),
                     _ => out.extend(unapplicable),
                 }
@@ -468,9 +635,8 @@ impl BinlogReader {
                 }
             }
             EventData::RowsEvent(rows) => {
-                let tme = self
-                    .stream
-                    .get_tme(rows.table_id())
+                let tme = maps
+                    .table_map(rows.table_id())
                     .ok_or_else(|| MyError::new("decoding a row event", "no table map for it", "report this as a bug"))?;
                 let first = !std::mem::replace(&mut self.rows_seen, true);
                 if first
@@ -480,12 +646,12 @@ impl BinlogReader {
                     self.own = true;
                 }
                 if self.own || !same_name(&tme.database_name(), &self.database, self.fold_case) {
-                    return Ok(Some(out));
+                    return Ok(out);
                 }
                 // The plan's name (under lower_case_table_names 2 the binlog may say it in
                 // another case).
                 let Some(table) = find_name(self.tables.keys(), &tme.table_name(), self.fold_case).cloned() else {
-                    return Ok(Some(out));
+                    return Ok(out);
                 };
                 let labels = &self.tables[&table];
                 let width = self.widths.get(&table).copied().unwrap_or_default();
@@ -500,7 +666,7 @@ impl BinlogReader {
                 });
                 if let Some(logged) = logged.filter(|l| Some(l) != self.names.get(&table)) {
                     return Err(MyError::new(
-                        &format!("decoding a change to {table} at {}:{}", self.file, header.log_pos()),
+                        &format!("decoding a change to {table} at {}:{}", self.file, end),
                         &format!(
                             "the binlog's columns are ({}), the migration plan's ({}): its schema changed on the source",
                             logged.join(", "),
@@ -511,7 +677,7 @@ impl BinlogReader {
                 }
                 if tme.columns_count() != width as u64 {
                     return Err(MyError::new(
-                        &format!("decoding a change to {table} at {}:{}", self.file, header.log_pos()),
+                        &format!("decoding a change to {table} at {}:{}", self.file, end),
                         &format!(
                             "the binlog has {} columns for it, the migration plan {width}: its schema changed on the source",
                             tme.columns_count()
@@ -554,134 +720,6 @@ impl BinlogReader {
             }
             _ => {}
         }
-        Ok(Some(out))
-    }
-}
-
-/// A MEDIUMINT's value with its column's sign: three bytes, two's complement when signed.
-fn int24(v: Value, signed: bool) -> Value {
-    let raw = match v {
-        Value::Int(n) => n,
-        Value::UInt(n) => n as i64,
-        other => return other,
-    };
-    let bits = raw & 0xFF_FFFF;
-    match signed {
-        true if bits >= 0x80_0000 => Value::Int(bits - 0x100_0000),
-        true => Value::Int(bits),
-        false => Value::UInt(bits as u64),
-    }
-}
-
-/// A TIMESTAMP from the binlog (`secs` or `secs.fraction` since the epoch, UTC) as the date
-/// and time a query returns with time_zone '+00:00'; 0 is MySQL's zero timestamp.
-fn epoch_to_date(v: Value) -> Value {
-    let (secs, micros) = match &v {
-        Value::Int(n) => (*n, 0),
-        Value::UInt(n) => (*n as i64, 0),
-        Value::Bytes(b) => {
-            let text = String::from_utf8_lossy(b);
-            let (whole, frac) = text.split_once('.').unwrap_or((&text, ""));
-            let Ok(secs) = whole.parse::<i64>() else { return v };
-            let digits: String = frac.chars().chain(std::iter::repeat('0')).take(6).collect();
-            (secs, digits.parse::<u32>().unwrap_or(0))
-        }
-        _ => return v,
-    };
-    if secs == 0 && micros == 0 {
-        return Value::Date(0, 0, 0, 0, 0, 0, 0);
-    }
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    // Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    Value::Date(
-        y as u16,
-        m as u8,
-        d as u8,
-        (rem / 3600) as u8,
-        (rem % 3600 / 60) as u8,
-        (rem % 60) as u8,
-        micros,
-    )
-}
-
-/// ENUM indexes and SET bitmasks to their labels (as the full load reads them: text).
-fn labelled(labels: &Labels, i: usize, v: Value) -> Value {
-    if labels.timestamps.contains(&i) {
-        return epoch_to_date(v);
-    }
-    if let Some(&signed) = labels.int24.get(&i) {
-        return int24(v, signed);
-    }
-    // The binlog holds an ENUM's index and a SET's bitmask (1 to 8 bytes, little-endian);
-    // mysql_common hands them over as an integer or as those bytes.
-    let index = |v: &Value| match v {
-        Value::Int(n) => Some(*n as u64),
-        Value::UInt(n) => Some(*n),
-        Value::Bytes(b) if !b.is_empty() && b.len() <= 8 => Some(b.iter().rev().fold(0u64, |acc, x| (acc << 8) | u64::from(*x))),
-        _ => None,
-    };
-    if let Some(l) = labels.enums.get(&i) {
-        // An ENUM arrives as an integer; bytes would be a label already.
-        if let Some(n) = index(&v).filter(|_| !matches!(v, Value::Bytes(_))) {
-            // 0 is MySQL's '' error value; value::write refuses it.
-            let label = if n == 0 {
-                String::new()
-            } else {
-                l.get(n as usize - 1).cloned().unwrap_or_default()
-            };
-            return Value::Bytes(label.into_bytes());
-        }
-    }
-    if let Some(l) = labels.sets.get(&i) {
-        if let Some(bits) = index(&v) {
-            let members: Vec<&str> = l
-                .iter()
-                .enumerate()
-                .filter(|(b, _)| bits & (1 << b) != 0)
-                .map(|(_, m)| m.as_str())
-                .collect();
-            return Value::Bytes(members.join(",").into_bytes());
-        }
-    }
-    v
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn mediumints_keep_their_sign() {
-        assert_eq!(int24(Value::UInt(8_388_608), true), Value::Int(-8_388_608));
-        assert_eq!(int24(Value::Int(8_388_607), true), Value::Int(8_388_607));
-        assert_eq!(int24(Value::Int(-1), true), Value::Int(-1));
-        assert_eq!(int24(Value::UInt(0xFF_FFFF), true), Value::Int(-1));
-        assert_eq!(int24(Value::Int(-1), false), Value::UInt(16_777_215));
-        assert_eq!(int24(Value::UInt(8_388_608), false), Value::UInt(8_388_608));
-        assert_eq!(int24(Value::NULL, true), Value::NULL);
-    }
-
-    #[test]
-    fn timestamps_from_epoch() {
-        assert_eq!(
-            epoch_to_date(Value::Bytes(b"2147483647.999999".to_vec())),
-            Value::Date(2038, 1, 19, 3, 14, 7, 999_999)
-        );
-        assert_eq!(
-            epoch_to_date(Value::Bytes(b"1.05".to_vec())),
-            Value::Date(1970, 1, 1, 0, 0, 1, 50_000)
-        );
-        assert_eq!(epoch_to_date(Value::Int(951_782_400)), Value::Date(2000, 2, 29, 0, 0, 0, 0));
-        assert_eq!(epoch_to_date(Value::Int(0)), Value::Date(0, 0, 0, 0, 0, 0, 0));
+        Ok(out)
     }
 }

@@ -764,7 +764,8 @@ async fn stream_session(
     let mut reader = BinlogReader::start(&req.source, opts.server_id, start.file(), start.pos(), &plan.tables)
         .await
         .map_err(Failure::from)?
-        .skip_reverse_writes(crate::apply::DEFAULT_STATE_DB);
+        .skip_reverse_writes(crate::apply::DEFAULT_STATE_DB)
+        .with_gtid_state(start.gtid());
     tracing::info!(position = %start, "streaming the binlog");
     d.stats.streaming.store(true, Ordering::Relaxed);
     *d.stats.last_error.lock().expect("lock") = None;
@@ -847,7 +848,9 @@ async fn stream_session(
         };
         for c in changes {
             match c {
-                Change::Begin { gtid: g, at } => {
+                // `executed`: the GTID state once it commits (MySQL's executed set, MariaDB's
+                // last GTID per domain), recorded with the positions after it.
+                Change::Begin { executed: g, at, .. } => {
                     let file = reader.file().to_string();
                     hold_if_asked(d, &mut hold_rx, (&file, at), stop).await?;
                     d.stats.caught_up.store(false, Ordering::Relaxed);

@@ -20,7 +20,6 @@
 use std::time::{Duration, Instant};
 
 use ferry_core::{BinlogPosition, Lsn, Phase};
-use mysql_async::prelude::Queryable;
 use serde::Serialize;
 
 use crate::endpoint::{deadline, MyEndpoint};
@@ -45,17 +44,19 @@ pub struct GateReport {
     pub identities: Vec<String>,
 }
 
-/// The source's end of binlog (file, position). Bounded: the connect timeout, then the query
-/// deadline.
+/// The source's end of binlog (file, position, and MySQL's `Executed_Gtid_Set`), read with the
+/// server's statement (`SHOW BINARY LOG STATUS` on MySQL 8.2+, `SHOW MASTER STATUS` elsewhere:
+/// [`crate::flavor`]). Bounded: the connect timeout, then the query deadline.
 pub async fn binlog_end(source: &MyEndpoint) -> Result<BinlogPosition, MyError> {
     const WHAT: &str = "reading the binlog position";
     let mut my = source.connect().await?;
-    let row: Result<Option<mysql_async::Row>, MyError> = source
+    let end = source
         .within(WHAT, async {
-            my.query_first("SHOW MASTER STATUS").await.map_err(|e| MyError::query(WHAT, e))
+            let server = crate::flavor::read(&mut my).await?;
+            crate::flavor::binlog_status(&mut my, &server).await
         })
-        .await;
-    let end = row.and_then(crate::switch::binlog_position);
+        .await
+        .and_then(|status| status.position(""));
     if end.is_ok() {
         source.disconnect(my).await;
     }
@@ -120,16 +121,18 @@ fn target_peer(target: &str) -> String {
     format!("the PostgreSQL target {target}")
 }
 
-/// The stream's applied position, as it recorded it on the target (None: no source
-/// transaction applied yet). `target`: the target for messages; `limit`: the deadline of its
-/// answer.
+/// How far the target holds the source's changes: the stream's applied position, as it
+/// recorded it on the target, or, before it applied any transaction, the full load's snapshot
+/// position (an idle source after the load is caught up there). None: no finished load.
+/// `target`: the target for messages; `limit`: the deadline of its answer.
 pub async fn applied(
     state: &MyState,
     pg: &tokio_postgres::Client,
     target: &str,
     limit: Duration,
 ) -> Result<Option<BinlogPosition>, MyError> {
-    deadline(&target_peer(target), limit, "reading the stream's position", state.applied(pg)).await
+    let read = async { Ok(state.resume_point(pg).await?.map(|(at, _)| at)) };
+    deadline(&target_peer(target), limit, "reading the stream's position", read).await
 }
 
 /// Waits until the stream in the running `ferry migrate` has applied `want` (it records its

@@ -3,9 +3,21 @@
 //! error never show the password.
 //!
 //! # URL options (`docs/mysql-types.md`, "Connecting")
-//! `ssl-mode`, `ssl-ca`, `ssl-cert`, `ssl-key` (crate::tls). Names are case-insensitive and `-`
-//! and `_` are alike (`sslmode`, `ssl_mode`, `SSL-MODE`); `sslrootcert` is accepted for `ssl-ca`.
-//! Any other option is an error naming it: nothing in a URL is silently dropped.
+//! `ssl-mode`, `ssl-ca`, `ssl-cert`, `ssl-key` (crate::tls), and `get-server-public-key=true`
+//! (below). Names are case-insensitive and `-` and `_` are alike (`sslmode`, `ssl_mode`,
+//! `SSL-MODE`); `sslrootcert` is accepted for `ssl-ca`. Any other option is an error naming
+//! it: nothing in a URL is silently dropped.
+//!
+//! # caching_sha2_password (MySQL 8's default authentication)
+//! The driver (mysql_async) speaks it: after one full authentication the server caches the
+//! account and later log-ins take the fast path (a scramble, no password sent). The full
+//! authentication sends the password: in clear over TLS (any `ssl-mode` but `DISABLED`, once
+//! the server offers TLS), and without TLS encrypted with the server's RSA public key, which
+//! the driver always asks the server for: MySQL's clients call that `get-server-public-key`.
+//! `get-server-public-key=true` is accepted (it says what happens anyway); `false` cannot be
+//! honoured and is refused. `server-public-key-path` (a key file pinned by hand) is refused:
+//! the driver cannot read one, and a key asked from the server could be swapped by a man in
+//! the middle, so the fix is TLS with a checked certificate (`ssl-mode=VERIFY_IDENTITY`).
 //!
 //! # Client conventions
 //! The password is, in this order: the one Ferry was given (`FERRY_SOURCE_PASSWORD`,
@@ -251,7 +263,30 @@ fn redact(url: &str) -> String {
 }
 
 /// The options a URL may carry.
-pub const URL_OPTIONS: &str = "ssl-mode, ssl-ca, ssl-cert, ssl-key";
+pub const URL_OPTIONS: &str = "ssl-mode, ssl-ca, ssl-cert, ssl-key, get-server-public-key";
+
+/// The authentication options of MySQL's clients (`get-server-public-key`,
+/// `server-public-key-path`, by normal name): Ok when `value` asks for what the driver does
+/// anyway, Err with the reason otherwise; None for any other option. See the module doc.
+fn public_key_option(normal: &str, value: &str) -> Option<Result<(), String>> {
+    match normal {
+        "getserverpublickey" => Some(match value.to_ascii_lowercase().as_str() {
+            "true" | "1" | "on" | "yes" => Ok(()),
+            "false" | "0" | "off" | "no" => Err(
+                "cannot be turned off: without TLS, Ferry's driver always asks the server for its RSA public key to send the password of a \
+                 caching_sha2_password account; to send no password outside TLS, use ssl-mode=REQUIRED or VERIFY_IDENTITY"
+                    .to_string(),
+            ),
+            other => Err(format!("is {other:?}; expected true or false")),
+        }),
+        "serverpublickeypath" => Some(Err(
+            "is not supported: Ferry's driver cannot read the server's RSA public key from a file (without TLS it asks the server for it, \
+             as get-server-public-key=true does); to authenticate the server, use TLS with ssl-mode=VERIFY_IDENTITY and ssl-ca=/path/ca.pem"
+                .to_string(),
+        )),
+        _ => None,
+    }
+}
 
 /// TLS options given in a URL or an option file, by normal name (`sslmode`, ...).
 #[derive(Debug, Default)]
@@ -341,7 +376,12 @@ impl MyEndpoint {
             if value.is_empty() {
                 return Err(bad(&format!("option {name:?} has no value")));
             }
-            match from_url.set(&normal_name(&name), value) {
+            let normal = normal_name(&name);
+            if let Some(r) = public_key_option(&normal, &value) {
+                r.map_err(|why| bad(&format!("option {name:?} {why}")))?;
+                continue;
+            }
+            match from_url.set(&normal, value) {
                 Ok(true) => {}
                 Ok(false) => {
                     return Err(bad(&format!(
@@ -772,6 +812,43 @@ mod tests {
         }
         let err = MyEndpoint::parse_with("mysql://app@db/shop?sslmod=REQUIRED", None, &no_env()).unwrap_err();
         assert!(err.contains(URL_OPTIONS), "{err}");
+    }
+
+    #[test]
+    fn mysql_clients_public_key_options() {
+        // What the driver does anyway (caching_sha2_password without TLS): accepted.
+        for url in [
+            "mysql://app@db/shop?get-server-public-key=true",
+            "mysql://app@db/shop?get_server_public_key=1&ssl-mode=DISABLED",
+            "mysql://app@db/shop?GET-SERVER-PUBLIC-KEY=ON",
+        ] {
+            assert!(MyEndpoint::parse_with(url, None, &no_env()).is_ok(), "{url}");
+        }
+        // What it cannot do: refused, naming the option and the way out.
+        for (url, needles) in [
+            (
+                "mysql://app:topsecret@db/shop?get-server-public-key=false",
+                &["option \"get-server-public-key\" cannot be turned off", "ssl-mode=REQUIRED"][..],
+            ),
+            (
+                "mysql://app:topsecret@db/shop?get-server-public-key=maybe",
+                &["\"maybe\"; expected true or false"][..],
+            ),
+            (
+                "mysql://app:topsecret@db/shop?server-public-key-path=/etc/mysql/public_key.pem",
+                &["option \"server-public-key-path\" is not supported", "ssl-mode=VERIFY_IDENTITY"][..],
+            ),
+            (
+                "mysql://app:topsecret@db/shop?get-server-public-key",
+                &["option \"get-server-public-key\" has no value"][..],
+            ),
+        ] {
+            let err = MyEndpoint::parse_with(url, None, &no_env()).unwrap_err();
+            for needle in needles {
+                assert!(err.contains(needle), "{url}: {err}");
+            }
+            assert!(!err.contains("topsecret"), "{err}");
+        }
     }
 
     #[test]

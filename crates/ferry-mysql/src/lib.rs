@@ -9,6 +9,8 @@ pub mod charset;
 pub mod cutover;
 pub mod endpoint;
 pub mod error;
+pub mod flavor;
+pub mod gtid;
 pub mod mycnf;
 pub mod preflight;
 pub mod schema;

@@ -13,6 +13,7 @@ use crate::apply::reverse_position_table;
 use crate::apply::DEFAULT_STATE_DB;
 use crate::endpoint::{query, MyEndpoint};
 use crate::error::MyError;
+use crate::flavor::{Need, ServerVersion, Use};
 use crate::schema::MySchemaObjects;
 use crate::types::{map_column, Attention, MapOptions, Mapping, SourceColumn, ZeroDates};
 
@@ -190,12 +191,13 @@ async fn source_checks(req: &MyCheckRequest, c: &mut mysql_async::Conn, f: &mut 
     // error naming it instead of hanging.
     let src = &req.source;
     const VERSION: &str = "reading the server version";
-    let (version, user): (String, String) = src
-        .within(VERSION, query(c, VERSION, "SELECT VERSION(), CURRENT_USER()"))
+    let (version, user, comment): (String, String, Option<String>) = src
+        .within(VERSION, query(c, VERSION, "SELECT VERSION(), CURRENT_USER(), @@version_comment"))
         .await?
         .pop()
         .ok_or_else(|| MyError::new("reading the server version", "no answer", "report this as a bug"))?;
-    let mariadb = version.to_ascii_lowercase().contains("mariadb");
+    let server = ServerVersion::parse(&version, comment.as_deref().unwrap_or_default());
+    let mariadb = server.is_mariadb();
     let info = MyServerInfo {
         flavor: if mariadb { "MariaDB" } else { "MySQL" }.into(),
         version: version.clone(),
@@ -203,9 +205,22 @@ async fn source_checks(req: &MyCheckRequest, c: &mut mysql_async::Conn, f: &mut 
         database: req.source.database().to_string(),
     };
     // Version.
-    let [major, minor, _] = version_numbers(&version);
+    let [major, minor, _] = server.numbers;
     let supported = if mariadb { (major, minor) >= (10, 5) } else { major >= 8 };
-    if supported {
+    if supported && !mariadb {
+        // Coded against MySQL's reference manual: no MySQL 8 server has run Ferry yet.
+        f.add(
+            Severity::Warning,
+            "source",
+            "version",
+            format!(
+                "{} {version}: Ferry follows MySQL's manual for it ({}, no binlog_snapshot_position, super_read_only), but has not yet run against a real MySQL 8 server",
+                server.name(),
+                server.binlog_status_sql()
+            ),
+            Some("try the whole migration on a copy of the source first (docs/mysql-cdc.md, \"MySQL 8.0 / 8.4: what differs\")"),
+        );
+    } else if supported {
         f.add(Severity::Ok, "source", "version", format!("{} {version}", info.flavor), None);
     } else {
         f.add(
@@ -366,49 +381,58 @@ async fn source_checks(req: &MyCheckRequest, c: &mut mysql_async::Conn, f: &mut 
     const GRANTS: &str = "reading the user's grants";
     let grants: Vec<String> = src.within(GRANTS, query(c, GRANTS, "SHOW GRANTS FOR CURRENT_USER()")).await?;
     let g = Grants::parse(&grants);
-    let global = |p: &str| g.global(p);
     let select = g.database(req.source.database(), "SELECT");
-    let repl_slave = global("REPLICATION SLAVE");
-    let repl_client = global("REPLICATION CLIENT") || global("BINLOG MONITOR");
-    // FLUSH TABLES WITH READ LOCK, for a few milliseconds, to open every copy connection's
-    // snapshot at one binlog position.
-    let reload = global("RELOAD");
+    // Per flavour and version (crate::flavor): the load's and the stream's are blockers, the
+    // cutover's a warning (needed only then).
+    let needs = server.needed_privileges();
+    let held = |n: &Need| n.any_of.iter().any(|p| g.global(p));
     let mut missing = Vec::new();
     if !select {
         missing.push("SELECT");
     }
-    if !repl_slave {
-        missing.push("REPLICATION SLAVE");
-    }
-    if !repl_client {
-        missing.push(if mariadb { "BINLOG MONITOR" } else { "REPLICATION CLIENT" });
-    }
-    if !reload {
-        missing.push("RELOAD");
-    }
+    missing.extend(needs.iter().filter(|n| n.when != Use::Cutover && !held(n)).map(|n| n.any_of[0]));
     // Reading the binlog position is what REPLICATION CLIENT / BINLOG MONITOR allows.
+    let status_sql = server.binlog_status_sql();
+    let repl_client = needs.iter().filter(|n| n.why.contains(status_sql)).all(held);
     let master_status = src
-        .within("reading the binlog position (SHOW MASTER STATUS)", async {
-            Ok(c.query_drop("SHOW MASTER STATUS").await)
+        .within(&format!("reading the binlog position ({status_sql})"), async {
+            Ok(c.query_drop(status_sql).await)
         })
         .await?;
     if let Err(e) = master_status {
         if repl_client {
-            f.add(
-                Severity::Blocker,
-                "source",
-                "privileges",
-                format!("SHOW MASTER STATUS failed: {e}"),
-                None,
-            );
+            f.add(Severity::Blocker, "source", "privileges", format!("{status_sql} failed: {e}"), None);
         }
     }
+    let cutover: Vec<&Need> = needs.iter().filter(|n| n.when == Use::Cutover && !held(n)).collect();
+    if !cutover.is_empty() {
+        let grant = cutover.iter().map(|n| n.any_of[0]).collect::<Vec<_>>().join(", ");
+        f.add(
+            Severity::Warning,
+            "source",
+            "cutover_privileges",
+            format!(
+                "{user} lacks what ferry cutover needs on {server}: {}",
+                cutover
+                    .iter()
+                    .map(|n| format!("{} ({})", n.any_of.join(" or "), n.why))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ),
+            Some(&format!("GRANT {grant} ON *.* TO {} before the cutover", quote_account(&user))),
+        );
+    }
     if missing.is_empty() {
+        let names = needs
+            .iter()
+            .filter(|n| n.when != Use::Cutover)
+            .map(|n| n.any_of[0])
+            .collect::<Vec<_>>();
         f.add(
             Severity::Ok,
             "source",
             "privileges",
-            format!("{user} has SELECT, REPLICATION SLAVE, REPLICATION CLIENT and RELOAD"),
+            format!("{user} has SELECT, {}", names.join(", ")),
             None,
         );
     } else {
@@ -708,21 +732,6 @@ pub(crate) fn quote_account(user: &str) -> String {
     }
 }
 
-/// The numbers of a `VERSION()` string: major, minor, patch (`10.11.6-MariaDB-log` is
-/// `[10, 11, 6]`; a part missing is 0).
-pub(crate) fn version_numbers(version: &str) -> [u32; 3] {
-    let mut out = [0; 3];
-    for (slot, n) in out.iter_mut().zip(
-        version
-            .split(|ch: char| !ch.is_ascii_digit())
-            .filter(|s| !s.is_empty())
-            .filter_map(|s| s.parse().ok()),
-    ) {
-        *slot = n;
-    }
-    out
-}
-
 /// What an account may do, read from its `SHOW GRANTS` lines: privileges on every object
 /// (`*.*`), on databases (`` `db`.* ``, whose name is a pattern: `_` and `%` are wildcards, `\`
 /// escapes them) and on tables. `ALL [PRIVILEGES]` holds every privilege of its level.
@@ -945,14 +954,6 @@ mod tests {
 
     fn grants(lines: &[&str]) -> Grants {
         Grants::parse(&lines.iter().map(|l| l.to_string()).collect::<Vec<_>>())
-    }
-
-    #[test]
-    fn versions_are_read_as_numbers() {
-        assert_eq!(version_numbers("10.11.6-MariaDB-0+deb12u1-log"), [10, 11, 6]);
-        assert_eq!(version_numbers("8.0.36"), [8, 0, 36]);
-        assert_eq!(version_numbers("8.4"), [8, 4, 0]);
-        assert_eq!(version_numbers(""), [0, 0, 0]);
     }
 
     #[test]

@@ -7,6 +7,17 @@
 //! position is read, and the lock is released: writes are blocked for the few milliseconds
 //! that takes, as mydumper does. Rows stream (binary protocol, so floats and times are exact)
 //! straight into `COPY ... FROM STDIN` on the target: no table is held in memory.
+//!
+//! Why the position fits the snapshots, on every server: while the lock is held no transaction
+//! commits, so the end of the binary log stays where it was when the lock was granted, and
+//! every snapshot opened meanwhile sees exactly the transactions logged before it. The same
+//! holds for MySQL, which (unlike MariaDB and Percona Server) has no `binlog_snapshot_position`
+//! to name a snapshot's position without a lock. The end is read with the statement of the
+//! server at hand (`SHOW BINARY LOG STATUS` on MySQL 8.2+, `SHOW MASTER STATUS` elsewhere:
+//! [`crate::flavor`]); its GTID set is MySQL's `Executed_Gtid_Set` from the same row, or
+//! MariaDB's `@@gtid_binlog_pos`, both read under the lock. `performance_schema.log_status`
+//! (MySQL 8.0.14+) would give file, position and `gtid_executed` atomically too, but needs
+//! `BACKUP_ADMIN` and adds nothing while the lock is held, so Ferry does not use it.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -148,12 +159,13 @@ pub async fn full_load(
     // (they stream for as long as a table takes) and rely on TCP keepalives.
     let source = &req.source;
     let mut locker = source.connect().await?;
-    source
+    let server = source
         .within("preparing the snapshot", async {
             locker
                 .query_drop("SET SESSION lock_wait_timeout = 5")
                 .await
-                .map_err(|e| MyError::query("preparing the snapshot", e))
+                .map_err(|e| MyError::query("preparing the snapshot", e))?;
+            crate::flavor::read(&mut locker).await
         })
         .await?;
     // A statement running long on a table blocks the lock (and everything queued behind it);
@@ -227,36 +239,21 @@ pub async fn full_load(
         Ok(())
     }
     .await;
+    // The end of the binary log and its GTID set, under the lock (see the module doc).
     let position: Result<(String, u64, String), MyError> = source
         .within("reading the binlog position", async {
-            let status: Option<mysql_async::Row> = locker
-                .query_first("SHOW MASTER STATUS")
-                .await
-                .map_err(|e| MyError::query("reading the binlog position", e))?;
-            let status = status.ok_or_else(|| {
-                MyError::new(
-                    "reading the binlog position",
-                    "the binary log is off",
-                    "enable log_bin (see ferry check)",
-                )
-            })?;
-            let file: String = status.get(0).unwrap_or_default();
-            let pos: u64 = status.get(1).unwrap_or_default();
-            let gtid: Option<String> = locker
-                .query_first("SELECT @@GLOBAL.gtid_binlog_pos")
-                .await
-                .or(Ok::<_, mysql_async::Error>(None))
-                .unwrap_or(None);
-            let gtid = match gtid {
-                Some(g) => g,
+            let status = crate::flavor::binlog_status(&mut locker, &server).await?;
+            let gtid = match &status.executed_gtid_set {
+                Some(set) => set.clone(),
                 None => locker
-                    .query_first("SELECT @@GLOBAL.gtid_executed")
+                    .query_first::<Option<String>, _>(format!("SELECT @@GLOBAL.{}", server.gtid_variable()))
                     .await
                     .ok()
                     .flatten()
+                    .flatten()
                     .unwrap_or_default(),
             };
-            Ok((file, pos, gtid))
+            Ok((status.file, status.position, gtid))
         })
         .await;
     if position.is_ok() {
@@ -274,7 +271,10 @@ pub async fn full_load(
         MyError::new(
             "reading the binlog position",
             &e.to_string(),
-            "report this as a bug (SHOW MASTER STATUS named a file Ferry cannot read)",
+            &format!(
+                "report this as a bug ({} on {server} named a file or GTID set Ferry cannot read)",
+                server.binlog_status_sql()
+            ),
         )
     })?;
     state.set_snapshot(&target, &snapshot).await?;

@@ -4,8 +4,9 @@
 //! (the protocols differ): read-only, writers ended after `--grace`, the final binlog position
 //! applied by the stream, identities synced on the target, the phase recorded.
 //!
-//! - final position: the end of the binary log (`SHOW MASTER STATUS`), [`binlog_position`];
-//! - read-only: `SET GLOBAL read_only` (and `super_read_only` where the server has it);
+//! - final position: the end of the binary log (`SHOW BINARY LOG STATUS` on MySQL 8.2+,
+//!   `SHOW MASTER STATUS` elsewhere: [`crate::flavor`]);
+//! - read-only: `SET GLOBAL read_only` (and `super_read_only` on MySQL, which has it);
 //! - writers: sessions with an open InnoDB transaction in the migrated database, killed after
 //!   the grace period; direct sessions: the process list. Ferry's own connections are spared by
 //!   connection id ([`crate::endpoint::own_connections`]), never by a name a client announces;
@@ -56,14 +57,15 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use ferry_core::switch::{DirectSession, Identity, IdentitySync, SessionId, SwitchSide};
-use ferry_core::{BinlogPosition, SourcePosition, TableName};
+use ferry_core::{SourcePosition, TableName};
 use mysql_async::prelude::Queryable;
 use mysql_async::Conn;
 
 use crate::apply::{reverse_position_table, POSITION_TABLE};
 use crate::endpoint::{own_connections, query, timed_out, MyEndpoint};
 use crate::error::MyError;
-use crate::preflight::{quote_account, version_numbers, Grants, MyTable};
+use crate::flavor::{BinlogStatus, ServerVersion};
+use crate::preflight::{quote_account, Grants, MyTable};
 
 /// Why no reverse stream comes out of MySQL/MariaDB.
 const NOT_BUILT: &str = "reverse replication with MySQL/MariaDB is not built yet (issue 18)";
@@ -88,6 +90,8 @@ pub struct MySqlSide<'a> {
     schema: String,
     /// A reverse stream writes to this server after a cutover: read-only must not stop it.
     reverse_sink: bool,
+    /// The server's family and version, read when Ferry's first connection opens.
+    server: std::sync::OnceLock<ServerVersion>,
 }
 
 impl<'a> MySqlSide<'a> {
@@ -101,6 +105,7 @@ impl<'a> MySqlSide<'a> {
             generated: Vec::new(),
             schema: crate::state::DEFAULT_TARGET_SCHEMA.to_string(),
             reverse_sink: false,
+            server: std::sync::OnceLock::new(),
         }
     }
 
@@ -127,21 +132,36 @@ impl<'a> MySqlSide<'a> {
     /// up on that wait after `lock_wait_timeout`, set here well inside the client's deadline:
     /// an expired deadline then means a dead server, never a statement that might still set
     /// read_only after Ferry gave up on it. MySQL 8 caches `information_schema.TABLES`
-    /// (`AUTO_INCREMENT` included) unless told not to; MariaDB has no such variable.
+    /// (`AUTO_INCREMENT` included) unless told not to; MariaDB has no such variable. The
+    /// server's version is read once, with the first connection.
     async fn open(&self) -> Result<Conn, MyError> {
         let mut c = self.endpoint.connect().await?;
         let lock_wait = read_only_lock_wait(self.endpoint.query_timeout());
         const WHAT: &str = "limiting the lock wait of Ferry's session";
-        self.endpoint
+        let known = self.server.get().is_some();
+        let server = self
+            .endpoint
             .within(WHAT, async {
                 c.query_drop(format!("SET SESSION lock_wait_timeout = {lock_wait}"))
                     .await
                     .map_err(|e| MyError::query(WHAT, e))?;
-                let _ = c.query_drop("SET SESSION information_schema_stats_expiry = 0").await;
-                Ok(())
+                let server = if known { None } else { Some(crate::flavor::read(&mut c).await?) };
+                if server.as_ref().is_none_or(|s| !s.is_mariadb()) {
+                    let _ = c.query_drop("SET SESSION information_schema_stats_expiry = 0").await;
+                }
+                Ok(server)
             })
             .await?;
+        if let Some(server) = server {
+            let _ = self.server.set(server);
+        }
         Ok(c)
+    }
+
+    /// The server's family and version, for messages (read by [`MySqlSide::open`]; a MySQL 8.0
+    /// until then).
+    fn server(&self) -> ServerVersion {
+        self.server.get().cloned().unwrap_or_else(|| ServerVersion::parse("8.0.0", ""))
     }
 
     /// Runs `f` on Ferry's connection (opened first when there is none) under the query
@@ -238,32 +258,41 @@ impl<'a> MySqlSide<'a> {
         self.conn.lock().await.is_none()
     }
 
-    /// `SET GLOBAL read_only` on or off, `super_read_only` with it where the server has it
-    /// (on only without a reverse sink: [`MySqlSide::with_reverse_sink`]), then read back: Ok
-    /// only when `@@GLOBAL.read_only` reads what was asked (an abandoned `read_only = ON` still
-    /// waiting for its lock, or another session, may have set it otherwise since).
+    /// `SET GLOBAL read_only` on or off, `super_read_only` with it on MySQL (on only without a
+    /// reverse sink: [`MySqlSide::with_reverse_sink`]), then read back: Ok only when
+    /// `@@GLOBAL.read_only` reads what was asked (an abandoned `read_only = ON` still waiting
+    /// for its lock, or another session, may have set it otherwise since).
+    ///
+    /// As MySQL's manual states them: `super_read_only = ON` sets `read_only = ON` as well, and
+    /// `read_only = OFF` sets `super_read_only = OFF` as well; both need `SYSTEM_VARIABLES_ADMIN`
+    /// (or `SUPER`). So ON sets `read_only` first (what stops the application, the one that must
+    /// succeed) and `super_read_only` after it; OFF needs `read_only = OFF` alone. MariaDB has no
+    /// `super_read_only`: nothing is sent for it there.
     async fn read_only(&self, on: bool) -> Result<(), MyError> {
-        let super_too = !self.reverse_sink;
         let what = if on {
             format!("stopping writes on the {} (SET GLOBAL read_only = ON)", self.side)
         } else {
             format!("making the {} writable again (SET GLOBAL read_only = OFF)", self.side)
         };
+        let reverse_sink = self.reverse_sink;
+        let server = &self.server;
+        let side = self.side;
         self.run(&what, |mut c| async move {
-            // MySQL 8 also stops users with SUPER (setting super_read_only sets read_only);
-            // MariaDB has no such variable: its error is expected and ignored.
+            // Read when the connection opened (run opens it before this runs).
+            let super_too = on && !reverse_sink && server.get().is_none_or(ServerVersion::has_super_read_only);
             let r = if on {
                 match c.query_drop("SET GLOBAL read_only = ON").await {
-                    Ok(()) => {
-                        if super_too {
-                            let _ = c.query_drop("SET GLOBAL super_read_only = ON").await;
+                    Ok(()) if super_too => {
+                        // Stops users with SUPER or CONNECTION_ADMIN too. read_only is on
+                        // already: a refusal here leaves them writing, said in a warning.
+                        if let Err(e) = c.query_drop("SET GLOBAL super_read_only = ON").await {
+                            tracing::warn!(side, error = %e, "SET GLOBAL super_read_only = ON failed: read_only is on, but users with SUPER or CONNECTION_ADMIN can still write");
                         }
                         Ok(())
                     }
-                    Err(e) => Err(e),
+                    r => r,
                 }
             } else {
-                let _ = c.query_drop("SET GLOBAL super_read_only = OFF").await;
                 c.query_drop("SET GLOBAL read_only = OFF").await
             };
             let r = match r {
@@ -276,14 +305,13 @@ impl<'a> MySqlSide<'a> {
         .and_then(|now| read_only_is(on, now, &what))
         .map_err(|e| {
             let lock_wait = read_only_lock_wait(self.endpoint.query_timeout());
+            let server = self.server();
             let fix = match e.code {
                 Some(1205) => Some(format!(
                     "a session held a lock (LOCK TABLES, FLUSH TABLES WITH READ LOCK, a long commit) for more than {lock_wait} s: retry when it is done"
                 )),
                 // ER_SPECIFIC_ACCESS_DENIED_ERROR: the statement needs a privilege.
-                Some(1227) => Some(
-                    "Ferry's user needs SUPER (MySQL) or READ_ONLY ADMIN (MariaDB 10.11: GRANT READ_ONLY ADMIN ON *.* TO ...)".into(),
-                ),
+                Some(1227) => Some(set_global_fix(&server)),
                 _ => None,
             };
             // A failure to connect says what the connection was for.
@@ -299,6 +327,21 @@ impl<'a> MySqlSide<'a> {
             }
         })
     }
+}
+
+/// The fix for a refused `SET GLOBAL read_only` on `server`: the privilege it needs there.
+fn set_global_fix(server: &ServerVersion) -> String {
+    let need = server
+        .needed_privileges()
+        .into_iter()
+        .find(|n| n.why.starts_with("SET GLOBAL read_only"))
+        .map(|n| n.any_of)
+        .unwrap_or(&["SUPER"][..]);
+    format!(
+        "Ferry's user needs {} on {server} (GRANT {} ON *.* TO ...)",
+        need.join(" or "),
+        need[0]
+    )
 }
 
 /// Whether `@@GLOBAL.read_only`, read back after setting it (`now`), is what was asked (`on`);
@@ -370,13 +413,16 @@ impl SwitchSide for MySqlSide<'_> {
     /// one: it reaches it without a later write. Nothing is written to mark it.
     async fn final_position(&self) -> Result<SourcePosition, MyError> {
         const WHAT: &str = "reading the binlog position";
+        let server = &self.server;
         let row: Option<mysql_async::Row> = self
             .run(WHAT, |mut c| async move {
-                let r = c.query_first("SHOW MASTER STATUS").await;
+                // Read when the connection opened (run opens it before this runs).
+                let sql = server.get().map_or("SHOW MASTER STATUS", ServerVersion::binlog_status_sql);
+                let r = c.query_first(sql).await;
                 (c, r)
             })
             .await?;
-        binlog_position(row).map(SourcePosition::Mysql)
+        BinlogStatus::from_row(row)?.position("").map(SourcePosition::Mysql)
     }
 
     /// `SET GLOBAL read_only`: server-wide, for every session at once (see the module
@@ -768,23 +814,14 @@ fn sink_blockers(facts: &SinkFacts, db: &str, state_db: &str, tables: &[MyTable]
     }
 
     // (c) Writing through read-only.
-    let mariadb = facts.version.to_ascii_lowercase().contains("mariadb");
-    let v = version_numbers(&facts.version);
-    let (exempt, grant): (&[&str], &str) = if !mariadb {
-        (&["CONNECTION_ADMIN", "SUPER"], "CONNECTION_ADMIN")
-    } else if v >= [10, 11, 0] {
-        (&["READ_ONLY ADMIN"], "READ_ONLY ADMIN")
-    } else if v >= [10, 5, 2] {
-        (&["READ_ONLY ADMIN", "SUPER"], "READ_ONLY ADMIN")
-    } else {
-        (&["SUPER"], "SUPER")
-    };
+    let server = ServerVersion::parse(&facts.version, "");
+    let (exempt, grant) = server.read_only_exempt();
     if !exempt.iter().any(|p| g.global(p)) {
         out.push(format!(
             "{account} lacks {} on the source ({} {}): the cutover makes the source read-only, and reverse replication must write through it: GRANT {grant} ON *.* TO {account}",
             exempt.join(" or "),
-            if mariadb { "MariaDB" } else { "MySQL" },
-            v.map(|n| n.to_string()).join(".")
+            server.name(),
+            server.numbers.map(|n| n.to_string()).join(".")
         ));
     }
     if facts.super_read_only == Some(true) {
@@ -822,14 +859,6 @@ fn quote(name: &str) -> String {
     format!("`{}`", name.replace('`', "``"))
 }
 
-/// The binlog position of a `SHOW MASTER STATUS` row (None: the binary log is off).
-pub(crate) fn binlog_position(row: Option<mysql_async::Row>) -> Result<BinlogPosition, MyError> {
-    const WHAT: &str = "reading the binlog position";
-    let row = row.ok_or_else(|| MyError::new(WHAT, "the binary log is off", "enable log_bin"))?;
-    let (file, pos): (String, u64) = (row.get(0).unwrap_or_default(), row.get(1).unwrap_or_default());
-    BinlogPosition::new(&file, pos, "").map_err(|e| MyError::new(WHAT, &e.to_string(), "report this as a bug"))
-}
-
 /// `lock_wait_timeout` (seconds) of Ferry's session: two thirds of the query deadline, so
 /// that the server ends a wait for the global read lock before the client gives up on it.
 fn read_only_lock_wait(query_timeout: Duration) -> u64 {
@@ -849,6 +878,20 @@ mod tests {
         assert!(e.fix.as_deref().unwrap().contains("SET GLOBAL read_only = OFF"), "{e}");
         assert!(read_only_is(false, None, "x").is_err());
         assert!(read_only_is(true, Some(0), "x").is_err());
+    }
+
+    #[test]
+    fn a_refused_set_global_names_the_flavours_privilege() {
+        let mysql = set_global_fix(&ServerVersion::parse("8.4.2", ""));
+        assert_eq!(
+            mysql,
+            "Ferry's user needs SYSTEM_VARIABLES_ADMIN or SUPER on MySQL 8.4.2 (GRANT SYSTEM_VARIABLES_ADMIN ON *.* TO ...)"
+        );
+        let maria = set_global_fix(&ServerVersion::parse("10.11.9-MariaDB", ""));
+        assert!(
+            maria.contains("needs READ_ONLY ADMIN on MariaDB 10.11.9") && maria.ends_with("(GRANT READ_ONLY ADMIN ON *.* TO ...)"),
+            "{maria}"
+        );
     }
 
     #[test]

@@ -30,6 +30,7 @@ use mysql_async::Value;
 
 use crate::endpoint::MyEndpoint;
 use crate::error::MyError;
+use crate::flavor::{ServerVersion, SnapshotPosition};
 use crate::preflight::{MyCheckRequest, MyTable};
 use crate::snapshot::kinds_of;
 use crate::state::{Hold, MyState};
@@ -407,15 +408,21 @@ async fn release_hold(ctl: &tokio_postgres::Client, state: &MyState) {
 }
 
 /// Opens the two snapshots at one source position while the stream runs: the stream stops at
-/// a boundary, the source snapshot opens and names its binlog position P (MariaDB's
-/// `binlog_snapshot_position`), the stream applies exactly up to P and stops again, the target
-/// snapshot opens, and the stream goes on. Both snapshots then hold the same transactions, so
-/// nothing in flight shows as a difference. None when no stream is running (or the source does
-/// not name its snapshot's position): each table is then read as it is now.
+/// a boundary, the source snapshot opens and names its binlog position P, the stream applies
+/// exactly up to P and stops again, the target snapshot opens, and the stream goes on. Both
+/// snapshots then hold the same transactions, so nothing in flight shows as a difference. None
+/// when no stream is running (or the source cannot name its snapshot's position): each table
+/// is then read as it is now.
+///
+/// P is MariaDB's (and Percona Server's) `binlog_snapshot_position`, read in the snapshot's
+/// transaction. MySQL has no such variable: there the snapshot opens while another connection
+/// holds `FLUSH TABLES WITH READ LOCK` for a few milliseconds, and P is the end of the binary
+/// log read under that lock ([`locked_snapshot`]), as the full load does.
 async fn consistent_point(
     opts: &VerifyOptions,
     ctl: &tokio_postgres::Client,
     source: &MyEndpoint,
+    server: &ServerVersion,
     my: &mut mysql_async::Conn,
     pg: &tokio_postgres::Client,
 ) -> Result<Option<String>, MyError> {
@@ -432,21 +439,29 @@ async fn consistent_point(
         return Ok(None);
     }
     let result: Result<Option<String>, MyError> = async {
-        open_snapshot(source, my).await?;
         const WHAT: &str = "reading the snapshot's binlog position";
-        let rows: Vec<(String, String)> = source
-            .within(WHAT, async {
-                my.query("SHOW STATUS LIKE 'binlog_snapshot_%'")
-                    .await
-                    .map_err(|e| MyError::query(WHAT, e))
-            })
-            .await?;
-        let get = |name: &str| rows.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.clone());
-        let (Some(file), Some(pos)) = (get("binlog_snapshot_file"), get("binlog_snapshot_position")) else {
-            source.cleanup(my, "COMMIT").await;
-            return Ok(None);
+        let (file, pos) = match server.snapshot_position() {
+            SnapshotPosition::StatusVariables => {
+                open_snapshot(source, my).await?;
+                let rows: Vec<(String, String)> = source
+                    .within(WHAT, async {
+                        my.query("SHOW STATUS LIKE 'binlog_snapshot_%'")
+                            .await
+                            .map_err(|e| MyError::query(WHAT, e))
+                    })
+                    .await?;
+                let get = |name: &str| rows.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.clone());
+                let (Some(file), Some(pos)) = (get("binlog_snapshot_file"), get("binlog_snapshot_position")) else {
+                    source.cleanup(my, "COMMIT").await;
+                    return Ok(None);
+                };
+                (file, pos.parse().unwrap_or(0))
+            }
+            SnapshotPosition::GlobalReadLock => match locked_snapshot(source, server, my).await? {
+                Some(at) => at,
+                None => return Ok(None),
+            },
         };
-        let pos: u64 = pos.parse().unwrap_or(0);
         let at = BinlogPosition::new(&file, pos, "").map_err(|e| MyError::new(WHAT, &e.to_string(), "report this as a bug"))?;
         let until = Hold::Until(at.clone());
         if request_hold(ctl, state, &until, Some(&at), Duration::from_secs(60))
@@ -467,6 +482,59 @@ async fn consistent_point(
     .await;
     release_hold(ctl, state).await;
     result
+}
+
+/// MySQL's way to a snapshot with a known binlog position (it has no
+/// `binlog_snapshot_position`): another connection takes `FLUSH TABLES WITH READ LOCK`, the
+/// snapshot opens on `my`, the end of the binary log is read on the locking connection, and
+/// the lock is released. No transaction commits while the lock is held, so the snapshot holds
+/// exactly the transactions before that end. The lock waits at most 5 s
+/// (`lock_wait_timeout`); when it cannot be had (no `RELOAD`, a long statement), None: the
+/// tables are compared as they are now, with a warning.
+async fn locked_snapshot(
+    source: &MyEndpoint,
+    server: &ServerVersion,
+    my: &mut mysql_async::Conn,
+) -> Result<Option<(String, u64)>, MyError> {
+    const LOCK: &str = "taking the snapshot lock (FLUSH TABLES WITH READ LOCK)";
+    let mut locker = source.connect().await?;
+    let locked = source
+        .within(LOCK, async {
+            locker
+                .query_drop("SET SESSION lock_wait_timeout = 5")
+                .await
+                .map_err(|e| MyError::query(LOCK, e))?;
+            locker
+                .query_drop("FLUSH TABLES WITH READ LOCK")
+                .await
+                .map_err(|e| MyError::query(LOCK, e))
+        })
+        .await;
+    if let Err(e) = locked {
+        drop(locker);
+        tracing::warn!(error = %e, "no snapshot lock on the source: each table is compared as it is now");
+        return Ok(None);
+    }
+    let status = match open_snapshot(source, my).await {
+        Ok(()) => {
+            source
+                .within(
+                    "reading the snapshot's binlog position",
+                    crate::flavor::binlog_status(&mut locker, server),
+                )
+                .await
+        }
+        Err(e) => Err(e),
+    };
+    if status.is_ok() {
+        source.cleanup(&mut locker, "UNLOCK TABLES").await;
+        source.disconnect(locker).await;
+    } else {
+        // Closing the connection releases the lock as surely as UNLOCK TABLES.
+        drop(locker);
+    }
+    let status = status?;
+    Ok(Some((status.file, status.position)))
 }
 
 /// Opens a read-only snapshot on the source connection, under the query deadline.
@@ -493,14 +561,8 @@ pub async fn verify(req: &MyCheckRequest, tables: &[MyTable], opts: &VerifyOptio
         .map_err(|e| MyError::target("preparing the target connection", e, "check the target"))?;
     let source = &req.source;
     let mut my = source.connect().await?;
-    let version: Option<String> = source
-        .within("reading the version", async {
-            my.query_first("SELECT VERSION()")
-                .await
-                .map_err(|e| MyError::query("reading the version", e))
-        })
-        .await?;
-    let mariadb = version.unwrap_or_default().to_ascii_lowercase().contains("mariadb");
+    let server = source.within("reading the version", crate::flavor::read(&mut my)).await?;
+    let mariadb = server.is_mariadb();
     let db = req.source.database().to_string();
     let mut out = Report {
         source_lsn: None,
@@ -510,7 +572,7 @@ pub async fn verify(req: &MyCheckRequest, tables: &[MyTable], opts: &VerifyOptio
         seconds: 0.0,
     };
     let ctl = req.target.connect("mysql-verify-hold").await.map_err(MyError::from)?;
-    let point = consistent_point(opts, &ctl, source, &mut my, &pg).await?;
+    let point = consistent_point(opts, &ctl, source, &server, &mut my, &pg).await?;
     out.source_lsn = point.as_ref().map(|p| format!("binlog {p}"));
     for t in tables {
         let s = shape(t, &db, &req.target_schema, mariadb);

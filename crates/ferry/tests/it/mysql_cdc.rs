@@ -729,3 +729,63 @@ async fn mysql_a_write_just_before_a_schema_change_is_applied_before_the_stream_
     );
     dispose("FERRY_TEST_MYSQL", dbs).await;
 }
+
+/// Invisible columns (MariaDB 10.3+, MySQL 8.0.23+): `SELECT *` leaves them out, yet they are
+/// real columns: information_schema lists them (EXTRA `INVISIBLE`), row events carry them. The
+/// plan has them, the full load and verification name every column, so the column arrives with
+/// its values through the load and the stream, and verification compares it.
+#[tokio::test]
+async fn mysql_cdc_carries_invisible_columns_through_load_stream_and_verify() {
+    let (source, target, dbs) = fresh("FERRY_TEST_MYSQL", "myinvisible").await;
+    let db = &dbs.name;
+    my_sql(
+        "FERRY_TEST_MYSQL",
+        &format!(
+            "USE {db}; CREATE TABLE t (id int PRIMARY KEY, a int, b varchar(20) INVISIBLE);
+             INSERT INTO t (id, a, b) VALUES (1, 10, 'hidden one'), (2, 20, NULL);"
+        ),
+    );
+    // What `SELECT *` would have copied: not the invisible column.
+    assert_eq!(
+        my_query("FERRY_TEST_MYSQL", &format!("SELECT * FROM {db}.t WHERE id = 1")).trim(),
+        "1\t10"
+    );
+    let m = Migrator::spawn(&["migrate", "--source", &source, "--target", &target]);
+    wait_streaming(&target).await;
+    // The full load copied the invisible column.
+    wait_for("the full load of t", Duration::from_secs(60), || {
+        let target = target.clone();
+        async move { pg_rows(&target, "t").await == ["(1,10,\"hidden one\")", "(2,20,)"] }
+    })
+    .await;
+    my_sql(
+        "FERRY_TEST_MYSQL",
+        &format!(
+            "USE {db}; INSERT INTO t (id, a, b) VALUES (3, 30, 'streamed');
+             UPDATE t SET b = 'changed' WHERE id = 1;
+             UPDATE t SET a = 21 WHERE id = 2;"
+        ),
+    );
+    wait_caught_up("FERRY_TEST_MYSQL", &target, Duration::from_secs(60)).await;
+    assert_eq!(
+        pg_rows(&target, "t").await,
+        ["(1,10,changed)", "(2,21,)", "(3,30,streamed)"],
+        "the stream carries the invisible column"
+    );
+    let verify = ferry(&["verify", "--source", &source, "--target", &target]);
+    assert_eq!(verify.code, 0, "{}", verify.all());
+    assert!(verify.stdout.contains(", 0 difference(s)"), "{}", verify.stdout);
+    // Verification reads the invisible column too: a difference only there is found.
+    let t = connect(&target).await;
+    t.execute("UPDATE public.t SET b = 'other' WHERE id = 3", &[]).await.unwrap();
+    let verify = ferry(&["verify", "--source", &source, "--target", &target]);
+    assert_eq!(verify.code, 1, "{}", verify.all());
+    assert!(
+        verify.stdout.contains("b: source \"streamed\" | target \"other\""),
+        "{}",
+        verify.stdout
+    );
+    let stopped = m.terminate();
+    assert_eq!(stopped.code, 0, "{}", stopped.all());
+    dispose("FERRY_TEST_MYSQL", dbs).await;
+}

@@ -295,3 +295,44 @@ async fn mysql_rollback_sysbench_through_cutover_writes_on_postgres_and_back() {
     my_sql("FERRY_TEST_MYSQL", &format!("DROP USER '{app}'@'%'"));
     dispose("FERRY_TEST_MYSQL", dbs).await;
 }
+
+/// A source nobody writes to after the full load is caught up at the load's snapshot: the
+/// cutover does not wait for a transaction that never comes, and the rollback of a target
+/// nobody wrote to either has nothing to wait for.
+#[tokio::test]
+async fn mysql_rollback_an_idle_source_cuts_over_right_after_the_load_and_back() {
+    let (source, target, dbs) = fresh("FERRY_TEST_MYSQL", "myidle").await;
+    struct Writable;
+    impl Drop for Writable {
+        fn drop(&mut self) {
+            my_sql("FERRY_TEST_MYSQL", "SET GLOBAL read_only = OFF");
+        }
+    }
+    let _writable = Writable;
+    my_sql(
+        "FERRY_TEST_MYSQL",
+        &format!(
+            "USE {}; CREATE TABLE t (id int AUTO_INCREMENT PRIMARY KEY, v int); INSERT INTO t (v) VALUES (1), (2)",
+            dbs.name
+        ),
+    );
+    let m = Migrator::spawn(&["migrate", "--source", &source, "--target", &target]);
+    wait_streaming(&target).await;
+    let cut = ferry(&[
+        "cutover",
+        "--source",
+        &source,
+        "--target",
+        &target,
+        "--grace",
+        "1s",
+        "--skip-verify-check",
+    ]);
+    assert_eq!(cut.code, 0, "{}", cut.all());
+    let back = ferry(&["rollback", "--source", &source, "--target", &target, "--grace", "1s"]);
+    assert_eq!(back.code, 0, "{}", back.all());
+    assert_eq!(my_query("FERRY_TEST_MYSQL", "SELECT @@GLOBAL.read_only").trim(), "0");
+    let end = m.terminate();
+    assert_eq!(end.code, 0, "{}", end.all());
+    dispose("FERRY_TEST_MYSQL", dbs).await;
+}
