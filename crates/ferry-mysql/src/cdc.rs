@@ -760,11 +760,12 @@ async fn stream_session(
         tables.insert(t.name.clone(), conv);
     }
     // Transactions the reverse stream's sink wrote (after a cutover, before a rollback) are
-    // Ferry's own: they came from PostgreSQL and are left out (loop prevention).
+    // Ferry's own: they came from PostgreSQL and are left out (loop prevention). The sink keeps
+    // its position in the database named like the state schema (`crates/ferry/src/mysql_cmd.rs`).
     let mut reader = BinlogReader::start(&req.source, opts.server_id, start.file(), start.pos(), &plan.tables)
         .await
         .map_err(Failure::from)?
-        .skip_reverse_writes(crate::apply::DEFAULT_STATE_DB)
+        .skip_reverse_writes(d.state.store().schema())
         .with_gtid_state(start.gtid());
     tracing::info!(position = %start, "streaming the binlog");
     d.stats.streaming.store(true, Ordering::Relaxed);
