@@ -564,10 +564,20 @@ async fn reverse(
 async fn after_rollback(req: &preflight::MyCheckRequest, state: &MyState, target: &tokio_postgres::Client) -> anyhow::Result<()> {
     use ferry_core::switch::SwitchSide;
     let c = req.target.connect("switch").await?;
-    ferry_postgres::switch::PgSide::new(&c, &req.target, "target")
-        .with_reverse(state.reverse_stream())
-        .drop_reverse()
-        .await?;
+    let side = ferry_postgres::switch::PgSide::new(&c, &req.target, "target").with_reverse(state.reverse_stream());
+    // The reverse stream's WAL sender outlives its closed connection by a moment, and the slot
+    // cannot be dropped while it is active: try again for a while (CI saw it).
+    let started = std::time::Instant::now();
+    loop {
+        match side.drop_reverse().await {
+            Ok(()) => break,
+            Err(e) if started.elapsed() < Duration::from_secs(30) => {
+                tracing::debug!(error = %e, "the reverse slot is still in use; dropping it again shortly");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
     state
         .gate_phase(
             target,
