@@ -13,13 +13,15 @@
 #   ferry-dsrc     127.0.0.1:55438  wal_level=logical, production durability (fsync,
 #   ferry-dtgt     127.0.0.1:55439  synchronous_commit, full_page_writes on): the heavy CDC and
 #                                   cutover tests that must hold up as users run PostgreSQL
-# (FERRY_TEST_PORT_BASE=N uses N .. N+7 instead.)
+# Kafka-protocol broker (scripts/kafka.sh: tansu, built once from crates.io and kept):
+#   ferry-kafka     127.0.0.1:55440  in-memory storage                           Kafka tests
+# (FERRY_TEST_PORT_BASE=N uses N .. N+8 instead.)
 # MariaDB servers (scripts/mysql.sh, same directory):
 #   ferry-my        127.0.0.1:55435  binlog ROW, FULL row image and metadata   MySQL-source tests
 #   ferry-my-nobin  127.0.0.1:55436  binary log off                           "log_bin is OFF" test
 #   ferry-my-stmt   127.0.0.1:55437  binlog STATEMENT, MINIMAL row image       "binlog_format" test
-# Tests find them through FERRY_TEST_SOURCE / FERRY_TEST_TARGET / FERRY_TEST_REPLICA and
-# FERRY_TEST_MYSQL / FERRY_TEST_MYSQL_NOBIN / FERRY_TEST_MYSQL_STMT, and create their own uniquely
+# Tests find them through FERRY_TEST_SOURCE / FERRY_TEST_TARGET / FERRY_TEST_REPLICA,
+# FERRY_TEST_MYSQL / FERRY_TEST_MYSQL_NOBIN / FERRY_TEST_MYSQL_STMT and FERRY_TEST_KAFKA, and create their own uniquely
 # named databases; they never use a server someone else started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,6 +38,13 @@ command -v sysbench >/dev/null 2>&1 || need+=(sysbench)
 # The dashboard test renders the page in a real headless browser.
 command -v "${FERRY_CHROMIUM:-chromium}" >/dev/null 2>&1 || need+=(chromium)
 scripts/install.sh "${need[@]}"
+# librdkafka is built from its bundled source (Ferry's Kafka client): cmake and curl's headers.
+need=()
+command -v cmake >/dev/null 2>&1 || need+=(cmake)
+[ -f /usr/include/x86_64-linux-gnu/curl/curl.h ] || [ -f /usr/include/curl/curl.h ] || need+=(libcurl4-openssl-dev)
+[ -f /usr/include/openssl/ssl.h ] || need+=(libssl-dev)
+scripts/install.sh "${need[@]}"
+scripts/kafka.sh install
 
 # --- 2. servers ------------------------------------------------------------------------
 clusters=(ferry-src ferry-tgt ferry-replica ferry-dsrc ferry-dtgt)
@@ -43,6 +52,7 @@ my_servers=(ferry-my ferry-my-nobin ferry-my-stmt)
 cleanup() {
   for c in "${clusters[@]}"; do scripts/pg.sh stop "$c" || true; done
   for m in "${my_servers[@]}"; do scripts/mysql.sh stop "$m" || true; done
+  scripts/kafka.sh stop ferry-kafka || true
 }
 trap cleanup EXIT
 say "starting PostgreSQL clusters"
@@ -51,9 +61,9 @@ for m in "${my_servers[@]}"; do scripts/mysql.sh destroy "$m" >/dev/null 2>&1 ||
 # Another checkout's test run (or anything else) on these ports would make every test fail in
 # confusing ways: say so up front. FERRY_TEST_PORT_BASE moves them all.
 base=${FERRY_TEST_PORT_BASE:-55432}
-for port in $(seq "$base" $((base + 7))); do
+for port in $(seq "$base" $((base + 8))); do
   if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-    echo "port $port on 127.0.0.1 is already in use (another Ferry test run?): stop it, or set FERRY_TEST_PORT_BASE to another free range of 8 ports" >&2
+    echo "port $port on 127.0.0.1 is already in use (another Ferry test run?): stop it, or set FERRY_TEST_PORT_BASE to another free range of 9 ports" >&2
     exit 1
   fi
 done
@@ -78,6 +88,9 @@ scripts/mysql.sh start ferry-my-stmt $((base + 5)) --log-bin=binlog --binlog-for
 export FERRY_TEST_MYSQL=$(scripts/mysql.sh url ferry-my)
 export FERRY_TEST_MYSQL_NOBIN=$(scripts/mysql.sh url ferry-my-nobin)
 export FERRY_TEST_MYSQL_STMT=$(scripts/mysql.sh url ferry-my-stmt)
+say "starting the Kafka-protocol broker"
+scripts/kafka.sh start ferry-kafka $((base + 8))
+export FERRY_TEST_KAFKA=$(scripts/kafka.sh url ferry-kafka)
 export PATH="$FERRY_PG_BIN:$PATH"
 
 # --- 3. checks and tests ---------------------------------------------------------------

@@ -11,6 +11,7 @@ pub mod conninfo;
 pub mod copy_binary;
 pub mod endpoint;
 pub mod error;
+pub mod export;
 pub mod finding;
 pub mod introspect;
 pub mod largeobject;

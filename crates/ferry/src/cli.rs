@@ -57,6 +57,9 @@ pub enum Command {
     Abandon(AbandonArgs),
     /// Start two throwaway PostgreSQL clusters, fill one with sample data, and migrate it.
     Demo(DemoArgs),
+    /// Publish a PostgreSQL database's rows and every later change to Kafka, in Debezium's
+    /// format (snapshot, then the stream); the slot moves only once the broker holds the events.
+    Capture(CaptureArgs),
 }
 
 /// Where the data comes from and goes to, and which tables move.
@@ -702,4 +705,38 @@ mod tests {
         use clap::CommandFactory;
         Cli::command().debug_assert();
     }
+}
+
+/// `ferry capture`.
+#[derive(Debug, clap::Args)]
+pub struct CaptureArgs {
+    /// Source URL: postgres://user[:password]@host[:port]/database[?sslmode=...].
+    #[arg(long, env = "FERRY_SOURCE_URL", hide_env_values = true)]
+    pub source: String,
+    /// File holding the source password (first line); FERRY_SOURCE_PASSWORD also works.
+    #[arg(long)]
+    pub source_password_file: Option<PathBuf>,
+    /// Where events go: kafka://[user@]host:port[,host:port]/PREFIX[?schemas=false&partitions=N&...]
+    /// (topics PREFIX.<schema>.<table> and PREFIX.transaction, as Debezium names them; the SASL
+    /// password in FERRY_KAFKA_PASSWORD). See docs/kafka.md.
+    #[arg(long, env = "FERRY_KAFKA_URL", hide_env_values = true)]
+    pub to: String,
+    /// Replication slot and publication name (default: ferry_capture_<prefix>).
+    #[arg(long)]
+    pub slot: Option<String>,
+    /// Most changes between two looks at the broker's acknowledgements.
+    #[arg(long, default_value_t = 20000)]
+    pub max_batch: usize,
+    /// Longest a batch stays open, in milliseconds.
+    #[arg(long, default_value_t = 100)]
+    pub max_delay_ms: u64,
+    /// The replication stream is declared dead after this long without any message.
+    #[arg(long, value_parser = parse_duration, default_value = "30s")]
+    pub stream_timeout: std::time::Duration,
+    /// Record values Kafka cannot carry in PREFIX.ferry.dead_letters and go on, instead of stopping.
+    #[arg(long)]
+    pub skip_dead_letters: bool,
+    /// Drop the capture's slot and publication from the source and exit (the topics stay).
+    #[arg(long)]
+    pub drop: bool,
 }

@@ -1,5 +1,6 @@
 //! The `ferry` binary: command line, wiring, output. Protocols live in the library crates.
 
+mod capture_cmd;
 mod check_cmd;
 mod cli;
 mod cluster;
@@ -24,7 +25,15 @@ use tracing_subscriber::EnvFilter;
 
 /// Every crate of Ferry's at `level`, everything else (drivers, HTTP) at warn.
 fn default_filter(level: &str) -> String {
-    const CRATES: [&str; 6] = ["ferry", "ferry_core", "ferry_postgres", "ferry_mysql", "ferry_proxy", "ferry_tls"];
+    const CRATES: [&str; 7] = [
+        "ferry",
+        "ferry_core",
+        "ferry_postgres",
+        "ferry_mysql",
+        "ferry_kafka",
+        "ferry_proxy",
+        "ferry_tls",
+    ];
     std::iter::once("warn".to_string())
         .chain(CRATES.iter().map(|c| format!("{c}={level}")))
         .collect::<Vec<_>>()
@@ -267,6 +276,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             demo::run(args).await?;
             Ok(exit::OK)
         }
+        Command::Capture(args) => capture_cmd::capture(&args).await,
     }
 }
 

@@ -14,6 +14,7 @@ mod failover;
 mod full_load;
 mod harness;
 mod hostile;
+mod kafka;
 mod large_objects;
 mod managed;
 mod mysql;

@@ -1,0 +1,302 @@
+//! `ferry capture`: a PostgreSQL database's rows and changes published to Kafka.
+//!
+//! The first run creates a publication and a slot with an exported snapshot, publishes every
+//! row of every published table as Debezium `op: r` events from that snapshot, waits until the
+//! broker holds all of them, records that in the capture's state topic
+//! (`<prefix>.ferry.capture`, one JSON record per run), then streams. Every later run streams
+//! from the slot. A run killed during the snapshot leaves a slot without the record: the next
+//! run drops that slot and takes the snapshot again (consumers see the rows twice, as upserts).
+//!
+//! The stream is [`ferry_postgres::cdc::run`], the driver every sink shares: retries, dead
+//! letters, pauses and the slot's feedback behave as in a migration; the slot is told a
+//! position only once the broker has acknowledged every event before it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_core::change::Row;
+use ferry_core::sink::Sink;
+use ferry_core::SourcePosition;
+use ferry_postgres::apply::ApplyError;
+use ferry_postgres::cdc::{self, CdcOptions, CdcProgress};
+use ferry_postgres::export::{self, SnapshotReader};
+use ferry_postgres::replication::ReplicationConnection;
+use ferry_postgres::{slot, Endpoint, PgError};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::FutureRecord;
+use rdkafka::util::Timeout;
+use rdkafka::{Message as _, Offset, TopicPartitionList};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::endpoint::{KafkaEndpoint, REQUEST_TIMEOUT};
+use crate::envelope::Engine;
+use crate::sink::{kafka_error, producer, KafkaSinks};
+
+/// What a capture needs.
+#[derive(Debug, Clone)]
+pub struct CaptureOptions {
+    /// The PostgreSQL database captured.
+    pub source: Endpoint,
+    /// Where events go.
+    pub kafka: KafkaEndpoint,
+    /// The slot (and publication) name.
+    pub slot: String,
+    /// Most changes between two looks at the producer's acknowledgements.
+    pub max_batch: usize,
+    /// Longest a batch stays open.
+    pub max_delay: Duration,
+    /// The replication stream's dead-peer timeout.
+    pub stream_timeout: Duration,
+    /// Record values Kafka cannot carry as dead letters and go on.
+    pub skip_dead_letters: bool,
+}
+
+/// The capture's record in its state topic.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaptureState {
+    /// The slot the stream reads.
+    pub slot: String,
+    /// The snapshot is in the topics.
+    pub snapshot_complete: bool,
+    /// The slot's consistent point: the snapshot's position.
+    pub consistent_point: String,
+    /// Tables and rows the snapshot published.
+    pub tables: u64,
+    /// Rows.
+    pub rows: u64,
+}
+
+/// The state topic (`<prefix>.ferry.capture`).
+pub fn state_topic(prefix: &str) -> String {
+    format!("{prefix}.ferry.capture")
+}
+
+/// The slot and publication name of a capture to `prefix` when none is given.
+pub fn default_slot(prefix: &str) -> String {
+    let mut s: String = prefix
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
+        .collect();
+    s.truncate(40);
+    format!("ferry_capture_{s}")
+}
+
+/// The last record of the state topic, if any.
+pub async fn read_state(ep: &KafkaEndpoint) -> Result<Option<CaptureState>, PgError> {
+    let topic = state_topic(&ep.prefix);
+    let consumer: BaseConsumer = ep
+        .client_config()
+        .set("enable.auto.commit", "false")
+        .set("group.id", "ferry-capture-state")
+        .create()
+        .map_err(|e| kafka_error("reading the capture's state", ep, &e))?;
+    let ep2 = ep.clone();
+    tokio::task::spawn_blocking(move || {
+        let (low, high) = match consumer.fetch_watermarks(&topic, 0, Timeout::After(REQUEST_TIMEOUT)) {
+            Ok(w) => w,
+            Err(e) if e.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition) => return Ok(None),
+            Err(e) => return Err(kafka_error(&format!("reading topic {topic}"), &ep2, &e)),
+        };
+        if high <= low {
+            return Ok(None);
+        }
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&topic, 0, Offset::Offset(high - 1))
+            .map_err(|e| kafka_error("reading the capture's state", &ep2, &e))?;
+        consumer
+            .assign(&tpl)
+            .map_err(|e| kafka_error("reading the capture's state", &ep2, &e))?;
+        let deadline = std::time::Instant::now() + REQUEST_TIMEOUT;
+        while std::time::Instant::now() < deadline {
+            match consumer.poll(Duration::from_millis(500)) {
+                Some(Ok(m)) => {
+                    let state = m.payload().and_then(|p| serde_json::from_slice::<CaptureState>(p).ok());
+                    return Ok(state);
+                }
+                Some(Err(e)) => return Err(kafka_error(&format!("reading topic {topic}"), &ep2, &e)),
+                None => {}
+            }
+        }
+        Err(PgError::transient(
+            format!("reading topic {topic}"),
+            "the broker sent no record in time",
+        ))
+    })
+    .await
+    .map_err(|e| PgError::transient("reading the capture's state", e))?
+}
+
+async fn write_state(ep: &KafkaEndpoint, state: &CaptureState) -> Result<(), PgError> {
+    let p = producer(ep)?;
+    let topic = state_topic(&ep.prefix);
+    let value = serde_json::to_vec(state).expect("json");
+    let record: FutureRecord<'_, str, [u8]> = FutureRecord::to(&topic).key(state.slot.as_str()).payload(value.as_slice());
+    p.send(record, Timeout::After(REQUEST_TIMEOUT))
+        .await
+        .map_err(|(e, _)| kafka_error("recording the capture's state", ep, &e))?;
+    Ok(())
+}
+
+fn apply_err(e: ApplyError) -> PgError {
+    match e {
+        ApplyError::Db(e) => e,
+        other => PgError::config(
+            "publishing the snapshot",
+            other.to_string(),
+            "fix the value at the source, or leave its table out",
+        ),
+    }
+}
+
+/// Publishes every row of the publication's tables from the slot's snapshot.
+async fn snapshot(opts: &CaptureOptions, sinks: &KafkaSinks, tables_hint: &[ferry_core::TableName]) -> Result<CaptureState, PgError> {
+    let client = opts.source.connect("capture").await?;
+    if slot::ensure_publication(&client, &opts.slot, false, tables_hint).await? {
+        tracing::info!(publication = %opts.slot, tables = tables_hint.len(), "created publication on the source");
+    }
+    let mut repl = ReplicationConnection::connect(&opts.source).await?;
+    let created = repl.create_slot_with_snapshot(&opts.slot, false).await?;
+    tracing::info!(slot = %created.name, consistent_point = %created.consistent_point, "created replication slot; publishing the snapshot");
+    let at = SourcePosition::Postgres(created.consistent_point);
+    let tables = export::published_tables(&client, &opts.slot).await?;
+    let mut reader = SnapshotReader::open(&opts.source, &created.snapshot, REQUEST_TIMEOUT * 4).await?;
+    let mut sink = sinks.sink(Default::default());
+    let ts_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0);
+    let mut rows: u64 = 0;
+    // One row held back, so that the snapshot's last row says "last", as Debezium's does.
+    let mut held: Option<(u32, Row)> = None;
+    for t in &tables {
+        let rel = reader.relation(t).await?;
+        sink.describe_table(&rel).await.map_err(apply_err)?;
+        reader.start(&rel).await?;
+        loop {
+            let page = reader.page().await?;
+            if page.is_empty() {
+                break;
+            }
+            for row in page {
+                if let Some((id, r)) = held.replace((rel.id, row)) {
+                    sink.snapshot_row(id, &r, &at, ts_us, false).await.map_err(apply_err)?;
+                    rows += 1;
+                }
+            }
+            sink.try_settle().await.map_err(apply_err)?;
+        }
+        tracing::info!(table = %t, "table published");
+    }
+    if let Some((id, r)) = held.take() {
+        sink.snapshot_row(id, &r, &at, ts_us, true).await.map_err(apply_err)?;
+        rows += 1;
+    }
+    sink.flush().await.map_err(apply_err)?;
+    reader.finish().await?;
+    repl.close().await;
+    let state = CaptureState {
+        slot: opts.slot.clone(),
+        snapshot_complete: true,
+        consistent_point: created.consistent_point.to_string(),
+        tables: tables.len() as u64,
+        rows,
+    };
+    write_state(&opts.kafka, &state).await?;
+    tracing::info!(tables = tables.len(), rows, "snapshot published; streaming changes");
+    Ok(state)
+}
+
+/// Runs a capture until `stop` turns true (Ok) or a definite error.
+pub async fn run(opts: CaptureOptions, stop: watch::Receiver<bool>, progress: Arc<CdcProgress>) -> Result<(), PgError> {
+    let db = opts.source.dbname().to_string();
+    let sinks = KafkaSinks::connect(opts.kafka.clone(), Engine::Postgres { db }).await?;
+    sinks.topics().ensure(&state_topic(&opts.kafka.prefix)).await?;
+    let client = opts.source.connect("capture").await?;
+    let wal_level: String = client
+        .query_one("SHOW wal_level", &[])
+        .await
+        .map_err(|e| PgError::query("reading the source's wal_level", e))?
+        .get(0);
+    if wal_level != "logical" {
+        return Err(PgError::config(
+            "starting change capture",
+            format!("wal_level is {wal_level} on the source"),
+            "set wal_level = logical and restart PostgreSQL",
+        ));
+    }
+    let state = read_state(&opts.kafka).await?.filter(|s| s.slot == opts.slot);
+    let slot_state = slot::slot_status(&client, &opts.slot).await?;
+    match (slot_state, state.as_ref().is_some_and(|s| s.snapshot_complete)) {
+        (Some(_), true) => tracing::info!(slot = %opts.slot, "resuming change capture from the slot"),
+        (None, true) => {
+            return Err(PgError::config(
+                "resuming change capture",
+                format!(
+                    "the capture's state topic says the snapshot was published, but slot {} is gone from the source: changes since then are lost",
+                    opts.slot
+                ),
+                format!(
+                    "start a new capture to another topic prefix (consumers must reload from its snapshot), or delete topic {} to take a new snapshot into the same topics",
+                    state_topic(&opts.kafka.prefix)
+                ),
+            ))
+        }
+        (Some(active), false) => {
+            let deadline = std::time::Instant::now() + Duration::from_secs(15);
+            let mut active = active;
+            while active {
+                if std::time::Instant::now() > deadline {
+                    return Err(PgError::config(
+                        "starting change capture",
+                        format!("slot {} is in use by another process", opts.slot),
+                        "is another `ferry capture` running to the same prefix? stop it first",
+                    ));
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                active = slot::slot_status(&client, &opts.slot).await?.unwrap_or(false);
+            }
+            tracing::warn!(slot = %opts.slot, "an earlier capture stopped during its snapshot: dropping its slot and taking the snapshot again");
+            slot::drop_slot(&client, &opts.slot).await?;
+            let tables = export::user_tables(&client).await?;
+            snapshot(&opts, &sinks, &tables).await?;
+        }
+        (None, false) => {
+            let tables = export::user_tables(&client).await?;
+            if tables.is_empty() {
+                return Err(PgError::config(
+                    "starting change capture",
+                    format!("database {} has no tables to capture", opts.source.dbname()),
+                    "create the tables first",
+                ));
+            }
+            snapshot(&opts, &sinks, &tables).await?;
+        }
+    }
+    drop(client);
+    let copts = CdcOptions {
+        source: opts.source.clone(),
+        slot: opts.slot.clone(),
+        publication: opts.slot.clone(),
+        max_batch: opts.max_batch,
+        max_delay: opts.max_delay,
+        commit_interval: Duration::from_millis(2),
+        skip_dead_letters: opts.skip_dead_letters,
+        pause: None,
+        hold: None,
+        stream_timeout: opts.stream_timeout,
+        apply_timeout: cdc::DEFAULT_APPLY_TIMEOUT,
+    };
+    cdc::run(copts, &sinks, stop, progress).await
+}
+
+/// Drops a capture's slot and publication from the source (the topics stay).
+pub async fn drop_capture(source: &Endpoint, slot_name: &str) -> Result<bool, PgError> {
+    let client = source.connect("capture").await?;
+    let had = slot::slot_status(&client, slot_name).await?.is_some();
+    if had {
+        slot::drop_slot(&client, slot_name).await?;
+    }
+    slot::drop_publication(&client, slot_name).await?;
+    Ok(had)
+}

@@ -1,0 +1,696 @@
+//! The Kafka sink: a change stream published as Debezium events, the source's position moving
+//! only once the broker holds them.
+//!
+//! It follows the contract of [`ferry_core::sink`]; what is particular to Kafka:
+//!
+//! **Durability.** Events are handed to an idempotent producer (`enable.idempotence`,
+//! `acks=all`) as they arrive, so the broker receives a large transaction while it streams and
+//! Ferry holds at most [`MAX_IN_FLIGHT`] undelivered messages (bounded memory). A source
+//! transaction's `Commit::end` becomes [`Sink::durable`] once the broker has acknowledged every
+//! message up to its END record: the driver then lets the source forget it (the slot's
+//! `confirmed_flush_lsn`), so WAL is released as soon as Kafka holds the changes, however far
+//! behind any consumer is.
+//!
+//! **At least once into Kafka, exactly once out of it.** After a crash, the source resends from
+//! the last acknowledged position: events after it may be in the topics twice (a transaction
+//! cut short by a crash has no END record; the resent one has). Every event carries its
+//! transaction's id and commit position (`source.lsn`, `transaction.id`), by which `ferry apply`
+//! (and any consumer) applies each transaction once. Debezium makes the same promise.
+//!
+//! **Restart.** A new sink knows no position ([`Sink::durable`] is None): the stream resumes at
+//! the source's own record of what it may forget (the slot), which only ever moved to positions
+//! the broker had acknowledged.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ferry_core::change::{ChangeEvent, Row};
+use ferry_core::sink::{DeadLetter, Sink};
+use ferry_core::{ErrorClass, Lsn, SourcePosition};
+use ferry_postgres::apply::{order_key, position_text, ApplyError, TextSettings};
+use ferry_postgres::PgError;
+use futures_util::FutureExt;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::util::Timeout;
+
+use crate::endpoint::{KafkaEndpoint, REQUEST_TIMEOUT};
+use crate::envelope::{transaction_id, transaction_topic, Encoder, Engine, Message, Op, Origin, TxnBlock};
+
+/// Most messages handed to the producer and not yet acknowledged.
+pub const MAX_IN_FLIGHT: usize = 50_000;
+/// A message not acknowledged within this long has failed (the stream restarts from the last
+/// acknowledged position).
+pub const DELIVERY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The dead letters topic (`<prefix>.ferry.dead_letters`).
+pub fn dead_letter_topic(prefix: &str) -> String {
+    format!("{prefix}.ferry.dead_letters")
+}
+
+/// A Kafka failure as Ferry's error: authorization and missing topics are definite, with the
+/// fix; everything else is retried.
+pub fn kafka_error(context: &str, ep: &KafkaEndpoint, e: &KafkaError) -> PgError {
+    use RDKafkaErrorCode as C;
+    let code = e.rdkafka_error_code();
+    let (class, fix) = match code {
+        Some(C::SaslAuthenticationFailed) | Some(C::Authentication) => (
+            ErrorClass::Definite,
+            Some("check the Kafka user and password (URL or FERRY_KAFKA_PASSWORD) and sasl-mechanism".to_string()),
+        ),
+        Some(C::TopicAuthorizationFailed) | Some(C::ClusterAuthorizationFailed) | Some(C::GroupAuthorizationFailed) => (
+            ErrorClass::Definite,
+            Some("grant Ferry's Kafka user WRITE and DESCRIBE on the topics (and CREATE on the cluster to create them)".to_string()),
+        ),
+        Some(C::UnknownTopicOrPartition) | Some(C::UnknownTopic) if !ep.create_topics => (
+            ErrorClass::Definite,
+            Some("create the topic (or drop create-topics=false from the URL to let Ferry create it)".to_string()),
+        ),
+        Some(C::MessageSizeTooLarge) | Some(C::InvalidMessageSize) => (
+            ErrorClass::Definite,
+            Some(
+                "raise the broker's message.max.bytes (or the topic's max.message.bytes): a row is larger than the broker accepts"
+                    .to_string(),
+            ),
+        ),
+        _ => (ErrorClass::Transient, None),
+    };
+    PgError {
+        context: format!("{context} ({})", ep.describe()),
+        reason: e.to_string(),
+        fix,
+        class,
+        code: None,
+    }
+}
+
+/// Ferry's producer for a cluster: idempotent, every message acknowledged by all in-sync
+/// replicas.
+pub fn producer(ep: &KafkaEndpoint) -> Result<FutureProducer, PgError> {
+    let mut c = ep.client_config();
+    c.set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("batch.num.messages", "10000")
+        .set("queue.buffering.max.messages", "200000")
+        .set("message.timeout.ms", DELIVERY_TIMEOUT.as_millis().to_string());
+    c.create().map_err(|e| kafka_error("starting the Kafka producer", ep, &e))
+}
+
+/// The topics a cluster is known to have; creates missing ones (or checks they exist).
+#[derive(Clone)]
+pub struct Topics {
+    ep: KafkaEndpoint,
+    admin: Arc<AdminClient<DefaultClientContext>>,
+    known: Arc<Mutex<HashSet<String>>>,
+}
+
+impl std::fmt::Debug for Topics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Topics").field("cluster", &self.ep.describe()).finish()
+    }
+}
+
+impl Topics {
+    /// An admin client of the cluster.
+    pub fn new(ep: &KafkaEndpoint) -> Result<Topics, PgError> {
+        let admin = ep
+            .client_config()
+            .create()
+            .map_err(|e| kafka_error("starting the Kafka admin client", ep, &e))?;
+        Ok(Topics {
+            ep: ep.clone(),
+            admin: Arc::new(admin),
+            known: Arc::default(),
+        })
+    }
+
+    /// Makes sure `topic` exists: creates it with the URL's partitions, replication factor and
+    /// retention, or (with `create-topics=false`) fails naming it.
+    pub async fn ensure(&self, topic: &str) -> Result<(), PgError> {
+        if self.known.lock().expect("lock").contains(topic) {
+            return Ok(());
+        }
+        if self.ep.create_topics {
+            let replication = TopicReplication::Fixed(self.ep.replication);
+            let retention = self.ep.retention_ms.map(|r| r.to_string());
+            let mut t = NewTopic::new(topic, self.ep.partitions, replication);
+            if let Some(r) = &retention {
+                t = t.set("retention.ms", r);
+            }
+            let opts = AdminOptions::new().request_timeout(Some(Timeout::After(REQUEST_TIMEOUT)));
+            let results = tokio::time::timeout(REQUEST_TIMEOUT * 2, self.admin.create_topics([&t], &opts))
+                .await
+                .map_err(|_| {
+                    PgError::transient(
+                        format!("creating topic {topic} on {}", self.ep.describe()),
+                        format!("no answer within {} s", (REQUEST_TIMEOUT * 2).as_secs()),
+                    )
+                })?
+                .map_err(|e| kafka_error(&format!("creating topic {topic}"), &self.ep, &e))?;
+            for r in results {
+                match r {
+                    Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                    Err((_, code)) => {
+                        return Err(kafka_error(
+                            &format!("creating topic {topic}"),
+                            &self.ep,
+                            &KafkaError::AdminOp(code),
+                        ))
+                    }
+                }
+            }
+        } else {
+            let admin = self.admin.clone();
+            let name = topic.to_string();
+            let md = tokio::task::spawn_blocking(move || admin.inner().fetch_metadata(Some(&name), Timeout::After(REQUEST_TIMEOUT)))
+                .await
+                .map_err(|e| PgError::transient("reading Kafka metadata", e))?
+                .map_err(|e| kafka_error(&format!("looking up topic {topic}"), &self.ep, &e))?;
+            let found = md
+                .topics()
+                .iter()
+                .any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty());
+            if !found {
+                return Err(PgError::config(
+                    format!("publishing to {}", self.ep.describe()),
+                    format!("topic {topic} does not exist and create-topics=false"),
+                    format!("create topic {topic} (as Debezium would name it), or drop create-topics=false from the URL"),
+                ));
+            }
+        }
+        self.known.lock().expect("lock").insert(topic.to_string());
+        Ok(())
+    }
+}
+
+/// The Kafka sink for each session of a change stream.
+#[derive(Clone)]
+pub struct KafkaSinks {
+    /// The cluster and prefix.
+    pub endpoint: KafkaEndpoint,
+    /// The source engine (the `source` block's form).
+    pub engine: Engine,
+    producer: FutureProducer,
+    topics: Topics,
+}
+
+impl std::fmt::Debug for KafkaSinks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaSinks").field("endpoint", &self.endpoint.describe()).finish()
+    }
+}
+
+impl KafkaSinks {
+    /// A producer and an admin client of the cluster; the transaction topic made sure of.
+    pub async fn connect(endpoint: KafkaEndpoint, engine: Engine) -> Result<KafkaSinks, PgError> {
+        let producer = producer(&endpoint)?;
+        let topics = Topics::new(&endpoint)?;
+        topics.ensure(&transaction_topic(&endpoint.prefix)).await?;
+        topics.ensure(&dead_letter_topic(&endpoint.prefix)).await?;
+        Ok(KafkaSinks {
+            endpoint,
+            engine,
+            producer,
+            topics,
+        })
+    }
+
+    /// The cluster's topics.
+    pub fn topics(&self) -> &Topics {
+        &self.topics
+    }
+
+    /// A sink (also for a snapshot, outside the stream).
+    pub fn sink(&self, skip: HashSet<(Lsn, u32)>) -> KafkaSink {
+        KafkaSink {
+            ep: self.endpoint.clone(),
+            producer: self.producer.clone(),
+            topics: self.topics.clone(),
+            enc: Encoder::new(&self.endpoint.prefix, self.endpoint.schemas, self.engine.clone()),
+            pending: VecDeque::new(),
+            sent: 0,
+            delivered: 0,
+            marks: VecDeque::new(),
+            durable: None,
+            txn: None,
+            batch_len: 0,
+            batch_started: None,
+            previous_commit: None,
+            transactions: 0,
+            skip,
+        }
+    }
+}
+
+impl ferry_postgres::cdc::SinkFactory for KafkaSinks {
+    type Sink = KafkaSink;
+
+    fn describe(&self) -> String {
+        self.endpoint.describe()
+    }
+
+    async fn open(
+        &self,
+        settings: &TextSettings,
+        skip: &HashSet<(Lsn, u32)>,
+        _ordered_until: Lsn,
+        _stale: Option<ferry_core::switch::SessionId>,
+    ) -> Result<KafkaSink, PgError> {
+        check_settings(settings)?;
+        Ok(self.sink(skip.clone()))
+    }
+
+    /// Never resolves: every delivery has its own deadline ([`DELIVERY_TIMEOUT`]), after which
+    /// the sink fails with a transient error by itself.
+    fn watchdog(&self, _sink: &KafkaSink, _limit: Duration) -> impl std::future::Future<Output = PgError> + 'static {
+        std::future::pending()
+    }
+}
+
+/// The value text forms the encoder reads: ISO dates, PostgreSQL-style intervals.
+pub fn check_settings(s: &TextSettings) -> Result<(), PgError> {
+    if !s.date_style.to_ascii_uppercase().starts_with("ISO") {
+        return Err(PgError::config(
+            "publishing changes to Kafka",
+            format!("the source's DateStyle is {:?}; Ferry reads dates in the ISO style", s.date_style),
+            "ALTER ROLE <ferry's user> SET DateStyle = 'ISO, MDY'; then start again",
+        ));
+    }
+    if !s.interval_style.eq_ignore_ascii_case("postgres") {
+        return Err(PgError::config(
+            "publishing changes to Kafka",
+            format!(
+                "the source's IntervalStyle is {:?}; Ferry reads intervals in the postgres style",
+                s.interval_style
+            ),
+            "ALTER ROLE <ferry's user> SET IntervalStyle = 'postgres'; then start again",
+        ));
+    }
+    Ok(())
+}
+
+struct Txn {
+    commit: SourcePosition,
+    txid: u64,
+    ts_us: i64,
+    id: String,
+    began: bool,
+    total: u64,
+    per_table: Vec<(String, u64)>,
+    change_index: u32,
+}
+
+/// One session's Kafka sink (see the module documentation).
+pub struct KafkaSink {
+    ep: KafkaEndpoint,
+    producer: FutureProducer,
+    topics: Topics,
+    enc: Encoder,
+    pending: VecDeque<DeliveryFuture>,
+    /// Messages handed to the producer, and acknowledged, in this session.
+    sent: u64,
+    delivered: u64,
+    /// Commit positions waiting for their messages: (messages sent when it ended, position).
+    marks: VecDeque<(u64, SourcePosition)>,
+    durable: Option<SourcePosition>,
+    txn: Option<Txn>,
+    batch_len: usize,
+    batch_started: Option<Instant>,
+    previous_commit: Option<SourcePosition>,
+    transactions: u64,
+    skip: HashSet<(Lsn, u32)>,
+}
+
+impl std::fmt::Debug for KafkaSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaSink")
+            .field("cluster", &self.ep.describe())
+            .field("in_flight", &self.pending.len())
+            .field("durable", &self.durable)
+            .finish()
+    }
+}
+
+fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+impl KafkaSink {
+    fn error(&self, context: &str, e: &KafkaError) -> ApplyError {
+        ApplyError::Db(kafka_error(context, &self.ep, e))
+    }
+
+    /// Hands a message to the producer, waiting for the oldest delivery while the producer's
+    /// queue, or Ferry's bound, is full.
+    pub async fn send(&mut self, m: Message) -> Result<(), ApplyError> {
+        while self.pending.len() >= MAX_IN_FLIGHT {
+            self.settle_one().await?;
+        }
+        loop {
+            let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&m.topic);
+            if let Some(k) = &m.key {
+                record = record.key(k.as_slice());
+            }
+            if let Some(v) = &m.value {
+                record = record.payload(v.as_slice());
+            }
+            match self.producer.send_result(record) {
+                Ok(f) => {
+                    self.pending.push_back(f);
+                    self.sent += 1;
+                    return Ok(());
+                }
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                    if self.pending.is_empty() {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    } else {
+                        self.settle_one().await?;
+                    }
+                }
+                Err((e, _)) => return Err(self.error(&format!("publishing to topic {}", m.topic), &e)),
+            }
+        }
+    }
+
+    async fn settle_one(&mut self) -> Result<(), ApplyError> {
+        let Some(f) = self.pending.pop_front() else { return Ok(()) };
+        let r = match tokio::time::timeout(DELIVERY_TIMEOUT + Duration::from_secs(5), f).await {
+            Ok(r) => r,
+            Err(_) => {
+                return Err(ApplyError::Db(PgError::transient(
+                    format!("publishing to {}", self.ep.describe()),
+                    "a message was not acknowledged in time",
+                )))
+            }
+        };
+        self.delivered(r)
+    }
+
+    fn delivered(&mut self, r: Delivered) -> Result<(), ApplyError> {
+        match r {
+            Ok(Ok(_)) => {
+                self.delivered += 1;
+                self.advance();
+                Ok(())
+            }
+            Ok(Err((e, _))) => Err(self.error("publishing an event", &e)),
+            Err(_) => Err(ApplyError::Db(PgError::transient(
+                format!("publishing to {}", self.ep.describe()),
+                "the producer dropped a message",
+            ))),
+        }
+    }
+
+    fn advance(&mut self) {
+        while self.marks.front().is_some_and(|(n, _)| *n <= self.delivered) {
+            self.durable = self.marks.pop_front().map(|(_, p)| p);
+        }
+    }
+
+    /// Waits until the broker has acknowledged every message handed over.
+    pub async fn flush(&mut self) -> Result<(), ApplyError> {
+        while !self.pending.is_empty() {
+            self.settle_one().await?;
+        }
+        self.advance();
+        Ok(())
+    }
+
+    async fn ensure_topic(&mut self, relation: u32) -> Result<(), ApplyError> {
+        if let Some((table, _)) = self.enc.table(relation) {
+            let topic = crate::envelope::table_topic(self.enc.prefix(), table);
+            self.topics.ensure(&topic).await.map_err(ApplyError::Db)?;
+        }
+        Ok(())
+    }
+
+    /// A snapshot row (`op` r), outside any transaction.
+    pub async fn snapshot_row(&mut self, relation: u32, row: &Row, at: &SourcePosition, ts_us: i64, last: bool) -> Result<(), ApplyError> {
+        let origin = Origin {
+            commit: at,
+            at,
+            previous: None,
+            ts_us,
+            txid: 0,
+            snapshot: if last { "last" } else { "true" },
+            processed_us: now_us(),
+        };
+        let msgs = self
+            .enc
+            .row_event(relation, Op::Read, None, Some(row), &origin, None)
+            .map_err(|e| {
+                let (table, _) = self.enc.table(relation).expect("described");
+                ApplyError::Rejected(Box::new(DeadLetter {
+                    commit: at.clone(),
+                    change_index: 0,
+                    table: table.clone(),
+                    operation: "read",
+                    key: String::new(),
+                    payload: String::new(),
+                    error: e.0,
+                }))
+            })?;
+        for m in msgs {
+            self.send(m).await?;
+        }
+        Ok(())
+    }
+
+    /// Learns a table (and makes sure of its topic) outside the stream (the snapshot).
+    pub async fn describe_table(&mut self, rel: &ferry_core::change::Relation) -> Result<(), ApplyError> {
+        self.enc.relation(rel);
+        self.ensure_topic(rel.id).await
+    }
+
+    async fn change(&mut self, relation: u32, op: Op, before: Option<Row>, after: Option<Row>) -> Result<(), ApplyError> {
+        let txn = self.txn.as_mut().expect("a change inside a transaction");
+        txn.change_index += 1;
+        if self.skip.contains(&(order_key(&txn.commit), txn.change_index)) {
+            return Ok(());
+        }
+        let (table, collection) = match self.enc.table(relation) {
+            Some((t, c)) => (t.clone(), c.to_string()),
+            None => {
+                return Err(ApplyError::Db(PgError::config(
+                    "publishing changes to Kafka",
+                    format!("relation {relation} was not described before its change"),
+                    "report this as a bug",
+                )))
+            }
+        };
+        if !txn.began {
+            txn.began = true;
+            let begin = self.enc.begin(&txn.id, txn.ts_us.div_euclid(1000));
+            self.send(begin).await?;
+        }
+        let txn = self.txn.as_mut().expect("open");
+        txn.total += 1;
+        let slot = match txn.per_table.iter().position(|(c, _)| *c == collection) {
+            Some(i) => i,
+            None => {
+                txn.per_table.push((collection.clone(), 0));
+                txn.per_table.len() - 1
+            }
+        };
+        txn.per_table[slot].1 += 1;
+        let block = TxnBlock {
+            id: txn.id.clone(),
+            total_order: txn.total,
+            data_collection_order: txn.per_table[slot].1,
+        };
+        let origin = Origin {
+            commit: &txn.commit,
+            at: &txn.commit,
+            previous: self.previous_commit.as_ref(),
+            ts_us: txn.ts_us,
+            txid: txn.txid,
+            snapshot: "false",
+            processed_us: now_us(),
+        };
+        let msgs = match op {
+            Op::Truncate => self.enc.truncate(relation, &origin, Some(&block)).map(|m| vec![m]),
+            _ => self
+                .enc
+                .row_event(relation, op, before.as_ref(), after.as_ref(), &origin, Some(&block)),
+        };
+        let msgs = msgs.map_err(|e| {
+            ApplyError::Rejected(Box::new(DeadLetter {
+                commit: txn.commit.clone(),
+                change_index: txn.change_index,
+                table: table.clone(),
+                operation: match op {
+                    Op::Create => "insert",
+                    Op::Update => "update",
+                    Op::Delete => "delete",
+                    Op::Truncate => "truncate",
+                    Op::Read => "read",
+                },
+                key: String::new(),
+                payload: String::new(),
+                error: e.0,
+            }))
+        })?;
+        for m in msgs {
+            self.send(m).await?;
+        }
+        if self.batch_started.is_none() {
+            self.batch_started = Some(Instant::now());
+        }
+        self.batch_len += 1;
+        Ok(())
+    }
+}
+
+/// What a delivery future resolves to.
+type Delivered = <DeliveryFuture as std::future::Future>::Output;
+
+impl Sink for KafkaSink {
+    type Error = ApplyError;
+
+    async fn apply(&mut self, event: ChangeEvent) -> Result<(), ApplyError> {
+        match event {
+            ChangeEvent::Begin {
+                commit,
+                commit_time_us,
+                xid,
+            } => {
+                let id = transaction_id(&commit, xid);
+                self.txn = Some(Txn {
+                    commit,
+                    txid: xid,
+                    ts_us: commit_time_us,
+                    id,
+                    began: false,
+                    total: 0,
+                    per_table: Vec::new(),
+                    change_index: 0,
+                });
+            }
+            ChangeEvent::Origin { .. } => {}
+            ChangeEvent::Relation(rel) => {
+                self.enc.relation(&rel);
+                self.ensure_topic(rel.id).await?;
+            }
+            ChangeEvent::Insert { relation, new } => self.change(relation, Op::Create, None, Some(new)).await?,
+            ChangeEvent::Update { relation, old, new } => self.change(relation, Op::Update, old, Some(new)).await?,
+            ChangeEvent::Delete { relation, old } => self.change(relation, Op::Delete, Some(old), None).await?,
+            ChangeEvent::Truncate { relations, .. } => {
+                for r in relations {
+                    self.change(r, Op::Truncate, None, None).await?;
+                }
+            }
+            ChangeEvent::Commit { end, commit_time_us } => {
+                if let Some(txn) = self.txn.take() {
+                    if txn.began {
+                        let end_msg = self.enc.end(&txn.id, commit_time_us.div_euclid(1000), &txn.per_table);
+                        self.send(end_msg).await?;
+                    }
+                    self.previous_commit = Some(txn.commit);
+                }
+                self.marks.push_back((self.sent, end));
+                self.transactions += 1;
+                self.advance();
+            }
+        }
+        Ok(())
+    }
+
+    fn at_boundary(&self) -> bool {
+        self.txn.is_none()
+    }
+
+    fn batch_open(&self) -> bool {
+        self.batch_len > 0
+    }
+
+    fn batch_len(&self) -> usize {
+        self.batch_len
+    }
+
+    fn batch_age(&self) -> Duration {
+        self.batch_started.map(|t| t.elapsed()).unwrap_or_default()
+    }
+
+    /// The batch's messages are already with the producer: committing only closes the batch;
+    /// [`Sink::durable`] follows the acknowledgements.
+    async fn commit(&mut self) -> Result<(), ApplyError> {
+        self.batch_len = 0;
+        self.batch_started = None;
+        self.advance();
+        Ok(())
+    }
+
+    async fn settle(&mut self) -> Result<Option<SourcePosition>, ApplyError> {
+        self.flush().await?;
+        Ok(self.durable.clone())
+    }
+
+    fn in_flight(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    async fn try_settle(&mut self) -> Result<(), ApplyError> {
+        while let Some(f) = self.pending.front_mut() {
+            match f.now_or_never() {
+                Some(r) => {
+                    self.pending.pop_front();
+                    self.delivered(r)?;
+                }
+                None => break,
+            }
+        }
+        Ok(())
+    }
+
+    fn durable(&self) -> Option<SourcePosition> {
+        self.durable.clone()
+    }
+
+    async fn flush_now(&mut self) -> Result<(), ApplyError> {
+        self.flush().await
+    }
+
+    /// A partial transaction's messages are already with the broker; without its END record a
+    /// consumer knows it is incomplete, and the source sends it whole again.
+    async fn rollback(&mut self) {
+        self.txn = None;
+        self.batch_len = 0;
+        self.batch_started = None;
+    }
+
+    fn waiting_since(&self) -> Option<Instant> {
+        self.batch_started
+    }
+
+    fn transactions(&self) -> u64 {
+        self.transactions
+    }
+
+    async fn record_dead_letter(&self, letter: &DeadLetter, skipped: bool) -> Result<(), ApplyError> {
+        tracing::error!(table = %letter.table, operation = letter.operation, commit = %position_text(&letter.commit), change = letter.change_index, error = %letter.error, skipped, "dead letter");
+        let value = serde_json::json!({
+            "table": letter.table.to_string(), "operation": letter.operation,
+            "commit": letter.commit.to_string(), "change_index": letter.change_index,
+            "key": letter.key, "error": letter.error, "skipped": skipped,
+        });
+        let topic = dead_letter_topic(&self.ep.prefix);
+        let payload = serde_json::to_vec(&value).expect("json");
+        let record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&topic).payload(payload.as_slice());
+        match self.producer.send(record, Timeout::After(REQUEST_TIMEOUT)).await {
+            Ok(_) => Ok(()),
+            Err((e, _)) => Err(self.error("recording a dead letter", &e)),
+        }
+    }
+}
+
+/// Waits until the producer has nothing queued (at a stop).
+pub fn drain(p: &FutureProducer) {
+    let _ = p.flush(Timeout::After(REQUEST_TIMEOUT));
+}

@@ -1,0 +1,76 @@
+//! `ferry capture`: wiring of a PostgreSQL source to the Kafka sink (`ferry_kafka::capture`).
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_core::Lsn;
+use ferry_kafka::capture::{self, CaptureOptions};
+use ferry_kafka::KafkaEndpoint;
+use ferry_postgres::cdc::CdcProgress;
+
+use crate::cli::CaptureArgs;
+use crate::exit::{self, UsageError};
+use crate::settings;
+
+pub async fn capture(args: &CaptureArgs) -> anyhow::Result<i32> {
+    if ferry_mysql::is_mysql_url(&args.source) {
+        return Err(UsageError(
+            "--source: capture to Kafka from MySQL/MariaDB is not built yet (PostgreSQL sources only); see docs/kafka.md".into(),
+        )
+        .into());
+    }
+    let source = settings::pg_endpoint(
+        &args.source,
+        args.source_password_file.as_deref(),
+        "FERRY_SOURCE_PASSWORD",
+        "source",
+    )?;
+    let kafka = KafkaEndpoint::parse(&args.to, std::env::var("FERRY_KAFKA_PASSWORD").ok().filter(|p| !p.is_empty()))
+        .map_err(|e| UsageError(format!("--to: {e}")))?;
+    let slot = args.slot.clone().unwrap_or_else(|| capture::default_slot(&kafka.prefix));
+    if args.drop {
+        let had = capture::drop_capture(&source, &slot).await?;
+        println!(
+            "{} slot and publication {slot} on {}; the topics under {} stay",
+            if had { "dropped" } else { "no slot left; dropped the" },
+            source.describe(),
+            kafka.describe()
+        );
+        return Ok(exit::OK);
+    }
+    let opts = CaptureOptions {
+        source,
+        kafka,
+        slot,
+        max_batch: args.max_batch.max(1),
+        max_delay: Duration::from_millis(args.max_delay_ms),
+        stream_timeout: args.stream_timeout,
+        skip_dead_letters: args.skip_dead_letters,
+    };
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        crate::shutdown_signal().await;
+        tracing::info!("stopping: the last events are acknowledged first");
+        let _ = stop_tx.send(true);
+    });
+    let progress = Arc::new(CdcProgress::default());
+    let reporter = {
+        let progress = progress.clone();
+        tokio::spawn(async move {
+            let mut last = 0u64;
+            loop {
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                let flushed = progress.flushed_lsn.load(Ordering::Relaxed);
+                if flushed != last {
+                    tracing::info!(acknowledged = %Lsn(flushed), "events acknowledged by the broker up to this source position");
+                    last = flushed;
+                }
+            }
+        })
+    };
+    let r = capture::run(opts, stop, progress).await;
+    reporter.abort();
+    r?;
+    Ok(exit::OK)
+}

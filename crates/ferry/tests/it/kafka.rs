@@ -1,0 +1,404 @@
+//! Kafka tests: `ferry capture` publishes Debezium events to a real Kafka-protocol broker
+//! (tansu, started by scripts/test.sh through scripts/kafka.sh), read back here with
+//! librdkafka's own consumer.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use serde_json::{json, Value};
+
+use crate::harness::{connect, Dbs, Migrator};
+
+/// The test broker's address.
+pub fn broker() -> String {
+    std::env::var("FERRY_TEST_KAFKA")
+        .expect("FERRY_TEST_KAFKA is not set: run the suite with scripts/test.sh, which starts the test broker")
+}
+
+/// One record: key and value as JSON (None: null).
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub key: Option<Value>,
+    pub value: Option<Value>,
+}
+
+/// Every record of partition 0 of `topic` once it holds at least `min` (or all there are after
+/// `timeout`, when `min` is 0).
+pub fn read_topic(topic: &str, min: usize, timeout: Duration) -> Vec<Record> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker())
+        .set("group.id", "ferry-test-reader")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .set("log_level", "3")
+        .create()
+        .expect("consumer");
+    let start = Instant::now();
+    loop {
+        let mut out = Vec::new();
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(topic, 0, Offset::Beginning).unwrap();
+        consumer.assign(&tpl).unwrap();
+        let round = Instant::now();
+        while round.elapsed() < Duration::from_secs(10) {
+            match consumer.poll(Duration::from_millis(200)) {
+                Some(Ok(m)) => out.push(Record {
+                    // The state topic's key is the slot's name, not JSON.
+                    key: m
+                        .key()
+                        .map(|k| serde_json::from_slice(k).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(k).into_owned()))),
+                    value: m.payload().map(|v| serde_json::from_slice(v).expect("JSON value")),
+                }),
+                Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => break,
+                Some(Err(_)) | None => {
+                    if out.len() >= min && min > 0 {
+                        break;
+                    }
+                }
+            }
+        }
+        if out.len() >= min && (min > 0 || start.elapsed() >= timeout) {
+            return out;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "topic {topic} holds {} records after {timeout:?}, expected at least {min}",
+            out.len()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// The payload of a value written with or without schemas.
+fn payload(v: &Value) -> &Value {
+    v.get("payload").unwrap_or(v)
+}
+
+/// A fresh topic prefix for a test database.
+fn prefix_for(dbs: &Dbs) -> String {
+    format!("it_{}", dbs.name)
+}
+
+async fn start_capture(dbs: &Dbs, prefix: &str, extra: &str) -> Migrator {
+    let to = format!("kafka://{}/{prefix}{extra}", broker());
+    Migrator::spawn(&["capture", "--source", &dbs.source, "--to", &to])
+}
+
+/// Waits for the capture's state record (the snapshot is in the topics).
+fn wait_snapshot(prefix: &str) -> Value {
+    let recs = read_topic(&format!("{prefix}.ferry.capture"), 1, Duration::from_secs(90));
+    recs.last().and_then(|r| r.value.clone()).expect("a state record")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capture_publishes_debezium_events_snapshot_transactions_and_the_slot_follows_the_broker() {
+    let dbs = Dbs::create("kcap").await;
+    let src = connect(&dbs.source).await;
+    src.batch_execute(
+        "CREATE TYPE mood AS ENUM ('sad', 'happy');
+         CREATE TABLE t (id int PRIMARY KEY, name text, amount numeric(10,2), n numeric, ts timestamp, ts3 timestamp(3),
+           tz timestamptz, d date, tm time, b bytea, j jsonb, arr int[], m mood, f float8, r real, flag bool, i2 smallint,
+           i8 bigint, u uuid, iv interval, big text);
+         ALTER TABLE t ALTER COLUMN big SET STORAGE EXTERNAL;
+         CREATE TABLE other (a int, b text);
+         ALTER TABLE other REPLICA IDENTITY FULL;
+         SET TimeZone = 'UTC';
+         INSERT INTO t VALUES (1, 'a', 1.00, -3.14159, '2024-01-02 03:04:05.123456', '2024-01-02 03:04:05.123',
+           '2024-01-02 03:04:05+02', '2024-02-29', '13:37:00.000001', '\\x00ff', '{\"a\": [1, \"é\"]}', '{1,2,NULL}', 'happy',
+           0.1, 1.5, true, -32768, 9223372036854775807, 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '1 day 01:00:00',
+           repeat('0123456789', 3000));
+         INSERT INTO t (id, name) VALUES (3, '');
+         INSERT INTO other VALUES (1, 'x');",
+    )
+    .await
+    .unwrap();
+    let prefix = prefix_for(&dbs);
+    let capture = start_capture(&dbs, &prefix, "").await;
+    let state = wait_snapshot(&prefix);
+    assert_eq!(state["snapshot_complete"], json!(true), "{state}");
+    assert_eq!(state["rows"], json!(3), "{state}");
+
+    // The snapshot, field by field as Debezium's PostgreSQL connector encodes each type.
+    let topic = format!("{prefix}.public.t");
+    let recs = read_topic(&topic, 2, Duration::from_secs(30));
+    let first = recs
+        .iter()
+        .find(|r| r.key.as_ref().map(payload) == Some(&json!({"id": 1})))
+        .expect("row 1");
+    let v = first.value.as_ref().unwrap();
+    let p = payload(v);
+    assert_eq!(p["op"], json!("r"));
+    assert_eq!(p["before"], Value::Null);
+    let a = &p["after"];
+    let expected = json!({
+        "id": 1, "name": "a", "amount": "ZA==", "n": {"scale": 5, "value": "+zTR"},
+        "ts": 1_704_164_645_123_456i64, "ts3": 1_704_164_645_123i64, "tz": "2024-01-02T01:04:05Z", "d": 19782,
+        "tm": 49_020_000_001i64, "b": "AP8=", "j": "{\"a\": [1, \"é\"]}", "arr": [1, 2, null], "m": "happy",
+        "f": 0.1, "r": 1.5, "flag": true, "i2": -32768, "i8": 9223372036854775807i64,
+        "u": "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11", "iv": 90_000_000_000i64,
+    });
+    for (k, want) in expected.as_object().unwrap() {
+        assert_eq!(&a[k], want, "column {k}: {a}");
+    }
+    assert_eq!(a["big"].as_str().map(str::len), Some(30_000));
+    assert_eq!(p["source"]["connector"], json!("postgresql"));
+    assert_eq!(p["source"]["name"], json!(prefix));
+    assert_eq!(p["source"]["db"], json!(dbs.name));
+    assert_eq!(
+        (p["source"]["schema"].clone(), p["source"]["table"].clone()),
+        (json!("public"), json!("t"))
+    );
+    assert!(matches!(p["source"]["snapshot"].as_str(), Some("true" | "last")), "{}", p["source"]);
+    let third = recs
+        .iter()
+        .find(|r| r.key.as_ref().map(payload) == Some(&json!({"id": 3})))
+        .expect("row 3");
+    let a3 = &payload(third.value.as_ref().unwrap())["after"];
+    assert_eq!(
+        (a3["name"].clone(), a3["amount"].clone()),
+        (json!(""), Value::Null),
+        "'' stays '' and NULL stays null"
+    );
+    // The schema part, as JsonConverter writes it.
+    let schema = &v["schema"];
+    assert_eq!(schema["name"], json!(format!("{prefix}.public.t.Envelope")));
+    let after_fields = schema["fields"].as_array().unwrap().iter().find(|f| f["field"] == "after").unwrap()["fields"].clone();
+    let field = |n: &str| after_fields.as_array().unwrap().iter().find(|f| f["field"] == n).cloned().unwrap();
+    assert_eq!(field("amount")["name"], json!("org.apache.kafka.connect.data.Decimal"));
+    assert_eq!(field("amount")["parameters"]["scale"], json!("2"));
+    assert_eq!(field("ts")["name"], json!("io.debezium.time.MicroTimestamp"));
+    assert_eq!(field("ts3")["name"], json!("io.debezium.time.Timestamp"));
+    assert_eq!(field("tz")["name"], json!("io.debezium.time.ZonedTimestamp"));
+    assert_eq!(field("d")["name"], json!("io.debezium.time.Date"));
+    assert_eq!(field("j")["name"], json!("io.debezium.data.Json"));
+    assert_eq!(field("arr")["type"], json!("array"));
+    assert_eq!(field("id")["optional"], json!(false));
+
+    // A transaction over two tables, then a truncate.
+    src.batch_execute(
+        "BEGIN;
+         INSERT INTO t (id, name, amount) VALUES (2, 'b', -12.34);
+         UPDATE t SET name = 'y' WHERE id = 1;
+         INSERT INTO other VALUES (2, 'y');
+         DELETE FROM t WHERE id = 3;
+         DELETE FROM other WHERE a = 1;
+         COMMIT;
+         TRUNCATE other;",
+    )
+    .await
+    .unwrap();
+    let after_lsn: String = src.query_one("SELECT pg_current_wal_lsn()::text", &[]).await.unwrap().get(0);
+    // 3 snapshot rows + insert + update + delete and its tombstone.
+    let recs = read_topic(&topic, 6, Duration::from_secs(60));
+    let stream: Vec<&Value> = recs
+        .iter()
+        .filter_map(|r| r.value.as_ref())
+        .map(payload)
+        .filter(|p| p["op"] != "r")
+        .collect();
+    let ops: Vec<&str> = stream.iter().map(|p| p["op"].as_str().unwrap()).collect();
+    assert_eq!(ops, ["c", "u", "d"], "{stream:?}");
+    assert_eq!(stream[0]["after"]["amount"], json!("+y4="), "-12.34 is unscaled -1234");
+    assert_eq!(stream[1]["before"], Value::Null, "default replica identity: no old row");
+    assert_eq!(stream[1]["after"]["name"], json!("y"));
+    assert_eq!(stream[1]["after"]["big"], json!("__debezium_unavailable_value"), "unchanged TOAST");
+    assert_eq!(stream[2]["before"]["id"], json!(3));
+    assert!(recs.last().unwrap().value.is_none(), "a delete is followed by a tombstone");
+    assert_eq!(recs.last().unwrap().key.as_ref().map(payload), Some(&json!({"id": 3})));
+    let txid = stream[0]["transaction"]["id"].as_str().unwrap().to_string();
+    let orders: Vec<(i64, i64)> = stream
+        .iter()
+        .map(|p| {
+            (
+                p["transaction"]["total_order"].as_i64().unwrap(),
+                p["transaction"]["data_collection_order"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(orders, [(1, 1), (2, 2), (4, 3)]);
+    assert!(stream.iter().all(|p| p["transaction"]["id"] == json!(txid)));
+    assert_eq!(
+        txid.split(':').next(),
+        stream[0]["source"]["txId"].as_i64().map(|x| x.to_string()).as_deref()
+    );
+    let other = read_topic(&format!("{prefix}.public.other"), 4, Duration::from_secs(30));
+    let other_ops: Vec<String> = other
+        .iter()
+        .filter_map(|r| r.value.as_ref())
+        .map(|v| payload(v)["op"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(other_ops, ["r", "c", "d", "t"]);
+    let full_delete = other
+        .iter()
+        .filter_map(|r| r.value.as_ref())
+        .map(payload)
+        .find(|p| p["op"] == "d")
+        .unwrap();
+    assert_eq!(
+        full_delete["before"],
+        json!({"a": 1, "b": "x"}),
+        "REPLICA IDENTITY FULL: the whole old row"
+    );
+    let tx = read_topic(&format!("{prefix}.transaction"), 4, Duration::from_secs(30));
+    let tx: Vec<&Value> = tx.iter().filter_map(|r| r.value.as_ref()).map(payload).collect();
+    let end = tx
+        .iter()
+        .find(|p| p["status"] == "END" && p["id"] == json!(txid))
+        .expect("END of the transaction");
+    assert_eq!(end["event_count"], json!(5));
+    let counts: BTreeMap<String, i64> = end["data_collections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["data_collection"].as_str().unwrap().to_string(),
+                c["event_count"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        counts,
+        BTreeMap::from([("public.other".to_string(), 2), ("public.t".to_string(), 3)])
+    );
+    assert!(tx.iter().any(|p| p["status"] == "BEGIN" && p["id"] == json!(txid)));
+
+    // The slot is told only what the broker holds, and then it is told.
+    let slot_name = format!("ferry_capture_{}", prefix.to_lowercase());
+    crate::harness::wait_for("the slot to confirm the last transaction", Duration::from_secs(30), || {
+        let src = &src;
+        let after_lsn = after_lsn.clone();
+        let slot_name = slot_name.clone();
+        async move {
+            src.query_one(
+                "SELECT confirmed_flush_lsn >= $1::text::pg_lsn FROM pg_replication_slots WHERE slot_name = $2",
+                &[&after_lsn, &slot_name],
+            )
+            .await
+            .map(|r| r.get::<_, bool>(0))
+            .unwrap_or(false)
+        }
+    })
+    .await;
+    let run = capture.terminate();
+    assert_eq!(run.code, 0, "{}", run.all());
+    assert!(!run.all().contains("ferry-test-pw"), "no password in the output");
+    // --drop removes the slot and publication; the topics stay.
+    let dropped = crate::harness::ferry(&[
+        "capture",
+        "--source",
+        &dbs.source,
+        "--to",
+        &format!("kafka://{}/{prefix}", broker()),
+        "--drop",
+    ]);
+    assert_eq!(dropped.code, 0, "{}", dropped.all());
+    assert!(crate::harness::slots(&dbs.source).await.is_empty());
+    drop(src);
+    dbs.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capture_killed_at_random_moments_loses_no_transaction() {
+    let dbs = Dbs::create("kcapkill").await;
+    let src = connect(&dbs.source).await;
+    src.batch_execute("CREATE TABLE k (id int PRIMARY KEY, v text); INSERT INTO k VALUES (0, 'seed');")
+        .await
+        .unwrap();
+    let prefix = prefix_for(&dbs);
+    let mut capture = start_capture(&dbs, &prefix, "?schemas=false").await;
+    wait_snapshot(&prefix);
+    // A writer commits 1 transaction of two rows at a time while capture is killed -9 three
+    // times, at moments spread over its run.
+    let writer = {
+        let url = dbs.source.clone();
+        tokio::spawn(async move {
+            let c = connect(&url).await;
+            for i in 1..=600 {
+                c.batch_execute(&format!(
+                    "BEGIN; INSERT INTO k VALUES ({i}, 'a'); UPDATE k SET v = 'b{i}' WHERE id = {i}; COMMIT;"
+                ))
+                .await
+                .unwrap();
+                if i % 50 == 0 {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        })
+    };
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as u64;
+    for round in 0..3u64 {
+        tokio::time::sleep(Duration::from_millis(400 + (nanos / (round + 1)) % 900)).await;
+        capture.kill9();
+        capture = start_capture(&dbs, &prefix, "?schemas=false").await;
+    }
+    writer.await.unwrap();
+    let recs = read_topic(&format!("{prefix}.public.k"), 1201, Duration::from_secs(120));
+    let mut inserted = BTreeSet::new();
+    let mut updated = BTreeSet::new();
+    for r in &recs {
+        let Some(v) = &r.value else { continue };
+        assert!(v.get("schema").is_none(), "schemas=false: the payload alone");
+        let id = v["after"]["id"].as_i64().unwrap();
+        match v["op"].as_str().unwrap() {
+            "c" => inserted.insert(id),
+            "u" => updated.insert(id),
+            "r" => true,
+            other => panic!("unexpected op {other}"),
+        };
+    }
+    let all: BTreeSet<i64> = (1..=600).collect();
+    // Wait for the tail: the last transactions may still be on their way.
+    let recs = if inserted != all || updated != all {
+        let recs = read_topic(&format!("{prefix}.public.k"), 1201, Duration::from_secs(60));
+        inserted.clear();
+        updated.clear();
+        for v in recs.iter().filter_map(|r| r.value.as_ref()) {
+            let id = v["after"]["id"].as_i64().unwrap();
+            match v["op"].as_str().unwrap() {
+                "c" => inserted.insert(id),
+                "u" => updated.insert(id),
+                _ => true,
+            };
+        }
+        recs
+    } else {
+        recs
+    };
+    assert_eq!(inserted, all, "every committed insert is in Kafka at least once");
+    assert_eq!(updated, all, "every committed update is in Kafka at least once");
+    // Duplicates are whole transactions sent again after a kill: each (transaction, order) pair
+    // carries the same event every time.
+    let mut seen: BTreeMap<(String, i64), Value> = BTreeMap::new();
+    for v in recs.iter().filter_map(|r| r.value.as_ref()).filter(|v| v["op"] != "r") {
+        let key = (
+            v["transaction"]["id"].as_str().unwrap().to_string(),
+            v["transaction"]["total_order"].as_i64().unwrap(),
+        );
+        let mut body = v.clone();
+        body["ts_ms"] = Value::Null;
+        body["ts_us"] = Value::Null;
+        body["ts_ns"] = Value::Null;
+        if let Some(prev) = seen.insert(key.clone(), body.clone()) {
+            assert_eq!(prev, body, "a resent event differs from the first: {key:?}");
+        }
+    }
+    assert_eq!(seen.len(), 1200, "1,200 distinct changes");
+    let run = capture.terminate();
+    assert_eq!(run.code, 0, "{}", run.all());
+    crate::harness::ferry(&[
+        "capture",
+        "--source",
+        &dbs.source,
+        "--to",
+        &format!("kafka://{}/{prefix}", broker()),
+        "--drop",
+    ]);
+    drop(src);
+    dbs.drop().await;
+}
