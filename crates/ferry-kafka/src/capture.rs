@@ -65,6 +65,9 @@ pub struct CaptureState {
     pub tables: u64,
     /// Rows.
     pub rows: u64,
+    /// Rows of each table (`schema.table`): a reader of the snapshot knows when it has all.
+    #[serde(default)]
+    pub table_rows: std::collections::BTreeMap<String, u64>,
 }
 
 /// The state topic (`<prefix>.ferry.capture`).
@@ -167,18 +170,21 @@ async fn snapshot(opts: &CaptureOptions, sinks: &KafkaSinks, tables_hint: &[ferr
         .map(|d| d.as_micros() as i64)
         .unwrap_or(0);
     let mut rows: u64 = 0;
+    let mut table_rows = std::collections::BTreeMap::new();
     // One row held back, so that the snapshot's last row says "last", as Debezium's does.
     let mut held: Option<(u32, Row)> = None;
     for t in &tables {
         let rel = reader.relation(t).await?;
         sink.describe_table(&rel).await.map_err(apply_err)?;
         reader.start(&rel).await?;
+        let mut n = 0u64;
         loop {
             let page = reader.page().await?;
             if page.is_empty() {
                 break;
             }
             for row in page {
+                n += 1;
                 if let Some((id, r)) = held.replace((rel.id, row)) {
                     sink.snapshot_row(id, &r, &at, ts_us, false).await.map_err(apply_err)?;
                     rows += 1;
@@ -186,7 +192,8 @@ async fn snapshot(opts: &CaptureOptions, sinks: &KafkaSinks, tables_hint: &[ferr
             }
             sink.try_settle().await.map_err(apply_err)?;
         }
-        tracing::info!(table = %t, "table published");
+        table_rows.insert(format!("{}.{}", t.schema, t.name), n);
+        tracing::info!(table = %t, rows = n, "table published");
     }
     if let Some((id, r)) = held.take() {
         sink.snapshot_row(id, &r, &at, ts_us, true).await.map_err(apply_err)?;
@@ -201,6 +208,7 @@ async fn snapshot(opts: &CaptureOptions, sinks: &KafkaSinks, tables_hint: &[ferr
         consistent_point: created.consistent_point.to_string(),
         tables: tables.len() as u64,
         rows,
+        table_rows,
     };
     write_state(&opts.kafka, &state).await?;
     tracing::info!(tables = tables.len(), rows, "snapshot published; streaming changes");

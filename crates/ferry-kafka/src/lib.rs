@@ -6,6 +6,7 @@
 //! * [`sink`]: the Kafka sink of a change stream (`ferry capture`): events published by an
 //!   idempotent producer, the source's position moving only once the broker holds them.
 
+pub mod apply;
 pub mod capture;
 pub mod endpoint;
 pub mod envelope;

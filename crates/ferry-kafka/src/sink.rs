@@ -95,6 +95,7 @@ pub fn producer(ep: &KafkaEndpoint) -> Result<FutureProducer, PgError> {
         .set("acks", "all")
         .set("linger.ms", "5")
         .set("batch.num.messages", "10000")
+        .set("batch.size", "262144")
         .set("queue.buffering.max.messages", "200000")
         .set("message.timeout.ms", DELIVERY_TIMEOUT.as_millis().to_string());
     c.create().map_err(|e| kafka_error("starting the Kafka producer", ep, &e))

@@ -1,4 +1,5 @@
-//! `ferry capture`: wiring of a PostgreSQL source to the Kafka sink (`ferry_kafka::capture`).
+//! `ferry capture` and `ferry apply`: wiring of a PostgreSQL source to the Kafka sink
+//! (`ferry_kafka::capture`), and of Kafka to a PostgreSQL target (`ferry_kafka::apply`).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -9,7 +10,7 @@ use ferry_kafka::capture::{self, CaptureOptions};
 use ferry_kafka::KafkaEndpoint;
 use ferry_postgres::cdc::CdcProgress;
 
-use crate::cli::CaptureArgs;
+use crate::cli::{ApplyArgs, CaptureArgs};
 use crate::exit::{self, UsageError};
 use crate::settings;
 
@@ -72,5 +73,35 @@ pub async fn capture(args: &CaptureArgs) -> anyhow::Result<i32> {
     let r = capture::run(opts, stop, progress).await;
     reporter.abort();
     r?;
+    Ok(exit::OK)
+}
+
+pub async fn apply(args: &ApplyArgs) -> anyhow::Result<i32> {
+    let target = settings::pg_endpoint(
+        &args.target,
+        args.target_password_file.as_deref(),
+        "FERRY_TARGET_PASSWORD",
+        "target",
+    )?;
+    let kafka = KafkaEndpoint::parse(&args.from, std::env::var("FERRY_KAFKA_PASSWORD").ok().filter(|p| !p.is_empty()))
+        .map_err(|e| UsageError(format!("--from: {e}")))?;
+    let id = args
+        .id
+        .clone()
+        .unwrap_or_else(|| capture::default_slot(&kafka.prefix).replacen("ferry_capture_", "kafka_", 1));
+    let opts = ferry_kafka::apply::ApplyOptions {
+        kafka,
+        target,
+        state_schema: args.state_schema.clone(),
+        id,
+        max_batch: args.max_batch.max(1),
+    };
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        crate::shutdown_signal().await;
+        tracing::info!("stopping at a transaction boundary");
+        let _ = stop_tx.send(true);
+    });
+    ferry_kafka::apply::run(opts, stop).await?;
     Ok(exit::OK)
 }

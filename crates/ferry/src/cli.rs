@@ -60,6 +60,10 @@ pub enum Command {
     /// Publish a PostgreSQL database's rows and every later change to Kafka, in Debezium's
     /// format (snapshot, then the stream); the slot moves only once the broker holds the events.
     Capture(CaptureArgs),
+    /// Apply Debezium events from Kafka (written by `ferry capture` or a Debezium PostgreSQL
+    /// connector with transaction metadata) to PostgreSQL: the snapshot, then whole source
+    /// transactions, exactly once, resumable.
+    Apply(ApplyArgs),
 }
 
 /// Where the data comes from and goes to, and which tables move.
@@ -739,4 +743,28 @@ pub struct CaptureArgs {
     /// Drop the capture's slot and publication from the source and exit (the topics stay).
     #[arg(long)]
     pub drop: bool,
+}
+
+/// `ferry apply`.
+#[derive(Debug, clap::Args)]
+pub struct ApplyArgs {
+    /// Where events come from: kafka://[user@]host:port[,host:port]/PREFIX[?schemas=...&...].
+    #[arg(long, env = "FERRY_KAFKA_URL", hide_env_values = true)]
+    pub from: String,
+    /// Target URL: postgres://user[:password]@host[:port]/database[?sslmode=...]. Its tables
+    /// must exist (same schema and table names as the source).
+    #[arg(long, env = "FERRY_TARGET_URL", hide_env_values = true)]
+    pub target: String,
+    /// File holding the target password (first line); FERRY_TARGET_PASSWORD also works.
+    #[arg(long)]
+    pub target_password_file: Option<PathBuf>,
+    /// Schema on the target that holds Ferry's state.
+    #[arg(long, default_value = "ferry")]
+    pub state_schema: String,
+    /// Name of this apply in the state schema (default: kafka_<prefix>).
+    #[arg(long)]
+    pub id: Option<String>,
+    /// Most changes in one target transaction (source transactions are never split).
+    #[arg(long, default_value_t = 20000)]
+    pub max_batch: usize,
 }

@@ -277,6 +277,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(exit::OK)
         }
         Command::Capture(args) => capture_cmd::capture(&args).await,
+        Command::Apply(args) => capture_cmd::apply(&args).await,
     }
 }
 

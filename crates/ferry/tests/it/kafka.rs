@@ -384,6 +384,10 @@ async fn capture_killed_at_random_moments_loses_no_transaction() {
         body["ts_ms"] = Value::Null;
         body["ts_us"] = Value::Null;
         body["ts_ns"] = Value::Null;
+        // sequence[0], the previous transaction's commit, is not known to a capture that just
+        // started (null then); sequence[1] is the change's own position.
+        let seq: Vec<Value> = serde_json::from_str(body["source"]["sequence"].as_str().unwrap()).unwrap();
+        body["source"]["sequence"] = seq[1].clone();
         if let Some(prev) = seen.insert(key.clone(), body.clone()) {
             assert_eq!(prev, body, "a resent event differs from the first: {key:?}");
         }
@@ -400,5 +404,158 @@ async fn capture_killed_at_random_moments_loses_no_transaction() {
         "--drop",
     ]);
     drop(src);
+    dbs.drop().await;
+}
+
+/// The source's schema on the target (tables only), as a user would create it before `ferry apply`.
+fn copy_schema(dbs: &Dbs) {
+    let pg_bin = crate::harness::env().pg_bin;
+    let dump = std::process::Command::new(pg_bin.join("pg_dump"))
+        .args(["--schema-only", "--no-publications", "--no-subscriptions", "-d", &dbs.source])
+        .output()
+        .expect("pg_dump");
+    assert!(dump.status.success(), "{}", String::from_utf8_lossy(&dump.stderr));
+    let mut psql = std::process::Command::new(pg_bin.join("psql"))
+        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", &dbs.target])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("psql");
+    use std::io::Write;
+    psql.stdin.take().unwrap().write_all(&dump.stdout).unwrap();
+    assert!(psql.wait().unwrap().success());
+}
+
+fn start_apply(dbs: &Dbs, prefix: &str) -> Migrator {
+    let from = format!("kafka://{}/{prefix}?schemas=false", broker());
+    Migrator::spawn(&["apply", "--from", &from, "--target", &dbs.target])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_to_kafka_to_postgres_under_pgbench_with_kill_9_of_capture_and_apply_is_exact() {
+    let dbs = Dbs::create_durable("kapply").await;
+    crate::harness::pgbench_init(&dbs.source, 1).await;
+    let src = connect(&dbs.source).await;
+    src.batch_execute(
+        "CREATE TABLE kinds (id int PRIMARY KEY, amount numeric(12,3), n numeric, ts timestamp, tz timestamptz, d date,
+           b bytea, j jsonb, arr text[], flag bool, f float8, note text, big text);
+         ALTER TABLE kinds ALTER COLUMN big SET STORAGE EXTERNAL;
+         INSERT INTO kinds SELECT g, g * 1.125, g / 7.0, '2024-01-01'::timestamp + g * interval '1.000001 s',
+           '2024-01-01 00:00:00+05'::timestamptz + g * interval '1 min', '2024-01-01'::date + g, decode(md5(g::text), 'hex'),
+           jsonb_build_object('g', g, 's', 'é\"'), ARRAY['a,b', NULL, 'c\"d'], g % 2 = 0, g / 3.0, CASE WHEN g % 5 = 0 THEN '' END,
+           repeat(md5(g::text), 200)
+           FROM generate_series(1, 300) g;
+         CREATE TABLE marker (n int PRIMARY KEY);",
+    )
+    .await
+    .unwrap();
+    copy_schema(&dbs);
+    let prefix = prefix_for(&dbs);
+    // Without the schema part: tansu (the test broker) stops serving a partition after about
+    // 64 MB with its in-memory storage (docs/kafka.md); pgbench's 100,000 rows with schemas
+    // pass that. The schema part's encoding is checked by the tests above.
+    let mut capture = start_capture(&dbs, &prefix, "?schemas=false").await;
+    wait_snapshot(&prefix);
+    let mut apply = start_apply(&dbs, &prefix);
+    let bench = crate::harness::pgbench_run_rate(&dbs.source, 4, 20, 300);
+    let writer = {
+        let url = dbs.source.clone();
+        tokio::spawn(async move {
+            let c = connect(&url).await;
+            for i in 1..=200 {
+                c.batch_execute(&format!(
+                    "BEGIN; UPDATE kinds SET amount = amount + 1, note = 'u{i}' WHERE id = {i}; DELETE FROM kinds WHERE id = {};
+                     INSERT INTO kinds (id, amount, ts, arr) VALUES ({}, -0.001, '1999-12-31 23:59:59.999999', '{{}}'); COMMIT;",
+                    300 - i,
+                    1000 + i
+                ))
+                .await
+                .unwrap();
+                tokio::time::sleep(Duration::from_millis(40)).await;
+            }
+        })
+    };
+    // The target is checked while it applies: source transactions arrive whole, so pgbench's
+    // invariant holds at every moment, across the kills.
+    let tgt = connect(&dbs.target).await;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as u64;
+    let mut checks = 0;
+    for round in 0..4u64 {
+        let until = Instant::now() + Duration::from_millis(1500 + (nanos / (round + 1)) % 2500);
+        while Instant::now() < until {
+            if tgt
+                .query_opt("SELECT 1 FROM ferry.migrations WHERE phase = 'cdc'", &[])
+                .await
+                .ok()
+                .flatten()
+                .is_some()
+            {
+                assert!(
+                    crate::harness::pgbench_invariant(&dbs.target).await,
+                    "pgbench's invariant broken on the target"
+                );
+                checks += 1;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        if round % 2 == 0 {
+            capture.kill9();
+            capture = start_capture(&dbs, &prefix, "?schemas=false").await;
+        } else {
+            apply.kill9();
+            apply = start_apply(&dbs, &prefix);
+        }
+    }
+    crate::harness::pgbench_finish(bench);
+    writer.await.unwrap();
+    src.batch_execute("INSERT INTO marker VALUES (1)").await.unwrap();
+    // The rest arrives; the invariant is checked on the way too.
+    let until = Instant::now() + Duration::from_secs(120);
+    loop {
+        if tgt
+            .query_opt("SELECT 1 FROM marker WHERE n = 1", &[])
+            .await
+            .ok()
+            .flatten()
+            .is_some()
+        {
+            break;
+        }
+        assert!(Instant::now() < until, "the last change did not arrive through Kafka within 120 s");
+        if tgt
+            .query_opt("SELECT 1 FROM ferry.migrations WHERE phase = 'cdc'", &[])
+            .await
+            .ok()
+            .flatten()
+            .is_some()
+        {
+            assert!(
+                crate::harness::pgbench_invariant(&dbs.target).await,
+                "pgbench's invariant broken on the target"
+            );
+            checks += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(checks > 0, "the invariant was checked while applying");
+    let tables = crate::harness::assert_identical_except_sequences(&dbs.source, &dbs.target).await;
+    assert!(crate::harness::pgbench_invariant(&dbs.target).await);
+    assert!(tables >= 6, "{tables} tables compared");
+    let run = apply.terminate();
+    assert_eq!(run.code, 0, "{}", run.all());
+    let run = capture.terminate();
+    assert_eq!(run.code, 0, "{}", run.all());
+    crate::harness::ferry(&[
+        "capture",
+        "--source",
+        &dbs.source,
+        "--to",
+        &format!("kafka://{}/{prefix}", broker()),
+        "--drop",
+    ]);
+    drop((src, tgt));
     dbs.drop().await;
 }

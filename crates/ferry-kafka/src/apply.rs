@@ -1,0 +1,925 @@
+//! `ferry apply`: Debezium events in Kafka applied to PostgreSQL, source transactions whole and
+//! exactly once.
+//!
+//! **Reading.** A reader thread (librdkafka's calls block) owns a consumer with every partition
+//! of the prefix's topics assigned, each with its own queue. It first hands over the snapshot
+//! (`op: r` records, which come before any change in each partition), table by table; then it
+//! follows the transaction metadata topic: at each `END` record it takes that transaction's
+//! events from the heads of its tables' partitions, merged by `transaction.total_order`, and
+//! hands the transaction over whole. Records at a head that belong to an earlier transaction
+//! (one resent after a capture crash, or one cut short without an `END`) are dropped, as are
+//! repeats of an order already handed over. The channel to the applier is bounded: memory
+//! stays bounded whatever the topics hold.
+//!
+//! **Applying.** The snapshot of each table is loaded in one target transaction that first
+//! empties the table and ends by marking it copied (`ferry.tables`), so a restart loads it
+//! again or not at all. Transactions go through the PostgreSQL sink (`Applier`), which commits
+//! the source commit position with the changes: a transaction at or before the position
+//! recorded on the target is skipped, so a restart, or a transaction Kafka holds twice, is
+//! applied once. The commit position is the LSN in the transaction id (`<txId>:<LSN>`, as
+//! Ferry and Debezium's PostgreSQL connector write it).
+//!
+//! A restart reads the topics from their beginning and skips what is applied (the position is
+//! the truth; offsets kept in the target as a shortcut are the next step). Without a
+//! transaction metadata topic, nothing says where a source transaction ends: `ferry apply`
+//! refuses, naming Debezium's `provide.transaction.metadata=true`.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use ferry_core::change::{ChangeEvent, Column, Datum, Identity, Relation, Row};
+use ferry_core::sink::Sink;
+use ferry_core::{Lsn, Phase, SourcePosition, TableName};
+use ferry_postgres::apply::{Applier, ApplyContext, ApplyError, Direction, TextSettings};
+use ferry_postgres::state::{StateStore, ENGINE_POSTGRESQL};
+use ferry_postgres::{Endpoint, PgError};
+use futures_util::SinkExt;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{Message as _, Offset, TopicPartitionList};
+use serde_json::Value;
+use tokio::sync::{mpsc, watch};
+
+use crate::capture::{read_state, state_topic, CaptureState};
+use crate::endpoint::{KafkaEndpoint, REQUEST_TIMEOUT};
+use crate::envelope::transaction_topic;
+use crate::sink::{dead_letter_topic, kafka_error};
+use crate::types::Kind;
+
+/// What `ferry apply` needs.
+#[derive(Debug, Clone)]
+pub struct ApplyOptions {
+    /// Where events come from.
+    pub kafka: KafkaEndpoint,
+    /// The PostgreSQL database written.
+    pub target: Endpoint,
+    /// Ferry's state schema on the target.
+    pub state_schema: String,
+    /// The apply's id in the state schema.
+    pub id: String,
+    /// Most changes in one target transaction (a source transaction is never split).
+    pub max_batch: usize,
+}
+
+/// What the reader hands the applier.
+#[derive(Debug)]
+enum Item {
+    /// The snapshot rows of a table follow.
+    TableStart(String),
+    /// A snapshot row (the envelope).
+    Row(Value),
+    /// The table's snapshot is over.
+    TableEnd,
+    /// The snapshot is over.
+    SnapshotDone,
+    /// A source transaction: commit LSN, its txId, commit time in ms.
+    Begin(Lsn, u64, i64),
+    /// One of its changes (topic, envelope).
+    Change(String, Value),
+    /// Its end.
+    Commit(Lsn, i64),
+    /// Nothing to read for a moment.
+    Idle,
+    /// The reader failed.
+    Failed(PgError),
+}
+
+/// Whether the topics are Debezium's JSON with a schema part.
+fn payload(v: &Value) -> &Value {
+    match v.get("payload") {
+        Some(p) if v.get("schema").is_some() => p,
+        _ => v,
+    }
+}
+
+/// The commit LSN in a PostgreSQL transaction id (`<txId>:<LSN>`).
+fn commit_of(id: &str) -> Option<(u64, Lsn)> {
+    let (tx, lsn) = id.split_once(':')?;
+    Some((tx.parse().ok()?, Lsn(lsn.parse().ok()?)))
+}
+
+struct Part {
+    queue: rdkafka::consumer::base_consumer::PartitionQueue<rdkafka::consumer::DefaultConsumerContext>,
+    head: Option<Value>,
+    next_offset: i64,
+}
+
+impl Part {
+    /// The head record's envelope (tombstones are skipped), polling up to `wait`.
+    fn head(&mut self, wait: Duration) -> Result<Option<&Value>, String> {
+        while self.head.is_none() {
+            match self.queue.poll(wait) {
+                Some(Ok(m)) => {
+                    self.next_offset = m.offset() + 1;
+                    if let Some(p) = m.payload() {
+                        let v: Value = serde_json::from_slice(p)
+                            .map_err(|e| format!("record at offset {} of {} is not JSON: {e}", m.offset(), m.topic()))?;
+                        self.head = Some(v);
+                    }
+                }
+                Some(Err(e)) => return Err(e.to_string()),
+                None => return Ok(None),
+            }
+        }
+        Ok(self.head.as_ref())
+    }
+}
+
+fn reader(ep: KafkaEndpoint, tables: Vec<String>, snapshot: CaptureState, tx: mpsc::Sender<Item>, stop: Arc<AtomicBool>) {
+    let consistent: Lsn = snapshot.consistent_point.parse().unwrap_or_default();
+    let fail = |tx: &mpsc::Sender<Item>, e: PgError| {
+        let _ = tx.blocking_send(Item::Failed(e));
+    };
+    let consumer: Arc<BaseConsumer> = match ep
+        .client_config()
+        .set("group.id", format!("ferry-apply-{}", ep.prefix))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .create()
+    {
+        Ok(c) => Arc::new(c),
+        Err(e) => return fail(&tx, kafka_error("starting the Kafka consumer", &ep, &e)),
+    };
+    let ttopic = transaction_topic(&ep.prefix);
+    let mut tpl = TopicPartitionList::new();
+    let md = match consumer.fetch_metadata(None, REQUEST_TIMEOUT) {
+        Ok(m) => m,
+        Err(e) => return fail(&tx, kafka_error("reading the topics", &ep, &e)),
+    };
+    let mut partitions: HashMap<String, Vec<i32>> = HashMap::new();
+    for t in md.topics() {
+        if t.name() == ttopic || tables.iter().any(|x| x == t.name()) {
+            partitions.insert(t.name().to_string(), t.partitions().iter().map(|p| p.id()).collect());
+        }
+    }
+    for (t, ps) in &partitions {
+        for p in ps {
+            let _ = tpl.add_partition_offset(t, *p, Offset::Beginning);
+        }
+    }
+    if let Err(e) = consumer.assign(&tpl) {
+        return fail(&tx, kafka_error("reading the topics", &ep, &e));
+    }
+    let mut parts: BTreeMap<String, Vec<Part>> = BTreeMap::new();
+    for (t, ps) in &partitions {
+        for p in ps {
+            let Some(queue) = consumer.split_partition_queue(t, *p) else {
+                continue;
+            };
+            parts.entry(t.clone()).or_default().push(Part {
+                queue,
+                head: None,
+                next_offset: 0,
+            });
+        }
+    }
+    let serve = || {
+        let _ = consumer.poll(Duration::ZERO);
+    };
+    // The snapshot: the `r` records of the snapshot the state record names (they come before
+    // any change of their partition), as many as it counted for each table.
+    for t in &tables {
+        if tx.blocking_send(Item::TableStart(t.clone())).is_err() {
+            return;
+        }
+        let collection = t.strip_prefix(&format!("{}.", ep.prefix)).unwrap_or(t);
+        let want = snapshot.table_rows.get(collection).copied().unwrap_or(0);
+        let ps = parts.get_mut(t).map(|v| v.as_mut_slice()).unwrap_or_default();
+        let mut done = vec![false; ps.len()];
+        let mut got = 0u64;
+        let mut heard = Instant::now();
+        while got < want {
+            if stop.load(Ordering::Relaxed) {
+                return;
+            }
+            serve();
+            for (i, part) in ps.iter_mut().enumerate() {
+                if done[i] {
+                    continue;
+                }
+                match part.head(Duration::from_millis(50)) {
+                    Ok(Some(v)) if payload(v)["op"] == "r" => {
+                        heard = Instant::now();
+                        // Rows of a snapshot a killed capture did not finish come before the
+                        // finished one's: only the snapshot the state record names counts.
+                        let ours = payload(v)["source"]["lsn"].as_u64() == Some(consistent.0);
+                        let v = part.head.take().expect("head");
+                        if ours {
+                            got += 1;
+                            if tx.blocking_send(Item::Row(v)).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Ok(Some(_)) => done[i] = true,
+                    Ok(None) => {}
+                    Err(e) => return fail(&tx, PgError::transient(format!("reading {t}"), e)),
+                }
+            }
+            if got < want && (done.iter().all(|d| *d) || heard.elapsed() > Duration::from_secs(120)) {
+                return fail(
+                    &tx,
+                    PgError::config(
+                        "loading the snapshot from Kafka",
+                        format!("topic {t} holds {got} rows of the snapshot at {consistent}, its capture published {want}"),
+                        "the topic lost records (retention, compaction, a broker that cannot serve them): take a new snapshot (delete the capture's state topic and start it again)",
+                    ),
+                );
+            }
+        }
+        if tx.blocking_send(Item::TableEnd).is_err() {
+            return;
+        }
+    }
+    if tx.blocking_send(Item::SnapshotDone).is_err() {
+        return;
+    }
+    let Some(mut txq) = parts.remove(&ttopic) else {
+        return fail(
+            &tx,
+            PgError::config(
+                "applying from Kafka",
+                format!("topic {ttopic} (transaction metadata) does not exist"),
+                "Ferry rebuilds source transactions from it: with Debezium set provide.transaction.metadata=true",
+            ),
+        );
+    };
+    let mut txp = txq.remove(0);
+    // The last transaction handed over: an END at or before it is a copy a restarted capture
+    // sent again; its records are dropped as stale at the next transaction.
+    let mut last_commit = Lsn(0);
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
+        serve();
+        let rec = match txp.head(Duration::from_millis(100)) {
+            Ok(Some(_)) => txp.head.take().expect("head"),
+            Ok(None) => {
+                if tx.blocking_send(Item::Idle).is_err() {
+                    return;
+                }
+                continue;
+            }
+            Err(e) => return fail(&tx, PgError::transient(format!("reading {ttopic}"), e)),
+        };
+        let p = payload(&rec);
+        if p["status"] != "END" {
+            continue;
+        }
+        let id = p["id"].as_str().unwrap_or("").to_string();
+        let Some((txid, commit)) = commit_of(&id) else {
+            return fail(
+                &tx,
+                PgError::config(
+                    "applying from Kafka",
+                    format!("transaction id {id:?} is not <txId>:<LSN>"),
+                    "only PostgreSQL sources (Ferry's capture or Debezium's PostgreSQL connector) are applied yet",
+                ),
+            );
+        };
+        if commit <= last_commit {
+            continue;
+        }
+        last_commit = commit;
+        let ts_ms = p["ts_ms"].as_i64().unwrap_or(0);
+        let total = p["event_count"].as_u64().unwrap_or(0);
+        let topics: Vec<String> = p["data_collections"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|c| c["data_collection"].as_str())
+                    .map(|c| format!("{}.{c}", ep.prefix))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if tx.blocking_send(Item::Begin(commit, txid, ts_ms)).is_err() {
+            return;
+        }
+        let mut emitted = 0u64;
+        let mut last_order = 0i64;
+        let started = Instant::now();
+        while emitted < total {
+            if stop.load(Ordering::Relaxed) {
+                return;
+            }
+            serve();
+            // The head of each partition of the transaction's tables: older transactions'
+            // records and repeats are dropped; the next order of this one is handed over.
+            let mut best: Option<(String, usize, i64)> = None;
+            let mut waiting = false;
+            for t in &topics {
+                let Some(ps) = parts.get_mut(t) else {
+                    return fail(
+                        &tx,
+                        PgError::config(
+                            "applying from Kafka",
+                            format!("transaction {id} has events in {t}, a topic that does not exist or is not applied"),
+                            "create the table on the target (or apply its topic) and start again",
+                        ),
+                    );
+                };
+                for (i, part) in ps.iter_mut().enumerate() {
+                    loop {
+                        let head = match part.head(Duration::from_millis(10)) {
+                            Ok(h) => h,
+                            Err(e) => return fail(&tx, PgError::transient(format!("reading {t}"), e)),
+                        };
+                        let Some(h) = head else {
+                            waiting = true;
+                            break;
+                        };
+                        let hp = payload(h);
+                        let hid = hp["transaction"]["id"].as_str().unwrap_or("");
+                        let order = hp["transaction"]["total_order"].as_i64().unwrap_or(0);
+                        let stale = match commit_of(hid) {
+                            None => true,
+                            Some((_, c)) if c < commit => true,
+                            Some((_, c)) if c == commit => order <= last_order,
+                            Some(_) => false,
+                        };
+                        if stale {
+                            part.head = None;
+                            continue;
+                        }
+                        // Orders run 1..=event_count; the next one may still be on its way
+                        // in another partition (the END record can be read first).
+                        if hid == id && order == last_order + 1 {
+                            best = Some((t.clone(), i, order));
+                        }
+                        break;
+                    }
+                }
+            }
+            match best {
+                Some((t, i, order)) => {
+                    let v = parts.get_mut(&t).expect("topic")[i].head.take().expect("head");
+                    last_order = order;
+                    emitted += 1;
+                    if tx.blocking_send(Item::Change(t, v)).is_err() {
+                        return;
+                    }
+                }
+                None if waiting && started.elapsed() < Duration::from_secs(60) => {}
+                None => {
+                    return fail(
+                        &tx,
+                        PgError::config(
+                            "applying from Kafka",
+                            format!("transaction {id}: its END record counts {total} events, only {emitted} are in the topics"),
+                            "the topics lost records (retention, compaction, a producer without idempotence): reload the target from a new snapshot",
+                        ),
+                    )
+                }
+            }
+        }
+        if tx.blocking_send(Item::Commit(commit, ts_ms)).is_err() {
+            return;
+        }
+    }
+}
+
+/// The target's tables of the topics: columns, types and keys from its catalog.
+async fn target_relation(c: &tokio_postgres::Client, table: &TableName, id: u32) -> Result<Relation, PgError> {
+    let rows = c
+        .query(
+            "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), a.attnotnull,
+                    COALESCE(a.attnum = ANY (i.indkey), false)
+               FROM pg_attribute a
+               LEFT JOIN pg_index i ON i.indrelid = a.attrelid AND i.indisprimary
+              WHERE a.attrelid = $1::text::regclass AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
+              ORDER BY a.attnum",
+            &[&table.quoted()],
+        )
+        .await
+        .map_err(|e| {
+            PgError::config(
+                format!("applying to table {table}"),
+                format!("the target has no such table ({e})"),
+                "create the tables on the target first (for example pg_dump --schema-only of the source), then start again",
+            )
+        })?;
+    let columns: Vec<Column> = rows
+        .iter()
+        .map(|r| Column {
+            name: r.get(0),
+            type_sql: r.get(1),
+            not_null: r.get(2),
+            key: r.get(3),
+            default: None,
+        })
+        .collect();
+    let identity = if columns.iter().any(|c| c.key) {
+        Identity::Key
+    } else {
+        Identity::Full
+    };
+    Ok(Relation {
+        id,
+        table: table.clone(),
+        scope: table.clone(),
+        identity,
+        columns,
+    })
+}
+
+/// How an envelope's fields become a row of the target's table.
+struct Shape {
+    rel: Relation,
+    /// Kind of each column from the event's schema when there is one, else from its type.
+    kinds: Vec<Kind>,
+}
+
+impl Shape {
+    fn new(rel: Relation) -> Shape {
+        let kinds = rel.columns.iter().map(|c| Kind::of(&c.type_sql)).collect();
+        Shape { rel, kinds }
+    }
+
+    /// Learns the kinds of the event's schema part (Debezium's own encodings).
+    fn learn(&mut self, envelope: &Value) {
+        let Some(fields) = envelope.pointer("/schema/fields").and_then(Value::as_array) else {
+            return;
+        };
+        let Some(after) = fields.iter().find(|f| f["field"] == "after").and_then(|f| f["fields"].as_array()) else {
+            return;
+        };
+        for f in after {
+            let Some(name) = f["field"].as_str() else { continue };
+            if let Some(i) = self.rel.columns.iter().position(|c| c.name == name) {
+                if let Some(k) = Kind::from_schema(f) {
+                    self.kinds[i] = k;
+                }
+            }
+        }
+    }
+
+    fn row(&self, image: &Value, missing: Datum) -> Result<Row, String> {
+        let obj = image.as_object().ok_or_else(|| "a row image is not an object".to_string())?;
+        for name in obj.keys() {
+            if !self.rel.columns.iter().any(|c| &c.name == name) {
+                return Err(format!("column {name} is not in {} on the target", self.rel.table));
+            }
+        }
+        self.rel
+            .columns
+            .iter()
+            .zip(&self.kinds)
+            .map(|(c, k)| match obj.get(&c.name) {
+                None => Ok(missing.clone()),
+                Some(v) if k.is_unavailable(v) => Ok(Datum::Unchanged),
+                Some(v) => match k.decode(v) {
+                    Ok(None) => Ok(Datum::Null),
+                    Ok(Some(s)) => Ok(Datum::Text(Bytes::from(s))),
+                    Err(e) => Err(format!("column {}: {}", c.name, e.0)),
+                },
+            })
+            .collect()
+    }
+}
+
+fn copy_escape(out: &mut Vec<u8>, s: &[u8]) {
+    for &b in s {
+        match b {
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            _ => out.push(b),
+        }
+    }
+}
+
+/// The table of a topic (`<prefix>.<schema>.<table>`).
+fn table_of(prefix: &str, topic: &str) -> Option<TableName> {
+    let rest = topic.strip_prefix(prefix)?.strip_prefix('.')?;
+    let (s, t) = rest.split_once('.')?;
+    Some(TableName::new(s, t))
+}
+
+/// Applies until `stop` turns true (Ok) or a definite error.
+pub async fn run(opts: ApplyOptions, mut stop: watch::Receiver<bool>) -> Result<(), PgError> {
+    let mut ordered_until = Lsn(0);
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        match session(&opts, &mut stop, ordered_until).await {
+            Ok(()) => return Ok(()),
+            // A set-based batch failed or missed rows: replay it row by row, which names the
+            // change at fault (or applies it, if it was a false alarm).
+            Err(ApplyError::Reapply { until }) => {
+                tracing::info!(until = %until, "replaying a batch row by row");
+                ordered_until = ordered_until.max(until);
+            }
+            Err(ApplyError::Rejected(d)) => {
+                return Err(PgError::config(
+                    format!(
+                        "applying a change to {} ({}, key {}, source commit {})",
+                        d.table,
+                        d.operation,
+                        d.key,
+                        ferry_postgres::apply::position_text(&d.commit)
+                    ),
+                    d.error.clone(),
+                    "the change is recorded in the dead_letters table of Ferry's state schema; fix the cause on the target and start again",
+                ))
+            }
+            Err(ApplyError::Db(e)) if e.class == ferry_core::ErrorClass::Transient => {
+                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "applying from Kafka interrupted; resuming from the last applied transaction");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = stop.changed() => return Ok(()),
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+            Err(ApplyError::Db(e)) => return Err(e),
+        }
+    }
+}
+
+/// One session: the snapshot if it is not loaded yet, then the transactions, until a stop or
+/// an error.
+async fn session(opts: &ApplyOptions, stop: &mut watch::Receiver<bool>, ordered_until: Lsn) -> Result<(), ApplyError> {
+    let ep = &opts.kafka;
+    let state = read_state(ep).await?;
+    let Some(state) = state.filter(|s| s.snapshot_complete) else {
+        return Err(PgError::config(
+            "applying from Kafka",
+            format!(
+                "topic {} says no snapshot is complete under prefix {}",
+                state_topic(&ep.prefix),
+                ep.prefix
+            ),
+            "start `ferry capture` to this prefix first and wait until it says the snapshot is published",
+        )
+        .into());
+    };
+    let consistent: Lsn = state
+        .consistent_point
+        .parse()
+        .map_err(|e| PgError::config("applying from Kafka", format!("{e}"), "report this as a bug"))?;
+    // The table topics: every topic under the prefix but Ferry's own and the transactions'.
+    let topics = {
+        let ep = ep.clone();
+        tokio::task::spawn_blocking(move || -> Result<Vec<String>, PgError> {
+            let c: BaseConsumer = ep
+                .client_config()
+                .create()
+                .map_err(|e| kafka_error("reading the topics", &ep, &e))?;
+            let md = c
+                .fetch_metadata(None, REQUEST_TIMEOUT)
+                .map_err(|e| kafka_error("reading the topics", &ep, &e))?;
+            let skip: HashSet<String> = [
+                transaction_topic(&ep.prefix),
+                state_topic(&ep.prefix),
+                dead_letter_topic(&ep.prefix),
+            ]
+            .into();
+            let mut v: Vec<String> = md
+                .topics()
+                .iter()
+                .map(|t| t.name().to_string())
+                .filter(|n| !skip.contains(n) && table_of(&ep.prefix, n).is_some())
+                .collect();
+            v.sort();
+            Ok(v)
+        })
+        .await
+        .map_err(|e| PgError::transient("reading the topics", e))??
+    };
+    let client = opts.target.connect("kafka-apply").await?;
+    let store = StateStore::new(&opts.state_schema);
+    store.ensure(&client).await?;
+    let mut shapes: HashMap<String, Shape> = HashMap::new();
+    for (i, t) in topics.iter().enumerate() {
+        let table = table_of(&ep.prefix, t).expect("filtered");
+        shapes.insert(t.clone(), Shape::new(target_relation(&client, &table, i as u32 + 1).await?));
+    }
+    if store.phase(&client, &opts.id).await?.is_none() {
+        store
+            .create_for(&client, &opts.id, ENGINE_POSTGRESQL, &ep.describe(), &ep.prefix, "", "ferry apply")
+            .await?;
+        let planned: Vec<(TableName, i64)> = shapes.values().map(|s| (s.rel.table.clone(), 0)).collect();
+        store.plan_tables(&client, &opts.id, &planned).await?;
+        store.set_consistent_lsn(&client, &opts.id, Some(consistent)).await?;
+        store
+            .transition(&client, &opts.id, Phase::Schema, "ferry apply", "tables exist on the target")
+            .await?;
+        store
+            .transition(&client, &opts.id, Phase::FullLoad, "ferry apply", "loading the snapshot from Kafka")
+            .await?;
+    }
+    let copied: HashSet<TableName> = store
+        .tables(&client, &opts.id)
+        .await?
+        .into_iter()
+        .filter(|t| t.state == ferry_core::TableState::Copied)
+        .map(|t| t.name)
+        .collect();
+
+    let (tx, mut rx) = mpsc::channel::<Item>(4096);
+    let halt = Arc::new(AtomicBool::new(false));
+    let reader_thread = {
+        let (ep, topics, halt) = (ep.clone(), topics.clone(), halt.clone());
+        let snapshot = state.clone();
+        std::thread::spawn(move || reader(ep, topics, snapshot, tx, halt))
+    };
+    let result = async {
+        // The snapshot, a table per target transaction.
+        let mut client = client;
+        let mut rows_buf = Vec::with_capacity(1 << 16);
+        loop {
+            let item = tokio::select! {
+                i = rx.recv() => i,
+                _ = stop.changed() => return Ok(()),
+            };
+            let Some(item) = item else {
+                return Err(PgError::transient("reading from Kafka", "the reader stopped").into());
+            };
+            match item {
+                Item::TableStart(topic) => {
+                    let table = shapes[&topic].rel.table.clone();
+                    let load = Load {
+                        store: &store,
+                        id: &opts.id,
+                        table: &table,
+                        shape: &shapes[&topic],
+                        at: consistent,
+                        skip: copied.contains(&table),
+                    };
+                    load.run(&mut client, &mut rx, &mut rows_buf, stop).await?;
+                }
+                Item::SnapshotDone => break,
+                Item::Failed(e) => return Err(e.into()),
+                other => {
+                    return Err(PgError::config(
+                        "applying from Kafka",
+                        format!("unexpected record order ({other:?})"),
+                        "report this as a bug",
+                    )
+                    .into())
+                }
+            }
+        }
+        if store.phase(&client, &opts.id).await? == Some(Phase::FullLoad) {
+            store
+                .transition(&client, &opts.id, Phase::PostLoad, "ferry apply", "snapshot loaded")
+                .await?;
+            store
+                .transition(&client, &opts.id, Phase::Cdc, "ferry apply", "applying transactions from Kafka")
+                .await?;
+        }
+        drop(client);
+        // The stream, through the PostgreSQL sink.
+        let ctx = ApplyContext {
+            source: None,
+            target: opts.target.clone(),
+            store: store.clone(),
+            migration_id: opts.id.clone(),
+            direction: Direction::Forward,
+        };
+        let settings = TextSettings {
+            time_zone: "UTC".into(),
+            date_style: "ISO, MDY".into(),
+            interval_style: "postgres".into(),
+        };
+        let mut sink = Applier::new(ctx, &settings, HashSet::new(), ordered_until, None).await?;
+        let mut described: HashSet<String> = HashSet::new();
+        let mut index = 0u32;
+        let mut commit_at = Lsn(0);
+        let mut begun = false;
+        loop {
+            let item = tokio::select! {
+                i = rx.recv() => i,
+                _ = stop.changed() => None,
+            };
+            let Some(item) = item else {
+                if sink.batch_open() && sink.at_boundary() {
+                    sink.commit().await?;
+                }
+                sink.settle().await?;
+                sink.flush_now().await?;
+                return Ok(());
+            };
+            match item {
+                Item::Begin(commit, xid, ts_ms) => {
+                    commit_at = commit;
+                    index = 0;
+                    begun = true;
+                    sink.apply(ChangeEvent::Begin {
+                        commit: SourcePosition::Postgres(commit),
+                        commit_time_us: ts_ms * 1000,
+                        xid,
+                    })
+                    .await?;
+                }
+                Item::Change(topic, v) => {
+                    index += 1;
+                    let shape = shapes.get_mut(&topic).expect("known topic");
+                    if described.insert(topic.clone()) {
+                        shape.learn(&v);
+                        sink.apply(ChangeEvent::Relation(shape.rel.clone())).await?;
+                    }
+                    let p = payload(&v);
+                    let id = shape.rel.id;
+                    let bad = |e: String| {
+                        PgError::config(
+                            format!(
+                                "applying a change to {} (transaction at {commit_at}, change {index})",
+                                shape.rel.table
+                            ),
+                            e,
+                            "the event does not fit the target's table: align the table with the source and start again",
+                        )
+                    };
+                    let event = match p["op"].as_str() {
+                        Some("c") | Some("r") => ChangeEvent::Insert {
+                            relation: id,
+                            new: shape.row(&p["after"], Datum::Null).map_err(|e| ApplyError::from(bad(e)))?,
+                        },
+                        Some("u") => ChangeEvent::Update {
+                            relation: id,
+                            old: match &p["before"] {
+                                Value::Null => None,
+                                b => Some(shape.row(b, Datum::Null).map_err(|e| ApplyError::from(bad(e)))?),
+                            },
+                            new: shape.row(&p["after"], Datum::Unchanged).map_err(|e| ApplyError::from(bad(e)))?,
+                        },
+                        Some("d") => ChangeEvent::Delete {
+                            relation: id,
+                            old: shape.row(&p["before"], Datum::Null).map_err(|e| ApplyError::from(bad(e)))?,
+                        },
+                        Some("t") => ChangeEvent::Truncate {
+                            relations: vec![id],
+                            cascade: false,
+                            restart_identity: false,
+                        },
+                        other => return Err(bad(format!("unknown op {other:?}")).into()),
+                    };
+                    sink.apply(event).await?;
+                }
+                Item::Commit(commit, ts_ms) => {
+                    begun = false;
+                    // The position passed once it is applied: just after the commit record
+                    // (the sink skips what commits before its durable position; the next
+                    // transaction's commit is past this one's record).
+                    sink.apply(ChangeEvent::Commit {
+                        end: SourcePosition::Postgres(Lsn(commit.0 + 1)),
+                        commit_time_us: ts_ms * 1000,
+                    })
+                    .await?;
+                    if sink.batch_len() >= opts.max_batch {
+                        sink.commit().await?;
+                    }
+                    sink.try_settle().await?;
+                }
+                Item::Idle => {
+                    if sink.batch_open() && !begun {
+                        sink.commit().await?;
+                    }
+                    sink.try_settle().await?;
+                    if sink.has_unflushed() && !sink.in_flight() {
+                        sink.poll_flush().await?;
+                    }
+                }
+                Item::Failed(e) => return Err(e.into()),
+                other => {
+                    return Err(PgError::config(
+                        "applying from Kafka",
+                        format!("unexpected record order ({other:?})"),
+                        "report this as a bug",
+                    )
+                    .into())
+                }
+            }
+        }
+    }
+    .await;
+    halt.store(true, Ordering::Relaxed);
+    drop(rx);
+    let _ = reader_thread.join();
+    result
+}
+
+/// One table's snapshot load.
+struct Load<'a> {
+    store: &'a StateStore,
+    id: &'a str,
+    table: &'a TableName,
+    shape: &'a Shape,
+    /// The snapshot's position.
+    at: Lsn,
+    /// Loaded before (a restart): its rows are read past, not loaded again.
+    skip: bool,
+}
+
+impl Load<'_> {
+    /// Loads the table's snapshot rows (until its TableEnd) in one target transaction: the
+    /// table emptied first, marked copied last.
+    async fn run(
+        &self,
+        client: &mut tokio_postgres::Client,
+        rx: &mut mpsc::Receiver<Item>,
+        buf: &mut Vec<u8>,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Result<(), PgError> {
+        let (store, id, table) = (self.store, self.id, self.table);
+        if self.skip {
+            loop {
+                match rx.recv().await {
+                    Some(Item::Row(_)) => {}
+                    Some(Item::TableEnd) => return Ok(()),
+                    Some(Item::Failed(e)) => return Err(e),
+                    _ => return Err(PgError::transient("reading from Kafka", "the reader stopped")),
+                }
+            }
+        }
+        let txn = client
+            .transaction()
+            .await
+            .map_err(|e| PgError::query(format!("loading {table}"), e))?;
+        store.start_table(&txn, id, table, self.at, 1).await?;
+        txn.batch_execute(&format!("TRUNCATE {}", table.quoted()))
+            .await
+            .map_err(|e| PgError::query(format!("emptying {table} before its snapshot"), e))?;
+        let cols: Vec<String> = self
+            .shape
+            .rel
+            .columns
+            .iter()
+            .map(|c| ferry_core::ident::quote_ident(&c.name))
+            .collect();
+        let copy = txn
+            .copy_in::<_, Bytes>(&format!("COPY {} ({}) FROM STDIN", table.quoted(), cols.join(", ")))
+            .await
+            .map_err(|e| PgError::query(format!("loading {table}"), e))?;
+        let mut copy = Box::pin(copy);
+        let mut rows = 0i64;
+        let mut bytes = 0i64;
+        let mut shape = Shape::new(self.shape.rel.clone());
+        let mut learned = false;
+        loop {
+            let item = tokio::select! {
+                i = rx.recv() => i,
+                _ = stop.changed() => return Ok(()),
+            };
+            match item {
+                Some(Item::Row(v)) => {
+                    if !learned {
+                        shape.learn(&v);
+                        learned = true;
+                    }
+                    let row = shape.row(&payload(&v)["after"], Datum::Null).map_err(|e| {
+                        PgError::config(
+                            format!("loading {table} from Kafka"),
+                            e,
+                            "align the target's table with the source and start again",
+                        )
+                    })?;
+                    for (i, d) in row.iter().enumerate() {
+                        if i > 0 {
+                            buf.push(b'\t');
+                        }
+                        match d {
+                            Datum::Text(b) | Datum::Binary(b) => copy_escape(buf, b),
+                            _ => buf.extend_from_slice(b"\\N"),
+                        }
+                    }
+                    buf.push(b'\n');
+                    rows += 1;
+                    if buf.len() >= 1 << 20 {
+                        bytes += buf.len() as i64;
+                        copy.send(Bytes::from(std::mem::take(buf)))
+                            .await
+                            .map_err(|e| PgError::query(format!("loading {table}"), e))?;
+                    }
+                }
+                Some(Item::TableEnd) => break,
+                Some(Item::Failed(e)) => return Err(e),
+                Some(other) => {
+                    return Err(PgError::config(
+                        "applying from Kafka",
+                        format!("unexpected record order in the snapshot ({other:?})"),
+                        "report this as a bug",
+                    ))
+                }
+                None => return Err(PgError::transient("reading from Kafka", "the reader stopped")),
+            }
+        }
+        if !buf.is_empty() {
+            bytes += buf.len() as i64;
+            copy.send(Bytes::from(std::mem::take(buf)))
+                .await
+                .map_err(|e| PgError::query(format!("loading {table}"), e))?;
+        }
+        copy.as_mut()
+            .finish()
+            .await
+            .map_err(|e| PgError::query(format!("loading {table}"), e))?;
+        store.finish_range(&txn, id, table, rows, bytes).await?;
+        txn.commit().await.map_err(|e| PgError::query(format!("loading {table}"), e))?;
+        tracing::info!(table = %table, rows, "snapshot loaded from Kafka");
+        Ok(())
+    }
+}
