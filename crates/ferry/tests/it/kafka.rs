@@ -509,6 +509,32 @@ async fn postgres_to_kafka_to_postgres_under_pgbench_with_kill_9_of_capture_and_
             apply = start_apply(&dbs, &prefix);
         }
     }
+    // With the applier (the target's side) stopped, the slot still moves on: WAL is released
+    // once the broker holds the changes.
+    // (A moment first: the last round may have just started it, before its signal handler.)
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let stopped = apply.terminate();
+    assert_eq!(stopped.code, 0, "{}", stopped.all());
+    let lsn: String = src.query_one("SELECT pg_current_wal_lsn()::text", &[]).await.unwrap().get(0);
+    let slot_name = format!("ferry_capture_{}", prefix.to_lowercase());
+    crate::harness::wait_for(
+        "the slot to move on while the target's side is stopped",
+        Duration::from_secs(60),
+        || {
+            let (src, lsn, slot_name) = (&src, lsn.clone(), slot_name.clone());
+            async move {
+                src.query_one(
+                    "SELECT confirmed_flush_lsn >= $1::text::pg_lsn FROM pg_replication_slots WHERE slot_name = $2",
+                    &[&lsn, &slot_name],
+                )
+                .await
+                .map(|r| r.get::<_, bool>(0))
+                .unwrap_or(false)
+            }
+        },
+    )
+    .await;
+    let apply = start_apply(&dbs, &prefix);
     crate::harness::pgbench_finish(bench);
     writer.await.unwrap();
     src.batch_execute("INSERT INTO marker VALUES (1)").await.unwrap();

@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# Through Kafka versus direct: the same pgbench backlog applied by `ferry migrate` (direct CDC)
+# and by `ferry capture` + `ferry apply` with a Kafka-protocol broker between them, in the same
+# run, on the same clusters; then capture alone (source to broker) and apply alone (broker to
+# target) on a second backlog.
+#
+#   bench/kafka.sh
+#
+# Each round has its own broker (scripts/kafka.sh: tansu, in-memory storage), topic prefix and
+# target databases. Both clusters run with production durability (fsync, synchronous_commit,
+# full_page_writes on). Events are published without the schema part (schemas=false): tansu's
+# in-memory storage stops serving a partition after about 70 MB (docs/kafka.md).
+#
+# Environment:
+#   SCALE=1         pgbench scale (100,000 accounts per unit; keep the topics under tansu's limit)
+#   ROUNDS=2        rounds; the table reports the best of each
+#   BACKLOG_S=20    seconds of pgbench (4 clients) per backlog
+#   FERRY_BIN=target/release/ferry
+#
+# Output: a table on stdout, logs in bench/out/kafka-<UTC timestamp>/.
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+SCALE=${SCALE:-1}
+ROUNDS=${ROUNDS:-2}
+BACKLOG_S=${BACKLOG_S:-20}
+ferry_bin
+bench_out kafka kafka-bench
+bench_clusters kafka-src "${SRC_PORT:-55752}" kafka-tgt "${TGT_PORT:-55753}"
+KAFKA_PORT=${KAFKA_PORT:-55754}
+KAFKA_NAME=kafka-bench-broker
+"$REPO/scripts/pg.sh" start kafka-src "$SRC_PORT" -c wal_level=logical >/dev/null
+"$REPO/scripts/pg.sh" start kafka-tgt "$TGT_PORT" -c wal_level=logical >/dev/null
+require_durability
+psql -X -q -d "$SRC_ADMIN/postgres" -c "CREATE DATABASE bench"
+pgbench_source
+psql -X -q -d "$SRC_ADMIN/bench" -c "CREATE TABLE bench_mark (n int PRIMARY KEY)"
+KAFKA=127.0.0.1:$KAFKA_PORT
+CAP_PID= APPLY_PID=
+stop_all() {
+  for p in $FERRY_PID $CAP_PID $APPLY_PID; do kill -TERM "$p" 2>/dev/null || true; done
+  for p in $FERRY_PID $CAP_PID $APPLY_PID; do wait "$p" 2>/dev/null || true; done
+  FERRY_PID= CAP_PID= APPLY_PID=
+}
+trap 'stop_all; "$REPO/scripts/kafka.sh" stop $KAFKA_NAME; bench_cleanup' EXIT
+
+wait_mark() { # DB N LOG PID: until the target database has mark N
+  until [ "$(psql -X -At -d "$TGT_ADMIN/$1" -c "SELECT count(*) FROM bench_mark WHERE n = $2" 2>/dev/null)" = 1 ]; do
+    for p in $4; do kill -0 "$p" 2>/dev/null || { log "a ferry process exited"; tail "$3" >&2; exit 1; }; done
+    sleep 0.1
+  done
+}
+backlog() { # ROUND N: pgbench, then mark N; BACKLOG_TXNS, BACKLOG_END
+  log "round $1: backlog of $BACKLOG_S s of pgbench"
+  pgbench -n -c 4 -j 2 -T "$BACKLOG_S" "$SRC_ADMIN/bench" >"$OUT/backlog-$1-$2.log" 2>&1
+  psql -X -q -d "$SRC_ADMIN/bench" -c "INSERT INTO bench_mark VALUES ($2)"
+  BACKLOG_END=$(psql -X -At -d "$SRC_ADMIN/bench" -c "SELECT pg_current_wal_lsn()")
+  BACKLOG_TXNS=$(awk '/number of transactions actually processed/ { print $NF }' "$OUT/backlog-$1-$2.log")
+}
+rate() { awk -v n="$1" -v s="$2" 'BEGIN { printf "%.0f", n / s }'; }
+capture() { "$FERRY_BIN" capture --source "$SRC_ADMIN/bench" --to "kafka://$KAFKA/p$1?schemas=false" >>"$OUT/capture-$1.log" 2>&1 & CAP_PID=$!; }
+apply() { "$FERRY_BIN" apply --from "kafka://$KAFKA/p$1?schemas=false" --target "$TGT_ADMIN/k$1" >>"$OUT/apply-$1.log" 2>&1 & APPLY_PID=$!; }
+
+for round in $(seq 1 "$ROUNDS"); do
+  "$REPO/scripts/kafka.sh" stop $KAFKA_NAME 2>/dev/null || true
+  FERRY_CLUSTER_DIR=${FERRY_CLUSTER_DIR:-$REPO/.ferry-test/clusters} "$REPO/scripts/kafka.sh" start $KAFKA_NAME "$KAFKA_PORT"
+  # Direct: a migration, loaded and stopped.
+  psql -X -q -d "$TGT_ADMIN/postgres" -c "CREATE DATABASE d$round" -c "CREATE DATABASE k$round"
+  log "round $round: direct full load"
+  "$FERRY_BIN" migrate --source "$SRC_ADMIN/bench" --target "$TGT_ADMIN/d$round" --jobs 2 --migration-id "d$round" --listen off \
+    >>"$OUT/direct-$round.log" 2>&1 &
+  FERRY_PID=$!
+  until [ "$(psql -X -At -d "$TGT_ADMIN/d$round" -c "SELECT phase FROM ferry.migrations" 2>/dev/null)" = cdc ]; do sleep 0.2; done
+  stop_all
+  # Through Kafka: the schema, the snapshot published and applied, both stopped.
+  log "round $round: snapshot through Kafka"
+  pg_dump --schema-only -d "$SRC_ADMIN/bench" | psql -X -q -d "$TGT_ADMIN/k$round" >/dev/null
+  capture "$round"
+  until grep -q "snapshot published" "$OUT/capture-$round.log"; do kill -0 $CAP_PID || exit 1; sleep 0.2; done
+  apply "$round"
+  until [ "$(psql -X -At -d "$TGT_ADMIN/k$round" -c "SELECT phase FROM ferry.migrations" 2>/dev/null)" = cdc ]; do kill -0 $APPLY_PID || exit 1; sleep 0.2; done
+  stop_all
+  # The same backlog, direct and through Kafka (capture and apply running together).
+  backlog "$round" $((round * 10 + 1))
+  mark=$((round * 10 + 1))
+  t0=$(now); "$FERRY_BIN" migrate --source "$SRC_ADMIN/bench" --target "$TGT_ADMIN/d$round" --jobs 2 --migration-id "d$round" --listen off \
+    >>"$OUT/direct-$round.log" 2>&1 & FERRY_PID=$!
+  wait_mark "d$round" $mark "$OUT/direct-$round.log" "$FERRY_PID"; t1=$(now); stop_all
+  s=$(elapsed "$t0" "$t1"); best_max direct "$(rate "$BACKLOG_TXNS" "$s")"; log "  direct: $BACKLOG_TXNS transactions in $s s"
+  t0=$(now); capture "$round"; apply "$round"
+  wait_mark "k$round" $mark "$OUT/apply-$round.log" "$CAP_PID $APPLY_PID"; t1=$(now); stop_all
+  s=$(elapsed "$t0" "$t1"); best_max kafka "$(rate "$BACKLOG_TXNS" "$s")"; log "  through Kafka: $BACKLOG_TXNS transactions in $s s"
+  # A second backlog: capture alone into the broker, then apply alone out of it.
+  backlog "$round" $((round * 10 + 2))
+  mark=$((round * 10 + 2))
+  slot=ferry_capture_p$round
+  t0=$(now); capture "$round"
+  until [ "$(psql -X -At -d "$SRC_ADMIN/bench" -c "SELECT confirmed_flush_lsn >= '$BACKLOG_END' FROM pg_replication_slots WHERE slot_name = '$slot'")" = t ]; do
+    kill -0 $CAP_PID || exit 1; sleep 0.1
+  done
+  t1=$(now); stop_all
+  s=$(elapsed "$t0" "$t1"); best_max capture "$(rate "$BACKLOG_TXNS" "$s")"; log "  capture alone: $BACKLOG_TXNS transactions in $s s"
+  t0=$(now); apply "$round"
+  wait_mark "k$round" $mark "$OUT/apply-$round.log" "$APPLY_PID"; t1=$(now); stop_all
+  s=$(elapsed "$t0" "$t1"); best_max apply "$(rate "$BACKLOG_TXNS" "$s")"; log "  apply alone: $BACKLOG_TXNS transactions in $s s"
+  "$FERRY_BIN" capture --source "$SRC_ADMIN/bench" --to "kafka://$KAFKA/p$round" --drop >>"$OUT/capture-$round.log" 2>&1
+  psql -X -q -d "$SRC_ADMIN/bench" -c "SELECT pg_drop_replication_slot('ferry_d$round') FROM pg_replication_slots WHERE slot_name = 'ferry_d$round'" >/dev/null
+done
+
+printf '\n%-52s %14s\n' "pgbench backlog, $BACKLOG_S s x 4 clients, scale $SCALE (best of $ROUNDS)" "transactions/s"
+printf '%-52s %14s\n' "direct CDC (ferry migrate)" "${BEST[direct]}"
+printf '%-52s %14s  (%sx direct)\n' "through Kafka (capture + apply together)" "${BEST[kafka]}" "$(awk -v a="${BEST[kafka]}" -v b="${BEST[direct]}" 'BEGIN { printf "%.2f", a / b }')"
+printf '%-52s %14s\n' "capture alone (source to broker)" "${BEST[capture]}"
+printf '%-52s %14s\n' "apply alone (broker to target)" "${BEST[apply]}"
