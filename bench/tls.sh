@@ -67,6 +67,20 @@ for round in $(seq 1 "$ROUNDS"); do
     psql -X -q -d "$TGT_ADMIN/postgres" -c "DROP DATABASE IF EXISTS t_$mode WITH (FORCE)" -c "CREATE DATABASE t_$mode"
     "$FERRY_BIN" abandon --source "$(url src "$mode")" --target "$(url tgt "$mode")" --migration-id "$id" >/dev/null 2>&1 || true
     bench_full_load "$mode" "$round" "$id" "round $round, sslmode=$mode"
+    # Baselines without Ferry, same servers, same sslmode: what TLS costs the servers and
+    # libpq themselves. Raw binary COPY of pgbench_accounts from source to target through two
+    # psql processes, and pgbench -S straight to the source.
+    psql -X -q -d "$(url tgt "$mode")" -c "DROP TABLE IF EXISTS raw_copy" -c "CREATE TABLE raw_copy (LIKE pgbench_accounts)"
+    t0=$(now)
+    psql -X -q -d "$(url src "$mode")" -c "COPY pgbench_accounts TO STDOUT (FORMAT binary)" |
+      psql -X -q -d "$(url tgt "$mode")" -c "COPY raw_copy FROM STDIN (FORMAT binary)"
+    t1=$(now)
+    best "rawcopy_$mode" "$(elapsed "$t0" "$t1")"
+    psql -X -q -d "$(url tgt "$mode")" -c "DROP TABLE raw_copy"
+    tps=$(pgbench -n -S -M prepared -c 8 -j 2 -T "$PROXY_S" "$(url src "$mode")" 2>&1 |
+      tee "$OUT/direct-$mode-$round.log" | awk '/^tps = /{print $3; exit}')
+    best_max "tps_direct_$mode" "${tps:-0}"
+    log "  baselines: raw COPY $(elapsed "$t0" "$t1") s, pgbench -S direct $tps tps"
     bench_backlog "$mode" "$round" "$id" "round $round, sslmode=$mode"
     # CDC catch-up: time until the slot has confirmed the source's WAL position taken before the
     # restart, with the proxy listening.
@@ -100,4 +114,6 @@ printf '%-44s %14s %14s %9s\n' "full load (s, to change capture)" "${BEST[load_d
 printf '%-44s %14s %14s %9s\n' "CDC catch-up of a ${BACKLOG_S}s pgbench backlog (s)" "${BEST[catchup_disable]}" "${BEST[catchup_require]}" "$(pct "${BEST[catchup_disable]}" "${BEST[catchup_require]}")"
 printf '%-44s %14s %14s %9s\n' "proxy TPS, client plain (upstream mode)" "${BEST[tps_disable_client_disable]}" "${BEST[tps_require_client_disable]}" "$(pct "${BEST[tps_disable_client_disable]}" "${BEST[tps_require_client_disable]}")"
 printf '%-44s %14s %14s %9s\n' "proxy TPS, client TLS too (upstream mode)" "${BEST[tps_disable_client_disable]}" "${BEST[tps_require_client_require]}" "$(pct "${BEST[tps_disable_client_disable]}" "${BEST[tps_require_client_require]}")"
+printf '%-44s %14s %14s %9s\n' "baseline: raw binary COPY of accounts (s)" "${BEST[rawcopy_disable]}" "${BEST[rawcopy_require]}" "$(pct "${BEST[rawcopy_disable]}" "${BEST[rawcopy_require]}")"
+printf '%-44s %14s %14s %9s\n' "baseline: pgbench -S straight to the server" "${BEST[tps_direct_disable]}" "${BEST[tps_direct_require]}" "$(pct "${BEST[tps_direct_disable]}" "${BEST[tps_direct_require]}")"
 echo "logs: $OUT"

@@ -19,8 +19,10 @@
 //! applied once. The commit position is the LSN in the transaction id (`<txId>:<LSN>`, as
 //! Ferry and Debezium's PostgreSQL connector write it).
 //!
-//! A restart reads the topics from their beginning and skips what is applied (the position is
-//! the truth; offsets kept in the target as a shortcut are the next step). Without a
+//! A restart with the snapshot loaded starts each partition at its first record produced since
+//! the last applied transaction committed, less [`RESUME_MARGIN`] for clocks (a transaction's
+//! records are produced after it commits), found by the broker's time index; what is read
+//! again is skipped by position. A broker without a time index means the beginning. Without a
 //! transaction metadata topic, nothing says where a source transaction ends: `ferry apply`
 //! refuses, naming Debezium's `provide.transaction.metadata=true`.
 
@@ -47,6 +49,10 @@ use crate::endpoint::{KafkaEndpoint, REQUEST_TIMEOUT};
 use crate::envelope::transaction_topic;
 use crate::sink::{dead_letter_topic, kafka_error};
 use crate::types::Kind;
+
+/// How far before the last applied commit a restarted reader starts (clocks of the source and
+/// of the capture's host may differ by this much).
+pub const RESUME_MARGIN: Duration = Duration::from_secs(600);
 
 /// What `ferry apply` needs.
 #[derive(Debug, Clone)]
@@ -127,7 +133,15 @@ impl Part {
     }
 }
 
-fn reader(ep: KafkaEndpoint, tables: Vec<String>, snapshot: CaptureState, tx: mpsc::Sender<Item>, stop: Arc<AtomicBool>) {
+/// Where the reader starts.
+#[derive(Debug, Clone, Copy)]
+struct Start {
+    /// The snapshot is loaded: the reader starts at the first record produced at or after
+    /// this time (milliseconds since the epoch), if the broker can say where that is.
+    resume_ms: Option<i64>,
+}
+
+fn reader(ep: KafkaEndpoint, tables: Vec<String>, snapshot: CaptureState, start: Start, tx: mpsc::Sender<Item>, stop: Arc<AtomicBool>) {
     let consistent: Lsn = snapshot.consistent_point.parse().unwrap_or_default();
     let fail = |tx: &mpsc::Sender<Item>, e: PgError| {
         let _ = tx.blocking_send(Item::Failed(e));
@@ -137,6 +151,10 @@ fn reader(ep: KafkaEndpoint, tables: Vec<String>, snapshot: CaptureState, tx: mp
         .set("group.id", format!("ferry-apply-{}", ep.prefix))
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "false")
+        // A partition that has caught up is asked again this often: a transaction's END record
+        // can be read before its records in other partitions, and the broker's long poll
+        // (librdkafka's default 500 ms) would hold the applier that long each time.
+        .set("fetch.wait.max.ms", "20")
         .create()
     {
         Ok(c) => Arc::new(c),
@@ -156,8 +174,37 @@ fn reader(ep: KafkaEndpoint, tables: Vec<String>, snapshot: CaptureState, tx: mp
     }
     for (t, ps) in &partitions {
         for p in ps {
-            let _ = tpl.add_partition_offset(t, *p, Offset::Beginning);
+            let _ = tpl.add_partition_offset(t, *p, start.resume_ms.map(Offset::Offset).unwrap_or(Offset::Beginning));
         }
+    }
+    // After a restart, the first record produced since the last applied transaction committed
+    // (less a margin for clocks): every later transaction's records were produced after it
+    // committed. What is read again is skipped by position; a broker that cannot answer means
+    // reading from the beginning.
+    if start.resume_ms.is_some() {
+        tpl = match consumer.offsets_for_times(tpl.clone(), REQUEST_TIMEOUT) {
+            Ok(found) => {
+                let mut out = TopicPartitionList::new();
+                for e in found.elements() {
+                    let offset = match e.offset() {
+                        Offset::Offset(o) if o >= 0 && e.error().is_ok() => Offset::Offset(o),
+                        Offset::End => Offset::End,
+                        _ => Offset::Beginning,
+                    };
+                    let _ = out.add_partition_offset(e.topic(), e.partition(), offset);
+                }
+                tracing::info!(partitions = out.count(), "resuming from the records produced since the last applied transaction");
+                out
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "the broker cannot find records by time; reading the topics from their beginning");
+                let mut out = TopicPartitionList::new();
+                for e in tpl.elements() {
+                    let _ = out.add_partition_offset(e.topic(), e.partition(), Offset::Beginning);
+                }
+                out
+            }
+        };
     }
     if let Err(e) = consumer.assign(&tpl) {
         return fail(&tx, kafka_error("reading the topics", &ep, &e));
@@ -180,7 +227,7 @@ fn reader(ep: KafkaEndpoint, tables: Vec<String>, snapshot: CaptureState, tx: mp
     };
     // The snapshot: the `r` records of the snapshot the state record names (they come before
     // any change of their partition), as many as it counted for each table.
-    for t in &tables {
+    for t in tables.iter().filter(|_| start.resume_ms.is_none()) {
         if tx.blocking_send(Item::TableStart(t.clone())).is_err() {
             return;
         }
@@ -618,12 +665,29 @@ async fn session(opts: &ApplyOptions, stop: &mut watch::Receiver<bool>, ordered_
         .map(|t| t.name)
         .collect();
 
+    // With every table loaded, the reader starts near the last applied transaction.
+    let start = if shapes.values().all(|sh| copied.contains(&sh.rel.table)) {
+        let q = store.quoted().to_string();
+        let last: Option<f64> = client
+            .query_one(
+                &format!("SELECT (extract(epoch FROM last_commit_time) * 1000)::float8 FROM {q}.migrations WHERE id = $1"),
+                &[&opts.id],
+            )
+            .await
+            .map_err(|e| PgError::query("reading the last applied commit time", e))?
+            .get(0);
+        Start {
+            resume_ms: Some(last.map(|ms| ms as i64 - RESUME_MARGIN.as_millis() as i64).unwrap_or(0).max(0)),
+        }
+    } else {
+        Start { resume_ms: None }
+    };
     let (tx, mut rx) = mpsc::channel::<Item>(4096);
     let halt = Arc::new(AtomicBool::new(false));
     let reader_thread = {
         let (ep, topics, halt) = (ep.clone(), topics.clone(), halt.clone());
         let snapshot = state.clone();
-        std::thread::spawn(move || reader(ep, topics, snapshot, tx, halt))
+        std::thread::spawn(move || reader(ep, topics, snapshot, start, tx, halt))
     };
     let result = async {
         // The snapshot, a table per target transaction.
