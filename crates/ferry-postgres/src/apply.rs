@@ -1251,36 +1251,12 @@ impl Applier {
 
     /// Records a dead letter in its own transaction (idempotent across replays).
     pub async fn record_dead_letter(&self, d: &DeadLetter, skipped: bool) -> Result<(), PgError> {
-        let q = self.ctx.store.quoted();
         // The state schema lives on the migration's target: the stream's side in reverse.
         let c = match self.ctx.direction {
             Direction::Forward => &*self.tgt,
             Direction::Reverse => self.state_side.as_ref().unwrap_or(&*self.tgt),
         };
-        c.execute(
-            &format!(
-                "INSERT INTO {q}.dead_letters (migration_id, commit_lsn, change_index, table_name, operation, key, payload, error, skipped, commit_position)
-                     VALUES ($1, $2::text::pg_lsn, $3, $4, $5, $6, $7, $8, $9, $10)
-                     ON CONFLICT (migration_id, commit_lsn, change_index) DO UPDATE SET skipped = EXCLUDED.skipped, error = EXCLUDED.error"
-            ),
-            &[
-                &self.ctx.migration_id,
-                // The ordering key keeps dead letters of every engine unique and in stream order;
-                // commit_position says where the transaction is in the source's own terms.
-                &order_key(&d.commit).to_string(),
-                &(d.change_index as i32),
-                &d.table.to_string(),
-                &d.operation,
-                &d.key,
-                &d.payload,
-                &d.error,
-                &skipped,
-                &d.commit.to_string(),
-            ],
-        )
-        .await
-        .map(|_| ())
-        .map_err(|e| PgError::query("recording a dead letter", e))
+        self.ctx.store.record_dead_letter(c, &self.ctx.migration_id, d, skipped).await
     }
 }
 
