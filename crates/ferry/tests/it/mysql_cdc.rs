@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use crate::harness::*;
-use crate::mysql::{dispose, fresh, mariadb, my_sql, server};
+use crate::mysql::{dispose, fresh, mariadb, my_sql, server, Writable};
 
 /// Runs a query with the mariadb client; tab-separated rows, no headers.
 pub fn my_query(var: &str, sql: &str) -> String {
@@ -438,13 +438,7 @@ async fn mysql_cutover_gate_stops_writes_reaches_the_final_position_and_signals(
     let db = dbs.name.clone();
     // read_only is server-wide: whatever happens here, the server is writable afterwards (the
     // other tests write as root, which read_only does not stop, but a later run of this one would).
-    struct Writable;
-    impl Drop for Writable {
-        fn drop(&mut self) {
-            my_sql("FERRY_TEST_MYSQL", "SET GLOBAL read_only = OFF");
-        }
-    }
-    let _writable = Writable;
+    let _writable = Writable("FERRY_TEST_MYSQL");
     my_sql("FERRY_TEST_MYSQL", "SET GLOBAL read_only = OFF");
     // The application's user: no SUPER, so read_only stops it (root, Ferry's user here, is not).
     let app = format!("app_{}", std::process::id());
