@@ -821,7 +821,7 @@ async fn mysql_xa_rows_arrive_with_xa_commit_and_never_after_xa_rollback() {
         VAR,
         &format!(
             "USE {db}; CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'loaded'), (2, 'loaded');
-             CREATE TABLE side (id int PRIMARY KEY);"
+             CREATE TABLE side (id int PRIMARY KEY); CREATE TABLE big (id int PRIMARY KEY);"
         ),
     );
     // `side` is not migrated: an XA transaction on it alone has nothing to apply.
@@ -840,6 +840,7 @@ async fn mysql_xa_rows_arrive_with_xa_commit_and_never_after_xa_rollback() {
         VAR,
         &format!(
             "USE {db}; XA START '{kept}','branch',7; INSERT INTO t VALUES (20, 'xa committed'); DELETE FROM t WHERE id = 2;
+             INSERT INTO big SELECT seq FROM seq_1_to_30000;
              XA END '{kept}','branch',7; XA PREPARE '{kept}','branch',7;"
         ),
     );
@@ -855,6 +856,8 @@ async fn mysql_xa_rows_arrive_with_xa_commit_and_never_after_xa_rollback() {
         "nothing of a prepared transaction is applied"
     );
     let t = connect(&target).await;
+    let big = || async { t.query_one("SELECT count(*) FROM public.big", &[]).await.unwrap().get::<_, i64>(0) };
+    assert_eq!(big().await, 0);
     let recorded = || async {
         t.query_one("SELECT count(*) FROM ferry.mysql_xa_prepared", &[])
             .await
@@ -884,6 +887,8 @@ async fn mysql_xa_rows_arrive_with_xa_commit_and_never_after_xa_rollback() {
         "(40,\"one phase\")",
     ];
     assert_eq!(pg_rows(&target, "t").await, expected, "exactly the committed rows");
+    // Read again from the binlog as it streams: more rows than the sink holds at once.
+    assert_eq!(big().await, 30_000);
     my_sql(VAR, &format!("XA COMMIT '{late}'; INSERT INTO {db}.t VALUES (60, 'last');"));
     wait_caught_up(VAR, &target, Duration::from_secs(60)).await;
     let expected = [
