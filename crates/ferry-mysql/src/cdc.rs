@@ -482,10 +482,6 @@ struct Driver<'a> {
     clear_blocked: bool,
     /// Dead letters stepped over (the sink's list too).
     skip: HashSet<(Lsn, u32)>,
-    /// Prepared XA transactions resolved by a transaction handed to the sink: (the ordering key
-    /// of its commit, xid key, where the prepared one starts), forgotten in the state once that
-    /// commit is durable.
-    forget: Vec<(Lsn, String, BinlogPosition)>,
 }
 
 impl Driver<'_> {
@@ -543,7 +539,6 @@ impl Driver<'_> {
             self.state.clear_blocked(&self.ctl).await?;
             self.clear_blocked = false;
         }
-        self.forget_resolved().await?;
         match self.sink.durable_position() {
             SourcePosition::Mysql(p) => Ok(p),
             other => Err(Failure::Fatal(MyError::new(
@@ -552,17 +547,6 @@ impl Driver<'_> {
                 "report this as a bug",
             ))),
         }
-    }
-
-    /// Forgets, in the state, the prepared XA transactions whose XA COMMIT or XA ROLLBACK is
-    /// durable on the target now.
-    async fn forget_resolved(&mut self) -> Result<(), Failure> {
-        let durable = self.sink.durable();
-        while let Some(i) = self.forget.iter().position(|(k, ..)| *k <= durable) {
-            let (_, key, start) = self.forget.remove(i);
-            self.state.forget_xa_prepared(&self.ctl, &key, &start).await?;
-        }
-        Ok(())
     }
 
     /// A settled background commit, if any: counters and position move on.
@@ -666,9 +650,6 @@ struct OpenTxn {
     prepared: Option<String>,
     /// A row change of it is on a migrated table.
     migrated_rows: bool,
-    /// It is the XA COMMIT or XA ROLLBACK of the prepared transaction recorded under this xid
-    /// key, starting there: forgotten once this commits.
-    resolves: Option<(String, BinlogPosition)>,
 }
 
 impl OpenTxn {
@@ -743,7 +724,6 @@ async fn run(
         committing_ts: 0,
         clear_blocked: blocked.is_some(),
         skip: session.skip.clone(),
-        forget: Vec::new(),
     };
     let pid = d.sink.pid();
     // The sink's position, read after it ended what a lost connection may have left open.
@@ -809,9 +789,6 @@ async fn stream_session(
     // xid as written and where each starts in the binlog.
     let mut prepared = d.state.xa_prepared(&d.ctl).await?;
     loop {
-        if !d.forget.is_empty() {
-            d.forget_resolved().await?;
-        }
         let ready = reader.next().now_or_never();
         let next = match ready {
             Some(r) => r,
@@ -899,7 +876,6 @@ async fn stream_session(
                         sent: false,
                         prepared: None,
                         migrated_rows: false,
-                        resolves: None,
                     });
                 }
                 Change::XaPrepared { xid } => match txn.as_mut() {
@@ -918,11 +894,15 @@ async fn stream_session(
                         open.prepared = None;
                         (Some(mysql_position(&open.begin)?), true)
                     } else if let Some(p) = prepared.remove(&key) {
-                        open.resolves = Some((key, p.at.clone()));
+                        // Forgotten now, before this transaction commits: should it not (a
+                        // crash, a lost connection), the stream meets this XA COMMIT again and
+                        // finds the prepare in the binlog instead (below).
+                        d.state.forget_xa_prepared(&d.ctl, &key, &p.at).await?;
                         (Some(p.at), p.migrated_rows)
                     } else if committed {
-                        // Prepared before the stream's start (while the full load ran): where,
-                        // the binlog before it says.
+                        // Prepared before the stream's start (while the full load ran), or its
+                        // record forgotten by a run that did not commit this: where, the binlog
+                        // before it says.
                         (find_prepared(req, plan, opts, &xid, &mysql_position(&open.begin)?).await?, true)
                     } else {
                         (None, true)
@@ -1013,7 +993,6 @@ async fn stream_session(
                 }
                 Change::Commit { file, pos, timestamp } => {
                     // An empty transaction too: its commit moves the position.
-                    let mut resolves = None;
                     if let Some(mut open) = txn.take() {
                         if let Some(xid) = open.prepared.take() {
                             // A prepared XA transaction: its rows wait for its XA COMMIT. Where
@@ -1029,17 +1008,12 @@ async fn stream_session(
                             tracing::debug!(xid = %p.xid, at = %p.at.file_pos(), migrated_rows = p.migrated_rows, "XA PREPARE: its rows wait for XA COMMIT");
                             prepared.insert(key, p);
                         }
-                        resolves = open.resolves.take();
                         open.begin(&mut d.sink).await?;
                     }
                     d.last_ts = timestamp;
-                    let end = SourcePosition::Mysql(binlog_at(&file, pos, &gtid)?);
-                    if let Some((key, start)) = resolves {
-                        d.forget.push((order_key(&end), key, start));
-                    }
                     d.sink
                         .handle(ChangeEvent::Commit {
-                            end,
+                            end: SourcePosition::Mysql(binlog_at(&file, pos, &gtid)?),
                             commit_time_us: i64::from(timestamp) * 1_000_000,
                         })
                         .await?;

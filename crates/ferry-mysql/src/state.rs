@@ -823,8 +823,8 @@ impl MyState {
         .map_err(db("recording a prepared XA transaction"))
     }
 
-    /// Forgets the prepared XA transaction `xid` that started at `at`, once its XA COMMIT or
-    /// XA ROLLBACK is applied (the same xid prepared again later is another row: kept).
+    /// Forgets the prepared XA transaction `xid` that started at `at`, when its XA COMMIT or
+    /// XA ROLLBACK comes (the same xid prepared again later is another row: kept).
     pub async fn forget_xa_prepared(&self, c: &impl GenericClient, key: &str, at: &BinlogPosition) -> Result<(), MyError> {
         c.execute(
             &format!(
