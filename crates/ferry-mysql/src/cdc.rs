@@ -44,6 +44,11 @@ pub const BINLOG_SILENCE: Duration = Duration::from_secs(10);
 pub const BACKOFF_START: Duration = Duration::from_millis(250);
 /// Longest wait between reconnection attempts.
 pub const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// After reading a prepared XA transaction again for this long, the stream's own binlog
+/// connection, unread meanwhile, is opened again at the XA COMMIT's end: a busy source gives up
+/// on a replica that does not read (`net_write_timeout`, 60 s by default), and the stream would
+/// then resume before the XA COMMIT and read the prepared transaction again, as long again.
+const REOPEN_AFTER: Duration = Duration::from_secs(5);
 /// Deadline of one poll of the hold request on the target (a 50 ms loop, a trivial query).
 const HOLD_POLL_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -788,6 +793,8 @@ async fn stream_session(
     // Prepared XA transactions before the start that are not resolved yet (by xid key): the
     // xid as written and where each starts in the binlog.
     let mut prepared = d.state.xa_prepared(&d.ctl).await?;
+    // The last XA COMMIT took long to read again: the binlog connection is opened again after it.
+    let mut reopen = false;
     loop {
         let ready = reader.next().now_or_never();
         let next = match ready {
@@ -887,6 +894,8 @@ async fn stream_session(
                         return Err(outside_transaction());
                     };
                     let key = xid_key(&xid);
+                    let began = Instant::now();
+                    let mut searched = false;
                     // Where the prepared transaction's group starts (None: unknown), and whether
                     // it changes migrated tables.
                     let (start, migrated_rows) = if open.prepared.as_deref().map(xid_key).as_ref() == Some(&key) {
@@ -903,6 +912,7 @@ async fn stream_session(
                         // Prepared before the stream's start (while the full load ran), or its
                         // record forgotten by a run that did not commit this: where, the binlog
                         // before it says.
+                        searched = true;
                         (find_prepared(req, plan, opts, &xid, &mysql_position(&open.begin)?).await?, true)
                     } else {
                         (None, true)
@@ -951,6 +961,8 @@ async fn stream_session(
                             tracing::info!(%xid, "XA ROLLBACK of a transaction prepared before the stream started: nothing to undo");
                         }
                     }
+                    // (After a search of the binlog too, however short: rare, and so always tested.)
+                    reopen = searched || began.elapsed() >= REOPEN_AFTER;
                 }
                 Change::SchemaChange { query, file, pos } => {
                     if opts
@@ -1017,6 +1029,14 @@ async fn stream_session(
                             commit_time_us: i64::from(timestamp) * 1_000_000,
                         })
                         .await?;
+                    if std::mem::take(&mut reopen) {
+                        tracing::info!(position = %format!("{file}:{pos}"), "opening the binlog connection again after a long read of an XA transaction");
+                        reader = BinlogReader::start(&req.source, opts.server_id, &file, pos, &plan.tables)
+                            .await
+                            .map_err(Failure::from)?
+                            .skip_reverse_writes(d.state.store().schema())
+                            .with_gtid_state(&gtid);
+                    }
                     // A stop or a cutover ends the stream at this boundary, busy or not.
                     if *stop.borrow() || *hold_rx.borrow() == Hold::CutOver {
                         return d.settle_all().await;

@@ -989,6 +989,9 @@ async fn mysql_xa_prepared_before_the_stream_started_is_found_at_its_commit() {
         pg_rows(&target, "t").await,
         ["(1,\"updated before\")", "(2,\"prepared before\")", "(4,streamed)", "(5,after)"]
     );
+    // Its own binlog connection sat unread during the search: opened again after it, and the
+    // insert after the XA COMMIT came through it.
+    assert!(m.log().contains("opening the binlog connection again"), "{}", m.log());
     let stopped = m.terminate();
     assert_eq!(stopped.code, 0, "{}", stopped.all());
     dispose(VAR, dbs).await;
