@@ -13,6 +13,11 @@
 //! key, `ferry_postgres::apply::order_key`) and `Commit` at the position after it: after a crash
 //! the target holds exactly the transactions before the stored position and the stream resumes
 //! there, skipping what is applied. `docs/mysql-cdc.md` has the whole story.
+//!
+//! A prepared XA transaction's rows are not applied where the binlog has them (at XA PREPARE)
+//! but with its XA COMMIT, read again from the binlog on a second connection (`replay_prepared`;
+//! where each prepared one starts is in `ferry.mysql_xa_prepared`, or searched for,
+//! `find_prepared`); an XA ROLLBACK applies nothing.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
