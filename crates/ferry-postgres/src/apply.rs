@@ -108,15 +108,10 @@ pub fn origin_names(migration_id: &str) -> (String, String) {
 /// A change the target rejected (or that found no row), described for `ferry.dead_letters`.
 pub use ferry_core::sink::DeadLetter;
 
-/// A position's ordering key: one number that orders every position of one stream the way
-/// the stream does, so the applier compares, skips and keys dead letters the same way for every
-/// engine. PostgreSQL: the LSN. MySQL: the binlog file's number in the high 24 bits and the
-/// offset in the low 40 (a binlog file never reaches 1 TiB: `max_binlog_size` is at most 1 GiB).
+/// A position's ordering key ([`SourcePosition::order_key`]): the applier compares, skips and
+/// keys dead letters by it, the same way for every engine.
 pub fn order_key(p: &SourcePosition) -> Lsn {
-    match p {
-        SourcePosition::Postgres(l) => *l,
-        SourcePosition::Mysql(b) => Lsn((b.file_number() << 40) | (b.pos() & ((1 << 40) - 1))),
-    }
+    p.order_key()
 }
 
 /// A source position as messages show it: an LSN bare (as PostgreSQL prints it), a binlog

@@ -453,7 +453,7 @@ COMMENT ON SCHEMA {s} IS 'Ferry migration state: do not edit while a migration r
                 &id,
                 // The ordering key keeps dead letters of every engine unique and in stream order;
                 // commit_position says where the transaction is in the source's own terms.
-                &crate::apply::order_key(&d.commit).to_string(),
+                &d.commit.order_key().to_string(),
                 &(d.change_index as i32),
                 &d.table.to_string(),
                 &d.operation,
