@@ -1,6 +1,7 @@
 # Shared setup of the benchmarks that compare two variants of one PostgreSQL-to-PostgreSQL
 # migration on the same pair of clusters, in the same run (bench/builds.sh,
-# bench/least_privilege.sh, bench/tls.sh). Sourced, not run:
+# bench/least_privilege.sh, bench/tls.sh), and of the MariaDB-to-PostgreSQL ones
+# (bench/mysql_apply.sh, bench/mysql_rollback.sh: mariadb_bench). Sourced, not run:
 #
 #   . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 #
@@ -56,6 +57,36 @@ bench_cleanup() {
     for c in "${BENCH_CLUSTERS[@]}"; do "$REPO/scripts/pg.sh" destroy "$c" >/dev/null 2>&1 || true; done
   fi
 }
+
+# mariadb_bench NAME MY_PORT PG_PORT POOL: the servers of a MariaDB-to-PostgreSQL bench, fresh
+# (clusters of these names left by an earlier run removed): MariaDB NAME on MY_PORT (binlog ROW
+# with the FULL image and metadata, innodb_flush_log_at_trx_commit=1, sync_binlog=1, buffer pool
+# POOL) and PostgreSQL NAME-tgt on PG_PORT with durability on (require_durability). Sets
+# TGT_ADMIN (and SRC_ADMIN, the same cluster, for require_durability); `my` is the mariadb
+# client as root on MY_PORT. On exit it stops the `ferry migrate` the bench runs (FERRY_PID) and
+# destroys both servers (kept with BENCH_KEEP=1).
+mariadb_bench() {
+  MARIADB_BENCH=$1
+  trap mariadb_bench_cleanup EXIT
+  "$REPO/scripts/mysql.sh" destroy "$1" >/dev/null 2>&1 || true
+  "$REPO/scripts/pg.sh" destroy "$1-tgt" >/dev/null 2>&1 || true
+  log "starting MariaDB on $2 and PostgreSQL on $3"
+  "$REPO/scripts/mysql.sh" start "$1" "$2" --log-bin=binlog --binlog-format=ROW --binlog-row-image=FULL \
+    --binlog-row-metadata=FULL --server-id=1 --innodb-buffer-pool-size="$4" \
+    --innodb-flush-log-at-trx-commit=1 --sync-binlog=1
+  "$REPO/scripts/pg.sh" start "$1-tgt" "$3" -c wal_level=logical
+  TGT_ADMIN="postgres://postgres@127.0.0.1:$3"
+  SRC_ADMIN=$TGT_ADMIN
+  require_durability
+}
+mariadb_bench_cleanup() {
+  if [ -n "$FERRY_PID" ]; then kill -TERM "$FERRY_PID" 2>/dev/null || true; wait "$FERRY_PID" 2>/dev/null || true; fi
+  if [ "${BENCH_KEEP:-0}" != 1 ]; then
+    "$REPO/scripts/mysql.sh" destroy "$MARIADB_BENCH" >/dev/null 2>&1 || true
+    "$REPO/scripts/pg.sh" destroy "$MARIADB_BENCH-tgt" >/dev/null 2>&1 || true
+  fi
+}
+my() { MYSQL_PWD=$PW mariadb --no-defaults -h127.0.0.1 -P"$MY_PORT" -uroot "$@"; }
 
 # Refuses to measure unless both clusters run with fsync, synchronous_commit and
 # full_page_writes on.

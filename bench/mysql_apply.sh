@@ -44,25 +44,7 @@ for tool in sysbench mariadb; do
 done
 
 bench_out mysql-apply mysql-apply
-cleanup() {
-  if [ -n "$FERRY_PID" ]; then kill -TERM "$FERRY_PID" 2>/dev/null || true; fi
-  if [ "${BENCH_KEEP:-0}" != 1 ]; then
-    "$REPO/scripts/mysql.sh" destroy bench-ma >/dev/null 2>&1 || true
-    "$REPO/scripts/pg.sh" destroy bench-ma-tgt >/dev/null 2>&1 || true
-  fi
-}
-trap cleanup EXIT
-"$REPO/scripts/mysql.sh" destroy bench-ma >/dev/null 2>&1 || true
-"$REPO/scripts/pg.sh" destroy bench-ma-tgt >/dev/null 2>&1 || true
-log "starting MariaDB on $MY_PORT and PostgreSQL on $PG_PORT"
-"$REPO/scripts/mysql.sh" start bench-ma "$MY_PORT" --log-bin=binlog --binlog-format=ROW --binlog-row-image=FULL \
-  --binlog-row-metadata=FULL --server-id=1 --innodb-buffer-pool-size=512M \
-  --innodb-flush-log-at-trx-commit=1 --sync-binlog=1
-"$REPO/scripts/pg.sh" start bench-ma-tgt "$PG_PORT" -c wal_level=logical
-TGT_ADMIN="postgres://postgres@127.0.0.1:$PG_PORT"
-SRC_ADMIN=$TGT_ADMIN
-require_durability
-my() { MYSQL_PWD=$PW mariadb --no-defaults -h127.0.0.1 -P"$MY_PORT" -uroot "$@"; }
+mariadb_bench bench-ma "$MY_PORT" "$PG_PORT" 512M
 pg() { psql -qAtX -d "$TGT_ADMIN/$1" -c "$2"; }
 sb() {
   sysbench oltp_read_write --db-driver=mysql --mysql-host=127.0.0.1 --mysql-port="$MY_PORT" --mysql-user=root \

@@ -38,25 +38,7 @@ for tool in sysbench mariadb pgbench; do
 done
 
 bench_out mysql-rollback mysql-rollback
-cleanup() {
-  if [ -n "$FERRY_PID" ]; then kill -TERM "$FERRY_PID" 2>/dev/null || true; wait "$FERRY_PID" 2>/dev/null || true; fi
-  if [ "${BENCH_KEEP:-0}" != 1 ]; then
-    "$REPO/scripts/mysql.sh" destroy bench-mr >/dev/null 2>&1 || true
-    "$REPO/scripts/pg.sh" destroy bench-mr-tgt >/dev/null 2>&1 || true
-  fi
-}
-trap cleanup EXIT
-"$REPO/scripts/mysql.sh" destroy bench-mr >/dev/null 2>&1 || true
-"$REPO/scripts/pg.sh" destroy bench-mr-tgt >/dev/null 2>&1 || true
-log "starting MariaDB on $MY_PORT and PostgreSQL on $PG_PORT"
-"$REPO/scripts/mysql.sh" start bench-mr "$MY_PORT" --log-bin=binlog --binlog-format=ROW --binlog-row-image=FULL \
-  --binlog-row-metadata=FULL --server-id=1 --innodb-buffer-pool-size=256M \
-  --innodb-flush-log-at-trx-commit=1 --sync-binlog=1
-"$REPO/scripts/pg.sh" start bench-mr-tgt "$PG_PORT" -c wal_level=logical
-TGT_ADMIN="postgres://postgres@127.0.0.1:$PG_PORT"
-SRC_ADMIN=$TGT_ADMIN
-require_durability
-my() { MYSQL_PWD=$PW mariadb --no-defaults -h127.0.0.1 -P"$MY_PORT" -uroot "$@"; }
+mariadb_bench bench-mr "$MY_PORT" "$PG_PORT" 256M
 TGT="$TGT_ADMIN/sbtest"
 SRC="mysql://root:$PW@127.0.0.1:$MY_PORT/sbtest"
 sb() {

@@ -229,6 +229,18 @@ impl SourcePosition {
             SourcePosition::Mysql(_) => None,
         }
     }
+
+    /// The ordering key: one number that orders every position of one stream the way the
+    /// stream does, so that appliers compare, skip and key dead letters the same way for every
+    /// engine. PostgreSQL: the LSN. MySQL: the binlog file's number in the high 24 bits and the
+    /// offset in the low 40 (a binlog file never reaches 1 TiB: `max_binlog_size` is at most
+    /// 1 GiB).
+    pub fn order_key(&self) -> Lsn {
+        match self {
+            SourcePosition::Postgres(l) => *l,
+            SourcePosition::Mysql(b) => Lsn((b.file_number() << 40) | (b.pos() & ((1 << 40) - 1))),
+        }
+    }
 }
 
 impl PartialOrd for SourcePosition {

@@ -724,37 +724,13 @@ impl Sink for MySink {
         Some(self.session)
     }
 
-    /// Records a dead letter in the state schema on PostgreSQL, on a connection of its own.
-    /// The statement mirrors `ferry_postgres::apply::Applier::record_dead_letter` (same table,
-    /// same key, idempotent across replays).
+    /// Records a dead letter in the state schema on PostgreSQL, on a connection of its own
+    /// (`StateStore::record_dead_letter`: the same table and key as the PostgreSQL sink's).
     async fn record_dead_letter(&self, d: &DeadLetter, skipped: bool) -> Result<(), ApplyError> {
-        let q = self.store.quoted();
-        let sql = format!(
-            "INSERT INTO {q}.dead_letters (migration_id, commit_lsn, change_index, table_name, operation, key, payload, error, skipped, commit_position)
-                 VALUES ($1, $2::text::pg_lsn, $3, $4, $5, $6, $7, $8, $9, $10)
-                 ON CONFLICT (migration_id, commit_lsn, change_index) DO UPDATE SET skipped = EXCLUDED.skipped, error = EXCLUDED.error"
-        );
         let limit = self.endpoint.query_timeout();
         let work = async {
             let c = self.state.connect("reverse-dead-letters").await?;
-            c.execute(
-                &sql,
-                &[
-                    &self.migration_id,
-                    &order_key(&d.commit).to_string(),
-                    &(d.change_index as i32),
-                    &d.table.to_string(),
-                    &d.operation,
-                    &d.key,
-                    &d.payload,
-                    &d.error,
-                    &skipped,
-                    &d.commit.to_string(),
-                ],
-            )
-            .await
-            .map(|_| ())
-            .map_err(|e| PgError::query("recording a dead letter", e))
+            self.store.record_dead_letter(&c, &self.migration_id, d, skipped).await
         };
         match tokio::time::timeout(limit, work).await {
             Ok(r) => r.map_err(ApplyError::Db),

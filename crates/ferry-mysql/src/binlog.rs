@@ -19,6 +19,12 @@
 //! payload event's position. A GTID event always starts a group, so a group the reader saw no
 //! end of (a statement MySQL logs without BEGIN or COMMIT) ends there.
 //!
+//! XA transactions (`docs/mysql-cdc.md`, "XA transactions"): a prepared one is a group of its own
+//! whose rows are not committed, marked [`Change::XaPrepared`] (MariaDB: its GTID event's
+//! FL_PREPARED_XA flag and xid; MySQL: its `XA START` statement) and ended by its
+//! XA_PREPARE_LOG_EVENT; its `XA COMMIT` or `XA ROLLBACK` comes later, a group of its own
+//! ([`Change::XaResolved`]). The driver decides what to apply when.
+//!
 //! Statements (QUERY events, `crate::statement`): a TRUNCATE of a migrated table becomes
 //! [`Change::Truncate`], DDL on the migrated database [`Change::SchemaChange`], and a write
 //! logged in STATEMENT format on a migrated table, or a TRUNCATE whose table cannot be read,
@@ -45,7 +51,7 @@ use crate::endpoint::MyEndpoint;
 use crate::error::MyError;
 use crate::gtid::{decode_gtid_event, decode_previous_gtids, valid_tag, Gtid, GtidState, Uuid};
 use crate::preflight::MyTable;
-pub use crate::statement::{classify, Statement, TableRef};
+pub use crate::statement::{classify, Statement, TableRef, XaStatement};
 use crate::statement::{find_name, same_name};
 use payload::Unpacking;
 pub use payload::MAX_UNCOMPRESSED;
@@ -66,6 +72,15 @@ const PREVIOUS_GTIDS_EVENT: u8 = 35;
 const TRANSACTION_PAYLOAD_EVENT: u8 = 40;
 /// MySQL 8.4's tagged GTID event (`uuid:tag:n`).
 const GTID_TAGGED_EVENT: u8 = 42;
+/// The end of a prepared XA transaction's group (`XA PREPARE`; MySQL also ends an
+/// `XA COMMIT ... ONE PHASE` with it, its one-phase byte set).
+const XA_PREPARE_LOG_EVENT: u8 = 38;
+/// MariaDB GTID event flags: the group is a prepared XA transaction, or the XA COMMIT or
+/// XA ROLLBACK of one; either way the event carries the xid.
+const FL_PREPARED_XA: u8 = 0x40;
+const FL_COMPLETED_XA: u8 = 0x80;
+/// MariaDB GTID event flag: a commit id (8 bytes) follows the flags.
+const FL_GROUP_COMMIT_ID: u8 = 0x02;
 
 /// One decoded change.
 #[derive(Debug, Clone, PartialEq)]
@@ -132,6 +147,22 @@ pub enum Change {
         file: String,
         /// Position after it.
         pos: u64,
+    },
+    /// The transaction that just began is a prepared XA transaction (`XA PREPARE`): its rows
+    /// follow but are not committed; a later `XA COMMIT` or `XA ROLLBACK` of `xid`
+    /// ([`Change::XaResolved`]) decides. Its [`Change::Commit`] only ends its group.
+    XaPrepared {
+        /// The xid, in the server's text form (`X'6131',X'',1`).
+        xid: String,
+    },
+    /// The transaction is `XA COMMIT` (`committed`) or `XA ROLLBACK` of the XA transaction
+    /// `xid`, prepared earlier in the binlog (or, MySQL's `XA COMMIT ... ONE PHASE`, in this very
+    /// group): its rows are not here, they are the prepared transaction's.
+    XaResolved {
+        /// The xid, in the server's text form.
+        xid: String,
+        /// XA COMMIT (else XA ROLLBACK).
+        committed: bool,
     },
     /// The transaction committed; the stream continues after `file`:`pos`.
     Commit {
@@ -213,6 +244,11 @@ struct Decoder {
     gtids: GtidState,
     /// The events of a compressed transaction still to come.
     unpacking: Option<Unpacking>,
+    /// The current group is a prepared XA transaction with this xid (MariaDB's GTID event says
+    /// so, MySQL's `XA START` statement): its XA_PREPARE event ends it.
+    xa_prepared: Option<String>,
+    /// The current group is the XA COMMIT or XA ROLLBACK of this xid (MariaDB's GTID event).
+    xa_completing: Option<String>,
 }
 
 /// A binlog stream error, classified by the server's error number ([`crate::error::error_class`]):
@@ -356,6 +392,8 @@ impl Decoder {
             fold_case: false,
             gtids: GtidState::Unknown,
             unpacking: None,
+            xa_prepared: None,
+            xa_completing: None,
         }
     }
 
@@ -363,6 +401,8 @@ impl Decoder {
     fn boundary(&mut self) {
         self.rows_seen = false;
         self.own = false;
+        self.xa_prepared = None;
+        self.xa_completing = None;
     }
 
     /// A GTID event at `at` starts a group (the state already counts its GTID). A group still
@@ -444,9 +484,26 @@ impl Decoder {
                     self.gtids.executed_mariadb(domain, header.server_id(), seq);
                     format!("{domain}-{}-{seq}", header.server_id())
                 });
-                let out = self.start_group(gtid, at, timestamp);
+                let mut out = self.start_group(gtid, at, timestamp);
                 // Flags byte: bit 0 is FL_STANDALONE (DDL or a non-transactional statement).
-                self.standalone = event.data().get(12).is_some_and(|f| f & 1 != 0);
+                let flags = data.get(12).copied().unwrap_or(0);
+                self.standalone = flags & 1 != 0;
+                if flags & (FL_PREPARED_XA | FL_COMPLETED_XA) != 0 {
+                    let xid = mariadb_xid(data, flags).ok_or_else(|| {
+                        self.undecodable(
+                            "the xid of an XA transaction's GTID event",
+                            at,
+                            "the event is shorter than its flags say",
+                            "report this as a bug, with the server version",
+                        )
+                    })?;
+                    if flags & FL_PREPARED_XA != 0 {
+                        out.push(Change::XaPrepared { xid: xid.clone() });
+                        self.xa_prepared = Some(xid);
+                    } else {
+                        self.xa_completing = Some(xid);
+                    }
+                }
                 return Ok(out);
             }
             GTID_EVENT | ANONYMOUS_GTID_EVENT => {
@@ -464,6 +521,29 @@ impl Decoder {
                     Err(e) => tracing::debug!(error = %e, file = %self.file, "PREVIOUS_GTIDS event not read"),
                 }
                 return Ok(Vec::new());
+            }
+            XA_PREPARE_LOG_EVENT => {
+                // one_phase (1 byte), format id (4), gtrid and bqual lengths (4 each), data: the
+                // group ends here. MySQL's XA COMMIT ... ONE PHASE is a prepared group that
+                // commits at once: it resolves itself.
+                let mut out = Vec::new();
+                if !self.in_tx {
+                    return Ok(out);
+                }
+                if event.data().first().is_some_and(|b| *b != 0) {
+                    if let Some(xid) = self.xa_prepared.clone() {
+                        out.push(Change::XaResolved { xid, committed: true });
+                    }
+                }
+                self.in_tx = false;
+                self.standalone = false;
+                self.boundary();
+                out.push(Change::Commit {
+                    file: self.file.clone(),
+                    pos: end,
+                    timestamp,
+                });
+                return Ok(out);
             }
             TRANSACTION_PAYLOAD_EVENT => {
                 let header = payload::parse_header(event.data()).map_err(|e| {
@@ -566,6 +646,34 @@ impl Decoder {
                         }
                 };
                 let statement = classify(&query);
+                // XA bookkeeping: MySQL starts a prepared transaction's group with XA START
+                // (MariaDB's GTID event says it); XA COMMIT and XA ROLLBACK of a prepared one
+                // are groups of their own.
+                let mut xa_change = None;
+                let mut xa_ends = false;
+                if self.in_tx && !self.own {
+                    match crate::statement::xa(&query) {
+                        Some(XaStatement::Start(xid)) if self.xa_prepared.is_none() => {
+                            self.xa_prepared = Some(xid.clone());
+                            xa_change = Some(Change::XaPrepared { xid });
+                        }
+                        Some(XaStatement::Commit { xid, one_phase: false }) => {
+                            xa_ends = true;
+                            xa_change = Some(Change::XaResolved {
+                                xid: self.xa_completing.take().unwrap_or(xid),
+                                committed: true,
+                            });
+                        }
+                        Some(XaStatement::Rollback(xid)) => {
+                            xa_ends = true;
+                            xa_change = Some(Change::XaResolved {
+                                xid: self.xa_completing.take().unwrap_or(xid),
+                                committed: false,
+                            });
+                        }
+                        _ => {}
+                    }
+                }
                 let stop = |why: Unapplicable| Change::Unapplicable {
                     query: query.clone(),
                     why,
@@ -590,7 +698,8 @@ impl Decoder {
                 // a statement inside a transaction (MySQL's XA bookkeeping, say) does not end it.
                 let ends_group = matches!(statement, Statement::Commit | Statement::Truncate(..) | Statement::SchemaChange)
                     || !self.in_tx
-                    || self.standalone;
+                    || self.standalone
+                    || xa_ends;
                 if !matches!(statement, Statement::Begin | Statement::Commit) && !self.in_tx {
                     // A statement on its own (MySQL without GTIDs): its own transaction.
                     out.push(Change::Begin {
@@ -625,7 +734,7 @@ impl Decoder {
                         file: self.file.clone(),
                         pos: end,
                     }),
-                    _ => out.extend(unapplicable),
+                    _ => out.extend(unapplicable.or(xa_change)),
                 }
                 if ends_group {
                     self.in_tx = false;
@@ -721,5 +830,44 @@ impl Decoder {
             _ => {}
         }
         Ok(out)
+    }
+}
+
+/// The xid a MariaDB GTID event carries when its flags say XA: after the flags (and the commit
+/// id, when there is one), format id (4 bytes), gtrid and bqual lengths (1 byte each), data.
+fn mariadb_xid(data: &[u8], flags: u8) -> Option<String> {
+    let mut at = 13;
+    if flags & FL_GROUP_COMMIT_ID != 0 {
+        at += 8;
+    }
+    let format_id = u32::from_le_bytes(data.get(at..at + 4)?.try_into().ok()?);
+    let gtrid = usize::from(*data.get(at + 4)?);
+    let bqual = usize::from(*data.get(at + 5)?);
+    let ids = data.get(at + 6..at + 6 + gtrid + bqual)?;
+    Some(crate::statement::xid_text(format_id, &ids[..gtrid], &ids[gtrid..]))
+}
+
+#[cfg(test)]
+mod xa_tests {
+    use super::*;
+
+    /// GTID event bodies as MariaDB 10.11 wrote them for `XA PREPARE 'a1'` (flags 0x4c:
+    /// prepared XA, transactional, parallel) and `XA PREPARE 'b2','bq',7`.
+    #[test]
+    fn mariadb_gtid_events_carry_the_xid() {
+        let a1 = [7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x4c, 1, 0, 0, 0, 2, 0, b'a', b'1', 1, 0xff];
+        assert_eq!(mariadb_xid(&a1, a1[12]).as_deref(), Some("X'6131',X'',1"));
+        let b2 = [
+            8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x4c, 7, 0, 0, 0, 2, 2, b'b', b'2', b'b', b'q', 1, 0xff,
+        ];
+        assert_eq!(mariadb_xid(&b2, b2[12]).as_deref(), Some("X'6232',X'6271',7"));
+        // With a commit id (FL_GROUP_COMMIT_ID) the xid comes 8 bytes later.
+        let mut with_id = a1[..13].to_vec();
+        with_id[12] |= FL_GROUP_COMMIT_ID;
+        with_id.extend([9; 8]);
+        with_id.extend(&a1[13..]);
+        assert_eq!(mariadb_xid(&with_id, with_id[12]).as_deref(), Some("X'6131',X'',1"));
+        // Cut short: no xid rather than a wrong one.
+        assert_eq!(mariadb_xid(&a1[..19], a1[12]), None);
     }
 }

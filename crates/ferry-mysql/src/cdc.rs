@@ -13,6 +13,11 @@
 //! key, `ferry_postgres::apply::order_key`) and `Commit` at the position after it: after a crash
 //! the target holds exactly the transactions before the stored position and the stream resumes
 //! there, skipping what is applied. `docs/mysql-cdc.md` has the whole story.
+//!
+//! A prepared XA transaction's rows are not applied where the binlog has them (at XA PREPARE)
+//! but with its XA COMMIT, read again from the binlog on a second connection (`replay_prepared`;
+//! where each prepared one starts is in `ferry.mysql_xa_prepared`, or searched for,
+//! `find_prepared`); an XA ROLLBACK applies nothing.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -30,7 +35,8 @@ use crate::charset::Charset;
 use crate::error::MyError;
 use crate::preflight::{MyCheckRequest, MyPlan, MyTable};
 use crate::snapshot::kinds_of;
-use crate::state::{Hold, MyState};
+use crate::state::{Hold, MyState, XaPrepared};
+use crate::statement::xid_key;
 use crate::types::ZeroDates;
 use crate::value::{text_of, Kind};
 
@@ -43,6 +49,11 @@ pub const BINLOG_SILENCE: Duration = Duration::from_secs(10);
 pub const BACKOFF_START: Duration = Duration::from_millis(250);
 /// Longest wait between reconnection attempts.
 pub const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// After reading a prepared XA transaction again for this long, the stream's own binlog
+/// connection, unread meanwhile, is opened again at the XA COMMIT's end: a busy source gives up
+/// on a replica that does not read (`net_write_timeout`, 60 s by default), and the stream would
+/// then resume before the XA COMMIT and read the prepared transaction again, as long again.
+const REOPEN_AFTER: Duration = Duration::from_secs(5);
 /// Deadline of one poll of the hold request on the target (a 50 ms loop, a trivial query).
 const HOLD_POLL_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -644,6 +655,11 @@ struct OpenTxn {
     /// before: a schema change arrives as a transaction of its own, and the stream stops
     /// before it with the sink at a boundary, so that everything before it commits.
     sent: bool,
+    /// It is a prepared XA transaction (this xid): its rows are not applied here but with its
+    /// XA COMMIT; its commit only moves the position.
+    prepared: Option<String>,
+    /// A row change of it is on a migrated table.
+    migrated_rows: bool,
 }
 
 impl OpenTxn {
@@ -779,6 +795,11 @@ async fn stream_session(
     let mut gtid = start.gtid().to_string();
     let mut txn: Option<OpenTxn> = None;
     let mut committed_at = Instant::now();
+    // Prepared XA transactions before the start that are not resolved yet (by xid key): the
+    // xid as written and where each starts in the binlog.
+    let mut prepared = d.state.xa_prepared(&d.ctl).await?;
+    // The last XA COMMIT took long to read again: the binlog connection is opened again after it.
+    let mut reopen = false;
     loop {
         let ready = reader.next().now_or_never();
         let next = match ready {
@@ -865,7 +886,88 @@ async fn stream_session(
                         begin,
                         changes: 0,
                         sent: false,
+                        prepared: None,
+                        migrated_rows: false,
                     });
+                }
+                Change::XaPrepared { xid } => match txn.as_mut() {
+                    Some(open) => open.prepared = Some(xid),
+                    None => return Err(outside_transaction()),
+                },
+                Change::XaResolved { xid, committed } => {
+                    let Some(open) = txn.as_mut() else {
+                        return Err(outside_transaction());
+                    };
+                    let key = xid_key(&xid);
+                    let began = Instant::now();
+                    let mut searched = false;
+                    // Where the prepared transaction's group starts (None: unknown), and whether
+                    // it changes migrated tables.
+                    let (start, migrated_rows) = if open.prepared.as_deref().map(xid_key).as_ref() == Some(&key) {
+                        // MySQL's XA COMMIT ... ONE PHASE: prepared and committed in this group.
+                        open.prepared = None;
+                        (Some(mysql_position(&open.begin)?), true)
+                    } else if let Some(p) = prepared.remove(&key) {
+                        // Forgotten now, before this transaction commits: should it not (a
+                        // crash, a lost connection), the stream meets this XA COMMIT again and
+                        // finds the prepare in the binlog instead (below).
+                        d.state.forget_xa_prepared(&d.ctl, &key, &p.at).await?;
+                        (Some(p.at), p.migrated_rows)
+                    } else if committed {
+                        // Prepared before the stream's start (while the full load ran), or its
+                        // record forgotten by a run that did not commit this: where, the binlog
+                        // before it says.
+                        searched = true;
+                        (find_prepared(req, plan, opts, &xid, &mysql_position(&open.begin)?).await?, true)
+                    } else {
+                        (None, true)
+                    };
+                    match (start, committed) {
+                        (Some(start), true) if migrated_rows => {
+                            tracing::debug!(%xid, prepared_at = %start.file_pos(), "XA COMMIT: applying the prepared transaction's rows");
+                            replay_prepared(req, plan, opts, d, &tables, open, &xid, &start, zero).await?;
+                        }
+                        (Some(start), true) => {
+                            tracing::debug!(%xid, prepared_at = %start.file_pos(), "XA COMMIT of a transaction that changes no migrated table");
+                        }
+                        (Some(start), false) => {
+                            tracing::debug!(%xid, prepared_at = %start.file_pos(), "XA ROLLBACK: the prepared transaction's rows are dropped");
+                        }
+                        (None, true) => {
+                            let at = mysql_position(&open.begin)?;
+                            if opts
+                                .skip_schema_change
+                                .as_ref()
+                                .is_some_and(|skip| skip.file() == at.file() && skip.pos() == at.pos())
+                            {
+                                tracing::warn!(%xid, "stepping over an XA COMMIT whose prepared transaction Ferry cannot find (--ddl-applied)");
+                                continue;
+                            }
+                            // Commit what came before it, then stop before it.
+                            d.settle_all().await?;
+                            let blocked = serde_json::json!({"query": format!("XA COMMIT {xid}"), "file": at.file(), "pos": at.pos(), "kind": "xa_unknown"});
+                            if let Err(e) = d.state.set_blocked(&d.ctl, &blocked).await {
+                                tracing::warn!(error = %e, "could not record the XA COMMIT the stream stops at");
+                            }
+                            return Err(Failure::Fatal(MyError::new(
+                                &format!("streaming the binlog at {}", at.file_pos()),
+                                &format!(
+                                    "XA COMMIT of XA transaction {xid}, whose XA PREPARE is in no binlog file the source still has \
+                                     (prepared before the oldest one, or its file purged): its rows cannot be read, and Ferry cannot \
+                                     tell whether it wrote to the migrated tables"
+                                ),
+                                "if it did not write to the migrated tables (or you made its changes on the target by hand), run the \
+                                 same ferry migrate with --ddl-applied to step over it; otherwise load again with ferry migrate \
+                                 --overwrite",
+                            )));
+                        }
+                        (None, false) => {
+                            // Prepared before the stream's start: its rows were never applied.
+                            tracing::info!(%xid, "XA ROLLBACK of a transaction prepared before the stream started: nothing to undo");
+                        }
+                    }
+                    // (After a search of the binlog too, however short: rare, and so always tested.)
+                    reopen = searched || began.elapsed() >= REOPEN_AFTER;
                 }
                 Change::SchemaChange { query, file, pos } => {
                     if opts
@@ -909,6 +1011,20 @@ async fn stream_session(
                 Change::Commit { file, pos, timestamp } => {
                     // An empty transaction too: its commit moves the position.
                     if let Some(mut open) = txn.take() {
+                        if let Some(xid) = open.prepared.take() {
+                            // A prepared XA transaction: its rows wait for its XA COMMIT. Where
+                            // it starts is recorded before the position passes it, so that the
+                            // XA COMMIT finds its rows after any restart.
+                            let p = XaPrepared {
+                                xid,
+                                at: mysql_position(&open.begin)?,
+                                migrated_rows: open.migrated_rows,
+                            };
+                            let key = xid_key(&p.xid);
+                            d.state.record_xa_prepared(&d.ctl, &key, &p).await?;
+                            tracing::debug!(xid = %p.xid, at = %p.at.file_pos(), migrated_rows = p.migrated_rows, "XA PREPARE: its rows wait for XA COMMIT");
+                            prepared.insert(key, p);
+                        }
                         open.begin(&mut d.sink).await?;
                     }
                     d.last_ts = timestamp;
@@ -918,6 +1034,14 @@ async fn stream_session(
                             commit_time_us: i64::from(timestamp) * 1_000_000,
                         })
                         .await?;
+                    if std::mem::take(&mut reopen) {
+                        tracing::info!(position = %format!("{file}:{pos}"), "opening the binlog connection again after a long read of an XA transaction");
+                        reader = BinlogReader::start(&req.source, opts.server_id, &file, pos, &plan.tables)
+                            .await
+                            .map_err(Failure::from)?
+                            .skip_reverse_writes(d.state.store().schema())
+                            .with_gtid_state(&gtid);
+                    }
                     // A stop or a cutover ends the stream at this boundary, busy or not.
                     if *stop.borrow() || *hold_rx.borrow() == Hold::CutOver {
                         return d.settle_all().await;
@@ -935,13 +1059,224 @@ async fn stream_session(
                 }
                 other => {
                     let Some(open) = txn.as_mut() else {
-                        return Err(Failure::Fatal(MyError::new(
-                            "following the binlog",
-                            "a row change arrived outside a transaction",
-                            "report this as a bug",
-                        )));
+                        return Err(outside_transaction());
                     };
+                    if open.prepared.is_some() {
+                        // Not committed on the source yet: applied with its XA COMMIT.
+                        open.migrated_rows |= change_table(&other).is_some_and(|t| tables.contains_key(t));
+                        continue;
+                    }
                     if let Some(event) = convert(&tables, other, open, zero, &d.skip)? {
+                        open.begin(&mut d.sink).await?;
+                        d.sink.handle(event).await?;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The table a row change is on.
+fn change_table(c: &Change) -> Option<&str> {
+    match c {
+        Change::Insert { table, .. } | Change::Update { table, .. } | Change::Delete { table, .. } | Change::Truncate { table } => {
+            Some(table)
+        }
+        _ => None,
+    }
+}
+
+/// A row change (or XA marker) without an open transaction: the reader's bug.
+fn outside_transaction() -> Failure {
+    Failure::Fatal(MyError::new(
+        "following the binlog",
+        "a row change arrived outside a transaction",
+        "report this as a bug",
+    ))
+}
+
+/// A position of this stream as the binlog position it is.
+fn mysql_position(p: &SourcePosition) -> Result<BinlogPosition, Failure> {
+    p.as_mysql().cloned().ok_or_else(|| {
+        Failure::Fatal(MyError::new(
+            "following the binlog",
+            &format!("position {p} is not a binlog position"),
+            "report this as a bug",
+        ))
+    })
+}
+
+/// The replica server id of the second binlog connection that reads a prepared XA transaction
+/// again: the stream's own id would make the source end the stream's connection (a replica
+/// that connects again with its id replaces the old one).
+fn replay_server_id(server_id: u32) -> u32 {
+    server_id ^ 0x0100_0000
+}
+
+/// The binlog file before `file` (`binlog.000007` -> `binlog.000006`), if its number can go down.
+fn previous_file(file: &str) -> Option<String> {
+    let digits = file.len() - file.bytes().rev().take_while(u8::is_ascii_digit).count();
+    let (base, number) = file.split_at(digits);
+    let n: u64 = number.parse().ok()?;
+    (n > 1).then(|| format!("{base}{:0width$}", n - 1, width = number.len()))
+}
+
+/// Where the last XA PREPARE of `xid` before `before` starts, when the stream did not pass it
+/// (prepared before the stream's start: the full load's snapshot does not have its rows, which
+/// are in the binlog before it): the binlog files are read from `before`'s backwards, each from
+/// its start, one event at a time (memory stays bounded; the time is that of reading them).
+/// None when no file the source still has holds it unresolved.
+async fn find_prepared(
+    req: &MyCheckRequest,
+    plan: &MyPlan,
+    opts: &CdcOptions,
+    xid: &str,
+    before: &BinlogPosition,
+) -> Result<Option<BinlogPosition>, Failure> {
+    let key = xid_key(xid);
+    let mut file = before.file().to_string();
+    loop {
+        tracing::info!(%xid, file = %file, "XA COMMIT of a transaction prepared before the stream started: looking for its XA PREPARE");
+        let what = format!(
+            "looking for the XA PREPARE of {xid} in binlog file {file} of {}",
+            req.source.describe()
+        );
+        let mut reader = match BinlogReader::start(&req.source, replay_server_id(opts.server_id), &file, 4, &plan.tables).await {
+            Ok(r) => r,
+            // No such file (purged, or before the first): not found.
+            Err(e) if e.code == Some(crate::error::BINLOG_UNREADABLE) => return Ok(None),
+            Err(e) => return Err(Failure::from(e)),
+        };
+        // The last prepare of the xid in this file, unless resolved after it; or a resolution
+        // with no prepare after it (then an earlier one is not the one committed now).
+        let mut group: Option<BinlogPosition> = None;
+        let mut found: Option<Option<BinlogPosition>> = None;
+        'file: loop {
+            let changes = match tokio::time::timeout(BINLOG_SILENCE, reader.next()).await {
+                Ok(Ok(Some(c))) => c,
+                Ok(Ok(None)) | Err(_) => {
+                    return Err(Failure::Transient(MyError::transient(
+                        &what,
+                        "the binlog connection ended or went silent",
+                        "Ferry reconnects with backoff and resumes from its last commit",
+                    )))
+                }
+                Ok(Err(e)) => return Err(Failure::from(e)),
+            };
+            if reader.file() != file {
+                break 'file;
+            }
+            for c in changes {
+                match c {
+                    Change::Begin { at, .. } => {
+                        if file == before.file() && at >= before.pos() {
+                            break 'file;
+                        }
+                        group = Some(binlog_at(&file, at, "")?);
+                    }
+                    Change::XaPrepared { xid: x } if xid_key(&x) == key => found = Some(group.clone()),
+                    Change::XaResolved { xid: x, .. } if xid_key(&x) == key => found = Some(None),
+                    _ => {}
+                }
+            }
+        }
+        match found {
+            Some(at) => return Ok(at),
+            None => match previous_file(&file) {
+                Some(f) => file = f,
+                None => return Ok(None),
+            },
+        }
+    }
+}
+
+/// Applies the rows of the prepared XA transaction `xid`, whose group starts at `start`, as
+/// changes of `open` (the transaction of its XA COMMIT): read again from the binlog on a
+/// connection of their own, one event at a time, so that memory stays bounded whatever the
+/// transaction's size; the group must be that XA transaction's.
+#[allow(clippy::too_many_arguments)]
+async fn replay_prepared(
+    req: &MyCheckRequest,
+    plan: &MyPlan,
+    opts: &CdcOptions,
+    d: &mut Driver<'_>,
+    tables: &HashMap<String, TableConv>,
+    open: &mut OpenTxn,
+    xid: &str,
+    start: &BinlogPosition,
+    zero: ZeroDates,
+) -> Result<(), Failure> {
+    let what = format!(
+        "reading XA transaction {xid} again from the binlog of {} at {} (its XA COMMIT came)",
+        req.source.describe(),
+        start.file_pos()
+    );
+    let mut reader = BinlogReader::start(
+        &req.source,
+        replay_server_id(opts.server_id),
+        start.file(),
+        start.pos(),
+        &plan.tables,
+    )
+    .await
+    .map_err(Failure::from)?;
+    let not_it = |why: &str| {
+        Failure::Fatal(MyError::new(
+            &what,
+            why,
+            "the recorded start of the prepared transaction is wrong (report this as a bug); load again with ferry migrate --overwrite",
+        ))
+    };
+    let mut begun = false;
+    loop {
+        let next = match tokio::time::timeout(BINLOG_SILENCE, reader.next()).await {
+            Ok(r) => r,
+            Err(_) => {
+                return Err(Failure::Transient(MyError::transient(
+                    &what,
+                    &format!("no event within {}", crate::endpoint::human(BINLOG_SILENCE)),
+                    "Ferry reconnects with backoff and resumes from its last commit",
+                )))
+            }
+        };
+        let changes = match next {
+            Ok(Some(c)) => c,
+            Ok(None) => {
+                return Err(Failure::Transient(MyError::transient(
+                    &what,
+                    "the source closed the binlog connection",
+                    "Ferry reconnects with backoff and resumes from its last commit",
+                )))
+            }
+            Err(e) => return Err(Failure::from(e)),
+        };
+        for c in changes {
+            match c {
+                Change::Begin { at, .. } => {
+                    if begun || at != start.pos() {
+                        return Err(not_it(&format!("a transaction starts at {at}, not at {}", start.pos())));
+                    }
+                    begun = true;
+                }
+                Change::XaPrepared { xid: found } => {
+                    if xid_key(&found) != xid_key(xid) {
+                        return Err(not_it(&format!("the transaction there is XA transaction {found}")));
+                    }
+                }
+                Change::XaResolved { .. } => {}
+                Change::Commit { .. } if begun => return Ok(()),
+                Change::Commit { .. } => {}
+                Change::SchemaChange { query, .. } | Change::Unapplicable { query, .. } => {
+                    return Err(not_it(&format!(
+                        "the transaction there has a statement: {}",
+                        shorten(query.trim(), 200)
+                    )));
+                }
+                row => {
+                    if !begun {
+                        return Err(not_it("a row change comes before the transaction starts"));
+                    }
+                    if let Some(event) = convert(tables, row, open, zero, &d.skip)? {
                         open.begin(&mut d.sink).await?;
                         d.sink.handle(event).await?;
                     }
@@ -1124,6 +1459,14 @@ async fn wait_or_stop(stop: &mut tokio::sync::watch::Receiver<bool>, wait: Durat
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn previous_binlog_files_keep_their_width() {
+        assert_eq!(previous_file("binlog.000007").as_deref(), Some("binlog.000006"));
+        assert_eq!(previous_file("mysql-bin.001000").as_deref(), Some("mysql-bin.000999"));
+        assert_eq!(previous_file("binlog.000001"), None);
+        assert_eq!(previous_file("binlog"), None);
+    }
 
     #[test]
     fn backoff_doubles_up_to_its_maximum() {

@@ -102,6 +102,30 @@ pub async fn ready(
             ))
         }
     }
+    // A prepared XA transaction's rows reach the target with its XA COMMIT, which the stream
+    // must see before the switch (`docs/mysql-cdc.md`, "XA transactions").
+    let prepared = deadline(
+        &target_peer(target),
+        limit,
+        "reading the prepared XA transactions the stream has passed",
+        state.xa_prepared(pg),
+    )
+    .await?;
+    let mut open: Vec<&str> = prepared.values().filter(|p| p.migrated_rows).map(|p| p.xid.as_str()).collect();
+    if !open.is_empty() {
+        open.sort_unstable();
+        return Err(MyError::new(
+            "starting the cutover",
+            &format!(
+                "{} prepared XA transaction(s) that change migrated tables are not committed or rolled back on the source yet \
+                 ({}): the target gets their rows with their XA COMMIT, which would come after the switch",
+                open.len(),
+                open.join(", ")
+            ),
+            "finish them on the source (XA COMMIT or XA ROLLBACK; XA RECOVER lists them), let ferry migrate stream past them, \
+             then cut over",
+        ));
+    }
     let clean = gate.verified && gate.differences == Some(0);
     if !(skip_verify_check || clean) {
         return Err(MyError::new(

@@ -27,6 +27,17 @@ use tokio_postgres::{Client, GenericClient};
 use crate::error::MyError;
 use crate::preflight::MyTable;
 
+/// A prepared XA transaction the stream has passed (`mysql_xa_prepared`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct XaPrepared {
+    /// The xid as the server writes it (`X'6131',X'',1`).
+    pub xid: String,
+    /// Where its group starts in the binlog.
+    pub at: BinlogPosition,
+    /// It changes rows of the migrated tables (else its XA COMMIT has nothing to apply).
+    pub migrated_rows: bool,
+}
+
 /// The reason recorded with the transition of a converted migration.
 pub const CONVERTED: &str = "converted from ferry.mysql_loads";
 
@@ -260,11 +271,12 @@ impl MyState {
         Ok(Some(st))
     }
 
-    /// Whether the side table exists in its current form (with `target_schema`).
+    /// Whether the side tables exist in their current form (`target_schema`, `mysql_xa_prepared`).
     async fn side_table_exists(c: &Client, schema: &str) -> Result<bool, MyError> {
         c.query_one(
             "SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass(format('%I.mysql_state', $1::text))
-                            AND attname = 'target_schema' AND NOT attisdropped)",
+                            AND attname = 'target_schema' AND NOT attisdropped)
+                    AND to_regclass(format('%I.mysql_xa_prepared', $1::text)) IS NOT NULL",
             &[&schema],
         )
         .await
@@ -324,7 +336,17 @@ impl MyState {
              );
              COMMENT ON TABLE {s}.mysql_state IS 'Ferry: what only a MySQL/MariaDB migration records, by migration id';
              -- Added later: the schema the tables were loaded into (NULL: public, by an earlier version).
-             ALTER TABLE {s}.mysql_state ADD COLUMN IF NOT EXISTS target_schema text",
+             ALTER TABLE {s}.mysql_state ADD COLUMN IF NOT EXISTS target_schema text;
+             CREATE TABLE IF NOT EXISTS {s}.mysql_xa_prepared (
+                 migration_id text NOT NULL REFERENCES {s}.migrations (id) ON DELETE CASCADE,
+                 xid          text NOT NULL,
+                 xid_text     text NOT NULL,
+                 position     text NOT NULL,
+                 migrated_rows boolean NOT NULL,
+                 recorded_at  timestamptz NOT NULL DEFAULT now(),
+                 PRIMARY KEY (migration_id, xid)
+             );
+             COMMENT ON TABLE {s}.mysql_xa_prepared IS 'Ferry: prepared XA transactions the MySQL stream has passed, not yet committed or rolled back on the source: where each starts in the binlog'",
             s = store.quoted()
         ))
         .await
@@ -748,6 +770,74 @@ impl MyState {
         Ok(applied.and_then(|p| p.as_mysql().cloned()))
     }
 
+    /// The prepared XA transactions the stream has passed without seeing them resolved, by
+    /// [`crate::statement::xid_key`] (`docs/mysql-cdc.md`, "XA transactions").
+    pub async fn xa_prepared(&self, c: &impl GenericClient) -> Result<std::collections::HashMap<String, XaPrepared>, MyError> {
+        const WHAT: &str = "reading the prepared XA transactions the stream has passed";
+        let rows = c
+            .query(
+                &format!(
+                    "SELECT xid, xid_text, position, migrated_rows FROM {}.mysql_xa_prepared WHERE migration_id = $1",
+                    self.q()
+                ),
+                &[&self.id],
+            )
+            .await
+            .map_err(db(WHAT))?;
+        let mut out = std::collections::HashMap::new();
+        for r in rows {
+            let (key, text, at): (String, String, String) = (r.get(0), r.get(1), r.get(2));
+            let at = at.parse::<BinlogPosition>().map_err(|e| {
+                MyError::new(
+                    WHAT,
+                    &format!("the recorded position {at:?} of XA transaction {text}: {e}"),
+                    "report this as a bug",
+                )
+            })?;
+            out.insert(
+                key,
+                XaPrepared {
+                    xid: text,
+                    at,
+                    migrated_rows: r.get(3),
+                },
+            );
+        }
+        Ok(out)
+    }
+
+    /// Records that the prepared XA transaction `xid` starts at `at`: before the stream's
+    /// position passes it, so that its XA COMMIT, wherever the stream resumes, finds its rows.
+    pub async fn record_xa_prepared(&self, c: &impl GenericClient, key: &str, p: &XaPrepared) -> Result<(), MyError> {
+        c.execute(
+            &format!(
+                "INSERT INTO {}.mysql_xa_prepared (migration_id, xid, xid_text, position, migrated_rows) VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (migration_id, xid) DO UPDATE SET xid_text = EXCLUDED.xid_text, position = EXCLUDED.position,
+                     migrated_rows = EXCLUDED.migrated_rows, recorded_at = now()",
+                self.q()
+            ),
+            &[&self.id, &key, &p.xid, &p.at.to_string(), &p.migrated_rows],
+        )
+        .await
+        .map(|_| ())
+        .map_err(db("recording a prepared XA transaction"))
+    }
+
+    /// Forgets the prepared XA transaction `xid` that started at `at`, when its XA COMMIT or
+    /// XA ROLLBACK comes (the same xid prepared again later is another row: kept).
+    pub async fn forget_xa_prepared(&self, c: &impl GenericClient, key: &str, at: &BinlogPosition) -> Result<(), MyError> {
+        c.execute(
+            &format!(
+                "DELETE FROM {}.mysql_xa_prepared WHERE migration_id = $1 AND xid = $2 AND position = $3",
+                self.q()
+            ),
+            &[&self.id, &key, &at.to_string()],
+        )
+        .await
+        .map(|_| ())
+        .map_err(db("forgetting a resolved XA transaction"))
+    }
+
     /// Forgets the schema change the stream stopped before, once a transaction after it is
     /// applied (`--ddl-applied`).
     pub async fn clear_blocked(&self, c: &impl GenericClient) -> Result<(), MyError> {
@@ -1083,6 +1173,10 @@ pub fn blocked_text(blocked: &serde_json::Value) -> (&'static str, &'static str)
         Some("statement_format") => (
             "a write logged in STATEMENT format (its rows are not in the binlog)",
             "make the same change on the target, then run ferry migrate with --ddl-applied (or load again with --overwrite); keep binlog_format=ROW on the source",
+        ),
+        Some("xa_unknown") => (
+            "an XA COMMIT whose prepared transaction is in no binlog file the source still has",
+            "if it did not write to the migrated tables (or you made its changes on the target), run ferry migrate with --ddl-applied; otherwise load again with --overwrite",
         ),
         Some("unreadable_truncate") => (
             "a TRUNCATE whose table Ferry cannot read",

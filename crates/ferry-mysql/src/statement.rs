@@ -347,9 +347,95 @@ pub fn find_name<'a>(names: impl IntoIterator<Item = &'a String>, wanted: &str, 
     folded
 }
 
+/// An XA statement as the binlog logs it (`XA START X'..',X'..',n`, `XA COMMIT ...`): what it
+/// does, and its xid in the server's text form, [`xid_key`] making two spellings of one xid
+/// equal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum XaStatement {
+    /// `XA START xid` (MySQL logs it where a transaction would say BEGIN).
+    Start(String),
+    /// `XA COMMIT xid` of a prepared transaction (`ONE PHASE`: `one_phase`).
+    Commit { xid: String, one_phase: bool },
+    /// `XA ROLLBACK xid`.
+    Rollback(String),
+}
+
+/// The XA statement `query` is, if it is `XA START`, `XA BEGIN`, `XA COMMIT` or `XA ROLLBACK`.
+pub fn xa(query: &str) -> Option<XaStatement> {
+    let q = query.trim().trim_end_matches(';').trim_end();
+    let mut words = q.splitn(3, char::is_whitespace);
+    if !words.next()?.eq_ignore_ascii_case("XA") {
+        return None;
+    }
+    let verb = words.next()?.to_ascii_uppercase();
+    let rest = words.next()?.trim();
+    match verb.as_str() {
+        "START" | "BEGIN" => Some(XaStatement::Start(rest.to_string())),
+        "ROLLBACK" => Some(XaStatement::Rollback(rest.to_string())),
+        "COMMIT" => {
+            let upper = rest.to_ascii_uppercase();
+            let one_phase = upper.ends_with("ONE PHASE");
+            let xid = if one_phase {
+                rest[..rest.len() - "ONE PHASE".len()].trim_end()
+            } else {
+                rest
+            };
+            Some(XaStatement::Commit {
+                xid: xid.to_string(),
+                one_phase,
+            })
+        }
+        _ => None,
+    }
+}
+
+/// The xid `X'6131',X'',1` as its parts are: format id, global transaction id, branch qualifier.
+pub fn xid_text(format_id: u32, gtrid: &[u8], bqual: &[u8]) -> String {
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    format!("X'{}',X'{}',{format_id}", hex(gtrid), hex(bqual))
+}
+
+/// One xid's spellings made equal: case and spaces left out (the server logs hex digits in
+/// one case, a format id of 1 sometimes not at all).
+pub fn xid_key(xid: &str) -> String {
+    let mut k: String = xid.chars().filter(|c| !c.is_whitespace()).collect::<String>().to_ascii_lowercase();
+    // `X'..',X'..'` without a format id is format id 1.
+    if k.matches(',').count() == 1 {
+        k.push_str(",1");
+    }
+    k
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn xa_statements_and_their_xids() {
+        assert_eq!(xa("XA START X'6131',X'',1"), Some(XaStatement::Start("X'6131',X'',1".into())));
+        assert_eq!(
+            xa("XA COMMIT X'6232',X'6271',7"),
+            Some(XaStatement::Commit {
+                xid: "X'6232',X'6271',7".into(),
+                one_phase: false
+            })
+        );
+        assert_eq!(
+            xa("xa commit X'63',X'',1 one phase"),
+            Some(XaStatement::Commit {
+                xid: "X'63',X'',1".into(),
+                one_phase: true
+            })
+        );
+        assert_eq!(xa("XA ROLLBACK X'6131',X'',1"), Some(XaStatement::Rollback("X'6131',X'',1".into())));
+        assert_eq!(xa("XA END X'6131',X'',1"), None);
+        assert_eq!(xa("XA RECOVER"), None);
+        assert_eq!(xa("COMMIT"), None);
+        assert_eq!(xid_text(7, b"b2", b"bq"), "X'6232',X'6271',7");
+        assert_eq!(xid_key(&xid_text(1, b"a1", b"")), xid_key("X'6131',X''"));
+        assert_eq!(xid_key("X'6A',X'',1"), xid_key("x'6a', x'', 1"));
+        assert_ne!(xid_key("X'6a',X'',1"), xid_key("X'6a',X'',2"));
+    }
 
     fn t(db: Option<&str>, table: &str) -> Statement {
         Statement::Truncate(TableRef::new(db, table))

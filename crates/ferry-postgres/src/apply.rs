@@ -108,15 +108,10 @@ pub fn origin_names(migration_id: &str) -> (String, String) {
 /// A change the target rejected (or that found no row), described for `ferry.dead_letters`.
 pub use ferry_core::sink::DeadLetter;
 
-/// A position's ordering key: one number that orders every position of one stream the way
-/// the stream does, so the applier compares, skips and keys dead letters the same way for every
-/// engine. PostgreSQL: the LSN. MySQL: the binlog file's number in the high 24 bits and the
-/// offset in the low 40 (a binlog file never reaches 1 TiB: `max_binlog_size` is at most 1 GiB).
+/// A position's ordering key ([`SourcePosition::order_key`]): the applier compares, skips and
+/// keys dead letters by it, the same way for every engine.
 pub fn order_key(p: &SourcePosition) -> Lsn {
-    match p {
-        SourcePosition::Postgres(l) => *l,
-        SourcePosition::Mysql(b) => Lsn((b.file_number() << 40) | (b.pos() & ((1 << 40) - 1))),
-    }
+    p.order_key()
 }
 
 /// A source position as messages show it: an LSN bare (as PostgreSQL prints it), a binlog
@@ -1251,36 +1246,12 @@ impl Applier {
 
     /// Records a dead letter in its own transaction (idempotent across replays).
     pub async fn record_dead_letter(&self, d: &DeadLetter, skipped: bool) -> Result<(), PgError> {
-        let q = self.ctx.store.quoted();
         // The state schema lives on the migration's target: the stream's side in reverse.
         let c = match self.ctx.direction {
             Direction::Forward => &*self.tgt,
             Direction::Reverse => self.state_side.as_ref().unwrap_or(&*self.tgt),
         };
-        c.execute(
-            &format!(
-                "INSERT INTO {q}.dead_letters (migration_id, commit_lsn, change_index, table_name, operation, key, payload, error, skipped, commit_position)
-                     VALUES ($1, $2::text::pg_lsn, $3, $4, $5, $6, $7, $8, $9, $10)
-                     ON CONFLICT (migration_id, commit_lsn, change_index) DO UPDATE SET skipped = EXCLUDED.skipped, error = EXCLUDED.error"
-            ),
-            &[
-                &self.ctx.migration_id,
-                // The ordering key keeps dead letters of every engine unique and in stream order;
-                // commit_position says where the transaction is in the source's own terms.
-                &order_key(&d.commit).to_string(),
-                &(d.change_index as i32),
-                &d.table.to_string(),
-                &d.operation,
-                &d.key,
-                &d.payload,
-                &d.error,
-                &skipped,
-                &d.commit.to_string(),
-            ],
-        )
-        .await
-        .map(|_| ())
-        .map_err(|e| PgError::query("recording a dead letter", e))
+        self.ctx.store.record_dead_letter(c, &self.ctx.migration_id, d, skipped).await
     }
 }
 

@@ -432,6 +432,43 @@ COMMENT ON SCHEMA {s} IS 'Ferry migration state: do not edit while a migration r
         .map_err(|e| PgError::query("writing Ferry's event log", e))
     }
 
+    /// Records a change the target rejected in `dead_letters`, idempotent across replays (keyed
+    /// by the commit's ordering key and the change's index in its transaction), whichever
+    /// engine's stream and sink it came from.
+    pub async fn record_dead_letter(
+        &self,
+        c: &impl GenericClient,
+        id: &str,
+        d: &ferry_core::sink::DeadLetter,
+        skipped: bool,
+    ) -> Result<(), PgError> {
+        c.execute(
+            &format!(
+                "INSERT INTO {}.dead_letters (migration_id, commit_lsn, change_index, table_name, operation, key, payload, error, skipped, commit_position)
+                     VALUES ($1, $2::text::pg_lsn, $3, $4, $5, $6, $7, $8, $9, $10)
+                     ON CONFLICT (migration_id, commit_lsn, change_index) DO UPDATE SET skipped = EXCLUDED.skipped, error = EXCLUDED.error",
+                self.q
+            ),
+            &[
+                &id,
+                // The ordering key keeps dead letters of every engine unique and in stream order;
+                // commit_position says where the transaction is in the source's own terms.
+                &d.commit.order_key().to_string(),
+                &(d.change_index as i32),
+                &d.table.to_string(),
+                &d.operation,
+                &d.key,
+                &d.payload,
+                &d.error,
+                &skipped,
+                &d.commit.to_string(),
+            ],
+        )
+        .await
+        .map(|_| ())
+        .map_err(|e| PgError::query("recording a dead letter", e))
+    }
+
     /// Records the slot's consistent point.
     pub async fn set_consistent_lsn(&self, c: &Client, id: &str, lsn: Option<Lsn>) -> Result<(), PgError> {
         let text = lsn.map(|l| l.to_string());

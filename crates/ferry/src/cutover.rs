@@ -800,13 +800,7 @@ impl Switchboard {
             "writes_go_to": if r.kind == "cutover" { self.req.target.describe() } else { self.req.source.describe() },
             "report": r,
         });
-        tokio::spawn(async move {
-            match hook.post(&body).await {
-                Ok(code) if (200..300).contains(&code) => tracing::info!(url = %hook, code, "switch announced to the webhook"),
-                Ok(code) => tracing::warn!(url = %hook, code, "the webhook answered with an error"),
-                Err(e) => tracing::warn!(error = %format!("{e:#}"), "could not reach the webhook"),
-            }
-        });
+        hook.announce_in_background("switch", body);
     }
 }
 

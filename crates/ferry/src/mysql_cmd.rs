@@ -682,15 +682,11 @@ pub async fn cutover(args: &crate::cli::SwitchArgs) -> anyhow::Result<i32> {
             return Ok(exit::FOUND_PROBLEM);
         }
     };
-    if let Some(url) = &hook {
-        let body = crate::mysql_control::cutover_webhook_body(&req, &report);
-        // A webhook that hangs must not hold the cutover's exit (the switch is done).
-        match tokio::time::timeout(Duration::from_secs(10), url.post(&body)).await {
-            Ok(Ok(code)) if (200..300).contains(&code) => eprintln!("webhook {url} answered {code}"),
-            Ok(Ok(code)) => eprintln!("warning: webhook {url} answered {code}"),
-            Ok(Err(e)) => eprintln!("warning: {e:#}"),
-            Err(_) => eprintln!("warning: webhook {url} did not answer within 10 s"),
-        }
+    if let Some(hook) = &hook {
+        // Awaited (the process exits next), at most `status::WEBHOOK_TIMEOUT`: a webhook that
+        // hangs does not hold the exit long, and the switch is done whatever it answers.
+        hook.announce("cutover", &crate::mysql_control::cutover_webhook_body(&req, &report))
+            .await;
     }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -741,14 +737,11 @@ pub async fn rollback(args: &crate::cli::SwitchArgs) -> anyhow::Result<i32> {
             return Ok(exit::FOUND_PROBLEM);
         }
     };
-    if let Some(url) = &hook {
-        let body = crate::mysql_control::rollback_webhook_body(&req, &report);
-        match tokio::time::timeout(Duration::from_secs(10), url.post(&body)).await {
-            Ok(Ok(code)) if (200..300).contains(&code) => eprintln!("webhook {url} answered {code}"),
-            Ok(Ok(code)) => eprintln!("warning: webhook {url} answered {code}"),
-            Ok(Err(e)) => eprintln!("warning: {e:#}"),
-            Err(_) => eprintln!("warning: webhook {url} did not answer within 10 s"),
-        }
+    if let Some(hook) = &hook {
+        // Awaited (the process exits next), at most `status::WEBHOOK_TIMEOUT`: a webhook that
+        // hangs does not hold the exit long, and the switch is done whatever it answers.
+        hook.announce("rollback", &crate::mysql_control::rollback_webhook_body(&req, &report))
+            .await;
     }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);

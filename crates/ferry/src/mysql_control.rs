@@ -70,15 +70,9 @@ impl ApiControl {
             });
         };
         let (answer, gate) = crate::mysql_switch::mysql_cutover_report(&self.req, &self.state, opts).await;
-        if let (Some(hook), Some(gate)) = (self.webhook.clone(), gate) {
+        if let (Some(hook), Some(gate)) = (&self.webhook, gate) {
             let body = cutover_webhook_body(&self.req, &gate);
-            tokio::spawn(async move {
-                match hook.post(&body).await {
-                    Ok(code) if (200..300).contains(&code) => tracing::info!(url = %hook, code, "cutover announced to the webhook"),
-                    Ok(code) => tracing::warn!(url = %hook, code, "the webhook answered with an error"),
-                    Err(e) => tracing::warn!(error = %format!("{e:#}"), "could not reach the webhook"),
-                }
-            });
+            hook.announce_in_background("cutover", body);
         }
         answer
     }
@@ -93,7 +87,7 @@ impl ApiControl {
             });
         };
         let answer = crate::mysql_switch::mysql_rollback_report(&self.req, &self.state, opts).await;
-        if let Some(hook) = self.webhook.clone().filter(|_| answer["outcome"] == "done") {
+        if let Some(hook) = self.webhook.as_ref().filter(|_| answer["outcome"] == "done") {
             let body = serde_json::json!({
                 "event": "rolled_back",
                 "source": self.req.source.describe(),
@@ -101,13 +95,7 @@ impl ApiControl {
                 "writes_go_to": self.req.source.describe(),
                 "report": answer,
             });
-            tokio::spawn(async move {
-                match hook.post(&body).await {
-                    Ok(code) if (200..300).contains(&code) => tracing::info!(url = %hook, code, "rollback announced to the webhook"),
-                    Ok(code) => tracing::warn!(url = %hook, code, "the webhook answered with an error"),
-                    Err(e) => tracing::warn!(error = %format!("{e:#}"), "could not reach the webhook"),
-                }
-            });
+            hook.announce_in_background("rollback", body);
         }
         answer
     }

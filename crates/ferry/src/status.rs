@@ -1001,6 +1001,25 @@ impl Webhook {
     }
 }
 
+impl Webhook {
+    /// POSTs `body` announcing a `what` (cutover, rollback, switch) and logs the answer. Never
+    /// fails: the switch is done whatever the webhook says (at most [`WEBHOOK_TIMEOUT`]).
+    pub async fn announce(&self, what: &str, body: &serde_json::Value) {
+        match self.post(body).await {
+            Ok(code) if (200..300).contains(&code) => tracing::info!(url = %self, code, "{what} announced to the webhook"),
+            Ok(code) => tracing::warn!(url = %self, code, "the webhook answered with an error"),
+            Err(e) => tracing::warn!(error = %format!("{e:#}"), "could not reach the webhook"),
+        }
+    }
+
+    /// [`Self::announce`] in the background: the switch's answer (and whatever lock it holds)
+    /// never waits for the webhook.
+    pub fn announce_in_background(&self, what: &'static str, body: serde_json::Value) {
+        let hook = self.clone();
+        tokio::spawn(async move { hook.announce(what, &body).await });
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn send(
     method: &str,

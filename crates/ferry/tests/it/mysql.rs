@@ -40,6 +40,17 @@ pub fn my_sql(var: &str, sql: &str) {
     assert!(out.status.success(), "{sql}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
+/// Sets the server of `var` (`FERRY_TEST_MYSQL`...) writable again when dropped: a test that
+/// makes it read-only (a cutover, a switch) must not leave it so for the tests after it, even
+/// when it fails.
+pub struct Writable(pub &'static str);
+
+impl Drop for Writable {
+    fn drop(&mut self) {
+        my_sql(self.0, "SET GLOBAL read_only = OFF");
+    }
+}
+
 /// A fresh database on a MariaDB server and a fresh target database; returns (source URL as
 /// root, target URL).
 pub async fn fresh(var: &str, prefix: &str) -> (String, String, Dbs) {

@@ -15,7 +15,7 @@ use serde_json::Value;
 
 use crate::api::{by_id, dashboard_dom};
 use crate::harness::*;
-use crate::mysql::{dispose, fresh, my_sql};
+use crate::mysql::{dispose, fresh, my_sql, Writable};
 use crate::mysql_cdc::{binlog_end, my_query, one_webhook};
 
 /// Source transactions the writer makes, each one insert, one update and one delete.
@@ -42,13 +42,7 @@ async fn mysql_migration_status_metrics_dashboard_verify_and_cutover_through_the
     let (source, target, dbs) = fresh("FERRY_TEST_MYSQL", "myapi").await;
     let db = &dbs.name;
     // read_only is server-wide: whatever happens here, the server is writable afterwards.
-    struct Writable;
-    impl Drop for Writable {
-        fn drop(&mut self) {
-            my_sql("FERRY_TEST_MYSQL", "SET GLOBAL read_only = OFF");
-        }
-    }
-    let _writable = Writable;
+    let _writable = Writable("FERRY_TEST_MYSQL");
     my_sql("FERRY_TEST_MYSQL", "SET GLOBAL read_only = OFF");
     my_sql(
         "FERRY_TEST_MYSQL",

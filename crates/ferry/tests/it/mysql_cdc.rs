@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use crate::harness::*;
-use crate::mysql::{dispose, fresh, mariadb, my_sql, server};
+use crate::mysql::{dispose, fresh, mariadb, my_sql, server, Writable};
 
 /// Runs a query with the mariadb client; tab-separated rows, no headers.
 pub fn my_query(var: &str, sql: &str) -> String {
@@ -438,13 +438,7 @@ async fn mysql_cutover_gate_stops_writes_reaches_the_final_position_and_signals(
     let db = dbs.name.clone();
     // read_only is server-wide: whatever happens here, the server is writable afterwards (the
     // other tests write as root, which read_only does not stop, but a later run of this one would).
-    struct Writable;
-    impl Drop for Writable {
-        fn drop(&mut self) {
-            my_sql("FERRY_TEST_MYSQL", "SET GLOBAL read_only = OFF");
-        }
-    }
-    let _writable = Writable;
+    let _writable = Writable("FERRY_TEST_MYSQL");
     my_sql("FERRY_TEST_MYSQL", "SET GLOBAL read_only = OFF");
     // The application's user: no SUPER, so read_only stops it (root, Ferry's user here, is not).
     let app = format!("app_{}", std::process::id());
@@ -788,4 +782,217 @@ async fn mysql_cdc_carries_invisible_columns_through_load_stream_and_verify() {
     let stopped = m.terminate();
     assert_eq!(stopped.code, 0, "{}", stopped.all());
     dispose("FERRY_TEST_MYSQL", dbs).await;
+}
+
+/// Prepared XA transactions (`docs/mysql-cdc.md`, "XA transactions"): the binlog has their rows
+/// at XA PREPARE, yet the source decides later. Their rows reach the target with their
+/// XA COMMIT, never after XA ROLLBACK, also when the stream is killed while both are prepared
+/// and its applied position is past both (the prepared ones are recorded in the state); and
+/// XA COMMIT ... ONE PHASE is an ordinary transaction.
+#[tokio::test]
+async fn mysql_xa_rows_arrive_with_xa_commit_and_never_after_xa_rollback() {
+    const VAR: &str = "FERRY_TEST_MYSQL";
+    let (source, target, dbs) = fresh(VAR, "myxa").await;
+    let db = dbs.name.clone();
+    // XA transactions are the server's, not a database's: names of this test's own.
+    let (gone, kept, one, late) = (
+        format!("{db}_gone"),
+        format!("{db}_kept"),
+        format!("{db}_one"),
+        format!("{db}_late"),
+    );
+    let side = format!("{db}_side");
+    // A failing test must not leave a prepared transaction holding its locks.
+    struct Unprepare(Vec<String>);
+    impl Drop for Unprepare {
+        fn drop(&mut self) {
+            for xid in &self.0 {
+                let _ = mariadb(VAR).args(["-e", &format!("XA ROLLBACK {xid}")]).output();
+            }
+        }
+    }
+    let _unprepare = Unprepare(vec![
+        format!("'{gone}'"),
+        format!("'{kept}','branch',7"),
+        format!("'{late}'"),
+        format!("'{side}'"),
+    ]);
+    my_sql(
+        VAR,
+        &format!(
+            "USE {db}; CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'loaded'), (2, 'loaded');
+             CREATE TABLE side (id int PRIMARY KEY); CREATE TABLE big (id int PRIMARY KEY);"
+        ),
+    );
+    // `side` is not migrated: an XA transaction on it alone has nothing to apply.
+    let args = ["migrate", "--source", &source, "--target", &target, "--exclude", "side"];
+    let m = Migrator::spawn(&args);
+    wait_streaming(&target).await;
+    // Each client run is a session of its own: the prepared transactions outlive it.
+    my_sql(
+        VAR,
+        &format!(
+            "USE {db}; XA START '{gone}'; INSERT INTO t VALUES (10, 'rolled back'); UPDATE t SET v = 'rolled back' WHERE id = 1;
+             XA END '{gone}'; XA PREPARE '{gone}';"
+        ),
+    );
+    my_sql(
+        VAR,
+        &format!(
+            "USE {db}; XA START '{kept}','branch',7; INSERT INTO t VALUES (20, 'xa committed'); DELETE FROM t WHERE id = 2;
+             INSERT INTO big SELECT seq FROM seq_1_to_30000;
+             XA END '{kept}','branch',7; XA PREPARE '{kept}','branch',7;"
+        ),
+    );
+    my_sql(
+        VAR,
+        &format!("XA START '{side}'; INSERT INTO {db}.side VALUES (1); XA END '{side}'; XA PREPARE '{side}';"),
+    );
+    my_sql(VAR, &format!("INSERT INTO {db}.t VALUES (30, 'ordinary')"));
+    wait_caught_up(VAR, &target, Duration::from_secs(60)).await;
+    assert_eq!(
+        pg_rows(&target, "t").await,
+        ["(1,loaded)", "(2,loaded)", "(30,ordinary)"],
+        "nothing of a prepared transaction is applied"
+    );
+    let t = connect(&target).await;
+    let big = || async { t.query_one("SELECT count(*) FROM public.big", &[]).await.unwrap().get::<_, i64>(0) };
+    assert_eq!(big().await, 0);
+    let recorded = || async {
+        t.query_one("SELECT count(*) FROM ferry.mysql_xa_prepared", &[])
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+    };
+    assert_eq!(recorded().await, 3, "the prepared transactions are recorded");
+    // A crash with the applied position past both prepares: the restarted stream finds their
+    // rows from the state. Then one prepared and committed while it runs, and one in one phase.
+    m.kill9();
+    let m = Migrator::spawn(&args);
+    my_sql(
+        VAR,
+        &format!(
+            "XA ROLLBACK '{gone}'; XA COMMIT '{side}'; XA COMMIT '{kept}','branch',7; INSERT INTO {db}.t VALUES (31, 'after');
+             XA START '{one}'; INSERT INTO {db}.t VALUES (40, 'one phase'); XA END '{one}'; XA COMMIT '{one}' ONE PHASE;
+             XA START '{late}'; INSERT INTO {db}.t VALUES (50, 'late'); UPDATE {db}.t SET v = 'late' WHERE id = 30;
+             XA END '{late}'; XA PREPARE '{late}';"
+        ),
+    );
+    wait_caught_up(VAR, &target, Duration::from_secs(60)).await;
+    let expected = [
+        "(1,loaded)",
+        "(20,\"xa committed\")",
+        "(30,ordinary)",
+        "(31,after)",
+        "(40,\"one phase\")",
+    ];
+    assert_eq!(pg_rows(&target, "t").await, expected, "exactly the committed rows");
+    // Read again from the binlog as it streams: more rows than the sink holds at once.
+    assert_eq!(big().await, 30_000);
+    // No cutover while a prepared transaction that changes migrated tables is undecided: its
+    // rows would come after the switch. (The guard in case it went ahead.)
+    let _writable = Writable(VAR);
+    let cut = ferry(&[
+        "cutover",
+        "--source",
+        &source,
+        "--target",
+        &target,
+        "--grace",
+        "1s",
+        "--skip-verify-check",
+    ]);
+    assert_ne!(cut.code, 0, "{}", cut.all());
+    assert!(
+        cut.stderr.contains("1 prepared XA transaction(s) that change migrated tables") && cut.stderr.contains("XA RECOVER"),
+        "{}",
+        cut.all()
+    );
+    assert_eq!(my_query(VAR, "SELECT @@GLOBAL.read_only").trim(), "0");
+    my_sql(VAR, &format!("XA COMMIT '{late}'; INSERT INTO {db}.t VALUES (60, 'last');"));
+    wait_caught_up(VAR, &target, Duration::from_secs(60)).await;
+    let expected = [
+        "(1,loaded)",
+        "(20,\"xa committed\")",
+        "(30,late)",
+        "(31,after)",
+        "(40,\"one phase\")",
+        "(50,late)",
+        "(60,last)",
+    ];
+    assert_eq!(pg_rows(&target, "t").await, expected, "exactly the committed rows");
+    let on_source = my_query(VAR, &format!("SELECT id, v FROM {db}.t ORDER BY id"));
+    assert_eq!(
+        on_source.lines().collect::<Vec<_>>(),
+        [
+            "1\tloaded",
+            "20\txa committed",
+            "30\tlate",
+            "31\tafter",
+            "40\tone phase",
+            "50\tlate",
+            "60\tlast"
+        ]
+    );
+    wait_for("the resolved transactions to be forgotten", Duration::from_secs(30), || async {
+        recorded().await == 0
+    })
+    .await;
+    let stopped = m.terminate();
+    assert_eq!(stopped.code, 0, "{}", stopped.all());
+    dispose(VAR, dbs).await;
+}
+
+/// XA transactions prepared before the stream's start (during the full load): their rows are in
+/// no snapshot, and the stream never passed their XA PREPARE. At XA COMMIT the stream finds it in
+/// the binlog before its start and applies its rows; XA ROLLBACK leaves nothing.
+#[tokio::test]
+async fn mysql_xa_prepared_before_the_stream_started_is_found_at_its_commit() {
+    const VAR: &str = "FERRY_TEST_MYSQL";
+    let (source, target, dbs) = fresh(VAR, "myxaearly").await;
+    let db = dbs.name.clone();
+    let (early, undone) = (format!("{db}_early"), format!("{db}_undone"));
+    struct Unprepare(Vec<String>);
+    impl Drop for Unprepare {
+        fn drop(&mut self) {
+            for xid in &self.0 {
+                let _ = mariadb(VAR).args(["-e", &format!("XA ROLLBACK '{xid}'")]).output();
+            }
+        }
+    }
+    let _unprepare = Unprepare(vec![early.clone(), undone.clone()]);
+    my_sql(
+        VAR,
+        &format!(
+            "USE {db}; CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'loaded');
+             XA START '{early}'; INSERT INTO t VALUES (2, 'prepared before'); UPDATE t SET v = 'updated before' WHERE id = 1;
+             XA END '{early}'; XA PREPARE '{early}';"
+        ),
+    );
+    // (One prepared transaction per session.)
+    my_sql(
+        VAR,
+        &format!("USE {db}; XA START '{undone}'; INSERT INTO t VALUES (3, 'undone'); XA END '{undone}'; XA PREPARE '{undone}';"),
+    );
+    let args = ["migrate", "--source", &source, "--target", &target];
+    let m = Migrator::spawn(&args);
+    wait_streaming(&target).await;
+    my_sql(VAR, &format!("INSERT INTO {db}.t VALUES (4, 'streamed')"));
+    wait_caught_up(VAR, &target, Duration::from_secs(60)).await;
+    assert_eq!(pg_rows(&target, "t").await, ["(1,loaded)", "(4,streamed)"]);
+    my_sql(
+        VAR,
+        &format!("XA ROLLBACK '{undone}'; XA COMMIT '{early}'; INSERT INTO {db}.t VALUES (5, 'after');"),
+    );
+    wait_caught_up(VAR, &target, Duration::from_secs(60)).await;
+    assert_eq!(
+        pg_rows(&target, "t").await,
+        ["(1,\"updated before\")", "(2,\"prepared before\")", "(4,streamed)", "(5,after)"]
+    );
+    // Its own binlog connection sat unread during the search: opened again after it, and the
+    // insert after the XA COMMIT came through it.
+    assert!(m.log().contains("opening the binlog connection again"), "{}", m.log());
+    let stopped = m.terminate();
+    assert_eq!(stopped.code, 0, "{}", stopped.all());
+    dispose(VAR, dbs).await;
 }

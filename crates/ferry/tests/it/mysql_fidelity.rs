@@ -11,7 +11,7 @@ use ferry_mysql::charset::Charset;
 use ferry_mysql::endpoint::query;
 
 use crate::harness::*;
-use crate::mysql::{dispose, fresh, mariadb, my_sql, server};
+use crate::mysql::{dispose, fresh, mariadb, my_sql, server, Writable};
 use crate::mysql_cdc::{my_query, wait_caught_up, wait_streaming};
 
 const MY: &str = "FERRY_TEST_MYSQL";
@@ -508,13 +508,7 @@ async fn mysql_switch_side_reports_a_failed_read_only_reset() {
     const VAR: &str = "FERRY_TEST_MYSQL_STMT";
     let (_source, _target, dbs) = fresh(VAR, "myreset").await;
     let db = dbs.name.clone();
-    struct Writable;
-    impl Drop for Writable {
-        fn drop(&mut self) {
-            my_sql("FERRY_TEST_MYSQL_STMT", "SET GLOBAL read_only = OFF");
-        }
-    }
-    let _writable = Writable;
+    let _writable = Writable(VAR);
     let user = format!("reset_{}", std::process::id());
     let account = format!("'{user}'@'%'");
     my_sql(

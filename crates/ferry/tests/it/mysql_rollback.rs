@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::harness::*;
-use crate::mysql::{dispose, fresh, my_sql, server};
+use crate::mysql::{dispose, fresh, my_sql, server, Writable};
 use crate::mysql_cdc::{my_query, wait_caught_up, wait_streaming, COLS, EDGE_ROW, OTHER_ROW};
 
 /// sysbench as the application's user (no SUPER: read-only stops it), on two small tables.
@@ -56,13 +56,7 @@ async fn mysql_rollback_sysbench_through_cutover_writes_on_postgres_and_back() {
     let (source, target, dbs) = fresh("FERRY_TEST_MYSQL", "myrb").await;
     let db = dbs.name.clone();
     // read_only is server-wide: whatever happens here, the server is writable afterwards.
-    struct Writable;
-    impl Drop for Writable {
-        fn drop(&mut self) {
-            my_sql("FERRY_TEST_MYSQL", "SET GLOBAL read_only = OFF");
-        }
-    }
-    let _writable = Writable;
+    let _writable = Writable("FERRY_TEST_MYSQL");
     my_sql("FERRY_TEST_MYSQL", "SET GLOBAL read_only = OFF");
     let app = format!("rbapp_{}", std::process::id());
     my_sql(
@@ -302,13 +296,7 @@ async fn mysql_rollback_sysbench_through_cutover_writes_on_postgres_and_back() {
 #[tokio::test]
 async fn mysql_rollback_an_idle_source_cuts_over_right_after_the_load_and_back() {
     let (source, target, dbs) = fresh("FERRY_TEST_MYSQL", "myidle").await;
-    struct Writable;
-    impl Drop for Writable {
-        fn drop(&mut self) {
-            my_sql("FERRY_TEST_MYSQL", "SET GLOBAL read_only = OFF");
-        }
-    }
-    let _writable = Writable;
+    let _writable = Writable("FERRY_TEST_MYSQL");
     my_sql(
         "FERRY_TEST_MYSQL",
         &format!(

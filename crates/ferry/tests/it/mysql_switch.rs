@@ -17,7 +17,7 @@ use ferry_mysql::MyEndpoint;
 use ferry_postgres::switch::PgSide;
 
 use crate::harness::*;
-use crate::mysql::{dispose, fresh, my_sql, server};
+use crate::mysql::{dispose, fresh, my_sql, server, Writable};
 use crate::mysql_cdc::{binlog_end, my_query};
 
 const VAR: &str = "FERRY_TEST_MYSQL_STMT";
@@ -57,13 +57,7 @@ async fn session_id(info: &str) -> u64 {
 async fn mysql_switch_side_spares_ferry_ends_the_application_and_undoes_read_only() {
     let (source, _target, dbs) = fresh(VAR, "myside").await;
     let db = dbs.name.clone();
-    struct Writable;
-    impl Drop for Writable {
-        fn drop(&mut self) {
-            my_sql(VAR, "SET GLOBAL read_only = OFF");
-        }
-    }
-    let _writable = Writable;
+    let _writable = Writable(VAR);
     my_sql(VAR, "SET GLOBAL read_only = OFF");
     let app = format!("side_{}", std::process::id());
     my_sql(

@@ -144,7 +144,7 @@ async fn mysql_migration_in_cdc_survives_the_upgrade_from_mysql_loads() {
     assert_eq!(n, 1);
     assert_eq!(t.execute("DELETE FROM ferry.migrations WHERE id = $1", &[&id]).await.unwrap(), 1);
     t.batch_execute(
-        "DROP TABLE ferry.mysql_state, ferry.verify_differences, ferry.verify_runs, ferry.transitions, ferry.dead_letters,
+        "DROP TABLE ferry.mysql_xa_prepared, ferry.mysql_state, ferry.verify_differences, ferry.verify_runs, ferry.transitions, ferry.dead_letters,
                     ferry.events, ferry.tables, ferry.migrations",
     )
     .await
@@ -311,7 +311,7 @@ async fn mysql_unfinished_and_cut_over_states_convert_to_their_phases() {
 
     // A migration that was cut over: converted to cut_over, with its cutover report.
     t.batch_execute(
-        "DROP TABLE ferry.mysql_state, ferry.verify_differences, ferry.verify_runs, ferry.transitions, ferry.dead_letters,
+        "DROP TABLE ferry.mysql_xa_prepared, ferry.mysql_state, ferry.verify_differences, ferry.verify_runs, ferry.transitions, ferry.dead_letters,
                     ferry.events, ferry.tables, ferry.migrations",
     )
     .await
