@@ -193,7 +193,10 @@ fn reader(ep: KafkaEndpoint, tables: Vec<String>, snapshot: CaptureState, start:
                     };
                     let _ = out.add_partition_offset(e.topic(), e.partition(), offset);
                 }
-                tracing::info!(partitions = out.count(), "resuming from the records produced since the last applied transaction");
+                tracing::info!(
+                    partitions = out.count(),
+                    "resuming from the records produced since the last applied transaction"
+                );
                 out
             }
             Err(e) => {
