@@ -500,7 +500,7 @@ impl Shape {
             let Some(name) = f["field"].as_str() else { continue };
             if let Some(i) = self.rel.columns.iter().position(|c| c.name == name) {
                 if let Some(k) = Kind::from_schema(f) {
-                    self.kinds[i] = k;
+                    self.kinds[i] = k.refined(&Kind::of(&self.rel.columns[i].type_sql));
                 }
             }
         }

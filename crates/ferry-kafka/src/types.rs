@@ -102,6 +102,22 @@ pub enum Kind {
     MicroDuration,
     /// `io.debezium.time.Year` (MySQL's YEAR).
     Year,
+    /// PostgreSQL's `bit(1)`: Debezium's boolean.
+    Bit1,
+    /// `io.debezium.data.Bits`: `bit(n)`, the bits little-endian (the string's last bit is bit
+    /// 0), in as many bytes as the column has bits.
+    Bits {
+        /// Bits of the column (the schema's `length` parameter).
+        length: u32,
+        /// `bit varying` on the target: decoded without leading zeros (Debezium's form does not
+        /// keep a varying string's length).
+        varying: bool,
+    },
+    /// `io.debezium.data.Ltree`.
+    Ltree,
+    /// PostgreSQL's hstore as `io.debezium.data.Json` (`hstore.handling.mode=json`): a JSON
+    /// object of strings and nulls.
+    Hstore,
     /// An array of the inner kind.
     Array(Box<Kind>),
 }
@@ -120,12 +136,20 @@ impl Kind {
             return Kind::Array(Box::new(Kind::of(inner)));
         }
         let base = t.split('(').next().unwrap_or("").trim();
+        // An extension's type is schema-qualified in the stream ("public.citext").
+        let unqualified = base.rsplit('.').next().unwrap_or(base).trim_matches('"');
+        match unqualified {
+            "citext" => return Kind::Text,
+            "ltree" => return Kind::Ltree,
+            "hstore" => return Kind::Hstore,
+            _ => {}
+        }
         let with_tz = t.ends_with("with time zone");
         match base {
             "boolean" | "bool" => Kind::Bool,
             "smallint" | "int2" => Kind::Int16,
             "integer" | "int" | "int4" => Kind::Int32,
-            "bigint" | "int8" => Kind::Int64,
+            "bigint" | "int8" | "oid" => Kind::Int64,
             "real" | "float4" => Kind::Float32,
             "double precision" | "float8" => Kind::Float64,
             "numeric" | "decimal" => {
@@ -166,8 +190,15 @@ impl Kind {
                     Kind::MicroTimestamp
                 }
             }
-            "text" | "character varying" | "varchar" | "character" | "char" | "bpchar" | "name" | "citext" | "inet" | "cidr"
-            | "macaddr" | "bit" | "bit varying" => Kind::Text,
+            "bit" => match precision_of(&t).unwrap_or(1) {
+                1 => Kind::Bit1,
+                n => Kind::Bits { length: n, varying: false },
+            },
+            // Kept as its text: Debezium's bytes do not keep a varying bit string's length
+            // (leading zeros), and Ferry's events must round-trip exactly.
+            "bit varying" | "varbit" => Kind::Text,
+            "text" | "character varying" | "varchar" | "character" | "char" | "bpchar" | "name" | "inet" | "cidr" | "macaddr"
+            | "macaddr8" => Kind::Text,
             // A qualified name is a user type: enums (and domains) travel as their text.
             _ if base.contains('.') || base.starts_with('"') => Kind::Enum,
             _ => Kind::Text,
@@ -256,6 +287,20 @@ impl Kind {
                 m.insert("version".into(), json!(1));
                 ("int32", Some("io.debezium.time.Year"))
             }
+            Kind::Bit1 => ("boolean", None),
+            Kind::Bits { length, .. } => {
+                m.insert("parameters".into(), json!({"length": length.to_string()}));
+                m.insert("version".into(), json!(1));
+                ("bytes", Some("io.debezium.data.Bits"))
+            }
+            Kind::Ltree => {
+                m.insert("version".into(), json!(1));
+                ("string", Some("io.debezium.data.Ltree"))
+            }
+            Kind::Hstore => {
+                m.insert("version".into(), json!(1));
+                ("string", Some("io.debezium.data.Json"))
+            }
             Kind::Array(inner) => {
                 let mut items = inner.schema();
                 items.insert("optional".into(), Value::Bool(true));
@@ -287,6 +332,11 @@ impl Kind {
             (_, Some("io.debezium.data.Json")) => Kind::Json,
             (_, Some("io.debezium.data.Uuid")) => Kind::Uuid,
             (_, Some("io.debezium.data.Xml")) => Kind::Xml,
+            (_, Some("io.debezium.data.Ltree")) => Kind::Ltree,
+            (_, Some("io.debezium.data.Bits")) => Kind::Bits {
+                length: s.pointer("/parameters/length")?.as_str()?.parse().ok()?,
+                varying: false,
+            },
             (_, Some("io.debezium.data.Enum")) | (_, Some("io.debezium.data.EnumSet")) => Kind::Enum,
             (_, Some("io.debezium.time.Date")) => Kind::Date,
             (_, Some("io.debezium.time.Time")) => Kind::TimeMillis,
@@ -340,7 +390,14 @@ impl Kind {
                 let scale = text.split_once('.').map(|(_, f)| f.len() as u32).unwrap_or(0);
                 json!({"scale": scale, "value": b64(&unscaled(text, scale)?.to_signed_bytes_be())})
             }
-            Kind::Text | Kind::Enum | Kind::Json | Kind::Uuid | Kind::Xml => Value::String(text.into()),
+            Kind::Text | Kind::Enum | Kind::Json | Kind::Uuid | Kind::Xml | Kind::Ltree => Value::String(text.into()),
+            Kind::Bit1 => match text {
+                "1" => Value::Bool(true),
+                "0" => Value::Bool(false),
+                _ => return Err(bad("bit(1)", text)),
+            },
+            Kind::Bits { .. } => Value::String(b64(&bits_le(text)?)),
+            Kind::Hstore => Value::String(hstore_json(text)?),
             Kind::Bytes => Value::String(b64(&bytea_bytes(text)?)),
             Kind::Date => json!(date_days(text)?),
             Kind::TimeMillis => json!(time_micros(text)? / 1000),
@@ -392,7 +449,15 @@ impl Kind {
                     .ok_or_else(|| bad("decimal value", &v.to_string()))?;
                 scaled(&BigInt::from_signed_bytes_be(&unb64(value)?), scale as u32)
             }
-            Kind::Text | Kind::Enum | Kind::Uuid | Kind::Xml | Kind::ZonedTimestamp | Kind::ZonedTime => as_str()?.to_string(),
+            Kind::Text | Kind::Enum | Kind::Uuid | Kind::Xml | Kind::ZonedTimestamp | Kind::ZonedTime | Kind::Ltree => {
+                as_str()?.to_string()
+            }
+            Kind::Bit1 => match v {
+                Value::Bool(b) => if *b { "1" } else { "0" }.to_string(),
+                _ => return Err(bad("bit(1)", &v.to_string())),
+            },
+            Kind::Bits { length, varying } => le_bits(&unb64(as_str()?)?, *length, *varying),
+            Kind::Hstore => json_hstore(as_str()?)?,
             Kind::Json => match v {
                 Value::String(s) => s.clone(),
                 other => other.to_string(),
@@ -439,10 +504,23 @@ impl Kind {
         }))
     }
 
+    /// The kind to decode a field with: the event schema's (`self`), unless the target's
+    /// column (`target`) needs its own text form of the same encoding.
+    pub fn refined(self, target: &Kind) -> Kind {
+        match (&self, target) {
+            (Kind::Bool, Kind::Bit1) | (Kind::Json, Kind::Hstore) | (Kind::Text, Kind::Ltree) => target.clone(),
+            (Kind::Bits { length, .. }, Kind::Text) => Kind::Bits {
+                length: *length,
+                varying: true,
+            },
+            _ => self,
+        }
+    }
+
     /// The placeholder for a value not sent.
     pub fn unavailable(&self) -> Value {
         match self {
-            Kind::Bytes | Kind::Decimal { .. } => Value::String(b64(UNAVAILABLE.as_bytes())),
+            Kind::Bytes | Kind::Decimal { .. } | Kind::Bits { .. } => Value::String(b64(UNAVAILABLE.as_bytes())),
             Kind::Array(_) => json!([UNAVAILABLE]),
             _ => Value::String(UNAVAILABLE.into()),
         }
@@ -452,6 +530,123 @@ impl Kind {
     pub fn is_unavailable(&self, v: &Value) -> bool {
         *v == self.unavailable() || v.as_str() == Some(UNAVAILABLE)
     }
+}
+
+/// A bit string (`0101`) as Debezium's Bits: little-endian, the last character bit 0, in as
+/// many bytes as the string has bits.
+fn bits_le(text: &str) -> Result<Vec<u8>, ValueError> {
+    let mut out = vec![0u8; text.len().div_ceil(8)];
+    for (i, c) in text.bytes().rev().enumerate() {
+        match c {
+            b'1' => out[i / 8] |= 1 << (i % 8),
+            b'0' => {}
+            _ => return Err(bad("bit string", text)),
+        }
+    }
+    Ok(out)
+}
+
+/// Debezium's Bits back to a bit string of `length` bits (without leading zeros if `varying`).
+fn le_bits(bytes: &[u8], length: u32, varying: bool) -> String {
+    let n = if varying { bytes.len() * 8 } else { length as usize };
+    let mut s: String = (0..n)
+        .rev()
+        .map(|i| {
+            if bytes.get(i / 8).is_some_and(|b| b & (1 << (i % 8)) != 0) {
+                '1'
+            } else {
+                '0'
+            }
+        })
+        .collect();
+    if varying {
+        let trimmed = s.trim_start_matches('0');
+        s = if trimmed.is_empty() && !s.is_empty() {
+            "0".into()
+        } else {
+            trimmed.into()
+        };
+    }
+    s
+}
+
+/// hstore's output form (`"a"=>"1", "b"=>NULL`) as a JSON object's text.
+fn hstore_json(text: &str) -> Result<String, ValueError> {
+    let mut map = Map::new();
+    let mut chars = text.chars().peekable();
+    let quoted = |chars: &mut std::iter::Peekable<std::str::Chars<'_>>| -> Result<String, ValueError> {
+        if chars.next() != Some('"') {
+            return Err(bad("hstore", text));
+        }
+        let mut s = String::new();
+        loop {
+            match chars.next() {
+                Some('\\') => s.push(chars.next().ok_or_else(|| bad("hstore", text))?),
+                Some('"') => return Ok(s),
+                Some(c) => s.push(c),
+                None => return Err(bad("hstore", text)),
+            }
+        }
+    };
+    loop {
+        while chars.peek().is_some_and(|c| c.is_whitespace() || *c == ',') {
+            chars.next();
+        }
+        if chars.peek().is_none() {
+            break;
+        }
+        let key = quoted(&mut chars)?;
+        for expect in ['=', '>'] {
+            while chars.peek().is_some_and(|c| c.is_whitespace()) {
+                chars.next();
+            }
+            if chars.next() != Some(expect) {
+                return Err(bad("hstore", text));
+            }
+        }
+        while chars.peek().is_some_and(|c| c.is_whitespace()) {
+            chars.next();
+        }
+        let value = if chars.peek() == Some(&'"') {
+            Value::String(quoted(&mut chars)?)
+        } else {
+            let word: String = std::iter::from_fn(|| chars.next_if(|c| c.is_ascii_alphabetic())).collect();
+            if !word.eq_ignore_ascii_case("null") {
+                return Err(bad("hstore", text));
+            }
+            Value::Null
+        };
+        map.insert(key, value);
+    }
+    Ok(Value::Object(map).to_string())
+}
+
+/// A JSON object of strings and nulls as hstore's input form.
+fn json_hstore(text: &str) -> Result<String, ValueError> {
+    let v: Value = serde_json::from_str(text).map_err(|_| bad("hstore JSON", text))?;
+    let obj = v.as_object().ok_or_else(|| bad("hstore JSON", text))?;
+    let quote = |s: &str| {
+        let mut q = String::with_capacity(s.len() + 2);
+        q.push('"');
+        for c in s.chars() {
+            if c == '"' || c == '\\' {
+                q.push('\\');
+            }
+            q.push(c);
+        }
+        q.push('"');
+        q
+    };
+    let mut out = Vec::with_capacity(obj.len());
+    for (k, v) in obj {
+        let value = match v {
+            Value::Null => "NULL".to_string(),
+            Value::String(s) => quote(s),
+            other => quote(&other.to_string()),
+        };
+        out.push(format!("{}=>{}", quote(k), value));
+    }
+    Ok(out.join(", "))
 }
 
 fn b64(bytes: &[u8]) -> String {
@@ -763,6 +958,37 @@ mod tests {
         let v = kind.encode(text).unwrap();
         let back = kind.decode(&v).unwrap().unwrap();
         (v, back)
+    }
+
+    #[test]
+    fn bits_oid_ltree_and_hstore_as_debezium_encodes_them() {
+        assert_eq!(Kind::of("bit(1)"), Kind::Bit1);
+        assert_eq!(round(&Kind::Bit1, "1"), (json!(true), "1".into()));
+        let bits = Kind::of("bit(10)");
+        assert_eq!(
+            bits,
+            Kind::Bits {
+                length: 10,
+                varying: false
+            }
+        );
+        // 1000000011: bit 0 and 1 in the first byte, bit 9 in the second.
+        assert_eq!(round(&bits, "1000000011"), (json!("AwI="), "1000000011".into()));
+        assert_eq!(round(&bits, "0000000000"), (json!("AAA="), "0000000000".into()));
+        let varying = bits.clone().refined(&Kind::of("bit varying(20)"));
+        assert_eq!(varying.decode(&json!("AwI=")).unwrap().as_deref(), Some("1000000011"));
+        assert_eq!(Kind::of("oid"), Kind::Int64);
+        assert_eq!(Kind::of("public.ltree"), Kind::Ltree);
+        assert_eq!(Kind::of("public.citext"), Kind::Text);
+        assert_eq!(Kind::of("public.mood"), Kind::Enum);
+        let h = Kind::of("public.hstore");
+        let (v, back) = round(&h, r#""a"=>"1", "b\"q"=>NULL, "c"=>"x\\y""#);
+        assert_eq!(
+            serde_json::from_str::<Value>(v.as_str().unwrap()).unwrap(),
+            json!({"a":"1","b\"q":null,"c":"x\\y"})
+        );
+        assert_eq!(back, r#""a"=>"1", "b\"q"=>NULL, "c"=>"x\\y""#);
+        assert_eq!(Kind::Json.refined(&h), h);
     }
 
     #[test]

@@ -75,7 +75,9 @@ impl SnapshotReader {
         let sql = format!(
             "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {};
              SET LOCAL DateStyle = 'ISO, MDY'; SET LOCAL IntervalStyle = 'postgres'; SET LOCAL bytea_output = 'hex';
-             SET LOCAL extra_float_digits = 1",
+             SET LOCAL extra_float_digits = 1;
+             -- Types as the stream names them: user types schema-qualified (an enum is known by it).
+             SET LOCAL search_path = ''",
             ferry_core::ident::quote_literal(snapshot)
         );
         tokio::time::timeout(timeout, client.batch_execute(&sql))

@@ -15,6 +15,7 @@ mod full_load;
 mod harness;
 mod hostile;
 mod kafka;
+mod kafka_debezium;
 mod large_objects;
 mod managed;
 mod mysql;
