@@ -141,8 +141,70 @@ struct Start {
     resume_ms: Option<i64>,
 }
 
-fn reader(ep: KafkaEndpoint, tables: Vec<String>, snapshot: CaptureState, start: Start, tx: mpsc::Sender<Item>, stop: Arc<AtomicBool>) {
-    let consistent: Lsn = snapshot.consistent_point.parse().unwrap_or_default();
+/// The previous commit a record's `source.sequence` names (Debezium's `sequence[0]`), if any.
+fn previous_commit(p: &Value) -> Option<Lsn> {
+    let seq: Vec<Option<String>> = serde_json::from_str(p["source"]["sequence"].as_str()?).ok()?;
+    Some(Lsn(seq.first()?.as_ref()?.parse().ok()?))
+}
+
+/// Whether a Debezium connector's snapshot is over, judged from the topics: a transaction
+/// record exists (it streams only after its snapshot), or some table partition's newest record
+/// is a change, a tombstone or the snapshot's record marked `last`.
+fn debezium_snapshot_over(ep: &KafkaEndpoint, consumer: &BaseConsumer, ttopic: &str, partitions: &HashMap<String, Vec<i32>>) -> bool {
+    if let Ok((lo, hi)) = consumer.fetch_watermarks(ttopic, 0, REQUEST_TIMEOUT) {
+        if hi > lo {
+            return true;
+        }
+    }
+    let mut tpl = TopicPartitionList::new();
+    for (t, ps) in partitions.iter().filter(|(t, _)| t.as_str() != ttopic) {
+        for p in ps {
+            if let Ok((lo, hi)) = consumer.fetch_watermarks(t, *p, REQUEST_TIMEOUT) {
+                if hi > lo {
+                    let _ = tpl.add_partition_offset(t, *p, Offset::Offset(hi - 1));
+                }
+            }
+        }
+    }
+    if tpl.count() == 0 {
+        return false;
+    }
+    let Ok(probe) = ep
+        .client_config()
+        .set("group.id", "ferry-apply-probe")
+        .set("enable.auto.commit", "false")
+        .create::<BaseConsumer>()
+    else {
+        return false;
+    };
+    if probe.assign(&tpl).is_err() {
+        return false;
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut seen = 0;
+    while seen < tpl.count() && Instant::now() < deadline {
+        if let Some(Ok(m)) = probe.poll(Duration::from_millis(200)) {
+            seen += 1;
+            let Some(bytes) = m.payload() else { return true };
+            let Ok(v) = serde_json::from_slice::<Value>(bytes) else { continue };
+            let p = payload(&v);
+            if p["op"] != "r" || p["source"]["snapshot"] == "last" {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+fn reader(
+    ep: KafkaEndpoint,
+    tables: Vec<String>,
+    snapshot: Option<CaptureState>,
+    start: Start,
+    tx: mpsc::Sender<Item>,
+    stop: Arc<AtomicBool>,
+) {
+    let consistent: Lsn = snapshot.as_ref().and_then(|s| s.consistent_point.parse().ok()).unwrap_or_default();
     let fail = |tx: &mpsc::Sender<Item>, e: PgError| {
         let _ = tx.blocking_send(Item::Failed(e));
     };
@@ -230,10 +292,72 @@ fn reader(ep: KafkaEndpoint, tables: Vec<String>, snapshot: CaptureState, start:
     };
     // The snapshot: the `r` records of the snapshot the state record names (they come before
     // any change of their partition), as many as it counted for each table.
+    let mut debezium_over = false;
     for t in tables.iter().filter(|_| start.resume_ms.is_none()) {
         if tx.blocking_send(Item::TableStart(t.clone())).is_err() {
             return;
         }
+        let Some(snapshot) = snapshot.as_ref() else {
+            // Topics a Debezium connector wrote: a table's snapshot is the `r` records at the
+            // head of its partitions, until a change follows them or the connector's snapshot
+            // is over (it may still be writing this table's rows).
+            let ps = parts.get_mut(t).map(|v| v.as_mut_slice()).unwrap_or_default();
+            let mut done = vec![false; ps.len()];
+            let mut quiet_since = Instant::now();
+            loop {
+                if stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                serve();
+                let mut caught_up = true;
+                for (i, part) in ps.iter_mut().enumerate() {
+                    if done[i] {
+                        continue;
+                    }
+                    match part.head(Duration::from_millis(50)) {
+                        Ok(Some(v)) if payload(v)["op"] == "r" => {
+                            caught_up = false;
+                            quiet_since = Instant::now();
+                            let v = part.head.take().expect("head");
+                            if payload(&v)["source"]["snapshot"] == "last" {
+                                debezium_over = true;
+                            }
+                            if tx.blocking_send(Item::Row(v)).is_err() {
+                                return;
+                            }
+                        }
+                        Ok(Some(_)) => done[i] = true,
+                        Ok(None) => {}
+                        Err(e) => return fail(&tx, PgError::transient(format!("reading {t}"), e)),
+                    }
+                }
+                if done.iter().all(|d| *d) {
+                    break;
+                }
+                if caught_up && quiet_since.elapsed() > Duration::from_secs(1) {
+                    if !debezium_over {
+                        debezium_over = debezium_snapshot_over(&ep, &consumer, &ttopic, &partitions);
+                    }
+                    if debezium_over {
+                        break;
+                    }
+                    if quiet_since.elapsed() > Duration::from_secs(600) {
+                        return fail(
+                            &tx,
+                            PgError::config(
+                                "loading the snapshot from Kafka",
+                                format!("{t}: no record for 10 minutes and the connector's snapshot is not over (no record marked last, no change, no transaction)"),
+                                "check that the Debezium connector is running and its snapshot progresses",
+                            ),
+                        );
+                    }
+                }
+            }
+            if tx.blocking_send(Item::TableEnd).is_err() {
+                return;
+            }
+            continue;
+        };
         let collection = t.strip_prefix(&format!("{}.", ep.prefix)).unwrap_or(t);
         let want = snapshot.table_rows.get(collection).copied().unwrap_or(0);
         let ps = parts.get_mut(t).map(|v| v.as_mut_slice()).unwrap_or_default();
@@ -382,13 +506,29 @@ fn reader(ep: KafkaEndpoint, tables: Vec<String>, snapshot: CaptureState, start:
                             break;
                         };
                         let hp = payload(h);
+                        if hp.get("op").is_none() {
+                            return fail(
+                                &tx,
+                                PgError::config(
+                                    "applying from Kafka",
+                                    format!("a record in {t} is not in Debezium's envelope (no op, before, after, source): flattened, by ExtractNewRecordState or a like transform"),
+                                    "have the connector write the envelope (remove the flattening transform): a flattened record has no operation, old key or transaction to apply exactly",
+                                ),
+                            );
+                        }
                         let hid = hp["transaction"]["id"].as_str().unwrap_or("");
                         let order = hp["transaction"]["total_order"].as_i64().unwrap_or(0);
-                        let stale = match commit_of(hid) {
-                            None => true,
-                            Some((_, c)) if c < commit => true,
-                            Some((_, c)) if c == commit => order <= last_order,
-                            Some(_) => false,
+                        // Ferry's ids are `<txId>:<commit LSN>` on every record of a transaction;
+                        // Debezium's carry the LSN of each record instead, so the transaction is
+                        // known by its txId, and a record of another one is older than this one
+                        // if the commit before its own (`sequence[0]`) is.
+                        let (stale, ours) = match commit_of(hid) {
+                            None => (true, false),
+                            Some((htx, _)) if htx == txid => (order <= last_order, true),
+                            Some((_, c)) => match previous_commit(hp) {
+                                Some(prev) => (prev < commit, false),
+                                None => (c < commit, false),
+                            },
                         };
                         if stale {
                             part.head = None;
@@ -396,7 +536,7 @@ fn reader(ep: KafkaEndpoint, tables: Vec<String>, snapshot: CaptureState, start:
                         }
                         // Orders run 1..=event_count; the next one may still be on its way
                         // in another partition (the END record can be read first).
-                        if hid == id && order == last_order + 1 {
+                        if ours && order == last_order + 1 {
                             best = Some((t.clone(), i, order));
                         }
                         break;
@@ -593,26 +733,10 @@ pub async fn run(opts: ApplyOptions, mut stop: watch::Receiver<bool>) -> Result<
 async fn session(opts: &ApplyOptions, stop: &mut watch::Receiver<bool>, ordered_until: Lsn) -> Result<(), ApplyError> {
     let ep = &opts.kafka;
     let state = read_state(ep).await?;
-    let Some(state) = state.filter(|s| s.snapshot_complete) else {
-        return Err(PgError::config(
-            "applying from Kafka",
-            format!(
-                "topic {} says no snapshot is complete under prefix {}",
-                state_topic(&ep.prefix),
-                ep.prefix
-            ),
-            "start `ferry capture` to this prefix first and wait until it says the snapshot is published",
-        )
-        .into());
-    };
-    let consistent: Lsn = state
-        .consistent_point
-        .parse()
-        .map_err(|e| PgError::config("applying from Kafka", format!("{e}"), "report this as a bug"))?;
     // The table topics: every topic under the prefix but Ferry's own and the transactions'.
-    let topics = {
+    let (topics, ferry_capture) = {
         let ep = ep.clone();
-        tokio::task::spawn_blocking(move || -> Result<Vec<String>, PgError> {
+        tokio::task::spawn_blocking(move || -> Result<(Vec<String>, bool), PgError> {
             let c: BaseConsumer = ep
                 .client_config()
                 .create()
@@ -626,6 +750,7 @@ async fn session(opts: &ApplyOptions, stop: &mut watch::Receiver<bool>, ordered_
                 dead_letter_topic(&ep.prefix),
             ]
             .into();
+            let ferry_capture = md.topics().iter().any(|t| t.name() == state_topic(&ep.prefix));
             let mut v: Vec<String> = md
                 .topics()
                 .iter()
@@ -633,10 +758,38 @@ async fn session(opts: &ApplyOptions, stop: &mut watch::Receiver<bool>, ordered_
                 .filter(|n| !skip.contains(n) && table_of(&ep.prefix, n).is_some())
                 .collect();
             v.sort();
-            Ok(v)
+            Ok((v, ferry_capture))
         })
         .await
         .map_err(|e| PgError::transient("reading the topics", e))??
+    };
+    // Ferry's capture makes its state topic first and says there when its snapshot is all
+    // published; without that topic the topics are a Debezium connector's.
+    let state = match state {
+        Some(s) if s.snapshot_complete => Some(s),
+        None if !ferry_capture => {
+            tracing::info!(prefix = %ep.prefix, "no Ferry capture under this prefix: reading the topics as a Debezium connector writes them");
+            None
+        }
+        _ => {
+            return Err(PgError::config(
+                "applying from Kafka",
+                format!(
+                    "topic {} says no snapshot is complete under prefix {}",
+                    state_topic(&ep.prefix),
+                    ep.prefix
+                ),
+                "start `ferry capture` to this prefix first and wait until it says the snapshot is published",
+            )
+            .into())
+        }
+    };
+    let consistent: Lsn = match &state {
+        Some(s) => s
+            .consistent_point
+            .parse()
+            .map_err(|e| PgError::config("applying from Kafka", format!("{e}"), "report this as a bug"))?,
+        None => Lsn(0),
     };
     let client = opts.target.connect("kafka-apply").await?;
     let store = StateStore::new(&opts.state_schema);
@@ -652,6 +805,7 @@ async fn session(opts: &ApplyOptions, stop: &mut watch::Receiver<bool>, ordered_
             .await?;
         let planned: Vec<(TableName, i64)> = shapes.values().map(|s| (s.rel.table.clone(), 0)).collect();
         store.plan_tables(&client, &opts.id, &planned).await?;
+        // Debezium's topics: no position before the first transaction is known (0/0).
         store.set_consistent_lsn(&client, &opts.id, Some(consistent)).await?;
         store
             .transition(&client, &opts.id, Phase::Schema, "ferry apply", "tables exist on the target")

@@ -98,7 +98,19 @@ pub async fn read_state(ep: &KafkaEndpoint) -> Result<Option<CaptureState>, PgEr
     tokio::task::spawn_blocking(move || {
         let (low, high) = match consumer.fetch_watermarks(&topic, 0, Timeout::After(REQUEST_TIMEOUT)) {
             Ok(w) => w,
-            Err(e) if e.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition) => return Ok(None),
+            // No such topic (librdkafka says so in one of three ways, by broker).
+            Err(e)
+                if matches!(
+                    e.rdkafka_error_code(),
+                    Some(
+                        rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition
+                            | rdkafka::types::RDKafkaErrorCode::UnknownTopic
+                            | rdkafka::types::RDKafkaErrorCode::UnknownPartition
+                    )
+                ) =>
+            {
+                return Ok(None)
+            }
             Err(e) => return Err(kafka_error(&format!("reading topic {topic}"), &ep2, &e)),
         };
         if high <= low {

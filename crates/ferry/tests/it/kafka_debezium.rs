@@ -422,3 +422,217 @@ async fn capture_types_every_column_as_debeziums_type_table_says() {
     drop(src);
     dbs.drop().await;
 }
+
+/// Records to produce: key and value (None: null).
+type Records = Vec<(Option<String>, Option<String>)>;
+
+/// Produces records to `topic`, waiting for the broker's acknowledgement.
+fn produce(topic: &str, records: &[(Option<String>, Option<String>)]) {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let producer: BaseProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", broker())
+        .set("enable.idempotence", "true")
+        .set("log_level", "3")
+        .create()
+        .expect("producer");
+    for (k, v) in records {
+        let mut r: BaseRecord<'_, String, String> = BaseRecord::to(topic);
+        if let Some(k) = k {
+            r = r.key(k);
+        }
+        if let Some(v) = v {
+            r = r.payload(v);
+        }
+        producer.send(r).map_err(|(e, _)| e).expect("send");
+    }
+    producer.flush(Duration::from_secs(30)).expect("the broker acknowledges");
+}
+
+/// Creates topics the way a Debezium deployment has them (Kafka Connect creates them).
+async fn create_topics(names: &[String]) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", broker())
+        .create()
+        .expect("admin");
+    let topics: Vec<NewTopic<'_>> = names.iter().map(|n| NewTopic::new(n, 1, TopicReplication::Fixed(-1))).collect();
+    for r in admin.create_topics(&topics, &AdminOptions::new()).await.expect("create topics") {
+        r.expect("topic created");
+    }
+}
+
+/// A value as JsonConverter writes it with schemas: the documentation's create-event schema
+/// (the update, delete and truncate examples say theirs is the same) and `payload`.
+fn with_schema(schema: &Value, payload: Value) -> Option<String> {
+    Some(json!({"schema": schema, "payload": payload}).to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_applies_debeziums_documented_events_exactly_once_across_a_kill_9() {
+    let dbs = Dbs::create("kdocapply").await;
+    let target = connect(&dbs.target).await;
+    target
+        .batch_execute(
+            "CREATE TABLE customers (
+               id SERIAL,
+               first_name VARCHAR(255) NOT NULL,
+               last_name VARCHAR(255) NOT NULL,
+               email VARCHAR(255) NOT NULL,
+               PRIMARY KEY(id)
+             );",
+        )
+        .await
+        .unwrap();
+    let prefix = format!("PostgreSQL_server_{}", dbs.name);
+    let topic = format!("{prefix}.public.customers");
+    let ttopic = format!("{prefix}.transaction");
+    create_topics(&[topic.clone(), ttopic.clone()]).await;
+
+    let create = &doc_json(&fixture("postgresql/create.json"))[0];
+    let schema = create["schema"].clone();
+    let dtx = doc_json(&fixture("postgresql/transaction.json"));
+    let key = |id: i64| {
+        Some(
+            json!({"schema": {"type": "struct", "fields": [{"type": "int32", "optional": false, "field": "id"}],
+                    "optional": false, "name": format!("{prefix}.public.customers.Key")},
+                   "payload": {"id": id}})
+            .to_string(),
+        )
+    };
+    // The documented events, with the positions and transaction ids a connector would give a
+    // run of them (the examples reuse one LSN and one txId for several transactions): each
+    // record's transaction id is `txId:<its own LSN>`, as Debezium's PostgresTransactionMonitor
+    // writes it, and `sequence` starts with the previous transaction's END.
+    struct Txn {
+        txid: u64,
+        begin: u64,
+        end: u64,
+        event: Value,
+    }
+    let event_of = |file: &str| doc_json(&fixture(file))[0]["payload"].clone();
+    let mut second = create["payload"].clone();
+    second["after"] = json!({"id": 2, "first_name": "Bob", "last_name": "Ross", "email": "bob@noanswer.org"});
+    let txns = [
+        Txn {
+            txid: 555,
+            begin: 24023119,
+            end: 24023130,
+            event: create["payload"].clone(),
+        },
+        Txn {
+            txid: 556,
+            begin: 24023190,
+            end: 24023210,
+            event: event_of("postgresql/update.json"),
+        },
+        Txn {
+            txid: 557,
+            begin: 46523100,
+            end: 46523140,
+            event: event_of("postgresql/delete.json"),
+        },
+        Txn {
+            txid: 558,
+            begin: 46523180,
+            end: 46523210,
+            event: second,
+        },
+        Txn {
+            txid: 559,
+            begin: 46523290,
+            end: 46523310,
+            event: event_of("postgresql/truncate.json"),
+        },
+    ];
+    let mut previous_end = 24023100u64;
+    let mut records_of = |t: &Txn| -> (Records, Records) {
+        let lsn = t.begin + 5;
+        let mut e = t.event.clone();
+        e["source"]["snapshot"] = json!("false");
+        e["source"]["txId"] = json!(t.txid);
+        e["source"]["lsn"] = json!(lsn);
+        e["source"]["sequence"] = json!(json!([previous_end.to_string(), lsn.to_string()]).to_string());
+        e["transaction"] = json!({"id": format!("{}:{lsn}", t.txid), "total_order": 1, "data_collection_order": 1});
+        let mut begin = dtx[0].clone();
+        begin["id"] = json!(format!("{}:{}", t.txid, t.begin));
+        let mut end = dtx[1].clone();
+        end["id"] = json!(format!("{}:{}", t.txid, t.end));
+        end["event_count"] = json!(1);
+        end["data_collections"] = json!([{"data_collection": "public.customers", "event_count": 1}]);
+        previous_end = t.end;
+        let id = e["after"]["id"].as_i64().or(e["before"]["id"].as_i64());
+        let mut table = vec![(
+            if e["op"] == "t" { None } else { id.and_then(key) },
+            with_schema(&schema, e.clone()),
+        )];
+        if e["op"] == "d" {
+            table.push((id.and_then(key), None));
+        }
+        let tx = [begin, end]
+            .into_iter()
+            .map(|v| (Some(json!({"id": v["id"]}).to_string()), Some(v.to_string())))
+            .collect();
+        (table, tx)
+    };
+    // The snapshot: one row read at the snapshot's LSN, the last one, as the connector marks it.
+    let mut snap = create["payload"].clone();
+    snap["op"] = json!("r");
+    snap["after"] = json!({"id": 7, "first_name": "Ada", "last_name": "Lovelace", "email": "ada@noanswer.org"});
+    snap["source"]["snapshot"] = json!("last");
+    snap["source"]["lsn"] = json!(24023100);
+    snap["source"]["sequence"] = json!("[null,\"24023100\"]");
+    produce(&topic, &[(key(7), with_schema(&schema, snap))]);
+    let mut send = |t: &Txn| {
+        let (table, tx) = records_of(t);
+        // The END record first: the applier must wait for the transaction's events.
+        produce(&ttopic, &tx);
+        produce(&topic, &table);
+    };
+    send(&txns[0]);
+    send(&txns[1]);
+
+    let from = format!("kafka://{}/{prefix}", broker());
+    let apply = Migrator::spawn(&["apply", "--from", &from, "--target", &dbs.target]);
+    let row = |sql: &'static str| {
+        let url = dbs.target.clone();
+        async move { crate::harness::wait_for_row(&url, sql, Duration::from_secs(60), sql).await }
+    };
+    row("SELECT 1 FROM customers WHERE id = 7 AND first_name = 'Ada'").await;
+    row("SELECT 1 FROM customers WHERE id = 1 AND first_name = 'Anne Marie' AND last_name = 'Kretchmar' AND email = 'annek@noanswer.org'")
+        .await;
+    // Killed: on restart the create (txn 555) must not be applied again (it would fail on the
+    // key), nor the snapshot loaded over the applied changes.
+    apply.kill9();
+    send(&txns[2]);
+    let apply = Migrator::spawn(&["apply", "--from", &from, "--target", &dbs.target]);
+    row("SELECT 1 WHERE NOT EXISTS (SELECT 1 FROM customers WHERE id = 1)").await;
+    send(&txns[3]);
+    row("SELECT 1 FROM customers WHERE id = 2 AND first_name = 'Bob'").await;
+    let rows: Vec<(i32, String)> = target
+        .query("SELECT id, first_name::text FROM customers ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(rows, [(2, "Bob".to_string()), (7, "Ada".to_string())]);
+    send(&txns[4]);
+    row("SELECT 1 WHERE NOT EXISTS (SELECT 1 FROM customers)").await;
+    // The last applied transaction is the truncate's, by the position in its END record (the
+    // sink keeps the position just past it).
+    let applied: i64 = target
+        .query_one("SELECT (applied_lsn - '0/0'::pg_lsn)::bigint FROM ferry.migrations", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(applied, 46523310 + 1);
+    let run = apply.terminate();
+    assert_eq!(run.code, 0, "{}", run.all());
+    assert!(
+        run.all().contains("reading the topics as a Debezium connector writes them"),
+        "{}",
+        run.all()
+    );
+    drop(target);
+    dbs.drop().await;
+}
