@@ -646,6 +646,41 @@ impl Shape {
         }
     }
 
+    /// Adds the columns the event's schema has and the table lacks (the source gained them
+    /// mid-stream), typed from their Debezium schema, nullable; true if any. The sink adds
+    /// them to the target when it is told the grown relation. Without a schema part the type
+    /// is unknown: the row is refused, naming the column.
+    fn grow(&mut self, envelope: &Value) -> bool {
+        let Some(fields) = envelope.pointer("/schema/fields").and_then(Value::as_array) else {
+            return false;
+        };
+        let Some(after) = fields
+            .iter()
+            .find(|f| f["field"] == "after" || f["field"] == "before")
+            .and_then(|f| f["fields"].as_array())
+        else {
+            return false;
+        };
+        let mut grown = false;
+        for f in after {
+            let Some(name) = f["field"].as_str() else { continue };
+            if self.rel.columns.iter().any(|c| c.name == name) {
+                continue;
+            }
+            let Some(kind) = Kind::from_schema(f) else { continue };
+            self.rel.columns.push(Column {
+                name: name.to_string(),
+                type_sql: kind.pg_type(),
+                key: false,
+                default: None,
+                not_null: false,
+            });
+            self.kinds.push(kind);
+            grown = true;
+        }
+        grown
+    }
+
     fn row(&self, image: &Value, missing: Datum) -> Result<Row, String> {
         let obj = image.as_object().ok_or_else(|| "a row image is not an object".to_string())?;
         for name in obj.keys() {
@@ -940,6 +975,16 @@ async fn session(opts: &ApplyOptions, stop: &mut watch::Receiver<bool>, ordered_
                     let shape = shapes.get_mut(&topic).expect("known topic");
                     if described.insert(topic.clone()) {
                         shape.learn(&v);
+                        sink.apply(ChangeEvent::Relation(shape.rel.clone())).await?;
+                    }
+                    let unknown = |image: &Value| {
+                        image
+                            .as_object()
+                            .is_some_and(|o| o.keys().any(|k| !shape.rel.columns.iter().any(|c| &c.name == k)))
+                    };
+                    let p = payload(&v);
+                    if (unknown(&p["after"]) || unknown(&p["before"])) && shape.grow(&v) {
+                        tracing::info!(table = %shape.rel.table, "the events have columns the table lacks: adding them");
                         sink.apply(ChangeEvent::Relation(shape.rel.clone())).await?;
                     }
                     let p = payload(&v);

@@ -504,6 +504,39 @@ impl Kind {
         }))
     }
 
+    /// The PostgreSQL type a column of this kind gets when Ferry adds it to the target (a
+    /// column the source gained mid-stream): the type that holds every value of the kind
+    /// exactly. An enum or ltree arrives as text (its type may not exist on the target).
+    pub fn pg_type(&self) -> String {
+        match self {
+            Kind::Bool => "boolean".into(),
+            Kind::Int16 => "smallint".into(),
+            Kind::Int32 | Kind::Year => "integer".into(),
+            Kind::Int64 => "bigint".into(),
+            Kind::Float32 => "real".into(),
+            Kind::Float64 => "double precision".into(),
+            Kind::Decimal { scale, precision: Some(p) } => format!("numeric({p},{scale})"),
+            Kind::Decimal { .. } | Kind::VariableDecimal => "numeric".into(),
+            Kind::Text | Kind::Enum | Kind::Ltree => "text".into(),
+            Kind::Bytes => "bytea".into(),
+            Kind::Json => "json".into(),
+            Kind::Hstore => "public.hstore".into(),
+            Kind::Uuid => "uuid".into(),
+            Kind::Xml => "xml".into(),
+            Kind::Date => "date".into(),
+            Kind::TimeMillis => "time(3) without time zone".into(),
+            Kind::MicroTime => "time without time zone".into(),
+            Kind::TimestampMillis => "timestamp(3) without time zone".into(),
+            Kind::MicroTimestamp => "timestamp without time zone".into(),
+            Kind::ZonedTimestamp => "timestamp with time zone".into(),
+            Kind::ZonedTime => "time with time zone".into(),
+            Kind::MicroDuration => "interval".into(),
+            Kind::Bit1 => "bit(1)".into(),
+            Kind::Bits { length, .. } => format!("bit({length})"),
+            Kind::Array(inner) => format!("{}[]", inner.pg_type()),
+        }
+    }
+
     /// The kind to decode a field with: the event schema's (`self`), unless the target's
     /// column (`target`) needs its own text form of the same encoding.
     pub fn refined(self, target: &Kind) -> Kind {

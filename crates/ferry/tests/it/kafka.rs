@@ -585,3 +585,56 @@ async fn postgres_to_kafka_to_postgres_under_pgbench_with_kill_9_of_capture_and_
     drop((src, tgt));
     dbs.drop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_column_added_on_the_source_mid_stream_reaches_the_target_through_kafka() {
+    let dbs = Dbs::create("kgrow").await;
+    let src = connect(&dbs.source).await;
+    src.batch_execute("CREATE TABLE g (id int PRIMARY KEY, v text); INSERT INTO g VALUES (1, 'a');")
+        .await
+        .unwrap();
+    copy_schema(&dbs);
+    let prefix = prefix_for(&dbs);
+    // With the schema part: the added column's type comes from it.
+    let capture = start_capture(&dbs, &prefix, "").await;
+    wait_snapshot(&prefix);
+    let from = format!("kafka://{}/{prefix}", broker());
+    let apply = Migrator::spawn(&["apply", "--from", &from, "--target", &dbs.target]);
+    crate::harness::wait_for_row(&dbs.target, "the snapshot", Duration::from_secs(60), "SELECT 1 FROM g WHERE id = 1").await;
+    src.batch_execute(
+        "ALTER TABLE g ADD COLUMN amount numeric(10,2), ADD COLUMN seen timestamptz, ADD COLUMN tags text[];
+         INSERT INTO g VALUES (2, 'b', 1.50, '2024-01-02 03:04:05.123456+00', '{x,\"y z\"}');
+         UPDATE g SET amount = -0.01 WHERE id = 1;",
+    )
+    .await
+    .unwrap();
+    crate::harness::wait_for_row(
+        &dbs.target,
+        "the rows with the new columns",
+        Duration::from_secs(60),
+        "SELECT 1 FROM g WHERE id = 2 AND amount = 1.50 AND seen = '2024-01-02 03:04:05.123456+00' AND tags = '{x,\"y z\"}'
+           AND EXISTS (SELECT 1 FROM g WHERE id = 1 AND amount = -0.01)",
+    )
+    .await;
+    let tgt = connect(&dbs.target).await;
+    let types: Vec<String> = tgt
+        .query(
+            "SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = 'g'::regclass AND attnum > 2 ORDER BY attnum",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(types, ["numeric(10,2)", "timestamp with time zone", "text[]"]);
+    let run = apply.terminate();
+    assert_eq!(run.code, 0, "{}", run.all());
+    assert!(run.all().contains("adding them"), "{}", run.all());
+    let run = capture.terminate();
+    assert_eq!(run.code, 0, "{}", run.all());
+    let dropped = crate::harness::ferry(&["capture", "--source", &dbs.source, "--to", &from, "--drop"]);
+    assert_eq!(dropped.code, 0, "{}", dropped.all());
+    drop((src, tgt));
+    dbs.drop().await;
+}

@@ -616,6 +616,36 @@ async fn apply_applies_debeziums_documented_events_exactly_once_across_a_kill_9(
         .map(|r| (r.get(0), r.get(1)))
         .collect();
     assert_eq!(rows, [(2, "Bob".to_string()), (7, "Ada".to_string())]);
+    // The source gains a column mid-stream: the events' schema has it, the target gets it.
+    let mut grown_schema = schema.clone();
+    for f in grown_schema["fields"].as_array_mut().unwrap().iter_mut().take(2) {
+        f["fields"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"type": "string", "optional": true, "field": "phone"}));
+    }
+    let mut third = create["payload"].clone();
+    third["after"] = json!({"id": 3, "first_name": "Cy", "last_name": "Young", "email": "cy@noanswer.org", "phone": "+1 555 0100"});
+    third["source"]["txId"] = json!(560);
+    third["source"]["lsn"] = json!(46523255);
+    third["source"]["sequence"] = json!("[\"46523210\",\"46523255\"]");
+    third["transaction"] = json!({"id": "560:46523255", "total_order": 1, "data_collection_order": 1});
+    let mut end = dtx[1].clone();
+    end["id"] = json!("560:46523260");
+    end["event_count"] = json!(1);
+    end["data_collections"] = json!([{"data_collection": "public.customers", "event_count": 1}]);
+    produce(&ttopic, &[(None, Some(end.to_string()))]);
+    produce(&topic, &[(key(3), with_schema(&grown_schema, third))]);
+    row("SELECT 1 FROM customers WHERE id = 3 AND phone = '+1 555 0100'").await;
+    let phone_type: String = target
+        .query_one(
+            "SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = 'customers'::regclass AND attname = 'phone'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(phone_type, "text");
     send(&txns[4]);
     row("SELECT 1 WHERE NOT EXISTS (SELECT 1 FROM customers)").await;
     // The last applied transaction is the truncate's, by the position in its END record (the
