@@ -26,6 +26,7 @@
 //! transaction metadata topic, nothing says where a source transaction ends: `ferry apply`
 //! refuses, naming Debezium's `provide.transaction.metadata=true`.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -74,16 +75,16 @@ pub struct ApplyOptions {
 enum Item {
     /// The snapshot rows of a table follow.
     TableStart(String),
-    /// A snapshot row (the envelope).
-    Row(Value),
+    /// A snapshot row (the record as the broker holds it).
+    Row(Vec<u8>),
     /// The table's snapshot is over.
     TableEnd,
     /// The snapshot is over.
     SnapshotDone,
     /// A source transaction: commit LSN, its txId, commit time in ms.
     Begin(Lsn, u64, i64),
-    /// One of its changes (topic, envelope).
-    Change(String, Value),
+    /// One of its changes (topic, the record as the broker holds it).
+    Change(String, Vec<u8>),
     /// Its end.
     Commit(Lsn, i64),
     /// Nothing to read for a moment.
@@ -106,23 +107,143 @@ fn commit_of(id: &str) -> Option<(u64, Lsn)> {
     Some((tx.parse().ok()?, Lsn(lsn.parse().ok()?)))
 }
 
+/// What the reader needs of a record (routing, ordering, staleness), read without building
+/// its JSON tree: the row images and the schema part are skipped, and parsed only by the
+/// applier (a record is parsed whole at most once, the first of its table).
+#[derive(Debug, Default, serde::Deserialize)]
+struct Wire<'a> {
+    #[serde(default, borrow)]
+    op: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    source: Option<WireSource<'a>>,
+    #[serde(default, borrow)]
+    transaction: Option<WireTxn<'a>>,
+    /// The envelope, when the record has a schema part beside it (JsonConverter's
+    /// `schemas.enable=true`).
+    #[serde(default, borrow)]
+    payload: Option<Box<Wire<'a>>>,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+struct WireSource<'a> {
+    #[serde(default)]
+    lsn: Option<u64>,
+    /// A string (`last`, ...), a boolean in old connectors.
+    #[serde(default)]
+    snapshot: Value,
+    #[serde(default, borrow)]
+    sequence: Option<Cow<'a, str>>,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+struct WireTxn<'a> {
+    #[serde(default, borrow)]
+    id: Option<Cow<'a, str>>,
+    /// A number (written as a string in some of Debezium's examples).
+    #[serde(default)]
+    total_order: Value,
+}
+
+/// A record at the head of its partition.
+#[derive(Debug)]
+struct Head {
+    raw: Vec<u8>,
+    /// The envelope's `op` (None: not Debezium's envelope).
+    op: Option<String>,
+    /// Its transaction: txId and the LSN in the transaction id.
+    txn: Option<(u64, Lsn)>,
+    total_order: i64,
+    /// `source.sequence[0]`: the commit before its transaction's.
+    previous: Option<Lsn>,
+    /// `source.lsn`.
+    lsn: Option<u64>,
+    /// The connector's last snapshot record.
+    last: bool,
+}
+
+impl Head {
+    fn read(raw: Vec<u8>) -> Result<Head, serde_json::Error> {
+        let w: Wire<'_> = serde_json::from_slice(&raw)?;
+        let w = match w.payload {
+            Some(p) => *p,
+            None => w,
+        };
+        let src = w.source.unwrap_or_default();
+        let (txn, total_order) = match w.transaction {
+            Some(t) => (
+                t.id.as_deref().and_then(commit_of),
+                t.total_order
+                    .as_i64()
+                    .or_else(|| t.total_order.as_str().and_then(|s| s.parse().ok()))
+                    .unwrap_or(0),
+            ),
+            None => (None, 0),
+        };
+        let previous = src.sequence.as_deref().and_then(|seq| {
+            let seq: Vec<Option<String>> = serde_json::from_str(seq).ok()?;
+            Some(Lsn(seq.first()?.as_ref()?.parse().ok()?))
+        });
+        Ok(Head {
+            op: w.op.map(Cow::into_owned),
+            txn,
+            total_order,
+            previous,
+            lsn: src.lsn,
+            last: src.snapshot == "last",
+            raw,
+        })
+    }
+
+    fn op_is(&self, op: &str) -> bool {
+        self.op.as_deref() == Some(op)
+    }
+}
+
+/// A record's row images and operation (the applier's part of the parse).
+#[derive(Debug, Default, serde::Deserialize)]
+struct Image {
+    #[serde(default)]
+    op: Option<String>,
+    #[serde(default)]
+    before: Value,
+    #[serde(default)]
+    after: Value,
+    #[serde(default)]
+    payload: Option<Box<Image>>,
+}
+
+impl Image {
+    fn read(raw: &[u8]) -> Result<Image, String> {
+        let i: Image = serde_json::from_slice(raw).map_err(|e| format!("a record is not JSON: {e}"))?;
+        Ok(match i.payload {
+            Some(p) => *p,
+            None => i,
+        })
+    }
+}
+
+/// The whole record, for its schema part.
+fn whole(raw: &[u8]) -> Value {
+    serde_json::from_slice(raw).unwrap_or(Value::Null)
+}
+
 struct Part {
     queue: rdkafka::consumer::base_consumer::PartitionQueue<rdkafka::consumer::DefaultConsumerContext>,
-    head: Option<Value>,
+    head: Option<Head>,
     next_offset: i64,
 }
 
 impl Part {
-    /// The head record's envelope (tombstones are skipped), polling up to `wait`.
-    fn head(&mut self, wait: Duration) -> Result<Option<&Value>, String> {
+    /// The head record (tombstones are skipped), polling up to `wait`.
+    fn head(&mut self, wait: Duration) -> Result<Option<&Head>, String> {
         while self.head.is_none() {
             match self.queue.poll(wait) {
                 Some(Ok(m)) => {
                     self.next_offset = m.offset() + 1;
                     if let Some(p) = m.payload() {
-                        let v: Value = serde_json::from_slice(p)
+                        let h = Head::read(p.to_vec())
                             .map_err(|e| format!("record at offset {} of {} is not JSON: {e}", m.offset(), m.topic()))?;
-                        self.head = Some(v);
+                        self.head = Some(h);
                     }
                 }
                 Some(Err(e)) => return Err(e.to_string()),
@@ -139,12 +260,6 @@ struct Start {
     /// The snapshot is loaded: the reader starts at the first record produced at or after
     /// this time (milliseconds since the epoch), if the broker can say where that is.
     resume_ms: Option<i64>,
-}
-
-/// The previous commit a record's `source.sequence` names (Debezium's `sequence[0]`), if any.
-fn previous_commit(p: &Value) -> Option<Lsn> {
-    let seq: Vec<Option<String>> = serde_json::from_str(p["source"]["sequence"].as_str()?).ok()?;
-    Some(Lsn(seq.first()?.as_ref()?.parse().ok()?))
 }
 
 /// Whether a Debezium connector's snapshot is over, judged from the topics: a transaction
@@ -315,14 +430,14 @@ fn reader(
                         continue;
                     }
                     match part.head(Duration::from_millis(50)) {
-                        Ok(Some(v)) if payload(v)["op"] == "r" => {
+                        Ok(Some(h)) if h.op_is("r") => {
                             caught_up = false;
                             quiet_since = Instant::now();
-                            let v = part.head.take().expect("head");
-                            if payload(&v)["source"]["snapshot"] == "last" {
+                            let h = part.head.take().expect("head");
+                            if h.last {
                                 debezium_over = true;
                             }
-                            if tx.blocking_send(Item::Row(v)).is_err() {
+                            if tx.blocking_send(Item::Row(h.raw)).is_err() {
                                 return;
                             }
                         }
@@ -374,15 +489,15 @@ fn reader(
                     continue;
                 }
                 match part.head(Duration::from_millis(50)) {
-                    Ok(Some(v)) if payload(v)["op"] == "r" => {
+                    Ok(Some(h)) if h.op_is("r") => {
                         heard = Instant::now();
                         // Rows of a snapshot a killed capture did not finish come before the
                         // finished one's: only the snapshot the state record names counts.
-                        let ours = payload(v)["source"]["lsn"].as_u64() == Some(consistent.0);
-                        let v = part.head.take().expect("head");
+                        let ours = h.lsn == Some(consistent.0);
+                        let h = part.head.take().expect("head");
                         if ours {
                             got += 1;
-                            if tx.blocking_send(Item::Row(v)).is_err() {
+                            if tx.blocking_send(Item::Row(h.raw)).is_err() {
                                 return;
                             }
                         }
@@ -430,7 +545,7 @@ fn reader(
         }
         serve();
         let rec = match txp.head(Duration::from_millis(100)) {
-            Ok(Some(_)) => txp.head.take().expect("head"),
+            Ok(Some(_)) => whole(&txp.head.take().expect("head").raw),
             Ok(None) => {
                 if tx.blocking_send(Item::Idle).is_err() {
                     return;
@@ -505,8 +620,7 @@ fn reader(
                             waiting = true;
                             break;
                         };
-                        let hp = payload(h);
-                        if hp.get("op").is_none() {
+                        if h.op.is_none() {
                             return fail(
                                 &tx,
                                 PgError::config(
@@ -516,16 +630,15 @@ fn reader(
                                 ),
                             );
                         }
-                        let hid = hp["transaction"]["id"].as_str().unwrap_or("");
-                        let order = hp["transaction"]["total_order"].as_i64().unwrap_or(0);
+                        let order = h.total_order;
                         // Ferry's ids are `<txId>:<commit LSN>` on every record of a transaction;
                         // Debezium's carry the LSN of each record instead, so the transaction is
                         // known by its txId, and a record of another one is older than this one
                         // if the commit before its own (`sequence[0]`) is.
-                        let (stale, ours) = match commit_of(hid) {
+                        let (stale, ours) = match h.txn {
                             None => (true, false),
                             Some((htx, _)) if htx == txid => (order <= last_order, true),
-                            Some((_, c)) => match previous_commit(hp) {
+                            Some((_, c)) => match h.previous {
                                 Some(prev) => (prev < commit, false),
                                 None => (c < commit, false),
                             },
@@ -545,7 +658,7 @@ fn reader(
             }
             match best {
                 Some((t, i, order)) => {
-                    let v = parts.get_mut(&t).expect("topic")[i].head.take().expect("head");
+                    let v = parts.get_mut(&t).expect("topic")[i].head.take().expect("head").raw;
                     last_order = order;
                     emitted += 1;
                     if tx.blocking_send(Item::Change(t, v)).is_err() {
@@ -970,51 +1083,48 @@ async fn session(opts: &ApplyOptions, stop: &mut watch::Receiver<bool>, ordered_
                     })
                     .await?;
                 }
-                Item::Change(topic, v) => {
+                Item::Change(topic, raw) => {
                     index += 1;
                     let shape = shapes.get_mut(&topic).expect("known topic");
                     if described.insert(topic.clone()) {
-                        shape.learn(&v);
+                        shape.learn(&whole(&raw));
                         sink.apply(ChangeEvent::Relation(shape.rel.clone())).await?;
                     }
+                    let bad = |table: &TableName, e: String| {
+                        PgError::config(
+                            format!("applying a change to {table} (transaction at {commit_at}, change {index})"),
+                            e,
+                            "the event does not fit the target's table: align the table with the source and start again",
+                        )
+                    };
+                    let p = Image::read(&raw).map_err(|e| ApplyError::from(bad(&shape.rel.table, e)))?;
                     let unknown = |image: &Value| {
                         image
                             .as_object()
                             .is_some_and(|o| o.keys().any(|k| !shape.rel.columns.iter().any(|c| &c.name == k)))
                     };
-                    let p = payload(&v);
-                    if (unknown(&p["after"]) || unknown(&p["before"])) && shape.grow(&v) {
+                    if (unknown(&p.after) || unknown(&p.before)) && shape.grow(&whole(&raw)) {
                         tracing::info!(table = %shape.rel.table, "the events have columns the table lacks: adding them");
                         sink.apply(ChangeEvent::Relation(shape.rel.clone())).await?;
                     }
-                    let p = payload(&v);
                     let id = shape.rel.id;
-                    let bad = |e: String| {
-                        PgError::config(
-                            format!(
-                                "applying a change to {} (transaction at {commit_at}, change {index})",
-                                shape.rel.table
-                            ),
-                            e,
-                            "the event does not fit the target's table: align the table with the source and start again",
-                        )
-                    };
-                    let event = match p["op"].as_str() {
+                    let bad = |e: String| bad(&shape.rel.table, e);
+                    let event = match p.op.as_deref() {
                         Some("c") | Some("r") => ChangeEvent::Insert {
                             relation: id,
-                            new: shape.row(&p["after"], Datum::Null).map_err(|e| ApplyError::from(bad(e)))?,
+                            new: shape.row(&p.after, Datum::Null).map_err(|e| ApplyError::from(bad(e)))?,
                         },
                         Some("u") => ChangeEvent::Update {
                             relation: id,
-                            old: match &p["before"] {
+                            old: match &p.before {
                                 Value::Null => None,
                                 b => Some(shape.row(b, Datum::Null).map_err(|e| ApplyError::from(bad(e)))?),
                             },
-                            new: shape.row(&p["after"], Datum::Unchanged).map_err(|e| ApplyError::from(bad(e)))?,
+                            new: shape.row(&p.after, Datum::Unchanged).map_err(|e| ApplyError::from(bad(e)))?,
                         },
                         Some("d") => ChangeEvent::Delete {
                             relation: id,
-                            old: shape.row(&p["before"], Datum::Null).map_err(|e| ApplyError::from(bad(e)))?,
+                            old: shape.row(&p.before, Datum::Null).map_err(|e| ApplyError::from(bad(e)))?,
                         },
                         Some("t") => ChangeEvent::Truncate {
                             relations: vec![id],
@@ -1131,12 +1241,21 @@ impl Load<'_> {
                 _ = stop.changed() => return Ok(()),
             };
             match item {
-                Some(Item::Row(v)) => {
+                Some(Item::Row(raw)) => {
                     if !learned {
-                        shape.learn(&v);
+                        shape.learn(&whole(&raw));
                         learned = true;
                     }
-                    let row = shape.row(&payload(&v)["after"], Datum::Null).map_err(|e| {
+                    let after = Image::read(&raw)
+                        .map_err(|e| {
+                            PgError::config(
+                                format!("loading {table} from Kafka"),
+                                e,
+                                "the topic holds a record that is not JSON: report it",
+                            )
+                        })?
+                        .after;
+                    let row = shape.row(&after, Datum::Null).map_err(|e| {
                         PgError::config(
                             format!("loading {table} from Kafka"),
                             e,
