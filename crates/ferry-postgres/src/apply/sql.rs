@@ -5,7 +5,27 @@ use ferry_core::ident::quote_ident;
 use super::relation::Rel;
 
 fn cast(n: usize, type_sql: &str) -> String {
-    format!("${n}::{type_sql}")
+    format!("${n}::{}", input_type(type_sql))
+}
+
+/// The type a text value is cast to for a column of `type_sql`: the column's own, but for a
+/// length-limited string or bit string its unlimited form. PostgreSQL cuts an over-length
+/// value silently on an explicit cast to `varchar(n)`, `char(n)` or `bit(n)` and refuses it on
+/// assignment (22001, 22026): a value that does not fit must fail (a dead letter), never
+/// arrive shortened, and a key must not match a row by its cut prefix.
+pub(crate) fn input_type(type_sql: &str) -> std::borrow::Cow<'_, str> {
+    let (base, array) = match type_sql.strip_suffix("[]") {
+        Some(b) => (b, "[]"),
+        None => (type_sql, ""),
+    };
+    let name = base.split('(').next().unwrap_or(base).trim();
+    let unlimited = match name {
+        "character varying" | "varchar" => "text",
+        "character" | "char" | "bpchar" => "bpchar",
+        "bit" | "bit varying" | "varbit" => "bit varying",
+        _ => return std::borrow::Cow::Borrowed(type_sql),
+    };
+    std::borrow::Cow::Owned(format!("{unlimited}{array}"))
 }
 
 /// `INSERT INTO t (all columns) VALUES (...)`.
@@ -95,7 +115,7 @@ pub fn set_delete(rel: &Rel) -> String {
     let conds: Vec<String> = rel
         .key_columns()
         .enumerate()
-        .map(|(i, c)| format!("t.{} = u.v{}::{}", quote_ident(&c.name), i + 1, c.type_sql))
+        .map(|(i, c)| format!("t.{} = u.v{}::{}", quote_ident(&c.name), i + 1, input_type(&c.type_sql)))
         .collect();
     format!(
         "DELETE FROM {} AS t USING {} WHERE {}",
@@ -111,12 +131,19 @@ pub fn set_update(rel: &Rel, mask: &[bool]) -> String {
     let sets: Vec<String> = set_cols
         .iter()
         .enumerate()
-        .map(|(i, c)| format!("{} = u.v{}::{}", quote_ident(&c.name), i + 1, c.type_sql))
+        .map(|(i, c)| format!("{} = u.v{}::{}", quote_ident(&c.name), i + 1, input_type(&c.type_sql)))
         .collect();
     let conds: Vec<String> = rel
         .key_columns()
         .enumerate()
-        .map(|(i, c)| format!("t.{} = u.v{}::{}", quote_ident(&c.name), set_cols.len() + i + 1, c.type_sql))
+        .map(|(i, c)| {
+            format!(
+                "t.{} = u.v{}::{}",
+                quote_ident(&c.name),
+                set_cols.len() + i + 1,
+                input_type(&c.type_sql)
+            )
+        })
         .collect();
     if sets.is_empty() {
         // Nothing known to set (only unchanged TOAST values): just prove the rows exist.
@@ -145,7 +172,7 @@ pub fn set_insert(rel: &Rel) -> String {
         .columns
         .iter()
         .enumerate()
-        .map(|(i, c)| format!("u.v{}::{}", i + 1, c.type_sql))
+        .map(|(i, c)| format!("u.v{}::{}", i + 1, input_type(&c.type_sql)))
         .collect();
     format!(
         "INSERT INTO {} ({}) OVERRIDING SYSTEM VALUE SELECT {} FROM {}",
@@ -158,6 +185,16 @@ pub fn set_insert(rel: &Rel) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn length_limited_types_are_cast_unlimited() {
+        use super::input_type;
+        assert_eq!(input_type("character varying(255)"), "text");
+        assert_eq!(input_type("character(3)[]"), "bpchar[]");
+        assert_eq!(input_type("bit(3)"), "bit varying");
+        assert_eq!(input_type("numeric(10,2)"), "numeric(10,2)");
+        assert_eq!(input_type("public.\"character varying\""), "public.\"character varying\"");
+    }
+
     use super::super::relation::RelColumn;
     use super::*;
     use ferry_core::{Lsn, TableName};
