@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use ferry_core::change::{ChangeEvent, Column, Datum, Identity, Relation, Row};
-use ferry_core::sink::Sink;
+use ferry_core::sink::{DeadLetter, Sink};
 use ferry_core::{Lsn, Phase, SourcePosition, TableName};
 use ferry_postgres::apply::{Applier, ApplyContext, ApplyError, Direction, TextSettings};
 use ferry_postgres::state::{StateStore, ENGINE_POSTGRESQL};
@@ -68,6 +68,30 @@ pub struct ApplyOptions {
     pub id: String,
     /// Most changes in one target transaction (a source transaction is never split).
     pub max_batch: usize,
+    /// A change the target rejects, or whose event does not fit the target's table, is
+    /// recorded as a dead letter and stepped over instead of stopping the apply.
+    pub skip_dead_letters: bool,
+}
+
+/// How a session ended badly.
+#[derive(Debug)]
+enum SessionError {
+    /// From the sink (a change the target rejected is `ApplyError::Rejected`).
+    Apply(ApplyError),
+    /// An event that does not fit the target's table (a poison message).
+    Undecodable(DeadLetter),
+}
+
+impl From<ApplyError> for SessionError {
+    fn from(e: ApplyError) -> Self {
+        SessionError::Apply(e)
+    }
+}
+
+impl From<PgError> for SessionError {
+    fn from(e: PgError) -> Self {
+        SessionError::Apply(ApplyError::Db(e))
+    }
 }
 
 /// What the reader hands the applier.
@@ -841,29 +865,40 @@ fn table_of(prefix: &str, topic: &str) -> Option<TableName> {
 pub async fn run(opts: ApplyOptions, mut stop: watch::Receiver<bool>) -> Result<(), PgError> {
     let mut ordered_until = Lsn(0);
     let mut backoff = Duration::from_millis(500);
+    // Dead letters stepped over (--skip-dead-letters): the sink's own (changes the target
+    // rejected) and the events that could not be read into the target's table.
+    let mut rejected: HashSet<(Lsn, u32)> = HashSet::new();
+    let mut undecodable: HashSet<(Lsn, u32)> = HashSet::new();
     loop {
-        match session(&opts, &mut stop, ordered_until).await {
+        match session(&opts, &mut stop, ordered_until, &rejected, &undecodable).await {
             Ok(()) => return Ok(()),
             // A set-based batch failed or missed rows: replay it row by row, which names the
             // change at fault (or applies it, if it was a false alarm).
-            Err(ApplyError::Reapply { until }) => {
+            Err(SessionError::Apply(ApplyError::Reapply { until })) => {
                 tracing::info!(until = %until, "replaying a batch row by row");
                 ordered_until = ordered_until.max(until);
             }
-            Err(ApplyError::Rejected(d)) => {
-                return Err(PgError::config(
-                    format!(
-                        "applying a change to {} ({}, key {}, source commit {})",
-                        d.table,
-                        d.operation,
-                        d.key,
-                        ferry_postgres::apply::position_text(&d.commit)
-                    ),
-                    d.error.clone(),
-                    "the change is recorded in the dead_letters table of Ferry's state schema; fix the cause on the target and start again",
-                ))
+            Err(SessionError::Apply(ApplyError::Rejected(d))) => {
+                dead_letter(&opts, &d).await?;
+                if !opts.skip_dead_letters {
+                    return Err(stopped_at(&d));
+                }
+                let key = (d.commit.as_lsn().unwrap_or_default(), d.change_index);
+                if !rejected.insert(key) {
+                    return Err(stopped_at(&d));
+                }
             }
-            Err(ApplyError::Db(e)) if e.class == ferry_core::ErrorClass::Transient => {
+            Err(SessionError::Undecodable(d)) => {
+                dead_letter(&opts, &d).await?;
+                if !opts.skip_dead_letters {
+                    return Err(stopped_at(&d));
+                }
+                let key = (d.commit.as_lsn().unwrap_or_default(), d.change_index);
+                if !undecodable.insert(key) {
+                    return Err(stopped_at(&d));
+                }
+            }
+            Err(SessionError::Apply(ApplyError::Db(e))) if e.class == ferry_core::ErrorClass::Transient => {
                 tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "applying from Kafka interrupted; resuming from the last applied transaction");
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
@@ -871,14 +906,51 @@ pub async fn run(opts: ApplyOptions, mut stop: watch::Receiver<bool>) -> Result<
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(10));
             }
-            Err(ApplyError::Db(e)) => return Err(e),
+            Err(SessionError::Apply(ApplyError::Db(e))) => return Err(e),
         }
     }
 }
 
+/// Records a dead letter in the target's state schema (as stepped over when
+/// --skip-dead-letters is on).
+async fn dead_letter(opts: &ApplyOptions, d: &DeadLetter) -> Result<(), PgError> {
+    let client = opts.target.connect("kafka-apply").await?;
+    let store = StateStore::new(&opts.state_schema);
+    store.record_dead_letter(&client, &opts.id, d, opts.skip_dead_letters).await?;
+    if opts.skip_dead_letters {
+        tracing::warn!(
+            table = %d.table, operation = d.operation, key = %d.key, commit = %ferry_postgres::apply::position_text(&d.commit),
+            change = d.change_index, error = %d.error,
+            "dead letter recorded and stepped over (--skip-dead-letters)"
+        );
+    }
+    Ok(())
+}
+
+fn stopped_at(d: &DeadLetter) -> PgError {
+    PgError::config(
+        format!(
+            "applying a change to {} ({}, key {}, source commit {}, change {})",
+            d.table,
+            d.operation,
+            d.key,
+            ferry_postgres::apply::position_text(&d.commit),
+            d.change_index
+        ),
+        d.error.clone(),
+        "the change is recorded in the dead_letters table of Ferry's state schema on the target: fix the cause on the target and start again, or start again with --skip-dead-letters to step over it",
+    )
+}
+
 /// One session: the snapshot if it is not loaded yet, then the transactions, until a stop or
 /// an error.
-async fn session(opts: &ApplyOptions, stop: &mut watch::Receiver<bool>, ordered_until: Lsn) -> Result<(), ApplyError> {
+async fn session(
+    opts: &ApplyOptions,
+    stop: &mut watch::Receiver<bool>,
+    ordered_until: Lsn,
+    rejected: &HashSet<(Lsn, u32)>,
+    undecodable: &HashSet<(Lsn, u32)>,
+) -> Result<(), SessionError> {
     let ep = &opts.kafka;
     let state = read_state(ep).await?;
     // The table topics: every topic under the prefix but Ferry's own and the transactions'.
@@ -1053,7 +1125,7 @@ async fn session(opts: &ApplyOptions, stop: &mut watch::Receiver<bool>, ordered_
             date_style: "ISO, MDY".into(),
             interval_style: "postgres".into(),
         };
-        let mut sink = Applier::new(ctx, &settings, HashSet::new(), ordered_until, None).await?;
+        let mut sink = Applier::new(ctx, &settings, rejected.clone(), ordered_until, None).await?;
         let mut described: HashSet<String> = HashSet::new();
         let mut index = 0u32;
         let mut commit_at = Lsn(0);
@@ -1086,18 +1158,37 @@ async fn session(opts: &ApplyOptions, stop: &mut watch::Receiver<bool>, ordered_
                 Item::Change(topic, raw) => {
                     index += 1;
                     let shape = shapes.get_mut(&topic).expect("known topic");
+                    if undecodable.contains(&(commit_at, index)) {
+                        tracing::warn!(table = %shape.rel.table, commit = %commit_at, change = index, "stepping over a dead letter (--skip-dead-letters)");
+                        continue;
+                    }
                     if described.insert(topic.clone()) {
                         shape.learn(&whole(&raw));
                         sink.apply(ChangeEvent::Relation(shape.rel.clone())).await?;
                     }
-                    let bad = |table: &TableName, e: String| {
-                        PgError::config(
-                            format!("applying a change to {table} (transaction at {commit_at}, change {index})"),
-                            e,
-                            "the event does not fit the target's table: align the table with the source and start again",
-                        )
+                    // An event that does not fit the target's table is a dead letter, named by
+                    // its transaction's commit and its place in it, as the sink names the
+                    // changes the target rejects.
+                    let poison = |shape: &Shape, operation: &'static str, image: &Value, e: String| {
+                        let key = shape
+                            .rel
+                            .columns
+                            .iter()
+                            .filter(|c| c.key)
+                            .map(|c| format!("{}={}", c.name, image.get(&c.name).map(|v| v.to_string()).unwrap_or_default()))
+                            .collect::<Vec<_>>()
+                            .join(", ");
+                        SessionError::Undecodable(DeadLetter {
+                            commit: SourcePosition::Postgres(commit_at),
+                            change_index: index,
+                            table: shape.rel.table.clone(),
+                            operation,
+                            key,
+                            payload: String::from_utf8_lossy(&raw).chars().take(2000).collect(),
+                            error: e,
+                        })
                     };
-                    let p = Image::read(&raw).map_err(|e| ApplyError::from(bad(&shape.rel.table, e)))?;
+                    let p = Image::read(&raw).map_err(|e| poison(shape, "unknown", &Value::Null, e))?;
                     let unknown = |image: &Value| {
                         image
                             .as_object()
@@ -1107,31 +1198,33 @@ async fn session(opts: &ApplyOptions, stop: &mut watch::Receiver<bool>, ordered_
                         tracing::info!(table = %shape.rel.table, "the events have columns the table lacks: adding them");
                         sink.apply(ChangeEvent::Relation(shape.rel.clone())).await?;
                     }
+                    let shape = &*shape;
                     let id = shape.rel.id;
-                    let bad = |e: String| bad(&shape.rel.table, e);
                     let event = match p.op.as_deref() {
                         Some("c") | Some("r") => ChangeEvent::Insert {
                             relation: id,
-                            new: shape.row(&p.after, Datum::Null).map_err(|e| ApplyError::from(bad(e)))?,
+                            new: shape.row(&p.after, Datum::Null).map_err(|e| poison(shape, "insert", &p.after, e))?,
                         },
                         Some("u") => ChangeEvent::Update {
                             relation: id,
                             old: match &p.before {
                                 Value::Null => None,
-                                b => Some(shape.row(b, Datum::Null).map_err(|e| ApplyError::from(bad(e)))?),
+                                b => Some(shape.row(b, Datum::Null).map_err(|e| poison(shape, "update", b, e))?),
                             },
-                            new: shape.row(&p.after, Datum::Unchanged).map_err(|e| ApplyError::from(bad(e)))?,
+                            new: shape
+                                .row(&p.after, Datum::Unchanged)
+                                .map_err(|e| poison(shape, "update", &p.after, e))?,
                         },
                         Some("d") => ChangeEvent::Delete {
                             relation: id,
-                            old: shape.row(&p.before, Datum::Null).map_err(|e| ApplyError::from(bad(e)))?,
+                            old: shape.row(&p.before, Datum::Null).map_err(|e| poison(shape, "delete", &p.before, e))?,
                         },
                         Some("t") => ChangeEvent::Truncate {
                             relations: vec![id],
                             cascade: false,
                             restart_identity: false,
                         },
-                        other => return Err(bad(format!("unknown op {other:?}")).into()),
+                        other => return Err(poison(shape, "unknown", &p.after, format!("unknown op {other:?}"))),
                     };
                     sink.apply(event).await?;
                 }

@@ -95,6 +95,7 @@ pub async fn apply(args: &ApplyArgs) -> anyhow::Result<i32> {
         state_schema: args.state_schema.clone(),
         id,
         max_batch: args.max_batch.max(1),
+        skip_dead_letters: args.skip_dead_letters,
     };
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {

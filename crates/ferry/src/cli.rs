@@ -767,4 +767,8 @@ pub struct ApplyArgs {
     /// Most changes in one target transaction (source transactions are never split).
     #[arg(long, default_value_t = 20000)]
     pub max_batch: usize,
+    /// Step over a change the target rejects, or an event that does not fit the target's table:
+    /// it is recorded in the state schema's dead_letters table and the apply goes on.
+    #[arg(long)]
+    pub skip_dead_letters: bool,
 }

@@ -666,3 +666,129 @@ async fn apply_applies_debeziums_documented_events_exactly_once_across_a_kill_9(
     drop(target);
     dbs.drop().await;
 }
+
+/// One source transaction of one insert into `customers`, as Debezium's PostgreSQL connector
+/// writes it without schemas: the table record and the BEGIN/END records.
+fn insert_txn(txid: u64, lsn: u64, previous: u64, after: Value) -> (Records, Records) {
+    let event = json!({
+        "before": null, "after": after, "op": "c", "ts_ms": 1_700_000_000_000i64,
+        "source": {"version": "2.7.0.Final", "connector": "postgresql", "name": "x", "ts_ms": 1_700_000_000_000i64,
+                   "snapshot": "false", "db": "postgres", "sequence": format!("[\"{previous}\",\"{lsn}\"]"),
+                   "schema": "public", "table": "customers", "txId": txid, "lsn": lsn, "xmin": null},
+        "transaction": {"id": format!("{txid}:{lsn}"), "total_order": 1, "data_collection_order": 1}
+    });
+    let begin = json!({"status": "BEGIN", "id": format!("{txid}:{}", lsn - 2), "ts_ms": 1_700_000_000_000i64,
+                       "event_count": null, "data_collections": null});
+    let end = json!({"status": "END", "id": format!("{txid}:{}", lsn + 2), "ts_ms": 1_700_000_000_000i64, "event_count": 1,
+                     "data_collections": [{"data_collection": "public.customers", "event_count": 1}]});
+    (
+        vec![(Some(json!({"id": after["id"]}).to_string()), Some(event.to_string()))],
+        vec![(None, Some(begin.to_string())), (None, Some(end.to_string()))],
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_records_poison_events_and_rejected_changes_as_dead_letters_and_steps_over_them_when_told() {
+    let dbs = Dbs::create("kdead").await;
+    let target = connect(&dbs.target).await;
+    target
+        .batch_execute("CREATE TABLE customers (id int PRIMARY KEY, first_name varchar(255) NOT NULL, email text NOT NULL)")
+        .await
+        .unwrap();
+    let prefix = format!("it_{}", dbs.name);
+    let topic = format!("{prefix}.public.customers");
+    let ttopic = format!("{prefix}.transaction");
+    create_topics(&[topic.clone(), ttopic.clone()]).await;
+    let send = |(table, tx): (Records, Records)| {
+        produce(&ttopic, &tx);
+        produce(&topic, &table);
+    };
+    send(insert_txn(700, 1000, 900, json!({"id": 1, "first_name": "Ann", "email": "a@x"})));
+    // A poison message: the key column is not a number.
+    send(insert_txn(
+        701,
+        1100,
+        1002,
+        json!({"id": "one hundred", "first_name": "Bad", "email": "b@x"}),
+    ));
+    send(insert_txn(702, 1200, 1102, json!({"id": 3, "first_name": "Cy", "email": "c@x"})));
+    let from = format!("kafka://{}/{prefix}?schemas=false", broker());
+    let run = Migrator::spawn(&["apply", "--from", &from, "--target", &dbs.target]).wait();
+    assert_ne!(run.code, 0, "{}", run.all());
+    assert!(
+        run.all().contains("dead_letters") && run.all().contains("--skip-dead-letters") && run.all().contains("public.customers"),
+        "{}",
+        run.all()
+    );
+    let applied: Vec<i32> = target
+        .query("SELECT id FROM customers ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    // Transactions before the poisoned one may share its target transaction (a batch), which
+    // rolls back with it; nothing at or after it is applied.
+    assert!(applied.is_empty() || applied == [1], "{applied:?}");
+    let letters = |skipped: bool| {
+        let url = dbs.target.clone();
+        async move {
+            connect(&url)
+                .await
+                .query_one(
+                    "SELECT count(*) FROM ferry.dead_letters WHERE skipped = $1 AND table_name = 'public.customers'",
+                    &[&skipped],
+                )
+                .await
+                .unwrap()
+                .get::<_, i64>(0)
+        }
+    };
+    assert_eq!((letters(false).await, letters(true).await), (1, 0));
+    // Told to step over: the poison message is skipped, and a change the target rejects (a
+    // first name longer than varchar(255)) is recorded and skipped too; the rest is applied.
+    let apply = Migrator::spawn(&["apply", "--from", &from, "--target", &dbs.target, "--skip-dead-letters"]);
+    crate::harness::wait_for_row(
+        &dbs.target,
+        "row 3",
+        Duration::from_secs(60),
+        "SELECT 1 FROM customers WHERE id = 3",
+    )
+    .await;
+    send(insert_txn(
+        703,
+        1300,
+        1202,
+        json!({"id": 4, "first_name": "x".repeat(300), "email": "d@x"}),
+    ));
+    send(insert_txn(704, 1400, 1302, json!({"id": 5, "first_name": "Eve", "email": "e@x"})));
+    crate::harness::wait_for_row(
+        &dbs.target,
+        "row 5",
+        Duration::from_secs(60),
+        "SELECT 1 FROM customers WHERE id = 5",
+    )
+    .await;
+    let applied: Vec<i32> = target
+        .query("SELECT id FROM customers ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(applied, [1, 3, 5]);
+    assert_eq!((letters(false).await, letters(true).await), (0, 2));
+    let reasons: Vec<String> = target
+        .query("SELECT error FROM ferry.dead_letters ORDER BY commit_lsn", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(reasons[0].contains("id"), "{reasons:?}");
+    assert!(reasons[1].contains("too long"), "{reasons:?}");
+    let run = apply.terminate();
+    assert_eq!(run.code, 0, "{}", run.all());
+    drop(target);
+    dbs.drop().await;
+}
