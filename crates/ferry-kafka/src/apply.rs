@@ -28,8 +28,8 @@
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -71,6 +71,90 @@ pub struct ApplyOptions {
     /// A change the target rejects, or whose event does not fit the target's table, is
     /// recorded as a dead letter and stepped over instead of stopping the apply.
     pub skip_dead_letters: bool,
+    /// What the apply reports while it runs (`ferry apply --listen`: /metrics).
+    pub progress: Arc<ApplyProgress>,
+}
+
+/// What a running apply reports: its counters and, per partition, how far it has read and
+/// how far the broker has.
+#[derive(Debug, Default)]
+pub struct ApplyProgress {
+    /// Source transactions handed to the sink (committed, or in the open target transaction).
+    pub transactions: AtomicU64,
+    /// Row changes handed to the sink.
+    pub changes: AtomicU64,
+    /// The last transaction's commit position (LSN) and commit time (µs since the epoch).
+    pub last_commit_lsn: AtomicU64,
+    pub last_commit_time_us: AtomicI64,
+    /// (topic, partition) -> (next offset to read, the broker's high watermark).
+    pub partitions: Mutex<BTreeMap<(String, i32), (i64, i64)>>,
+}
+
+impl ApplyProgress {
+    /// OpenMetrics text.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let mut metric = |name: &str, kind: &str, help: &str, lines: Vec<String>| {
+            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+            for l in lines {
+                out.push_str(&l);
+                out.push('\n');
+            }
+        };
+        let counter = |name: &str, v: u64| vec![format!("{name}_total {v}")];
+        metric(
+            "ferry_kafka_apply_transactions",
+            "counter",
+            "Source transactions applied from Kafka (committed, or in the open target transaction).",
+            counter("ferry_kafka_apply_transactions", self.transactions.load(Ordering::Relaxed)),
+        );
+        metric(
+            "ferry_kafka_apply_changes",
+            "counter",
+            "Row changes applied from Kafka.",
+            counter("ferry_kafka_apply_changes", self.changes.load(Ordering::Relaxed)),
+        );
+        metric(
+            "ferry_kafka_apply_last_commit_lsn",
+            "gauge",
+            "Source commit position (LSN as a number) of the last transaction applied.",
+            vec![format!(
+                "ferry_kafka_apply_last_commit_lsn {}",
+                self.last_commit_lsn.load(Ordering::Relaxed)
+            )],
+        );
+        metric(
+            "ferry_kafka_apply_last_commit_timestamp_seconds",
+            "gauge",
+            "Source commit time of the last transaction applied.",
+            vec![format!(
+                "ferry_kafka_apply_last_commit_timestamp_seconds {:.6}",
+                self.last_commit_time_us.load(Ordering::Relaxed) as f64 / 1e6
+            )],
+        );
+        let parts = self.partitions.lock().expect("progress lock").clone();
+        let label = |t: &str, p: i32| format!("{{topic=\"{}\",partition=\"{p}\"}}", t.replace('\\', "\\\\").replace('"', "\\\""));
+        metric(
+            "ferry_kafka_partition_lag_records",
+            "gauge",
+            "Records in the partition the apply has not read yet (high watermark minus next offset).",
+            parts
+                .iter()
+                .map(|((t, p), (next, high))| format!("ferry_kafka_partition_lag_records{} {}", label(t, *p), (high - next).max(0)))
+                .collect(),
+        );
+        metric(
+            "ferry_kafka_partition_offset",
+            "gauge",
+            "Next offset the apply reads in the partition.",
+            parts
+                .iter()
+                .map(|((t, p), (next, _))| format!("ferry_kafka_partition_offset{} {next}", label(t, *p)))
+                .collect(),
+        );
+        out.push_str("# EOF\n");
+        out
+    }
 }
 
 /// How a session ended badly.
@@ -254,7 +338,10 @@ fn whole(raw: &[u8]) -> Value {
 struct Part {
     queue: rdkafka::consumer::base_consumer::PartitionQueue<rdkafka::consumer::DefaultConsumerContext>,
     head: Option<Head>,
+    /// The next offset to read (-1: nothing read yet).
     next_offset: i64,
+    topic: String,
+    partition: i32,
 }
 
 impl Part {
@@ -342,6 +429,7 @@ fn reader(
     start: Start,
     tx: mpsc::Sender<Item>,
     stop: Arc<AtomicBool>,
+    progress: Arc<ApplyProgress>,
 ) {
     let consistent: Lsn = snapshot.as_ref().and_then(|s| s.consistent_point.parse().ok()).unwrap_or_default();
     let fail = |tx: &mpsc::Sender<Item>, e: PgError| {
@@ -422,7 +510,9 @@ fn reader(
             parts.entry(t.clone()).or_default().push(Part {
                 queue,
                 head: None,
-                next_offset: 0,
+                next_offset: -1,
+                topic: t.clone(),
+                partition: *p,
             });
         }
     }
@@ -563,11 +653,25 @@ fn reader(
     // The last transaction handed over: an END at or before it is a copy a restarted capture
     // sent again; its records are dropped as stale at the next transaction.
     let mut last_commit = Lsn(0);
+    let mut reported = Instant::now() - Duration::from_secs(60);
     loop {
         if stop.load(Ordering::Relaxed) {
             return;
         }
         serve();
+        // Each partition's read position, once a second (the high watermarks come from
+        // `watermarks`, off this thread).
+        if reported.elapsed() >= Duration::from_secs(1) {
+            reported = Instant::now();
+            let mut map = progress.partitions.lock().expect("progress lock");
+            for part in parts.values().flatten().chain(std::iter::once(&txp)) {
+                if part.next_offset >= 0 {
+                    let e = map.entry((part.topic.clone(), part.partition)).or_insert((0, 0));
+                    e.0 = part.next_offset;
+                    e.1 = e.1.max(part.next_offset);
+                }
+            }
+        }
         let rec = match txp.head(Duration::from_millis(100)) {
             Ok(Some(_)) => whole(&txp.head.take().expect("head").raw),
             Ok(None) => {
@@ -869,6 +973,19 @@ pub async fn run(opts: ApplyOptions, mut stop: watch::Receiver<bool>) -> Result<
     // rejected) and the events that could not be read into the target's table.
     let mut rejected: HashSet<(Lsn, u32)> = HashSet::new();
     let mut undecodable: HashSet<(Lsn, u32)> = HashSet::new();
+    let done = Arc::new(AtomicBool::new(false));
+    let _watermarks = {
+        let (ep, progress, done) = (opts.kafka.clone(), opts.progress.clone(), done.clone());
+        std::thread::spawn(move || watermarks(ep, progress, done))
+    };
+    // The thread ends with the run, however it ends.
+    struct Done(Arc<AtomicBool>);
+    impl Drop for Done {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
+    let _done = Done(done);
     loop {
         match session(&opts, &mut stop, ordered_until, &rejected, &undecodable).await {
             Ok(()) => return Ok(()),
@@ -907,6 +1024,30 @@ pub async fn run(opts: ApplyOptions, mut stop: watch::Receiver<bool>) -> Result<
                 backoff = (backoff * 2).min(Duration::from_secs(10));
             }
             Err(SessionError::Apply(ApplyError::Db(e))) => return Err(e),
+        }
+    }
+}
+
+/// Asks the broker for the high watermark of every partition the apply reads, every 5 s,
+/// until `stop`: the lag in /metrics.
+fn watermarks(ep: KafkaEndpoint, progress: Arc<ApplyProgress>, stop: Arc<AtomicBool>) {
+    let Ok(c) = ep.client_config().create::<BaseConsumer>() else {
+        return;
+    };
+    while !stop.load(Ordering::Relaxed) {
+        let keys: Vec<(String, i32)> = progress.partitions.lock().expect("progress lock").keys().cloned().collect();
+        for (t, p) in keys {
+            if let Ok((_, high)) = c.fetch_watermarks(&t, p, Duration::from_secs(5)) {
+                if let Some(e) = progress.partitions.lock().expect("progress lock").get_mut(&(t, p)) {
+                    e.1 = high.max(e.0);
+                }
+            }
+        }
+        for _ in 0..50 {
+            if stop.load(Ordering::Relaxed) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
         }
     }
 }
@@ -1064,7 +1205,8 @@ async fn session(
     let reader_thread = {
         let (ep, topics, halt) = (ep.clone(), topics.clone(), halt.clone());
         let snapshot = state.clone();
-        std::thread::spawn(move || reader(ep, topics, snapshot, start, tx, halt))
+        let progress = opts.progress.clone();
+        std::thread::spawn(move || reader(ep, topics, snapshot, start, tx, halt, progress))
     };
     let result = async {
         // The snapshot, a table per target transaction.
@@ -1227,9 +1369,13 @@ async fn session(
                         other => return Err(poison(shape, "unknown", &p.after, format!("unknown op {other:?}"))),
                     };
                     sink.apply(event).await?;
+                    opts.progress.changes.fetch_add(1, Ordering::Relaxed);
                 }
                 Item::Commit(commit, ts_ms) => {
                     begun = false;
+                    opts.progress.transactions.fetch_add(1, Ordering::Relaxed);
+                    opts.progress.last_commit_lsn.store(commit.0, Ordering::Relaxed);
+                    opts.progress.last_commit_time_us.store(ts_ms * 1000, Ordering::Relaxed);
                     // The position passed once it is applied: just after the commit record
                     // (the sink skips what commits before its durable position; the next
                     // transaction's commit is past this one's record).

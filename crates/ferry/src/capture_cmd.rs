@@ -96,7 +96,11 @@ pub async fn apply(args: &ApplyArgs) -> anyhow::Result<i32> {
         id,
         max_batch: args.max_batch.max(1),
         skip_dead_letters: args.skip_dead_letters,
+        progress: Arc::new(ferry_kafka::apply::ApplyProgress::default()),
     };
+    if let Some(addr) = args.listen {
+        serve_metrics(addr, opts.progress.clone()).await?;
+    }
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         crate::shutdown_signal().await;
@@ -105,4 +109,36 @@ pub async fn apply(args: &ApplyArgs) -> anyhow::Result<i32> {
     });
     ferry_kafka::apply::run(opts, stop).await?;
     Ok(exit::OK)
+}
+
+/// `ferry apply --listen`: GET /metrics and GET /healthz, read-only and without row values
+/// (like `ferry migrate`'s /metrics, open to scrapers).
+async fn serve_metrics(addr: std::net::SocketAddr, progress: Arc<ferry_kafka::apply::ApplyProgress>) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| UsageError(format!("--listen {addr}: {e}; pick a free address, or leave --listen out")))?;
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            axum::routing::get(move || {
+                let p = progress.clone();
+                async move {
+                    (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        p.render(),
+                    )
+                }
+            }),
+        )
+        .route("/healthz", axum::routing::get(|| async { "ok" }));
+    tracing::info!(url = %format!("http://{addr}/metrics"), "metrics listening");
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::warn!(error = %e, "the metrics listener stopped");
+        }
+    });
+    Ok(())
 }

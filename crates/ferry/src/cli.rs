@@ -771,4 +771,9 @@ pub struct ApplyArgs {
     /// it is recorded in the state schema's dead_letters table and the apply goes on.
     #[arg(long)]
     pub skip_dead_letters: bool,
+    /// Serve Prometheus metrics (GET /metrics: transactions applied, last commit, and per
+    /// partition the next offset and the records not read yet) and GET /healthz on this
+    /// address, for example 127.0.0.1:7118. Off unless given.
+    #[arg(long)]
+    pub listen: Option<std::net::SocketAddr>,
 }

@@ -599,7 +599,8 @@ async fn a_column_added_on_the_source_mid_stream_reaches_the_target_through_kafk
     let capture = start_capture(&dbs, &prefix, "").await;
     wait_snapshot(&prefix);
     let from = format!("kafka://{}/{prefix}", broker());
-    let apply = Migrator::spawn(&["apply", "--from", &from, "--target", &dbs.target]);
+    let listen = crate::harness::free_addr();
+    let apply = Migrator::spawn(&["apply", "--from", &from, "--target", &dbs.target, "--listen", &listen]);
     crate::harness::wait_for_row(&dbs.target, "the snapshot", Duration::from_secs(60), "SELECT 1 FROM g WHERE id = 1").await;
     src.batch_execute(
         "ALTER TABLE g ADD COLUMN amount numeric(10,2), ADD COLUMN seen timestamptz, ADD COLUMN tags text[];
@@ -628,6 +629,30 @@ async fn a_column_added_on_the_source_mid_stream_reaches_the_target_through_kafk
         .map(|r| r.get(0))
         .collect();
     assert_eq!(types, ["numeric(10,2)", "timestamp with time zone", "text[]"]);
+    // The apply's metrics: one transaction (the three statements went as one), and no record of the table's partition left
+    // unread once the broker's high watermark is known.
+    let lag_line = format!("ferry_kafka_partition_lag_records{{topic=\"{prefix}.public.g\",partition=\"0\"}} 0");
+    let mut text = String::new();
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_secs(30) {
+        let (code, body) = crate::harness::http("GET", &listen, "/metrics", None).await;
+        assert_eq!(code, 200, "{body}");
+        text = body;
+        let tx_offset = format!("ferry_kafka_partition_offset{{topic=\"{prefix}.transaction\",partition=\"0\"}}");
+        if text.contains(&lag_line) && text.contains("ferry_kafka_apply_transactions_total 1") && text.contains(&tx_offset) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(text.contains(&lag_line), "{text}");
+    assert!(text.contains("ferry_kafka_apply_transactions_total 1"), "{text}");
+    assert!(
+        text.contains(&format!(
+            "ferry_kafka_partition_offset{{topic=\"{prefix}.transaction\",partition=\"0\"}}"
+        )),
+        "{text}"
+    );
+    assert!(text.ends_with("# EOF\n"), "{text}");
     let run = apply.terminate();
     assert_eq!(run.code, 0, "{}", run.all());
     assert!(run.all().contains("adding them"), "{}", run.all());
