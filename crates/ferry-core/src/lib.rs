@@ -13,6 +13,7 @@ pub mod secret;
 pub mod sink;
 pub mod state;
 pub mod switch;
+pub mod url;
 
 pub use error::{ErrorClass, Fault};
 pub use filter::{FilterError, TableFilter};

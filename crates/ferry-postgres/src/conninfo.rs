@@ -136,23 +136,12 @@ const ENV: &[(&str, &str)] = &[
 ];
 
 fn percent_decode(s: &str, what: &str) -> Result<String, String> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            let hex = s
-                .get(i + 1..i + 3)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or_else(|| format!("the {what} has a % that is not followed by two hexadecimal digits"))?;
-            out.push(hex);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
+    ferry_core::url::percent_decode(s).map_err(|e| match e {
+        ferry_core::url::PercentError::BadEscape => {
+            format!("the {what} has a % that is not followed by two hexadecimal digits")
         }
-    }
-    String::from_utf8(out).map_err(|_| format!("the {what} is not UTF-8 once %-decoded"))
+        ferry_core::url::PercentError::NotUtf8 => format!("the {what} is not UTF-8 once %-decoded"),
+    })
 }
 
 /// Splits `postgres://user:password@host:port,host2/db?k=v&k2=v2` into options.

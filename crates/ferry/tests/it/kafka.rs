@@ -76,6 +76,34 @@ fn payload(v: &Value) -> &Value {
     v.get("payload").unwrap_or(v)
 }
 
+/// Stops a capture (it must exit cleanly, without a password in its output) and removes its
+/// slot and publication with `--drop` (the topics stay).
+pub fn stop_capture(capture: Migrator, source: &str, prefix: &str) {
+    let run = capture.terminate();
+    assert_eq!(run.code, 0, "{}", run.all());
+    assert!(!run.all().contains("ferry-test-pw"), "no password in the output");
+    let to = format!("kafka://{}/{prefix}", broker());
+    let dropped = crate::harness::ferry(&["capture", "--source", source, "--to", &to, "--drop"]);
+    assert_eq!(dropped.code, 0, "{}", dropped.all());
+}
+
+/// Checks pgbench's invariant on the target once the apply streams; whether it did.
+async fn invariant_if_streaming(tgt: &tokio_postgres::Client, target: &str) -> bool {
+    let streaming = tgt
+        .query_opt("SELECT 1 FROM ferry.migrations WHERE phase = 'cdc'", &[])
+        .await
+        .ok()
+        .flatten()
+        .is_some();
+    if streaming {
+        assert!(
+            crate::harness::pgbench_invariant(target).await,
+            "pgbench's invariant broken on the target"
+        );
+    }
+    streaming
+}
+
 /// A fresh topic prefix for a test database.
 fn prefix_for(dbs: &Dbs) -> String {
     format!("it_{}", dbs.name)
@@ -282,19 +310,8 @@ async fn capture_publishes_debezium_events_snapshot_transactions_and_the_slot_fo
         }
     })
     .await;
-    let run = capture.terminate();
-    assert_eq!(run.code, 0, "{}", run.all());
-    assert!(!run.all().contains("ferry-test-pw"), "no password in the output");
     // --drop removes the slot and publication; the topics stay.
-    let dropped = crate::harness::ferry(&[
-        "capture",
-        "--source",
-        &dbs.source,
-        "--to",
-        &format!("kafka://{}/{prefix}", broker()),
-        "--drop",
-    ]);
-    assert_eq!(dropped.code, 0, "{}", dropped.all());
+    stop_capture(capture, &dbs.source, &prefix);
     assert!(crate::harness::slots(&dbs.source).await.is_empty());
     drop(src);
     dbs.drop().await;
@@ -393,16 +410,7 @@ async fn capture_killed_at_random_moments_loses_no_transaction() {
         }
     }
     assert_eq!(seen.len(), 1200, "1,200 distinct changes");
-    let run = capture.terminate();
-    assert_eq!(run.code, 0, "{}", run.all());
-    crate::harness::ferry(&[
-        "capture",
-        "--source",
-        &dbs.source,
-        "--to",
-        &format!("kafka://{}/{prefix}", broker()),
-        "--drop",
-    ]);
+    stop_capture(capture, &dbs.source, &prefix);
     drop(src);
     dbs.drop().await;
 }
@@ -486,17 +494,7 @@ async fn postgres_to_kafka_to_postgres_under_pgbench_with_kill_9_of_capture_and_
     for round in 0..4u64 {
         let until = Instant::now() + Duration::from_millis(1500 + (nanos / (round + 1)) % 2500);
         while Instant::now() < until {
-            if tgt
-                .query_opt("SELECT 1 FROM ferry.migrations WHERE phase = 'cdc'", &[])
-                .await
-                .ok()
-                .flatten()
-                .is_some()
-            {
-                assert!(
-                    crate::harness::pgbench_invariant(&dbs.target).await,
-                    "pgbench's invariant broken on the target"
-                );
+            if invariant_if_streaming(&tgt, &dbs.target).await {
                 checks += 1;
             }
             tokio::time::sleep(Duration::from_millis(300)).await;
@@ -551,17 +549,7 @@ async fn postgres_to_kafka_to_postgres_under_pgbench_with_kill_9_of_capture_and_
             break;
         }
         assert!(Instant::now() < until, "the last change did not arrive through Kafka within 120 s");
-        if tgt
-            .query_opt("SELECT 1 FROM ferry.migrations WHERE phase = 'cdc'", &[])
-            .await
-            .ok()
-            .flatten()
-            .is_some()
-        {
-            assert!(
-                crate::harness::pgbench_invariant(&dbs.target).await,
-                "pgbench's invariant broken on the target"
-            );
+        if invariant_if_streaming(&tgt, &dbs.target).await {
             checks += 1;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -572,16 +560,7 @@ async fn postgres_to_kafka_to_postgres_under_pgbench_with_kill_9_of_capture_and_
     assert!(tables >= 6, "{tables} tables compared");
     let run = apply.terminate();
     assert_eq!(run.code, 0, "{}", run.all());
-    let run = capture.terminate();
-    assert_eq!(run.code, 0, "{}", run.all());
-    crate::harness::ferry(&[
-        "capture",
-        "--source",
-        &dbs.source,
-        "--to",
-        &format!("kafka://{}/{prefix}", broker()),
-        "--drop",
-    ]);
+    stop_capture(capture, &dbs.source, &prefix);
     drop((src, tgt));
     dbs.drop().await;
 }
@@ -656,10 +635,7 @@ async fn a_column_added_on_the_source_mid_stream_reaches_the_target_through_kafk
     let run = apply.terminate();
     assert_eq!(run.code, 0, "{}", run.all());
     assert!(run.all().contains("adding them"), "{}", run.all());
-    let run = capture.terminate();
-    assert_eq!(run.code, 0, "{}", run.all());
-    let dropped = crate::harness::ferry(&["capture", "--source", &dbs.source, "--to", &from, "--drop"]);
-    assert_eq!(dropped.code, 0, "{}", dropped.all());
+    stop_capture(capture, &dbs.source, &prefix);
     drop((src, tgt));
     dbs.drop().await;
 }

@@ -124,22 +124,20 @@ fn conform_source(op: &str, doc: &Value, ours: &Value, prefix: &str) {
     assert!(extra.is_empty(), "{op}: source fields the documentation does not have: {extra:?}");
 }
 
+/// The documentation's example table, as it creates it.
+const CUSTOMERS: &str = "CREATE TABLE customers (
+  id SERIAL,
+  first_name VARCHAR(255) NOT NULL,
+  last_name VARCHAR(255) NOT NULL,
+  email VARCHAR(255) NOT NULL,
+  PRIMARY KEY(id)
+);";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn capture_writes_the_events_of_debeziums_documentation_field_by_field() {
     let dbs = Dbs::create("kdoc").await;
     let src = connect(&dbs.source).await;
-    // The documentation's example table, as it creates it.
-    src.batch_execute(
-        "CREATE TABLE customers (
-           id SERIAL,
-           first_name VARCHAR(255) NOT NULL,
-           last_name VARCHAR(255) NOT NULL,
-           email VARCHAR(255) NOT NULL,
-           PRIMARY KEY(id)
-         );",
-    )
-    .await
-    .unwrap();
+    src.batch_execute(CUSTOMERS).await.unwrap();
     // The topic prefix of the examples.
     let prefix = format!("PostgreSQL_server_{}", dbs.name);
     let capture = Migrator::spawn(&[
@@ -310,17 +308,7 @@ async fn capture_writes_the_events_of_debeziums_documentation_field_by_field() {
             assert_eq!(ours_payloads[i / 2]["transaction"]["id"], t["id"]);
         }
     }
-    let run = capture.terminate();
-    assert_eq!(run.code, 0, "{}", run.all());
-    let dropped = crate::harness::ferry(&[
-        "capture",
-        "--source",
-        &dbs.source,
-        "--to",
-        &format!("kafka://{}/{prefix}", broker()),
-        "--drop",
-    ]);
-    assert_eq!(dropped.code, 0, "{}", dropped.all());
+    crate::kafka::stop_capture(capture, &dbs.source, &prefix);
     drop(src);
     dbs.drop().await;
 }
@@ -408,17 +396,7 @@ async fn capture_types_every_column_as_debeziums_type_table_says() {
     let by_type = |t: &str| &after[&columns.iter().find(|(_, ty, _)| ty == t).unwrap().0];
     assert_eq!(by_type("numeric(10,2)")["parameters"]["scale"], json!("2"));
     assert_eq!(by_type("bit(10)")["parameters"]["length"], json!("10"));
-    let run = capture.terminate();
-    assert_eq!(run.code, 0, "{}", run.all());
-    let dropped = crate::harness::ferry(&[
-        "capture",
-        "--source",
-        &dbs.source,
-        "--to",
-        &format!("kafka://{}/{prefix}", broker()),
-        "--drop",
-    ]);
-    assert_eq!(dropped.code, 0, "{}", dropped.all());
+    crate::kafka::stop_capture(capture, &dbs.source, &prefix);
     drop(src);
     dbs.drop().await;
 }
@@ -471,18 +449,7 @@ fn with_schema(schema: &Value, payload: Value) -> Option<String> {
 async fn apply_applies_debeziums_documented_events_exactly_once_across_a_kill_9() {
     let dbs = Dbs::create("kdocapply").await;
     let target = connect(&dbs.target).await;
-    target
-        .batch_execute(
-            "CREATE TABLE customers (
-               id SERIAL,
-               first_name VARCHAR(255) NOT NULL,
-               last_name VARCHAR(255) NOT NULL,
-               email VARCHAR(255) NOT NULL,
-               PRIMARY KEY(id)
-             );",
-        )
-        .await
-        .unwrap();
+    target.batch_execute(CUSTOMERS).await.unwrap();
     let prefix = format!("PostgreSQL_server_{}", dbs.name);
     let topic = format!("{prefix}.public.customers");
     let ttopic = format!("{prefix}.transaction");
