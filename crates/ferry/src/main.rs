@@ -471,10 +471,6 @@ fn refuse_flags(sub: &str, ids: &[&str]) -> anyhow::Result<()> {
     .into())
 }
 
-/// mimalloc, not glibc's malloc: see docs/decisions.md ("The allocator").
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() {
     use clap::{CommandFactory, FromArgMatches};
     let parsed = Cli::command().try_get_matches().and_then(|m| {
