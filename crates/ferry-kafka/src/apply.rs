@@ -287,9 +287,11 @@ impl Head {
             ),
             None => (None, 0),
         };
+        // `["<previous commit>","<this LSN>"]` (the first may be null): read in place, no
+        // allocation per record.
         let previous = src.sequence.as_deref().and_then(|seq| {
-            let seq: Vec<Option<String>> = serde_json::from_str(seq).ok()?;
-            Some(Lsn(seq.first()?.as_ref()?.parse().ok()?))
+            let first = seq.trim_start().strip_prefix('[')?.trim_start().strip_prefix('"')?;
+            Some(Lsn(first[..first.find('"')?].parse().ok()?))
         });
         Ok(Head {
             op: w.op.map(Cow::into_owned),
@@ -995,26 +997,8 @@ pub async fn run(opts: ApplyOptions, mut stop: watch::Receiver<bool>) -> Result<
                 tracing::info!(until = %until, "replaying a batch row by row");
                 ordered_until = ordered_until.max(until);
             }
-            Err(SessionError::Apply(ApplyError::Rejected(d))) => {
-                dead_letter(&opts, &d).await?;
-                if !opts.skip_dead_letters {
-                    return Err(stopped_at(&d));
-                }
-                let key = (d.commit.as_lsn().unwrap_or_default(), d.change_index);
-                if !rejected.insert(key) {
-                    return Err(stopped_at(&d));
-                }
-            }
-            Err(SessionError::Undecodable(d)) => {
-                dead_letter(&opts, &d).await?;
-                if !opts.skip_dead_letters {
-                    return Err(stopped_at(&d));
-                }
-                let key = (d.commit.as_lsn().unwrap_or_default(), d.change_index);
-                if !undecodable.insert(key) {
-                    return Err(stopped_at(&d));
-                }
-            }
+            Err(SessionError::Apply(ApplyError::Rejected(d))) => dead_letter(&opts, &d, &mut rejected).await?,
+            Err(SessionError::Undecodable(d)) => dead_letter(&opts, &d, &mut undecodable).await?,
             Err(SessionError::Apply(ApplyError::Db(e))) if e.class == ferry_core::ErrorClass::Transient => {
                 tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "applying from Kafka interrupted; resuming from the last applied transaction");
                 tokio::select! {
@@ -1052,19 +1036,21 @@ fn watermarks(ep: KafkaEndpoint, progress: Arc<ApplyProgress>, stop: Arc<AtomicB
     }
 }
 
-/// Records a dead letter in the target's state schema (as stepped over when
-/// --skip-dead-letters is on).
-async fn dead_letter(opts: &ApplyOptions, d: &DeadLetter) -> Result<(), PgError> {
+/// Records a dead letter in the target's state schema and, with --skip-dead-letters, adds it
+/// to the changes the next session steps over (`skipped`); otherwise, or if it was stepped
+/// over already, the apply stops naming it.
+async fn dead_letter(opts: &ApplyOptions, d: &DeadLetter, skipped: &mut HashSet<(Lsn, u32)>) -> Result<(), PgError> {
     let client = opts.target.connect("kafka-apply").await?;
     let store = StateStore::new(&opts.state_schema);
     store.record_dead_letter(&client, &opts.id, d, opts.skip_dead_letters).await?;
-    if opts.skip_dead_letters {
-        tracing::warn!(
-            table = %d.table, operation = d.operation, key = %d.key, commit = %ferry_postgres::apply::position_text(&d.commit),
-            change = d.change_index, error = %d.error,
-            "dead letter recorded and stepped over (--skip-dead-letters)"
-        );
+    if !opts.skip_dead_letters || !skipped.insert((d.commit.as_lsn().unwrap_or_default(), d.change_index)) {
+        return Err(stopped_at(d));
     }
+    tracing::warn!(
+        table = %d.table, operation = d.operation, key = %d.key, commit = %ferry_postgres::apply::position_text(&d.commit),
+        change = d.change_index, error = %d.error,
+        "dead letter recorded and stepped over (--skip-dead-letters)"
+    );
     Ok(())
 }
 
