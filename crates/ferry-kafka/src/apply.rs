@@ -73,6 +73,11 @@ pub struct ApplyOptions {
     pub skip_dead_letters: bool,
     /// What the apply reports while it runs (`ferry apply --listen`: /metrics).
     pub progress: Arc<ApplyProgress>,
+    /// Share the topics with the other members of this consumer group, per table partition
+    /// ([`crate::group`]); None: one applier, source transactions whole.
+    pub group: Option<String>,
+    /// This member's name in the group (its offsets' owner and its row in the state schema).
+    pub member: String,
 }
 
 /// What a running apply reports: its counters and, per partition, how far it has read and
@@ -254,23 +259,23 @@ struct WireTxn<'a> {
 
 /// A record at the head of its partition.
 #[derive(Debug)]
-struct Head {
-    raw: Vec<u8>,
+pub(crate) struct Head {
+    pub(crate) raw: Vec<u8>,
     /// The envelope's `op` (None: not Debezium's envelope).
     op: Option<String>,
     /// Its transaction: txId and the LSN in the transaction id.
-    txn: Option<(u64, Lsn)>,
-    total_order: i64,
+    pub(crate) txn: Option<(u64, Lsn)>,
+    pub(crate) total_order: i64,
     /// `source.sequence[0]`: the commit before its transaction's.
     previous: Option<Lsn>,
     /// `source.lsn`.
-    lsn: Option<u64>,
+    pub(crate) lsn: Option<u64>,
     /// The connector's last snapshot record.
     last: bool,
 }
 
 impl Head {
-    fn read(raw: Vec<u8>) -> Result<Head, serde_json::Error> {
+    pub(crate) fn read(raw: Vec<u8>) -> Result<Head, serde_json::Error> {
         let w: Wire<'_> = serde_json::from_slice(&raw)?;
         let w = match w.payload {
             Some(p) => *p,
@@ -304,7 +309,7 @@ impl Head {
         })
     }
 
-    fn op_is(&self, op: &str) -> bool {
+    pub(crate) fn op_is(&self, op: &str) -> bool {
         self.op.as_deref() == Some(op)
     }
 }
@@ -333,7 +338,7 @@ impl Image {
 }
 
 /// The whole record, for its schema part.
-fn whole(raw: &[u8]) -> Value {
+pub(crate) fn whole(raw: &[u8]) -> Value {
     serde_json::from_slice(raw).unwrap_or(Value::Null)
 }
 
@@ -815,7 +820,7 @@ fn reader(
 }
 
 /// The target's tables of the topics: columns, types and keys from its catalog.
-async fn target_relation(c: &tokio_postgres::Client, table: &TableName, id: u32) -> Result<Relation, PgError> {
+pub(crate) async fn target_relation(c: &tokio_postgres::Client, table: &TableName, id: u32) -> Result<Relation, PgError> {
     let rows = c
         .query(
             "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), a.attnotnull,
@@ -859,20 +864,20 @@ async fn target_relation(c: &tokio_postgres::Client, table: &TableName, id: u32)
 }
 
 /// How an envelope's fields become a row of the target's table.
-struct Shape {
-    rel: Relation,
+pub(crate) struct Shape {
+    pub(crate) rel: Relation,
     /// Kind of each column from the event's schema when there is one, else from its type.
     kinds: Vec<Kind>,
 }
 
 impl Shape {
-    fn new(rel: Relation) -> Shape {
+    pub(crate) fn new(rel: Relation) -> Shape {
         let kinds = rel.columns.iter().map(|c| Kind::of(&c.type_sql)).collect();
         Shape { rel, kinds }
     }
 
     /// Learns the kinds of the event's schema part (Debezium's own encodings).
-    fn learn(&mut self, envelope: &Value) {
+    pub(crate) fn learn(&mut self, envelope: &Value) {
         let Some(fields) = envelope.pointer("/schema/fields").and_then(Value::as_array) else {
             return;
         };
@@ -948,6 +953,82 @@ impl Shape {
     }
 }
 
+/// Why a record cannot become a change of the target's table.
+pub(crate) struct Unfit {
+    operation: &'static str,
+    /// The row image that failed (Null: none).
+    image: Value,
+    error: String,
+}
+
+impl Unfit {
+    /// The dead letter that names it: its transaction's commit and its place in it.
+    pub(crate) fn letter(self, shape: &Shape, commit: SourcePosition, change_index: u32, raw: &[u8]) -> DeadLetter {
+        let key = shape
+            .rel
+            .columns
+            .iter()
+            .filter(|c| c.key)
+            .map(|c| format!("{}={}", c.name, self.image.get(&c.name).map(|v| v.to_string()).unwrap_or_default()))
+            .collect::<Vec<_>>()
+            .join(", ");
+        DeadLetter {
+            commit,
+            change_index,
+            table: shape.rel.table.clone(),
+            operation: self.operation,
+            key,
+            payload: String::from_utf8_lossy(raw).chars().take(2000).collect(),
+            error: self.error,
+        }
+    }
+}
+
+/// A record (not a tombstone) as a change of the target's table. The shape first grows by
+/// the columns the record has and the table lacks (the source gained them mid-stream) when
+/// its schema part types them: `.0` says so, and the sink must be told the grown relation
+/// before the change.
+pub(crate) fn change_of(shape: &mut Shape, raw: &[u8]) -> Result<(bool, ChangeEvent), Unfit> {
+    let unfit = |operation: &'static str, image: &Value, error: String| Unfit {
+        operation,
+        image: image.clone(),
+        error,
+    };
+    let p = Image::read(raw).map_err(|e| unfit("unknown", &Value::Null, e))?;
+    let unknown = |image: &Value| {
+        image
+            .as_object()
+            .is_some_and(|o| o.keys().any(|k| !shape.rel.columns.iter().any(|c| &c.name == k)))
+    };
+    let grown = (unknown(&p.after) || unknown(&p.before)) && shape.grow(&whole(raw));
+    let id = shape.rel.id;
+    let event = match p.op.as_deref() {
+        Some("c") | Some("r") => ChangeEvent::Insert {
+            relation: id,
+            new: shape.row(&p.after, Datum::Null).map_err(|e| unfit("insert", &p.after, e))?,
+        },
+        Some("u") => ChangeEvent::Update {
+            relation: id,
+            old: match &p.before {
+                Value::Null => None,
+                b => Some(shape.row(b, Datum::Null).map_err(|e| unfit("update", b, e))?),
+            },
+            new: shape.row(&p.after, Datum::Unchanged).map_err(|e| unfit("update", &p.after, e))?,
+        },
+        Some("d") => ChangeEvent::Delete {
+            relation: id,
+            old: shape.row(&p.before, Datum::Null).map_err(|e| unfit("delete", &p.before, e))?,
+        },
+        Some("t") => ChangeEvent::Truncate {
+            relations: vec![id],
+            cascade: false,
+            restart_identity: false,
+        },
+        other => return Err(unfit("unknown", &p.after, format!("unknown op {other:?}"))),
+    };
+    Ok((grown, event))
+}
+
 fn copy_escape(out: &mut Vec<u8>, s: &[u8]) {
     for &b in s {
         match b {
@@ -961,7 +1042,7 @@ fn copy_escape(out: &mut Vec<u8>, s: &[u8]) {
 }
 
 /// The table of a topic (`<prefix>.<schema>.<table>`).
-fn table_of(prefix: &str, topic: &str) -> Option<TableName> {
+pub(crate) fn table_of(prefix: &str, topic: &str) -> Option<TableName> {
     let rest = topic.strip_prefix(prefix)?.strip_prefix('.')?;
     let (s, t) = rest.split_once('.')?;
     Some(TableName::new(s, t))
@@ -969,6 +1050,17 @@ fn table_of(prefix: &str, topic: &str) -> Option<TableName> {
 
 /// Applies until `stop` turns true (Ok) or a definite error.
 pub async fn run(opts: ApplyOptions, mut stop: watch::Receiver<bool>) -> Result<(), PgError> {
+    if let Some(group) = opts.group.clone() {
+        let done = Arc::new(AtomicBool::new(false));
+        let watcher = {
+            let (ep, progress, done) = (opts.kafka.clone(), opts.progress.clone(), done.clone());
+            std::thread::spawn(move || watermarks(ep, progress, done))
+        };
+        let r = crate::group::run(&opts, &group, &opts.member, stop).await;
+        done.store(true, Ordering::Relaxed);
+        let _ = tokio::task::spawn_blocking(move || watcher.join()).await;
+        return r;
+    }
     let mut ordered_until = Lsn(0);
     let mut backoff = Duration::from_millis(500);
     // Dead letters stepped over (--skip-dead-letters): the sink's own (changes the target
@@ -1069,16 +1161,11 @@ fn stopped_at(d: &DeadLetter) -> PgError {
     )
 }
 
-/// One session: the snapshot if it is not loaded yet, then the transactions, until a stop or
-/// an error.
-async fn session(
-    opts: &ApplyOptions,
-    stop: &mut watch::Receiver<bool>,
-    ordered_until: Lsn,
-    rejected: &HashSet<(Lsn, u32)>,
-    undecodable: &HashSet<(Lsn, u32)>,
-) -> Result<(), SessionError> {
-    let ep = &opts.kafka;
+/// The prefix's table topics (every topic under it but Ferry's own and the transactions'),
+/// and the capture's state: Ferry's capture makes its state topic first and says there when
+/// its snapshot is all published (Some); without that topic the topics are a Debezium
+/// connector's (None). Fails while a Ferry capture's snapshot is not complete.
+pub(crate) async fn topics_and_snapshot(ep: &KafkaEndpoint) -> Result<(Vec<String>, Option<CaptureState>), PgError> {
     let state = read_state(ep).await?;
     // The table topics: every topic under the prefix but Ferry's own and the transactions'.
     let (topics, ferry_capture) = {
@@ -1127,17 +1214,35 @@ async fn session(
                     ep.prefix
                 ),
                 "start `ferry capture` to this prefix first and wait until it says the snapshot is published",
-            )
-            .into())
+            ))
         }
     };
-    let consistent: Lsn = match &state {
+    Ok((topics, state))
+}
+
+/// The snapshot's consistent point (0/0 for a Debezium connector's topics).
+pub(crate) fn consistent_point(state: &Option<CaptureState>) -> Result<Lsn, PgError> {
+    match state {
         Some(s) => s
             .consistent_point
             .parse()
-            .map_err(|e| PgError::config("applying from Kafka", format!("{e}"), "report this as a bug"))?,
-        None => Lsn(0),
-    };
+            .map_err(|e| PgError::config("applying from Kafka", format!("{e}"), "report this as a bug")),
+        None => Ok(Lsn(0)),
+    }
+}
+
+/// One session: the snapshot if it is not loaded yet, then the transactions, until a stop or
+/// an error.
+async fn session(
+    opts: &ApplyOptions,
+    stop: &mut watch::Receiver<bool>,
+    ordered_until: Lsn,
+    rejected: &HashSet<(Lsn, u32)>,
+    undecodable: &HashSet<(Lsn, u32)>,
+) -> Result<(), SessionError> {
+    let ep = &opts.kafka;
+    let (topics, state) = topics_and_snapshot(ep).await?;
+    let consistent = consistent_point(&state)?;
     let client = opts.target.connect("kafka-apply").await?;
     let store = StateStore::new(&opts.state_schema);
     store.ensure(&client).await?;
@@ -1297,63 +1402,12 @@ async fn session(
                     // An event that does not fit the target's table is a dead letter, named by
                     // its transaction's commit and its place in it, as the sink names the
                     // changes the target rejects.
-                    let poison = |shape: &Shape, operation: &'static str, image: &Value, e: String| {
-                        let key = shape
-                            .rel
-                            .columns
-                            .iter()
-                            .filter(|c| c.key)
-                            .map(|c| format!("{}={}", c.name, image.get(&c.name).map(|v| v.to_string()).unwrap_or_default()))
-                            .collect::<Vec<_>>()
-                            .join(", ");
-                        SessionError::Undecodable(DeadLetter {
-                            commit: SourcePosition::Postgres(commit_at),
-                            change_index: index,
-                            table: shape.rel.table.clone(),
-                            operation,
-                            key,
-                            payload: String::from_utf8_lossy(&raw).chars().take(2000).collect(),
-                            error: e,
-                        })
-                    };
-                    let p = Image::read(&raw).map_err(|e| poison(shape, "unknown", &Value::Null, e))?;
-                    let unknown = |image: &Value| {
-                        image
-                            .as_object()
-                            .is_some_and(|o| o.keys().any(|k| !shape.rel.columns.iter().any(|c| &c.name == k)))
-                    };
-                    if (unknown(&p.after) || unknown(&p.before)) && shape.grow(&whole(&raw)) {
+                    let (grown, event) = change_of(shape, &raw)
+                        .map_err(|u| SessionError::Undecodable(u.letter(shape, SourcePosition::Postgres(commit_at), index, &raw)))?;
+                    if grown {
                         tracing::info!(table = %shape.rel.table, "the events have columns the table lacks: adding them");
                         sink.apply(ChangeEvent::Relation(shape.rel.clone())).await?;
                     }
-                    let shape = &*shape;
-                    let id = shape.rel.id;
-                    let event = match p.op.as_deref() {
-                        Some("c") | Some("r") => ChangeEvent::Insert {
-                            relation: id,
-                            new: shape.row(&p.after, Datum::Null).map_err(|e| poison(shape, "insert", &p.after, e))?,
-                        },
-                        Some("u") => ChangeEvent::Update {
-                            relation: id,
-                            old: match &p.before {
-                                Value::Null => None,
-                                b => Some(shape.row(b, Datum::Null).map_err(|e| poison(shape, "update", b, e))?),
-                            },
-                            new: shape
-                                .row(&p.after, Datum::Unchanged)
-                                .map_err(|e| poison(shape, "update", &p.after, e))?,
-                        },
-                        Some("d") => ChangeEvent::Delete {
-                            relation: id,
-                            old: shape.row(&p.before, Datum::Null).map_err(|e| poison(shape, "delete", &p.before, e))?,
-                        },
-                        Some("t") => ChangeEvent::Truncate {
-                            relations: vec![id],
-                            cascade: false,
-                            restart_identity: false,
-                        },
-                        other => return Err(poison(shape, "unknown", &p.after, format!("unknown op {other:?}"))),
-                    };
                     sink.apply(event).await?;
                     opts.progress.changes.fetch_add(1, Ordering::Relaxed);
                 }

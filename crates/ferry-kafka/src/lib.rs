@@ -10,6 +10,7 @@ pub mod apply;
 pub mod capture;
 pub mod endpoint;
 pub mod envelope;
+pub mod group;
 pub mod sink;
 pub mod types;
 

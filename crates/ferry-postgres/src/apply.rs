@@ -305,6 +305,9 @@ pub struct Applier {
     /// Source position whose changes are durable (flushed) on the target: what the source
     /// may forget.
     flushed: Lsn,
+    /// Statements that record another stream's state with the open batch (`Applier::stage`):
+    /// SQL and its text parameters, run in the batch's transaction before it commits.
+    staged: Vec<(String, Vec<String>)>,
     /// Process id of the target session, for the watchdog and for ending it if it is left
     /// behind by a lost connection.
     pid: i32,
@@ -467,9 +470,19 @@ impl Applier {
             skip_origin,
             unflushed: VecDeque::new(),
             flushed: durable,
+            staged: Vec::new(),
             pid,
             busy: Arc::new(std::sync::atomic::AtomicU64::new(0)),
         })
+    }
+
+    /// Runs `sql` (its parameters given as text, `$1::text::bigint` where another type is
+    /// meant) in the open batch's target transaction, just before the batch's position is
+    /// recorded: a stream that keeps positions of its own (a Kafka consumer's offsets per
+    /// partition) commits them atomically with the changes. A statement that fails fails the
+    /// commit. Staged statements are dropped with the batch on rollback.
+    pub fn stage(&mut self, sql: String, params: Vec<String>) {
+        self.staged.push((sql, params));
     }
 
     /// Since when (unix ms) a database request of this applier has waited (0: none waits).
@@ -1116,6 +1129,22 @@ impl Applier {
         };
         // The previous batch must be known committed before this one starts.
         self.settle_inner().await?;
+        let mut staged = Vec::with_capacity(self.staged.len());
+        for (sql, params) in std::mem::take(&mut self.staged) {
+            let stmt = match self.stmts.get(&sql) {
+                Some(s) => s.clone(),
+                None => {
+                    let s = self
+                        .tgt
+                        .prepare(&sql)
+                        .await
+                        .map_err(|e| PgError::query("preparing a statement recorded with the batch", e))?;
+                    self.stmts.insert(sql, s.clone());
+                    s
+                }
+            };
+            staged.push((stmt, params));
+        }
         let c = self.batch_counts;
         let commit_time = self.batch_commit_time as f64 / 1e6;
         let mut ops: Vec<Op<'static>> = Vec::new();
@@ -1129,6 +1158,15 @@ impl Applier {
             let (op, check) = set.op(&self.tgt);
             ops.push(op);
             checks.push(Ok(check));
+        }
+        for (stmt, params) in staged {
+            let t = Arc::clone(&self.tgt);
+            ops.push(Box::pin(async move {
+                let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+                    params.iter().map(|p| p as &(dyn tokio_postgres::types::ToSql + Sync)).collect();
+                t.execute(&stmt, &refs).await
+            }));
+            checks.push(Err("recording state with the batch"));
         }
         let t = Arc::clone(&self.tgt);
         let id = self.ctx.migration_id.clone();
@@ -1222,6 +1260,7 @@ impl Applier {
 
     /// Abandons the open batch (after an error, or when stopping inside a transaction).
     pub async fn rollback(&mut self) {
+        self.staged.clear();
         self.pending.clear();
         self.buffered.clear();
         self.buffered_changes = 0;

@@ -83,8 +83,11 @@ impl StateStore {
     /// [`Self::is_current`] too (commands that only read skip this when that says current).
     pub async fn ensure(&self, c: &Client) -> Result<(), PgError> {
         let s = &self.q;
+        // One statement string is one transaction: the lock makes processes that start at the
+        // same moment (the members of an apply group) create the schema one after the other.
         c.batch_execute(&format!(
             r#"
+SELECT pg_advisory_xact_lock(hashtext('ferry state schema ' || {lit}));
 CREATE SCHEMA IF NOT EXISTS {s};
 CREATE TABLE IF NOT EXISTS {s}.migrations (
     id               text PRIMARY KEY,
@@ -186,7 +189,8 @@ CREATE TABLE IF NOT EXISTS {s}.verify_differences (
     columns    jsonb NOT NULL
 );
 COMMENT ON SCHEMA {s} IS 'Ferry migration state: do not edit while a migration runs';
-"#
+"#,
+            lit = ferry_core::ident::quote_literal(&self.schema)
         ))
         .await
         .map_err(|e| PgError::query(format!("creating Ferry's state schema {s} on the target"), e))

@@ -97,6 +97,8 @@ pub async fn apply(args: &ApplyArgs) -> anyhow::Result<i32> {
         max_batch: args.max_batch.max(1),
         skip_dead_letters: args.skip_dead_letters,
         progress: Arc::new(ferry_kafka::apply::ApplyProgress::default()),
+        group: args.group.clone(),
+        member: args.member.clone().unwrap_or_else(host_name),
     };
     if let Some(addr) = args.listen {
         serve_metrics(addr, opts.progress.clone()).await?;
@@ -109,6 +111,16 @@ pub async fn apply(args: &ApplyArgs) -> anyhow::Result<i32> {
     });
     ferry_kafka::apply::run(opts, stop).await?;
     Ok(exit::OK)
+}
+
+/// The host's name (a group member's default name).
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "member".to_string())
 }
 
 /// `ferry apply --listen`: GET /metrics and GET /healthz, read-only and without row values

@@ -776,4 +776,14 @@ pub struct ApplyArgs {
     /// address, for example 127.0.0.1:7118. Off unless given.
     #[arg(long)]
     pub listen: Option<std::net::SocketAddr>,
+    /// Share the work with every other `ferry apply --group` of the same NAME (on any host):
+    /// Kafka's consumer group assigns each table partition to one member, which applies it in
+    /// order and keeps its offsets in the target. Source transactions that span tables applied
+    /// by different members are no longer applied atomically (docs/kafka.md).
+    #[arg(long, value_name = "NAME")]
+    pub group: Option<String>,
+    /// This member's name in the group (default: the host's name). Two members running at once
+    /// need different names.
+    #[arg(long, requires = "group")]
+    pub member: Option<String>,
 }

@@ -639,3 +639,153 @@ async fn a_column_added_on_the_source_mid_stream_reaches_the_target_through_kafk
     drop((src, tgt));
     dbs.drop().await;
 }
+
+/// A member of apply group `group`.
+fn start_member(dbs: &Dbs, prefix: &str, group: &str, member: &str) -> Migrator {
+    let from = format!("kafka://{}/{prefix}?schemas=false", broker());
+    Migrator::spawn(&[
+        "apply",
+        "--from",
+        &from,
+        "--target",
+        &dbs.target,
+        "--group",
+        group,
+        "--member",
+        member,
+    ])
+}
+
+/// The high watermark of every table topic's partitions under `prefix`.
+fn table_watermarks(prefix: &str) -> BTreeMap<(String, i32), i64> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker())
+        .set("log_level", "3")
+        .create()
+        .expect("consumer");
+    let md = consumer.fetch_metadata(None, Duration::from_secs(10)).expect("metadata");
+    let mut out = BTreeMap::new();
+    for t in md.topics() {
+        let Some(rest) = t.name().strip_prefix(&format!("{prefix}.")) else {
+            continue;
+        };
+        if rest.split('.').count() != 2 || rest.starts_with("ferry.") {
+            continue;
+        }
+        for p in t.partitions() {
+            let (_, high) = consumer
+                .fetch_watermarks(t.name(), p.id(), Duration::from_secs(10))
+                .expect("watermarks");
+            out.insert((t.name().to_string(), p.id()), high);
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_appliers_in_a_group_share_the_partitions_exactly_and_one_takes_over_when_the_other_is_killed() {
+    let dbs = Dbs::create("kgroup").await;
+    crate::harness::pgbench_init(&dbs.source, 1).await;
+    let src = connect(&dbs.source).await;
+    // More tables than pgbench's four, so that each member holds several.
+    src.batch_execute(
+        "CREATE TABLE t1 (id int PRIMARY KEY, v text); CREATE TABLE t2 (id bigint PRIMARY KEY, v numeric);
+         INSERT INTO t1 SELECT g, md5(g::text) FROM generate_series(1, 1000) g;
+         INSERT INTO t2 SELECT g, g / 3.0 FROM generate_series(1, 1000) g;",
+    )
+    .await
+    .unwrap();
+    copy_schema(&dbs);
+    let prefix = prefix_for(&dbs);
+    let capture = start_capture(&dbs, &prefix, "?schemas=false").await;
+    wait_snapshot(&prefix);
+    let group = format!("g_{}", dbs.name);
+    let a = start_member(&dbs, &prefix, &group, "a");
+    let b = start_member(&dbs, &prefix, &group, "b");
+    let bench = crate::harness::pgbench_run_rate(&dbs.source, 4, 30, 200);
+    let writer = {
+        let url = dbs.source.clone();
+        tokio::spawn(async move {
+            let c = connect(&url).await;
+            for i in 1..=300 {
+                c.batch_execute(&format!(
+                    "BEGIN; UPDATE t1 SET v = 'u{i}' WHERE id = {i}; DELETE FROM t2 WHERE id = {i}; INSERT INTO t2 VALUES ({}, -{i}.5); COMMIT;",
+                    5000 + i
+                ))
+                .await
+                .unwrap();
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+    // Both members hold partitions and both apply.
+    let tgt = connect(&dbs.target).await;
+    let both_apply = format!(
+        "SELECT 1 WHERE (SELECT count(DISTINCT member) FROM ferry.kafka_offsets WHERE group_id = '{group}') = 2
+           AND (SELECT count(*) FROM ferry.migrations WHERE id LIKE 'kafka_%\\_\\_a' OR id LIKE 'kafka_%\\_\\_b') = 2
+           AND (SELECT bool_and(applied_txns > 0) FROM ferry.migrations WHERE id LIKE 'kafka_%\\_\\_a' OR id LIKE 'kafka_%\\_\\_b')"
+    );
+    crate::harness::wait_for_row(
+        &dbs.target,
+        "both members to hold partitions and apply",
+        Duration::from_secs(90),
+        &both_apply,
+    )
+    .await;
+    let held_by_a: i64 = tgt
+        .query_one(
+            "SELECT count(*) FROM ferry.kafka_offsets WHERE group_id = $1 AND member = 'a'",
+            &[&group],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(held_by_a > 0);
+    // a dies; b takes its partitions over and goes on from where a's last batch ended.
+    a.kill9();
+    let all_b = format!("SELECT 1 WHERE NOT EXISTS (SELECT FROM ferry.kafka_offsets WHERE group_id = '{group}' AND member <> 'b')");
+    crate::harness::wait_for_row(&dbs.target, "b to take a's partitions over", Duration::from_secs(90), &all_b).await;
+    crate::harness::pgbench_finish(bench);
+    writer.await.unwrap();
+    // Everything the source wrote is in Kafka once the slot has passed it; then every
+    // partition is applied once the group's offsets reach the broker's high watermarks.
+    let lsn: String = src.query_one("SELECT pg_current_wal_lsn()::text", &[]).await.unwrap().get(0);
+    let slot_name = format!("ferry_capture_{}", prefix.to_lowercase());
+    crate::harness::wait_for_row(
+        &dbs.source,
+        "the capture to publish everything",
+        Duration::from_secs(90),
+        &format!("SELECT 1 FROM pg_replication_slots WHERE slot_name = '{slot_name}' AND confirmed_flush_lsn >= '{lsn}'"),
+    )
+    .await;
+    let highs = table_watermarks(&prefix);
+    assert!(highs.len() >= 6, "{highs:?}");
+    let until = Instant::now() + Duration::from_secs(120);
+    loop {
+        let rows = tgt
+            .query(
+                "SELECT topic, partition, next_offset FROM ferry.kafka_offsets WHERE group_id = $1",
+                &[&group],
+            )
+            .await
+            .unwrap();
+        let done: BTreeMap<(String, i32), i64> = rows.iter().map(|r| ((r.get(0), r.get(1)), r.get(2))).collect();
+        if highs.iter().all(|(k, h)| done.get(k).is_some_and(|n| n >= h)) {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "the group did not apply every partition within 120 s: {done:?} of {highs:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let tables = crate::harness::assert_identical_except_sequences(&dbs.source, &dbs.target).await;
+    assert!(tables >= 6, "{tables} tables compared");
+    assert!(crate::harness::pgbench_invariant(&dbs.target).await);
+    let run = b.terminate();
+    assert_eq!(run.code, 0, "{}", run.all());
+    assert!(!run.all().contains("ferry-test-pw"), "no password in the output");
+    stop_capture(capture, &dbs.source, &prefix);
+    drop((src, tgt));
+    dbs.drop().await;
+}
