@@ -299,11 +299,13 @@ async fn ensure_offsets(c: &mut tokio_postgres::Client, store: &StateStore) -> R
             last_commit bigint NOT NULL DEFAULT 0,
             last_order bigint NOT NULL DEFAULT 0,
             member text NOT NULL,
+            member_id text,
             claim bigint NOT NULL,
             claimed_at timestamptz NOT NULL DEFAULT now(),
             high_watermark bigint,
             updated_at timestamptz NOT NULL DEFAULT now(),
             PRIMARY KEY (group_id, topic, partition));
+         ALTER TABLE {q}.kafka_offsets ADD COLUMN IF NOT EXISTS member_id text;
          COMMENT ON TABLE {q}.kafka_offsets IS 'ferry apply --group: per partition, the next record to apply and which member holds it';
          CREATE OR REPLACE FUNCTION {q}.kafka_advance(g text, t text, p int, n bigint, lc bigint, lo bigint, c bigint)
            RETURNS void LANGUAGE plpgsql SET search_path = '' AS $f$
@@ -422,8 +424,9 @@ async fn session(
     store.plan_tables(&claims_client, me, &tables).await?;
     let q = store.quoted().to_string();
     let claim_sql = format!(
-        "INSERT INTO {q}.kafka_offsets (group_id, topic, partition, member, claim) VALUES ($1, $2, $3, $4, $5)
-         ON CONFLICT (group_id, topic, partition) DO UPDATE SET member = EXCLUDED.member, claim = EXCLUDED.claim, claimed_at = now()
+        "INSERT INTO {q}.kafka_offsets (group_id, topic, partition, member, claim, member_id) VALUES ($1, $2, $3, $4, $5, $6)
+         ON CONFLICT (group_id, topic, partition) DO UPDATE
+            SET member = EXCLUDED.member, claim = EXCLUDED.claim, member_id = EXCLUDED.member_id, claimed_at = now()
          RETURNING next_offset, last_commit, last_order"
     );
     let advance_sql =
@@ -484,7 +487,7 @@ async fn session(
                         }
                         let tok = token();
                         let row = claims_client
-                            .query_one(&claim_sql, &[&group, &topic, &partition, &member, &tok])
+                            .query_one(&claim_sql, &[&group, &topic, &partition, &member, &tok, &me])
                             .await
                             .map_err(|e| PgError::query(format!("claiming partition {partition} of {topic} on the target"), e))?;
                         let next: i64 = row.get(0);

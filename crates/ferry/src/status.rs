@@ -83,6 +83,28 @@ pub struct Status {
     /// Figures only the running `ferry migrate` knows (absent when read from the database).
     #[serde(default)]
     pub live: Option<LiveFigures>,
+    /// For a member of a `ferry apply --group`: every partition of its group, who holds it and
+    /// how far behind the broker it is.
+    #[serde(default)]
+    pub kafka_partitions: Vec<KafkaPartition>,
+}
+
+/// A partition of a `ferry apply --group`, as its holder last recorded it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KafkaPartition {
+    /// Consumer group.
+    pub group: String,
+    /// Topic and partition.
+    pub topic: String,
+    pub partition: i32,
+    /// The member holding it.
+    pub member: String,
+    /// The next record it applies.
+    pub next_offset: i64,
+    /// Records the broker has after it, as of the holder's last look (every few seconds).
+    pub lag_records: Option<i64>,
+    /// Seconds since the holder last advanced (or claimed) it.
+    pub idle_seconds: f64,
 }
 
 /// One phase change.
@@ -375,6 +397,7 @@ pub async fn read_with(
         transitions: Vec::new(),
         recent_dead_letters: Vec::new(),
         live: None,
+        kafka_partitions: Vec::new(),
         migration_id: migration_id.clone(),
     };
     let since_commit = r.since_commit_seconds;
@@ -452,6 +475,34 @@ pub async fn read_with(
             }
             None => status.warnings.push(format!("slot {slot} does not exist on the source")),
         }
+    }
+    if store.has_table(t, "kafka_offsets").await? {
+        let q = store.quoted();
+        let rows = t
+            .query(
+                &format!(
+                    "SELECT group_id, topic, partition, member, next_offset, high_watermark - next_offset,
+                            extract(epoch FROM now() - GREATEST(updated_at, claimed_at))::float8
+                       FROM {q}.kafka_offsets
+                      WHERE group_id IN (SELECT group_id FROM {q}.kafka_offsets WHERE member_id = $1)
+                      ORDER BY 1, 4, 2, 3"
+                ),
+                &[&migration_id],
+            )
+            .await
+            .context("reading the apply group's partitions")?;
+        status.kafka_partitions = rows
+            .iter()
+            .map(|r| KafkaPartition {
+                group: r.get(0),
+                topic: r.get(1),
+                partition: r.get(2),
+                member: r.get(3),
+                next_offset: r.get(4),
+                lag_records: r.get::<_, Option<i64>>(5).map(|l| l.max(0)),
+                idle_seconds: r.get(6),
+            })
+            .collect();
     }
     if status.dead_letters > 0 {
         status.warnings.push(format!(
@@ -579,6 +630,32 @@ pub fn render(s: &Status) -> String {
         o.push_str(&format!(
             "  proxy on {}: {} session(s) to the {}, {} busy, {} switch(es)\n",
             p.listen, p.sessions, p.upstream, p.busy_sessions, p.switches
+        ));
+    }
+    // A `ferry apply --group` member: every member of its group, with its partitions and lag.
+    let mut groups: std::collections::BTreeMap<(&str, &str), (usize, i64, f64, bool)> = Default::default();
+    for p in &s.kafka_partitions {
+        let e = groups
+            .entry((p.group.as_str(), p.member.as_str()))
+            .or_insert((0, 0, f64::MAX, true));
+        e.0 += 1;
+        e.1 += p.lag_records.unwrap_or(0);
+        e.2 = e.2.min(p.idle_seconds);
+        e.3 &= p.lag_records.is_some();
+    }
+    for ((group, member), (parts, lag, idle, known)) in &groups {
+        o.push_str(&format!(
+            "  apply group {group}, member {member}: {parts} partition(s), {}{}\n",
+            if *known {
+                format!("{lag} record(s) behind")
+            } else {
+                "lag not recorded yet".to_string()
+            },
+            if *lag > 0 && *idle > 60.0 {
+                format!("; idle {idle:.0} s with records waiting (is the member running?)")
+            } else {
+                String::new()
+            }
         ));
     }
     if let Some(l) = &s.live {

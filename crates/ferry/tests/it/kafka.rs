@@ -741,6 +741,17 @@ async fn two_appliers_in_a_group_share_the_partitions_exactly_and_one_takes_over
         .unwrap()
         .get(0);
     assert!(held_by_a > 0);
+    // `ferry status` of either member shows every member of the group and its lag.
+    let id_a = format!("kafka_{}__a", prefix.to_lowercase());
+    let st = crate::harness::ferry(&["status", "--target", &dbs.target, "--migration-id", &id_a]);
+    assert_eq!(st.code, 0, "{}", st.all());
+    for m in ["member a:", "member b:"] {
+        assert!(
+            st.stdout.contains(&format!("apply group {group}, {m}")),
+            "{m} missing from status:\n{}",
+            st.stdout
+        );
+    }
     // a dies; b takes its partitions over and goes on from where a's last batch ended.
     a.kill9();
     let all_b = format!("SELECT 1 WHERE NOT EXISTS (SELECT FROM ferry.kafka_offsets WHERE group_id = '{group}' AND member <> 'b')");
