@@ -16,6 +16,8 @@
 #   ROUNDS=2        rounds; the table reports the best of each
 #   BACKLOG_S=20    seconds of pgbench (4 clients) per backlog
 #   FERRY_BIN=target/release/ferry
+#   GROUP=1         also apply the topics from scratch with an apply group of one member and of
+#                   two (`ferry apply --group`); needs python3 with confluent-kafka
 #
 # Output: a table on stdout, logs in bench/out/kafka-<UTC timestamp>/.
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -101,6 +103,31 @@ for round in $(seq 1 "$ROUNDS"); do
   t0=$(now); apply "$round"
   wait_mark "k$round" $mark "$OUT/apply-$round.log" "$APPLY_PID"; t1=$(now); stop_all
   s=$(elapsed "$t0" "$t1"); best_max apply "$(rate "$BACKLOG_TXNS" "$s")"; log "  apply alone: $BACKLOG_TXNS transactions in $s s"
+  # Scale-out: everything in the topics (snapshot and both backlogs) applied from scratch by an
+  # apply group of one member, then of two, each into an empty copy of the schema.
+  if [ "${GROUP:-1}" = 1 ] && python3 -c "import confluent_kafka" 2>/dev/null; then
+    records=$(python3 "$REPO/bench/kafka_highs.py" "$KAFKA" "p$round")
+    for members in 1 2; do
+      db=g${members}_$round
+      psql -X -q -d "$TGT_ADMIN/postgres" -c "CREATE DATABASE $db"
+      pg_dump --schema-only -d "$SRC_ADMIN/bench" | psql -X -q -d "$TGT_ADMIN/$db" >/dev/null
+      t0=$(now)
+      for m in $(seq 1 "$members"); do
+        "$FERRY_BIN" apply --from "kafka://$KAFKA/p$round?schemas=false" --target "$TGT_ADMIN/$db" --group "$db" --member "m$m" \
+          >>"$OUT/group-$db-m$m.log" 2>&1 &
+        APPLY_PID="$APPLY_PID $!"
+      done
+      until [ "$(psql -X -At -d "$TGT_ADMIN/$db" -c "SELECT sum(next_offset) >= $records FROM ferry.kafka_offsets" 2>/dev/null)" = t ]; do
+        for p in $APPLY_PID; do kill -0 "$p" 2>/dev/null || { log "a group member exited"; tail "$OUT"/group-"$db"-m*.log >&2; exit 1; }; done
+        sleep 0.1
+      done
+      t1=$(now); stop_all
+      s=$(elapsed "$t0" "$t1"); best_max "group$members" "$(rate "$records" "$s")"
+      log "  apply group of $members: $records records in $s s"
+    done
+  elif [ "${GROUP:-1}" = 1 ]; then
+    log "  (apply groups skipped: python3 with confluent-kafka is needed to read the topics' high watermarks)"
+  fi
   "$FERRY_BIN" capture --source "$SRC_ADMIN/bench" --to "kafka://$KAFKA/p$round" --drop >>"$OUT/capture-$round.log" 2>&1
   psql -X -q -d "$SRC_ADMIN/bench" -c "SELECT pg_drop_replication_slot('ferry_d$round') FROM pg_replication_slots WHERE slot_name = 'ferry_d$round'" >/dev/null
 done
@@ -110,3 +137,8 @@ printf '%-52s %14s\n' "direct CDC (ferry migrate)" "${BEST[direct]}"
 printf '%-52s %14s  (%sx direct)\n' "through Kafka (capture + apply together)" "${BEST[kafka]}" "$(awk -v a="${BEST[kafka]}" -v b="${BEST[direct]}" 'BEGIN { printf "%.2f", a / b }')"
 printf '%-52s %14s\n' "capture alone (source to broker)" "${BEST[capture]}"
 printf '%-52s %14s\n' "apply alone (broker to target)" "${BEST[apply]}"
+if [ -n "${BEST[group1]:-}" ]; then
+  printf '%-52s %14s\n' "apply group, 1 member (all records from scratch)" "${BEST[group1]} records/s"
+  printf '%-52s %14s  (%sx one member)\n' "apply group, 2 members (same records)" "${BEST[group2]} records/s" \
+    "$(awk -v a="${BEST[group2]}" -v b="${BEST[group1]}" 'BEGIN { printf "%.2f", a / b }')"
+fi
