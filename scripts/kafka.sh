@@ -7,7 +7,10 @@
 #
 #   scripts/kafka.sh install              build tansu once (about 12 minutes on 2 cores) and
 #                                         keep it; later calls return at once
-#   scripts/kafka.sh start NAME PORT      start a broker with in-memory storage on 127.0.0.1:PORT
+#   scripts/kafka.sh start NAME PORT [OPTION...]
+#                                         start a broker with in-memory storage on 127.0.0.1:PORT;
+#                                         options go to `tansu broker` as given (--cert F --key F:
+#                                         TLS; --authentication: SASL required)
 #   scripts/kafka.sh stop NAME            stop it
 #   scripts/kafka.sh url NAME             print its address (host:port)
 #
@@ -39,6 +42,7 @@ install) install ;;
 start)
   name=${2:?broker name required}
   port=${3:?port required}
+  shift 3
   install
   dir=$CLUSTER_DIR/$name
   mkdir -p "$dir"
@@ -49,7 +53,7 @@ start)
   echo "127.0.0.1:$port" >"$dir/address"
   # memory:// storage: every start is empty, as every test cluster is.
   setsid "$TANSU" broker --listener-url "tcp://127.0.0.1:$port" --advertised-listener-url "tcp://127.0.0.1:$port" \
-    --storage-engine memory://tansu/ --cluster-id "ferry-$name" >"$dir/broker.log" 2>&1 </dev/null &
+    --storage-engine memory://tansu/ --cluster-id "ferry-$name" "$@" >"$dir/broker.log" 2>&1 </dev/null &
   echo $! >"$dir/broker.pid"
   for _ in $(seq 1 100); do
     if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then

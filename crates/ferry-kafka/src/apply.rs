@@ -1050,6 +1050,7 @@ pub(crate) fn table_of(prefix: &str, topic: &str) -> Option<TableName> {
 
 /// Applies until `stop` turns true (Ok) or a definite error.
 pub async fn run(opts: ApplyOptions, mut stop: watch::Receiver<bool>) -> Result<(), PgError> {
+    crate::sink::probe(&opts.kafka).await?;
     if let Some(group) = opts.group.clone() {
         let done = Arc::new(AtomicBool::new(false));
         let watcher = {

@@ -229,6 +229,7 @@ async fn snapshot(opts: &CaptureOptions, sinks: &KafkaSinks, tables_hint: &[ferr
 
 /// Runs a capture until `stop` turns true (Ok) or a definite error.
 pub async fn run(opts: CaptureOptions, stop: watch::Receiver<bool>, progress: Arc<CdcProgress>) -> Result<(), PgError> {
+    crate::sink::probe(&opts.kafka).await?;
     let db = opts.source.dbname().to_string();
     let sinks = KafkaSinks::connect(opts.kafka.clone(), Engine::Postgres { db }).await?;
     sinks.topics().ensure(&state_topic(&opts.kafka.prefix)).await?;

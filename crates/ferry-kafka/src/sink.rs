@@ -33,6 +33,7 @@ use ferry_postgres::PgError;
 use futures_util::FutureExt;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::Consumer;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
@@ -85,6 +86,122 @@ pub fn kafka_error(context: &str, ep: &KafkaEndpoint, e: &KafkaError) -> PgError
         class,
         code: None,
     }
+}
+
+/// Records the errors librdkafka reports about its connections (a TLS handshake refused, a
+/// SASL login failed): the requests themselves only say that no broker answered.
+#[derive(Default)]
+struct Recorder(Mutex<Vec<(Option<RDKafkaErrorCode>, String)>>);
+
+impl Recorder {
+    fn note(&self, code: Option<RDKafkaErrorCode>, reason: &str) {
+        if let Ok(mut v) = self.0.lock() {
+            if v.len() < 20 {
+                v.push((code, reason.to_string()));
+            }
+        }
+    }
+}
+
+impl rdkafka::ClientContext for Recorder {
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.note(error.rdkafka_error_code(), reason);
+    }
+
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        // librdkafka logs why a connection failed (FAIL) before the request reports a transport
+        // failure; the error event says the same, when it is served.
+        use rdkafka::config::RDKafkaLogLevel as L;
+        if matches!(level, L::Emerg | L::Alert | L::Critical | L::Error) && fac == "FAIL" {
+            let code = if message.contains("SSL") {
+                Some(RDKafkaErrorCode::SSL)
+            } else if message.contains("SASL") || message.contains("uthentication") {
+                Some(RDKafkaErrorCode::Authentication)
+            } else {
+                None
+            };
+            self.note(code, message);
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for Recorder {}
+
+/// Connects to the cluster once before anything else, so that a wrong CA, a broker without
+/// TLS, or a login the broker refuses stops at once with what to do, instead of being retried
+/// as a broker that does not answer.
+pub async fn probe(ep: &KafkaEndpoint) -> Result<(), PgError> {
+    let ep = ep.clone();
+    tokio::task::spawn_blocking(move || {
+        let c: rdkafka::consumer::BaseConsumer<Recorder> = ep
+            .client_config()
+            .create_with_context(Recorder::default())
+            .map_err(|e| kafka_error("connecting to Kafka", &ep, &e))?;
+        // Asked in short rounds, so that a refused login or handshake stops the probe at once.
+        let deadline = std::time::Instant::now() + REQUEST_TIMEOUT;
+        let is_tls = |code: &Option<RDKafkaErrorCode>| *code == Some(RDKafkaErrorCode::SSL);
+        let is_auth = |code: &Option<RDKafkaErrorCode>| {
+            matches!(code, Some(RDKafkaErrorCode::Authentication) | Some(RDKafkaErrorCode::SaslAuthenticationFailed))
+        };
+        let e = loop {
+            let e = match c.fetch_metadata(None, Duration::from_secs(2)) {
+                Ok(_) => return Ok(()),
+                Err(e) => e,
+            };
+            // Serve the client's events: the error callbacks run from here.
+            let _ = c.poll(Duration::from_millis(100));
+            let decided = c
+                .context()
+                .0
+                .lock()
+                .map(|v| v.iter().any(|(code, _)| is_tls(code) || is_auth(code)))
+                .unwrap_or(false);
+            if decided || std::time::Instant::now() >= deadline {
+                break e;
+            }
+        };
+        let seen = c.context().0.lock().map(|v| v.clone()).unwrap_or_default();
+        let tls = seen.iter().find(|(code, _)| is_tls(code));
+        let auth = seen.iter().find(|(code, _)| is_auth(code));
+        let definite = |reason: &str, fix: &str| PgError {
+            context: format!("connecting to Kafka ({})", ep.describe()),
+            reason: reason.to_string(),
+            fix: Some(fix.to_string()),
+            class: ErrorClass::Definite,
+            code: None,
+        };
+        if let Some((_, reason)) = tls {
+            return Err(definite(
+                reason,
+                if ep.tls {
+                    "the TLS handshake with the broker failed: if the broker speaks TLS, give the CA that signed its certificate (ssl-ca=FILE in the URL) and connect by a name the certificate holds; if it does not, drop tls=true"
+                } else {
+                    "the connection failed in TLS: the broker may require it (tls=true in the URL)"
+                },
+            ));
+        }
+        if let Some((_, reason)) = auth {
+            return Err(definite(
+                reason,
+                "the broker refused the login: check the Kafka user and password (in the URL or FERRY_KAFKA_PASSWORD) and sasl-mechanism (PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512)",
+            ));
+        }
+        let mut err = kafka_error("connecting to Kafka", &ep, &e);
+        match seen.last() {
+            Some((_, reason)) => err.reason = format!("{} ({reason})", err.reason),
+            // A broker that does not speak TLS leaves the handshake unanswered.
+            None if ep.tls && err.fix.is_none() => {
+                err.fix = Some(
+                    "no broker completed a TLS handshake: check the address, and that the broker speaks TLS on that port (drop tls=true if it does not)"
+                        .to_string(),
+                )
+            }
+            None => {}
+        }
+        Err(err)
+    })
+    .await
+    .map_err(|e| PgError::transient("connecting to Kafka", e))?
 }
 
 /// Ferry's producer for a cluster: idempotent, every message acknowledged by all in-sync
