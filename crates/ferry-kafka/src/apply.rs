@@ -74,7 +74,7 @@ pub struct ApplyOptions {
     /// What the apply reports while it runs (`ferry apply --listen`: /metrics).
     pub progress: Arc<ApplyProgress>,
     /// Share the topics with the other members of this consumer group, per table partition
-    /// ([`crate::group`]); None: one applier, source transactions whole.
+    /// (`crate::group::run`); None: one applier, source transactions whole (`run`).
     pub group: Option<String>,
     /// This member's name in the group (its offsets' owner and its row in the state schema).
     pub member: String,
@@ -196,10 +196,10 @@ enum Item {
     SnapshotDone,
     /// A source transaction: commit LSN, its txId, commit time in ms.
     Begin(Lsn, u64, i64),
-    /// One of its changes (topic, the record as the broker holds it).
-    Change(String, Vec<u8>),
-    /// Its end.
-    Commit(Lsn, i64),
+    /// One of its changes (topic, the record as the broker holds it, its partition and offset).
+    Change(String, Vec<u8>, i32, i64),
+    /// Its end, with the offset after its END record in the transaction topic's partition.
+    Commit(Lsn, i64, (String, i32, i64)),
     /// Nothing to read for a moment.
     Idle,
     /// The reader failed.
@@ -373,11 +373,17 @@ impl Part {
 }
 
 /// Where the reader starts.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Start {
     /// The snapshot is loaded: the reader starts at the first record produced at or after
     /// this time (milliseconds since the epoch), if the broker can say where that is.
     resume_ms: Option<i64>,
+    /// The snapshot is loaded and the target holds, per partition, the offset after the last
+    /// record applied: the reader starts there ([`crate::offsets::BACKSTEP`] before it), and the
+    /// time index is not asked.
+    offsets: Option<HashMap<(String, i32), i64>>,
+    /// The last transaction applied: END records at or before it are not handed over again.
+    applied: Lsn,
 }
 
 /// Whether a Debezium connector's snapshot is over, judged from the topics: a transaction
@@ -470,14 +476,27 @@ fn reader(
     }
     for (t, ps) in &partitions {
         for p in ps {
-            let _ = tpl.add_partition_offset(t, *p, start.resume_ms.map(Offset::Offset).unwrap_or(Offset::Beginning));
+            let at = match (&start.offsets, start.resume_ms) {
+                // After the offsets the target recorded with the changes (a partition without
+                // one had nothing applied: from its beginning).
+                (Some(offsets), _) => match offsets.get(&(t.clone(), *p)) {
+                    Some(n) if *n > crate::offsets::BACKSTEP => Offset::Offset(n - crate::offsets::BACKSTEP),
+                    _ => Offset::Beginning,
+                },
+                (None, Some(ms)) => Offset::Offset(ms),
+                (None, None) => Offset::Beginning,
+            };
+            let _ = tpl.add_partition_offset(t, *p, at);
         }
     }
-    // After a restart, the first record produced since the last applied transaction committed
-    // (less a margin for clocks): every later transaction's records were produced after it
-    // committed. What is read again is skipped by position; a broker that cannot answer means
-    // reading from the beginning.
-    if start.resume_ms.is_some() {
+    if start.offsets.is_some() {
+        tracing::info!(partitions = tpl.count(), "resuming from the offsets recorded in the target");
+    }
+    // After a restart without recorded offsets (an apply of an earlier version), the first
+    // record produced since the last applied transaction committed (less a margin for clocks):
+    // every later transaction's records were produced after it committed. What is read again
+    // is skipped by position; a broker that cannot answer means reading from the beginning.
+    if start.offsets.is_none() && start.resume_ms.is_some() {
         tpl = match consumer.offsets_for_times(tpl.clone(), REQUEST_TIMEOUT) {
             Ok(found) => {
                 let mut out = TopicPartitionList::new();
@@ -659,7 +678,7 @@ fn reader(
     let mut txp = txq.remove(0);
     // The last transaction handed over: an END at or before it is a copy a restarted capture
     // sent again; its records are dropped as stale at the next transaction.
-    let mut last_commit = Lsn(0);
+    let mut last_commit = start.applied;
     let mut reported = Instant::now() - Duration::from_secs(60);
     loop {
         if stop.load(Ordering::Relaxed) {
@@ -793,10 +812,12 @@ fn reader(
             }
             match best {
                 Some((t, i, order)) => {
-                    let v = parts.get_mut(&t).expect("topic")[i].head.take().expect("head").raw;
+                    let part = &mut parts.get_mut(&t).expect("topic")[i];
+                    let v = part.head.take().expect("head").raw;
+                    let (partition, offset) = (part.partition, part.next_offset - 1);
                     last_order = order;
                     emitted += 1;
-                    if tx.blocking_send(Item::Change(t, v)).is_err() {
+                    if tx.blocking_send(Item::Change(t, v, partition, offset)).is_err() {
                         return;
                     }
                 }
@@ -813,7 +834,8 @@ fn reader(
                 }
             }
         }
-        if tx.blocking_send(Item::Commit(commit, ts_ms)).is_err() {
+        let end = (txp.topic.clone(), txp.partition, txp.next_offset);
+        if tx.blocking_send(Item::Commit(commit, ts_ms, end)).is_err() {
             return;
         }
     }
@@ -1051,17 +1073,6 @@ pub(crate) fn table_of(prefix: &str, topic: &str) -> Option<TableName> {
 /// Applies until `stop` turns true (Ok) or a definite error.
 pub async fn run(opts: ApplyOptions, mut stop: watch::Receiver<bool>) -> Result<(), PgError> {
     crate::sink::probe(&opts.kafka).await?;
-    if let Some(group) = opts.group.clone() {
-        let done = Arc::new(AtomicBool::new(false));
-        let watcher = {
-            let (ep, progress, done) = (opts.kafka.clone(), opts.progress.clone(), done.clone());
-            std::thread::spawn(move || watermarks(ep, progress, done))
-        };
-        let r = crate::group::run(&opts, &group, &opts.member, stop).await;
-        done.store(true, Ordering::Relaxed);
-        let _ = tokio::task::spawn_blocking(move || watcher.join()).await;
-        return r;
-    }
     let mut ordered_until = Lsn(0);
     let mut backoff = Duration::from_millis(500);
     // Dead letters stepped over (--skip-dead-letters): the sink's own (changes the target
@@ -1107,7 +1118,7 @@ pub async fn run(opts: ApplyOptions, mut stop: watch::Receiver<bool>) -> Result<
 
 /// Asks the broker for the high watermark of every partition the apply reads, every 5 s,
 /// until `stop`: the lag in /metrics.
-fn watermarks(ep: KafkaEndpoint, progress: Arc<ApplyProgress>, stop: Arc<AtomicBool>) {
+pub(crate) fn watermarks(ep: KafkaEndpoint, progress: Arc<ApplyProgress>, stop: Arc<AtomicBool>) {
     let Ok(c) = ep.client_config().create::<BaseConsumer>() else {
         return;
     };
@@ -1244,7 +1255,7 @@ async fn session(
     let ep = &opts.kafka;
     let (topics, state) = topics_and_snapshot(ep).await?;
     let consistent = consistent_point(&state)?;
-    let client = opts.target.connect("kafka-apply").await?;
+    let mut client = opts.target.connect("kafka-apply").await?;
     let store = StateStore::new(&opts.state_schema);
     store.ensure(&client).await?;
     let mut shapes: HashMap<String, Shape> = HashMap::new();
@@ -1275,22 +1286,51 @@ async fn session(
         .map(|t| t.name)
         .collect();
 
-    // With every table loaded, the reader starts near the last applied transaction.
+    // The offsets the target records with the changes (per partition, the next record).
+    crate::offsets::ensure(&mut client, &store).await?;
+    let q = store.quoted().to_string();
+    let offsets_sql = format!(
+        "INSERT INTO {q}.kafka_offsets (group_id, topic, partition, next_offset, member, claim, member_id)
+              VALUES ($1, $2, $3::text::int, $4::text::bigint, 'single applier', 0, $1)
+         ON CONFLICT (group_id, topic, partition) DO UPDATE SET next_offset = EXCLUDED.next_offset, updated_at = now()"
+    );
+    // With every table loaded, the reader starts after the offsets the target recorded, or
+    // (none recorded) near the last applied transaction by the broker's time index.
     let start = if shapes.values().all(|sh| copied.contains(&sh.rel.table)) {
-        let q = store.quoted().to_string();
-        let last: Option<f64> = client
+        let row = client
             .query_one(
-                &format!("SELECT (extract(epoch FROM last_commit_time) * 1000)::float8 FROM {q}.migrations WHERE id = $1"),
+                &format!(
+                    "SELECT (extract(epoch FROM last_commit_time) * 1000)::float8, COALESCE(applied_lsn, '0/0')::text
+                       FROM {q}.migrations WHERE id = $1"
+                ),
                 &[&opts.id],
             )
             .await
-            .map_err(|e| PgError::query("reading the last applied commit time", e))?
-            .get(0);
+            .map_err(|e| PgError::query("reading the last applied commit time", e))?;
+        let last: Option<f64> = row.get(0);
+        let offsets: HashMap<(String, i32), i64> = client
+            .query(
+                &format!("SELECT topic, partition, next_offset FROM {q}.kafka_offsets WHERE group_id = $1"),
+                &[&opts.id],
+            )
+            .await
+            .map_err(|e| PgError::query("reading the Kafka offsets recorded in the target", e))?
+            .iter()
+            .map(|r| ((r.get(0), r.get(1)), r.get(2)))
+            .collect();
+        // Every commit records the transaction topic's offset: without it, nothing was.
+        let ttopic = transaction_topic(&ep.prefix);
         Start {
             resume_ms: Some(last.map(|ms| ms as i64 - RESUME_MARGIN.as_millis() as i64).unwrap_or(0).max(0)),
+            offsets: offsets.keys().any(|(t, _)| *t == ttopic).then_some(offsets),
+            applied: row.get::<_, String>(1).parse().unwrap_or_default(),
         }
     } else {
-        Start { resume_ms: None }
+        Start {
+            resume_ms: None,
+            offsets: None,
+            applied: Lsn(0),
+        }
     };
     let (tx, mut rx) = mpsc::channel::<Item>(4096);
     let halt = Arc::new(AtomicBool::new(false));
@@ -1360,6 +1400,14 @@ async fn session(
             interval_style: "postgres".into(),
         };
         let mut sink = Applier::new(ctx, &settings, rejected.clone(), ordered_until, None).await?;
+        // Per partition, the offset after the last record handed to the sink: recorded with the
+        // batch that applies it (at transaction boundaries only).
+        let mut read: HashMap<(String, i32), i64> = HashMap::new();
+        let stage_offsets = |sink: &mut Applier, read: &mut HashMap<(String, i32), i64>| {
+            for ((topic, partition), next) in read.drain() {
+                sink.stage(offsets_sql.clone(), vec![opts.id.clone(), topic, partition.to_string(), next.to_string()]);
+            }
+        };
         let mut described: HashSet<String> = HashSet::new();
         let mut index = 0u32;
         let mut commit_at = Lsn(0);
@@ -1371,6 +1419,7 @@ async fn session(
             };
             let Some(item) = item else {
                 if sink.batch_open() && sink.at_boundary() {
+                    stage_offsets(&mut sink, &mut read);
                     sink.commit().await?;
                 }
                 sink.settle().await?;
@@ -1389,8 +1438,9 @@ async fn session(
                     })
                     .await?;
                 }
-                Item::Change(topic, raw) => {
+                Item::Change(topic, raw, partition, offset) => {
                     index += 1;
+                    read.insert((topic.clone(), partition), offset + 1);
                     let shape = shapes.get_mut(&topic).expect("known topic");
                     if undecodable.contains(&(commit_at, index)) {
                         tracing::warn!(table = %shape.rel.table, commit = %commit_at, change = index, "stepping over a dead letter (--skip-dead-letters)");
@@ -1412,8 +1462,9 @@ async fn session(
                     sink.apply(event).await?;
                     opts.progress.changes.fetch_add(1, Ordering::Relaxed);
                 }
-                Item::Commit(commit, ts_ms) => {
+                Item::Commit(commit, ts_ms, (ttopic, tpartition, tnext)) => {
                     begun = false;
+                    read.insert((ttopic, tpartition), tnext);
                     opts.progress.transactions.fetch_add(1, Ordering::Relaxed);
                     opts.progress.last_commit_lsn.store(commit.0, Ordering::Relaxed);
                     opts.progress.last_commit_time_us.store(ts_ms * 1000, Ordering::Relaxed);
@@ -1426,12 +1477,14 @@ async fn session(
                     })
                     .await?;
                     if sink.batch_len() >= opts.max_batch {
+                        stage_offsets(&mut sink, &mut read);
                         sink.commit().await?;
                     }
                     sink.try_settle().await?;
                 }
                 Item::Idle => {
                     if sink.batch_open() && !begun {
+                        stage_offsets(&mut sink, &mut read);
                         sink.commit().await?;
                     }
                     sink.try_settle().await?;

@@ -46,8 +46,11 @@ use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Message as _, Offset, TopicPartitionList};
 use tokio::sync::{mpsc, watch};
 
-use crate::apply::{change_of, consistent_point, table_of, target_relation, topics_and_snapshot, whole, ApplyOptions, Head, Shape};
+use crate::apply::{
+    change_of, consistent_point, table_of, target_relation, topics_and_snapshot, watermarks, whole, ApplyOptions, Head, Shape,
+};
 use crate::endpoint::KafkaEndpoint;
+use crate::offsets::BACKSTEP;
 use crate::sink::kafka_error;
 
 /// How long a member may be silent before the group gives its partitions to the others
@@ -57,12 +60,6 @@ pub const SESSION_TIMEOUT: Duration = Duration::from_secs(10);
 const BATCH_TIME: Duration = Duration::from_millis(200);
 /// How often a member records its partitions' high watermarks (for `ferry status`'s lag).
 const WATERMARK_EVERY: Duration = Duration::from_secs(5);
-/// How far before a claimed partition's next record the consumer starts: a broker may answer
-/// a fetch from an offset inside a record batch with the batches after it (tansu 0.6 does),
-/// which would skip the rest of that batch. Starting this many records earlier (librdkafka's
-/// producers put at most 10,000 records in a batch) and stepping over what is before the
-/// claimed offset reads every record whatever the broker does.
-const BACKSTEP: i64 = 10_000;
 /// How often a member looks for partitions another member holds without applying them.
 const PEERS_EVERY: Duration = Duration::from_secs(10);
 /// A partition whose holder has not advanced it for this long while records wait is held by a
@@ -282,49 +279,6 @@ pub fn member_id(id: &str, member: &str) -> String {
     format!("{id}__{clean}")
 }
 
-/// Creates the offsets table and the function that advances a claimed partition.
-async fn ensure_offsets(c: &mut tokio_postgres::Client, store: &StateStore) -> Result<(), PgError> {
-    let q = store.quoted();
-    let tx = c
-        .transaction()
-        .await
-        .map_err(|e| PgError::query("preparing Kafka offsets on the target", e))?;
-    tx.batch_execute(&format!(
-        "SELECT pg_advisory_xact_lock(hashtext('ferry.kafka_offsets'));
-         CREATE TABLE IF NOT EXISTS {q}.kafka_offsets (
-            group_id text NOT NULL,
-            topic text NOT NULL,
-            partition int NOT NULL,
-            next_offset bigint NOT NULL DEFAULT 0,
-            last_commit bigint NOT NULL DEFAULT 0,
-            last_order bigint NOT NULL DEFAULT 0,
-            member text NOT NULL,
-            member_id text,
-            claim bigint NOT NULL,
-            claimed_at timestamptz NOT NULL DEFAULT now(),
-            high_watermark bigint,
-            updated_at timestamptz NOT NULL DEFAULT now(),
-            PRIMARY KEY (group_id, topic, partition));
-         ALTER TABLE {q}.kafka_offsets ADD COLUMN IF NOT EXISTS member_id text;
-         COMMENT ON TABLE {q}.kafka_offsets IS 'ferry apply --group: per partition, the next record to apply and which member holds it';
-         CREATE OR REPLACE FUNCTION {q}.kafka_advance(g text, t text, p int, n bigint, lc bigint, lo bigint, c bigint)
-           RETURNS void LANGUAGE plpgsql SET search_path = '' AS $f$
-         BEGIN
-           UPDATE {q}.kafka_offsets SET next_offset = n, last_commit = lc, last_order = lo, updated_at = now()
-            WHERE group_id = g AND topic = t AND partition = p AND claim = c;
-           IF NOT FOUND THEN
-             RAISE EXCEPTION 'partition % of topic % was taken over by another member of group %', p, t, g
-               USING ERRCODE = '40001';
-           END IF;
-         END $f$;"
-    ))
-    .await
-    .map_err(|e| PgError::query("preparing Kafka offsets on the target", e))?;
-    tx.commit()
-        .await
-        .map_err(|e| PgError::query("preparing Kafka offsets on the target", e))
-}
-
 /// A fresh claim token.
 fn token() -> i64 {
     let nanos = std::time::SystemTime::now()
@@ -334,8 +288,24 @@ fn token() -> i64 {
     (nanos ^ ((std::process::id() as u64) << 40)) as i64 & i64::MAX
 }
 
-/// Applies as a member of the group until `stop` (Ok) or a definite error.
-pub async fn run(opts: &ApplyOptions, group: &str, member: &str, mut stop: watch::Receiver<bool>) -> Result<(), PgError> {
+/// Applies as a member of the group `opts.group` until `stop` (Ok) or a definite error.
+pub async fn run(opts: ApplyOptions, stop: watch::Receiver<bool>) -> Result<(), PgError> {
+    let Some(group) = opts.group.clone() else {
+        return Err(PgError::config("ferry apply --group", "no group named", "report this as a bug"));
+    };
+    crate::sink::probe(&opts.kafka).await?;
+    let done = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let (ep, progress, done) = (opts.kafka.clone(), opts.progress.clone(), done.clone());
+        std::thread::spawn(move || watermarks(ep, progress, done))
+    };
+    let r = member(&opts, &group, &opts.member, stop).await;
+    done.store(true, Ordering::Relaxed);
+    let _ = tokio::task::spawn_blocking(move || watcher.join()).await;
+    r
+}
+
+async fn member(opts: &ApplyOptions, group: &str, member: &str, mut stop: watch::Receiver<bool>) -> Result<(), PgError> {
     let mut ordered_until = Lsn(0);
     let mut backoff = Duration::from_millis(500);
     let mut skip: HashSet<RecordId> = HashSet::new();
@@ -394,7 +364,7 @@ async fn session(
     let mut claims_client = opts.target.connect("kafka-group").await?;
     let store = StateStore::new(&opts.state_schema);
     store.ensure(&claims_client).await?;
-    ensure_offsets(&mut claims_client, &store).await?;
+    crate::offsets::ensure(&mut claims_client, &store).await?;
     if store.phase(&claims_client, me).await?.is_none() {
         store
             .create_for(

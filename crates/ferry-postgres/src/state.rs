@@ -14,7 +14,7 @@ mod status;
 mod verify_runs;
 
 pub use export::Dropped;
-pub use status::{iso_sql, DeadLetterSummary, EventRow, MigrationSummary, TableSummary, TransitionRow};
+pub use status::{iso_sql, DeadLetterSummary, EventRow, KafkaPartitionRow, MigrationSummary, TableSummary, TransitionRow};
 
 /// Handle on the state schema (default `ferry`).
 #[derive(Debug, Clone)]

@@ -109,7 +109,11 @@ pub async fn apply(args: &ApplyArgs) -> anyhow::Result<i32> {
         tracing::info!("stopping at a transaction boundary");
         let _ = stop_tx.send(true);
     });
-    ferry_kafka::apply::run(opts, stop).await?;
+    if opts.group.is_some() {
+        ferry_kafka::group::run(opts, stop).await?;
+    } else {
+        ferry_kafka::apply::run(opts, stop).await?;
+    }
     Ok(exit::OK)
 }
 

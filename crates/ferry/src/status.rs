@@ -476,34 +476,20 @@ pub async fn read_with(
             None => status.warnings.push(format!("slot {slot} does not exist on the source")),
         }
     }
-    if store.has_table(t, "kafka_offsets").await? {
-        let q = store.quoted();
-        let rows = t
-            .query(
-                &format!(
-                    "SELECT group_id, topic, partition, member, next_offset, high_watermark - next_offset,
-                            extract(epoch FROM now() - GREATEST(updated_at, claimed_at))::float8
-                       FROM {q}.kafka_offsets
-                      WHERE group_id IN (SELECT group_id FROM {q}.kafka_offsets WHERE member_id = $1)
-                      ORDER BY 1, 4, 2, 3"
-                ),
-                &[&migration_id],
-            )
-            .await
-            .context("reading the apply group's partitions")?;
-        status.kafka_partitions = rows
-            .iter()
-            .map(|r| KafkaPartition {
-                group: r.get(0),
-                topic: r.get(1),
-                partition: r.get(2),
-                member: r.get(3),
-                next_offset: r.get(4),
-                lag_records: r.get::<_, Option<i64>>(5).map(|l| l.max(0)),
-                idle_seconds: r.get(6),
-            })
-            .collect();
-    }
+    status.kafka_partitions = store
+        .kafka_partitions(t, &migration_id)
+        .await?
+        .into_iter()
+        .map(|r| KafkaPartition {
+            group: r.group,
+            topic: r.topic,
+            partition: r.partition,
+            member: r.member,
+            next_offset: r.next_offset,
+            lag_records: r.lag_records,
+            idle_seconds: r.idle_seconds,
+        })
+        .collect();
     if status.dead_letters > 0 {
         status.warnings.push(format!(
             "{} dead letter(s): changes the target rejected, in {schema}.dead_letters",
@@ -644,6 +630,12 @@ pub fn render(s: &Status) -> String {
         e.3 &= p.lag_records.is_some();
     }
     for ((group, member), (parts, lag, idle, known)) in &groups {
+        if *member == "single applier" {
+            o.push_str(&format!(
+                "  Kafka apply {group}: {parts} partition(s), their offsets recorded with the changes\n"
+            ));
+            continue;
+        }
         o.push_str(&format!(
             "  apply group {group}, member {member}: {parts} partition(s), {}{}\n",
             if *known {

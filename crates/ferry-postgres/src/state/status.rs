@@ -116,7 +116,59 @@ pub struct EventRow {
     pub message: String,
 }
 
+/// A partition read by a Kafka apply (`ferry apply`, one or a group), as its holder last
+/// recorded it.
+#[derive(Debug, Clone)]
+pub struct KafkaPartitionRow {
+    /// The apply group (a single applier: its id).
+    pub group: String,
+    pub topic: String,
+    pub partition: i32,
+    /// The member holding it.
+    pub member: String,
+    /// The next record to apply.
+    pub next_offset: i64,
+    /// Records the broker has after it, as of the holder's last look.
+    pub lag_records: Option<i64>,
+    /// Seconds since the holder last advanced (or claimed) it.
+    pub idle_seconds: f64,
+}
+
 impl StateStore {
+    /// Every partition of the Kafka applies the migration `id` takes part in (none without the
+    /// table).
+    pub async fn kafka_partitions(&self, c: &impl GenericClient, id: &str) -> Result<Vec<KafkaPartitionRow>, PgError> {
+        if !self.has_table(c, "kafka_offsets").await? {
+            return Ok(Vec::new());
+        }
+        let q = &self.q;
+        let rows = c
+            .query(
+                &format!(
+                    "SELECT group_id, topic, partition, member, next_offset, high_watermark - next_offset,
+                            extract(epoch FROM now() - GREATEST(updated_at, claimed_at))::float8
+                       FROM {q}.kafka_offsets
+                      WHERE group_id IN (SELECT group_id FROM {q}.kafka_offsets WHERE member_id = $1)
+                      ORDER BY 1, 4, 2, 3"
+                ),
+                &[&id],
+            )
+            .await
+            .map_err(|e| PgError::query(READING, e))?;
+        Ok(rows
+            .iter()
+            .map(|r| KafkaPartitionRow {
+                group: r.get(0),
+                topic: r.get(1),
+                partition: r.get(2),
+                member: r.get(3),
+                next_offset: r.get(4),
+                lag_records: r.get::<_, Option<i64>>(5).map(|l| l.max(0)),
+                idle_seconds: r.get(6),
+            })
+            .collect())
+    }
+
     /// Whether the state schema has table `table` (older schemas lack some).
     pub async fn has_table(&self, c: &impl GenericClient, table: &str) -> Result<bool, PgError> {
         c.query_one("SELECT to_regclass($1) IS NOT NULL", &[&format!("{}.{table}", self.q)])

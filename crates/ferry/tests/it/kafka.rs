@@ -560,6 +560,22 @@ async fn postgres_to_kafka_to_postgres_under_pgbench_with_kill_9_of_capture_and_
     assert!(tables >= 6, "{tables} tables compared");
     let run = apply.terminate();
     assert_eq!(run.code, 0, "{}", run.all());
+    // The restarts resumed from the offsets the target recorded with the changes, not from
+    // anything the broker keeps.
+    assert!(
+        run.all().contains("resuming from the offsets recorded in the target"),
+        "{}",
+        run.all()
+    );
+    let recorded: i64 = tgt
+        .query_one(
+            "SELECT count(*) FROM ferry.kafka_offsets WHERE member = 'single applier' AND next_offset > 0",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(recorded >= 3, "{recorded} partitions with offsets recorded");
     stop_capture(capture, &dbs.source, &prefix);
     drop((src, tgt));
     dbs.drop().await;
