@@ -55,6 +55,9 @@ use crate::types::Kind;
 /// of the capture's host may differ by this much).
 pub const RESUME_MARGIN: Duration = Duration::from_secs(600);
 
+/// Longest a batch of applied transactions stays open before it commits.
+pub const BATCH_TIME: Duration = Duration::from_millis(100);
+
 /// What `ferry apply` needs.
 #[derive(Debug, Clone)]
 pub struct ApplyOptions {
@@ -1476,7 +1479,9 @@ async fn session(
                         commit_time_us: ts_ms * 1000,
                     })
                     .await?;
-                    if sink.batch_len() >= opts.max_batch {
+                    // A full batch, or one open for BATCH_TIME, commits (in the background): a
+                    // stream that never pauses is applied within a fraction of a second too.
+                    if sink.batch_len() >= opts.max_batch || sink.batch_age() >= BATCH_TIME {
                         stage_offsets(&mut sink, &mut read);
                         sink.commit().await?;
                     }

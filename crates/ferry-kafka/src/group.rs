@@ -47,7 +47,7 @@ use rdkafka::{ClientContext, Message as _, Offset, TopicPartitionList};
 use tokio::sync::{mpsc, watch};
 
 use crate::apply::{
-    change_of, consistent_point, table_of, target_relation, topics_and_snapshot, watermarks, whole, ApplyOptions, Head, Shape,
+    change_of, consistent_point, table_of, target_relation, topics_and_snapshot, watermarks, whole, ApplyOptions, Head, Shape, BATCH_TIME,
 };
 use crate::endpoint::KafkaEndpoint;
 use crate::offsets::BACKSTEP;
@@ -56,8 +56,6 @@ use crate::sink::kafka_error;
 /// How long a member may be silent before the group gives its partitions to the others
 /// (Kafka's `session.timeout.ms`): a member killed with kill -9 is replaced this fast.
 pub const SESSION_TIMEOUT: Duration = Duration::from_secs(10);
-/// Longest a batch stays open.
-const BATCH_TIME: Duration = Duration::from_millis(200);
 /// How often a member records its partitions' high watermarks (for `ferry status`'s lag).
 const WATERMARK_EVERY: Duration = Duration::from_secs(5);
 /// How often a member looks for partitions another member holds without applying them.
