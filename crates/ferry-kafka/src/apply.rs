@@ -1292,11 +1292,7 @@ async fn session(
     // The offsets the target records with the changes (per partition, the next record).
     crate::offsets::ensure(&mut client, &store).await?;
     let q = store.quoted().to_string();
-    let offsets_sql = format!(
-        "INSERT INTO {q}.kafka_offsets (group_id, topic, partition, next_offset, member, claim, member_id)
-              VALUES ($1, $2, $3::text::int, $4::text::bigint, 'single applier', 0, $1)
-         ON CONFLICT (group_id, topic, partition) DO UPDATE SET next_offset = EXCLUDED.next_offset, updated_at = now()"
-    );
+    let offsets_sql = crate::offsets::record_sql(&store);
     // With every table loaded, the reader starts after the offsets the target recorded, or
     // (none recorded) near the last applied transaction by the broker's time index.
     let start = if shapes.values().all(|sh| copied.contains(&sh.rel.table)) {
@@ -1397,18 +1393,25 @@ async fn session(
             migration_id: opts.id.clone(),
             direction: Direction::Forward,
         };
-        let settings = TextSettings {
-            time_zone: "UTC".into(),
-            date_style: "ISO, MDY".into(),
-            interval_style: "postgres".into(),
-        };
+        let settings = TextSettings::utc();
         let mut sink = Applier::new(ctx, &settings, rejected.clone(), ordered_until, None).await?;
         // Per partition, the offset after the last record handed to the sink: recorded with the
         // batch that applies it (at transaction boundaries only).
-        let mut read: HashMap<(String, i32), i64> = HashMap::new();
-        let stage_offsets = |sink: &mut Applier, read: &mut HashMap<(String, i32), i64>| {
-            for ((topic, partition), next) in read.drain() {
-                sink.stage(offsets_sql.clone(), vec![opts.id.clone(), topic, partition.to_string(), next.to_string()]);
+        // Keyed by topic, then partition: the topic is copied once a batch, not once a change.
+        let mut read: HashMap<String, HashMap<i32, i64>> = HashMap::new();
+        let stage_offsets = |sink: &mut Applier, read: &mut HashMap<String, HashMap<i32, i64>>| {
+            for (topic, parts) in read.drain() {
+                for (partition, next) in parts {
+                    sink.stage(offsets_sql.clone(), vec![opts.id.clone(), topic.clone(), partition.to_string(), next.to_string()]);
+                }
+            }
+        };
+        let note_read = |read: &mut HashMap<String, HashMap<i32, i64>>, topic: &str, partition: i32, next: i64| match read.get_mut(topic) {
+            Some(parts) => {
+                parts.insert(partition, next);
+            }
+            None => {
+                read.insert(topic.to_string(), HashMap::from([(partition, next)]));
             }
         };
         let mut described: HashSet<String> = HashSet::new();
@@ -1443,7 +1446,7 @@ async fn session(
                 }
                 Item::Change(topic, raw, partition, offset) => {
                     index += 1;
-                    read.insert((topic.clone(), partition), offset + 1);
+                    note_read(&mut read, &topic, partition, offset + 1);
                     let shape = shapes.get_mut(&topic).expect("known topic");
                     if undecodable.contains(&(commit_at, index)) {
                         tracing::warn!(table = %shape.rel.table, commit = %commit_at, change = index, "stepping over a dead letter (--skip-dead-letters)");
@@ -1467,7 +1470,7 @@ async fn session(
                 }
                 Item::Commit(commit, ts_ms, (ttopic, tpartition, tnext)) => {
                     begun = false;
-                    read.insert((ttopic, tpartition), tnext);
+                    note_read(&mut read, &ttopic, tpartition, tnext);
                     opts.progress.transactions.fetch_add(1, Ordering::Relaxed);
                     opts.progress.last_commit_lsn.store(commit.0, Ordering::Relaxed);
                     opts.progress.last_commit_time_us.store(ts_ms * 1000, Ordering::Relaxed);

@@ -47,7 +47,8 @@ use rdkafka::{ClientContext, Message as _, Offset, TopicPartitionList};
 use tokio::sync::{mpsc, watch};
 
 use crate::apply::{
-    change_of, consistent_point, table_of, target_relation, topics_and_snapshot, watermarks, whole, ApplyOptions, Head, Shape, BATCH_TIME,
+    change_of, consistent_point, table_of, target_relation, topics_and_snapshot, watermarks, whole, ApplyOptions, ApplyProgress, Head,
+    Shape, BATCH_TIME,
 };
 use crate::endpoint::KafkaEndpoint;
 use crate::offsets::BACKSTEP;
@@ -391,19 +392,9 @@ async fn session(
     let tables: Vec<(ferry_core::TableName, i64)> = topics.iter().filter_map(|t| table_of(&ep.prefix, t)).map(|t| (t, 0)).collect();
     store.plan_tables(&claims_client, me, &tables).await?;
     let q = store.quoted().to_string();
-    let claim_sql = format!(
-        "INSERT INTO {q}.kafka_offsets (group_id, topic, partition, member, claim, member_id) VALUES ($1, $2, $3, $4, $5, $6)
-         ON CONFLICT (group_id, topic, partition) DO UPDATE
-            SET member = EXCLUDED.member, claim = EXCLUDED.claim, member_id = EXCLUDED.member_id, claimed_at = now()
-         RETURNING next_offset, last_commit, last_order"
-    );
-    let advance_sql =
-        format!("SELECT {q}.kafka_advance($1, $2, $3::text::int, $4::text::bigint, $5::text::bigint, $6::text::bigint, $7::text::bigint)");
-    let settings = TextSettings {
-        time_zone: "UTC".into(),
-        date_style: "ISO, MDY".into(),
-        interval_style: "postgres".into(),
-    };
+    let claim_sql = crate::offsets::claim_sql(&store);
+    let advance_sql = crate::offsets::advance_sql(&store);
+    let settings = TextSettings::utc();
     let ctx = ApplyContext {
         source: None,
         target: opts.target.clone(),
@@ -441,7 +432,7 @@ async fn session(
                 rejoin.store(true, Ordering::Relaxed);
             }
             let Some(item) = item else {
-                commit_batch(&mut sink, &claims_client, &mut claims, group, &advance_sql).await?;
+                commit_batch(&mut sink, &claims_client, &mut claims, group, &advance_sql, &opts.progress).await?;
                 sink.settle().await?;
                 sink.flush_now().await?;
                 return Ok(());
@@ -482,7 +473,7 @@ async fn session(
                 GItem::Revoked(reply) => {
                     // What is applied of the partitions is committed before another member
                     // may claim them (it would wait on the row, then start after it).
-                    commit_batch(&mut sink, &claims_client, &mut claims, group, &advance_sql).await?;
+                    commit_batch(&mut sink, &claims_client, &mut claims, group, &advance_sql, &opts.progress).await?;
                     sink.settle().await?;
                     claims.clear();
                     opts.progress.partitions.lock().expect("progress lock").clear();
@@ -505,9 +496,6 @@ async fn session(
                     }
                     claim.next = id.offset + 1;
                     claim.dirty = true;
-                    if let Some(e) = opts.progress.partitions.lock().expect("progress lock").get_mut(&key) {
-                        e.0 = claim.next;
-                    }
                     let Some(raw) = raw else { continue };
                     if skip.contains(&id) {
                         tracing::warn!(record = %id, "stepping over a dead letter (--skip-dead-letters)");
@@ -597,12 +585,12 @@ async fn session(
                     opts.progress.changes.fetch_add(1, Ordering::Relaxed);
                     opts.progress.transactions.fetch_add(1, Ordering::Relaxed);
                     if sink.batch_len() >= opts.max_batch || sink.batch_age() >= BATCH_TIME {
-                        commit_batch(&mut sink, &claims_client, &mut claims, group, &advance_sql).await?;
+                        commit_batch(&mut sink, &claims_client, &mut claims, group, &advance_sql, &opts.progress).await?;
                     }
                     sink.try_settle().await?;
                 }
                 GItem::Idle => {
-                    commit_batch(&mut sink, &claims_client, &mut claims, group, &advance_sql).await?;
+                    commit_batch(&mut sink, &claims_client, &mut claims, group, &advance_sql, &opts.progress).await?;
                     sink.try_settle().await?;
                     if let Some(done) = Sink::committed(&sink).and_then(|p| p.as_lsn()) {
                         recent = recent.split_off(&done.0);
@@ -741,6 +729,7 @@ async fn commit_batch(
     claims: &mut HashMap<(String, i32), Claim>,
     group: &str,
     advance_sql: &str,
+    progress: &ApplyProgress,
 ) -> Result<(), ApplyError> {
     let open = sink.batch_open();
     if !open {
@@ -748,6 +737,14 @@ async fn commit_batch(
             return Ok(());
         }
         sink.settle().await?;
+    }
+    // What /metrics shows as read, once a batch rather than once a record.
+    if let Ok(mut map) = progress.partitions.lock() {
+        for (key, c) in claims.iter().filter(|(_, c)| c.dirty) {
+            if let Some(e) = map.get_mut(key) {
+                e.0 = c.next;
+            }
+        }
     }
     for ((topic, partition), c) in claims.iter_mut().filter(|(_, c)| c.dirty) {
         let params = vec![

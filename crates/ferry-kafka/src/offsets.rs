@@ -4,6 +4,40 @@
 use ferry_postgres::state::StateStore;
 use ferry_postgres::PgError;
 
+/// The member name of a single applier's rows (an apply group's members have their own).
+pub const SINGLE_APPLIER: &str = "single applier";
+
+/// A single applier's record of a partition, staged with each batch: $1 the apply's id (its
+/// group), $2 topic, $3 partition, $4 the next offset (as text).
+pub fn record_sql(store: &StateStore) -> String {
+    let q = store.quoted();
+    format!(
+        "INSERT INTO {q}.kafka_offsets (group_id, topic, partition, next_offset, member, claim, member_id)
+              VALUES ($1, $2, $3::text::int, $4::text::bigint, '{SINGLE_APPLIER}', 0, $1)
+         ON CONFLICT (group_id, topic, partition) DO UPDATE SET next_offset = EXCLUDED.next_offset, updated_at = now()"
+    )
+}
+
+/// A group member's claim of a partition: $1 group, $2 topic, $3 partition, $4 member, $5 the
+/// claim's token, $6 the member's id; returns where the partition stands.
+pub fn claim_sql(store: &StateStore) -> String {
+    let q = store.quoted();
+    format!(
+        "INSERT INTO {q}.kafka_offsets (group_id, topic, partition, member, claim, member_id) VALUES ($1, $2, $3, $4, $5, $6)
+         ON CONFLICT (group_id, topic, partition) DO UPDATE
+            SET member = EXCLUDED.member, claim = EXCLUDED.claim, member_id = EXCLUDED.member_id, claimed_at = now()
+         RETURNING next_offset, last_commit, last_order"
+    )
+}
+
+/// A claimed partition's advance, staged with each batch (fails unless the claim still holds):
+/// $1 group, $2 topic, $3 partition, $4 next offset, $5 last commit, $6 last order, $7 token,
+/// all as text.
+pub fn advance_sql(store: &StateStore) -> String {
+    let q = store.quoted();
+    format!("SELECT {q}.kafka_advance($1, $2, $3::text::int, $4::text::bigint, $5::text::bigint, $6::text::bigint, $7::text::bigint)")
+}
+
 /// How far before a claimed partition's next record the consumer starts: a broker may answer
 /// a fetch from an offset inside a record batch with the batches after it (tansu 0.6 does),
 /// which would skip the rest of that batch. Starting this many records earlier (librdkafka's

@@ -703,11 +703,7 @@ async fn run(
     };
     // Values arrive in PostgreSQL's input forms, written for these settings (timestamps with
     // a zone carry +00, intervals are `HH:MM:SS`).
-    let settings = TextSettings {
-        time_zone: "UTC".into(),
-        date_style: "ISO, MDY".into(),
-        interval_style: "postgres".into(),
-    };
+    let settings = TextSettings::utc();
     let ctx = ApplyContext {
         source: None,
         target: req.target.clone(),

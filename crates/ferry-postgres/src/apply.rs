@@ -56,6 +56,18 @@ pub struct TextSettings {
     pub interval_style: String,
 }
 
+impl TextSettings {
+    /// The forms a stream Ferry renders itself writes (a MySQL source's values, Debezium's
+    /// events decoded): timestamps with a zone in UTC (+00), ISO dates, `HH:MM:SS` intervals.
+    pub fn utc() -> Self {
+        TextSettings {
+            time_zone: "UTC".into(),
+            date_style: "ISO, MDY".into(),
+            interval_style: "postgres".into(),
+        }
+    }
+}
+
 /// Where the applier stands and what it may do.
 #[derive(Debug, Clone)]
 pub struct ApplyContext {

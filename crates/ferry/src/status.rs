@@ -86,25 +86,7 @@ pub struct Status {
     /// For a member of a `ferry apply --group`: every partition of its group, who holds it and
     /// how far behind the broker it is.
     #[serde(default)]
-    pub kafka_partitions: Vec<KafkaPartition>,
-}
-
-/// A partition of a `ferry apply --group`, as its holder last recorded it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct KafkaPartition {
-    /// Consumer group.
-    pub group: String,
-    /// Topic and partition.
-    pub topic: String,
-    pub partition: i32,
-    /// The member holding it.
-    pub member: String,
-    /// The next record it applies.
-    pub next_offset: i64,
-    /// Records the broker has after it, as of the holder's last look (every few seconds).
-    pub lag_records: Option<i64>,
-    /// Seconds since the holder last advanced (or claimed) it.
-    pub idle_seconds: f64,
+    pub kafka_partitions: Vec<ferry_postgres::state::KafkaPartitionRow>,
 }
 
 /// One phase change.
@@ -476,20 +458,7 @@ pub async fn read_with(
             None => status.warnings.push(format!("slot {slot} does not exist on the source")),
         }
     }
-    status.kafka_partitions = store
-        .kafka_partitions(t, &migration_id)
-        .await?
-        .into_iter()
-        .map(|r| KafkaPartition {
-            group: r.group,
-            topic: r.topic,
-            partition: r.partition,
-            member: r.member,
-            next_offset: r.next_offset,
-            lag_records: r.lag_records,
-            idle_seconds: r.idle_seconds,
-        })
-        .collect();
+    status.kafka_partitions = store.kafka_partitions(t, &migration_id).await?;
     if status.dead_letters > 0 {
         status.warnings.push(format!(
             "{} dead letter(s): changes the target rejected, in {schema}.dead_letters",
@@ -630,7 +599,7 @@ pub fn render(s: &Status) -> String {
         e.3 &= p.lag_records.is_some();
     }
     for ((group, member), (parts, lag, idle, known)) in &groups {
-        if *member == "single applier" {
+        if *member == ferry_kafka::offsets::SINGLE_APPLIER {
             o.push_str(&format!(
                 "  Kafka apply {group}: {parts} partition(s), their offsets recorded with the changes\n"
             ));

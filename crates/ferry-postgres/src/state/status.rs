@@ -117,8 +117,8 @@ pub struct EventRow {
 }
 
 /// A partition read by a Kafka apply (`ferry apply`, one or a group), as its holder last
-/// recorded it.
-#[derive(Debug, Clone)]
+/// recorded it (`ferry status` shows these as they are).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct KafkaPartitionRow {
     /// The apply group (a single applier: its id).
     pub group: String,
