@@ -217,10 +217,28 @@ fn payload(v: &Value) -> &Value {
     }
 }
 
-/// The commit LSN in a PostgreSQL transaction id (`<txId>:<LSN>`).
+/// A transaction's identity and ordering key from its id: a PostgreSQL id (`<txId>:<LSN>`)
+/// gives its txId and commit LSN; a MySQL id without GTID (`file=<file>,pos=<pos>`, where the
+/// transaction starts) gives the position's ordering key plus one, as both (every transaction
+/// after a snapshot at a position starts at or after it, and its key is then past the
+/// snapshot's, [`position_key`]).
 fn commit_of(id: &str) -> Option<(u64, Lsn)> {
+    if let Some(rest) = id.strip_prefix("file=") {
+        let (file, pos) = rest.split_once(",pos=")?;
+        let key = ferry_core::BinlogPosition::new(file, pos.parse().ok()?, "").ok()?;
+        let key = SourcePosition::Mysql(key).order_key().0 + 1;
+        return Some((key, Lsn(key)));
+    }
     let (tx, lsn) = id.split_once(':')?;
     Some((tx.parse().ok()?, Lsn(lsn.parse().ok()?)))
+}
+
+/// The ordering key of a position as a capture's state records it: a PostgreSQL LSN
+/// (`0/16B3748`) or a source position (`pg:...`, `mysql:file:pos...`).
+pub(crate) fn position_key(text: &str) -> Option<Lsn> {
+    text.parse::<Lsn>()
+        .ok()
+        .or_else(|| text.parse::<SourcePosition>().ok().map(|p| p.order_key()))
 }
 
 /// What the reader needs of a record (routing, ordering, staleness), read without building
@@ -244,6 +262,11 @@ struct Wire<'a> {
 struct WireSource<'a> {
     #[serde(default)]
     lsn: Option<u64>,
+    /// MySQL: the binlog file and position.
+    #[serde(default, borrow)]
+    file: Option<Cow<'a, str>>,
+    #[serde(default)]
+    pos: Option<u64>,
     /// A string (`last`, ...), a boolean in old connectors.
     #[serde(default)]
     snapshot: Value,
@@ -271,7 +294,7 @@ pub(crate) struct Head {
     pub(crate) total_order: i64,
     /// `source.sequence[0]`: the commit before its transaction's.
     previous: Option<Lsn>,
-    /// `source.lsn`.
+    /// `source.lsn`; for MySQL, the ordering key of `source.file` and `source.pos`.
     pub(crate) lsn: Option<u64>,
     /// The connector's last snapshot record.
     last: bool,
@@ -306,7 +329,10 @@ impl Head {
             txn,
             total_order,
             previous,
-            lsn: src.lsn,
+            lsn: src.lsn.or_else(|| {
+                let p = ferry_core::BinlogPosition::new(src.file.as_deref()?, src.pos?, "").ok()?;
+                Some(SourcePosition::Mysql(p).order_key().0)
+            }),
             last: src.snapshot == "last",
             raw,
         })
@@ -447,7 +473,10 @@ fn reader(
     stop: Arc<AtomicBool>,
     progress: Arc<ApplyProgress>,
 ) {
-    let consistent: Lsn = snapshot.as_ref().and_then(|s| s.consistent_point.parse().ok()).unwrap_or_default();
+    let consistent: Lsn = snapshot
+        .as_ref()
+        .and_then(|s| position_key(&s.consistent_point))
+        .unwrap_or_default();
     let fail = |tx: &mpsc::Sender<Item>, e: PgError| {
         let _ = tx.blocking_send(Item::Failed(e));
     };
@@ -721,8 +750,8 @@ fn reader(
                 &tx,
                 PgError::config(
                     "applying from Kafka",
-                    format!("transaction id {id:?} is not <txId>:<LSN>"),
-                    "only PostgreSQL sources (Ferry's capture or Debezium's PostgreSQL connector) are applied yet",
+                    format!("transaction id {id:?} is neither <txId>:<LSN> (PostgreSQL) nor file=<binlog>,pos=<offset> (MySQL)"),
+                    "a MySQL connector with GTIDs names transactions by GTID, which does not order them: Ferry's capture, and Debezium's MySQL connector without GTIDs, are applied (docs/kafka.md)",
                 ),
             );
         };
@@ -1238,12 +1267,63 @@ pub(crate) async fn topics_and_snapshot(ep: &KafkaEndpoint) -> Result<(Vec<Strin
 /// The snapshot's consistent point (0/0 for a Debezium connector's topics).
 pub(crate) fn consistent_point(state: &Option<CaptureState>) -> Result<Lsn, PgError> {
     match state {
-        Some(s) => s
-            .consistent_point
-            .parse()
-            .map_err(|e| PgError::config("applying from Kafka", format!("{e}"), "report this as a bug")),
+        Some(s) => position_key(&s.consistent_point).ok_or_else(|| {
+            PgError::config(
+                "applying from Kafka",
+                format!(
+                    "the capture's consistent point {:?} is not a position Ferry knows",
+                    s.consistent_point
+                ),
+                "report this as a bug",
+            )
+        }),
         None => Ok(Lsn(0)),
     }
+}
+
+/// Creates the tables a MySQL capture's plan maps the source's to (its state record's DDL:
+/// the types `ferry migrate` would create, with primary keys) when none of them exists on the
+/// target; with some there and some not, nothing is created and the missing ones are named
+/// when their topics are read.
+pub(crate) async fn create_tables(client: &mut tokio_postgres::Client, state: &Option<CaptureState>) -> Result<(), PgError> {
+    let Some(state) = state.as_ref().filter(|s| !s.target_ddl.is_empty()) else {
+        return Ok(());
+    };
+    let mut existing = 0;
+    for t in state.table_rows.keys() {
+        let Some((schema, name)) = t.split_once('.') else { continue };
+        let found: Option<String> = client
+            .query_one("SELECT to_regclass($1)::text", &[&TableName::new(schema, name).quoted()])
+            .await
+            .map_err(|e| PgError::query("looking for the captured tables on the target", e))?
+            .get(0);
+        existing += usize::from(found.is_some());
+    }
+    if existing > 0 {
+        return Ok(());
+    }
+    let tx = client
+        .transaction()
+        .await
+        .map_err(|e| PgError::query("creating the captured tables on the target", e))?;
+    for ddl in &state.target_ddl {
+        if let Err(e) = tx.batch_execute(ddl).await {
+            // Another member of an apply group created them meanwhile.
+            use tokio_postgres::error::SqlState;
+            if matches!(e.code(), Some(c) if *c == SqlState::DUPLICATE_TABLE || *c == SqlState::DUPLICATE_OBJECT) {
+                return Ok(());
+            }
+            return Err(PgError::query(format!("creating the captured tables on the target ({ddl})"), e));
+        }
+    }
+    tx.commit()
+        .await
+        .map_err(|e| PgError::query("creating the captured tables on the target", e))?;
+    tracing::info!(
+        tables = state.table_rows.len(),
+        "created the captured tables on the target, as the capture's plan maps them"
+    );
+    Ok(())
 }
 
 /// One session: the snapshot if it is not loaded yet, then the transactions, until a stop or
@@ -1259,6 +1339,7 @@ async fn session(
     let (topics, state) = topics_and_snapshot(ep).await?;
     let consistent = consistent_point(&state)?;
     let mut client = opts.target.connect("kafka-apply").await?;
+    create_tables(&mut client, &state).await?;
     let store = StateStore::new(&opts.state_schema);
     store.ensure(&client).await?;
     let mut shapes: HashMap<String, Shape> = HashMap::new();

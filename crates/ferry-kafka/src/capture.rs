@@ -68,6 +68,14 @@ pub struct CaptureState {
     /// Rows of each table (`schema.table`): a reader of the snapshot knows when it has all.
     #[serde(default)]
     pub table_rows: std::collections::BTreeMap<String, u64>,
+    /// A source without a slot (MySQL): the position every event before which the broker has
+    /// acknowledged, where a restart resumes (`mysql:file:pos[@gtid]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub position: Option<String>,
+    /// The PostgreSQL tables the source's map to, for `ferry apply` to create on an empty
+    /// target (MySQL sources; a PostgreSQL source's schema is copied with pg_dump).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub target_ddl: Vec<String>,
 }
 
 /// The state topic (`<prefix>.ferry.capture`).
@@ -142,7 +150,7 @@ pub async fn read_state(ep: &KafkaEndpoint) -> Result<Option<CaptureState>, PgEr
     .map_err(|e| PgError::transient("reading the capture's state", e))?
 }
 
-async fn write_state(ep: &KafkaEndpoint, state: &CaptureState) -> Result<(), PgError> {
+pub(crate) async fn write_state(ep: &KafkaEndpoint, state: &CaptureState) -> Result<(), PgError> {
     let p = producer(ep)?;
     let topic = state_topic(&ep.prefix);
     let value = serde_json::to_vec(state).expect("json");
@@ -221,6 +229,8 @@ async fn snapshot(opts: &CaptureOptions, sinks: &KafkaSinks, tables_hint: &[ferr
         tables: tables.len() as u64,
         rows,
         table_rows,
+        position: None,
+        target_ddl: Vec::new(),
     };
     write_state(&opts.kafka, &state).await?;
     tracing::info!(tables = tables.len(), rows, "snapshot published; streaming changes");

@@ -144,12 +144,14 @@ pub fn transaction_topic(prefix: &str) -> String {
     format!("{prefix}.transaction")
 }
 
-/// The transaction id Debezium's connector would give.
+/// The transaction id Debezium's connector would give: `<txId>:<commit LSN>` for PostgreSQL;
+/// for MySQL its form without GTIDs, `file=<binlog file>,pos=<where the transaction starts>`
+/// (Debezium uses the transaction's GTID when the server has them; Ferry always gives the
+/// position, which orders transactions where a GTID cannot: `docs/kafka.md`).
 pub fn transaction_id(commit: &SourcePosition, txid: u64) -> String {
     match commit {
         SourcePosition::Postgres(lsn) => format!("{txid}:{}", lsn.0),
-        SourcePosition::Mysql(p) if !p.gtid().is_empty() => p.gtid().to_string(),
-        SourcePosition::Mysql(p) => p.file_pos(),
+        SourcePosition::Mysql(p) => format!("file={},pos={}", p.file(), p.pos()),
     }
 }
 
@@ -305,7 +307,7 @@ impl Encoder {
                     "ts_ms": ts_ms, "snapshot": o.snapshot, "db": table.schema, "sequence": null,
                     "ts_us": o.ts_us, "ts_ns": o.ts_us.saturating_mul(1000),
                     "table": table.name, "server_id": server_id,
-                    "gtid": p.map(|p| p.gtid()).filter(|g| !g.is_empty()),
+                    "gtid": null,
                     "file": p.map(|p| p.file()).unwrap_or(""), "pos": p.map(|p| p.pos()).unwrap_or(0),
                     "row": 0, "thread": null, "query": null
                 })

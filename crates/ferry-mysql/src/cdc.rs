@@ -23,22 +23,19 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use ferry_core::change::{ChangeEvent, Column, Datum, Identity, Relation, Row};
+use ferry_core::change::ChangeEvent;
 use ferry_core::sink::DeadLetter;
 use ferry_core::{BinlogPosition, Lsn, SourcePosition, TableName};
 use ferry_postgres::apply::{order_key, position_text, Applier, ApplyContext, ApplyError, Direction, TextSettings};
 use futures_util::FutureExt;
 
 use crate::binlog::{BinlogReader, Change, Unapplicable};
-use crate::charset::Charset;
 use crate::error::MyError;
 use crate::preflight::{MyCheckRequest, MyPlan, MyTable};
-use crate::snapshot::kinds_of;
+use crate::rows::{convert, ConvError, TableConv, TxnCursor};
 use crate::state::{Hold, MyState, XaPrepared};
 use crate::statement::xid_key;
 use crate::types::ZeroDates;
-use crate::value::{text_of, Kind};
 
 /// Longest the binlog connection may stay silent: the source sends a heartbeat every
 /// [`crate::binlog::HEARTBEAT_PERIOD`] when it has nothing else, so silence this long means the
@@ -205,153 +202,6 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// One table of the stream: its relation as the sink sees it, and how its values convert.
-struct TableConv {
-    relation: Relation,
-    kinds: Vec<Kind>,
-    /// The character set of each text column whose binlog bytes are not UTF-8 (the binlog
-    /// carries text as stored; the full load gets it converted by the server).
-    charsets: Vec<Option<Charset>>,
-    /// Key column indexes (empty: no primary key, rows are found by all their columns).
-    key: Vec<usize>,
-}
-
-impl TableConv {
-    /// The table's relation (in target schema `schema`), typed as the target's columns are:
-    /// the sink checks its columns against the target's, and casts every value's text to them.
-    async fn new(id: u32, t: &MyTable, schema: &str, pg: &tokio_postgres::Client) -> Result<TableConv, MyError> {
-        let table = TableName::new(schema, t.name.clone());
-        let target: HashMap<String, String> = pg
-            .query(
-                "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a
-                 WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped",
-                &[&table.quoted()],
-            )
-            .await
-            .map_err(|e| {
-                MyError::from(ferry_postgres::PgError::query(
-                    format!("reading the columns of {table} on the target"),
-                    e,
-                ))
-            })?
-            .iter()
-            .map(|r| (r.get(0), r.get(1)))
-            .collect();
-        let key: Vec<usize> = t
-            .primary_key
-            .iter()
-            .filter_map(|k| t.columns.iter().position(|(n, _)| n == k))
-            .collect();
-        let kinds = kinds_of(t);
-        let mut charsets = Vec::with_capacity(t.columns.len());
-        for ((name, m), kind) in t.columns.iter().zip(&kinds) {
-            // ENUM and SET come as labels from the plan (UTF-8); only text is decoded.
-            let set = match (m.charset.as_deref(), kind) {
-                (Some(cs), Kind::Text) => match Charset::of(cs) {
-                    Some(set) => set.needs_decoding().then_some(set),
-                    None => return Err(MyError::new(
-                        &format!("starting change capture into {table}"),
-                        &format!("column {name} is in character set {cs}, which Ferry cannot convert from the binlog"),
-                        "convert the column to utf8mb4 on the source (ALTER TABLE ... MODIFY ... CHARACTER SET utf8mb4) and load again, \
-                             or exclude the table; ferry check lists such columns (docs/mysql-types.md)",
-                    )),
-                },
-                _ => None,
-            };
-            charsets.push(set);
-        }
-        let mut columns = Vec::with_capacity(t.columns.len());
-        for (i, (name, _)) in t.columns.iter().enumerate() {
-            let Some(type_sql) = target.get(name) else {
-                return Err(MyError::new(
-                    &format!("starting change capture into {table}"),
-                    &format!("column {name} of the source table is missing on the target"),
-                    "make the target table match the source (docs/mysql-types.md), or reload it: ferry migrate --overwrite",
-                ));
-            };
-            columns.push(Column {
-                name: name.clone(),
-                type_sql: type_sql.clone(),
-                key: key.contains(&i),
-                default: None,
-                not_null: false,
-            });
-        }
-        Ok(TableConv {
-            relation: Relation {
-                id,
-                scope: table.clone(),
-                table,
-                identity: if key.is_empty() { Identity::Full } else { Identity::Key },
-                columns,
-            },
-            kinds,
-            charsets,
-            key,
-        })
-    }
-
-    fn check_width(&self, row: &[mysql_async::Value]) -> Result<(), MyError> {
-        if row.len() != self.kinds.len() {
-            return Err(MyError::new(
-                &format!("applying a change to {}", self.relation.table),
-                &format!(
-                    "the row has {} values, the table {} columns: its schema changed on the source",
-                    row.len(),
-                    self.kinds.len()
-                ),
-                "make the same change on the target, then run ferry migrate again (docs/mysql-cdc.md)",
-            ));
-        }
-        Ok(())
-    }
-
-    /// The row in the sink's form; the first value that does not convert, with its column.
-    fn row(&self, row: &[mysql_async::Value], zero: ZeroDates) -> Result<Row, String> {
-        row.iter()
-            .zip(&self.kinds)
-            .zip(&self.relation.columns)
-            .zip(&self.charsets)
-            .map(|(((v, kind), c), set)| {
-                let decoded;
-                let v = match (set, v) {
-                    (Some(set), mysql_async::Value::Bytes(b)) => {
-                        let text = set.decode(b).map_err(|why| format!("column {}: {why}", c.name))?;
-                        decoded = mysql_async::Value::Bytes(text.into_owned().into_bytes());
-                        &decoded
-                    }
-                    _ => v,
-                };
-                match text_of(v, kind, zero) {
-                    Ok(Some(s)) => Ok(Datum::Text(Bytes::from(s))),
-                    Ok(None) => Ok(Datum::Null),
-                    Err(why) => Err(format!("column {}: {why}", c.name)),
-                }
-            })
-            .collect()
-    }
-
-    /// The key of a row as `col=value`, for messages and dead letters.
-    fn key_text(&self, row: &[mysql_async::Value]) -> String {
-        let idx: Vec<usize> = if self.key.is_empty() {
-            (0..self.kinds.len().min(3)).collect()
-        } else {
-            self.key.clone()
-        };
-        idx.iter()
-            .filter(|&&i| i < row.len())
-            .map(|&i| format!("{}={}", self.relation.columns[i].name, row[i].as_sql(true)))
-            .collect::<Vec<_>>()
-            .join(", ")
-    }
-
-    /// Whether an update moves the row's key (or the table has none): the sink then needs the
-    /// old row to find it.
-    fn needs_old(&self, before: &[mysql_async::Value], after: &[mysql_async::Value]) -> bool {
-        self.key.is_empty() || self.key.iter().any(|&i| before[i] != after[i])
-    }
-}
-
 /// Why a session ended.
 enum Failure {
     /// Network, restart: reconnect and resume from the stored position.
@@ -373,6 +223,38 @@ impl From<MyError> for Failure {
             ferry_core::ErrorClass::Definite => Failure::Fatal(e),
         }
     }
+}
+
+impl From<ConvError> for Failure {
+    fn from(e: ConvError) -> Failure {
+        match e {
+            ConvError::Fatal(e) => Failure::Fatal(e),
+            ConvError::DeadLetter(d) => Failure::DeadLetter(d),
+        }
+    }
+}
+
+/// A table of the plan as the target has it: the sink checks its columns against the
+/// target's, and casts every value's text to them.
+async fn target_conv(id: u32, t: &MyTable, schema: &str, pg: &tokio_postgres::Client) -> Result<TableConv, MyError> {
+    let table = TableName::new(schema, t.name.clone());
+    let target: HashMap<String, String> = pg
+        .query(
+            "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a
+             WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped",
+            &[&table.quoted()],
+        )
+        .await
+        .map_err(|e| {
+            MyError::from(ferry_postgres::PgError::query(
+                format!("reading the columns of {table} on the target"),
+                e,
+            ))
+        })?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    TableConv::build(id, t, schema, &target)
 }
 
 impl From<ApplyError> for Failure {
@@ -647,10 +529,8 @@ fn binlog_at(file: &str, pos: u64, gtid: &str) -> Result<BinlogPosition, Failure
 /// The open source transaction, as the driver numbers its changes (the way the sink does:
 /// every row change and every truncated table counts, in stream order).
 struct OpenTxn {
-    /// Where it starts (the `Begin` position).
-    begin: SourcePosition,
-    key: Lsn,
-    changes: u32,
+    /// Where it starts (the `Begin` position), its key, its changes so far.
+    cur: TxnCursor,
     /// Its `Begin` was handed to the sink. It goes with the first change or the commit, not
     /// before: a schema change arrives as a transaction of its own, and the stream stops
     /// before it with the sink at a boundary, so that everything before it commits.
@@ -668,7 +548,7 @@ impl OpenTxn {
         if !self.sent {
             self.sent = true;
             sink.handle(ChangeEvent::Begin {
-                commit: self.begin.clone(),
+                commit: self.cur.begin.clone(),
                 commit_time_us: 0,
                 xid: 0,
             })
@@ -767,7 +647,7 @@ async fn stream_session(
 ) -> Result<BinlogPosition, Failure> {
     let mut tables = HashMap::new();
     for (i, t) in plan.tables.iter().enumerate() {
-        let conv = TableConv::new(i as u32 + 1, t, &req.target_schema, &d.ctl).await?;
+        let conv = target_conv(i as u32 + 1, t, &req.target_schema, &d.ctl).await?;
         d.sink.handle(ChangeEvent::Relation(conv.relation.clone())).await?;
         tables.insert(t.name.clone(), conv);
     }
@@ -878,9 +758,11 @@ async fn stream_session(
                         gtid = g;
                     }
                     txn = Some(OpenTxn {
-                        key: order_key(&begin),
-                        begin,
-                        changes: 0,
+                        cur: TxnCursor {
+                            key: order_key(&begin),
+                            begin,
+                            changes: 0,
+                        },
                         sent: false,
                         prepared: None,
                         migrated_rows: false,
@@ -902,7 +784,7 @@ async fn stream_session(
                     let (start, migrated_rows) = if open.prepared.as_deref().map(xid_key).as_ref() == Some(&key) {
                         // MySQL's XA COMMIT ... ONE PHASE: prepared and committed in this group.
                         open.prepared = None;
-                        (Some(mysql_position(&open.begin)?), true)
+                        (Some(mysql_position(&open.cur.begin)?), true)
                     } else if let Some(p) = prepared.remove(&key) {
                         // Forgotten now, before this transaction commits: should it not (a
                         // crash, a lost connection), the stream meets this XA COMMIT again and
@@ -914,7 +796,7 @@ async fn stream_session(
                         // record forgotten by a run that did not commit this: where, the binlog
                         // before it says.
                         searched = true;
-                        (find_prepared(req, plan, opts, &xid, &mysql_position(&open.begin)?).await?, true)
+                        (find_prepared(req, plan, opts, &xid, &mysql_position(&open.cur.begin)?).await?, true)
                     } else {
                         (None, true)
                     };
@@ -930,7 +812,7 @@ async fn stream_session(
                             tracing::debug!(%xid, prepared_at = %start.file_pos(), "XA ROLLBACK: the prepared transaction's rows are dropped");
                         }
                         (None, true) => {
-                            let at = mysql_position(&open.begin)?;
+                            let at = mysql_position(&open.cur.begin)?;
                             if opts
                                 .skip_schema_change
                                 .as_ref()
@@ -1013,7 +895,7 @@ async fn stream_session(
                             // XA COMMIT finds its rows after any restart.
                             let p = XaPrepared {
                                 xid,
-                                at: mysql_position(&open.begin)?,
+                                at: mysql_position(&open.cur.begin)?,
                                 migrated_rows: open.migrated_rows,
                             };
                             let key = xid_key(&p.xid);
@@ -1062,7 +944,7 @@ async fn stream_session(
                         open.migrated_rows |= change_table(&other).is_some_and(|t| tables.contains_key(t));
                         continue;
                     }
-                    if let Some(event) = convert(&tables, other, open, zero, &d.skip)? {
+                    if let Some(event) = convert(|n| tables.get(n), other, &mut open.cur, zero, &d.skip)? {
                         open.begin(&mut d.sink).await?;
                         d.sink.handle(event).await?;
                     }
@@ -1272,7 +1154,7 @@ async fn replay_prepared(
                     if !begun {
                         return Err(not_it("a row change comes before the transaction starts"));
                     }
-                    if let Some(event) = convert(tables, row, open, zero, &d.skip)? {
+                    if let Some(event) = convert(|n| tables.get(n), row, &mut open.cur, zero, &d.skip)? {
                         open.begin(&mut d.sink).await?;
                         d.sink.handle(event).await?;
                     }
@@ -1280,107 +1162,6 @@ async fn replay_prepared(
             }
         }
     }
-}
-
-/// One binlog row change as a change event: None for a table outside the migration or an
-/// update that changes nothing. A value that does not convert is a dead letter, unless it is
-/// one the operator chose to step over: then an event of NULLs takes its place (the sink skips
-/// it by its position, so the numbering stays that of the stream).
-fn convert(
-    tables: &HashMap<String, TableConv>,
-    c: Change,
-    txn: &mut OpenTxn,
-    zero: ZeroDates,
-    skip: &HashSet<(Lsn, u32)>,
-) -> Result<Option<ChangeEvent>, Failure> {
-    let (name, operation) = match &c {
-        Change::Insert { table, .. } => (table, "insert"),
-        Change::Update { table, .. } => (table, "update"),
-        Change::Delete { table, .. } => (table, "delete"),
-        Change::Truncate { table } => (table, "truncate"),
-        _ => return Ok(None),
-    };
-    let Some(t) = tables.get(name) else { return Ok(None) };
-    if let Change::Update { before, after, .. } = &c {
-        if before == after {
-            return Ok(None);
-        }
-    }
-    txn.changes += 1;
-    let index = txn.changes;
-    let skipped = skip.contains(&(txn.key, index));
-    let nulls = || vec![Datum::Null; t.kinds.len()];
-    let letter = |row: &[mysql_async::Value], error: String| {
-        Failure::DeadLetter(Box::new(DeadLetter {
-            commit: txn.begin.clone(),
-            change_index: index,
-            table: t.relation.table.clone(),
-            operation,
-            key: t.key_text(row),
-            payload: row
-                .iter()
-                .zip(&t.relation.columns)
-                .map(|(v, c)| {
-                    let s = v.as_sql(true);
-                    if s.chars().count() > 200 {
-                        format!(
-                            "{}={}...({} chars)",
-                            c.name,
-                            s.chars().take(200).collect::<String>(),
-                            s.chars().count()
-                        )
-                    } else {
-                        format!("{}={s}", c.name)
-                    }
-                })
-                .collect::<Vec<_>>()
-                .join(", "),
-            error,
-        }))
-    };
-    let relation = t.relation.id;
-    let event = match c {
-        Change::Insert { row, .. } => {
-            t.check_width(&row)?;
-            let new = match t.row(&row, zero) {
-                Ok(r) => r,
-                Err(_) if skipped => nulls(),
-                Err(why) => return Err(letter(&row, why)),
-            };
-            ChangeEvent::Insert { relation, new }
-        }
-        Change::Update { before, after, .. } => {
-            t.check_width(&before)?;
-            t.check_width(&after)?;
-            let (old, new) = match (t.row(&before, zero), t.row(&after, zero)) {
-                (Ok(o), Ok(n)) => (o, n),
-                _ if skipped => (nulls(), nulls()),
-                (Err(why), _) => return Err(letter(&before, why)),
-                (_, Err(why)) => return Err(letter(&after, why)),
-            };
-            ChangeEvent::Update {
-                relation,
-                old: t.needs_old(&before, &after).then_some(old),
-                new,
-            }
-        }
-        Change::Delete { row, .. } => {
-            t.check_width(&row)?;
-            let old = match t.row(&row, zero) {
-                Ok(r) => r,
-                Err(_) if skipped => nulls(),
-                Err(why) => return Err(letter(&row, why)),
-            };
-            ChangeEvent::Delete { relation, old }
-        }
-        Change::Truncate { .. } => ChangeEvent::Truncate {
-            relations: vec![relation],
-            cascade: false,
-            restart_identity: false,
-        },
-        _ => return Ok(None),
-    };
-    Ok(Some(event))
 }
 
 impl Unapplicable {

@@ -4,6 +4,7 @@
 
 pub mod apply;
 pub mod binlog;
+pub mod capture;
 pub mod cdc;
 pub mod charset;
 pub mod cutover;
@@ -13,6 +14,7 @@ pub mod flavor;
 pub mod gtid;
 pub mod mycnf;
 pub mod preflight;
+pub mod rows;
 pub mod schema;
 pub mod snapshot;
 pub mod state;

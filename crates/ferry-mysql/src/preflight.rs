@@ -35,6 +35,44 @@ pub struct MyCheckRequest {
     pub target_schema: String,
 }
 
+impl MyCheckRequest {
+    /// The source side of the request.
+    pub fn scope(&self) -> SourceScope<'_> {
+        SourceScope {
+            source: &self.source,
+            filter: &self.filter,
+            map: &self.map,
+            target_schema: &self.target_schema,
+        }
+    }
+}
+
+/// What the source's checks and plan need: the source and what of it moves where.
+#[derive(Debug, Clone, Copy)]
+pub struct SourceScope<'a> {
+    /// The MySQL/MariaDB source.
+    pub source: &'a MyEndpoint,
+    /// Tables in scope.
+    pub filter: &'a TableFilter,
+    /// Type-map options.
+    pub map: &'a MapOptions,
+    /// The PostgreSQL schema the tables land in.
+    pub target_schema: &'a str,
+}
+
+/// The source's checks and plan alone, for a stream with no PostgreSQL target (`ferry capture`
+/// to Kafka): the plan, and every finding about the source (blockers first).
+pub async fn source_plan(scope: SourceScope<'_>) -> Result<(MyServerInfo, MyPlan, Vec<Finding>), MyError> {
+    let mut f = Findings(Vec::new());
+    let mut conn = scope.source.connect().await?;
+    tls_finding(scope.source, &mut f);
+    let r = source_checks(scope, &mut conn, &mut f).await;
+    scope.source.disconnect(conn).await;
+    let (info, plan) = r?;
+    f.0.sort_by_key(|f| std::cmp::Reverse(f.severity));
+    Ok((info, plan, f.0))
+}
+
 /// The source server.
 #[derive(Debug, Clone, Serialize)]
 pub struct MyServerInfo {
@@ -129,7 +167,7 @@ pub async fn check(req: &MyCheckRequest) -> MyReport {
         Err(e) => f.add(Severity::Blocker, "source", "connect", e.to_string(), None),
         Ok(mut conn) => {
             tls_finding(&req.source, &mut f);
-            match source_checks(req, &mut conn, &mut f).await {
+            match source_checks(req.scope(), &mut conn, &mut f).await {
                 Ok((info, plan)) => {
                     report.source = Some(info);
                     report.plan = Some(plan);
@@ -185,7 +223,7 @@ fn tls_finding(source: &crate::MyEndpoint, f: &mut Findings) {
     );
 }
 
-async fn source_checks(req: &MyCheckRequest, c: &mut mysql_async::Conn, f: &mut Findings) -> Result<(MyServerInfo, MyPlan), MyError> {
+async fn source_checks(req: SourceScope<'_>, c: &mut mysql_async::Conn, f: &mut Findings) -> Result<(MyServerInfo, MyPlan), MyError> {
     // Every query here is a short one under the query deadline, or a catalog read under the
     // catalog deadline (`endpoint.rs`): a server that stops answering ends the check with an
     // error naming it instead of hanging.
@@ -569,7 +607,7 @@ async fn source_checks(req: &MyCheckRequest, c: &mut mysql_async::Conn, f: &mut 
             if let Some(coll) = &sc.collation {
                 collations.insert(sc.name.clone(), coll.clone());
             }
-            let m = map_column(&name, &sc, &req.map);
+            let m = map_column(&name, &sc, req.map);
             match m.attention {
                 Attention::Unsupported => f.add(
                     Severity::Blocker,
@@ -658,7 +696,7 @@ async fn source_checks(req: &MyCheckRequest, c: &mut mysql_async::Conn, f: &mut 
         raw,
         &columns,
         &db,
-        &req.target_schema,
+        req.target_schema,
         |view| req.filter.matches(&ferry_core::TableName::new(&db, view)),
         hidden_objects(&g, &db, &user),
     );

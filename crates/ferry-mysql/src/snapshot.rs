@@ -35,6 +35,7 @@ use crate::preflight::{MyCheckRequest, MyPlan, MyTable};
 use crate::schema::{Handling, ObjectsOutcome, PortByHand};
 use crate::state::MyState;
 use crate::value::{self, Kind};
+use crate::MyEndpoint;
 
 /// Who moves the phases of a load.
 const ACTOR: &str = "ferry migrate";
@@ -155,9 +156,130 @@ pub async fn full_load(
     // Snapshot: lock, open every copy connection's snapshot, read the position, unlock.
     let t1 = Instant::now();
     let jobs = jobs.clamp(1, plan.tables.len().max(1));
+    let source = &req.source;
+    let (mut workers, snapshot) = open_snapshot(source, jobs).await?;
+    let (binlog_file, binlog_pos, gtid) = (snapshot.file().to_string(), snapshot.pos(), snapshot.gtid().to_string());
+    state.set_snapshot(&target, &snapshot).await?;
+
+    // Work: tables, and large ones with a single integer primary key split into key ranges
+    // (every connection reads the same snapshot, so pieces of one table fit together). The
+    // largest pieces go first.
+    let mut work: Vec<(String, Option<KeyRange>, i64)> = Vec::new();
+    for t in &plan.tables {
+        let int_pk = t.primary_key.len() == 1
+            && t.columns
+                .iter()
+                .find(|(n, _)| *n == t.primary_key[0])
+                .is_some_and(|(_, m)| matches!(m.target.as_str(), "smallint" | "integer" | "bigint"));
+        let pieces = if split_bytes > 0 && int_pk {
+            (t.bytes / split_bytes).clamp(1, 64)
+        } else {
+            1
+        };
+        if pieces > 1 {
+            // MIN and MAX of the primary key: two index lookups.
+            let what = format!("finding the key range of {}", t.name);
+            let bounds: Option<(Option<i64>, Option<i64>)> = source
+                .within(&what, async {
+                    workers[0]
+                        .query_first(format!(
+                            "SELECT MIN({k}), MAX({k}) FROM {}.{}",
+                            my_q(source.database()),
+                            my_q(&t.name),
+                            k = my_q(&t.primary_key[0])
+                        ))
+                        .await
+                        .map_err(|e| MyError::query(&what, e))
+                })
+                .await?;
+            if let Some((Some(lo), Some(hi))) = bounds {
+                let width = ((i128::from(hi) - i128::from(lo)) / i128::from(pieces) + 1).max(1);
+                let mut a = i128::from(lo);
+                while a <= i128::from(hi) {
+                    let b = a + width;
+                    let upper = if b > i128::from(hi) { None } else { Some(b as i64) };
+                    work.push((t.name.clone(), Some((a as i64, upper)), t.bytes / pieces));
+                    a = b;
+                }
+                continue;
+            }
+        }
+        work.push((t.name.clone(), None, t.bytes));
+    }
+    work.sort_by_key(|w| w.2);
+    let pieces_total = work.len();
+    for t in &plan.tables {
+        let pieces = work.iter().filter(|w| w.0 == t.name).count();
+        state.start_table(&target, &t.name, &snapshot, pieces).await?;
+    }
+    let queue = Arc::new(std::sync::Mutex::new(work));
+    let tables: Arc<BTreeMap<String, MyTable>> = Arc::new(plan.tables.iter().map(|t| (t.name.clone(), t.clone())).collect());
+    let copied: Arc<std::sync::Mutex<Vec<(String, u64)>>> = Arc::default();
+    let mut tasks = tokio::task::JoinSet::new();
+    for mut conn in workers {
+        let (queue, tables, copied) = (queue.clone(), tables.clone(), copied.clone());
+        let target = req.target.clone();
+        let source = req.source.clone();
+        let db = req.source.database().to_string();
+        let schema = req.target_schema.clone();
+        let zero = req.map.zero_dates;
+        let state = state.clone();
+        tasks.spawn(async move {
+            let tgt = target.connect("mysql-copy").await.map_err(MyError::from)?;
+            loop {
+                let next = queue.lock().expect("lock").pop();
+                let Some((name, range, _)) = next else { break };
+                let t = &tables[&name];
+                let n = copy_table(&mut conn, &tgt, (&db, &schema), t, range, zero, &state).await?;
+                copied.lock().expect("lock").push((name, n));
+            }
+            source.cleanup(&mut conn, "COMMIT").await;
+            source.disconnect(conn).await;
+            Ok::<_, MyError>(())
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.map_err(|e| MyError::new("copying a table", &e.to_string(), "report this as a bug"))??;
+    }
+    let data_s = t1.elapsed().as_secs_f64();
+
+    // Keys, indexes, foreign keys, identities, statistics.
+    let t2 = Instant::now();
+    state
+        .advance(
+            &target,
+            ferry_core::Phase::PostLoad,
+            ACTOR,
+            "building keys, indexes, foreign keys and identities",
+        )
+        .await?;
+    let objects = post_data(req, plan, &target).await?;
+    let post_s = t2.elapsed().as_secs_f64();
+    let mut per_table: BTreeMap<String, u64> = BTreeMap::new();
+    for (name, n) in Arc::try_unwrap(copied).map(|m| m.into_inner().expect("lock")).unwrap_or_default() {
+        *per_table.entry(name).or_default() += n;
+    }
+    let tables: Vec<(String, u64)> = per_table.into_iter().collect();
+    Ok(LoadSummary {
+        binlog_file,
+        binlog_pos,
+        gtid,
+        tables,
+        pieces: pieces_total,
+        seconds: (schema_s, data_s, post_s),
+        target_schema: schema.clone(),
+        objects,
+    })
+}
+
+/// Opens `jobs` connections that read one consistent snapshot of the source, and the binlog
+/// position (with its GTID state) the snapshot stands at: every change logged after it is
+/// not in the snapshot, every change before it is. Takes `FLUSH TABLES WITH READ LOCK` for
+/// as long as it takes to open the snapshots and read the position (milliseconds), waiting
+/// at most 5 s for it at a time and naming the statements that block it.
+pub async fn open_snapshot(source: &MyEndpoint, jobs: usize) -> Result<(Vec<mysql_async::Conn>, ferry_core::BinlogPosition), MyError> {
     // Control statements run under the source's query deadline; the copy's SELECTs have none
     // (they stream for as long as a table takes) and rely on TCP keepalives.
-    let source = &req.source;
     let mut locker = source.connect().await?;
     let server = source
         .within("preparing the snapshot", async {
@@ -277,117 +399,7 @@ pub async fn full_load(
             ),
         )
     })?;
-    state.set_snapshot(&target, &snapshot).await?;
-
-    // Work: tables, and large ones with a single integer primary key split into key ranges
-    // (every connection reads the same snapshot, so pieces of one table fit together). The
-    // largest pieces go first.
-    let mut work: Vec<(String, Option<KeyRange>, i64)> = Vec::new();
-    for t in &plan.tables {
-        let int_pk = t.primary_key.len() == 1
-            && t.columns
-                .iter()
-                .find(|(n, _)| *n == t.primary_key[0])
-                .is_some_and(|(_, m)| matches!(m.target.as_str(), "smallint" | "integer" | "bigint"));
-        let pieces = if split_bytes > 0 && int_pk {
-            (t.bytes / split_bytes).clamp(1, 64)
-        } else {
-            1
-        };
-        if pieces > 1 {
-            // MIN and MAX of the primary key: two index lookups.
-            let what = format!("finding the key range of {}", t.name);
-            let bounds: Option<(Option<i64>, Option<i64>)> = source
-                .within(&what, async {
-                    workers[0]
-                        .query_first(format!(
-                            "SELECT MIN({k}), MAX({k}) FROM {}.{}",
-                            my_q(source.database()),
-                            my_q(&t.name),
-                            k = my_q(&t.primary_key[0])
-                        ))
-                        .await
-                        .map_err(|e| MyError::query(&what, e))
-                })
-                .await?;
-            if let Some((Some(lo), Some(hi))) = bounds {
-                let width = ((i128::from(hi) - i128::from(lo)) / i128::from(pieces) + 1).max(1);
-                let mut a = i128::from(lo);
-                while a <= i128::from(hi) {
-                    let b = a + width;
-                    let upper = if b > i128::from(hi) { None } else { Some(b as i64) };
-                    work.push((t.name.clone(), Some((a as i64, upper)), t.bytes / pieces));
-                    a = b;
-                }
-                continue;
-            }
-        }
-        work.push((t.name.clone(), None, t.bytes));
-    }
-    work.sort_by_key(|w| w.2);
-    let pieces_total = work.len();
-    for t in &plan.tables {
-        let pieces = work.iter().filter(|w| w.0 == t.name).count();
-        state.start_table(&target, &t.name, &snapshot, pieces).await?;
-    }
-    let queue = Arc::new(std::sync::Mutex::new(work));
-    let tables: Arc<BTreeMap<String, MyTable>> = Arc::new(plan.tables.iter().map(|t| (t.name.clone(), t.clone())).collect());
-    let copied: Arc<std::sync::Mutex<Vec<(String, u64)>>> = Arc::default();
-    let mut tasks = tokio::task::JoinSet::new();
-    for mut conn in workers {
-        let (queue, tables, copied) = (queue.clone(), tables.clone(), copied.clone());
-        let target = req.target.clone();
-        let source = req.source.clone();
-        let db = req.source.database().to_string();
-        let schema = req.target_schema.clone();
-        let zero = req.map.zero_dates;
-        let state = state.clone();
-        tasks.spawn(async move {
-            let tgt = target.connect("mysql-copy").await.map_err(MyError::from)?;
-            loop {
-                let next = queue.lock().expect("lock").pop();
-                let Some((name, range, _)) = next else { break };
-                let t = &tables[&name];
-                let n = copy_table(&mut conn, &tgt, (&db, &schema), t, range, zero, &state).await?;
-                copied.lock().expect("lock").push((name, n));
-            }
-            source.cleanup(&mut conn, "COMMIT").await;
-            source.disconnect(conn).await;
-            Ok::<_, MyError>(())
-        });
-    }
-    while let Some(r) = tasks.join_next().await {
-        r.map_err(|e| MyError::new("copying a table", &e.to_string(), "report this as a bug"))??;
-    }
-    let data_s = t1.elapsed().as_secs_f64();
-
-    // Keys, indexes, foreign keys, identities, statistics.
-    let t2 = Instant::now();
-    state
-        .advance(
-            &target,
-            ferry_core::Phase::PostLoad,
-            ACTOR,
-            "building keys, indexes, foreign keys and identities",
-        )
-        .await?;
-    let objects = post_data(req, plan, &target).await?;
-    let post_s = t2.elapsed().as_secs_f64();
-    let mut per_table: BTreeMap<String, u64> = BTreeMap::new();
-    for (name, n) in Arc::try_unwrap(copied).map(|m| m.into_inner().expect("lock")).unwrap_or_default() {
-        *per_table.entry(name).or_default() += n;
-    }
-    let tables: Vec<(String, u64)> = per_table.into_iter().collect();
-    Ok(LoadSummary {
-        binlog_file,
-        binlog_pos,
-        gtid,
-        tables,
-        pieces: pieces_total,
-        seconds: (schema_s, data_s, post_s),
-        target_schema: schema.clone(),
-        objects,
-    })
+    Ok((workers, snapshot))
 }
 
 /// How each column's values are written, in column order.

@@ -16,8 +16,11 @@ use crate::settings;
 
 pub async fn capture(args: &CaptureArgs) -> anyhow::Result<i32> {
     if ferry_mysql::is_mysql_url(&args.source) {
+        return capture_mysql(args).await;
+    }
+    if !args.include.is_empty() || !args.exclude.is_empty() || args.tinyint1_boolean {
         return Err(UsageError(
-            "--source: capture to Kafka from MySQL/MariaDB is not built yet (PostgreSQL sources only); see docs/kafka.md".into(),
+            "--include, --exclude and --tinyint1-boolean are for MySQL/MariaDB sources (a PostgreSQL capture publishes every table of its publication)".into(),
         )
         .into());
     }
@@ -73,6 +76,50 @@ pub async fn capture(args: &CaptureArgs) -> anyhow::Result<i32> {
     let r = capture::run(opts, stop, progress).await;
     reporter.abort();
     r?;
+    Ok(exit::OK)
+}
+
+/// `ferry capture --source mysql://...`.
+async fn capture_mysql(args: &CaptureArgs) -> anyhow::Result<i32> {
+    let source = settings::my_endpoint(
+        &args.source,
+        args.source_password_file.as_deref(),
+        "FERRY_SOURCE_PASSWORD",
+        "source",
+    )?;
+    let kafka = KafkaEndpoint::parse(&args.to, std::env::var("FERRY_KAFKA_PASSWORD").ok().filter(|p| !p.is_empty()))
+        .map_err(|e| UsageError(format!("--to: {e}")))?;
+    let name = args.slot.clone().unwrap_or_else(|| capture::default_slot(&kafka.prefix));
+    if args.drop {
+        println!(
+            "a MySQL/MariaDB capture leaves nothing on the source (its position is in topic {}); the topics under {} stay",
+            capture::state_topic(&kafka.prefix),
+            kafka.describe()
+        );
+        return Ok(exit::OK);
+    }
+    let filter = ferry_core::TableFilter::new(&args.include, &args.exclude).map_err(|e| UsageError(e.to_string()))?;
+    let opts = ferry_kafka::mycapture::MyCaptureOptions {
+        server_id: ferry_mysql::state::replica_server_id(&source.describe(), &kafka.describe()),
+        source,
+        kafka,
+        name,
+        filter,
+        map: ferry_mysql::types::MapOptions {
+            tinyint1_boolean: args.tinyint1_boolean,
+            ..Default::default()
+        },
+        max_batch: args.max_batch.max(1),
+        max_delay: Duration::from_millis(args.max_delay_ms),
+        skip_dead_letters: args.skip_dead_letters,
+    };
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        crate::shutdown_signal().await;
+        tracing::info!("stopping: the last events are acknowledged first");
+        let _ = stop_tx.send(true);
+    });
+    ferry_kafka::mycapture::run(opts, stop).await?;
     Ok(exit::OK)
 }
 

@@ -714,7 +714,8 @@ mod tests {
 /// `ferry capture`.
 #[derive(Debug, clap::Args)]
 pub struct CaptureArgs {
-    /// Source URL: postgres://user[:password]@host[:port]/database[?sslmode=...].
+    /// Source URL: postgres://user[:password]@host[:port]/database[?sslmode=...], or
+    /// mysql://user[:password]@host[:port]/database[?ssl-mode=...] (MySQL/MariaDB).
     #[arg(long, env = "FERRY_SOURCE_URL", hide_env_values = true)]
     pub source: String,
     /// File holding the source password (first line); FERRY_SOURCE_PASSWORD also works.
@@ -743,6 +744,15 @@ pub struct CaptureArgs {
     /// Drop the capture's slot and publication from the source and exit (the topics stay).
     #[arg(long)]
     pub drop: bool,
+    /// MySQL/MariaDB sources: only tables matching database.table patterns; repeatable.
+    #[arg(long = "include", value_name = "PATTERN")]
+    pub include: Vec<String>,
+    /// MySQL/MariaDB sources: leave out tables matching these patterns; repeatable.
+    #[arg(long = "exclude", value_name = "PATTERN")]
+    pub exclude: Vec<String>,
+    /// MySQL/MariaDB sources: encode TINYINT(1) as boolean instead of smallint.
+    #[arg(long)]
+    pub tinyint1_boolean: bool,
 }
 
 /// `ferry apply`.

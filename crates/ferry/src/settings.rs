@@ -37,6 +37,12 @@ fn password(file: Option<&std::path::Path>, env: &str) -> anyhow::Result<Option<
     Ok(password_labelled(file, env)?.map(|(s, _)| s))
 }
 
+/// Resolves a MySQL/MariaDB endpoint given as `--{flag}`: its password from the password file
+/// or `env`, else the URL.
+pub fn my_endpoint(url: &str, file: Option<&std::path::Path>, env: &str, flag: &str) -> anyhow::Result<ferry_mysql::MyEndpoint> {
+    ferry_mysql::MyEndpoint::parse(url, password(file, env)?).map_err(|err| UsageError(format!("--{flag}: {err}")).into())
+}
+
 /// Resolves a PostgreSQL endpoint given as `--{flag}`: its password from the password file or
 /// `env` (strongest), then the URL, PGPASSWORD, a service, ~/.pgpass. Warns when the password
 /// is written in a URL given on the command line, where every user of the host can read it.

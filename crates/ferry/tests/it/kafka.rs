@@ -115,7 +115,7 @@ async fn start_capture(dbs: &Dbs, prefix: &str, extra: &str) -> Migrator {
 }
 
 /// Waits for the capture's state record (the snapshot is in the topics).
-fn wait_snapshot(prefix: &str) -> Value {
+pub fn wait_snapshot(prefix: &str) -> Value {
     let recs = read_topic(&format!("{prefix}.ferry.capture"), 1, Duration::from_secs(90));
     recs.last().and_then(|r| r.value.clone()).expect("a state record")
 }

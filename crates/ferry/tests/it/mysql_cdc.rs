@@ -265,7 +265,7 @@ async fn mysql_cdc_streams_every_type_exactly_and_stops_at_schema_changes() {
 }
 
 /// sysbench against a MariaDB database of the test.
-fn sysbench(db: &str, extra: &[&str]) -> std::process::Command {
+pub fn sysbench(db: &str, extra: &[&str]) -> std::process::Command {
     let (host, port, password) = server("FERRY_TEST_MYSQL");
     let mut c = std::process::Command::new("sysbench");
     c.args([

@@ -1,0 +1,169 @@
+//! MariaDB to Kafka to PostgreSQL: `ferry capture --source mysql://...` publishes the snapshot
+//! and the binlog in the envelope of Debezium's MySQL connector to the test broker, `ferry
+//! apply` creates the tables the plan maps and applies them; real MariaDB, real sysbench, kill
+//! -9 of both, and Ferry's cross-engine verification at the end.
+
+use std::time::Duration;
+
+use crate::harness::*;
+use crate::kafka::{broker, read_topic, wait_snapshot};
+use crate::mysql::{dispose, fresh, my_sql};
+use crate::mysql_cdc::{my_query, sysbench};
+
+/// Every sysbench row of a table, tab-separated, from both sides (the target's tables are in
+/// the schema named like the source's database, as the topics name them).
+async fn sbtest_rows(db: &str, target: &str, table: &str) -> (Vec<String>, Vec<String>) {
+    let mine = my_query("FERRY_TEST_MYSQL", &format!("SELECT id, k, c, pad FROM {db}.{table} ORDER BY id"));
+    let theirs = lines(
+        &connect(target).await,
+        &format!("SELECT id || E'\\t' || k || E'\\t' || c::text || E'\\t' || pad::text FROM {db}.{table} ORDER BY id"),
+    )
+    .await;
+    (mine.lines().map(str::to_string).collect(), theirs)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_to_kafka_to_postgres_under_sysbench_with_kill_9_of_capture_and_apply_verifies_clean() {
+    let (source, target, dbs) = fresh("FERRY_TEST_MYSQL", "kmy").await;
+    let db = dbs.name.clone();
+    let prefix = format!("it_{db}");
+    // Values that must survive the trip exactly, beside sysbench's tables.
+    my_sql(
+        "FERRY_TEST_MYSQL",
+        &format!(
+            "CREATE TABLE {db}.kinds (id INT PRIMARY KEY, d DECIMAL(20,6), dt DATETIME(6), ts TIMESTAMP(3) NULL, day DATE,
+               t TIME(6), j JSON, e ENUM('small','large'), s VARCHAR(40), b VARBINARY(40), n BIGINT UNSIGNED, f DOUBLE, y YEAR);
+             INSERT INTO {db}.kinds VALUES
+               (1, 12345678901234.123456, '2024-02-29 23:59:59.999999', '2024-01-01 00:00:00.123', '1999-12-31',
+                '-838:59:59.000000', '{{\"a\": [1, 2.5, \"x\"]}}', 'large', 'Grüße, 世界 🚀', X'00ff10', 18446744073709551615, 1.5e-300, 2155),
+               (2, -0.000001, '1000-01-01 00:00:00', NULL, NULL, '00:00:00', 'null', NULL, '', X'', 0, -0.0, NULL),
+               (3, NULL, NULL, NULL, NULL, NULL, NULL, 'small', NULL, NULL, NULL, NULL, NULL)"
+        ),
+    );
+    let prepared = sysbench(&db, &["prepare"])
+        .output()
+        .expect("sysbench is installed by scripts/test.sh");
+    assert!(prepared.status.success(), "{}", String::from_utf8_lossy(&prepared.stderr));
+    // sysbench writes throughout: the snapshot is read under its writes, then the stream.
+    let bench = sysbench(&db, &["--threads=2", "--time=45", "--rate=150", "run"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let to = format!("kafka://{}/{prefix}?schemas=false", broker());
+    let capture_args = ["capture", "--source", &source, "--to", &to];
+    let mut capture = Migrator::spawn(&capture_args);
+    let state = wait_snapshot(&prefix);
+    assert_eq!(state["snapshot_complete"], true, "{state}");
+    assert!(state["consistent_point"].as_str().unwrap().starts_with("mysql:"), "{state}");
+    assert!(
+        state["target_ddl"]
+            .as_array()
+            .is_some_and(|d| d.iter().any(|s| s.as_str().unwrap().contains("PRIMARY KEY"))),
+        "the state record holds the target's tables: {state}"
+    );
+    let apply_args = ["apply", "--from", &to, "--target", &target];
+    let mut apply = Migrator::spawn(&apply_args);
+
+    // The envelope of Debezium's MySQL connector: source block with file and pos, transaction
+    // ids of its form without GTIDs.
+    let kinds = read_topic(&format!("{prefix}.{db}.kinds"), 3, Duration::from_secs(60));
+    let first = kinds[0].value.as_ref().expect("a value");
+    assert_eq!(first["op"], "r", "{first}");
+    assert_eq!(first["source"]["connector"], "mysql", "{first}");
+    assert_eq!(first["source"]["db"], db.as_str(), "{first}");
+    assert_eq!(first["source"]["table"], "kinds", "{first}");
+    assert!(first["source"]["file"].as_str().is_some_and(|f| !f.is_empty()), "{first}");
+    assert!(first["source"]["pos"].as_u64().is_some_and(|p| p > 0), "{first}");
+    let one = kinds
+        .iter()
+        .filter_map(|r| r.value.as_ref())
+        .find(|v| v["after"]["id"] == 1)
+        .expect("row 1");
+    // DECIMAL(20,6) as Debezium's precise Decimal: base64 of the unscaled two's complement.
+    assert_eq!(one["after"]["s"], "Grüße, 世界 🚀", "{one}");
+    assert_eq!(one["after"]["e"], "large", "{one}");
+    assert_eq!(one["after"]["b"], "AP8Q", "{one}");
+
+    // Changes to the typed table while sysbench writes; kill -9 of the capture, then of the
+    // apply, each started again with the same command.
+    my_sql(
+        "FERRY_TEST_MYSQL",
+        &format!(
+            "INSERT INTO {db}.kinds VALUES (4, 0.5, '2038-01-19 03:14:08.000001', '2038-01-19 03:14:07.999', '2000-02-29', '12:34:56.789012',
+               '[]', 'small', 'a\\ttab', X'deadbeef', 42, 3.14, 1901);
+             UPDATE {db}.kinds SET s = 'changed', d = d * 2 WHERE id = 1;
+             DELETE FROM {db}.kinds WHERE id = 3"
+        ),
+    );
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert!(!capture.has_exited(), "the capture stopped by itself");
+    capture.kill9();
+    capture = Migrator::spawn(&capture_args);
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert!(!apply.has_exited(), "the apply stopped by itself");
+    apply.kill9();
+    apply = Migrator::spawn(&apply_args);
+
+    let out = bench.wait_with_output().unwrap();
+    let report = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{report}\n{}", String::from_utf8_lossy(&out.stderr));
+    let transactions: u64 = report
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("transactions:"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(transactions > 1000, "sysbench did too little to prove anything: {report}");
+    // A last row after sysbench: once it is on the target, everything before it is.
+    my_sql(
+        "FERRY_TEST_MYSQL",
+        &format!("INSERT INTO {db}.sbtest1 (id, k, c, pad) VALUES (900001, 0, 'marker', 'marker')"),
+    );
+    wait_for_row(
+        &target,
+        "the last change through Kafka",
+        Duration::from_secs(180),
+        &format!("SELECT 1 FROM {db}.sbtest1 WHERE id = 900001"),
+    )
+    .await;
+    // Independent check: every sysbench row, as each engine prints it.
+    for i in 1..=4 {
+        let table = format!("sbtest{i}");
+        let (mine, theirs) = sbtest_rows(&db, &target, &table).await;
+        assert!(mine.len() > 29_000, "{table}: {} rows", mine.len());
+        assert_eq!(mine.len(), theirs.len(), "{table}: row counts differ");
+        let first_diff = mine.iter().zip(&theirs).position(|(a, b)| a != b);
+        assert!(first_diff.is_none(), "{table}: rows differ at {first_diff:?}");
+    }
+    let t = connect(&target).await;
+    let kinds_target = lines(
+        &t,
+        &format!("SELECT id::text || ' ' || coalesce(s, '<null>') FROM {db}.kinds ORDER BY id"),
+    )
+    .await;
+    assert_eq!(kinds_target, vec!["1 changed", "2 ", "4 a\ttab"], "the typed table's changes");
+    // Ferry's cross-engine verification: every row and every value, MariaDB against PostgreSQL.
+    let verify = ferry(&["verify", "--source", &source, "--target", &target, "--target-schema", &db]);
+    assert_eq!(verify.code, 0, "{}", verify.all());
+    assert!(verify.stdout.contains(", 0 difference(s)"), "{}", verify.stdout);
+    eprintln!("sysbench: {transactions} transactions through Kafka, kill -9 of capture and apply, verify clean");
+
+    let applied = apply.terminate();
+    assert_eq!(applied.code, 0, "{}", applied.all());
+    let captured = capture.terminate();
+    assert_eq!(captured.code, 0, "{}", captured.all());
+    assert!(
+        captured
+            .all()
+            .contains("resuming change capture from the position in the state topic"),
+        "the restarted capture resumed from its recorded position: {}",
+        captured.all()
+    );
+    assert!(
+        !captured.all().contains("ferry-test-pw") && !applied.all().contains("ferry-test-pw"),
+        "no password in the output"
+    );
+    dispose("FERRY_TEST_MYSQL", dbs).await;
+}
