@@ -233,6 +233,15 @@ fn commit_of(id: &str) -> Option<(u64, Lsn)> {
     Some((tx.parse().ok()?, Lsn(lsn.parse().ok()?)))
 }
 
+/// A transaction id that does not order (a GTID) as a number: records of one transaction
+/// are known by it.
+fn id_hash(id: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    id.hash(&mut h);
+    h.finish()
+}
+
 /// The ordering key of a position as a capture's state records it: a PostgreSQL LSN
 /// (`0/16B3748`) or a source position (`pg:...`, `mysql:file:pos...`).
 pub(crate) fn position_key(text: &str) -> Option<Lsn> {
@@ -308,9 +317,15 @@ impl Head {
             None => w,
         };
         let src = w.source.unwrap_or_default();
+        // MySQL records: the ordering key of their binlog position.
+        let lsn = src.lsn.or_else(|| {
+            let p = ferry_core::BinlogPosition::new(src.file.as_deref()?, src.pos?, "").ok()?;
+            Some(SourcePosition::Mysql(p).order_key().0)
+        });
         let (txn, total_order) = match w.transaction {
             Some(t) => (
-                t.id.as_deref().and_then(commit_of),
+                t.id.as_deref()
+                    .and_then(|id| commit_of(id).or_else(|| Some((id_hash(id), Lsn(lsn?))))),
                 t.total_order
                     .as_i64()
                     .or_else(|| t.total_order.as_str().and_then(|s| s.parse().ok()))
@@ -329,10 +344,7 @@ impl Head {
             txn,
             total_order,
             previous,
-            lsn: src.lsn.or_else(|| {
-                let p = ferry_core::BinlogPosition::new(src.file.as_deref()?, src.pos?, "").ok()?;
-                Some(SourcePosition::Mysql(p).order_key().0)
-            }),
+            lsn,
             last: src.snapshot == "last",
             raw,
         })
@@ -708,6 +720,11 @@ fn reader(
         );
     };
     let mut txp = txq.remove(0);
+    let resume_end = start
+        .offsets
+        .as_ref()
+        .and_then(|o| o.get(&(ttopic.clone(), txp.partition)).copied())
+        .unwrap_or(0);
     // The last transaction handed over: an END at or before it is a copy a restarted capture
     // sent again; its records are dropped as stale at the next transaction.
     let mut last_commit = start.applied;
@@ -745,20 +762,11 @@ fn reader(
             continue;
         }
         let id = p["id"].as_str().unwrap_or("").to_string();
-        let Some((txid, commit)) = commit_of(&id) else {
-            return fail(
-                &tx,
-                PgError::config(
-                    "applying from Kafka",
-                    format!("transaction id {id:?} is neither <txId>:<LSN> (PostgreSQL) nor file=<binlog>,pos=<offset> (MySQL)"),
-                    "a MySQL connector with GTIDs names transactions by GTID, which does not order them: Ferry's capture, and Debezium's MySQL connector without GTIDs, are applied (docs/kafka.md)",
-                ),
-            );
-        };
-        if commit <= last_commit {
+        // An END before the offset the target recorded was applied before a restart (the
+        // reader starts some records earlier, see `crate::offsets::BACKSTEP`).
+        if txp.next_offset - 1 < resume_end {
             continue;
         }
-        last_commit = commit;
         let ts_ms = p["ts_ms"].as_i64().unwrap_or(0);
         let total = p["event_count"].as_u64().unwrap_or(0);
         let topics: Vec<String> = p["data_collections"]
@@ -770,6 +778,55 @@ fn reader(
                     .collect()
             })
             .unwrap_or_default();
+        let (txid, commit) = match commit_of(&id) {
+            Some(c) => c,
+            None if total == 0 => continue,
+            // A GTID (Debezium's MySQL connector with GTIDs): the id does not order
+            // transactions; the binlog position of its first event found does.
+            None => {
+                let txid = id_hash(&id);
+                let started = Instant::now();
+                let found = 'scan: loop {
+                    if stop.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    serve();
+                    for t in &topics {
+                        let Some(ps) = parts.get_mut(t) else { continue };
+                        for part in ps.iter_mut() {
+                            loop {
+                                match part.head(Duration::from_millis(10)) {
+                                    Ok(Some(h)) => match h.txn {
+                                        Some((htx, c)) if htx == txid => break 'scan c,
+                                        // Applied, or a copy of what was.
+                                        Some((_, c)) if c <= last_commit => part.head = None,
+                                        None => part.head = None,
+                                        Some(_) => break,
+                                    },
+                                    Ok(None) => break,
+                                    Err(e) => return fail(&tx, PgError::transient(format!("reading {t}"), e)),
+                                }
+                            }
+                        }
+                    }
+                    if started.elapsed() > Duration::from_secs(60) {
+                        return fail(
+                            &tx,
+                            PgError::config(
+                                "applying from Kafka",
+                                format!("transaction {id}: its END record counts {total} events, none is in the topics"),
+                                "the topics lost records (retention, compaction, a producer without idempotence): reload the target from a new snapshot",
+                            ),
+                        );
+                    }
+                };
+                (txid, found)
+            }
+        };
+        if commit <= last_commit {
+            continue;
+        }
+        last_commit = commit;
         if tx.blocking_send(Item::Begin(commit, txid, ts_ms)).is_err() {
             return;
         }

@@ -96,6 +96,8 @@ pub enum Change {
         executed: Option<String>,
         /// Where its first event starts, in the current binlog file.
         at: u64,
+        /// Its first event's time (Unix seconds).
+        timestamp: u32,
     },
     /// A row was inserted.
     Insert {
@@ -423,6 +425,7 @@ impl Decoder {
             gtid,
             executed: self.gtids.text(),
             at,
+            timestamp,
         });
         out
     }
@@ -706,6 +709,7 @@ impl Decoder {
                         gtid: None,
                         executed: self.gtids.text(),
                         at,
+                        timestamp,
                     });
                     // (Fields, not `boundary()`: the closures above borrow `self.database`.)
                     (self.rows_seen, self.own) = (false, false);
@@ -717,6 +721,7 @@ impl Decoder {
                                 gtid: None,
                                 executed: self.gtids.text(),
                                 at,
+                                timestamp,
                             });
                             (self.rows_seen, self.own) = (false, false);
                         }

@@ -219,7 +219,7 @@ pub async fn stream_to<S: Sink<Error = ApplyError>>(
         .with_gtid_state(start.gtid());
     tracing::info!(position = %start, "streaming the binlog");
     let mut gtid = start.gtid().to_string();
-    let mut txn: Option<(TxnCursor, bool)> = None;
+    let mut txn: Option<(TxnCursor, bool, i64)> = None;
     let mut last_durable: Option<SourcePosition> = sink.durable();
     let note = |sink: &S, last: &mut Option<SourcePosition>| {
         let d = sink.durable();
@@ -281,7 +281,10 @@ pub async fn stream_to<S: Sink<Error = ApplyError>>(
         for c in changes {
             match c {
                 Change::Begin {
-                    executed: g, at: begin_at, ..
+                    executed: g,
+                    at: begin_at,
+                    timestamp,
+                    ..
                 } => {
                     let begin = SourcePosition::Mysql(at(reader.file(), begin_at, &gtid)?);
                     if let Some(g) = g {
@@ -294,6 +297,7 @@ pub async fn stream_to<S: Sink<Error = ApplyError>>(
                             changes: 0,
                         },
                         false,
+                        i64::from(timestamp) * 1_000_000,
                     ));
                 }
                 Change::XaPrepared { xid } | Change::XaResolved { xid, .. } => {
@@ -324,7 +328,7 @@ pub async fn stream_to<S: Sink<Error = ApplyError>>(
                     )));
                 }
                 Change::Commit { file, pos, timestamp } => {
-                    if let Some((cur, sent)) = txn.take() {
+                    if let Some((cur, sent, _)) = txn.take() {
                         if !sent {
                             // An empty transaction (or one on other tables) still moves the
                             // position: begin and commit it.
@@ -354,7 +358,7 @@ pub async fn stream_to<S: Sink<Error = ApplyError>>(
                     }
                 }
                 other => {
-                    let Some((cur, sent)) = txn.as_mut() else {
+                    let Some((cur, sent, began_us)) = txn.as_mut() else {
                         return Err(StreamError::Failed(MyError::new(
                             "following the binlog",
                             "a row change arrived outside a transaction",
@@ -366,7 +370,7 @@ pub async fn stream_to<S: Sink<Error = ApplyError>>(
                             *sent = true;
                             sink.apply(ChangeEvent::Begin {
                                 commit: cur.begin.clone(),
-                                commit_time_us: 0,
+                                commit_time_us: *began_us,
                                 xid: 0,
                             })
                             .await?;

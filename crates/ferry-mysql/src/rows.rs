@@ -52,12 +52,16 @@ pub struct TableConv {
     charsets: Vec<Option<Charset>>,
     /// Key column indexes (empty: no primary key, rows are found by all their columns).
     pub key: Vec<usize>,
+    /// Every update carries its old row, not only one that moves the key (for a sink whose
+    /// consumers read `before`, as Debezium's MySQL connector writes it).
+    pub always_old: bool,
 }
 
 impl TableConv {
     /// The table's relation (in target schema `schema`), each column typed as `target` says
     /// (the target's `format_type`, by column name): a sink that applies casts every value's
-    /// text to it; one that publishes encodes values by it.
+    /// text to it; one that publishes encodes values by it. Columns are NOT NULL as `t` says
+    /// (what the plan creates on a PostgreSQL target).
     pub fn build(id: u32, t: &MyTable, schema: &str, target: &HashMap<String, String>) -> Result<TableConv, MyError> {
         let table = TableName::new(schema, t.name.clone());
         let key: Vec<usize> = t
@@ -97,7 +101,7 @@ impl TableConv {
                 type_sql: type_sql.clone(),
                 key: key.contains(&i),
                 default: None,
-                not_null: false,
+                not_null: t.columns[i].1.not_null,
             });
         }
         Ok(TableConv {
@@ -111,12 +115,13 @@ impl TableConv {
             kinds,
             charsets,
             key,
+            always_old: false,
         })
     }
 
     /// The table's relation typed as the plan maps its columns (the types `ferry migrate`
     /// creates on a PostgreSQL target, ENUM types in `schema`): for a sink with no target
-    /// table to read them from (Kafka).
+    /// table to read them from (Kafka). Updates carry their old row.
     pub fn from_plan(id: u32, t: &MyTable, schema: &str) -> Result<TableConv, MyError> {
         let types = t
             .columns
@@ -130,7 +135,9 @@ impl TableConv {
                 (name.clone(), ty)
             })
             .collect();
-        TableConv::build(id, t, schema, &types)
+        let mut conv = TableConv::build(id, t, schema, &types)?;
+        conv.always_old = true;
+        Ok(conv)
     }
 
     pub fn check_width(&self, row: &[mysql_async::Value]) -> Result<(), MyError> {
@@ -272,7 +279,7 @@ pub fn convert<'t>(
             };
             ChangeEvent::Update {
                 relation,
-                old: t.needs_old(&before, &after).then_some(old),
+                old: (t.always_old || t.needs_old(&before, &after)).then_some(old),
                 new,
             }
         }

@@ -264,6 +264,7 @@ fn a_compressed_transaction_decodes_like_an_uncompressed_one() {
                 gtid: Some(format!("{UUID}:43")),
                 executed: Some(format!("{UUID}:1-43")),
                 at: 1000,
+                timestamp: TIME,
             },
             Change::Insert { table: "t".into(), row: a },
             Change::Insert { table: "t".into(), row: b },
@@ -341,6 +342,7 @@ fn gtid_state_follows_transactions_of_both_engines() {
                 gtid: Some(format!("{UUID}:6")),
                 executed: Some(format!("{UUID}:1-7")),
                 at: 1100 - g6.len() as u64,
+                timestamp: TIME,
             },
             Change::Commit {
                 file: FILE.into(),
@@ -351,6 +353,7 @@ fn gtid_state_follows_transactions_of_both_engines() {
                 gtid: Some(format!("{UUID}:8")),
                 executed: Some(format!("{UUID}:1-8")),
                 at: at2,
+                timestamp: TIME,
             },
         ]
     );
@@ -366,6 +369,7 @@ fn gtid_state_follows_transactions_of_both_engines() {
             gtid: None,
             executed: None,
             at: 300 - 19 - 42,
+            timestamp: TIME,
         }]
     );
     // A new file's PREVIOUS_GTIDS fills an unknown start in.

@@ -759,3 +759,253 @@ async fn apply_records_poison_events_and_rejected_changes_as_dead_letters_and_st
     drop(target);
     dbs.drop().await;
 }
+
+/// The MySQL page's blocks with the attributes its renderer fills in.
+fn mysql_doc(name: &str) -> Vec<Value> {
+    doc_json(
+        &fixture(&format!("mysql/{name}"))
+            .replace("{context}", "mysql")
+            .replace("{debezium-version}", "2.7.0.Final"),
+    )
+}
+
+/// Each field of a struct schema as (name, type, optional).
+fn struct_fields(schema: &Value) -> Vec<(String, String, bool)> {
+    schema["fields"]
+        .as_array()
+        .unwrap_or_else(|| panic!("a struct schema: {schema}"))
+        .iter()
+        .map(|f| {
+            (
+                f["field"].as_str().unwrap().to_string(),
+                f["type"].as_str().unwrap().to_string(),
+                f["optional"].as_bool().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_capture_writes_the_events_of_debeziums_mysql_documentation_field_by_field() {
+    use crate::mysql::my_sql;
+    let (source, _target, dbs) = crate::mysql::fresh("FERRY_TEST_MYSQL", "kmydoc").await;
+    let db = dbs.name.clone();
+    // The documentation's `inventory.customers`, and its rows.
+    my_sql(
+        "FERRY_TEST_MYSQL",
+        &format!(
+            "CREATE TABLE {db}.customers (id INT NOT NULL AUTO_INCREMENT PRIMARY KEY, first_name VARCHAR(255) NOT NULL,
+               last_name VARCHAR(255) NOT NULL, email VARCHAR(255) NOT NULL UNIQUE) AUTO_INCREMENT = 1001;
+             INSERT INTO {db}.customers VALUES (1001, 'Sally', 'Thomas', 'sally.thomas@acme.com')"
+        ),
+    );
+    let prefix = format!("mysql_server_{db}");
+    let to = format!("kafka://{}/{prefix}", broker());
+    let capture = Migrator::spawn(&["capture", "--source", &source, "--to", &to]);
+    crate::kafka::wait_snapshot(&prefix);
+    my_sql(
+        "FERRY_TEST_MYSQL",
+        &format!(
+            "INSERT INTO {db}.customers VALUES (1004, 'Anne', 'Kretchmar', 'annek@noanswer.org');
+             UPDATE {db}.customers SET first_name = 'Anne Marie' WHERE id = 1004;
+             DELETE FROM {db}.customers WHERE id = 1004"
+        ),
+    );
+    // Snapshot row, create, update, delete and its tombstone.
+    let recs = read_topic(&format!("{prefix}.{db}.customers"), 5, Duration::from_secs(60));
+    let by_op = |op: &str| {
+        recs.iter()
+            .filter_map(|r| r.value.as_ref())
+            .find(|v| v["payload"]["op"] == op)
+            .unwrap_or_else(|| panic!("no {op} event in {recs:?}"))
+            .clone()
+    };
+    let doc_create = &mysql_doc("create.json")[0];
+    let ours = by_op("c");
+    // The value schema: the row struct's fields, types and optionality, and the envelope's
+    // fields (Ferry adds the transaction block: the example ran without transaction metadata).
+    assert_eq!(
+        struct_fields(&ours["schema"]["fields"][1]),
+        struct_fields(&doc_create["schema"]["fields"][1]),
+        "the row's schema: {ours}"
+    );
+    let envelope: BTreeSet<String> = struct_fields(&ours["schema"]).into_iter().map(|f| f.0).collect();
+    let doc_envelope: BTreeSet<String> = struct_fields(&doc_create["schema"]).into_iter().map(|f| f.0).collect();
+    assert_eq!(
+        envelope.difference(&doc_envelope).cloned().collect::<Vec<_>>(),
+        ["transaction"],
+        "{ours}"
+    );
+    assert!(doc_envelope.is_subset(&envelope));
+    // The source block: every field of the example, and the connector's `sequence` (common to
+    // every connector's source, left out of the MySQL page), with the same types.
+    let src = |v: &Value| -> BTreeMap<String, (String, bool)> {
+        let s = v["schema"]["fields"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["field"] == "source")
+            .unwrap()
+            .clone();
+        struct_fields(&s).into_iter().map(|(n, t, o)| (n, (t, o))).collect()
+    };
+    let (ours_src, mut doc_src) = (src(&ours), src(doc_create));
+    // The example's slips, as on the PostgreSQL page (tests/fixtures/debezium/README.md): the
+    // connector's `snapshot` is the string enum, its `ts_us` and `ts_ns` are optional.
+    doc_src.insert("snapshot".into(), ("string".into(), true));
+    doc_src.insert("ts_us".into(), ("int64".into(), true));
+    doc_src.insert("ts_ns".into(), ("int64".into(), true));
+    for (name, ty) in &doc_src {
+        assert_eq!(ours_src.get(name), Some(ty), "source.{name}: {ours}");
+    }
+    assert_eq!(
+        ours_src.keys().filter(|k| !doc_src.contains_key(*k)).cloned().collect::<Vec<_>>(),
+        ["sequence"]
+    );
+    let p = &ours["payload"];
+    assert_eq!(p["after"], doc_create["payload"]["after"], "the row, value by value");
+    assert_eq!(p["before"], Value::Null);
+    assert_eq!(p["source"]["connector"], "mysql");
+    assert_eq!(p["source"]["name"], prefix.as_str());
+    assert_eq!(p["source"]["db"], db.as_str());
+    assert_eq!(p["source"]["table"], "customers");
+    assert_eq!(p["source"]["snapshot"], "false");
+    assert_eq!(p["source"]["row"], 0);
+    assert!(
+        p["source"]["file"]
+            .as_str()
+            .is_some_and(|f| f.starts_with("binlog.") || f.contains("bin.")),
+        "{p}"
+    );
+    assert!(p["source"]["pos"].as_u64().is_some_and(|n| n > 4), "{p}");
+    assert!(p["source"]["server_id"].as_u64().is_some(), "{p}");
+    let id = p["transaction"]["id"].as_str().unwrap();
+    assert!(id.starts_with("file=") && id.contains(",pos="), "Debezium's id without GTID: {id}");
+    let doc_update = &mysql_doc("update.json")[0]["payload"];
+    let u = by_op("u");
+    assert_eq!(u["payload"]["before"], doc_update["before"], "MySQL logs the whole old row");
+    assert_eq!(u["payload"]["after"], doc_update["after"]);
+    let doc_delete = &mysql_doc("delete.json")[0]["payload"];
+    let d = by_op("d");
+    assert_eq!(d["payload"]["before"], doc_delete["before"]);
+    assert_eq!(d["payload"]["after"], Value::Null);
+    assert!(recs.last().unwrap().value.is_none(), "a tombstone follows the delete");
+    assert_eq!(recs.last().unwrap().key.as_ref().unwrap()["payload"], json!({"id": 1004}));
+    let r = by_op("r");
+    assert_eq!(r["payload"]["source"]["snapshot"], "last");
+    assert_eq!(r["payload"]["after"]["first_name"], "Sally");
+    // BEGIN and END as the page's transaction metadata example has them.
+    let doc_tx = mysql_doc("transaction.json");
+    let tx = read_topic(&format!("{prefix}.transaction"), 6, Duration::from_secs(30));
+    let fields = |v: &Value| payload_keys(v.get("payload").unwrap_or(v));
+    let end = tx
+        .iter()
+        .filter_map(|r| r.value.as_ref())
+        .find(|v| v.get("payload").unwrap_or(v)["status"] == "END")
+        .unwrap();
+    assert_eq!(fields(end), payload_keys(&doc_tx[1]));
+    let end = end.get("payload").unwrap_or(end);
+    assert_eq!(
+        end["data_collections"],
+        json!([{"data_collection": format!("{db}.customers"), "event_count": 1}])
+    );
+    let run = capture.terminate();
+    assert_eq!(run.code, 0, "{}", run.all());
+    crate::mysql::dispose("FERRY_TEST_MYSQL", dbs).await;
+}
+
+fn payload_keys(v: &Value) -> BTreeSet<String> {
+    v.as_object().unwrap().keys().cloned().collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_applies_debeziums_mysql_documented_events_with_gtid_ids_exactly_once_across_a_kill_9() {
+    let dbs = Dbs::create("kmyapply").await;
+    let target = connect(&dbs.target).await;
+    target
+        .batch_execute(&format!("CREATE SCHEMA inventory; SET search_path = inventory; {CUSTOMERS}"))
+        .await
+        .unwrap();
+    let prefix = format!("mysql_server_{}", dbs.name);
+    let topic = format!("{prefix}.inventory.customers");
+    let ttopic = format!("{prefix}.transaction");
+    create_topics(&[topic.clone(), ttopic.clone()]).await;
+    let create = &mysql_doc("create.json")[0];
+    let schema = create["schema"].clone();
+    let dtx = mysql_doc("transaction.json");
+    let key = |id: i64| {
+        Some(
+            json!({"schema": {"type": "struct", "fields": [{"type": "int32", "optional": false, "field": "id"}],
+                    "optional": false, "name": "mysql-server-1.inventory.customers.Key"},
+                   "payload": {"id": id}})
+            .to_string(),
+        )
+    };
+    // The documented events in one run of a connector with GTIDs: each transaction's id is its
+    // GTID (the page's example id, numbered on), its events' positions those of the examples.
+    let gtid = |n: u32| format!("0e4d5dcd-a33b-11ea-80f1-02010a22a99e:{n}");
+    let records_of = |n: u32, event: &Value| -> (Records, Records) {
+        let mut e = event.clone();
+        e["source"]["snapshot"] = json!("false");
+        e["source"]["gtid"] = json!(gtid(n));
+        e["transaction"] = json!({"id": gtid(n), "total_order": 1, "data_collection_order": 1});
+        let mut begin = dtx[0].clone();
+        begin["id"] = json!(gtid(n));
+        let mut end = dtx[1].clone();
+        end["id"] = json!(gtid(n));
+        end["event_count"] = json!(1);
+        end["data_collections"] = json!([{"data_collection": "inventory.customers", "event_count": 1}]);
+        let id = e["after"]["id"].as_i64().or(e["before"]["id"].as_i64());
+        let mut table = vec![(id.and_then(key), with_schema(&schema, e.clone()))];
+        if e["op"] == "d" {
+            table.push((id.and_then(key), None));
+        }
+        let tx = [begin, end].into_iter().map(|v| (None, Some(v.to_string()))).collect();
+        (table, tx)
+    };
+    let send = |n: u32, event: &Value| {
+        let (table, tx) = records_of(n, event);
+        // The END record first: the applier must wait for the transaction's events.
+        produce(&ttopic, &tx);
+        produce(&topic, &table);
+    };
+    // The snapshot: one row, read at the position the stream starts from.
+    let mut snap = create["payload"].clone();
+    snap["op"] = json!("r");
+    snap["after"] = json!({"id": 1001, "first_name": "Sally", "last_name": "Thomas", "email": "sally.thomas@acme.com"});
+    snap["source"]["snapshot"] = json!("last");
+    snap["source"]["pos"] = json!(100);
+    produce(&topic, &[(key(1001), with_schema(&schema, snap))]);
+    send(10, &create["payload"]);
+    send(11, &mysql_doc("update.json")[0]["payload"]);
+    let from = format!("kafka://{}/{prefix}", broker());
+    let apply = Migrator::spawn(&["apply", "--from", &from, "--target", &dbs.target]);
+    let row = |sql: &'static str| {
+        let url = dbs.target.clone();
+        async move { crate::harness::wait_for_row(&url, sql, Duration::from_secs(60), sql).await }
+    };
+    row("SELECT 1 FROM inventory.customers WHERE id = 1001 AND first_name = 'Sally'").await;
+    row("SELECT 1 FROM inventory.customers WHERE id = 1004 AND first_name = 'Anne Marie'").await;
+    // Killed: the create must not be applied again on restart (it would fail on the key).
+    apply.kill9();
+    send(12, &mysql_doc("delete.json")[0]["payload"]);
+    let apply = Migrator::spawn(&["apply", "--from", &from, "--target", &dbs.target]);
+    row("SELECT 1 WHERE NOT EXISTS (SELECT 1 FROM inventory.customers WHERE id = 1004)").await;
+    let mut again = create["payload"].clone();
+    again["after"]["id"] = json!(1005);
+    again["source"]["pos"] = json!(1200);
+    send(13, &again);
+    row("SELECT 1 FROM inventory.customers WHERE id = 1005").await;
+    let rows: Vec<i32> = target
+        .query("SELECT id FROM inventory.customers ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(rows, [1001, 1005]);
+    let run = apply.terminate();
+    assert_eq!(run.code, 0, "{}", run.all());
+    drop(target);
+    dbs.drop().await;
+}
