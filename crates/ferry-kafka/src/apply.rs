@@ -844,6 +844,14 @@ fn reader(
             let mut waiting = false;
             for t in &topics {
                 let Some(ps) = parts.get_mut(t) else {
+                    // A topic made after this session started (a table created on the source
+                    // mid-stream): the next session reads it.
+                    if consumer
+                        .fetch_metadata(Some(t), REQUEST_TIMEOUT)
+                        .is_ok_and(|m| m.topics().iter().any(|x| x.name() == t && x.error().is_none()))
+                    {
+                        return fail(&tx, PgError::transient("applying from Kafka", format!("transaction {id} has events in topic {t}, which appeared after this session started: reading the topics again")));
+                    }
                     return fail(
                         &tx,
                         PgError::config(
@@ -1338,48 +1346,66 @@ pub(crate) fn consistent_point(state: &Option<CaptureState>) -> Result<Lsn, PgEr
     }
 }
 
-/// Creates the tables a MySQL capture's plan maps the source's to (its state record's DDL:
-/// the types `ferry migrate` would create, with primary keys) when none of them exists on the
-/// target; with some there and some not, nothing is created and the missing ones are named
-/// when their topics are read.
-pub(crate) async fn create_tables(client: &mut tokio_postgres::Client, state: &Option<CaptureState>) -> Result<(), PgError> {
+/// Creates the tables of `tables` missing on the target that a MySQL capture's plan maps
+/// (its state record's DDL: the types `ferry migrate` would create, enum types, primary key),
+/// each in its own transaction: at the first apply every table of the snapshot, later a table
+/// created on the source mid-stream. A table the plan does not name stays missing (and is
+/// named when its topic is read).
+pub(crate) async fn create_tables(
+    client: &mut tokio_postgres::Client,
+    state: &Option<CaptureState>,
+    tables: &[TableName],
+) -> Result<(), PgError> {
     let Some(state) = state.as_ref().filter(|s| !s.target_ddl.is_empty()) else {
         return Ok(());
     };
-    let mut existing = 0;
-    for t in state.table_rows.keys() {
-        let Some((schema, name)) = t.split_once('.') else { continue };
+    for t in tables {
         let found: Option<String> = client
-            .query_one("SELECT to_regclass($1)::text", &[&TableName::new(schema, name).quoted()])
+            .query_one("SELECT to_regclass($1)::text", &[&t.quoted()])
             .await
             .map_err(|e| PgError::query("looking for the captured tables on the target", e))?
             .get(0);
-        existing += usize::from(found.is_some());
-    }
-    if existing > 0 {
-        return Ok(());
-    }
-    let tx = client
-        .transaction()
-        .await
-        .map_err(|e| PgError::query("creating the captured tables on the target", e))?;
-    for ddl in &state.target_ddl {
-        if let Err(e) = tx.batch_execute(ddl).await {
-            // Another member of an apply group created them meanwhile.
-            use tokio_postgres::error::SqlState;
-            if matches!(e.code(), Some(c) if *c == SqlState::DUPLICATE_TABLE || *c == SqlState::DUPLICATE_OBJECT) {
-                return Ok(());
-            }
-            return Err(PgError::query(format!("creating the captured tables on the target ({ddl})"), e));
+        if found.is_some() {
+            continue;
         }
+        let q = t.quoted();
+        let create = format!("CREATE TABLE {q} (");
+        let Some(table_ddl) = state.target_ddl.iter().find(|d| d.starts_with(&create)) else {
+            continue;
+        };
+        let schema_ddl = format!("CREATE SCHEMA IF NOT EXISTS {}", ferry_core::ident::quote_ident(&t.schema));
+        // Its enum types (`CREATE TYPE "s"."t" ...` whose name the table's columns use).
+        let types = state.target_ddl.iter().filter(|d| {
+            d.starts_with("CREATE TYPE ")
+                && d.split(" AS ENUM")
+                    .next()
+                    .and_then(|h| h.strip_prefix("CREATE TYPE "))
+                    .is_some_and(|name| table_ddl.contains(name))
+        });
+        let keys = state.target_ddl.iter().filter(|d| d.starts_with(&format!("ALTER TABLE {q} ")));
+        let tx = client
+            .transaction()
+            .await
+            .map_err(|e| PgError::query("creating the captured tables on the target", e))?;
+        for ddl in std::iter::once(&schema_ddl)
+            .chain(types)
+            .chain(std::iter::once(table_ddl))
+            .chain(keys)
+        {
+            if let Err(e) = tx.batch_execute(ddl).await {
+                // Another member of an apply group created it meanwhile.
+                use tokio_postgres::error::SqlState;
+                if matches!(e.code(), Some(c) if *c == SqlState::DUPLICATE_TABLE || *c == SqlState::DUPLICATE_OBJECT) {
+                    return Ok(());
+                }
+                return Err(PgError::query(format!("creating {t} on the target ({ddl})"), e));
+            }
+        }
+        tx.commit()
+            .await
+            .map_err(|e| PgError::query("creating the captured tables on the target", e))?;
+        tracing::info!(table = %t, "created the table on the target, as the capture's plan maps it");
     }
-    tx.commit()
-        .await
-        .map_err(|e| PgError::query("creating the captured tables on the target", e))?;
-    tracing::info!(
-        tables = state.table_rows.len(),
-        "created the captured tables on the target, as the capture's plan maps them"
-    );
     Ok(())
 }
 
@@ -1396,7 +1422,8 @@ async fn session(
     let (topics, state) = topics_and_snapshot(ep).await?;
     let consistent = consistent_point(&state)?;
     let mut client = opts.target.connect("kafka-apply").await?;
-    create_tables(&mut client, &state).await?;
+    let tables: Vec<TableName> = topics.iter().filter_map(|t| table_of(&ep.prefix, t)).collect();
+    create_tables(&mut client, &state, &tables).await?;
     let store = StateStore::new(&opts.state_schema);
     store.ensure(&client).await?;
     let mut shapes: HashMap<String, Shape> = HashMap::new();
@@ -1418,6 +1445,31 @@ async fn session(
         store
             .transition(&client, &opts.id, Phase::FullLoad, "ferry apply", "loading the snapshot from Kafka")
             .await?;
+    }
+    let records = store.tables(&client, &opts.id).await?;
+    // A table whose topic appeared once the snapshot was loaded (created on the source
+    // mid-stream): all its rows come as changes, so it counts as loaded, empty.
+    if !records.is_empty() && records.iter().all(|t| t.state == ferry_core::TableState::Copied) {
+        let known: HashSet<&TableName> = records.iter().map(|t| &t.name).collect();
+        let new: Vec<(TableName, i64)> = shapes
+            .values()
+            .map(|s| s.rel.table.clone())
+            .filter(|t| !known.contains(t))
+            .map(|t| (t, 0))
+            .collect();
+        if !new.is_empty() {
+            store.plan_tables(&client, &opts.id, &new).await?;
+            for (t, _) in &new {
+                let txn = client
+                    .transaction()
+                    .await
+                    .map_err(|e| PgError::query(format!("recording {t}"), e))?;
+                store.start_table(&txn, &opts.id, t, consistent, 1).await?;
+                store.finish_range(&txn, &opts.id, t, 0, 0).await?;
+                txn.commit().await.map_err(|e| PgError::query(format!("recording {t}"), e))?;
+                tracing::info!(table = %t, "a table created on the source after the snapshot: applying its changes");
+            }
+        }
     }
     let copied: HashSet<TableName> = store
         .tables(&client, &opts.id)

@@ -361,7 +361,8 @@ async fn session(
         None => None,
     };
     let mut claims_client = opts.target.connect("kafka-group").await?;
-    crate::apply::create_tables(&mut claims_client, &state).await?;
+    let tables: Vec<ferry_core::TableName> = topics.iter().filter_map(|t| table_of(&ep.prefix, t)).collect();
+    crate::apply::create_tables(&mut claims_client, &state, &tables).await?;
     let store = StateStore::new(&opts.state_schema);
     store.ensure(&claims_client).await?;
     crate::offsets::ensure(&mut claims_client, &store).await?;

@@ -167,3 +167,72 @@ async fn mariadb_to_kafka_to_postgres_under_sysbench_with_kill_9_of_capture_and_
     );
     dispose("FERRY_TEST_MYSQL", dbs).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_column_and_a_table_added_on_mariadb_mid_stream_reach_postgres_through_kafka() {
+    let (source, target, dbs) = fresh("FERRY_TEST_MYSQL", "kmyddl").await;
+    let db = dbs.name.clone();
+    let prefix = format!("it_{db}");
+    my_sql(
+        "FERRY_TEST_MYSQL",
+        &format!("CREATE TABLE {db}.items (id INT PRIMARY KEY, name VARCHAR(40) NOT NULL); INSERT INTO {db}.items VALUES (1, 'one')"),
+    );
+    // With the schema part: the apply learns a new column's type from it.
+    let to = format!("kafka://{}/{prefix}", broker());
+    let capture = Migrator::spawn(&["capture", "--source", &source, "--to", &to]);
+    wait_snapshot(&prefix);
+    let apply = Migrator::spawn(&["apply", "--from", &to, "--target", &target]);
+    wait_for_row(
+        &target,
+        "the snapshot",
+        Duration::from_secs(60),
+        &format!("SELECT 1 FROM {db}.items WHERE id = 1"),
+    )
+    .await;
+    my_sql(
+        "FERRY_TEST_MYSQL",
+        &format!(
+            "INSERT INTO {db}.items VALUES (2, 'two');
+             ALTER TABLE {db}.items ADD COLUMN price DECIMAL(10,2) NULL;
+             INSERT INTO {db}.items VALUES (3, 'three', 9.99);
+             CREATE TABLE {db}.orders (id INT PRIMARY KEY, item INT NOT NULL, placed DATETIME(3) NOT NULL);
+             INSERT INTO {db}.orders VALUES (10, 3, '2026-12-07 10:00:00.125');
+             UPDATE {db}.items SET price = 1.50 WHERE id = 1"
+        ),
+    );
+    wait_for_row(
+        &target,
+        "the new table's row",
+        Duration::from_secs(90),
+        &format!("SELECT 1 FROM {db}.orders WHERE id = 10 AND placed = '2026-12-07 10:00:00.125'"),
+    )
+    .await;
+    wait_for_row(
+        &target,
+        "the new column's values",
+        Duration::from_secs(60),
+        &format!("SELECT 1 FROM {db}.items WHERE id = 1 AND price = 1.50"),
+    )
+    .await;
+    let t = connect(&target).await;
+    let price_type: String = t
+        .query_one(
+            "SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = $1::text::regclass AND attname = 'price'",
+            &[&format!("{db}.items")],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(price_type, "numeric(10,2)");
+    let rows = lines(&t, &format!("SELECT x::text FROM {db}.items x ORDER BY id")).await;
+    assert_eq!(rows, ["(1,one,1.50)", "(2,two,)", "(3,three,9.99)"]);
+    let verify = ferry(&["verify", "--source", &source, "--target", &target, "--target-schema", &db]);
+    assert_eq!(verify.code, 0, "{}", verify.all());
+    assert!(verify.stdout.contains(", 0 difference(s)"), "{}", verify.stdout);
+    let applied = apply.terminate();
+    assert_eq!(applied.code, 0, "{}", applied.all());
+    let captured = capture.terminate();
+    assert_eq!(captured.code, 0, "{}", captured.all());
+    assert!(captured.all().contains("the source's schema changed"), "{}", captured.all());
+    dispose("FERRY_TEST_MYSQL", dbs).await;
+}
