@@ -238,6 +238,7 @@ pub async fn run(opts: MyCaptureOptions, mut stop: watch::Receiver<bool>) -> Res
             let (kafka, mut st) = (opts.kafka.clone(), state.clone());
             tokio::spawn(async move {
                 let mut last: Option<BinlogPosition> = None;
+                let mut logged = std::time::Instant::now();
                 while durable_rx.changed().await.is_ok() {
                     let p = durable_rx.borrow_and_update().clone();
                     if let Some(p) = p {
@@ -245,6 +246,10 @@ pub async fn run(opts: MyCaptureOptions, mut stop: watch::Receiver<bool>) -> Res
                         if let Err(e) = write_state(&kafka, &st).await {
                             tracing::warn!(error = %e, "could not record the capture's position; trying again with the next one");
                         } else {
+                            if logged.elapsed() >= Duration::from_secs(10) {
+                                tracing::info!(acknowledged = %p, "events acknowledged by the broker up to this binlog position");
+                                logged = std::time::Instant::now();
+                            }
                             last = Some(p);
                         }
                     }
