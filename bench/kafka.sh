@@ -37,11 +37,6 @@ pgbench_source
 psql -X -q -d "$SRC_ADMIN/bench" -c "CREATE TABLE bench_mark (n int PRIMARY KEY)"
 KAFKA=127.0.0.1:$KAFKA_PORT
 CAP_PID= APPLY_PID=
-stop_all() {
-  for p in $FERRY_PID $CAP_PID $APPLY_PID; do kill -TERM "$p" 2>/dev/null || true; done
-  for p in $FERRY_PID $CAP_PID $APPLY_PID; do wait "$p" 2>/dev/null || true; done
-  FERRY_PID= CAP_PID= APPLY_PID=
-}
 trap 'stop_all; "$REPO/scripts/kafka.sh" stop $KAFKA_NAME; bench_cleanup' EXIT
 
 wait_mark() { # DB N LOG PID: until the target database has mark N

@@ -87,6 +87,19 @@ mariadb_bench_cleanup() {
   fi
 }
 my() { MYSQL_PWD=$PW mariadb --no-defaults -h127.0.0.1 -P"$MY_PORT" -uroot "$@"; }
+# sysbench_my WORKLOAD ARGS...: a sysbench workload on the bench's MariaDB (MY_PORT, database
+# sbtest, TABLES tables of TABLE_SIZE rows).
+sysbench_my() {
+  local workload=$1; shift
+  sysbench "$workload" --db-driver=mysql --mysql-host=127.0.0.1 --mysql-port="$MY_PORT" --mysql-user=root \
+    --mysql-password="$PW" --mysql-db=sbtest --tables="$TABLES" --table-size="$TABLE_SIZE" "$@"
+}
+# Stops every ferry process a bench started (FERRY_PID, CAP_PID, APPLY_PID: lists of pids).
+stop_all() {
+  for p in $FERRY_PID $CAP_PID $APPLY_PID; do kill -TERM "$p" 2>/dev/null || true; done
+  for p in $FERRY_PID $CAP_PID $APPLY_PID; do wait "$p" 2>/dev/null || true; done
+  FERRY_PID= CAP_PID= APPLY_PID=
+}
 
 # Refuses to measure unless both clusters run with fsync, synchronous_commit and
 # full_page_writes on.

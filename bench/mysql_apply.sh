@@ -46,10 +46,7 @@ done
 bench_out mysql-apply mysql-apply
 mariadb_bench bench-ma "$MY_PORT" "$PG_PORT" 512M
 pg() { psql -qAtX -d "$TGT_ADMIN/$1" -c "$2"; }
-sb() {
-  sysbench oltp_read_write --db-driver=mysql --mysql-host=127.0.0.1 --mysql-port="$MY_PORT" --mysql-user=root \
-    --mysql-password="$PW" --mysql-db=sbtest --tables="$TABLES" --table-size="$TABLE_SIZE" "$@"
-}
+sb() { sysbench_my oltp_read_write "$@"; }
 
 my -e "CREATE DATABASE sbtest"
 log "sysbench prepare: $TABLES tables x $TABLE_SIZE rows"

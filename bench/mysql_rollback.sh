@@ -41,10 +41,7 @@ bench_out mysql-rollback mysql-rollback
 mariadb_bench bench-mr "$MY_PORT" "$PG_PORT" 256M
 TGT="$TGT_ADMIN/sbtest"
 SRC="mysql://root:$PW@127.0.0.1:$MY_PORT/sbtest"
-sb() {
-  sysbench oltp_write_only --db-driver=mysql --mysql-host=127.0.0.1 --mysql-port="$MY_PORT" --mysql-user=root \
-    --mysql-password="$PW" --mysql-db=sbtest --tables="$TABLES" --table-size="$TABLE_SIZE" "$@"
-}
+sb() { sysbench_my oltp_write_only "$@"; }
 
 my -e "CREATE DATABASE sbtest"
 log "sysbench prepare: $TABLES tables x $TABLE_SIZE rows"

@@ -276,6 +276,8 @@ struct WireSource<'a> {
     file: Option<Cow<'a, str>>,
     #[serde(default)]
     pos: Option<u64>,
+    #[serde(default)]
+    ts_ms: Option<i64>,
     /// A string (`last`, ...), a boolean in old connectors.
     #[serde(default)]
     snapshot: Value,
@@ -307,6 +309,8 @@ pub(crate) struct Head {
     pub(crate) lsn: Option<u64>,
     /// The connector's last snapshot record.
     last: bool,
+    /// `source.ts_ms`.
+    source_ts_ms: Option<i64>,
 }
 
 impl Head {
@@ -345,6 +349,7 @@ impl Head {
             total_order,
             previous,
             lsn,
+            source_ts_ms: src.ts_ms,
             last: src.snapshot == "last",
             raw,
         })
@@ -352,6 +357,12 @@ impl Head {
 
     pub(crate) fn op_is(&self, op: &str) -> bool {
         self.op.as_deref() == Some(op)
+    }
+
+    /// Whether a snapshot row is of the snapshot the capture's state record names (taken at
+    /// `consistent`, at `ts_ms` when the record says), not of one abandoned before it.
+    pub(crate) fn of_snapshot(&self, consistent: Lsn, ts_ms: Option<i64>) -> bool {
+        self.lsn == Some(consistent.0) && ts_ms.is_none_or(|t| self.source_ts_ms == Some(t))
     }
 }
 
@@ -677,7 +688,7 @@ fn reader(
                         heard = Instant::now();
                         // Rows of a snapshot a killed capture did not finish come before the
                         // finished one's: only the snapshot the state record names counts.
-                        let ours = h.lsn == Some(consistent.0);
+                        let ours = h.of_snapshot(consistent, snapshot.snapshot_ts_ms);
                         let h = part.head.take().expect("head");
                         if ours {
                             got += 1;

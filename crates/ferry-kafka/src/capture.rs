@@ -76,6 +76,11 @@ pub struct CaptureState {
     /// target (MySQL sources; a PostgreSQL source's schema is copied with pg_dump).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub target_ddl: Vec<String>,
+    /// The `source.ts_ms` of every row of the snapshot (when it was opened): a snapshot taken
+    /// again at the same position (a MySQL source that wrote nothing meanwhile) is told from
+    /// the one abandoned before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_ts_ms: Option<i64>,
 }
 
 /// The state topic (`<prefix>.ferry.capture`).
@@ -231,6 +236,7 @@ async fn snapshot(opts: &CaptureOptions, sinks: &KafkaSinks, tables_hint: &[ferr
         table_rows,
         position: None,
         target_ddl: Vec::new(),
+        snapshot_ts_ms: Some(ts_us.div_euclid(1000)),
     };
     write_state(&opts.kafka, &state).await?;
     tracing::info!(tables = tables.len(), rows, "snapshot published; streaming changes");

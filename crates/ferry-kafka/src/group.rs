@@ -360,6 +360,7 @@ async fn session(
         Some(_) => Some(consistent_point(&state)?),
         None => None,
     };
+    let snapshot_ts_ms = state.as_ref().and_then(|s| s.snapshot_ts_ms);
     let mut claims_client = opts.target.connect("kafka-group").await?;
     let tables: Vec<ferry_core::TableName> = topics.iter().filter_map(|t| table_of(&ep.prefix, t)).collect();
     crate::apply::create_tables(&mut claims_client, &state, &tables).await?;
@@ -546,7 +547,7 @@ async fn session(
                             Some(at)
                         }
                         None if head.op_is("r") => {
-                            if consistent.is_some_and(|cp| head.lsn != Some(cp.0)) {
+                            if consistent.is_some_and(|cp| !head.of_snapshot(cp, snapshot_ts_ms)) {
                                 continue;
                             }
                             None

@@ -236,3 +236,72 @@ async fn a_column_and_a_table_added_on_mariadb_mid_stream_reach_postgres_through
     assert!(captured.all().contains("the source's schema changed"), "{}", captured.all());
     dispose("FERRY_TEST_MYSQL", dbs).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mariadb_capture_killed_during_its_snapshot_takes_it_again_and_apply_loads_only_the_finished_one() {
+    let (source, target, dbs) = fresh("FERRY_TEST_MYSQL", "kmysnap").await;
+    let db = dbs.name.clone();
+    let prefix = format!("it_{db}");
+    my_sql(
+        "FERRY_TEST_MYSQL",
+        &format!(
+            "CREATE TABLE {db}.wide (id INT PRIMARY KEY, v VARCHAR(100) NOT NULL);
+             USE {db}; INSERT INTO wide SELECT seq, CONCAT('row ', seq) FROM seq_1_to_150000"
+        ),
+    );
+    // Nothing is written on the source from here on: both snapshots are at one binlog position.
+    let before = crate::mysql_cdc::binlog_end("FERRY_TEST_MYSQL");
+    let to = format!("kafka://{}/{prefix}?schemas=false", broker());
+    let args = ["capture", "--source", &source, "--to", &to];
+    let first = Migrator::spawn(&args);
+    wait_for("the first snapshot to start publishing", Duration::from_secs(60), || {
+        let started = first.log().contains("snapshot open");
+        async move { started }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !first.log().contains("snapshot published"),
+        "the snapshot was over before the kill: the test proves nothing\n{}",
+        first.log()
+    );
+    first.kill9();
+    let second = Migrator::spawn(&args);
+    let state = wait_snapshot(&prefix);
+    assert_eq!(
+        crate::mysql_cdc::binlog_end("FERRY_TEST_MYSQL"),
+        before,
+        "the source was written to"
+    );
+    assert_eq!(
+        state["consistent_point"].as_str().unwrap().split('/').next().unwrap(),
+        format!("mysql:{}", before.as_mysql().unwrap().file_pos()),
+        "the second snapshot is at the same position as the abandoned one"
+    );
+    let apply = Migrator::spawn(&["apply", "--from", &to, "--target", &target]);
+    wait_for_row(
+        &target,
+        "the snapshot applied",
+        Duration::from_secs(120),
+        "SELECT 1 FROM ferry.migrations WHERE phase = 'cdc'",
+    )
+    .await;
+    let t = connect(&target).await;
+    let (n, sum): (i64, i64) = {
+        let r = t
+            .query_one(&format!("SELECT count(*), sum(id)::bigint FROM {db}.wide"), &[])
+            .await
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!(
+        (n, sum),
+        (150_000, 150_000 * 150_001 / 2),
+        "every row once, only the finished snapshot's"
+    );
+    let verify = ferry(&["verify", "--source", &source, "--target", &target, "--target-schema", &db]);
+    assert_eq!(verify.code, 0, "{}", verify.all());
+    assert_eq!(apply.terminate().code, 0);
+    assert_eq!(second.terminate().code, 0);
+    dispose("FERRY_TEST_MYSQL", dbs).await;
+}
