@@ -10,8 +10,9 @@
 # sync_binlog=1), PostgreSQL with durability on, a broker (scripts/kafka.sh: tansu, in-memory);
 # `sysbench oltp_write_only prepare`; a direct migration loaded and a capture's snapshot applied,
 # both stopped. Timed: BACKLOG_S seconds of `sysbench oltp_write_only` (THREADS threads, no
-# stream running), then a marker row; each way is timed until the marker is on the target (or,
-# for capture alone, in its topic). The rate is sysbench transactions (4 writes each) per second.
+# stream running), then a marker row; each way is timed until the marker is on the target (for
+# capture alone: until the capture's recorded position, written at most once a second and only
+# once the broker has acknowledged every event before it, reaches the binlog's end). The rate is sysbench transactions (4 writes each) per second.
 #
 # Environment: TABLES=4, TABLE_SIZE=50000, BACKLOG_S=20, THREADS=4, ROUNDS=2, MY_PORT=55866,
 # PG_PORT=55867, KAFKA_PORT=55868, FERRY_BIN=target/release/ferry. Needs python3 with
@@ -84,8 +85,12 @@ for round in $(seq 1 "$ROUNDS"); do
   s=$(elapsed "$t0" "$t1"); best_max kafka "$(rate "$BACKLOG_TXNS" "$s")"; log "  through Kafka: $BACKLOG_TXNS transactions in $s s"
   # A second backlog: capture alone into the broker, then apply alone out of it.
   mark=$((round * 10 + 2)); backlog "$round" $mark
+  read -r end_file end_pos _ < <(my -N -e "SHOW MASTER STATUS")
   t0=$(now); capture "$round"
-  python3 "$REPO/bench/kafka_wait.py" "$KAFKA" "p$round.sbtest.bench_mark" "$mark"
+  # Until the capture records a position past the backlog (and its marker): every event before
+  # it acknowledged by the broker, as the slot's confirmed position for PostgreSQL (written at
+  # most once a second).
+  python3 "$REPO/bench/kafka_wait.py" "$KAFKA" "p$round.ferry.capture" "$end_file" "$end_pos" --position
   t1=$(now); stop_all
   s=$(elapsed "$t0" "$t1"); best_max capture "$(rate "$BACKLOG_TXNS" "$s")"; log "  capture alone: $BACKLOG_TXNS transactions in $s s"
   t0=$(now); apply "$round"

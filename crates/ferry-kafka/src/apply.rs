@@ -1137,14 +1137,29 @@ pub(crate) fn change_of(shape: &mut Shape, raw: &[u8]) -> Result<(bool, ChangeEv
             relation: id,
             new: shape.row(&p.after, Datum::Null).map_err(|e| unfit("insert", &p.after, e))?,
         },
-        Some("u") => ChangeEvent::Update {
-            relation: id,
-            old: match &p.before {
+        Some("u") => {
+            let new = shape.row(&p.after, Datum::Unchanged).map_err(|e| unfit("update", &p.after, e))?;
+            let old = match &p.before {
                 Value::Null => None,
                 b => Some(shape.row(b, Datum::Null).map_err(|e| unfit("update", b, e))?),
-            },
-            new: shape.row(&p.after, Datum::Unchanged).map_err(|e| unfit("update", &p.after, e))?,
-        },
+            };
+            // The sink's contract: an old row only when the update moves the key (or the table
+            // has none). A `before` that keeps the key (Debezium's MySQL connector writes the
+            // whole old row of every update, its PostgreSQL one under REPLICA IDENTITY FULL) is
+            // dropped, so that the update is applied set-based with the others.
+            let keeps_key = |o: &Row| {
+                shape.rel.identity == Identity::Key
+                    && shape
+                        .rel
+                        .columns
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, c)| c.key)
+                        .all(|(i, _)| o.get(i) == new.get(i))
+            };
+            let old = old.filter(|o| !keeps_key(o));
+            ChangeEvent::Update { relation: id, old, new }
+        }
         Some("d") => ChangeEvent::Delete {
             relation: id,
             old: shape.row(&p.before, Datum::Null).map_err(|e| unfit("delete", &p.before, e))?,

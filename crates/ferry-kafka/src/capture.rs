@@ -156,7 +156,16 @@ pub async fn read_state(ep: &KafkaEndpoint) -> Result<Option<CaptureState>, PgEr
 }
 
 pub(crate) async fn write_state(ep: &KafkaEndpoint, state: &CaptureState) -> Result<(), PgError> {
-    let p = producer(ep)?;
+    write_state_with(&producer(ep)?, ep, state).await
+}
+
+/// [`write_state`] through a producer the caller keeps (a capture that records its position
+/// every second).
+pub(crate) async fn write_state_with(
+    p: &rdkafka::producer::FutureProducer,
+    ep: &KafkaEndpoint,
+    state: &CaptureState,
+) -> Result<(), PgError> {
     let topic = state_topic(&ep.prefix);
     let value = serde_json::to_vec(state).expect("json");
     let record: FutureRecord<'_, str, [u8]> = FutureRecord::to(&topic).key(state.slot.as_str()).payload(value.as_slice());

@@ -30,7 +30,7 @@ use ferry_postgres::apply::{order_key, ApplyError};
 use ferry_postgres::finding::Severity;
 use tokio::sync::watch;
 
-use crate::capture::{read_state, state_topic, write_state, CaptureState};
+use crate::capture::{read_state, state_topic, write_state, write_state_with, CaptureState};
 use crate::endpoint::KafkaEndpoint;
 use crate::envelope::Engine;
 use crate::sink::KafkaSinks;
@@ -228,6 +228,12 @@ pub async fn run(opts: MyCaptureOptions, mut stop: watch::Receiver<bool>) -> Res
         max_delay: opts.max_delay,
         silence: ferry_mysql::cdc::BINLOG_SILENCE,
     };
+    // One producer for the state records (the position, every second).
+    let state_producer = crate::sink::producer(&opts.kafka).map_err(my)?;
+    let write_state = |ep: &KafkaEndpoint, st: &CaptureState| {
+        let (p, ep, st) = (state_producer.clone(), ep.clone(), st.clone());
+        async move { write_state_with(&p, &ep, &st).await }
+    };
     let mut skip: HashSet<(ferry_core::Lsn, u32)> = HashSet::new();
     let mut backoff = mysrc::Backoff::default();
     loop {
@@ -236,27 +242,24 @@ pub async fn run(opts: MyCaptureOptions, mut stop: watch::Receiver<bool>) -> Res
         // The sink's durable position, written to the state topic at most once a second.
         let (durable_tx, mut durable_rx) = watch::channel::<Option<BinlogPosition>>(None);
         let writer = {
-            let (kafka, mut st) = (opts.kafka.clone(), state.clone());
+            let (kafka, mut st, producer) = (opts.kafka.clone(), state.clone(), state_producer.clone());
             tokio::spawn(async move {
-                let mut last: Option<BinlogPosition> = None;
                 let mut logged = std::time::Instant::now();
                 while durable_rx.changed().await.is_ok() {
                     let p = durable_rx.borrow_and_update().clone();
                     if let Some(p) = p {
                         st.position = Some(SourcePosition::Mysql(p.clone()).to_string());
-                        if let Err(e) = write_state(&kafka, &st).await {
+                        if let Err(e) = write_state_with(&producer, &kafka, &st).await {
                             tracing::warn!(error = %e, "could not record the capture's position; trying again with the next one");
                         } else {
                             if logged.elapsed() >= Duration::from_secs(10) {
                                 tracing::info!(acknowledged = %p, "events acknowledged by the broker up to this binlog position");
                                 logged = std::time::Instant::now();
                             }
-                            last = Some(p);
                         }
                     }
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
-                last
             })
         };
         let r = mysrc::stream_to(
@@ -277,8 +280,9 @@ pub async fn run(opts: MyCaptureOptions, mut stop: watch::Receiver<bool>) -> Res
             Some(SourcePosition::Mysql(p)) => Some(p),
             _ => None,
         };
+        // Whatever it was writing is superseded by what is written next (one producer: in order).
         drop(durable_tx);
-        let _ = writer.await;
+        writer.abort();
         if let Some(p) = &durable {
             state.position = Some(SourcePosition::Mysql(p.clone()).to_string());
             start = p.clone();

@@ -405,7 +405,7 @@ async fn capture_types_every_column_as_debeziums_type_table_says() {
 type Records = Vec<(Option<String>, Option<String>)>;
 
 /// Produces records to `topic`, waiting for the broker's acknowledgement.
-fn produce(topic: &str, records: &[(Option<String>, Option<String>)]) {
+pub fn produce(topic: &str, records: &[(Option<String>, Option<String>)]) {
     use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
     let producer: BaseProducer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", broker())
@@ -427,7 +427,7 @@ fn produce(topic: &str, records: &[(Option<String>, Option<String>)]) {
 }
 
 /// Creates topics the way a Debezium deployment has them (Kafka Connect creates them).
-async fn create_topics(names: &[String]) {
+pub async fn create_topics(names: &[String]) {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     let admin: AdminClient<rdkafka::client::DefaultClientContext> = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", broker())
