@@ -92,7 +92,7 @@ pub struct Origin<'a> {
 }
 
 /// The `transaction` block of a data event.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct TxnBlock {
     /// The transaction's id.
     pub id: String,
@@ -100,6 +100,99 @@ pub struct TxnBlock {
     pub total_order: u64,
     /// 1-based position among the transaction's events of the same table.
     pub data_collection_order: u64,
+}
+
+/// A data event's payload, its fields in the order of the envelope's schema.
+#[derive(serde::Serialize)]
+struct Envelope<'a> {
+    before: Option<RowJson<'a>>,
+    after: Option<RowJson<'a>>,
+    source: &'a SourceBlock<'a>,
+    op: &'a str,
+    ts_ms: i64,
+    ts_us: i64,
+    ts_ns: i64,
+    transaction: Option<&'a TxnBlock>,
+}
+
+/// The `source` block, its fields in the order of the connector's schema.
+#[derive(serde::Serialize)]
+#[serde(untagged)]
+enum SourceBlock<'a> {
+    Pg(PgSourceBlock<'a>),
+    My(MySourceBlock<'a>),
+}
+
+#[derive(serde::Serialize)]
+struct PgSourceBlock<'a> {
+    version: &'static str,
+    connector: &'static str,
+    name: &'a str,
+    ts_ms: i64,
+    snapshot: &'a str,
+    db: &'a str,
+    sequence: String,
+    ts_us: i64,
+    ts_ns: i64,
+    schema: &'a str,
+    table: &'a str,
+    #[serde(rename = "txId")]
+    tx_id: Option<u64>,
+    lsn: Option<u64>,
+    xmin: Option<u64>,
+}
+
+#[derive(serde::Serialize)]
+struct MySourceBlock<'a> {
+    version: &'static str,
+    connector: &'static str,
+    name: &'a str,
+    ts_ms: i64,
+    snapshot: &'a str,
+    db: &'a str,
+    sequence: Option<&'a str>,
+    ts_us: i64,
+    ts_ns: i64,
+    table: &'a str,
+    server_id: u64,
+    gtid: Option<&'a str>,
+    file: &'a str,
+    pos: u64,
+    row: i32,
+    thread: Option<i64>,
+    query: Option<&'a str>,
+}
+
+/// A row as a JSON object in column order (its key columns only for the record key), each
+/// value encoded as Debezium encodes its type.
+struct RowJson<'a> {
+    t: &'a Table,
+    row: &'a Row,
+    only_key: bool,
+}
+
+impl serde::Serialize for RowJson<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{Error, SerializeMap};
+        let t = self.t;
+        let mut m = s.serialize_map(None)?;
+        for (i, (name, kind, _)) in t.columns.iter().enumerate() {
+            if self.only_key && !t.key.contains(&i) {
+                continue;
+            }
+            let v = match self.row.get(i) {
+                None | Some(Datum::Null) => Value::Null,
+                Some(Datum::Unchanged) => kind.unavailable(),
+                Some(Datum::Text(b)) => {
+                    let text = std::str::from_utf8(b).map_err(|_| S::Error::custom(format!("column {name}: not UTF-8")))?;
+                    kind.encode(text).map_err(|e| S::Error::custom(format!("column {name}: {}", e.0)))?
+                }
+                Some(Datum::Binary(_)) => return Err(S::Error::custom(format!("column {name}: binary values are not carried to Kafka"))),
+            };
+            m.serialize_entry(name, &v)?;
+        }
+        m.end()
+    }
 }
 
 /// A message to produce.
@@ -121,8 +214,9 @@ struct Table {
     data_collection: String,
     columns: Vec<(String, Kind, bool)>,
     key: Vec<usize>,
-    key_schema: Value,
-    value_schema: Value,
+    /// The key's and the value's schema part, serialized once (JsonConverter's `schema`).
+    key_schema: Vec<u8>,
+    value_schema: Vec<u8>,
 }
 
 /// Encodes a change stream as Debezium events.
@@ -132,6 +226,9 @@ pub struct Encoder {
     schemas: bool,
     engine: Engine,
     tables: HashMap<u32, Table>,
+    /// The transaction topic's key and value schema parts, serialized once.
+    tx_key_schema: Vec<u8>,
+    tx_value_schema: Vec<u8>,
 }
 
 /// The Debezium topic of a table.
@@ -164,11 +261,15 @@ fn field(name: &str, mut schema: Map<String, Value>, optional: bool) -> Value {
 impl Encoder {
     /// An encoder for topics under `prefix`; `schemas`: JSON with the schema part.
     pub fn new(prefix: &str, schemas: bool, engine: Engine) -> Encoder {
+        let tx_key = json!({"type":"struct","fields":[{"type":"string","optional":false,"field":"id"}],"optional":false,
+            "name":"io.debezium.connector.common.TransactionMetadataKey","version":1});
         Encoder {
             prefix: prefix.to_string(),
             schemas,
             engine,
             tables: HashMap::new(),
+            tx_key_schema: serde_json::to_vec(&tx_key).expect("json"),
+            tx_value_schema: serde_json::to_vec(&Self::tx_schema()).expect("json"),
         }
     }
 
@@ -228,8 +329,8 @@ impl Encoder {
                 data_collection: format!("{}.{}", rel.table.schema, rel.table.name),
                 columns,
                 key,
-                key_schema,
-                value_schema,
+                key_schema: serde_json::to_vec(&key_schema).expect("json"),
+                value_schema: serde_json::to_vec(&value_schema).expect("json"),
             },
         );
     }
@@ -285,63 +386,71 @@ impl Encoder {
         json!({"type":"struct","fields":fields,"optional":false,"name":name,"field":"source"})
     }
 
-    fn source(&self, table: &TableName, o: &Origin<'_>) -> Value {
+    fn source<'a>(&'a self, table: &'a TableName, o: &'a Origin<'_>) -> SourceBlock<'a> {
         let ts_ms = o.ts_us.div_euclid(1000);
-        match (&self.engine, o.at) {
-            (Engine::Postgres { db }, at) => {
-                let lsn = |p: &SourcePosition| p.as_lsn().map(|l| l.0.to_string());
-                let sequence = serde_json::to_string(&json!([o.previous.and_then(lsn), lsn(o.commit)])).expect("json");
-                json!({
-                    "version": DEBEZIUM_VERSION, "connector": "postgresql", "name": self.prefix,
-                    "ts_ms": ts_ms, "snapshot": o.snapshot, "db": db, "sequence": sequence,
-                    "ts_us": o.ts_us, "ts_ns": o.ts_us.saturating_mul(1000),
-                    "schema": table.schema, "table": table.name,
-                    "txId": if o.txid == 0 { Value::Null } else { json!(o.txid) },
-                    "lsn": at.as_lsn().map(|l| json!(l.0)).unwrap_or(Value::Null), "xmin": null
+        let ts_ns = o.ts_us.saturating_mul(1000);
+        match &self.engine {
+            Engine::Postgres { db } => {
+                let lsn = |p: &SourcePosition| p.as_lsn().map(|l| l.0);
+                // `["<previous commit>","<commit>"]` as a string, as Debezium writes it.
+                let quoted = |l: Option<u64>| l.map(|l| format!("\"{l}\"")).unwrap_or_else(|| "null".into());
+                SourceBlock::Pg(PgSourceBlock {
+                    version: DEBEZIUM_VERSION,
+                    connector: "postgresql",
+                    name: &self.prefix,
+                    ts_ms,
+                    snapshot: o.snapshot,
+                    db,
+                    sequence: format!("[{},{}]", quoted(o.previous.and_then(lsn)), quoted(lsn(o.commit))),
+                    ts_us: o.ts_us,
+                    ts_ns,
+                    schema: &table.schema,
+                    table: &table.name,
+                    tx_id: (o.txid != 0).then_some(o.txid),
+                    lsn: lsn(o.at),
+                    xmin: None,
                 })
             }
-            (Engine::Mysql { server_id }, at) => {
-                let p = at.as_mysql();
-                json!({
-                    "version": DEBEZIUM_VERSION, "connector": "mysql", "name": self.prefix,
-                    "ts_ms": ts_ms, "snapshot": o.snapshot, "db": table.schema, "sequence": null,
-                    "ts_us": o.ts_us, "ts_ns": o.ts_us.saturating_mul(1000),
-                    "table": table.name, "server_id": server_id,
-                    "gtid": null,
-                    "file": p.map(|p| p.file()).unwrap_or(""), "pos": p.map(|p| p.pos()).unwrap_or(0),
-                    "row": 0, "thread": null, "query": null
+            Engine::Mysql { server_id } => {
+                let p = o.at.as_mysql();
+                SourceBlock::My(MySourceBlock {
+                    version: DEBEZIUM_VERSION,
+                    connector: "mysql",
+                    name: &self.prefix,
+                    ts_ms,
+                    snapshot: o.snapshot,
+                    db: &table.schema,
+                    sequence: None,
+                    ts_us: o.ts_us,
+                    ts_ns,
+                    table: &table.name,
+                    server_id: *server_id,
+                    gtid: None,
+                    file: p.map(|p| p.file()).unwrap_or(""),
+                    pos: p.map(|p| p.pos()).unwrap_or(0),
+                    row: 0,
+                    thread: None,
+                    query: None,
                 })
             }
         }
     }
 
-    fn wrap(&self, schema: &Value, payload: Value) -> Vec<u8> {
-        let v = if self.schemas {
-            json!({"schema": schema, "payload": payload})
-        } else {
-            payload
-        };
-        serde_json::to_vec(&v).expect("json")
-    }
-
-    fn row_json(t: &Table, row: &Row, only_key: bool) -> Result<Value, ValueError> {
-        let mut m = Map::new();
-        for (i, (name, kind, _)) in t.columns.iter().enumerate() {
-            if only_key && !t.key.contains(&i) {
-                continue;
-            }
-            let v = match row.get(i) {
-                None | Some(Datum::Null) => Value::Null,
-                Some(Datum::Unchanged) => kind.unavailable(),
-                Some(Datum::Text(b)) => {
-                    let text = std::str::from_utf8(b).map_err(|_| ValueError(format!("column {name}: not UTF-8")))?;
-                    kind.encode(text).map_err(|e| ValueError(format!("column {name}: {}", e.0)))?
-                }
-                Some(Datum::Binary(_)) => return Err(ValueError(format!("column {name}: binary values are not carried to Kafka"))),
-            };
-            m.insert(name.clone(), v);
+    /// The record's value or key as JsonConverter writes it: `{"schema":...,"payload":...}`
+    /// with schemas, else the payload alone. The schema part is serialized once per table; the
+    /// payload straight from the row (`Envelope`), without a JSON tree.
+    fn wrap(&self, schema: &[u8], payload: &impl serde::Serialize) -> Result<Vec<u8>, ValueError> {
+        let mut out = Vec::with_capacity(if self.schemas { schema.len() + 512 } else { 512 });
+        if self.schemas {
+            out.extend_from_slice(b"{\"schema\":");
+            out.extend_from_slice(schema);
+            out.extend_from_slice(b",\"payload\":");
         }
-        Ok(Value::Object(m))
+        serde_json::to_writer(&mut out, payload).map_err(|e| ValueError(e.to_string()))?;
+        if self.schemas {
+            out.push(b'}');
+        }
+        Ok(out)
     }
 
     /// The table and data collection (`schema.table`) of a relation id.
@@ -366,21 +475,24 @@ impl Encoder {
             .ok_or_else(|| ValueError(format!("relation {relation} was not described before its change")))?;
         let key_row = after.or(before);
         let key = match (t.key.is_empty(), key_row) {
-            (false, Some(r)) => Some(self.wrap(&t.key_schema, Self::row_json(t, r, true)?)),
+            (false, Some(r)) => Some(self.wrap(&t.key_schema, &RowJson { t, row: r, only_key: true })?),
             _ => None,
         };
-        let payload = json!({
-            "before": before.map(|r| Self::row_json(t, r, false)).transpose()?,
-            "after": after.map(|r| Self::row_json(t, r, false)).transpose()?,
-            "source": self.source(&t.name, origin),
-            "op": op.code(),
-            "ts_ms": now_us.div_euclid(1000), "ts_us": now_us, "ts_ns": now_us.saturating_mul(1000),
-            "transaction": txn.map(|x| json!({"id": x.id, "total_order": x.total_order, "data_collection_order": x.data_collection_order})),
-        });
+        let source = self.source(&t.name, origin);
+        let payload = Envelope {
+            before: before.map(|row| RowJson { t, row, only_key: false }),
+            after: after.map(|row| RowJson { t, row, only_key: false }),
+            source: &source,
+            op: op.code(),
+            ts_ms: now_us.div_euclid(1000),
+            ts_us: now_us,
+            ts_ns: now_us.saturating_mul(1000),
+            transaction: txn,
+        };
         let mut out = vec![Message {
             topic: t.topic.clone(),
             key: key.clone(),
-            value: Some(self.wrap(&t.value_schema, payload)),
+            value: Some(self.wrap(&t.value_schema, &payload)?),
         }];
         if op == Op::Delete && key.is_some() {
             out.push(Message {
@@ -399,15 +511,21 @@ impl Encoder {
             .tables
             .get(&relation)
             .ok_or_else(|| ValueError(format!("relation {relation} was not described before its truncate")))?;
-        let payload = json!({
-            "before": null, "after": null, "source": self.source(&t.name, origin), "op": "t",
-            "ts_ms": now_us.div_euclid(1000), "ts_us": now_us, "ts_ns": now_us.saturating_mul(1000),
-            "transaction": txn.map(|x| json!({"id": x.id, "total_order": x.total_order, "data_collection_order": x.data_collection_order})),
-        });
+        let source = self.source(&t.name, origin);
+        let payload = Envelope {
+            before: None,
+            after: None,
+            source: &source,
+            op: "t",
+            ts_ms: now_us.div_euclid(1000),
+            ts_us: now_us,
+            ts_ns: now_us.saturating_mul(1000),
+            transaction: txn,
+        };
         Ok(Message {
             topic: t.topic.clone(),
             key: None,
-            value: Some(self.wrap(&t.value_schema, payload)),
+            value: Some(self.wrap(&t.value_schema, &payload)?),
         })
     }
 
@@ -425,9 +543,7 @@ impl Encoder {
     }
 
     fn tx_key(&self, id: &str) -> Vec<u8> {
-        let schema = json!({"type":"struct","fields":[{"type":"string","optional":false,"field":"id"}],"optional":false,
-            "name":"io.debezium.connector.common.TransactionMetadataKey","version":1});
-        self.wrap(&schema, json!({ "id": id }))
+        self.wrap(&self.tx_key_schema, &json!({ "id": id })).expect("json")
     }
 
     /// A transaction's BEGIN record.
@@ -436,7 +552,7 @@ impl Encoder {
         Message {
             topic: transaction_topic(&self.prefix),
             key: Some(self.tx_key(id)),
-            value: Some(self.wrap(&Self::tx_schema(), payload)),
+            value: Some(self.wrap(&self.tx_value_schema, &payload).expect("json")),
         }
     }
 
@@ -451,7 +567,7 @@ impl Encoder {
         Message {
             topic: transaction_topic(&self.prefix),
             key: Some(self.tx_key(id)),
-            value: Some(self.wrap(&Self::tx_schema(), payload)),
+            value: Some(self.wrap(&self.tx_value_schema, &payload).expect("json")),
         }
     }
 }
