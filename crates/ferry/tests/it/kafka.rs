@@ -657,7 +657,7 @@ async fn a_column_added_on_the_source_mid_stream_reaches_the_target_through_kafk
 }
 
 /// A member of apply group `group`.
-fn start_member(dbs: &Dbs, prefix: &str, group: &str, member: &str) -> Migrator {
+pub fn start_member(dbs: &Dbs, prefix: &str, group: &str, member: &str) -> Migrator {
     let from = format!("kafka://{}/{prefix}?schemas=false", broker());
     Migrator::spawn(&[
         "apply",

@@ -346,3 +346,55 @@ async fn apply_loads_only_the_finished_snapshot_when_an_abandoned_one_has_the_sa
     assert_eq!(apply.terminate().code, 0);
     dbs.drop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_apply_group_of_two_applies_a_mariadb_capture_under_sysbench_exactly() {
+    let (source, target, dbs) = fresh("FERRY_TEST_MYSQL", "kmygrp").await;
+    let db = dbs.name.clone();
+    let prefix = format!("it_{db}");
+    let prepared = sysbench(&db, &["prepare"])
+        .output()
+        .expect("sysbench is installed by scripts/test.sh");
+    assert!(prepared.status.success(), "{}", String::from_utf8_lossy(&prepared.stderr));
+    let bench = sysbench(&db, &["--threads=2", "--time=20", "--rate=100", "run"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let to = format!("kafka://{}/{prefix}?schemas=false", broker());
+    let capture = Migrator::spawn(&["capture", "--source", &source, "--to", &to]);
+    wait_snapshot(&prefix);
+    // Two members on an empty target: the first to start creates the tables from the plan.
+    let group = format!("g_{db}");
+    let a = crate::kafka::start_member(&dbs, &prefix, &group, "a");
+    let b = crate::kafka::start_member(&dbs, &prefix, &group, "b");
+    let out = bench.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // Each table on its own (a group keeps no atomicity across tables): equal to the source.
+    let t = connect(&target).await;
+    for i in 1..=4 {
+        let table = format!("sbtest{i}");
+        let mine = my_query("FERRY_TEST_MYSQL", &format!("SELECT COUNT(*), SUM(k) FROM {db}.{table}"));
+        let mine = mine.trim().replace('\t', " ");
+        wait_for(&format!("{table} to equal the source"), Duration::from_secs(120), || {
+            let (t, sql, mine) = (&t, format!("SELECT count(*) || ' ' || sum(k) FROM {db}.{table}"), mine.clone());
+            async move { t.query_one(&sql, &[]).await.ok().map(|r| r.get::<_, String>(0)) == Some(mine) }
+        })
+        .await;
+    }
+    // Both members applied some partitions.
+    let members: Vec<String> = lines(
+        &t,
+        "SELECT DISTINCT member FROM ferry.kafka_offsets WHERE member IS NOT NULL AND next_offset > 0 ORDER BY 1",
+    )
+    .await;
+    assert_eq!(members, ["a", "b"], "both members hold partitions");
+    let verify = ferry(&["verify", "--source", &source, "--target", &target, "--target-schema", &db]);
+    assert_eq!(verify.code, 0, "{}", verify.all());
+    assert!(verify.stdout.contains(", 0 difference(s)"), "{}", verify.stdout);
+    for m in [a, b, capture] {
+        let run = m.terminate();
+        assert_eq!(run.code, 0, "{}", run.all());
+    }
+    dispose("FERRY_TEST_MYSQL", dbs).await;
+}
