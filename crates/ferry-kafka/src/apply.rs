@@ -1413,19 +1413,27 @@ pub(crate) async fn create_tables(
             .transaction()
             .await
             .map_err(|e| PgError::query("creating the captured tables on the target", e))?;
+        // Members of an apply group start together: one creates, the others find it made (two
+        // concurrent CREATE TABLE of one name collide on the catalog's unique index).
+        let made: Option<String> = tx
+            .query_one(
+                "SELECT pg_advisory_xact_lock(hashtext('ferry_kafka_create_tables'))::text, to_regclass($1)::text",
+                &[&q],
+            )
+            .await
+            .map_err(|e| PgError::query("creating the captured tables on the target", e))?
+            .get(1);
+        if made.is_some() {
+            continue;
+        }
         for ddl in std::iter::once(&schema_ddl)
             .chain(types)
             .chain(std::iter::once(table_ddl))
             .chain(keys)
         {
-            if let Err(e) = tx.batch_execute(ddl).await {
-                // Another member of an apply group created it meanwhile.
-                use tokio_postgres::error::SqlState;
-                if matches!(e.code(), Some(c) if *c == SqlState::DUPLICATE_TABLE || *c == SqlState::DUPLICATE_OBJECT) {
-                    return Ok(());
-                }
-                return Err(PgError::query(format!("creating {t} on the target ({ddl})"), e));
-            }
+            tx.batch_execute(ddl)
+                .await
+                .map_err(|e| PgError::query(format!("creating {t} on the target ({ddl})"), e))?;
         }
         tx.commit()
             .await
