@@ -30,8 +30,7 @@ pub async fn capture(args: &CaptureArgs) -> anyhow::Result<i32> {
         "FERRY_SOURCE_PASSWORD",
         "source",
     )?;
-    let kafka = KafkaEndpoint::parse(&args.to, std::env::var("FERRY_KAFKA_PASSWORD").ok().filter(|p| !p.is_empty()))
-        .map_err(|e| UsageError(format!("--to: {e}")))?;
+    let kafka = kafka_endpoint(&args.to, "to")?;
     let slot = args.slot.clone().unwrap_or_else(|| capture::default_slot(&kafka.prefix));
     if args.drop {
         let had = capture::drop_capture(&source, &slot).await?;
@@ -52,12 +51,7 @@ pub async fn capture(args: &CaptureArgs) -> anyhow::Result<i32> {
         stream_timeout: args.stream_timeout,
         skip_dead_letters: args.skip_dead_letters,
     };
-    let (stop_tx, stop) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        crate::shutdown_signal().await;
-        tracing::info!("stopping: the last events are acknowledged first");
-        let _ = stop_tx.send(true);
-    });
+    let stop = stop_on_signal("stopping: the last events are acknowledged first");
     let progress = Arc::new(CdcProgress::default());
     let reporter = {
         let progress = progress.clone();
@@ -87,8 +81,7 @@ async fn capture_mysql(args: &CaptureArgs) -> anyhow::Result<i32> {
         "FERRY_SOURCE_PASSWORD",
         "source",
     )?;
-    let kafka = KafkaEndpoint::parse(&args.to, std::env::var("FERRY_KAFKA_PASSWORD").ok().filter(|p| !p.is_empty()))
-        .map_err(|e| UsageError(format!("--to: {e}")))?;
+    let kafka = kafka_endpoint(&args.to, "to")?;
     let name = args.slot.clone().unwrap_or_else(|| capture::default_slot(&kafka.prefix));
     if args.drop {
         println!(
@@ -113,12 +106,7 @@ async fn capture_mysql(args: &CaptureArgs) -> anyhow::Result<i32> {
         max_delay: Duration::from_millis(args.max_delay_ms),
         skip_dead_letters: args.skip_dead_letters,
     };
-    let (stop_tx, stop) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        crate::shutdown_signal().await;
-        tracing::info!("stopping: the last events are acknowledged first");
-        let _ = stop_tx.send(true);
-    });
+    let stop = stop_on_signal("stopping: the last events are acknowledged first");
     ferry_kafka::mycapture::run(opts, stop).await?;
     Ok(exit::OK)
 }
@@ -130,8 +118,7 @@ pub async fn apply(args: &ApplyArgs) -> anyhow::Result<i32> {
         "FERRY_TARGET_PASSWORD",
         "target",
     )?;
-    let kafka = KafkaEndpoint::parse(&args.from, std::env::var("FERRY_KAFKA_PASSWORD").ok().filter(|p| !p.is_empty()))
-        .map_err(|e| UsageError(format!("--from: {e}")))?;
+    let kafka = kafka_endpoint(&args.from, "from")?;
     let id = args
         .id
         .clone()
@@ -150,18 +137,32 @@ pub async fn apply(args: &ApplyArgs) -> anyhow::Result<i32> {
     if let Some(addr) = args.listen {
         serve_metrics(addr, opts.progress.clone()).await?;
     }
-    let (stop_tx, stop) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        crate::shutdown_signal().await;
-        tracing::info!("stopping at a transaction boundary");
-        let _ = stop_tx.send(true);
-    });
+    let stop = stop_on_signal("stopping at a transaction boundary");
     if opts.group.is_some() {
         ferry_kafka::group::run(opts, stop).await?;
     } else {
         ferry_kafka::apply::run(opts, stop).await?;
     }
     Ok(exit::OK)
+}
+
+/// `--to`/`--from`: a Kafka URL, the SASL password from FERRY_KAFKA_PASSWORD.
+fn kafka_endpoint(url: &str, flag: &str) -> anyhow::Result<KafkaEndpoint> {
+    Ok(
+        KafkaEndpoint::parse(url, std::env::var("FERRY_KAFKA_PASSWORD").ok().filter(|p| !p.is_empty()))
+            .map_err(|e| UsageError(format!("--{flag}: {e}")))?,
+    )
+}
+
+/// A stop that turns true at SIGINT or SIGTERM, saying `what` happens then.
+fn stop_on_signal(what: &'static str) -> tokio::sync::watch::Receiver<bool> {
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        crate::shutdown_signal().await;
+        tracing::info!("{what}");
+        let _ = stop_tx.send(true);
+    });
+    stop
 }
 
 /// The host's name (a group member's default name).
