@@ -1414,15 +1414,18 @@ pub(crate) async fn create_tables(
             .await
             .map_err(|e| PgError::query("creating the captured tables on the target", e))?;
         // Members of an apply group start together: one creates, the others find it made (two
-        // concurrent CREATE TABLE of one name collide on the catalog's unique index).
+        // concurrent CREATE TABLE of one name collide on the catalog's unique index). The look
+        // comes in a statement after the lock's: under READ COMMITTED a statement sees what
+        // committed before it started, so a look in the lock's own statement would miss a
+        // table another member committed while this one waited.
+        tx.batch_execute("SELECT pg_advisory_xact_lock(hashtext('ferry_kafka_create_tables'))")
+            .await
+            .map_err(|e| PgError::query("creating the captured tables on the target", e))?;
         let made: Option<String> = tx
-            .query_one(
-                "SELECT pg_advisory_xact_lock(hashtext('ferry_kafka_create_tables'))::text, to_regclass($1)::text",
-                &[&q],
-            )
+            .query_one("SELECT to_regclass($1)::text", &[&q])
             .await
             .map_err(|e| PgError::query("creating the captured tables on the target", e))?
-            .get(1);
+            .get(0);
         if made.is_some() {
             continue;
         }
