@@ -37,6 +37,7 @@ use ferry_core::change::{ChangeEvent, Column, Datum, Identity, Relation, Row};
 use ferry_core::sink::{DeadLetter, Sink};
 use ferry_core::{Lsn, Phase, SourcePosition, TableName};
 use ferry_postgres::apply::{Applier, ApplyContext, ApplyError, Direction, TextSettings};
+use ferry_postgres::cdc::{CdcProgress, Hold, StreamState};
 use ferry_postgres::state::{StateStore, ENGINE_POSTGRESQL};
 use ferry_postgres::{Endpoint, PgError};
 use futures_util::SinkExt;
@@ -47,7 +48,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::capture::{read_state, state_topic, CaptureState};
 use crate::endpoint::{KafkaEndpoint, REQUEST_TIMEOUT};
-use crate::envelope::transaction_topic;
+use crate::envelope::{transaction_topic, watermark_topic, Watermark};
 use crate::sink::{dead_letter_topic, kafka_error};
 use crate::types::Kind;
 
@@ -81,6 +82,15 @@ pub struct ApplyOptions {
     pub group: Option<String>,
     /// This member's name in the group (its offsets' owner and its row in the state schema).
     pub member: String,
+    /// Lets verification and cutover stop the apply at exact source positions, as they stop a
+    /// direct stream (`ferry migrate --via kafka`; one applier only).
+    pub hold: Option<Arc<Hold>>,
+    /// While true, the apply stops at a transaction boundary and waits (the topics keep the
+    /// changes).
+    pub pause: Option<watch::Receiver<bool>>,
+    /// The migration's change-capture figures, which its status, metrics and dashboard read
+    /// (`ferry migrate --via kafka`).
+    pub cdc: Option<Arc<CdcProgress>>,
 }
 
 /// What a running apply reports: its counters and, per partition, how far it has read and
@@ -101,6 +111,14 @@ pub struct ApplyProgress {
 impl ApplyProgress {
     /// OpenMetrics text.
     pub fn render(&self) -> String {
+        let mut out = self.families();
+        out.push_str("# EOF\n");
+        out
+    }
+
+    /// The metric families, without the exposition's end (`ferry migrate --via kafka` adds
+    /// them to its own).
+    pub fn families(&self) -> String {
         let mut out = String::new();
         let mut metric = |name: &str, kind: &str, help: &str, lines: Vec<String>| {
             out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
@@ -160,7 +178,6 @@ impl ApplyProgress {
                 .map(|((t, p), (next, _))| format!("ferry_kafka_partition_offset{} {next}", label(t, *p)))
                 .collect(),
         );
-        out.push_str("# EOF\n");
         out
     }
 }
@@ -203,6 +220,10 @@ enum Item {
     Change(String, Vec<u8>, i32, i64),
     /// Its end, with the offset after its END record in the transaction topic's partition.
     Commit(Lsn, i64, (String, i32, i64)),
+    /// Between transactions: every transaction that commits before this position has been
+    /// handed over (the capture's watermark, once the transaction topic is read as far as the
+    /// capture had written it).
+    Watermark(Lsn),
     /// Nothing to read for a moment.
     Idle,
     /// The reader failed.
@@ -579,9 +600,36 @@ fn reader(
             }
         };
     }
+    // The capture's watermarks (`ferry migrate --via kafka`), from now on: only the latest
+    // matters. Where the transaction topic's reading starts, to compare them with.
+    let wtopic = watermark_topic(&ep.prefix);
+    let watermarked = md.topics().iter().any(|t| t.name() == wtopic);
+    if watermarked {
+        let _ = tpl.add_partition_offset(&wtopic, 0, Offset::End);
+    }
+    let txn_start = tpl
+        .elements()
+        .iter()
+        .find(|e| e.topic() == ttopic && e.partition() == 0)
+        .map(|e| match (e.offset(), consumer.fetch_watermarks(&ttopic, 0, REQUEST_TIMEOUT)) {
+            (Offset::Offset(n), _) => n,
+            (Offset::End, Ok((_, hi))) => hi,
+            (_, Ok((lo, _))) => lo,
+            (_, Err(_)) => 0,
+        })
+        .unwrap_or(0);
     if let Err(e) = consumer.assign(&tpl) {
         return fail(&tx, kafka_error("reading the topics", &ep, &e));
     }
+    let marks = if watermarked {
+        consumer.split_partition_queue(&wtopic, 0)
+    } else {
+        None
+    };
+    // The newest watermark read and the transaction topic offset it needs read; the last one
+    // handed over.
+    let mut mark: Option<(Lsn, i64)> = None;
+    let mut marked = Lsn(0);
     let mut parts: BTreeMap<String, Vec<Part>> = BTreeMap::new();
     for (t, ps) in &partitions {
         for p in ps {
@@ -761,6 +809,32 @@ fn reader(
         let rec = match txp.head(Duration::from_millis(100)) {
             Ok(Some(_)) => whole(&txp.head.take().expect("head").raw),
             Ok(None) => {
+                // Nothing more in the transaction topic: a watermark whose transactions are all
+                // read is handed over.
+                if let Some(q) = &marks {
+                    while let Some(m) = q.poll(Duration::ZERO) {
+                        match m {
+                            Ok(m) => {
+                                let w = m.payload().and_then(|p| serde_json::from_slice::<Watermark>(p).ok());
+                                if let Some((at, end)) = w.and_then(|w| Some((position_key(&w.position)?, w.transactions_end))) {
+                                    mark = Some((at, end));
+                                }
+                            }
+                            Err(e) => tracing::warn!(error = %e, "reading the capture's watermarks"),
+                        }
+                    }
+                }
+                if let Some((at, end)) = mark {
+                    if txp.next_offset.max(txn_start) >= end {
+                        mark = None;
+                        if at > marked {
+                            marked = at;
+                            if tx.blocking_send(Item::Watermark(at)).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
                 if tx.blocking_send(Item::Idle).is_err() {
                     return;
                 }
@@ -1228,6 +1302,11 @@ pub async fn run(opts: ApplyOptions, mut stop: watch::Receiver<bool>) -> Result<
             Err(SessionError::Undecodable(d)) => dead_letter(&opts, &d, &mut undecodable).await?,
             Err(SessionError::Apply(ApplyError::Db(e))) if e.class == ferry_core::ErrorClass::Transient => {
                 tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "applying from Kafka interrupted; resuming from the last applied transaction");
+                if let Some(live) = &opts.cdc {
+                    live.errors.fetch_add(1, Ordering::Relaxed);
+                    live.set_error(Some(e.to_string()));
+                    live.set_state(StreamState::Reconnecting);
+                }
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
                     _ = stop.changed() => return Ok(()),
@@ -1317,6 +1396,7 @@ pub(crate) async fn topics_and_snapshot(ep: &KafkaEndpoint) -> Result<(Vec<Strin
                 transaction_topic(&ep.prefix),
                 state_topic(&ep.prefix),
                 dead_letter_topic(&ep.prefix),
+                watermark_topic(&ep.prefix),
             ]
             .into();
             let ferry_capture = md.topics().iter().any(|t| t.name() == state_topic(&ep.prefix));
@@ -1415,17 +1495,21 @@ pub(crate) async fn create_tables(
             .map_err(|e| PgError::query("creating the captured tables on the target", e))?;
         // Members of an apply group start together: one creates, the others find it made (two
         // concurrent CREATE TABLE of one name collide on the catalog's unique index). The look
-        // comes in a statement after the lock's: under READ COMMITTED a statement sees what
-        // committed before it started, so a look in the lock's own statement would miss a
-        // table another member committed while this one waited.
+        // comes in a statement after the lock's (under READ COMMITTED a statement sees what
+        // committed before it started), and reads pg_class with that statement's snapshot:
+        // to_regclass would ask the session's catalog cache, which keeps the "no such table"
+        // of the look above until the transaction takes a relation lock (CI saw it).
         tx.batch_execute("SELECT pg_advisory_xact_lock(hashtext('ferry_kafka_create_tables'))")
             .await
             .map_err(|e| PgError::query("creating the captured tables on the target", e))?;
-        let made: Option<String> = tx
-            .query_one("SELECT to_regclass($1)::text", &[&q])
+        let made = tx
+            .query_opt(
+                "SELECT 1 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                  WHERE n.nspname = $1 AND c.relname = $2",
+                &[&t.schema, &t.name],
+            )
             .await
-            .map_err(|e| PgError::query("creating the captured tables on the target", e))?
-            .get(0);
+            .map_err(|e| PgError::query("creating the captured tables on the target", e))?;
         if made.is_some() {
             continue;
         }
@@ -1645,11 +1729,38 @@ async fn session(
         let mut index = 0u32;
         let mut commit_at = Lsn(0);
         let mut begun = false;
-        loop {
-            let item = tokio::select! {
-                i = rx.recv() => i,
-                _ = stop.changed() => None,
+        // Everything that commits before this position is handed to the sink (the last
+        // transaction's, or the capture's watermark).
+        let lsn = |p: Option<SourcePosition>| p.and_then(|p| p.as_lsn()).unwrap_or_default();
+        let mut known_end = lsn(sink.committed());
+        let live = opts.cdc.clone().unwrap_or_default();
+        live.sessions.fetch_add(1, Ordering::Relaxed);
+        live.set_state(StreamState::Streaming);
+        live.set_error(None);
+        let (_no_pause, never) = watch::channel(false);
+        let mut pause = opts.pause.clone().unwrap_or(never);
+        // Commits what is open and waits until the target has it durably: a hold, a pause.
+        macro_rules! settle_all {
+            () => {
+                if sink.batch_open() {
+                    stage_offsets(&mut sink, &mut read);
+                    sink.commit().await?;
+                }
+                sink.settle().await?;
+                sink.flush_now().await?;
+                live.flushed_lsn.fetch_max(lsn(Sink::durable(&sink)).0, Ordering::Relaxed);
             };
+        }
+        loop {
+            let item = if *stop.borrow() {
+                None
+            } else {
+                tokio::select! {
+                    i = rx.recv() => i,
+                    _ = stop.changed() => None,
+                }
+            };
+            live.last_message_ms.store(ferry_core::unix_ms(), Ordering::Relaxed);
             let Some(item) = item else {
                 if sink.batch_open() && sink.at_boundary() {
                     stage_offsets(&mut sink, &mut read);
@@ -1661,6 +1772,16 @@ async fn session(
             };
             match item {
                 Item::Begin(commit, xid, ts_ms) => {
+                    // A hold at or before this transaction's commit: everything before it is
+                    // handed over, none of it.
+                    if let Some(hold) = opts.hold.as_ref().filter(|h| h.requested().is_some_and(|at| commit >= at)) {
+                        settle_all!();
+                        live.applied_lsn.fetch_max(lsn(sink.committed()).0, Ordering::Relaxed);
+                        hold.hold_at(commit, stop, &live).await;
+                    }
+                    if live.pending_since_ms.load(Ordering::Relaxed) == 0 {
+                        live.pending_since_ms.store(ferry_core::unix_ms(), Ordering::Relaxed);
+                    }
                     commit_at = commit;
                     index = 0;
                     begun = true;
@@ -1694,11 +1815,15 @@ async fn session(
                     }
                     sink.apply(event).await?;
                     opts.progress.changes.fetch_add(1, Ordering::Relaxed);
+                    live.changes.fetch_add(1, Ordering::Relaxed);
                 }
                 Item::Commit(commit, ts_ms, (ttopic, tpartition, tnext)) => {
                     begun = false;
                     note_read(&mut read, &ttopic, tpartition, tnext);
                     opts.progress.transactions.fetch_add(1, Ordering::Relaxed);
+                    live.txns.fetch_add(1, Ordering::Relaxed);
+                    known_end = known_end.max(Lsn(commit.0 + 1));
+                    live.server_wal_end.fetch_max(known_end.0, Ordering::Relaxed);
                     opts.progress.last_commit_lsn.store(commit.0, Ordering::Relaxed);
                     opts.progress.last_commit_time_us.store(ts_ms * 1000, Ordering::Relaxed);
                     // The position passed once it is applied: just after the commit record
@@ -1716,8 +1841,13 @@ async fn session(
                         sink.commit().await?;
                     }
                     sink.try_settle().await?;
+                    live.applied_lsn.fetch_max(lsn(sink.committed()).0, Ordering::Relaxed);
                 }
-                Item::Idle => {
+                quiet @ (Item::Idle | Item::Watermark(_)) => {
+                    if let Item::Watermark(at) = quiet {
+                        known_end = known_end.max(at);
+                        live.server_wal_end.fetch_max(at.0, Ordering::Relaxed);
+                    }
                     if sink.batch_open() && !begun {
                         stage_offsets(&mut sink, &mut read);
                         sink.commit().await?;
@@ -1725,6 +1855,33 @@ async fn session(
                     sink.try_settle().await?;
                     if sink.has_unflushed() && !sink.in_flight() {
                         sink.poll_flush().await?;
+                    }
+                    let committed = lsn(sink.committed());
+                    live.flushed_lsn.fetch_max(lsn(Sink::durable(&sink)).0, Ordering::Relaxed);
+                    // Nothing open and nothing committing: nothing before the known end is
+                    // left to apply.
+                    let idle = !begun && !sink.batch_open() && !sink.in_flight();
+                    live.applied_lsn.fetch_max(if idle { committed.max(known_end) } else { committed }.0, Ordering::Relaxed);
+                    if idle {
+                        live.pending_since_ms.store(0, Ordering::Relaxed);
+                    }
+                    if !begun {
+                        if let Some(hold) = opts.hold.as_ref().filter(|h| h.requested().is_some_and(|at| known_end >= at)) {
+                            settle_all!();
+                            live.applied_lsn.fetch_max(known_end.0, Ordering::Relaxed);
+                            hold.hold_at(known_end, stop, &live).await;
+                        }
+                        if *pause.borrow() && !*stop.borrow() {
+                            settle_all!();
+                            tracing::info!("applying from Kafka paused; the topics keep the changes until it resumes");
+                            live.set_state(StreamState::Paused);
+                            tokio::select! {
+                                _ = pause.wait_for(|p| !*p) => {}
+                                _ = stop.changed() => {}
+                            }
+                            live.set_state(StreamState::Streaming);
+                            tracing::info!("applying from Kafka resumed");
+                        }
                     }
                 }
                 Item::Failed(e) => return Err(e.into()),

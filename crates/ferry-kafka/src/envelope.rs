@@ -241,6 +241,28 @@ pub fn transaction_topic(prefix: &str) -> String {
     format!("{prefix}.transaction")
 }
 
+/// Ferry's watermark topic (`<prefix>.ferry.watermark`): with nothing to publish, a capture
+/// that was asked to (`ferry migrate --via kafka`) says here how far the source has sent, so
+/// that an apply can reach a position no transaction carries (the final position of a
+/// cutover, after writes stopped). Debezium has no such record; its consumers ignore the topic.
+pub fn watermark_topic(prefix: &str) -> String {
+    format!("{prefix}.ferry.watermark")
+}
+
+/// A record of the watermark topic: every source transaction that commits before `position`
+/// is in the topics, its END record before `transactions_end` in the transaction topic's
+/// partition 0 (an apply that has read that far and finds no transaction open has applied
+/// everything before `position`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Watermark {
+    /// The source position (an LSN as PostgreSQL prints it).
+    pub position: String,
+    /// The transaction topic's high watermark when the record was written.
+    pub transactions_end: i64,
+    /// When (milliseconds since the epoch).
+    pub ts_ms: i64,
+}
+
 /// The transaction id Debezium's connector would give: `<txId>:<commit LSN>` for PostgreSQL;
 /// for MySQL its form without GTIDs, `file=<binlog file>,pos=<where the transaction starts>`
 /// (Debezium uses the transaction's GTID when the server has them; Ferry always gives the

@@ -15,6 +15,7 @@ pub mod mycapture;
 pub mod offsets;
 pub mod sink;
 pub mod types;
+pub mod via;
 
 pub use endpoint::{is_kafka_url, KafkaEndpoint};
 pub use sink::{KafkaSink, KafkaSinks};

@@ -39,7 +39,7 @@ use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
 
 use crate::endpoint::{KafkaEndpoint, REQUEST_TIMEOUT};
-use crate::envelope::{transaction_id, transaction_topic, Encoder, Engine, Message, Op, Origin, TxnBlock};
+use crate::envelope::{transaction_id, transaction_topic, watermark_topic, Encoder, Engine, Message, Op, Origin, TxnBlock, Watermark};
 
 /// Most messages handed to the producer and not yet acknowledged.
 pub const MAX_IN_FLIGHT: usize = 50_000;
@@ -314,6 +314,11 @@ pub struct KafkaSinks {
     pub engine: Engine,
     producer: FutureProducer,
     topics: Topics,
+    /// While idle, publish how far the source has sent this often (see [`watermark_topic`]).
+    watermark_every: Option<Duration>,
+    /// Transactions written by this replication origin are not published (the reverse
+    /// stream's writes on the source after a rollback: they came from the target).
+    skip_origin: Option<String>,
 }
 
 impl std::fmt::Debug for KafkaSinks {
@@ -334,7 +339,24 @@ impl KafkaSinks {
             engine,
             producer,
             topics,
+            watermark_every: None,
+            skip_origin: None,
         })
+    }
+
+    /// Publishes watermarks (on [`watermark_topic`], made sure of here) while the source is
+    /// idle, at most this often: an apply can then reach any position the source has sent,
+    /// even where no transaction of the captured tables is.
+    pub async fn with_watermarks(mut self, every: Duration) -> Result<KafkaSinks, PgError> {
+        self.topics.ensure(&watermark_topic(&self.endpoint.prefix)).await?;
+        self.watermark_every = Some(every);
+        Ok(self)
+    }
+
+    /// Leaves out the transactions written by replication origin `name`.
+    pub fn skipping_origin(mut self, name: String) -> KafkaSinks {
+        self.skip_origin = Some(name);
+        self
     }
 
     /// The cluster's topics.
@@ -360,6 +382,8 @@ impl KafkaSinks {
             previous_commit: None,
             transactions: 0,
             skip,
+            watermark_every: self.watermark_every,
+            skip_origin: self.skip_origin.clone(),
         }
     }
 }
@@ -420,6 +444,8 @@ struct Txn {
     total: u64,
     per_table: Vec<(String, u64)>,
     change_index: u32,
+    /// Written by the origin left out: nothing of it is published.
+    skipped: bool,
 }
 
 /// One session's Kafka sink (see the module documentation).
@@ -441,6 +467,8 @@ pub struct KafkaSink {
     previous_commit: Option<SourcePosition>,
     transactions: u64,
     skip: HashSet<(Lsn, u32)>,
+    watermark_every: Option<Duration>,
+    skip_origin: Option<String>,
 }
 
 impl std::fmt::Debug for KafkaSink {
@@ -590,6 +618,9 @@ impl KafkaSink {
     async fn change(&mut self, relation: u32, op: Op, before: Option<Row>, after: Option<Row>) -> Result<(), ApplyError> {
         let txn = self.txn.as_mut().expect("a change inside a transaction");
         txn.change_index += 1;
+        if txn.skipped {
+            return Ok(());
+        }
         if self.skip.contains(&(order_key(&txn.commit), txn.change_index)) {
             return Ok(());
         }
@@ -689,9 +720,16 @@ impl Sink for KafkaSink {
                     total: 0,
                     per_table: Vec::new(),
                     change_index: 0,
+                    skipped: false,
                 });
             }
-            ChangeEvent::Origin { .. } => {}
+            ChangeEvent::Origin { name } => {
+                if self.skip_origin.as_deref() == Some(name.as_str()) {
+                    if let Some(txn) = self.txn.as_mut() {
+                        txn.skipped = true;
+                    }
+                }
+            }
             ChangeEvent::Relation(rel) => {
                 self.enc.relation(&rel);
                 self.ensure_topic(rel.id).await?;
@@ -789,6 +827,39 @@ impl Sink for KafkaSink {
 
     fn transactions(&self) -> u64 {
         self.transactions
+    }
+
+    fn watermark_every(&self) -> Option<Duration> {
+        self.watermark_every
+    }
+
+    /// Once the broker holds every event before it, a record saying that every transaction
+    /// committed before `at` is in the topics, with how far the transaction topic then went.
+    async fn watermark(&mut self, at: SourcePosition) -> Result<(), ApplyError> {
+        if self.watermark_every.is_none() {
+            return Ok(());
+        }
+        self.flush().await?;
+        let ttopic = transaction_topic(&self.ep.prefix);
+        let producer = self.producer.clone();
+        let end = tokio::task::spawn_blocking(move || producer.client().fetch_watermarks(&ttopic, 0, REQUEST_TIMEOUT))
+            .await
+            .map_err(|e| ApplyError::Db(PgError::transient("reading the transaction topic's end", e)))?
+            .map_err(|e| self.error("reading the transaction topic's end", &e))?
+            .1;
+        let mark = Watermark {
+            position: position_text(&at),
+            transactions_end: end,
+            ts_ms: now_us().div_euclid(1000),
+        };
+        let value = serde_json::to_vec(&mark).expect("json");
+        self.send(Message {
+            topic: watermark_topic(&self.ep.prefix),
+            key: None,
+            value: Some(value),
+        })
+        .await?;
+        self.flush().await
     }
 
     async fn record_dead_letter(&self, letter: &DeadLetter, skipped: bool) -> Result<(), ApplyError> {

@@ -198,8 +198,37 @@ impl Hold {
         Ok(guard)
     }
 
-    fn requested(&self) -> Option<Lsn> {
+    /// The position a hold is requested at (None: no hold).
+    pub fn requested(&self) -> Option<Lsn> {
         *self.request.borrow()
+    }
+
+    /// For a driver other than [`run`] (an apply from Kafka): it stands at a transaction
+    /// boundary, everything that commits before `reached` applied and durable, nothing at or
+    /// after it. While a hold is requested at or before `reached`, it holds there (reported as
+    /// held) until the hold is released or moved past `reached`, or `stop` changes.
+    pub async fn hold_at(&self, reached: Lsn, stop: &mut watch::Receiver<bool>, progress: &CdcProgress) {
+        let mut request = self.request.subscribe();
+        let before = progress.state();
+        loop {
+            let at = *request.borrow_and_update();
+            match at {
+                Some(at) if reached >= at => {
+                    progress.set_state(StreamState::Held);
+                    self.held.send_replace(Some(at));
+                    let released = tokio::select! {
+                        r = request.changed() => r.is_err(),
+                        _ = stop.changed() => true,
+                    };
+                    if released {
+                        break;
+                    }
+                }
+                _ => break,
+            }
+        }
+        progress.set_state(before);
+        self.held.send_replace(None);
     }
 }
 
@@ -313,7 +342,8 @@ impl CdcProgress {
         }
     }
 
-    fn set_state(&self, s: StreamState) {
+    /// Sets what change capture is doing (for drivers other than [`run`]).
+    pub fn set_state(&self, s: StreamState) {
         self.state.store(s as u8, Ordering::Relaxed);
     }
 
@@ -337,7 +367,8 @@ impl CdcProgress {
         self.last_error.lock().expect("lock").clone()
     }
 
-    fn set_error(&self, e: Option<String>) {
+    /// Sets why the last session ended (None: streaming again).
+    pub fn set_error(&self, e: Option<String>) {
         *self.last_error.lock().expect("lock") = e;
     }
 }

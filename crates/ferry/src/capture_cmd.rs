@@ -133,6 +133,9 @@ pub async fn apply(args: &ApplyArgs) -> anyhow::Result<i32> {
         progress: Arc::new(ferry_kafka::apply::ApplyProgress::default()),
         group: args.group.clone(),
         member: args.member.clone().unwrap_or_else(host_name),
+        hold: None,
+        pause: None,
+        cdc: None,
     };
     if let Some(addr) = args.listen {
         serve_metrics(addr, opts.progress.clone()).await?;
@@ -147,7 +150,7 @@ pub async fn apply(args: &ApplyArgs) -> anyhow::Result<i32> {
 }
 
 /// `--to`/`--from`: a Kafka URL, the SASL password from FERRY_KAFKA_PASSWORD.
-fn kafka_endpoint(url: &str, flag: &str) -> anyhow::Result<KafkaEndpoint> {
+pub(crate) fn kafka_endpoint(url: &str, flag: &str) -> anyhow::Result<KafkaEndpoint> {
     Ok(
         KafkaEndpoint::parse(url, std::env::var("FERRY_KAFKA_PASSWORD").ok().filter(|p| !p.is_empty()))
             .map_err(|e| UsageError(format!("--{flag}: {e}")))?,

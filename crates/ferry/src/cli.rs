@@ -237,6 +237,12 @@ pub struct MigrateArgs {
     /// Write the final summary as JSON to this file.
     #[arg(long)]
     pub summary_json: Option<PathBuf>,
+    /// Stream changes through Kafka (`kafka://BROKERS/PREFIX`, the options of `ferry capture
+    /// --to`; SASL password from FERRY_KAFKA_PASSWORD): the slot feeds the broker, the target is
+    /// applied from it. The full load and the reverse stream after a cutover stay direct;
+    /// verification, cutover and rollback work as without it (docs/kafka.md).
+    #[arg(long, value_name = "KAFKA_URL")]
+    pub via: Option<String>,
     /// maintenance_work_mem for index builds on the target.
     #[arg(long, default_value = "512MB")]
     pub maintenance_work_mem: String,

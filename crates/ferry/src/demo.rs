@@ -191,6 +191,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         analyze: true,
         quiet_check: true,
         live: Some(live),
+        via: None,
     };
     // The application keeps writing, through the proxy, while Ferry copies and streams.
     let writer_url = format!("postgres://postgres:{password}@{proxy_addr}/shop");

@@ -39,6 +39,8 @@ pub struct Live {
     load: RwLock<Option<LoadTables>>,
     /// Change capture in progress.
     cdc: RwLock<Option<Arc<CdcProgress>>>,
+    /// The apply leg's Kafka figures, while a stream runs through Kafka (`--via`).
+    kafka: RwLock<Option<Arc<ferry_kafka::apply::ApplyProgress>>>,
     /// Latest sampled status, with the live figures filled, and when it was read.
     latest: RwLock<Option<(Status, Instant)>>,
     /// When the source's WAL position was last read.
@@ -91,6 +93,7 @@ impl Live {
             started: Instant::now(),
             load: RwLock::new(None),
             cdc: RwLock::new(None),
+            kafka: RwLock::new(None),
             latest: RwLock::new(None),
             source_sampled: Mutex::new(None),
             sample_error: RwLock::new(None),
@@ -217,6 +220,16 @@ impl Live {
     /// Change capture started with these counters.
     pub fn set_cdc(&self, progress: Arc<CdcProgress>) {
         *self.cdc.write().expect("lock") = Some(progress);
+    }
+
+    /// Change capture runs through Kafka with these per-partition figures.
+    pub fn set_kafka(&self, progress: Arc<ferry_kafka::apply::ApplyProgress>) {
+        *self.kafka.write().expect("lock") = Some(progress);
+    }
+
+    /// The Kafka figures of a stream through Kafka, if one runs.
+    pub fn kafka(&self) -> Option<Arc<ferry_kafka::apply::ApplyProgress>> {
+        self.kafka.read().expect("lock").clone()
     }
 
     /// A receiver that turns true while change capture is paused.

@@ -84,6 +84,12 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Migrate(args) if ferry_mysql::is_mysql_url(&args.endpoints.source) => {
             refuse_flags("migrate", POSTGRES_ONLY_MIGRATE_FLAGS)?;
+            if args.via.is_some() {
+                return Err(exit::UsageError(
+                    "--via kafka:// is built for PostgreSQL sources; for a MySQL/MariaDB source run `ferry capture --source mysql://... --to kafka://...` and `ferry apply --from kafka://...` (docs/kafka.md)".into(),
+                )
+                .into());
+            }
             mysql_cmd::migrate(&args).await
         }
         Command::Migrate(args) => {
@@ -184,6 +190,11 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 analyze: !args.no_analyze,
                 quiet_check: true,
                 live,
+                via: args
+                    .via
+                    .as_deref()
+                    .map(|u| crate::capture_cmd::kafka_endpoint(u, "via"))
+                    .transpose()?,
             };
             let (stop_tx, stop) = tokio::sync::watch::channel(false);
             tokio::spawn(async move {

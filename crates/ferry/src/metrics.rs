@@ -213,7 +213,12 @@ impl Metrics {
 
     /// The text exposition of the current state.
     pub fn render(&self, live: &Live) -> String {
-        self.encode(live.status().ok().as_ref(), live.apply_errors(), live.paused())
+        let out = self.encode(live.status().ok().as_ref(), live.apply_errors(), live.paused());
+        // A stream through Kafka: its per-partition lag too, before the end of the exposition.
+        match (live.kafka(), out.strip_suffix("# EOF\n")) {
+            (Some(k), Some(head)) => format!("{head}{}# EOF\n", k.families()),
+            _ => out,
+        }
     }
 
     /// The exposition for a status (None: the state could not be read).

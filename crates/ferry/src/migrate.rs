@@ -51,6 +51,9 @@ pub struct MigrateOptions {
     pub quiet_check: bool,
     /// Live state for the HTTP API and metrics, when served.
     pub live: Option<std::sync::Arc<crate::live::Live>>,
+    /// Stream changes through this Kafka cluster and prefix (`--via kafka://`) instead of
+    /// directly (the full load and the reverse stream stay direct).
+    pub via: Option<ferry_kafka::KafkaEndpoint>,
 }
 
 /// One table in the summary.
@@ -713,6 +716,42 @@ async fn forward(req: &CheckRequest, opts: &MigrateOptions, stop: tokio::sync::w
             direction: ferry_postgres::apply::Direction::Forward,
         },
     };
+    if let Some(kafka) = &opts.via {
+        let tables = store
+            .tables(&target, &req.migration_id)
+            .await?
+            .into_iter()
+            .map(|t| t.name)
+            .collect();
+        let kafka_progress = std::sync::Arc::new(ferry_kafka::apply::ApplyProgress::default());
+        if let Some(live) = &opts.live {
+            live.set_kafka(kafka_progress.clone());
+        }
+        let vopts = ferry_kafka::via::ViaOptions {
+            kafka: kafka.clone(),
+            source: req.source.clone(),
+            target: req.target.clone(),
+            state_schema: req.state_schema.clone(),
+            migration_id: req.migration_id.clone(),
+            slot: rec.slot_name.clone(),
+            publication: rec.publication_name.clone(),
+            consistent_lsn: rec.consistent_lsn.unwrap_or_default(),
+            tables,
+            max_batch: opts.max_batch,
+            max_delay: std::time::Duration::from_millis(opts.max_delay_ms),
+            stream_timeout: opts.stream_timeout,
+            skip_dead_letters: opts.skip_dead_letters,
+            pause: opts.live.as_ref().map(|l| l.pause_receiver()),
+            hold: opts.live.as_ref().map(|l| l.hold.clone()),
+            progress: progress.clone(),
+            kafka_progress,
+        };
+        drop((target, source));
+        let result = ferry_kafka::via::forward(vopts, stop).await;
+        logger.abort();
+        result?;
+        return Ok(Lsn(progress.applied_lsn.load(Ordering::Relaxed)));
+    }
     let opts = CdcOptions {
         source: req.source.clone(),
         slot: rec.slot_name.clone(),

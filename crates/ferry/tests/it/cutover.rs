@@ -21,13 +21,13 @@ INSERT INTO tickets (client) VALUES (:client_id);
 END;
 ";
 
-struct Bench {
+pub(crate) struct Bench {
     child: Child,
     log_dir: std::path::PathBuf,
 }
 
 /// pgbench through the proxy: `-M prepared`, per-second aggregates logged for the latency.
-fn pgbench_via_proxy(proxy: &str, db: &str, clients: u32, seconds: u32, rate: u32) -> Bench {
+pub(crate) fn pgbench_via_proxy(proxy: &str, db: &str, clients: u32, seconds: u32, rate: u32) -> Bench {
     let dir = std::env::temp_dir().join(format!("ferry-cut-{}-{}", std::process::id(), db));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -73,7 +73,7 @@ fn pgbench_via_proxy(proxy: &str, db: &str, clients: u32, seconds: u32, rate: u3
 
 /// Waits for pgbench; asserts no failed or aborted transaction; returns (output, transactions
 /// processed, per-second (unix second, max latency ms)).
-fn finish(b: Bench) -> (String, i64, Vec<(u64, f64)>) {
+pub(crate) fn finish(b: Bench) -> (String, i64, Vec<(u64, f64)>) {
     let out = b.child.wait_with_output().unwrap();
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "pgbench failed (a client saw an error): {text}");
@@ -111,7 +111,7 @@ fn max_latency_around(seconds: &[(u64, f64)], at: u64) -> f64 {
         .fold(0.0, f64::max)
 }
 
-fn unix_now() -> u64 {
+pub(crate) fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -122,7 +122,7 @@ async fn setup(prefix: &str) -> Dbs {
     prepare(Dbs::create(prefix).await).await
 }
 
-async fn prepare(dbs: Dbs) -> Dbs {
+pub(crate) async fn prepare(dbs: Dbs) -> Dbs {
     pgbench_init(&dbs.source, 1).await;
     create_marker(&dbs.source).await;
     connect(&dbs.source)
@@ -133,7 +133,7 @@ async fn prepare(dbs: Dbs) -> Dbs {
     dbs
 }
 
-fn start(dbs: &Dbs, api: &str, proxy: &str, extra: &[&str]) -> Migrator {
+pub(crate) fn start(dbs: &Dbs, api: &str, proxy: &str, extra: &[&str]) -> Migrator {
     let mut args = migrate_args(dbs, &["--listen", api, "--proxy-listen", proxy]);
     args.extend(extra.iter().map(|s| s.to_string()));
     Migrator::spawn(&refs(&args))
@@ -184,11 +184,11 @@ fn switch(api: &str, what: &str, extra: &[&str]) -> (Run, serde_json::Value) {
     (run, v)
 }
 
-async fn scalar_i64(url: &str, sql: &str) -> i64 {
+pub(crate) async fn scalar_i64(url: &str, sql: &str) -> i64 {
     connect(url).await.query_one(sql, &[]).await.unwrap().get(0)
 }
 
-async fn phase(target: &str) -> String {
+pub(crate) async fn phase(target: &str) -> String {
     connect(target)
         .await
         .query_one("SELECT phase FROM ferry.migrations", &[])

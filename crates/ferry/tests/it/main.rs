@@ -16,6 +16,7 @@ mod harness;
 mod hostile;
 mod kafka;
 mod kafka_debezium;
+mod kafka_migrate;
 mod kafka_mysql;
 mod large_objects;
 mod managed;
