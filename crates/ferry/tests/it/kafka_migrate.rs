@@ -13,8 +13,8 @@ use crate::kafka::broker;
 /// rollback: no transaction fails, every one is on the source once, the invariant holds on
 /// each side when it takes the writes, and the target is identical again at the end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn heavy_migrate_via_kafka_survives_kill_9_verifies_cuts_over_and_rolls_back() {
-    let dbs = prepare(Dbs::create("kvia").await).await;
+async fn heavy_durable_migrate_via_kafka_survives_kill_9_verifies_cuts_over_and_rolls_back() {
+    let dbs = prepare(Dbs::create_durable("kvia").await).await;
     let (api, proxy) = (free_addr(), free_addr());
     let prefix = format!("it_{}", dbs.name);
     let via = format!("kafka://{}/{prefix}", broker());
