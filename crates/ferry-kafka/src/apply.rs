@@ -36,7 +36,7 @@ use bytes::Bytes;
 use ferry_core::change::{ChangeEvent, Column, Datum, Identity, Relation, Row};
 use ferry_core::sink::{DeadLetter, Sink};
 use ferry_core::{Lsn, Phase, SourcePosition, TableName};
-use ferry_postgres::apply::{Applier, ApplyContext, ApplyError, Direction, TextSettings};
+use ferry_postgres::apply::{Applier, ApplyContext, ApplyError, Direction, PgSource, TextSettings};
 use ferry_postgres::cdc::{CdcProgress, Hold, StreamState};
 use ferry_postgres::state::{StateStore, ENGINE_POSTGRESQL};
 use ferry_postgres::{Endpoint, PgError};
@@ -91,6 +91,10 @@ pub struct ApplyOptions {
     /// The migration's change-capture figures, which its status, metrics and dashboard read
     /// (`ferry migrate --via kafka`).
     pub cdc: Option<Arc<CdcProgress>>,
+    /// The PostgreSQL source the topics were captured from, when the apply can reach it
+    /// (`ferry migrate --via kafka`): a table created there mid-stream, whose topic appears,
+    /// is created on the target from its definition (pg_dump), as a direct stream does.
+    pub source: Option<PgSource>,
 }
 
 /// What a running apply reports: its counters and, per partition, how far it has read and
@@ -1530,6 +1534,37 @@ pub(crate) async fn create_tables(
     Ok(())
 }
 
+/// Creates on the target, from the PostgreSQL source's definition (pg_dump: columns,
+/// indexes, constraints), each table of `tables` the target lacks and the migration's filter
+/// selects: a table created on the source mid-stream, whose topic appeared.
+async fn create_from_source(client: &tokio_postgres::Client, source: &PgSource, tables: &[TableName]) -> Result<(), PgError> {
+    for t in tables.iter().filter(|t| source.filter.matches(t)) {
+        let found: Option<String> = client
+            .query_one("SELECT to_regclass($1)::text", &[&t.quoted()])
+            .await
+            .map_err(|e| PgError::query("looking for the captured tables on the target", e))?
+            .get(0);
+        if found.is_some() {
+            continue;
+        }
+        let ddl = ferry_postgres::schema::dump_table(&source.tools, &source.endpoint, t)
+            .await
+            .map_err(|e| {
+                PgError::config(
+                    format!("creating the new source table {t} on the target"),
+                    e.to_string(),
+                    "create it on the target by hand, then rerun",
+                )
+            })?;
+        client
+            .batch_execute(&format!("BEGIN; {ddl}; COMMIT"))
+            .await
+            .map_err(|e| PgError::query(format!("creating the new source table {t} on the target"), e))?;
+        tracing::info!(table = %t, "table created on the source mid-stream: created on the target, applying its changes");
+    }
+    Ok(())
+}
+
 /// One session: the snapshot if it is not loaded yet, then the transactions, until a stop or
 /// an error.
 async fn session(
@@ -1545,6 +1580,9 @@ async fn session(
     let mut client = opts.target.connect("kafka-apply").await?;
     let tables: Vec<TableName> = topics.iter().filter_map(|t| table_of(&ep.prefix, t)).collect();
     create_tables(&mut client, &state, &tables).await?;
+    if let Some(source) = &opts.source {
+        create_from_source(&client, source, &tables).await?;
+    }
     let store = StateStore::new(&opts.state_schema);
     store.ensure(&client).await?;
     let mut shapes: HashMap<String, Shape> = HashMap::new();
@@ -1698,7 +1736,7 @@ async fn session(
         drop(client);
         // The stream, through the PostgreSQL sink.
         let ctx = ApplyContext {
-            source: None,
+            source: opts.source.clone(),
             target: opts.target.clone(),
             store: store.clone(),
             migration_id: opts.id.clone(),

@@ -27,6 +27,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_core::{Lsn, TableName};
+use ferry_postgres::apply::PgSource;
 use ferry_postgres::cdc::{self, CdcOptions, CdcProgress, Hold};
 use ferry_postgres::{Endpoint, PgError};
 use tokio::sync::watch;
@@ -59,6 +60,9 @@ pub struct ViaOptions {
     pub consistent_lsn: Lsn,
     /// The migration's tables (their topics are made before either leg starts).
     pub tables: Vec<TableName>,
+    /// The source as the apply leg may use it: tables created there mid-stream are created on
+    /// the target from their definition.
+    pub pg_source: PgSource,
     /// Most changes in one target transaction.
     pub max_batch: usize,
     /// Longest a capture batch stays open.
@@ -157,6 +161,7 @@ pub async fn forward(o: ViaOptions, stop: watch::Receiver<bool>) -> Result<(), P
         hold: o.hold.clone(),
         pause: o.pause.clone(),
         cdc: Some(o.progress.clone()),
+        source: Some(o.pg_source.clone()),
     };
     let (capture_stop_tx, capture_stop) = watch::channel(false);
     let (apply_stop_tx, apply_stop) = watch::channel(false);

@@ -136,6 +136,7 @@ pub async fn apply(args: &ApplyArgs) -> anyhow::Result<i32> {
         hold: None,
         pause: None,
         cdc: None,
+        source: None,
     };
     if let Some(addr) = args.listen {
         serve_metrics(addr, opts.progress.clone()).await?;

@@ -703,13 +703,14 @@ async fn forward(req: &CheckRequest, opts: &MigrateOptions, stop: tokio::sync::w
             (last_txns, last_changes) = (txns, changes);
         }
     });
+    let pg_source = ferry_postgres::apply::PgSource {
+        endpoint: req.source.clone(),
+        filter: req.filter.clone(),
+        tools,
+    };
     let sinks = cdc::PgSinks {
         ctx: ferry_postgres::apply::ApplyContext {
-            source: Some(ferry_postgres::apply::PgSource {
-                endpoint: req.source.clone(),
-                filter: req.filter.clone(),
-                tools,
-            }),
+            source: Some(pg_source.clone()),
             target: req.target.clone(),
             store: store.clone(),
             migration_id: req.migration_id.clone(),
@@ -737,6 +738,7 @@ async fn forward(req: &CheckRequest, opts: &MigrateOptions, stop: tokio::sync::w
             publication: rec.publication_name.clone(),
             consistent_lsn: rec.consistent_lsn.unwrap_or_default(),
             tables,
+            pg_source,
             max_batch: opts.max_batch,
             max_delay: std::time::Duration::from_millis(opts.max_delay_ms),
             stream_timeout: opts.stream_timeout,

@@ -37,7 +37,26 @@ async fn heavy_durable_migrate_via_kafka_survives_kill_9_verifies_cuts_over_and_
     // Verification holds the apply at the position of its source snapshot: reached through
     // Kafka (the last transactions, then a watermark past them, the source being idle).
     verify_clean(&api).await;
+    // A table created on the source mid-stream: its topic appears, the apply creates it on the
+    // target from its definition (index included) and applies its rows.
+    connect(&dbs.source)
+        .await
+        .batch_execute(
+            "CREATE TABLE fresh (id int PRIMARY KEY, note text, at timestamptz DEFAULT now());
+             CREATE INDEX fresh_note ON fresh (note);
+             INSERT INTO fresh (id, note) SELECT g, 'row ' || g FROM generate_series(1, 500) g;
+             UPDATE fresh SET note = NULL WHERE id = 7;
+             DELETE FROM fresh WHERE id = 9;",
+        )
+        .await
+        .unwrap();
     sync_point(&dbs.source, &dbs.target, 1).await;
+    assert_eq!(scalar_i64(&dbs.target, "SELECT count(*) FROM fresh").await, 499);
+    assert_eq!(scalar_i64(&dbs.target, "SELECT count(*) FROM fresh WHERE note IS NULL").await, 1);
+    assert_eq!(
+        scalar_i64(&dbs.target, "SELECT count(*) FROM pg_indexes WHERE indexname = 'fresh_note'").await,
+        1
+    );
     assert!(pgbench_invariant(&dbs.target).await, "invariant broken on the target");
     let token = crate::api_security::auto_token(&api);
     let (code, metrics) = http("GET", &api, "/metrics", Some(&token)).await;

@@ -366,17 +366,25 @@ async fn an_apply_group_of_two_applies_a_mariadb_capture_under_sysbench_exactly(
     wait_snapshot(&prefix);
     // Two members on an empty target: the first to start creates the tables from the plan.
     let group = format!("g_{db}");
-    let a = crate::kafka::start_member(&dbs, &prefix, &group, "a");
-    let b = crate::kafka::start_member(&dbs, &prefix, &group, "b");
+    let mut a = crate::kafka::start_member(&dbs, &prefix, &group, "a");
+    let mut b = crate::kafka::start_member(&dbs, &prefix, &group, "b");
     // Both hold partitions while sysbench writes (a member that joins later takes some from
-    // the other at the rebalance).
-    wait_for_row(
-        &target,
-        "both members to hold partitions",
-        Duration::from_secs(90),
-        &format!("SELECT 1 WHERE (SELECT count(DISTINCT member) FROM ferry.kafka_offsets WHERE group_id = '{group}') = 2"),
-    )
-    .await;
+    // the other at the rebalance); a member that stops meanwhile fails the test at once (its
+    // log is printed).
+    let both = format!("SELECT 1 WHERE (SELECT count(DISTINCT member) FROM ferry.kafka_offsets WHERE group_id = '{group}') = 2");
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        assert!(!a.has_exited() && !b.has_exited(), "a member of the group stopped");
+        let t = connect(&target).await;
+        if t.query_opt(&both, &[]).await.ok().flatten().is_some() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "both members did not hold partitions within 90 s"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     let out = bench.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     // Each table on its own (a group keeps no atomicity across tables): equal to the source.
