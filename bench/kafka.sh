@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Through Kafka versus direct: the same pgbench backlog applied by `ferry migrate` (direct CDC)
-# and by `ferry capture` + `ferry apply` with a Kafka-protocol broker between them, in the same
-# run, on the same clusters; then capture alone (source to broker) and apply alone (broker to
-# target) on a second backlog.
+# Through Kafka versus direct: the same pgbench backlog applied by `ferry migrate` (direct CDC),
+# by `ferry capture` + `ferry apply` with a Kafka-protocol broker between them, and by `ferry
+# migrate --via kafka://` (both legs in the migration's process), in the same run, on the same
+# clusters; then capture alone (source to broker) and apply alone (broker to target) on a second
+# backlog.
 #
 #   bench/kafka.sh
 #
@@ -60,12 +61,20 @@ for round in $(seq 1 "$ROUNDS"); do
   "$REPO/scripts/kafka.sh" stop $KAFKA_NAME 2>/dev/null || true
   FERRY_CLUSTER_DIR=${FERRY_CLUSTER_DIR:-$REPO/.ferry-test/clusters} "$REPO/scripts/kafka.sh" start $KAFKA_NAME "$KAFKA_PORT"
   # Direct: a migration, loaded and stopped.
-  psql -X -q -d "$TGT_ADMIN/postgres" -c "CREATE DATABASE d$round" -c "CREATE DATABASE k$round"
+  psql -X -q -d "$TGT_ADMIN/postgres" -c "CREATE DATABASE d$round" -c "CREATE DATABASE k$round" -c "CREATE DATABASE v$round"
   log "round $round: direct full load"
   "$FERRY_BIN" migrate --source "$SRC_ADMIN/bench" --target "$TGT_ADMIN/d$round" --jobs 2 --migration-id "d$round" --listen off \
     >>"$OUT/direct-$round.log" 2>&1 &
   FERRY_PID=$!
   until [ "$(psql -X -At -d "$TGT_ADMIN/d$round" -c "SELECT phase FROM ferry.migrations" 2>/dev/null)" = cdc ]; do sleep 0.2; done
+  stop_all
+  # A migration through Kafka: the same full load (direct), stopped once it streams.
+  log "round $round: full load of a migration --via kafka"
+  via() { "$FERRY_BIN" migrate --source "$SRC_ADMIN/bench" --target "$TGT_ADMIN/v$round" --jobs 2 --migration-id "v$round" --listen off \
+    --via "kafka://$KAFKA/v$round?schemas=false" >>"$OUT/via-$round.log" 2>&1 & FERRY_PID=$!; }
+  via
+  until [ "$(psql -X -At -d "$TGT_ADMIN/v$round" -c "SELECT phase FROM ferry.migrations" 2>/dev/null)" = cdc ]; do sleep 0.2; done
+  sleep 2
   stop_all
   # Through Kafka: the schema, the snapshot published and applied, both stopped.
   log "round $round: snapshot through Kafka"
@@ -85,6 +94,9 @@ for round in $(seq 1 "$ROUNDS"); do
   t0=$(now); capture "$round"; apply "$round"
   wait_mark "k$round" $mark "$OUT/apply-$round.log" "$CAP_PID $APPLY_PID"; t1=$(now); stop_all
   s=$(elapsed "$t0" "$t1"); best_max kafka "$(rate "$BACKLOG_TXNS" "$s")"; log "  through Kafka: $BACKLOG_TXNS transactions in $s s"
+  t0=$(now); via
+  wait_mark "v$round" $mark "$OUT/via-$round.log" "$FERRY_PID"; t1=$(now); stop_all
+  s=$(elapsed "$t0" "$t1"); best_max via "$(rate "$BACKLOG_TXNS" "$s")"; log "  migrate --via kafka: $BACKLOG_TXNS transactions in $s s"
   # A second backlog: capture alone into the broker, then apply alone out of it.
   backlog "$round" $((round * 10 + 2))
   mark=$((round * 10 + 2))
@@ -124,12 +136,15 @@ for round in $(seq 1 "$ROUNDS"); do
     log "  (apply groups skipped: python3 with confluent-kafka is needed to read the topics' high watermarks)"
   fi
   "$FERRY_BIN" capture --source "$SRC_ADMIN/bench" --to "kafka://$KAFKA/p$round" --drop >>"$OUT/capture-$round.log" 2>&1
-  psql -X -q -d "$SRC_ADMIN/bench" -c "SELECT pg_drop_replication_slot('ferry_d$round') FROM pg_replication_slots WHERE slot_name = 'ferry_d$round'" >/dev/null
+  for s in "ferry_d$round" "ferry_v$round"; do
+    psql -X -q -d "$SRC_ADMIN/bench" -c "SELECT pg_drop_replication_slot('$s') FROM pg_replication_slots WHERE slot_name = '$s'" >/dev/null
+  done
 done
 
 printf '\n%-52s %14s\n' "pgbench backlog, $BACKLOG_S s x 4 clients, scale $SCALE (best of $ROUNDS)" "transactions/s"
 printf '%-52s %14s\n' "direct CDC (ferry migrate)" "${BEST[direct]}"
 printf '%-52s %14s  (%sx direct)\n' "through Kafka (capture + apply together)" "${BEST[kafka]}" "$(awk -v a="${BEST[kafka]}" -v b="${BEST[direct]}" 'BEGIN { printf "%.2f", a / b }')"
+printf '%-52s %14s  (%sx direct)\n' "ferry migrate --via kafka (both legs, one process)" "${BEST[via]}" "$(awk -v a="${BEST[via]}" -v b="${BEST[direct]}" 'BEGIN { printf "%.2f", a / b }')"
 printf '%-52s %14s\n' "capture alone (source to broker)" "${BEST[capture]}"
 printf '%-52s %14s\n' "apply alone (broker to target)" "${BEST[apply]}"
 if [ -n "${BEST[group1]:-}" ]; then

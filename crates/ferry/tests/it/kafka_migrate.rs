@@ -86,6 +86,42 @@ async fn heavy_durable_migrate_via_kafka_survives_kill_9_verifies_cuts_over_and_
         .get(0);
     assert!(moved, "slot {slot} did not move past the consistent point {consistent}");
 
+    // Paused through the API, the apply leg stops and the capture leg goes on: the source's
+    // WAL is released once the broker holds the changes, while the target stays behind.
+    let (code, body) = http("POST", &api, "/api/pause", Some(&token)).await;
+    assert_eq!(code, 200, "{body}");
+    let src = connect(&dbs.source).await;
+    src.batch_execute(
+        "INSERT INTO fresh (id, note) SELECT g, 'paused ' || g FROM generate_series(1001, 3000) g; INSERT INTO test_marker VALUES (3);",
+    )
+    .await
+    .unwrap();
+    let end: String = src.query_one("SELECT pg_current_wal_lsn()::text", &[]).await.unwrap().get(0);
+    wait_for_row(
+        &dbs.source,
+        "the slot to move past the writes made while the apply is paused",
+        Duration::from_secs(30),
+        &format!("SELECT 1 FROM pg_replication_slots WHERE slot_name = '{slot}' AND confirmed_flush_lsn >= '{end}'"),
+    )
+    .await;
+    let st = api_status(&api).await;
+    assert_eq!(st["live"]["paused"], true, "{st}");
+    assert_eq!(
+        scalar_i64(&dbs.target, "SELECT count(*) FROM test_marker WHERE n = 3").await,
+        0,
+        "a change was applied while the apply was paused"
+    );
+    let (code, body) = http("POST", &api, "/api/resume", Some(&token)).await;
+    assert_eq!(code, 200, "{body}");
+    wait_for_row(
+        &dbs.target,
+        "the change made while paused",
+        Duration::from_secs(30),
+        "SELECT 1 FROM test_marker WHERE n = 3",
+    )
+    .await;
+    drop(src);
+
     // Cutover and rollback under pgbench through the proxy.
     let bench = pgbench_via_proxy(&proxy, &dbs.name, 8, 40, 0);
     tokio::time::sleep(Duration::from_secs(10)).await;
