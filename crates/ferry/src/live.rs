@@ -39,8 +39,9 @@ pub struct Live {
     load: RwLock<Option<LoadTables>>,
     /// Change capture in progress.
     cdc: RwLock<Option<Arc<CdcProgress>>>,
-    /// The apply leg's Kafka figures, while a stream runs through Kafka (`--via`).
-    kafka: RwLock<Option<Arc<ferry_kafka::apply::ApplyProgress>>>,
+    /// The apply leg's Kafka figures and the cluster (no secret), while a stream runs through
+    /// Kafka (`--via`).
+    kafka: RwLock<Option<(Arc<ferry_kafka::apply::ApplyProgress>, String)>>,
     /// Latest sampled status, with the live figures filled, and when it was read.
     latest: RwLock<Option<(Status, Instant)>>,
     /// When the source's WAL position was last read.
@@ -223,13 +224,24 @@ impl Live {
     }
 
     /// Change capture runs through Kafka with these per-partition figures.
-    pub fn set_kafka(&self, progress: Arc<ferry_kafka::apply::ApplyProgress>) {
-        *self.kafka.write().expect("lock") = Some(progress);
+    pub fn set_kafka(&self, progress: Arc<ferry_kafka::apply::ApplyProgress>, cluster: String) {
+        *self.kafka.write().expect("lock") = Some((progress, cluster));
     }
 
     /// The Kafka figures of a stream through Kafka, if one runs.
     pub fn kafka(&self) -> Option<Arc<ferry_kafka::apply::ApplyProgress>> {
-        self.kafka.read().expect("lock").clone()
+        self.kafka.read().expect("lock").as_ref().map(|(p, _)| p.clone())
+    }
+
+    fn kafka_figures(&self) -> Option<crate::status::KafkaFigures> {
+        let guard = self.kafka.read().expect("lock");
+        let (p, cluster) = guard.as_ref()?;
+        let parts = p.partitions.lock().expect("progress lock");
+        Some(crate::status::KafkaFigures {
+            cluster: cluster.clone(),
+            partitions: parts.len(),
+            lag_records: parts.values().map(|(next, high)| (high - next).max(0)).sum(),
+        })
     }
 
     /// A receiver that turns true while change capture is paused.
@@ -336,6 +348,7 @@ impl Live {
             live.proxy = self.proxy_figures();
             live.last_switch = self.last_switch();
             live.reverse = self.reverse_figures();
+            live.kafka = self.kafka_figures();
             live.sample_age_seconds = now.duration_since(at).as_secs_f64();
             live.sample_error = sample_error;
             live.source_sample_age_seconds = source_sampled.map(|t| now.duration_since(t).as_secs_f64());

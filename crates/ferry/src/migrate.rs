@@ -726,7 +726,7 @@ async fn forward(req: &CheckRequest, opts: &MigrateOptions, stop: tokio::sync::w
             .collect();
         let kafka_progress = std::sync::Arc::new(ferry_kafka::apply::ApplyProgress::default());
         if let Some(live) = &opts.live {
-            live.set_kafka(kafka_progress.clone());
+            live.set_kafka(kafka_progress.clone(), kafka.describe());
         }
         let vopts = ferry_kafka::via::ViaOptions {
             kafka: kafka.clone(),

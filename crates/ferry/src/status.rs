@@ -181,6 +181,20 @@ pub struct LiveFigures {
     /// so a large value means the lag may be understated.
     #[serde(default)]
     pub source_sample_age_seconds: Option<f64>,
+    /// The change stream runs through Kafka (`ferry migrate --via kafka://`).
+    #[serde(default)]
+    pub kafka: Option<KafkaFigures>,
+}
+
+/// A change stream through Kafka.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct KafkaFigures {
+    /// The cluster and topic prefix (no secret).
+    pub cluster: String,
+    /// Partitions the apply reads.
+    pub partitions: usize,
+    /// Records in them the apply has not read yet (as of the last high watermarks, every 5 s).
+    pub lag_records: i64,
 }
 
 /// Reverse replication after a cutover.
@@ -554,6 +568,12 @@ pub fn render(s: &Status) -> String {
                     .map(|f| format!("; durable on the target up to {f}"))
                     .unwrap_or_default(),
                 l.stream_error.as_deref().map(|e| format!("; last error: {e}")).unwrap_or_default(),
+            ));
+        }
+        if let Some(k) = &l.kafka {
+            o.push_str(&format!(
+                "  through Kafka: {}; {} record(s) not yet read in {} partition(s)\n",
+                k.cluster, k.lag_records, k.partitions
             ));
         }
         if l.sample_age_seconds > 3.0 || l.sample_error.is_some() {

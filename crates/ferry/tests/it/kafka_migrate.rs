@@ -66,6 +66,10 @@ async fn heavy_durable_migrate_via_kafka_survives_kill_9_verifies_cuts_over_and_
     assert!(metrics.trim_end().ends_with("# EOF"), "{metrics}");
     let st = api_status(&api).await;
     assert!(st["transactions_applied"].as_i64().unwrap_or(0) > 0, "{st}");
+    assert!(st["live"]["kafka"]["cluster"].as_str().unwrap_or("").ends_with(&prefix), "{st}");
+    assert!(st["live"]["kafka"]["partitions"].as_u64().unwrap_or(0) >= 4, "{st}");
+    let shown = ferry(&["status", "--api", &format!("http://{api}")]);
+    assert!(shown.stdout.contains("through Kafka: kafka://"), "{}", shown.all());
     // The slot moved on with what the broker acknowledged.
     let (slot, consistent): (String, String) = {
         let r = connect(&dbs.target)
