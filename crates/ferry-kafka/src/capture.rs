@@ -50,6 +50,8 @@ pub struct CaptureOptions {
     pub stream_timeout: Duration,
     /// Record values Kafka cannot carry as dead letters and go on.
     pub skip_dead_letters: bool,
+    /// What the capture publishes, counted (`ferry capture --listen`).
+    pub stats: Arc<crate::sink::SinkStats>,
 }
 
 /// The capture's record in its state topic.
@@ -256,7 +258,9 @@ async fn snapshot(opts: &CaptureOptions, sinks: &KafkaSinks, tables_hint: &[ferr
 pub async fn run(opts: CaptureOptions, stop: watch::Receiver<bool>, progress: Arc<CdcProgress>) -> Result<(), PgError> {
     crate::sink::probe(&opts.kafka).await?;
     let db = opts.source.dbname().to_string();
-    let sinks = KafkaSinks::connect(opts.kafka.clone(), Engine::Postgres { db }).await?;
+    let sinks = KafkaSinks::connect(opts.kafka.clone(), Engine::Postgres { db })
+        .await?
+        .with_stats(opts.stats.clone());
     sinks.topics().ensure(&state_topic(&opts.kafka.prefix)).await?;
     let client = opts.source.connect("capture").await?;
     let wal_level: String = client

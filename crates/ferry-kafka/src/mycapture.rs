@@ -56,6 +56,8 @@ pub struct MyCaptureOptions {
     pub max_delay: Duration,
     /// Record values Kafka cannot carry as dead letters and go on.
     pub skip_dead_letters: bool,
+    /// What the capture publishes, counted (`ferry capture --listen`).
+    pub stats: std::sync::Arc<crate::sink::SinkStats>,
 }
 
 fn my(e: ferry_postgres::PgError) -> MyError {
@@ -199,7 +201,8 @@ pub async fn run(opts: MyCaptureOptions, mut stop: watch::Receiver<bool>) -> Res
     let server_id = mysrc::source_server_id(&opts.source).await?;
     let sinks = KafkaSinks::connect(opts.kafka.clone(), Engine::Mysql { server_id })
         .await
-        .map_err(my)?;
+        .map_err(my)?
+        .with_stats(opts.stats.clone());
     sinks.topics().ensure(&state_topic(&opts.kafka.prefix)).await.map_err(my)?;
     let mut state = match read_state(&opts.kafka).await.map_err(my)?.filter(|s| s.slot == opts.name) {
         Some(s) if s.snapshot_complete => {

@@ -22,6 +22,7 @@
 //! the broker had acknowledged.
 
 use std::collections::{HashSet, VecDeque};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -305,6 +306,46 @@ impl Topics {
     }
 }
 
+/// What a capture into Kafka has done, whatever the source's engine (`ferry capture --listen`:
+/// /metrics); shared by every session of the stream.
+#[derive(Debug, Default)]
+pub struct SinkStats {
+    /// Messages handed to the producer (change events, BEGIN/END records, watermarks).
+    pub events: AtomicU64,
+    /// Messages the broker acknowledged.
+    pub acknowledged: AtomicU64,
+    /// Source transactions published (with at least one change of a captured table).
+    pub transactions: AtomicU64,
+    /// Ordering key of the position every event before which the broker holds (PostgreSQL:
+    /// the LSN; MySQL: the binlog file and offset as one number).
+    pub durable_position: AtomicU64,
+    /// Commit time (µs since the epoch) of the last transaction the broker holds whole.
+    pub durable_commit_us: AtomicI64,
+    /// Sessions of the stream started (1 + restarts).
+    pub sessions: AtomicU64,
+}
+
+impl SinkStats {
+    /// OpenMetrics text.
+    pub fn render(&self) -> String {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let mut out = String::new();
+        for (name, kind, help, value) in [
+            ("ferry_kafka_capture_events", "counter", "Messages handed to the producer (events, transaction records, watermarks).", get(&self.events).to_string()),
+            ("ferry_kafka_capture_acknowledged", "counter", "Messages the broker acknowledged.", get(&self.acknowledged).to_string()),
+            ("ferry_kafka_capture_transactions", "counter", "Source transactions published.", get(&self.transactions).to_string()),
+            ("ferry_kafka_capture_sessions", "counter", "Sessions of the stream started (1 + restarts after failures).", get(&self.sessions).to_string()),
+            ("ferry_kafka_capture_acknowledged_position", "gauge", "Source position (ordering key: an LSN, or a binlog file and offset as one number) every event before which the broker holds.", get(&self.durable_position).to_string()),
+            ("ferry_kafka_capture_acknowledged_commit_timestamp_seconds", "gauge", "Source commit time of the last transaction the broker holds whole.", format!("{:.6}", self.durable_commit_us.load(Ordering::Relaxed) as f64 / 1e6)),
+        ] {
+            let sample = if kind == "counter" { format!("{name}_total") } else { name.to_string() };
+            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{sample} {value}\n"));
+        }
+        out.push_str("# EOF\n");
+        out
+    }
+}
+
 /// The Kafka sink for each session of a change stream.
 #[derive(Clone)]
 pub struct KafkaSinks {
@@ -319,6 +360,7 @@ pub struct KafkaSinks {
     /// Transactions written by this replication origin are not published (the reverse
     /// stream's writes on the source after a rollback: they came from the target).
     skip_origin: Option<String>,
+    stats: Arc<SinkStats>,
 }
 
 impl std::fmt::Debug for KafkaSinks {
@@ -341,7 +383,14 @@ impl KafkaSinks {
             topics,
             watermark_every: None,
             skip_origin: None,
+            stats: Arc::default(),
         })
+    }
+
+    /// Counts what every session publishes into `stats`.
+    pub fn with_stats(mut self, stats: Arc<SinkStats>) -> KafkaSinks {
+        self.stats = stats;
+        self
     }
 
     /// Publishes watermarks (on [`watermark_topic`], made sure of here) while the source is
@@ -366,6 +415,7 @@ impl KafkaSinks {
 
     /// A sink (also for a snapshot, outside the stream).
     pub fn sink(&self, skip: HashSet<(Lsn, u32)>) -> KafkaSink {
+        self.stats.sessions.fetch_add(1, Ordering::Relaxed);
         KafkaSink {
             ep: self.endpoint.clone(),
             producer: self.producer.clone(),
@@ -384,6 +434,7 @@ impl KafkaSinks {
             skip,
             watermark_every: self.watermark_every,
             skip_origin: self.skip_origin.clone(),
+            stats: self.stats.clone(),
         }
     }
 }
@@ -458,8 +509,9 @@ pub struct KafkaSink {
     /// Messages handed to the producer, and acknowledged, in this session.
     sent: u64,
     delivered: u64,
-    /// Commit positions waiting for their messages: (messages sent when it ended, position).
-    marks: VecDeque<(u64, SourcePosition)>,
+    /// Commit positions waiting for their messages: (messages sent when it ended, position,
+    /// commit time in µs).
+    marks: VecDeque<(u64, SourcePosition, i64)>,
     durable: Option<SourcePosition>,
     txn: Option<Txn>,
     batch_len: usize,
@@ -469,6 +521,7 @@ pub struct KafkaSink {
     skip: HashSet<(Lsn, u32)>,
     watermark_every: Option<Duration>,
     skip_origin: Option<String>,
+    stats: Arc<SinkStats>,
 }
 
 impl std::fmt::Debug for KafkaSink {
@@ -511,6 +564,7 @@ impl KafkaSink {
                 Ok(f) => {
                     self.pending.push_back(f);
                     self.sent += 1;
+                    self.stats.events.fetch_add(1, Ordering::Relaxed);
                     return Ok(());
                 }
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
@@ -525,8 +579,12 @@ impl KafkaSink {
         }
     }
 
+    /// Waits for the oldest delivery. Cancel-safe: the drivers wait on it inside `select!`,
+    /// which drops it when another branch wins; the delivery stays first in line until its
+    /// answer is read (popping it before the wait lost it then: never counted, never checked
+    /// for an error, and the position stuck behind it).
     async fn settle_one(&mut self) -> Result<(), ApplyError> {
-        let Some(f) = self.pending.pop_front() else { return Ok(()) };
+        let Some(f) = self.pending.front_mut() else { return Ok(()) };
         let r = match tokio::time::timeout(DELIVERY_TIMEOUT + Duration::from_secs(5), f).await {
             Ok(r) => r,
             Err(_) => {
@@ -536,6 +594,7 @@ impl KafkaSink {
                 )))
             }
         };
+        self.pending.pop_front();
         self.delivered(r)
     }
 
@@ -543,6 +602,7 @@ impl KafkaSink {
         match r {
             Ok(Ok(_)) => {
                 self.delivered += 1;
+                self.stats.acknowledged.fetch_add(1, Ordering::Relaxed);
                 self.advance();
                 Ok(())
             }
@@ -555,8 +615,11 @@ impl KafkaSink {
     }
 
     fn advance(&mut self) {
-        while self.marks.front().is_some_and(|(n, _)| *n <= self.delivered) {
-            self.durable = self.marks.pop_front().map(|(_, p)| p);
+        while self.marks.front().is_some_and(|(n, _, _)| *n <= self.delivered) {
+            let (_, p, at_us) = self.marks.pop_front().expect("front");
+            self.stats.durable_position.store(order_key(&p).0, Ordering::Relaxed);
+            self.stats.durable_commit_us.store(at_us, Ordering::Relaxed);
+            self.durable = Some(p);
         }
     }
 
@@ -747,10 +810,11 @@ impl Sink for KafkaSink {
                     if txn.began {
                         let end_msg = self.enc.end(&txn.id, commit_time_us.div_euclid(1000), &txn.per_table);
                         self.send(end_msg).await?;
+                        self.stats.transactions.fetch_add(1, Ordering::Relaxed);
                     }
                     self.previous_commit = Some(txn.commit);
                 }
-                self.marks.push_back((self.sent, end));
+                self.marks.push_back((self.sent, end, commit_time_us));
                 self.transactions += 1;
                 self.advance();
             }

@@ -50,7 +50,12 @@ pub async fn capture(args: &CaptureArgs) -> anyhow::Result<i32> {
         max_delay: Duration::from_millis(args.max_delay_ms),
         stream_timeout: args.stream_timeout,
         skip_dead_letters: args.skip_dead_letters,
+        stats: Arc::default(),
     };
+    if let Some(addr) = args.listen {
+        let stats = opts.stats.clone();
+        serve_metrics(addr, move || stats.render()).await?;
+    }
     let stop = stop_on_signal("stopping: the last events are acknowledged first");
     let progress = Arc::new(CdcProgress::default());
     let reporter = {
@@ -105,7 +110,12 @@ async fn capture_mysql(args: &CaptureArgs) -> anyhow::Result<i32> {
         max_batch: args.max_batch.max(1),
         max_delay: Duration::from_millis(args.max_delay_ms),
         skip_dead_letters: args.skip_dead_letters,
+        stats: Arc::default(),
     };
+    if let Some(addr) = args.listen {
+        let stats = opts.stats.clone();
+        serve_metrics(addr, move || stats.render()).await?;
+    }
     let stop = stop_on_signal("stopping: the last events are acknowledged first");
     ferry_kafka::mycapture::run(opts, stop).await?;
     Ok(exit::OK)
@@ -139,7 +149,8 @@ pub async fn apply(args: &ApplyArgs) -> anyhow::Result<i32> {
         source: None,
     };
     if let Some(addr) = args.listen {
-        serve_metrics(addr, opts.progress.clone()).await?;
+        let progress = opts.progress.clone();
+        serve_metrics(addr, move || progress.render()).await?;
     }
     let stop = stop_on_signal("stopping at a transaction boundary");
     if opts.group.is_some() {
@@ -179,9 +190,9 @@ fn host_name() -> String {
         .unwrap_or_else(|| "member".to_string())
 }
 
-/// `ferry apply --listen`: GET /metrics and GET /healthz, read-only and without row values
+/// `ferry capture --listen` and `ferry apply --listen`: GET /metrics and GET /healthz, read-only and without row values
 /// (like `ferry migrate`'s /metrics, open to scrapers).
-async fn serve_metrics(addr: std::net::SocketAddr, progress: Arc<ferry_kafka::apply::ApplyProgress>) -> anyhow::Result<()> {
+async fn serve_metrics(addr: std::net::SocketAddr, render: impl Fn() -> String + Clone + Send + Sync + 'static) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| UsageError(format!("--listen {addr}: {e}; pick a free address, or leave --listen out")))?;
@@ -189,14 +200,14 @@ async fn serve_metrics(addr: std::net::SocketAddr, progress: Arc<ferry_kafka::ap
         .route(
             "/metrics",
             axum::routing::get(move || {
-                let p = progress.clone();
+                let render = render.clone();
                 async move {
                     (
                         [(
                             axum::http::header::CONTENT_TYPE,
                             "application/openmetrics-text; version=1.0.0; charset=utf-8",
                         )],
-                        p.render(),
+                        render(),
                     )
                 }
             }),

@@ -759,6 +759,11 @@ pub struct CaptureArgs {
     /// MySQL/MariaDB sources: encode TINYINT(1) as boolean instead of smallint.
     #[arg(long)]
     pub tinyint1_boolean: bool,
+    /// Serve GET /metrics (OpenMetrics: events published and acknowledged, transactions, the
+    /// position and commit time the broker holds everything before) and GET /healthz on this
+    /// address, for example 127.0.0.1:7119. Off unless given.
+    #[arg(long)]
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 /// `ferry apply`.

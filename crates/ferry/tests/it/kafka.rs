@@ -143,7 +143,9 @@ async fn capture_publishes_debezium_events_snapshot_transactions_and_the_slot_fo
     .await
     .unwrap();
     let prefix = prefix_for(&dbs);
-    let capture = start_capture(&dbs, &prefix, "").await;
+    let metrics_at = crate::harness::free_addr();
+    let to = format!("kafka://{}/{prefix}", broker());
+    let capture = Migrator::spawn(&["capture", "--source", &dbs.source, "--to", &to, "--listen", &metrics_at]);
     let state = wait_snapshot(&prefix);
     assert_eq!(state["snapshot_complete"], json!(true), "{state}");
     assert_eq!(state["rows"], json!(3), "{state}");
@@ -204,6 +206,7 @@ async fn capture_publishes_debezium_events_snapshot_transactions_and_the_slot_fo
     assert_eq!(field("arr")["type"], json!("array"));
     assert_eq!(field("id")["optional"], json!(false));
 
+    let before_lsn: String = src.query_one("SELECT pg_current_wal_lsn()::text", &[]).await.unwrap().get(0);
     // A transaction over two tables, then a truncate.
     src.batch_execute(
         "BEGIN;
@@ -310,6 +313,37 @@ async fn capture_publishes_debezium_events_snapshot_transactions_and_the_slot_fo
         }
     })
     .await;
+    // --listen: what the capture published and what the broker holds, in /metrics (every
+    // message acknowledged once the stream has settled).
+    let metric = |text: &str, name: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no {name} in:\n{text}")) as u64
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        let (code, text) = crate::harness::http("GET", &metrics_at, "/metrics", None).await;
+        assert_eq!(code, 200, "{text}");
+        if metric(&text, "ferry_kafka_capture_acknowledged_total") == metric(&text, "ferry_kafka_capture_events_total") {
+            break text;
+        }
+        assert!(std::time::Instant::now() < deadline, "messages left unacknowledged: {text}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let metric = |name: &str| metric(&text, name);
+    assert!(metric("ferry_kafka_capture_transactions_total") >= 2, "{text}");
+    // The end of the last transaction published (the truncate): past where the two began.
+    let lsn = |t: &str| {
+        let (hi, lo) = t.split_once('/').unwrap();
+        (u64::from_str_radix(hi, 16).unwrap() << 32) | u64::from_str_radix(lo, 16).unwrap()
+    };
+    let acked = metric("ferry_kafka_capture_acknowledged_position");
+    assert!(
+        acked > lsn(&before_lsn) && acked <= lsn(&after_lsn),
+        "{before_lsn} {after_lsn}: {text}"
+    );
+    assert!(text.ends_with("# EOF\n"), "{text}");
     // --drop removes the slot and publication; the topics stay.
     stop_capture(capture, &dbs.source, &prefix);
     assert!(crate::harness::slots(&dbs.source).await.is_empty());

@@ -52,7 +52,8 @@ async fn mariadb_to_kafka_to_postgres_under_sysbench_with_kill_9_of_capture_and_
         .unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let to = format!("kafka://{}/{prefix}?schemas=false", broker());
-    let capture_args = ["capture", "--source", &source, "--to", &to];
+    let metrics_at = free_addr();
+    let capture_args = ["capture", "--source", &source, "--to", &to, "--listen", &metrics_at];
     let mut capture = Migrator::spawn(&capture_args);
     let state = wait_snapshot(&prefix);
     assert_eq!(state["snapshot_complete"], true, "{state}");
@@ -149,6 +150,21 @@ async fn mariadb_to_kafka_to_postgres_under_sysbench_with_kill_9_of_capture_and_
     assert_eq!(verify.code, 0, "{}", verify.all());
     assert!(verify.stdout.contains(", 0 difference(s)"), "{}", verify.stdout);
     eprintln!("sysbench: {transactions} transactions through Kafka, kill -9 of capture and apply, verify clean");
+    // --listen: the restarted capture's figures (it published the marker's transaction).
+    let (code, text) = http("GET", &metrics_at, "/metrics", None).await;
+    assert_eq!(code, 200, "{text}");
+    let metric = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+    };
+    assert!(metric("ferry_kafka_capture_transactions_total") >= 1.0, "{text}");
+    assert!(metric("ferry_kafka_capture_acknowledged_position") > 0.0, "{text}");
+    assert!(
+        metric("ferry_kafka_capture_acknowledged_commit_timestamp_seconds") > 1.7e9,
+        "{text}"
+    );
 
     let applied = apply.terminate();
     assert_eq!(applied.code, 0, "{}", applied.all());
