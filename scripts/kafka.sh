@@ -52,7 +52,9 @@ start)
   fi
   echo "127.0.0.1:$port" >"$dir/address"
   # memory:// storage: every start is empty, as every test cluster is.
-  setsid "$TANSU" broker --listener-url "tcp://127.0.0.1:$port" --advertised-listener-url "tcp://127.0.0.1:$port" \
+  # FERRY_KAFKA_ADVERTISE=host:port: the address clients are told to use (a TLS terminator in
+  # front of the broker, say); the listener's own by default.
+  setsid "$TANSU" broker --listener-url "tcp://127.0.0.1:$port" --advertised-listener-url "tcp://${FERRY_KAFKA_ADVERTISE:-127.0.0.1:$port}" \
     --storage-engine memory://tansu/ --cluster-id "ferry-$name" "$@" >"$dir/broker.log" 2>&1 </dev/null &
   echo $! >"$dir/broker.pid"
   for _ in $(seq 1 100); do

@@ -35,6 +35,8 @@ need=()
 [ -x "$FERRY_PG_BIN/pgbench" ] || need+=(postgresql-15)
 command -v mariadbd >/dev/null 2>&1 || [ -x /usr/sbin/mariadbd ] || need+=(mariadb-server)
 command -v sysbench >/dev/null 2>&1 || need+=(sysbench)
+# A TLS terminator in front of the test broker (tansu cannot listen with TLS itself).
+command -v socat >/dev/null 2>&1 || need+=(socat)
 # The dashboard test renders the page in a real headless browser.
 command -v "${FERRY_CHROMIUM:-chromium}" >/dev/null 2>&1 || need+=(chromium)
 scripts/install.sh "${need[@]}"

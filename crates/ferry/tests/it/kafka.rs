@@ -859,10 +859,19 @@ struct OwnBroker {
 
 impl OwnBroker {
     fn start(name: &str, args: &[&str]) -> Self {
+        Self::start_advertising(name, args, None)
+    }
+
+    /// A broker that tells clients to connect to `advertise` (host:port) instead of itself.
+    fn start_advertising(name: &str, args: &[&str], advertise: Option<&str>) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let name = format!("{name}-{}", std::process::id());
         let script = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/kafka.sh");
-        let out = std::process::Command::new(&script)
+        let mut cmd = std::process::Command::new(&script);
+        if let Some(a) = advertise {
+            cmd.env("FERRY_KAFKA_ADVERTISE", a);
+        }
+        let out = cmd
             .args(["start", &name, &port.to_string()])
             .args(args)
             .output()
@@ -933,5 +942,104 @@ async fn a_broker_that_refuses_the_login_or_does_not_speak_tls_stops_capture_and
         .get(0);
     assert_eq!(slots, 0);
     drop(src);
+    dbs.drop().await;
+}
+
+/// A successful TLS connection: the test broker behind a TLS terminator (socat, with the test
+/// PKI's certificate for localhost) and advertising the terminator's address, so that every
+/// connection librdkafka makes (bootstrap and broker) is TLS. Capture and apply run over it with
+/// the CA given (`ssl-ca`) and the host name verified; with another CA they stop at once with
+/// the fix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capture_and_apply_run_over_tls_with_the_ca_and_host_name_verified() {
+    let certs = crate::certs::get();
+    let tls_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let broker = OwnBroker::start_advertising("ktls", &[], Some(&format!("localhost:{tls_port}")));
+    let mut relay = std::process::Command::new("socat")
+        .args([
+            format!(
+                "OPENSSL-LISTEN:{tls_port},bind=127.0.0.1,reuseaddr,fork,cert={},key={},verify=0",
+                certs.server_cert.display(),
+                certs.server_key.display()
+            ),
+            format!("TCP:127.0.0.1:{}", broker.port),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("socat is installed by scripts/test.sh");
+    crate::harness::wait_for("the TLS terminator to listen", Duration::from_secs(10), || async {
+        std::net::TcpStream::connect(("127.0.0.1", tls_port)).is_ok()
+    })
+    .await;
+    let dbs = Dbs::create("ktls").await;
+    let ddl = "CREATE TABLE t (id int PRIMARY KEY, v text, at timestamptz(6))";
+    connect(&dbs.source).await.batch_execute(ddl).await.unwrap();
+    connect(&dbs.target).await.batch_execute(ddl).await.unwrap();
+    connect(&dbs.source)
+        .await
+        .batch_execute("INSERT INTO t SELECT g, 'snapshot ' || g, now() FROM generate_series(1, 100) g")
+        .await
+        .unwrap();
+    let prefix = prefix_for(&dbs);
+    let url = |ca: &std::path::Path| {
+        format!(
+            "kafka://localhost:{tls_port}/{prefix}?tls=true&ssl-ca={}&schemas=false",
+            ca.display()
+        )
+    };
+    let good = url(&certs.ca);
+    let capture = Migrator::spawn(&["capture", "--source", &dbs.source, "--to", &good]);
+    // The apply refuses to start before the capture's snapshot is complete (it says so and
+    // exits): started again until it stays up.
+    let apply_args = ["apply", "--from", &good, "--target", &dbs.target];
+    let mut apply = Migrator::spawn(&apply_args);
+    let mut up = 0;
+    for _ in 0..60 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if apply.has_exited() {
+            let run = apply.wait();
+            assert!(run.all().contains("no snapshot is complete"), "{}", run.all());
+            apply = Migrator::spawn(&apply_args);
+            up = 0;
+        } else {
+            up += 1;
+            if up >= 6 {
+                break;
+            }
+        }
+    }
+    connect(&dbs.source)
+        .await
+        .batch_execute(
+            "INSERT INTO t VALUES (101, 'streamed', now()); UPDATE t SET v = 'changed' WHERE id = 1; DELETE FROM t WHERE id = 2;",
+        )
+        .await
+        .unwrap();
+    crate::harness::wait_for_row(
+        &dbs.target,
+        "the snapshot and the changes over TLS",
+        Duration::from_secs(60),
+        "SELECT 1 FROM t WHERE id = 101 AND (SELECT count(*) FROM t) = 100 AND (SELECT v FROM t WHERE id = 1) = 'changed'",
+    )
+    .await;
+    // Another CA: the broker's certificate is not trusted; both stop at once, saying so.
+    let bad = url(&certs.other_ca);
+    for args in [
+        vec!["apply", "--from", &bad, "--target", &dbs.target, "--id", "bad_ca"],
+        vec!["capture", "--source", &dbs.source, "--to", &bad, "--slot", "ferry_bad_ca"],
+    ] {
+        let t0 = Instant::now();
+        let refused = crate::harness::ferry(&args);
+        assert_ne!(refused.code, 0, "{}", refused.all());
+        assert!(refused.all().contains("TLS"), "{}", refused.all());
+        assert!(t0.elapsed() < Duration::from_secs(60), "took {:?}", t0.elapsed());
+    }
+    let applied = apply.terminate();
+    assert_eq!(applied.code, 0, "{}", applied.all());
+    stop_capture(capture, &dbs.source, &prefix);
+    let _ = relay.kill();
+    let _ = relay.wait();
+    drop(broker);
     dbs.drop().await;
 }
