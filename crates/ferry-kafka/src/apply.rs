@@ -1534,37 +1534,6 @@ pub(crate) async fn create_tables(
     Ok(())
 }
 
-/// Creates on the target, from the PostgreSQL source's definition (pg_dump: columns,
-/// indexes, constraints), each table of `tables` the target lacks and the migration's filter
-/// selects: a table created on the source mid-stream, whose topic appeared.
-async fn create_from_source(client: &tokio_postgres::Client, source: &PgSource, tables: &[TableName]) -> Result<(), PgError> {
-    for t in tables.iter().filter(|t| source.filter.matches(t)) {
-        let found: Option<String> = client
-            .query_one("SELECT to_regclass($1)::text", &[&t.quoted()])
-            .await
-            .map_err(|e| PgError::query("looking for the captured tables on the target", e))?
-            .get(0);
-        if found.is_some() {
-            continue;
-        }
-        let ddl = ferry_postgres::schema::dump_table(&source.tools, &source.endpoint, t)
-            .await
-            .map_err(|e| {
-                PgError::config(
-                    format!("creating the new source table {t} on the target"),
-                    e.to_string(),
-                    "create it on the target by hand, then rerun",
-                )
-            })?;
-        client
-            .batch_execute(&format!("BEGIN; {ddl}; COMMIT"))
-            .await
-            .map_err(|e| PgError::query(format!("creating the new source table {t} on the target"), e))?;
-        tracing::info!(table = %t, "table created on the source mid-stream: created on the target, applying its changes");
-    }
-    Ok(())
-}
-
 /// One session: the snapshot if it is not loaded yet, then the transactions, until a stop or
 /// an error.
 async fn session(
@@ -1580,8 +1549,12 @@ async fn session(
     let mut client = opts.target.connect("kafka-apply").await?;
     let tables: Vec<TableName> = topics.iter().filter_map(|t| table_of(&ep.prefix, t)).collect();
     create_tables(&mut client, &state, &tables).await?;
+    // A table created on the source mid-stream, whose topic appeared: created as a direct
+    // stream creates it, when the apply can reach the source.
     if let Some(source) = &opts.source {
-        create_from_source(&client, source, &tables).await?;
+        for t in tables.iter().filter(|t| source.filter.matches(t)) {
+            source.create_on_target(&client, t).await?;
+        }
     }
     let store = StateStore::new(&opts.state_schema);
     store.ensure(&client).await?;
@@ -1798,7 +1771,6 @@ async fn session(
                     _ = stop.changed() => None,
                 }
             };
-            live.last_message_ms.store(ferry_core::unix_ms(), Ordering::Relaxed);
             let Some(item) = item else {
                 if sink.batch_open() && sink.at_boundary() {
                     stage_offsets(&mut sink, &mut read);
@@ -1810,6 +1782,9 @@ async fn session(
             };
             match item {
                 Item::Begin(commit, xid, ts_ms) => {
+                    // Heard from the broker (once a transaction, not once a change: the clock
+                    // is read on the applier's hot path otherwise).
+                    live.last_message_ms.store(ferry_core::unix_ms(), Ordering::Relaxed);
                     // A hold at or before this transaction's commit: everything before it is
                     // handed over, none of it.
                     if let Some(hold) = opts.hold.as_ref().filter(|h| h.requested().is_some_and(|at| commit >= at)) {
@@ -1818,7 +1793,7 @@ async fn session(
                         hold.hold_at(commit, stop, &live).await;
                     }
                     if live.pending_since_ms.load(Ordering::Relaxed) == 0 {
-                        live.pending_since_ms.store(ferry_core::unix_ms(), Ordering::Relaxed);
+                        live.pending_since_ms.store(live.last_message_ms.load(Ordering::Relaxed), Ordering::Relaxed);
                     }
                     commit_at = commit;
                     index = 0;
@@ -1882,6 +1857,7 @@ async fn session(
                     live.applied_lsn.fetch_max(lsn(sink.committed()).0, Ordering::Relaxed);
                 }
                 quiet @ (Item::Idle | Item::Watermark(_)) => {
+                    live.last_message_ms.store(ferry_core::unix_ms(), Ordering::Relaxed);
                     if let Item::Watermark(at) = quiet {
                         known_end = known_end.max(at);
                         live.server_wal_end.fetch_max(at.0, Ordering::Relaxed);

@@ -96,6 +96,35 @@ pub struct PgSource {
     pub tools: PgTools,
 }
 
+impl PgSource {
+    /// Creates `table` on the target through `c` from its definition on this source (pg_dump:
+    /// columns, indexes, constraints) unless the target has it; whether it created it. Every
+    /// stream that meets a table created on the source mid-stream (the direct applier, an
+    /// apply from Kafka) creates it here.
+    pub async fn create_on_target(&self, c: &Client, table: &TableName) -> Result<bool, PgError> {
+        let exists: bool = c
+            .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table.quoted()])
+            .await
+            .map_err(|e| PgError::query("looking for a new table on the target", e))?
+            .get(0);
+        if exists {
+            return Ok(false);
+        }
+        let ddl = crate::schema::dump_table(&self.tools, &self.endpoint, table).await.map_err(|e| {
+            PgError::config(
+                format!("creating the new source table {table} on the target"),
+                e.to_string(),
+                "create it on the target by hand, then rerun",
+            )
+        })?;
+        c.batch_execute(&ddl)
+            .await
+            .map_err(|e| PgError::query(format!("creating the new source table {table} on the target"), e))?;
+        tracing::info!(table = %table, "table created on the source mid-stream: created on the target, streaming its rows");
+        Ok(true)
+    }
+}
+
 /// Which way changes flow. Both directions mark what they write with their own replication
 /// origin and skip transactions that carry the other direction's origin: a change Ferry
 /// applied is never streamed back to where it came from (loop prevention).

@@ -219,31 +219,10 @@ impl Applier {
         if !source.filter.matches(filter_name) {
             return Ok(false);
         }
-        let exists: bool = self
-            .tgt
-            .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table.quoted()])
-            .await
-            .map_err(|e| PgError::query("looking for a new table on the target", e))?
-            .get(0);
-        if !exists {
-            let ddl = crate::schema::dump_table(&source.tools, &source.endpoint, table)
-                .await
-                .map_err(|e| {
-                    PgError::config(
-                        format!("creating the new source table {table} on the target"),
-                        e.to_string(),
-                        "create it on the target by hand, then rerun",
-                    )
-                })?;
-            // On the apply connection, inside the open batch: the same source transaction may
-            // hold locks (an ALTER of a table the new one references) that a second
-            // connection would wait for forever.
-            self.tgt
-                .batch_execute(&ddl)
-                .await
-                .map_err(|e| PgError::query(format!("creating the new source table {table} on the target"), e))?;
-            tracing::info!(table = %table, "table created on the source mid-stream: created on the target, streaming its rows");
-        }
+        // On the apply connection, inside the open batch: the same source transaction may hold
+        // locks (an ALTER of a table the new one references) that a second connection would
+        // wait for forever.
+        source.create_on_target(&self.tgt, table).await?;
         let q = self.ctx.store.quoted().to_string();
         self.tgt
             .execute(

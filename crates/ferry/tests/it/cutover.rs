@@ -184,6 +184,22 @@ fn switch(api: &str, what: &str, extra: &[&str]) -> (Run, serde_json::Value) {
     (run, v)
 }
 
+/// Every transaction pgbench completed left exactly one ticket on `url`, and no other ticket
+/// is there.
+pub(crate) async fn assert_every_ticket_once(url: &str, processed: i64) {
+    let r = connect(url)
+        .await
+        .query_one("SELECT count(*), count(DISTINCT id) FROM tickets", &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        r.get::<_, i64>(0),
+        processed,
+        "tickets on the source vs transactions pgbench completed"
+    );
+    assert_eq!(r.get::<_, i64>(1), processed, "a ticket id twice");
+}
+
 pub(crate) async fn scalar_i64(url: &str, sql: &str) -> i64 {
     connect(url).await.query_one(sql, &[]).await.unwrap().get(0)
 }
@@ -286,16 +302,7 @@ async fn heavy_cutover_and_rollback_under_pgbench_lose_nothing() {
         "cutover pause {cut_pause:.1} ms (max txn latency around it {cut_latency:.1} ms); rollback pause {back_pause:.1} ms (max latency {back_latency:.1} ms); {processed} transactions\n{text}"
     );
     // Every transaction's ticket is on the source once, and only those.
-    let (count, distinct): (i64, i64) = {
-        let r = connect(&dbs.source)
-            .await
-            .query_one("SELECT count(*), count(DISTINCT id) FROM tickets", &[])
-            .await
-            .unwrap();
-        (r.get(0), r.get(1))
-    };
-    assert_eq!(count, processed, "tickets on the source vs transactions pgbench completed");
-    assert_eq!(distinct, processed);
+    assert_every_ticket_once(&dbs.source, processed).await;
     assert_eq!(scalar_i64(&dbs.source, "SELECT count(*) FROM pgbench_history").await, processed);
     assert!(pgbench_invariant(&dbs.source).await);
 
@@ -519,17 +526,7 @@ async fn heavy_durable_cutover_and_rollback_right_after_a_verification_under_pgb
     assert_eq!(report["outcome"], "done", "{report}");
     let (text, processed, _) = finish(bench);
     eprintln!("{text}");
-    let r = connect(&dbs.source)
-        .await
-        .query_one("SELECT count(*), count(DISTINCT id) FROM tickets", &[])
-        .await
-        .unwrap();
-    assert_eq!(
-        r.get::<_, i64>(0),
-        processed,
-        "tickets on the source vs transactions pgbench completed"
-    );
-    assert_eq!(r.get::<_, i64>(1), processed);
+    assert_every_ticket_once(&dbs.source, processed).await;
     assert!(pgbench_invariant(&dbs.source).await);
     let run = m.terminate();
     assert_eq!(run.code, 0, "{}", run.all());

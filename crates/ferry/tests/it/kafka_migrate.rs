@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use crate::cutover::{finish, pgbench_via_proxy, phase, prepare, scalar_i64, start, switch_done, unix_now, verify_clean};
+use crate::cutover::{
+    assert_every_ticket_once, finish, pgbench_via_proxy, phase, prepare, scalar_i64, start, switch_done, unix_now, verify_clean,
+};
 use crate::harness::*;
 use crate::kafka::broker;
 
@@ -152,16 +154,7 @@ async fn heavy_durable_migrate_via_kafka_survives_kill_9_verifies_cuts_over_and_
         "through Kafka: cutover pause {} ms at {cut_at}, rollback pause {} ms at {back_at}; {processed} transactions\n{text}",
         report["pause_ms"], report_back["pause_ms"]
     );
-    let (count, distinct): (i64, i64) = {
-        let r = connect(&dbs.source)
-            .await
-            .query_one("SELECT count(*), count(DISTINCT id) FROM tickets", &[])
-            .await
-            .unwrap();
-        (r.get(0), r.get(1))
-    };
-    assert_eq!(count, processed, "tickets on the source vs transactions pgbench completed");
-    assert_eq!(distinct, processed);
+    assert_every_ticket_once(&dbs.source, processed).await;
     assert!(
         pgbench_invariant(&dbs.source).await,
         "invariant broken on the source after rollback"
