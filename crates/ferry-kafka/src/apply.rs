@@ -1456,17 +1456,19 @@ pub(crate) fn consistent_point(state: &Option<CaptureState>) -> Result<Lsn, PgEr
     }
 }
 
-/// Creates the tables of `tables` missing on the target that a MySQL capture's plan maps
-/// (its state record's DDL: the types `ferry migrate` would create, enum types, primary key),
-/// each in its own transaction: at the first apply every table of the snapshot, later a table
-/// created on the source mid-stream. A table the plan does not name stays missing (and is
+/// Creates the tables of `tables` missing on the target whose definition the capture's state
+/// record has, each in its own transaction: a MySQL capture's plan (the DDL `ferry migrate`
+/// would run: enum types, columns, primary key) for every table of the snapshot at the first
+/// apply and for a table created on the source mid-stream; a PostgreSQL capture's pg_dump of a
+/// table created on the source mid-stream (a PostgreSQL source's snapshot tables are copied
+/// with pg_dump --schema-only first). A table the record does not define stays missing (and is
 /// named when its topic is read).
 pub(crate) async fn create_tables(
     client: &mut tokio_postgres::Client,
     state: &Option<CaptureState>,
     tables: &[TableName],
 ) -> Result<(), PgError> {
-    let Some(state) = state.as_ref().filter(|s| !s.target_ddl.is_empty()) else {
+    let Some(state) = state.as_ref().filter(|s| !s.target_ddl.is_empty() || !s.table_ddl.is_empty()) else {
         return Ok(());
     };
     for t in tables {
@@ -1478,21 +1480,9 @@ pub(crate) async fn create_tables(
         if found.is_some() {
             continue;
         }
-        let q = t.quoted();
-        let create = format!("CREATE TABLE {q} (");
-        let Some(table_ddl) = state.target_ddl.iter().find(|d| d.starts_with(&create)) else {
+        let Some(script) = definition(state, t) else {
             continue;
         };
-        let schema_ddl = format!("CREATE SCHEMA IF NOT EXISTS {}", ferry_core::ident::quote_ident(&t.schema));
-        // Its enum types (`CREATE TYPE "s"."t" ...` whose name the table's columns use).
-        let types = state.target_ddl.iter().filter(|d| {
-            d.starts_with("CREATE TYPE ")
-                && d.split(" AS ENUM")
-                    .next()
-                    .and_then(|h| h.strip_prefix("CREATE TYPE "))
-                    .is_some_and(|name| table_ddl.contains(name))
-        });
-        let keys = state.target_ddl.iter().filter(|d| d.starts_with(&format!("ALTER TABLE {q} ")));
         let tx = client
             .transaction()
             .await
@@ -1517,21 +1507,53 @@ pub(crate) async fn create_tables(
         if made.is_some() {
             continue;
         }
-        for ddl in std::iter::once(&schema_ddl)
-            .chain(types)
-            .chain(std::iter::once(table_ddl))
-            .chain(keys)
-        {
-            tx.batch_execute(ddl)
-                .await
-                .map_err(|e| PgError::query(format!("creating {t} on the target ({ddl})"), e))?;
+        for ddl in &script {
+            tx.batch_execute(ddl).await.map_err(|e| {
+                PgError::query(
+                    format!("creating {t} on the target ({})", ddl.chars().take(200).collect::<String>()),
+                    e,
+                )
+            })?;
         }
+        // pg_dump's script empties the search path for the session; the applier's names are
+        // all qualified, but a later statement on this connection must not depend on it.
+        tx.batch_execute("RESET search_path")
+            .await
+            .map_err(|e| PgError::query("creating the captured tables on the target", e))?;
         tx.commit()
             .await
             .map_err(|e| PgError::query("creating the captured tables on the target", e))?;
-        tracing::info!(table = %t, "created the table on the target, as the capture's plan maps it");
+        tracing::info!(table = %t, "created the table on the target, from the capture's state record");
     }
     Ok(())
+}
+
+/// The statements that create `t` on the target, from the capture's state record: its schema,
+/// then a MySQL plan's enum types, table and primary key, or a PostgreSQL table's pg_dump.
+fn definition(state: &CaptureState, t: &TableName) -> Option<Vec<String>> {
+    let schema_ddl = format!("CREATE SCHEMA IF NOT EXISTS {}", ferry_core::ident::quote_ident(&t.schema));
+    if let Some(dump) = state.table_ddl.get(&format!("{}.{}", t.schema, t.name)) {
+        return Some(vec![schema_ddl, dump.clone()]);
+    }
+    let q = t.quoted();
+    let create = format!("CREATE TABLE {q} (");
+    let table_ddl = state.target_ddl.iter().find(|d| d.starts_with(&create))?;
+    // Its enum types (`CREATE TYPE "s"."t" ...` whose name the table's columns use).
+    let types = state.target_ddl.iter().filter(|d| {
+        d.starts_with("CREATE TYPE ")
+            && d.split(" AS ENUM")
+                .next()
+                .and_then(|h| h.strip_prefix("CREATE TYPE "))
+                .is_some_and(|name| table_ddl.contains(name))
+    });
+    let keys = state.target_ddl.iter().filter(|d| d.starts_with(&format!("ALTER TABLE {q} ")));
+    Some(
+        std::iter::once(schema_ddl)
+            .chain(types.cloned())
+            .chain(std::iter::once(table_ddl.clone()))
+            .chain(keys.cloned())
+            .collect(),
+    )
 }
 
 /// One session: the snapshot if it is not loaded yet, then the transactions, until a stop or

@@ -21,7 +21,8 @@ use ferry_postgres::apply::ApplyError;
 use ferry_postgres::cdc::{self, CdcOptions, CdcProgress};
 use ferry_postgres::export::{self, SnapshotReader};
 use ferry_postgres::replication::ReplicationConnection;
-use ferry_postgres::{slot, Endpoint, PgError};
+use ferry_postgres::schema::PgTools;
+use ferry_postgres::{introspect, slot, Endpoint, PgError};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::FutureRecord;
 use rdkafka::util::Timeout;
@@ -83,6 +84,11 @@ pub struct CaptureState {
     /// the one abandoned before it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot_ts_ms: Option<i64>,
+    /// The definition (pg_dump: columns, constraints, indexes) of each table created on a
+    /// PostgreSQL source after the snapshot (`schema.table`), recorded before its first event
+    /// is published: `ferry apply` creates it on the target from there.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub table_ddl: std::collections::BTreeMap<String, String>,
 }
 
 /// The state topic (`<prefix>.ferry.capture`).
@@ -191,8 +197,14 @@ fn apply_err(e: ApplyError) -> PgError {
 /// Publishes every row of the publication's tables from the slot's snapshot.
 async fn snapshot(opts: &CaptureOptions, sinks: &KafkaSinks, tables_hint: &[ferry_core::TableName]) -> Result<CaptureState, PgError> {
     let client = opts.source.connect("capture").await?;
-    if slot::ensure_publication(&client, &opts.slot, false, tables_hint).await? {
-        tracing::info!(publication = %opts.slot, tables = tables_hint.len(), "created publication on the source");
+    // FOR ALL TABLES where the user may (a superuser): tables created later are published too,
+    // and followed ([`Definitions`]). Otherwise the tables there are now.
+    let all_tables = introspect::server_info(&client).await?.superuser;
+    if slot::ensure_publication(&client, &opts.slot, all_tables, tables_hint).await? {
+        tracing::info!(publication = %opts.slot, all_tables, tables = tables_hint.len(), "created publication on the source");
+        if !all_tables {
+            tracing::warn!(publication = %opts.slot, "the capture's user is not a superuser: the publication names the tables there are now, and a table created later is not captured");
+        }
     }
     let mut repl = ReplicationConnection::connect(&opts.source).await?;
     let created = repl.create_slot_with_snapshot(&opts.slot, false).await?;
@@ -248,6 +260,7 @@ async fn snapshot(opts: &CaptureOptions, sinks: &KafkaSinks, tables_hint: &[ferr
         position: None,
         target_ddl: Vec::new(),
         snapshot_ts_ms: Some(ts_us.div_euclid(1000)),
+        table_ddl: Default::default(),
     };
     write_state(&opts.kafka, &state).await?;
     tracing::info!(tables = tables.len(), rows, "snapshot published; streaming changes");
@@ -323,6 +336,20 @@ pub async fn run(opts: CaptureOptions, stop: watch::Receiver<bool>, progress: Ar
             snapshot(&opts, &sinks, &tables).await?;
         }
     }
+    let state = read_state(&opts.kafka)
+        .await?
+        .filter(|s| s.slot == opts.slot && s.snapshot_complete);
+    let known = state
+        .iter()
+        .flat_map(|s| s.table_rows.keys().chain(s.table_ddl.keys()).cloned())
+        .collect();
+    let sinks = sinks.with_new_tables(Arc::new(Definitions {
+        source: opts.source.clone(),
+        kafka: opts.kafka.clone(),
+        slot: opts.slot.clone(),
+        major: introspect::server_info(&client).await?.major(),
+        known: tokio::sync::Mutex::new(known),
+    }));
     drop(client);
     let copts = CdcOptions {
         source: opts.source.clone(),
@@ -338,6 +365,69 @@ pub async fn run(opts: CaptureOptions, stop: watch::Receiver<bool>, progress: Ar
         apply_timeout: cdc::DEFAULT_APPLY_TIMEOUT,
     };
     cdc::run(copts, &sinks, stop, progress).await
+}
+
+/// Records the definition of each table created on the source after the snapshot in the
+/// capture's state record, before its first event goes out: `ferry apply` cannot reach the
+/// source, and creates the table on the target from there (as a direct stream creates it from
+/// pg_dump). Tables of the snapshot, and tables already recorded, are known at once.
+struct Definitions {
+    source: Endpoint,
+    kafka: KafkaEndpoint,
+    slot: String,
+    /// The source's major version (which pg_dump).
+    major: i32,
+    /// `schema.table` of every table the state record has.
+    known: tokio::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+impl Definitions {
+    async fn record(&self, table: &ferry_core::TableName) -> Result<(), PgError> {
+        let name = format!("{}.{}", table.schema, table.name);
+        let mut known = self.known.lock().await;
+        if known.contains(&name) {
+            return Ok(());
+        }
+        let context = format!("recording the definition of {table}, created on the source mid-stream");
+        let mut state = read_state(&self.kafka).await?.filter(|s| s.slot == self.slot).ok_or_else(|| {
+            PgError::config(
+                context.clone(),
+                format!(
+                    "topic {} has no state record of slot {}",
+                    state_topic(&self.kafka.prefix),
+                    self.slot
+                ),
+                "report this as a bug",
+            )
+        })?;
+        if !state.table_rows.contains_key(&name) && !state.table_ddl.contains_key(&name) {
+            let tools = PgTools::find(self.major, None).await.map_err(|e| {
+                PgError::config(
+                    context.clone(),
+                    e.to_string(),
+                    "install pg_dump of the source's version (postgresql-client) where Ferry runs",
+                )
+            })?;
+            let ddl = ferry_postgres::schema::dump_table(&tools, &self.source, table).await.map_err(|e| {
+                PgError::config(
+                    context.clone(),
+                    e.to_string(),
+                    "check that the capture's user may read the table's definition, then start again",
+                )
+            })?;
+            state.table_ddl.insert(name.clone(), ddl);
+            write_state(&self.kafka, &state).await?;
+            tracing::info!(table = %table, "a table created on the source mid-stream: its definition is in the state record, for `ferry apply` to create");
+        }
+        known.insert(name);
+        Ok(())
+    }
+}
+
+impl crate::sink::NewTables for Definitions {
+    fn described<'a>(&'a self, table: &'a ferry_core::TableName) -> crate::sink::BoxFuture<'a, Result<(), PgError>> {
+        Box::pin(self.record(table))
+    }
 }
 
 /// Drops a capture's slot and publication from the source (the topics stay).

@@ -188,6 +188,7 @@ async fn snapshot(opts: &MyCaptureOptions, sinks: &KafkaSinks, plan: &MyPlan) ->
         position: Some(at_pos.to_string()),
         target_ddl: target_ddl(plan, &db),
         snapshot_ts_ms: Some(ts_us.div_euclid(1000)),
+        table_ddl: Default::default(),
     };
     write_state(&opts.kafka, &state).await.map_err(my)?;
     tracing::info!(tables = plan.tables.len(), rows, "snapshot published; streaming the binlog");

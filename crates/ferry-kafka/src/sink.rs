@@ -346,6 +346,17 @@ impl SinkStats {
     }
 }
 
+/// Told of every table a change stream describes, before any of its events is published: a
+/// PostgreSQL capture records there the definition of a table created on the source mid-stream
+/// (its state record), so that `ferry apply` can create it before its first change.
+pub trait NewTables: Send + Sync {
+    /// `table` is described by the stream (again, at every session: answer known tables at once).
+    fn described<'a>(&'a self, table: &'a ferry_core::TableName) -> BoxFuture<'a, Result<(), PgError>>;
+}
+
+/// A boxed future, as [`NewTables`] returns.
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
 /// The Kafka sink for each session of a change stream.
 #[derive(Clone)]
 pub struct KafkaSinks {
@@ -361,6 +372,7 @@ pub struct KafkaSinks {
     /// stream's writes on the source after a rollback: they came from the target).
     skip_origin: Option<String>,
     stats: Arc<SinkStats>,
+    new_tables: Option<Arc<dyn NewTables>>,
 }
 
 impl std::fmt::Debug for KafkaSinks {
@@ -384,7 +396,14 @@ impl KafkaSinks {
             watermark_every: None,
             skip_origin: None,
             stats: Arc::default(),
+            new_tables: None,
         })
+    }
+
+    /// Tells `hook` of every table the stream describes, before its events are published.
+    pub fn with_new_tables(mut self, hook: Arc<dyn NewTables>) -> KafkaSinks {
+        self.new_tables = Some(hook);
+        self
     }
 
     /// Counts what every session publishes into `stats`.
@@ -435,6 +454,7 @@ impl KafkaSinks {
             watermark_every: self.watermark_every,
             skip_origin: self.skip_origin.clone(),
             stats: self.stats.clone(),
+            new_tables: self.new_tables.clone(),
         }
     }
 }
@@ -522,6 +542,7 @@ pub struct KafkaSink {
     watermark_every: Option<Duration>,
     skip_origin: Option<String>,
     stats: Arc<SinkStats>,
+    new_tables: Option<Arc<dyn NewTables>>,
 }
 
 impl std::fmt::Debug for KafkaSink {
@@ -794,6 +815,9 @@ impl Sink for KafkaSink {
                 }
             }
             ChangeEvent::Relation(rel) => {
+                if let Some(hook) = &self.new_tables {
+                    hook.described(&rel.table).await.map_err(ApplyError::Db)?;
+                }
                 self.enc.relation(&rel);
                 self.ensure_topic(rel.id).await?;
             }

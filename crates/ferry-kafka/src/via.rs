@@ -125,6 +125,7 @@ pub async fn forward(o: ViaOptions, stop: watch::Receiver<bool>) -> Result<(), P
                 position: None,
                 target_ddl: Vec::new(),
                 snapshot_ts_ms: None,
+                table_ddl: Default::default(),
             };
             write_state(&o.kafka, &state).await?;
         }

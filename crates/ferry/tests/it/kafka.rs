@@ -616,7 +616,7 @@ async fn postgres_to_kafka_to_postgres_under_pgbench_with_kill_9_of_capture_and_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_column_added_on_the_source_mid_stream_reaches_the_target_through_kafka() {
+async fn a_column_and_a_table_added_on_the_source_mid_stream_reach_the_target_through_kafka() {
     let dbs = Dbs::create("kgrow").await;
     let src = connect(&dbs.source).await;
     src.batch_execute("CREATE TABLE g (id int PRIMARY KEY, v text); INSERT INTO g VALUES (1, 'a');")
@@ -682,9 +682,69 @@ async fn a_column_added_on_the_source_mid_stream_reaches_the_target_through_kafk
         "{text}"
     );
     assert!(text.ends_with("# EOF\n"), "{text}");
+
+    // A table created on the source mid-stream. The capture's publication is FOR ALL TABLES
+    // (the test's user is a superuser), so its changes come; the capture records its
+    // definition (pg_dump) in the state record before its first event, and the apply, which
+    // cannot reach the source, creates it from there (constraints and index included).
+    src.batch_execute(
+        "CREATE TABLE h (id bigint PRIMARY KEY, note text NOT NULL, at timestamptz DEFAULT now(), CHECK (id > 0));
+         CREATE INDEX h_note ON h (note);
+         INSERT INTO h (id, note, at) VALUES (1, 'first', '2024-05-06 07:08:09.654321+00'), (2, '', '2024-05-06 07:08:09+00');
+         UPDATE g SET v = 'with h' WHERE id = 2;",
+    )
+    .await
+    .unwrap();
+    src.batch_execute(
+        "UPDATE h SET note = 'second' WHERE id = 2; DELETE FROM h WHERE id = 1; INSERT INTO h (id, note) VALUES (3, 'third');",
+    )
+    .await
+    .unwrap();
+    crate::harness::wait_for_row(
+        &dbs.target,
+        "the new table's rows",
+        Duration::from_secs(60),
+        "SELECT 1 FROM h WHERE id = 3 AND (SELECT count(*) FROM h) = 2 AND EXISTS (SELECT 1 FROM g WHERE id = 2 AND v = 'with h')",
+    )
+    .await;
+    async fn rows(c: &tokio_postgres::Client) -> Vec<(i64, String, Option<String>)> {
+        c.query("SELECT id, note, at::text FROM h ORDER BY id", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect()
+    }
+    let on_source = rows(&src).await;
+    assert_eq!(on_source.len(), 2);
+    assert_eq!(rows(&tgt).await, on_source);
+    let definition: Vec<String> = tgt
+        .query(
+            "SELECT indexname FROM pg_indexes WHERE tablename = 'h'
+             UNION ALL SELECT conname FROM pg_constraint WHERE conrelid = 'h'::regclass AND contype = 'c'
+             UNION ALL SELECT 'not null ' || attname FROM pg_attribute WHERE attrelid = 'h'::regclass AND attnotnull AND attnum > 0
+             ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(definition, ["h_id_check", "h_note", "h_pkey", "not null id", "not null note"]);
+    let state = wait_snapshot(&prefix);
+    assert!(
+        state["table_ddl"]["public.h"]
+            .as_str()
+            .is_some_and(|d| d.contains("CREATE TABLE public.h")),
+        "{state}"
+    );
+    assert!(state["table_ddl"].get("public.g").is_none(), "{state}");
+
     let run = apply.terminate();
     assert_eq!(run.code, 0, "{}", run.all());
     assert!(run.all().contains("adding them"), "{}", run.all());
+    assert!(run.all().contains("created the table on the target"), "{}", run.all());
     stop_capture(capture, &dbs.source, &prefix);
     drop((src, tgt));
     dbs.drop().await;
