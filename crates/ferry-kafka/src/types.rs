@@ -37,6 +37,8 @@ use serde_json::{json, Map, Value};
 
 /// Debezium's placeholder for a value the source did not send (PostgreSQL's unchanged TOAST).
 pub const UNAVAILABLE: &str = "__debezium_unavailable_value";
+/// [`UNAVAILABLE`] in base64: the placeholder of a binary, decimal or bit value.
+const UNAVAILABLE_B64: &str = "X19kZWJleml1bV91bmF2YWlsYWJsZV92YWx1ZQ==";
 
 /// A value could not be carried.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -559,9 +561,16 @@ impl Kind {
         }
     }
 
-    /// Whether `v` is the placeholder for a value not sent.
+    /// Whether `v` is the placeholder for a value not sent (asked of every value applied:
+    /// compared in place, nothing built).
     pub fn is_unavailable(&self, v: &Value) -> bool {
-        *v == self.unavailable() || v.as_str() == Some(UNAVAILABLE)
+        match v {
+            Value::String(s) => {
+                s == UNAVAILABLE || (matches!(self, Kind::Bytes | Kind::Decimal { .. } | Kind::Bits { .. }) && s == UNAVAILABLE_B64)
+            }
+            Value::Array(a) => matches!(self, Kind::Array(_)) && a.len() == 1 && a[0].as_str() == Some(UNAVAILABLE),
+            _ => false,
+        }
     }
 }
 
@@ -1113,6 +1122,17 @@ mod tests {
         assert_eq!(Kind::Array(Box::new(Kind::Int32)).encode("{}").unwrap(), json!([]));
         assert!(Kind::Bytes.is_unavailable(&Kind::Bytes.unavailable()));
         assert_eq!(Kind::Text.unavailable(), json!(UNAVAILABLE));
+        assert_eq!(b64(UNAVAILABLE.as_bytes()), UNAVAILABLE_B64);
+        for k in [
+            Kind::Text,
+            Kind::Bytes,
+            Kind::Array(Box::new(Kind::Int32)),
+            Kind::Decimal { scale: 2, precision: None },
+        ] {
+            assert!(k.is_unavailable(&k.unavailable()), "{k:?}");
+            assert!(!k.is_unavailable(&json!("x")), "{k:?}");
+        }
+        assert!(!Kind::Text.is_unavailable(&json!(UNAVAILABLE_B64)));
         assert_eq!(Kind::Float64.encode("NaN").unwrap(), json!("NaN"));
         assert_eq!(round(&Kind::Float64, "1.5e-300").1, "1.5e-300");
     }
