@@ -20,6 +20,10 @@
 #   GROUP=1         also apply the topics from scratch with an apply group of one member and of
 #                   two (`ferry apply --group`); needs python3 with confluent-kafka
 #
+# Beside each rate: the machine's CPU-seconds per 1,000 transactions for that step (Ferry's
+# processes, the broker, PostgreSQL and pgbench's leftovers), from /proc: on a machine whose
+# cores are all busy, the ratio of two ways' CPU bounds the ratio of their rates.
+#
 # Output: a table on stdout, logs in bench/out/kafka-<UTC timestamp>/.
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 SCALE=${SCALE:-1}
@@ -57,6 +61,39 @@ rate() { awk -v n="$1" -v s="$2" 'BEGIN { printf "%.0f", n / s }'; }
 capture() { "$FERRY_BIN" capture --source "$SRC_ADMIN/bench" --to "kafka://$KAFKA/p$1?schemas=false" >>"$OUT/capture-$1.log" 2>&1 & CAP_PID=$!; }
 apply() { "$FERRY_BIN" apply --from "kafka://$KAFKA/p$1?schemas=false" --target "$TGT_ADMIN/k$1" >>"$OUT/apply-$1.log" 2>&1 & APPLY_PID=$!; }
 
+# What each timed step cost the machine: mark0 and mark1 around it read the machine's busy
+# CPU-seconds, the broker's, and (at mark1, before they stop) those of the Ferry processes
+# started for the step. `cpu WAY` turns them into CPU-seconds per 1,000 backlog transactions
+# (the least of the rounds is kept) and says how busy the cores were (1.00: all of them).
+declare -A CPUK CPUSPLIT
+CORES=$(nproc)
+HZ=$(getconf CLK_TCK)
+proc_cpu() { # PID...: user + system CPU-seconds of these processes
+  local t=0 p
+  for p in "$@"; do
+    [ -r "/proc/$p/stat" ] || continue
+    t=$(awk -v t="$t" -v hz="$HZ" '{ sub(/^.*\) /, ""); print t + ($12 + $13) / hz }' "/proc/$p/stat")
+  done
+  echo "$t"
+}
+broker_pid() { cat "${FERRY_CLUSTER_DIR:-$REPO/.ferry-test/clusters}/$KAFKA_NAME/broker.pid"; }
+mark0() { t0=$(now); c0=$(busy); b0=$(proc_cpu "$(broker_pid)"); }
+mark1() {
+  t1=$(now); c1=$(busy); b1=$(proc_cpu "$(broker_pid)")
+  # shellcheck disable=SC2086 # several PIDs
+  f1=$(proc_cpu $FERRY_PID $CAP_PID $APPLY_PID)
+}
+cpu() {
+  local per use split
+  per=$(awk -v a="$c0" -v b="$c1" -v n="$BACKLOG_TXNS" 'BEGIN { printf "%.3f", (b - a) * 1000 / n }')
+  use=$(awk -v a="$c0" -v b="$c1" -v s="$s" -v c="$CORES" 'BEGIN { printf "%.2f", (b - a) / s / c }')
+  split=$(awk -v a="$c0" -v b="$c1" -v f="$f1" -v k0="$b0" -v k1="$b1" -v n="$BACKLOG_TXNS" \
+    'BEGIN { k = k1 - k0; printf "Ferry %.3f, broker %.3f, PostgreSQL and the rest %.3f", f * 1000 / n, k * 1000 / n, (b - a - f - k) * 1000 / n }')
+  local cur=${CPUK[$1]:-}
+  if [ -z "$cur" ] || awk -v a="$per" -v b="$cur" 'BEGIN{exit !(a<b)}'; then CPUK[$1]=$per; CPUSPLIT[$1]=$split; fi
+  CPU_NOTE=" ($per CPU-s per 1,000: $split; cores $use busy)"
+}
+
 for round in $(seq 1 "$ROUNDS"); do
   "$REPO/scripts/kafka.sh" stop $KAFKA_NAME 2>/dev/null || true
   FERRY_CLUSTER_DIR=${FERRY_CLUSTER_DIR:-$REPO/.ferry-test/clusters} "$REPO/scripts/kafka.sh" start $KAFKA_NAME "$KAFKA_PORT"
@@ -87,29 +124,29 @@ for round in $(seq 1 "$ROUNDS"); do
   # The same backlog, direct and through Kafka (capture and apply running together).
   backlog "$round" $((round * 10 + 1))
   mark=$((round * 10 + 1))
-  t0=$(now); "$FERRY_BIN" migrate --source "$SRC_ADMIN/bench" --target "$TGT_ADMIN/d$round" --jobs 2 --migration-id "d$round" --listen off \
+  mark0; "$FERRY_BIN" migrate --source "$SRC_ADMIN/bench" --target "$TGT_ADMIN/d$round" --jobs 2 --migration-id "d$round" --listen off \
     >>"$OUT/direct-$round.log" 2>&1 & FERRY_PID=$!
-  wait_mark "d$round" $mark "$OUT/direct-$round.log" "$FERRY_PID"; t1=$(now); stop_all
-  s=$(elapsed "$t0" "$t1"); best_max direct "$(rate "$BACKLOG_TXNS" "$s")"; log "  direct: $BACKLOG_TXNS transactions in $s s"
-  t0=$(now); capture "$round"; apply "$round"
-  wait_mark "k$round" $mark "$OUT/apply-$round.log" "$CAP_PID $APPLY_PID"; t1=$(now); stop_all
-  s=$(elapsed "$t0" "$t1"); best_max kafka "$(rate "$BACKLOG_TXNS" "$s")"; log "  through Kafka: $BACKLOG_TXNS transactions in $s s"
-  t0=$(now); via
-  wait_mark "v$round" $mark "$OUT/via-$round.log" "$FERRY_PID"; t1=$(now); stop_all
-  s=$(elapsed "$t0" "$t1"); best_max via "$(rate "$BACKLOG_TXNS" "$s")"; log "  migrate --via kafka: $BACKLOG_TXNS transactions in $s s"
+  wait_mark "d$round" $mark "$OUT/direct-$round.log" "$FERRY_PID"; mark1; stop_all
+  s=$(elapsed "$t0" "$t1"); best_max direct "$(rate "$BACKLOG_TXNS" "$s")"; cpu direct; log "  direct: $BACKLOG_TXNS transactions in $s s$CPU_NOTE"
+  mark0; capture "$round"; apply "$round"
+  wait_mark "k$round" $mark "$OUT/apply-$round.log" "$CAP_PID $APPLY_PID"; mark1; stop_all
+  s=$(elapsed "$t0" "$t1"); best_max kafka "$(rate "$BACKLOG_TXNS" "$s")"; cpu kafka; log "  through Kafka: $BACKLOG_TXNS transactions in $s s$CPU_NOTE"
+  mark0; via
+  wait_mark "v$round" $mark "$OUT/via-$round.log" "$FERRY_PID"; mark1; stop_all
+  s=$(elapsed "$t0" "$t1"); best_max via "$(rate "$BACKLOG_TXNS" "$s")"; cpu via; log "  migrate --via kafka: $BACKLOG_TXNS transactions in $s s$CPU_NOTE"
   # A second backlog: capture alone into the broker, then apply alone out of it.
   backlog "$round" $((round * 10 + 2))
   mark=$((round * 10 + 2))
   slot=ferry_capture_p$round
-  t0=$(now); capture "$round"
+  mark0; capture "$round"
   until [ "$(psql -X -At -d "$SRC_ADMIN/bench" -c "SELECT confirmed_flush_lsn >= '$BACKLOG_END' FROM pg_replication_slots WHERE slot_name = '$slot'")" = t ]; do
     kill -0 $CAP_PID || exit 1; sleep 0.1
   done
-  t1=$(now); stop_all
-  s=$(elapsed "$t0" "$t1"); best_max capture "$(rate "$BACKLOG_TXNS" "$s")"; log "  capture alone: $BACKLOG_TXNS transactions in $s s"
-  t0=$(now); apply "$round"
-  wait_mark "k$round" $mark "$OUT/apply-$round.log" "$APPLY_PID"; t1=$(now); stop_all
-  s=$(elapsed "$t0" "$t1"); best_max apply "$(rate "$BACKLOG_TXNS" "$s")"; log "  apply alone: $BACKLOG_TXNS transactions in $s s"
+  mark1; stop_all
+  s=$(elapsed "$t0" "$t1"); best_max capture "$(rate "$BACKLOG_TXNS" "$s")"; cpu capture; log "  capture alone: $BACKLOG_TXNS transactions in $s s$CPU_NOTE"
+  mark0; apply "$round"
+  wait_mark "k$round" $mark "$OUT/apply-$round.log" "$APPLY_PID"; mark1; stop_all
+  s=$(elapsed "$t0" "$t1"); best_max apply "$(rate "$BACKLOG_TXNS" "$s")"; cpu apply; log "  apply alone: $BACKLOG_TXNS transactions in $s s$CPU_NOTE"
   # Scale-out: everything in the topics (snapshot and both backlogs) applied from scratch by an
   # apply group of one member, then of two, each into an empty copy of the schema.
   if [ "${GROUP:-1}" = 1 ] && python3 -c "import confluent_kafka" 2>/dev/null; then
@@ -147,6 +184,10 @@ printf '%-52s %14s  (%sx direct)\n' "through Kafka (capture + apply together)" "
 printf '%-52s %14s  (%sx direct)\n' "ferry migrate --via kafka (both legs, one process)" "${BEST[via]}" "$(awk -v a="${BEST[via]}" -v b="${BEST[direct]}" 'BEGIN { printf "%.2f", a / b }')"
 printf '%-52s %14s\n' "capture alone (source to broker)" "${BEST[capture]}"
 printf '%-52s %14s\n' "apply alone (broker to target)" "${BEST[apply]}"
+printf '\n%-52s %14s\n' "machine CPU per 1,000 transactions (least of $ROUNDS)" "CPU-seconds"
+for w in direct kafka via capture apply; do printf '%-52s %14s  (%s)\n' "$w" "${CPUK[$w]}" "${CPUSPLIT[$w]}"; done
+printf '%-52s %14s\n' "through Kafka's bound on $CORES saturated cores" \
+  "$(awk -v a="${CPUK[direct]}" -v b="${CPUK[kafka]}" 'BEGIN { printf "%.2fx direct", a / b }')"
 if [ -n "${BEST[group1]:-}" ]; then
   printf '%-52s %14s\n' "apply group, 1 member (all records from scratch)" "${BEST[group1]} records/s"
   printf '%-52s %14s  (%sx one member)\n' "apply group, 2 members (same records)" "${BEST[group2]} records/s" \

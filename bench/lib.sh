@@ -132,6 +132,10 @@ best_max() { # key value: keep the largest
   local k=$1 v=$2 cur=${BEST[$1]:-}
   if [ -z "$cur" ] || awk -v a="$v" -v b="$cur" 'BEGIN{exit !(a>b)}'; then BEST[$k]=$v; fi
 }
+# busy: CPU-seconds the whole machine has spent busy since boot (every core; idle and iowait
+# left out), from /proc/stat. Two readings around a step give what the step cost the machine,
+# whichever processes (servers, broker, Ferry) spent it.
+busy() { awk -v hz="$(getconf CLK_TCK)" '/^cpu / { printf "%.2f", ($2 + $3 + $4 + $7 + $8 + $9) / hz; exit }' /proc/stat; }
 pct() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%+.1f%%", (b/a-1)*100 }'; }
 
 # bench_full_load MODE ROUND ID LABEL: times the full load of migration ID (FERRY_BIN, `url`
