@@ -49,6 +49,7 @@ use tokio::sync::{mpsc, watch};
 use crate::capture::{read_state, state_topic, CaptureState};
 use crate::endpoint::{KafkaEndpoint, REQUEST_TIMEOUT};
 use crate::envelope::{transaction_topic, watermark_topic, Watermark};
+use crate::image::Image;
 use crate::sink::{dead_letter_topic, kafka_error};
 use crate::types::Kind;
 
@@ -388,29 +389,6 @@ impl Head {
     /// `consistent`, at `ts_ms` when the record says), not of one abandoned before it.
     pub(crate) fn of_snapshot(&self, consistent: Lsn, ts_ms: Option<i64>) -> bool {
         self.lsn == Some(consistent.0) && ts_ms.is_none_or(|t| self.source_ts_ms == Some(t))
-    }
-}
-
-/// A record's row images and operation (the applier's part of the parse).
-#[derive(Debug, Default, serde::Deserialize)]
-struct Image {
-    #[serde(default)]
-    op: Option<String>,
-    #[serde(default)]
-    before: Value,
-    #[serde(default)]
-    after: Value,
-    #[serde(default)]
-    payload: Option<Box<Image>>,
-}
-
-impl Image {
-    fn read(raw: &[u8]) -> Result<Image, String> {
-        let i: Image = serde_json::from_slice(raw).map_err(|e| format!("a record is not JSON: {e}"))?;
-        Ok(match i.payload {
-            Some(p) => *p,
-            None => i,
-        })
     }
 }
 
@@ -1136,29 +1114,6 @@ impl Shape {
         }
         grown
     }
-
-    fn row(&self, image: &Value, missing: Datum) -> Result<Row, String> {
-        let obj = image.as_object().ok_or_else(|| "a row image is not an object".to_string())?;
-        for name in obj.keys() {
-            if !self.rel.columns.iter().any(|c| &c.name == name) {
-                return Err(format!("column {name} is not in {} on the target", self.rel.table));
-            }
-        }
-        self.rel
-            .columns
-            .iter()
-            .zip(&self.kinds)
-            .map(|(c, k)| match obj.get(&c.name) {
-                None => Ok(missing.clone()),
-                Some(v) if k.is_unavailable(v) => Ok(Datum::Unchanged),
-                Some(v) => match k.decode(v) {
-                    Ok(None) => Ok(Datum::Null),
-                    Ok(Some(s)) => Ok(Datum::Text(Bytes::from(s))),
-                    Err(e) => Err(format!("column {}: {}", c.name, e.0)),
-                },
-            })
-            .collect()
-    }
 }
 
 /// Why a record cannot become a change of the target's table.
@@ -1195,31 +1150,40 @@ impl Unfit {
 /// A record (not a tombstone) as a change of the target's table. The shape first grows by
 /// the columns the record has and the table lacks (the source gained them mid-stream) when
 /// its schema part types them: `.0` says so, and the sink must be told the grown relation
-/// before the change.
+/// before the change. The record is decoded in one pass ([`crate::image`]).
 pub(crate) fn change_of(shape: &mut Shape, raw: &[u8]) -> Result<(bool, ChangeEvent), Unfit> {
-    let unfit = |operation: &'static str, image: &Value, error: String| Unfit {
+    let unfit = |operation: &'static str, field: &str, error: String| Unfit {
         operation,
-        image: image.clone(),
+        image: image_of(raw, field),
         error,
     };
-    let p = Image::read(raw).map_err(|e| unfit("unknown", &Value::Null, e))?;
-    let unknown = |image: &Value| {
-        image
-            .as_object()
-            .is_some_and(|o| o.keys().any(|k| !shape.rel.columns.iter().any(|c| &c.name == k)))
-    };
+    let decode = |shape: &Shape| crate::image::decode(raw, &shape.rel.columns, &shape.kinds).map_err(|e| unfit("unknown", "", e));
+    let mut p = decode(shape)?;
+    let unknown = |i: &Option<Image>| matches!(i, Some(Image::Unknown(_)));
     let grown = (unknown(&p.after) || unknown(&p.before)) && shape.grow(&whole(raw));
+    if grown {
+        p = decode(shape)?;
+    }
+    let table = &shape.rel.table;
+    let row = |image: Option<Image>, missing: Datum| -> Result<Row, String> {
+        match image {
+            Some(Image::Row(values)) => Ok(values.into_iter().map(|v| v.unwrap_or_else(|| missing.clone())).collect()),
+            Some(Image::Unknown(name)) => Err(format!("column {name} is not in {table} on the target")),
+            Some(Image::Bad(why)) => Err(why),
+            None => Err("a row image is not an object".into()),
+        }
+    };
     let id = shape.rel.id;
     let event = match p.op.as_deref() {
         Some("c") | Some("r") => ChangeEvent::Insert {
             relation: id,
-            new: shape.row(&p.after, Datum::Null).map_err(|e| unfit("insert", &p.after, e))?,
+            new: row(p.after, Datum::Null).map_err(|e| unfit("insert", "after", e))?,
         },
         Some("u") => {
-            let new = shape.row(&p.after, Datum::Unchanged).map_err(|e| unfit("update", &p.after, e))?;
-            let old = match &p.before {
-                Value::Null => None,
-                b => Some(shape.row(b, Datum::Null).map_err(|e| unfit("update", b, e))?),
+            let new = row(p.after, Datum::Unchanged).map_err(|e| unfit("update", "after", e))?;
+            let old = match p.before {
+                None => None,
+                b => Some(row(b, Datum::Null).map_err(|e| unfit("update", "before", e))?),
             };
             // The sink's contract: an old row only when the update moves the key (or the table
             // has none). A `before` that keeps the key (Debezium's MySQL connector writes the
@@ -1240,16 +1204,30 @@ pub(crate) fn change_of(shape: &mut Shape, raw: &[u8]) -> Result<(bool, ChangeEv
         }
         Some("d") => ChangeEvent::Delete {
             relation: id,
-            old: shape.row(&p.before, Datum::Null).map_err(|e| unfit("delete", &p.before, e))?,
+            old: row(p.before, Datum::Null).map_err(|e| unfit("delete", "before", e))?,
         },
         Some("t") => ChangeEvent::Truncate {
             relations: vec![id],
             cascade: false,
             restart_identity: false,
         },
-        other => return Err(unfit("unknown", &p.after, format!("unknown op {other:?}"))),
+        other => return Err(unfit("unknown", "after", format!("unknown op {other:?}"))),
     };
     Ok((grown, event))
+}
+
+/// A record's row image `field` (`before`, `after`) as a JSON tree, for a dead letter's key:
+/// parsed again, only for a record that failed.
+fn image_of(raw: &[u8], field: &str) -> Value {
+    if field.is_empty() {
+        return Value::Null;
+    }
+    let w = whole(raw);
+    let p = match w.get("payload") {
+        Some(p) if p.is_object() => p,
+        _ => &w,
+    };
+    p.get(field).cloned().unwrap_or(Value::Null)
 }
 
 fn copy_escape(out: &mut Vec<u8>, s: &[u8]) {
@@ -2007,7 +1985,7 @@ impl Load<'_> {
                         shape.learn(&whole(&raw));
                         learned = true;
                     }
-                    let after = Image::read(&raw)
+                    let after = crate::image::decode(&raw, &shape.rel.columns, &shape.kinds)
                         .map_err(|e| {
                             PgError::config(
                                 format!("loading {table} from Kafka"),
@@ -2016,13 +1994,21 @@ impl Load<'_> {
                             )
                         })?
                         .after;
-                    let row = shape.row(&after, Datum::Null).map_err(|e| {
-                        PgError::config(
-                            format!("loading {table} from Kafka"),
-                            e,
-                            "align the target's table with the source and start again",
-                        )
-                    })?;
+                    let row: Row = match after {
+                        Some(Image::Row(values)) => values.into_iter().map(|v| v.unwrap_or(Datum::Null)).collect(),
+                        other => {
+                            let why = match other {
+                                Some(Image::Unknown(name)) => format!("column {name} is not in {table} on the target"),
+                                Some(Image::Bad(why)) => why,
+                                _ => "a row image is not an object".into(),
+                            };
+                            return Err(PgError::config(
+                                format!("loading {table} from Kafka"),
+                                why,
+                                "align the target's table with the source and start again",
+                            ));
+                        }
+                    };
                     for (i, d) in row.iter().enumerate() {
                         if i > 0 {
                             buf.push(b'\t');

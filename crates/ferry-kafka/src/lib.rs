@@ -11,6 +11,7 @@ pub mod capture;
 pub mod endpoint;
 pub mod envelope;
 pub mod group;
+pub mod image;
 pub mod mycapture;
 pub mod offsets;
 pub mod sink;

@@ -466,10 +466,12 @@ impl Kind {
             },
             Kind::Bytes => {
                 let bytes = unb64(as_str()?)?;
+                const HEX: &[u8; 16] = b"0123456789abcdef";
                 let mut s = String::with_capacity(2 + bytes.len() * 2);
                 s.push_str("\\x");
                 for b in bytes {
-                    s.push_str(&format!("{b:02x}"));
+                    s.push(HEX[usize::from(b >> 4)] as char);
+                    s.push(HEX[usize::from(b & 15)] as char);
                 }
                 s
             }
@@ -561,13 +563,16 @@ impl Kind {
         }
     }
 
+    /// Whether a string value is the placeholder for a value not sent.
+    pub fn is_unavailable_text(&self, s: &str) -> bool {
+        s == UNAVAILABLE || (matches!(self, Kind::Bytes | Kind::Decimal { .. } | Kind::Bits { .. }) && s == UNAVAILABLE_B64)
+    }
+
     /// Whether `v` is the placeholder for a value not sent (asked of every value applied:
     /// compared in place, nothing built).
     pub fn is_unavailable(&self, v: &Value) -> bool {
         match v {
-            Value::String(s) => {
-                s == UNAVAILABLE || (matches!(self, Kind::Bytes | Kind::Decimal { .. } | Kind::Bits { .. }) && s == UNAVAILABLE_B64)
-            }
+            Value::String(s) => self.is_unavailable_text(s),
             Value::Array(a) => matches!(self, Kind::Array(_)) && a.len() == 1 && a[0].as_str() == Some(UNAVAILABLE),
             _ => false,
         }
