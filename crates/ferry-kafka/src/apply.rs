@@ -1666,6 +1666,11 @@ async fn session(
         let mut client = client;
         let mut rows_buf = Vec::with_capacity(1 << 16);
         loop {
+            // A stop seen inside a table's load (which ends it, rolled back) is seen here too:
+            // `changed()` would not fire again for it, and the next record would arrive here.
+            if *stop.borrow() {
+                return Ok(());
+            }
             let item = tokio::select! {
                 i = rx.recv() => i,
                 _ = stop.changed() => return Ok(()),
