@@ -408,19 +408,41 @@ impl Definitions {
                     "install pg_dump of the source's version (postgresql-client) where Ferry runs",
                 )
             })?;
-            let ddl = ferry_postgres::schema::dump_table(&tools, &self.source, table).await.map_err(|e| {
-                PgError::config(
-                    context.clone(),
-                    e.to_string(),
-                    "check that the capture's user may read the table's definition, then start again",
-                )
-            })?;
-            state.table_ddl.insert(name.clone(), ddl);
-            write_state(&self.kafka, &state).await?;
-            tracing::info!(table = %table, "a table created on the source mid-stream: its definition is in the state record, for `ferry apply` to create");
+            match ferry_postgres::schema::dump_table(&tools, &self.source, table).await {
+                Ok(ddl) => {
+                    state.table_ddl.insert(name.clone(), ddl);
+                    write_state(&self.kafka, &state).await?;
+                    tracing::info!(table = %table, "a table created on the source mid-stream: its definition is in the state record, for `ferry apply` to create");
+                }
+                // Created and dropped again before the stream got to it (a job's work table):
+                // its changes are still published, and there is no definition to record. The
+                // capture goes on (stopping would keep the source's WAL); an apply that meets
+                // its topic stops naming the table, for the user to create it on the target.
+                Err(e) if !self.exists(table).await? => {
+                    tracing::warn!(table = %table, error = %e, "a table created on the source mid-stream is gone from it: its definition cannot be recorded, and `ferry apply` will ask for the table on the target");
+                }
+                Err(e) => {
+                    return Err(PgError::config(
+                        context.clone(),
+                        e.to_string(),
+                        "check that the capture's user may read the table's definition, then start again",
+                    ))
+                }
+            }
         }
         known.insert(name);
         Ok(())
+    }
+}
+
+impl Definitions {
+    /// Whether `table` is on the source now.
+    async fn exists(&self, table: &ferry_core::TableName) -> Result<bool, PgError> {
+        let c = self.source.connect("capture").await?;
+        c.query_one("SELECT to_regclass($1) IS NOT NULL", &[&table.quoted()])
+            .await
+            .map(|r| r.get(0))
+            .map_err(|e| PgError::query("looking for a new table on the source", e))
     }
 }
 
