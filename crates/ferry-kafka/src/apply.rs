@@ -1164,15 +1164,7 @@ pub(crate) fn change_of(shape: &mut Shape, raw: &[u8]) -> Result<(bool, ChangeEv
     if grown {
         p = decode(shape)?;
     }
-    let table = &shape.rel.table;
-    let row = |image: Option<Image>, missing: Datum| -> Result<Row, String> {
-        match image {
-            Some(Image::Row(values)) => Ok(values.into_iter().map(|v| v.unwrap_or_else(|| missing.clone())).collect()),
-            Some(Image::Unknown(name)) => Err(format!("column {name} is not in {table} on the target")),
-            Some(Image::Bad(why)) => Err(why),
-            None => Err("a row image is not an object".into()),
-        }
-    };
+    let row = |image: Option<Image>, missing: Datum| crate::image::row(image, missing, &shape.rel.table);
     let id = shape.rel.id;
     let event = match p.op.as_deref() {
         Some("c") | Some("r") => ChangeEvent::Insert {
@@ -1999,21 +1991,13 @@ impl Load<'_> {
                             )
                         })?
                         .after;
-                    let row: Row = match after {
-                        Some(Image::Row(values)) => values.into_iter().map(|v| v.unwrap_or(Datum::Null)).collect(),
-                        other => {
-                            let why = match other {
-                                Some(Image::Unknown(name)) => format!("column {name} is not in {table} on the target"),
-                                Some(Image::Bad(why)) => why,
-                                _ => "a row image is not an object".into(),
-                            };
-                            return Err(PgError::config(
-                                format!("loading {table} from Kafka"),
-                                why,
-                                "align the target's table with the source and start again",
-                            ));
-                        }
-                    };
+                    let row = crate::image::row(after, Datum::Null, table).map_err(|e| {
+                        PgError::config(
+                            format!("loading {table} from Kafka"),
+                            e,
+                            "align the target's table with the source and start again",
+                        )
+                    })?;
                     for (i, d) in row.iter().enumerate() {
                         if i > 0 {
                             buf.push(b'\t');

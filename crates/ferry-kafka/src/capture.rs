@@ -290,9 +290,13 @@ pub async fn run(opts: CaptureOptions, stop: watch::Receiver<bool>, progress: Ar
     }
     let state = read_state(&opts.kafka).await?.filter(|s| s.slot == opts.slot);
     let slot_state = slot::slot_status(&client, &opts.slot).await?;
-    match (slot_state, state.as_ref().is_some_and(|s| s.snapshot_complete)) {
-        (Some(_), true) => tracing::info!(slot = %opts.slot, "resuming change capture from the slot"),
-        (None, true) => {
+    // The state record the stream runs under: the one found, or the new snapshot's.
+    let state = match (slot_state, state.filter(|s| s.snapshot_complete)) {
+        (Some(_), Some(state)) => {
+            tracing::info!(slot = %opts.slot, "resuming change capture from the slot");
+            state
+        }
+        (None, Some(_)) => {
             return Err(PgError::config(
                 "resuming change capture",
                 format!(
@@ -305,7 +309,7 @@ pub async fn run(opts: CaptureOptions, stop: watch::Receiver<bool>, progress: Ar
                 ),
             ))
         }
-        (Some(active), false) => {
+        (Some(active), None) => {
             let deadline = std::time::Instant::now() + Duration::from_secs(15);
             let mut active = active;
             while active {
@@ -322,9 +326,9 @@ pub async fn run(opts: CaptureOptions, stop: watch::Receiver<bool>, progress: Ar
             tracing::warn!(slot = %opts.slot, "an earlier capture stopped during its snapshot: dropping its slot and taking the snapshot again");
             slot::drop_slot(&client, &opts.slot).await?;
             let tables = export::user_tables(&client).await?;
-            snapshot(&opts, &sinks, &tables).await?;
+            snapshot(&opts, &sinks, &tables).await?
         }
-        (None, false) => {
+        (None, None) => {
             let tables = export::user_tables(&client).await?;
             if tables.is_empty() {
                 return Err(PgError::config(
@@ -333,16 +337,10 @@ pub async fn run(opts: CaptureOptions, stop: watch::Receiver<bool>, progress: Ar
                     "create the tables first",
                 ));
             }
-            snapshot(&opts, &sinks, &tables).await?;
+            snapshot(&opts, &sinks, &tables).await?
         }
-    }
-    let state = read_state(&opts.kafka)
-        .await?
-        .filter(|s| s.slot == opts.slot && s.snapshot_complete);
-    let known = state
-        .iter()
-        .flat_map(|s| s.table_rows.keys().chain(s.table_ddl.keys()).cloned())
-        .collect();
+    };
+    let known = state.table_rows.keys().chain(state.table_ddl.keys()).cloned().collect();
     let sinks = sinks.with_new_tables(Arc::new(Definitions {
         source: opts.source.clone(),
         kafka: opts.kafka.clone(),

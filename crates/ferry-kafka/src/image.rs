@@ -12,7 +12,7 @@ use std::borrow::Cow;
 use std::fmt;
 
 use bytes::Bytes;
-use ferry_core::change::{Column, Datum};
+use ferry_core::change::{Column, Datum, Row};
 use serde::de::value::{MapAccessDeserializer, SeqAccessDeserializer};
 use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
@@ -29,6 +29,17 @@ pub enum Image {
     Unknown(String),
     /// A value that does not fit its column, or an image that is not an object: why.
     Bad(String),
+}
+
+/// A row image as the target table's row (a column it lacks takes `missing`), or why it
+/// cannot be one (`table` names the target's table).
+pub fn row(image: Option<Image>, missing: Datum, table: &impl fmt::Display) -> Result<Row, String> {
+    match image {
+        Some(Image::Row(values)) => Ok(values.into_iter().map(|v| v.unwrap_or_else(|| missing.clone())).collect()),
+        Some(Image::Unknown(name)) => Err(format!("column {name} is not in {table} on the target")),
+        Some(Image::Bad(why)) => Err(why),
+        None => Err("a row image is not an object".into()),
+    }
 }
 
 /// A record's `op` and images (`payload`'s, when the record has a schema part beside it).
