@@ -202,6 +202,20 @@ pub fn ready_for_query(buf: &mut BytesMut, status: u8) {
     frame(buf, b'Z', |b| b.put_u8(status));
 }
 
+/// A Query ('Q') running `sql`, or a Parse ('P') of statement `name` preparing it with no
+/// parameter types: what a refused client message is replaced with.
+pub fn refusing_message(buf: &mut BytesMut, tag: u8, name: &str, sql: &str) {
+    if tag == b'P' {
+        frame(buf, b'P', |b| {
+            cstr(b, name);
+            cstr(b, sql);
+            b.put_i16(0);
+        });
+    } else {
+        frame(buf, b'Q', |b| cstr(b, sql));
+    }
+}
+
 /// NegotiateProtocolVersion: the newest minor version supported and the options not recognised.
 pub fn negotiate_protocol_version(buf: &mut BytesMut, minor: i32, unrecognized: &[&str]) {
     frame(buf, b'v', |b| {

@@ -153,6 +153,9 @@ impl Hold {
             let _ = rx.await;
         }
         self.shared.switches.fetch_add(1, SeqCst);
+        // Read sessions moved with the primary: they find their place again at their next
+        // request.
+        self.shared.read.reroute();
         let report = SwitchReport {
             from,
             to: upstream.name.clone(),

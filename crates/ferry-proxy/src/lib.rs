@@ -76,6 +76,29 @@
 //!   rustls, which may keep encrypted bytes when the socket is full; the session flushes them as
 //!   soon as the socket takes them, with no flush per message.
 //!
+//! # The read endpoint
+//! With [`ProxyConfig::read_listen`] the proxy listens on a second address, for the sessions an
+//! application would send to a read replica. A listener of its own, rather than a rule on the
+//! database or user name, because that is how PostgreSQL clients are pointed at replicas
+//! already (a second host:port in the pool's configuration, or a second entry in a
+//! multi-host connection string), and it needs no name the target does not have.
+//!
+//! * Every server connection of a read session starts with `-c default_transaction_read_only=on`
+//!   appended to its `options`, on the primary as on the replica: a write fails with
+//!   PostgreSQL's own error (`cannot execute INSERT in a read-only transaction`, SQLSTATE
+//!   25006) wherever the session is. Statements that would turn that off (`READ WRITE`, `SET`
+//!   of a `*read_only` setting to off, `set_config` naming one, the same inside a `DO` block)
+//!   are replaced by one that raises SQLSTATE 25006 with the reason, so the server still
+//!   answers in protocol order. `SHOW`, `current_setting` and `RESET` pass.
+//! * [`Proxy::set_read_share`] sends that percent of read sessions to the replica
+//!   ([`Proxy::set_replica`]), as long as [`Proxy::set_replica_ready`] says the replica may serve
+//!   (the caller measures its lag). A session is placed when it connects and moved, when the
+//!   share or the readiness changes, at the start of its next request, at a safe point, with
+//!   its SETs and prepared statements replayed as at a switch. Which sessions move is sticky
+//!   (see `read.rs`): raising the share only moves sessions to the replica, lowering it only
+//!   moves them back, and a session that is not moved keeps its server.
+//! * A [`Hold`] holds read sessions too, and [`Hold::switch`] moves them to the new primary.
+//!
 //! # Limits
 //! At most [`ProxyConfig::max_connections`] client connections (default 1000) and, among them,
 //! [`ProxyConfig::max_unauthenticated`] still logging in (default 64), each for at most
@@ -92,15 +115,17 @@ mod codec;
 mod error;
 mod hold;
 mod proxy;
+mod read;
 mod replay;
 mod scram;
 mod session;
+mod sql;
 mod timeouts;
 mod upstream;
 
 pub use error::{BusySession, HoldError, ProxyError, SwitchError};
 pub use hold::{Hold, ReleaseReport, SwitchReport};
-pub use proxy::{Proxy, ProxyStats};
+pub use proxy::{Proxy, ProxyStats, ReadStats};
 pub use timeouts::Timeouts;
 pub use upstream::ConnectError;
 
@@ -188,6 +213,9 @@ pub const DEFAULT_MAX_UNAUTHENTICATED: usize = 64;
 pub struct ProxyConfig {
     /// Address to listen on; port 0 picks a free port (see [`Proxy::local_addr`]).
     pub listen: SocketAddr,
+    /// The read endpoint's address, if there is one (see "The read endpoint" above): same
+    /// users, database, TLS and limits; its sessions' transactions are read-only.
+    pub read_listen: Option<SocketAddr>,
     /// Clients authenticate with SCRAM-SHA-256 against these.
     pub users: Vec<ProxyUser>,
     /// The database name clients must ask for; others are refused with SQLSTATE 3D000.
@@ -210,6 +238,7 @@ impl ProxyConfig {
     pub fn new(listen: SocketAddr, users: Vec<ProxyUser>, dbname: impl Into<String>) -> ProxyConfig {
         ProxyConfig {
             listen,
+            read_listen: None,
             users,
             dbname: dbname.into(),
             tls: None,
@@ -224,6 +253,7 @@ impl fmt::Debug for ProxyConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ProxyConfig")
             .field("listen", &self.listen)
+            .field("read_listen", &self.read_listen)
             .field("users", &self.users)
             .field("dbname", &self.dbname)
             .field("tls", &self.tls.is_some())

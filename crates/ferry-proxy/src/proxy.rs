@@ -2,6 +2,7 @@
 
 use crate::error::{BusySession, HoldError, ProxyError};
 use crate::hold::Hold;
+use crate::read::ReadRouting;
 use crate::replay::ReplayLog;
 use crate::rustls;
 use crate::scram::Verifier;
@@ -49,6 +50,10 @@ pub(crate) struct SessionHandle {
     pub cancel_key: Mutex<CancelKey>,
     pub replay: Mutex<ReplayLog>,
     pub commands: mpsc::UnboundedSender<Command>,
+    /// A read-endpoint session: its routing bucket (see `read.rs`).
+    pub read_bucket: Option<u8>,
+    /// Name of the upstream its server connection is on now.
+    pub upstream: Mutex<String>,
 }
 
 impl SessionHandle {
@@ -108,6 +113,8 @@ pub(crate) struct Shared {
     pub refusing: Arc<AtomicUsize>,
     /// Connections refused for a limit since start.
     pub refused: AtomicU64,
+    /// The read endpoint's routing.
+    pub read: ReadRouting,
 }
 
 /// One unit of a connection counter, given back when dropped.
@@ -197,7 +204,8 @@ impl Shared {
 pub struct Proxy {
     shared: Arc<Shared>,
     local_addr: SocketAddr,
-    accept: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>,
+    read_addr: Option<SocketAddr>,
+    accept: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
 }
 
 /// A snapshot of the proxy's state.
@@ -223,6 +231,33 @@ pub struct ProxyStats {
     pub unauthenticated: usize,
     /// Connections refused since start because a limit was reached (SQLSTATE 53300).
     pub refused: u64,
+    /// The read endpoint, when there is one.
+    pub read: Option<ReadStats>,
+}
+
+/// The read endpoint's state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadStats {
+    pub listen: SocketAddr,
+    /// Percent of read sessions the replica is to serve.
+    pub share: u8,
+    /// Name of the replica, if one is set.
+    pub replica: Option<String>,
+    /// Whether the replica may serve now (its lag under the bound).
+    pub replica_ready: bool,
+    /// Read sessions connected to a server.
+    pub sessions: usize,
+    /// Of them, on the replica (a replica that is also the primary, after a cutover, counts as
+    /// the primary).
+    pub on_replica: usize,
+    /// Sessions moved between primary and replica since start, and moves that failed.
+    pub moves: u64,
+    pub move_failures: u64,
+    /// Requests of read sessions served by the primary and by the replica since start.
+    pub requests_primary: u64,
+    pub requests_replica: u64,
+    /// Statements refused because they would have made a read session's transactions writable.
+    pub refused_statements: u64,
 }
 
 impl Proxy {
@@ -274,6 +309,15 @@ impl Proxy {
             addr: config.listen,
             source,
         })?;
+        let read_listener = match config.read_listen {
+            Some(addr) => {
+                let l = listen(addr).map_err(|source| ProxyError::Bind { addr, source })?;
+                let a = l.local_addr().map_err(|source| ProxyError::Bind { addr, source })?;
+                Some((l, a))
+            }
+            None => None,
+        };
+        let read_addr = read_listener.as_ref().map(|(_, a)| *a);
         let shared = Arc::new(Shared {
             dbname: config.dbname,
             timeouts,
@@ -300,6 +344,7 @@ impl Proxy {
             unauthenticated: Arc::new(AtomicUsize::new(0)),
             refusing: Arc::new(AtomicUsize::new(0)),
             refused: AtomicU64::new(0),
+            read: ReadRouting::default(),
         });
         tracing::info!(
             listen = %local_addr,
@@ -309,11 +354,16 @@ impl Proxy {
             max_connections = shared.max_connections,
             "proxy started"
         );
-        let accept = tokio::spawn(accept_loop(listener, shared.clone()));
+        let mut accept = vec![tokio::spawn(accept_loop(listener, shared.clone(), false))];
+        if let Some((l, a)) = read_listener {
+            tracing::info!(listen = %a, "proxy read endpoint started");
+            accept.push(tokio::spawn(accept_loop(l, shared.clone(), true)));
+        }
         Ok(Proxy {
             shared,
             local_addr,
-            accept: Arc::new(Mutex::new(Some(accept))),
+            read_addr,
+            accept: Arc::new(Mutex::new(accept)),
         })
     }
 
@@ -327,12 +377,42 @@ impl Proxy {
         self.local_addr
     }
 
+    /// The read endpoint's address, if there is one.
+    pub fn read_addr(&self) -> Option<SocketAddr> {
+        self.read_addr
+    }
+
+    /// Where read sessions go when shifted (the migration's target); None: nowhere but the
+    /// primary.
+    pub fn set_replica(&self, replica: Option<Upstream>) {
+        self.shared.read.set_replica(replica);
+    }
+
+    /// Sends `percent` (0..=100) of read sessions to the replica while it is ready; returns
+    /// the previous share. Sessions move at the start of their next request.
+    pub fn set_read_share(&self, percent: u8) -> u8 {
+        let old = self.shared.read.set_share(percent);
+        if old != percent.min(100) {
+            tracing::info!(from = old, to = percent.min(100), "read share changed");
+        }
+        old
+    }
+
+    /// Whether the replica may serve reads now (the caller keeps its lag under its bound).
+    /// Sessions on it move back to the primary at the start of their next request when not.
+    pub fn set_replica_ready(&self, ready: bool) {
+        if self.shared.read.set_ready(ready) {
+            tracing::info!(ready, "read replica readiness changed");
+        }
+    }
+
     /// The upstream new sessions go to.
     pub fn upstream(&self) -> Upstream {
         lock(&self.shared.upstream).clone()
     }
 
     pub fn stats(&self) -> ProxyStats {
+        let primary = lock(&self.shared.upstream).name.clone();
         let sessions = lock(&self.shared.sessions);
         ProxyStats {
             sessions: sessions.len(),
@@ -340,11 +420,37 @@ impl Proxy {
             busy: sessions.values().filter(|s| !s.safe.load(Relaxed)).count(),
             held: self.shared.held_now.load(SeqCst),
             switches: self.shared.switches.load(SeqCst),
-            upstream: lock(&self.shared.upstream).name.clone(),
+            upstream: primary.clone(),
             last_hold_max_wait: *lock(&self.shared.last_max_wait),
             clients: self.shared.clients.load(SeqCst),
             unauthenticated: self.shared.unauthenticated.load(SeqCst),
             refused: self.shared.refused.load(SeqCst),
+            read: self.read_addr.map(|listen| {
+                let r = &self.shared.read;
+                let replica = r.replica().map(|u| u.name);
+                let reads = sessions.values().filter(|s| s.read_bucket.is_some());
+                let (mut n, mut on_replica) = (0, 0);
+                for s in reads {
+                    n += 1;
+                    let on = lock(&s.upstream);
+                    if replica.as_deref() == Some(on.as_str()) && *on != primary {
+                        on_replica += 1;
+                    }
+                }
+                ReadStats {
+                    listen,
+                    share: r.share(),
+                    replica,
+                    replica_ready: r.ready(),
+                    sessions: n,
+                    on_replica,
+                    moves: r.moves.load(Relaxed),
+                    move_failures: r.move_failures.load(Relaxed),
+                    requests_primary: r.requests[0].load(Relaxed),
+                    requests_replica: r.requests[1].load(Relaxed),
+                    refused_statements: r.refused.load(Relaxed),
+                }
+            }),
         }
     }
 
@@ -425,7 +531,7 @@ impl Proxy {
     /// sessions to end by themselves, then closes those left as [`Proxy::shutdown`] does.
     /// Returns how many were closed that way.
     pub async fn drain(&self, within: Duration) -> usize {
-        if let Some(accept) = lock(&self.accept).take() {
+        for accept in lock(&self.accept).drain(..) {
             accept.abort();
         }
         let deadline = Instant::now() + within;
@@ -444,7 +550,7 @@ impl Proxy {
 
     /// Stops accepting connections and closes every session (clients get FATAL 57P01).
     pub async fn shutdown(&self) {
-        if let Some(accept) = lock(&self.accept).take() {
+        for accept in lock(&self.accept).drain(..) {
             accept.abort();
         }
         self.shared.shutdown_tx.send_replace(true);
@@ -477,7 +583,7 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
 
 /// Starts a session for an accepted connection, or refuses it when a limit is reached. Only
 /// this task adds clients, so a check and the increment after it cannot race each other.
-fn admit(shared: &Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
+fn admit(shared: &Arc<Shared>, stream: TcpStream, peer: SocketAddr, read: bool) {
     let over = if shared.clients.load(SeqCst) >= shared.max_connections {
         Some((
             "too many connections to the Ferry proxy".to_owned(),
@@ -519,14 +625,14 @@ fn admit(shared: &Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
     };
     let shared = shared.clone();
     tokio::spawn(async move {
-        crate::session::run(shared, stream, peer, admission).await;
+        crate::session::run(shared, stream, peer, admission, read).await;
     });
 }
 
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, read: bool) {
     loop {
         match listener.accept().await {
-            Ok((stream, peer)) => admit(&shared, stream, peer),
+            Ok((stream, peer)) => admit(&shared, stream, peer, read),
             Err(e) => {
                 // EMFILE and the like: back off instead of spinning.
                 tracing::warn!(error = %e, "accept failed");

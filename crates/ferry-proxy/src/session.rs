@@ -23,10 +23,15 @@ use tokio::io::{AsyncReadExt, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
+/// What a read session's statement that would allow writes is replaced with.
+const REFUSAL_SQL: &str = "DO $ferry$BEGIN RAISE EXCEPTION USING ERRCODE = '25006', \
+     MESSAGE = 'cannot make transactions read-write on the Ferry proxy''s read endpoint', \
+     HINT = 'The read endpoint serves read-only transactions; connect to the primary endpoint to write.'; END$ferry$";
+
 /// The ALPN protocol of PostgreSQL's TLS (required by PostgreSQL 17's direct TLS).
 pub(crate) const ALPN: &[u8] = b"postgresql";
 
-pub(crate) async fn run(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, admission: Admission) {
+pub(crate) async fn run(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, admission: Admission, read: bool) {
     let _ = tcp.set_nodelay(true);
     // A client that vanishes (host down, network cut) is noticed by the kernel, which ends
     // the session and frees its server connection.
@@ -38,7 +43,7 @@ pub(crate) async fn run(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, a
         Admission::Refuse { slot, message, hint } => (slot, Entry::Refuse(message, hint)),
     };
     let forwarder = tokio::select! {
-        r = setup(shared.clone(), tcp, peer, entry) => r,
+        r = setup(shared.clone(), tcp, peer, entry, read) => r,
         _ = shutdown.wait_for(|s| *s) => return,
     };
     match forwarder {
@@ -92,6 +97,11 @@ struct Forwarder {
     /// Last safe-point state published to `h.safe`.
     safe: bool,
     pending_client: BytesMut,
+    /// Read sessions: the routing generation last routed under, whether the server is the
+    /// replica, and requests counted so far.
+    routed_gen: u64,
+    on_replica: bool,
+    counted: u64,
 }
 
 fn would_block(e: &io::Error) -> bool {
@@ -258,6 +268,11 @@ impl Forwarder {
                 self.h.busy_since.store(self.shared.now_nanos(), Relaxed);
                 self.h.safe.store(false, SeqCst);
             }
+            if let Some(bucket) = self.h.read_bucket {
+                if self.shared.read.generation() != self.routed_gen {
+                    self.route(bucket).await;
+                }
+            }
             self.safe = false;
         }
         let t = &mut self.t;
@@ -272,6 +287,14 @@ impl Forwarder {
         match scanned {
             Ok(n) => self.c_out = n,
             Err(e) => return Some(End::ClientProtocol(e)),
+        }
+        if self.h.read_bucket.is_some() {
+            if !self.t.refuse.is_empty() {
+                self.refuse_unlocking();
+            }
+            let r = &self.shared.read;
+            r.requests[self.on_replica as usize].fetch_add(self.t.sent - self.counted, Relaxed);
+            self.counted = self.t.sent;
         }
         self.publish();
         if self.t.terminate {
@@ -398,6 +421,61 @@ impl Forwarder {
         }
     }
 
+    /// Moves a read session to the server the routing wants for it now, at its safe point,
+    /// replaying its state there; a failure leaves it where it is (logged and counted).
+    async fn route(&mut self, bucket: u8) {
+        let r = &self.shared.read;
+        self.routed_gen = r.generation();
+        let want = r.replica_for(bucket).unwrap_or_else(|| lock(&self.shared.upstream).clone());
+        if want.name == self.backend.upstream {
+            return;
+        }
+        let timeouts = self.shared.timeouts;
+        let log = lock(&self.h.replay).clone();
+        let moved = async {
+            let mut backend = crate::upstream::connect(&want, &self.h.user, &self.h.params, &timeouts).await?;
+            if let Err(e) = crate::upstream::replay(&mut backend, &log, timeouts.replay).await {
+                backend.terminate().await;
+                return Err(e);
+            }
+            Ok(backend)
+        }
+        .await;
+        match moved {
+            Ok(backend) => {
+                r.moves.fetch_add(1, Relaxed);
+                self.adopt(backend);
+            }
+            Err(e) => {
+                r.move_failures.fetch_add(1, Relaxed);
+                tracing::warn!(session = self.h.id, from = %self.backend.upstream, to = %want.name, error = %e, "read session could not move; it stays");
+            }
+        }
+    }
+
+    /// Replaces each statement the tracker found that would make a read session's
+    /// transactions writable by one that fails with SQLSTATE 25006 saying why. The server
+    /// answers it in order, so the protocol's state stays what the client expects.
+    fn refuse_unlocking(&mut self) {
+        let refuse = std::mem::take(&mut self.t.refuse);
+        let base = self.cbuf.as_ptr() as usize;
+        let mut out = BytesMut::with_capacity(self.cbuf.len() + 256 * refuse.len());
+        let mut at = 0;
+        for (ptr, len, tag, name) in refuse {
+            // The message starts 5 bytes (type and length) before its body.
+            let start = ptr - base - 5;
+            out.extend_from_slice(&self.cbuf[at..start]);
+            crate::codec::refusing_message(&mut out, tag, &name, REFUSAL_SQL);
+            at = start + 5 + len;
+            self.shared.read.refused.fetch_add(1, Relaxed);
+            tracing::info!(session = self.h.id, "read endpoint: refused a statement that would allow writes");
+        }
+        // Every refused message lies in the scanned part: it shifts by the change in size.
+        self.c_out = (self.c_out + out.len()) - at;
+        out.extend_from_slice(&self.cbuf[at..]);
+        self.cbuf = out;
+    }
+
     /// Continues on `new`, dropping the old server connection. Called only at a safe point.
     fn adopt(&mut self, new: Backend) {
         if !self.safe || self.c_out > 0 {
@@ -407,6 +485,11 @@ impl Forwarder {
         self.bbuf.truncate(self.b_out);
         self.bscan = Scanner::default();
         let old = std::mem::replace(&mut self.backend, new);
+        *lock(&self.h.upstream) = self.backend.upstream.clone();
+        if self.h.read_bucket.is_some() {
+            self.on_replica = self.shared.read.replica().is_some_and(|r| r.name == self.backend.upstream)
+                && lock(&self.shared.upstream).name != self.backend.upstream;
+        }
         *lock(&self.h.cancel_key) = self.backend.key.clone();
         self.h.backend_pid.store(self.backend.key.process_id, SeqCst);
         tracing::debug!(

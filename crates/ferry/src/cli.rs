@@ -53,6 +53,9 @@ pub enum Command {
     /// Run the proxy alone in front of the target (after `ferry complete`), with the users,
     /// address and TLS of `ferry migrate --proxy-listen`, until the application connects directly.
     Proxy(ProxyArgs),
+    /// Send a share of the proxy's read endpoint sessions to the target (while its lag stays
+    /// under --max-read-lag); 0% sends them all back to the source.
+    Shift(ShiftArgs),
     /// Give up a migration: drop its replication slot and publication on the source.
     Abandon(AbandonArgs),
     /// Start two throwaway PostgreSQL clusters, fill one with sample data, and migrate it.
@@ -296,6 +299,16 @@ pub struct MigrateArgs {
     /// to the Ferry proxy". At most 64 of them may be logging in at once (10 s each at most).
     #[arg(long, value_name = "N", default_value_t = ferry_proxy::DEFAULT_MAX_CONNECTIONS)]
     pub proxy_max_connections: usize,
+    /// The proxy's read endpoint (port 0 picks one, logged at start): point the application's
+    /// read-only traffic here, as at a read replica. Its transactions are read-only; `ferry
+    /// shift --reads N%` sends that share of its sessions to the target while the target's lag
+    /// stays under --max-read-lag. Same users and TLS as --proxy-listen.
+    #[arg(long, value_name = "ADDR", requires = "proxy_listen")]
+    pub proxy_read_listen: Option<std::net::SocketAddr>,
+    /// Reads shifted to the target return to the source while its lag (the age of the oldest
+    /// source change not applied) is above this, and go back once it is under half of it.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub max_read_lag: std::time::Duration,
     /// POST a JSON document to this http:// or https:// URL after every cutover and rollback
     /// (for applications that switch their own connection strings); 10 s in all, sent in the
     /// background after the switch. A MySQL/MariaDB source: after a cutover through the API.
@@ -488,6 +501,26 @@ pub struct ApiArgs {
     /// Print the API's answer as JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `ferry shift`.
+#[derive(Debug, Args)]
+pub struct ShiftArgs {
+    /// Share of read sessions the target serves: 0% to 100% (the % is optional).
+    #[arg(long, value_parser = parse_percent)]
+    pub reads: u8,
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+/// A percentage from 0 to 100, with or without its `%`.
+pub fn parse_percent(s: &str) -> Result<u8, String> {
+    let t = s.trim();
+    let n = t.strip_suffix('%').unwrap_or(t).trim();
+    match n.parse::<u8>() {
+        Ok(v) if v <= 100 => Ok(v),
+        _ => Err(format!("{s:?} is not a percentage from 0% to 100% (for example 25%)")),
+    }
 }
 
 /// `ferry verify`.

@@ -284,8 +284,38 @@ impl Live {
                 busy_sessions: s.busy,
                 held_requests: s.held,
                 switches: s.switches,
+                reads: s.read.map(|r| status::ReadFigures {
+                    listen: r.listen.to_string(),
+                    share_percent: r.share,
+                    target_ready: r.replica_ready,
+                    sessions: r.sessions,
+                    on_target: r.on_replica,
+                    moves: r.moves,
+                    move_failures: r.move_failures,
+                    requests_source: r.requests_primary,
+                    requests_target: r.requests_replica,
+                    refused_statements: r.refused_statements,
+                }),
             }
         })
+    }
+
+    /// The forward stream's lag now, as the read endpoint judges the target: the age of the
+    /// oldest source change not applied (the source's position read once a second; changes
+    /// inside Ferry to the millisecond). None when the target does not follow the source now:
+    /// before change capture streams, after it stopped, after a cutover and during a rollback.
+    pub fn read_lag(&self) -> Option<f64> {
+        let phase = self.latest.read().expect("lock").as_ref().map(|(s, _)| s.phase.clone())?;
+        if phase != "cdc" {
+            return None;
+        }
+        let p = self.cdc.read().expect("lock").clone()?;
+        let applied = p.applied_lsn.load(Ordering::Relaxed);
+        if applied == 0 || p.state() == ferry_postgres::cdc::StreamState::Stopped {
+            return None;
+        }
+        let (_, lag) = wal_lag(&self.forward_wal.lock().expect("lock"), applied, Instant::now());
+        Some(lag.max(p.waiting_inside().as_secs_f64()))
     }
 
     /// The latest status, or why there is none yet. Figures this process knows first-hand
@@ -701,6 +731,38 @@ fn push_sample(w: &mut VecDeque<(Instant, u64)>, t: Instant, lsn: u64) {
 /// sampled once a second and the position before which nothing is left to apply: the lag is
 /// the age of the oldest WAL not processed, the moment the origin's WAL passed `processed`,
 /// interpolated between the two samples around it (0 when every sample is processed).
+/// Keeps the proxy's read endpoint honest: every 100 ms, the target may serve shifted reads
+/// only while its lag is under `max` (it becomes fit again once under half of it, so that a lag
+/// hovering at the bound does not move sessions back and forth).
+pub async fn steer_reads(live: Arc<Live>, proxy: ferry_proxy::Proxy, max: Duration) {
+    let (max, recovered) = (max.as_secs_f64(), max.as_secs_f64() / 2.0);
+    let mut ready = false;
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let lag = live.read_lag();
+        let now = match lag {
+            Some(l) if ready => l <= max,
+            Some(l) => l <= recovered,
+            None => false,
+        };
+        if now != ready {
+            match lag {
+                Some(l) if !now => tracing::warn!(
+                    lag_seconds = l,
+                    max_read_lag_seconds = max,
+                    "the target lags: shifted reads return to the source"
+                ),
+                Some(l) => tracing::info!(lag_seconds = l, "the target caught up: shifted reads may go to it"),
+                None => tracing::info!("the target does not follow the source now: shifted reads stay on the source"),
+            }
+            ready = now;
+        }
+        proxy.set_replica_ready(ready);
+    }
+}
+
 fn wal_lag(w: &VecDeque<(Instant, u64)>, processed: u64, now: Instant) -> (Option<i64>, f64) {
     let bytes = w.back().map(|(_, l)| l.saturating_sub(processed) as i64);
     let lag = match w.iter().position(|(_, l)| *l > processed) {

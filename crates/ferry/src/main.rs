@@ -142,10 +142,16 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                                 .await
                                 .is_some_and(|p| matches!(p, ferry_core::Phase::CutOver | ferry_core::Phase::Rollback));
                             let first = if on_target { target.clone() } else { source.clone() };
+                            config.read_listen = args.proxy_read_listen;
                             let proxy = ferry_proxy::Proxy::start(config, first)
                                 .await
                                 .map_err(|e| exit::UsageError(format!("--proxy-listen {listen}: {e}")))?;
                             tracing::info!(listen = %proxy.local_addr(), upstream = if on_target { "target" } else { "source" }, "proxy listening");
+                            if let Some(read) = proxy.read_addr() {
+                                tracing::info!(listen = %read, max_read_lag_ms = args.max_read_lag.as_millis() as u64, "proxy read endpoint listening; reads stay on the source until `ferry shift --reads N%`");
+                                proxy.set_replica(Some(target.clone()));
+                                tokio::spawn(live::steer_reads(live.clone(), proxy.clone(), args.max_read_lag));
+                            }
                             live.set_proxy(proxy);
                             Some((source, target))
                         }
@@ -278,6 +284,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Verify(args) => verify_cmd::command(args).await,
         Command::Complete(args) => complete::command(&args).await,
         Command::Proxy(args) => complete::proxy_command(&args).await,
+        Command::Shift(args) => status::shift_cmd(&args).await,
         Command::Abandon(args) => {
             let req = settings::resolve(&args.endpoints)?;
             migrate::abandon(&req, args.yes).await?;

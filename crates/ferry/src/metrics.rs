@@ -47,6 +47,14 @@ pub struct Metrics {
     stream_up: Gauge,
     sample_age: Gauge<f64, AtomicU64>,
     source_silence: Gauge<f64, AtomicU64>,
+    proxy_sessions: Gauge,
+    proxy_switches: Counter,
+    read_share: Gauge<f64, AtomicU64>,
+    read_target_ready: Gauge,
+    read_sessions: Family<Labels, Gauge>,
+    read_requests: Family<Labels, Counter>,
+    read_moves: Counter,
+    read_refused: Counter,
 }
 
 impl Default for Metrics {
@@ -86,7 +94,55 @@ impl Metrics {
             stream_up: Gauge::default(),
             sample_age: Gauge::default(),
             source_silence: Gauge::default(),
+            proxy_sessions: Gauge::default(),
+            proxy_switches: Counter::default(),
+            read_share: Gauge::default(),
+            read_target_ready: Gauge::default(),
+            read_sessions: Family::default(),
+            read_requests: Family::default(),
+            read_moves: Counter::default(),
+            read_refused: Counter::default(),
         };
+        registry.register(
+            "ferry_proxy_sessions",
+            "Client sessions of the proxy connected to a server (both endpoints)",
+            m.proxy_sessions.clone(),
+        );
+        registry.register(
+            "ferry_proxy_switches",
+            "Switches of every proxy session between source and target since this process started",
+            m.proxy_switches.clone(),
+        );
+        registry.register(
+            "ferry_proxy_read_share_ratio",
+            "Share of read-endpoint sessions the target is to serve (ferry shift --reads), 0 to 1",
+            m.read_share.clone(),
+        );
+        registry.register(
+            "ferry_proxy_read_target_ready",
+            "1 while the target may serve shifted reads (its lag under --max-read-lag), 0 otherwise",
+            m.read_target_ready.clone(),
+        );
+        registry.register(
+            "ferry_proxy_read_sessions",
+            "Read-endpoint sessions, by the server that serves them (source or target)",
+            m.read_sessions.clone(),
+        );
+        registry.register(
+            "ferry_proxy_read_requests",
+            "Requests of read-endpoint sessions since this process started, by the server that served them",
+            m.read_requests.clone(),
+        );
+        registry.register(
+            "ferry_proxy_read_moves",
+            "Read-endpoint sessions moved between source and target since this process started",
+            m.read_moves.clone(),
+        );
+        registry.register(
+            "ferry_proxy_read_refused_statements",
+            "Statements refused on the read endpoint because they would have made transactions read-write",
+            m.read_refused.clone(),
+        );
         registry.register(
             "ferry_replication_stream_up",
             "1 while change capture streams (or is held at a position), 0 while it reconnects, is paused or stopped",
@@ -286,6 +342,23 @@ impl Metrics {
                 .set(i64::from(matches!(live.stream_state.as_deref(), Some("streaming" | "held"))));
             self.sample_age.set(live.sample_age_seconds);
             self.source_silence.set(live.source_message_age_seconds.unwrap_or(0.0));
+            if let Some(p) = &live.proxy {
+                self.proxy_sessions.set(p.sessions as i64);
+                advance(&self.proxy_switches, p.switches as i64);
+                if let Some(r) = &p.reads {
+                    self.read_share.set(f64::from(r.share_percent) / 100.0);
+                    self.read_target_ready.set(i64::from(r.target_ready));
+                    let label = |side: &str| vec![("upstream", side.to_string())];
+                    self.read_sessions
+                        .get_or_create(&label("source"))
+                        .set((r.sessions - r.on_target) as i64);
+                    self.read_sessions.get_or_create(&label("target")).set(r.on_target as i64);
+                    advance(&self.read_requests.get_or_create(&label("source")), r.requests_source as i64);
+                    advance(&self.read_requests.get_or_create(&label("target")), r.requests_target as i64);
+                    advance(&self.read_moves, r.moves as i64);
+                    advance(&self.read_refused, r.refused_statements as i64);
+                }
+            }
         }
         self.lag_bytes.set(st.lag_bytes.unwrap_or(0).max(0));
         self.retained_wal.set(st.retained_wal_bytes.unwrap_or(0).max(0));

@@ -177,6 +177,7 @@ pub async fn serve(addr: SocketAddr, mut api: Api, opts: &ListenOptions) -> anyh
         .route("/api/cutover", post(cutover))
         .route("/api/rollback", post(rollback))
         .route("/api/complete", post(complete))
+        .route("/api/shift", post(shift))
         .with_state(api)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::from_fn_with_state(guard.clone(), check_request))
@@ -1163,6 +1164,78 @@ async fn rollback(
     Query(q): Query<SwitchQuery>,
 ) -> Response {
     switch(api, peer, headers, q, true).await
+}
+
+/// Options of POST /api/shift.
+#[derive(Debug, Deserialize)]
+struct ShiftQuery {
+    reads: Option<u8>,
+}
+
+/// Sets the share of read-endpoint sessions the target serves: 200 with the new and previous
+/// share and whether the target serves reads now; 409 when there is no read endpoint.
+async fn shift(
+    State(api): State<Api>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Query(q): Query<ShiftQuery>,
+) -> Response {
+    if let Err(r) = authorize(&api, &headers) {
+        return r.into_response();
+    }
+    let Some(reads) = q.reads.filter(|r| *r <= 100) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "reads must be a percentage from 0 to 100".to_string(),
+            "POST /api/shift?reads=25",
+        )
+        .into_response();
+    };
+    let Some(proxy) = api.live.proxy().filter(|p| p.read_addr().is_some()) else {
+        return error(
+            StatusCode::CONFLICT,
+            "this migration has no read endpoint".to_string(),
+            "restart ferry migrate with --proxy-read-listen ADDR (next to --proxy-listen) and point read-only traffic there",
+        )
+        .into_response();
+    };
+    if api.live.completed().is_some() {
+        return error(
+            StatusCode::CONFLICT,
+            "the migration is complete; every session is on the target".to_string(),
+            "nothing to shift",
+        )
+        .into_response();
+    }
+    let previous = proxy.set_read_share(reads);
+    let lag = api.live.read_lag();
+    let ready = proxy.stats().read.is_some_and(|r| r.replica_ready);
+    if previous != reads {
+        let message = format!(
+            "reads shifted from {previous}% to {reads}% of read sessions on the target by {}",
+            actor(peer)
+        );
+        tracing::info!(actor = %actor(peer), from = previous, to = reads, "read share changed through the API");
+        if let Ok(phase) = phase(&api).await {
+            record(&api, phase, "reads_shifted", &message).await;
+        }
+    }
+    let why_not = match (ready, lag) {
+        (true, _) => None,
+        (false, Some(l)) => Some(format!("the target lags {l:.3} s")),
+        (false, None) => {
+            Some("the target does not follow the source now (change capture is not streaming, or after a cutover)".to_string())
+        }
+    };
+    Json(json!({
+        "ok": true,
+        "reads": reads,
+        "previous": previous,
+        "target_ready": ready,
+        "lag_seconds": lag,
+        "why_not": why_not,
+    }))
+    .into_response()
 }
 
 /// Options of POST /api/complete.

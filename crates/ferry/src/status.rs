@@ -229,6 +229,30 @@ pub struct ProxyFigures {
     pub held_requests: usize,
     /// Switches done since start.
     pub switches: u64,
+    /// The read endpoint, when there is one.
+    #[serde(default)]
+    pub reads: Option<ReadFigures>,
+}
+
+/// The proxy's read endpoint.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ReadFigures {
+    pub listen: String,
+    /// Share of read sessions the target is to serve (`ferry shift --reads`).
+    pub share_percent: u8,
+    /// Whether the target may serve reads now (its lag under --max-read-lag).
+    pub target_ready: bool,
+    /// Read sessions, and how many of them the target serves.
+    pub sessions: usize,
+    pub on_target: usize,
+    /// Sessions moved between source and target, and moves that failed (the session stayed).
+    pub moves: u64,
+    pub move_failures: u64,
+    /// Requests of read sessions served by each side since start.
+    pub requests_source: u64,
+    pub requests_target: u64,
+    /// Statements refused because they would have made transactions read-write.
+    pub refused_statements: u64,
 }
 
 /// One per-second sample, for charts.
@@ -971,6 +995,38 @@ pub async fn pause_cmd(args: &crate::cli::ApiArgs, paused: bool) -> anyhow::Resu
                     println!("change capture {what}");
                 } else {
                     println!("change capture was {what} already");
+                }
+            }
+            Ok(crate::exit::OK)
+        }
+        401 | 403 => Err(crate::exit::UsageError(format!("the Ferry API at {} refused ({code}): {}", api.base, api_error(&body))).into()),
+        409 => {
+            eprintln!("ferry: {}", api_error(&body));
+            Ok(crate::exit::FOUND_PROBLEM)
+        }
+        _ => anyhow::bail!("the Ferry API at {} answered {code}: {}", api.base, api_error(&body)),
+    }
+}
+
+/// `ferry shift --reads N%`: sets the read endpoint's share through the API.
+pub async fn shift_cmd(args: &crate::cli::ShiftArgs) -> anyhow::Result<i32> {
+    let a = &args.api;
+    let api = ApiClient::new(&a.api, a.api_token_file.as_deref(), a.api_ca.as_deref())?;
+    let (code, body) = api.request("POST", &format!("/api/shift?reads={}", args.reads)).await?;
+    if a.json {
+        println!("{}", String::from_utf8_lossy(&body));
+    }
+    match code {
+        200 => {
+            if !a.json {
+                let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+                println!("reads: {}% of read sessions to the target (was {}%)", v["reads"], v["previous"]);
+                match v["target_ready"].as_bool() {
+                    Some(true) => println!("the target serves them now (lag {:.3} s)", v["lag_seconds"].as_f64().unwrap_or(0.0)),
+                    _ => println!(
+                        "the target does not serve reads now ({}); they stay on the source until it does",
+                        v["why_not"].as_str().unwrap_or("its lag is above --max-read-lag")
+                    ),
                 }
             }
             Ok(crate::exit::OK)

@@ -155,7 +155,13 @@ fn reserve_small(buf: &mut BytesMut) {
 }
 
 /// Startup, authentication, wait for the hold to end, connect to the upstream.
-pub(super) async fn setup(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, entry: Entry) -> io::Result<Option<Forwarder>> {
+pub(super) async fn setup(
+    shared: Arc<Shared>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    entry: Entry,
+    read: bool,
+) -> io::Result<Option<Forwarder>> {
     let mut buf = BytesMut::with_capacity(1024);
     let (slot, refusal) = match entry {
         Entry::Login(slot) => (Some(slot), None),
@@ -175,7 +181,7 @@ pub(super) async fn setup(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr,
     };
     let authenticated = tokio::time::timeout_at(deadline, authenticate(&shared, &mut client, &mut buf, peer, refusal.as_ref())).await;
     drop(slot);
-    let (user, params) = match authenticated {
+    let (user, mut params) = match authenticated {
         Ok(Ok(Some(x))) => x,
         Ok(Ok(None)) => return Ok(None),
         Ok(Err(e)) => {
@@ -205,7 +211,15 @@ pub(super) async fn setup(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr,
             return Ok(None);
         }
     }
-    let upstream = lock(&shared.upstream).clone();
+    // A read session: read-only wherever it is, placed by its bucket.
+    let read_bucket = read.then(|| shared.read.bucket());
+    if read {
+        params = crate::read::read_only_params(params);
+    }
+    let routed_gen = shared.read.generation();
+    let replica = read_bucket.and_then(|b| shared.read.replica_for(b));
+    let on_replica = replica.is_some();
+    let upstream = replica.unwrap_or_else(|| lock(&shared.upstream).clone());
     let backend = match upstream::connect(&upstream, &user, &params, &shared.timeouts).await {
         Ok(b) => b,
         Err(e) => {
@@ -247,6 +261,8 @@ pub(super) async fn setup(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr,
         cancel_key: Mutex::new(backend.key.clone()),
         replay: Mutex::new(Default::default()),
         commands: commands_tx,
+        read_bucket,
+        upstream: Mutex::new(backend.upstream.clone()),
     });
     lock(&shared.sessions).insert(id, handle.clone());
     shared.connecting.fetch_sub(1, SeqCst);
@@ -262,6 +278,7 @@ pub(super) async fn setup(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr,
         return Err(e);
     }
     tracing::debug!(session = id, %peer, user = %user, upstream = %backend.upstream, backend_pid = backend.key.process_id, "session connected");
+    let on_replica = on_replica && lock(&shared.upstream).name != backend.upstream;
     Ok(Some(Forwarder {
         shared,
         h: handle,
@@ -274,8 +291,11 @@ pub(super) async fn setup(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr,
         b_out: 0,
         bscan: Scanner::default(),
         commands,
-        t: Tracker::new(),
+        t: Tracker::new(read),
         safe: true,
+        routed_gen,
+        on_replica,
+        counted: 0,
         // Anything the client sent right after its auth messages is forwarded first thing.
         pending_client: buf,
     }))

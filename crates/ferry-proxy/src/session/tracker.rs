@@ -24,7 +24,7 @@ pub(super) struct Tracker {
     pub(super) in_flight: u32,
     pub(super) unsynced: bool,
     /// Requests sent / completed (a request ends with its ReadyForQuery).
-    sent: u64,
+    pub(super) sent: u64,
     done: u64,
     /// The request being answered got an ErrorResponse.
     error: bool,
@@ -34,10 +34,16 @@ pub(super) struct Tracker {
     tentative: Vec<(SqlAction, String)>,
     rollback: bool,
     pub(super) terminate: bool,
+    /// A read-endpoint session: statements that would make its transactions writable are
+    /// refused.
+    read_only: bool,
+    /// Messages to refuse, found by the last scan: (address of the body, body length, type,
+    /// statement name).
+    pub(super) refuse: Vec<(usize, usize, u8, String)>,
 }
 
 impl Tracker {
-    pub(super) fn new() -> Tracker {
+    pub(super) fn new(read_only: bool) -> Tracker {
         Tracker {
             tx: b'I',
             in_flight: 0,
@@ -50,6 +56,8 @@ impl Tracker {
             tentative: Vec::new(),
             rollback: false,
             terminate: false,
+            read_only,
+            refuse: Vec::new(),
         }
     }
 
@@ -59,6 +67,11 @@ impl Tracker {
                 self.sent += 1;
                 self.in_flight += 1;
                 if let Some(sql) = f.body.and_then(codec::query_text) {
+                    if self.read_only && crate::sql::unlocks_writes(sql) {
+                        let body = f.body.expect("has text");
+                        self.refuse.push((body.as_ptr() as usize, body.len(), b'Q', String::new()));
+                        return;
+                    }
                     if let Some(action) = classify(sql) {
                         self.actions
                             .push_back((self.sent, action, sql.trim().trim_end_matches(';').to_owned()));
@@ -76,6 +89,17 @@ impl Tracker {
             }
             b'P' => {
                 self.unsynced = true;
+                if let Some(body) = f.body.filter(|_| self.read_only) {
+                    let text = codec::read_cstr(body).ok().and_then(|(_, rest)| codec::read_cstr(rest).ok());
+                    if let (Some(name), Some((sql, _))) = (codec::parse_name(body), text) {
+                        if crate::sql::unlocks_writes(sql) {
+                            self.refuse.push((body.as_ptr() as usize, body.len(), b'P', name.to_owned()));
+                            // Not remembered for a replay: the original would come back.
+                            self.ext.push_back((self.sent + 1, Ext::Parse(None)));
+                            return;
+                        }
+                    }
+                }
                 let named = f.body.and_then(|body| {
                     let name = codec::parse_name(body).filter(|n| !n.is_empty())?;
                     let mut raw = BytesMut::with_capacity(body.len() + 5);

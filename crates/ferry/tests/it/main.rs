@@ -32,6 +32,7 @@ mod mysql_tls;
 mod mysql_upgrade;
 mod privileges;
 mod proxy_tls;
+mod reads;
 mod resume;
 mod tls;
 mod verify;
