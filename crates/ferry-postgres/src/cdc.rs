@@ -701,6 +701,9 @@ impl Reporter {
 /// The longest the source goes without a status update.
 const FEEDBACK_EVERY: Duration = Duration::from_secs(1);
 
+/// How often an idle stream asks the server how far it has sent.
+const IDLE_PING: Duration = Duration::from_millis(500);
+
 /// Where the stream stands: applied (and flushed) positions, or, with nothing open, the
 /// server's WAL end when it last said so.
 struct Positions {
@@ -841,12 +844,14 @@ async fn stream<S: Sink<Error = ApplyError>>(
                                 pinged = Instant::now();
                             }
                             // A sink that records how far the source has sent while idle asks
-                            // for keepalives that say so.
-                            if let Some(every) = applier.watermark_every() {
-                                if !applier.batch_open() && applier.at_boundary() && !applier.in_flight() && pinged.elapsed() >= every {
-                                    rep.ping().await?;
-                                    pinged = Instant::now();
-                                }
+                            // for keepalives that say so; so does an idle stream twice a second,
+                            // so that WAL the source writes with nothing of ours in it (VACUUM,
+                            // ANALYZE, checkpoints, tables not replicated) reads as applied, not
+                            // as lag (the read endpoint, shadow traffic and cutover judge it).
+                            let every = applier.watermark_every().unwrap_or(IDLE_PING).min(IDLE_PING);
+                            if !applier.batch_open() && applier.at_boundary() && !applier.in_flight() && pinged.elapsed() >= every {
+                                rep.ping().await?;
+                                pinged = Instant::now();
                             }
                             None
                         }

@@ -119,6 +119,7 @@ mod read;
 mod replay;
 mod scram;
 mod session;
+mod shadow;
 mod sql;
 mod timeouts;
 mod upstream;
@@ -126,6 +127,7 @@ mod upstream;
 pub use error::{BusySession, HoldError, ProxyError, SwitchError};
 pub use hold::{Hold, ReleaseReport, SwitchReport};
 pub use proxy::{Proxy, ProxyStats, ReadStats};
+pub use shadow::{FingerprintReport, Latency, MismatchExample, ShadowReport, TargetError};
 pub use timeouts::Timeouts;
 pub use upstream::ConnectError;
 

@@ -6,6 +6,7 @@ use crate::read::ReadRouting;
 use crate::replay::ReplayLog;
 use crate::rustls;
 use crate::scram::Verifier;
+use crate::shadow::Shadow;
 use crate::timeouts::Timeouts;
 use crate::upstream::{Backend, CancelKey};
 use crate::{ProxyConfig, Upstream};
@@ -115,6 +116,8 @@ pub(crate) struct Shared {
     pub refused: AtomicU64,
     /// The read endpoint's routing.
     pub read: ReadRouting,
+    /// Shadow traffic.
+    pub shadow: Arc<Shadow>,
 }
 
 /// One unit of a connection counter, given back when dropped.
@@ -233,6 +236,8 @@ pub struct ProxyStats {
     pub refused: u64,
     /// The read endpoint, when there is one.
     pub read: Option<ReadStats>,
+    /// Whether the replica (the target) may take shifted reads and shadow traffic now.
+    pub replica_ready: bool,
 }
 
 /// The read endpoint's state.
@@ -345,6 +350,7 @@ impl Proxy {
             refusing: Arc::new(AtomicUsize::new(0)),
             refused: AtomicU64::new(0),
             read: ReadRouting::default(),
+            shadow: Arc::new(Shadow::default()),
         });
         tracing::info!(
             listen = %local_addr,
@@ -385,7 +391,25 @@ impl Proxy {
     /// Where read sessions go when shifted (the migration's target); None: nowhere but the
     /// primary.
     pub fn set_replica(&self, replica: Option<Upstream>) {
+        if let Some(r) = &replica {
+            let primary = lock(&self.shared.upstream).clone();
+            self.shared.shadow.set_upstreams(primary, r.clone());
+        }
         self.shared.read.set_replica(replica);
+    }
+
+    /// Runs `percent` (0 to 100, fractions allowed) of the read-only statements sessions run
+    /// on the source outside transactions again on the replica, and compares the answers (see
+    /// "Shadow traffic" above). Needs [`Proxy::set_replica`]. Returns the previous percent.
+    pub fn set_shadow_sample(&self, percent: f64) -> f64 {
+        let old = self.shared.shadow.set_sample(percent, self.shared.timeouts);
+        tracing::info!(from = old, to = percent, "shadow sample changed");
+        old
+    }
+
+    /// What shadow traffic found so far.
+    pub fn shadow_report(&self) -> crate::ShadowReport {
+        self.shared.shadow.report()
     }
 
     /// Sends `percent` (0..=100) of read sessions to the replica while it is ready; returns
@@ -425,6 +449,7 @@ impl Proxy {
             clients: self.shared.clients.load(SeqCst),
             unauthenticated: self.shared.unauthenticated.load(SeqCst),
             refused: self.shared.refused.load(SeqCst),
+            replica_ready: self.shared.read.ready(),
             read: self.read_addr.map(|listen| {
                 let r = &self.shared.read;
                 let replica = r.replica().map(|u| u.name);
@@ -455,8 +480,11 @@ impl Proxy {
     }
 
     /// Backend process ids of every session's current server connection.
+    /// Shadow traffic's own connections are included: they are the proxy's too.
     pub fn backend_pids(&self) -> Vec<i32> {
-        lock(&self.shared.sessions).values().map(|s| s.backend_pid.load(SeqCst)).collect()
+        let mut pids: Vec<i32> = lock(&self.shared.sessions).values().map(|s| s.backend_pid.load(SeqCst)).collect();
+        pids.extend(lock(&self.shared.shadow.pids).iter().copied());
+        pids
     }
 
     /// Starts holding and waits until every session is at a safe point. On timeout the hold is

@@ -102,6 +102,20 @@ struct Forwarder {
     routed_gen: u64,
     on_replica: bool,
     counted: u64,
+    /// A request sampled for shadow traffic, being copied and answered.
+    sampling: Option<Sampling>,
+}
+
+/// A request sampled for shadow traffic: its messages as sent, and the source's answer so far.
+#[derive(Debug)]
+struct Sampling {
+    capture: BytesMut,
+    started: std::time::Instant,
+    /// Requests the session had sent before this one.
+    sent_before: u64,
+    /// The whole request has been copied (its Query, or its batch up to Sync).
+    complete: bool,
+    answer: crate::shadow::Summary,
 }
 
 fn would_block(e: &io::Error) -> bool {
@@ -272,6 +286,17 @@ impl Forwarder {
                 if self.shared.read.generation() != self.routed_gen {
                     self.route(bucket).await;
                 }
+            } else if self.shared.shadow.roll()
+                && self.shared.shadow.shadows(&self.backend.upstream)
+                && self.shared.shadow.target_fit(&self.shared.read)
+            {
+                self.sampling = Some(Sampling {
+                    capture: BytesMut::new(),
+                    started: std::time::Instant::now(),
+                    sent_before: self.t.sent,
+                    complete: false,
+                    answer: Default::default(),
+                });
             }
             self.safe = false;
         }
@@ -287,6 +312,16 @@ impl Forwarder {
         match scanned {
             Ok(n) => self.c_out = n,
             Err(e) => return Some(End::ClientProtocol(e)),
+        }
+        if let Some(sm) = self.sampling.as_mut().filter(|sm| !sm.complete) {
+            sm.capture.extend_from_slice(&self.cbuf[..self.c_out]);
+            let sent = self.t.sent - sm.sent_before;
+            if sm.capture.len() > crate::shadow::MAX_CAPTURE || sent > 1 {
+                // Too large, or pipelined with the next request: not sampled.
+                self.sampling = None;
+            } else if sent == 1 && !self.t.unsynced {
+                sm.complete = true;
+            }
         }
         if self.h.read_bucket.is_some() {
             if !self.t.refuse.is_empty() {
@@ -311,10 +346,15 @@ impl Forwarder {
     fn on_backend_data(&mut self) -> Option<End> {
         let t = &mut self.t;
         let h = &self.h;
+        let mut answer = self.sampling.as_mut().map(|sm| &mut sm.answer);
+        let summarise = answer.is_some();
         let scanned = self.bscan.scan(
             &self.bbuf,
-            |tag| matches!(tag, b'Z' | b'C'),
+            |tag| matches!(tag, b'Z' | b'C') || (summarise && matches!(tag, b'T' | b'D' | b'E')),
             |f| {
+                if let (Some(a), Some(body)) = (answer.as_deref_mut(), f.body) {
+                    a.on_frame(f.tag, body);
+                }
                 t.on_backend(f, h);
                 Ok(())
             },
@@ -322,6 +362,9 @@ impl Forwarder {
         match scanned {
             Ok(n) => self.b_out = n,
             Err(e) => return Some(End::Backend(Some(e))),
+        }
+        if self.sampling.as_ref().is_some_and(|sm| sm.answer.ready.is_some()) {
+            self.finish_sample();
         }
         self.publish();
         if let Err(e) = self.flush_client() {
@@ -419,6 +462,34 @@ impl Forwarder {
             }
             Some(Command::Shutdown) | None => Some(End::Shutdown),
         }
+    }
+
+    /// The source answered a sampled request: queue it for the target if it can be run again
+    /// there (one statement that only reads, outside a transaction).
+    fn finish_sample(&mut self) {
+        let Some(sm) = self.sampling.take() else {
+            return;
+        };
+        if !sm.complete || sm.answer.ready != Some(b'I') {
+            return;
+        }
+        let source_latency = sm.started.elapsed();
+        let replay = lock(&self.h.replay).clone();
+        let Some(sql) = crate::shadow::request_sql(&sm.capture, &replay) else {
+            return;
+        };
+        if !crate::sql::looks_read_only(&sql) {
+            return;
+        }
+        self.shared.shadow.submit(crate::shadow::Job {
+            user: self.h.user.clone(),
+            params: self.h.params.clone(),
+            replay,
+            request: sm.capture.freeze(),
+            sql,
+            source: sm.answer,
+            source_latency,
+        });
     }
 
     /// Moves a read session to the server the routing wants for it now, at its safe point,

@@ -228,9 +228,201 @@ fn unlocks(all: &[Token], depth: usize) -> bool {
     false
 }
 
+/// A statement's fingerprint: its tokens with every literal, number and parameter replaced by
+/// `?`, lists of them collapsed (`IN (?, ?, ?)` is `IN (?)`), words lowercased, comments and
+/// whitespace gone: the same query with other values has the same fingerprint.
+pub(crate) fn fingerprint(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len().min(512));
+    let mut prev_value = false;
+    let mut prev_comma_after_value = false;
+    // Operator characters in a row are one operator (`<=`, `::`, `->>`).
+    const OPERATOR: &str = "+-*/<>=~!@#%^&|`?:";
+    let mut last_was_op = false;
+    for t in tokens(sql) {
+        if !matches!(t, Token::Punct(_)) {
+            last_was_op = false;
+        }
+        let piece: std::borrow::Cow<'_, str> = match &t {
+            Token::Word(w) => w.as_str().into(),
+            Token::Quoted(q) => format!("\"{}\"", q.replace('"', "\"\"")).into(),
+            Token::Str(_) | Token::Number(_) | Token::Param => {
+                if prev_comma_after_value {
+                    // `?, ?` becomes `?`: drop the comma written before this value.
+                    out.truncate(out.trim_end_matches([',', ' ']).len());
+                    prev_value = true;
+                    prev_comma_after_value = false;
+                    continue;
+                }
+                prev_value = true;
+                if !out.is_empty() && !out.ends_with(['(', ' ']) {
+                    out.push(' ');
+                }
+                out.push('?');
+                continue;
+            }
+            Token::Semicolon => {
+                prev_value = false;
+                prev_comma_after_value = false;
+                ";".into()
+            }
+            Token::Punct(c) => {
+                prev_comma_after_value = *c == ',' && prev_value;
+                if *c != ',' {
+                    prev_value = false;
+                }
+                let glued = out.ends_with(|p: char| OPERATOR.contains(p)) && OPERATOR.contains(*c) && last_was_op;
+                last_was_op = OPERATOR.contains(*c);
+                match c {
+                    ',' | ')' => {
+                        out.push(*c);
+                        continue;
+                    }
+                    '(' | '.' => {
+                        if out.ends_with(' ') {
+                            out.pop();
+                        }
+                        out.push(*c);
+                        continue;
+                    }
+                    _ if glued => {
+                        out.push(*c);
+                        continue;
+                    }
+                    _ => c.to_string().into(),
+                }
+            }
+        };
+        if !matches!(t, Token::Punct(',')) {
+            prev_value = false;
+            prev_comma_after_value = false;
+        }
+        if !out.is_empty() && !out.ends_with(['(', '.']) {
+            out.push(' ');
+        }
+        out.push_str(&piece);
+    }
+    while out.ends_with([';', ' ']) {
+        out.pop();
+    }
+    if out.len() > 2000 {
+        let mut cut = 2000;
+        while !out.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        out.truncate(cut);
+        out.push_str(" ...");
+    }
+    out
+}
+
+/// Whether `sql` is one statement that only reads, by its words: it starts with SELECT, WITH,
+/// VALUES or TABLE, and names no INSERT, UPDATE, DELETE, MERGE, INTO (SELECT INTO), row locks
+/// (FOR UPDATE / SHARE), sequence functions (nextval, setval) or LOCK. Shadow traffic runs only
+/// such statements on the target (and there in read-only transactions, which catch the rest).
+pub(crate) fn looks_read_only(sql: &str) -> bool {
+    let t = tokens(sql);
+    let end = t.iter().rposition(|t| *t != Token::Semicolon).map_or(0, |i| i + 1);
+    let t = &t[..end];
+    if t.contains(&Token::Semicolon) {
+        return false;
+    }
+    let words = || {
+        t.iter().filter_map(|t| match t {
+            Token::Word(w) => Some(w.as_str()),
+            _ => None,
+        })
+    };
+    if !matches!(words().next(), Some("select" | "with" | "values" | "table")) || t.first().is_none_or(|f| !matches!(f, Token::Word(_))) {
+        return false;
+    }
+    let mut prev = "";
+    for w in words() {
+        if matches!(w, "insert" | "update" | "delete" | "merge" | "into" | "nextval" | "setval" | "lock") {
+            return false;
+        }
+        if prev == "for" && matches!(w, "share" | "no" | "key") {
+            return false;
+        }
+        prev = w;
+    }
+    true
+}
+
+/// Whether the statement orders its result: an ORDER BY outside parentheses (a subquery's does
+/// not order the result).
+pub(crate) fn orders_result(sql: &str) -> bool {
+    let mut depth = 0i32;
+    let mut prev_order = false;
+    for t in tokens(sql) {
+        match t {
+            Token::Punct('(') => depth += 1,
+            Token::Punct(')') => depth -= 1,
+            Token::Word(w) if depth == 0 => {
+                if prev_order && w == "by" {
+                    return true;
+                }
+                prev_order = w == "order";
+                continue;
+            }
+            _ => {}
+        }
+        prev_order = false;
+    }
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fingerprints_forget_values_and_spacing() {
+        let a = fingerprint("SELECT abalance FROM pgbench_accounts WHERE aid = 42;");
+        let b = fingerprint("select   abalance\n from pgbench_accounts -- x\n where aid = $1");
+        assert_eq!(a, b);
+        assert_eq!(a, "select abalance from pgbench_accounts where aid = ?");
+        assert_eq!(
+            fingerprint("SELECT * FROM t WHERE id IN (1, 2, 3) AND name = 'x'"),
+            fingerprint("SELECT * FROM t WHERE id IN ($1,$2) AND name = E'y'")
+        );
+        assert_eq!(fingerprint("SELECT f(1)"), "select f(?)");
+        assert_eq!(
+            fingerprint("SELECT o.n::text FROM s.t o WHERE id <= 3 AND j->>'k' <> 'v'"),
+            "select o.n :: text from s.t o where id <= ? and j ->> ? <> ?"
+        );
+        assert_ne!(fingerprint("SELECT a FROM t"), fingerprint("SELECT b FROM t"));
+    }
+
+    #[test]
+    fn read_only_statements_are_told_from_the_rest() {
+        for sql in ["SELECT 1", "with x as (select * from t) select * from x;", "VALUES (1)", "TABLE t"] {
+            assert!(looks_read_only(sql), "{sql}");
+        }
+        for sql in [
+            "INSERT INTO t VALUES (1)",
+            "WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d",
+            "SELECT * INTO t2 FROM t",
+            "SELECT * FROM t FOR UPDATE",
+            "SELECT * FROM t FOR SHARE",
+            "SELECT * FROM t FOR NO KEY UPDATE",
+            "SELECT nextval('s')",
+            "SELECT 1; SELECT 2",
+            "SET x = 1",
+            "BEGIN",
+            "(SELECT 1)",
+        ] {
+            assert!(!looks_read_only(sql), "{sql}");
+        }
+    }
+
+    #[test]
+    fn only_a_top_level_order_by_orders_the_result() {
+        assert!(orders_result("SELECT * FROM t ORDER BY a"));
+        assert!(orders_result("select * from (select * from t order by a) s order  by b"));
+        assert!(!orders_result("SELECT * FROM (SELECT * FROM t ORDER BY a LIMIT 3) s"));
+        assert!(!orders_result("SELECT 'order by' FROM t"));
+        assert!(!orders_result("SELECT array_agg(a ORDER BY a) FROM t"));
+    }
 
     #[test]
     fn tokens_skip_comments_and_keep_literals_whole() {

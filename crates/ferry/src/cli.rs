@@ -56,6 +56,9 @@ pub enum Command {
     /// Send a share of the proxy's read endpoint sessions to the target (while its lag stays
     /// under --max-read-lag); 0% sends them all back to the source.
     Shift(ShiftArgs),
+    /// Run a sample of the application's read-only statements on the target too, after the
+    /// source answered, and compare answers and latency (`ferry shadow report` shows them).
+    Shadow(ShadowArgs),
     /// Give up a migration: drop its replication slot and publication on the source.
     Abandon(AbandonArgs),
     /// Start two throwaway PostgreSQL clusters, fill one with sample data, and migrate it.
@@ -365,6 +368,10 @@ pub struct SwitchArgs {
     /// Cut over without a clean last verification (not recommended).
     #[arg(long)]
     pub skip_verify_check: bool,
+    /// Go/NoGo: only if shadow traffic (`ferry shadow --sample N%`) has run at least this long
+    /// and found no mismatch and no target-only error in it (for example 10m). Off by default.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub require_shadow_clean: Option<std::time::Duration>,
     /// MySQL/MariaDB sources, without the API (no proxy): the source URL; the gate runs from
     /// this command against the running `ferry migrate`'s state on the target (--api runs it
     /// in that process instead).
@@ -511,6 +518,42 @@ pub struct ShiftArgs {
     pub reads: u8,
     #[command(flatten)]
     pub api: ApiArgs,
+}
+
+/// `ferry shadow`.
+#[derive(Debug, Args)]
+pub struct ShadowArgs {
+    /// Share of eligible statements to shadow: 0% (off) to 100%; fractions allowed (0.5%).
+    #[arg(long, value_parser = parse_fraction_percent)]
+    pub sample: Option<f64>,
+    #[command(subcommand)]
+    pub action: Option<ShadowAction>,
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+/// `ferry shadow report`.
+#[derive(Debug, Subcommand)]
+pub enum ShadowAction {
+    /// Print what shadow traffic found: mismatching statements, statements that failed only on
+    /// the target, and the slowest on the target relative to the source (--json: everything).
+    Report {
+        /// Fingerprints to list at most.
+        #[arg(long, default_value_t = 50)]
+        top: usize,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+}
+
+/// A percentage from 0 to 100, fractions allowed, with or without its `%`.
+pub fn parse_fraction_percent(s: &str) -> Result<f64, String> {
+    let t = s.trim();
+    let n = t.strip_suffix('%').unwrap_or(t).trim();
+    match n.parse::<f64>() {
+        Ok(v) if (0.0..=100.0).contains(&v) => Ok(v),
+        _ => Err(format!("{s:?} is not a percentage from 0% to 100% (for example 10%)")),
+    }
 }
 
 /// A percentage from 0 to 100, with or without its `%`.

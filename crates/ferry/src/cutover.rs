@@ -57,6 +57,9 @@ pub struct SwitchOptions {
     pub grace: Duration,
     /// Cutover without a clean verification (not recommended).
     pub skip_verify_check: bool,
+    /// Opt-in Go/NoGo: shadow traffic ran at least this long and found no mismatch and no
+    /// target-only error in it.
+    pub shadow_clean_for: Option<Duration>,
     /// Who asked, for the transitions log.
     pub actor: String,
 }
@@ -394,6 +397,18 @@ impl Switchboard {
                                 "the last verification (run {id}) did not end clean (status {status}, {differences} differences): verify (and repair) until it does"
                             )),
                             Ok(Some(_)) => {}
+                        }
+                    }
+                    if let Some(window) = opts.shadow_clean_for {
+                        match self.live.proxy() {
+                            None => {
+                                no.push("--require-shadow-clean needs the proxy's shadow traffic, and this migration has no proxy".into())
+                            }
+                            Some(p) => {
+                                if let Err(why) = crate::shadow_cmd::clean_for(&p.shadow_report(), window) {
+                                    no.push(format!("{why}; fix it, or leave out --require-shadow-clean"));
+                                }
+                            }
                         }
                     }
                 } else if let Some(l) = st.live.as_ref().and_then(|l| l.reverse.as_ref()).and_then(|r| r.lag_seconds) {
@@ -1226,6 +1241,7 @@ pub async fn auto_rollback(board: Arc<Switchboard>, triggers: AutoRollback) {
             no_proxy: board.live.proxy().is_none(),
             grace: Duration::from_secs(10),
             skip_verify_check: true,
+            shadow_clean_for: None,
             actor: format!("auto-rollback ({why})"),
         };
         let r = board.rollback(&opts).await;

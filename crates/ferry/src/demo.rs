@@ -246,6 +246,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             no_proxy: false,
             grace: std::time::Duration::from_secs(10),
             skip_verify_check: false,
+            shadow_clean_for: None,
             actor: "ferry demo".into(),
         })
         .await;

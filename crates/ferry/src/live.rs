@@ -284,6 +284,7 @@ impl Live {
                 busy_sessions: s.busy,
                 held_requests: s.held,
                 switches: s.switches,
+                target_fit: s.replica_ready,
                 reads: s.read.map(|r| status::ReadFigures {
                     listen: r.listen.to_string(),
                     share_percent: r.share,
@@ -296,6 +297,18 @@ impl Live {
                     requests_target: r.requests_replica,
                     refused_statements: r.refused_statements,
                 }),
+                shadow: {
+                    let r = p.shadow_report();
+                    (r.since.is_some() || !r.fingerprints.is_empty()).then(|| status::ShadowFigures {
+                        sample_percent: r.sample_percent,
+                        statements: r.fingerprints.iter().map(|f| f.executions).sum(),
+                        fingerprints: r.fingerprints.len(),
+                        mismatches: r.fingerprints.iter().map(|f| f.mismatches).sum(),
+                        target_errors: r.fingerprints.iter().map(|f| f.target_errors).sum(),
+                        dropped: r.dropped,
+                        suspended: r.suspended.map(|(why, _)| why),
+                    })
+                },
             }
         })
     }

@@ -17,6 +17,7 @@ mod mysql_switch;
 mod progress;
 mod server;
 mod settings;
+mod shadow_cmd;
 mod status;
 mod verify_cmd;
 
@@ -149,9 +150,11 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                             tracing::info!(listen = %proxy.local_addr(), upstream = if on_target { "target" } else { "source" }, "proxy listening");
                             if let Some(read) = proxy.read_addr() {
                                 tracing::info!(listen = %read, max_read_lag_ms = args.max_read_lag.as_millis() as u64, "proxy read endpoint listening; reads stay on the source until `ferry shift --reads N%`");
-                                proxy.set_replica(Some(target.clone()));
-                                tokio::spawn(live::steer_reads(live.clone(), proxy.clone(), args.max_read_lag));
                             }
+                            // The target serves shifted reads and shadow traffic while its lag
+                            // stays under --max-read-lag.
+                            proxy.set_replica(Some(target.clone()));
+                            tokio::spawn(live::steer_reads(live.clone(), proxy.clone(), args.max_read_lag));
                             live.set_proxy(proxy);
                             Some((source, target))
                         }
@@ -285,6 +288,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Complete(args) => complete::command(&args).await,
         Command::Proxy(args) => complete::proxy_command(&args).await,
         Command::Shift(args) => status::shift_cmd(&args).await,
+        Command::Shadow(args) => shadow_cmd::command(&args).await,
         Command::Abandon(args) => {
             let req = settings::resolve(&args.endpoints)?;
             migrate::abandon(&req, args.yes).await?;
@@ -379,6 +383,7 @@ const SWITCH_OPTIONS: &[&str] = &[
     "no_proxy",
     "grace",
     "skip_verify_check",
+    "require_shadow_clean",
 ];
 
 /// The query of a switch request: the options given on the command line (`flags`, as
@@ -396,6 +401,11 @@ fn switch_query(args: &cli::SwitchArgs, flags: &[String]) -> String {
             "--no-proxy" => q.push(format!("no_proxy={}", args.no_proxy)),
             "--grace" => q.push(format!("grace_ms={}", args.grace.as_millis())),
             "--skip-verify-check" => q.push(format!("skip_verify_check={}", args.skip_verify_check)),
+            "--require-shadow-clean" => {
+                if let Some(d) = args.require_shadow_clean {
+                    q.push(format!("shadow_clean_ms={}", d.as_millis()));
+                }
+            }
             _ => {}
         }
     }

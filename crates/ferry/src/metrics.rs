@@ -55,7 +55,17 @@ pub struct Metrics {
     read_requests: Family<Labels, Counter>,
     read_moves: Counter,
     read_refused: Counter,
+    shadow_sample: Gauge<f64, AtomicU64>,
+    shadow_dropped: Counter,
+    shadow_statements: Family<Labels, Counter>,
+    shadow_mismatches: Family<Labels, Counter>,
+    shadow_target_errors: Family<Labels, Counter>,
+    shadow_latency: Family<Labels, Gauge<f64, AtomicU64>>,
 }
+
+/// Fingerprints with series of their own in `/metrics` (the report's first: problems, then the
+/// slowest on the target).
+const SHADOW_TOP: usize = 20;
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -102,7 +112,43 @@ impl Metrics {
             read_requests: Family::default(),
             read_moves: Counter::default(),
             read_refused: Counter::default(),
+            shadow_sample: Gauge::default(),
+            shadow_dropped: Counter::default(),
+            shadow_statements: Family::default(),
+            shadow_mismatches: Family::default(),
+            shadow_target_errors: Family::default(),
+            shadow_latency: Family::default(),
         };
+        registry.register(
+            "ferry_shadow_sample_ratio",
+            "Share of eligible read-only statements run again on the target (ferry shadow --sample), 0 to 1",
+            m.shadow_sample.clone(),
+        );
+        registry.register(
+            "ferry_shadow_dropped",
+            "Shadow samples dropped because the queue was full or shadowing was suspended",
+            m.shadow_dropped.clone(),
+        );
+        registry.register(
+            "ferry_shadow_statements",
+            "Sampled statements run on the target, per query fingerprint (the top 20)",
+            m.shadow_statements.clone(),
+        );
+        registry.register(
+            "ferry_shadow_mismatches",
+            "Sampled statements whose answer on the target stayed different from the source's, per fingerprint (the top 20)",
+            m.shadow_mismatches.clone(),
+        );
+        registry.register(
+            "ferry_shadow_target_errors",
+            "Sampled statements that failed only on the target, per fingerprint (the top 20)",
+            m.shadow_target_errors.clone(),
+        );
+        registry.register(
+            "ferry_shadow_latency_seconds",
+            "Latency of sampled statements per fingerprint (the top 20), side (source or target) and quantile (0.5, 0.95, 0.99)",
+            m.shadow_latency.clone(),
+        );
         registry.register(
             "ferry_proxy_sessions",
             "Client sessions of the proxy connected to a server (both endpoints)",
@@ -269,6 +315,9 @@ impl Metrics {
 
     /// The text exposition of the current state.
     pub fn render(&self, live: &Live) -> String {
+        if let Some(p) = live.proxy() {
+            self.shadow(&p.shadow_report());
+        }
         let out = self.encode(live.status().ok().as_ref(), live.apply_errors(), live.paused());
         // A stream through Kafka: its per-partition lag too, before the end of the exposition.
         match (live.kafka(), out.strip_suffix("# EOF\n")) {
@@ -371,6 +420,28 @@ impl Metrics {
         advance(&self.verify_rows, st.verify_rows_compared);
         for (table, n) in &st.verify_differences {
             advance(&self.verify_differences.get_or_create(&vec![("table", table.clone())]), *n);
+        }
+    }
+}
+
+impl Metrics {
+    fn shadow(&self, r: &ferry_proxy::ShadowReport) {
+        self.shadow_sample.set(r.sample_percent / 100.0);
+        advance(&self.shadow_dropped, r.dropped as i64);
+        // Only the current top keeps latency series; counters stay (they never go down).
+        self.shadow_latency.clear();
+        for f in r.fingerprints.iter().take(SHADOW_TOP) {
+            let fp = f.fingerprint.chars().take(200).collect::<String>();
+            let l = vec![("fingerprint", fp.clone())];
+            advance(&self.shadow_statements.get_or_create(&l), f.executions as i64);
+            advance(&self.shadow_mismatches.get_or_create(&l), f.mismatches as i64);
+            advance(&self.shadow_target_errors.get_or_create(&l), f.target_errors as i64);
+            for (side, lat) in [("source", f.source_latency), ("target", f.target_latency)] {
+                for (q, v) in [("0.5", lat.p50_ms), ("0.95", lat.p95_ms), ("0.99", lat.p99_ms)] {
+                    let labels = vec![("fingerprint", fp.clone()), ("side", side.to_string()), ("quantile", q.to_string())];
+                    self.shadow_latency.get_or_create(&labels).set(v / 1000.0);
+                }
+            }
         }
     }
 }

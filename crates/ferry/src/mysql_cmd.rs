@@ -654,6 +654,12 @@ async fn switch_request(args: &crate::cli::SwitchArgs, actor: &str) -> anyhow::R
 /// (`crate::mysql_switch::mysql_cutover`), then the webhook; exit 0 when the application may switch
 /// to the target.
 pub async fn cutover(args: &crate::cli::SwitchArgs) -> anyhow::Result<i32> {
+    if args.require_shadow_clean.is_some() {
+        return Err(exit::UsageError(
+            "--require-shadow-clean does not apply to a MySQL/MariaDB source: shadow traffic runs through the PostgreSQL proxy".into(),
+        )
+        .into());
+    }
     let Some((req, state)) = switch_request(args, "ferry cutover").await? else {
         return Ok(exit::FOUND_PROBLEM);
     };
@@ -673,6 +679,7 @@ pub async fn cutover(args: &crate::cli::SwitchArgs) -> anyhow::Result<i32> {
         no_proxy: true,
         grace: args.grace,
         skip_verify_check: args.skip_verify_check,
+        shadow_clean_for: None,
         actor: "ferry cutover".into(),
     };
     let report = match crate::mysql_switch::mysql_cutover(&req, &state, &opts).await {

@@ -136,6 +136,7 @@ pub fn rollback_options(max_lag: Duration, grace: Duration, actor: &str) -> crat
         no_proxy: true,
         grace,
         skip_verify_check: true,
+        shadow_clean_for: None,
         actor: actor.into(),
     }
 }

@@ -12,7 +12,7 @@
 //! POST /api/verify       start a verification at one consistent point (?repair=true to fix
 //!                        what differs); 202 with the run id                        token
 //! GET  /api/verify/ID    a run: status, progress while running, the report when done
-//! POST /api/cutover      ?max_pause_ms&max_lag_ms&catch_up_ms&allow_direct_sessions&no_proxy&grace_ms&skip_verify_check
+//! POST /api/cutover      ?max_pause_ms&max_lag_ms&catch_up_ms&allow_direct_sessions&no_proxy&grace_ms&skip_verify_check&shadow_clean_ms
 //! POST /api/rollback     same options; both answer with the switch's report       token
 //! POST /api/complete     ?source_writable&keep_state&skip_verify: finish after cutover (verify, drop
 //!                        Ferry's replication, record, state); answers with the report  token
@@ -178,6 +178,7 @@ pub async fn serve(addr: SocketAddr, mut api: Api, opts: &ListenOptions) -> anyh
         .route("/api/rollback", post(rollback))
         .route("/api/complete", post(complete))
         .route("/api/shift", post(shift))
+        .route("/api/shadow", post(shadow_set).get(shadow_report))
         .with_state(api)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::from_fn_with_state(guard.clone(), check_request))
@@ -669,6 +670,11 @@ async fn mysql_switch(api: Api, peer: SocketAddr, q: SwitchQuery, rollback: bool
             "no_proxy=false does not apply to a MySQL/MariaDB source: it is always cut over without a proxy",
             "leave no_proxy out",
         ))
+    } else if q.shadow_clean_ms.is_some() {
+        Some((
+            "shadow_clean_ms does not apply to a MySQL/MariaDB source: shadow traffic runs through the PostgreSQL proxy",
+            "leave shadow_clean_ms out (ferry cutover: --require-shadow-clean)",
+        ))
     } else if q.allow_direct_sessions == Some(false) {
         Some((
             "allow_direct_sessions=false does not apply to a MySQL/MariaDB source: every session is direct (no proxy), \
@@ -690,6 +696,7 @@ async fn mysql_switch(api: Api, peer: SocketAddr, q: SwitchQuery, rollback: bool
         no_proxy: true,
         grace: ms(q.grace_ms, Duration::from_secs(10)),
         skip_verify_check: q.skip_verify_check.unwrap_or(false),
+        shadow_clean_for: None,
         actor: actor(peer),
     };
     let live = api.live.clone();
@@ -1090,6 +1097,7 @@ struct SwitchQuery {
     no_proxy: Option<bool>,
     grace_ms: Option<u64>,
     skip_verify_check: Option<bool>,
+    shadow_clean_ms: Option<u64>,
 }
 
 impl SwitchQuery {
@@ -1103,6 +1111,7 @@ impl SwitchQuery {
             no_proxy: self.no_proxy.unwrap_or(false),
             grace: ms(self.grace_ms, 10_000),
             skip_verify_check: self.skip_verify_check.unwrap_or(false),
+            shadow_clean_for: self.shadow_clean_ms.map(std::time::Duration::from_millis),
             actor,
         }
     }
@@ -1235,6 +1244,84 @@ async fn shift(
         "lag_seconds": lag,
         "why_not": why_not,
     }))
+    .into_response()
+}
+
+/// Options of POST and GET /api/shadow.
+#[derive(Debug, Deserialize)]
+struct ShadowQuery {
+    sample: Option<f64>,
+    top: Option<usize>,
+}
+
+/// The proxy, when it can shadow (it runs, and knows the target): else the error to answer.
+fn shadowing_proxy(api: &Api) -> Result<ferry_proxy::Proxy, ApiError> {
+    let proxy = api.live.proxy().ok_or_else(|| {
+        error(
+            StatusCode::CONFLICT,
+            "this migration has no proxy: shadow traffic runs through it".to_string(),
+            "restart ferry migrate with --proxy-listen ADDR and point the application at it",
+        )
+    })?;
+    if proxy.stats().upstream != "source" {
+        return Err(error(
+            StatusCode::CONFLICT,
+            "the application is on the target already: there is nothing to shadow".to_string(),
+            "shadow traffic compares the target with the source before a cutover",
+        ));
+    }
+    Ok(proxy)
+}
+
+/// Sets the shadow sample: 200 with the new and previous share.
+async fn shadow_set(
+    State(api): State<Api>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Query(q): Query<ShadowQuery>,
+) -> Response {
+    if let Err(r) = authorize(&api, &headers) {
+        return r.into_response();
+    }
+    let Some(sample) = q.sample.filter(|s| (0.0..=100.0).contains(s)) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "sample must be a percentage from 0 to 100".to_string(),
+            "POST /api/shadow?sample=10",
+        )
+        .into_response();
+    };
+    let proxy = match shadowing_proxy(&api) {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
+    };
+    let previous = proxy.set_shadow_sample(sample);
+    if previous != sample {
+        let message = format!("shadow traffic sample set from {previous}% to {sample}% by {}", actor(peer));
+        tracing::info!(actor = %actor(peer), from = previous, to = sample, "shadow sample changed through the API");
+        if let Ok(phase) = phase(&api).await {
+            record(&api, phase, "shadow_sample", &message).await;
+        }
+    }
+    Json(json!({ "ok": true, "sample": sample, "previous": previous })).into_response()
+}
+
+/// What shadow traffic found; the examples' statements and messages only with the token.
+async fn shadow_report(State(api): State<Api>, headers: HeaderMap, Query(q): Query<ShadowQuery>) -> Response {
+    let Some(proxy) = api.live.proxy() else {
+        return error(
+            StatusCode::CONFLICT,
+            "this migration has no proxy: shadow traffic runs through it".to_string(),
+            "restart ferry migrate with --proxy-listen ADDR",
+        )
+        .into_response();
+    };
+    let report = proxy.shadow_report();
+    Json(crate::shadow_cmd::report_json(
+        &report,
+        authorized(&api, &headers),
+        q.top.unwrap_or(50),
+    ))
     .into_response()
 }
 

@@ -229,9 +229,30 @@ pub struct ProxyFigures {
     pub held_requests: usize,
     /// Switches done since start.
     pub switches: u64,
+    /// Whether the target may take shifted reads and shadow traffic now (its lag under
+    /// --max-read-lag).
+    #[serde(default)]
+    pub target_fit: bool,
     /// The read endpoint, when there is one.
     #[serde(default)]
     pub reads: Option<ReadFigures>,
+    /// Shadow traffic, once it has been turned on.
+    #[serde(default)]
+    pub shadow: Option<ShadowFigures>,
+}
+
+/// Shadow traffic in short (`GET /api/shadow` has the report).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ShadowFigures {
+    pub sample_percent: f64,
+    /// Sampled statements run on the target, in how many fingerprints.
+    pub statements: u64,
+    pub fingerprints: usize,
+    pub mismatches: u64,
+    pub target_errors: u64,
+    pub dropped: u64,
+    /// Why shadowing is suspended, if it is.
+    pub suspended: Option<String>,
 }
 
 /// The proxy's read endpoint.

@@ -296,6 +296,7 @@ pub(super) async fn setup(
         routed_gen,
         on_replica,
         counted: 0,
+        sampling: None,
         // Anything the client sent right after its auth messages is forwarded first thing.
         pending_client: buf,
     }))

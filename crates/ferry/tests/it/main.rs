@@ -34,5 +34,6 @@ mod privileges;
 mod proxy_tls;
 mod reads;
 mod resume;
+mod shadow;
 mod tls;
 mod verify;
