@@ -99,6 +99,13 @@
 //!   moves them back, and a session that is not moved keeps its server.
 //! * A [`Hold`] holds read sessions too, and [`Hold::switch`] moves them to the new primary.
 //!
+//! # Shadow traffic
+//! [`Proxy::set_shadow_sample`] runs a share of the read-only statements sessions of the primary
+//! endpoint send to the source outside transactions again on the replica, after the client has
+//! its answer, and compares the answers; [`Proxy::shadow_report`] says what it found per query
+//! fingerprint (mismatches with an example, errors only the replica gave, latency on both).
+//! How it samples, compares and stays bounded: `shadow.rs`.
+//!
 //! # Limits
 //! At most [`ProxyConfig::max_connections`] client connections (default 1000) and, among them,
 //! [`ProxyConfig::max_unauthenticated`] still logging in (default 64), each for at most

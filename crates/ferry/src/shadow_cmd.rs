@@ -223,3 +223,55 @@ pub async fn command(args: &crate::cli::ShadowArgs) -> anyhow::Result<i32> {
         _ => anyhow::bail!("the Ferry API at {} answered {code}: {}", api.base, crate::status::api_error(&body)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn report(since_s: Option<u64>, problem_s: Option<u64>, executions: u64) -> ferry_proxy::ShadowReport {
+        let ago = |s: u64| SystemTime::now() - Duration::from_secs(s);
+        let lat = ferry_proxy::Latency::default();
+        ferry_proxy::ShadowReport {
+            sample_percent: 10.0,
+            since: since_s.map(ago),
+            suspended: None,
+            dropped: 0,
+            skipped_lagging: 0,
+            pending: 0,
+            last_problem: problem_s.map(ago),
+            fingerprints: vec![ferry_proxy::FingerprintReport {
+                fingerprint: "select ?".into(),
+                executions,
+                matched: executions,
+                mismatches: u64::from(problem_s.is_some()),
+                transient: 0,
+                unstable: 0,
+                target_errors: 0,
+                writes: 0,
+                failures: 0,
+                source_latency: lat,
+                target_latency: lat,
+                slowdown: 1.0,
+                mismatch: None,
+                target_error: None,
+            }],
+        }
+    }
+
+    #[test]
+    fn the_shadow_go_no_go_needs_a_long_enough_clean_run() {
+        let w = Duration::from_secs(600);
+        assert!(clean_for(&report(Some(700), None, 50), w).is_ok());
+        assert!(
+            clean_for(&report(Some(700), Some(900), 50), w).is_ok(),
+            "a problem before the window"
+        );
+        let e = clean_for(&report(Some(700), Some(30), 50), w).unwrap_err();
+        assert!(e.contains("found a problem 30 s ago in `select ?`"), "{e}");
+        let e = clean_for(&report(Some(100), None, 50), w).unwrap_err();
+        assert!(e.contains("has run 100 s of the 600 s"), "{e}");
+        assert!(clean_for(&report(None, None, 50), w).unwrap_err().contains("off"));
+        assert!(clean_for(&report(Some(700), None, 0), w).unwrap_err().contains("no statement"));
+    }
+}
