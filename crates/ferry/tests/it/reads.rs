@@ -104,7 +104,7 @@ async fn reads_shift_to_the_target_step_by_step_and_return_to_the_source_when_it
         s["live"]["proxy"]["reads"]["target_ready"] == true
     })
     .await;
-    let bench = pgbench_select_only(&read, &dbs.name, 10, 75);
+    let bench = pgbench_select_only(&read, &dbs.name, 10, 85);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let settle = Duration::from_millis(2500);
     let window = Duration::from_secs(5);
@@ -170,6 +170,20 @@ async fn reads_shift_to_the_target_step_by_step_and_return_to_the_source_when_it
     let share = target_share(&dbs, window).await;
     assert!(share < 0.03, "at 0% the target served {:.1}%", share * 100.0);
 
+    // A cutover holds the read sessions with the others and moves them to the target, where
+    // they stay read-only; pgbench sees no error across it.
+    shift(&api, "50%");
+    crate::cutover::verify_clean(&api).await;
+    let (run, report) = crate::cutover::switch_done(&api, "cutover", &["--max-pause", "2s"]);
+    assert_eq!(run.code, 0, "{}", run.all());
+    assert_eq!(report["outcome"], "done", "{report}");
+    tokio::time::sleep(settle).await;
+    let share = target_share(&dbs, window).await;
+    eprintln!("after cutover: the target served {:.1}% of transactions", share * 100.0);
+    assert!(share > 0.97, "after cutover the source still served reads: {:.1}% on the target", share * 100.0);
+    let (code, _) = db_error(reader.batch_execute("INSERT INTO test_marker VALUES (-2)").await.unwrap_err());
+    assert_eq!(code, "25006", "a read session became writable on the target after cutover");
+
     let text = pgbench_finish(bench);
     assert!(text.contains("number of failed transactions: 0 "), "{text}");
     let st = api_status(&api).await;
@@ -179,7 +193,7 @@ async fn reads_shift_to_the_target_step_by_step_and_return_to_the_source_when_it
     assert!(r["requests_target"].as_u64().unwrap() > 1000, "{r}");
     assert!(r["refused_statements"].as_u64().unwrap() >= 4, "{r}");
     let (_, metrics) = http("GET", &api, "/metrics", None).await;
-    assert_eq!(metric(&metrics, "ferry_proxy_read_share_ratio"), Some(0.0), "{metrics}");
+    assert_eq!(metric(&metrics, "ferry_proxy_read_share_ratio"), Some(0.5), "{metrics}");
     assert!(metric(&metrics, "ferry_proxy_read_requests_total{upstream=\"target\"}").unwrap() > 1000.0);
 
     // The event log names every shift.
@@ -189,7 +203,7 @@ async fn reads_shift_to_the_target_step_by_step_and_return_to_the_source_when_it
         .await
         .unwrap()
         .get(0);
-    assert!(shifts >= 4, "{shifts} shifts recorded");
+    assert!(shifts >= 5, "{shifts} shifts recorded");
     drop(reader);
     let run = m.terminate();
     assert_eq!(run.code, 0, "{}", run.all());
