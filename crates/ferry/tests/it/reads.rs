@@ -180,7 +180,11 @@ async fn reads_shift_to_the_target_step_by_step_and_return_to_the_source_when_it
     tokio::time::sleep(settle).await;
     let share = target_share(&dbs, window).await;
     eprintln!("after cutover: the target served {:.1}% of transactions", share * 100.0);
-    assert!(share > 0.97, "after cutover the source still served reads: {:.1}% on the target", share * 100.0);
+    assert!(
+        share > 0.97,
+        "after cutover the source still served reads: {:.1}% on the target",
+        share * 100.0
+    );
     let (code, _) = db_error(reader.batch_execute("INSERT INTO test_marker VALUES (-2)").await.unwrap_err());
     assert_eq!(code, "25006", "a read session became writable on the target after cutover");
 
