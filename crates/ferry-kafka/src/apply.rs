@@ -1390,6 +1390,18 @@ pub(crate) async fn topics_and_snapshot(ep: &KafkaEndpoint) -> Result<(Vec<Strin
     // published; without that topic the topics are a Debezium connector's.
     let state = match state {
         Some(s) if s.snapshot_complete => Some(s),
+        // Nothing under the prefix yet, not even a table's topic: a capture that is starting
+        // (its state topic comes first) must not be taken for a Debezium connector.
+        None if !ferry_capture && topics.is_empty() => {
+            return Err(PgError::config(
+                "applying from Kafka",
+                format!(
+                    "no snapshot is complete under prefix {}: there is no topic of a table under it yet, nor a Ferry capture's state topic",
+                    ep.prefix
+                ),
+                "start `ferry capture` (or the Debezium connector) to this prefix first, and start the apply again once it has published",
+            ))
+        }
         None if !ferry_capture => {
             tracing::info!(prefix = %ep.prefix, "no Ferry capture under this prefix: reading the topics as a Debezium connector writes them");
             None
