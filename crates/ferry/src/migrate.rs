@@ -241,6 +241,20 @@ pub async fn run(req: &CheckRequest, opts: &MigrateOptions) -> anyhow::Result<Op
                     req.state_schema
                 );
             }
+            if rec.phase == Phase::Assess {
+                // The slot was recorded, but the process stopped before it recorded the phase
+                // (a kill -9 between the two): record it now, or every later step is refused.
+                store
+                    .transition(
+                        &target,
+                        &id,
+                        Phase::Schema,
+                        ACTOR,
+                        &format!("slot {} created at {lsn} by an earlier run", rec.slot_name),
+                    )
+                    .await?;
+                rec.phase = Phase::Schema;
+            }
             let records = store.tables(&target, &id).await?;
             let pending = copyable.iter().any(|t| {
                 records

@@ -107,3 +107,33 @@ async fn heavy_kill_9_at_many_moments_then_resume() {
     assert_identical(&dbs.source, &dbs.target).await;
     dbs.drop().await;
 }
+
+/// A kill -9 after the slot is recorded and before the phase moves on (then after the schema
+/// committed) leaves the phase at assess with the slot and the schema done: the rerun records
+/// the phase the slot implies and finishes, instead of refusing every later step. The window
+/// is a few milliseconds wide, so the test puts the state there itself.
+#[tokio::test]
+async fn a_rerun_after_a_kill_between_the_slot_and_its_phase_finishes() {
+    let dbs = Dbs::create("kill_slot").await;
+    load_sample(&dbs.source, 2_000).await;
+    let args = migrate_args(&dbs, &["--stop-after", "full-load"]);
+    let run = ferry(&refs(&args));
+    assert_eq!(run.code, 0, "{}", run.all());
+    connect(&dbs.target)
+        .await
+        .batch_execute("UPDATE ferry.migrations SET phase = 'assess'")
+        .await
+        .unwrap();
+    let run = ferry(&refs(&args));
+    assert_eq!(run.code, 0, "{}", run.all());
+    let phase: String = connect(&dbs.target)
+        .await
+        .query_one("SELECT phase FROM ferry.migrations", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(phase, "post_load", "{}", run.all());
+    assert_identical(&dbs.source, &dbs.target).await;
+    let _ = ferry(&["abandon", "--source", &dbs.source, "--target", &dbs.target, "--yes"]);
+    dbs.drop().await;
+}
